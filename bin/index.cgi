@@ -1,0 +1,1 @@
+../rrcloud.py

@@ -1,0 +1,1447 @@
+#!/usr/bin/env python3
+"""rrcloud: relay 3D-printing compute work to one or many servers.
+
+A Python port of RepRapCloud 0.019.  One program, many faces: the ``rrcloud``
+command line, the ``*.cloud`` wrappers that behave like the tools they wrap,
+the detached runner of one task, and (later sections) the HTTP service.
+
+The file is sectioned by banner comments, in this order: imports and
+constants, errors, config, services, task store, execution/runner, printing,
+HTTP client, WSGI app, server adapters, CLI, main().
+"""
+
+###############################################################################
+# Imports and constants #######################################################
+###############################################################################
+
+import enum
+import errno
+import json
+import os
+import re
+import sys
+import time
+
+# Heavy or rarely needed modules (subprocess, shutil, shlex, socket, requests,
+# psutil, serial, multipart, waitress) are imported inside the functions that
+# use them: under CGI every request starts Python anew.
+
+__version__ = '0.1.0'
+PROTOCOL_VERSION = 'RepRapCloud 0.019'
+VERSION_STRING = f'{PROTOCOL_VERSION} (rrcloud.py {__version__})'
+DEFAULT_PORT = 4468
+
+# <unix seconds>-<5 digits of the second's fraction>-<6 random digits>
+TASK_ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
+SERVICE_NAME_RE = re.compile(r'\A[a-z][a-z0-9_]{0,31}\Z')
+RECORD_KEY_RE = re.compile(r'\A[A-Za-z][A-Za-z0-9_]{0,63}\Z')
+EXTENSION_RE = re.compile(r'\A[A-Za-z0-9]{1,12}\Z')
+# What may follow an allowed native-argument prefix: no path separators, no
+# whitespace, nothing a shell or the tool could read as a second argument.
+NATIVE_VALUE_RE = re.compile(r'\A[A-Za-z0-9._,:%+=-]{0,200}\Z')
+CONFIG_LINE_RE = re.compile(r'\A\s*([^\s:=]+)\s*[:=]\s*(.*?)\s*\Z')
+
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'slots')
+# Environment variables a task inherits; everything else (HTTP_*, DISPLAY,
+# the web server's own variables) is dropped.  PATH comes from the service.
+TASK_ENV_ALLOWLIST = ('HOME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR',
+                      'USER', 'LOGNAME')
+KILL_GRACE_SECONDS = 3.0
+ORPHAN_GRACE_SECONDS = 30.0
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of the rrcloud command (wrappers mirror the tool's code)."""
+    OK = 0
+    TASK_FAILED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    CONFIG = 4
+    NO_SERVER = 5
+    INTERRUPTED = 130
+
+
+class TaskStatus(str, enum.Enum):
+    """The spec's three states; other facts live in their own fields."""
+    BUSY = 'busy'
+    COMPLETE = 'complete'
+    FAILED = 'failed'
+
+
+###############################################################################
+# Errors ######################################################################
+###############################################################################
+
+class RRCloudError(Exception):
+    """Base of every error rrcloud reports as one line."""
+    exit_code = ExitCode.TASK_FAILED
+    http_status = 500
+
+
+class UsageError(RRCloudError):
+    """Bad command line or bad request: the caller must change something."""
+    exit_code = ExitCode.USAGE
+    http_status = 400
+
+
+class ConfigError(RRCloudError):
+    """A configuration or service file is wrong; the message names file:line."""
+    exit_code = ExitCode.CONFIG
+
+
+class NotFound(RRCloudError):
+    """No such task, file or service."""
+    exit_code = ExitCode.NOT_FOUND
+    http_status = 404
+
+
+class NoServer(RRCloudError):
+    """No configured server answered."""
+    exit_code = ExitCode.NO_SERVER
+    http_status = 502
+
+
+###############################################################################
+# Config ######################################################################
+###############################################################################
+
+def parse_key_value_lines(path):
+    """Yield (line number, key, value) of an rrcloudrc-style file.
+
+    ``key = value`` or ``key: value``; ``#`` starts a comment, whole-line or
+    trailing.  A line that is neither empty nor a pair is a ConfigError.
+    """
+    try:
+        with open(path, encoding='utf-8') as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f'{path}: cannot read: {exc}') from None
+    for number, line in enumerate(lines, 1):
+        line = line.split('#', 1)[0].strip()
+        if not line:
+            continue
+        match = CONFIG_LINE_RE.match(line)
+        if not match:
+            raise ConfigError(f'{path}:{number}: expected "key = value", got {line!r}')
+        yield number, match.group(1), match.group(2)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError('must be at least 1')
+    return value
+
+
+def _port(text):
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError('must be between 1 and 65535')
+    return value
+
+
+def _positive_number(text):
+    value = float(text)
+    if not value > 0 or value != value or value == float('inf'):
+        raise ValueError('must be a positive number')
+    return value
+
+
+def _non_negative_number(text):
+    value = float(text)
+    if not value >= 0 or value == float('inf'):
+        raise ValueError('must be a number of at least 0')
+    return value
+
+
+SERVER_RE = re.compile(r'\A(https?://)?[A-Za-z0-9._\-\[\]:]+(/[A-Za-z0-9._~/-]*)?\Z')
+
+
+def _server_list(text):
+    servers = [s.strip() for s in text.split(',') if s.strip()]
+    for server in servers:
+        if not SERVER_RE.match(server):
+            raise ValueError(f'not a host, host:port or URL: {server!r}')
+    return servers
+
+
+def _path(text):
+    if not text:
+        raise ValueError('must name a folder')
+    return text
+
+
+CONFIG_KEYS = {
+    'port': _port,
+    'servers': _server_list,
+    'timeout': _positive_number,
+    'maxDataRetention': _non_negative_number,
+    'maxTasks': _positive_int,
+    'dir': _path,
+}
+
+
+class Config:
+    """The merged settings of the rrcloudrc files that apply."""
+
+    def __init__(self):
+        self.port = DEFAULT_PORT
+        self.servers = []
+        self.service_servers = {}
+        self.timeout = 1800.0
+        self.maxDataRetention = 24.0
+        self.maxTasks = os.cpu_count() or 1
+        self.dir = os.getcwd()
+        self.sources = []
+
+    def apply_file(self, path):
+        """Read one rrcloudrc file over the current values."""
+        folder = os.path.dirname(os.path.abspath(path))
+        for number, key, value in parse_key_value_lines(path):
+            self._apply(path, number, key, value, folder)
+        self.sources.append(path)
+
+    def _apply(self, path, number, key, value, folder):
+        if key.endswith('.servers') and SERVICE_NAME_RE.match(key[:-8]):
+            parse, target = _server_list, None
+        elif key in CONFIG_KEYS:
+            parse, target = CONFIG_KEYS[key], key
+        else:
+            raise ConfigError(f'{path}:{number}: unknown key {key!r}')
+        try:
+            parsed = parse(value)
+        except ValueError as exc:
+            raise ConfigError(f'{path}:{number}: bad value for {key}: {value!r} ({exc})') from None
+        if target is None:
+            self.service_servers[key[:-8]] = parsed
+        elif target == 'dir':
+            self.dir = os.path.normpath(os.path.join(folder, os.path.expanduser(parsed)))
+        else:
+            setattr(self, target, parsed)
+
+    def servers_for(self, service):
+        """Servers for one service: ``<service>.servers``, else ``servers``."""
+        return self.service_servers.get(service) or self.servers
+
+
+def config_files():
+    """The rrcloudrc files to read, in order (later ones win)."""
+    named = os.environ.get('RRCLOUD_CONFIG')
+    if named:
+        if not os.path.isfile(named):
+            raise ConfigError(f'{named}: RRCLOUD_CONFIG names no readable file')
+        return [named]
+    candidates = [os.path.expanduser('~/.rrcloudrc'), os.path.abspath('rrcloudrc')]
+    return [path for path in candidates if os.path.isfile(path)]
+
+
+def load_config():
+    """Read the configuration that applies to this process."""
+    config = Config()
+    for path in config_files():
+        config.apply_file(path)
+    return config
+
+
+###############################################################################
+# Services ####################################################################
+###############################################################################
+
+DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
+SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
+                'noOutput', 'inputExt')
+TRUE_WORDS = {'yes', 'true', '1', 'on'}
+FALSE_WORDS = {'no', 'false', '0', 'off', ''}
+
+
+class Service:
+    """How to run one service's executable (from ``services/NAME.conf``)."""
+
+    def __init__(self, name, source, fields):
+        import shlex
+        self.name = name
+        self.source = source
+        self.path = fields.get('path') or DEFAULT_SERVICE_PATH
+        self.cmd = shlex.split(fields['cmd'])
+        self.input_prefixes = _input_prefixes(fields.get('argInput', ''))
+        self.file_out = fields.get('fileOut') or '$id'
+        self.no_output = _boolean(fields.get('noOutput', 'no'))
+        self.output = shlex.split(fields.get('output') or ('' if self.no_output else '$fileOut'))
+        self.native_args = [a.strip() for a in fields.get('nativeArgs', '').split(',') if a.strip()]
+        self.input_ext = fields.get('inputExt', '')
+
+    def output_name(self, task_id):
+        """The result's file name under tasks/out for one task."""
+        return self.file_out.replace('$id', task_id)
+
+    def output_prefix(self):
+        """The part of the output argument before ``$fileOut`` ('-o', '--output=')."""
+        for word in self.output:
+            if '$fileOut' in word:
+                return word.split('$fileOut', 1)[0]
+        return None
+
+    def allows_native(self, arg):
+        """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
+        for allowed in self.native_args:
+            if arg == allowed:
+                return True
+            if arg.startswith(allowed) and NATIVE_VALUE_RE.match(arg[len(allowed):]):
+                return True
+        return False
+
+    def input_prefix_of(self, arg):
+        """The argInput prefix ``arg`` starts with, or None."""
+        for prefix in self.input_prefixes:
+            if arg.startswith(prefix) and len(arg) > len(prefix):
+                return prefix
+        return None
+
+
+def _input_prefixes(text):
+    prefixes = []
+    for pattern in (p.strip() for p in text.split(',')):
+        if not pattern:
+            continue
+        if not pattern.endswith('$fileIn') or len(pattern) == len('$fileIn'):
+            raise ValueError(f'argInput must be PREFIX$fileIn, got {pattern!r}')
+        prefixes.append(pattern[:-len('$fileIn')])
+    return prefixes
+
+
+def _boolean(text):
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f'expected yes or no, got {text!r}')
+
+
+def parse_service(path):
+    """Read and check one service conf; a bad one raises ConfigError naming it."""
+    name = os.path.basename(path)[:-len('.conf')]
+    if not SERVICE_NAME_RE.match(name):
+        raise ConfigError(f'{path}: service name {name!r} must be lower-case letters, digits or _')
+    fields, lines = {}, {}
+    for number, key, value in parse_key_value_lines(path):
+        if key not in SERVICE_KEYS:
+            raise ConfigError(f'{path}:{number}: unknown key {key!r}')
+        fields[key], lines[key] = value, number
+    if not fields.get('cmd'):
+        raise ConfigError(f'{path}: no cmd given')
+    try:
+        service = Service(name, path, fields)
+    except ValueError as exc:
+        raise ConfigError(f'{path}: {exc}') from None
+    _check_service(service, path)
+    return service
+
+
+def _check_service(service, path):
+    probe = service.output_name('1000000000-00000-000000')
+    if '$id' not in service.file_out or '/' in probe or probe.startswith('.'):
+        raise ConfigError(f'{path}: fileOut must be a plain file name containing $id')
+    if not service.no_output and service.output_prefix() is None:
+        raise ConfigError(f'{path}: output must contain $fileOut (or set noOutput = yes)')
+    if service.input_ext and not EXTENSION_RE.match(service.input_ext):
+        raise ConfigError(f'{path}: inputExt must be letters and digits')
+
+
+def installed_service_dir():
+    """The default services shipped beside rrcloud.py or installed with it."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    for folder in (os.path.join(here, 'services'),
+                   os.path.join(sys.prefix, 'share', 'rrcloud', 'services')):
+        if os.path.isdir(folder):
+            return folder
+    return None
+
+
+def load_services(root):
+    """Services found in ``ROOT/services`` first, then the installed defaults.
+
+    Returns (services by name, error messages); a malformed conf is reported
+    and skipped, the others still load.
+    """
+    services, errors, seen = {}, [], set()
+    for folder in (os.path.join(root, 'services'), installed_service_dir()):
+        if not folder or not os.path.isdir(folder):
+            continue
+        for entry in sorted(os.listdir(folder)):
+            name = entry[:-len('.conf')]
+            if not entry.endswith('.conf') or name in seen:
+                continue
+            seen.add(name)
+            try:
+                services[name] = parse_service(os.path.join(folder, entry))
+            except ConfigError as exc:
+                errors.append(str(exc))
+    return services, errors
+
+
+def find_service(services, errors, name):
+    """The named service, or a UsageError that says why it is not there."""
+    if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
+        raise UsageError(f'bad service name: {name!r}')
+    if name in services:
+        return services[name]
+    broken = [e for e in errors if os.path.basename(e.split(':', 1)[0]) == f'{name}.conf']
+    if broken:
+        raise UsageError(f'service {name!r} is not usable: {broken[0]}')
+    known = ', '.join(sorted(services)) or 'none'
+    raise UsageError(f'unknown service {name!r} (available: {known})')
+
+
+def compose_argv(service, task_id, inputs, native_args):
+    """The exact argv of a task, as the spec composes it.
+
+    cmd, allowed native switches, allowed native arguments with values, then
+    each input as ``prearg+file`` or ``file``, then the output argument.
+    ``inputs`` is a list of (prearg, path relative to the store root).
+    """
+    switches = [a for a in native_args if a in service.native_args]
+    valued = [a for a in native_args if a not in service.native_args]
+    argv = list(service.cmd) + switches + valued
+    argv += [prearg + path for prearg, path in inputs]
+    out = 'tasks/out/' + service.output_name(task_id)
+    argv += [word.replace('$fileOut', out) for word in service.output]
+    return argv
+
+
+def check_prearg(service, prearg):
+    """A prearg is accepted only when it equals an argInput prefix exactly."""
+    if prearg and prearg not in service.input_prefixes:
+        allowed = ', '.join(service.input_prefixes) or 'none'
+        raise UsageError(f'prearg {prearg!r} is not allowed for {service.name} (allowed: {allowed})')
+
+
+def check_native_args(service, native_args):
+    """Every native argument must be allowed by the service's nativeArgs."""
+    for arg in native_args:
+        if not service.allows_native(arg):
+            raise UsageError(f'argument {arg!r} is not allowed for {service.name}')
+
+
+###############################################################################
+# Task store ##################################################################
+###############################################################################
+
+def check_task_id(task_id):
+    """Return ``task_id`` if it has the one valid shape, else raise UsageError."""
+    if not isinstance(task_id, str) or not TASK_ID_RE.match(task_id):
+        raise UsageError(f'bad task id: {task_id!r}')
+    return task_id
+
+
+def new_unique_name():
+    """A fresh name of the task-id shape (uniqueness comes from exclusive create)."""
+    import secrets
+    now = time.time()
+    fraction = int((now - int(now)) * 100000)
+    return f'{int(now)}-{fraction:05d}-{secrets.randbelow(1000000):06d}'
+
+
+def format_record(record):
+    """Serialize a record as sorted ``key: value`` lines; refuse anything forgeable."""
+    lines = []
+    for key in sorted(record):
+        value = str(record[key])
+        if not RECORD_KEY_RE.match(key):
+            raise ValueError(f'bad record key: {key!r}')
+        if '\n' in value or '\r' in value or '\0' in value:
+            raise ValueError(f'record value of {key} holds a line break or NUL')
+        if value != value.strip():
+            raise ValueError(f'record value of {key} has surrounding whitespace')
+        lines.append(f'{key}: {value}\n')
+    return ''.join(lines)
+
+
+def parse_record(text):
+    """Parse ``key: value`` lines into a dict (the inverse of format_record)."""
+    record = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(': ')
+        if not sep:
+            key, sep, value = line.partition(':')
+        if sep and RECORD_KEY_RE.match(key):
+            record[key] = value.strip()
+    return record
+
+
+def write_file_atomically(path, data):
+    """Write bytes to ``path`` via a temp file in the same folder, fsync, rename."""
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f'.{name}.{os.getpid()}.{new_unique_name()}.tmp')
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Store:
+    """The flat-file task store: ``ROOT/tasks/{in,out,log,info}``."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.tasks = os.path.join(self.root, 'tasks')
+
+    def folder(self, name):
+        """Absolute path of one store folder (in, out, log, info, queue, slots)."""
+        return os.path.join(self.tasks, name)
+
+    def ensure(self):
+        """Create the store folders on demand."""
+        for name in STORE_FOLDERS:
+            os.makedirs(self.folder(name), exist_ok=True)
+
+    def info_path(self, task_id):
+        return os.path.join(self.folder('info'), check_task_id(task_id))
+
+    def log_path(self, task_id):
+        return os.path.join(self.folder('log'), check_task_id(task_id))
+
+    def lock(self):
+        """An exclusive lock over record updates, queue and slots."""
+        return StoreLock(os.path.join(self.tasks, '.lock'))
+
+    # -- records ------------------------------------------------------------
+
+    def create_task(self, build):
+        """Store the record ``build(id)`` under a fresh id; exclusive, never overwrites."""
+        self.ensure()
+        while True:
+            task_id = new_unique_name()
+            record = dict(build(task_id), id=task_id)
+            temp = os.path.join(self.folder('info'), f'.{task_id}.{os.getpid()}.new')
+            write_file_atomically(temp, format_record(record).encode())
+            try:
+                os.link(temp, self.info_path(task_id))  # fails if the id is taken
+                return record
+            except FileExistsError:
+                continue
+            finally:
+                _unlink_quietly(temp)
+
+    def read_task(self, task_id):
+        """The record of one task, or NotFound."""
+        try:
+            with open(self.info_path(task_id), encoding='utf-8') as handle:
+                return parse_record(handle.read())
+        except FileNotFoundError:
+            raise NotFound(f'no such task: {task_id}') from None
+
+    def write_task(self, record):
+        """Replace a task's record atomically."""
+        write_file_atomically(self.info_path(record['id']), format_record(record).encode())
+
+    def update_task(self, task_id, changes, only_if_busy=False, remove=()):
+        """Apply ``changes`` under the store lock; returns the new record.
+
+        With ``only_if_busy`` a finished task is left alone and None is
+        returned: the first final state written wins.
+        """
+        with self.lock():
+            record = self.read_task(task_id)
+            if only_if_busy and record.get('status') != TaskStatus.BUSY:
+                return None
+            record.update({k: str(v) for k, v in changes.items()})
+            for key in remove:
+                record.pop(key, None)
+            self.write_task(record)
+            return record
+
+    def task_ids(self):
+        """All task ids, oldest first."""
+        try:
+            names = os.listdir(self.folder('info'))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if TASK_ID_RE.match(n))
+
+    def remove_task(self, record):
+        """Delete a task and all its files (inputs, result, log, record)."""
+        task_id = check_task_id(record['id'])
+        for path in record.get('in', '').split(','):
+            name = os.path.basename(path)
+            if path.startswith('tasks/in/') and name and not name.startswith('.'):
+                _unlink_quietly(os.path.join(self.folder('in'), name))
+        out_name = os.path.basename(record.get('out', ''))
+        if record.get('out', '').startswith('tasks/out/') and out_name:
+            _unlink_quietly(os.path.join(self.folder('out'), out_name))
+        _unlink_quietly(os.path.join(self.folder('queue'), task_id))
+        _unlink_quietly(self.log_path(task_id))
+        _unlink_quietly(self.info_path(task_id))
+
+    # -- inputs -------------------------------------------------------------
+
+    def add_input(self, data, ext):
+        """Store one input's bytes as ``tasks/in/<unique>[.ext]``; returns the relative path."""
+        self.ensure()
+        suffix = f'.{ext}' if ext else ''
+        while True:
+            name = new_unique_name() + suffix
+            try:
+                fd = os.open(os.path.join(self.folder('in'), name),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                continue
+        with os.fdopen(fd, 'wb') as handle:
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                import shutil
+                shutil.copyfileobj(data, handle)
+        return f'tasks/in/{name}'
+
+    def path_of(self, relative):
+        """Absolute path of a store-relative path that came from our own record."""
+        return os.path.join(self.root, relative)
+
+
+class StoreLock:
+    """A blocking flock on one file; a context manager."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing releases the lock
+        self.fd = None
+
+
+# -- process identity (pid plus start time, so a reused pid is not mistaken) --
+
+def process_start_time(pid):
+    """The kernel's start time of a live process, or None (dead, zombie, no access)."""
+    try:
+        with open(f'/proc/{int(pid)}/stat', 'rb') as handle:
+            stat = handle.read()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rfind(b')') + 2:].split()
+    if not fields or fields[0] in (b'Z', b'X'):
+        return None
+    return fields[19].decode()
+
+
+def process_is(pid, start_time):
+    """True when ``pid`` is alive and is the same process that started at ``start_time``."""
+    return bool(pid) and bool(start_time) and process_start_time(pid) == start_time
+
+
+def reconcile_task(store, record, now=None):
+    """Report a busy task whose runner is gone as failed/interrupted."""
+    if record.get('status') != TaskStatus.BUSY or 'remoteId' in record:
+        return record
+    now = now or time.time()
+    if record.get('runner'):
+        if process_is(record['runner'], record.get('runnerStart')):
+            return record
+    elif record.get('queued') or now - float(record.get('stime') or record.get('ctime') or now) < ORPHAN_GRACE_SECONDS:
+        return record
+    if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
+        kill_process_group(int(record['pid']))
+    finished = finish_task(store, record['id'], TaskStatus.FAILED, error='interrupted')
+    return finished or store.read_task(record['id'])
+
+
+def finish_task(store, task_id, status, **fields):
+    """Write a task's final state unless another final state was written first."""
+    changes = dict(fields, status=status.value, etime=f'{time.time():.5f}')
+    out = store.read_task(task_id).get('out', '')
+    if out.startswith('tasks/out/'):
+        try:
+            changes['sizeOut'] = os.path.getsize(store.path_of(out))
+        except OSError:
+            changes['sizeOut'] = 0
+    return store.update_task(task_id, changes, only_if_busy=True, remove=('queued',))
+
+
+def expire_tasks(store, records, max_hours, now=None):
+    """Remove finished tasks whose end is older than ``max_hours``; returns the rest."""
+    now = now or time.time()
+    kept = []
+    for record in records:
+        etime = record.get('etime')
+        if record.get('status') != TaskStatus.BUSY and etime and now - float(etime) > max_hours * 3600:
+            store.remove_task(record)
+        else:
+            kept.append(record)
+    return kept
+
+
+def list_tasks(store, config):
+    """All tasks, reconciled and with expired ones removed (as the original does)."""
+    records = []
+    for task_id in store.task_ids():
+        try:
+            records.append(reconcile_task(store, store.read_task(task_id)))
+        except NotFound:
+            continue
+    return expire_tasks(store, records, config.maxDataRetention)
+
+
+def get_task(store, task_id):
+    """One task, reconciled."""
+    return reconcile_task(store, store.read_task(task_id))
+
+
+###############################################################################
+# Execution / runner ##########################################################
+###############################################################################
+
+class Input:
+    """One input of a submission: bytes or an open file, plus the name it came with."""
+
+    def __init__(self, data, filename='', prearg=''):
+        self.data = data
+        self.filename = filename
+        self.prearg = prearg
+
+    def extension(self, service):
+        """The extension to keep (tools need it), from the filename or the service."""
+        base = os.path.basename(self.filename or '')
+        if '.' in base:
+            ext = base.rsplit('.', 1)[1]
+            if EXTENSION_RE.match(ext):
+                return ext
+        return service.input_ext
+
+
+def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args=''):
+    """Validate, store inputs and record, queue the task and start what can start."""
+    for item in inputs:
+        check_prearg(service, item.prearg)
+    check_native_args(service, list(native_args))
+    if not inputs:
+        raise UsageError('missing input: give at least one input file or content')
+    if notifier:
+        check_notifier_url(notifier)
+    stored = []
+    try:
+        for item in inputs:
+            stored.append((item.prearg, store.add_input(item.data, item.extension(service))))
+        size_in = sum(os.path.getsize(store.path_of(path)) for _, path in stored)
+        record = store.create_task(lambda task_id: _new_record(
+            service, task_id, stored, native_args, notifier, client, args, size_in))
+    except BaseException:
+        for _, path in stored:
+            _unlink_quietly(store.path_of(path))
+        raise
+    enqueue(store, record['id'])
+    dispatch(store, config)
+    return store.read_task(record['id'])
+
+
+def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in):
+    import shlex
+    import socket
+    record = {
+        'service': service.name,
+        'status': TaskStatus.BUSY.value,
+        'ctime': f'{time.time():.5f}',
+        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args)),
+        'in': ','.join(path for _, path in stored),
+        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id),
+        'client': client,
+        'server': socket.gethostname(),
+        'sizeIn': size_in,
+        'queued': 'yes',
+    }
+    if notifier:
+        record['notifier'] = notifier
+    if args:
+        record['args'] = args
+    return record
+
+
+def check_notifier_url(url):
+    """A notifier is an http(s) URL on one line."""
+    if not re.match(r'\Ahttps?://[^\s/?#]+[^\s]*\Z', url or ''):
+        raise UsageError(f'bad notifier URL (http or https only): {url!r}')
+
+
+def enqueue(store, task_id):
+    """Put a task at the end of the wait queue."""
+    path = os.path.join(store.folder('queue'), check_task_id(task_id))
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def dispatch(store, config):
+    """Start queued tasks, oldest first, while a slot of ``maxTasks`` is free.
+
+    A slot is an flock on ``tasks/slots/N`` handed to the runner, so it frees
+    itself when the runner ends however it ends; no resident process is
+    needed (CGI).
+    """
+    store.ensure()
+    with store.lock():
+        for task_id in sorted(os.listdir(store.folder('queue'))):
+            if not TASK_ID_RE.match(task_id):
+                continue
+            slot = acquire_slot(store, config.maxTasks)
+            if slot is None:
+                return
+            try:
+                _start_queued(store, task_id, slot)
+            finally:
+                os.close(slot)
+
+
+def acquire_slot(store, max_tasks):
+    """An fd holding the flock of a free slot, or None when all are taken."""
+    import fcntl
+    for number in range(max_tasks):
+        fd = os.open(os.path.join(store.folder('slots'), str(number)), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+    return None
+
+
+def _start_queued(store, task_id, slot_fd):
+    """Spawn the runner of one queued task (called under the store lock)."""
+    _unlink_quietly(os.path.join(store.folder('queue'), task_id))
+    try:
+        record = store.read_task(task_id)
+    except NotFound:
+        return
+    if record.get('status') != TaskStatus.BUSY:
+        return
+    record.pop('queued', None)
+    record['stime'] = f'{time.time():.5f}'
+    try:
+        pid = spawn_runner(store, task_id, slot_fd)
+    except OSError as exc:
+        record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
+    else:
+        record.update(runner=str(pid), runnerStart=process_start_time(pid) or '')
+    store.write_task(record)
+
+
+def rrcloud_command():
+    """argv prefix that runs this very program with this very interpreter."""
+    return [sys.executable, os.path.realpath(__file__)]
+
+
+def spawn_runner(store, task_id, slot_fd):
+    """Start ``rrcloud _run ID`` detached: own session, no terminal, outlives us."""
+    import subprocess
+    env = dict(os.environ)
+    env.pop('GATEWAY_INTERFACE', None)  # the runner is not a CGI request
+    env['RRCLOUD_SLOT_FD'] = str(slot_fd)
+    # A new session: a web server's or terminal's signals to its group never
+    # reach the task, and the task survives the request or CLI that started it.
+    process = subprocess.Popen(
+        rrcloud_command() + ['_run', task_id, '--dir', store.root],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=store.root, env=env, pass_fds=(slot_fd,), start_new_session=True)
+    return process.pid
+
+
+def task_environment(service):
+    """The explicit environment of a task: PATH from the service, a short allowlist."""
+    env = {key: os.environ[key] for key in TASK_ENV_ALLOWLIST if key in os.environ}
+    env['PATH'] = service.path
+    env.setdefault('HOME', os.environ.get('TMPDIR', '/tmp'))
+    env.setdefault('LANG', 'C.UTF-8')
+    return env
+
+
+def kill_process_group(pgid, sig=None):
+    """Signal a whole process group; a group already gone is fine."""
+    import signal
+    try:
+        os.killpg(pgid, signal.SIGKILL if sig is None else sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate_group(process, grace=KILL_GRACE_SECONDS):
+    """SIGTERM the tool's process group, then SIGKILL what is left after ``grace``."""
+    import signal
+    import subprocess
+    kill_process_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_process_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run_task(store, config, services, task_id):
+    """The detached runner: run one task's tool, record how it ended, start the next."""
+    record = store.read_task(task_id)
+    try:
+        service = services[record['service']]
+        outcome = execute(store, config, service, record)
+    except Exception as exc:  # a runner never leaves a task busy
+        outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
+    status, fields = outcome
+    finished = finish_task(store, task_id, status, **fields)
+    final = finished or store.read_task(task_id)
+    if final.get('notifier'):
+        notify(store, final)
+    release_slot()
+    dispatch(store, config)
+    return final
+
+
+def release_slot():
+    """Close the inherited slot fd so the next task may start."""
+    fd = os.environ.pop('RRCLOUD_SLOT_FD', None)
+    if fd is not None:
+        try:
+            os.close(int(fd))
+        except (OSError, ValueError):
+            pass
+
+
+def execute(store, config, service, record):
+    """Run the tool of one task; returns (status, fields to record)."""
+    import shlex
+    import shutil
+    import subprocess
+    argv = shlex.split(record['cmd'])
+    executable = shutil.which(argv[0], path=service.path)
+    with open(store.log_path(record['id']), 'ab') as log:
+        if executable is None:
+            log.write(f'rrcloud: {argv[0]} not found in {service.path}\n'.encode())
+            return TaskStatus.FAILED, {'error': f'cannot start: {argv[0]} not found in {service.path}'}
+        try:
+            process = subprocess.Popen(
+                [executable] + argv[1:], cwd=store.root, env=task_environment(service),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)  # its own group: timeouts and kills reach grandchildren
+        except OSError as exc:
+            return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+        store.update_task(record['id'], {'pid': process.pid,
+                                         'pidStart': process_start_time(process.pid) or ''})
+        _install_runner_signal_handlers(process)
+        try:
+            code = process.wait(timeout=config.timeout)
+        except subprocess.TimeoutExpired:
+            terminate_group(process)
+            return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
+                                       'exitCode': process.returncode}
+        kill_process_group(process.pid)  # leftovers of a tool that exited
+    return judge_exit(store, service, record, code)
+
+
+def _install_runner_signal_handlers(process):
+    """A runner told to stop takes its tool's process group with it."""
+    import signal
+
+    def stop(signum, frame):
+        terminate_group(process, grace=1.0)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+
+def judge_exit(store, service, record, code):
+    """Complete only for exit code 0 and (no output expected or a non-empty output)."""
+    fields = {'exitCode': code}
+    if code != 0:
+        reason = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
+        return TaskStatus.FAILED, dict(fields, error=reason)
+    if not service.no_output:
+        out = store.path_of(record['out'])
+        if not os.path.isfile(out) or os.path.getsize(out) == 0:
+            return TaskStatus.FAILED, dict(fields, error='no output')
+    return TaskStatus.COMPLETE, fields
+
+
+def notify(store, record):
+    """Call the task's notifier URL once; the outcome goes to the log, never to the status."""
+    url = record['notifier'].replace('$id', record['id']).replace('$myip', record.get('client', ''))
+    try:
+        check_notifier_url(url)
+        import urllib.request
+        request = urllib.request.Request(url, headers={'User-Agent': f'rrcloud/{__version__}'})
+        with notifier_opener().open(request, timeout=5) as answer:
+            outcome = f'HTTP {answer.status}'
+    except Exception as exc:
+        outcome = f'failed: {exc}'
+    with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
+        log.write(f'rrcloud: notifier {url}: {outcome}\n')
+
+
+def notifier_opener():
+    """A urllib opener that ignores proxies and follows no redirect."""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
+
+
+def kill_task(store, task_id):
+    """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM."""
+    with store.lock():
+        record = store.read_task(task_id)
+        if record.get('status') != TaskStatus.BUSY:
+            raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
+        _unlink_quietly(os.path.join(store.folder('queue'), task_id))
+        record.update(status='failed', error='killed', etime=f'{time.time():.5f}')
+        record.pop('queued', None)
+        store.write_task(record)
+    if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
+        import signal
+        kill_process_group(int(record['pid']), signal.SIGTERM)
+    return record
+
+
+def wait_for_task(store, task_id, timeout=None, on_poll=None):
+    """Block until the task leaves busy (or ``timeout``); returns its record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        record = get_task(store, task_id)
+        if record.get('status') != TaskStatus.BUSY:
+            return record
+        if deadline is not None and time.monotonic() >= deadline:
+            return record
+        if on_poll:
+            on_poll(record)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+
+
+###############################################################################
+# Printing ####################################################################
+###############################################################################
+
+# The built-in G-code sender comes with the "Real services" issue.
+
+
+###############################################################################
+# HTTP client #################################################################
+###############################################################################
+
+# Remote relay to other rrcloud servers comes with the "Remote relay" issue.
+
+
+###############################################################################
+# WSGI app ####################################################################
+###############################################################################
+
+# The HTTP service comes with the "HTTP service" issue.
+
+
+###############################################################################
+# Server adapters #############################################################
+###############################################################################
+
+
+###############################################################################
+# CLI #########################################################################
+###############################################################################
+
+HELP = f"""\
+usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
+       rrcloud [OPTIONS] info [ID]           show one task or all of them
+       rrcloud [OPTIONS] meta                show what this machine offers
+       rrcloud [OPTIONS] kill ID             stop a busy task
+       SERVICE.cloud ARGS...                 run SERVICE like the tool itself
+
+Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
+to a task store under the current folder (or `dir` in rrcloudrc).
+
+ARGS are classified like this, in order: the service's output argument
+(e.g. -oOUT.stl) names where a synchronous run writes its result; an argInput
+prefix (e.g. --load=FILE) marks an input file with its prearg; an allowed
+native switch or argument is passed on; an existing file is an input; a
+string holding whitespace is content, written to an input file.  Anything
+else is refused.
+
+options:
+  --local            run here even when servers are configured
+  --s=SERVER         use SERVER (remote relay: not in this version yet)
+  --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
+  --sync             wait for the task and mirror its exit code
+  --format=json      print JSON instead of key: value lines
+  --traceback        show the Python traceback of an error
+  -h, --help         show this help
+  --version          show the version
+
+configuration: ~/.rrcloudrc, then ./rrcloudrc (or the file in RRCLOUD_CONFIG)
+keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir
+
+exit codes:
+  0    success (task started, or finished complete)
+  1    the task failed (wrappers: the tool's own exit code when it has one)
+  2    usage: bad option, argument, id or service
+  3    no such task
+  4    bad configuration or service file
+  5    no server answered
+  130  interrupted (Ctrl-C)
+"""
+
+CLI_COMMANDS = ('info', 'meta', 'kill')
+VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
+FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version')
+
+
+class Options:
+    """Leading ``--name[=value]`` options of the rrcloud command."""
+
+    def __init__(self):
+        self.s = None
+        self.notifier = ''
+        self.format = 'text'
+        self.dir = None
+        self.local = self.sync = self.traceback = self.help = self.version = False
+
+
+def parse_options(args):
+    """Split leading options from the command and its arguments."""
+    options, rest = Options(), list(args)
+    while rest and rest[0].startswith('-'):
+        word = rest.pop(0)
+        if word == '--':
+            break
+        if word == '-h':
+            word = '--help'
+        name, sep, value = word[2:].partition('=')
+        if not word.startswith('--') or name not in VALUE_OPTIONS + FLAG_OPTIONS:
+            raise UsageError(f'unknown option: {word!r} (see rrcloud --help)')
+        if name in FLAG_OPTIONS:
+            if sep:
+                raise UsageError(f'option --{name} takes no value')
+            setattr(options, name, True)
+            continue
+        if not sep:
+            if not rest:
+                raise UsageError(f'option --{name} needs a value')
+            value = rest.pop(0)
+        setattr(options, name, value)
+    if options.format not in ('text', 'json'):
+        raise UsageError(f'--format must be text or json, not {options.format!r}')
+    return options, rest
+
+
+def classify_args(service, args, allow_output):
+    """Turn a tool's command line into (inputs, native args, output path).
+
+    Classified like the spec's client: output argument, argInput prefix,
+    allowed native argument, existing file, raw content; anything else is
+    an error naming the argument.
+    """
+    inputs, native, output = [], [], None
+    out_prefix = service.output_prefix()
+    for arg in args:
+        prefix = service.input_prefix_of(arg)
+        if out_prefix and arg.startswith(out_prefix) and len(arg) > len(out_prefix):
+            if not allow_output:
+                raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
+            output = arg[len(out_prefix):]
+        elif prefix is not None:
+            inputs.append(_file_input(arg[len(prefix):], prefix))
+        elif service.allows_native(arg):
+            native.append(arg)
+        elif os.path.isfile(arg):
+            inputs.append(_file_input(arg, ''))
+        elif any(ch.isspace() for ch in arg):
+            inputs.append(Input(arg.encode('utf-8')))
+        else:
+            raise UsageError(f'not an input file, an allowed option of {service.name} or content: {arg!r}')
+    return inputs, native, output
+
+
+def _file_input(path, prearg):
+    if not os.path.isfile(path):
+        raise UsageError(f'input file not found: {path!r}')
+    try:
+        with open(path, 'rb') as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f'cannot read input file {path!r}: {exc.strerror}') from None
+    return Input(data, filename=path, prearg=prearg)
+
+
+class Context:
+    """What every command needs: options, config, store, services."""
+
+    def __init__(self, options):
+        self.options = options
+        self.config = load_config()
+        if options.dir:
+            self.config.dir = os.path.abspath(options.dir)
+        self.store = Store(self.config.dir)
+        self._services = None
+
+    @property
+    def services(self):
+        if self._services is None:
+            self._services = load_services(self.store.root)
+        return self._services
+
+    def service(self, name):
+        return find_service(*self.services, name)
+
+
+def print_record(record, fmt, out=None):
+    """Print one task as ``=== id: ID`` + ``key: value`` lines, or JSON."""
+    out = out or sys.stdout
+    if fmt == 'json':
+        out.write(json.dumps(record, indent=1, sort_keys=True) + '\n')
+        return
+    out.write(f'=== id: {record.get("id", "")}\n')
+    for key in sorted(record):
+        out.write(f'{key}: {record[key]}\n')
+    out.write('\n')
+
+
+def cmd_info(ctx, args):
+    """``rrcloud info [ID]``."""
+    if len(args) > 1:
+        raise UsageError('info takes at most one task id')
+    if args:
+        print_record(get_task(ctx.store, check_task_id(args[0])), ctx.options.format)
+        return ExitCode.OK
+    records = list_tasks(ctx.store, ctx.config)
+    if ctx.options.format == 'json':
+        sys.stdout.write(json.dumps(records, indent=1, sort_keys=True) + '\n')
+    else:
+        for record in records:
+            print_record(record, 'text')
+    return ExitCode.OK
+
+
+def meta_record(store, config, services):
+    """What this machine offers: the spec's meta fields plus load for schedulers."""
+    import socket
+    records = [store.read_task(t) for t in store.task_ids()] if os.path.isdir(store.folder('info')) else []
+    busy = [r for r in records if r.get('status') == TaskStatus.BUSY]
+    return {
+        'busy': str(sum(1 for r in busy if not r.get('queued'))),
+        'cpuLoad': f'{os.getloadavg()[0]:.2f}',
+        'maxDataRetention': f'{config.maxDataRetention:g}',
+        'maxTasks': str(config.maxTasks),
+        'queued': str(sum(1 for r in busy if r.get('queued'))),
+        'serverName': socket.gethostname(),
+        'services': ','.join(sorted(services)),
+        'tasks': str(len(records)),
+        'timeout': f'{config.timeout:g}',
+        'uptime': format_uptime(system_uptime()),
+        'version': VERSION_STRING,
+    }
+
+
+def system_uptime():
+    """Seconds since boot."""
+    try:
+        with open('/proc/uptime') as handle:
+            return float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def format_uptime(seconds):
+    """``0d 06h 00m 52s`` as the spec shows it."""
+    seconds = int(seconds)
+    return (f'{seconds // 86400}d {seconds // 3600 % 24:02d}h '
+            f'{seconds // 60 % 60:02d}m {seconds % 60:02d}s')
+
+
+def cmd_meta(ctx, args):
+    """``rrcloud meta``."""
+    if args:
+        raise UsageError('meta takes no arguments')
+    services, errors = ctx.services
+    for error in errors:
+        print(f'rrcloud: warning: {error}', file=sys.stderr)
+    meta = meta_record(ctx.store, ctx.config, services)
+    if ctx.options.format == 'json':
+        print(json.dumps(meta, indent=1, sort_keys=True))
+    else:
+        for key in sorted(meta):
+            print(f'{key}: {meta[key]}')
+    return ExitCode.OK
+
+
+def cmd_kill(ctx, args):
+    """``rrcloud kill ID``."""
+    if len(args) != 1:
+        raise UsageError('kill takes one task id')
+    record = kill_task(ctx.store, check_task_id(args[0]))
+    print(f'id: {record["id"]}\nstatus: {record["status"]}\nerror: {record["error"]}')
+    return ExitCode.OK
+
+
+def cmd_run_internal(args):
+    """``rrcloud _run ID --dir ROOT``: the detached runner (internal)."""
+    if len(args) != 3 or args[1] != '--dir':
+        raise UsageError('usage: rrcloud _run ID --dir ROOT')
+    task_id = check_task_id(args[0])
+    store = Store(args[2])
+    config = load_config()
+    services, _ = load_services(store.root)
+    final = run_task(store, config, services, task_id)
+    return ExitCode.OK if final.get('status') == TaskStatus.COMPLETE else ExitCode.TASK_FAILED
+
+
+def remote_servers(ctx, service_name):
+    """The servers a task would go to (empty: run locally)."""
+    if ctx.options.local:
+        return []
+    if ctx.options.s:
+        return [ctx.options.s]
+    return ctx.config.servers_for(service_name)
+
+
+def cmd_submit(ctx, service_name, args, sync, wrapper=False):
+    """Start a task of ``service_name``; sync waits and copies the result."""
+    service = ctx.service(service_name)
+    inputs, native, output = classify_args(service, args, allow_output=sync)
+    if wrapper and output is None and not service.no_output:
+        prefix = service.output_prefix()
+        raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
+    if remote_servers(ctx, service_name):
+        raise NoServer('remote servers are not supported in this version yet; use --local')
+    record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
+                         args=' '.join(args))
+    if not sync:
+        print(json.dumps({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
+        return ExitCode.OK
+    return finish_sync(ctx, record, output)
+
+
+def finish_sync(ctx, record, output):
+    """Wait for a local task, deliver its result, mirror its exit code."""
+    try:
+        record = wait_for_task(ctx.store, record['id'])
+    except KeyboardInterrupt:
+        _kill_quietly(ctx.store, record['id'])
+        return ExitCode.INTERRUPTED
+    if record.get('status') == TaskStatus.COMPLETE:
+        if output:
+            deliver_output(ctx.store.path_of(record['out']), output)
+        return ExitCode.OK
+    show_log(ctx.store, record)
+    return _exit_code_of(record)
+
+
+def _kill_quietly(store, task_id):
+    try:
+        kill_task(store, task_id)
+    except RRCloudError:
+        pass
+
+
+def _exit_code_of(record):
+    try:
+        code = int(record.get('exitCode', ''))
+    except ValueError:
+        return ExitCode.TASK_FAILED
+    return code if 0 < code < 126 else ExitCode.TASK_FAILED
+
+
+def deliver_output(source, destination):
+    """Copy a result to where the tool would have written it, atomically."""
+    import shutil
+    folder = os.path.dirname(os.path.abspath(destination))
+    temp = os.path.join(folder, f'.{os.path.basename(destination)}.{os.getpid()}.rrcloud.tmp')
+    try:
+        shutil.copyfile(source, temp)
+        os.replace(temp, destination)
+    except OSError as exc:
+        _unlink_quietly(temp)
+        raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
+
+
+def show_log(store, record):
+    """Write a failed task's log and reason to stderr."""
+    try:
+        with open(store.log_path(record['id']), 'rb') as log:
+            sys.stderr.write(log.read().decode('utf-8', 'replace'))
+    except FileNotFoundError:
+        pass
+    print(f'rrcloud: error: task {record["id"]} failed: {record.get("error", "unknown")}',
+          file=sys.stderr)
+
+
+def cli(args):
+    """The ``rrcloud`` command."""
+    options, rest = parse_options(args)
+    if options.help:
+        sys.stdout.write(HELP)
+        return ExitCode.OK
+    if options.version:
+        print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)')
+        return ExitCode.OK
+    if rest and rest[0] == '_run':
+        return cmd_run_internal(rest[1:])
+    ctx = Context(options)
+    if not rest:
+        return cmd_info(ctx, [])
+    command, rest = rest[0], rest[1:]
+    if command in CLI_COMMANDS:
+        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill}[command](ctx, rest)
+    return cmd_submit(ctx, command, rest, sync=options.sync)
+
+
+def wrapper(service_name, args):
+    """``SERVICE.cloud ARGS``: behave like the tool, synchronously."""
+    options = Options()
+    if args and args[0] == '--local':
+        options.local, args = True, args[1:]
+    ctx = Context(options)
+    return cmd_submit(ctx, service_name, args, sync=True, wrapper=True)
+
+
+###############################################################################
+# main() ######################################################################
+###############################################################################
+
+def main(argv=None) -> int:
+    """Entry point: the mode comes from the program name and the environment."""
+    argv = list(sys.argv if argv is None else argv)
+    program = os.path.basename(argv[0]) if argv else 'rrcloud'
+    args = argv[1:]
+    traceback = '--traceback' in args
+    try:
+        if program.endswith('.cloud'):
+            return int(wrapper(program[:-len('.cloud')], args))
+        return int(cli(args))
+    except RRCloudError as exc:
+        if traceback:
+            raise
+        print(f'rrcloud: error: {exc}', file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        if traceback:
+            raise
+        return int(ExitCode.INTERRUPTED)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
