@@ -275,10 +275,15 @@ class Service:
         return self.file_out.replace('$id', task_id)
 
     def output_prefix(self):
-        """The part of the output argument before ``$fileOut`` ('-o', '--output=')."""
-        for word in self.output:
+        """What comes before the output file on a tool's command line ('-o', '--output=').
+
+        For ``output = -o $fileOut`` it is the word before, ``-o``; None when
+        the output argument holds no ``$fileOut``.
+        """
+        for index, word in enumerate(self.output):
             if '$fileOut' in word:
-                return word.split('$fileOut', 1)[0]
+                prefix = word.split('$fileOut', 1)[0]
+                return prefix or (self.output[index - 1] if index else '')
         return None
 
     def allows_native(self, arg):
@@ -1157,12 +1162,14 @@ def classify_args(service, args, allow_output):
     """
     inputs, native, output = [], [], None
     out_prefix = service.output_prefix()
-    for arg in args:
+    args = list(args)
+    while args:
+        arg = args.pop(0)
         prefix = service.input_prefix_of(arg)
-        if out_prefix and arg.startswith(out_prefix) and len(arg) > len(out_prefix):
+        if out_prefix and arg.startswith(out_prefix) and (len(arg) > len(out_prefix) or args):
             if not allow_output:
                 raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
-            output = arg[len(out_prefix):]
+            output = arg[len(out_prefix):] or args.pop(0)
         elif prefix is not None:
             inputs.append(_file_input(arg[len(prefix):], prefix))
         elif service.allows_native(arg):
