@@ -41,11 +41,14 @@ EXTENSION_RE = re.compile(r'\A[A-Za-z0-9]{1,12}\Z')
 NATIVE_VALUE_RE = re.compile(r'\A[A-Za-z0-9._,:%+=-]{0,200}\Z')
 CONFIG_LINE_RE = re.compile(r'\A\s*([^\s:=]+)\s*[:=]\s*(.*?)\s*\Z')
 
-STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'slots')
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots')
 # Environment variables a task inherits; everything else (HTTP_*, DISPLAY,
 # the web server's own variables) is dropped.  PATH comes from the service.
 TASK_ENV_ALLOWLIST = ('HOME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR',
                       'USER', 'LOGNAME')
+# The runner's own environment: the task allowlist plus what finds Python
+# and the configuration.
+RUNNER_ENV_ALLOWLIST = TASK_ENV_ALLOWLIST + ('PATH', 'PYTHONPATH', 'RRCLOUD_CONFIG')
 KILL_GRACE_SECONDS = 3.0
 ORPHAN_GRACE_SECONDS = 30.0
 
@@ -353,13 +356,12 @@ def _check_service(service, path):
         raise ConfigError(f'{path}: inputExt must be letters and digits')
 
 
-def installed_service_dir():
-    """The default services shipped beside rrcloud.py or installed with it."""
+def installed_path(name):
+    """A shipped file or folder: beside rrcloud.py, or under share/rrcloud when installed."""
     here = os.path.dirname(os.path.realpath(__file__))
-    for folder in (os.path.join(here, 'services'),
-                   os.path.join(sys.prefix, 'share', 'rrcloud', 'services')):
-        if os.path.isdir(folder):
-            return folder
+    for path in (os.path.join(here, name), os.path.join(sys.prefix, 'share', 'rrcloud', name)):
+        if os.path.exists(path):
+            return path
     return None
 
 
@@ -370,7 +372,7 @@ def load_services(root):
     and skipped, the others still load.
     """
     services, errors, seen = {}, [], set()
-    for folder in (os.path.join(root, 'services'), installed_service_dir()):
+    for folder in (os.path.join(root, 'services'), installed_path('services')):
         if not folder or not os.path.isdir(folder):
             continue
         for entry in sorted(os.listdir(folder)):
@@ -587,7 +589,8 @@ class Store:
         out_name = os.path.basename(record.get('out', ''))
         if record.get('out', '').startswith('tasks/out/') and out_name:
             _unlink_quietly(os.path.join(self.folder('out'), out_name))
-        _unlink_quietly(os.path.join(self.folder('queue'), task_id))
+        for folder in ('queue', 'running'):
+            _unlink_quietly(os.path.join(self.folder(folder), task_id))
         _unlink_quietly(self.log_path(task_id))
         _unlink_quietly(self.info_path(task_id))
 
@@ -670,6 +673,7 @@ def reconcile_task(store, record, now=None):
     if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
         kill_process_group(int(record['pid']))
     finished = finish_task(store, record['id'], TaskStatus.FAILED, error='interrupted')
+    unmark(store, 'running', record['id'])
     return finished or store.read_task(record['id'])
 
 
@@ -756,7 +760,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         for _, path in stored:
             _unlink_quietly(store.path_of(path))
         raise
-    enqueue(store, record['id'])
+    mark(store, 'queue', record['id'])
     dispatch(store, config)
     return store.read_task(record['id'])
 
@@ -789,10 +793,23 @@ def check_notifier_url(url):
         raise UsageError(f'bad notifier URL (http or https only): {url!r}')
 
 
-def enqueue(store, task_id):
-    """Put a task at the end of the wait queue."""
-    path = os.path.join(store.folder('queue'), check_task_id(task_id))
+def mark(store, folder, task_id):
+    """Put a task's marker into ``tasks/queue`` (waiting) or ``tasks/running``."""
+    path = os.path.join(store.folder(folder), check_task_id(task_id))
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def unmark(store, folder, task_id):
+    """Take a task's marker out of ``tasks/queue`` or ``tasks/running``."""
+    _unlink_quietly(os.path.join(store.folder(folder), check_task_id(task_id)))
+
+
+def marked(store, folder):
+    """Ids with a marker in ``tasks/queue`` or ``tasks/running``, oldest first."""
+    try:
+        return sorted(n for n in os.listdir(store.folder(folder)) if TASK_ID_RE.match(n))
+    except FileNotFoundError:
+        return []
 
 
 def dispatch(store, config):
@@ -804,9 +821,7 @@ def dispatch(store, config):
     """
     store.ensure()
     with store.lock():
-        for task_id in sorted(os.listdir(store.folder('queue'))):
-            if not TASK_ID_RE.match(task_id):
-                continue
+        for task_id in marked(store, 'queue'):
             slot = acquire_slot(store, config.maxTasks)
             if slot is None:
                 return
@@ -831,7 +846,7 @@ def acquire_slot(store, max_tasks):
 
 def _start_queued(store, task_id, slot_fd):
     """Spawn the runner of one queued task (called under the store lock)."""
-    _unlink_quietly(os.path.join(store.folder('queue'), task_id))
+    unmark(store, 'queue', task_id)
     try:
         record = store.read_task(task_id)
     except NotFound:
@@ -846,6 +861,7 @@ def _start_queued(store, task_id, slot_fd):
         record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
     else:
         record.update(runner=str(pid), runnerStart=process_start_time(pid) or '')
+        mark(store, 'running', task_id)
     store.write_task(record)
 
 
@@ -857,8 +873,8 @@ def rrcloud_command():
 def spawn_runner(store, task_id, slot_fd):
     """Start ``rrcloud _run ID`` detached: own session, no terminal, outlives us."""
     import subprocess
-    env = dict(os.environ)
-    env.pop('GATEWAY_INTERFACE', None)  # the runner is not a CGI request
+    # Not the request's environment (HTTP_*, GATEWAY_INTERFACE): an allowlist.
+    env = {k: os.environ[k] for k in RUNNER_ENV_ALLOWLIST if k in os.environ}
     env['RRCLOUD_SLOT_FD'] = str(slot_fd)
     # A new session: a web server's or terminal's signals to its group never
     # reach the task, and the task survives the request or CLI that started it.
@@ -913,6 +929,7 @@ def run_task(store, config, services, task_id):
     final = finished or store.read_task(task_id)
     if final.get('notifier'):
         notify(store, final)
+    unmark(store, 'running', task_id)
     release_slot()
     dispatch(store, config)
     return final
@@ -1014,7 +1031,7 @@ def kill_task(store, task_id):
         record = store.read_task(task_id)
         if record.get('status') != TaskStatus.BUSY:
             raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
-        _unlink_quietly(os.path.join(store.folder('queue'), task_id))
+        unmark(store, 'queue', task_id)
         record.update(status='failed', error='killed', etime=f'{time.time():.5f}')
         record.pop('queued', None)
         store.write_task(record)
@@ -1058,12 +1075,373 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None):
 # WSGI app ####################################################################
 ###############################################################################
 
-# The HTTP service comes with the "HTTP service" issue.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+MAX_WAIT_SECONDS = 60
+FORM_FIELD_RE = re.compile(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|nativeArgs'
+                           r'|notifier|format|id|wait)\Z')
+CONTROL_SERVICES = ('info', 'meta', 'kill')
+OUT_NAME_RE = re.compile(r'\A[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z')
+STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
+                404: '404 Not Found', 405: '405 Method Not Allowed',
+                413: '413 Payload Too Large', 500: '500 Internal Server Error',
+                502: '502 Bad Gateway', 503: '503 Service Unavailable'}
+
+
+class HTTPError(RRCloudError):
+    """An error answer with its own status code."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.http_status = status
+
+
+class Response:
+    """Status, headers and body of one answer."""
+
+    def __init__(self, body=b'', status=200, content_type='text/plain; charset=utf-8', headers=()):
+        self.status = status
+        self.body = body if isinstance(body, (bytes, list)) or hasattr(body, 'read') else body.encode('utf-8')
+        self.headers = [('Content-Type', content_type), ('Access-Control-Allow-Origin', '*')]
+        self.headers += list(headers)
+
+
+class Request:
+    """The parts of a WSGI request rrcloud looks at; the form is parsed on demand."""
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.method = environ.get('REQUEST_METHOD', 'GET').upper()
+        self.path = _request_path(environ)
+        self.query = _parse_query(environ.get('QUERY_STRING', ''))
+        self.client = environ.get('REMOTE_ADDR', '') or 'unknown'
+        self.form, self.files = dict(self.query), {}
+        self.browser = 'Mozilla' in environ.get('HTTP_USER_AGENT', '')
+
+    @property
+    def format(self):
+        return 'json' if self.form.get('format') == 'json' else 'text'
+
+    def read_form(self):
+        """Parse a POST body (multipart or urlencoded) with the multipart package."""
+        length = self.environ.get('CONTENT_LENGTH') or '0'
+        if not length.isdigit():
+            raise HTTPError(400, 'bad Content-Length')
+        if int(length) > MAX_REQUEST_BYTES:
+            raise HTTPError(413, f'request too large (at most {MAX_REQUEST_BYTES} bytes)')
+        import multipart
+        try:
+            forms, files = multipart.parse_form_data(
+                self.environ, strict=True, part_limit=256, memory_limit=64 * 1024 * 1024,
+                disk_limit=MAX_REQUEST_BYTES, spool_limit=1024 * 1024)
+        except multipart.MultipartError as exc:
+            raise HTTPError(400, f'bad form data: {exc}') from None
+        for key, value in forms.iterallitems():
+            self._add_field(key, value)
+        for key, part in files.iterallitems():
+            self._add_field(key, part)
+
+    def _add_field(self, key, value):
+        if not FORM_FIELD_RE.match(key):
+            raise HTTPError(400, f'unknown form field: {key[:64]!r}')
+        if key in self.form or key in self.files:
+            raise HTTPError(400, f'form field given twice: {key}')
+        if isinstance(value, str):
+            self.form[key] = value
+        else:
+            self.files[key] = value
+
+
+def _request_path(environ):
+    """The path below the application (SCRIPT_NAME stripped by the server)."""
+    path = environ.get('PATH_INFO', '') or '/'
+    return path
+
+
+def _parse_query(query):
+    from urllib.parse import parse_qsl
+    fields = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if not FORM_FIELD_RE.match(key):
+            raise HTTPError(400, f'unknown query field: {key[:64]!r}')
+        if key in fields:
+            raise HTTPError(400, f'query field given twice: {key}')
+        fields[key] = value
+    return fields
+
+
+def _check_line(name, value):
+    """Text fields are single lines: a CR, LF or NUL could forge a record key."""
+    if any(ch in value for ch in '\r\n\0'):
+        raise HTTPError(400, f'field {name} holds a line break or NUL')
+    return value
+
+
+_APP_CONTEXT = {}
+
+
+def app_context():
+    """Config, store and services of this server (loaded once per process)."""
+    if 'store' not in _APP_CONTEXT:
+        config = load_config()
+        _APP_CONTEXT.update(config=config, store=Store(config.dir))
+    return _APP_CONTEXT['config'], _APP_CONTEXT['store']
+
+
+def application(environ, start_response):
+    """The WSGI application: the whole HTTP API of rrcloud."""
+    request = None
+    try:
+        request = Request(environ)
+        response = route(request)
+    except RRCloudError as exc:
+        status = getattr(exc, 'http_status', 500)
+        response = error_response(status, str(exc), request.format if request else 'text')
+    except Exception as exc:  # one line to the client, never a traceback
+        print(f'rrcloud: internal error: {exc!r}', file=environ.get('wsgi.errors', sys.stderr))
+        response = error_response(500, 'internal error', request.format if request else 'text')
+    start_response(STATUS_LINES.get(response.status, f'{response.status} Error'), response.headers)
+    if hasattr(response.body, 'read'):
+        wrapper = environ.get('wsgi.file_wrapper')
+        return wrapper(response.body, 65536) if wrapper else iter(lambda: response.body.read(65536), b'')
+    return [response.body]
+
+
+def error_response(status, message, fmt):
+    """An error answer: status code plus a one-line reason in the asked format."""
+    message = ' '.join(message.split())
+    if fmt == 'json':
+        return Response(json.dumps({'error': message}), status, 'application/json')
+    return Response(f'error: {message}\n', status)
+
+
+def route(request):
+    """Dispatch by path and method."""
+    if request.path.startswith('/tasks/out/'):
+        return serve_result(request, request.path[len('/tasks/out/'):])
+    if request.path.startswith('/tasks/log/'):
+        return serve_log(request, request.path[len('/tasks/log/'):])
+    if request.path not in ('/', '/index.cgi'):
+        raise HTTPError(404, 'not found')
+    if request.method == 'OPTIONS':
+        return Response(b'', 204, headers=[('Access-Control-Allow-Methods', 'GET, POST, OPTIONS'),
+                                           ('Access-Control-Allow-Headers', 'Content-Type')])
+    if request.method == 'POST':
+        request.read_form()
+    elif request.method not in ('GET', 'HEAD'):
+        raise HTTPError(405, f'method {request.method} not allowed')
+    return route_service(request)
+
+
+def route_service(request):
+    """``service=`` decides: info, meta, kill, or a task to start."""
+    config, store = app_context()
+    service = request.form.get('service', '')
+    if service == 'info' or (not service and request.method != 'POST'):
+        if not service and request.browser and 'format' not in request.form:
+            return html_page(store, config, request)
+        return answer_info(store, config, request)
+    if service == 'meta':
+        services, _ = load_services(store.root)
+        return answer_record(meta_record(store, config, services), request.format)
+    if service == 'kill':
+        return answer_record(kill_task(store, _form_task_id(request)), request.format)
+    if request.method != 'POST':
+        raise HTTPError(405, f'a task of {service!r} is started with POST')
+    return answer_record(submit_from_form(store, config, request), request.format)
+
+
+def _form_task_id(request):
+    if 'id' not in request.form:
+        raise HTTPError(400, 'missing id')
+    return check_task_id(request.form['id'])
+
+
+def answer_record(record, fmt):
+    """One record as ``key: value`` lines or a JSON object."""
+    if fmt == 'json':
+        return Response(json.dumps(record, sort_keys=True) + '\n', 200, 'application/json')
+    return Response(format_record(record))
+
+
+def answer_info(store, config, request):
+    """``service=info``: one task (optionally long-polled) or all of them."""
+    if 'id' in request.form:
+        task_id = _form_task_id(request)
+        wait = _wait_seconds(request.form.get('wait', '0'))
+        record = wait_for_task(store, task_id, timeout=wait) if wait else get_task(store, task_id)
+        return answer_record(record, request.format)
+    records = list_tasks(store, config)
+    if request.format == 'json':
+        return Response(json.dumps(records, sort_keys=True) + '\n', 200, 'application/json')
+    return Response('\n'.join(format_record(r) for r in records))
+
+
+def _wait_seconds(text):
+    try:
+        wait = float(text)
+    except ValueError:
+        raise HTTPError(400, f'bad wait: {text[:32]!r}') from None
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise HTTPError(400, f'wait must be between 0 and {MAX_WAIT_SECONDS} seconds')
+    return wait
+
+
+def submit_from_form(store, config, request):
+    """``POST service=NAME fileIn0.. prearg0.. nativeArgs arg0.. notifier``: start a task."""
+    services, errors = load_services(store.root)
+    service = find_service(services, errors, request.form.get('service', ''))
+    for key, value in request.form.items():
+        if not key.startswith('fileIn'):
+            _check_line(key, value)
+    inputs = form_inputs(request, service)
+    native = request.form.get('nativeArgs', '').split()
+    native += [request.form[k] for k in sorted(request.form, key=_field_number) if k.startswith('arg')]
+    return submit_task(store, config, service, inputs, native,
+                       notifier=request.form.get('notifier', ''), client=request.client)
+
+
+def _field_number(key):
+    return int(re.sub(r'\D', '', key) or 0)
+
+
+def form_inputs(request, service):
+    """The ``fileInN`` fields in order: uploads or content strings, with their preargs."""
+    names = sorted((k for k in list(request.form) + list(request.files) if k.startswith('fileIn')),
+                   key=_field_number)
+    for key in request.form:
+        if key.startswith('prearg') and f'fileIn{key[6:]}' not in names:
+            raise HTTPError(400, f'{key} without fileIn{key[6:]}')
+    inputs = []
+    for name in names:
+        prearg = request.form.get(f'prearg{name[6:]}', '')
+        if name in request.files:
+            part = request.files[name]
+            part.file.seek(0)
+            inputs.append(Input(part.file, filename=part.filename or '', prearg=prearg))
+        else:
+            inputs.append(Input(request.form[name].encode('utf-8'), prearg=prearg))
+    if not inputs:
+        raise HTTPError(400, 'missing input: no fileIn0')
+    return inputs
+
+
+def serve_result(request, name):
+    """``GET /tasks/out/NAME``: a task's result, nothing else."""
+    _, store = app_context()
+    if not OUT_NAME_RE.match(name) or '..' in name:
+        raise HTTPError(404, 'no such result')
+    return serve_file(request, os.path.join(store.folder('out'), name), 'application/octet-stream')
+
+
+def serve_log(request, task_id):
+    """``GET /tasks/log/ID``: a task's log."""
+    _, store = app_context()
+    if not TASK_ID_RE.match(task_id):
+        raise HTTPError(404, 'no such log')
+    return serve_file(request, store.log_path(task_id), 'text/plain; charset=utf-8')
+
+
+def serve_file(request, path, content_type):
+    """Stream a regular file, never following a link."""
+    if request.method not in ('GET', 'HEAD'):
+        raise HTTPError(405, 'only GET')
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise HTTPError(404, 'not found') from None
+    import stat
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise HTTPError(404, 'not found')
+    handle = os.fdopen(fd, 'rb')
+    if request.method == 'HEAD':
+        handle.close()
+        handle = b''
+    return Response(handle, 200, content_type, headers=[('Content-Length', str(info.st_size))])
+
+
+def html_page(store, config, request):
+    """The browser's task list: a template from www/, rows escaped here."""
+    import html
+    from string import Template
+    records = list(reversed(list_tasks(store, config)))
+    rows = ''.join(_html_row(r, html.escape) for r in records)
+    with open(installed_path(os.path.join('www', 'index.html')), encoding='utf-8') as handle:
+        template = Template(handle.read())
+    import socket
+    page = template.safe_substitute(
+        server=html.escape(socket.gethostname()), version=html.escape(VERSION_STRING),
+        count=len(records), rows=rows)
+    return Response(page, 200, 'text/html; charset=utf-8')
+
+
+def _html_row(record, escape):
+    ctime = float(record.get('ctime') or 0)
+    end = float(record.get('etime') or time.time())
+    task_id = record.get('id', '')
+    out = record.get('out', '')
+    result = (f'<a href="/{escape(out)}">result</a>'
+              if record.get('status') == TaskStatus.COMPLETE and out.startswith('tasks/out/') else '')
+    cells = [
+        f'<span class="status {escape(record.get("status", ""))}">{escape(record.get("status", ""))}</span>',
+        escape(task_id), escape(record.get('service', '')), escape(record.get('client', '')),
+        time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctime)),
+        f'{end - ctime:.1f} s',
+        _kilobytes(record.get('sizeIn')), _kilobytes(record.get('sizeOut')),
+        f'{result} <a href="/tasks/log/{escape(task_id)}">log</a>',
+        escape(record.get('error', '')),
+    ]
+    return '<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>\n'
+
+
+def _kilobytes(size):
+    try:
+        return f'{int(size) / 1024:.1f} KB'
+    except (TypeError, ValueError):
+        return ''
 
 
 ###############################################################################
 # Server adapters #############################################################
 ###############################################################################
+
+def serve(args):
+    """``rrcloud serve [--bind ADDR] [--port N]``: the embedded server (waitress)."""
+    config = load_config()
+    bind, port = '0.0.0.0', config.port
+    args = list(args)
+    while args:
+        word = args.pop(0)
+        name, sep, value = word.partition('=')
+        if name not in ('--bind', '--port'):
+            raise UsageError(f'unknown serve option: {word!r}')
+        if not sep:
+            if not args:
+                raise UsageError(f'{name} needs a value')
+            value = args.pop(0)
+        if name == '--bind':
+            bind = value
+        else:
+            try:
+                port = _port(value)
+            except ValueError:
+                raise UsageError(f'bad port: {value!r}') from None
+    store = Store(config.dir)
+    store.ensure()
+    _APP_CONTEXT.update(config=config, store=store)
+    import waitress
+    print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr, flush=True)
+    waitress.serve(application, host=bind, port=port, threads=16, ident='rrcloud',
+                   channel_timeout=120, max_request_body_size=MAX_REQUEST_BYTES, _quiet=True)
+    return ExitCode.OK
+
+
+def run_cgi():
+    """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
+    import wsgiref.handlers
+    wsgiref.handlers.CGIHandler().run(application)
+    return ExitCode.OK
 
 
 ###############################################################################
@@ -1075,6 +1453,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] info [ID]           show one task or all of them
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task
+       rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
 
 Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
@@ -1246,21 +1625,37 @@ def cmd_info(ctx, args):
 def meta_record(store, config, services):
     """What this machine offers: the spec's meta fields plus load for schedulers."""
     import socket
-    records = [store.read_task(t) for t in store.task_ids()] if os.path.isdir(store.folder('info')) else []
-    busy = [r for r in records if r.get('status') == TaskStatus.BUSY]
+    running = [t for t in marked(store, 'running') if _still_running(store, t)]
+    try:
+        tasks = sum(1 for n in os.listdir(store.folder('info')) if TASK_ID_RE.match(n))
+    except FileNotFoundError:
+        tasks = 0
     return {
-        'busy': str(sum(1 for r in busy if not r.get('queued'))),
+        'busy': str(len(running)),
         'cpuLoad': f'{os.getloadavg()[0]:.2f}',
         'maxDataRetention': f'{config.maxDataRetention:g}',
         'maxTasks': str(config.maxTasks),
-        'queued': str(sum(1 for r in busy if r.get('queued'))),
+        'queued': str(len(marked(store, 'queue'))),
         'serverName': socket.gethostname(),
         'services': ','.join(sorted(services)),
-        'tasks': str(len(records)),
+        'tasks': str(tasks),
         'timeout': f'{config.timeout:g}',
         'uptime': format_uptime(system_uptime()),
         'version': VERSION_STRING,
     }
+
+
+def _still_running(store, task_id):
+    """True when a running marker belongs to a live runner (reconciles it otherwise)."""
+    try:
+        record = get_task(store, task_id)
+    except NotFound:
+        unmark(store, 'running', task_id)
+        return False
+    if record.get('runner') and process_is(record['runner'], record.get('runnerStart')):
+        return True
+    unmark(store, 'running', task_id)
+    return False
 
 
 def system_uptime():
@@ -1407,6 +1802,8 @@ def cli(args):
         return ExitCode.OK
     if rest and rest[0] == '_run':
         return cmd_run_internal(rest[1:])
+    if rest and rest[0] == 'serve':
+        return serve(rest[1:])
     ctx = Context(options)
     if not rest:
         return cmd_info(ctx, [])
@@ -1438,6 +1835,8 @@ def main(argv=None) -> int:
     try:
         if program.endswith('.cloud'):
             return int(wrapper(program[:-len('.cloud')], args))
+        if os.environ.get('GATEWAY_INTERFACE'):
+            return int(run_cgi())
         return int(cli(args))
     except RRCloudError as exc:
         if traceback:

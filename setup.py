@@ -22,5 +22,6 @@ setup(
     entry_points={'console_scripts': ['rrcloud=rrcloud:main']
                   + [f'{name}.cloud=rrcloud:main' for name in WRAPPED]},
     data_files=[('share/rrcloud/services', sorted(glob.glob('services/*.conf'))),
+                ('share/rrcloud/www', sorted(glob.glob('www/*'))),
                 ('share/rrcloud', ['rrcloudrc'])],
 )
