@@ -7,10 +7,14 @@ PYTHON   ?= python3
 VENV     := $(CURDIR)/.venv
 VPY      := $(VENV)/bin/python
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := openscad slic3r povray printrun lighttpd apache2
+APT_PACKAGES := openscad slic3r povray printrun lighttpd apache2 python3 python3-venv
 RUNDIR   := $(CURDIR)/build/run
+# The web servers' interpreter: Debian's Python in a venv that www-data can
+# run (a Python under /root cannot be executed by the web server's user).
+WEBVENV  := /opt/rrcloud/venv
+PORT     ?= 4468
 
-.PHONY: all install system-deps python-deps test-deps run test clean
+.PHONY: all install system-deps python-deps web-python test-deps run serve stop test clean
 
 all: install
 
@@ -36,17 +40,39 @@ $(VPY):
 python-deps: $(VPY)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e .
 
-install: system-deps python-deps
+web-python: system-deps
+	@[ -x $(WEBVENV)/bin/python ] || $(SUDO) /usr/bin/python3 -m venv $(WEBVENV)
+	$(SUDO) $(WEBVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+
+install: system-deps python-deps web-python
 
 test-deps: install
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 
-# The main job: a real OpenSCAD model rendered through rrcloud, result shown.
-run: install
+# The main job on the embedded default: start `rrcloud serve` on port $(PORT)
+# (store in build/run), send it a real OpenSCAD model, show the result.
+# The server keeps running; `make stop` stops it.
+run: install serve
 	@mkdir -p $(RUNDIR) && cp tests/data/cube.scad $(RUNDIR)/
-	cd $(RUNDIR) && $(VENV)/bin/openscad.cloud cube.scad -ocube.stl
+	cd $(RUNDIR) && curl -sS -F service=openscad -F fileIn0=@cube.scad http://localhost:$(PORT)/ | tee submit.txt
+	cd $(RUNDIR) && id=$$(sed -n 's/^id: //p' submit.txt) && \
+	  curl -sS "http://localhost:$(PORT)/?service=info&id=$$id&wait=60" | tee info.txt && \
+	  curl -sS -o cube.stl "http://localhost:$(PORT)/$$(sed -n 's/^out: //p' info.txt)"
 	@echo "--- result: $(RUNDIR)/cube.stl"; ls -l $(RUNDIR)/cube.stl; head -n 3 $(RUNDIR)/cube.stl
-	cd $(RUNDIR) && $(VENV)/bin/rrcloud info
+	@echo "--- rrcloud is serving http://localhost:$(PORT)/ (make stop to stop it)"
+
+serve: install
+	@mkdir -p $(RUNDIR)
+	@if curl -sf "http://localhost:$(PORT)/?service=meta" >/dev/null 2>&1; then \
+	  echo "rrcloud already serving on port $(PORT)"; \
+	else \
+	  cd $(RUNDIR) && nohup $(VENV)/bin/rrcloud serve --port $(PORT) >serve.log 2>&1 & echo $$! >$(RUNDIR)/serve.pid; \
+	  for i in $$(seq 50); do curl -sf "http://localhost:$(PORT)/?service=meta" >/dev/null 2>&1 && break; sleep 0.1; done; \
+	  echo "rrcloud serving on port $(PORT), pid $$(cat $(RUNDIR)/serve.pid)"; \
+	fi
+
+stop:
+	@[ -f $(RUNDIR)/serve.pid ] && kill $$(cat $(RUNDIR)/serve.pid) && rm -f $(RUNDIR)/serve.pid || true
 
 test: test-deps
 	$(VPY) -m pytest -q tests
