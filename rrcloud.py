@@ -662,19 +662,23 @@ def process_is(pid, start_time):
 
 def reconcile_task(store, record, now=None):
     """Report a busy task whose runner is gone as failed/interrupted."""
-    if record.get('status') != TaskStatus.BUSY or 'remoteId' in record:
-        return record
-    now = now or time.time()
-    if record.get('runner'):
-        if process_is(record['runner'], record.get('runnerStart')):
-            return record
-    elif record.get('queued') or now - float(record.get('stime') or record.get('ctime') or now) < ORPHAN_GRACE_SECONDS:
+    if record.get('status') != TaskStatus.BUSY or 'remoteId' in record or _runner_expected(store, record, now):
         return record
     if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
         kill_process_group(int(record['pid']))
     finished = finish_task(store, record['id'], TaskStatus.FAILED, error='interrupted')
     unmark(store, 'running', record['id'])
     return finished or store.read_task(record['id'])
+
+
+def _runner_expected(store, record, now=None):
+    """True while a busy task still has (or is about to have) a live runner."""
+    if record.get('runner'):
+        return process_is(record['runner'], record.get('runnerStart'))
+    if record.get('queued') and os.path.exists(os.path.join(store.folder('queue'), record['id'])):
+        return True
+    started = float(record.get('stime') or record.get('ctime') or 0)
+    return (now or time.time()) - started < ORPHAN_GRACE_SECONDS
 
 
 def finish_task(store, task_id, status, **fields):
@@ -966,14 +970,29 @@ def execute(store, config, service, record):
         store.update_task(record['id'], {'pid': process.pid,
                                          'pidStart': process_start_time(process.pid) or ''})
         _install_runner_signal_handlers(process)
-        try:
-            code = process.wait(timeout=config.timeout)
-        except subprocess.TimeoutExpired:
-            terminate_group(process)
+        code = supervise(store, config, record['id'], process)
+        if code is None:
             return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
                                        'exitCode': process.returncode}
         kill_process_group(process.pid)  # leftovers of a tool that exited
     return judge_exit(store, service, record, code)
+
+
+def supervise(store, config, task_id, process, interval=0.5):
+    """Wait for the tool; stop its group on timeout (returns None) or when killed."""
+    import subprocess
+    deadline = time.monotonic() + config.timeout
+    while True:
+        try:
+            return process.wait(timeout=max(0.0, min(interval, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            terminate_group(process)
+            return None
+        if store.read_task(task_id).get('status') != TaskStatus.BUSY:  # killed meanwhile
+            terminate_group(process)
+            return process.returncode
 
 
 def _install_runner_signal_handlers(process):
