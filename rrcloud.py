@@ -527,11 +527,14 @@ class Store:
 
     # -- records ------------------------------------------------------------
 
-    def create_task(self, build):
-        """Store the record ``build(id)`` under a fresh id; exclusive, never overwrites."""
+    def create_task(self, build, preferred_id=None):
+        """Store the record ``build(id)`` under a fresh id; exclusive, never overwrites.
+
+        ``preferred_id`` (a valid id, e.g. a server's) is tried first.
+        """
         self.ensure()
         while True:
-            task_id = new_unique_name()
+            task_id, preferred_id = preferred_id or new_unique_name(), None
             record = dict(build(task_id), id=task_id)
             temp = os.path.join(self.folder('info'), f'.{task_id}.{os.getpid()}.new')
             write_file_atomically(temp, format_record(record).encode())
@@ -1087,7 +1090,206 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None):
 # HTTP client #################################################################
 ###############################################################################
 
-# Remote relay to other rrcloud servers comes with the "Remote relay" issue.
+# A 0.019 server's ids are <seconds>-<6 digits>; ours have three parts.
+REMOTE_ID_RE = re.compile(r'\A[0-9]{1,12}-[0-9]{1,6}(-[0-9]{1,6})?\Z')
+REMOTE_OUT_RE = re.compile(r'\Atasks/out/([A-Za-z0-9][A-Za-z0-9._-]{0,200})\Z')
+META_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 3.0
+POLL_WAIT = 30
+MAX_POLL_BACKOFF = 2.0
+
+
+def server_url(server, port):
+    """``host``, ``host:port`` or a URL -> a base URL ending in ``/``."""
+    if not SERVER_RE.match(server):
+        raise UsageError(f'bad server: {server!r}')
+    if server.startswith(('http://', 'https://')):
+        return server if server.endswith('/') else server + '/'
+    host = server if re.search(r':[0-9]+\Z', server) else f'{server}:{port}'
+    return f'http://{host}/'
+
+
+def parse_answer(response):
+    """A server's answer as a dict: JSON object, or the spec's ``key: value`` lines."""
+    text = response.text
+    if response.headers.get('Content-Type', '').startswith('application/json'):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    return parse_record(text)
+
+
+def http_session():
+    """A requests session that ignores proxy settings from the environment."""
+    import requests
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def probe_load(session, url):
+    """One short ``meta`` request: a sort key (lower is less loaded), or None."""
+    try:
+        answer = parse_answer(session.get(url, params={'service': 'meta'}, timeout=META_TIMEOUT))
+    except Exception:
+        return None
+    if 'RepRapCloud' not in answer.get('version', ''):
+        return None
+    try:
+        slots = max(1, int(answer.get('maxTasks') or 1))
+        waiting = int(answer.get('busy') or 0) + int(answer.get('queued') or 0)
+        load = float(answer.get('cpuLoad') or 0)
+    except ValueError:
+        return None
+    return (waiting / slots, load)
+
+
+def rank_servers(session, urls):
+    """Servers in the order to try: least loaded first; silent ones dropped.
+
+    One server needs no probe: the submission itself tells whether it answers.
+    """
+    if len(urls) == 1:
+        return list(urls), []
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
+        keys = list(pool.map(lambda url: probe_load(session, url), urls))
+    ranked = sorted((key, index) for index, key in enumerate(keys) if key is not None)
+    silent = [url for url, key in zip(urls, keys) if key is None]
+    return [urls[index] for _, index in ranked], silent
+
+
+def post_task(session, url, service, inputs, native, notifier):
+    """Upload one task (the spec's field names); the server's record, or None."""
+    fields = {'service': service.name}
+    if native:
+        fields['nativeArgs'] = ' '.join(native)
+    if notifier:
+        fields['notifier'] = notifier
+    files = {}
+    for number, item in enumerate(inputs):
+        if item.prearg:
+            fields[f'prearg{number}'] = item.prearg
+        name = os.path.basename(item.filename) or f'input.{item.extension(service) or "txt"}'
+        files[f'fileIn{number}'] = (name, item.data)
+    try:
+        response = session.post(url, data=fields, files=files, timeout=(CONNECT_TIMEOUT, 300))
+    except Exception as exc:
+        return None, f'{url}: {exc.__class__.__name__}'
+    answer = parse_answer(response)
+    if response.status_code != 200 or not REMOTE_ID_RE.match(answer.get('id', '')):
+        reason = answer.get('error') or f'HTTP {response.status_code}, not an rrcloud answer'
+        if 400 <= response.status_code < 500:
+            raise UsageError(f'{url} refused the task: {reason}')
+        return None, f'{url}: {reason}'
+    return answer, None
+
+
+def submit_remote(ctx, service, servers, inputs, native):
+    """Send a task to the least loaded server that takes it; record it locally."""
+    session = http_session()
+    urls = [server_url(s, ctx.config.port) for s in servers]
+    ranked, silent = rank_servers(session, urls)
+    tried = [f'{url}: no answer to meta' for url in silent]
+    for url in ranked:
+        answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier)
+        if answer:
+            return record_remote(ctx.store, url, service, answer)
+        tried.append(failure)
+    raise NoServer('no server took the task; tried ' + '; '.join(tried))
+
+
+def record_remote(store, url, service, answer):
+    """The local record of a remote task: its server, its remote id, busy."""
+    remote_id = answer['id']
+    record = {'remoteId': remote_id, 'server': url, 'service': service.name,
+              'status': TaskStatus.BUSY.value, 'ctime': f'{time.time():.5f}',
+              'client': 'localhost'}
+    preferred = remote_id if TASK_ID_RE.match(remote_id) else None
+    return store.create_task(lambda task_id: record, preferred_id=preferred)
+
+
+def refresh_remote(store, record, session=None, wait=0):
+    """Ask a busy remote task's server about it; fetch result and log when it ended."""
+    session = session or http_session()
+    url = record['server']
+    params = {'service': 'info', 'id': record['remoteId']}
+    if wait:
+        params['wait'] = str(wait)
+    response = session.get(url, params=params, timeout=(CONNECT_TIMEOUT, wait + 30))
+    answer = parse_answer(response)
+    status = answer.get('status')
+    if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
+        return record
+    changes = {k: answer[k] for k in ('exitCode', 'error', 'etime', 'cmd') if _single_line(answer.get(k))}
+    out_match = REMOTE_OUT_RE.match(answer.get('out', ''))
+    if status == TaskStatus.COMPLETE and out_match:
+        local_out = _local_out_name(record['id'], out_match.group(1))
+        fetch_to(session, url + 'tasks/out/' + out_match.group(1), store.folder('out'), local_out)
+        changes['out'] = 'tasks/out/' + local_out
+        changes['sizeOut'] = os.path.getsize(os.path.join(store.folder('out'), local_out))
+    elif status == TaskStatus.COMPLETE and answer.get('out'):
+        status, changes['error'] = TaskStatus.FAILED, 'server named an unsafe result path'
+    try:
+        fetch_to(session, url + 'tasks/log/' + record['remoteId'], store.folder('log'), record['id'])
+    except RRCloudError:
+        pass  # a missing log is no reason to lose the result
+    changes['status'] = status.value if isinstance(status, TaskStatus) else status
+    return store.update_task(record['id'], changes, only_if_busy=True) or store.read_task(record['id'])
+
+
+def _single_line(value):
+    return isinstance(value, str) and value and not any(c in value for c in '\r\n\0')
+
+
+def _local_out_name(task_id, remote_name):
+    """``<local id>[.ext]``: the server's name lends only its extension."""
+    ext = remote_name.rsplit('.', 1)[1] if '.' in remote_name else ''
+    return f'{task_id}.{ext}' if EXTENSION_RE.match(ext) else task_id
+
+
+def fetch_to(session, url, folder, name):
+    """Download ``url`` into ``folder/name`` atomically (name is ours, never the server's)."""
+    response = session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, 300))
+    if response.status_code != 200:
+        raise RRCloudError(f'cannot fetch {url}: HTTP {response.status_code}')
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f'.{name}.{os.getpid()}.part')
+    try:
+        with open(temp, 'wb') as handle:
+            for chunk in response.iter_content(65536):
+                handle.write(chunk)
+        os.replace(temp, os.path.join(folder, name))
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+
+
+def wait_remote(store, record, progress=None):
+    """Wait for a remote task with the server's long-poll (or capped polling)."""
+    session = http_session()
+    backoff = 0.1
+    started = time.monotonic()
+    while record.get('status') == TaskStatus.BUSY:
+        asked = time.monotonic()
+        record = refresh_remote(store, record, session, wait=POLL_WAIT)
+        if progress:
+            progress(record, time.monotonic() - started)
+        if record.get('status') == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
+            time.sleep(backoff)  # the server did not hold the answer: a 0.019 server
+            backoff = min(backoff * 1.5, MAX_POLL_BACKOFF)
+    return record
+
+
+def kill_remote(record):
+    """Ask a remote task's server to kill it."""
+    try:
+        http_session().get(record['server'], params={'service': 'kill', 'id': record['remoteId']},
+                           timeout=CONNECT_TIMEOUT)
+    except Exception:
+        pass
 
 
 ###############################################################################
@@ -1487,7 +1689,7 @@ else is refused.
 
 options:
   --local            run here even when servers are configured
-  --s=SERVER         use SERVER (remote relay: not in this version yet)
+  --s=SERVER         send the task to SERVER (host, host:port or URL)
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
   --sync             wait for the task and mirror its exit code
   --format=json      print JSON instead of key: value lines
@@ -1630,15 +1832,28 @@ def cmd_info(ctx, args):
     if len(args) > 1:
         raise UsageError('info takes at most one task id')
     if args:
-        print_record(get_task(ctx.store, check_task_id(args[0])), ctx.options.format)
+        record = refresh_if_remote(ctx.store, get_task(ctx.store, check_task_id(args[0])))
+        print_record(record, ctx.options.format)
         return ExitCode.OK
-    records = list_tasks(ctx.store, ctx.config)
+    records = [refresh_if_remote(ctx.store, r) for r in list_tasks(ctx.store, ctx.config)]
     if ctx.options.format == 'json':
         sys.stdout.write(json.dumps(records, indent=1, sort_keys=True) + '\n')
     else:
         for record in records:
             print_record(record, 'text')
     return ExitCode.OK
+
+
+def refresh_if_remote(store, record):
+    """A busy remote task is asked about at its server (a silent server leaves it busy)."""
+    if record.get('remoteId') and record.get('status') == TaskStatus.BUSY:
+        try:
+            return refresh_remote(store, record)
+        except (OSError, RRCloudError) as exc:
+            print(f'rrcloud: warning: {record["server"]}: {exc}', file=sys.stderr)
+        except Exception as exc:  # requests' errors are not OSErrors
+            print(f'rrcloud: warning: {record["server"]}: {exc.__class__.__name__}', file=sys.stderr)
+    return record
 
 
 def meta_record(store, config, services):
@@ -1746,14 +1961,58 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
     if wrapper and output is None and not service.no_output:
         prefix = service.output_prefix()
         raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
-    if remote_servers(ctx, service_name):
-        raise NoServer('remote servers are not supported in this version yet; use --local')
+    servers = remote_servers(ctx, service_name)
+    if servers:
+        record = submit_remote(ctx, service, servers, inputs, native)
+        if not sync:
+            print_id(ctx, record)
+            return ExitCode.OK
+        return finish_sync_remote(ctx, record, output)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
                          args=' '.join(args))
     if not sync:
-        print(json.dumps({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
+        print_id(ctx, record)
         return ExitCode.OK
     return finish_sync(ctx, record, output)
+
+
+def print_id(ctx, record):
+    """``id: ID`` (or a JSON object) for an asynchronous start."""
+    print(json.dumps({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
+
+
+def finish_sync_remote(ctx, record, output):
+    """Wait for a remote task, fetch its result to ``output``, mirror its exit code."""
+    progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
+    try:
+        record = wait_remote(ctx.store, record, progress)
+    except KeyboardInterrupt:
+        kill_remote(record)
+        return ExitCode.INTERRUPTED
+    except OSError as exc:
+        raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None
+    finally:
+        if progress:
+            progress.clear()
+    return deliver_result(ctx, record, output)
+
+
+class ProgressLine:
+    """One line on a terminal's stderr: server, status, elapsed, queue or progress."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def __call__(self, record, elapsed):
+        extra = ' queued' if record.get('queued') else ''
+        if record.get('progress'):
+            extra = f' {record["progress"]}'
+        sys.stderr.write(f'\r{self.server} {record.get("status")} {elapsed:.0f}s{extra}\x1b[K')
+        sys.stderr.flush()
+
+    def clear(self):
+        sys.stderr.write('\r\x1b[K')
+        sys.stderr.flush()
 
 
 def finish_sync(ctx, record, output):
@@ -1763,6 +2022,11 @@ def finish_sync(ctx, record, output):
     except KeyboardInterrupt:
         _kill_quietly(ctx.store, record['id'])
         return ExitCode.INTERRUPTED
+    return deliver_result(ctx, record, output)
+
+
+def deliver_result(ctx, record, output):
+    """A finished task: its result to ``output`` on success, its log to stderr on failure."""
     if record.get('status') == TaskStatus.COMPLETE:
         if output:
             deliver_output(ctx.store.path_of(record['out']), output)
