@@ -958,14 +958,18 @@ def execute(store, config, service, record):
     import shutil
     import subprocess
     argv = shlex.split(record['cmd'])
-    executable = shutil.which(argv[0], path=service.path)
+    env = task_environment(service)
+    if argv[0] == 'rrcloud':  # a built-in (the G-code sender): this program, this Python
+        argv = rrcloud_command() + argv[1:]
+        env.update(RRCLOUD_TASK_ID=record['id'], RRCLOUD_DIR=store.root)
+    executable = shutil.which(argv[0], path=service.path) if argv[0] != sys.executable else argv[0]
     with open(store.log_path(record['id']), 'ab') as log:
         if executable is None:
             log.write(f'rrcloud: {argv[0]} not found in {service.path}\n'.encode())
             return TaskStatus.FAILED, {'error': f'cannot start: {argv[0]} not found in {service.path}'}
         try:
             process = subprocess.Popen(
-                [executable] + argv[1:], cwd=store.root, env=task_environment(service),
+                [executable] + argv[1:], cwd=store.root, env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)  # its own group: timeouts and kills reach grandchildren
         except OSError as exc:
@@ -1083,7 +1087,192 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None):
 # Printing ####################################################################
 ###############################################################################
 
-# The built-in G-code sender comes with the "Real services" issue.
+PRINT_DEFAULT_BAUD = 115200
+PRINT_ANSWER_TIMEOUT = 60.0
+PRINT_BANNER_WAIT = 5.0
+PRINT_PROGRESS_INTERVAL = 0.5
+RESEND_RE = re.compile(rb'\A(?:Resend|rs)[: ]\s*N?:?\s*([0-9]+)', re.IGNORECASE)
+
+
+class PrinterError(RRCloudError):
+    """The printer could not be opened, or stopped answering."""
+
+
+def gcode_lines(path):
+    """The code lines of a G-code file: comments (; and parentheses) and blanks stripped."""
+    lines = []
+    with open(path, encoding='utf-8', errors='replace') as handle:
+        for raw in handle:
+            code = re.sub(r'\([^)]*\)', '', raw.split(';', 1)[0]).strip()
+            if code:
+                lines.append(code)
+    return lines
+
+
+def checksummed(number, code):
+    """``N<n> <code>*<checksum>``; the checksum is the XOR of every byte before '*'."""
+    body = f'N{number} {code}'.encode('ascii', 'replace')
+    checksum = 0
+    for byte in body:
+        checksum ^= byte
+    return body + b'*%d\n' % checksum
+
+
+class SerialLink:
+    """Line I/O on a serial port's file descriptor (pyserial sets the port up)."""
+
+    def __init__(self, port, baud):
+        import stat
+        try:
+            mode = os.stat(port).st_mode
+        except OSError as exc:
+            raise PrinterError(f'cannot open {port}: {exc.strerror}') from None
+        if not stat.S_ISCHR(mode):
+            raise PrinterError(f'refusing {port}: not a serial device')
+        import serial
+        try:
+            self.serial = serial.Serial(port, baud, timeout=0, write_timeout=10, exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PrinterError(f'cannot open {port}: {exc}') from None
+        self.fd = self.serial.fileno()
+        self.buffer = b''
+
+    def send(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def read_line(self, timeout):
+        """The next line (without its end), or None after ``timeout`` seconds of silence."""
+        import select
+        deadline = time.monotonic() + timeout
+        while b'\n' not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                raise PrinterError('the printer closed the port')
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b'\n', 1)
+        return line.strip()
+
+    def close(self):
+        self.serial.close()
+
+
+class GcodeSender:
+    """Streams G-code with line numbers and checksums, one line in flight, honouring resends."""
+
+    def __init__(self, link, lines, answer_timeout=PRINT_ANSWER_TIMEOUT, progress=None, log=None):
+        self.link = link
+        self.lines = lines
+        self.answer_timeout = answer_timeout
+        self.progress = progress or (lambda done, total: None)
+        self.log = log or (lambda text: None)
+        self.acked = 0
+
+    def wait_for_banner(self, wait=PRINT_BANNER_WAIT):
+        """Wait for the start banner; a printer that was not reset may send none."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            line = self.link.read_line(deadline - time.monotonic())
+            if line is None:
+                break
+            if line.startswith(b'start') or b'Marlin' in line:
+                self.log(f'printer: {line.decode(errors="replace")}')
+                return True
+        self.log('printer sent no start banner; going on')
+        return False
+
+    def run(self):
+        """Send every line once (resends aside); raises PrinterError on silence."""
+        self.link.send(b'M110 N0\n')
+        self.await_ok(0)
+        number, last_progress = 1, 0.0
+        while number <= len(self.lines):
+            self.link.send(checksummed(number, self.lines[number - 1]))
+            resend = self.await_ok(number)
+            if resend is None:
+                self.acked = max(self.acked, number)
+                number += 1
+            else:
+                number = resend
+            if time.monotonic() - last_progress >= PRINT_PROGRESS_INTERVAL:
+                last_progress = time.monotonic()
+                self.progress(self.acked, len(self.lines))
+        self.progress(self.acked, len(self.lines))
+
+    def await_ok(self, number):
+        """Read until ``ok``; returns the line asked for by a resend, or None."""
+        resend = None
+        while True:
+            line = self.link.read_line(self.answer_timeout)
+            if line is None:
+                raise PrinterError(f'the printer stopped answering (no reply for '
+                                   f'{self.answer_timeout:g} s after line {number})')
+            if line.startswith(b'ok'):
+                return resend
+            match = RESEND_RE.match(line)
+            if match:
+                resend = self._resend_target(int(match.group(1)), number)
+            elif line.startswith((b'Error', b'!!')):
+                self.log(f'printer: {line.decode(errors="replace")}')
+                if b'checksum' not in line.lower() and b'line' not in line.lower():
+                    raise PrinterError(f'printer error: {line.decode(errors="replace")}')
+            # echo:, busy:, temperature reports and unknown lines: the printer is alive
+
+    def _resend_target(self, asked, number):
+        if not 1 <= asked <= max(number, 1):
+            raise PrinterError(f'printer asked to resend line {asked}, but line {number} was the last sent')
+        return asked
+
+
+def cmd_print(args):
+    """``rrcloud print [--baud=N] [--timeout=S] PORT FILE``: the built-in G-code sender."""
+    options, positional = {'baud': PRINT_DEFAULT_BAUD, 'timeout': PRINT_ANSWER_TIMEOUT}, []
+    for arg in args:
+        name, sep, value = arg[2:].partition('=')
+        if arg.startswith('--') and sep and name in options:
+            try:
+                options[name] = _positive_int(value) if name == 'baud' else _positive_number(value)
+            except ValueError:
+                raise UsageError(f'bad value for --{name}: {value!r}') from None
+        elif arg.startswith('--'):
+            raise UsageError(f'unknown print option: {arg!r}')
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise UsageError('usage: rrcloud print [--baud=N] [--timeout=S] PORT FILE.gcode')
+    port, path = positional
+    lines = gcode_lines(path)
+    link = SerialLink(port, options['baud'])
+    started = time.monotonic()
+    try:
+        sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log)
+        sender.wait_for_banner()
+        sender.run()
+    finally:
+        link.close()
+    elapsed = time.monotonic() - started
+    _print_log(f'printed {len(lines)} lines in {elapsed:.1f} s')
+    return ExitCode.OK
+
+
+def _print_log(text):
+    print(f'rrcloud print: {text}', flush=True)
+
+
+def task_progress_writer():
+    """Progress goes to the task's record when the runner told us which task we are."""
+    task_id, root = os.environ.get('RRCLOUD_TASK_ID'), os.environ.get('RRCLOUD_DIR')
+    if not task_id or not root:
+        return None
+    store = Store(root)
+
+    def write(done, total):
+        store.update_task(task_id, {'progress': f'{done}/{total}'})
+    return write
 
 
 ###############################################################################
@@ -1675,6 +1864,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
+       rrcloud print [--baud=N] [--timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
 
 Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
@@ -2087,6 +2277,8 @@ def cli(args):
         return cmd_run_internal(rest[1:])
     if rest and rest[0] == 'serve':
         return serve(rest[1:])
+    if rest and rest[0] == 'print':
+        return cmd_print(rest[1:])
     ctx = Context(options)
     if not rest:
         return cmd_info(ctx, [])
