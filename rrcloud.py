@@ -586,9 +586,15 @@ class Store:
         """Delete a task and all its files (inputs, result, log, record)."""
         task_id = check_task_id(record['id'])
         for path in record.get('in', '').split(','):
-            name = os.path.basename(path)
-            if path.startswith('tasks/in/') and name and not name.startswith('.'):
-                _unlink_quietly(os.path.join(self.folder('in'), name))
+            parts = path.split('/')
+            if len(parts) < 3 or parts[:2] != ['tasks', 'in'] or not parts[2] or parts[2].startswith('.'):
+                continue
+            target = os.path.join(self.folder('in'), parts[2])
+            if len(parts) > 3 and os.path.isdir(target) and not os.path.islink(target):
+                import shutil
+                shutil.rmtree(target, ignore_errors=True)  # a project folder
+            else:
+                _unlink_quietly(target)
         out_name = os.path.basename(record.get('out', ''))
         if record.get('out', '').startswith('tasks/out/') and out_name:
             _unlink_quietly(os.path.join(self.folder('out'), out_name))
@@ -618,6 +624,17 @@ class Store:
                 import shutil
                 shutil.copyfileobj(data, handle)
         return f'tasks/in/{name}'
+
+    def new_input_folder(self):
+        """A fresh folder ``tasks/in/<unique>`` (exclusive); returns its name."""
+        self.ensure()
+        while True:
+            name = new_unique_name()
+            try:
+                os.mkdir(os.path.join(self.folder('in'), name), 0o755)
+                return name
+            except FileExistsError:
+                continue
 
     def path_of(self, relative):
         """Absolute path of a store-relative path that came from our own record."""
@@ -729,6 +746,115 @@ def get_task(store, task_id):
 # Execution / runner ##########################################################
 ###############################################################################
 
+# -- multi-file projects: a main file and what it includes, as one tar.gz ----
+
+PROJECT_SUFFIXES = ('.tgz', '.tar.gz')
+PROJECT_MAX_FILES = 256
+PROJECT_MAX_BYTES = 64 * 1024 * 1024
+PROJECT_PART_RE = re.compile(r'\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z')
+SCAD_REFERENCE_RE = re.compile(
+    r'\b(?:include|use)\s*<([^>\n]+)>'
+    r'|\b(?:import|surface)\s*\(\s*(?:file\s*=\s*)?"([^"\n]+)"')
+
+
+def is_project_name(filename):
+    """True for an upload named like a project archive (``main.scad.tgz``)."""
+    return (filename or '').lower().endswith(PROJECT_SUFFIXES)
+
+
+def scad_references(path):
+    """Files a .scad includes, uses or imports (transitively) that exist beside it."""
+    found, todo = [], [os.path.abspath(path)]
+    while todo:
+        current = todo.pop()
+        if not current.endswith('.scad'):
+            continue
+        try:
+            with open(current, encoding='utf-8', errors='replace') as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        for match in SCAD_REFERENCE_RE.finditer(text):
+            name = (match.group(1) or match.group(2)).strip()
+            target = os.path.normpath(os.path.join(os.path.dirname(current), name))
+            if os.path.isfile(target) and target not in found and target != os.path.abspath(path):
+                found.append(target)
+                todo.append(target)
+    return found
+
+
+def pack_project(main, references):
+    """A tar.gz of ``main`` (first member) and its references, paths relative to their common folder."""
+    import io
+    import tarfile
+    main = os.path.abspath(main)
+    root = os.path.commonpath([os.path.dirname(main)] + [os.path.dirname(r) for r in references])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
+        for path in [main] + references:
+            info = archive.gettarinfo(path, arcname=os.path.relpath(path, root))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ''
+            with open(path, 'rb') as handle:
+                archive.addfile(info, handle)
+    return buffer.getvalue()
+
+
+def safe_member_parts(name):
+    """The folder names of one archive member, or UsageError (no absolute path, no '..', no dotfiles)."""
+    parts = name.split('/')
+    if not name or name.startswith('/') or not all(PROJECT_PART_RE.match(p) for p in parts):
+        raise UsageError(f'project archive: refused member name {name[:80]!r}')
+    return parts
+
+
+def unpack_project(store, data):
+    """Unpack a project archive into ``tasks/in/<unique>/``; returns the main file's relative path.
+
+    Only regular files and folders, with safe relative names, within the count
+    and size limits; the first file is the main one.
+    """
+    import io
+    import shutil
+    import tarfile
+    folder_name = store.new_input_folder()
+    folder = os.path.join(store.folder('in'), folder_name)
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        with tarfile.open(fileobj=source, mode='r:gz') as archive:
+            main = _extract_members(archive, folder)
+    except (tarfile.TarError, EOFError, OSError, UsageError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f'project archive: cannot unpack: {exc}') from None
+    return f'tasks/in/{folder_name}/{main}'
+
+
+def _extract_members(archive, folder):
+    main, count, total = None, 0, 0
+    for member in archive:
+        count += 1
+        total += max(member.size, 0)
+        if count > PROJECT_MAX_FILES or total > PROJECT_MAX_BYTES:
+            raise UsageError('project archive: too many files or too large')
+        parts = safe_member_parts(member.name.rstrip('/') if member.isdir() else member.name)
+        target = os.path.join(folder, *parts)
+        if member.isdir():
+            os.makedirs(target, exist_ok=True)
+            continue
+        if not member.isfile():
+            raise UsageError(f'project archive: only plain files allowed, not {member.name[:80]!r}')
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with archive.extractfile(member) as source, open(target, 'xb') as sink:
+            import shutil
+            shutil.copyfileobj(source, sink)
+        main = main or '/'.join(parts)
+    if main is None:
+        raise UsageError('project archive: no file in it')
+    return main
+
+
 class Input:
     """One input of a submission: bytes or an open file, plus the name it came with."""
 
@@ -747,6 +873,13 @@ class Input:
         return service.input_ext
 
 
+def store_input(store, service, item):
+    """Copy one input into the store: a file, or a project archive unpacked."""
+    if is_project_name(item.filename):
+        return unpack_project(store, item.data)
+    return store.add_input(item.data, item.extension(service))
+
+
 def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args=''):
     """Validate, store inputs and record, queue the task and start what can start."""
     for item in inputs:
@@ -759,7 +892,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     stored = []
     try:
         for item in inputs:
-            stored.append((item.prearg, store.add_input(item.data, item.extension(service))))
+            stored.append((item.prearg, store_input(store, service, item)))
         size_in = sum(os.path.getsize(store.path_of(path)) for _, path in stored)
         record = store.create_task(lambda task_id: _new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in))
@@ -1974,9 +2107,13 @@ def classify_args(service, args, allow_output):
 
 
 def _file_input(path, prearg):
+    """An input file; a .scad that includes files beside it goes as a project archive."""
     if not os.path.isfile(path):
         raise UsageError(f'input file not found: {path!r}')
     try:
+        references = scad_references(path) if path.endswith('.scad') else []
+        if references:
+            return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg)
         with open(path, 'rb') as handle:
             data = handle.read()
     except OSError as exc:
