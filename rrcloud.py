@@ -456,7 +456,7 @@ def format_record(record):
         value = str(record[key])
         if not RECORD_KEY_RE.match(key):
             raise ValueError(f'bad record key: {key!r}')
-        if '\n' in value or '\r' in value or '\0' in value:
+        if not is_single_line(value):
             raise ValueError(f'record value of {key} holds a line break or NUL')
         if value != value.strip():
             raise ValueError(f'record value of {key} has surrounding whitespace')
@@ -464,10 +464,15 @@ def format_record(record):
     return ''.join(lines)
 
 
+def is_single_line(value):
+    """True when ``value`` holds no line break of any kind (as str.splitlines sees them) and no NUL."""
+    return '\0' not in value and (value == '' or value.splitlines() == [value])
+
+
 def parse_record(text):
     """Parse ``key: value`` lines into a dict (the inverse of format_record)."""
     record = {}
-    for line in text.splitlines():
+    for line in text.split('\n'):
         key, sep, value = line.partition(': ')
         if not sep:
             key, sep, value = line.partition(':')
@@ -896,9 +901,11 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         size_in = sum(os.path.getsize(store.path_of(path)) for _, path in stored)
         record = store.create_task(lambda task_id: _new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in))
-    except BaseException:
+    except BaseException as exc:
         for _, path in stored:
             _unlink_quietly(store.path_of(path))
+        if isinstance(exc, ValueError):  # a field that cannot be a record value
+            raise UsageError(str(exc)) from None
         raise
     mark(store, 'queue', record['id'])
     dispatch(store, config)
@@ -1186,6 +1193,7 @@ def notifier_opener():
 
 def kill_task(store, task_id):
     """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM."""
+    store.read_task(task_id)  # NotFound before anything is created
     with store.lock():
         record = store.read_task(task_id)
         if record.get('status') != TaskStatus.BUSY:
@@ -1563,7 +1571,7 @@ def refresh_remote(store, record, session=None, wait=0):
 
 
 def _single_line(value):
-    return isinstance(value, str) and value and not any(c in value for c in '\r\n\0')
+    return isinstance(value, str) and value and is_single_line(value)
 
 
 def _local_out_name(task_id, remote_name):
@@ -1714,7 +1722,7 @@ def _parse_query(query):
 
 def _check_line(name, value):
     """Text fields are single lines: a CR, LF or NUL could forge a record key."""
-    if any(ch in value for ch in '\r\n\0'):
+    if not is_single_line(value):
         raise HTTPError(400, f'field {name} holds a line break or NUL')
     return value
 
