@@ -16,7 +16,6 @@ HTTP client, WSGI app, server adapters, CLI, main().
 
 import enum
 import errno
-import json
 import os
 import re
 import sys
@@ -433,6 +432,17 @@ def check_native_args(service, native_args):
 ###############################################################################
 # Task store ##################################################################
 ###############################################################################
+
+def to_json(value, **options):
+    """JSON text (json is imported on demand: a CGI text answer never needs it)."""
+    import json
+    return json.dumps(value, **options)
+
+
+def host_name():
+    """This machine's name, for the record's server field and meta's serverName."""
+    return os.uname().nodename
+
 
 def check_task_id(task_id):
     """Return ``task_id`` if it has the one valid shape, else raise UsageError."""
@@ -914,7 +924,6 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
 
 def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in):
     import shlex
-    import socket
     record = {
         'service': service.name,
         'status': TaskStatus.BUSY.value,
@@ -923,7 +932,7 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
         'in': ','.join(path for _, path in stored),
         'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id),
         'client': client,
-        'server': socket.gethostname(),
+        'server': host_name(),
         'sizeIn': size_in,
         'queued': 'yes',
     }
@@ -1013,8 +1022,15 @@ def _start_queued(store, task_id, slot_fd):
 
 
 def rrcloud_command():
-    """argv prefix that runs this very program with this very interpreter."""
-    return [sys.executable, os.path.realpath(__file__)]
+    """argv prefix that runs this very program with this very interpreter.
+
+    It imports rrcloud as a module rather than running the file as a script,
+    so Python uses the cached bytecode instead of compiling the file anew.
+    """
+    folder = os.path.dirname(os.path.realpath(__file__))
+    launcher = (f'import sys; sys.path.insert(0, {folder!r}); import rrcloud; '
+                f'sys.exit(rrcloud.main(["rrcloud"] + sys.argv[1:]))')
+    return [sys.executable, '-c', launcher]
 
 
 def spawn_runner(store, task_id, slot_fd):
@@ -1066,6 +1082,8 @@ def terminate_group(process, grace=KILL_GRACE_SECONDS):
 def run_task(store, config, services, task_id):
     """The detached runner: run one task's tool, record how it ended, start the next."""
     record = store.read_task(task_id)
+    if record.get('status') != TaskStatus.BUSY:  # killed before it could start
+        return _runner_done(store, config, task_id, record)
     try:
         service = services[record['service']]
         outcome = execute(store, config, service, record)
@@ -1073,7 +1091,11 @@ def run_task(store, config, services, task_id):
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
     status, fields = outcome
     finished = finish_task(store, task_id, status, **fields)
-    final = finished or store.read_task(task_id)
+    return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def _runner_done(store, config, task_id, final):
+    """Call the notifier, free this runner's slot and start what waits for it."""
     if final.get('notifier'):
         notify(store, final)
     unmark(store, 'running', task_id)
@@ -1102,7 +1124,7 @@ def execute(store, config, service, record):
     if argv[0] == 'rrcloud':  # a built-in (the G-code sender): this program, this Python
         argv = rrcloud_command() + argv[1:]
         env.update(RRCLOUD_TASK_ID=record['id'], RRCLOUD_DIR=store.root)
-    executable = shutil.which(argv[0], path=service.path) if argv[0] != sys.executable else argv[0]
+    executable = argv[0] if argv[0] == sys.executable else shutil.which(argv[0], path=service.path)
     with open(store.log_path(record['id']), 'ab') as log:
         if executable is None:
             log.write(f'rrcloud: {argv[0]} not found in {service.path}\n'.encode())
@@ -1221,7 +1243,7 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None):
         if on_poll:
             on_poll(record)
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
+        delay = min(delay * 1.5, 0.025)
 
 
 ###############################################################################
@@ -1444,6 +1466,7 @@ def parse_answer(response):
     text = response.text
     if response.headers.get('Content-Type', '').startswith('application/json'):
         try:
+            import json
             value = json.loads(text)
         except ValueError:
             return {}
@@ -1761,7 +1784,7 @@ def error_response(status, message, fmt):
     """An error answer: status code plus a one-line reason in the asked format."""
     message = ' '.join(message.split())
     if fmt == 'json':
-        return Response(json.dumps({'error': message}), status, 'application/json')
+        return Response(to_json({'error': message}), status, 'application/json')
     return Response(f'error: {message}\n', status)
 
 
@@ -1810,7 +1833,7 @@ def _form_task_id(request):
 def answer_record(record, fmt):
     """One record as ``key: value`` lines or a JSON object."""
     if fmt == 'json':
-        return Response(json.dumps(record, sort_keys=True) + '\n', 200, 'application/json')
+        return Response(to_json(record, sort_keys=True) + '\n', 200, 'application/json')
     return Response(format_record(record))
 
 
@@ -1823,7 +1846,7 @@ def answer_info(store, config, request):
         return answer_record(record, request.format)
     records = list_tasks(store, config)
     if request.format == 'json':
-        return Response(json.dumps(records, sort_keys=True) + '\n', 200, 'application/json')
+        return Response(to_json(records, sort_keys=True) + '\n', 200, 'application/json')
     return Response('\n'.join(format_record(r) for r in records))
 
 
@@ -1920,9 +1943,8 @@ def html_page(store, config, request):
     rows = ''.join(_html_row(r, html.escape) for r in records)
     with open(installed_path(os.path.join('www', 'index.html')), encoding='utf-8') as handle:
         template = Template(handle.read())
-    import socket
     page = template.safe_substitute(
-        server=html.escape(socket.gethostname()), version=html.escape(VERSION_STRING),
+        server=html.escape(host_name()), version=html.escape(VERSION_STRING),
         count=len(records), rows=rows)
     return Response(page, 200, 'text/html; charset=utf-8')
 
@@ -2154,7 +2176,7 @@ def print_record(record, fmt, out=None):
     """Print one task as ``=== id: ID`` + ``key: value`` lines, or JSON."""
     out = out or sys.stdout
     if fmt == 'json':
-        out.write(json.dumps(record, indent=1, sort_keys=True) + '\n')
+        out.write(to_json(record, indent=1, sort_keys=True) + '\n')
         return
     out.write(f'=== id: {record.get("id", "")}\n')
     for key in sorted(record):
@@ -2172,7 +2194,7 @@ def cmd_info(ctx, args):
         return ExitCode.OK
     records = [refresh_if_remote(ctx.store, r) for r in list_tasks(ctx.store, ctx.config)]
     if ctx.options.format == 'json':
-        sys.stdout.write(json.dumps(records, indent=1, sort_keys=True) + '\n')
+        sys.stdout.write(to_json(records, indent=1, sort_keys=True) + '\n')
     else:
         for record in records:
             print_record(record, 'text')
@@ -2193,7 +2215,6 @@ def refresh_if_remote(store, record):
 
 def meta_record(store, config, services):
     """What this machine offers: the spec's meta fields plus load for schedulers."""
-    import socket
     running = [t for t in marked(store, 'running') if _still_running(store, t)]
     try:
         tasks = sum(1 for n in os.listdir(store.folder('info')) if TASK_ID_RE.match(n))
@@ -2205,7 +2226,7 @@ def meta_record(store, config, services):
         'maxDataRetention': f'{config.maxDataRetention:g}',
         'maxTasks': str(config.maxTasks),
         'queued': str(len(marked(store, 'queue'))),
-        'serverName': socket.gethostname(),
+        'serverName': host_name(),
         'services': ','.join(sorted(services)),
         'tasks': str(tasks),
         'timeout': f'{config.timeout:g}',
@@ -2252,7 +2273,7 @@ def cmd_meta(ctx, args):
         print(f'rrcloud: warning: {error}', file=sys.stderr)
     meta = meta_record(ctx.store, ctx.config, services)
     if ctx.options.format == 'json':
-        print(json.dumps(meta, indent=1, sort_keys=True))
+        print(to_json(meta, indent=1, sort_keys=True))
     else:
         for key in sorted(meta):
             print(f'{key}: {meta[key]}')
@@ -2313,7 +2334,7 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
 
 def print_id(ctx, record):
     """``id: ID`` (or a JSON object) for an asynchronous start."""
-    print(json.dumps({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
+    print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
 
 
 def finish_sync_remote(ctx, record, output):
