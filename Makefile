@@ -39,6 +39,7 @@ $(VPY):
 
 python-deps: $(VPY)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e .
+	$(VPY) -m compileall -q rrcloud.py
 
 web-python: system-deps
 	@[ -x $(WEBVENV)/bin/python ] || $(SUDO) /usr/bin/python3 -m venv $(WEBVENV)
