@@ -1,0 +1,119 @@
+"""HTTP service benchmark: median latency of meta, info (one), info (all of
+10,000 tasks) and an echo submission, for the embedded server and for the CGI
+under lighttpd, each beside a floor measured in the same run: a CGI under the
+same lighttpd that is a bare Python start printing a header.
+
+Run: .venv/bin/python bench/bench_http.py [REPEAT]
+"""
+import compileall
+import os
+import subprocess
+import sys
+import time
+
+import requests
+
+from common import REPO, median_seconds, table
+
+sys.path.insert(0, str(REPO / 'tests'))
+from deploy import WEB_PYTHON, Deployment, chown_tree, free_port, www_data  # noqa: E402
+
+import rrcloud  # noqa: E402
+
+FLOOR_CGI = 'print("Content-Type: text/plain\\r\\n\\r\\nok", end="")\n'
+
+
+def fill_store(root, count):
+    """``count`` finished echo tasks, written straight into the store."""
+    store = rrcloud.Store(root)
+    now = time.time()
+    for _ in range(count):
+        store.create_task(lambda task_id: {
+            'service': 'echo', 'status': 'complete', 'ctime': f'{now:.5f}', 'etime': f'{now:.5f}',
+            'cmd': f'cp tasks/in/x.txt tasks/out/{task_id}', 'in': 'tasks/in/x.txt',
+            'out': f'tasks/out/{task_id}', 'client': '127.0.0.1', 'server': 'bench',
+            'sizeIn': '5', 'sizeOut': '5', 'exitCode': '0'})
+    uid, gid = www_data()
+    chown_tree(root / 'tasks', uid, gid)
+    return store.task_ids()
+
+
+class FloorServer:
+    """lighttpd serving one bare-Python CGI, on a free port."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        (folder / 'floor').mkdir(mode=0o755)
+        (folder / 'floor' / 'floor.cgi').write_text(FLOOR_CGI)
+        self.port = free_port()
+        conf = folder / 'floor.conf'
+        conf.write_text(
+            'server.modules += ( "mod_cgi" )\n'
+            f'server.document-root = "{folder}/floor"\n'
+            f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
+            'server.username = "www-data"\nserver.groupname = "www-data"\n'
+            f'server.errorlog = "{folder}/log/floor-error.log"\n'
+            f'cgi.assign = ( ".cgi" => "{WEB_PYTHON}" )\n')
+        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
+        self.url = f'http://127.0.0.1:{self.port}/floor.cgi'
+        for _ in range(100):
+            try:
+                if requests.get(self.url, timeout=2).text == 'ok':
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError('floor CGI did not start')
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+def measure(deployment, session, repeat, floor):
+    url = deployment.url + '/'
+    ids = fill_store(deployment.store, 10000)
+    one = ids[len(ids) // 2]
+
+    def get(params):
+        answer = session.get(url, params=params, timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    def submit():
+        answer = session.post(url, data={'service': 'echo', 'fileIn0': 'bench data'}, timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    rows = []
+    cases = [('meta', lambda: get({'service': 'meta'}), repeat),
+             ('info, one task', lambda: get({'service': 'info', 'id': one}), repeat),
+             ('info, all 10,000 tasks', lambda: get({'service': 'info'}), max(3, repeat // 10)),
+             ('echo submission (POST)', submit, repeat)]
+    for name, call, count in cases:
+        call()  # warm up
+        seconds = median_seconds(call, count)
+        rows.append([deployment.kind, name, count, f'{seconds * 1000:.1f}', f'{floor * 1000:.1f}',
+                     f'{seconds / floor:.2f}x'])
+    return rows
+
+
+def main():
+    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    session = requests.Session()
+    session.trust_env = False
+    rows = []
+    for kind in ('embedded', 'lighttpd'):
+        deployment = Deployment(kind, config='maxDataRetention = 1000\n')
+        compileall.compile_file(str(deployment.app / 'rrcloud.py'), quiet=1)  # as `make install` does
+        floor_server = FloorServer(deployment.root)
+        try:
+            deployment.start()
+            floor = median_seconds(lambda: session.get(floor_server.url, timeout=10), repeat)
+            rows += measure(deployment, session, repeat, floor)
+        finally:
+            floor_server.stop()
+            deployment.kill_tasks()
+            deployment.close()
+    print(table(rows, ['deployment', 'request', 'runs', 'median, ms', 'floor CGI, ms', 'ratio to floor']))
+
+
+if __name__ == '__main__':
+    main()

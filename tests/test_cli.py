@@ -1,0 +1,476 @@
+"""The command line: *.cloud wrappers, exit codes, --help, bad arguments, info/meta output, --sync.
+
+Wrappers run the real tools (openscad, openjscad, slic3r, povray) and the
+built-in G-code sender, in-process through main() under a program name and
+as real processes through the bin/ symlinks.
+"""
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy
+import pytest
+from stl import mesh
+
+import rrcloud
+from conftest import DATA, make_service, task_id_of, wait_until_done, write_config
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+SLIC3R_INI = (
+    'layer_height = 0.3\n'
+    'fill_density = 20%\n'
+    'nozzle_diameter = 0.4\n'
+    'filament_diameter = 1.75\n'
+    'bed_shape = 0x0,200x0,200x200,0x200\n'
+)
+SCENE_POV = (
+    'camera { location <0, 2, -3> look_at <0, 0, 0> }\n'
+    'light_source { <2, 4, -3> color rgb <1, 1, 1> }\n'
+    'sphere { <0, 0, 0>, 1 pigment { color rgb <1, 0, 0> } }\n'
+)
+CUBE_JSCAD = 'function main() { return cube({size: 10}); }\n'
+
+
+def ascii_stl_cube(size=10):
+    """A closed ASCII STL cube of ``size`` mm: 12 triangles."""
+    s = size
+    corners = [(x, y, z) for x in (0, s) for y in (0, s) for z in (0, s)]
+    faces = [(0, 2, 6), (0, 6, 4), (1, 5, 7), (1, 7, 3), (0, 4, 5), (0, 5, 1),
+             (2, 3, 7), (2, 7, 6), (0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5)]
+    lines = ['solid cube']
+    for face in faces:
+        lines += ['  facet normal 0 0 0', '    outer loop']
+        lines += [f'      vertex {x} {y} {z}' for x, y, z in (corners[i] for i in face)]
+        lines += ['    endloop', '  endfacet']
+    return '\n'.join(lines + ['endsolid cube']) + '\n'
+
+
+@pytest.fixture
+def models(workdir):
+    """The input files a user would have in the current folder."""
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    (workdir / 'cube.jscad').write_text(CUBE_JSCAD)
+    (workdir / 'cube.stl').write_text(ascii_stl_cube())
+    (workdir / 'config.ini').write_text(SLIC3R_INI)
+    (workdir / 'scene.pov').write_text(SCENE_POV)
+    (workdir / 'part.gcode').write_text('G28\nG1 X10 Y10 F3000\n')
+    return workdir
+
+
+def tree(root):
+    """Every path under ``root``, relative: to see that nothing was created."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
+
+
+def records(root):
+    """All task records of the store."""
+    store = rrcloud.Store(root)
+    return [store.read_task(task_id) for task_id in store.task_ids()]
+
+
+def one_line_error(result):
+    """The single ``rrcloud: error: ...`` line a failed command printed."""
+    assert result.err.endswith('\n') and result.err.count('\n') == 1, result
+    assert result.err.startswith('rrcloud: error: '), result
+    return result.err
+
+
+def key_values(text):
+    """``key: value`` lines into a dict."""
+    return dict(line.split(': ', 1) for line in text.splitlines() if line)
+
+
+###############################################################################
+# 1. *.cloud wrappers: argv[0] picks the service
+###############################################################################
+
+WRAPPER_RUNS = [
+    ('openscad.cloud', ['cube.scad', '-oout.stl'], 'openscad', 0, 'out.stl'),
+    ('openjscad.cloud', ['cube.jscad', '-oout.stl'], 'openjscad', 0, 'out.stl'),
+    ('slic3r.cloud', ['--load=config.ini', 'cube.stl', '--output=out.gcode'], 'slic3r', 0, 'out.gcode'),
+    ('povray.cloud', ['scene.pov', '+Oout.png'], 'povray', 0, 'out.png'),
+    # No printer is attached: the task runs the printrun service and fails.
+    ('printrun.cloud', ['/dev/ttyUSB3', 'part.gcode'], 'printrun', 1, None),
+]
+
+
+@pytest.mark.parametrize('prog, args, service, code, output', WRAPPER_RUNS,
+                         ids=[run[0] for run in WRAPPER_RUNS])
+def test_wrapper_name_picks_its_service_in_process(cli, models, prog, args, service, code, output):
+    result = cli(*args, prog=prog)
+
+    assert result.code == code, result
+    (record,) = records(models)
+    assert record['service'] == service
+    if output:
+        assert (models / output).stat().st_size > 0
+
+
+@pytest.mark.parametrize('prog, args, service, code, output', WRAPPER_RUNS,
+                         ids=[run[0] for run in WRAPPER_RUNS])
+def test_wrapper_symlink_in_bin_picks_its_service(proc, models, prog, args, service, code, output):
+    result = proc(*args, prog=prog)
+
+    assert result.code == code, result
+    (record,) = records(models)
+    assert record['service'] == service
+    if output:
+        assert (models / output).stat().st_size > 0
+    else:
+        assert '/dev/ttyUSB3' in result.err, 'the failure is shown'
+
+
+@pytest.mark.parametrize('output_args', [['-ocube.stl'], ['-o', 'cube.stl']], ids=['-oFILE', '-o FILE'])
+def test_openscad_cloud_writes_the_stl_where_openscad_would(proc, workdir, output_args):
+    (workdir / 'tests' / 'data').mkdir(parents=True)
+    (workdir / 'tests' / 'data' / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+
+    result = proc('tests/data/cube.scad', *output_args, prog='openscad.cloud')
+
+    assert result.code == 0, result
+    assert result.out == ''
+    stl = workdir / 'cube.stl'
+    assert stl.read_bytes().startswith(b'solid')
+    cube = mesh.Mesh.from_file(str(stl))
+    volume, _, _ = cube.get_mass_properties()
+    assert numpy.isclose(volume, 1000.0)
+    assert [p.name for p in workdir.iterdir() if p.name.startswith('.')] == [], 'no temp file left'
+
+
+def test_openscad_cloud_with_a_syntax_error_shows_the_log_and_writes_nothing(cli, workdir):
+    (workdir / 'bad.scad').write_text('cube(10;\n')
+
+    result = cli('bad.scad', '-obad.stl', prog='openscad.cloud')
+
+    assert result.code != 0
+    assert 'error' in result.err.lower() and 'line 1' in result.err, 'openscad\'s own words'
+    assert result.err.splitlines()[-1].startswith('rrcloud: error: ')
+    assert result.out == ''
+    assert not (workdir / 'bad.stl').exists()
+
+
+def test_failed_wrapper_leaves_an_existing_output_file_untouched(proc, workdir):
+    (workdir / 'bad.scad').write_text('cube(10;\n')
+    (workdir / 'bad.stl').write_text('the previous good result\n')
+
+    result = proc('bad.scad', '-obad.stl', prog='openscad.cloud')
+
+    assert result.code != 0
+    assert (workdir / 'bad.stl').read_text() == 'the previous good result\n'
+
+
+def test_slic3r_cloud_writes_gcode(proc, models):
+    result = proc('--load=config.ini', 'cube.stl', '--output=cube.gcode', prog='slic3r.cloud')
+
+    assert result.code == 0, result
+    assert result.out == ''
+    gcode = (models / 'cube.gcode').read_text()
+    assert 'Slic3r' in gcode.splitlines()[0]
+    assert sum(line.startswith('G1 ') for line in gcode.splitlines()) > 100
+    assert '; layer_height = 0.3' in gcode, 'the --load config was used'
+
+
+def test_slic3r_cloud_slices_an_stl_made_by_openscad_cloud(proc, models):
+    assert proc('cube.scad', '-omodel.stl', prog='openscad.cloud').code == 0
+
+    result = proc('--load=config.ini', 'model.stl', '--output=model.gcode', prog='slic3r.cloud')
+
+    assert result.code == 0, result
+    assert 'G1 ' in (models / 'model.gcode').read_text()
+
+
+@pytest.mark.parametrize('output_arg', ['+Oscene.png', '+oscene.png'])
+def test_povray_cloud_writes_a_png(proc, models, output_arg):
+    # +o is how services/povray.conf documents it (POV-Ray options ignore case).
+    result = proc('scene.pov', output_arg, prog='povray.cloud')
+
+    assert result.code == 0, result
+    assert result.out == ''
+    assert (models / 'scene.png').read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize('prog, args, named', [
+    ('openscad.cloud', ['cube.scad'], '-o'),
+    ('openjscad.cloud', ['cube.jscad'], '-o'),
+    ('slic3r.cloud', ['--load=config.ini', 'cube.stl'], '--output='),
+    ('povray.cloud', ['scene.pov'], '+O'),
+])
+def test_wrapper_without_its_output_argument_is_a_usage_error(cli, models, prog, args, named):
+    before = tree(models)
+
+    result = cli(*args, prog=prog)
+
+    assert result.code == rrcloud.ExitCode.USAGE
+    assert named in one_line_error(result)
+    assert result.out == ''
+    assert tree(models) == before
+
+
+###############################################################################
+# 2. Exit codes, --help, --version
+###############################################################################
+
+def test_exit_codes():
+    assert {code.name: int(code) for code in rrcloud.ExitCode} == {
+        'OK': 0, 'TASK_FAILED': 1, 'USAGE': 2, 'NOT_FOUND': 3, 'CONFIG': 4,
+        'NO_SERVER': 5, 'INTERRUPTED': 130}
+
+
+def test_help_documents_options_and_exit_codes(cli):
+    result = cli('--help')
+
+    assert result.code == 0
+    assert result.err == ''
+    text = result.out
+    for option in ('--local', '--s=', '--notifier=', '--sync', '--format=json'):
+        assert option in text, option
+    for command in ('info', 'meta', 'kill', '.cloud'):
+        assert command in text, command
+    meanings = {0: 'success', 1: 'failed', 2: 'usage', 3: 'no such task',
+                4: 'configuration', 5: 'no server', 130: 'interrupted'}
+    for code, meaning in meanings.items():
+        line = re.search(rf'^\s*{code}\s+(.+)$', text, re.M)
+        assert line and meaning in line.group(1).lower(), (code, meaning)
+    assert cli('-h').out == text
+
+
+def test_help_from_a_real_process(proc):
+    result = proc('--help')
+
+    assert result.code == 0
+    assert result.out.startswith('usage: rrcloud')
+
+
+def test_version(cli):
+    result = cli('--version')
+
+    assert result.code == 0
+    assert rrcloud.__version__ in result.out
+    assert '0.019' in result.out
+    assert result.out.count('\n') == 1
+
+
+###############################################################################
+# 3. Bad arguments: exit 2, one line naming the argument, nothing created
+###############################################################################
+
+BAD_COMMAND_LINES = [
+    (['--bogus', 'echo', 'hello world'], '--bogus'),
+    (['-x', 'echo', 'hello world'], '-x'),
+    (['--format=xml', 'info'], 'xml'),
+    (['--s'], '--s'),
+    (['--s=', 'echo', 'hello world'], '--s'),
+    (['--sync=yes', 'echo', 'hello world'], '--sync'),
+    (['echo', 'nosuchfile.txt'], 'nosuchfile.txt'),
+    (['echo'], 'input'),
+    (['slic3r', '--load=missing.ini', 'cube.stl'], 'missing.ini'),
+    (['nosuchservice', 'hello world'], 'nosuchservice'),
+    (['../x', 'hello world'], '../x'),
+    (['Echo', 'hello world'], 'Echo'),
+    (['info', 'a', 'b'], 'info'),
+    (['info', 'not-a-task-id'], 'not-a-task-id'),
+    (['info', '../../etc/passwd'], '../../etc/passwd'),
+    (['kill'], 'kill'),
+    (['kill', 'not-a-task-id'], 'not-a-task-id'),
+    (['meta', 'extra'], 'meta'),
+    (['openscad', 'cube.scad', '-ocube.stl'], '-ocube.stl'),
+    (['openscad', 'cube.scad', '--camera=/etc/passwd'], '--camera=/etc/passwd'),
+    (['--notifier=ftp://example.org/$id', 'echo', 'hello world'], 'ftp://example.org/$id'),
+]
+
+
+@pytest.mark.parametrize('args, named', BAD_COMMAND_LINES, ids=[' '.join(a) for a, _ in BAD_COMMAND_LINES])
+def test_bad_command_line_is_one_error_line_and_creates_nothing(cli, models, args, named):
+    before = tree(models)
+
+    result = cli(*args)
+
+    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert named in one_line_error(result)
+    assert result.out == ''
+    assert tree(models) == before
+    assert not (models / 'tasks').exists()
+
+
+def test_bad_option_from_a_real_process(proc, workdir):
+    result = proc('--bogus', 'echo', 'hello world')
+
+    assert result.code == 2
+    assert result.err == "rrcloud: error: unknown option: '--bogus' (see rrcloud --help)\n"
+    assert result.out == ''
+    assert os.listdir(workdir) == []
+
+
+def test_info_of_an_unknown_task_is_not_found(cli, workdir):
+    result = cli('info', '1795841292-04767-953464')
+
+    assert result.code == rrcloud.ExitCode.NOT_FOUND
+    assert '1795841292-04767-953464' in one_line_error(result)
+
+
+def test_bad_rrcloudrc_is_a_config_error_naming_file_and_line(cli, workdir):
+    write_config(workdir, '# settings\nmaxTasks = many\n')
+
+    result = cli('echo', 'hello world')
+
+    assert result.code == rrcloud.ExitCode.CONFIG
+    assert 'rrcloudrc:2' in one_line_error(result)
+    assert not (workdir / 'tasks').exists()
+
+
+###############################################################################
+# 4. info and meta output
+###############################################################################
+
+def two_finished_echo_tasks(cli, workdir):
+    ids = [task_id_of(cli('echo', text).out) for text in ('hello world', 'good bye')]
+    for task_id in ids:
+        wait_until_done(workdir, task_id)
+    return ids
+
+
+def test_info_lists_each_task_as_a_block_of_key_value_lines(cli, workdir):
+    ids = two_finished_echo_tasks(cli, workdir)
+
+    result = cli('info')
+
+    assert result.code == 0 and result.err == ''
+    blocks = result.out.split('\n\n')
+    assert blocks[-1] == '', 'every block ends with a blank line'
+    blocks = blocks[:-1]
+    assert [block.splitlines()[0] for block in blocks] == [f'=== id: {i}' for i in ids]
+    for task_id, block in zip(ids, blocks):
+        lines = block.splitlines()[1:]
+        assert all(re.match(r'\A[A-Za-z][A-Za-z0-9_]*: ', line) for line in lines), block
+        keys = [line.split(': ', 1)[0] for line in lines]
+        assert keys == sorted(keys)
+        fields = key_values('\n'.join(lines))
+        assert fields['id'] == task_id
+        assert fields['status'] == 'complete'
+        assert fields['service'] == 'echo'
+        assert fields['out'] == f'tasks/out/{task_id}'
+
+
+def test_info_with_no_command_is_the_same_listing(cli, workdir):
+    two_finished_echo_tasks(cli, workdir)
+
+    assert cli().out == cli('info').out
+
+
+def test_info_json_gives_an_array_and_info_id_json_an_object(cli, workdir):
+    ids = two_finished_echo_tasks(cli, workdir)
+
+    listing = json.loads(cli('--format=json', 'info').out)
+    single = json.loads(cli('--format=json', 'info', ids[1]).out)
+
+    assert isinstance(listing, list) and [task['id'] for task in listing] == ids
+    assert isinstance(single, dict)
+    assert single['id'] == ids[1] and single['status'] == 'complete'
+    assert all(isinstance(value, str) for value in single.values())
+    assert single == listing[1]
+
+
+def test_info_of_one_task_in_text(cli, workdir):
+    task_id = two_finished_echo_tasks(cli, workdir)[0]
+
+    result = cli('info', task_id)
+
+    lines = result.out.splitlines()
+    assert lines[0] == f'=== id: {task_id}'
+    assert result.out.endswith('\n\n')
+    assert key_values('\n'.join(lines[1:]))['status'] == 'complete'
+
+
+def test_json_submission_prints_a_json_id(cli, workdir):
+    result = cli('--format=json', 'echo', 'hello world')
+
+    answer = json.loads(result.out)
+    assert list(answer) == ['id']
+    wait_until_done(workdir, answer['id'])
+
+
+META_KEYS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
+             'uptime', 'version', 'busy', 'queued', 'maxTasks'}
+
+
+def test_meta_prints_the_specs_keys_plus_load(cli, workdir):
+    write_config(workdir, 'timeout = 600\nmaxTasks = 3\nmaxDataRetention = 12\n')
+    two_finished_echo_tasks(cli, workdir)
+
+    result = cli('meta')
+
+    assert result.code == 0 and result.err == ''
+    assert all(re.match(r'\A[A-Za-z]+: \S', line) for line in result.out.splitlines()), result.out
+    meta = key_values(result.out)
+    assert set(meta) == META_KEYS
+    assert {'echo', 'openscad', 'openjscad', 'slic3r', 'povray', 'printrun'} <= set(meta['services'].split(','))
+    assert (meta['timeout'], meta['maxTasks'], meta['maxDataRetention']) == ('600', '3', '12')
+    assert (meta['tasks'], meta['busy'], meta['queued']) == ('2', '0', '0')
+    assert 'RepRapCloud' in meta['version']
+    assert re.match(r'\A\d+d \d\dh \d\dm \d\ds\Z', meta['uptime'])
+    float(meta['cpuLoad'])
+
+
+def test_meta_json(cli, workdir):
+    meta = json.loads(cli('--format=json', 'meta').out)
+
+    assert set(meta) == META_KEYS
+    assert all(isinstance(value, str) for value in meta.values())
+
+
+###############################################################################
+# 5. --sync
+###############################################################################
+
+def test_sync_echo_waits_for_the_result(cli, workdir):
+    result = cli('--sync', 'echo', 'hello world')
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert record['status'] == 'complete'
+    assert (workdir / record['out']).read_text() == 'hello world'
+
+
+@pytest.mark.parametrize('output_args', [['-ocube.stl'], ['-o', 'cube.stl']], ids=['-oFILE', '-o FILE'])
+def test_sync_copies_the_result_to_the_output_argument(cli, workdir, output_args):
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+
+    result = cli('--sync', 'openscad', 'cube.scad', *output_args)
+
+    assert result.code == 0, result
+    assert (workdir / 'cube.stl').read_bytes().startswith(b'solid')
+    (record,) = records(workdir)
+    assert (workdir / 'cube.stl').read_bytes() == (workdir / record['out']).read_bytes()
+
+
+def test_sync_mirrors_the_tools_exit_code_and_shows_its_log(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    (workdir / 'job.sh').write_text('echo "it went wrong" >&2\nexit 3\n')
+
+    result = cli('--sync', 'job', 'job.sh')
+
+    assert result.code == 3
+    assert 'it went wrong\n' in result.err
+    (record,) = records(workdir)
+    assert result.err.splitlines()[-1] == f'rrcloud: error: task {record["id"]} failed: exit code 3'
+
+
+def test_sync_openscad_with_a_syntax_error_exits_with_openscads_code(cli, workdir):
+    (workdir / 'bad.scad').write_text('cube(10;\n')
+
+    result = cli('--sync', 'openscad', 'bad.scad', '-obad.stl')
+
+    assert result.code == 1
+    assert not (workdir / 'bad.stl').exists()
+
+
+def test_multi_line_content_is_accepted_as_content(cli, workdir):
+    # The spec: content may be given directly instead of a file (e.g. STL or G-code text).
+    content = 'G28\nG1 X10 Y10 F3000\n'
+
+    result = cli('--sync', 'echo', content)
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert (workdir / record['out']).read_text() == content
