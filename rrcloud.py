@@ -251,7 +251,7 @@ def load_config():
 
 DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
-                'noOutput', 'inputExt')
+                'noOutput', 'inputExt', 'ignoreCase')
 TRUE_WORDS = {'yes', 'true', '1', 'on'}
 FALSE_WORDS = {'no', 'false', '0', 'off', ''}
 
@@ -271,6 +271,7 @@ class Service:
         self.output = shlex.split(fields.get('output') or ('' if self.no_output else '$fileOut'))
         self.native_args = [a.strip() for a in fields.get('nativeArgs', '').split(',') if a.strip()]
         self.input_ext = fields.get('inputExt', '')
+        self.ignore_case = _boolean(fields.get('ignoreCase', 'no'))
 
     def output_name(self, task_id):
         """The result's file name under tasks/out for one task."""
@@ -287,6 +288,15 @@ class Service:
                 prefix = word.split('$fileOut', 1)[0]
                 return prefix or (self.output[index - 1] if index else '')
         return None
+
+    def output_argument(self, arg):
+        """True when ``arg`` starts with the output prefix (in any case, for ignoreCase tools)."""
+        prefix = self.output_prefix()
+        if not prefix:
+            return False
+        if self.ignore_case:
+            return arg.lower().startswith(prefix.lower())
+        return arg.startswith(prefix)
 
     def allows_native(self, arg):
         """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
@@ -2100,6 +2110,8 @@ def parse_options(args):
             if not rest:
                 raise UsageError(f'option --{name} needs a value')
             value = rest.pop(0)
+        if not value:
+            raise UsageError(f'option --{name} needs a value')
         setattr(options, name, value)
     if options.format not in ('text', 'json'):
         raise UsageError(f'--format must be text or json, not {options.format!r}')
@@ -2119,7 +2131,7 @@ def classify_args(service, args, allow_output):
     while args:
         arg = args.pop(0)
         prefix = service.input_prefix_of(arg)
-        if out_prefix and arg.startswith(out_prefix) and (len(arg) > len(out_prefix) or args):
+        if service.output_argument(arg) and (len(arg) > len(out_prefix) or args):
             if not allow_output:
                 raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
             output = arg[len(out_prefix):] or args.pop(0)
@@ -2325,11 +2337,17 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
             return ExitCode.OK
         return finish_sync_remote(ctx, record, output)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
-                         args=' '.join(args))
+                         args=describe_args(args))
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK
     return finish_sync(ctx, record, output)
+
+
+def describe_args(args):
+    """The command line for the record's ``args`` field; content shows as its size."""
+    return ' '.join(a if is_single_line(a) and not any(c.isspace() for c in a)
+                    else f'<content {len(a.encode())} bytes>' for a in args)
 
 
 def print_id(ctx, record):

@@ -413,7 +413,7 @@ def test_kill_of_a_finished_task_is_refused(cli, workdir):
 def test_with_max_tasks_1_the_second_task_waits_for_the_first(cli, workdir):
     write_config(workdir, 'maxTasks = 1\n')
     make_service(workdir, 'job', SH_SERVICE)
-    first = submit_script(cli, workdir, 'sleep 2\necho first > "$1"\n', name='first.sh')
+    first = submit_script(cli, workdir, 'sleep 3\necho first > "$1"\n', name='first.sh')
     second = submit_script(cli, workdir, 'echo second > "$1"\n', name='second.sh')
 
     running, waiting = info(cli, first), info(cli, second)
@@ -434,7 +434,7 @@ def test_with_max_tasks_1_the_second_task_waits_for_the_first(cli, workdir):
 def test_a_queued_task_that_is_killed_never_runs(cli, workdir):
     write_config(workdir, 'maxTasks = 1\n')
     make_service(workdir, 'job', SH_SERVICE)
-    first = submit_script(cli, workdir, 'sleep 2\necho first > "$1"\n', name='first.sh')
+    first = submit_script(cli, workdir, 'sleep 3\necho first > "$1"\n', name='first.sh')
     second = submit_script(cli, workdir, 'touch second-ran\necho x > "$1"\n', name='second.sh')
 
     assert cli('kill', second).code == 0
