@@ -173,6 +173,20 @@ def _path(text):
     return text
 
 
+def _network_list(text):
+    import ipaddress
+    networks = [n.strip() for n in text.split(',') if n.strip()]
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
+def _token(text):
+    if not re.match(r'\A[A-Za-z0-9._~+/=-]{16,256}\Z', text):
+        raise ValueError('a token is 16 to 256 letters, digits or ._~+/=-')
+    return text
+
+
 CONFIG_KEYS = {
     'port': _port,
     'servers': _server_list,
@@ -180,7 +194,18 @@ CONFIG_KEYS = {
     'maxDataRetention': _non_negative_number,
     'maxTasks': _positive_int,
     'dir': _path,
+    'allow': _network_list,
+    'token': _token,
+    'notifierAllow': _network_list,
+    'maxRequestSize': _positive_int,
+    'maxInputs': _positive_int,
+    'maxFieldLength': _positive_int,
+    'maxQueued': _positive_int,
 }
+# Client networks a server answers by default: loopback and the private LAN ranges.
+DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
+                 'fc00::/7', 'fe80::/10']
+HOST_KEY_RE = re.compile(r'\A[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*\Z')
 
 
 class Config:
@@ -194,6 +219,14 @@ class Config:
         self.maxDataRetention = 24.0
         self.maxTasks = os.cpu_count() or 1
         self.dir = os.getcwd()
+        self.allow = list(DEFAULT_ALLOW)
+        self.token = ''
+        self.host_tokens = {}
+        self.notifierAllow = []
+        self.maxRequestSize = 256 * 1024 * 1024
+        self.maxInputs = 32
+        self.maxFieldLength = 4096
+        self.maxQueued = 1000
         self.sources = []
 
     def apply_file(self, path):
@@ -204,22 +237,31 @@ class Config:
         self.sources.append(path)
 
     def _apply(self, path, number, key, value, folder):
-        if key.endswith('.servers') and SERVICE_NAME_RE.match(key[:-8]):
-            parse, target = _server_list, None
+        prefix, _, suffix = key.rpartition('.')
+        if suffix == 'servers' and SERVICE_NAME_RE.match(prefix):
+            parse, store = _server_list, lambda v: self.service_servers.__setitem__(prefix, v)
+        elif suffix == 'token' and HOST_KEY_RE.match(prefix):
+            parse, store = _token, lambda v: self.host_tokens.__setitem__(prefix, v)
+        elif key == 'dir':
+            parse, store = _path, lambda v: setattr(
+                self, 'dir', os.path.normpath(os.path.join(folder, os.path.expanduser(v))))
         elif key in CONFIG_KEYS:
-            parse, target = CONFIG_KEYS[key], key
+            parse, store = CONFIG_KEYS[key], lambda v: setattr(self, key, v)
         else:
             raise ConfigError(f'{path}:{number}: unknown key {key!r}')
         try:
-            parsed = parse(value)
+            store(parse(value))
         except ValueError as exc:
             raise ConfigError(f'{path}:{number}: bad value for {key}: {value!r} ({exc})') from None
-        if target is None:
-            self.service_servers[key[:-8]] = parsed
-        elif target == 'dir':
-            self.dir = os.path.normpath(os.path.join(folder, os.path.expanduser(parsed)))
-        else:
-            setattr(self, target, parsed)
+
+    def token_for(self, url):
+        """The token to send to the server at ``url``: ``<host>.token``, else ``token``."""
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        for name in (parts.netloc, parts.hostname or ''):
+            if name in self.host_tokens:
+                return self.host_tokens[name]
+        return self.token
 
     def servers_for(self, service):
         """Servers for one service: ``<service>.servers``, else ``servers``."""
@@ -762,9 +804,102 @@ def list_tasks(store, config):
     return expire_tasks(store, records, config.maxDataRetention)
 
 
+TEMP_FILE_RE = re.compile(r'\A\..+\.(tmp|new|part)\Z')
+TEMP_FILE_MIN_AGE = 60.0
+RECOVERY_INTERVAL = 60.0
+
+
+def recover_store(store, config):
+    """After a crash: remove temp files of interrupted writes, fail tasks whose runner is gone.
+
+    Orphaned tool groups that are provably a task's (pid plus start time) are
+    killed by reconcile_task.  A print is never restarted.
+    """
+    now = time.time()
+    for name in ('info', 'in', 'out', 'log'):
+        folder = store.folder(name)
+        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+            path = os.path.join(folder, entry)
+            try:
+                if TEMP_FILE_RE.match(entry) and now - os.lstat(path).st_mtime > TEMP_FILE_MIN_AGE:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+    for task_id in marked(store, 'running'):
+        _still_running(store, task_id)
+    list_tasks(store, config)
+    dispatch(store, config)
+
+
+def recover_now_and_then(store, config):
+    """Run recover_store at most once a minute (CGI: no process stays to do it)."""
+    stamp = os.path.join(store.tasks, '.recovered')
+    try:
+        if time.time() - os.stat(stamp).st_mtime < RECOVERY_INTERVAL:
+            return
+    except FileNotFoundError:
+        if not os.path.isdir(store.tasks):
+            return
+    os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.utime(stamp)
+    recover_store(store, config)
+
+
 def get_task(store, task_id):
     """One task, reconciled."""
     return reconcile_task(store, store.read_task(task_id))
+
+
+def meta_record(store, config, services):
+    """What this machine offers: the spec's meta fields plus load for schedulers."""
+    running = [t for t in marked(store, 'running') if _still_running(store, t)]
+    try:
+        tasks = sum(1 for n in os.listdir(store.folder('info')) if TASK_ID_RE.match(n))
+    except FileNotFoundError:
+        tasks = 0
+    return {
+        'busy': str(len(running)),
+        'cpuLoad': f'{os.getloadavg()[0]:.2f}',
+        'maxDataRetention': f'{config.maxDataRetention:g}',
+        'maxTasks': str(config.maxTasks),
+        'queued': str(len(marked(store, 'queue'))),
+        'serverName': host_name(),
+        'services': ','.join(sorted(services)),
+        'tasks': str(tasks),
+        'timeout': f'{config.timeout:g}',
+        'uptime': format_uptime(system_uptime()),
+        'version': VERSION_STRING,
+    }
+
+
+def _still_running(store, task_id):
+    """True when a running marker belongs to a live runner (reconciles it otherwise)."""
+    try:
+        record = get_task(store, task_id)
+    except NotFound:
+        unmark(store, 'running', task_id)
+        return False
+    if record.get('runner') and process_is(record['runner'], record.get('runnerStart')):
+        return True
+    unmark(store, 'running', task_id)
+    return False
+
+
+def system_uptime():
+    """Seconds since boot."""
+    try:
+        with open('/proc/uptime') as handle:
+            return float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def format_uptime(seconds):
+    """``0d 06h 00m 52s`` as the spec shows it."""
+    seconds = int(seconds)
+    return (f'{seconds // 86400}d {seconds // 3600 % 24:02d}h '
+            f'{seconds // 60 % 60:02d}m {seconds % 60:02d}s')
+
 
 
 ###############################################################################
@@ -1107,7 +1242,7 @@ def run_task(store, config, services, task_id):
 def _runner_done(store, config, task_id, final):
     """Call the notifier, free this runner's slot and start what waits for it."""
     if final.get('notifier'):
-        notify(store, final)
+        notify(store, config, final)
     unmark(store, 'running', task_id)
     release_slot()
     dispatch(store, config)
@@ -1198,29 +1333,69 @@ def judge_exit(store, service, record, code):
     return TaskStatus.COMPLETE, fields
 
 
-def notify(store, record):
+NOTIFIER_TIMEOUT = 5.0
+# Refused notifier targets unless notifierAllow names them: this machine and
+# the link-local ranges (cloud metadata services live at 169.254.169.254).
+NOTIFIER_REFUSED = ['127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.0/16', 'fe80::/10']
+
+
+def notify(store, config, record):
     """Call the task's notifier URL once; the outcome goes to the log, never to the status."""
     url = record['notifier'].replace('$id', record['id']).replace('$myip', record.get('client', ''))
     try:
-        check_notifier_url(url)
-        import urllib.request
-        request = urllib.request.Request(url, headers={'User-Agent': f'rrcloud/{__version__}'})
-        with notifier_opener().open(request, timeout=5) as answer:
-            outcome = f'HTTP {answer.status}'
+        outcome = f'HTTP {notifier_get(url, config.notifierAllow)}'
     except Exception as exc:
-        outcome = f'failed: {exc}'
+        outcome = f'not called: {exc}'
     with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
         log.write(f'rrcloud: notifier {url}: {outcome}\n')
 
 
-def notifier_opener():
-    """A urllib opener that ignores proxies and follows no redirect."""
-    import urllib.request
+def notifier_get(url, allowed):
+    """One GET of ``url``: the name is resolved once, the address checked and then used.
 
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
+    http(s) only, no proxy, no redirect followed, a short timeout.
+    """
+    from urllib.parse import urlsplit
+    check_notifier_url(url)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    address = resolve_notifier_host(parts.hostname or '', port, allowed)
+    connection = _notifier_connection(parts.scheme, parts.hostname, address, port)
+    try:
+        target = (parts.path or '/') + (f'?{parts.query}' if parts.query else '')
+        connection.request('GET', target, headers={'User-Agent': f'rrcloud/{__version__}',
+                                                   'Host': parts.netloc.rpartition('@')[2]})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def resolve_notifier_host(host, port, allowed):
+    """The one address to connect to, or ValueError when it is refused."""
+    import socket
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    address = infos[0][4][0]
+    if address_in(address, allowed):
+        return address
+    if address_in(address, NOTIFIER_REFUSED):
+        raise ValueError(f'address {address} of {host!r} is refused (see notifierAllow)')
+    return address
+
+
+def _notifier_connection(scheme, host, address, port):
+    """An http.client connection to ``address`` that still speaks TLS to ``host``."""
+    import http.client
+    if scheme == 'http':
+        return http.client.HTTPConnection(address, port, timeout=NOTIFIER_TIMEOUT)
+    import socket
+    import ssl
+    context = ssl.create_default_context()
+
+    class PinnedHTTPS(http.client.HTTPSConnection):
+        def connect(self):
+            raw = socket.create_connection((address, port), NOTIFIER_TIMEOUT)
+            self.sock = context.wrap_socket(raw, server_hostname=host)
+    return PinnedHTTPS(host, port, timeout=NOTIFIER_TIMEOUT, context=context)
 
 
 def kill_task(store, task_id):
@@ -1659,13 +1834,13 @@ def kill_remote(record):
 # WSGI app ####################################################################
 ###############################################################################
 
-MAX_REQUEST_BYTES = 256 * 1024 * 1024
 MAX_WAIT_SECONDS = 60
 FORM_FIELD_RE = re.compile(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|nativeArgs'
-                           r'|notifier|format|id|wait)\Z')
+                           r'|notifier|format|id|wait|token)\Z')
 CONTROL_SERVICES = ('info', 'meta', 'kill')
 OUT_NAME_RE = re.compile(r'\A[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z')
 STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
+                401: '401 Unauthorized', 403: '403 Forbidden',
                 404: '404 Not Found', 405: '405 Method Not Allowed',
                 413: '413 Payload Too Large', 500: '500 Internal Server Error',
                 502: '502 Bad Gateway', 503: '503 Service Unavailable'}
@@ -1674,9 +1849,10 @@ STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
 class HTTPError(RRCloudError):
     """An error answer with its own status code."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=()):
         super().__init__(message)
         self.http_status = status
+        self.headers = list(headers)
 
 
 class Response:
@@ -1699,34 +1875,40 @@ class Request:
         self.query = _parse_query(environ.get('QUERY_STRING', ''))
         self.client = environ.get('REMOTE_ADDR', '') or 'unknown'
         self.form, self.files = dict(self.query), {}
+        self.parsed = False
         self.browser = 'Mozilla' in environ.get('HTTP_USER_AGENT', '')
 
     @property
     def format(self):
         return 'json' if self.form.get('format') == 'json' else 'text'
 
-    def read_form(self):
-        """Parse a POST body (multipart or urlencoded) with the multipart package."""
-        length = self.environ.get('CONTENT_LENGTH') or '0'
-        if not length.isdigit():
+    def read_form(self, config):
+        """Parse a POST body (multipart or urlencoded) with the multipart package, within the limits."""
+        length = self.environ.get('CONTENT_LENGTH') or ''
+        if length and not length.isdigit():
             raise HTTPError(400, 'bad Content-Length')
-        if int(length) > MAX_REQUEST_BYTES:
-            raise HTTPError(413, f'request too large (at most {MAX_REQUEST_BYTES} bytes)')
+        if int(length or 0) > config.maxRequestSize:
+            raise HTTPError(413, f'request too large (at most {config.maxRequestSize} bytes)')
         import multipart
         try:
             forms, files = multipart.parse_form_data(
-                self.environ, strict=True, part_limit=256, memory_limit=64 * 1024 * 1024,
-                disk_limit=MAX_REQUEST_BYTES, spool_limit=1024 * 1024)
+                self.environ, strict=True, part_limit=config.maxInputs * 2 + 16,
+                memory_limit=min(config.maxRequestSize, 64 * 1024 * 1024),
+                disk_limit=config.maxRequestSize, spool_limit=1024 * 1024)
         except multipart.MultipartError as exc:
-            raise HTTPError(400, f'bad form data: {exc}') from None
+            status = 413 if isinstance(exc, multipart.ParserLimitReached) else 400
+            raise HTTPError(status, f'bad form data: {exc}') from None
         for key, value in forms.iterallitems():
-            self._add_field(key, value)
+            self._add_field(key, value, config)
         for key, part in files.iterallitems():
-            self._add_field(key, part)
+            self._add_field(key, part, config)
+        self.parsed = True
 
-    def _add_field(self, key, value):
+    def _add_field(self, key, value, config):
         if not FORM_FIELD_RE.match(key):
             raise HTTPError(400, f'unknown form field: {key[:64]!r}')
+        if isinstance(value, str) and not key.startswith('fileIn') and len(value) > config.maxFieldLength:
+            raise HTTPError(400, f'field {key} is longer than {config.maxFieldLength} characters')
         if key in self.form or key in self.files:
             raise HTTPError(400, f'form field given twice: {key}')
         if isinstance(value, str):
@@ -1776,10 +1958,12 @@ def application(environ, start_response):
     request = None
     try:
         request = Request(environ)
+        check_access(request, app_context()[0])
         response = route(request)
     except RRCloudError as exc:
         status = getattr(exc, 'http_status', 500)
         response = error_response(status, str(exc), request.format if request else 'text')
+        response.headers += getattr(exc, 'headers', [])
     except Exception as exc:  # one line to the client, never a traceback
         print(f'rrcloud: internal error: {exc!r}', file=environ.get('wsgi.errors', sys.stderr))
         response = error_response(500, 'internal error', request.format if request else 'text')
@@ -1788,6 +1972,48 @@ def application(environ, start_response):
         wrapper = environ.get('wsgi.file_wrapper')
         return wrapper(response.body, 65536) if wrapper else iter(lambda: response.body.read(65536), b'')
     return [response.body]
+
+
+def address_in(address, networks):
+    """True when the IP ``address`` lies in one of ``networks`` (an IPv4-mapped IPv6 counts as IPv4)."""
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(address.split('%', 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def check_access(request, config):
+    """Who may use this server: ``allow`` networks, then the ``token`` if one is set.
+
+    Runs before any byte of the body is read.
+    """
+    if not address_in(request.environ.get('REMOTE_ADDR', ''), config.allow):
+        raise HTTPError(403, 'your address may not use this server (see allow in rrcloudrc)')
+    if config.token:
+        given = request_token(request)
+        import hmac
+        if given is None or not hmac.compare_digest(given.encode(), config.token.encode()):
+            raise HTTPError(401, 'a valid token is required',
+                            headers=[('WWW-Authenticate', 'Bearer realm="rrcloud"')])
+
+
+def request_token(request):
+    """The token from ``Authorization: Bearer``, ``X-RRCloud-Token``, or a ``token`` field."""
+    bearer = request.environ.get('HTTP_AUTHORIZATION', '')
+    if bearer.startswith('Bearer '):
+        return bearer[7:].strip()
+    if request.environ.get('HTTP_X_RRCLOUD_TOKEN'):
+        return request.environ['HTTP_X_RRCLOUD_TOKEN'].strip()
+    if 'token' in request.query:
+        return request.query['token']
+    if request.method == 'POST' and request.path in ('/', '/index.cgi'):
+        request.read_form(app_context()[0])  # curl users: -F token=...
+        return request.form.get('token')
+    return None
 
 
 def error_response(status, message, fmt):
@@ -1809,8 +2035,8 @@ def route(request):
     if request.method == 'OPTIONS':
         return Response(b'', 204, headers=[('Access-Control-Allow-Methods', 'GET, POST, OPTIONS'),
                                            ('Access-Control-Allow-Headers', 'Content-Type')])
-    if request.method == 'POST':
-        request.read_form()
+    if request.method == 'POST' and not request.parsed:
+        request.read_form(app_context()[0])
     elif request.method not in ('GET', 'HEAD'):
         raise HTTPError(405, f'method {request.method} not allowed')
     return route_service(request)
@@ -1878,6 +2104,11 @@ def submit_from_form(store, config, request):
         if not key.startswith('fileIn'):
             _check_line(key, value)
     inputs = form_inputs(request, service)
+    if len(inputs) > config.maxInputs:
+        raise HTTPError(400, f'too many input files (at most {config.maxInputs})')
+    if len(marked(store, 'queue')) >= config.maxQueued:
+        raise HTTPError(503, f'the queue is full ({config.maxQueued} tasks wait)',
+                        headers=[('Retry-After', '30')])
     native = request.form.get('nativeArgs', '').split()
     native += [request.form[k] for k in sorted(request.form, key=_field_number) if k.startswith('arg')]
     return submit_task(store, config, service, inputs, native,
@@ -2012,17 +2243,22 @@ def serve(args):
                 raise UsageError(f'bad port: {value!r}') from None
     store = Store(config.dir)
     store.ensure()
+    recover_store(store, config)
     _APP_CONTEXT.update(config=config, store=store)
     import waitress
-    print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr, flush=True)
+    print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
+    print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
+          f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
     waitress.serve(application, host=bind, port=port, threads=16, ident='rrcloud',
-                   channel_timeout=120, max_request_body_size=MAX_REQUEST_BYTES, _quiet=True)
+                   channel_timeout=120, max_request_body_size=config.maxRequestSize, _quiet=True)
     return ExitCode.OK
 
 
 def run_cgi():
     """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
     import wsgiref.handlers
+    config, store = app_context()
+    recover_now_and_then(store, config)
     wsgiref.handlers.CGIHandler().run(application)
     return ExitCode.OK
 
@@ -2223,57 +2459,6 @@ def refresh_if_remote(store, record):
         except Exception as exc:  # requests' errors are not OSErrors
             print(f'rrcloud: warning: {record["server"]}: {exc.__class__.__name__}', file=sys.stderr)
     return record
-
-
-def meta_record(store, config, services):
-    """What this machine offers: the spec's meta fields plus load for schedulers."""
-    running = [t for t in marked(store, 'running') if _still_running(store, t)]
-    try:
-        tasks = sum(1 for n in os.listdir(store.folder('info')) if TASK_ID_RE.match(n))
-    except FileNotFoundError:
-        tasks = 0
-    return {
-        'busy': str(len(running)),
-        'cpuLoad': f'{os.getloadavg()[0]:.2f}',
-        'maxDataRetention': f'{config.maxDataRetention:g}',
-        'maxTasks': str(config.maxTasks),
-        'queued': str(len(marked(store, 'queue'))),
-        'serverName': host_name(),
-        'services': ','.join(sorted(services)),
-        'tasks': str(tasks),
-        'timeout': f'{config.timeout:g}',
-        'uptime': format_uptime(system_uptime()),
-        'version': VERSION_STRING,
-    }
-
-
-def _still_running(store, task_id):
-    """True when a running marker belongs to a live runner (reconciles it otherwise)."""
-    try:
-        record = get_task(store, task_id)
-    except NotFound:
-        unmark(store, 'running', task_id)
-        return False
-    if record.get('runner') and process_is(record['runner'], record.get('runnerStart')):
-        return True
-    unmark(store, 'running', task_id)
-    return False
-
-
-def system_uptime():
-    """Seconds since boot."""
-    try:
-        with open('/proc/uptime') as handle:
-            return float(handle.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def format_uptime(seconds):
-    """``0d 06h 00m 52s`` as the spec shows it."""
-    seconds = int(seconds)
-    return (f'{seconds // 86400}d {seconds // 3600 % 24:02d}h '
-            f'{seconds // 60 % 60:02d}m {seconds % 60:02d}s')
 
 
 def cmd_meta(ctx, args):

@@ -41,6 +41,14 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def find_program(name):
+    """Absolute path of a web server's program (they live in /usr/sbin)."""
+    path = shutil.which(name, path='/usr/local/sbin:/usr/sbin:/sbin:' + os.environ.get('PATH', ''))
+    if path is None:
+        raise RuntimeError(f'{name} is not installed (make test installs it)')
+    return path
+
+
 def www_data():
     """(uid, gid) of the web servers' user."""
     entry = pwd.getpwnam('www-data')
@@ -141,9 +149,9 @@ class Deployment:
 
     def command(self):
         if self.kind == 'lighttpd':
-            return ['lighttpd', '-D', '-f', str(self.conf)], {}
+            return [find_program('lighttpd'), '-D', '-f', str(self.conf)], {}
         if self.kind == 'apache':
-            return ['apache2', '-f', str(self.conf), '-DFOREGROUND'], {}
+            return [find_program('apache2'), '-f', str(self.conf), '-DFOREGROUND'], {}
         # The embedded server runs as www-data too, like the CGI deployments.
         return ([WEB_PYTHON, str(self.app / 'rrcloud.py'), 'serve', '--bind', '127.0.0.1',
                  '--port', str(self.port)],

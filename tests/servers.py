@@ -1,0 +1,198 @@
+"""Servers for the remote-relay tests: embedded rrcloud servers and fake ones.
+
+``EmbeddedServer`` is a real ``rrcloud.py serve`` process on a free loopback
+port, with its own store folder and rrcloudrc (passed in RRCLOUD_CONFIG).
+Its tasks run detached in their own sessions, so ``stop()`` kills the
+server's process group and then the groups of every runner and tool named
+in the store's records.
+
+``FakeServer`` is an ``http.server`` in a thread on 127.0.0.1: a test gives
+it a handler and it records every request.  It stands in for servers no
+real part can play here: one answering garbage, a hostile one, a 0.019
+server that only answers text and ignores ``wait=``.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def plain_session():
+    """A requests session that ignores proxy settings (the servers are on loopback)."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+class EmbeddedServer:
+    """``rrcloud.py serve --bind 127.0.0.1 --port P`` in its own store folder."""
+
+    def __init__(self, root, config='maxTasks = 1\n', services=None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config = self.root / 'rrcloudrc'
+        self.config.write_text(config)
+        for name, text in (services or {}).items():
+            (self.root / 'services').mkdir(exist_ok=True)
+            (self.root / 'services' / f'{name}.conf').write_text(text)
+        self.port = free_port()
+        self.address = f'127.0.0.1:{self.port}'
+        self.url = f'http://{self.address}/'
+        self.process = None
+        self.log = self.root / 'server.log'
+
+    def start(self):
+        """Start the server and wait until ``meta`` answers."""
+        env = dict(os.environ, RRCLOUD_CONFIG=str(self.config))
+        env.pop('GATEWAY_INTERFACE', None)
+        with open(self.log, 'ab') as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / 'rrcloud.py'), 'serve', '--bind', '127.0.0.1',
+                 '--port', str(self.port)],
+                cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        session = plain_session()
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f'server exited with {self.process.returncode}: {self.log.read_text()}')
+            try:
+                if session.get(self.url, params={'service': 'meta'}, timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f'server on port {self.port} did not answer within {START_TIMEOUT} s')
+
+    def records(self):
+        """Every task record of this server's store, as written (key: value lines)."""
+        folder = self.root / 'tasks' / 'info'
+        found = {}
+        for path in sorted(folder.glob('[0-9]*')) if folder.is_dir() else []:
+            record = {}
+            for line in path.read_text().splitlines():
+                key, sep, value = line.partition(': ')
+                if sep:
+                    record[key] = value
+            found[path.name] = record
+        return found
+
+    def info(self, task_id, wait=0):
+        """``GET ?service=info&id=ID[&wait=S]`` as a dict (the server's own answer)."""
+        params = {'service': 'info', 'id': task_id, 'format': 'json'}
+        if wait:
+            params['wait'] = str(wait)
+        answer = plain_session().get(self.url, params=params, timeout=wait + 10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def wait_done(self, task_id, timeout=60):
+        """Long-poll the server until the task leaves busy; returns its record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.info(task_id, wait=min(20, max(1, int(deadline - time.monotonic()))))
+            if record['status'] != 'busy':
+                return record
+        raise AssertionError(f'task {task_id} still busy on {self.url} after {timeout} s')
+
+    def stop(self):
+        """Kill the server's group, then every task group it started."""
+        if self.process and self.process.poll() is None:
+            _kill_group(self.process.pid)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for record in self.records().values():
+            for key in ('runner', 'pid'):
+                if record.get(key, '').isdigit():
+                    _kill_group(int(record[key]))
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Request:
+    """One request a fake server received."""
+
+    def __init__(self, method, path, query, body, headers):
+        self.method, self.path, self.query, self.body, self.headers = method, path, query, body, headers
+
+    def __repr__(self):
+        return f'Request({self.method} {self.path} {self.query})'
+
+
+class FakeServer:
+    """An http.server on 127.0.0.1 answering with ``handler(request) -> (status, content_type, body)``."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.requests = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.0'
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                parts = urlsplit(self.path)
+                length = int(self.headers.get('Content-Length') or 0)
+                body = self.rfile.read(length) if length else b''
+                request = Request(self.command, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)),
+                                  body, dict(self.headers))
+                fake.requests.append(request)
+                status, content_type, data = fake.handler(request)
+                data = data.encode() if isinstance(data, str) else data
+                self.send_response(status)
+                self.send_header('Content-Type', content_type)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_HEAD = _answer
+
+        self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.address = f'127.0.0.1:{self.port}'
+        self.url = f'http://{self.address}/'
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def of(self, method=None, service=None):
+        """Requests received, filtered by method and by the ``service`` query field."""
+        return [r for r in self.requests
+                if (method is None or r.method == method)
+                and (service is None or r.query.get('service') == service)]

@@ -1,0 +1,873 @@
+"""The HTTP API, against three live deployments: the embedded server, lighttpd and Apache.
+
+Every test runs once per deployment (see deploy.py): a real server on a free
+loopback port, running the repo's rrcloud.py (as CGI under the two web
+servers, from their configs in lighttpd/ and apache/), real task processes,
+a real store.  Tests share one server per deployment and look only at the
+tasks they created.
+
+Test services (written into the store's services/ before the server starts):
+``sh`` runs its first input as a shell script with the other inputs and the
+output file as arguments, so one service gives quick, slow, chatty and
+multi-input tasks.
+"""
+import concurrent.futures
+import http.client
+import http.server
+import json
+import os
+import queue
+import re
+import shlex
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+import deploy
+
+ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
+KEY_RE = re.compile(r'\A[A-Za-z][A-Za-z0-9_]*\Z')
+INPUT_RE = re.compile(r'\Atasks/in/[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}(\.[A-Za-z0-9]+)?\Z')
+UNKNOWN_ID = '1795841292-04767-953464'
+FORMATS = ('text', 'json')
+SPEC_INFO_FIELDS = {'client', 'cmd', 'ctime', 'etime', 'id', 'in', 'out', 'pid', 'server',
+                    'service', 'status'}
+META_FIELDS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
+               'uptime', 'version', 'busy', 'queued', 'maxTasks'}
+BROWSER = 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
+
+SH_SERVICE = """\
+# sh: runs input 0 as a shell script; later inputs and the output file are its arguments
+path = /usr/bin:/bin
+cmd = sh
+argInput = --data=$fileIn
+output = $fileOut
+inputExt = sh
+"""
+TEST_SERVICES = {'sh': SH_SERVICE}
+
+# Writes its arguments and the inputs they name into the output (the last argument).
+MULTI_SCRIPT = """\
+n=$#
+i=1
+for a in "$@"; do last=$a; done
+for a in "$@"; do
+  [ "$i" -eq "$n" ] && break
+  printf 'arg %s\\n' "$a"
+  case $a in --data=*) cat "${a#--data=}" ;; *) cat "$a" ;; esac
+  i=$((i + 1))
+done > "$last"
+"""
+
+
+def sleep_script(seconds, result='done'):
+    return f'sleep {seconds}\nprintf %s {shlex.quote(result)} > "$1"\n'
+
+
+###############################################################################
+# Fixtures
+###############################################################################
+
+@pytest.fixture(scope='module', params=deploy.KINDS)
+def server(request):
+    """One live deployment per kind, shared by the tests of this module."""
+    deployment = deploy.Deployment(request.param, services=TEST_SERVICES)
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@pytest.fixture(params=deploy.KINDS)
+def one_slot_server(request):
+    """A deployment of its own with ``maxTasks = 1``."""
+    deployment = deploy.Deployment(request.param, config='maxTasks = 1\n', services=TEST_SERVICES)
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@pytest.fixture
+def listener():
+    """An HTTP server on 127.0.0.1 that records the paths of the GETs it receives."""
+    received = queue.Queue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            received.put(self.path)
+            self.send_response(200)
+            self.send_header('Content-Length', '2')
+            self.end_headers()
+            self.wfile.write(b'ok')
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    httpd.received = received
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+###############################################################################
+# Helpers: what a client sees
+###############################################################################
+
+def parse_text_record(text):
+    """A spec ``key: value`` answer as a dict; every line must be such a pair."""
+    assert text.endswith('\n'), repr(text)
+    record = {}
+    for line in text[:-1].split('\n'):
+        key, sep, value = line.partition(': ')
+        assert sep and KEY_RE.match(key), f'not a "key: value" line: {line!r} in {text!r}'
+        assert key not in record, f'{key} twice in {text!r}'
+        record[key] = value
+    return record
+
+
+def parse_text_records(text):
+    """The text listing of all tasks: records separated by blank lines."""
+    if text == '':
+        return []
+    return [parse_text_record(block if block.endswith('\n') else block + '\n')
+            for block in text.split('\n\n')]
+
+
+def check_cors(response):
+    assert response.headers.get('Access-Control-Allow-Origin') == '*', dict(response.headers)
+
+
+def answer_of(response, fmt):
+    """The record of a 200 answer in the asked format."""
+    assert response.status_code == 200, (response.status_code, response.text)
+    check_cors(response)
+    if fmt == 'json':
+        assert response.headers['Content-Type'].startswith('application/json')
+        record = json.loads(response.text)
+        assert isinstance(record, dict), record
+        assert all(isinstance(v, str) for v in record.values()), record
+        return record
+    assert response.headers['Content-Type'].startswith('text/plain')
+    return parse_text_record(response.text)
+
+
+def records_of(response, fmt):
+    """All records of an info-of-all answer in the asked format."""
+    assert response.status_code == 200, (response.status_code, response.text)
+    check_cors(response)
+    if fmt == 'json':
+        assert response.headers['Content-Type'].startswith('application/json')
+        records = json.loads(response.text)
+        assert isinstance(records, list)
+        return records
+    assert response.headers['Content-Type'].startswith('text/plain')
+    return parse_text_records(response.text)
+
+
+def error_of(response, status):
+    """The one-line reason of an error answer with ``status`` (text format)."""
+    assert response.status_code == status, (response.status_code, response.text)
+    check_cors(response)
+    assert response.headers['Content-Type'].startswith('text/plain')
+    text = response.text
+    assert text.startswith('error: ') and text.endswith('\n') and text.count('\n') == 1, repr(text)
+    return text[len('error: '):-1]
+
+
+def with_format(fields, fmt):
+    return dict(fields, format='json') if fmt == 'json' else dict(fields)
+
+
+def submit(server, fields, files=None, fmt='text', **kwargs):
+    """POST / (urlencoded, or multipart when ``files`` is given); the response."""
+    return requests.post(f'{server.url}/', data=with_format(fields, fmt), files=files,
+                         timeout=30, **kwargs)
+
+
+def start(server, script_or_content, service='sh', fmt='text'):
+    """Start a task whose fileIn0 is content; returns its record (asserting a busy answer)."""
+    record = answer_of(submit(server, {'service': service, 'fileIn0': script_or_content}, fmt=fmt), fmt)
+    assert ID_RE.match(record['id']), record
+    assert record['status'] == 'busy', record
+    return record
+
+
+def info(server, task_id, fmt='text', wait=None):
+    params = with_format({'service': 'info', 'id': task_id}, fmt)
+    if wait is not None:
+        params['wait'] = str(wait)
+    return requests.get(f'{server.url}/', params=params, timeout=90)
+
+
+def wait_done(server, task_id, timeout=60):
+    """Long-poll a task until it leaves busy; returns its record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        record = answer_of(info(server, task_id, 'json', wait=max(0, min(20, int(left)))), 'json')
+        if record['status'] != 'busy':
+            return record
+        if time.monotonic() >= deadline:
+            raise AssertionError(f'{server.kind}: task {task_id} still busy after {timeout} s: {record}')
+
+
+def all_records(server, ids):
+    """The records of ``ids`` from the info-of-all answer, by id."""
+    answer = requests.get(f'{server.url}/', params={'service': 'info', 'format': 'json'}, timeout=60)
+    return {r['id']: r for r in records_of(answer, 'json') if r['id'] in ids}
+
+
+def meta(server, fmt='json'):
+    return answer_of(requests.get(f'{server.url}/', params=with_format({'service': 'meta'}, fmt),
+                                  timeout=30), fmt)
+
+
+def wait_idle(server, timeout=60):
+    """Until no task of this deployment runs or waits (other tests' leftovers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = meta(server)
+        if now['busy'] == '0' and now['queued'] == '0':
+            return
+        assert time.monotonic() < deadline, f'{server.kind} still busy: {now}'
+        time.sleep(0.1)
+
+
+def kill(server, task_id, fmt='text'):
+    return requests.get(f'{server.url}/', params=with_format({'service': 'kill', 'id': task_id}, fmt),
+                        timeout=30)
+
+
+def kill_quietly(server, task_id):
+    try:
+        kill(server, task_id)
+    except requests.RequestException:
+        pass
+
+
+def raw_get(server, path, headers=None):
+    """GET ``path`` exactly as written (no client-side normalising of '..' or escapes)."""
+    connection = http.client.HTTPConnection('127.0.0.1', server.port, timeout=30)
+    try:
+        connection.request('GET', path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def download(server, relative):
+    return requests.get(f'{server.url}/{relative}', timeout=30)
+
+
+def process_alive(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b')') + 2:][:1] not in (b'Z', b'X')
+
+
+###############################################################################
+# Submitting: multipart upload, multipart string, urlencoded -- text and JSON
+###############################################################################
+
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('how', ['upload', 'multipart-string', 'urlencoded'])
+def test_post_answers_the_busy_record_and_the_task_completes(server, how, fmt):
+    content = f'echo input {uuid.uuid4()} via {how}\n'
+    if how == 'upload':
+        response = submit(server, {'service': 'echo'},
+                          files={'fileIn0': ('model.dat', content.encode(), 'application/octet-stream')},
+                          fmt=fmt)
+        ext = '.dat'
+    elif how == 'multipart-string':
+        response = submit(server, {'service': 'echo'}, files={'fileIn0': (None, content)}, fmt=fmt)
+        ext = '.txt'  # echo's inputExt
+        assert response.request.headers['Content-Type'].startswith('multipart/form-data')
+    else:
+        response = submit(server, {'service': 'echo', 'fileIn0': content}, fmt=fmt)
+        ext = '.txt'
+        assert response.request.headers['Content-Type'] == 'application/x-www-form-urlencoded'
+    record = answer_of(response, fmt)
+    task_id = record['id']
+    assert ID_RE.match(task_id), record
+    assert record['status'] == 'busy'
+    assert record['service'] == 'echo'
+    assert record['client'] == '127.0.0.1'
+    assert INPUT_RE.match(record['in']) and record['in'].endswith(ext), record
+    assert record['out'] == f'tasks/out/{task_id}'
+    assert record['cmd'] == f'cp {record["in"]} tasks/out/{task_id}'
+    assert float(record['ctime']) > 0
+    assert record['sizeIn'] == str(len(content.encode()))
+
+    done = wait_done(server, task_id)
+    assert done['status'] == 'complete', done
+    result = download(server, done['out'])
+    assert result.status_code == 200
+    assert result.content == content.encode()
+
+
+###############################################################################
+# info: one task, all tasks, long-poll
+###############################################################################
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_info_of_one_task_has_the_spec_fields(server, fmt):
+    task_id = start(server, 'info content', service='echo')['id']
+    wait_done(server, task_id)
+    record = answer_of(info(server, task_id, fmt), fmt)
+    assert SPEC_INFO_FIELDS <= set(record), record
+    assert record['id'] == task_id
+    assert record['status'] == 'complete'
+    assert float(record['ctime']) <= float(record['etime'])
+    assert record['pid'].isdigit()
+    assert record['server'] != ''
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_info_of_all_lists_every_task(server, fmt):
+    ids = {start(server, f'all {n}', service='echo')['id'] for n in range(3)}
+    for task_id in ids:
+        wait_done(server, task_id)
+    answer = requests.get(f'{server.url}/', params=with_format({'service': 'info'}, fmt), timeout=30)
+    records = records_of(answer, fmt)
+    ours = {r['id']: r for r in records if r['id'] in ids}
+    assert set(ours) == ids
+    assert all(r['status'] == 'complete' and r['service'] == 'echo' for r in ours.values())
+    assert all(ID_RE.match(r['id']) for r in records)
+    assert len({r['id'] for r in records}) == len(records)
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_wait_returns_as_soon_as_the_task_completes(server, fmt):
+    task_id = start(server, sleep_script(1))['id']
+    began = time.monotonic()
+    record = answer_of(info(server, task_id, fmt, wait=30), fmt)
+    elapsed = time.monotonic() - began
+    assert record['status'] == 'complete', record
+    assert elapsed < 15, f'wait=30 answered after {elapsed:.1f} s for a 1 s task'
+
+
+def test_wait_answers_busy_when_the_time_is_up(server):
+    task_id = start(server, sleep_script(30))['id']
+    try:
+        began = time.monotonic()
+        record = answer_of(info(server, task_id, wait=1), 'text')
+        elapsed = time.monotonic() - began
+        assert record['status'] == 'busy'
+        assert 0.9 <= elapsed < 10
+    finally:
+        kill_quietly(server, task_id)
+
+
+###############################################################################
+# meta
+###############################################################################
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_meta(server, fmt):
+    record = meta(server, fmt)
+    assert set(record) == META_FIELDS, record
+    assert record['version'].startswith('RepRapCloud 0.019')
+    services = record['services'].split(',')
+    assert {'echo', 'sh', 'openscad', 'slic3r'} <= set(services)
+    assert services == sorted(services)
+    assert record['maxTasks'] == str(os.cpu_count())
+    assert record['timeout'] == '1800'
+    assert record['maxDataRetention'] == '24'
+    for key in ('tasks', 'busy', 'queued'):
+        assert record[key].isdigit(), (key, record)
+    float(record['cpuLoad'])
+    assert re.match(r'\A[0-9]+d [0-9]{2}h [0-9]{2}m [0-9]{2}s\Z', record['uptime']), record
+    assert record['serverName'] != ''
+
+
+def test_meta_counts_tasks(server):
+    before = int(meta(server)['tasks'])
+    wait_done(server, start(server, 'count me', service='echo')['id'])
+    assert int(meta(server)['tasks']) >= before + 1
+
+
+###############################################################################
+# kill
+###############################################################################
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_kill_stops_a_long_task(server, fmt):
+    task_id = start(server, sleep_script(60, 'late'))['id']
+    try:
+        deadline = time.monotonic() + 20
+        while 'pid' not in (record := answer_of(info(server, task_id, 'json'), 'json')):
+            assert time.monotonic() < deadline, f'no pid recorded: {record}'
+            time.sleep(0.05)
+        pid = int(record['pid'])
+        assert process_alive(pid)
+
+        killed = answer_of(kill(server, task_id, fmt), fmt)
+        assert killed['id'] == task_id
+        assert killed['status'] == 'failed'
+        assert killed['error'] == 'killed'
+
+        deadline = time.monotonic() + 15
+        while process_alive(pid):
+            assert time.monotonic() < deadline, f'tool {pid} still runs after kill'
+            time.sleep(0.05)
+        time.sleep(0.5)
+        after = answer_of(info(server, task_id, fmt), fmt)
+        assert after['status'] == 'failed' and after['error'] == 'killed', after
+        assert download(server, f'tasks/out/{task_id}').status_code == 404
+
+        again = error_of(kill(server, task_id), 400)
+        assert 'not running' in again
+    finally:
+        kill_quietly(server, task_id)
+
+
+def test_kill_of_an_unknown_task_is_404(server):
+    assert task_id_unknown_error(kill(server, UNKNOWN_ID))
+
+
+def task_id_unknown_error(response):
+    reason = error_of(response, 404)
+    assert UNKNOWN_ID in reason
+    return reason
+
+
+def test_info_of_an_unknown_task_is_404(server):
+    assert task_id_unknown_error(info(server, UNKNOWN_ID))
+
+
+###############################################################################
+# The browser page and the curl listing
+###############################################################################
+
+def test_browser_gets_an_html_page(server):
+    task_id = start(server, 'shown in the page', service='echo')['id']
+    wait_done(server, task_id)
+    answer = requests.get(f'{server.url}/', headers={'User-Agent': BROWSER}, timeout=30)
+    assert answer.status_code == 200
+    check_cors(answer)
+    assert answer.headers['Content-Type'].startswith('text/html')
+    page = answer.text
+    assert task_id in page
+    assert f'href="/tasks/out/{task_id}"' in page
+    assert f'href="/tasks/log/{task_id}"' in page
+    assert re.search(r'<meta http-equiv="refresh" content="[0-9]+"', page)
+    # The links work.
+    assert download(server, f'tasks/out/{task_id}').content == b'shown in the page'
+    assert download(server, f'tasks/log/{task_id}').status_code == 200
+
+
+def test_browser_page_escapes_what_a_client_sent(server):
+    evil = 'http://127.0.0.1:9/<script>alert(1)</script>?"><img/src=x/onerror=alert(2)>'
+    response = submit(server, {'service': 'echo', 'fileIn0': '<script>alert(3)</script>', 'notifier': evil})
+    task_id = answer_of(response, 'text')['id']
+    wait_done(server, task_id)
+    page = requests.get(f'{server.url}/', headers={'User-Agent': BROWSER}, timeout=30).text
+    assert task_id in page
+    assert '<script>' not in page.lower()
+    assert '<img' not in page.lower()
+
+
+@pytest.mark.parametrize('agent', ['curl/8.5.0', 'Wget/1.21.4'])
+def test_curl_and_wget_get_the_text_listing(server, agent):
+    task_id = start(server, 'listed', service='echo')['id']
+    wait_done(server, task_id)
+    answer = requests.get(f'{server.url}/', headers={'User-Agent': agent}, timeout=30)
+    records = records_of(answer, 'text')
+    assert task_id in {r['id'] for r in records}
+
+
+def test_browser_asking_for_json_gets_json(server):
+    task_id = start(server, 'json listing', service='echo')['id']
+    answer = requests.get(f'{server.url}/?format=json', headers={'User-Agent': BROWSER}, timeout=30)
+    assert task_id in {r['id'] for r in records_of(answer, 'json')}
+
+
+###############################################################################
+# Downloads and what cannot be downloaded
+###############################################################################
+
+def test_result_and_log_downloads(server):
+    marker = f'log-line-{uuid.uuid4()}'
+    task_id = start(server, f'echo {marker}\nprintf result-bytes > "$1"\n')['id']
+    record = wait_done(server, task_id)
+    assert record['status'] == 'complete', record
+    result = download(server, f'tasks/out/{os.path.basename(record["out"])}')
+    assert result.status_code == 200
+    check_cors(result)
+    assert result.content == b'result-bytes'
+    log = download(server, f'tasks/log/{task_id}')
+    assert log.status_code == 200
+    check_cors(log)
+    assert log.headers['Content-Type'].startswith('text/plain')
+    assert marker in log.text
+
+
+def test_unknown_result_and_log_are_404(server):
+    error_of(download(server, f'tasks/out/{UNKNOWN_ID}'), 404)
+    error_of(download(server, f'tasks/log/{UNKNOWN_ID}'), 404)
+
+
+@pytest.fixture(scope='module')
+def secrets(server):
+    """One finished task plus files a client must never get, with what they hold."""
+    content = f'private input {uuid.uuid4()}'
+    record = start(server, content, service='echo')
+    task_id = record['id']
+    wait_done(server, task_id)
+    in_name = os.path.basename(record['in'])
+    # A result that is a link to the config (as a hostile tool could leave it).
+    link = server.store / 'tasks' / 'out' / f'link-{uuid.uuid4().hex[:8]}'
+    os.symlink('../../rrcloudrc', link)
+    return {
+        'id': task_id, 'in_name': in_name, 'link': link.name,
+        'contents': [deploy.CONFIG_MARKER, content, 'cmd = cp', 'cmd = sh', 'def application',
+                     f'service: echo', 'root:x:0:0', 'import rrcloud', 'server.modules',
+                     'ScriptAlias'],
+    }
+
+
+DENIED_PATHS = [
+    '/rrcloudrc',
+    '/store/rrcloudrc',
+    '/services/echo.conf',
+    '/services/sh.conf',
+    '/tasks/in/{in_name}',
+    '/tasks/info/{id}',
+    '/tasks/in/',
+    '/tasks/info/',
+    '/tasks/out/',
+    '/tasks/',
+    '/rrcloud.py',
+    '/bin/index.cgi',
+    '/index.cgi/rrcloudrc',
+    '/lighttpd/rrcloud.conf',
+    '/apache/rrcloud.conf',
+    '/tasks/out/../rrcloudrc',
+    '/tasks/out/../../rrcloudrc',
+    '/tasks/out/%2e%2e%2frrcloudrc',
+    '/tasks/out/%2e%2e%2f%2e%2e%2frrcloudrc',
+    '/tasks/out/..%2f..%2frrcloudrc',
+    '/tasks/out/%2e%2e/%2e%2e/rrcloudrc',
+    '/tasks/log/..%2finfo%2f{id}',
+    '/tasks/log/../info/{id}',
+    '/tasks/out/..%2fin%2f{in_name}',
+    '/tasks/out/{link}',
+    '/tasks/log/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd',
+    '/tasks/out/%2fetc%2fpasswd',
+]
+
+
+@pytest.mark.parametrize('template', DENIED_PATHS)
+def test_denied_paths_never_give_the_content(server, secrets, template):
+    path = template.format(**secrets)
+    status, headers, body = raw_get(server, path)
+    assert status in (403, 404), (path, status, body[:300])
+    text = body.decode('utf-8', 'replace')
+    for secret in secrets['contents']:
+        assert secret not in text, (path, secret)
+
+
+###############################################################################
+# Access-Control-Allow-Origin on every answer
+###############################################################################
+
+CORS_REQUESTS = [
+    ('GET', '/?service=meta'),
+    ('GET', '/?service=meta&format=json'),
+    ('GET', '/?service=info'),
+    ('GET', '/?service=info&id=' + UNKNOWN_ID),
+    ('GET', '/?service=info&id=..%2F..%2Fetc%2Fpasswd'),
+    ('GET', '/?service=info&id=x&format=json'),
+    ('GET', '/?service=echo'),
+    ('GET', '/?status=complete'),
+    ('GET', '/tasks/out/' + UNKNOWN_ID),
+    ('GET', '/tasks/log/' + UNKNOWN_ID),
+    ('GET', '/nothing/here'),
+    ('GET', '/rrcloudrc'),
+    ('GET', '/tasks/out/../rrcloudrc'),
+    ('GET', '/tasks/out/%2e%2e%2frrcloudrc'),
+    ('PUT', '/'),
+    ('DELETE', '/'),
+    ('OPTIONS', '/'),
+    ('POST', '/'),
+]
+
+
+@pytest.mark.parametrize('method, path', CORS_REQUESTS)
+def test_every_answer_allows_any_origin(server, method, path):
+    connection = http.client.HTTPConnection('127.0.0.1', server.port, timeout=30)
+    try:
+        body = b'service=nosuch&fileIn0=x' if method in ('POST', 'PUT') else None
+        headers = {'Content-Type': 'application/x-www-form-urlencoded'} if body else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    assert response.getheader('Access-Control-Allow-Origin') == '*', \
+        (method, path, response.status, response.getheaders())
+
+
+###############################################################################
+# Several inputs with a prearg
+###############################################################################
+
+def test_several_inputs_with_a_prearg(server):
+    part_a = b'first data file\n'
+    part_b = b'second data file\n'
+    response = submit(server, {'service': 'sh', 'fileIn0': MULTI_SCRIPT, 'prearg1': '--data='},
+                      files={'fileIn1': ('part-a.txt', part_a), 'fileIn2': ('part-b.dat', part_b)})
+    record = answer_of(response, 'text')
+    task_id = record['id']
+    inputs = record['in'].split(',')
+    assert len(inputs) == 3 and all(INPUT_RE.match(p) for p in inputs), record
+    assert inputs[0].endswith('.sh') and inputs[1].endswith('.txt') and inputs[2].endswith('.dat')
+    assert record['cmd'] == shlex.join(['sh', inputs[0], '--data=' + inputs[1], inputs[2],
+                                        f'tasks/out/{task_id}'])
+    done = wait_done(server, task_id)
+    assert done['status'] == 'complete', done
+    result = download(server, done['out']).content
+    assert result == (f'arg --data={inputs[1]}\n'.encode() + part_a
+                      + f'arg {inputs[2]}\n'.encode() + part_b)
+
+
+###############################################################################
+# Scheduling, detachment, restarts
+###############################################################################
+
+def test_with_one_slot_the_second_task_waits_for_the_first(one_slot_server):
+    server = one_slot_server
+    first = start(server, sleep_script(2, 'first'))
+    second = start(server, 'second', service='echo')
+    assert 'queued' not in first, first
+    assert second.get('queued'), second
+    now = answer_of(info(server, second['id']), 'text')
+    assert now['status'] == 'busy' and now.get('queued'), now
+    load = meta(server)
+    assert (load['busy'], load['queued'], load['maxTasks']) == ('1', '1', '1'), load
+
+    first_done = wait_done(server, first['id'])
+    second_done = wait_done(server, second['id'])
+    assert first_done['status'] == 'complete', first_done
+    assert second_done['status'] == 'complete', second_done
+    assert 'queued' not in second_done
+    assert float(second_done['stime']) >= float(first_done['etime'])
+    assert download(server, second_done['out']).content == b'second'
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_post_of_a_long_task_is_answered_at_once(server, fmt):
+    began = time.monotonic()
+    response = submit(server, {'service': 'sh', 'fileIn0': sleep_script(5, 'slow')}, fmt=fmt)
+    elapsed = time.monotonic() - began
+    record = answer_of(response, fmt)
+    assert record['status'] == 'busy'
+    assert elapsed < 2, f'the POST of a 5 s task took {elapsed:.1f} s'
+    done = wait_done(server, record['id'])
+    assert done['status'] == 'complete', done
+    assert float(done['etime']) - float(done['ctime']) >= 4.5
+    assert download(server, done['out']).content == b'slow'
+
+
+def test_a_task_survives_a_restart_of_the_server(server):
+    record = start(server, sleep_script(4, 'survivor'))
+    server.restart()
+    assert answer_of(info(server, record['id']), 'text')['status'] == 'busy'
+    done = wait_done(server, record['id'])
+    assert done['status'] == 'complete', done
+    assert download(server, done['out']).content == b'survivor'
+
+
+###############################################################################
+# Notifier
+###############################################################################
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_notifier_is_called_with_the_id(server, listener, fmt):
+    port = listener.server_address[1]
+    notifier = f'http://$myip:{port}/done?id=$id&fmt={fmt}'
+    response = submit(server, {'service': 'echo', 'fileIn0': 'notify me', 'notifier': notifier}, fmt=fmt)
+    record = answer_of(response, fmt)
+    assert record['notifier'] == notifier
+    task_id = record['id']
+    try:
+        path = listener.received.get(timeout=30)
+    except queue.Empty:
+        raise AssertionError(f'{server.kind}: no notifier GET within 30 s') from None
+    assert path == f'/done?id={task_id}&fmt={fmt}'
+    done = wait_done(server, task_id)
+    assert done['status'] == 'complete', done
+    log = download(server, f'tasks/log/{task_id}').text
+    assert f'http://127.0.0.1:{port}/done?id={task_id}&fmt={fmt}' in log
+
+
+###############################################################################
+# Bad input: a clear 4xx, nothing written, nothing run
+###############################################################################
+
+def canary_script(token):
+    """A task that, if it ever ran, leaves store/canary-TOKEN behind."""
+    return f'touch canary-{token}\nprintf x > "$1"\n'
+
+
+# (name, method, path or None, form fields, expected status, words the reason holds)
+# {canary} in a field is replaced by a canary script.
+BAD_REQUESTS = [
+    ('id ../../etc/passwd (info)', 'GET', '/?service=info&id=../../etc/passwd', None, 400, ['bad task id']),
+    ('id %2e%2e%2f (info)', 'GET', '/?service=info&id=%2e%2e%2f', None, 400, ['bad task id']),
+    ('id %252e%252e%252f (info)', 'GET', '/?service=info&id=%252e%252e%252f', None, 400, ['bad task id']),
+    ('id NUL (info)', 'GET', '/?service=info&id=%00', None, 400, ['bad task id']),
+    ('id NUL after a good id (info)', 'GET', f'/?service=info&id={UNKNOWN_ID}%00', None, 400, ['bad task id']),
+    ('id ../../etc/passwd (kill)', 'GET', '/?service=kill&id=..%2F..%2Fetc%2Fpasswd', None, 400, ['bad task id']),
+    ('id %2e%2e%2f (kill)', 'GET', '/?service=kill&id=%2e%2e%2f', None, 400, ['bad task id']),
+    ('id NUL (kill)', 'GET', '/?service=kill&id=%00', None, 400, ['bad task id']),
+    ('id ../../etc/passwd (POST info)', 'POST', None,
+     {'service': 'info', 'id': '../../etc/passwd'}, 400, ['bad task id']),
+    ('kill without id', 'GET', '/?service=kill', None, 400, ['missing id']),
+    ('wait too long', 'GET', f'/?service=info&id={UNKNOWN_ID}&wait=61', None, 400, ['wait']),
+    ('wait not a number', 'GET', f'/?service=info&id={UNKNOWN_ID}&wait=soon', None, 400, ['wait']),
+    ('service ../x', 'POST', None, {'service': '../x', 'fileIn0': '{canary}'}, 400, ['service', '../x']),
+    ('unknown service', 'POST', None, {'service': 'nosuchservice', 'fileIn0': '{canary}'}, 400,
+     ['unknown service', 'nosuchservice']),
+    ('prearg ;rm -rf /', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'prearg0': ';rm -rf /'}, 400, ['prearg', ';rm -rf /']),
+    ('prearg ;touch', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'fileIn1': 'x', 'prearg1': '--data=;touch canary-{token};'},
+     400, ['prearg']),
+    ('prearg without its input', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'prearg1': '--data='}, 400, ['prearg1']),
+    ('native argument not allowed', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'nativeArgs': '-c'}, 400, ['-c']),
+    ('CR/LF in notifier', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'notifier': 'http://127.0.0.1/\r\nstatus: complete'},
+     400, ['notifier']),
+    ('LF in notifier', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'notifier': 'http://127.0.0.1/x\nerror: forged'}, 400, ['notifier']),
+    ('notifier not http', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'notifier': 'file:///etc/passwd'}, 400, ['notifier']),
+    ('CR/LF in nativeArgs', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'nativeArgs': '\r\nstatus: complete'}, 400, ['nativeArgs']),
+    ('CR/LF in arg0', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'arg0': 'x\r\nstatus: complete'}, 400, ['arg0']),
+    ('CR/LF in prearg', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'fileIn1': 'x', 'prearg1': '--data=\r\nstatus: complete'},
+     400, ['prearg1']),
+    ('CR/LF in format', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'format': 'text\r\nstatus: complete'}, 400, ['format']),
+    ('CR/LF in service', 'POST', None,
+     {'service': 'sh\r\nstatus: complete', 'fileIn0': '{canary}'}, 400, ['service']),
+    ('field out', 'POST', None, {'service': 'sh', 'fileIn0': '{canary}', 'out': '../../rrcloudrc'}, 400, ['out']),
+    ('field status', 'POST', None, {'service': 'sh', 'fileIn0': '{canary}', 'status': 'complete'}, 400, ['status']),
+    ('field pid', 'POST', None, {'service': 'sh', 'fileIn0': '{canary}', 'pid': '1'}, 400, ['pid']),
+    ('field status in the query', 'POST', '/?status=complete',
+     {'service': 'sh', 'fileIn0': '{canary}'}, 400, ['status']),
+    ('field given twice', 'POST', '/?service=sh', {'service': 'sh', 'fileIn0': '{canary}'}, 400, ['service']),
+    ('missing input', 'POST', None, {'service': 'sh'}, 400, ['missing input']),
+    ('GET with service=echo', 'GET', '/?service=echo&fileIn0=x', None, 405, ['POST']),
+    ('PUT', 'PUT', None, {'service': 'sh', 'fileIn0': '{canary}'}, 405, ['PUT']),
+    ('DELETE', 'DELETE', '/?service=info', None, 405, ['DELETE']),
+]
+
+
+BAD_CASES = [
+    pytest.param(*case[1:], encoding, id=f'{case[0]} ({encoding})')
+    for case in BAD_REQUESTS
+    for encoding in (('query',) if case[3] is None else ('urlencoded', 'multipart'))
+]
+
+
+@pytest.mark.parametrize('method, path, fields, status, words, encoding', BAD_CASES)
+def test_bad_input_is_refused_with_nothing_written_or_run(server, method, path, fields, status, words,
+                                                          encoding):
+    token = uuid.uuid4().hex
+    wait_idle(server)
+    before = server.store_files()
+    url = server.url + (path or '/')
+    if fields is None:
+        response = requests.request(method, url, timeout=30)
+    else:
+        form = {k: v.replace('{canary}', canary_script(token)).replace('{token}', token)
+                for k, v in fields.items()}
+        if encoding == 'multipart':
+            response = requests.request(method, url, files={k: (None, v) for k, v in form.items()},
+                                        timeout=30)
+        else:
+            response = requests.request(method, url, data=form, timeout=30)
+    reason = error_of(response, status)
+    for word in words:
+        assert word in reason, (reason, word)
+    time.sleep(0.3)  # a task that was started after all would have left a trace by now
+    assert server.store_files() == before, sorted(server.store_files() - before)
+    assert not list(server.store.glob('canary-*')), 'a refused request ran its task'
+    assert not any(p.startswith('info/') for p in server.store_files() - before)
+
+
+@pytest.mark.parametrize('fields', [
+    {'service': 'info', 'id': '../../etc/passwd'},
+    {'service': 'nosuchservice', 'fileIn0': 'x'},
+    {'service': 'echo'},
+], ids=['bad id', 'unknown service', 'missing input'])
+def test_errors_in_json(server, fields):
+    response = submit(server, fields, fmt='json')
+    assert response.status_code == 400
+    check_cors(response)
+    assert response.headers['Content-Type'].startswith('application/json')
+    answer = json.loads(response.text)
+    assert set(answer) == {'error'} and answer['error'] and '\n' not in answer['error']
+
+
+def test_bad_id_in_a_get_answers_json_when_asked(server):
+    response = requests.get(f'{server.url}/?service=info&id=..%2F..%2Fetc%2Fpasswd&format=json', timeout=30)
+    assert response.status_code == 400
+    check_cors(response)
+    answer = json.loads(response.text)
+    assert 'bad task id' in answer['error']
+    assert 'root:x:0:0' not in response.text
+
+
+###############################################################################
+# Many clients at once
+###############################################################################
+
+def test_100_concurrent_posts(server):
+    contents = [f'concurrent {n} {uuid.uuid4()}' for n in range(100)]
+
+    def post(content):
+        return submit(server, {'service': 'echo', 'fileIn0': content})
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(post, contents))
+    assert [r.status_code for r in responses] == [200] * 100, \
+        [(r.status_code, r.text) for r in responses if r.status_code != 200][:5]
+    records = [answer_of(r, 'text') for r in responses]
+    ids = [r['id'] for r in records]
+    assert len(set(ids)) == 100
+    assert all(r['status'] == 'busy' for r in records)
+
+    deadline = time.monotonic() + 120
+    while True:
+        found = all_records(server, set(ids))
+        assert set(found) == set(ids), f'{len(set(ids) - set(found))} tasks missing from info'
+        if all(r['status'] != 'busy' for r in found.values()):
+            break
+        assert time.monotonic() < deadline, \
+            f'{sum(r["status"] == "busy" for r in found.values())} tasks still busy after 120 s'
+        time.sleep(0.5)
+    assert all(r['status'] == 'complete' for r in found.values()), \
+        [r for r in found.values() if r['status'] != 'complete'][:3]
+    for record, content in zip(records, contents):
+        assert download(server, record['out']).content == content.encode()
