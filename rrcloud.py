@@ -1659,11 +1659,18 @@ def parse_answer(response):
     return parse_record(text)
 
 
-def http_session():
-    """A requests session that ignores proxy settings from the environment."""
+def http_session(config):
+    """A requests session that ignores proxy settings and sends each server its token."""
     import requests
     session = requests.Session()
     session.trust_env = False
+
+    def add_token(request):
+        token = config.token_for(request.url)
+        if token:
+            request.headers['Authorization'] = f'Bearer {token}'
+        return request
+    session.auth = add_token
     return session
 
 
@@ -1727,7 +1734,7 @@ def post_task(session, url, service, inputs, native, notifier):
 
 def submit_remote(ctx, service, servers, inputs, native):
     """Send a task to the least loaded server that takes it; record it locally."""
-    session = http_session()
+    session = http_session(ctx.config)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = [f'{url}: no answer to meta' for url in silent]
@@ -1749,9 +1756,8 @@ def record_remote(store, url, service, answer):
     return store.create_task(lambda task_id: record, preferred_id=preferred)
 
 
-def refresh_remote(store, record, session=None, wait=0):
+def refresh_remote(store, record, session, wait=0):
     """Ask a busy remote task's server about it; fetch result and log when it ended."""
-    session = session or http_session()
     url = record['server']
     params = {'service': 'info', 'id': record['remoteId']}
     if wait:
@@ -1805,9 +1811,9 @@ def fetch_to(session, url, folder, name):
         raise
 
 
-def wait_remote(store, record, progress=None):
+def wait_remote(store, config, record, progress=None):
     """Wait for a remote task with the server's long-poll (or capped polling)."""
-    session = http_session()
+    session = http_session(config)
     backoff = 0.1
     started = time.monotonic()
     while record.get('status') == TaskStatus.BUSY:
@@ -1821,10 +1827,10 @@ def wait_remote(store, record, progress=None):
     return record
 
 
-def kill_remote(record):
+def kill_remote(config, record):
     """Ask a remote task's server to kill it."""
     try:
-        http_session().get(record['server'], params={'service': 'kill', 'id': record['remoteId']},
+        http_session(config).get(record['server'], params={'service': 'kill', 'id': record['remoteId']},
                            timeout=CONNECT_TIMEOUT)
     except Exception:
         pass
@@ -2437,10 +2443,10 @@ def cmd_info(ctx, args):
     if len(args) > 1:
         raise UsageError('info takes at most one task id')
     if args:
-        record = refresh_if_remote(ctx.store, get_task(ctx.store, check_task_id(args[0])))
+        record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, check_task_id(args[0])))
         print_record(record, ctx.options.format)
         return ExitCode.OK
-    records = [refresh_if_remote(ctx.store, r) for r in list_tasks(ctx.store, ctx.config)]
+    records = [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
     if ctx.options.format == 'json':
         sys.stdout.write(to_json(records, indent=1, sort_keys=True) + '\n')
     else:
@@ -2449,11 +2455,11 @@ def cmd_info(ctx, args):
     return ExitCode.OK
 
 
-def refresh_if_remote(store, record):
+def refresh_if_remote(store, config, record):
     """A busy remote task is asked about at its server (a silent server leaves it busy)."""
     if record.get('remoteId') and record.get('status') == TaskStatus.BUSY:
         try:
-            return refresh_remote(store, record)
+            return refresh_remote(store, record, http_session(config))
         except (OSError, RRCloudError) as exc:
             print(f'rrcloud: warning: {record["server"]}: {exc}', file=sys.stderr)
         except Exception as exc:  # requests' errors are not OSErrors
@@ -2544,9 +2550,9 @@ def finish_sync_remote(ctx, record, output):
     """Wait for a remote task, fetch its result to ``output``, mirror its exit code."""
     progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
     try:
-        record = wait_remote(ctx.store, record, progress)
+        record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
-        kill_remote(record)
+        kill_remote(ctx.config, record)
         return ExitCode.INTERRUPTED
     except OSError as exc:
         raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None

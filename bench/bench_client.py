@@ -73,8 +73,9 @@ def run_batch(servers, tasks):
         if code != 0:
             raise RuntimeError('submission failed')
     store = rrcloud.Store(work)
+    config = rrcloud.load_config()
     while True:
-        records = [rrcloud.refresh_if_remote(store, store.read_task(t)) for t in store.task_ids()]
+        records = [rrcloud.refresh_if_remote(store, config, store.read_task(t)) for t in store.task_ids()]
         if all(r['status'] != 'busy' for r in records):
             break
         time.sleep(0.2)

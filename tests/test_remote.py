@@ -1,0 +1,690 @@
+"""Remote relay, the client side: choose a server, send work, wait or come back later, fail over.
+
+Real embedded servers (``rrcloud.py serve``) run on free loopback ports, each
+in its own store folder (tests/servers.py).  The client runs in the
+``workdir`` fixture, in-process through main() or as a real process (the
+``*.cloud`` wrappers, Ctrl-C).  Fake servers (http.server in a thread) stand
+in only where the test is about a server no real part can play: one that
+answers garbage, a hostile one, a 0.019 server that only answers text and
+ignores ``wait=``, one that hangs, one that claims to be idle.
+"""
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+from stl import mesh
+
+import rrcloud
+from conftest import DATA, REPO, make_service, task_id_of, write_config
+from servers import EmbeddedServer, FakeServer, free_port
+
+# A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``
+# (cmd words, the input, then the output path as the last argument).
+SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
+SLEEP1_SCRIPT = 'sleep 1\necho done > "$1"\n'
+SLOW_SCRIPT = 'sleep 20\necho done > "$1"\n'
+CONTENT = 'some content'
+DEADLINE = 60  # generous: waiting is fine, timing is never asserted
+
+
+###############################################################################
+# Fixtures and helpers
+###############################################################################
+
+@pytest.fixture
+def servers(tmp_path):
+    """Start embedded servers: ``servers(count, config=..., services=...)`` -> list."""
+    started = []
+
+    def start(count=1, config='maxTasks = 1\n', services=None):
+        new = []
+        for _ in range(count):
+            server = EmbeddedServer(tmp_path / f'server{len(started)}', config, services)
+            started.append(server)
+            new.append(server.start())
+        return new
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def fake():
+    """Start fake servers: ``fake(handler)`` -> FakeServer."""
+    started = []
+
+    def start(handler):
+        server = FakeServer(handler).start()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def garbage(fake):
+    """A server answering 200 'hello' to everything: not an rrcloud server."""
+    return fake(lambda request: (200, 'text/plain', 'hello'))
+
+
+@pytest.fixture
+def down():
+    """host:port of a loopback port nothing listens on."""
+    return f'127.0.0.1:{free_port()}'
+
+
+def records(root):
+    """All task records of a store, as written."""
+    store = rrcloud.Store(root)
+    return [store.read_task(task_id) for task_id in store.task_ids()]
+
+
+def info(cli, task_id):
+    """``rrcloud info ID`` parsed into a dict, as a user reads it."""
+    result = cli('info', task_id)
+    assert result.code == 0, result
+    lines = result.out.splitlines()
+    assert lines[0] == f'=== id: {task_id}', result.out
+    return dict(line.split(': ', 1) for line in lines[1:] if line)
+
+
+def one_line_error(result):
+    """The single ``rrcloud: error: ...`` line a failed command printed."""
+    assert result.err.endswith('\n') and result.err.count('\n') == 1, result
+    assert result.err.startswith('rrcloud: error: '), result
+    return result.err
+
+
+def local_openscad(source, tmp_path):
+    """The bytes a local ``openscad SOURCE -oOUT.stl`` writes."""
+    out = tmp_path / 'local-reference.stl'
+    subprocess.run(['openscad', str(source), f'-o{out}'], check=True, capture_output=True, timeout=120)
+    return out.read_bytes()
+
+
+def wait_for(condition, what, timeout=DEADLINE):
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f'{what}: not within {timeout} s')
+
+
+def process_gone(pid):
+    """True when ``pid`` no longer runs (or is a zombie nobody reaped yet)."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat[stat.rfind(')') + 2] in 'ZX'
+
+
+def all_files(root):
+    """Every file below ``root`` (relative paths)."""
+    return {str(p.relative_to(root)) for p in Path(root).rglob('*') if p.is_file() or p.is_symlink()}
+
+
+def spawn_client(workdir, *args, **options):
+    """The rrcloud client as a real process in its own group (a terminal's Ctrl-C reaches its group)."""
+    return subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), *args], cwd=workdir,
+                            stdin=subprocess.DEVNULL, start_new_session=True, **options)
+
+
+###############################################################################
+# 1. Sync: the wrapper and --sync feel like the local tool
+###############################################################################
+
+def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tmp_path, servers, down, garbage):
+    (server,) = servers()
+    write_config(workdir, f'servers = {down}, {garbage.address}, {server.address}\n')
+    (workdir / 'tests').mkdir()
+    (workdir / 'tests' / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+
+    result = proc('tests/cube.scad', '-otests/cube.stl', prog='openscad.cloud')
+
+    assert result.code == 0, result
+    assert '\r' not in result.err and '\x1b' not in result.err  # no progress line off a terminal
+    stl = (workdir / 'tests' / 'cube.stl').read_bytes()
+    assert stl.startswith(b'solid')
+    assert stl == local_openscad(DATA / 'cube.scad', tmp_path)
+    assert numpy.isclose(mesh.Mesh.from_file(str(workdir / 'tests' / 'cube.stl')).get_mass_properties()[0], 1000)
+    (record,) = records(workdir)
+    assert record['status'] == 'complete'
+    assert record['server'] == server.url
+    assert record['remoteId'] in server.records()
+    assert garbage.of('POST') == []  # the garbage server was asked for meta only
+
+
+def test_sync_echo_through_a_server(cli, workdir, servers):
+    (server,) = servers()
+
+    result = cli('--sync', f'--s={server.address}', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert record['status'] == 'complete'
+    assert record['server'] == server.url
+    assert (workdir / record['out']).read_text() == CONTENT
+    assert (workdir / 'tasks' / 'log' / record['id']).exists()
+    (remote,) = server.records().values()
+    assert remote['status'] == 'complete' and remote['service'] == 'echo'
+
+
+def test_failing_openscad_wrapper_mirrors_its_exit_code_and_log(proc, workdir, servers, down):
+    (server,) = servers()
+    write_config(workdir, f'servers = {down}, {server.address}\n')
+    (workdir / 'bad.scad').write_text('cube(10;\n')
+
+    result = proc('bad.scad', '-obad.stl', prog='openscad.cloud')
+
+    assert result.code == 1, result  # openscad's own exit code
+    assert 'Parser error' in result.err or 'syntax error' in result.err, result
+    (record,) = records(workdir)
+    assert result.err.splitlines()[-1] == f'rrcloud: error: task {record["id"]} failed: exit code 1'
+    assert not (workdir / 'bad.stl').exists()
+    assert list((workdir / 'tasks' / 'out').iterdir()) == []
+
+
+def test_sync_mirrors_a_remote_tools_exit_code(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text('echo "it went wrong" >&2\nexit 3\n')
+
+    result = cli('--sync', f'--s={server.address}', 'job', 'job.sh')
+
+    assert result.code == 3, result
+    assert 'it went wrong\n' in result.err
+
+
+###############################################################################
+# 2. Async: id at once, `rrcloud info` brings the result home
+###############################################################################
+
+def test_async_echo_then_info_pulls_result_and_log(cli, workdir, servers):
+    (server,) = servers()
+
+    result = cli(f'--s={server.address}', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    assert result.out == f'id: {task_id}\n'
+    remote_id = records(workdir)[0]['remoteId']
+    server.wait_done(remote_id)
+    shown = info(cli, task_id)
+    assert shown['status'] == 'complete'
+    assert shown['server'] == server.url
+    assert shown['out'].startswith('tasks/out/')
+    assert (workdir / shown['out']).read_text() == CONTENT
+    assert (workdir / 'tasks' / 'log' / task_id).read_bytes() == \
+        (server.root / 'tasks' / 'log' / remote_id).read_bytes()
+
+
+def test_async_openscad_result_is_the_same_stl_as_a_local_run(cli, workdir, tmp_path, servers):
+    (server,) = servers()
+    write_config(workdir, f'servers = {server.address}\n')
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+
+    result = cli('openscad', 'cube.scad')
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    server.wait_done(records(workdir)[0]['remoteId'])
+    shown = info(cli, task_id)
+    assert shown['status'] == 'complete'
+    assert shown['out'] == f'tasks/out/{task_id}.stl'
+    stl = (workdir / shown['out']).read_bytes()
+    assert stl.startswith(b'solid')
+    assert stl == local_openscad(DATA / 'cube.scad', tmp_path)
+
+
+def test_async_failing_openscad_info_shows_failed_with_its_log(cli, workdir, servers):
+    (server,) = servers()
+    (workdir / 'bad.scad').write_text('cube(10;\n')
+
+    task_id = task_id_of(cli(f'--s={server.address}', 'openscad', 'bad.scad').out)
+    server.wait_done(records(workdir)[0]['remoteId'])
+    shown = info(cli, task_id)
+
+    assert shown['status'] == 'failed'
+    assert shown['exitCode'] == '1'
+    assert 'Parser error' in (workdir / 'tasks' / 'log' / task_id).read_text()
+    assert list((workdir / 'tasks' / 'out').iterdir()) == []
+
+
+def test_info_without_id_pulls_every_finished_remote_task(cli, workdir, servers):
+    first, second = servers(2)
+    ids = [task_id_of(cli(f'--s={s.address}', 'echo', f'{CONTENT} {n}').out)
+           for n, s in enumerate((first, second))]
+    for record in records(workdir):
+        (first if record['server'] == first.url else second).wait_done(record['remoteId'])
+
+    result = cli('info')
+
+    assert result.code == 0, result
+    assert result.out.count('status: complete\n') == 2, result.out
+    for n, task_id in enumerate(ids):
+        record = rrcloud.Store(workdir).read_task(task_id)
+        assert record['status'] == 'complete'
+        assert (workdir / record['out']).read_text() == f'{CONTENT} {n}'
+
+
+def test_info_of_a_busy_task_on_a_lost_server_warns_and_stays_busy(cli, workdir, servers):
+    (server,) = servers(services={'slow': SH_SERVICE})
+    make_service(workdir, 'slow', SH_SERVICE)
+    (workdir / 'slow.sh').write_text(SLOW_SCRIPT)
+    task_id = task_id_of(cli(f'--s={server.address}', 'slow', 'slow.sh').out)
+    server.stop()
+
+    result = cli('info', task_id)
+
+    assert result.code == 0, result
+    assert 'status: busy\n' in result.out
+    assert result.err.startswith('rrcloud: warning: ') and result.err.count('\n') == 1, result
+
+
+###############################################################################
+# 3. Choosing a server and failing over
+###############################################################################
+
+def test_first_server_down_the_task_goes_to_the_next(cli, workdir, servers, down):
+    (server,) = servers()
+    write_config(workdir, f'servers = {down}, {server.address}\n')
+
+    result = cli('--sync', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert record['server'] == server.url
+    assert (workdir / record['out']).read_text() == CONTENT
+
+
+def test_all_servers_down_is_one_error_line_naming_each(cli, workdir, down, garbage):
+    other_down = f'127.0.0.1:{free_port()}'
+    write_config(workdir, f'servers = {down}, {other_down}, {garbage.address}\n')
+
+    result = cli('echo', CONTENT)
+
+    assert result.code == 5, result  # ExitCode.NO_SERVER
+    line = one_line_error(result)
+    for address in (down, other_down, garbage.address):
+        assert address in line
+    assert result.out == ''
+    assert records(workdir) == []
+
+
+@pytest.mark.parametrize('kind', ['down', 'garbage'])
+def test_the_only_server_named_with_s_not_answering_is_no_server(cli, workdir, down, garbage, kind):
+    address = down if kind == 'down' else garbage.address
+
+    result = cli('--sync', f'--s={address}', 'echo', CONTENT)
+
+    assert result.code == 5, result
+    assert address in one_line_error(result)
+    assert records(workdir) == []
+
+
+def test_a_server_that_refuses_the_upload_is_skipped(cli, workdir, servers, fake):
+    (server,) = servers()
+    # Claims to be idle and unloaded (it ranks first), then fails the upload.
+    liar = fake(lambda r: (503, 'text/plain', 'error: out of disk\n') if r.method == 'POST' else
+                (200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'))
+    write_config(workdir, f'servers = {liar.address}, {server.address}\n')
+
+    result = cli('--sync', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    assert len(liar.of('POST')) == 1
+    (record,) = records(workdir)
+    assert record['server'] == server.url
+
+
+def test_a_server_that_hangs_is_skipped(cli, workdir, servers, fake):
+    (server,) = servers()
+
+    def hang(request):
+        time.sleep(8)
+        return 200, 'text/plain', 'version: RepRapCloud 0.019\n'
+    sleeper = fake(hang)
+    write_config(workdir, f'servers = {sleeper.address}, {server.address}\n')
+
+    result = cli('echo', CONTENT)
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert record['server'] == server.url
+    assert sleeper.of('POST') == []
+
+
+def test_s_option_wins_over_rrcloudrc(cli, workdir, servers, down):
+    (server,) = servers()
+    write_config(workdir, f'servers = {down}\n')
+
+    result = cli('--sync', f'--s=http://{server.address}', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    assert records(workdir)[0]['server'] == server.url
+
+
+def test_service_servers_win_over_servers(cli, workdir, servers, down):
+    (server,) = servers()
+    write_config(workdir, f'servers = {down}\necho.servers = {server.address}\n')
+
+    result = cli('--sync', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    assert records(workdir)[0]['server'] == server.url
+
+
+def test_local_forces_local_work(cli, workdir, down):
+    write_config(workdir, f'servers = {down}\n')
+
+    result = cli('--local', '--sync', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert 'remoteId' not in record
+    assert record['status'] == 'complete'
+    assert (workdir / record['out']).read_text() == CONTENT
+
+
+def test_least_loaded_server_by_meta_with_one_probe_each(cli, workdir, fake):
+    def server(meta):
+        def handler(request):
+            if request.method == 'POST':
+                return 200, 'text/plain', 'id: 1795842096-66057-537746\nstatus: busy\n'
+            return 200, 'text/plain', meta + 'version: RepRapCloud 0.019\n'
+        return fake(handler)
+    full = server('busy: 1\nqueued: 0\nmaxTasks: 1\ncpuLoad: 0.00\n')
+    queue = server('busy: 2\nqueued: 2\nmaxTasks: 2\ncpuLoad: 0.00\n')
+    idle_loaded = server('busy: 0\nqueued: 0\nmaxTasks: 4\ncpuLoad: 3.50\n')
+    idle = server('busy: 0\nqueued: 0\nmaxTasks: 4\ncpuLoad: 0.20\n')
+    fakes = (full, queue, idle_loaded, idle)
+    write_config(workdir, 'servers = ' + ', '.join(f.address for f in fakes) + '\n')
+
+    result = cli('echo', CONTENT)
+
+    assert result.code == 0, result
+    assert [len(f.of('POST')) for f in fakes] == [0, 0, 0, 1]
+    assert [len(f.of('GET')) for f in fakes] == [1, 1, 1, 1]
+    assert records(workdir)[0]['server'] == idle.url
+
+
+def test_twelve_tasks_spread_over_three_servers(cli, workdir, servers):
+    trio = servers(3, config='maxTasks = 1\n', services={'sleep1': SH_SERVICE})
+    make_service(workdir, 'sleep1', SH_SERVICE)
+    (workdir / 'job.sh').write_text(SLEEP1_SCRIPT)
+    write_config(workdir, 'servers = ' + ', '.join(s.address for s in trio) + '\n')
+
+    ids = []
+    for _ in range(12):
+        result = cli('sleep1', 'job.sh')
+        assert result.code == 0, result
+        ids.append(task_id_of(result.out))
+
+    by_server = {s.url: 0 for s in trio}
+    for record in records(workdir):
+        by_server[record['server']] += 1
+    assert sum(by_server.values()) == 12
+    assert all(1 <= count <= 6 for count in by_server.values()), by_server
+    for record in records(workdir):
+        next(s for s in trio if s.url == record['server']).wait_done(record['remoteId'])
+    assert cli('info').code == 0
+    for task_id in ids:
+        record = rrcloud.Store(workdir).read_task(task_id)
+        assert record['status'] == 'complete', record
+        assert (workdir / record['out']).read_text() == 'done\n'
+
+
+###############################################################################
+# 4. Notifier from the CLI, end to end
+###############################################################################
+
+def test_notifier_reaches_a_listener_with_id_and_ip_filled_in(cli, workdir, servers, fake):
+    (server,) = servers()
+    listener = fake(lambda request: (200, 'text/plain', 'ok\n'))
+    notifier = f'http://$myip:{listener.port}/done?id=$id'
+
+    result = cli(f'--notifier={notifier}', f'--s={server.address}', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    remote_id = records(workdir)[0]['remoteId']
+    wait_for(lambda: listener.of('GET'), 'the notifier GET')
+    (call,) = listener.of('GET')
+    assert call.path == '/done'
+    assert call.query == {'id': remote_id}
+    assert remote_id == task_id  # our own server's id is kept locally
+    assert server.info(remote_id)['notifier'] == notifier
+
+
+###############################################################################
+# 5. Ctrl-C and lost servers during a sync wait
+###############################################################################
+
+def start_slow_sync(workdir, server, **options):
+    """A real client running ``--sync slow slow.sh`` (a 20-second task); returns (client, remote record)."""
+    make_service(workdir, 'slow', SH_SERVICE)
+    (workdir / 'slow.sh').write_text(SLOW_SCRIPT)
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'slow', 'slow.sh', **options)
+    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')[0]
+    wait_for(lambda: records(workdir), 'the local record')
+    time.sleep(0.5)  # the client is in its wait now
+    return client, remote
+
+
+def test_ctrl_c_during_a_sync_wait_kills_the_remote_task(cli, workdir, servers):
+    (server,) = servers(services={'slow': SH_SERVICE})
+    client, remote = start_slow_sync(workdir, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    os.killpg(client.pid, signal.SIGINT)
+    out, err = client.communicate(timeout=30)
+
+    assert client.returncode == 130, err
+    answer = server.info(remote['id'])
+    assert answer['status'] == 'failed'
+    assert answer['error'] == 'killed'
+    wait_for(lambda: process_gone(int(remote['pid'])), 'the remote tool gone', timeout=15)
+    (local,) = records(workdir)
+    assert info(cli, local['id'])['status'] == 'failed'
+    assert list((workdir / 'tasks' / 'out').glob('*')) == []
+
+
+def test_server_lost_during_a_sync_wait_is_no_server(workdir, servers):
+    (server,) = servers(services={'slow': SH_SERVICE})
+    client, _ = start_slow_sync(workdir, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    server.stop()
+    out, err = client.communicate(timeout=30)
+
+    assert client.returncode == 5, err
+    assert err.count('\n') == 1 and err.startswith('rrcloud: error: ') and server.address in err, err
+
+
+def test_progress_line_on_a_terminal_while_waiting(workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text('sleep 4\necho done > "$1"\n')
+    master, slave = pty.openpty()
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'job', 'job.sh',
+                          stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b''
+    deadline = time.monotonic() + 3.0  # the task takes 4 s: this is while it waits
+    try:
+        while time.monotonic() < deadline and b'busy' not in seen:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                seen += os.read(master, 4096)
+        assert client.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+    text = seen.decode('utf-8', 'replace')
+    assert server.url in text and 'busy' in text, text
+
+
+###############################################################################
+# 6. Compatibility: a 0.019 server that only answers text and ignores wait=
+###############################################################################
+
+OLD_ID = '1361787153-093541'
+
+
+@pytest.fixture
+def old_server(fake):
+    """A RepRapCloud 0.019 server: text only, no wait=, complete on the third info call."""
+    calls = {'info': 0}
+    record = (f'client: 127.0.0.1\ncmd: cp tasks/in/1361787152-863093.txt tasks/out/{OLD_ID}\n'
+              f'ctime: 1361787153.89647\nid: {OLD_ID}\nin: tasks/in/1361787152-863093.txt\n'
+              f'out: tasks/out/{OLD_ID}\npid: 32744\nserver: old.local\nservice: echo\n')
+
+    def handler(request):
+        if request.method == 'POST':
+            return 200, 'text/plain', record + 'status: busy\n'
+        if request.path == f'/tasks/out/{OLD_ID}':
+            return 200, 'text/plain', CONTENT
+        if request.path == f'/tasks/log/{OLD_ID}':
+            return 200, 'text/plain', 'copied\n'
+        if request.query.get('service') == 'meta':
+            return 200, 'text/plain', ('cpuLoad: 0.10\nmaxDataRetention: 24\nserverName: old.local\n'
+                                       'services: echo,openscad\ntasks: 0\ntimeout: 1800\n'
+                                       'uptime: 0d 06h 00m 52s\nversion: RepRapCloud 0.019\n')
+        if request.query.get('service') == 'info' and request.query.get('id') == OLD_ID:
+            calls['info'] += 1
+            status = 'complete' if calls['info'] > 2 else 'busy'
+            return 200, 'text/plain', record + (f'etime: 1361787155.0\nstatus: {status}\n')
+        return 404, 'text/plain', 'not found\n'
+    return fake(handler)
+
+
+def test_sync_against_a_0_019_server(cli, workdir, old_server, down):
+    write_config(workdir, f'servers = {down}, {old_server.address}\n')
+
+    result = cli('--sync', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    (post,) = old_server.of('POST')
+    assert b'name="service"' in post.body and b'name="fileIn0"' in post.body and CONTENT.encode() in post.body
+    assert len(old_server.of('GET', 'info')) == 3
+    (record,) = records(workdir)
+    assert record['status'] == 'complete'
+    assert record['remoteId'] == OLD_ID
+    assert (workdir / record['out']).read_text() == CONTENT
+    assert (workdir / 'tasks' / 'log' / record['id']).read_text() == 'copied\n'
+
+
+def test_async_against_a_0_019_server(cli, workdir, old_server):
+    result = cli(f'--s={old_server.address}', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    assert [info(cli, task_id)['status'] for _ in range(3)] == ['busy', 'busy', 'complete']
+    shown = info(cli, task_id)
+    assert (workdir / shown['out']).read_text() == CONTENT
+    assert len(old_server.of('GET', 'info')) == 3  # a finished task is not asked about again
+
+
+###############################################################################
+# 7. A hostile server: its answer is data, never a path to write to
+###############################################################################
+
+HOSTILE_ID = '1795842096-66057-537746'
+PWNED = b'written where it must not be\n'
+
+
+def hostile_outs(tmp_path):
+    return {
+        'dotdot': '../../x',
+        'store-dotdot': 'tasks/out/../../x',
+        'absolute': str(tmp_path / 'victim' / 'x'),
+        'etc-passwd': '/etc/passwd',
+    }
+
+
+@pytest.fixture(params=['dotdot', 'store-dotdot', 'absolute', 'etc-passwd'])
+def hostile(request, fake, tmp_path):
+    """A server that takes the task, then names a result path outside the store."""
+    (tmp_path / 'victim').mkdir()
+    out = hostile_outs(tmp_path)[request.param]
+    passwd = Path('/etc/passwd').read_bytes()
+
+    def handler(req):
+        if req.method == 'POST':
+            return 200, 'text/plain', f'id: {HOSTILE_ID}\nstatus: busy\n'
+        if req.query.get('service') == 'info':
+            return 200, 'text/plain', f'id: {HOSTILE_ID}\nstatus: complete\nout: {out}\n'
+        if req.query.get('service') == 'meta':
+            return 200, 'text/plain', 'version: RepRapCloud 0.019\n'
+        # Any file it is asked for (result or log): the passwd case gets the
+        # file's own bytes, so even a client that wrote there changes nothing.
+        return 200, 'application/octet-stream', passwd if 'passwd' in out else PWNED
+    server = fake(handler)
+    server.out = out
+    return server
+
+
+def assert_nothing_outside_the_store(workdir, tmp_path, before, passwd_stat):
+    after = all_files(tmp_path)
+    new = {p for p in after - before if not p.startswith('work/tasks/')}
+    assert new == set(), new
+    for folder in (workdir, workdir / 'tasks', tmp_path, tmp_path.parent, tmp_path / 'victim'):
+        assert not (folder / 'x').exists(), folder
+    stat = os.stat('/etc/passwd')
+    assert (stat.st_ino, stat.st_mtime_ns) == (passwd_stat.st_ino, passwd_stat.st_mtime_ns)
+    for path in (workdir / 'tasks').rglob('*'):
+        if path.is_file():
+            assert path.read_bytes() != PWNED or path.parent.name == 'log', path
+
+
+def test_hostile_out_path_async_info(cli, workdir, tmp_path, hostile):
+    before, passwd_stat = all_files(tmp_path), os.stat('/etc/passwd')
+
+    result = cli(f'--s={hostile.address}', 'echo', CONTENT)
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    shown = info(cli, task_id)
+
+    assert shown['status'] != 'complete'
+    assert shown.get('out', '') != hostile.out and '..' not in shown.get('out', '')
+    assert_nothing_outside_the_store(workdir, tmp_path, before, passwd_stat)
+
+
+def test_hostile_out_path_sync(cli, workdir, tmp_path, hostile):
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    before, passwd_stat = all_files(tmp_path), os.stat('/etc/passwd')
+
+    result = cli('--sync', f'--s={hostile.address}', 'openscad', 'cube.scad', '-ocube.stl')
+
+    assert result.code != 0, result
+    assert result.err.splitlines()[-1].startswith('rrcloud: error: '), result
+    assert not (workdir / 'cube.stl').exists()
+    (record,) = records(workdir)
+    assert record['status'] != 'complete'
+    assert_nothing_outside_the_store(workdir, tmp_path, before, passwd_stat)
+
+
+@pytest.mark.parametrize('answer', [
+    'id: ../../x\nstatus: busy\n',
+    'id: 1795842096-66057-537746/../../x\nstatus: busy\n',
+    'status: busy\n',
+])
+def test_a_bad_id_from_a_server_is_refused(cli, workdir, tmp_path, fake, answer):
+    server = fake(lambda request: (200, 'text/plain', answer))
+    before = all_files(tmp_path)
+
+    result = cli(f'--s={server.address}', 'echo', CONTENT)
+
+    assert result.code == 5, result
+    assert server.address in one_line_error(result)
+    assert records(workdir) == []
+    assert {p for p in all_files(tmp_path) - before if not p.startswith('work/tasks/')} == set()
