@@ -234,7 +234,7 @@ class Config:
         folder = os.path.dirname(os.path.abspath(path))
         for number, key, value in parse_key_value_lines(path):
             self._apply(path, number, key, value, folder)
-        self.sources.append(path)
+        self.sources.append(os.path.abspath(path))
 
     def _apply(self, path, number, key, value, folder):
         prefix, _, suffix = key.rpartition('.')
@@ -270,13 +270,16 @@ class Config:
 
 def config_files():
     """The rrcloudrc files to read, in order (later ones win)."""
+    inherited = os.environ.get('RRCLOUD_CONFIG_FILES')  # a runner reads its starter's files
+    if inherited is not None:
+        return [path for path in inherited.split(os.pathsep) if path]
     named = os.environ.get('RRCLOUD_CONFIG')
     if named:
         if not os.path.isfile(named):
             raise ConfigError(f'{named}: RRCLOUD_CONFIG names no readable file')
         return [named]
-    candidates = [os.path.expanduser('~/.rrcloudrc'), os.path.abspath('rrcloudrc')]
-    return [path for path in candidates if os.path.isfile(path)]
+    candidates = [os.path.expanduser('~/.rrcloudrc'), 'rrcloudrc']
+    return [os.path.abspath(path) for path in candidates if os.path.isfile(path)]
 
 
 def load_config():
@@ -345,7 +348,11 @@ class Service:
         for allowed in self.native_args:
             if arg == allowed:
                 return True
-            if arg.startswith(allowed) and NATIVE_VALUE_RE.match(arg[len(allowed):]):
+            value = arg[len(allowed):]
+            # a value follows "--key=" or is a number ("+W800", "/dev/ttyUSB0"):
+            # "--render" must not let "--rendering" through
+            if (arg.startswith(allowed) and (allowed.endswith('=') or value[:1].isdigit())
+                    and NATIVE_VALUE_RE.match(value)):
                 return True
         return False
 
@@ -444,7 +451,7 @@ def find_service(services, errors, name):
         raise UsageError(f'bad service name: {name!r}')
     if name in services:
         return services[name]
-    broken = [e for e in errors if os.path.basename(e.split(':', 1)[0]) == f'{name}.conf']
+    broken = [e for e in errors if re.search(rf'(\A|/){re.escape(name)}\.conf(:|\Z)', e)]
     if broken:
         raise UsageError(f'service {name!r} is not usable: {broken[0]}')
     known = ', '.join(sorted(services)) or 'none'
@@ -1127,7 +1134,7 @@ def dispatch(store, config):
             if slot is None:
                 return
             try:
-                _start_queued(store, task_id, slot)
+                _start_queued(store, config, task_id, slot)
             finally:
                 os.close(slot)
 
@@ -1145,7 +1152,7 @@ def acquire_slot(store, max_tasks):
     return None
 
 
-def _start_queued(store, task_id, slot_fd):
+def _start_queued(store, config, task_id, slot_fd):
     """Spawn the runner of one queued task (called under the store lock)."""
     unmark(store, 'queue', task_id)
     try:
@@ -1157,7 +1164,7 @@ def _start_queued(store, task_id, slot_fd):
     record.pop('queued', None)
     record['stime'] = f'{time.time():.5f}'
     try:
-        pid = spawn_runner(store, task_id, slot_fd)
+        pid = spawn_runner(store, config, task_id, slot_fd)
     except OSError as exc:
         record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
     else:
@@ -1178,12 +1185,13 @@ def rrcloud_command():
     return [sys.executable, '-c', launcher]
 
 
-def spawn_runner(store, task_id, slot_fd):
+def spawn_runner(store, config, task_id, slot_fd):
     """Start ``rrcloud _run ID`` detached: own session, no terminal, outlives us."""
     import subprocess
     # Not the request's environment (HTTP_*, GATEWAY_INTERFACE): an allowlist.
     env = {k: os.environ[k] for k in RUNNER_ENV_ALLOWLIST if k in os.environ}
     env['RRCLOUD_SLOT_FD'] = str(slot_fd)
+    env['RRCLOUD_CONFIG_FILES'] = os.pathsep.join(config.sources)
     # A new session: a web server's or terminal's signals to its group never
     # reach the task, and the task survives the request or CLI that started it.
     process = subprocess.Popen(

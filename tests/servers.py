@@ -60,7 +60,7 @@ class EmbeddedServer:
         self.log = self.root / 'server.log'
 
     def start(self):
-        """Start the server and wait until ``meta`` answers."""
+        """Start the server and wait until it answers."""
         env = dict(os.environ, RRCLOUD_CONFIG=str(self.config))
         env.pop('GATEWAY_INTERFACE', None)
         with open(self.log, 'ab') as log:
@@ -74,9 +74,9 @@ class EmbeddedServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f'server exited with {self.process.returncode}: {self.log.read_text()}')
-            try:
-                if session.get(self.url, params={'service': 'meta'}, timeout=1).status_code == 200:
-                    return self
+            try:  # any answer will do: a server with a token answers 401
+                session.get(self.url, params={'service': 'meta'}, timeout=1)
+                return self
             except requests.RequestException:
                 pass
             time.sleep(0.05)
@@ -102,6 +102,12 @@ class EmbeddedServer:
         if wait:
             params['wait'] = str(wait)
         answer = plain_session().get(self.url, params=params, timeout=wait + 10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def list_tasks(self):
+        """``GET ?service=info``: every task (the server expires old ones as it lists)."""
+        answer = plain_session().get(self.url, params={'service': 'info', 'format': 'json'}, timeout=10)
         answer.raise_for_status()
         return answer.json()
 
@@ -163,8 +169,8 @@ class FakeServer:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get('Content-Length') or 0)
                 body = self.rfile.read(length) if length else b''
-                request = Request(self.command, parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)),
-                                  body, dict(self.headers))
+                query = dict(parse_qsl(parts.query, keep_blank_values=True))
+                request = Request(self.command, parts.path, query, body, dict(self.headers))
                 fake.requests.append(request)
                 status, content_type, data = fake.handler(request)
                 data = data.encode() if isinstance(data, str) else data
@@ -181,7 +187,8 @@ class FakeServer:
         self.port = self.httpd.server_address[1]
         self.address = f'127.0.0.1:{self.port}'
         self.url = f'http://{self.address}/'
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={'poll_interval': 0.05},
+                                       daemon=True)
 
     def start(self):
         self.thread.start()

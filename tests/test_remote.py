@@ -145,7 +145,8 @@ def spawn_client(workdir, *args, **options):
 # 1. Sync: the wrapper and --sync feel like the local tool
 ###############################################################################
 
-def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tmp_path, servers, down, garbage):
+def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tmp_path, servers, down,
+                                                               garbage):
     (server,) = servers()
     write_config(workdir, f'servers = {down}, {garbage.address}, {server.address}\n')
     (workdir / 'tests').mkdir()
@@ -158,7 +159,8 @@ def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tm
     stl = (workdir / 'tests' / 'cube.stl').read_bytes()
     assert stl.startswith(b'solid')
     assert stl == local_openscad(DATA / 'cube.scad', tmp_path)
-    assert numpy.isclose(mesh.Mesh.from_file(str(workdir / 'tests' / 'cube.stl')).get_mass_properties()[0], 1000)
+    volume = mesh.Mesh.from_file(str(workdir / 'tests' / 'cube.stl')).get_mass_properties()[0]
+    assert numpy.isclose(volume, 1000)
     (record,) = records(workdir)
     assert record['status'] == 'complete'
     assert record['server'] == server.url
@@ -205,6 +207,62 @@ def test_sync_mirrors_a_remote_tools_exit_code(cli, workdir, servers):
 
     assert result.code == 3, result
     assert 'it went wrong\n' in result.err
+
+
+def test_multi_file_project_through_a_server(cli, workdir, tmp_path, servers):
+    (server,) = servers()
+    write_config(workdir, f'servers = {server.address}\n')
+    (workdir / 'main.scad').write_text('include <parts/part.scad>\npart();\n')
+    (workdir / 'parts').mkdir()
+    (workdir / 'parts' / 'part.scad').write_text('module part() { cube(10); }\n')
+
+    result = cli('main.scad', '-omain.stl', prog='openscad.cloud')
+
+    assert result.code == 0, result
+    assert (workdir / 'main.stl').read_bytes() == local_openscad(workdir / 'main.scad', tmp_path)
+
+
+def test_slic3r_wrapper_sends_its_config_file_and_native_args(cli, workdir, servers):
+    (server,) = servers()
+    write_config(workdir, f'slic3r.servers = {server.address}\n')
+    (workdir / 'slic3r.ini').write_bytes((DATA / 'slic3r.ini').read_bytes())
+    (workdir / 'cube.stl').write_bytes((DATA / 'cube.stl').read_bytes())
+
+    result = cli('--load=slic3r.ini', 'cube.stl', '--layer-height=0.2', '--output=cube.gcode',
+                 prog='slic3r.cloud')
+
+    assert result.code == 0, result
+    gcode = (workdir / 'cube.gcode').read_text()
+    assert '\n; layer_height = 0.2\n' in gcode  # the native argument
+    assert '\n; first_layer_height = 0.3\n' in gcode  # the --load= config file
+    assert '\nG1 ' in gcode
+    (remote,) = server.records().values()
+    assert ' --load=tasks/in/' in remote['cmd'] and ' --layer-height=0.2 ' in remote['cmd']
+
+
+TOKEN = 'test-token-0123456789abcdef'
+
+
+def test_token_protected_server(cli, workdir, servers):
+    (server,) = servers(config=f'maxTasks = 1\ntoken = {TOKEN}\n')
+    write_config(workdir, f'servers = {server.address}\n127.0.0.1.token = {TOKEN}\n')
+
+    result = cli('--sync', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert (workdir / record['out']).read_text() == CONTENT
+    assert (workdir / 'tasks' / 'log' / record['id']).exists()
+
+
+def test_token_protected_server_without_a_token_refuses(cli, workdir, servers):
+    (server,) = servers(config=f'maxTasks = 1\ntoken = {TOKEN}\n')
+
+    result = cli('--sync', f'--s={server.address}', 'echo', CONTENT)
+
+    assert result.code != 0, result
+    assert 'token' in one_line_error(result)
+    assert records(workdir) == [] and server.records() == {}
 
 
 ###############################################################################
@@ -293,6 +351,40 @@ def test_info_of_a_busy_task_on_a_lost_server_warns_and_stays_busy(cli, workdir,
     assert result.err.startswith('rrcloud: warning: ') and result.err.count('\n') == 1, result
 
 
+def test_a_task_the_server_no_longer_knows_is_failed_not_busy_forever(cli, workdir, servers):
+    # maxDataRetention = 0: the server drops a finished task the next time it lists its tasks.
+    (server,) = servers(config='maxTasks = 1\nmaxDataRetention = 0\n')
+    task_id = task_id_of(cli(f'--s={server.address}', 'echo', CONTENT).out)
+    remote_id = records(workdir)[0]['remoteId']
+    server.wait_done(remote_id)
+    server.list_tasks()
+    assert remote_id not in server.records()
+
+    shown = info(cli, task_id)
+
+    assert shown['status'] == 'failed', shown
+
+
+def test_sync_wait_for_a_task_the_server_does_not_know_ends(proc, workdir, fake):
+    lost = fake(lambda r: (200, 'text/plain', f'id: {HOSTILE_ID}\nstatus: busy\n') if r.method == 'POST'
+                else (404, 'text/plain', f'error: no such task: {HOSTILE_ID}\n'))
+
+    result = proc('--sync', f'--s={lost.address}', 'echo', CONTENT, timeout=15)
+
+    assert result.code == 1, result
+    assert result.err.splitlines()[-1].startswith('rrcloud: error: '), result
+
+
+def test_the_same_remote_id_twice_gets_two_local_records(cli, workdir, fake):
+    same = fake(lambda r: (200, 'text/plain', f'id: {HOSTILE_ID}\nstatus: busy\n'))
+
+    first = task_id_of(cli(f'--s={same.address}', 'echo', CONTENT).out)
+    second = task_id_of(cli(f'--s={same.address}', 'echo', CONTENT).out)
+
+    assert first != second
+    assert [r['remoteId'] for r in records(workdir)] == [HOSTILE_ID, HOSTILE_ID]
+
+
 ###############################################################################
 # 3. Choosing a server and failing over
 ###############################################################################
@@ -338,7 +430,8 @@ def test_a_server_that_refuses_the_upload_is_skipped(cli, workdir, servers, fake
     (server,) = servers()
     # Claims to be idle and unloaded (it ranks first), then fails the upload.
     liar = fake(lambda r: (503, 'text/plain', 'error: out of disk\n') if r.method == 'POST' else
-                (200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'))
+                (200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\n'
+                                    'version: RepRapCloud 0.019\n'))
     write_config(workdir, f'servers = {liar.address}, {server.address}\n')
 
     result = cli('--sync', 'echo', CONTENT)
@@ -451,7 +544,8 @@ def test_twelve_tasks_spread_over_three_servers(cli, workdir, servers):
 ###############################################################################
 
 def test_notifier_reaches_a_listener_with_id_and_ip_filled_in(cli, workdir, servers, fake):
-    (server,) = servers()
+    # A server refuses loopback notifier targets unless its notifierAllow names them.
+    (server,) = servers(config='maxTasks = 1\nnotifierAllow = 127.0.0.0/8\n')
     listener = fake(lambda request: (200, 'text/plain', 'ok\n'))
     notifier = f'http://$myip:{listener.port}/done?id=$id'
 
@@ -477,7 +571,8 @@ def start_slow_sync(workdir, server, **options):
     make_service(workdir, 'slow', SH_SERVICE)
     (workdir / 'slow.sh').write_text(SLOW_SCRIPT)
     client = spawn_client(workdir, '--sync', f'--s={server.address}', 'slow', 'slow.sh', **options)
-    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')[0]
+    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')],
+                      'the remote tool started')[0]
     wait_for(lambda: records(workdir), 'the local record')
     time.sleep(0.5)  # the client is in its wait now
     return client, remote
@@ -590,6 +685,7 @@ def test_async_against_a_0_019_server(cli, workdir, old_server):
     task_id = task_id_of(result.out)
     assert [info(cli, task_id)['status'] for _ in range(3)] == ['busy', 'busy', 'complete']
     shown = info(cli, task_id)
+    assert task_id != OLD_ID and shown['remoteId'] == OLD_ID  # an old-style id is not ours
     assert (workdir / shown['out']).read_text() == CONTENT
     assert len(old_server.of('GET', 'info')) == 3  # a finished task is not asked about again
 
