@@ -811,8 +811,9 @@ def list_tasks(store, config):
     return expire_tasks(store, records, config.maxDataRetention)
 
 
-TEMP_FILE_RE = re.compile(r'\A\..+\.(tmp|new|part)\Z')
-TEMP_FILE_MIN_AGE = 60.0
+# Temp files of interrupted writes carry their writer's pid: .NAME.PID[.UNIQUE].(tmp|new|part)
+TEMP_FILE_RE = re.compile(r'\A\..+?\.([0-9]+)(\.[0-9-]+)?\.(tmp|new|part)\Z')
+TEMP_FILE_MAX_AGE = 3600.0
 RECOVERY_INTERVAL = 60.0
 
 
@@ -827,8 +828,10 @@ def recover_store(store, config):
         folder = store.folder(name)
         for entry in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, entry)
+            match = TEMP_FILE_RE.match(entry)
             try:
-                if TEMP_FILE_RE.match(entry) and now - os.lstat(path).st_mtime > TEMP_FILE_MIN_AGE:
+                if match and (not _pid_alive(int(match.group(1)))
+                              or now - os.lstat(path).st_mtime > TEMP_FILE_MAX_AGE):
                     os.unlink(path)
             except FileNotFoundError:
                 pass
@@ -836,6 +839,10 @@ def recover_store(store, config):
         _still_running(store, task_id)
     list_tasks(store, config)
     dispatch(store, config)
+
+
+def _pid_alive(pid):
+    return pid == os.getpid() or process_start_time(pid) is not None
 
 
 def recover_now_and_then(store, config):
@@ -1771,6 +1778,10 @@ def refresh_remote(store, record, session, wait=0):
     if wait:
         params['wait'] = str(wait)
     response = session.get(url, params=params, timeout=(CONNECT_TIMEOUT, wait + 30))
+    if response.status_code == 404:
+        return store.update_task(record['id'], {
+            'status': TaskStatus.FAILED.value, 'etime': f'{time.time():.5f}',
+            'error': 'the server no longer knows this task'}, only_if_busy=True) or store.read_task(record['id'])
     answer = parse_answer(response)
     status = answer.get('status')
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
@@ -1824,9 +1835,12 @@ def wait_remote(store, config, record, progress=None):
     session = http_session(config)
     backoff = 0.1
     started = time.monotonic()
+    if progress:
+        progress(record, 0.0)
+    wait = 1 if progress else POLL_WAIT  # a terminal's progress line moves every second
     while record.get('status') == TaskStatus.BUSY:
         asked = time.monotonic()
-        record = refresh_remote(store, record, session, wait=POLL_WAIT)
+        record = refresh_remote(store, record, session, wait=wait)
         if progress:
             progress(record, time.monotonic() - started)
         if record.get('status') == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
@@ -1857,7 +1871,8 @@ STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
                 401: '401 Unauthorized', 403: '403 Forbidden',
                 404: '404 Not Found', 405: '405 Method Not Allowed',
                 413: '413 Payload Too Large', 500: '500 Internal Server Error',
-                502: '502 Bad Gateway', 503: '503 Service Unavailable'}
+                502: '502 Bad Gateway', 503: '503 Service Unavailable',
+                507: '507 Insufficient Storage'}
 
 
 class HTTPError(RRCloudError):
@@ -1978,6 +1993,11 @@ def application(environ, start_response):
         status = getattr(exc, 'http_status', 500)
         response = error_response(status, str(exc), request.format if request else 'text')
         response.headers += getattr(exc, 'headers', [])
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        response = error_response(507, f'the server cannot store this: {exc.strerror}',
+                                  request.format if request else 'text')
     except Exception as exc:  # one line to the client, never a traceback
         print(f'rrcloud: internal error: {exc!r}', file=environ.get('wsgi.errors', sys.stderr))
         response = error_response(500, 'internal error', request.format if request else 'text')
@@ -2263,7 +2283,9 @@ def serve(args):
     print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
     print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
           f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
+    # Idle connections cost no thread in waitress; allow many of them.
     waitress.serve(application, host=bind, port=port, threads=16, ident='rrcloud',
+                   connection_limit=1000, backlog=1024,
                    channel_timeout=120, max_request_body_size=config.maxRequestSize, _quiet=True)
     return ExitCode.OK
 
@@ -2530,11 +2552,10 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
         raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
     servers = remote_servers(ctx, service_name)
     if servers:
-        record = submit_remote(ctx, service, servers, inputs, native)
         if not sync:
-            print_id(ctx, record)
+            print_id(ctx, submit_remote(ctx, service, servers, inputs, native))
             return ExitCode.OK
-        return finish_sync_remote(ctx, record, output)
+        return sync_remote(ctx, service, servers, inputs, native, output)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
                          args=describe_args(args))
     if not sync:
@@ -2554,13 +2575,19 @@ def print_id(ctx, record):
     print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
 
 
-def finish_sync_remote(ctx, record, output):
-    """Wait for a remote task, fetch its result to ``output``, mirror its exit code."""
-    progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
+def sync_remote(ctx, service, servers, inputs, native, output):
+    """Send a task, wait for it, fetch its result to ``output``, mirror its exit code.
+
+    Ctrl-C at any moment after the server took the task kills it there.
+    """
+    record, progress = None, None
     try:
+        record = submit_remote(ctx, service, servers, inputs, native)
+        progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
         record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
-        kill_remote(ctx.config, record)
+        if record:
+            kill_remote(ctx.config, record)
         return ExitCode.INTERRUPTED
     except OSError as exc:
         raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None
@@ -2705,6 +2732,12 @@ def main(argv=None) -> int:
         if traceback:
             raise
         return int(ExitCode.INTERRUPTED)
+    except OSError as exc:
+        if traceback:
+            raise
+        where = f': {exc.filename}' if exc.filename else ''
+        print(f'rrcloud: error: {exc.strerror or exc}{where}', file=sys.stderr)
+        return int(ExitCode.TASK_FAILED)
 
 
 if __name__ == '__main__':
