@@ -864,7 +864,9 @@ def test_100_concurrent_posts(server):
     records = [parse_text_record(text) for _, text, _ in answers]
     ids = [r['id'] for r in records]
     assert len(set(ids)) == 100
-    assert all(r['status'] == 'busy' for r in records)
+    # Busy as a rule; a quick task may already be complete when a loaded server answers.
+    assert all(r['status'] in ('busy', 'complete') for r in records), \
+        [r for r in records if r['status'] not in ('busy', 'complete')][:3]
 
     deadline = time.monotonic() + 120
     while True:

@@ -1,0 +1,133 @@
+"""Printing benchmark: G-code lines per second streamed to a simulated printer.
+
+The same big G-code file (tests/data/small.gcode's code lines repeated to
+about 20,000 lines) is printed, in one run, by
+
+- rrcloud's built-in sender (``rrcloud print PORT FILE``, a real process), and
+- Printrun's ``printcore`` (the Debian package's ``printcore PORT FILE``),
+
+each to a fresh tests/printer_sim.PrinterSim on a pty that answers at once
+(delay=0).  Two numbers per sender:
+
+- wall time of the whole command (start-up, connecting, banner, streaming,
+  closing; printcore sleeps 2 s after connecting and polls once a second, so
+  its wall time is mostly waiting), and
+- the streaming span from the simulator's transcript: from the first to the
+  last numbered G-code line the printer read.  Only this span is compared.
+
+Each run is checked: the printer accepted every line of the file exactly once,
+in order (no lost or duplicated line), and reported no protocol error.
+
+Run: .venv/bin/python bench/bench_print.py [--lines=N] [--repeat=R]
+"""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import DATA, REPO, table
+
+sys.path.insert(0, str(REPO / 'tests'))
+
+import rrcloud  # noqa: E402
+from printer_sim import PrinterSim  # noqa: E402
+
+PRINTCORE = shutil.which('printcore') or '/usr/bin/printcore'
+HOUSEKEEPING = ('M110', 'M105')  # the host's own commands, not lines of the file
+
+
+def big_gcode(folder, target_lines):
+    """A G-code file of about ``target_lines`` code lines: small.gcode's, repeated."""
+    code = rrcloud.gcode_lines(DATA / 'small.gcode')
+    lines = (code * (target_lines // len(code) + 1))[:target_lines]
+    path = os.path.join(folder, 'big.gcode')
+    with open(path, 'w') as handle:
+        handle.write('; benchmark file: tests/data/small.gcode code lines, repeated\n')
+        handle.write('\n'.join(lines) + '\n')
+    return path
+
+
+def printed(sim):
+    """What the printer accepted, without the host's housekeeping (M110 / M105)."""
+    return [c for c in sim.received if c.split()[0] not in HOUSEKEEPING]
+
+
+def streaming_span(sim):
+    """Seconds from the first to the last numbered G-code line the printer read."""
+    times = [t for t, direction, line in sim.transcript
+             if direction == '<' and line.startswith('N') and 'M110' not in line]
+    return times[-1] - times[0]
+
+
+def run_sender(name, argv_for, path, expected):
+    """One print to a fresh simulator; (wall seconds, streaming seconds)."""
+    with PrinterSim(delay=0) as sim:
+        started = time.monotonic()
+        done = subprocess.run(argv_for(sim.port, path), capture_output=True, text=True, timeout=600)
+        wall = time.monotonic() - started
+        sim.wait_for(lambda s: len(printed(s)) >= len(expected), timeout=5)
+    if done.returncode != 0:
+        raise SystemExit(f'{name} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}')
+    got = printed(sim)
+    if got != expected:
+        lost = len(expected) - len(set(range(len(expected))) & set(range(len(got))))
+        raise SystemExit(f'{name}: the printer got {len(got)} lines, expected {len(expected)} '
+                         f'(first difference at line {first_difference(got, expected)}; {lost} missing)')
+    if sim.errors:
+        raise SystemExit(f'{name}: protocol errors: {sim.errors[:5]}')
+    return wall, streaming_span(sim)
+
+
+def first_difference(got, expected):
+    for index, (a, b) in enumerate(zip(got, expected)):
+        if a != b:
+            return index + 1
+    return min(len(got), len(expected)) + 1
+
+
+def builtin_argv(port, path):
+    return [sys.executable, str(REPO / 'rrcloud.py'), 'print', port, path]
+
+
+def printcore_argv(port, path):
+    return [PRINTCORE, port, path]
+
+
+def main(args):
+    target, repeat = 20000, 3
+    for arg in args:
+        name, _, value = arg.partition('=')
+        if name == '--lines':
+            target = int(value)
+        elif name == '--repeat':
+            repeat = int(value)
+        else:
+            raise SystemExit(__doc__)
+    folder = tempfile.mkdtemp(prefix='rrcloud-bench-print-')
+    try:
+        path = big_gcode(folder, target)
+        expected = rrcloud.gcode_lines(path)
+        results = {}
+        for name, argv_for in (('rrcloud print (built-in)', builtin_argv), ('printcore', printcore_argv)):
+            runs = [run_sender(name, argv_for, path, expected) for _ in range(repeat)]
+            results[name] = (statistics.median(w for w, _ in runs), statistics.median(s for _, s in runs))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    count = len(expected)
+    rows = []
+    for name, (wall, span) in results.items():
+        rows.append([name, count, f'{wall:.2f}', f'{count / wall:,.0f}', f'{span:.2f}',
+                     f'{count / span:,.0f}', 'none'])
+    (b_wall, b_span), (p_wall, p_span) = results['rrcloud print (built-in)'], results['printcore']
+    rows.append(['ratio built-in / printcore', '', '', f'{p_wall / b_wall:.1f}x', '',
+                 f'{p_span / b_span:.1f}x', ''])
+    print(f'Printing to the simulated printer (delay=0), {count} G-code lines, median of {repeat} runs each\n')
+    print(table(rows, ['sender', 'lines', 'wall s', 'lines/s (wall)', 'streaming s',
+                       'lines/s (streaming)', 'lost or duplicated']))
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
