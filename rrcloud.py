@@ -103,6 +103,19 @@ class NoServer(RRCloudError):
     http_status = 502
 
 
+class PrinterError(RRCloudError):
+    """The printer could not be opened, or stopped answering."""
+
+
+class HTTPError(RRCloudError):
+    """An error answer with its own status code."""
+
+    def __init__(self, status, message, headers=()):
+        super().__init__(message)
+        self.http_status = status
+        self.headers = list(headers)
+
+
 ###############################################################################
 # Config ######################################################################
 ###############################################################################
@@ -660,15 +673,7 @@ class Store:
         """Delete a task and all its files (inputs, result, log, record)."""
         task_id = check_task_id(record['id'])
         for path in record.get('in', '').split(','):
-            parts = path.split('/')
-            if len(parts) < 3 or parts[:2] != ['tasks', 'in'] or not parts[2] or parts[2].startswith('.'):
-                continue
-            target = os.path.join(self.folder('in'), parts[2])
-            if len(parts) > 3 and os.path.isdir(target) and not os.path.islink(target):
-                import shutil
-                shutil.rmtree(target, ignore_errors=True)  # a project folder
-            else:
-                _unlink_quietly(target)
+            self.remove_input(path)
         out_name = os.path.basename(record.get('out', ''))
         if record.get('out', '').startswith('tasks/out/') and out_name:
             _unlink_quietly(os.path.join(self.folder('out'), out_name))
@@ -678,6 +683,18 @@ class Store:
         _unlink_quietly(self.info_path(task_id))
 
     # -- inputs -------------------------------------------------------------
+
+    def remove_input(self, path):
+        """Remove one stored input (``tasks/in/NAME``), or its whole project folder."""
+        parts = path.split('/')
+        if len(parts) < 3 or parts[:2] != ['tasks', 'in'] or not parts[2] or parts[2].startswith('.'):
+            return
+        target = os.path.join(self.folder('in'), parts[2])
+        if len(parts) > 3 and os.path.isdir(target) and not os.path.islink(target):
+            import shutil
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            _unlink_quietly(target)
 
     def add_input(self, data, ext):
         """Store one input's bytes as ``tasks/in/<unique>[.ext]``; returns the relative path."""
@@ -977,6 +994,8 @@ def pack_project(main, references):
 def safe_member_parts(name):
     """The folder names of one archive member, or UsageError (no absolute path, no '..', no dotfiles)."""
     parts = name.split('/')
+    while len(parts) > 1 and parts[0] == '.':  # "tar czf p.tgz -C dir ." writes ./NAME
+        parts = parts[1:]
     if not name or name.startswith('/') or not all(PROJECT_PART_RE.match(p) for p in parts):
         raise UsageError(f'project archive: refused member name {name[:80]!r}')
     return parts
@@ -1012,6 +1031,8 @@ def _extract_members(archive, folder):
         total += max(member.size, 0)
         if count > PROJECT_MAX_FILES or total > PROJECT_MAX_BYTES:
             raise UsageError('project archive: too many files or too large')
+        if member.isdir() and member.name.rstrip('/') in ('.', ''):
+            continue  # the archive's own top folder, "./"
         parts = safe_member_parts(member.name.rstrip('/') if member.isdir() else member.name)
         target = os.path.join(folder, *parts)
         if member.isdir():
@@ -1047,6 +1068,16 @@ class Input:
         return service.input_ext
 
 
+def input_size(store, path):
+    """Bytes of one stored input; a project counts all its files."""
+    parts = path.split('/')
+    if len(parts) > 3:
+        folder = os.path.join(store.folder('in'), parts[2])
+        return sum(os.path.getsize(os.path.join(top, name))
+                   for top, _, names in os.walk(folder) for name in names)
+    return os.path.getsize(store.path_of(path))
+
+
 def store_input(store, service, item):
     """Copy one input into the store: a file, or a project archive unpacked."""
     if is_project_name(item.filename):
@@ -1067,12 +1098,12 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     try:
         for item in inputs:
             stored.append((item.prearg, store_input(store, service, item)))
-        size_in = sum(os.path.getsize(store.path_of(path)) for _, path in stored)
+        size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: _new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in))
     except BaseException as exc:
         for _, path in stored:
-            _unlink_quietly(store.path_of(path))
+            store.remove_input(path)
         if isinstance(exc, ValueError):  # a field that cannot be a record value
             raise UsageError(str(exc)) from None
         raise
@@ -1455,10 +1486,6 @@ PRINT_ANSWER_TIMEOUT = 60.0
 PRINT_BANNER_WAIT = 5.0
 PRINT_PROGRESS_INTERVAL = 0.5
 RESEND_RE = re.compile(rb'\A(?:Resend|rs)[: ]\s*N?:?\s*([0-9]+)', re.IGNORECASE)
-
-
-class PrinterError(RRCloudError):
-    """The printer could not be opened, or stopped answering."""
 
 
 def gcode_lines(path):
@@ -1873,15 +1900,6 @@ STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
                 413: '413 Payload Too Large', 500: '500 Internal Server Error',
                 502: '502 Bad Gateway', 503: '503 Service Unavailable',
                 507: '507 Insufficient Storage'}
-
-
-class HTTPError(RRCloudError):
-    """An error answer with its own status code."""
-
-    def __init__(self, status, message, headers=()):
-        super().__init__(message)
-        self.http_status = status
-        self.headers = list(headers)
 
 
 class Response:

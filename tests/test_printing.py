@@ -1,0 +1,482 @@
+"""Printing: rrcloud's built-in G-code sender against the simulated printer.
+
+No mocks: the printer is tests/printer_sim.PrinterSim, a Marlin-like responder
+behind a real pty, which checks line numbers and checksums, asks for resends,
+chatters (busy:, echo:, temperatures, unknown lines) and can go silent.  The
+sender runs as a real process (``rrcloud print PORT FILE``), as a task of the
+``printrun`` service (``rrcloud --sync printrun``, the ``printrun.cloud``
+wrapper), and through the embedded server (POST service=printrun), which runs
+as www-data, like a deployment.
+
+The ports a task may use come from the service conf.  The shipped printrun
+conf allows /dev/ttyUSB* and /dev/ttyACM* only; the tests that go through the
+task system write a store-root conf named printrun that allows the pty
+(``nativeArgs = /dev/pts/, --timeout=``), as an admin would add /dev/ttyS.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+import deploy
+import rrcloud
+from conftest import DATA, REPO, make_service
+from printer_sim import PrinterSim, checksum
+
+SMALL = DATA / 'small.gcode'
+EXPECTED = rrcloud.gcode_lines(SMALL)
+COUNT = len(EXPECTED)
+WIRE_RE = re.compile(r'\AN([0-9]+) (.*)\*([0-9]+)\Z')
+
+# The printrun service as an admin who has a printer on a pty would write it.
+PTY_PRINTRUN_CONF = """\
+# printrun for the tests: the built-in sender, ports on /dev/pts/
+cmd = rrcloud print
+noOutput = yes
+inputExt = gcode
+nativeArgs = /dev/pts/, --timeout=
+"""
+
+
+###############################################################################
+# Helpers: what the printer saw
+###############################################################################
+
+def printed(sim):
+    """The commands the printer accepted after the sender's initial ``M110 N0``."""
+    assert sim.received[:1] == ['M110 N0'], sim.received[:3]
+    return sim.received[1:]
+
+
+def check_every_line_once(sim, expected=EXPECTED):
+    """Every code line arrived exactly once, in order, numbered 1..N, with no error."""
+    assert printed(sim) == expected
+    assert [n for n, _ in sim.received_numbered[1:]] == list(range(1, len(expected) + 1))
+    assert sim.errors == []
+    assert sim.ignored == []
+
+
+def wire_lines(sim):
+    """What the host wrote to the port, in order (the simulator's transcript)."""
+    return [line for _, direction, line in sim.transcript
+            if direction == '<' and not line.startswith('(')]
+
+
+def check_wire_format(sim, expected=EXPECTED):
+    """``M110 N0``, then each line as ``N<n> <code>*<xor of the bytes before '*'>``.
+
+    A line is sent again only after the printer asked for it: every number is
+    the last one + 1 or the number of a resend request.
+    """
+    sent = wire_lines(sim)
+    assert sent[0] == 'M110 N0'
+    last = 0
+    resend_targets = [int(re.search(r'([0-9]+)\s*\Z', line).group(1)) for _, d, line in sim.transcript
+                      if d == '>' and re.match(r'(Resend|rs)\b', line)]
+    for line in sent[1:]:
+        match = WIRE_RE.match(line)
+        assert match, f'not N<n> <code>*<checksum>: {line!r}'
+        number, code, given = int(match.group(1)), match.group(2), int(match.group(3))
+        assert given == checksum(line[:line.index('*')]), line
+        assert code == expected[number - 1], line
+        if number != last + 1:
+            assert number in resend_targets and number <= last, f'{line!r} after line {last}'
+        last = number
+    assert last == len(expected)
+
+
+def injected_resends(count, every):
+    """The simulator refuses lines every+1, 2*every+1, ... once each (then accepts them)."""
+    return (count - 1) // every
+
+
+def run_print(*args, timeout=60):
+    """``rrcloud print ARGS`` as a real process; (CompletedProcess, seconds)."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'print', *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return done, time.monotonic() - started
+
+
+###############################################################################
+# rrcloud print: the sender as a process
+###############################################################################
+
+PRINTER_KINDS = {
+    'plain': {},
+    'resend-every-50': {'resend_every': 50},
+    'rs-every-50': {'resend_every': 50, 'resend_format': 'rs'},
+    'rs-N-with-error': {'resend_every': 50, 'resend_format': 'rs_n', 'inject_error': True},
+    'teacup-rs': {'resend_every': 50, 'resend_format': 'rs N{n} Expected checksum 67'},
+    'noise-and-temperatures': {'noise_every': 3, 'temp_interval': 0.05},
+    'resends-and-noise': {'resend_every': 50, 'noise_every': 2},
+    'slow-with-busy': {'delay': 0.003, 'busy_interval': 0.001},
+    'resets-on-open': {'banner_delay': 1.0},
+}
+
+
+@pytest.mark.parametrize('options', PRINTER_KINDS.values(), ids=PRINTER_KINDS.keys())
+def test_print_sends_every_line_once_in_order(options):
+    with PrinterSim(**options) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    assert done.stderr == ''
+    assert f'printed {COUNT} lines' in done.stdout
+    check_every_line_once(sim)
+    check_wire_format(sim)
+    assert sim.opens == 1
+    if options.get('resend_every'):
+        assert sim.injected_resends == injected_resends(COUNT, options['resend_every'])
+        assert sim.resends_requested == sim.injected_resends
+    else:
+        assert sim.resends_requested == 0
+
+
+def test_print_streams_a_freshly_sliced_file(tmp_path):
+    gcode = tmp_path / 'cube.gcode'
+    sliced = subprocess.run(['slic3r', f'--load={DATA / "slic3r.ini"}', str(DATA / 'cube.stl'),
+                             f'--output={gcode}'], capture_output=True, text=True, timeout=120)
+    assert sliced.returncode == 0, sliced
+    expected = rrcloud.gcode_lines(gcode)
+    raw = gcode.read_text().splitlines()
+    assert len(expected) > 1000
+    assert any(line.startswith(';') for line in raw), 'slic3r writes comments; they are not sent'
+    assert 'G1 Z0.300 F7800.000' in expected  # the config's 0.3 mm first layer
+
+    with PrinterSim(resend_every=50, noise_every=7) as sim:
+        done, _ = run_print(str(sim.port), str(gcode))
+
+    assert done.returncode == 0, done
+    assert f'printed {len(expected)} lines' in done.stdout
+    check_every_line_once(sim, expected)
+    check_wire_format(sim, expected)
+    assert sim.injected_resends == injected_resends(len(expected), 50)
+    assert not any(';' in line for line in printed(sim))
+
+
+def test_silent_printer_fails_within_its_timeout():
+    with PrinterSim(silent_after=100) as sim:
+        done, seconds = run_print('--timeout=2', sim.port, str(SMALL))
+
+    assert done.returncode != 0
+    assert 2 <= seconds < 10, seconds
+    (message,) = done.stderr.splitlines()
+    assert message.startswith('rrcloud: error: ')
+    assert 'stopped answering' in message and '2 s' in message, message
+    assert 'printed' not in done.stdout
+    # M110 and lines 1..99 were accepted; line 100 went unanswered and nothing followed it
+    assert printed(sim) == EXPECTED[:99]
+    assert len(sim.ignored) == 1 and sim.ignored[0].startswith('N100 ')
+
+
+def test_port_that_does_not_exist_is_refused(tmp_path):
+    port = tmp_path / 'ttyUSB9'
+    done, seconds = run_print(str(port), str(SMALL))
+
+    assert done.returncode != 0
+    (message,) = done.stderr.splitlines()
+    assert 'cannot open' in message and str(port) in message, message
+    assert done.stdout == ''
+    assert not port.exists()
+    assert seconds < 10
+
+
+def test_etc_passwd_is_refused_as_not_a_device():
+    before = os.stat('/etc/passwd')
+    done, _ = run_print('/etc/passwd', str(SMALL))
+
+    assert done.returncode != 0
+    (message,) = done.stderr.splitlines()
+    assert 'refusing /etc/passwd' in message and 'not a serial device' in message, message
+    assert done.stdout == ''
+    after = os.stat('/etc/passwd')
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_non_device_is_refused_before_it_is_opened(tmp_path):
+    """A FIFO shows an open: a reader blocked in open() wakes when anyone opens the other end."""
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    woke = threading.Event()
+
+    def reader():
+        fd = os.open(fifo, os.O_RDONLY)
+        woke.set()
+        os.close(fd)
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    regular = tmp_path / 'regular'
+    regular.write_bytes(b'not a printer\n')
+
+    done_fifo, _ = run_print(str(fifo), str(SMALL))
+    done_file, _ = run_print(str(regular), str(SMALL))
+    opened = woke.wait(0.3)
+    if not opened:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let the reader go
+    thread.join(5)
+
+    for done in (done_fifo, done_file):
+        assert done.returncode != 0
+        (message,) = done.stderr.splitlines()
+        assert 'not a serial device' in message, message
+    assert not opened, 'rrcloud print opened a FIFO it should have refused'
+    assert regular.read_bytes() == b'not a printer\n'
+
+
+@pytest.mark.parametrize('args', [
+    [],
+    ['/dev/pts/0'],
+    ['--baud=fast', '/dev/pts/0', 'x.gcode'],
+    ['--timeout=0', '/dev/pts/0', 'x.gcode'],
+    ['--speed=2', '/dev/pts/0', 'x.gcode'],
+], ids=['nothing', 'no file', 'bad baud', 'zero timeout', 'unknown option'])
+def test_print_usage_errors(cli, args):
+    result = cli('print', *args)
+
+    assert result.code == 2, result
+    assert result.err.startswith('rrcloud: error: ') and len(result.err.splitlines()) == 1, result
+
+
+###############################################################################
+# Through the task system
+###############################################################################
+
+def store_files(root):
+    """Files under ROOT/tasks except the lock and slot files."""
+    found = set()
+    for folder, _, files in os.walk(root / 'tasks'):
+        relative = os.path.relpath(folder, root / 'tasks')
+        if relative.split(os.sep)[0] == 'slots':
+            continue
+        found |= {os.path.join(relative, name) for name in files if name != '.lock'}
+    return found
+
+
+def the_task(root):
+    """The one task of the store: (record, log text)."""
+    store = rrcloud.Store(str(root))
+    (task_id,) = store.task_ids()
+    record = rrcloud.get_task(store, task_id)
+    with open(store.log_path(task_id), encoding='utf-8', errors='replace') as log:
+        return record, log.read()
+
+
+@pytest.fixture
+def gcode_here(workdir):
+    shutil.copy(SMALL, workdir / 'small.gcode')
+    return workdir / 'small.gcode'
+
+
+@pytest.fixture
+def pty_service(workdir):
+    make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
+    return workdir
+
+
+def check_completed_print(record, log, sim, port):
+    assert record['status'] == 'complete', (record, log)
+    assert record['exitCode'] == '0'
+    assert record['service'] == 'printrun'
+    assert record['cmd'].startswith(f'rrcloud print {port} tasks/in/'), record['cmd']
+    assert record['out'] == ''
+    assert record['progress'] == f'{COUNT}/{COUNT}'
+    assert f'printed {COUNT} lines' in log, log
+    check_every_line_once(sim)
+    check_wire_format(sim)
+
+
+def test_sync_printrun_task_prints_and_records_progress(proc, pty_service, gcode_here):
+    with PrinterSim(resend_every=50) as sim:
+        result = proc('--sync', 'printrun', sim.port, 'small.gcode')
+        record, log = the_task(pty_service)
+
+    assert result.code == 0, result
+    assert result.out == '' and result.err == ''
+    check_completed_print(record, log, sim, sim.port)
+    assert not any(name.startswith('out/') for name in store_files(pty_service))
+
+
+def test_progress_is_written_while_it_prints(proc, pty_service, gcode_here):
+    store = rrcloud.Store(str(pty_service))
+    seen = []
+    with PrinterSim(delay=0.005) as sim:  # about 1.6 s of printing
+        result = proc('printrun', sim.port, 'small.gcode')
+        assert result.code == 0, result
+        task_id = result.out.split('id: ', 1)[1].strip()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            record = rrcloud.get_task(store, task_id)
+            if record['status'] != 'busy':
+                break
+            if record.get('progress'):
+                seen.append(record['progress'])
+            time.sleep(0.05)
+        record, log = the_task(pty_service)
+
+    check_completed_print(record, log, sim, sim.port)
+    done = [int(value.split('/')[0]) for value in seen]
+    assert all(value.endswith(f'/{COUNT}') for value in seen), seen
+    assert any(0 < n < COUNT for n in done), f'no progress while busy: {seen}'
+    assert done == sorted(done), seen
+
+
+def test_printrun_cloud_wrapper_prints(cli, pty_service, gcode_here):
+    with PrinterSim(resend_every=50, resend_format='rs') as sim:
+        result = cli(sim.port, 'small.gcode', prog='printrun.cloud')
+        record, log = the_task(pty_service)
+
+    assert result.code == 0, result
+    assert result.out == '' and result.err == ''
+    check_completed_print(record, log, sim, sim.port)
+
+
+@pytest.mark.parametrize('how', ['rrcloud --sync', 'printrun.cloud'])
+@pytest.mark.parametrize('port', ['pty', '/etc/passwd'])
+def test_shipped_printrun_conf_refuses_other_ports_at_submission(proc, workdir, gcode_here, how, port):
+    with PrinterSim() as sim:
+        target = sim.port if port == 'pty' else port
+        if how == 'printrun.cloud':
+            result = proc(target, 'small.gcode', prog='printrun.cloud')
+        else:
+            result = proc('--sync', 'printrun', target, 'small.gcode')
+        time.sleep(0.2)
+
+    assert result.code == 2, result
+    assert target in result.err, result
+    assert result.err.startswith('rrcloud: error: ') and len(result.err.splitlines()) == 1, result
+    assert store_files(workdir) == set(), 'a refused task left files behind'
+    assert sim.opens == 0 and sim.received == []
+
+
+def test_silent_printer_fails_the_task_with_the_message_in_the_log(proc, pty_service, gcode_here):
+    with PrinterSim(silent_after=100) as sim:
+        started = time.monotonic()
+        result = proc('--sync', 'printrun', '--timeout=2', sim.port, 'small.gcode')
+        seconds = time.monotonic() - started
+        record, log = the_task(pty_service)
+
+    assert result.code == 1, result  # the tool's exit code
+    assert seconds < 15
+    assert record['status'] == 'failed'
+    assert record['exitCode'] == '1'
+    assert record['error'] == 'exit code 1'
+    assert 'stopped answering' in log, log
+    assert 'printed' not in log
+    assert 'stopped answering' in result.err  # the log is shown on failure
+    assert record.get('progress', '0/0').split('/')[0] != str(COUNT)
+    assert printed(sim) == EXPECTED[:99]
+
+
+def test_a_print_is_never_started_twice(proc, pty_service, gcode_here):
+    with PrinterSim() as sim:
+        assert proc('--sync', 'printrun', sim.port, 'small.gcode').code == 0
+        record, _ = the_task(pty_service)
+        for args in (['info'], ['info', record['id']], ['--format=json', 'info'], ['meta']):
+            assert proc(*args).code == 0
+        time.sleep(1.0)  # time for a second run to show up, if there were one
+        again, _ = the_task(pty_service)
+
+    assert sim.opens == 1
+    check_every_line_once(sim)
+    assert again['status'] == 'complete'
+    assert (again['pid'], again['stime'], again['etime']) == (record['pid'], record['stime'], record['etime'])
+
+
+###############################################################################
+# Through the embedded server (runs as www-data)
+###############################################################################
+
+@pytest.fixture(scope='module')
+def server():
+    deployment = deploy.Deployment('embedded', services={'printrun': PTY_PRINTRUN_CONF})
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def accessible_sim(**options):
+    sim = PrinterSim(**options).start()
+    os.chmod(sim.port, 0o666)  # the server and its tasks run as www-data
+    return sim
+
+
+def post_print(server, native, **fields):
+    return requests.post(f'{server.url}/', data={'service': 'printrun', 'nativeArgs': native,
+                                                 'format': 'json', **fields},
+                         files={'fileIn0': ('small.gcode', SMALL.read_bytes())}, timeout=30)
+
+
+def wait_done(server, task_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = requests.get(f'{server.url}/', params={'service': 'info', 'id': task_id,
+                                                        'format': 'json', 'wait': '20'}, timeout=60)
+        record = json.loads(answer.text)
+        if record['status'] != 'busy':
+            return record
+    raise AssertionError(f'task {task_id} still busy after {timeout} s')
+
+
+def test_post_printrun_prints_every_line_once(server):
+    sim = accessible_sim(resend_every=50, noise_every=5)
+    try:
+        answer = post_print(server, sim.port)
+        assert answer.status_code == 200, answer.text
+        started = json.loads(answer.text)
+        assert started['status'] == 'busy'
+        record = wait_done(server, started['id'])
+        log = requests.get(f'{server.url}/tasks/log/{started["id"]}', timeout=30)
+    finally:
+        sim.stop()
+
+    assert log.status_code == 200
+    check_completed_print(record, log.text, sim, sim.port)
+    assert sim.opens == 1
+
+
+def test_post_printrun_with_a_silent_printer_fails(server):
+    sim = accessible_sim(silent_after=100)
+    try:
+        answer = post_print(server, f'--timeout=2 {sim.port}')
+        assert answer.status_code == 200, answer.text
+        task_id = json.loads(answer.text)['id']
+        record = wait_done(server, task_id, timeout=30)
+        log = requests.get(f'{server.url}/tasks/log/{task_id}', timeout=30)
+    finally:
+        sim.stop()
+
+    assert record['status'] == 'failed'
+    assert record['exitCode'] == '1'
+    assert 'stopped answering' in log.text, log.text
+    assert printed(sim) == EXPECTED[:99]
+
+
+@pytest.mark.parametrize('service, native', [
+    ('printrun', '/etc/passwd'),
+    ('printrun', '/dev/pts/../../etc/passwd'),
+    ('printrun', '/dev/ttyUSB0'),
+    ('printcore', 'pty'),
+], ids=['etc-passwd', 'dotdot', 'not-in-this-conf', 'shipped-printcore-conf'])
+def test_post_refuses_ports_the_conf_does_not_allow(server, service, native):
+    sim = accessible_sim()
+    try:
+        before = server.store_files()
+        answer = post_print(server, sim.port if native == 'pty' else native, service=service)
+        time.sleep(0.2)
+    finally:
+        sim.stop()
+
+    assert answer.status_code == 400, answer.text
+    assert 'not allowed' in json.loads(answer.text)['error']
+    assert server.store_files() == before
+    assert sim.opens == 0
