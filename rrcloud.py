@@ -309,7 +309,7 @@ def load_config():
 
 DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
-                'noOutput', 'inputExt', 'ignoreCase')
+                'noOutput', 'inputExt', 'inputExts', 'ignoreCase')
 TRUE_WORDS = {'yes', 'true', '1', 'on'}
 FALSE_WORDS = {'no', 'false', '0', 'off', ''}
 
@@ -330,6 +330,7 @@ class Service:
         self.native_args = [a.strip() for a in fields.get('nativeArgs', '').split(',') if a.strip()]
         self.input_ext = fields.get('inputExt', '')
         self.ignore_case = _boolean(fields.get('ignoreCase', 'no'))
+        self.input_exts = [e.strip().lower() for e in fields.get('inputExts', '').split(',') if e.strip()]
 
     def output_name(self, task_id):
         """The result's file name under tasks/out for one task."""
@@ -346,6 +347,11 @@ class Service:
                 prefix = word.split('$fileOut', 1)[0]
                 return prefix or (self.output[index - 1] if index else '')
         return None
+
+    def accepts_input(self, path):
+        """True when a file may be an input: any file, or one of ``inputExts`` when given."""
+        ext = os.path.basename(path).rsplit('.', 1)[1].lower() if '.' in os.path.basename(path) else ''
+        return not self.input_exts or ext in self.input_exts
 
     def output_argument(self, arg):
         """True when ``arg`` starts with the output prefix (in any case, for ignoreCase tools)."""
@@ -2429,7 +2435,7 @@ def classify_args(service, args, allow_output):
             inputs.append(_file_input(arg[len(prefix):], prefix))
         elif service.allows_native(arg):
             native.append(arg)
-        elif os.path.isfile(arg):
+        elif os.path.isfile(arg) and service.accepts_input(arg):
             inputs.append(_file_input(arg, ''))
         elif any(ch.isspace() for ch in arg):
             inputs.append(Input(arg.encode('utf-8')))

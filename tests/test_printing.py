@@ -34,6 +34,8 @@ SMALL = DATA / 'small.gcode'
 EXPECTED = rrcloud.gcode_lines(SMALL)
 COUNT = len(EXPECTED)
 WIRE_RE = re.compile(r'\AN([0-9]+) (.*)\*([0-9]+)\Z')
+# 'Resend: 5', 'Resend:5', 'rs 5', 'rs N5 Expected checksum 67': the line asked for
+RESEND_RE = re.compile(r'\A(?:Resend|rs)\W*N?:?\s*([0-9]+)')
 
 # The printrun service as an admin who has a printer on a pty would write it.
 PTY_PRINTRUN_CONF = """\
@@ -78,8 +80,8 @@ def check_wire_format(sim, expected=EXPECTED):
     sent = wire_lines(sim)
     assert sent[0] == 'M110 N0'
     last = 0
-    resend_targets = [int(re.search(r'([0-9]+)\s*\Z', line).group(1)) for _, d, line in sim.transcript
-                      if d == '>' and re.match(r'(Resend|rs)\b', line)]
+    asked = (RESEND_RE.match(line) for _, d, line in sim.transcript if d == '>')
+    resend_targets = {int(match.group(1)) for match in asked if match}
     for line in sent[1:]:
         match = WIRE_RE.match(line)
         assert match, f'not N<n> <code>*<checksum>: {line!r}'
