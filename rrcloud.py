@@ -318,15 +318,14 @@ class Service:
     """How to run one service's executable (from ``services/NAME.conf``)."""
 
     def __init__(self, name, source, fields):
-        import shlex
         self.name = name
         self.source = source
         self.path = fields.get('path') or DEFAULT_SERVICE_PATH
-        self.cmd = shlex.split(fields['cmd'])
+        self.cmd = split_words(fields['cmd'])
         self.input_prefixes = _input_prefixes(fields.get('argInput', ''))
         self.file_out = fields.get('fileOut') or '$id'
         self.no_output = _boolean(fields.get('noOutput', 'no'))
-        self.output = shlex.split(fields.get('output') or ('' if self.no_output else '$fileOut'))
+        self.output = split_words(fields.get('output') or ('' if self.no_output else '$fileOut'))
         self.native_args = [a.strip() for a in fields.get('nativeArgs', '').split(',') if a.strip()]
         self.input_ext = fields.get('inputExt', '')
         self.ignore_case = _boolean(fields.get('ignoreCase', 'no'))
@@ -381,6 +380,14 @@ class Service:
             if arg.startswith(prefix) and len(arg) > len(prefix):
                 return prefix
         return None
+
+
+def split_words(text):
+    """Shell-like word splitting of a conf value; shlex only when quotes are used."""
+    if not any(ch in text for ch in '\'"\\'):
+        return text.split()
+    import shlex
+    return shlex.split(text)
 
 
 def _input_prefixes(text):
@@ -890,8 +897,8 @@ def get_task(store, task_id):
 def meta_record(store, config, services):
     """What this machine offers: the spec's meta fields plus load for schedulers."""
     running = [t for t in marked(store, 'running') if _still_running(store, t)]
-    try:
-        tasks = sum(1 for n in os.listdir(store.folder('info')) if TASK_ID_RE.match(n))
+    try:  # ids and dotted temp files live there; counting is cheaper than matching
+        tasks = sum(1 for n in os.listdir(store.folder('info')) if n[0] != '.')
     except FileNotFoundError:
         tasks = 0
     return {
@@ -1976,10 +1983,22 @@ def _request_path(environ):
     return path
 
 
+PERCENT_RE = re.compile(rb'%([0-9A-Fa-f]{2})')
+
+
+def percent_decode(text):
+    """Decode one query-string component (``+`` is a space); urllib.parse costs a CGI 1.5 ms."""
+    raw = PERCENT_RE.sub(lambda m: bytes([int(m.group(1), 16)]), text.replace('+', ' ').encode('latin-1', 'replace'))
+    return raw.decode('utf-8', 'replace')
+
+
 def _parse_query(query):
-    from urllib.parse import parse_qsl
     fields = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for pair in query.split('&'):
+        if not pair:
+            continue
+        key, _, value = pair.partition('=')
+        key, value = percent_decode(key), percent_decode(value)
         if not FORM_FIELD_RE.match(key):
             raise HTTPError(400, f'unknown query field: {key[:64]!r}')
         if key in fields:
@@ -2034,6 +2053,9 @@ def application(environ, start_response):
 
 def address_in(address, networks):
     """True when the IP ``address`` lies in one of ``networks`` (an IPv4-mapped IPv6 counts as IPv4)."""
+    fast = _ipv4_in(address, networks)
+    if fast is not None:
+        return fast
     import ipaddress
     try:
         ip = ipaddress.ip_address(address.split('%', 1)[0])
@@ -2042,6 +2064,30 @@ def address_in(address, networks):
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _ipv4_in(address, networks):
+    """address_in for a dotted IPv4 address and IPv4 networks without importing ipaddress
+    (0.7 ms of every CGI request); None when either side is not plain IPv4."""
+    def as_int(dotted):
+        parts = dotted.split('.')
+        if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+            return None
+        return int.from_bytes(bytes(int(p) for p in parts), 'big')
+    ip = as_int(address)
+    if ip is None:
+        return None
+    for network in networks:
+        base, _, bits = network.partition('/')
+        base_int = as_int(base)
+        if ':' in base:
+            continue  # an IPv6 network holds no plain IPv4 address
+        if base_int is None or (bits and not bits.isdigit()):
+            return None
+        shift = 32 - int(bits or 32)
+        if ip >> shift == base_int >> shift:
+            return True
+    return False
 
 
 def check_access(request, config):

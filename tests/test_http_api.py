@@ -813,7 +813,8 @@ def test_bad_input_is_refused_with_nothing_written_or_run(server, method, path, 
     reason = error_of(response, status)
     for word in words:
         assert word in reason, (reason, word)
-    time.sleep(0.3)  # a task that was started after all would have left a trace by now
+    if fields is not None:
+        time.sleep(0.3)  # a task that was started after all would have left a trace by now
     assert server.store_files() == before, sorted(server.store_files() - before)
     assert not list(server.store.glob('canary-*')), 'a refused request ran its task'
     assert not any(p.startswith('info/') for p in server.store_files() - before)
