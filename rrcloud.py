@@ -49,6 +49,10 @@ TASK_ENV_ALLOWLIST = ('HOME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR',
 # and the configuration.
 RUNNER_ENV_ALLOWLIST = TASK_ENV_ALLOWLIST + ('PATH', 'PYTHONPATH', 'RRCLOUD_CONFIG')
 KILL_GRACE_SECONDS = 3.0
+# OSError numbers that mean "the disk is full" (507 to an HTTP client).
+DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Less free space than this after a failed task: the disk filled up.
+DISK_NEARLY_FULL_BYTES = 64 * 1024
 ORPHAN_GRACE_SECONDS = 30.0
 
 
@@ -710,23 +714,30 @@ class Store:
             _unlink_quietly(target)
 
     def add_input(self, data, ext):
-        """Store one input's bytes as ``tasks/in/<unique>[.ext]``; returns the relative path."""
+        """Store one input's bytes as ``tasks/in/<unique>[.ext]``; returns the relative path.
+
+        The bytes go to a temp file first (removed on any error, or by
+        recovery after a crash), then get their name by exclusive link.
+        """
         self.ensure()
-        suffix = f'.{ext}' if ext else ''
-        while True:
-            name = new_unique_name() + suffix
-            try:
-                fd = os.open(os.path.join(self.folder('in'), name),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
-            except FileExistsError:
-                continue
-        with os.fdopen(fd, 'wb') as handle:
-            if isinstance(data, bytes):
-                handle.write(data)
-            else:
-                import shutil
-                shutil.copyfileobj(data, handle)
+        folder = self.folder('in')
+        temp = os.path.join(folder, f'.{new_unique_name()}.{os.getpid()}.part')
+        try:
+            with open(temp, 'xb') as handle:
+                if isinstance(data, bytes):
+                    handle.write(data)
+                else:
+                    import shutil
+                    shutil.copyfileobj(data, handle)
+            while True:
+                name = new_unique_name() + (f'.{ext}' if ext else '')
+                try:
+                    os.link(temp, os.path.join(folder, name))
+                    break
+                except FileExistsError:
+                    continue
+        finally:
+            _unlink_quietly(temp)
         return f'tasks/in/{name}'
 
     def new_input_folder(self):
@@ -1031,8 +1042,8 @@ def unpack_project(store, data):
             main = _extract_members(archive, folder)
     except (tarfile.TarError, EOFError, OSError, UsageError) as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        if isinstance(exc, UsageError):
-            raise
+        if isinstance(exc, UsageError) or getattr(exc, 'errno', None) in DISK_FULL_ERRORS:
+            raise  # a full disk is the server's trouble (507), not a bad archive
         raise UsageError(f'project archive: cannot unpack: {exc}') from None
     return f'tasks/in/{folder_name}/{main}'
 
@@ -1294,17 +1305,37 @@ def run_task(store, config, services, task_id):
     except Exception as exc:  # a runner never leaves a task busy
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
     status, fields = outcome
+    if status == TaskStatus.FAILED:
+        fields = remove_output_of_full_disk(store, record, fields)
     finished = finish_task(store, task_id, status, **fields)
     return _runner_done(store, config, task_id, finished or store.read_task(task_id))
 
 
+def remove_output_of_full_disk(store, record, fields):
+    """A task that failed because the disk filled up: remove what its tool
+    left (the space is free again for the next one) and say so.  Otherwise a
+    failed task keeps its partial output, for a look at what went wrong."""
+    out = store.path_of(record['out']) if record.get('out') else None
+    if not out or not os.path.isfile(out):
+        return fields
+    try:
+        stat = os.statvfs(os.path.dirname(out))
+    except OSError:
+        return fields
+    if stat.f_bavail * stat.f_frsize >= DISK_NEARLY_FULL_BYTES:
+        return fields
+    _unlink_quietly(out)
+    return dict(fields, error=f"{fields.get('error', 'failed')}: no space left on device (output removed)")
+
+
 def _runner_done(store, config, task_id, final):
-    """Call the notifier, free this runner's slot and start what waits for it."""
-    if final.get('notifier'):
-        notify(store, config, final)
+    """Free this runner's slot, start what waits for it, then call the notifier
+    (a slow notifier never holds a slot)."""
     unmark(store, 'running', task_id)
     release_slot()
     dispatch(store, config)
+    if final.get('notifier'):
+        notify(store, config, final)
     return final
 
 
@@ -1340,8 +1371,12 @@ def execute(store, config, service, record):
                 start_new_session=True)  # its own group: timeouts and kills reach grandchildren
         except OSError as exc:
             return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
-        store.update_task(record['id'], {'pid': process.pid,
-                                         'pidStart': process_start_time(process.pid) or ''})
+        try:
+            store.update_task(record['id'], {'pid': process.pid,
+                                             'pidStart': process_start_time(process.pid) or ''})
+        except BaseException:  # an unrecorded tool must not run on unseen
+            terminate_group(process)
+            raise
         _install_runner_signal_handlers(process)
         code = supervise(store, config, record['id'], process)
         if code is None:
@@ -1420,13 +1455,37 @@ def notifier_get(url, allowed):
     port = parts.port or (443 if parts.scheme == 'https' else 80)
     address = resolve_notifier_host(parts.hostname or '', port, allowed)
     connection = _notifier_connection(parts.scheme, parts.hostname, address, port)
+    import threading
+    expired = threading.Event()
+    deadline = threading.Timer(NOTIFIER_TIMEOUT, _cut_connection, (connection, expired))
+    deadline.start()  # the whole GET, not each read: a trickling listener cannot hold the runner
     try:
         target = (parts.path or '/') + (f'?{parts.query}' if parts.query else '')
         connection.request('GET', target, headers={'User-Agent': f'rrcloud/{__version__}',
                                                    'Host': parts.netloc.rpartition('@')[2]})
-        return connection.getresponse().status
+        status = connection.getresponse().status
+        if expired.is_set():  # headers cut short by the deadline parse as complete
+            raise TimeoutError
+        return status
+    except Exception:
+        if expired.is_set():
+            raise TimeoutError(f'timed out after {NOTIFIER_TIMEOUT:g} s') from None
+        raise
     finally:
+        deadline.cancel()
         connection.close()
+
+
+def _cut_connection(connection, expired):
+    """Deadline of a notifier call: shut its socket so the blocked read returns."""
+    import socket
+    expired.set()
+    sock = getattr(connection, 'sock', None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def resolve_notifier_host(host, port, allowed):
@@ -1956,6 +2015,8 @@ class Request:
                 memory_limit=min(config.maxRequestSize, 64 * 1024 * 1024),
                 disk_limit=config.maxRequestSize, spool_limit=1024 * 1024)
         except multipart.MultipartError as exc:
+            if str(exc).startswith(('Memory limit', 'Disk limit', 'Maximum segment size')):
+                raise HTTPError(413, f'request too large (at most {config.maxRequestSize} bytes)') from None
             status = 413 if isinstance(exc, multipart.ParserLimitReached) else 400
             raise HTTPError(status, f'bad form data: {exc}') from None
         for key, value in forms.iterallitems():
@@ -2007,6 +2068,13 @@ def _parse_query(query):
     return fields
 
 
+def _check_field(name, value, config):
+    """A text field (query or body) is one line within ``maxFieldLength``."""
+    if len(value) > config.maxFieldLength:
+        raise HTTPError(400, f'field {name} is longer than {config.maxFieldLength} characters')
+    return _check_line(name, value)
+
+
 def _check_line(name, value):
     """Text fields are single lines: a CR, LF or NUL could forge a record key."""
     if not is_single_line(value):
@@ -2037,7 +2105,7 @@ def application(environ, start_response):
         response = error_response(status, str(exc), request.format if request else 'text')
         response.headers += getattr(exc, 'headers', [])
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.errno not in DISK_FULL_ERRORS:
             raise
         response = error_response(507, f'the server cannot store this: {exc.strerror}',
                                   request.format if request else 'text')
@@ -2139,8 +2207,9 @@ def route(request):
     if request.method == 'OPTIONS':
         return Response(b'', 204, headers=[('Access-Control-Allow-Methods', 'GET, POST, OPTIONS'),
                                            ('Access-Control-Allow-Headers', 'Content-Type')])
-    if request.method == 'POST' and not request.parsed:
-        request.read_form(app_context()[0])
+    if request.method == 'POST':
+        if not request.parsed:
+            request.read_form(app_context()[0])
     elif request.method not in ('GET', 'HEAD'):
         raise HTTPError(405, f'method {request.method} not allowed')
     return route_service(request)
@@ -2202,11 +2271,11 @@ def _wait_seconds(text):
 
 def submit_from_form(store, config, request):
     """``POST service=NAME fileIn0.. prearg0.. nativeArgs arg0.. notifier``: start a task."""
-    services, errors = load_services(store.root)
-    service = find_service(services, errors, request.form.get('service', ''))
     for key, value in request.form.items():
         if not key.startswith('fileIn'):
-            _check_line(key, value)
+            _check_field(key, value, config)
+    services, errors = load_services(store.root)
+    service = find_service(services, errors, request.form.get('service', ''))
     inputs = form_inputs(request, service)
     if len(inputs) > config.maxInputs:
         raise HTTPError(400, f'too many input files (at most {config.maxInputs})')
@@ -2365,8 +2434,61 @@ def run_cgi():
     import wsgiref.handlers
     config, store = app_context()
     recover_now_and_then(store, config)
-    wsgiref.handlers.CGIHandler().run(application)
+    body = CountingReader(sys.stdin.buffer)
+    handler = wsgiref.handlers.BaseCGIHandler(body, sys.stdout.buffer, sys.stderr, wsgiref.handlers.read_environ(),
+                                              multithread=False, multiprocess=True)
+    handler.wsgi_run_once = True
+    try:
+        handler.run(application)
+    finally:
+        discard_cgi_input(body)
     return ExitCode.OK
+
+
+class CountingReader:
+    """The CGI's stdin, counting what the application read of the body."""
+
+    def __init__(self, stream):
+        self.stream, self.count = stream, 0
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+    def readline(self, size=-1):
+        data = self.stream.readline(size)
+        self.count += len(data)
+        return data
+
+    def __iter__(self):
+        return iter(self.readline, b'')
+
+
+CGI_DISCARD_BYTES = 1 << 30
+CGI_DISCARD_SECONDS = 60
+
+
+def discard_cgi_input(body):
+    """Read and drop what the application left unread of the request body.
+
+    Apache (mod_cgid) writes the whole body to the CGI before it reads the
+    answer: a CGI that exits early (403, 413, a bad field) would lose its
+    answer.  The bytes are never parsed or stored; at most 1 GiB or 60 s.
+    """
+    import signal
+
+    def give_up(signum, frame):
+        raise TimeoutError
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(CGI_DISCARD_SECONDS)
+    try:
+        while body.count < CGI_DISCARD_BYTES and body.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    finally:
+        signal.alarm(0)
 
 
 ###############################################################################
