@@ -1,0 +1,309 @@
+"""Property tests (issue 6, item 6): the record format and task ids, under any input.
+
+- Any dict of keys and values either round-trips through the record format
+  exactly or is refused with ValueError: never a silently different dict,
+  never an extra key.  The same through the store, where a refused write
+  leaves the earlier record as it was.
+- Any id string is either of the one valid shape or refused with UsageError
+  before a file is touched: reading a task by an arbitrary string creates
+  nothing and opens nothing but ``tasks/info/<valid id>``.
+- ``is_single_line`` is exactly "one line as str.splitlines sees it, no NUL".
+
+Files are real (temp folders).  What the store opens is observed through
+Python's audit hooks (the real open/mkdir calls), not mocks.
+"""
+import os
+import re
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import rrcloud
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FIXED_ID = '1795841292-04767-953464'
+# Every character str.splitlines breaks at.
+LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'
+AWKWARD = list(LINE_BREAKS) + ['\0', ' ', '\t', '\u00a0', '\u3000', '\ufeff', ':', ': ', '\ud800', '\udfff',
+                               '\r\n', 'é', '\U0001f600']
+
+# -- strategies ---------------------------------------------------------------
+
+awkward_char = st.sampled_from(AWKWARD)  # a character or a short fragment
+# Text mixing any characters (surrogates too) with the awkward fragments.
+any_text = st.lists(st.one_of(st.characters(), st.characters(categories=('Cs',)), awkward_char),
+                    max_size=30).map(''.join)
+surrounding = st.text(alphabet=st.sampled_from([' ', '\t', '\u00a0', '\u3000', '\x0b', '\n']), max_size=2)
+values = st.one_of(
+    any_text,
+    st.builds(lambda a, b, c: a + b + c, surrounding, any_text, surrounding),
+    st.text(alphabet=st.characters(blacklist_categories=('Cs',)), max_size=20),
+    st.from_regex(r'\A[ -~]{0,20}\Z'),  # plain printable ASCII: the common case
+)
+plausible_keys = st.from_regex(r'\A[A-Za-z][A-Za-z0-9_]{0,12}\Z')
+keys = st.one_of(
+    any_text,
+    plausible_keys,
+    st.builds(lambda k, c: k + c, plausible_keys, awkward_char),  # a good key with one bad character
+    st.sampled_from(['id', 'status', 'a: b', 'a:b', 'status: complete', '', ' status', 'é', 'A' * 64, 'A' * 65]),
+)
+records = st.dictionaries(keys, values, max_size=6)
+# Mostly plausible records, so that the round-trip branch is well exercised.
+good_records = st.dictionaries(plausible_keys, st.from_regex(r'\A([!-~]([ -~]{0,20}[!-~])?)?\Z'), max_size=6)
+
+digits = st.text(alphabet='0123456789', min_size=0, max_size=12)
+id_like = st.builds(lambda a, b, c, s1, s2: f'{a}{s1}{b}{s2}{c}', digits, digits, digits,
+                    st.sampled_from(['-', '_', '/', '']), st.sampled_from(['-', '.', '']))
+valid_ids = st.from_regex(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
+task_id_strings = st.one_of(
+    any_text,
+    id_like,
+    valid_ids,
+    st.builds(lambda v, c, i: v[:i] + c + v[i:], valid_ids, awkward_char | st.characters(),
+              st.integers(0, 23)),  # a valid id with one character inserted
+    st.builds(lambda v, c, i: v[:i] + c + v[i + 1:], valid_ids, st.characters(categories=('Nd', 'No', 'Nl')),
+              st.integers(0, 22)),  # a valid id with one character replaced by some digit
+    st.builds(lambda p, v: p + v, st.sampled_from(['../', '/', './', '..\\', 'info/', '%2e%2e%2f']), valid_ids),
+    st.sampled_from(['../../etc/passwd', '/etc/passwd', '..', '.', '', '%2e%2e%2f', 'a' * 5000,
+                     f'{FIXED_ID}\n', f'{FIXED_ID}\0', f'../info/{FIXED_ID}', f' {FIXED_ID}',
+                     '١٧٩٥٨٤١٢٩٢-٠٤٧٦٧-٩٥٣٤٦٤', '1795841292-٠٤٧٦٧-953464', '1795841292-04767-95346４',
+                     '0795841292-04767-953464', '../../secret']),
+)
+
+
+def documented_id_shape(value):
+    """``<unix seconds>-<5 digits>-<6 digits>``: ten ASCII digits (no leading 0), five, six."""
+    if not isinstance(value, str):
+        return False
+    parts = value.split('-')
+    ascii_digits = set('0123456789')
+    return (len(parts) == 3 and [len(p) for p in parts] == [10, 5, 6]
+            and all(set(p) <= ascii_digits for p in parts) and parts[0][0] != '0')
+
+
+# -- file-system calls of this thread, seen through audit hooks ---------------
+
+_AUDIT = {'thread': None, 'events': None}
+
+
+def _audit_hook(event, args):
+    if _AUDIT['events'] is not None and threading.get_ident() == _AUDIT['thread'] \
+            and (event == 'open' or event.startswith('os.') or event.startswith('shutil.')):
+        _AUDIT['events'].append((event, args))
+
+
+sys.addaudithook(_audit_hook)
+
+
+class file_calls:
+    """``with file_calls() as calls:`` -> [(event, args), ...] of this thread."""
+
+    def __enter__(self):
+        _AUDIT['thread'], _AUDIT['events'] = threading.get_ident(), []
+        return _AUDIT['events']
+
+    def __exit__(self, *exc):
+        _AUDIT['thread'], _AUDIT['events'] = None, None
+
+
+def tree(root):
+    """Every path under ``root`` (folders and files), with file contents."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, root)] = Path(path).read_bytes()
+    return found
+
+
+###############################################################################
+# The record format
+###############################################################################
+
+def check_round_trip(record):
+    try:
+        text = rrcloud.format_record(record)
+    except ValueError:
+        return None
+    parsed = rrcloud.parse_record(text)
+    assert parsed == record, (record, text, parsed)
+    assert list(parsed) == sorted(record)
+    # one "key: value" line per key, nothing else
+    assert text.count('\n') == len(record) and (text == '' or text.endswith('\n')), text
+    assert text.splitlines() == [f'{k}: {record[k]}' for k in sorted(record)], text
+    return text
+
+
+@SETTINGS
+@given(records)
+@example({'status': 'busy\nstatus: complete'})
+@example({'status': 'busy\rstatus: complete'})
+@example({'status': 'busy\u2028status: complete'})
+@example({'status': 'busy\x85status: complete'})
+@example({'error': 'x\0y'})
+@example({'a': ' padded '})
+@example({'a: b': 'c'})
+@example({'a': ''})
+@example({'a': ':'})
+@example({'a': 'b: c'})
+@example({'a': '\ud800'})
+def test_record_round_trips_exactly_or_is_refused(record):
+    before = dict(record)
+    check_round_trip(record)
+    assert record == before  # never changed in place
+
+
+@SETTINGS
+@given(good_records)
+def test_plausible_records_round_trip(record):
+    assert check_round_trip(record) is not None, record
+
+
+@SETTINGS
+@given(records)
+def test_refusal_names_the_reason(record):
+    try:
+        rrcloud.format_record(record)
+    except ValueError as exc:
+        assert 'record' in str(exc), exc
+        bad_keys = [k for k in record if not re.fullmatch(r'[A-Za-z][A-Za-z0-9_]{0,63}', k)]
+        bad_values = [k for k, v in record.items()
+                      if not rrcloud.is_single_line(v) or v != v.strip()]
+        assert bad_keys or bad_values, record
+    else:
+        assert all(re.fullmatch(r'[A-Za-z][A-Za-z0-9_]{0,63}', k) for k in record), record
+        assert all(not any(c in LINE_BREAKS + '\0' for c in v) and v == v.strip() for v in record.values())
+
+
+###############################################################################
+# The record format through the store
+###############################################################################
+
+PREVIOUS = {'id': FIXED_ID, 'service': 'echo', 'status': 'busy', 'notifier': 'http://192.168.1.10/x?id=$id'}
+
+
+@SETTINGS
+@given(records)
+@example({'status': 'busy\nstatus: complete'})
+@example({'status': 'busy\r\nstatus: complete'})
+@example({'status': '\ud800'})
+@example({'status': 'complete', 'etime': '1.5'})
+def test_store_round_trips_or_refuses_and_keeps_the_previous_record(record):
+    record = dict(record, id=FIXED_ID)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = rrcloud.Store(tmp)
+        store.ensure()
+        store.write_task(dict(PREVIOUS))
+        info = Path(store.info_path(FIXED_ID))
+        previous_bytes = info.read_bytes()
+        try:
+            store.write_task(record)
+        except ValueError:
+            assert store.read_task(FIXED_ID) == PREVIOUS
+            assert info.read_bytes() == previous_bytes
+        else:
+            assert store.read_task(FIXED_ID) == record
+        assert os.listdir(store.folder('info')) == [FIXED_ID]  # no temp file left behind
+
+
+###############################################################################
+# Task ids
+###############################################################################
+
+@SETTINGS
+@given(task_id_strings)
+def test_any_id_is_valid_or_refused(value):
+    if documented_id_shape(value):
+        assert rrcloud.check_task_id(value) == value
+    else:
+        with pytest.raises(rrcloud.UsageError):
+            rrcloud.check_task_id(value)
+
+
+@pytest.mark.parametrize('value', [None, 1795841292, b'1795841292-04767-953464', ['1795841292-04767-953464']])
+def test_a_non_string_id_is_refused(value):
+    with pytest.raises(rrcloud.UsageError):
+        rrcloud.check_task_id(value)
+
+
+@pytest.fixture(scope='module')
+def planted(tmp_path_factory):
+    """A store with one real task, next to a file outside it that parses as a record."""
+    base = tmp_path_factory.mktemp('ids')
+    (base / 'secret').write_text('leak: yes\n')
+    (base / 'outside').mkdir()
+    (base / 'outside' / FIXED_ID).write_text('leak: yes\n')
+    store = rrcloud.Store(base / 'root')
+    store.ensure()
+    store.write_task({'id': FIXED_ID, 'status': 'complete'})
+    return base, store
+
+
+@SETTINGS
+@given(task_id_strings)
+@example('../../secret')
+@example(f'../../outside/{FIXED_ID}')
+@example(f'/{FIXED_ID}')
+@example(FIXED_ID)
+def test_reading_any_id_touches_nothing_but_its_own_record(planted, value):
+    base, store = planted
+    before = tree(base)
+    with file_calls() as calls:
+        try:
+            record = store.read_task(value)
+        except rrcloud.NotFound:
+            record = None
+            outcome = 'not found'
+        except rrcloud.UsageError:
+            record = None
+            outcome = 'refused'
+        else:
+            outcome = 'found'
+        events = list(calls)
+    assert tree(base) == before  # nothing created, nothing changed
+    if documented_id_shape(value):
+        assert outcome in ('found', 'not found')
+        assert [(event, args[0]) for event, args in events] == [('open', store.info_path(value))]
+        assert os.path.dirname(store.info_path(value)) == store.folder('info')
+        assert (record == {'id': FIXED_ID, 'status': 'complete'}) == (value == FIXED_ID)
+    else:
+        assert outcome == 'refused', (value, outcome, record)
+        assert events == [], events  # refused before any file is touched
+
+
+@SETTINGS
+@given(task_id_strings)
+def test_an_arbitrary_id_creates_nothing_in_a_missing_store(value):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / 'root'
+        store = rrcloud.Store(root)
+        with pytest.raises((rrcloud.NotFound, rrcloud.UsageError)):
+            store.read_task(value)
+        assert not root.exists()
+        assert os.listdir(tmp) == []
+
+
+###############################################################################
+# is_single_line
+###############################################################################
+
+@SETTINGS
+@given(st.one_of(any_text, values))
+@example('')
+@example('\0')
+@example('a\r\nb')
+@example('\n')
+@example('x\x1cy')
+@example('\u2028')
+@example('\ufeff')
+def test_is_single_line_matches_splitlines(value):
+    expected = (value == '' or value.splitlines() == [value]) and '\0' not in value
+    assert rrcloud.is_single_line(value) is expected
+    assert expected == (not any(c in LINE_BREAKS + '\0' for c in value))
