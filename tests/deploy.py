@@ -172,7 +172,7 @@ class Deployment:
                 break
             try:
                 answer = requests.get(f'{self.url}/?service=meta', timeout=5)
-                if answer.status_code == 200:
+                if self.is_ready(answer):
                     return self
             except requests.ConnectionError:
                 pass
@@ -180,6 +180,10 @@ class Deployment:
         log = self.server_log()
         self.stop()
         raise RuntimeError(f'{self.kind} did not start on port {self.port}:\n{log}')
+
+    def is_ready(self, answer):
+        """The readiness probe's answer says the server is up."""
+        return answer.status_code == 200
 
     def stop(self):
         """Stop the server (its whole process group); running tasks are left alone."""

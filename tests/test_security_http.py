@@ -51,7 +51,6 @@ import re
 import shlex
 import socket
 import stat
-import subprocess
 import time
 import uuid
 from urllib.parse import urlencode
@@ -103,24 +102,8 @@ LIMITS_CONFIG = 'maxRequestSize = 100000\nmaxInputs = 2\nmaxFieldLength = 100\nm
 class GuardedDeployment(deploy.Deployment):
     """A deployment that refuses the readiness probe (allow or token): any HTTP answer means up."""
 
-    def start(self, timeout=20):
-        argv, extra = self.command()
-        env = {'PATH': deploy.WEB_PATH, 'LANG': 'C.UTF-8', 'HOME': str(self.store),
-               'RRCLOUD_CONFIG': str(self.rrcloudrc)}
-        self.output = open(self.log / f'{self.kind}.out', 'ab')
-        self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self.output, stderr=subprocess.STDOUT,
-                                        start_new_session=True, **extra)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                requests.get(f'{self.url}/?service=meta', timeout=5)
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        log = self.server_log()
-        self.stop()
-        raise RuntimeError(f'{self.kind} did not start on port {self.port}:\n{log}')
+    def is_ready(self, answer):
+        return True
 
 
 def live(kind, config='', guarded=False):
