@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import rrcloud
@@ -307,3 +307,56 @@ def test_is_single_line_matches_splitlines(value):
     expected = (value == '' or value.splitlines() == [value]) and '\0' not in value
     assert rrcloud.is_single_line(value) is expected
     assert expected == (not any(c in LINE_BREAKS + '\0' for c in value))
+
+
+###############################################################################
+# The string checks of the hot path agree with their patterns
+###############################################################################
+
+def _pattern_says(pattern, value):
+    return re.match(pattern.pattern, value) is not None
+
+
+names_like = st.one_of(any_text, plausible_keys, st.from_regex(r'\A[a-z][a-z0-9_]{0,40}\Z'),
+                       st.from_regex(r'\A[A-Za-z0-9]{0,14}\Z'),
+                       st.sampled_from(['', 'a' * 32, 'a' * 33, 'A' * 64, 'A' * 65, 'x' * 12, 'x' * 13,
+                                        'stl', 'é', 'a\n', '_a', '1a', 'fileIn0', 'fileIn1000', 'arg',
+                                        'prearg12', 'fileIn٣', 'service', 'services', 'token ']))
+FAST_CHECKS = [('is_task_id', 'TASK_ID_RE'), ('is_service_name', 'SERVICE_NAME_RE'),
+               ('is_record_key', 'RECORD_KEY_RE'), ('is_extension', 'EXTENSION_RE'),
+               ('is_form_field', 'FORM_FIELD_RE')]
+
+
+@pytest.mark.parametrize('check, pattern', FAST_CHECKS)
+@SETTINGS
+@given(value=st.one_of(task_id_strings, names_like))
+def test_each_string_check_agrees_with_its_pattern(check, pattern, value):
+    assert getattr(rrcloud, check)(value) == _pattern_says(getattr(rrcloud, pattern), value), value
+
+
+config_lines = st.builds(lambda a, k, b, sep, c, v, d: a + k + b + sep + c + v + d,
+                         surrounding, st.one_of(plausible_keys, any_text), surrounding,
+                         st.sampled_from([':', '=', ': ', ' = ', '::', '=:', ' ', '']),
+                         surrounding, values, surrounding)
+
+
+@SETTINGS
+@given(line=st.one_of(config_lines, any_text))
+def test_config_line_split_agrees_with_its_pattern(line):
+    assume('\n' not in line)  # the file is split into lines first
+    match = re.match(rrcloud.CONFIG_LINE_RE.pattern, line)
+    assert rrcloud.split_config_line(line) == (match.groups() if match else None), line
+
+
+def _quoted(text):
+    from urllib.parse import quote_plus
+    return quote_plus(text.encode('utf-8', 'surrogatepass'))
+
+
+@SETTINGS
+@given(text=st.one_of(st.from_regex(r'\A[ -~]{0,30}\Z'), any_text.map(_quoted),
+                      st.builds(lambda a, b: a + b, any_text.map(_quoted), st.from_regex(r'\A[ -~]{0,8}\Z'))))
+def test_query_decoding_agrees_with_urllib(text):
+    # A query string reaches the app as ASCII (browsers and curl escape the rest).
+    from urllib.parse import unquote_plus
+    assert rrcloud.percent_decode(text) == unquote_plus(text, errors='replace'), text

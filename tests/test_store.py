@@ -428,3 +428,23 @@ def test_listing_removes_tasks_that_ended_before_the_retention_time(cli, workdir
     finally:
         cli('kill', busy_id)
 
+
+
+def test_the_task_count_of_meta_follows_every_change_of_a_quiet_store(tmp_path):
+    # A resident server keeps the count while tasks/info is unchanged; any
+    # record added or removed (even with the folder's mtime set back) shows.
+    store = rrcloud.Store(str(tmp_path))
+    record = lambda task_id: {'service': 'echo', 'status': 'complete'}  # noqa: E731
+    ids = [store.create_task(record)['id'] for _ in range(3)]
+    info = tmp_path / 'tasks' / 'info'
+    long_ago = time.time() - 3600
+    os.utime(info, (long_ago, long_ago))
+    assert rrcloud.count_tasks(store) == 3
+    assert rrcloud.count_tasks(store) == 3  # from the cache
+    (info / ids[0]).unlink()
+    assert rrcloud.count_tasks(store) == 2
+    os.utime(info, (long_ago + 1, long_ago + 1))
+    assert rrcloud.count_tasks(store) == 2
+    store.create_task(record)
+    store.create_task(record)
+    assert rrcloud.count_tasks(store) == 4
