@@ -130,6 +130,7 @@ class ExitCode(enum.IntEnum):
     CONFIG = 4
     NO_SERVER = 5
     INTERRUPTED = 130
+    PIPE_CLOSED = 141  # the reader of stdout went away (``| head``), as SIGPIPE would
 
 
 class TaskStatus(str, enum.Enum):
@@ -2683,6 +2684,7 @@ exit codes:
   4    bad configuration or service file
   5    no server answered
   130  interrupted (Ctrl-C)
+  141  the reader of the output went away (e.g. `rrcloud info | head`)
 """
 
 CLI_COMMANDS = ('info', 'meta', 'kill')
@@ -2890,18 +2892,20 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
     if wrapper and output is None and not service.no_output:
         prefix = service.output_prefix()
         raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
+    # `rrcloud --sync` with no output argument shows the finished record (where its result is).
+    show = sync and not wrapper and output is None and not service.no_output
     servers = remote_servers(ctx, service_name)
     if servers:
         if not sync:
             print_id(ctx, submit_remote(ctx, service, servers, inputs, native))
             return ExitCode.OK
-        return sync_remote(ctx, service, servers, inputs, native, output)
+        return sync_remote(ctx, service, servers, inputs, native, output, show)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
                          args=describe_args(args))
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK
-    return finish_sync(ctx, record, output)
+    return finish_sync(ctx, record, output, show)
 
 
 def describe_args(args):
@@ -2915,7 +2919,7 @@ def print_id(ctx, record):
     print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
 
 
-def sync_remote(ctx, service, servers, inputs, native, output):
+def sync_remote(ctx, service, servers, inputs, native, output, show=False):
     """Send a task, wait for it, fetch its result to ``output``, mirror its exit code.
 
     Ctrl-C at any moment after the server took the task kills it there.
@@ -2934,7 +2938,7 @@ def sync_remote(ctx, service, servers, inputs, native, output):
     finally:
         if progress:
             progress.clear()
-    return deliver_result(ctx, record, output)
+    return deliver_result(ctx, record, output, show)
 
 
 class ProgressLine:
@@ -2955,21 +2959,24 @@ class ProgressLine:
         sys.stderr.flush()
 
 
-def finish_sync(ctx, record, output):
+def finish_sync(ctx, record, output, show=False):
     """Wait for a local task, deliver its result, mirror its exit code."""
     try:
         record = wait_for_task(ctx.store, record['id'])
     except KeyboardInterrupt:
         _kill_quietly(ctx.store, record['id'])
         return ExitCode.INTERRUPTED
-    return deliver_result(ctx, record, output)
+    return deliver_result(ctx, record, output, show)
 
 
-def deliver_result(ctx, record, output):
-    """A finished task: its result to ``output`` on success, its log to stderr on failure."""
+def deliver_result(ctx, record, output, show=False):
+    """A finished task: its result to ``output`` (or, with ``show``, its record
+    to stdout) on success, its log to stderr on failure."""
     if record.get('status') == TaskStatus.COMPLETE:
         if output:
             deliver_output(ctx.store.path_of(record['out']), output)
+        elif show:
+            print_record(record, ctx.options.format)
         return ExitCode.OK
     show_log(ctx.store, record)
     return _exit_code_of(record)
@@ -3072,6 +3079,11 @@ def main(argv=None) -> int:
         if traceback:
             raise
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # No message: the reader chose to stop.  stdout goes to /dev/null so
+        # that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.PIPE_CLOSED)
     except OSError as exc:
         if traceback:
             raise

@@ -7,6 +7,8 @@ as real processes through the bin/ symlinks.
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy
@@ -14,7 +16,7 @@ import pytest
 from stl import mesh
 
 import rrcloud
-from conftest import DATA, make_service, task_id_of, wait_until_done, write_config
+from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 SLIC3R_INI = (
@@ -214,7 +216,7 @@ def test_wrapper_without_its_output_argument_is_a_usage_error(cli, models, prog,
 def test_exit_codes():
     assert {code.name: int(code) for code in rrcloud.ExitCode} == {
         'OK': 0, 'TASK_FAILED': 1, 'USAGE': 2, 'NOT_FOUND': 3, 'CONFIG': 4,
-        'NO_SERVER': 5, 'INTERRUPTED': 130}
+        'NO_SERVER': 5, 'INTERRUPTED': 130, 'PIPE_CLOSED': 141}
 
 
 def test_help_documents_options_and_exit_codes(cli):
@@ -228,7 +230,7 @@ def test_help_documents_options_and_exit_codes(cli):
     for command in ('info', 'meta', 'kill', '.cloud'):
         assert command in text, command
     meanings = {0: 'success', 1: 'failed', 2: 'usage', 3: 'no such task',
-                4: 'configuration', 5: 'no server', 130: 'interrupted'}
+                4: 'configuration', 5: 'no server', 130: 'interrupted', 141: 'went away'}
     for code, meaning in meanings.items():
         line = re.search(rf'^\s*{code}\s+(.+)$', text, re.M)
         assert line and meaning in line.group(1).lower(), (code, meaning)
@@ -430,6 +432,30 @@ def test_sync_echo_waits_for_the_result(cli, workdir):
     (record,) = records(workdir)
     assert record['status'] == 'complete'
     assert (workdir / record['out']).read_text() == 'hello world'
+    # No output argument: the finished record tells where the result is.
+    assert result.out.startswith(f'=== id: {record["id"]}\n'), result
+    assert f'out: {record["out"]}\n' in result.out and 'status: complete\n' in result.out
+
+
+def test_sync_with_an_output_argument_prints_nothing(cli, workdir):
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+
+    result = cli('--sync', 'openscad', 'cube.scad', '-ocube.stl')
+
+    assert (result.code, result.out, result.err) == (0, '', ''), result
+
+
+def test_a_reader_that_stops_early_gets_no_error(proc, workdir):
+    # Like `rrcloud info | head`: the pipe's reader is gone before rrcloud writes.
+    assert proc('echo', 'one task to list').code == 0
+    child = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), 'info'], cwd=workdir,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    code = child.wait(timeout=60)
+
+    assert err == '', err
+    assert code == rrcloud.ExitCode.PIPE_CLOSED
 
 
 @pytest.mark.parametrize('output_args', [['-ocube.stl'], ['-o', 'cube.stl']], ids=['-oFILE', '-o FILE'])
