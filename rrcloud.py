@@ -54,7 +54,9 @@ class LazyPattern:
 DIGITS = frozenset('0123456789')
 LOWER = frozenset('abcdefghijklmnopqrstuvwxyz')
 LETTERS = LOWER | frozenset('ABCDEFGHIJKLMNOPQRSTUVWXYZ')
-WORD_CHARS = LETTERS | DIGITS | {'_'}
+ALNUM = LETTERS | DIGITS
+WORD_CHARS = ALNUM | {'_'}
+SERVICE_CHARS = LOWER | DIGITS | {'_'}
 
 # <unix seconds>-<5 digits of the second's fraction>-<6 random digits>
 TASK_ID_RE = LazyPattern(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
@@ -101,9 +103,6 @@ def split_config_line(line):
         return None
     return key, line[cut + 1:].strip()
 
-
-SERVICE_CHARS = LOWER | DIGITS | {'_'}
-ALNUM = LETTERS | DIGITS
 
 STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots')
 # Environment variables a task inherits; everything else (HTTP_*, DISPLAY,
@@ -2398,8 +2397,7 @@ def submit_from_form(store, config, request):
 
 
 def _field_number(key):
-    import re
-    return int(re.sub(r'\D', '', key) or 0)
+    return int(''.join(c for c in key if c in DIGITS) or 0)
 
 
 def form_inputs(request, service):
