@@ -945,8 +945,27 @@ def recover_store(store, config):
                 pass
     for task_id in marked(store, 'running'):
         _still_running(store, task_id)
-    list_tasks(store, config)
+    remove_orphan_inputs(store, list_tasks(store, config), now)
     dispatch(store, config)
+
+
+def remove_orphan_inputs(store, records, now):
+    """Remove inputs no record names (left by a crash between storing an input
+    and writing its record) once they are older than any upload in progress."""
+    named = {path.split('/')[2] for record in records for path in record.get('in', '').split(',')
+             if path.startswith('tasks/in/') and len(path.split('/')) > 2}
+    folder = store.folder('in')
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        if entry in named or entry.startswith('.'):  # dotted: temp files, handled above
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            if now - os.lstat(path).st_mtime <= TEMP_FILE_MAX_AGE:
+                continue
+        except FileNotFoundError:
+            continue
+        is_folder = os.path.isdir(path) and not os.path.islink(path)
+        store.remove_input(f'tasks/in/{entry}/' if is_folder else f'tasks/in/{entry}')
 
 
 def _pid_alive(pid):

@@ -472,6 +472,45 @@ def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_
             process.wait(timeout=10)
 
 
+def test_serve_start_removes_old_inputs_no_record_names(tmp_path):
+    # A crash between storing an input and writing its record leaves the input
+    # alone in tasks/in; recovery removes it once it is older than any upload.
+    root = tmp_path / 'store'
+    store = rrcloud.Store(root)
+    store.ensure()
+    inputs = Path(store.folder('in'))
+    an_hour_and_more = time.time() - rrcloud.TEMP_FILE_MAX_AGE - 60
+
+    def planted_input(name, old):
+        path = inputs / name
+        if name.endswith('/'):
+            path.mkdir()
+            (path / 'main.scad').write_text('cube(1);\n')
+        else:
+            path.write_text('cube(1);\n')
+        if old:
+            os.utime(path, (an_hour_and_more, an_hour_and_more))
+        return path
+
+    old_orphan = planted_input(f'{fresh_id()}.scad', old=True)
+    old_orphan_project = planted_input(f'{fresh_id()}/', old=True)
+    young_orphan = planted_input(f'{fresh_id()}.scad', old=False)  # its record may be on the way
+    named = planted_input(f'{fresh_id()}.scad', old=True)
+    named_project = planted_input(f'{fresh_id()}/', old=True)
+    plant(root, dict(busy_record(fresh_id()), status='complete', etime=f'{time.time():.5f}',
+                     **{'in': f'tasks/in/{named.name},tasks/in/{named_project.name}/main.scad'}))
+
+    server = EmbeddedServer(root, config='')
+    try:
+        server.start()
+        assert not old_orphan.exists() and not old_orphan_project.exists()
+        assert young_orphan.exists()
+        assert named.exists() and (named_project / 'main.scad').exists()
+        assert server_log_problems(server) == []
+    finally:
+        server.stop()
+
+
 ###############################################################################
 # 3. Full disk: a 2 MB tmpfs as the store root, and RLIMIT_FSIZE for the CLI
 ###############################################################################
