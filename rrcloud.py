@@ -263,9 +263,11 @@ def _network_list(text):
     return networks
 
 
+TOKEN_RE = LazyPattern(r'\A[A-Za-z0-9._~+/=-]{16,256}\Z')
+
+
 def _token(text):
-    import re
-    if not re.match(r'\A[A-Za-z0-9._~+/=-]{16,256}\Z', text):
+    if not TOKEN_RE.match(text):
         raise ValueError('a token is 16 to 256 letters, digits or ._~+/=-')
     return text
 
@@ -1264,10 +1266,12 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     return record
 
 
+NOTIFIER_URL_RE = LazyPattern(r'\Ahttps?://[^\s/?#]+[^\s]*\Z')
+
+
 def check_notifier_url(url):
     """A notifier is an http(s) URL on one line."""
-    import re
-    if not re.match(r'\Ahttps?://[^\s/?#]+[^\s]*\Z', url or ''):
+    if not NOTIFIER_URL_RE.match(url or ''):
         raise UsageError(f'bad notifier URL (http or https only): {url!r}')
 
 
@@ -1557,13 +1561,13 @@ def notifier_get(url, allowed):
 
     http(s) only, no proxy, no redirect followed, a short timeout.
     """
+    import threading
     from urllib.parse import urlsplit
     check_notifier_url(url)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == 'https' else 80)
     address = resolve_notifier_host(parts.hostname or '', port, allowed)
     connection = _notifier_connection(parts.scheme, parts.hostname, address, port)
-    import threading
     expired = threading.Event()
     deadline = threading.Timer(NOTIFIER_TIMEOUT, _cut_connection, (connection, expired))
     deadline.start()  # the whole GET, not each read: a trickling listener cannot hold the runner
@@ -1668,13 +1672,15 @@ PRINT_PROGRESS_INTERVAL = 0.5
 RESEND_RE = LazyPattern(rb'(?i)\A(?:Resend|rs)[: ]\s*N?:?\s*([0-9]+)')
 
 
+GCODE_PAREN_COMMENT_RE = LazyPattern(r'\([^)]*\)')
+
+
 def gcode_lines(path):
     """The code lines of a G-code file: comments (; and parentheses) and blanks stripped."""
-    import re
     lines = []
     with open(path, encoding='utf-8', errors='replace') as handle:
         for raw in handle:
-            code = re.sub(r'\([^)]*\)', '', raw.split(';', 1)[0]).strip()
+            code = GCODE_PAREN_COMMENT_RE.sub('', raw.split(';', 1)[0]).strip()
             if code:
                 lines.append(code)
     return lines
@@ -1859,14 +1865,16 @@ POLL_WAIT = 30
 MAX_POLL_BACKOFF = 2.0
 
 
+PORT_SUFFIX_RE = LazyPattern(r':[0-9]+\Z')
+
+
 def server_url(server, port):
     """``host``, ``host:port`` or a URL -> a base URL ending in ``/``."""
-    import re
     if not SERVER_RE.match(server):
         raise UsageError(f'bad server: {server!r}')
     if server.startswith(('http://', 'https://')):
         return server if server.endswith('/') else server + '/'
-    host = server if re.search(r':[0-9]+\Z', server) else f'{server}:{port}'
+    host = server if PORT_SUFFIX_RE.search(server) else f'{server}:{port}'
     return f'http://{host}/'
 
 
@@ -2153,8 +2161,8 @@ class Request:
     def _add_field(self, key, value, config):
         if not is_form_field(key):
             raise HTTPError(400, f'unknown form field: {key[:64]!r}')
-        if isinstance(value, str) and not key.startswith('fileIn') and len(value) > config.maxFieldLength:
-            raise HTTPError(400, f'field {key} is longer than {config.maxFieldLength} characters')
+        if isinstance(value, str) and not key.startswith('fileIn'):
+            _check_length(key, value, config)
         if key in self.form or key in self.files:
             raise HTTPError(400, f'form field given twice: {key}')
         if isinstance(value, str):
@@ -2174,9 +2182,9 @@ PERCENT_RE = LazyPattern(rb'%([0-9A-Fa-f]{2})')
 
 def percent_decode(text):
     """Decode one query-string component (``+`` is a space); urllib.parse costs a CGI 1.5 ms."""
-    if '%' not in text:
-        return text.replace('+', ' ').encode('latin-1', 'replace').decode('utf-8', 'replace')
-    raw = PERCENT_RE.sub(lambda m: bytes([int(m.group(1), 16)]), text.replace('+', ' ').encode('latin-1', 'replace'))
+    raw = text.replace('+', ' ').encode('latin-1', 'replace')
+    if b'%' in raw:  # most fields hold none: no pattern, no `re` import
+        raw = PERCENT_RE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
     return raw.decode('utf-8', 'replace')
 
 
@@ -2197,9 +2205,13 @@ def _parse_query(query):
 
 def _check_field(name, value, config):
     """A text field (query or body) is one line within ``maxFieldLength``."""
+    _check_length(name, value, config)
+    return _check_line(name, value)
+
+
+def _check_length(name, value, config):
     if len(value) > config.maxFieldLength:
         raise HTTPError(400, f'field {name} is longer than {config.maxFieldLength} characters')
-    return _check_line(name, value)
 
 
 def _check_line(name, value):
