@@ -7,7 +7,7 @@ PYTHON   ?= python3
 VENV     := $(CURDIR)/.venv
 VPY      := $(VENV)/bin/python
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := openscad slic3r povray printrun lighttpd apache2 python3 python3-venv
+APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2 bubblewrap python3 python3-venv
 RUNDIR   := $(CURDIR)/build/run
 # The web servers' interpreter: Debian's Python in a venv that www-data can
 # run (a Python under /root cannot be executed by the web server's user).
@@ -39,7 +39,7 @@ $(VPY):
 
 python-deps: $(VPY)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e .
-	$(VPY) -m compileall -q rrcloud.py
+	$(VPY) -m compileall -q rrcloud.py rrc
 
 web-python: system-deps
 	@[ -x $(WEBVENV)/bin/python ] || $(SUDO) /usr/bin/python3 -m venv $(WEBVENV)

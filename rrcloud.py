@@ -104,7 +104,8 @@ def split_config_line(line):
     return key, line[cut + 1:].strip()
 
 
-STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots')
+# work/ID: a sandboxed tool's private output folder while it runs.
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work')
 # Environment variables a task inherits; everything else (HTTP_*, DISPLAY,
 # the web server's own variables) is dropped.  PATH comes from the service.
 TASK_ENV_ALLOWLIST = ('HOME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR',
@@ -272,6 +273,21 @@ def _token(text):
     return text
 
 
+ORIGIN_RE = LazyPattern(r'\Ahttps?://[A-Za-z0-9._\-\[\]:]+\Z')
+
+
+def _origin_list(text):
+    origins = [o.strip().rstrip('/') for o in text.split(',') if o.strip()]
+    for origin in origins:
+        if not ORIGIN_RE.match(origin):
+            raise ValueError(f'not an origin (scheme://host[:port]): {origin!r}')
+    return origins
+
+
+def _switch(text):
+    return _boolean(text)  # defined with the services below; looked up at parse time
+
+
 CONFIG_KEYS = {
     'port': _port,
     'servers': _server_list,
@@ -286,6 +302,10 @@ CONFIG_KEYS = {
     'maxInputs': _positive_int,
     'maxFieldLength': _positive_int,
     'maxQueued': _positive_int,
+    'maxOutputSize': _positive_int,
+    'maxWaits': _positive_int,
+    'allowOrigins': _origin_list,
+    'sandbox': _switch,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
@@ -312,6 +332,10 @@ class Config:
         self.maxInputs = 32
         self.maxFieldLength = 4096
         self.maxQueued = 1000
+        self.maxOutputSize = 1024 * 1024 * 1024
+        self.maxWaits = 8
+        self.allowOrigins = []
+        self.sandbox = True
         self.sources = []
 
     def apply_file(self, path):
@@ -381,7 +405,7 @@ def load_config():
 
 DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
-                'noOutput', 'inputExt', 'inputExts', 'ignoreCase')
+                'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys')
 TRUE_WORDS = {'yes', 'true', '1', 'on'}
 FALSE_WORDS = {'no', 'false', '0', 'off', ''}
 
@@ -402,6 +426,11 @@ class Service:
         self.input_ext = fields.get('inputExt', '')
         self.ignore_case = _boolean(fields.get('ignoreCase', 'no'))
         self.input_exts = [e.strip().lower() for e in fields.get('inputExts', '').split(',') if e.strip()]
+        # Host folders the sandbox shows the tool read-only (e.g. an OpenSCAD library).
+        self.read_paths = _absolute_paths(fields.get('readPaths', ''))
+        # Inputs given with an argInput prefix (slic3r's --load=) are configs:
+        # only the keys listed in this file beside the conf are passed on.
+        self.config_keys = _config_key_list(source, fields.get('configKeys', ''))
 
     def output_name(self, task_id):
         """The result's file name under tasks/out for one task."""
@@ -471,6 +500,29 @@ def _input_prefixes(text):
             raise ValueError(f'argInput must be PREFIX$fileIn, got {pattern!r}')
         prefixes.append(pattern[:-len('$fileIn')])
     return prefixes
+
+
+def _absolute_paths(text):
+    paths = [p.strip() for p in text.split(',') if p.strip()]
+    for path in paths:
+        if not path.startswith('/') or '..' in path.split('/'):
+            raise ValueError(f'readPaths must be absolute paths, got {path!r}')
+    return paths
+
+
+def _config_key_list(source, name):
+    """The allowed keys named by ``configKeys`` (a file beside the conf), or None."""
+    if not name:
+        return None
+    if '/' in name or name.startswith('.'):
+        raise ValueError(f'configKeys must name a file beside the conf, got {name!r}')
+    path = os.path.join(os.path.dirname(source), name)
+    try:
+        with open(path, encoding='utf-8') as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise ValueError(f'configKeys file {path}: {exc.strerror}') from None
+    return frozenset(k for k in (line.split('#', 1)[0].strip() for line in lines) if k)
 
 
 def _boolean(text):
@@ -947,8 +999,19 @@ def recover_store(store, config):
                 pass
     for task_id in marked(store, 'running'):
         _still_running(store, task_id)
-    remove_orphan_inputs(store, list_tasks(store, config), now)
+    records = list_tasks(store, config)
+    remove_orphan_inputs(store, records, now)
+    remove_idle_work_folders(store, records)
     dispatch(store, config)
+
+
+def remove_idle_work_folders(store, records):
+    """Remove sandbox work folders that no busy task owns (left by a crashed runner)."""
+    busy = {record['id'] for record in records if record.get('status') == TaskStatus.BUSY}
+    folder = store.folder('work')
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        if entry not in busy:
+            _remove_tree(os.path.join(folder, entry))
 
 
 def remove_orphan_inputs(store, records, now):
@@ -1227,6 +1290,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         raise UsageError('missing input: give at least one input file or content')
     if notifier:
         check_notifier_url(notifier)
+    inputs = [filter_config_input(service, item) for item in inputs]
     stored = []
     try:
         for item in inputs:
@@ -1259,11 +1323,57 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
         'sizeIn': size_in,
         'queued': 'yes',
     }
+    # What the runner composes the argv from (it never runs ``cmd``, which is
+    # only shown): the checked native arguments and each input's prearg.
+    if native_args:
+        record['nativeArgs'] = ' '.join(native_args)
+    if any(prearg for prearg, _ in stored):
+        record['preargs'] = ','.join(prearg for prearg, _ in stored)
     if notifier:
         record['notifier'] = notifier
     if args:
         record['args'] = args
     return record
+
+
+CONFIG_INPUT_MAX_BYTES = 1024 * 1024
+
+
+def filter_config_input(service, item):
+    """A config input (given with an argInput prefix, e.g. slic3r's --load=) of a
+    service with ``configKeys``: only ``key = value`` lines of listed keys go on.
+
+    A key not on the list is refused by name (``post_process`` runs a program,
+    ``output_filename_format`` names a path); an empty value is dropped, as the
+    tool would ignore it; comments and blank lines are dropped.
+    """
+    if not item.prearg or service.config_keys is None:
+        return item
+    data = item.data if isinstance(item.data, bytes) else item.data.read(CONFIG_INPUT_MAX_BYTES + 1)
+    if len(data) > CONFIG_INPUT_MAX_BYTES:
+        raise UsageError(f'{service.name} config is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
+    kept = [f'{key} = {value}\n' for key, value in config_pairs(service, data)]
+    return Input(''.join(kept).encode('utf-8'), item.filename, item.prearg)
+
+
+def config_pairs(service, data):
+    """(key, value) of each setting of a config input, every key checked against the list."""
+    pairs = []
+    for number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(('#', ';')):
+            continue
+        key, sep, value = line.partition('=')
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise UsageError(f'{service.name} config line {number}: expected "key = value"')
+        if not value:
+            continue  # an unset key (exports write "post_process = ") sets nothing
+        if key not in service.config_keys:
+            raise UsageError(f'{service.name} config: key {key[:64]!r} is not allowed '
+                             f'(not a print setting rrcloud passes on; it may name a program or path)')
+        pairs.append((key, value))
+    return pairs
 
 
 NOTIFIER_URL_RE = LazyPattern(r'\Ahttps?://[^\s/?#]+[^\s]*\Z')
@@ -1334,6 +1444,9 @@ def _start_queued(store, config, task_id, slot_fd):
     except NotFound:
         return
     if record.get('status') != TaskStatus.BUSY:
+        return
+    if record.get('queued') != 'yes':  # a marker rrcloud did not write: never a second run
+        print(f'rrcloud: refused a queue marker for task {task_id}, which is not queued', file=sys.stderr)
         return
     record.pop('queued', None)
     record['stime'] = f'{time.time():.5f}'
@@ -1463,43 +1576,230 @@ def release_slot():
 
 def execute(store, config, service, record):
     """Run the tool of one task; returns (status, fields to record)."""
-    import shlex
-    import shutil
-    import subprocess
-    argv = shlex.split(record['cmd'])
-    env = task_environment(service)
-    if argv[0] == 'rrcloud':  # a built-in (the G-code sender): this program, this Python
-        argv = rrcloud_command() + argv[1:]
-        env.update(RRCLOUD_TASK_ID=record['id'], RRCLOUD_DIR=store.root)
-    executable = argv[0] if argv[0] == sys.executable else shutil.which(argv[0], path=service.path)
+    try:
+        argv = task_argv(service, record)
+    except UsageError as exc:
+        return refuse_record(store, record, exc)
+    launch = Launch(service, argv)
     with open(store.log_path(record['id']), 'ab') as log:
-        if executable is None:
+        if launch.executable is None:
             log.write(f'rrcloud: {argv[0]} not found in {service.path}\n'.encode())
             return TaskStatus.FAILED, {'error': f'cannot start: {argv[0]} not found in {service.path}'}
+        work = prepare_work_folder(store, record['id']) if config.sandbox else None
         try:
-            process = subprocess.Popen(
-                [executable] + argv[1:], cwd=store.root, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)  # its own group: timeouts and kills reach grandchildren
-        except OSError as exc:
-            return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
-        try:
-            store.update_task(record['id'], {'pid': process.pid,
-                                             'pidStart': process_start_time(process.pid) or ''})
-        except BaseException:  # an unrecorded tool must not run on unseen
-            terminate_group(process)
-            raise
-        _install_runner_signal_handlers(process)
-        code = supervise(store, config, record['id'], process)
-        if code is None:
-            return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
-                                       'exitCode': process.returncode}
-        kill_process_group(process.pid)  # leftovers of a tool that exited
-    return judge_exit(store, service, record, code)
+            outcome = run_tool(store, config, record, launch, log, work)
+            if outcome is None and work:
+                outcome = take_output(store, config, service, record, work, launch.exit_code)
+        finally:
+            if work:
+                _remove_tree(work)
+    return outcome or judge_exit(store, service, record, launch.exit_code)
 
 
-def supervise(store, config, task_id, process, interval=0.5):
-    """Wait for the tool; stop its group on timeout (returns None) or when killed."""
+class Launch:
+    """How one task's tool is started: argv, environment, what its sandbox must show."""
+
+    def __init__(self, service, argv):
+        import shutil
+        self.env = task_environment(service)
+        self.read_paths = list(service.read_paths) + service_path_folders(service)
+        self.devices = [arg for arg in argv if arg.startswith('/dev/')]  # allowed ports
+        self.builtin = argv[0] == 'rrcloud'
+        if self.builtin:  # the G-code sender: this program, this Python
+            argv = rrcloud_command() + argv[1:]
+            self.read_paths += program_paths()
+            self.executable = sys.executable
+        else:
+            self.executable = shutil.which(argv[0], path=service.path)
+        self.argv = [self.executable] + argv[1:]
+        self.exit_code = None
+
+
+def run_tool(store, config, record, launch, log, work):
+    """Start the tool (sandboxed when ``work`` is given), record its pid, supervise
+    it; returns a failure outcome, or None with ``launch.exit_code`` set."""
+    import subprocess
+    try:
+        command = sandbox_command(store, record, launch, work) if work else launch.argv
+    except Exception as exc:  # bwrap missing, a bad path: never run unsandboxed instead
+        log.write(f'rrcloud: cannot build the sandbox: {exc}\n'.encode())
+        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+    progress_read, progress_write = os.pipe() if launch.builtin else (None, None)
+    if progress_write is not None:
+        launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
+    try:
+        process = subprocess.Popen(
+            command, cwd=work or store.root, env=launch.env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            pass_fds=() if progress_write is None else (progress_write,),
+            start_new_session=True)  # its own group: timeouts and kills reach grandchildren
+    except OSError as exc:
+        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+    finally:
+        if progress_write is not None:
+            os.close(progress_write)
+    try:
+        return watch_tool(store, config, record, process, progress_read)
+    finally:
+        if progress_read is not None:
+            os.close(progress_read)
+        launch.exit_code = process.returncode
+
+
+def watch_tool(store, config, record, process, progress_read):
+    """Record the tool's pid, then supervise it until it ends, times out or is killed."""
+    try:
+        store.update_task(record['id'], {'pid': process.pid,
+                                         'pidStart': process_start_time(process.pid) or ''})
+    except BaseException:  # an unrecorded tool must not run on unseen
+        terminate_group(process)
+        raise
+    _install_runner_signal_handlers(process)
+    code = supervise(store, config, record['id'], process, progress=ProgressPipe(progress_read))
+    if code is None:
+        return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
+                                   'exitCode': process.returncode}
+    kill_process_group(process.pid)  # leftovers of a tool that exited
+    return None
+
+
+def task_argv(service, record):
+    """The argv of a task, composed anew from its service conf and its checked fields.
+
+    A record is data that many processes write: its ``cmd`` is shown, never
+    run.  A field that does not check (an input outside tasks/in, an argument
+    the service does not allow) means rrcloud did not write it: UsageError.
+    """
+    paths = [path for path in record.get('in', '').split(',') if path]
+    preargs = record['preargs'].split(',') if record.get('preargs') else [''] * len(paths)
+    if not paths or len(preargs) != len(paths):
+        raise UsageError('its inputs and preargs do not match')
+    for path in paths:
+        check_stored_input(path)
+    for prearg in preargs:
+        check_prearg(service, prearg)
+    native = record.get('nativeArgs', '').split()
+    check_native_args(service, native)
+    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native)
+
+
+def check_stored_input(path):
+    """A record's input path names a stored input: ``tasks/in/NAME[.ext]`` or a
+    file of a project folder ``tasks/in/FOLDER/PART/...``; else UsageError."""
+    parts = path.split('/')
+    name, _, ext = parts[2].partition('.') if len(parts) > 2 else ('', '', '')
+    stored = (parts[:2] == ['tasks', 'in'] and is_task_id(name)
+              and (not ext or (is_extension(ext) and len(parts) == 3))
+              and all(PROJECT_PART_RE.match(part) for part in parts[3:]))
+    if not stored:
+        raise UsageError(f'input {path[:80]!r} is not a stored input')
+    return path
+
+
+def refuse_record(store, record, reason):
+    """A record rrcloud did not write (forged through a tool, or by hand): log it, never run it."""
+    message = f'refused: the record does not check ({reason})'
+    with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
+        log.write(f'rrcloud: task {record["id"]} {message}\n')
+    print(f'rrcloud: task {record["id"]} {message}', file=sys.stderr)
+    return TaskStatus.FAILED, {'error': message}
+
+
+def service_path_folders(service):
+    """The folders of a service's PATH outside /usr: the sandbox must show its tool."""
+    folders = []
+    for folder in service.path.split(':'):
+        real = os.path.realpath(folder) if folder else ''
+        if real and os.path.isdir(real) and not (real == '/usr' or real.startswith('/usr/')):
+            folders.append(real)
+    return folders
+
+
+def program_paths():
+    """What the built-in sender needs to run in a sandbox: this program, its
+    package and bytecode, and the Python it runs on (nothing of the store)."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    paths = [os.path.join(here, name) for name in ('rrcloud.py', 'rrc', '__pycache__')]
+    return [p for p in paths if os.path.exists(p)] + sorted({sys.prefix, sys.base_prefix, sys.exec_prefix})
+
+
+def prepare_work_folder(store, task_id):
+    """A fresh, empty folder ``tasks/work/ID``: the sandbox's tasks/out."""
+    store.ensure()
+    folder = os.path.join(store.folder('work'), check_task_id(task_id))
+    _remove_tree(folder)  # what a crashed run of the same task left
+    os.mkdir(folder, 0o700)
+    return folder
+
+
+def sandbox_command(store, record, launch, work):
+    """The bwrap argv around a task's tool: its own inputs, its work folder, nothing else."""
+    from rrc.sandbox import Sandbox
+    inputs = {}
+    for path in record['in'].split(','):
+        top = '/'.join(path.split('/')[:3])  # a project binds its whole folder
+        inputs[top] = store.path_of(top)
+    devices = [d for d in launch.devices if _is_character_device(d)]
+    jail = Sandbox([(host, inside) for inside, host in inputs.items()], work,
+                   read_paths=launch.read_paths, devices=devices)
+    launch.env.update(HOME='/tmp', TMPDIR='/tmp')
+    return jail.command(launch.argv)
+
+
+def _is_character_device(path):
+    import stat
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False  # the sender itself reports a missing port
+
+
+def take_output(store, config, service, record, work, exit_code):
+    """Copy the result out of the work folder after the tool ended; a failure outcome or None."""
+    if service.no_output or not record.get('out'):
+        return None
+    from rrc.sandbox import collect_output
+    name = service.output_name(record['id'])
+    problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize)
+    if problem:
+        return TaskStatus.FAILED, {'error': problem, 'exitCode': exit_code}
+    return None
+
+
+def _remove_tree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class ProgressPipe:
+    """The built-in sender's progress (``DONE/TOTAL`` lines on a pipe), for the runner."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = b''
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def latest(self):
+        """The newest complete progress line, or None when nothing new came."""
+        if self.fd is None:
+            return None
+        try:
+            while chunk := os.read(self.fd, 4096):
+                self.buffer += chunk
+        except BlockingIOError:
+            pass
+        lines, _, self.buffer = self.buffer.rpartition(b'\n')
+        newest = lines.rsplit(b'\n', 1)[-1].decode('ascii', 'replace').strip()
+        done, sep, total = newest.partition('/')
+        return newest if sep and done.isdigit() and total.isdigit() else None
+
+
+def supervise(store, config, task_id, process, interval=0.5, progress=None):
+    """Wait for the tool; stop its group on timeout (returns None) or when killed.
+
+    The built-in sender's progress is written to the record as it comes.
+    """
     import subprocess
     deadline = time.monotonic() + config.timeout
     while True:
@@ -1510,7 +1810,9 @@ def supervise(store, config, task_id, process, interval=0.5):
         if time.monotonic() >= deadline:
             terminate_group(process)
             return None
-        if store.read_task(task_id).get('status') != TaskStatus.BUSY:  # killed meanwhile
+        latest = progress.latest() if progress else None
+        record = store.update_task(task_id, {'progress': latest}) if latest else store.read_task(task_id)
+        if record.get('status') != TaskStatus.BUSY:  # killed meanwhile
             terminate_group(process)
             return process.returncode
 
@@ -1841,14 +2143,17 @@ def _print_log(text):
 
 
 def task_progress_writer():
-    """Progress goes to the task's record when the runner told us which task we are."""
-    task_id, root = os.environ.get('RRCLOUD_TASK_ID'), os.environ.get('RRCLOUD_DIR')
-    if not task_id or not root:
+    """Progress goes to the runner as ``DONE/TOTAL`` lines on the pipe it gave us
+    (a sandboxed sender sees no store); None when run by hand."""
+    fd = os.environ.get('RRCLOUD_PROGRESS_FD', '')
+    if not fd.isdigit():
         return None
-    store = Store(root)
 
     def write(done, total):
-        store.update_task(task_id, {'progress': f'{done}/{total}'})
+        try:
+            os.write(int(fd), f'{done}/{total}\n'.encode())
+        except OSError:
+            pass  # a runner that went away takes the print with it anyway
     return write
 
 

@@ -11,6 +11,7 @@ setup(
     description='Relay 3D-printing compute work (OpenSCAD, OpenJSCAD, Slic3r, POV-Ray, '
                 'printing) to one or many servers; a Python port of RepRapCloud 0.019',
     py_modules=['rrcloud'],
+    packages=['rrc'],
     python_requires='>=3.9',
     install_requires=[
         'requests>=2.25',
@@ -21,7 +22,7 @@ setup(
     ],
     entry_points={'console_scripts': ['rrcloud=rrcloud:main']
                   + [f'{name}.cloud=rrcloud:main' for name in WRAPPED]},
-    data_files=[('share/rrcloud/services', sorted(glob.glob('services/*.conf'))),
+    data_files=[('share/rrcloud/services', sorted(glob.glob('services/*.conf') + glob.glob('services/*.keys'))),
                 ('share/rrcloud/www', sorted(glob.glob('www/*'))),
                 ('share/rrcloud', ['rrcloudrc'])],
 )

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 WEB_PYTHON = '/opt/rrcloud/venv/bin/python'
 WEB_PATH = '/usr/local/bin:/usr/bin:/bin'
 KINDS = ('embedded', 'lighttpd', 'apache')
-APP_PARTS = ('rrcloud.py', 'bin', 'services', 'www', 'lighttpd', 'apache')
+APP_PARTS = ('rrcloud.py', 'rrc', 'bin', 'services', 'www', 'lighttpd', 'apache')
 # A line in the rrcloudrc that must never show up in an answer.
 CONFIG_MARKER = 'rrcloud-test-config-marker-5b1f0e'
 

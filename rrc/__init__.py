@@ -1,0 +1,1 @@
+"""rrcloud's modules; ``rrcloud.py`` beside this package is the one entry program."""

@@ -1,0 +1,159 @@
+"""The task sandbox: a tool runs in bubblewrap and sees only what its task owns.
+
+Inside, the tool's working folder is ``/job``, laid out like a store so the
+argv the spec composes stays valid: ``tasks/in/NAME`` holds each of the
+task's own inputs (read-only) and ``tasks/out`` is an empty private folder
+(the only writable place besides a small private ``/tmp``).  The system
+(``/usr``, a few files of ``/etc``) is read-only; there is no network, its
+own PID, IPC and UTS namespaces, uid 65534 in its own user namespace with no
+capabilities, and it dies with its runner.  The store root, other tasks,
+rrcloudrc, tokens and the server's code stay outside.
+
+Why: the tools are not to be trusted with the server.  POV-Ray scenes write
+files, OpenJSCAD scripts are Node programs, Slic3r configs name programs,
+OpenSCAD models include any readable file.
+"""
+import os
+import stat
+
+JOB_FOLDER = '/job'
+SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
+TMP_BYTES = 256 * 1024 * 1024
+# Top-level names that merged-/usr systems make links into /usr.
+SYSTEM_TOP = ('bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32')
+# What tools read of /etc: the dynamic linker, fonts (OpenSCAD, POV-Ray),
+# Debian's alternatives, POV-Ray's own settings (its I/O restrictions).
+ETC_ENTRIES = ('ld.so.cache', 'ld.so.conf', 'ld.so.conf.d', 'alternatives', 'fonts',
+               'povray', 'localtime', 'mime.types')
+DEVICES = ('null', 'zero', 'full', 'random', 'urandom')
+
+
+class SandboxError(Exception):
+    """The sandbox cannot be built (bwrap missing) or a path handed to it is wrong."""
+
+
+def find_bwrap():
+    """Absolute path of bubblewrap, or SandboxError saying how to get it."""
+    import shutil
+    path = shutil.which('bwrap', path='/usr/bin:/bin:/usr/local/bin')
+    if path is None:
+        raise SandboxError('the sandbox needs bubblewrap (bwrap), which is not installed: '
+                           'install the Debian package bubblewrap, or set "sandbox = no" in rrcloudrc')
+    return path
+
+
+class Sandbox:
+    """One task's sandbox: what it binds, and its private output folder on the host."""
+
+    def __init__(self, inputs, output_folder, read_paths=(), devices=()):
+        """``inputs``: (host path, path under /job such as tasks/in/NAME) pairs;
+        ``output_folder``: an empty host folder seen as /job/tasks/out;
+        ``read_paths``: more host paths seen read-only at the same place;
+        ``devices``: character devices (a printer's port) seen at the same place."""
+        self.inputs = list(inputs)
+        self.output_folder = output_folder
+        self.read_paths = [p for p in dict.fromkeys(read_paths) if p]
+        self.devices = list(devices)
+
+    def command(self, argv, bwrap=None):
+        """The argv that runs ``argv`` inside this sandbox."""
+        return [bwrap or find_bwrap()] + self.options() + ['--'] + list(argv)
+
+    def options(self):
+        """bubblewrap's options for this sandbox, in the order they apply."""
+        return (self._isolation() + self._system() + self._devices()
+                + self._job() + ['--chdir', JOB_FOLDER])
+
+    @staticmethod
+    def _isolation():
+        uid = str(SANDBOX_UID)
+        return ['--unshare-all', '--unshare-user', '--uid', uid, '--gid', uid,
+                '--disable-userns', '--cap-drop', 'ALL', '--die-with-parent',
+                '--proc', '/proc', '--size', str(TMP_BYTES), '--tmpfs', '/tmp']
+
+    def _system(self):
+        options = ['--ro-bind', '/usr', '/usr']
+        for name in SYSTEM_TOP:
+            path = '/' + name
+            if os.path.islink(path):
+                options += ['--symlink', os.readlink(path), path]
+            elif os.path.isdir(path):
+                options += ['--ro-bind', path, path]
+        for name in ETC_ENTRIES:
+            options += ['--ro-bind-try', '/etc/' + name, '/etc/' + name]
+        for path in self.read_paths:
+            if not _under(path, '/usr'):
+                options += ['--ro-bind-try', path, path]
+        return options
+
+    def _devices(self):
+        options = ['--dir', '/dev']
+        for name in DEVICES:
+            options += ['--dev-bind-try', '/dev/' + name, '/dev/' + name]
+        for device in self.devices:
+            if not _is_character_device(device):
+                raise SandboxError(f'{device} is not a character device')
+            options += ['--dev-bind', device, device]
+        return options
+
+    def _job(self):
+        options = ['--dir', JOB_FOLDER + '/tasks/in']
+        for host, inside in self.inputs:
+            if os.path.isabs(inside) or '..' in inside.split('/'):
+                raise SandboxError(f'not a path below {JOB_FOLDER}: {inside!r}')
+            options += ['--ro-bind', host, f'{JOB_FOLDER}/{inside}']
+        options += ['--bind', self.output_folder, JOB_FOLDER + '/tasks/out']
+        return options
+
+
+def _under(path, folder):
+    return path == folder or path.startswith(folder.rstrip('/') + '/')
+
+
+def _is_character_device(path):
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def collect_output(folder, name, destination, max_bytes):
+    """Copy the tool's result ``folder/name`` to ``destination`` once the tool ended.
+
+    Only a regular file (a link is never followed: the tool could point it at
+    any file the server may read) of at most ``max_bytes``; returns None when
+    all is well, else the reason it was not taken.  ``destination`` is written
+    through a temp file and renamed.
+    """
+    try:
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None  # no output: judged like any tool that wrote none
+    except OSError:
+        return 'the output is not a regular file'
+    with os.fdopen(fd, 'rb') as source:
+        info = os.fstat(source.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return 'the output is not a regular file'
+        if info.st_size > max_bytes:
+            return f'the output is larger than {max_bytes} bytes'
+        _copy_atomically(source, destination, max_bytes)
+    return None
+
+
+def _copy_atomically(source, destination, max_bytes):
+    import shutil
+    folder, name = os.path.split(destination)
+    temp = os.path.join(folder, f'.{name}.{os.getpid()}.part')  # recovery knows .NAME.PID.part
+    try:
+        with open(temp, 'xb') as sink:
+            shutil.copyfileobj(source, sink)
+            if sink.tell() > max_bytes:  # it grew while we copied (a leftover writer)
+                raise OSError(f'the output grew beyond {max_bytes} bytes')
+        os.replace(temp, destination)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
