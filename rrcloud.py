@@ -1066,6 +1066,7 @@ def meta_record(store, config, services):
         'maxDataRetention': f'{config.maxDataRetention:g}',
         'maxTasks': str(config.maxTasks),
         'queued': str(len(marked(store, 'queue'))),
+        'sandbox': 'bwrap' if config.sandbox else 'off',
         'serverName': host_name(),
         'services': ','.join(sorted(services)),
         'tasks': str(tasks),
@@ -1203,6 +1204,7 @@ def unpack_project(store, data):
     Only regular files and folders, with safe relative names, within the count
     and size limits; the first file is the main one.
     """
+    import gzip
     import io
     import shutil
     import tarfile
@@ -1210,7 +1212,8 @@ def unpack_project(store, data):
     folder = os.path.join(store.folder('in'), folder_name)
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else data
-        with tarfile.open(fileobj=source, mode='r:gz') as archive:
+        unpacked = BoundedReader(gzip.GzipFile(fileobj=source, mode='rb'), PROJECT_MAX_READ)
+        with tarfile.open(fileobj=unpacked, mode='r|', tarinfo=bounded_tarinfo()) as archive:
             main = _extract_members(archive, folder)
     except (tarfile.TarError, EOFError, OSError, UsageError) as exc:
         shutil.rmtree(folder, ignore_errors=True)
@@ -1218,6 +1221,50 @@ def unpack_project(store, data):
             raise  # a full disk is the server's trouble (507), not a bad archive
         raise UsageError(f'project archive: cannot unpack: {exc}') from None
     return f'tasks/in/{folder_name}/{main}'
+
+
+# What the archive reader may read: the members' limit plus their headers.
+PROJECT_MAX_READ = PROJECT_MAX_BYTES + PROJECT_MAX_FILES * 4 * 512 + 1024 * 1024
+# A long-name or pax header is text of a few hundred bytes; one that declares
+# more would be read into memory whole before any member limit could run.
+PROJECT_MAX_HEADER = 64 * 1024
+
+
+class BoundedReader:
+    """The unpacked bytes of an archive, refused beyond ``limit`` (a small
+    .tgz can unpack to gigabytes)."""
+
+    def __init__(self, stream, limit):
+        self.stream, self.limit, self.count = stream, limit, 0
+
+    def read(self, size=-1):
+        """At most ``size`` bytes; UsageError once the archive unpacks beyond the limit."""
+        data = self.stream.read(self.limit - self.count + 1 if size is None or size < 0 else size)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise UsageError('project archive: too many files or too large')
+        return data
+
+
+def bounded_tarinfo():
+    """A TarInfo class that refuses oversized long-name and pax headers before reading them."""
+    import tarfile
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_gnulong(self, archive):
+            _check_header_size(self)
+            return super()._proc_gnulong(archive)
+
+        def _proc_pax(self, archive):
+            _check_header_size(self)
+            return super()._proc_pax(archive)
+    return BoundedTarInfo
+
+
+def _check_header_size(info):
+    if info.size > PROJECT_MAX_HEADER:
+        raise UsageError(f'project archive: a header of {info.size} bytes is refused '
+                         f'(at most {PROJECT_MAX_HEADER})')
 
 
 def _extract_members(archive, folder):
@@ -1844,7 +1891,9 @@ def judge_exit(store, service, record, code):
 NOTIFIER_TIMEOUT = 5.0
 # Refused notifier targets unless notifierAllow names them: this machine and
 # the link-local ranges (cloud metadata services live at 169.254.169.254).
-NOTIFIER_REFUSED = ['127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.0/16', 'fe80::/10']
+NOTIFIER_REFUSED = ['127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.0/16', 'fe80::/10',
+                    # cloud metadata services outside link-local: Alibaba, AWS (IPv6), Azure
+                    '100.100.100.200/32', 'fd00:ec2::254/128', '168.63.129.16/32']
 
 
 def notify(store, config, record):
@@ -1909,9 +1958,20 @@ def resolve_notifier_host(host, port, allowed):
     address = infos[0][4][0]
     if address_in(address, allowed):
         return address
-    if address_in(address, NOTIFIER_REFUSED):
+    if address_in(address, NOTIFIER_REFUSED) or address_in(address, own_addresses()):
         raise ValueError(f'address {address} of {host!r} is refused (see notifierAllow)')
     return address
+
+
+def own_addresses():
+    """Every address of this machine's interfaces, as /32 or /128 networks: a
+    notifier must not make the server call itself on its LAN address."""
+    import socket
+    import psutil
+    families = (socket.AF_INET, socket.AF_INET6)
+    return [address.address.split('%', 1)[0] + ('/32' if address.family == socket.AF_INET else '/128')
+            for addresses in psutil.net_if_addrs().values() for address in addresses
+            if address.family in families]
 
 
 def _notifier_connection(scheme, host, address, port):
@@ -2609,12 +2669,39 @@ def check_access(request, config):
     """
     if not address_in(request.environ.get('REMOTE_ADDR', ''), config.allow):
         raise HTTPError(403, 'your address may not use this server (see allow in rrcloudrc)')
+    if changes_state(request) and not same_origin_or_allowed(request.environ, config.allowOrigins):
+        raise HTTPError(403, 'a request from another web origin may not change anything here '
+                             '(see allowOrigins in rrcloudrc)')
+    if 'token' in request.query:
+        raise HTTPError(400, 'a token in the URL is refused (URLs end up in logs): '
+                             'send it as Authorization: Bearer, X-RRCloud-Token or a form field')
     if config.token:
         given = request_token(request)
         import hmac
         if given is None or not hmac.compare_digest(given.encode(), config.token.encode()):
             raise HTTPError(401, 'a valid token is required',
                             headers=[('WWW-Authenticate', 'Bearer realm="rrcloud"')])
+
+
+# Services of a GET that change something (a POST always may).
+STATE_CHANGING_SERVICES = ('kill',)
+
+
+def changes_state(request):
+    """True for a request that may start or stop work: any POST, a GET of kill."""
+    return request.method == 'POST' or request.query.get('service') in STATE_CHANGING_SERVICES
+
+
+def same_origin_or_allowed(environ, allowed):
+    """A browser names the page that sent a request (``Origin``, ``Sec-Fetch-Site``);
+    curl and 0.019 clients send neither.  Refused: another origin not in ``allowed``."""
+    origin = environ.get('HTTP_ORIGIN')
+    if origin is None:
+        return environ.get('HTTP_SEC_FETCH_SITE', '') != 'cross-site'
+    origin = origin.rstrip('/')
+    scheme = environ.get('wsgi.url_scheme', 'http')
+    own = f'{scheme}://{environ.get("HTTP_HOST", "")}'
+    return origin in allowed or (bool(environ.get('HTTP_HOST')) and origin == own)
 
 
 def request_token(request):
@@ -2624,8 +2711,6 @@ def request_token(request):
         return bearer[7:].strip()
     if request.environ.get('HTTP_X_RRCLOUD_TOKEN'):
         return request.environ['HTTP_X_RRCLOUD_TOKEN'].strip()
-    if 'token' in request.query:
-        return request.query['token']
     if request.method == 'POST' and request.path in ('/', '/index.cgi'):
         request.read_form(app_context()[0])  # curl users: -F token=...
         return request.form.get('token')
@@ -2671,7 +2756,8 @@ def route_service(request):
         services, _ = load_services(store.root)
         return answer_record(meta_record(store, config, services), request.format)
     if service == 'kill':
-        return answer_record(kill_task(store, _form_task_id(request)), request.format)
+        return answer_record(client_view(kill_task(store, _form_task_id(request)), request.client),
+                             request.format)
     if request.method != 'POST':
         raise HTTPError(405, f'a task of {service!r} is started with POST')
     return answer_record(submit_from_form(store, config, request), request.format)
@@ -2695,12 +2781,45 @@ def answer_info(store, config, request):
     if 'id' in request.form:
         task_id = _form_task_id(request)
         wait = _wait_seconds(request.form.get('wait', '0'))
-        record = wait_for_task(store, task_id, timeout=wait) if wait else get_task(store, task_id)
-        return answer_record(record, request.format)
-    records = list_tasks(store, config)
+        record = held_wait(store, config, task_id, wait) if wait else get_task(store, task_id)
+        return answer_record(client_view(record, request.client), request.format)
+    records = [client_view(r, request.client) for r in list_tasks(store, config)]
     if request.format == 'json':
         return Response(to_json(records, sort_keys=True) + '\n', 200, 'application/json')
     return Response('\n'.join(format_record(r) for r in records))
+
+
+def held_wait(store, config, task_id, wait):
+    """Long-poll a task, unless ``maxWaits`` others already wait in this server:
+    then the current record at once, so waits never hold every thread."""
+    slots = wait_slots(config)
+    if not slots.acquire(blocking=False):
+        return get_task(store, task_id)
+    try:
+        return wait_for_task(store, task_id, timeout=wait)
+    finally:
+        slots.release()
+
+
+def wait_slots(config):
+    """The semaphore counting this process's long-polls (one per server process)."""
+    if 'waits' not in _APP_CONTEXT:
+        import threading
+        _APP_CONTEXT.setdefault('waits', threading.BoundedSemaphore(config.maxWaits))
+    return _APP_CONTEXT['waits']
+
+
+def client_view(record, client):
+    """A record as ``client`` may see it: another client's inputs show as file
+    names only, without the store path a tool could use to reach them."""
+    if record.get('client') == client or not record.get('in'):
+        return record
+    paths = record['in'].split(',')
+    view = dict(record, **{'in': ','.join(p.rsplit('/', 1)[-1] for p in paths)})
+    if view.get('cmd'):
+        for path in paths:
+            view['cmd'] = view['cmd'].replace(path, path.rsplit('/', 1)[-1])
+    return view
 
 
 def _wait_seconds(text):
@@ -2866,16 +2985,31 @@ def serve(args):
     print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
     print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
           f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
-    # Idle connections cost no thread in waitress; allow many of them.
+    warn_if_unsandboxed(config)
+    # Idle connections cost no thread in waitress; allow many of them, but cut
+    # those that send nothing (half-open, or headers trickling in) after 20 s,
+    # looked at every 5 s.  A request in progress (a long-poll) is never cut.
     waitress.serve(application, host=bind, port=port, threads=16, ident='rrcloud',
-                   connection_limit=1000, backlog=1024,
-                   channel_timeout=120, max_request_body_size=config.maxRequestSize, _quiet=True)
+                   connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
+                   max_request_body_size=config.maxRequestSize, _quiet=True)
     return ExitCode.OK
+
+
+SANDBOX_OFF_WARNING = ('rrcloud: warning: sandbox = no: tasks run without their sandbox, '
+                       'with every right of this server\'s user (see docs/SECURITY.md)')
+
+
+def warn_if_unsandboxed(config):
+    """Say in the server's log that tools run unconfined, when someone chose that."""
+    if not config.sandbox:
+        print(SANDBOX_OFF_WARNING, file=sys.stderr, flush=True)
 
 
 def run_cgi():
     """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
     config, store = app_context()
+    if os.environ.get('REQUEST_METHOD') == 'POST':
+        warn_if_unsandboxed(config)  # the web server's error log
     recover_now_and_then(store, config)
     body = CountingReader(sys.stdin.buffer)
     try:

@@ -57,7 +57,9 @@ class Sandbox:
 
     def command(self, argv, bwrap=None):
         """The argv that runs ``argv`` inside this sandbox."""
-        return [bwrap or find_bwrap()] + self.options() + ['--'] + list(argv)
+        # bwrap exports PWD after its chdir; env takes it out again, so the
+        # tool's environment stays the runner's allowlist.
+        return [bwrap or find_bwrap()] + self.options() + ['--', '/usr/bin/env', '-u', 'PWD'] + list(argv)
 
     def options(self):
         """bubblewrap's options for this sandbox, in the order they apply."""

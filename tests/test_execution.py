@@ -8,9 +8,11 @@ appended), so a test controls exactly what "the tool" does.
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import rrcloud
@@ -93,6 +95,26 @@ def pid_from(path):
             return None
         return int(text) if text.isdigit() else None
     return wait_for(read, f'{path} written')
+
+
+def sandboxed_pid(workdir, task_id, first_words):
+    """The host pid of a task's process whose command line starts with
+    ``first_words``: a sandboxed tool sees only its own PID namespace, so it
+    cannot write its host pid for us; the runner's record names the sandbox."""
+    def find():
+        pid = raw_record(workdir, task_id).get('pid')
+        try:
+            children = psutil.Process(int(pid)).children(recursive=True) if pid else []
+        except psutil.NoSuchProcess:
+            return None
+        for child in children:
+            try:
+                if child.cmdline()[:len(first_words)] == first_words:
+                    return child.pid
+            except psutil.Error:
+                continue
+        return None
+    return wait_for(find, f'{" ".join(first_words)} of task {task_id} running')
 
 
 def wait_for_tool(workdir, task_id):
@@ -304,8 +326,8 @@ def test_timeout_fails_the_task_and_kills_the_grandchild(cli, workdir):
     write_config(workdir, 'timeout = 2\n')
     make_service(workdir, 'job', SH_SERVICE)
     task_id = submit_script(cli, workdir, TOOL_WITH_GRANDCHILD)
-    grandchild = pid_from(workdir / 'grandchild.pid')
-    tool = pid_from(workdir / 'tool.pid')
+    grandchild = sandboxed_pid(workdir, task_id, ['sleep', '300'])
+    tool = sandboxed_pid(workdir, task_id, ['sh'])
 
     wait_until_done(workdir, task_id)
 
@@ -325,7 +347,7 @@ def test_sigkilled_runner_leaves_the_task_failed_interrupted_and_its_tool_killed
     (workdir / 'job.sh').write_text(TOOL_WITH_GRANDCHILD)
     task_id = task_id_of(proc('job', 'job.sh').out)
     tool = wait_for_tool(workdir, task_id)
-    grandchild = pid_from(workdir / 'grandchild.pid')
+    grandchild = sandboxed_pid(workdir, task_id, ['sleep', '300'])
     runner = int(raw_record(workdir, task_id)['runner'])
 
     os.kill(runner, signal.SIGKILL)
@@ -349,7 +371,7 @@ def test_kill_of_a_busy_task_fails_it_and_stops_its_tool(cli, workdir):
     make_service(workdir, 'job', SH_SERVICE)
     task_id = submit_script(cli, workdir, TOOL_WITH_GRANDCHILD)
     tool = wait_for_tool(workdir, task_id)
-    grandchild = pid_from(workdir / 'grandchild.pid')
+    grandchild = sandboxed_pid(workdir, task_id, ['sleep', '300'])
 
     result = cli('kill', task_id)
 
@@ -367,7 +389,7 @@ def test_kill_stops_a_tool_that_ignores_sigterm(cli, workdir):
     make_service(workdir, 'job', SH_SERVICE)
     task_id = submit_script(cli, workdir, "trap '' TERM\n" + TOOL_WITH_GRANDCHILD)
     tool = wait_for_tool(workdir, task_id)
-    grandchild = pid_from(workdir / 'grandchild.pid')
+    grandchild = sandboxed_pid(workdir, task_id, ['sleep', '300'])
 
     assert cli('kill', task_id).code == 0
 
@@ -378,20 +400,24 @@ def test_kill_stops_a_tool_that_ignores_sigterm(cli, workdir):
 
 def test_a_task_killed_right_after_submission_never_starts_its_tool_later(cli, workdir):
     make_service(workdir, 'job', SH_SERVICE)
-    # The tool notes when it started, then keeps running.
-    script = 'date +%s.%N > started\necho $$ > tool.pid\nexec sleep 300\n'
-    task_id = submit_script(cli, workdir, script)
+    # The tool keeps running, under a name no other test's process has.
+    seconds = f'300.{os.getpid()}{time.monotonic_ns() % 100000}'
+    task_id = submit_script(cli, workdir, f'exec sleep {seconds}\n')
 
     killed = cli('kill', task_id)
+    # The moment of the kill on the clock psutil reads start times from
+    # (ticks since boot): a process started right after it.
+    after_kill = subprocess.Popen(['true'])
+    killed_at_tick = psutil.Process(after_kill.pid).create_time()
+    after_kill.wait()
 
     assert killed.code == 0, killed
     runner = int(raw_record(workdir, task_id)['runner'])
     wait_gone(runner, 'the runner of the killed task')
-    killed_at = float(raw_record(workdir, task_id)['etime'])
-    if (workdir / 'started').exists():
-        started_at = float((workdir / 'started').read_text())
-        assert started_at <= killed_at, 'the tool was started after its task was killed'
-        wait_gone(pid_from(workdir / 'tool.pid'), 'the tool of the killed task')
+    for tool in psutil.process_iter(['cmdline', 'create_time']):
+        if tool.info['cmdline'] == ['sleep', seconds]:  # it started, in its sandbox
+            assert tool.info['create_time'] <= killed_at_tick, 'the tool was started after its task was killed'
+            wait_gone(tool.pid, 'the tool of the killed task')
     assert info(cli, task_id)['error'] == 'killed'
 
 
