@@ -1702,7 +1702,11 @@ def watch_tool(store, config, record, process, progress_read):
         terminate_group(process)
         raise
     _install_runner_signal_handlers(process)
-    code = supervise(store, config, record['id'], process, progress=ProgressPipe(progress_read))
+    progress = ProgressPipe(progress_read)
+    code = supervise(store, config, record['id'], process, progress=progress)
+    last = progress.latest()  # what came after the last look, up to the end
+    if last:
+        store.update_task(record['id'], {'progress': last})
     if code is None:
         return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
                                    'exitCode': process.returncode}

@@ -109,7 +109,8 @@ def sandboxed_pid(workdir, task_id, first_words):
             return None
         for child in children:
             try:
-                if child.cmdline()[:len(first_words)] == first_words:
+                words = child.cmdline()
+                if [os.path.basename(words[0])] + words[1:len(first_words)] == first_words:
                     return child.pid
             except psutil.Error:
                 continue
