@@ -2080,9 +2080,11 @@ def kill_remote(config, record):
 ###############################################################################
 
 MAX_WAIT_SECONDS = 60
+# `in` is what 0.019's synchronous client posts beside its uploads: its own
+# local input paths.  It is checked like any text field and never used.
 FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|nativeArgs'
-                           r'|notifier|format|id|wait|token)\Z')
-NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'notifier', 'format', 'id', 'wait', 'token'))
+                           r'|notifier|format|id|wait|token|in)\Z')
+NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg')
 
 
@@ -2369,7 +2371,11 @@ def route_service(request):
         return answer_record(kill_task(store, _form_task_id(request)), request.format)
     if request.method != 'POST':
         raise HTTPError(405, f'a task of {service!r} is started with POST')
-    return answer_record(submit_from_form(store, config, request), request.format)
+    hold = post_wait_seconds(config, request)  # before the task starts: a bad wait starts nothing
+    record = submit_from_form(store, config, request)
+    if hold:
+        record = wait_for_task(store, record['id'], timeout=hold)
+    return answer_record(record, request.format)
 
 
 def _form_task_id(request):
@@ -2406,6 +2412,25 @@ def _wait_seconds(text):
     if not 0 <= wait <= MAX_WAIT_SECONDS:
         raise HTTPError(400, f'wait must be between 0 and {MAX_WAIT_SECONDS} seconds')
     return wait
+
+
+# A POST held for a 0.019 client outlasts its task's timeout by the time the
+# runner needs to stop the tool and record the end.
+HOLD_GRACE_SECONDS = KILL_GRACE_SECONDS + 5
+
+
+def post_wait_seconds(config, request):
+    """How long a POST holds its answer for the task to end: ``wait=S``, or,
+    when 0.019's ``in`` field is there, as long as the task may run.
+
+    0.019's synchronous client reads the task once right after the POST and
+    gives up unless it has ended (its CGI answered only then).
+    """
+    if 'wait' in request.form:
+        return _wait_seconds(request.form['wait'])
+    if 'in' in request.form or 'in' in request.files:
+        return config.timeout + HOLD_GRACE_SECONDS
+    return 0
 
 
 def submit_from_form(store, config, request):
