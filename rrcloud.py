@@ -2449,9 +2449,11 @@ def kill_remote(config, record):
 ###############################################################################
 
 MAX_WAIT_SECONDS = 60
+# `in` is what 0.019's synchronous client posts beside its uploads: its own
+# local input paths.  It is checked like any text field and never used.
 FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|nativeArgs'
-                           r'|notifier|format|id|wait|token)\Z')
-NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'notifier', 'format', 'id', 'wait', 'token'))
+                           r'|notifier|format|id|wait|token|in)\Z')
+NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg')
 
 
@@ -2764,7 +2766,11 @@ def route_service(request):
                              request.format)
     if request.method != 'POST':
         raise HTTPError(405, f'a task of {service!r} is started with POST')
-    return answer_record(submit_from_form(store, config, request), request.format)
+    hold = post_wait_seconds(config, request)  # before the task starts: a bad wait starts nothing
+    record = submit_from_form(store, config, request)
+    if hold:
+        record = wait_for_task(store, record['id'], timeout=hold)
+    return answer_record(record, request.format)
 
 
 def _form_task_id(request):
@@ -2834,6 +2840,25 @@ def _wait_seconds(text):
     if not 0 <= wait <= MAX_WAIT_SECONDS:
         raise HTTPError(400, f'wait must be between 0 and {MAX_WAIT_SECONDS} seconds')
     return wait
+
+
+# A POST held for a 0.019 client outlasts its task's timeout by the time the
+# runner needs to stop the tool and record the end.
+HOLD_GRACE_SECONDS = KILL_GRACE_SECONDS + 5
+
+
+def post_wait_seconds(config, request):
+    """How long a POST holds its answer for the task to end: ``wait=S``, or,
+    when 0.019's ``in`` field is there, as long as the task may run.
+
+    0.019's synchronous client reads the task once right after the POST and
+    gives up unless it has ended (its CGI answered only then).
+    """
+    if 'wait' in request.form:
+        return _wait_seconds(request.form['wait'])
+    if 'in' in request.form or 'in' in request.files:
+        return config.timeout + HOLD_GRACE_SECONDS
+    return 0
 
 
 def submit_from_form(store, config, request):
@@ -3135,6 +3160,14 @@ native switch or argument is passed on; an existing file is an input; a
 string holding whitespace is content, written to an input file.  Anything
 else is refused.
 
+OPTIONS may also stand after the command, as in RepRapCloud 0.019:
+`rrcloud info ID --format=json`, `rrcloud openscad part.scad --s=HOST`.
+After SERVICE, an argument the service allows (an allowed native argument,
+an argInput prefix such as --load=FILE, its output argument such as
+--output=FILE) is the service's; any other option below is rrcloud's; any
+other --WORD is an error naming it.  `--` ends the options.  The same holds
+for SERVICE.cloud ARGS.
+
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL)
@@ -3165,7 +3198,7 @@ FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version')
 
 
 class Options:
-    """Leading ``--name[=value]`` options of the rrcloud command."""
+    """rrcloud's own ``--name[=value]`` options, wherever they stood."""
 
     def __init__(self):
         self.s = None
@@ -3176,7 +3209,7 @@ class Options:
 
 
 def parse_options(args):
-    """Split leading options from the command and its arguments."""
+    """Split the options before the command from the command and its arguments."""
     options, rest = Options(), list(args)
     while rest and rest[0].startswith('-'):
         word = rest.pop(0)
@@ -3184,24 +3217,81 @@ def parse_options(args):
             break
         if word == '-h':
             word = '--help'
-        name, sep, value = word[2:].partition('=')
-        if not word.startswith('--') or name not in VALUE_OPTIONS + FLAG_OPTIONS:
+        if not is_option(word):
             raise UsageError(f'unknown option: {word!r} (see rrcloud --help)')
-        if name in FLAG_OPTIONS:
-            if sep:
-                raise UsageError(f'option --{name} takes no value')
-            setattr(options, name, True)
-            continue
-        if not sep:
-            if not rest:
-                raise UsageError(f'option --{name} needs a value')
-            value = rest.pop(0)
-        if not value:
-            raise UsageError(f'option --{name} needs a value')
-        setattr(options, name, value)
-    if options.format not in ('text', 'json'):
-        raise UsageError(f'--format must be text or json, not {options.format!r}')
+        set_option(options, word, rest)
     return options, rest
+
+
+def is_option(word):
+    """True when ``word`` is one of rrcloud's options (``--name`` or ``--name=value``)."""
+    return word.startswith('--') and word[2:].partition('=')[0] in VALUE_OPTIONS + FLAG_OPTIONS
+
+
+def set_option(options, word, rest):
+    """Apply one option; a value option written without ``=`` takes the next word of ``rest``."""
+    name, sep, value = word[2:].partition('=')
+    if name in FLAG_OPTIONS:
+        if sep:
+            raise UsageError(f'option --{name} takes no value')
+        setattr(options, name, True)
+        return
+    if not sep:
+        if not rest:
+            raise UsageError(f'option --{name} needs a value')
+        value = rest.pop(0)
+    if not value:
+        raise UsageError(f'option --{name} needs a value')
+    if name == 'format' and value not in ('text', 'json'):
+        raise UsageError(f'--format must be text or json, not {value!r}')
+    setattr(options, name, value)
+
+
+def take_options(options, args, service=None):
+    """Apply rrcloud's options standing among a command's arguments; returns the rest.
+
+    0.019 read ``--name[=value]`` anywhere.  Its rule, kept: after a service
+    name, a word the service allows stays the service's; any other rrcloud
+    option is rrcloud's; ``--`` ends the options.  Without a service (info,
+    meta, kill) any other ``--word`` is an unknown option; with one, it is
+    left to classify_args, which names it.
+    """
+    rest, args = [], list(args)
+    while args:
+        word = args.pop(0)
+        if service is not None and service_takes(service, word):
+            rest.append(word)
+        elif word == '--':
+            return rest + args
+        elif is_option(word):
+            set_option(options, word, args)
+        elif service is None and word.startswith('--'):
+            raise UsageError(f'unknown option: {word!r} (see rrcloud --help)')
+        else:
+            rest.append(word)
+    return rest
+
+
+def service_takes(service, word):
+    """True when ``word`` is the service's own: an allowed native argument,
+    an argInput prefix with its file, or the output argument."""
+    return (service.allows_native(word) or service.input_prefix_of(word) is not None
+            or service.output_argument(word))
+
+
+def split_command_line(options, command, args):
+    """Take rrcloud's options out of ``command``'s arguments; returns (Context, the rest).
+
+    A service's words are judged by the service found where the options
+    before the command point; a ``--dir`` among them moves the task's store.
+    """
+    ctx = Context(options)
+    service = None if command in CLI_COMMANDS else ctx.service(command)
+    dir_before = options.dir
+    args = take_options(options, args, service)
+    if options.dir != dir_before:
+        ctx = Context(options)
+    return ctx, args
 
 
 def classify_args(service, args, allow_output):
@@ -3496,33 +3586,40 @@ def show_log(store, record):
 def cli(args):
     """The ``rrcloud`` command."""
     options, rest = parse_options(args)
-    if options.help:
-        sys.stdout.write(HELP)
-        return ExitCode.OK
-    if options.version:
-        print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)')
-        return ExitCode.OK
+    if options.help or options.version:
+        return show_about(options)
     if rest and rest[0] == '_run':
         return cmd_run_internal(rest[1:])
     if rest and rest[0] == 'serve':
         return serve(rest[1:])
     if rest and rest[0] == 'print':
         return cmd_print(rest[1:])
-    ctx = Context(options)
     if not rest:
-        return cmd_info(ctx, [])
-    command, rest = rest[0], rest[1:]
+        return cmd_info(Context(options), [])
+    command = rest[0]
+    ctx, rest = split_command_line(options, command, rest[1:])
+    if options.help or options.version:
+        return show_about(options)
     if command in CLI_COMMANDS:
         return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill}[command](ctx, rest)
     return cmd_submit(ctx, command, rest, sync=options.sync)
 
 
+def show_about(options):
+    """``--help`` or ``--version``."""
+    if options.help:
+        sys.stdout.write(HELP)
+    else:
+        print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)')
+    return ExitCode.OK
+
+
 def wrapper(service_name, args):
-    """``SERVICE.cloud ARGS``: behave like the tool, synchronously."""
-    options = Options()
-    if args and args[0] == '--local':
-        options.local, args = True, args[1:]
-    ctx = Context(options)
+    """``SERVICE.cloud ARGS``: behave like the tool, synchronously (rrcloud's
+    options may stand among ARGS, as on the rrcloud command line)."""
+    ctx, args = split_command_line(Options(), service_name, args)
+    if ctx.options.help or ctx.options.version:
+        return show_about(ctx.options)
     return cmd_submit(ctx, service_name, args, sync=True, wrapper=True)
 
 

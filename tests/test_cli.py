@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy
@@ -17,6 +18,7 @@ from stl import mesh
 
 import rrcloud
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
+from servers import EmbeddedServer, FakeServer, free_port
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 SLIC3R_INI = (
@@ -227,6 +229,7 @@ def test_help_documents_options_and_exit_codes(cli):
     text = result.out
     for option in ('--local', '--s=', '--notifier=', '--sync', '--format=json'):
         assert option in text, option
+    assert 'may also stand after the command' in text
     for command in ('info', 'meta', 'kill', '.cloud'):
         assert command in text, command
     meanings = {0: 'success', 1: 'failed', 2: 'usage', 3: 'no such task',
@@ -279,6 +282,14 @@ BAD_COMMAND_LINES = [
     (['openscad', 'cube.scad', '-ocube.stl'], '-ocube.stl'),
     (['openscad', 'cube.scad', '--camera=/etc/passwd'], '--camera=/etc/passwd'),
     (['--notifier=ftp://example.org/$id', 'echo', 'hello world'], 'ftp://example.org/$id'),
+    # Options after the command: unknown ones and bad values are named too.
+    (['echo', 'hello world', '--bogus'], '--bogus'),
+    (['echo', 'hello world', '--', '--local'], '--local'),
+    (['info', '--bogus'], '--bogus'),
+    (['info', '1795841292-04767-953464', '--format=xml'], 'xml'),
+    (['meta', '--s'], '--s'),
+    (['echo', 'hello world', '--notifier=ftp://example.org/$id'], 'ftp://example.org/$id'),
+    (['slic3r', 'cube.stl', '--load=missing.ini'], 'missing.ini'),
 ]
 
 
@@ -500,3 +511,118 @@ def test_multi_line_content_is_accepted_as_content(cli, workdir):
     assert result.code == 0, result
     (record,) = records(workdir)
     assert (workdir / record['out']).read_text() == content
+
+
+###############################################################################
+# 6. Options anywhere, by 0.019's rule
+###############################################################################
+
+@pytest.fixture
+def server(tmp_path):
+    """A real embedded rrcloud server on a loopback port, in its own store."""
+    started = EmbeddedServer(tmp_path / 'server').start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def listener():
+    """A loopback HTTP listener that records what it is sent (a notifier target)."""
+    started = FakeServer(lambda request: (200, 'text/plain', 'ok\n')).start()
+    yield started
+    started.stop()
+
+
+def test_format_after_info_and_its_id(cli, workdir):
+    task_id = two_finished_echo_tasks(cli, workdir)[1]
+
+    single = cli('info', task_id, '--format=json')
+    listing = cli('info', '--format', 'json')
+
+    assert single.code == 0, single
+    record = json.loads(single.out)
+    assert record['id'] == task_id and record['status'] == 'complete'
+    assert [task['id'] for task in json.loads(listing.out)][-1] == task_id
+    assert json.loads(cli('meta', '--format=json').out)['services']
+
+
+def test_s_after_the_input_sends_the_task_to_that_server(cli, workdir, server):
+    (workdir / 'notes.txt').write_text('notes for the server\n')
+
+    result = cli('echo', 'notes.txt', f'--s={server.address}')
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    (record,) = records(workdir)
+    assert record['server'] == server.url
+    (remote,) = server.records().values()
+    assert server.wait_done(remote['id'])['status'] == 'complete'
+    shown = key_values(cli('info', task_id).out.split('\n', 1)[1])
+    assert shown['status'] == 'complete'
+    assert (workdir / shown['out']).read_text() == 'notes for the server\n'
+
+
+def test_notifier_after_the_input_is_called(cli, workdir, listener):
+    # The local runner calls it; loopback is refused unless notifierAllow names it.
+    write_config(workdir, 'notifierAllow = 127.0.0.0/8\n')
+    (workdir / 'notes.txt').write_text('notify me\n')
+    notifier = f'http://127.0.0.1:{listener.port}/done?$id'
+
+    result = cli('echo', 'notes.txt', f'--notifier={notifier}')
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    assert wait_until_done(workdir, task_id)['notifier'] == notifier
+    deadline = time.monotonic() + 60
+    while not listener.of('GET'):
+        assert time.monotonic() < deadline, 'no notifier GET'
+        time.sleep(0.05)
+    (call,) = listener.of('GET')
+    assert (call.path, call.query) == ('/done', {task_id: ''})
+
+
+def test_local_and_sync_after_the_input_work_here(cli, workdir):
+    write_config(workdir, f'servers = 127.0.0.1:{free_port()}\n')  # nothing listens there
+
+    result = cli('echo', 'hello world', '--local', '--sync')
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert 'remoteId' not in record and record['status'] == 'complete'
+    assert (workdir / record['out']).read_text() == 'hello world'
+
+
+def test_local_after_the_wrapper_arguments(proc, models):
+    write_config(models, f'servers = 127.0.0.1:{free_port()}\n')  # nothing listens there
+
+    result = proc('cube.scad', '-ocube-out.stl', '--local', prog='openscad.cloud')
+
+    assert result.code == 0, result
+    assert (models / 'cube-out.stl').read_bytes().startswith(b'solid')
+
+
+def test_slic3r_keeps_its_load_and_output_arguments(cli, models):
+    result = cli('slic3r', '--load=config.ini', 'cube.stl', '--output=cube.gcode', '--sync')
+
+    assert result.code == 0, result
+    (record,) = records(models)
+    argv = record['cmd'].split()
+    assert argv[1].startswith('--load=tasks/in/') and argv[1].endswith('.ini'), argv
+    assert argv[-1] == f'--output={record["out"]}', argv
+    assert (models / 'cube.gcode').read_bytes() == (models / record['out']).read_bytes()
+
+
+def test_a_native_argument_named_like_an_option_stays_the_services(cli, workdir):
+    make_service(workdir, 'fmt', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\nnativeArgs = --format=\n')
+    (workdir / 'job.sh').write_text('exit 0\n')
+
+    result = cli('fmt', 'job.sh', '--format=json')
+
+    assert result.code == 0, result
+    task_id = task_id_of(result.out)
+    assert result.out == f'id: {task_id}\n', 'text, not JSON: --format=json went to the service'
+    assert wait_until_done(workdir, task_id)['cmd'].split()[:2] == ['sh', '--format=json']
+
+
+def test_help_after_the_command(cli):
+    assert cli('info', '--help').out == cli('--help').out

@@ -27,6 +27,7 @@ import pytest
 import requests
 
 import deploy
+from conftest import DATA
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
 KEY_RE = re.compile(r'\A[A-Za-z][A-Za-z0-9_]*\Z')
@@ -320,6 +321,193 @@ def test_post_answers_the_busy_record_and_the_task_completes(server, how, fmt):
     result = download(server, done['out'])
     assert result.status_code == 200
     assert result.content == content.encode()
+
+
+###############################################################################
+# A RepRapCloud 0.019 client: its synchronous wrappers and its async path
+###############################################################################
+
+BAD_SCAD = 'cube(10;\n'  # a syntax error: openscad fails
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def client_0_019_name(path):
+    """The name a 0.019 client gives its own copy of an input: tasks/in/<uniq>.<ext>."""
+    now = time.time()
+    ext = os.path.splitext(str(path))[1]
+    return f'tasks/in/{int(now)}-{int(now % 1 * 100_000):05d}-{uuid.uuid4().int % 1_000_000:06d}{ext}'
+
+
+def client_0_019_post(server, service, inputs, in_as_upload=False):
+    """The POST of a 0.019 ``SERVICE.cloud`` (curl -F): ``service``, ``fileInN``
+    uploads of its local copies (``preargN`` for an argInput input such as
+    slic3r's --load=) and ``in``, the comma-separated list of those local
+    paths.  ``inputs`` is a list of (prearg, path).  With ``in_as_upload`` the
+    ``in`` part is a file, as curl sends ``-F in=@PATH`` when PATH exists."""
+    parts, local = [('service', (None, service))], []
+    for number, (prearg, path) in enumerate(inputs):
+        name = client_0_019_name(path)
+        local.append(name)
+        parts.append((f'fileIn{number}', (os.path.basename(name), path.read_bytes())))
+        if prearg:
+            parts.append((f'prearg{number}', (None, prearg)))
+    in_part = (os.path.basename(local[0]), inputs[0][1].read_bytes()) if in_as_upload else (None, ','.join(local))
+    parts.append(('in', in_part))
+    return requests.post(f'{server.url}/', files=parts, timeout=120)
+
+
+def client_0_019_sync(server, service, inputs, in_as_upload=False):
+    """A 0.019 synchronous wrapper against ``server``, step by step: the POST,
+    then ONE ``?service=info&id=ID`` read that must show the task ended (0.019
+    gives up otherwise: "doesn't run RepRapCloud"), then the result (when
+    complete) and the log.  Returns (record, result bytes or None, log text)."""
+    posted = client_0_019_post(server, service, inputs, in_as_upload)
+    task_id = answer_of(posted, 'text')['id']
+    read = requests.get(f'{server.url}/?service=info&id={task_id}', timeout=30)
+    record = answer_of(read, 'text')
+    assert record['status'] in ('complete', 'failed'), \
+        f'{server.kind}: a 0.019 client would give up on {record}'
+    result = download(server, record['out']).content if record['status'] == 'complete' else None
+    return record, result, download(server, f'tasks/log/{task_id}').text
+
+
+def test_a_0_019_wrapper_gets_an_ended_task(server, tmp_path):
+    notes = tmp_path / 'notes.txt'
+    notes.write_text(f'notes {uuid.uuid4()}\n')
+
+    record, result, _ = client_0_019_sync(server, 'echo', [('', notes)])
+
+    assert record['status'] == 'complete', record
+    assert INPUT_RE.match(record['in']) and record['in'].endswith('.txt'), record
+    assert result == notes.read_bytes()
+
+
+def test_a_0_019_wrapper_gets_a_slow_task_ended(server, tmp_path):
+    # Two seconds of work: the one read after the POST sees the end only if the POST waited for it.
+    job = tmp_path / 'job.sh'
+    job.write_text(sleep_script(2, 'slow result'))
+
+    record, result, _ = client_0_019_sync(server, 'sh', [('', job)])
+
+    assert record['status'] == 'complete', record
+    assert result == b'slow result'
+
+
+def test_a_0_019_wrapper_gets_a_failed_model_with_its_log(server, tmp_path):
+    model = tmp_path / 'broken.scad'
+    model.write_text(BAD_SCAD)
+
+    record, result, log = client_0_019_sync(server, 'openscad', [('', model)])
+
+    assert record['status'] == 'failed', record
+    assert result is None
+    assert 'error' in log.lower(), log
+
+
+def check_stl(data):
+    assert data.startswith(b'solid') or len(data) > 84, data[:80]
+
+
+def check_gcode(data):
+    assert b'\nG1 ' in data, data[:200]
+
+
+def check_png(data):
+    assert data.startswith(PNG_SIGNATURE), data[:16]
+
+
+def check_same_as(name):
+    def check(data):
+        assert data == (DATA / name).read_bytes()
+    return check
+
+
+# Every service with an output, as its 0.019 wrapper sends it: (service, inputs, check of the result).
+SERVICES_0_019 = [
+    ('openscad', [('', 'cube.scad')], check_stl),
+    ('openjscad', [('', 'cube.jscad')], check_stl),
+    ('slic3r', [('--load=', 'slic3r.ini'), ('', 'cube.stl')], check_gcode),
+    ('povray', [('', 'scene.pov')], check_png),
+    ('echo', [('', 'cube.stl')], check_same_as('cube.stl')),
+]
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)  # the tools are slow: one deployment
+@pytest.mark.parametrize('service, inputs, check', SERVICES_0_019, ids=[s[0] for s in SERVICES_0_019])
+def test_a_0_019_wrapper_gets_each_services_result(server, service, inputs, check):
+    record, result, _ = client_0_019_sync(server, service, [(prearg, DATA / name) for prearg, name in inputs])
+
+    assert record['status'] == 'complete', record
+    assert record['service'] == service
+    assert all(INPUT_RE.match(p) for p in record['in'].split(',')), record
+    if service == 'slic3r':
+        assert ' --load=tasks/in/' in record['cmd'], record
+    check(result)
+
+
+@pytest.mark.parametrize('in_as', ['text', 'upload'])
+def test_the_in_field_names_nothing_on_the_server(server, tmp_path, in_as):
+    # A hostile `in` list: read, written or answered back, any of these would show.
+    notes = tmp_path / 'notes.txt'
+    notes.write_text(f'notes {uuid.uuid4()}\n')
+    wait_idle(server)
+    before = server.store_files()
+    parts = [('service', (None, 'echo')), ('fileIn0', ('notes.txt', notes.read_bytes()))]
+    hostile = '../../rrcloudrc,/etc/passwd,tasks/info,../app/rrcloud.py'
+    parts.append(('in', ('passwd', b'root:x:0:0\n') if in_as == 'upload' else (None, hostile)))
+
+    response = requests.post(f'{server.url}/', files=parts, timeout=60)
+
+    record = answer_of(response, 'text')
+    assert record['status'] == 'complete', record
+    assert INPUT_RE.match(record['in']), record
+    for secret in (deploy.CONFIG_MARKER, 'root:x:0:0', 'def application', hostile):
+        assert secret not in response.text
+    assert download(server, record['out']).content == notes.read_bytes()
+    new_inputs = {p for p in server.store_files() - before if p.startswith('in/')}
+    assert new_inputs == {record['in'][len('tasks/'):]}, new_inputs
+
+
+def test_a_0_019_async_client_gets_the_id_at_once_and_asks_later(server):
+    # `rrcloud openscad part.scad` then `rrcloud info ID`: no `in`, and 0.019's
+    # info is a multipart POST too.
+    posted = requests.post(f'{server.url}/', files=[('service', (None, 'sh')),
+                                                    ('fileIn0', ('job.sh', sleep_script(2, 'later').encode()))],
+                           timeout=30)
+    first = answer_of(posted, 'text')
+    assert first['status'] == 'busy', first
+    deadline = time.monotonic() + 60
+    while True:
+        asked = requests.post(f'{server.url}/', files=[('service', (None, 'info')), ('id', (None, first['id']))],
+                              timeout=30)
+        record = answer_of(asked, 'text')
+        if record['status'] != 'busy' or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert record['status'] == 'complete', record
+    assert download(server, record['out']).content == b'later'
+
+
+###############################################################################
+# wait= on a POST: the answer is held like wait= on info
+###############################################################################
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_post_with_wait_answers_the_ended_task(server, fmt):
+    response = submit(server, {'service': 'sh', 'fileIn0': sleep_script(1, 'held'), 'wait': '30'}, fmt=fmt)
+
+    record = answer_of(response, fmt)
+    assert record['status'] == 'complete', record
+    assert 'etime' in record
+    assert download(server, record['out']).content == b'held'
+
+
+def test_post_with_wait_answers_busy_when_the_time_is_up(server):
+    record = answer_of(submit(server, {'service': 'sh', 'fileIn0': sleep_script(30), 'wait': '1'}), 'text')
+    try:
+        assert record['status'] == 'busy', record
+    finally:
+        kill_quietly(server, record['id'])
 
 
 ###############################################################################
@@ -743,6 +931,12 @@ BAD_REQUESTS = [
     ('kill without id', 'GET', '/?service=kill', None, 400, ['missing id']),
     ('wait too long', 'GET', f'/?service=info&id={UNKNOWN_ID}&wait=61', None, 400, ['wait']),
     ('wait not a number', 'GET', f'/?service=info&id={UNKNOWN_ID}&wait=soon', None, 400, ['wait']),
+    ('wait too long (POST)', 'POST', None, {'service': 'sh', 'fileIn0': '{canary}', 'wait': '61'}, 400, ['wait']),
+    ('wait not a number (POST)', 'POST', None, {'service': 'sh', 'fileIn0': '{canary}', 'wait': 'soon'}, 400,
+     ['wait']),
+    ('CR/LF in in', 'POST', None,
+     {'service': 'sh', 'fileIn0': '{canary}', 'in': 'tasks/in/x.sh\r\nstatus: complete'}, 400, ['field in ']),
+    ('in too long', 'POST', None, {'service': 'sh', 'fileIn0': '{canary}', 'in': 'x' * 5000}, 400, ['field in ']),
     ('service ../x', 'POST', None, {'service': '../x', 'fileIn0': '{canary}'}, 400, ['service', '../x']),
     ('unknown service', 'POST', None, {'service': 'nosuchservice', 'fileIn0': '{canary}'}, 400,
      ['unknown service', 'nosuchservice']),

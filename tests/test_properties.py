@@ -321,7 +321,8 @@ names_like = st.one_of(any_text, plausible_keys, st.from_regex(r'\A[a-z][a-z0-9_
                        st.from_regex(r'\A[A-Za-z0-9]{0,14}\Z'),
                        st.sampled_from(['', 'a' * 32, 'a' * 33, 'A' * 64, 'A' * 65, 'x' * 12, 'x' * 13,
                                         'stl', 'é', 'a\n', '_a', '1a', 'fileIn0', 'fileIn1000', 'arg',
-                                        'prearg12', 'fileIn٣', 'service', 'services', 'token ']))
+                                        'prearg12', 'fileIn٣', 'service', 'services', 'token ', 'in', 'in0',
+                                        'inn', 'i']))
 FAST_CHECKS = [('is_task_id', 'TASK_ID_RE'), ('is_service_name', 'SERVICE_NAME_RE'),
                ('is_record_key', 'RECORD_KEY_RE'), ('is_extension', 'EXTENSION_RE'),
                ('is_form_field', 'FORM_FIELD_RE')]

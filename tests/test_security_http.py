@@ -754,6 +754,7 @@ LONG_FIELDS = {  # 200 characters each
     'prearg0': '--load=' + 'p' * 193,
     'format': 'json' + 'x' * 196,
     'service': 'e' * 200,
+    'in': 'tasks/in/' + 'i' * 191,
 }
 
 
@@ -976,9 +977,10 @@ PAYLOADS = ['; touch {canary}', '$(touch {canary})', '$(touch${IFS}{canary})', '
 # or a format may be taken (as data); a file's name and content are data and
 # must be taken, stored and never run.
 PAYLOAD_FIELDS = ['service', 'prearg0', 'nativeArgs', 'arg0', 'id', 'wait', 'notifier', 'format',
-                  'fileIn0 filename', 'fileIn0 content', 'fileIn0 content via --load=']
+                  'in', 'fileIn0 filename', 'fileIn0 content', 'fileIn0 content via --load=']
 MAY_TAKE = ('notifier', 'format')
-MUST_TAKE = ('fileIn0 filename', 'fileIn0 content', 'fileIn0 content via --load=')
+# `in` (a 0.019 client's own input paths) is taken and never used.
+MUST_TAKE = ('in', 'fileIn0 filename', 'fileIn0 content', 'fileIn0 content via --load=')
 
 
 def submit_with_payload(deployment, where, payload):
@@ -1283,11 +1285,11 @@ LINE_BREAKS = {'NEL': '\x85', 'LINE SEPARATOR': '\u2028', 'PARAGRAPH SEPARATOR':
 
 
 @pytest.mark.parametrize('brk', list(LINE_BREAKS))
-@pytest.mark.parametrize('where', ['notifier', 'nativeArgs', 'arg0', 'format'])
+@pytest.mark.parametrize('where', ['notifier', 'nativeArgs', 'arg0', 'format', 'in'])
 def test_any_line_break_in_a_field_is_refused(server, where, brk, canary):
     """No kind of line break (as the record reader sees them) can start a forged key."""
     value = {'notifier': 'http://127.0.0.1:9/x', 'nativeArgs': '--render', 'arg0': '--render',
-             'format': 'text'}[where] + LINE_BREAKS[brk] + 'status: complete'
+             'format': 'text', 'in': 'tasks/in/x.txt'}[where] + LINE_BREAKS[brk] + 'status: complete'
     watch = Watch(server, canary)
     answer = post(server, files={'service': (None, 'echo'), 'fileIn0': (None, f'$(touch {canary})'),
                                  where: (None, value)})
