@@ -2768,8 +2768,8 @@ def route_service(request):
         raise HTTPError(405, f'a task of {service!r} is started with POST')
     hold = post_wait_seconds(config, request)  # before the task starts: a bad wait starts nothing
     record = submit_from_form(store, config, request)
-    if hold:
-        record = wait_for_task(store, record['id'], timeout=hold)
+    if hold:  # counted with the long-polls: held answers never take every thread
+        record = held_wait(store, config, record['id'], hold)
     return answer_record(record, request.format)
 
 
