@@ -93,7 +93,7 @@ class Sandbox:
         for name in DEVICES:
             options += ['--dev-bind-try', '/dev/' + name, '/dev/' + name]
         for device in self.devices:
-            if not _is_character_device(device):
+            if not is_character_device(device):
                 raise SandboxError(f'{device} is not a character device')
             options += ['--dev-bind', device, device]
         return options
@@ -112,7 +112,8 @@ def _under(path, folder):
     return path == folder or path.startswith(folder.rstrip('/') + '/')
 
 
-def _is_character_device(path):
+def is_character_device(path):
+    """True for an existing character device (a serial port), never a file or folder."""
     try:
         return stat.S_ISCHR(os.stat(path).st_mode)
     except OSError:
