@@ -1695,17 +1695,22 @@ def checksummed(number, code):
     return body + b'*%d\n' % checksum
 
 
+def check_serial_port(port):
+    """PrinterError unless ``port`` is a character device (checked without opening it)."""
+    import stat
+    try:
+        mode = os.stat(port).st_mode
+    except OSError as exc:
+        raise PrinterError(f'cannot open {port}: {exc.strerror}') from None
+    if not stat.S_ISCHR(mode):
+        raise PrinterError(f'refusing {port}: not a serial device')
+
+
 class SerialLink:
     """Line I/O on a serial port's file descriptor (pyserial sets the port up)."""
 
     def __init__(self, port, baud):
-        import stat
-        try:
-            mode = os.stat(port).st_mode
-        except OSError as exc:
-            raise PrinterError(f'cannot open {port}: {exc.strerror}') from None
-        if not stat.S_ISCHR(mode):
-            raise PrinterError(f'refusing {port}: not a serial device')
+        check_serial_port(port)
         import serial
         try:
             self.serial = serial.Serial(port, baud, timeout=0, write_timeout=10, exclusive=True)
@@ -1822,6 +1827,7 @@ def cmd_print(args):
     if len(positional) != 2:
         raise UsageError('usage: rrcloud print [--baud=N] [--timeout=S] PORT FILE.gcode')
     port, path = positional
+    check_serial_port(port)  # a wrong port is named even when the file is wrong too
     lines = gcode_lines(path)
     link = SerialLink(port, options['baud'])
     started = time.monotonic()

@@ -94,6 +94,14 @@ def check_wire_format(sim, expected=EXPECTED):
     assert last == len(expected)
 
 
+def error_line(done):
+    """The one line of stderr, which rrcloud print's failures write."""
+    assert done.returncode != 0, done
+    (message,) = done.stderr.splitlines()
+    assert message.startswith('rrcloud: error: '), message
+    return message
+
+
 def injected_resends(count, every):
     """The simulator refuses lines every+1, 2*every+1, ... once each (then accepts them)."""
     return (count - 1) // every
@@ -189,6 +197,15 @@ def test_port_that_does_not_exist_is_refused(tmp_path):
     assert done.stdout == ''
     assert not port.exists()
     assert seconds < 10
+
+
+@pytest.mark.parametrize('gcode', ['f.gcode', str(SMALL)], ids=['no-such-file', 'file'])
+def test_port_that_does_not_exist_is_one_error_line(gcode):
+    done, _ = run_print('/dev/nonexistent', gcode)
+
+    message = error_line(done)
+    assert message == 'rrcloud: error: cannot open /dev/nonexistent: No such file or directory'
+    assert done.stdout == ''
 
 
 def test_etc_passwd_is_refused_as_not_a_device():
