@@ -15,7 +15,9 @@ What it models (Marlin 2.1 ``GCodeQueue`` semantics):
   that arrives while "booting" is dropped, as a real bootloader drops it.  The
   banner is not written at construction: nobody is listening yet, and
   pyserial flushes the input queue when it opens a port, so it would be lost.
-  ``send_banner()`` sends it again on demand.
+  ``send_banner()`` sends it again on demand.  With ``reset_on_open=False``
+  the board does not reset (no DTR reset, or a board without one): no boot,
+  no banner, input answered at once, the line counter kept from before.
 - ``N<n> <code>*<cs>`` lines: ``cs`` must be the XOR of all bytes before '*',
   and ``n`` must be the last line number + 1, else ``Error:...``,
   ``Resend: <last+1>``, ``ok``.  ``M110`` skips the line-number check and
@@ -27,9 +29,17 @@ What it models (Marlin 2.1 ``GCodeQueue`` semantics):
 - ``ok`` per accepted command; ``M105`` answers ``ok T:20.0 /0.0 B:20.0 /0.0``;
   ``M114`` and ``M115`` print a report line before their ``ok``.
 
+Faults of real firmware and links, each on request: resend requests
+(injected, or for ever for one line), a line that reached the printer twice
+(it asks for the next one), an ``ok`` lost on the wire or left out after a
+resend (``flush_and_request_resend`` of some Marlin 2.0 builds printed
+``Resend:`` alone), a halt (``Error:Printer halted. kill() called!``), long
+commands with busy: or temperature reports (M109, G28), silence.
+
 Everything is recorded: ``received`` (accepted commands, without N and
 checksum, in order, each once), ``errors``, ``resends_requested``,
-``injected_resends``, ``ignored`` and a full ``transcript``.
+``injected_resends``, ``duplicated``, ``dropped_oks``, ``ignored`` and a full
+``transcript``.
 """
 
 import errno
@@ -66,6 +76,10 @@ RESEND_FORMATS = {
 }
 
 M105_OK = "ok T:20.0 /0.0 B:20.0 /0.0"
+HALT_LINES = ("Error:Printer halted. kill() called!",)
+# Commands during which Marlin reports temperatures (wait_for_hotend/bed).
+HEATING_COMMANDS = ("M109", "M190", "M191")
+HEATING_REPORT = " T:150.0 /200.0 B:60.0 /60.0 @:127 B@:0 W:?"
 M114_REPORT = "X:0.00 Y:0.00 Z:0.00 E:0.00 Count X:0 Y:0 Z:0"
 M115_REPORT = ("FIRMWARE_NAME:Marlin 2.1.2 (simulated) "
                "SOURCE_CODE_URL:github.com/MarlinFirmware/Marlin "
@@ -97,20 +111,33 @@ class PrinterSim:
     banner           the banner lines (default DEFAULT_BANNER).
     delay            seconds to "work" on each accepted command before its
                      ok (default 0: answer at once).
-    busy_interval    when set and ``delay`` is longer, send
+    command_delays   {command word: seconds} of work for some commands only,
+                     e.g. {"M109": 3.0} (a heat-up); overrides ``delay``.
+    busy_interval    when set and the work is longer, send
                      ``echo:busy: processing`` every busy_interval seconds
-                     while working (Marlin's host keepalive).
+                     while working (Marlin's host keepalive); for M109,
+                     M190 and M191 a temperature report instead, the first
+                     at once (Marlin's wait_for_hotend/bed).
     resend_every     ask for a resend of a correct numbered line after every
                      ``resend_every`` accepted numbered lines: the line is not
                      accepted, the answer is ``Resend: <n>`` + ``ok``.
     resend_lines     line numbers (N values) to refuse once each, the same way.
+    resend_loop_lines  line numbers refused every time they come, the same
+                     way (a link that garbles them for good).
+    duplicate_lines  line numbers that reach the printer twice, the ok of the
+                     first copy lost on the wire: the line is accepted and
+                     the host sees only the second copy's answer,
+                     ``Error:Line Number is not Last Line Number+1``,
+                     ``Resend: <n+1>``, ``ok``.
+    drop_ok_lines    line numbers accepted with their ok lost on the wire.
     inject_error     precede injected resends with
                      ``Error:checksum mismatch, Last Line: <n-1>`` (looks like
-                     line noise) instead of a bare resend request.
+                     line noise) instead of a bare resend request; a string
+                     is the message to use instead of "checksum mismatch".
     resend_format    "marlin" (``Resend: n``), "rs" (``rs n``), "rs_n"
                      (``rs Nn``) or a format string with ``{n}``.
     ok_after_resend  send ``ok`` after every resend request (default True,
-                     Marlin does).
+                     Marlin does; some 2.0 builds did not).
     flush_on_error   after an error, drop the input already received but not
                      yet processed (Marlin clears its RX buffer).  Default
                      False.
@@ -122,13 +149,20 @@ class PrinterSim:
     silent_after     stop answering anything once this many commands have
                      been accepted (the lines after are read and recorded in
                      ``ignored``, never answered).
-    reset_on_open    the line number goes back to 0 when the host opens the
-                     port (an Arduino resets on open).  Default True.
+    halt_at_line     on this line number, answer ``halt_lines`` instead of
+                     ok and fall silent (Marlin's kill()); the line counts
+                     as accepted.
+    halt_lines       default HALT_LINES.
+    reset_on_open    the board resets when the host opens the port (an
+                     Arduino does, by DTR): banner after ``banner_delay``,
+                     input dropped meanwhile, line number back to 0.  False:
+                     none of that.  Default True.
 
     Attributes: ``port``, ``received``, ``received_numbered`` (list of
     (n, code); n is None for unnumbered lines), ``errors`` (error lines sent
     because the host got something wrong), ``resends_requested`` (all resend
-    requests sent, errors and injected), ``injected_resends``, ``ignored``,
+    requests sent, errors and injected), ``injected_resends``, ``duplicated`` and
+    ``dropped_oks`` (line numbers), ``halted``, ``ignored``,
     ``opens`` (times the host opened the port), ``transcript`` (list of
     (time.monotonic(), '<' host-to-printer | '>' printer-to-host | '*' event,
     line)), ``last_line``,
@@ -144,7 +178,9 @@ class PrinterSim:
                  inject_error=False, resend_format="marlin",
                  ok_after_resend=True, flush_on_error=False, noise_every=0,
                  noise_lines=DEFAULT_NOISE, temp_interval=None,
-                 silent_after=None, reset_on_open=True):
+                 silent_after=None, reset_on_open=True, command_delays=None,
+                 resend_loop_lines=(), duplicate_lines=(), drop_ok_lines=(),
+                 halt_at_line=None, halt_lines=HALT_LINES):
         self.banner_delay = banner_delay
         self.banner = tuple(banner)
         self.delay = delay
@@ -160,12 +196,21 @@ class PrinterSim:
         self.temp_interval = temp_interval
         self.silent_after = silent_after
         self.reset_on_open = reset_on_open
+        self.command_delays = {word.upper(): seconds for word, seconds in (command_delays or {}).items()}
+        self.resend_loop_lines = set(resend_loop_lines)
+        self.duplicate_lines = set(duplicate_lines)
+        self.drop_ok_lines = set(drop_ok_lines)
+        self.halt_at_line = halt_at_line
+        self.halt_lines = tuple(halt_lines)
 
         self.received = []
         self.received_numbered = []
         self.errors = []
         self.resends_requested = 0
         self.injected_resends = 0
+        self.duplicated = []
+        self.dropped_oks = []
+        self.halted = False
         self.ignored = []
         self.opens = 0
         self.transcript = []
@@ -342,7 +387,7 @@ class PrinterSim:
             self._out.clear()
         if self.reset_on_open:
             self.last_line = 0
-        self._banner_due = time.monotonic() + (self.banner_delay or 0)
+            self._banner_due = time.monotonic() + (self.banner_delay or 0)
         if self.temp_interval:
             self._temp_due = time.monotonic() + self.temp_interval
         self._log("*", "host opened the port")
@@ -371,7 +416,7 @@ class PrinterSim:
                     self._log("<", "(flushed after error) %r" % self._inbuf)
                 self._inbuf = b""
                 break
-            if self.delay and out:
+            if (self.delay or self.command_delays) and out:
                 self._emit(out)
                 out = []
         if out:
@@ -430,14 +475,15 @@ class PrinterSim:
             return self._error("No Line Number with checksum", out)
 
         if n is not None and not is_m110:
-            if (n in self.resend_lines
+            if (n in self.resend_lines or n in self.resend_loop_lines
                     or (self.resend_every
                         and self._since_inject >= self.resend_every)):
                 self.resend_lines.discard(n)
                 self._since_inject = 0
                 self.injected_resends += 1
                 if self.inject_error:
-                    self._emit_error_line("checksum mismatch", out)
+                    self._emit_error_line(self.inject_error if isinstance(self.inject_error, str)
+                                          else "checksum mismatch", out)
                 self._request_resend(out)
                 return False
             self._since_inject += 1
@@ -457,13 +503,26 @@ class PrinterSim:
             self.received.append(code)
             self.received_numbered.append((n, code))
         self._accepted_count += 1
-        if self.delay:
-            self._work(out)
+        word = code.split()[0].upper() if code.split() else ""
+        delay = self.command_delays.get(word, self.delay)
+        if delay:
+            self._work(out, delay, heating=word in HEATING_COMMANDS)
         if (self.noise_every
                 and self._accepted_count % self.noise_every == 0):
             out.extend(self.noise_lines)
-        word = code.split()[0].upper() if code.split() else ""
-        if word == "M105":
+        if n is not None and n == self.halt_at_line:
+            out.extend(self.halt_lines)      # kill(): no ok, nothing more
+            self.halted = self.silent = True
+        elif n in self.duplicate_lines:
+            self.duplicate_lines.discard(n)
+            self.duplicated.append(n)
+            self._emit_error_line("Line Number is not Last Line Number+1", out)
+            self._request_resend(out)
+        elif n in self.drop_ok_lines:
+            self.drop_ok_lines.discard(n)
+            self.dropped_oks.append(n)
+            self._log("*", "ok of line %d lost on the wire" % n)
+        elif word == "M105":
             out.append(M105_OK)
         elif word == "M114":
             out.extend([M114_REPORT, "ok"])
@@ -473,12 +532,14 @@ class PrinterSim:
             out.append("ok")
         return False
 
-    def _work(self, out):
-        """Spend ``delay`` seconds on a command, with busy keepalives."""
+    def _work(self, out, seconds, heating=False):
+        """Spend ``seconds`` on a command, with busy keepalives (temperatures while heating)."""
         if out:
             self._emit(out)
             del out[:]
-        end = time.monotonic() + self.delay
+        if heating and self.busy_interval:
+            self._emit([HEATING_REPORT])   # wait_for_hotend() reports before it first waits
+        end = time.monotonic() + seconds
         while not self._stop.is_set():
             left = end - time.monotonic()
             if left <= 0:
@@ -491,7 +552,7 @@ class PrinterSim:
             if self._stop.wait(step):
                 break
             if self.busy_interval and end - time.monotonic() > 0:
-                self._emit(["echo:busy: processing"])
+                self._emit([HEATING_REPORT if heating else "echo:busy: processing"])
             if self._temp_due is not None and time.monotonic() >= self._temp_due:
                 self._temp_due = time.monotonic() + self.temp_interval
                 self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])

@@ -172,3 +172,84 @@ def test_slow_printer_sends_busy_while_working():
         assert ask(port, 'G28') == ['echo:busy: processing', 'echo:busy: processing', 'ok']
         assert time.monotonic() - start >= 0.5
         port.close()
+
+
+# ---- a printer that does not reset, and the faults of real firmware ---------------------
+
+def test_printer_that_does_not_reset_answers_at_once_and_keeps_its_line_number():
+    with PrinterSim(reset_on_open=False) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.5)
+        assert ask(port, 'M105') == ['ok T:20.0 /0.0 B:20.0 /0.0']   # no banner, no boot
+        assert ask(port, numbered(1, 'G28')) == ['ok']
+        port.close()
+        assert sim.wait_for(lambda s: not s.host_open, 2)
+        port = serial.Serial(sim.port, 115200, timeout=0.5)
+        assert ask(port, numbered(2, 'G1 X1')) == ['ok']               # the counter went on
+        port.close()
+    assert sim.opens == 2
+    assert sim.received == ['M105', 'G28', 'G1 X1']
+    assert not any(line == 'start' for _, direction, line in sim.transcript if direction == '>')
+
+
+def test_duplicate_line_lost_ok_and_resend_loop():
+    with PrinterSim(reset_on_open=False, duplicate_lines={2}, drop_ok_lines={3},
+                    resend_loop_lines={4}) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, numbered(1, 'G1 X1')) == ['ok']
+        # line 2 arrived twice, the first ok lost: only the second copy is answered
+        assert ask(port, numbered(2, 'G1 X2')) == [
+            'Error:Line Number is not Last Line Number+1, Last Line: 2', 'Resend: 3', 'ok']
+        assert ask(port, numbered(3, 'G1 X3')) == []                  # accepted, its ok lost
+        for _ in range(3):
+            assert ask(port, numbered(4, 'G1 X4')) == ['Resend: 4', 'ok']
+        port.close()
+    assert sim.received == ['G1 X1', 'G1 X2', 'G1 X3']
+    assert sim.duplicated == [2] and sim.dropped_oks == [3]
+    assert sim.injected_resends == 3 and sim.errors == []
+
+
+def test_resend_without_ok():
+    with PrinterSim(reset_on_open=False, resend_lines={2}, ok_after_resend=False) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, numbered(1, 'G1 X1')) == ['ok']
+        assert ask(port, numbered(2, 'G1 X2')) == ['Resend: 2']      # and no ok
+        assert ask(port, 'M105') == ['ok T:20.0 /0.0 B:20.0 /0.0']
+        assert ask(port, numbered(2, 'G1 X2')) == ['ok']
+        port.close()
+    assert sim.received == ['G1 X1', 'M105', 'G1 X2']
+
+
+def test_halt_answers_the_error_and_falls_silent():
+    with PrinterSim(reset_on_open=False, halt_at_line=2) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, numbered(1, 'G1 X1')) == ['ok']
+        assert ask(port, numbered(2, 'G1 X2')) == ['Error:Printer halted. kill() called!']
+        assert ask(port, 'M105') == []
+        port.close()
+    assert sim.halted
+    assert sim.received == ['G1 X1', 'G1 X2'] and sim.ignored == ['M105']
+
+
+def test_heat_up_reports_temperatures_from_the_start_and_other_long_commands_busy():
+    with PrinterSim(reset_on_open=False, command_delays={'M109': 0.5, 'G28': 0.5},
+                    busy_interval=0.2) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=1.0)
+        heating = ask(port, 'M109 S200')
+        homing = ask(port, 'G28')
+        assert ask(port, 'G1 X1') == ['ok']                         # others answer at once
+        port.close()
+    report = ' T:150.0 /200.0 B:60.0 /60.0 @:127 B@:0 W:?'
+    # a report at once, then one about every 0.2 s; busy: only after the first 0.2 s
+    assert len(heating) >= 2 and heating == [report] * (len(heating) - 1) + ['ok'], heating
+    assert len(homing) >= 2 and homing == ['echo:busy: processing'] * (len(homing) - 1) + ['ok'], homing
+
+
+def test_printcore_prints_to_a_printer_that_does_not_reset():
+    expected = code_lines(SMALL)
+    with PrinterSim(reset_on_open=False, resend_every=50) as sim:
+        done, _ = run_printcore(sim)
+        assert sim.wait_for(lambda s: printed(s) == expected, timeout=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert printed(sim) == expected
+    assert sim.errors == []
+    assert not any(line == 'start' for _, direction, line in sim.transcript if direction == '>')

@@ -28,7 +28,7 @@ import requests
 import deploy
 import rrcloud
 from conftest import DATA, REPO, make_service
-from printer_sim import PrinterSim, checksum
+from printer_sim import PrinterSim, checksum, numbered
 
 SMALL = DATA / 'small.gcode'
 EXPECTED = rrcloud.gcode_lines(SMALL)
@@ -94,6 +94,34 @@ def check_wire_format(sim, expected=EXPECTED):
     assert last == len(expected)
 
 
+def file_lines(sim):
+    """The numbered lines the printer accepted: the file's, without probes and pokes."""
+    return [code for number, code in sim.received_numbered if number is not None]
+
+
+def unnumbered(sim):
+    """The commands the printer accepted without a line number: the sender's probes and pokes."""
+    return [code for number, code in sim.received_numbered if number is None]
+
+
+def check_file_once(sim, expected=EXPECTED):
+    """Every line of the file arrived once, in order, numbered 1..N; besides them only
+    the M110 N0 probe (first) and M105 pokes."""
+    assert file_lines(sim) == expected
+    assert [n for n, _ in sim.received_numbered if n is not None] == list(range(1, len(expected) + 1))
+    assert sim.received[0] == 'M110 N0'
+    assert set(unnumbered(sim)[1:]) <= {'M105'}, unnumbered(sim)
+    assert sim.errors == []
+
+
+def error_line(done):
+    """The one line of stderr, which rrcloud print's failures write."""
+    assert done.returncode != 0, done
+    (message,) = done.stderr.splitlines()
+    assert message.startswith('rrcloud: error: '), message
+    return message
+
+
 def injected_resends(count, every):
     """The simulator refuses lines every+1, 2*every+1, ... once each (then accepts them)."""
     return (count - 1) // every
@@ -121,6 +149,8 @@ PRINTER_KINDS = {
     'resends-and-noise': {'resend_every': 50, 'noise_every': 2},
     'slow-with-busy': {'delay': 0.003, 'busy_interval': 0.001},
     'resets-on-open': {'banner_delay': 1.0},
+    'resets-on-open-slowly': {'banner_delay': 2.5},
+    'does-not-reset': {'reset_on_open': False},
 }
 
 
@@ -191,6 +221,15 @@ def test_port_that_does_not_exist_is_refused(tmp_path):
     assert seconds < 10
 
 
+@pytest.mark.parametrize('gcode', ['f.gcode', str(SMALL)], ids=['no-such-file', 'file'])
+def test_port_that_does_not_exist_is_one_error_line(gcode):
+    done, _ = run_print('/dev/nonexistent', gcode)
+
+    message = error_line(done)
+    assert message == 'rrcloud: error: cannot open /dev/nonexistent: No such file or directory'
+    assert done.stdout == ''
+
+
 def test_etc_passwd_is_refused_as_not_a_device():
     before = os.stat('/etc/passwd')
     done, _ = run_print('/etc/passwd', str(SMALL))
@@ -239,12 +278,205 @@ def test_non_device_is_refused_before_it_is_opened(tmp_path):
     ['--baud=fast', '/dev/pts/0', 'x.gcode'],
     ['--timeout=0', '/dev/pts/0', 'x.gcode'],
     ['--speed=2', '/dev/pts/0', 'x.gcode'],
-], ids=['nothing', 'no file', 'bad baud', 'zero timeout', 'unknown option'])
+    ['--comm-timeout=0', '/dev/pts/0', 'x.gcode'],
+    ['--comm-timeout=soon', '/dev/pts/0', 'x.gcode'],
+    ['--comm-timeout', '/dev/pts/0', 'x.gcode'],
+], ids=['nothing', 'no file', 'bad baud', 'zero timeout', 'unknown option', 'zero comm timeout',
+        'bad comm timeout', 'comm timeout without value'])
 def test_print_usage_errors(cli, args):
     result = cli('print', *args)
 
     assert result.code == 2, result
     assert result.err.startswith('rrcloud: error: ') and len(result.err.splitlines()) == 1, result
+
+
+###############################################################################
+# rrcloud print through the quirks of real firmware
+###############################################################################
+
+def probes_dropped_while_booting(sim):
+    return sum(line.count('M110 N0') for _, direction, line in sim.transcript
+               if direction == '<' and line.startswith('(dropped while booting)'))
+
+
+def test_printer_that_does_not_reset_gets_the_first_line_after_one_probe():
+    with PrinterSim(reset_on_open=False) as sim:
+        sim.last_line = 500  # its line counter, from an earlier print
+        done, _ = run_print(sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_every_line_once(sim)
+    check_wire_format(sim)
+    # No banner wait: one probe, answered, then the file (a second of waiting
+    # would have sent a second probe).
+    assert wire_lines(sim)[:2] == ['M110 N0', numbered(1, EXPECTED[0])]
+    assert not any(direction == '>' and line == 'start' for _, direction, line in sim.transcript)
+    assert 'it was reset' not in done.stdout
+
+
+def test_printer_that_resets_on_open_is_probed_until_its_banner():
+    with PrinterSim(banner_delay=2.5) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_every_line_once(sim)
+    check_wire_format(sim)
+    assert probes_dropped_while_booting(sim) >= 2, 'a probe about every second during the boot'
+    assert 'it was reset' in done.stdout
+
+
+def test_resend_of_the_line_not_yet_sent_is_ignored():
+    # Line 32 reached the printer twice: it asks for 33, which was not sent yet.
+    with PrinterSim(reset_on_open=False, duplicate_lines={32}) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    assert sim.duplicated == [32]
+    check_every_line_once(sim)
+    check_wire_format(sim)
+    assert len(wire_lines(sim)) == 1 + COUNT, 'no line went twice'
+    assert 'asked for line 33, not sent yet' in done.stdout
+
+
+LOST_OKS = {
+    'after-a-resend': {'resend_lines': {50}, 'ok_after_resend': False},
+    'on-the-wire': {'drop_ok_lines': {40}},
+    'after-every-resend': {'resend_every': 100, 'ok_after_resend': False},
+}
+
+
+@pytest.mark.parametrize('options', LOST_OKS.values(), ids=LOST_OKS.keys())
+def test_lost_ok_is_poked_for_and_the_print_goes_on(options):
+    with PrinterSim(reset_on_open=False, **options) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_file_once(sim)
+    pokes = unnumbered(sim)[1:]
+    assert 1 <= len(pokes) == max(len(sim.dropped_oks), sim.injected_resends), unnumbered(sim)
+    assert 'sending M105' in done.stdout
+
+
+def test_lost_ok_with_the_default_communication_timeout():
+    with PrinterSim(reset_on_open=False, drop_ok_lines={40}) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_file_once(sim)
+    assert unnumbered(sim) == ['M110 N0', 'M105']
+
+
+def test_heat_up_that_reports_temperatures_is_not_poked():
+    # Temperatures every 0.5 s during a 2 s M109, communication timeout 0.3 s:
+    # the reports show the printer at work, so the sender waits longer.
+    with PrinterSim(reset_on_open=False, command_delays={'M109': 2.0}, busy_interval=0.5) as sim:
+        done, _ = run_print('--comm-timeout=0.3', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_every_line_once(sim)
+    reports = [line for _, direction, line in sim.transcript if direction == '>' and 'W:?' in line]
+    assert len(reports) >= 2
+    assert 'M105' not in sim.received
+
+
+@pytest.mark.parametrize('busy_interval', [None, 0.6], ids=['silent', 'busy-lines'])
+def test_long_command_is_poked_when_silent_and_the_print_goes_on(busy_interval):
+    # The file has two G28s; each takes 2 s here, with no line at all or with
+    # busy: lines every 0.6 s (the first after 0.6 s).  Communication timeout 0.5 s.
+    with PrinterSim(reset_on_open=False, command_delays={'G28': 2.0}, busy_interval=busy_interval) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_file_once(sim)
+    pokes = len(unnumbered(sim)) - 1
+    if busy_interval is None:
+        assert 2 < pokes <= 2 * rrcloud.PRINT_MAX_POKES  # more than one each, a few at most
+    else:
+        assert pokes <= 2  # one each at most, before its first busy: line; none after it
+
+
+def test_resend_loop_stops_naming_the_line():
+    with PrinterSim(reset_on_open=False, resend_loop_lines={57}) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    message = error_line(done)
+    assert 'line 57' in message and f'{rrcloud.PRINT_MAX_RESENDS} times in a row' in message, message
+    assert sim.injected_resends == rrcloud.PRINT_MAX_RESENDS
+    assert file_lines(sim) == EXPECTED[:56]
+    assert 'printed' not in done.stdout
+
+
+HALTS = {
+    'kill': ('Error:Printer halted. kill() called!',),
+    'maxtemp': ('Error:MAXTEMP triggered, system stopped! Heater_ID: 0',
+                'Error:Printer halted. kill() called!'),
+    'old-firmware': ('!! Printer halted. kill() called!!',),
+}
+
+
+@pytest.mark.parametrize('halt_lines', HALTS.values(), ids=HALTS.keys())
+def test_halting_error_stops_the_print_at_once_with_that_line(halt_lines):
+    with PrinterSim(reset_on_open=False, halt_at_line=120, halt_lines=halt_lines) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    message = error_line(done)
+    assert message == f'rrcloud: error: printer error: {halt_lines[0]}'
+    assert sim.halted
+    assert file_lines(sim) == EXPECTED[:120]
+    assert sim.ignored == [], 'nothing was sent after the error'
+    assert 'printed' not in done.stdout
+
+
+RESEND_ERRORS = ['checksum mismatch', 'Line Number is not Last Line Number+1',
+                 'No Checksum with line number', 'No Line Number with checksum']
+
+
+@pytest.mark.parametrize('error', RESEND_ERRORS)
+def test_errors_that_come_with_a_resend_are_logged_not_fatal(error):
+    with PrinterSim(reset_on_open=False, resend_every=50, inject_error=error) as sim:
+        done, _ = run_print(sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_every_line_once(sim)
+    check_wire_format(sim)
+    assert sim.injected_resends == injected_resends(COUNT, 50)
+    assert done.stdout.count(f'printer: Error:{error}, Last Line: ') == sim.injected_resends
+
+
+def test_printer_that_restarts_mid_print_stops_it():
+    with PrinterSim(reset_on_open=False, command_delays={'M109': 1.0}) as sim:
+        process = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), 'print', sim.port, str(SMALL)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        assert sim.wait_for(lambda s: 'M109 S200' in s.received, timeout=30)
+        sim.send_banner()
+        out, err = process.communicate(timeout=60)
+
+    assert process.returncode != 0
+    assert err.splitlines() == ['rrcloud: error: the printer restarted (it sent start) after line 6']
+    assert file_lines(sim) == EXPECTED[:6]
+
+
+def test_silent_printer_is_poked_then_fails_after_the_full_timeout():
+    with PrinterSim(reset_on_open=False, silent_after=100) as sim:
+        done, seconds = run_print('--timeout=2', '--comm-timeout=0.5', sim.port, str(SMALL))
+
+    message = error_line(done)
+    assert 'stopped answering' in message and '2 s after line 100' in message, message
+    assert 'M105 went unanswered' in message, message
+    assert seconds >= 2, 'not before the full timeout'
+    assert printed(sim) == EXPECTED[:99]
+    assert sim.ignored[0].startswith('N100 ')
+    assert 1 <= len(sim.ignored[1:]) <= rrcloud.PRINT_MAX_POKES
+    assert set(sim.ignored[1:]) == {'M105'}
+
+
+def test_printer_that_never_answers_fails_after_the_full_timeout():
+    with PrinterSim(reset_on_open=False, silent_after=0) as sim:
+        done, _ = run_print('--timeout=2.5', sim.port, str(SMALL))
+
+    message = error_line(done)
+    assert 'did not answer' in message and 'M110 N0' in message and '2.5 s' in message, message
+    assert len(sim.ignored) >= 2 and set(sim.ignored) == {'M110 N0'}, 'probed about every second'
 
 
 ###############################################################################
@@ -375,6 +607,19 @@ def test_silent_printer_fails_the_task_with_the_message_in_the_log(proc, pty_ser
     assert 'stopped answering' in result.err  # the log is shown on failure
     assert record.get('progress', '0/0').split('/')[0] != str(COUNT)
     assert printed(sim) == EXPECTED[:99]
+
+
+def test_printer_halt_fails_the_task_with_the_printer_error_in_the_log(proc, pty_service, gcode_here):
+    with PrinterSim(halt_at_line=120) as sim:
+        result = proc('--sync', 'printrun', sim.port, 'small.gcode')
+        record, log = the_task(pty_service)
+
+    assert result.code == 1, result
+    assert record['status'] == 'failed'
+    assert 'rrcloud: error: printer error: Error:Printer halted. kill() called!' in log.splitlines(), log
+    assert 'printed' not in log
+    assert file_lines(sim) == EXPECTED[:120]
+    assert sim.ignored == []
 
 
 def test_a_print_is_never_started_twice(proc, pty_service, gcode_here):
