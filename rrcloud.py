@@ -3311,7 +3311,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
-       rrcloud print [--baud=N] [--timeout=S] PORT FILE   send G-code to a printer
+       rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
 
 Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
