@@ -405,7 +405,9 @@ def load_config():
 
 DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
-                'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys')
+                'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
+                'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
+                'versionArg')
 TRUE_WORDS = {'yes', 'true', '1', 'on'}
 FALSE_WORDS = {'no', 'false', '0', 'off', ''}
 
@@ -431,10 +433,45 @@ class Service:
         # Inputs given with an argInput prefix (slic3r's --load=) are configs:
         # only the keys listed in this file beside the conf are passed on.
         self.config_keys = _config_key_list(source, fields.get('configKeys', ''))
+        # The formats the tool picks from its output's extension; the first is
+        # what fileOut names (OpenSCAD: stl, off, amf, ..., png).
+        self.output_exts = _extension_list(fields.get('outputExts', ''))
+        # Formats the tool renders with OpenGL: it then runs on a private
+        # virtual X display (xvfb-run) inside its sandbox.
+        self.display_exts = _extension_list(fields.get('displayExts', ''))
+        # Formats the tool writes relative to its input's folder rather than
+        # its working folder (OpenSCAD's csg): it is given the output's
+        # absolute path.
+        self.absolute_output_exts = _extension_list(fields.get('absoluteOutputExts', ''))
+        # Options whose value is the next argument, with the kind of value
+        # each takes (OpenSCAD: -D NAME=VALUE, -P NAME).
+        self.param_args = _param_args(fields.get('paramArgs', ''))
+        # The argument naming a project's folder to a tool that looks for a
+        # file's includes only in its library paths (POV-Ray: +L$folder).
+        self.include_arg = fields.get('includeArg', '')
+        self.version_arg = fields.get('versionArg') or '--version'
 
-    def output_name(self, task_id):
-        """The result's file name under tasks/out for one task."""
-        return self.file_out.replace('$id', task_id)
+    def output_name(self, task_id, ext=''):
+        """The result's file name under tasks/out for one task; ``ext`` (one of
+        ``outputExts``, checked by check_output_ext) replaces the default's."""
+        name = self.file_out.replace('$id', task_id)
+        if ext and self.output_exts and ext != self.output_exts[0]:
+            name = name[:-len(self.output_exts[0])] + ext
+        return name
+
+    def output_ext_of(self, path):
+        """The format a tool that picks it from the name would write to ``path``:
+        '' for a service without ``outputExts``, else one of them or UsageError."""
+        if not self.output_exts:
+            return ''
+        base = os.path.basename(path)
+        ext = base.rsplit('.', 1)[1].lower() if '.' in base.lstrip('.') else ''
+        if ext not in self.output_exts:
+            known = ', '.join(self.output_exts)
+            what = f'.{ext} is not a format it writes' if ext else 'it has no extension'
+            raise UsageError(f'{path}: {self.name} picks the format from the output\'s extension, '
+                             f'and {what} (one of: {known})')
+        return ext
 
     def output_prefix(self):
         """What comes before the output file on a tool's command line ('-o', '--output=').
@@ -449,8 +486,11 @@ class Service:
         return None
 
     def accepts_input(self, path):
-        """True when a file may be an input: any file, or one of ``inputExts`` when given."""
-        ext = os.path.basename(path).rsplit('.', 1)[1].lower() if '.' in os.path.basename(path) else ''
+        """True when a file may be an input: any file, or one of ``inputExts`` when given
+        (a project archive ``main.scad.tgz`` by its main file's kind)."""
+        base = os.path.basename(path).lower()
+        base = next((base[:-len(s)] for s in PROJECT_SUFFIXES if base.endswith(s)), base)
+        ext = base.rsplit('.', 1)[1] if '.' in base else ''
         return not self.input_exts or ext in self.input_exts
 
     def output_argument(self, arg):
@@ -464,16 +504,21 @@ class Service:
 
     def allows_native(self, arg):
         """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
-        for allowed in self.native_args:
-            if arg == allowed:
+        word = self.cased(arg)
+        for allowed in map(self.cased, self.native_args):
+            if word == allowed:
                 return True
             value = arg[len(allowed):]
             # a value follows "--key=" or is a number ("+W800", "/dev/ttyUSB0"):
             # "--render" must not let "--rendering" through
-            if (arg.startswith(allowed) and (allowed.endswith('=') or value[:1].isdigit())
+            if (word.startswith(allowed) and (allowed.endswith('=') or value[:1].isdigit())
                     and NATIVE_VALUE_RE.match(value)):
                 return True
         return False
+
+    def cased(self, word):
+        """``word`` as the tool compares it: lower-cased for ignoreCase tools (POV-Ray's +w is +W)."""
+        return word.lower() if self.ignore_case else word
 
     def input_prefix_of(self, arg):
         """The argInput prefix ``arg`` starts with, or None."""
@@ -500,6 +545,31 @@ def _input_prefixes(text):
             raise ValueError(f'argInput must be PREFIX$fileIn, got {pattern!r}')
         prefixes.append(pattern[:-len('$fileIn')])
     return prefixes
+
+
+def _extension_list(text):
+    exts = [e.strip().lower() for e in text.split(',') if e.strip()]
+    for ext in exts:
+        if not is_extension(ext):
+            raise ValueError(f'an extension is letters and digits, got {ext!r}')
+    return exts
+
+
+# The kinds of value a paramArgs option may take, and what each admits.
+PARAM_KINDS = ('NAME=VALUE', 'NAME')
+
+
+def _param_args(text):
+    """``-D NAME=VALUE, -P NAME`` -> {'-D': 'NAME=VALUE', '-P': 'NAME'}."""
+    params = {}
+    for entry in (e.strip() for e in text.split(',')):
+        if not entry:
+            continue
+        option, _, kind = entry.partition(' ')
+        if not option.startswith('-') or kind.strip() not in PARAM_KINDS:
+            raise ValueError(f'paramArgs entries are "OPTION NAME=VALUE" or "OPTION NAME", got {entry!r}')
+        params[option] = kind.strip()
+    return params
 
 
 def _absolute_paths(text):
@@ -562,6 +632,10 @@ def _check_service(service, path):
         raise ConfigError(f'{path}: output must contain $fileOut (or set noOutput = yes)')
     if service.input_ext and not is_extension(service.input_ext):
         raise ConfigError(f'{path}: inputExt must be letters and digits')
+    if service.output_exts and not service.file_out.endswith('.' + service.output_exts[0]):
+        raise ConfigError(f'{path}: fileOut must end in .{service.output_exts[0]}, the first of outputExts')
+    if service.include_arg and service.include_arg.count('$folder') != 1:
+        raise ConfigError(f'{path}: includeArg must contain $folder once')
 
 
 def installed_path(name):
@@ -609,20 +683,38 @@ def find_service(services, errors, name):
     raise UsageError(f'unknown service {name!r} (available: {known})')
 
 
-def compose_argv(service, task_id, inputs, native_args):
+def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
     """The exact argv of a task, as the spec composes it.
 
-    cmd, allowed native switches, allowed native arguments with values, then
-    each input as ``prearg+file`` or ``file``, then the output argument.
-    ``inputs`` is a list of (prearg, path relative to the store root).
+    cmd, allowed native arguments with values, each parameter as two words
+    (``-D``, ``NAME=VALUE``), a project's folder for tools that need it
+    named (``includeArg``), each input as ``prearg+file`` or ``file``, the
+    allowed native switches, then the output argument (its extension
+    ``out_ext`` when the tool picks its format from it).  The switches
+    follow the inputs: one that may take a value (OpenSCAD's ``--render``)
+    would take the input file for its value.  ``inputs`` is a list of
+    (prearg, path relative to the store root).
     """
-    switches = [a for a in native_args if a in service.native_args]
-    valued = [a for a in native_args if a not in service.native_args]
-    argv = list(service.cmd) + switches + valued
+    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
+    valued = [a for a in native_args if a not in switches]
+    argv = list(service.cmd) + valued
+    for option, value in params:
+        argv += [option, value]
+    argv += include_args(service, inputs)
     argv += [prearg + path for prearg, path in inputs]
-    out = 'tasks/out/' + service.output_name(task_id)
+    argv += switches
+    out = 'tasks/out/' + service.output_name(task_id, out_ext)
     argv += [word.replace('$fileOut', out) for word in service.output]
     return argv
+
+
+def include_args(service, inputs):
+    """``includeArg`` for the folder of each project file among the inputs
+    (``tasks/in/FOLDER/scene.pov`` -> ``+Ltasks/in/FOLDER``)."""
+    if not service.include_arg:
+        return []
+    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if not prearg and path.count('/') > 2]
+    return [service.include_arg.replace('$folder', folder) for folder in dict.fromkeys(folders)]
 
 
 def check_prearg(service, prearg):
@@ -637,6 +729,81 @@ def check_native_args(service, native_args):
     for arg in native_args:
         if not service.allows_native(arg):
             raise UsageError(f'argument {arg!r} is not allowed for {service.name}')
+
+
+def check_output_ext(service, ext):
+    """An output format a client asks for must be one of the service's ``outputExts``."""
+    if ext and ext not in service.output_exts:
+        allowed = ', '.join(service.output_exts) or f'none, {service.name} writes one format'
+        raise UsageError(f'output format {ext[:16]!r} is not one {service.name} writes (allowed: {allowed})')
+    return ext
+
+
+def check_params(service, params):
+    """Each (option, value) must be a ``paramArgs`` option with a value of its kind."""
+    for option, value in params:
+        kind = service.param_args.get(option)
+        if kind is None:
+            allowed = ', '.join(f'{o} {k}' for o, k in service.param_args.items()) or 'none'
+            raise UsageError(f'option {option[:32]!r} is not allowed for {service.name} (allowed: {allowed})')
+        if kind == 'NAME=VALUE' and not is_assignment(value):
+            raise UsageError(f'{option} {value[:80]!r}: a value is NAME=VALUE, where VALUE is a number, '
+                             f'a "string" (without / or \\), true, false, undef or a [vector] of them')
+        if kind == 'NAME' and not PARAM_NAME_RE.match(value):
+            raise UsageError(f'{option} {value[:80]!r}: a name is letters, digits, spaces and _.- '
+                             f'(not starting with - or a space)')
+
+
+# OpenSCAD parameters (-D NAME=VALUE): the name of a variable (special ones
+# start with $, like $fn) and a literal.  A literal is data, never code: no
+# function call (import(), include), no variable, no file path, no option.
+SCAD_NAME_RE = LazyPattern(r'\A\$?[A-Za-z_][A-Za-z0-9_]{0,63}\Z')
+SCAD_TOKEN_RE = LazyPattern(r'[ \t]*(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_.])'
+                            r'|"[^"\\/\x00-\x1f]{0,256}"|(?:true|false|undef)(?![A-Za-z0-9_])|[\[\],])[ \t]*')
+PARAM_NAME_RE = LazyPattern(r'\A[A-Za-z0-9_.][A-Za-z0-9_. -]{0,99}(?<! )\Z')
+SCAD_VECTOR_DEPTH = 4
+PARAM_MAX_LENGTH = 1024
+
+
+def is_assignment(text):
+    """True for ``NAME=LITERAL``: a number, "string", true, false, undef or a [vector] of them."""
+    name, sep, value = text.partition('=')
+    if not sep or len(text) > PARAM_MAX_LENGTH or not SCAD_NAME_RE.match(name.strip()):
+        return False
+    tokens = scad_tokens(value)
+    return tokens is not None and _literal_end(tokens, 0, 0) == len(tokens)
+
+
+def scad_tokens(text):
+    """The tokens of a literal (values, ``[``, ``]``, ``,``), or None for anything else."""
+    tokens, position = [], 0
+    while position < len(text):
+        match = SCAD_TOKEN_RE.match(text, position)
+        if not match:
+            return None
+        tokens.append(match.group(1))
+        position = match.end()
+    return tokens
+
+
+def _literal_end(tokens, index, depth):
+    """Where the literal starting at ``tokens[index]`` ends, or -1."""
+    if index >= len(tokens) or tokens[index] in (']', ','):
+        return -1
+    if tokens[index] != '[':
+        return index + 1
+    if depth >= SCAD_VECTOR_DEPTH:
+        return -1
+    index += 1
+    if index < len(tokens) and tokens[index] == ']':
+        return index + 1
+    while True:
+        index = _literal_end(tokens, index, depth + 1)
+        if index < 0 or index >= len(tokens) or tokens[index] not in (']', ','):
+            return -1
+        if tokens[index] == ']':
+            return index + 1
+        index += 1
 
 
 ###############################################################################
@@ -1328,11 +1495,18 @@ def store_input(store, service, item):
     return store.add_input(item.data, item.extension(service))
 
 
-def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args=''):
-    """Validate, store inputs and record, queue the task and start what can start."""
+def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
+                params=(), out_ext=''):
+    """Validate, store inputs and record, queue the task and start what can start.
+
+    ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
+    output format asked for, one of ``outputExts`` ('' for the default).
+    """
     for item in inputs:
         check_prearg(service, item.prearg)
     check_native_args(service, list(native_args))
+    check_params(service, params)
+    check_output_ext(service, out_ext)
     if not inputs:
         raise UsageError('missing input: give at least one input file or content')
     if notifier:
@@ -1342,9 +1516,10 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     try:
         for item in inputs:
             stored.append((item.prearg, store_input(store, service, item)))
+            check_input_kind(service, *stored[-1])
         size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: _new_record(
-            service, task_id, stored, native_args, notifier, client, args, size_in))
+            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -1356,15 +1531,27 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     return store.read_task(record['id'])
 
 
-def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in):
+def check_input_kind(service, prearg, path):
+    """A main input (no prearg) of a service with ``inputExts`` must be of one of those kinds."""
+    if not prearg and not service.accepts_input(path):
+        raise UsageError(f'{service.name} takes {input_kinds(service)} files, '
+                         f'not {os.path.basename(path).rpartition(".")[2]!r}')
+
+
+def input_kinds(service):
+    """The kinds of main input a service takes, for messages: ``.gcode, .gco, .g``."""
+    return ', '.join(f'.{ext}' for ext in service.input_exts or [service.input_ext] if ext) or 'any'
+
+
+def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext):
     import shlex
     record = {
         'service': service.name,
         'status': TaskStatus.BUSY.value,
         'ctime': f'{time.time():.5f}',
-        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args)),
+        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
         'in': ','.join(path for _, path in stored),
-        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id),
+        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
         'client': client,
         'server': host_name(),
         'sizeIn': size_in,
@@ -1374,6 +1561,10 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     # only shown): the checked native arguments and each input's prearg.
     if native_args:
         record['nativeArgs'] = ' '.join(native_args)
+    if params:  # JSON: a value may hold spaces ("a label"), one line all the same
+        record['params'] = to_json([list(pair) for pair in params])
+    if out_ext:
+        record['outExt'] = out_ext
     if any(prearg for prearg, _ in stored):
         record['preargs'] = ','.join(prearg for prearg, _ in stored)
     if notifier:
@@ -1627,11 +1818,12 @@ def execute(store, config, service, record):
         argv = task_argv(service, record)
     except UsageError as exc:
         return refuse_record(store, record, exc)
-    launch = Launch(service, argv)
+    argv = absolute_output(service, record, argv, tool_root(store, config))
+    launch = Launch(service, argv, display=needs_display(service, record))
     with open(store.log_path(record['id']), 'ab') as log:
-        if launch.executable is None:
-            log.write(f'rrcloud: {argv[0]} not found in {service.path}\n'.encode())
-            return TaskStatus.FAILED, {'error': f'cannot start: {argv[0]} not found in {service.path}'}
+        if launch.missing:
+            log.write(f'rrcloud: {launch.missing} not found in {service.path}\n'.encode())
+            return TaskStatus.FAILED, {'error': f'cannot start: {launch.missing} not found in {service.path}'}
         work = prepare_work_folder(store, record['id']) if config.sandbox else None
         try:
             outcome = run_tool(store, config, record, launch, log, work)
@@ -1643,10 +1835,45 @@ def execute(store, config, service, record):
     return outcome or judge_exit(store, service, record, launch.exit_code)
 
 
+def output_format(service, record):
+    """The extension of a task's output format ('' for a service with one format)."""
+    return record.get('outExt') or (service.output_exts[0] if service.output_exts else '')
+
+
+def needs_display(service, record):
+    """True when the task's output format is one its tool renders on an X display."""
+    return output_format(service, record) in service.display_exts
+
+
+def tool_root(store, config):
+    """The folder a task's tool works in, as the tool sees it: its sandbox's, or the store's."""
+    if not config.sandbox:
+        return store.root
+    from rrc.sandbox import JOB_FOLDER
+    return JOB_FOLDER
+
+
+def absolute_output(service, record, argv, root):
+    """The argv with the output given as ``ROOT/tasks/out/NAME`` when the task's format
+    is one its tool writes relative to its input's folder (``absoluteOutputExts``);
+    the record's ``cmd`` keeps the spec's relative shape."""
+    ext = output_format(service, record)
+    if service.no_output or ext not in service.absolute_output_exts:
+        return argv
+    out = 'tasks/out/' + service.output_name(record['id'], ext)
+    tail = len(service.output)
+    return argv[:-tail] + [word.replace(out, f'{root}/{out}') for word in argv[-tail:]]
+
+
+# A private X server for the one tool, started and stopped by xvfb-run inside
+# the sandbox (its socket in the sandbox's own /tmp; no TCP).
+VIRTUAL_DISPLAY = ('xvfb-run', '--auto-servernum')
+
+
 class Launch:
     """How one task's tool is started: argv, environment, what its sandbox must show."""
 
-    def __init__(self, service, argv):
+    def __init__(self, service, argv, display=False):
         import shutil
         self.env = task_environment(service)
         self.read_paths = list(service.read_paths) + service_path_folders(service)
@@ -1659,6 +1886,11 @@ class Launch:
         else:
             self.executable = shutil.which(argv[0], path=service.path)
         self.argv = [self.executable] + argv[1:]
+        self.missing = None if self.executable else argv[0]
+        if display:
+            runner = shutil.which(VIRTUAL_DISPLAY[0], path=service.path)
+            self.argv = [runner] + list(VIRTUAL_DISPLAY[1:]) + self.argv
+            self.missing = self.missing or (None if runner else f'{VIRTUAL_DISPLAY[0]} (Debian package xvfb)')
         self.exit_code = None
 
 
@@ -1731,7 +1963,26 @@ def task_argv(service, record):
         check_prearg(service, prearg)
     native = record.get('nativeArgs', '').split()
     check_native_args(service, native)
-    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native)
+    params = record_params(record)
+    check_params(service, params)
+    out_ext = check_output_ext(service, record.get('outExt', ''))
+    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native,
+                        params, out_ext)
+
+
+def record_params(record):
+    """The (option, value) pairs of a record's ``params`` field; UsageError when it is not such a list."""
+    if not record.get('params'):
+        return []
+    import json
+    try:
+        pairs = json.loads(record['params'])
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(w, str) for w in p) for p in pairs):
+        raise UsageError('its params are not a list of (option, value) pairs')
+    return [tuple(pair) for pair in pairs]
 
 
 def check_stored_input(path):
@@ -1810,7 +2061,7 @@ def take_output(store, config, service, record, work, exit_code):
     if service.no_output or not record.get('out'):
         return None
     from rrc.sandbox import collect_output
-    name = service.output_name(record['id'])
+    name = service.output_name(record['id'], check_output_ext(service, record.get('outExt', '')))
     problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize)
     if problem:
         return TaskStatus.FAILED, {'error': problem, 'exitCode': exit_code}
@@ -2451,10 +2702,10 @@ def kill_remote(config, record):
 MAX_WAIT_SECONDS = 60
 # `in` is what 0.019's synchronous client posts beside its uploads: its own
 # local input paths.  It is checked like any text field and never used.
-FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|nativeArgs'
-                           r'|notifier|format|id|wait|token|in)\Z')
-NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
-NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg')
+FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|param[0-9]{1,3}'
+                           r'|nativeArgs|outExt|notifier|format|id|wait|token|in)\Z')
+NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
+NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 
 def is_form_field(key):
@@ -2876,8 +3127,19 @@ def submit_from_form(store, config, request):
                         headers=[('Retry-After', '30')])
     native = request.form.get('nativeArgs', '').split()
     native += [request.form[k] for k in sorted(request.form, key=_field_number) if k.startswith('arg')]
+    params = [form_param(request.form[k])
+              for k in sorted(request.form, key=_field_number) if k.startswith('param')]
     return submit_task(store, config, service, inputs, native,
-                       notifier=request.form.get('notifier', ''), client=request.client)
+                       notifier=request.form.get('notifier', ''), client=request.client,
+                       params=params, out_ext=request.form.get('outExt', ''))
+
+
+def form_param(text):
+    """``paramN=OPTION VALUE`` (``-D size=20``) -> (option, value), checked by check_params."""
+    option, sep, value = text.partition(' ')
+    if not sep or not value:
+        raise HTTPError(400, f'a param field is "OPTION VALUE", got {text[:64]!r}')
+    return option, value
 
 
 def _field_number(key):
