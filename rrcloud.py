@@ -1310,6 +1310,18 @@ PROJECT_PART_RE = LazyPattern(r'\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z')
 SCAD_REFERENCE_RE = LazyPattern(
     r'\b(?:include|use)\s*<([^>\n]+)>'
     r'|\b(?:import|surface)\s*\(\s*(?:file\s*=\s*)?"([^"\n]+)"')
+# A POV-Ray scene's #include files, and the images, fonts and density files it reads.
+POV_REFERENCE_RE = LazyPattern(
+    r'#\s*include\s+"([^"\n]+)"'
+    r'|\b(?:png|jpeg|gif|tga|tiff|ppm|pgm|hdr|exr|iff|sys|ttf|df3)\s+"([^"\n]+)"')
+# By the main file's kind: what a reference looks like, which of the files
+# found are read for references in turn, and whether a name is relative to
+# the main file's folder (POV-Ray: its library path) or to the file naming it
+# (OpenSCAD).
+PROJECT_KINDS = {
+    '.scad': (SCAD_REFERENCE_RE, ('.scad',), False),
+    '.pov': (POV_REFERENCE_RE, ('.pov', '.inc', '.mcr', '.mac'), True),
+}
 
 
 def is_project_name(filename):
@@ -1317,25 +1329,45 @@ def is_project_name(filename):
     return (filename or '').lower().endswith(PROJECT_SUFFIXES)
 
 
+def project_references(path):
+    """Files beside a model or scene that it includes or reads (transitively); [] for other kinds."""
+    kind = PROJECT_KINDS.get(os.path.splitext(str(path))[1].lower())
+    return references_of(path, *kind) if kind else []
+
+
 def scad_references(path):
     """Files a .scad includes, uses or imports (transitively) that exist beside it."""
+    return references_of(path, *PROJECT_KINDS['.scad'])
+
+
+def references_of(path, pattern, scanned, relative_to_main=False):
+    """Existing files that ``path`` names by ``pattern``, and those they name in turn
+    (files ending in one of ``scanned``), relative to the file naming them (or to
+    ``path``'s folder)."""
     found, todo = [], [os.path.abspath(path)]
     while todo:
         current = todo.pop()
-        if not current.endswith('.scad'):
+        if not current.lower().endswith(scanned):
             continue
         try:
             with open(current, encoding='utf-8', errors='replace') as handle:
                 text = handle.read()
         except OSError:
             continue
-        for match in SCAD_REFERENCE_RE.finditer(text):
-            name = (match.group(1) or match.group(2)).strip()
-            target = os.path.normpath(os.path.join(os.path.dirname(current), name))
+        for match in pattern.finditer(text):
+            name = next(group for group in match.groups() if group).strip()
+            folder = os.path.dirname(os.path.abspath(path) if relative_to_main else current)
+            target = os.path.normpath(os.path.join(folder, name))
             if os.path.isfile(target) and target not in found and target != os.path.abspath(path):
                 found.append(target)
                 todo.append(target)
     return found
+
+
+def project_root(main, references):
+    """The folder a project archive's names are relative to: the common folder of its files."""
+    main = os.path.abspath(main)
+    return os.path.commonpath([os.path.dirname(main)] + [os.path.dirname(r) for r in references])
 
 
 def pack_project(main, references):
@@ -1343,7 +1375,7 @@ def pack_project(main, references):
     import io
     import tarfile
     main = os.path.abspath(main)
-    root = os.path.commonpath([os.path.dirname(main)] + [os.path.dirname(r) for r in references])
+    root = project_root(main, references)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
         for path in [main] + references:
@@ -1463,10 +1495,13 @@ def _extract_members(archive, folder):
 class Input:
     """One input of a submission: bytes or an open file, plus the name it came with."""
 
-    def __init__(self, data, filename='', prearg=''):
+    def __init__(self, data, filename='', prearg='', shown=''):
         self.data = data
         self.filename = filename
         self.prearg = prearg
+        # How the user named it, for the tool's messages: a file's path, a
+        # project's folder ('' or 'job/'), '' for content.
+        self.shown = shown
 
     def extension(self, service):
         """The extension to keep (tools need it), from the filename or the service."""
@@ -2558,11 +2593,19 @@ def rank_servers(session, urls):
     return [urls[index] for _, index in ranked], silent
 
 
-def post_task(session, url, service, inputs, native, notifier):
-    """Upload one task (the spec's field names); the server's record, or None."""
+def post_task(session, url, service, inputs, native, notifier, params=(), out_ext=''):
+    """Upload one task (the spec's field names); the server's record, or None.
+
+    ``paramN`` and ``outExt`` go only when there are any: a 0.019 server
+    knows neither.
+    """
     fields = {'service': service.name}
     if native:
         fields['nativeArgs'] = ' '.join(native)
+    for number, (option, value) in enumerate(params):
+        fields[f'param{number}'] = f'{option} {value}'
+    if out_ext:
+        fields['outExt'] = out_ext
     if notifier:
         fields['notifier'] = notifier
     files = {}
@@ -2584,14 +2627,15 @@ def post_task(session, url, service, inputs, native, notifier):
     return answer, None
 
 
-def submit_remote(ctx, service, servers, inputs, native):
+def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
     """Send a task to the least loaded server that takes it; record it locally."""
     session = http_session(ctx.config)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = [f'{url}: no answer to meta' for url in silent]
     for url in ranked:
-        answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier)
+        answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
+                                    params, out_ext)
         if answer:
             return record_remote(ctx.store, url, service, answer)
         tried.append(failure)
@@ -3411,16 +3455,22 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud print [--baud=N] [--timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
+       SERVICE.cloud --help | --version      what it passes on, where it runs; versions
 
 Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
 to a task store under the current folder (or `dir` in rrcloudrc).
 
 ARGS are classified like this, in order: the service's output argument
-(e.g. -oOUT.stl) names where a synchronous run writes its result; an argInput
-prefix (e.g. --load=FILE) marks an input file with its prearg; an allowed
-native switch or argument is passed on; an existing file is an input; a
-string holding whitespace is content, written to an input file.  Anything
-else is refused.
+(e.g. -oOUT.stl) names where a synchronous run writes its result, and, for a
+tool that picks its format from the name (openscad: stl, off, amf, 3mf, dxf,
+svg, csg, png), the format; an argInput prefix (e.g. --load=FILE, -pFILE)
+marks an input file with its prearg; an allowed native switch or argument is
+passed on; a parameter (openscad: -D NAME=VALUE, -P SET) is passed on when
+its value is a plain value; an existing file of a kind the service takes is
+an input (with the files it includes beside it); anything else that does not
+look like an option or a file name is content, written to an input file.
+The forms with a space (--load FILE, -o FILE, --imgsize 320,240) work too.
+Anything else is refused, naming what the service takes.
 
 OPTIONS may also stand after the command, as in RepRapCloud 0.019:
 `rrcloud info ID --format=json`, `rrcloud openscad part.scad --s=HOST`.
@@ -3523,6 +3573,10 @@ def take_options(options, args, service=None):
         word = args.pop(0)
         if service is not None and service_takes(service, word):
             rest.append(word)
+            if word in service.param_args and args:  # -D NAME=VALUE: the value is the option's
+                rest.append(args.pop(0))
+        elif word == '-h':
+            options.help = True
         elif word == '--':
             return rest + args
         elif is_option(word):
@@ -3538,7 +3592,7 @@ def service_takes(service, word):
     """True when ``word`` is the service's own: an allowed native argument,
     an argInput prefix with its file, or the output argument."""
     return (service.allows_native(word) or service.input_prefix_of(word) is not None
-            or service.output_argument(word))
+            or service.output_argument(word) or any(word.startswith(o) for o in service.param_args))
 
 
 def split_command_line(options, command, args):
@@ -3556,49 +3610,171 @@ def split_command_line(options, command, args):
     return ctx, args
 
 
+class ToolCall:
+    """A tool's command line as classify_args read it."""
+
+    def __init__(self):
+        self.inputs = []      # Input objects, in order
+        self.native = []      # allowed native arguments
+        self.params = []      # (option, value) pairs of paramArgs (-D NAME=VALUE)
+        self.output = None    # where the result goes, as the user named it
+        self.out_ext = ''     # the output format asked for, '' for the service's default
+
+
 def classify_args(service, args, allow_output):
-    """Turn a tool's command line into (inputs, native args, output path).
+    """Turn a tool's command line into a ToolCall.
 
     Classified like the spec's client: output argument, argInput prefix,
-    allowed native argument, existing file, raw content; anything else is
-    an error naming the argument.
+    allowed native argument, parameter (``-D NAME=VALUE``), existing file;
+    the option forms with a space (``--load FILE``, ``-o FILE``) like the
+    ones without.  What is not a file and does not look like an option or a
+    file name is content.  Anything else is an error naming the argument.
     """
-    inputs, native, output = [], [], None
-    out_prefix = service.output_prefix()
-    args = list(args)
+    call, args = ToolCall(), list(args)
     while args:
         arg = args.pop(0)
-        prefix = service.input_prefix_of(arg)
-        if service.output_argument(arg) and (len(arg) > len(out_prefix) or args):
-            if not allow_output:
-                raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
-            output = arg[len(out_prefix):] or args.pop(0)
-        elif prefix is not None:
-            inputs.append(_file_input(arg[len(prefix):], prefix))
-        elif service.allows_native(arg):
-            native.append(arg)
-        elif os.path.isfile(arg) and service.accepts_input(arg):
-            inputs.append(_file_input(arg, ''))
-        elif any(ch.isspace() for ch in arg):
-            inputs.append(Input(arg.encode('utf-8')))
-        else:
-            raise UsageError(f'not an input file, an allowed option of {service.name} or content: {arg!r}')
-    return inputs, native, output
+        if not _take_option(service, arg, args, call, allow_output):
+            call.inputs.append(_plain_input(service, arg))
+    if call.output is not None:
+        ext = service.output_ext_of(call.output)
+        call.out_ext = '' if ext == (service.output_exts or [''])[0] else ext
+    return call
+
+
+def _take_option(service, arg, rest, call, allow_output):
+    """Put ``arg`` (and its value from ``rest`` when written apart) into ``call``
+    when it is an option of the service; False when it is not one."""
+    output = _output_value(service, arg, rest)
+    if output is not None:
+        if not allow_output:
+            raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
+        call.output = output
+        return True
+    prefix, path = _prefixed_input(service, arg, rest)
+    if prefix is not None:
+        call.inputs.append(_file_input(path, prefix))
+        return True
+    native = _native_argument(service, arg, rest)
+    if native is not None:
+        call.native.append(native)
+        return True
+    param = _param(service, arg, rest)
+    if param is not None:
+        check_params(service, [param])
+        call.params.append(param)
+        return True
+    return False
+
+
+def _output_value(service, arg, rest):
+    """The output file of ``-oFILE``, ``-o FILE``, ``--output=FILE`` or ``--output FILE``; else None."""
+    prefix = service.output_prefix()
+    if not prefix:
+        return None
+    if service.output_argument(arg) and len(arg) > len(prefix):
+        return arg[len(prefix):]
+    if service.cased(arg) in (service.cased(prefix), service.cased(prefix.rstrip('='))) and rest:
+        return rest.pop(0)
+    return None
+
+
+def _prefixed_input(service, arg, rest):
+    """(prearg, file) of ``--load=FILE``, ``--load FILE``, ``-pFILE`` or ``-p FILE``; else (None, None)."""
+    prefix = service.input_prefix_of(arg)
+    if prefix is not None:
+        return prefix, arg[len(prefix):]
+    for prefix in service.input_prefixes:
+        if arg in (prefix, prefix.rstrip('=')) and rest:
+            return prefix, rest.pop(0)
+    return None, None
+
+
+def _native_argument(service, arg, rest):
+    """An allowed native argument, ``--imgsize 320,240`` read as ``--imgsize=320,240``; else None."""
+    if service.allows_native(arg):
+        return arg
+    joined = f'{arg}={rest[0]}' if rest and arg.startswith('-') else ''
+    if joined and service.cased(arg + '=') in map(service.cased, service.native_args) \
+            and service.allows_native(joined):
+        rest.pop(0)
+        return joined
+    return None
+
+
+def _param(service, arg, rest):
+    """(option, value) of ``-D NAME=VALUE`` or ``-DNAME=VALUE``; else None."""
+    if arg in service.param_args:
+        if not rest:
+            raise UsageError(f'{arg} needs a value ({arg} {service.param_args[arg]})')
+        return arg, rest.pop(0)
+    for option in service.param_args:
+        if arg.startswith(option) and len(arg) > len(option):
+            return option, arg[len(option):]
+    return None
+
+
+def _plain_input(service, arg):
+    """An argument that is no option of the service: an input file, or content."""
+    if arg.startswith('/dev/') and any(a.startswith('/dev/') for a in service.native_args):
+        ports = ', '.join(a + '*' for a in service.native_args if a.startswith('/dev/'))
+        raise UsageError(f'{arg}: not a port {service.name} may use (allowed: {ports}; a server adds '
+                         f'others to nativeArgs in services/{service.name}.conf)')
+    if os.path.isfile(arg):
+        if not service.accepts_input(arg):
+            raise UsageError(f'{arg}: {service.name} takes {input_kinds(service)} files')
+        return _file_input(arg, '')
+    if os.path.exists(arg):
+        raise UsageError(f'{arg}: not a file')
+    if looks_like_option(arg):
+        raise UsageError(refused_option(service, arg))
+    if looks_like_file_name(arg):
+        raise UsageError(f'{arg}: no such file')
+    return Input(arg.encode('utf-8'))
+
+
+def looks_like_option(arg):
+    """``-x``, ``--word``, ``+W``: what no model, scene or G-code starts with."""
+    return len(arg) > 1 and arg[0] in '-+' and (arg[1].isalpha() or arg[1] == '-')
+
+
+# A word naming a file (part.scad, ../lib/x.inc, notes.txt) rather than being content.
+# Its extension holds a letter: "1.5" is content.
+FILE_NAME_RE = LazyPattern(r'\A[\w~/.+-]*[\w~+-]\.(?=[0-9]*[A-Za-z])[A-Za-z0-9]{1,12}\Z'
+                           r'|\A[\w.~+-]*/[\w.~/+-]*\Z')
+
+
+def looks_like_file_name(arg):
+    """True for one word shaped like a file name or path, which content is not."""
+    return FILE_NAME_RE.match(arg) is not None
+
+
+def refused_option(service, arg):
+    """Why an option-like argument is refused, naming what the service takes."""
+    prefix = service.output_prefix()
+    if arg.split('=', 1)[0] in ('-o', '--output', '+O', '+o') and prefix:
+        return f'{arg}: {service.name} takes its output as {prefix}FILE'
+    allowed = ([f'{prefix}FILE'] if prefix else []) + [f'{p}FILE' for p in service.input_prefixes]
+    allowed += [a + ('VALUE' if a.endswith('=') else '') for a in service.native_args]
+    allowed += [f'{option} {kind}' for option, kind in service.param_args.items()]
+    return f'{arg}: not an option {service.name} passes on (allowed: {", ".join(allowed) or "none"})'
 
 
 def _file_input(path, prearg):
-    """An input file; a .scad that includes files beside it goes as a project archive."""
+    """An input file; a model or scene that includes files beside it goes as a project archive."""
     if not os.path.isfile(path):
-        raise UsageError(f'input file not found: {path!r}')
+        raise UsageError(f'{path}: no such file')
     try:
-        references = scad_references(path) if path.endswith('.scad') else []
+        references = project_references(path)
         if references:
-            return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg)
+            root = project_root(path, references)
+            shown = os.path.relpath(root) + '/' if os.path.relpath(root) != '.' else ''
+            return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg,
+                         shown=shown)
         with open(path, 'rb') as handle:
             data = handle.read()
     except OSError as exc:
-        raise UsageError(f'cannot read input file {path!r}: {exc.strerror}') from None
-    return Input(data, filename=path, prearg=prearg)
+        raise UsageError(f'{path}: cannot read: {exc.strerror}') from None
+    return Input(data, filename=path, prearg=prearg, shown=path)
 
 
 class Context:
@@ -3611,6 +3787,7 @@ class Context:
             self.config.dir = os.path.abspath(options.dir)
         self.store = Store(self.config.dir)
         self._services = None
+        self.shown_inputs = []  # how the user named each input of the task at hand
 
     @property
     def services(self):
@@ -3712,20 +3889,23 @@ def remote_servers(ctx, service_name):
 def cmd_submit(ctx, service_name, args, sync, wrapper=False):
     """Start a task of ``service_name``; sync waits and copies the result."""
     service = ctx.service(service_name)
-    inputs, native, output = classify_args(service, args, allow_output=sync)
+    call = classify_args(service, args, allow_output=sync)
+    inputs, native, output = call.inputs, call.native, call.output
     if wrapper and output is None and not service.no_output:
         prefix = service.output_prefix()
         raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
+    ctx.shown_inputs = [item.shown for item in inputs]  # the tool's messages name these
+    extra = {'params': call.params, 'out_ext': call.out_ext}
     # `rrcloud --sync` with no output argument shows the finished record (where its result is).
     show = sync and not wrapper and output is None and not service.no_output
     servers = remote_servers(ctx, service_name)
     if servers:
         if not sync:
-            print_id(ctx, submit_remote(ctx, service, servers, inputs, native))
+            print_id(ctx, submit_remote(ctx, service, servers, inputs, native, **extra))
             return ExitCode.OK
-        return sync_remote(ctx, service, servers, inputs, native, output, show)
+        return sync_remote(ctx, service, servers, inputs, native, output, show, **extra)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
-                         args=describe_args(args))
+                         args=describe_args(args), **extra)
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK
@@ -3743,14 +3923,14 @@ def print_id(ctx, record):
     print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
 
 
-def sync_remote(ctx, service, servers, inputs, native, output, show=False):
+def sync_remote(ctx, service, servers, inputs, native, output, show=False, params=(), out_ext=''):
     """Send a task, wait for it, fetch its result to ``output``, mirror its exit code.
 
     Ctrl-C at any moment after the server took the task kills it there.
     """
     record, progress = None, None
     try:
-        record = submit_remote(ctx, service, servers, inputs, native)
+        record = submit_remote(ctx, service, servers, inputs, native, params, out_ext)
         progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
         record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
@@ -3795,15 +3975,36 @@ def finish_sync(ctx, record, output, show=False):
 
 def deliver_result(ctx, record, output, show=False):
     """A finished task: its result to ``output`` (or, with ``show``, its record
-    to stdout) on success, its log to stderr on failure."""
+    to stdout) on success, its log to stderr on failure.
+
+    On success the log goes to stderr too, as the tool itself prints its
+    warnings; a print's log (the talk with the printer) stays in the task's log.
+    """
+    service = ctx.service(record['service'])
     if record.get('status') == TaskStatus.COMPLETE:
         if output:
+            check_result_format(service, record, output)
+            if not service.no_output:
+                show_log(ctx.store, record, ctx.shown_inputs, output)
             deliver_output(ctx.store.path_of(record['out']), output)
         elif show:
+            show_log(ctx.store, record, ctx.shown_inputs)
             print_record(record, ctx.options.format)
         return ExitCode.OK
-    show_log(ctx.store, record)
+    show_log(ctx.store, record, ctx.shown_inputs, output)
+    print(f'rrcloud: error: task {record["id"]} failed: {record.get("error", "unknown")}',
+          file=sys.stderr)
     return _exit_code_of(record)
+
+
+def check_result_format(service, record, output):
+    """The result has the format ``output``'s extension asks for: a server that does not
+    know ``outExt`` (RepRapCloud 0.019) makes its default instead."""
+    wanted = service.output_ext_of(output)
+    made = record.get('out', '').rpartition('.')[2].lower()
+    if wanted and made != wanted:
+        raise RRCloudError(f'{record.get("server", "the server")} made a .{made} file, not the '
+                           f'.{wanted} asked for (it may not know outExt); {output} not written')
 
 
 def _kill_quietly(store, task_id):
@@ -3834,15 +4035,55 @@ def deliver_output(source, destination):
         raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
 
 
-def show_log(store, record):
-    """Write a failed task's log and reason to stderr."""
+def show_log(store, record, shown_inputs=(), output=None):
+    """Write a task's log to stderr, naming the user's files instead of the store's."""
     try:
         with open(store.log_path(record['id']), 'rb') as log:
-            sys.stderr.write(log.read().decode('utf-8', 'replace'))
+            text = log.read().decode('utf-8', 'replace')
     except FileNotFoundError:
-        pass
-    print(f'rrcloud: error: task {record["id"]} failed: {record.get("error", "unknown")}',
-          file=sys.stderr)
+        return
+    sys.stderr.write(as_the_user_named_it(text, stored_inputs(record), shown_inputs, output))
+    sys.stderr.flush()
+
+
+def stored_inputs(record):
+    """The store paths of a task's inputs, in order: its ``in`` field, or for a
+    remote task the ``tasks/in/…`` words of the server's ``cmd``."""
+    if record.get('in'):
+        return record['in'].split(',')
+    import shlex
+    try:
+        words = shlex.split(record.get('cmd', ''))
+    except ValueError:
+        return []
+    paths = [word[word.index('tasks/in/'):] for word in words if 'tasks/in/' in word]
+    # a project's folder named to the tool (POV-Ray's +L) is no input of its own
+    return [p for p in paths if not any(other.startswith(p + '/') for other in paths)]
+
+
+# A store path as a tool may print it: relative, or under the sandbox's /job
+# or an unsandboxed server's root.
+STORE_PATH_PREFIX = r'(?:(?:/[\w.+-]+)*/)?'
+
+
+def as_the_user_named_it(text, stored, shown, output=None):
+    """The tool's log with each stored input path replaced by the user's own name
+    for it (a project's folder by the user's folder), the result's path by ``output``."""
+    import re
+    if len(stored) == len(shown):
+        for path, name in zip(stored, shown):
+            parts = path.split('/')
+            if len(parts) > 3:  # a project: tasks/in/FOLDER/... -> the user's folder
+                folder = STORE_PATH_PREFIX + re.escape('/'.join(parts[:3]))
+                text = re.sub(folder + '/', lambda _, name=name: name, text)
+                found, name = folder, name.rstrip('/') or '.'  # the folder itself (POV-Ray's +L)
+            else:  # the stored name is unique: tools that print only a file's name show it alone
+                found = STORE_PATH_PREFIX + '(?:tasks/in/)?' + re.escape(parts[-1])
+                name = name or '<content>'
+            text = re.sub(found, lambda _, name=name: name, text)
+    if output:
+        text = re.sub(STORE_PATH_PREFIX + r'tasks/out/[\w.-]+', lambda _: output, text)
+    return text
 
 
 def cli(args):
