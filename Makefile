@@ -7,7 +7,7 @@ PYTHON   ?= python3
 VENV     := $(CURDIR)/.venv
 VPY      := $(VENV)/bin/python
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2 bubblewrap python3 python3-venv
+APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2 bubblewrap xvfb xauth python3 python3-venv
 RUNDIR   := $(CURDIR)/build/run
 # The web servers' interpreter: Debian's Python in a venv that www-data can
 # run (a Python under /root cannot be executed by the web server's user).

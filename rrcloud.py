@@ -405,7 +405,9 @@ def load_config():
 
 DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
-                'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys')
+                'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
+                'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
+                'versionArg')
 TRUE_WORDS = {'yes', 'true', '1', 'on'}
 FALSE_WORDS = {'no', 'false', '0', 'off', ''}
 
@@ -431,10 +433,45 @@ class Service:
         # Inputs given with an argInput prefix (slic3r's --load=) are configs:
         # only the keys listed in this file beside the conf are passed on.
         self.config_keys = _config_key_list(source, fields.get('configKeys', ''))
+        # The formats the tool picks from its output's extension; the first is
+        # what fileOut names (OpenSCAD: stl, off, amf, ..., png).
+        self.output_exts = _extension_list(fields.get('outputExts', ''))
+        # Formats the tool renders with OpenGL: it then runs on a private
+        # virtual X display (xvfb-run) inside its sandbox.
+        self.display_exts = _extension_list(fields.get('displayExts', ''))
+        # Formats the tool writes relative to its input's folder rather than
+        # its working folder (OpenSCAD's csg): it is given the output's
+        # absolute path.
+        self.absolute_output_exts = _extension_list(fields.get('absoluteOutputExts', ''))
+        # Options whose value is the next argument, with the kind of value
+        # each takes (OpenSCAD: -D NAME=VALUE, -P NAME).
+        self.param_args = _param_args(fields.get('paramArgs', ''))
+        # The argument naming a project's folder to a tool that looks for a
+        # file's includes only in its library paths (POV-Ray: +L$folder).
+        self.include_arg = fields.get('includeArg', '')
+        self.version_arg = fields.get('versionArg') or '--version'
 
-    def output_name(self, task_id):
-        """The result's file name under tasks/out for one task."""
-        return self.file_out.replace('$id', task_id)
+    def output_name(self, task_id, ext=''):
+        """The result's file name under tasks/out for one task; ``ext`` (one of
+        ``outputExts``, checked by check_output_ext) replaces the default's."""
+        name = self.file_out.replace('$id', task_id)
+        if ext and self.output_exts and ext != self.output_exts[0]:
+            name = name[:-len(self.output_exts[0])] + ext
+        return name
+
+    def output_ext_of(self, path):
+        """The format a tool that picks it from the name would write to ``path``:
+        '' for a service without ``outputExts``, else one of them or UsageError."""
+        if not self.output_exts:
+            return ''
+        base = os.path.basename(path)
+        ext = base.rsplit('.', 1)[1].lower() if '.' in base.lstrip('.') else ''
+        if ext not in self.output_exts:
+            known = ', '.join(self.output_exts)
+            what = f'.{ext} is not a format it writes' if ext else 'it has no extension'
+            raise UsageError(f'{path}: {self.name} picks the format from the output\'s extension, '
+                             f'and {what} (one of: {known})')
+        return ext
 
     def output_prefix(self):
         """What comes before the output file on a tool's command line ('-o', '--output=').
@@ -449,8 +486,11 @@ class Service:
         return None
 
     def accepts_input(self, path):
-        """True when a file may be an input: any file, or one of ``inputExts`` when given."""
-        ext = os.path.basename(path).rsplit('.', 1)[1].lower() if '.' in os.path.basename(path) else ''
+        """True when a file may be an input: any file, or one of ``inputExts`` when given
+        (a project archive ``main.scad.tgz`` by its main file's kind)."""
+        base = os.path.basename(path).lower()
+        base = next((base[:-len(s)] for s in PROJECT_SUFFIXES if base.endswith(s)), base)
+        ext = base.rsplit('.', 1)[1] if '.' in base else ''
         return not self.input_exts or ext in self.input_exts
 
     def output_argument(self, arg):
@@ -464,16 +504,21 @@ class Service:
 
     def allows_native(self, arg):
         """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
-        for allowed in self.native_args:
-            if arg == allowed:
+        word = self.cased(arg)
+        for allowed in map(self.cased, self.native_args):
+            if word == allowed:
                 return True
             value = arg[len(allowed):]
             # a value follows "--key=" or is a number ("+W800", "/dev/ttyUSB0"):
             # "--render" must not let "--rendering" through
-            if (arg.startswith(allowed) and (allowed.endswith('=') or value[:1].isdigit())
+            if (word.startswith(allowed) and (allowed.endswith('=') or value[:1].isdigit())
                     and NATIVE_VALUE_RE.match(value)):
                 return True
         return False
+
+    def cased(self, word):
+        """``word`` as the tool compares it: lower-cased for ignoreCase tools (POV-Ray's +w is +W)."""
+        return word.lower() if self.ignore_case else word
 
     def input_prefix_of(self, arg):
         """The argInput prefix ``arg`` starts with, or None."""
@@ -500,6 +545,31 @@ def _input_prefixes(text):
             raise ValueError(f'argInput must be PREFIX$fileIn, got {pattern!r}')
         prefixes.append(pattern[:-len('$fileIn')])
     return prefixes
+
+
+def _extension_list(text):
+    exts = [e.strip().lower() for e in text.split(',') if e.strip()]
+    for ext in exts:
+        if not is_extension(ext):
+            raise ValueError(f'an extension is letters and digits, got {ext!r}')
+    return exts
+
+
+# The kinds of value a paramArgs option may take, and what each admits.
+PARAM_KINDS = ('NAME=VALUE', 'NAME')
+
+
+def _param_args(text):
+    """``-D NAME=VALUE, -P NAME`` -> {'-D': 'NAME=VALUE', '-P': 'NAME'}."""
+    params = {}
+    for entry in (e.strip() for e in text.split(',')):
+        if not entry:
+            continue
+        option, _, kind = entry.partition(' ')
+        if not option.startswith('-') or kind.strip() not in PARAM_KINDS:
+            raise ValueError(f'paramArgs entries are "OPTION NAME=VALUE" or "OPTION NAME", got {entry!r}')
+        params[option] = kind.strip()
+    return params
 
 
 def _absolute_paths(text):
@@ -562,6 +632,10 @@ def _check_service(service, path):
         raise ConfigError(f'{path}: output must contain $fileOut (or set noOutput = yes)')
     if service.input_ext and not is_extension(service.input_ext):
         raise ConfigError(f'{path}: inputExt must be letters and digits')
+    if service.output_exts and not service.file_out.endswith('.' + service.output_exts[0]):
+        raise ConfigError(f'{path}: fileOut must end in .{service.output_exts[0]}, the first of outputExts')
+    if service.include_arg and service.include_arg.count('$folder') != 1:
+        raise ConfigError(f'{path}: includeArg must contain $folder once')
 
 
 def installed_path(name):
@@ -609,20 +683,38 @@ def find_service(services, errors, name):
     raise UsageError(f'unknown service {name!r} (available: {known})')
 
 
-def compose_argv(service, task_id, inputs, native_args):
+def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
     """The exact argv of a task, as the spec composes it.
 
-    cmd, allowed native switches, allowed native arguments with values, then
-    each input as ``prearg+file`` or ``file``, then the output argument.
-    ``inputs`` is a list of (prearg, path relative to the store root).
+    cmd, allowed native arguments with values, each parameter as two words
+    (``-D``, ``NAME=VALUE``), a project's folder for tools that need it
+    named (``includeArg``), each input as ``prearg+file`` or ``file``, the
+    allowed native switches, then the output argument (its extension
+    ``out_ext`` when the tool picks its format from it).  The switches
+    follow the inputs: one that may take a value (OpenSCAD's ``--render``)
+    would take the input file for its value.  ``inputs`` is a list of
+    (prearg, path relative to the store root).
     """
-    switches = [a for a in native_args if a in service.native_args]
-    valued = [a for a in native_args if a not in service.native_args]
-    argv = list(service.cmd) + switches + valued
+    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
+    valued = [a for a in native_args if a not in switches]
+    argv = list(service.cmd) + valued
+    for option, value in params:
+        argv += [option, value]
+    argv += include_args(service, inputs)
     argv += [prearg + path for prearg, path in inputs]
-    out = 'tasks/out/' + service.output_name(task_id)
+    argv += switches
+    out = 'tasks/out/' + service.output_name(task_id, out_ext)
     argv += [word.replace('$fileOut', out) for word in service.output]
     return argv
+
+
+def include_args(service, inputs):
+    """``includeArg`` for the folder of each project file among the inputs
+    (``tasks/in/FOLDER/scene.pov`` -> ``+Ltasks/in/FOLDER``)."""
+    if not service.include_arg:
+        return []
+    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if not prearg and path.count('/') > 2]
+    return [service.include_arg.replace('$folder', folder) for folder in dict.fromkeys(folders)]
 
 
 def check_prearg(service, prearg):
@@ -637,6 +729,81 @@ def check_native_args(service, native_args):
     for arg in native_args:
         if not service.allows_native(arg):
             raise UsageError(f'argument {arg!r} is not allowed for {service.name}')
+
+
+def check_output_ext(service, ext):
+    """An output format a client asks for must be one of the service's ``outputExts``."""
+    if ext and ext not in service.output_exts:
+        allowed = ', '.join(service.output_exts) or f'none, {service.name} writes one format'
+        raise UsageError(f'output format {ext[:16]!r} is not one {service.name} writes (allowed: {allowed})')
+    return ext
+
+
+def check_params(service, params):
+    """Each (option, value) must be a ``paramArgs`` option with a value of its kind."""
+    for option, value in params:
+        kind = service.param_args.get(option)
+        if kind is None:
+            allowed = ', '.join(f'{o} {k}' for o, k in service.param_args.items()) or 'none'
+            raise UsageError(f'option {option[:32]!r} is not allowed for {service.name} (allowed: {allowed})')
+        if kind == 'NAME=VALUE' and not is_assignment(value):
+            raise UsageError(f'{option} {value[:80]!r}: a value is NAME=VALUE, where VALUE is a number, '
+                             f'a "string" (without / or \\), true, false, undef or a [vector] of them')
+        if kind == 'NAME' and not PARAM_NAME_RE.match(value):
+            raise UsageError(f'{option} {value[:80]!r}: a name is letters, digits, spaces and _.- '
+                             f'(not starting with - or a space)')
+
+
+# OpenSCAD parameters (-D NAME=VALUE): the name of a variable (special ones
+# start with $, like $fn) and a literal.  A literal is data, never code: no
+# function call (import(), include), no variable, no file path, no option.
+SCAD_NAME_RE = LazyPattern(r'\A\$?[A-Za-z_][A-Za-z0-9_]{0,63}\Z')
+SCAD_TOKEN_RE = LazyPattern(r'[ \t]*(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_.])'
+                            r'|"[^"\\/\x00-\x1f]{0,256}"|(?:true|false|undef)(?![A-Za-z0-9_])|[\[\],])[ \t]*')
+PARAM_NAME_RE = LazyPattern(r'\A[A-Za-z0-9_.][A-Za-z0-9_. -]{0,99}(?<! )\Z')
+SCAD_VECTOR_DEPTH = 4
+PARAM_MAX_LENGTH = 1024
+
+
+def is_assignment(text):
+    """True for ``NAME=LITERAL``: a number, "string", true, false, undef or a [vector] of them."""
+    name, sep, value = text.partition('=')
+    if not sep or len(text) > PARAM_MAX_LENGTH or not SCAD_NAME_RE.match(name.strip()):
+        return False
+    tokens = scad_tokens(value)
+    return tokens is not None and _literal_end(tokens, 0, 0) == len(tokens)
+
+
+def scad_tokens(text):
+    """The tokens of a literal (values, ``[``, ``]``, ``,``), or None for anything else."""
+    tokens, position = [], 0
+    while position < len(text):
+        match = SCAD_TOKEN_RE.match(text, position)
+        if not match:
+            return None
+        tokens.append(match.group(1))
+        position = match.end()
+    return tokens
+
+
+def _literal_end(tokens, index, depth):
+    """Where the literal starting at ``tokens[index]`` ends, or -1."""
+    if index >= len(tokens) or tokens[index] in (']', ','):
+        return -1
+    if tokens[index] != '[':
+        return index + 1
+    if depth >= SCAD_VECTOR_DEPTH:
+        return -1
+    index += 1
+    if index < len(tokens) and tokens[index] == ']':
+        return index + 1
+    while True:
+        index = _literal_end(tokens, index, depth + 1)
+        if index < 0 or index >= len(tokens) or tokens[index] not in (']', ','):
+            return -1
+        if tokens[index] == ']':
+            return index + 1
+        index += 1
 
 
 ###############################################################################
@@ -1143,6 +1310,18 @@ PROJECT_PART_RE = LazyPattern(r'\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z')
 SCAD_REFERENCE_RE = LazyPattern(
     r'\b(?:include|use)\s*<([^>\n]+)>'
     r'|\b(?:import|surface)\s*\(\s*(?:file\s*=\s*)?"([^"\n]+)"')
+# A POV-Ray scene's #include files, and the images, fonts and density files it reads.
+POV_REFERENCE_RE = LazyPattern(
+    r'#\s*include\s+"([^"\n]+)"'
+    r'|\b(?:png|jpeg|gif|tga|tiff|ppm|pgm|hdr|exr|iff|sys|ttf|df3)\s+"([^"\n]+)"')
+# By the main file's kind: what a reference looks like, which of the files
+# found are read for references in turn, and whether a name is relative to
+# the main file's folder (POV-Ray: its library path) or to the file naming it
+# (OpenSCAD).
+PROJECT_KINDS = {
+    '.scad': (SCAD_REFERENCE_RE, ('.scad',), False),
+    '.pov': (POV_REFERENCE_RE, ('.pov', '.inc', '.mcr', '.mac'), True),
+}
 
 
 def is_project_name(filename):
@@ -1150,25 +1329,45 @@ def is_project_name(filename):
     return (filename or '').lower().endswith(PROJECT_SUFFIXES)
 
 
+def project_references(path):
+    """Files beside a model or scene that it includes or reads (transitively); [] for other kinds."""
+    kind = PROJECT_KINDS.get(os.path.splitext(str(path))[1].lower())
+    return references_of(path, *kind) if kind else []
+
+
 def scad_references(path):
     """Files a .scad includes, uses or imports (transitively) that exist beside it."""
+    return references_of(path, *PROJECT_KINDS['.scad'])
+
+
+def references_of(path, pattern, scanned, relative_to_main=False):
+    """Existing files that ``path`` names by ``pattern``, and those they name in turn
+    (files ending in one of ``scanned``), relative to the file naming them (or to
+    ``path``'s folder)."""
     found, todo = [], [os.path.abspath(path)]
     while todo:
         current = todo.pop()
-        if not current.endswith('.scad'):
+        if not current.lower().endswith(scanned):
             continue
         try:
             with open(current, encoding='utf-8', errors='replace') as handle:
                 text = handle.read()
         except OSError:
             continue
-        for match in SCAD_REFERENCE_RE.finditer(text):
-            name = (match.group(1) or match.group(2)).strip()
-            target = os.path.normpath(os.path.join(os.path.dirname(current), name))
+        for match in pattern.finditer(text):
+            name = next(group for group in match.groups() if group).strip()
+            folder = os.path.dirname(os.path.abspath(path) if relative_to_main else current)
+            target = os.path.normpath(os.path.join(folder, name))
             if os.path.isfile(target) and target not in found and target != os.path.abspath(path):
                 found.append(target)
                 todo.append(target)
     return found
+
+
+def project_root(main, references):
+    """The folder a project archive's names are relative to: the common folder of its files."""
+    main = os.path.abspath(main)
+    return os.path.commonpath([os.path.dirname(main)] + [os.path.dirname(r) for r in references])
 
 
 def pack_project(main, references):
@@ -1176,7 +1375,7 @@ def pack_project(main, references):
     import io
     import tarfile
     main = os.path.abspath(main)
-    root = os.path.commonpath([os.path.dirname(main)] + [os.path.dirname(r) for r in references])
+    root = project_root(main, references)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode='w:gz') as archive:
         for path in [main] + references:
@@ -1296,10 +1495,13 @@ def _extract_members(archive, folder):
 class Input:
     """One input of a submission: bytes or an open file, plus the name it came with."""
 
-    def __init__(self, data, filename='', prearg=''):
+    def __init__(self, data, filename='', prearg='', shown=''):
         self.data = data
         self.filename = filename
         self.prearg = prearg
+        # How the user named it, for the tool's messages: a file's path, a
+        # project's folder ('' or 'job/'), '' for content.
+        self.shown = shown
 
     def extension(self, service):
         """The extension to keep (tools need it), from the filename or the service."""
@@ -1328,11 +1530,18 @@ def store_input(store, service, item):
     return store.add_input(item.data, item.extension(service))
 
 
-def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args=''):
-    """Validate, store inputs and record, queue the task and start what can start."""
+def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
+                params=(), out_ext=''):
+    """Validate, store inputs and record, queue the task and start what can start.
+
+    ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
+    output format asked for, one of ``outputExts`` ('' for the default).
+    """
     for item in inputs:
         check_prearg(service, item.prearg)
     check_native_args(service, list(native_args))
+    check_params(service, params)
+    check_output_ext(service, out_ext)
     if not inputs:
         raise UsageError('missing input: give at least one input file or content')
     if notifier:
@@ -1342,9 +1551,10 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     try:
         for item in inputs:
             stored.append((item.prearg, store_input(store, service, item)))
+            check_input_kind(service, *stored[-1])
         size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: _new_record(
-            service, task_id, stored, native_args, notifier, client, args, size_in))
+            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -1356,15 +1566,27 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     return store.read_task(record['id'])
 
 
-def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in):
+def check_input_kind(service, prearg, path):
+    """A main input (no prearg) of a service with ``inputExts`` must be of one of those kinds."""
+    if not prearg and not service.accepts_input(path):
+        raise UsageError(f'{service.name} takes {input_kinds(service)} files, '
+                         f'not {os.path.basename(path).rpartition(".")[2]!r}')
+
+
+def input_kinds(service):
+    """The kinds of main input a service takes, for messages: ``.gcode, .gco, .g``."""
+    return ', '.join(f'.{ext}' for ext in service.input_exts or [service.input_ext] if ext) or 'any'
+
+
+def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext):
     import shlex
     record = {
         'service': service.name,
         'status': TaskStatus.BUSY.value,
         'ctime': f'{time.time():.5f}',
-        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args)),
+        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
         'in': ','.join(path for _, path in stored),
-        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id),
+        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
         'client': client,
         'server': host_name(),
         'sizeIn': size_in,
@@ -1374,6 +1596,10 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     # only shown): the checked native arguments and each input's prearg.
     if native_args:
         record['nativeArgs'] = ' '.join(native_args)
+    if params:  # JSON: a value may hold spaces ("a label"), one line all the same
+        record['params'] = to_json([list(pair) for pair in params])
+    if out_ext:
+        record['outExt'] = out_ext
     if any(prearg for prearg, _ in stored):
         record['preargs'] = ','.join(prearg for prearg, _ in stored)
     if notifier:
@@ -1627,11 +1853,12 @@ def execute(store, config, service, record):
         argv = task_argv(service, record)
     except UsageError as exc:
         return refuse_record(store, record, exc)
-    launch = Launch(service, argv)
+    argv = absolute_output(service, record, argv, tool_root(store, config))
+    launch = Launch(service, argv, display=needs_display(service, record))
     with open(store.log_path(record['id']), 'ab') as log:
-        if launch.executable is None:
-            log.write(f'rrcloud: {argv[0]} not found in {service.path}\n'.encode())
-            return TaskStatus.FAILED, {'error': f'cannot start: {argv[0]} not found in {service.path}'}
+        if launch.missing:
+            log.write(f'rrcloud: {launch.missing} not found in {service.path}\n'.encode())
+            return TaskStatus.FAILED, {'error': f'cannot start: {launch.missing} not found in {service.path}'}
         work = prepare_work_folder(store, record['id']) if config.sandbox else None
         try:
             outcome = run_tool(store, config, record, launch, log, work)
@@ -1643,10 +1870,45 @@ def execute(store, config, service, record):
     return outcome or judge_exit(store, service, record, launch.exit_code)
 
 
+def output_format(service, record):
+    """The extension of a task's output format ('' for a service with one format)."""
+    return record.get('outExt') or (service.output_exts[0] if service.output_exts else '')
+
+
+def needs_display(service, record):
+    """True when the task's output format is one its tool renders on an X display."""
+    return output_format(service, record) in service.display_exts
+
+
+def tool_root(store, config):
+    """The folder a task's tool works in, as the tool sees it: its sandbox's, or the store's."""
+    if not config.sandbox:
+        return store.root
+    from rrc.sandbox import JOB_FOLDER
+    return JOB_FOLDER
+
+
+def absolute_output(service, record, argv, root):
+    """The argv with the output given as ``ROOT/tasks/out/NAME`` when the task's format
+    is one its tool writes relative to its input's folder (``absoluteOutputExts``);
+    the record's ``cmd`` keeps the spec's relative shape."""
+    ext = output_format(service, record)
+    if service.no_output or ext not in service.absolute_output_exts:
+        return argv
+    out = 'tasks/out/' + service.output_name(record['id'], ext)
+    tail = len(service.output)
+    return argv[:-tail] + [word.replace(out, f'{root}/{out}') for word in argv[-tail:]]
+
+
+# A private X server for the one tool, started and stopped by xvfb-run inside
+# the sandbox (its socket in the sandbox's own /tmp; no TCP).
+VIRTUAL_DISPLAY = ('xvfb-run', '--auto-servernum')
+
+
 class Launch:
     """How one task's tool is started: argv, environment, what its sandbox must show."""
 
-    def __init__(self, service, argv):
+    def __init__(self, service, argv, display=False):
         import shutil
         self.env = task_environment(service)
         self.read_paths = list(service.read_paths) + service_path_folders(service)
@@ -1659,6 +1921,11 @@ class Launch:
         else:
             self.executable = shutil.which(argv[0], path=service.path)
         self.argv = [self.executable] + argv[1:]
+        self.missing = None if self.executable else argv[0]
+        if display:
+            runner = shutil.which(VIRTUAL_DISPLAY[0], path=service.path)
+            self.argv = [runner] + list(VIRTUAL_DISPLAY[1:]) + self.argv
+            self.missing = self.missing or (None if runner else f'{VIRTUAL_DISPLAY[0]} (Debian package xvfb)')
         self.exit_code = None
 
 
@@ -1731,7 +1998,26 @@ def task_argv(service, record):
         check_prearg(service, prearg)
     native = record.get('nativeArgs', '').split()
     check_native_args(service, native)
-    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native)
+    params = record_params(record)
+    check_params(service, params)
+    out_ext = check_output_ext(service, record.get('outExt', ''))
+    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native,
+                        params, out_ext)
+
+
+def record_params(record):
+    """The (option, value) pairs of a record's ``params`` field; UsageError when it is not such a list."""
+    if not record.get('params'):
+        return []
+    import json
+    try:
+        pairs = json.loads(record['params'])
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(w, str) for w in p) for p in pairs):
+        raise UsageError('its params are not a list of (option, value) pairs')
+    return [tuple(pair) for pair in pairs]
 
 
 def check_stored_input(path):
@@ -1803,7 +2089,7 @@ def take_output(store, config, service, record, work, exit_code):
     if service.no_output or not record.get('out'):
         return None
     from rrc.sandbox import collect_output
-    name = service.output_name(record['id'])
+    name = service.output_name(record['id'], check_output_ext(service, record.get('outExt', '')))
     problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize)
     if problem:
         return TaskStatus.FAILED, {'error': problem, 'exitCode': exit_code}
@@ -2471,11 +2757,19 @@ def rank_servers(session, urls):
     return [urls[index] for _, index in ranked], silent
 
 
-def post_task(session, url, service, inputs, native, notifier):
-    """Upload one task (the spec's field names); the server's record, or None."""
+def post_task(session, url, service, inputs, native, notifier, params=(), out_ext=''):
+    """Upload one task (the spec's field names); the server's record, or None.
+
+    ``paramN`` and ``outExt`` go only when there are any: a 0.019 server
+    knows neither.
+    """
     fields = {'service': service.name}
     if native:
         fields['nativeArgs'] = ' '.join(native)
+    for number, (option, value) in enumerate(params):
+        fields[f'param{number}'] = f'{option} {value}'
+    if out_ext:
+        fields['outExt'] = out_ext
     if notifier:
         fields['notifier'] = notifier
     files = {}
@@ -2497,14 +2791,15 @@ def post_task(session, url, service, inputs, native, notifier):
     return answer, None
 
 
-def submit_remote(ctx, service, servers, inputs, native):
+def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
     """Send a task to the least loaded server that takes it; record it locally."""
     session = http_session(ctx.config)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = [f'{url}: no answer to meta' for url in silent]
     for url in ranked:
-        answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier)
+        answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
+                                    params, out_ext)
         if answer:
             return record_remote(ctx.store, url, service, answer)
         tried.append(failure)
@@ -2615,10 +2910,10 @@ def kill_remote(config, record):
 MAX_WAIT_SECONDS = 60
 # `in` is what 0.019's synchronous client posts beside its uploads: its own
 # local input paths.  It is checked like any text field and never used.
-FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|nativeArgs'
-                           r'|notifier|format|id|wait|token|in)\Z')
-NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
-NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg')
+FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|param[0-9]{1,3}'
+                           r'|nativeArgs|outExt|notifier|format|id|wait|token|in)\Z')
+NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
+NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 
 def is_form_field(key):
@@ -3040,8 +3335,19 @@ def submit_from_form(store, config, request):
                         headers=[('Retry-After', '30')])
     native = request.form.get('nativeArgs', '').split()
     native += [request.form[k] for k in sorted(request.form, key=_field_number) if k.startswith('arg')]
+    params = [form_param(request.form[k])
+              for k in sorted(request.form, key=_field_number) if k.startswith('param')]
     return submit_task(store, config, service, inputs, native,
-                       notifier=request.form.get('notifier', ''), client=request.client)
+                       notifier=request.form.get('notifier', ''), client=request.client,
+                       params=params, out_ext=request.form.get('outExt', ''))
+
+
+def form_param(text):
+    """``paramN=OPTION VALUE`` (``-D size=20``) -> (option, value), checked by check_params."""
+    option, sep, value = text.partition(' ')
+    if not sep or not value:
+        raise HTTPError(400, f'a param field is "OPTION VALUE", got {text[:64]!r}')
+    return option, value
 
 
 def _field_number(key):
@@ -3313,16 +3619,22 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
+       SERVICE.cloud --help | --version      what it passes on, where it runs; versions
 
 Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
 to a task store under the current folder (or `dir` in rrcloudrc).
 
 ARGS are classified like this, in order: the service's output argument
-(e.g. -oOUT.stl) names where a synchronous run writes its result; an argInput
-prefix (e.g. --load=FILE) marks an input file with its prearg; an allowed
-native switch or argument is passed on; an existing file is an input; a
-string holding whitespace is content, written to an input file.  Anything
-else is refused.
+(e.g. -oOUT.stl) names where a synchronous run writes its result, and, for a
+tool that picks its format from the name (openscad: stl, off, amf, 3mf, dxf,
+svg, csg, png), the format; an argInput prefix (e.g. --load=FILE, -pFILE)
+marks an input file with its prearg; an allowed native switch or argument is
+passed on; a parameter (openscad: -D NAME=VALUE, -P SET) is passed on when
+its value is a plain value; an existing file of a kind the service takes is
+an input (with the files it includes beside it); anything else that does not
+look like an option or a file name is content, written to an input file.
+The forms with a space (--load FILE, -o FILE, --imgsize 320,240) work too.
+Anything else is refused, naming what the service takes.
 
 OPTIONS may also stand after the command, as in RepRapCloud 0.019:
 `rrcloud info ID --format=json`, `rrcloud openscad part.scad --s=HOST`.
@@ -3355,6 +3667,36 @@ exit codes:
   130  interrupted (Ctrl-C)
   141  the reader of the output went away (e.g. `rrcloud info | head`)
 """
+
+SERVE_HELP = f"""\
+usage: rrcloud serve [--bind ADDR] [--port N]
+
+Serves rrcloud's HTTP API (the spec's POST and GET, a page of the tasks for a
+browser) with the embedded server until it is stopped.  Its task store is
+`dir` of rrcloudrc, else the current folder; each task runs detached, in its
+sandbox.
+
+  --bind ADDR   the address to listen on (default 0.0.0.0: every interface)
+  --port N      the port (default: port in rrcloudrc, else {DEFAULT_PORT})
+  -h, --help    show this help
+
+Who may use it: allow, token and allowOrigins in rrcloudrc (docs/SECURITY.md).
+"""
+
+PRINT_HELP = f"""\
+usage: rrcloud print [--baud=N] [--timeout=S] PORT FILE.gcode
+
+Sends a G-code file to a printer on a serial port, line by line with line
+numbers and checksums, resending what the printer asks for: the built-in
+sender of the printrun service, run here and now (`printrun.cloud PORT
+FILE.gcode` runs it as a task, on a server when one is configured).
+
+  --baud=N      the port's speed (default {PRINT_DEFAULT_BAUD})
+  --timeout=S   seconds to wait for the printer's answer to a line (default {PRINT_ANSWER_TIMEOUT:g})
+  -h, --help    show this help
+"""
+
+SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP}
 
 CLI_COMMANDS = ('info', 'meta', 'kill')
 VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
@@ -3425,6 +3767,10 @@ def take_options(options, args, service=None):
         word = args.pop(0)
         if service is not None and service_takes(service, word):
             rest.append(word)
+            if word in service.param_args and args:  # -D NAME=VALUE: the value is the option's
+                rest.append(args.pop(0))
+        elif word == '-h':
+            options.help = True
         elif word == '--':
             return rest + args
         elif is_option(word):
@@ -3440,7 +3786,7 @@ def service_takes(service, word):
     """True when ``word`` is the service's own: an allowed native argument,
     an argInput prefix with its file, or the output argument."""
     return (service.allows_native(word) or service.input_prefix_of(word) is not None
-            or service.output_argument(word))
+            or service.output_argument(word) or any(word.startswith(o) for o in service.param_args))
 
 
 def split_command_line(options, command, args):
@@ -3458,49 +3804,171 @@ def split_command_line(options, command, args):
     return ctx, args
 
 
+class ToolCall:
+    """A tool's command line as classify_args read it."""
+
+    def __init__(self):
+        self.inputs = []      # Input objects, in order
+        self.native = []      # allowed native arguments
+        self.params = []      # (option, value) pairs of paramArgs (-D NAME=VALUE)
+        self.output = None    # where the result goes, as the user named it
+        self.out_ext = ''     # the output format asked for, '' for the service's default
+
+
 def classify_args(service, args, allow_output):
-    """Turn a tool's command line into (inputs, native args, output path).
+    """Turn a tool's command line into a ToolCall.
 
     Classified like the spec's client: output argument, argInput prefix,
-    allowed native argument, existing file, raw content; anything else is
-    an error naming the argument.
+    allowed native argument, parameter (``-D NAME=VALUE``), existing file;
+    the option forms with a space (``--load FILE``, ``-o FILE``) like the
+    ones without.  What is not a file and does not look like an option or a
+    file name is content.  Anything else is an error naming the argument.
     """
-    inputs, native, output = [], [], None
-    out_prefix = service.output_prefix()
-    args = list(args)
+    call, args = ToolCall(), list(args)
     while args:
         arg = args.pop(0)
-        prefix = service.input_prefix_of(arg)
-        if service.output_argument(arg) and (len(arg) > len(out_prefix) or args):
-            if not allow_output:
-                raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
-            output = arg[len(out_prefix):] or args.pop(0)
-        elif prefix is not None:
-            inputs.append(_file_input(arg[len(prefix):], prefix))
-        elif service.allows_native(arg):
-            native.append(arg)
-        elif os.path.isfile(arg) and service.accepts_input(arg):
-            inputs.append(_file_input(arg, ''))
-        elif any(ch.isspace() for ch in arg):
-            inputs.append(Input(arg.encode('utf-8')))
-        else:
-            raise UsageError(f'not an input file, an allowed option of {service.name} or content: {arg!r}')
-    return inputs, native, output
+        if not _take_option(service, arg, args, call, allow_output):
+            call.inputs.append(_plain_input(service, arg))
+    if call.output is not None:
+        ext = service.output_ext_of(call.output)
+        call.out_ext = '' if ext == (service.output_exts or [''])[0] else ext
+    return call
+
+
+def _take_option(service, arg, rest, call, allow_output):
+    """Put ``arg`` (and its value from ``rest`` when written apart) into ``call``
+    when it is an option of the service; False when it is not one."""
+    output = _output_value(service, arg, rest)
+    if output is not None:
+        if not allow_output:
+            raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
+        call.output = output
+        return True
+    prefix, path = _prefixed_input(service, arg, rest)
+    if prefix is not None:
+        call.inputs.append(_file_input(path, prefix))
+        return True
+    native = _native_argument(service, arg, rest)
+    if native is not None:
+        call.native.append(native)
+        return True
+    param = _param(service, arg, rest)
+    if param is not None:
+        check_params(service, [param])
+        call.params.append(param)
+        return True
+    return False
+
+
+def _output_value(service, arg, rest):
+    """The output file of ``-oFILE``, ``-o FILE``, ``--output=FILE`` or ``--output FILE``; else None."""
+    prefix = service.output_prefix()
+    if not prefix:
+        return None
+    if service.output_argument(arg) and len(arg) > len(prefix):
+        return arg[len(prefix):]
+    if service.cased(arg) in (service.cased(prefix), service.cased(prefix.rstrip('='))) and rest:
+        return rest.pop(0)
+    return None
+
+
+def _prefixed_input(service, arg, rest):
+    """(prearg, file) of ``--load=FILE``, ``--load FILE``, ``-pFILE`` or ``-p FILE``; else (None, None)."""
+    prefix = service.input_prefix_of(arg)
+    if prefix is not None:
+        return prefix, arg[len(prefix):]
+    for prefix in service.input_prefixes:
+        if arg in (prefix, prefix.rstrip('=')) and rest:
+            return prefix, rest.pop(0)
+    return None, None
+
+
+def _native_argument(service, arg, rest):
+    """An allowed native argument, ``--imgsize 320,240`` read as ``--imgsize=320,240``; else None."""
+    if service.allows_native(arg):
+        return arg
+    joined = f'{arg}={rest[0]}' if rest and arg.startswith('-') else ''
+    if joined and service.cased(arg + '=') in map(service.cased, service.native_args) \
+            and service.allows_native(joined):
+        rest.pop(0)
+        return joined
+    return None
+
+
+def _param(service, arg, rest):
+    """(option, value) of ``-D NAME=VALUE`` or ``-DNAME=VALUE``; else None."""
+    if arg in service.param_args:
+        if not rest:
+            raise UsageError(f'{arg} needs a value ({arg} {service.param_args[arg]})')
+        return arg, rest.pop(0)
+    for option in service.param_args:
+        if arg.startswith(option) and len(arg) > len(option):
+            return option, arg[len(option):]
+    return None
+
+
+def _plain_input(service, arg):
+    """An argument that is no option of the service: an input file, or content."""
+    if arg.startswith('/dev/') and any(a.startswith('/dev/') for a in service.native_args):
+        ports = ', '.join(a + '*' for a in service.native_args if a.startswith('/dev/'))
+        raise UsageError(f'{arg}: not a port {service.name} may use (allowed: {ports}; a server adds '
+                         f'others to nativeArgs in services/{service.name}.conf)')
+    if os.path.isfile(arg):
+        if not service.accepts_input(arg):
+            raise UsageError(f'{arg}: {service.name} takes {input_kinds(service)} files')
+        return _file_input(arg, '')
+    if os.path.exists(arg):
+        raise UsageError(f'{arg}: not a file')
+    if looks_like_option(arg):
+        raise UsageError(refused_option(service, arg))
+    if looks_like_file_name(arg):
+        raise UsageError(f'{arg}: no such file')
+    return Input(arg.encode('utf-8'))
+
+
+def looks_like_option(arg):
+    """``-x``, ``--word``, ``+W``: what no model, scene or G-code starts with."""
+    return len(arg) > 1 and arg[0] in '-+' and (arg[1].isalpha() or arg[1] == '-')
+
+
+# A word naming a file (part.scad, ../lib/x.inc, notes.txt) rather than being content.
+# Its extension holds a letter: "1.5" is content.
+FILE_NAME_RE = LazyPattern(r'\A[\w~/.+-]*[\w~+-]\.(?=[0-9]*[A-Za-z])[A-Za-z0-9]{1,12}\Z'
+                           r'|\A[\w.~+-]*/[\w.~/+-]*\Z')
+
+
+def looks_like_file_name(arg):
+    """True for one word shaped like a file name or path, which content is not."""
+    return FILE_NAME_RE.match(arg) is not None
+
+
+def refused_option(service, arg):
+    """Why an option-like argument is refused, naming what the service takes."""
+    prefix = service.output_prefix()
+    if arg.split('=', 1)[0] in ('-o', '--output', '+O', '+o') and prefix:
+        return f'{arg}: {service.name} takes its output as {prefix}FILE'
+    allowed = ([f'{prefix}FILE'] if prefix else []) + [f'{p}FILE' for p in service.input_prefixes]
+    allowed += [a + ('VALUE' if a.endswith('=') else '') for a in service.native_args]
+    allowed += [f'{option} {kind}' for option, kind in service.param_args.items()]
+    return f'{arg}: not an option {service.name} passes on (allowed: {", ".join(allowed) or "none"})'
 
 
 def _file_input(path, prearg):
-    """An input file; a .scad that includes files beside it goes as a project archive."""
+    """An input file; a model or scene that includes files beside it goes as a project archive."""
     if not os.path.isfile(path):
-        raise UsageError(f'input file not found: {path!r}')
+        raise UsageError(f'{path}: no such file')
     try:
-        references = scad_references(path) if path.endswith('.scad') else []
+        references = project_references(path)
         if references:
-            return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg)
+            root = project_root(path, references)
+            shown = os.path.relpath(root) + '/' if os.path.relpath(root) != '.' else ''
+            return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg,
+                         shown=shown)
         with open(path, 'rb') as handle:
             data = handle.read()
     except OSError as exc:
-        raise UsageError(f'cannot read input file {path!r}: {exc.strerror}') from None
-    return Input(data, filename=path, prearg=prearg)
+        raise UsageError(f'{path}: cannot read: {exc.strerror}') from None
+    return Input(data, filename=path, prearg=prearg, shown=path)
 
 
 class Context:
@@ -3513,6 +3981,7 @@ class Context:
             self.config.dir = os.path.abspath(options.dir)
         self.store = Store(self.config.dir)
         self._services = None
+        self.shown_inputs = []  # how the user named each input of the task at hand
 
     @property
     def services(self):
@@ -3614,20 +4083,23 @@ def remote_servers(ctx, service_name):
 def cmd_submit(ctx, service_name, args, sync, wrapper=False):
     """Start a task of ``service_name``; sync waits and copies the result."""
     service = ctx.service(service_name)
-    inputs, native, output = classify_args(service, args, allow_output=sync)
+    call = classify_args(service, args, allow_output=sync)
+    inputs, native, output = call.inputs, call.native, call.output
     if wrapper and output is None and not service.no_output:
         prefix = service.output_prefix()
         raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
+    ctx.shown_inputs = [item.shown for item in inputs]  # the tool's messages name these
+    extra = {'params': call.params, 'out_ext': call.out_ext}
     # `rrcloud --sync` with no output argument shows the finished record (where its result is).
     show = sync and not wrapper and output is None and not service.no_output
     servers = remote_servers(ctx, service_name)
     if servers:
         if not sync:
-            print_id(ctx, submit_remote(ctx, service, servers, inputs, native))
+            print_id(ctx, submit_remote(ctx, service, servers, inputs, native, **extra))
             return ExitCode.OK
-        return sync_remote(ctx, service, servers, inputs, native, output, show)
+        return sync_remote(ctx, service, servers, inputs, native, output, show, **extra)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
-                         args=describe_args(args))
+                         args=describe_args(args), **extra)
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK
@@ -3645,14 +4117,14 @@ def print_id(ctx, record):
     print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
 
 
-def sync_remote(ctx, service, servers, inputs, native, output, show=False):
+def sync_remote(ctx, service, servers, inputs, native, output, show=False, params=(), out_ext=''):
     """Send a task, wait for it, fetch its result to ``output``, mirror its exit code.
 
     Ctrl-C at any moment after the server took the task kills it there.
     """
     record, progress = None, None
     try:
-        record = submit_remote(ctx, service, servers, inputs, native)
+        record = submit_remote(ctx, service, servers, inputs, native, params, out_ext)
         progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
         record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
@@ -3697,15 +4169,36 @@ def finish_sync(ctx, record, output, show=False):
 
 def deliver_result(ctx, record, output, show=False):
     """A finished task: its result to ``output`` (or, with ``show``, its record
-    to stdout) on success, its log to stderr on failure."""
+    to stdout) on success, its log to stderr on failure.
+
+    On success the log goes to stderr too, as the tool itself prints its
+    warnings; a print's log (the talk with the printer) stays in the task's log.
+    """
+    service = ctx.service(record['service'])
     if record.get('status') == TaskStatus.COMPLETE:
         if output:
+            check_result_format(service, record, output)
+            if not service.no_output:
+                show_log(ctx.store, record, ctx.shown_inputs, output)
             deliver_output(ctx.store.path_of(record['out']), output)
         elif show:
+            show_log(ctx.store, record, ctx.shown_inputs)
             print_record(record, ctx.options.format)
         return ExitCode.OK
-    show_log(ctx.store, record)
+    show_log(ctx.store, record, ctx.shown_inputs, output)
+    print(f'rrcloud: error: task {record["id"]} failed: {record.get("error", "unknown")}',
+          file=sys.stderr)
     return _exit_code_of(record)
+
+
+def check_result_format(service, record, output):
+    """The result has the format ``output``'s extension asks for: a server that does not
+    know ``outExt`` (RepRapCloud 0.019) makes its default instead."""
+    wanted = service.output_ext_of(output)
+    made = record.get('out', '').rpartition('.')[2].lower()
+    if wanted and made != wanted:
+        raise RRCloudError(f'{record.get("server", "the server")} made a .{made} file, not the '
+                           f'.{wanted} asked for (it may not know outExt); {output} not written')
 
 
 def _kill_quietly(store, task_id):
@@ -3736,15 +4229,55 @@ def deliver_output(source, destination):
         raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
 
 
-def show_log(store, record):
-    """Write a failed task's log and reason to stderr."""
+def show_log(store, record, shown_inputs=(), output=None):
+    """Write a task's log to stderr, naming the user's files instead of the store's."""
     try:
         with open(store.log_path(record['id']), 'rb') as log:
-            sys.stderr.write(log.read().decode('utf-8', 'replace'))
+            text = log.read().decode('utf-8', 'replace')
     except FileNotFoundError:
-        pass
-    print(f'rrcloud: error: task {record["id"]} failed: {record.get("error", "unknown")}',
-          file=sys.stderr)
+        return
+    sys.stderr.write(as_the_user_named_it(text, stored_inputs(record), shown_inputs, output))
+    sys.stderr.flush()
+
+
+def stored_inputs(record):
+    """The store paths of a task's inputs, in order: its ``in`` field, or for a
+    remote task the ``tasks/in/…`` words of the server's ``cmd``."""
+    if record.get('in'):
+        return record['in'].split(',')
+    import shlex
+    try:
+        words = shlex.split(record.get('cmd', ''))
+    except ValueError:
+        return []
+    paths = [word[word.index('tasks/in/'):] for word in words if 'tasks/in/' in word]
+    # a project's folder named to the tool (POV-Ray's +L) is no input of its own
+    return [p for p in paths if not any(other.startswith(p + '/') for other in paths)]
+
+
+# A store path as a tool may print it: relative, or under the sandbox's /job
+# or an unsandboxed server's root.
+STORE_PATH_PREFIX = r'(?:(?:/[\w.+-]+)*/)?'
+
+
+def as_the_user_named_it(text, stored, shown, output=None):
+    """The tool's log with each stored input path replaced by the user's own name
+    for it (a project's folder by the user's folder), the result's path by ``output``."""
+    import re
+    if len(stored) == len(shown):
+        for path, name in zip(stored, shown):
+            parts = path.split('/')
+            if len(parts) > 3:  # a project: tasks/in/FOLDER/... -> the user's folder
+                folder = STORE_PATH_PREFIX + re.escape('/'.join(parts[:3]))
+                text = re.sub(folder + '/', lambda _, name=name: name, text)
+                found, name = folder, name.rstrip('/') or '.'  # the folder itself (POV-Ray's +L)
+            else:  # the stored name is unique: tools that print only a file's name show it alone
+                found = STORE_PATH_PREFIX + '(?:tasks/in/)?' + re.escape(parts[-1])
+                name = name or '<content>'
+            text = re.sub(found, lambda _, name=name: name, text)
+    if output:
+        text = re.sub(STORE_PATH_PREFIX + r'tasks/out/[\w.-]+', lambda _: output, text)
+    return text
 
 
 def cli(args):
@@ -3752,6 +4285,9 @@ def cli(args):
     options, rest = parse_options(args)
     if options.help or options.version:
         return show_about(options)
+    if rest and rest[0] in SUBCOMMAND_HELP and {'-h', '--help'} & set(rest[1:]):
+        sys.stdout.write(SUBCOMMAND_HELP[rest[0]])
+        return ExitCode.OK
     if rest and rest[0] == '_run':
         return cmd_run_internal(rest[1:])
     if rest and rest[0] == 'serve':
@@ -3782,9 +4318,106 @@ def wrapper(service_name, args):
     """``SERVICE.cloud ARGS``: behave like the tool, synchronously (rrcloud's
     options may stand among ARGS, as on the rrcloud command line)."""
     ctx, args = split_command_line(Options(), service_name, args)
-    if ctx.options.help or ctx.options.version:
-        return show_about(ctx.options)
+    if ctx.options.help:
+        sys.stdout.write(wrapper_help(ctx, ctx.service(service_name)))
+        return ExitCode.OK
+    if ctx.options.version:
+        sys.stdout.write(wrapper_version(ctx, ctx.service(service_name)))
+        return ExitCode.OK
     return cmd_submit(ctx, service_name, args, sync=True, wrapper=True)
+
+
+def wrapper_help(ctx, service):
+    """What ``SERVICE.cloud`` does, which options it passes on, where the work goes."""
+    import textwrap
+    name, prefix = service.name, service.output_prefix()
+    output = f' {prefix}FILE' if prefix and not service.no_output else ''
+    port = 'PORT ' if any(a.startswith('/dev/') for a in service.native_args) else ''
+    about = (f'Runs {name} as {name} itself would run, on {work_goes_to(ctx, name)}.  '
+             + ('The result is written to FILE only when the task succeeds.  ' if output else '')
+             + "The tool's messages go to stderr, naming your files; the exit code is the tool's.")
+    lines = [f'usage: {name}.cloud [OPTIONS] {port}INPUT...{output}', '',
+             textwrap.fill(about, 78, break_long_words=False, break_on_hyphens=False), '']
+    lines += [f'  {label:<11} {text}' for label, text in wrapper_help_rows(service)]
+    lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --traceback,",
+              '  -h/--help, --version (rrcloud --help tells more)']
+    return '\n'.join(lines) + '\n'
+
+
+def wrapper_help_rows(service):
+    """(label, text) rows of a wrapper's help: inputs, output, what is passed on."""
+    prefix = service.output_prefix()
+    project = ' (with the files they include beside them)' if f'.{service.input_ext}' in PROJECT_KINDS else ''
+    rows = [('inputs', f'{input_kinds(service)} files{project}, or content as an argument')]
+    if prefix and not service.no_output:
+        spaced = f' (or {prefix.rstrip("=")} FILE)' if prefix.startswith('-') else ''
+        formats = (f'; the format follows its extension: {service.output_exts[0]} (default), '
+                   + ', '.join(service.output_exts[1:])) if len(service.output_exts) > 1 else ''
+        rows.append(('output', f'{prefix}FILE{spaced}{formats}'))
+    if service.input_prefixes:
+        rows.append(('input with', ', '.join(f'{p}FILE' for p in service.input_prefixes)))
+    if service.native_args:
+        rows.append(('passed on', ', '.join(shown_native(a) for a in service.native_args)))
+    for option, kind in service.param_args.items():
+        rows.append(('parameter', f'{option} {kind}' + (
+            ' (VALUE: a number, "string", true, false, undef or a [vector] of them)'
+            if kind == 'NAME=VALUE' else '')))
+    return rows
+
+
+def shown_native(allowed):
+    """A nativeArgs entry as help shows it: ``--imgsize=VALUE``, ``/dev/ttyUSB*``, ``--render``."""
+    if allowed.endswith('='):
+        return allowed + 'VALUE'
+    return allowed + '*' if allowed.startswith('/dev/') else allowed
+
+
+def work_goes_to(ctx, service_name):
+    """Where a wrapper's task runs, and which setting says so."""
+    if ctx.options.local:
+        return 'this machine (--local)'
+    if ctx.options.s:
+        return f'the server {ctx.options.s} (--s)'
+    servers = ctx.config.servers_for(service_name)
+    if servers:
+        key = f'{service_name}.servers' if service_name in ctx.config.service_servers else 'servers'
+        return f'the server(s) {", ".join(servers)} ({key} in {", ".join(ctx.config.sources)})'
+    return f'this machine, in the task store {ctx.store.root} (no server in rrcloudrc)'
+
+
+def wrapper_version(ctx, service):
+    """rrcloud's version and the tool's, as the tool installed here tells it."""
+    lines = [f'{service.name}.cloud: rrcloud {__version__} ({PROTOCOL_VERSION} compatible)',
+             f'{service.name} on this machine: {tool_version(service)}']
+    servers = remote_servers(ctx, service.name)
+    if servers:
+        lines.append(f'tasks go to {", ".join(servers)}, whose {service.name} may be another version')
+    return '\n'.join(lines) + '\n'
+
+
+def tool_version(service):
+    """The tool's own word on its version (its ``versionArg``, run here), or why there is none."""
+    import shutil
+    import subprocess
+    program = service.cmd[0]
+    if program == 'rrcloud':
+        return f"rrcloud's built-in G-code sender, rrcloud {__version__}"
+    path = shutil.which(program, path=service.path)
+    if path is None:
+        return f'not installed ({program} not found in {service.path})'
+    try:
+        done = subprocess.run([path, service.version_arg], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=TOOL_VERSION_TIMEOUT, env=task_environment(service))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f'{program} {service.version_arg} did not answer ({exc.__class__.__name__})'
+    for line in (done.stdout + b'\n' + done.stderr).decode('utf-8', 'replace').splitlines():
+        # the first line with a number that is not a warning ("povray: cannot open ...")
+        if any(c.isdigit() for c in line) and not line.startswith(program + ':'):
+            return line.strip() if any(c.isalpha() for c in line) else f'{program} {line.strip()}'
+    return f'{program} {service.version_arg} named no version'
+
+
+TOOL_VERSION_TIMEOUT = 10
 
 
 ###############################################################################

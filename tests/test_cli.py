@@ -448,12 +448,15 @@ def test_sync_echo_waits_for_the_result(cli, workdir):
     assert f'out: {record["out"]}\n' in result.out and 'status: complete\n' in result.out
 
 
-def test_sync_with_an_output_argument_prints_nothing(cli, workdir):
+def test_sync_with_an_output_argument_prints_only_the_tools_messages(cli, workdir):
     (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
 
     result = cli('--sync', 'openscad', 'cube.scad', '-ocube.stl')
 
-    assert (result.code, result.out, result.err) == (0, '', ''), result
+    assert (result.code, result.out) == (0, ''), result
+    # what openscad itself says on stderr, and nothing of rrcloud's or its store
+    assert 'Top level object is a 3D object' in result.err, result
+    assert 'rrcloud' not in result.err and 'tasks/' not in result.err, result
 
 
 def test_a_reader_that_stops_early_gets_no_error(proc, workdir):

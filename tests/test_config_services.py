@@ -363,8 +363,8 @@ def test_a_conf_using_every_key(workdir):
     assert tool.output_name(ID) == f'{ID}.out'
     argv = rrcloud.compose_argv(tool, ID, [('--config=', 'tasks/in/A.cfg'), ('', 'tasks/in/B.dat')],
                                 ['--level=3', '--fast'])
-    assert argv == ['tool', '--quiet', '--fast', '--level=3', '--config=tasks/in/A.cfg',
-                    'tasks/in/B.dat', '--to', f'tasks/out/{ID}.out']
+    assert argv == ['tool', '--quiet', '--level=3', '--config=tasks/in/A.cfg',
+                    'tasks/in/B.dat', '--fast', '--to', f'tasks/out/{ID}.out']
 
 
 def test_a_conf_with_only_cmd_gets_the_defaults(workdir):
@@ -409,6 +409,11 @@ BAD_CONFS = [
     ('bad_arginput', 'cmd = cp\nargInput = --load=\n', 'argInput'),
     ('bad_nooutput', 'cmd = cp\nnoOutput = maybe\n', 'maybe'),
     ('Bad-Name', 'cmd = cp\n', 'Bad-Name'),
+    ('formats_not_fileout', 'cmd = cp\nfileOut = $id.stl\noutputExts = png, stl\n', 'fileOut'),
+    ('bad_format', 'cmd = cp\nfileOut = $id.stl\noutputExts = stl, p/ng\n', 'p/ng'),
+    ('bad_param_kind', 'cmd = cp\nparamArgs = -D ANYTHING\n', 'paramArgs'),
+    ('param_not_option', 'cmd = cp\nparamArgs = D NAME=VALUE\n', 'paramArgs'),
+    ('include_without_folder', 'cmd = cp\nincludeArg = +L\n', 'includeArg'),
 ]
 
 
@@ -482,8 +487,9 @@ ARGV_CASES = [
      ['cp', 'tasks/in/A.txt', f'tasks/out/{ID}']),
     ('openscad', [('', 'tasks/in/X.scad')], [],
      ['openscad', 'tasks/in/X.scad', f'-otasks/out/{ID}.stl']),
+    # A switch follows the inputs: OpenSCAD's --render would take a file after it for its value.
     ('openscad', [('', 'tasks/in/X.scad')], ['--camera=0,0,0,55,0,25,140', '--render'],
-     ['openscad', '--render', '--camera=0,0,0,55,0,25,140', 'tasks/in/X.scad', f'-otasks/out/{ID}.stl']),
+     ['openscad', '--camera=0,0,0,55,0,25,140', 'tasks/in/X.scad', '--render', f'-otasks/out/{ID}.stl']),
     ('openjscad', [('', 'tasks/in/X.jscad')], [],
      ['openjscad', 'tasks/in/X.jscad', f'-otasks/out/{ID}.stl']),
     ('slic3r', [('', 'tasks/in/B.stl')], [],
@@ -492,12 +498,17 @@ ARGV_CASES = [
      ['slic3r', '--load=tasks/in/A.ini', 'tasks/in/B.stl', f'--output=tasks/out/{ID}.gcode']),
     ('slic3r', [('--load=', 'tasks/in/A.ini'), ('', 'tasks/in/B.stl')],
      ['--layer-height=0.2', '--support-material', '--fill-density=20%'],
-     ['slic3r', '--support-material', '--layer-height=0.2', '--fill-density=20%',
-      '--load=tasks/in/A.ini', 'tasks/in/B.stl', f'--output=tasks/out/{ID}.gcode']),
+     ['slic3r', '--layer-height=0.2', '--fill-density=20%',
+      '--load=tasks/in/A.ini', 'tasks/in/B.stl', '--support-material', f'--output=tasks/out/{ID}.gcode']),
+    # POV-Ray's defaults come first: it takes the last of a repeated switch, so the client's win.
     ('povray', [('', 'tasks/in/S.pov')], [],
-     ['povray', 'tasks/in/S.pov', '+W640', '+H480', '-D', '+FN', f'+Otasks/out/{ID}.png']),
-    ('povray', [('', 'tasks/in/S.pov')], ['+Q9', '+A'],
-     ['povray', '+A', '+Q9', 'tasks/in/S.pov', '+W640', '+H480', '-D', '+FN', f'+Otasks/out/{ID}.png']),
+     ['povray', '+W640', '+H480', '-D', '+FN', 'tasks/in/S.pov', f'+Otasks/out/{ID}.png']),
+    ('povray', [('', 'tasks/in/S.pov')], ['+Q9', '+A', '+W320', '+h240'],
+     ['povray', '+W640', '+H480', '-D', '+FN', '+Q9', '+W320', '+h240', 'tasks/in/S.pov', '+A',
+      f'+Otasks/out/{ID}.png']),
+    ('povray', [('', 'tasks/in/P/scene.pov')], [],
+     ['povray', '+W640', '+H480', '-D', '+FN', '+Ltasks/in/P', 'tasks/in/P/scene.pov',
+      f'+Otasks/out/{ID}.png']),
     ('printrun', [('', 'tasks/in/P.gcode')], ['/dev/ttyUSB0'],
      ['rrcloud', 'print', '/dev/ttyUSB0', 'tasks/in/P.gcode']),
     ('printrun', [('', 'tasks/in/P.gcode')], ['/dev/ttyACM1', '--baud=250000'],
