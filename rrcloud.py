@@ -1867,7 +1867,35 @@ def execute(store, config, service, record):
         finally:
             if work:
                 _remove_tree(work)
-    return outcome or judge_exit(store, service, record, launch.exit_code)
+    outcome = outcome or judge_exit(store, service, record, launch.exit_code)
+    return builtin_reason(store, record, outcome) if launch.builtin else outcome
+
+
+BUILTIN_ERROR_PREFIX = 'rrcloud: error: '
+
+
+def builtin_reason(store, record, outcome):
+    """A built-in (the G-code sender) that failed said why as its last log line
+    (``rrcloud: error: cannot open /dev/ttyUSB0 …``): that is the task's error,
+    rather than its exit code."""
+    status, fields = outcome
+    if status != TaskStatus.FAILED or not str(fields.get('error', '')).startswith('exit code'):
+        return outcome
+    last = last_log_line(store, record['id'])
+    if last.startswith(BUILTIN_ERROR_PREFIX) and is_single_line(last):
+        return status, dict(fields, error=last[len(BUILTIN_ERROR_PREFIX):].strip())
+    return outcome
+
+
+def last_log_line(store, task_id):
+    """The last line of a task's log ('' when there is none)."""
+    try:
+        with open(store.log_path(task_id), 'rb') as log:
+            log.seek(max(0, os.fstat(log.fileno()).st_size - 4096))
+            lines = log.read().decode('utf-8', 'replace').splitlines()
+    except FileNotFoundError:
+        return ''
+    return lines[-1] if lines else ''
 
 
 def output_format(service, record):
@@ -4185,8 +4213,10 @@ def deliver_result(ctx, record, output, show=False):
             show_log(ctx.store, record, ctx.shown_inputs)
             print_record(record, ctx.options.format)
         return ExitCode.OK
-    show_log(ctx.store, record, ctx.shown_inputs, output)
-    print(f'rrcloud: error: task {record["id"]} failed: {record.get("error", "unknown")}',
+    # A built-in's own error line is the task's error: said once, with the id.
+    show_log(ctx.store, record, ctx.shown_inputs, output,
+             repeated=BUILTIN_ERROR_PREFIX + record.get('error', 'unknown'))
+    print(f'{BUILTIN_ERROR_PREFIX}task {record["id"]} failed: {record.get("error", "unknown")}',
           file=sys.stderr)
     return _exit_code_of(record)
 
@@ -4229,13 +4259,16 @@ def deliver_output(source, destination):
         raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
 
 
-def show_log(store, record, shown_inputs=(), output=None):
-    """Write a task's log to stderr, naming the user's files instead of the store's."""
+def show_log(store, record, shown_inputs=(), output=None, repeated=''):
+    """Write a task's log to stderr, naming the user's files instead of the store's;
+    a last line equal to ``repeated`` (what the error line printed next says) is left out."""
     try:
         with open(store.log_path(record['id']), 'rb') as log:
             text = log.read().decode('utf-8', 'replace')
     except FileNotFoundError:
         return
+    if repeated and text.rstrip('\n').rpartition('\n')[2] == repeated:
+        text = text.rstrip('\n').rpartition('\n')[0] + '\n' if '\n' in text.rstrip('\n') else ''
     sys.stderr.write(as_the_user_named_it(text, stored_inputs(record), shown_inputs, output))
     sys.stderr.flush()
 

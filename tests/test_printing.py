@@ -230,6 +230,17 @@ def test_port_that_does_not_exist_is_one_error_line(gcode):
     assert done.stdout == ''
 
 
+def test_printrun_wrapper_on_a_port_that_does_not_exist_says_so_in_one_line(proc, gcode_here):
+    """The wrapper, like the sender, says it once: with the task's id, the port and why."""
+    result = proc('/dev/ttyUSB97', 'small.gcode', prog='printrun.cloud')
+
+    assert result.code == 1
+    (line,) = result.err.splitlines()
+    assert line.startswith('rrcloud: error: task ')
+    assert line.endswith(' failed: cannot open /dev/ttyUSB97: No such file or directory'), line
+    assert result.out == ''
+
+
 def test_etc_passwd_is_refused_as_not_a_device():
     before = os.stat('/etc/passwd')
     done, _ = run_print('/etc/passwd', str(SMALL))
@@ -601,7 +612,7 @@ def test_silent_printer_fails_the_task_with_the_message_in_the_log(proc, pty_ser
     assert seconds < 15
     assert record['status'] == 'failed'
     assert record['exitCode'] == '1'
-    assert record['error'] == 'exit code 1'
+    assert record['error'] == 'the printer stopped answering (no reply for 2 s after line 100)'
     assert 'stopped answering' in log, log
     assert 'printed' not in log
     assert 'stopped answering' in result.err  # the log is shown on failure
@@ -617,6 +628,7 @@ def test_printer_halt_fails_the_task_with_the_printer_error_in_the_log(proc, pty
     assert result.code == 1, result
     assert record['status'] == 'failed'
     assert 'rrcloud: error: printer error: Error:Printer halted. kill() called!' in log.splitlines(), log
+    assert record['error'] == 'printer error: Error:Printer halted. kill() called!'  # the task's error
     assert 'printed' not in log
     assert file_lines(sim) == EXPECTED[:120]
     assert sim.ignored == []
