@@ -111,8 +111,8 @@ STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work'
 TASK_ENV_ALLOWLIST = ('HOME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR',
                       'USER', 'LOGNAME')
 # The runner's own environment: the task allowlist plus what finds Python
-# and the configuration.
-RUNNER_ENV_ALLOWLIST = TASK_ENV_ALLOWLIST + ('PATH', 'PYTHONPATH', 'RRCLOUD_CONFIG')
+# (its settings come with the task, never from the rrcloudrc files).
+RUNNER_ENV_ALLOWLIST = TASK_ENV_ALLOWLIST + ('PATH', 'PYTHONPATH')
 KILL_GRACE_SECONDS = 3.0
 # OSError numbers that mean "the disk is full" (507 to an HTTP client).
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -198,16 +198,21 @@ def parse_key_value_lines(path):
     """
     try:
         with open(path, encoding='utf-8') as handle:
-            lines = handle.read().splitlines()
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f'{path}: cannot read: {exc}') from None
-    for number, line in enumerate(lines, 1):
+    return parse_key_value_text(text, path)
+
+
+def parse_key_value_text(text, where):
+    """parse_key_value_lines of text; errors name ``where``."""
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split('#', 1)[0].strip()
         if not line:
             continue
         pair = split_config_line(line)
         if not pair:
-            raise ConfigError(f'{path}:{number}: expected "key = value", got {line!r}')
+            raise ConfigError(f'{where}:{number}: expected "key = value", got {line!r}')
         yield (number,) + pair
 
 
@@ -379,9 +384,6 @@ class Config:
 
 def config_files():
     """The rrcloudrc files to read, in order (later ones win)."""
-    inherited = os.environ.get('RRCLOUD_CONFIG_FILES')  # a runner reads its starter's files
-    if inherited is not None:
-        return [path for path in inherited.split(os.pathsep) if path]
     named = os.environ.get('RRCLOUD_CONFIG')
     if named:
         if not os.path.isfile(named):
@@ -986,7 +988,7 @@ def recover_store(store, config):
     killed by reconcile_task.  A print is never restarted.
     """
     now = time.time()
-    for name in ('info', 'in', 'out', 'log'):
+    for name in ('info', 'in', 'out', 'log', 'queue'):
         folder = store.folder(name)
         for entry in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, entry)
@@ -1351,7 +1353,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         if isinstance(exc, ValueError):  # a field that cannot be a record value
             raise UsageError(str(exc)) from None
         raise
-    mark(store, 'queue', record['id'])
+    queue_task(store, record['id'], task_settings(config))
     dispatch(store, config)
     return store.read_task(record['id'])
 
@@ -1432,6 +1434,51 @@ def check_notifier_url(url):
         raise UsageError(f'bad notifier URL (http or https only): {url!r}')
 
 
+# What a task's runner works with, fixed when the task is submitted: the
+# rrcloudrc files may change or vanish before the task starts or while it runs.
+TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'notifierAllow')
+TASK_SETTINGS_MAX_BYTES = 4096
+
+
+def task_settings(config):
+    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config)."""
+    values = {'timeout': repr(config.timeout), 'maxTasks': str(config.maxTasks),
+              'sandbox': 'yes' if config.sandbox else 'no', 'maxOutputSize': str(config.maxOutputSize),
+              'notifierAllow': ', '.join(config.notifierAllow)}
+    return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS)
+
+
+def task_config(text, store):
+    """The Config a runner works with: defaults, then the task's settings.
+
+    They came through files and processes other than the runner's own, so
+    they are checked as an rrcloudrc is, and only the task settings are taken.
+    """
+    if not text:
+        raise ConfigError('its settings are missing')
+    config = Config()
+    config.dir = store.root
+    for number, key, value in parse_key_value_text(text, 'settings'):
+        if key not in TASK_SETTINGS:
+            raise ConfigError(f'settings:{number}: {key!r} is not a task setting')
+        config._apply('settings', number, key, value, store.root)
+    return config
+
+
+def queue_task(store, task_id, settings):
+    """Queue a task: its marker in ``tasks/queue`` holds the settings it runs with."""
+    write_file_atomically(os.path.join(store.folder('queue'), check_task_id(task_id)), settings.encode())
+
+
+def queued_settings(store, task_id):
+    """The settings in a task's queue marker ('' for a marker without any)."""
+    try:
+        with open(os.path.join(store.folder('queue'), check_task_id(task_id)), 'rb') as handle:
+            return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
 def mark(store, folder, task_id):
     """Put a task's marker into ``tasks/queue`` (waiting) or ``tasks/running``."""
     path = os.path.join(store.folder(folder), check_task_id(task_id))
@@ -1484,7 +1531,12 @@ def acquire_slot(store, max_tasks):
 
 
 def _start_queued(store, config, task_id, slot_fd):
-    """Spawn the runner of one queued task (called under the store lock)."""
+    """Spawn the runner of one queued task (called under the store lock).
+
+    It runs with the settings its submission wrote into the queue marker; a
+    marker without any (written by hand) gets the dispatcher's.
+    """
+    settings = queued_settings(store, task_id) or task_settings(config)
     unmark(store, 'queue', task_id)
     try:
         record = store.read_task(task_id)
@@ -1498,9 +1550,10 @@ def _start_queued(store, config, task_id, slot_fd):
     record.pop('queued', None)
     record['stime'] = f'{time.time():.5f}'
     try:
-        pid = spawn_runner(store, config, task_id, slot_fd)
+        pid = spawn_runner(store, task_id, slot_fd, settings)
     except OSError as exc:
         record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
+        append_log(store, task_id, f'rrcloud: task {task_id} cannot start: no runner: {exc}')
     else:
         record.update(runner=str(pid), runnerStart=process_start_time(pid) or '')
         mark(store, 'running', task_id)
@@ -1519,13 +1572,13 @@ def rrcloud_command():
     return [sys.executable, '-c', launcher]
 
 
-def spawn_runner(store, config, task_id, slot_fd):
+def spawn_runner(store, task_id, slot_fd, settings):
     """Start ``rrcloud _run ID`` detached: own session, no terminal, outlives us."""
     import subprocess
     # Not the request's environment (HTTP_*, GATEWAY_INTERFACE): an allowlist.
     env = {k: os.environ[k] for k in RUNNER_ENV_ALLOWLIST if k in os.environ}
     env['RRCLOUD_SLOT_FD'] = str(slot_fd)
-    env['RRCLOUD_CONFIG_FILES'] = os.pathsep.join(config.sources)
+    env['RRCLOUD_TASK_SETTINGS'] = settings
     # A new session: a web server's or terminal's signals to its group never
     # reach the task, and the task survives the request or CLI that started it.
     process = subprocess.Popen(
@@ -1566,13 +1619,20 @@ def terminate_group(process, grace=KILL_GRACE_SECONDS):
     process.wait()
 
 
-def run_task(store, config, services, task_id):
+def run_task(store, settings, task_id):
     """The detached runner: run one task's tool, record how it ended, start the next."""
     record = store.read_task(task_id)
+    try:
+        config = task_config(settings, store)
+    except ConfigError as exc:
+        return cannot_start(store, record, str(exc))
     if record.get('status') != TaskStatus.BUSY:  # killed before it could start
         return _runner_done(store, config, task_id, record)
     try:
-        service = services[record['service']]
+        service = find_service(*load_services(store.root), record.get('service', ''))
+    except RRCloudError as exc:
+        return cannot_start(store, record, str(exc), config)
+    try:
         outcome = execute(store, config, service, record)
     except Exception as exc:  # a runner never leaves a task busy
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
@@ -1581,6 +1641,27 @@ def run_task(store, config, services, task_id):
         fields = remove_output_of_full_disk(store, record, fields)
     finished = finish_task(store, task_id, status, **fields)
     return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def cannot_start(store, record, reason, config=None):
+    """A task whose runner cannot run it: the record and the log say why.
+
+    Without its own settings, the next task is started as if one slot were
+    all there is: never more at once than any configuration allows.
+    """
+    task_id = record['id']
+    append_log(store, task_id, f'rrcloud: task {task_id} cannot start: {reason}')
+    finished = finish_task(store, task_id, TaskStatus.FAILED, error=f'cannot start: {reason}')
+    if config is None:
+        config = Config()
+        config.maxTasks, config.dir = 1, store.root
+    return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def append_log(store, task_id, line):
+    """Add one line of rrcloud's own to a task's log (the tool may be writing to it too)."""
+    with open(store.log_path(task_id), 'a', encoding='utf-8') as log:
+        log.write(line + '\n')
 
 
 def remove_output_of_full_disk(store, record, fields):
@@ -3432,9 +3513,7 @@ def cmd_run_internal(args):
         raise UsageError('usage: rrcloud _run ID --dir ROOT')
     task_id = check_task_id(args[0])
     store = Store(args[2])
-    config = load_config()
-    services, _ = load_services(store.root)
-    final = run_task(store, config, services, task_id)
+    final = run_task(store, os.environ.pop('RRCLOUD_TASK_SETTINGS', ''), task_id)
     return ExitCode.OK if final.get('status') == TaskStatus.COMPLETE else ExitCode.TASK_FAILED
 
 
