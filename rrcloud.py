@@ -311,6 +311,7 @@ CONFIG_KEYS = {
     'maxWaits': _positive_int,
     'allowOrigins': _origin_list,
     'sandbox': _switch,
+    'reconnectTimeout': _non_negative_number,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
@@ -341,6 +342,7 @@ class Config:
         self.maxWaits = 8
         self.allowOrigins = []
         self.sandbox = True
+        self.reconnectTimeout = 120.0
         self.sources = []
 
     def apply_file(self, path):
@@ -2498,22 +2500,40 @@ def fetch_to(session, url, folder, name):
 
 
 def wait_remote(store, config, record, progress=None):
-    """Wait for a remote task with the server's long-poll (or capped polling)."""
+    """Wait for a remote task with the server's long-poll (or capped polling).
+
+    A server that goes away (a restart) is asked again for ``reconnectTimeout``
+    seconds: the task runs on there without us.
+    """
     session = http_session(config)
     backoff = 0.1
     started = time.monotonic()
+    lost_since = None
     if progress:
         progress(record, 0.0)
     wait = 1 if progress else POLL_WAIT  # a terminal's progress line moves every second
     while record.get('status') == TaskStatus.BUSY:
         asked = time.monotonic()
-        record = refresh_remote(store, record, session, wait=wait)
+        try:
+            record = refresh_remote(store, record, session, wait=wait)
+            lost_since = None
+        except OSError:  # requests' errors are OSErrors
+            lost_since = lost_since or asked
+            give_up_if_lost(config, record, time.monotonic() - lost_since)
         if progress:
             progress(record, time.monotonic() - started)
         if record.get('status') == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
-            time.sleep(backoff)  # the server did not hold the answer: a 0.019 server
+            time.sleep(backoff)  # the server did not hold the answer: a 0.019 server, or none
             backoff = min(backoff * 1.5, MAX_POLL_BACKOFF)
     return record
+
+
+def give_up_if_lost(config, record, lost_for):
+    """NoServer once a server stayed away ``reconnectTimeout`` seconds, with the way back."""
+    if lost_for >= config.reconnectTimeout:
+        raise NoServer(f'lost {record["server"]} while waiting for task {record["id"]} '
+                       f'(no answer for {lost_for:.0f} s); it may still finish there: '
+                       f'`rrcloud info {record["id"]}` fetches its result into tasks/out/ later')
 
 
 def kill_remote(config, record):
@@ -3260,7 +3280,8 @@ options:
   --version          show the version
 
 configuration: ~/.rrcloudrc, then ./rrcloudrc (or the file in RRCLOUD_CONFIG)
-keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir
+keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir,
+reconnectTimeout (all keys: the shipped rrcloudrc)
 
 exit codes:
   0    success (task started, or finished complete)

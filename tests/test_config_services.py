@@ -226,6 +226,7 @@ BAD_LINES = [
     'dir =',
     'colour = blue',
     'slic3r.server = a.local',
+    'reconnectTimeout = -1',
     'just some words',
     'port 4468',
     '= 4468',
@@ -296,7 +297,7 @@ def test_shipped_rrcloudrc_parses_to_the_defaults(workdir, monkeypatch):
 
 
 @pytest.mark.parametrize('key', ['port', 'servers', '.servers', 'timeout', 'maxDataRetention',
-                                 'maxTasks', 'dir'])
+                                 'maxTasks', 'dir', 'reconnectTimeout'])
 def test_shipped_rrcloudrc_shows_every_key_as_a_commented_example(key):
     text = SHIPPED_RRCLOUDRC.read_text()
     pattern = (r'^#[a-z0-9_]+\.servers\s*=' if key == '.servers' else rf'^#{key}\s*=')
@@ -318,6 +319,7 @@ def test_every_example_in_the_shipped_rrcloudrc_is_valid_when_uncommented(workdi
     assert config.servers_for('printrun') == ['raspberrypi.local']
     assert config.maxTasks == 4
     assert config.dir == '/var/lib/rrcloud'
+    assert config.reconnectTimeout == 120
 
 
 ###############################################################################

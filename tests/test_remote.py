@@ -595,15 +595,38 @@ def test_ctrl_c_during_a_sync_wait_kills_the_remote_task(cli, workdir, servers):
     assert list((workdir / 'tasks' / 'out').glob('*')) == []
 
 
-def test_server_lost_during_a_sync_wait_is_no_server(workdir, servers):
+def test_server_lost_during_a_sync_wait_is_no_server_naming_the_task(cli, workdir, servers):
+    write_config(workdir, 'reconnectTimeout = 1\n')
     (server,) = servers(services={'slow': SH_SERVICE})
     client, _ = start_slow_sync(workdir, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     server.stop()
-    out, err = client.communicate(timeout=30)
+    out, err = client.communicate(timeout=60)
 
     assert client.returncode == 5, err
     assert err.count('\n') == 1 and err.startswith('rrcloud: error: ') and server.address in err, err
+    (local,) = records(workdir)
+    assert f'rrcloud info {local["id"]}' in err, 'how to fetch the result later'
+    assert local['status'] == 'busy', 'not pretended failed: it may still finish there'
+
+
+def test_a_sync_wait_survives_a_restart_of_the_server(workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text('sleep 4\necho survived > "$1"\n')
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'job', 'job.sh',
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')
+
+    server.restart()
+    out, err = client.communicate(timeout=DEADLINE)
+
+    assert client.returncode == 0, err
+    assert err == ''
+    (local,) = records(workdir)
+    assert local['status'] == 'complete'
+    assert f'out: {local["out"]}\n' in out, out
+    assert (workdir / local['out']).read_text() == 'survived\n'
 
 
 def test_progress_line_on_a_terminal_while_waiting(workdir, servers):
