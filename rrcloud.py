@@ -2077,8 +2077,12 @@ def _notifier_connection(scheme, host, address, port):
     return PinnedHTTPS(host, port, timeout=NOTIFIER_TIMEOUT, context=context)
 
 
-def kill_task(store, task_id):
-    """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM."""
+def kill_task(store, task_id, by):
+    """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM.
+
+    ``by`` says who asked (a client's address, the command line): the task's
+    log keeps it, so a killed task's log tells why it ended.
+    """
     store.read_task(task_id)  # NotFound before anything is created
     with store.lock():
         record = store.read_task(task_id)
@@ -2088,6 +2092,7 @@ def kill_task(store, task_id):
         record.update(status='failed', error='killed', etime=f'{time.time():.5f}')
         record.pop('queued', None)
         store.write_task(record)
+    append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
     if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
         import signal
         kill_process_group(int(record['pid']), signal.SIGTERM)
@@ -2536,13 +2541,38 @@ def give_up_if_lost(config, record, lost_for):
                        f'`rrcloud info {record["id"]}` fetches its result into tasks/out/ later')
 
 
-def kill_remote(config, record):
-    """Ask a remote task's server to kill it."""
+def kill_remote(store, config, record):
+    """Ask a remote task's server to kill it; returns the local record, updated from the server.
+
+    Raises NoServer when the server cannot be reached, RRCloudError when it
+    refuses, UsageError when the task had already ended there (its result is
+    then fetched): the task is never called killed unless the server said so.
+    """
+    session = http_session(config)
+    url, remote_id = record['server'], record['remoteId']
     try:
-        http_session(config).get(record['server'], params={'service': 'kill', 'id': record['remoteId']},
-                           timeout=CONNECT_TIMEOUT)
-    except Exception:
-        pass
+        response = session.get(url, params={'service': 'kill', 'id': remote_id}, timeout=(CONNECT_TIMEOUT, 30))
+    except OSError as exc:  # requests' errors are OSErrors
+        raise NoServer(f'cannot reach {url} to kill task {record["id"]} ({exc.__class__.__name__}); '
+                       'it may still run there') from None
+    answer = parse_answer(response)
+    killed = response.status_code == 200 and answer.get('error') == 'killed'
+    try:
+        record = refresh_remote(store, record, session)
+    except OSError:
+        pass  # the kill itself was answered; the log comes with the next info
+    if killed:
+        return store.update_task(record['id'], {'status': TaskStatus.FAILED.value, 'error': 'killed',
+                                                'etime': f'{time.time():.5f}'}, only_if_busy=True) or record
+    if record.get('status') != TaskStatus.BUSY:
+        raise UsageError(f'task {record["id"]} is not running (status {record.get("status")})')
+    reason = _printable(answer.get('error') or f'HTTP {response.status_code}')
+    raise RRCloudError(f'{url} did not kill task {record["id"]}: {reason}')
+
+
+def _printable(text):
+    """A server's text as it may reach a terminal: no control characters."""
+    return ''.join(c if c.isprintable() else '?' for c in str(text))
 
 
 ###############################################################################
@@ -2863,8 +2893,8 @@ def route_service(request):
         services, _ = load_services(store.root)
         return answer_record(meta_record(store, config, services), request.format)
     if service == 'kill':
-        return answer_record(client_view(kill_task(store, _form_task_id(request)), request.client),
-                             request.format)
+        record = kill_task(store, _form_task_id(request), by=f'{request.client} (HTTP)')
+        return answer_record(client_view(record, request.client), request.format)
     if request.method != 'POST':
         raise HTTPError(405, f'a task of {service!r} is started with POST')
     hold = post_wait_seconds(config, request)  # before the task starts: a bad wait starts nothing
@@ -3246,7 +3276,7 @@ HELP = f"""\
 usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] info [ID]           show one task or all of them
        rrcloud [OPTIONS] meta                show what this machine offers
-       rrcloud [OPTIONS] kill ID             stop a busy task
+       rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud print [--baud=N] [--timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
@@ -3520,12 +3550,35 @@ def cmd_meta(ctx, args):
 
 
 def cmd_kill(ctx, args):
-    """``rrcloud kill ID``."""
+    """``rrcloud kill ID``: here, or at the server the task was sent to."""
     if len(args) != 1:
         raise UsageError('kill takes one task id')
-    record = kill_task(ctx.store, check_task_id(args[0]))
-    print(f'id: {record["id"]}\nstatus: {record["status"]}\nerror: {record["error"]}')
+    task_id = check_task_id(args[0])
+    record = ctx.store.read_task(task_id)
+    if record.get('remoteId'):
+        if record.get('status') != TaskStatus.BUSY:
+            raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
+        record = kill_remote(ctx.store, ctx.config, record)
+        print_fields(record, ('id', 'status', 'error'), server=record['server'])
+        return ExitCode.OK
+    record = kill_task(ctx.store, task_id, by=f'the command line (user {user_name()})')
+    print_fields(record, ('id', 'status', 'error'))
     return ExitCode.OK
+
+
+def print_fields(record, keys, **more):
+    """Some fields of a record as ``key: value`` lines (a server's values made printable)."""
+    fields = [(key, record.get(key, '')) for key in keys] + list(more.items())
+    print(''.join(f'{key}: {_printable(value)}\n' for key, value in fields), end='')
+
+
+def user_name():
+    """Who runs this command, for a killed task's log."""
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def cmd_run_internal(args):
@@ -3592,8 +3645,10 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False):
         progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
         record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
+        if progress:
+            progress.clear()
         if record:
-            kill_remote(ctx.config, record)
+            stop_after_interrupt(ctx, record)
         return ExitCode.INTERRUPTED
     except OSError as exc:
         raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None
@@ -3601,6 +3656,14 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False):
         if progress:
             progress.clear()
     return deliver_result(ctx, record, output, show)
+
+
+def stop_after_interrupt(ctx, record):
+    """Ctrl-C while waiting for a remote task: kill it at its server, or say it may still run."""
+    try:
+        kill_remote(ctx.store, ctx.config, record)
+    except RRCloudError as exc:
+        print(f'rrcloud: warning: {exc} (rrcloud kill {record["id"]} tries again)', file=sys.stderr)
 
 
 class ProgressLine:
@@ -3646,7 +3709,7 @@ def deliver_result(ctx, record, output, show=False):
 
 def _kill_quietly(store, task_id):
     try:
-        kill_task(store, task_id)
+        kill_task(store, task_id, by='Ctrl-C on the command line')
     except RRCloudError:
         pass
 

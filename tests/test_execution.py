@@ -526,3 +526,14 @@ def test_a_task_whose_settings_do_not_check_fails_and_its_log_says_why(cli, work
     assert reason in record['error'], record
     assert reason in (workdir / 'tasks' / 'log' / second).read_text()
     assert not (workdir / 'second-ran').exists()
+
+
+def test_a_killed_tasks_log_says_who_killed_it(cli, workdir):
+    make_service(workdir, 'job', SH_SERVICE)
+    task_id = submit_script(cli, workdir, 'sleep 300\n')
+    wait_for_tool(workdir, task_id)
+
+    assert cli('kill', task_id).code == 0
+
+    log = (workdir / 'tasks' / 'log' / task_id).read_text()
+    assert f'task {task_id} killed by the command line (user ' in log, log

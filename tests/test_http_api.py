@@ -707,6 +707,17 @@ def test_result_and_log_downloads(server):
     assert marker in log.text
 
 
+def test_a_killed_tasks_log_says_it_was_killed_and_by_whom(server):
+    task_id = start(server, sleep_script(60))['id']
+    try:
+        answer_of(kill(server, task_id), 'text')
+    finally:
+        kill_quietly(server, task_id)
+
+    log = download(server, f'tasks/log/{task_id}').text
+    assert f'task {task_id} killed by 127.0.0.1 (HTTP)' in log, log
+
+
 def test_unknown_result_and_log_are_404(server):
     error_of(download(server, f'tasks/out/{UNKNOWN_ID}'), 404)
     error_of(download(server, f'tasks/log/{UNKNOWN_ID}'), 404)

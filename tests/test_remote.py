@@ -629,6 +629,71 @@ def test_a_sync_wait_survives_a_restart_of_the_server(workdir, servers):
     assert (workdir / local['out']).read_text() == 'survived\n'
 
 
+def start_remote_job(cli, workdir, server, script='sleep 300\n'):
+    """``rrcloud --s=SERVER job job.sh`` (asynchronous); returns (local id, the server's record with its pid)."""
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text(script)
+    result = cli(f'--s={server.address}', 'job', 'job.sh')
+    assert result.code == 0, result
+    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')[0]
+    return task_id_of(result.out), remote
+
+
+def tool_processes_of(pid):
+    """The sandboxed tool's processes below the pid the server recorded (the group)."""
+    import psutil
+    try:
+        return [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_kill_of_a_task_sent_to_a_server_kills_it_there(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    task_id, remote = start_remote_job(cli, workdir, server)
+    tools = tool_processes_of(int(remote['pid']))
+    assert tools, 'the tool runs on the server'
+
+    result = cli('kill', task_id)
+
+    assert result.code == 0, result
+    assert result.out == f'id: {task_id}\nstatus: failed\nerror: killed\nserver: {server.url}\n', result
+    answer = server.info(remote['id'])
+    assert (answer['status'], answer['error']) == ('failed', 'killed')
+    for pid in tools:
+        wait_for(lambda: process_gone(pid), f'tool process {pid} gone on the server', timeout=15)
+    shown = info(cli, task_id)
+    assert (shown['status'], shown['error']) == ('failed', 'killed')
+    assert 'killed by 127.0.0.1 (HTTP)' in (workdir / 'tasks' / 'log' / task_id).read_text(), \
+        "the server's log, fetched: it says who killed the task"
+
+
+def test_kill_of_a_remote_task_whose_server_is_down_says_so_and_keeps_it_busy(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    task_id, remote = start_remote_job(cli, workdir, server)
+    server.kill_server()  # the task runs on there; its server does not answer
+
+    result = cli('kill', task_id)
+
+    assert result.code == rrcloud.ExitCode.NO_SERVER, result
+    error = one_line_error(result)
+    assert server.url in error and 'may still run' in error, error
+    assert records(workdir)[0]['status'] == 'busy', 'not pretended killed'
+    assert not process_gone(int(remote['pid'])), 'it does still run'
+
+
+def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    task_id, remote = start_remote_job(cli, workdir, server, script='sleep 1\necho done > "$1"\n')
+    server.wait_done(remote['id'])
+
+    result = cli('kill', task_id)
+
+    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert 'not running (status complete)' in one_line_error(result)
+    assert records(workdir)[0]['status'] == 'complete'
+
+
 def test_progress_line_on_a_terminal_while_waiting(workdir, servers):
     (server,) = servers(services={'job': SH_SERVICE})
     make_service(workdir, 'job', SH_SERVICE)
