@@ -6,7 +6,10 @@ as real processes through the bin/ symlinks.
 """
 import json
 import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -626,3 +629,97 @@ def test_a_native_argument_named_like_an_option_stays_the_services(cli, workdir)
 
 def test_help_after_the_command(cli):
     assert cli('info', '--help').out == cli('--help').out
+
+
+###############################################################################
+# 8. serve on a port that is taken, and the Makefile's start
+###############################################################################
+
+@pytest.fixture
+def foreign():
+    """Another HTTP server on a loopback port: a web page, not rrcloud."""
+    started = FakeServer(lambda request: (200, 'text/html', '<html><body>not rrcloud</body></html>')).start()
+    yield started
+    started.stop()
+
+
+@pytest.mark.parametrize('bind', [[], ['--bind', '127.0.0.1']])
+def test_serve_on_a_taken_port_is_one_error_line_and_creates_nothing(proc, workdir, foreign, bind):
+    result = proc('serve', *bind, '--port', str(foreign.port), timeout=60)
+
+    assert result.code == rrcloud.ExitCode.CONFIG, result
+    assert f':{foreign.port}: the port is in use' in one_line_error(result)
+    assert result.out == ''
+    assert tree(workdir) == [], 'no tasks/ folder'
+
+
+def test_serve_check_tells_rrcloud_from_another_server_and_from_nothing(proc, workdir, foreign, tmp_path):
+    server = EmbeddedServer(tmp_path / 'server').start()
+    protected = EmbeddedServer(tmp_path / 'protected', config='token = a-long-enough-token-1234\n').start()
+    try:
+        ours = proc('serve', '--check', '--port', str(server.port))
+        theirs = proc('serve', '--check', '--port', str(foreign.port))
+        nothing = proc('serve', '--check', '--port', str(free_port()))
+        locked = proc('serve', '--check', '--port', str(protected.port))
+    finally:
+        server.stop()
+        protected.stop()
+
+    assert ours.code == 0 and 'RepRapCloud' in ours.out, ours
+    assert locked.code == 0, 'a server asking for a token is rrcloud too'
+    assert theirs.code == rrcloud.ExitCode.CONFIG and 'not rrcloud' in one_line_error(theirs), theirs
+    assert nothing.code == rrcloud.ExitCode.NO_SERVER and 'nothing serves' in nothing.out, nothing
+    assert tree(workdir) == []
+
+
+def make(*args):
+    """``make -C REPO ARGS``, with the checkout's rrcloud.py as the rrcloud command."""
+    return subprocess.run(['make', '--no-print-directory', '-C', str(REPO), *args,
+                           f'RRCLOUD={sys.executable} {REPO / "rrcloud.py"}'],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_make_start_refuses_a_port_another_server_holds(tmp_path, foreign):
+    rundir = tmp_path / 'run'
+
+    result = make('start', f'PORT={foreign.port}', f'RUNDIR={rundir}')
+
+    assert result.returncode != 0, result
+    assert 'not rrcloud' in result.stderr, result
+    assert 'already serving' not in result.stdout + result.stderr
+    assert not rundir.exists()
+
+
+def test_make_start_starts_rrcloud_once_and_make_stop_stops_it(tmp_path):
+    rundir, port = tmp_path / 'run', free_port()
+    try:
+        first = make('start', f'PORT={port}', f'RUNDIR={rundir}')
+        second = make('start', f'PORT={port}', f'RUNDIR={rundir}')
+        pid = int((rundir / 'serve.pid').read_text())
+        stopped = make('stop', f'RUNDIR={rundir}')
+    finally:
+        if (rundir / 'serve.pid').exists():
+            os.kill(int((rundir / 'serve.pid').read_text()), signal.SIGKILL)
+
+    assert first.returncode == 0 and f'rrcloud serving on port {port}' in first.stdout, first
+    assert second.returncode == 0 and f'rrcloud already serving on port {port}' in second.stdout, second
+    assert stopped.returncode == 0 and not (rundir / 'serve.pid').exists()
+    deadline = time.monotonic() + 30
+    while Path(f'/proc/{pid}').exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f'/proc/{pid}').exists() or Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] == 'Z'
+
+
+def test_make_installs_the_package_only_when_setup_py_changed(tmp_path):
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'bin' / 'python').symlink_to(sys.executable)
+
+    before = subprocess.run(['make', '-n', '-C', str(REPO), 'python-deps', f'VENV={venv}'],
+                            capture_output=True, text=True, timeout=60)
+    (venv / '.rrcloud-installed').touch()
+    after = subprocess.run(['make', '-n', '-C', str(REPO), 'python-deps', f'VENV={venv}'],
+                           capture_output=True, text=True, timeout=60)
+
+    assert 'pip install' in before.stdout, before
+    assert 'pip install' not in after.stdout and 'compileall' in after.stdout, after
