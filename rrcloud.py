@@ -293,6 +293,15 @@ def _switch(text):
     return _boolean(text)  # defined with the services below; looked up at parse time
 
 
+NAME_CHARS = ALNUM | frozenset('._-')
+
+
+def _server_name(text):
+    if not 0 < len(text) <= 64 or not NAME_CHARS.issuperset(text):
+        raise ValueError('a name is 1 to 64 letters, digits or ._-')
+    return text
+
+
 CONFIG_KEYS = {
     'port': _port,
     'servers': _server_list,
@@ -311,6 +320,7 @@ CONFIG_KEYS = {
     'maxWaits': _positive_int,
     'allowOrigins': _origin_list,
     'sandbox': _switch,
+    'serverName': _server_name,
     'reconnectTimeout': _non_negative_number,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
@@ -342,8 +352,10 @@ class Config:
         self.maxWaits = 8
         self.allowOrigins = []
         self.sandbox = True
+        self.serverName = host_name()
         self.reconnectTimeout = 120.0
         self.sources = []
+        self.service_server_lines = {}  # service -> "file:line" that named its servers
 
     def apply_file(self, path):
         """Read one rrcloudrc file over the current values."""
@@ -356,6 +368,7 @@ class Config:
         prefix, _, suffix = key.rpartition('.')
         if suffix == 'servers' and is_service_name(prefix):
             parse, store = _server_list, lambda v: self.service_servers.__setitem__(prefix, v)
+            self.service_server_lines[prefix] = f'{path}:{number}'
         elif suffix == 'token' and HOST_KEY_RE.match(prefix):
             parse, store = _token, lambda v: self.host_tokens.__setitem__(prefix, v)
         elif key == 'dir':
@@ -400,7 +413,20 @@ def load_config():
     config = Config()
     for path in config_files():
         config.apply_file(path)
+    check_service_servers(config)
     return config
+
+
+def check_service_servers(config):
+    """``SERVICE.servers`` must name a known service: ``openscd.servers`` is a
+    typo, an unknown key like any other (checked once ``dir`` is known)."""
+    if not config.service_servers:
+        return
+    known = service_names(config.dir)
+    for service, where in sorted(config.service_server_lines.items()):
+        if service not in known:
+            raise ConfigError(f'{where}: unknown key {service + ".servers"!r}: no service {service!r} '
+                              f'(services: {", ".join(sorted(known)) or "none"})')
 
 
 ###############################################################################
@@ -575,6 +601,15 @@ def installed_path(name):
         if os.path.exists(path):
             return path
     return None
+
+
+def service_names(root):
+    """Names of the service confs in ``ROOT/services`` and the installed ones (not parsed)."""
+    names = set()
+    for folder in (os.path.join(root, 'services'), installed_path('services')):
+        if folder and os.path.isdir(folder):
+            names.update(entry[:-len('.conf')] for entry in os.listdir(folder) if entry.endswith('.conf'))
+    return names
 
 
 def load_services(root):
@@ -1060,8 +1095,12 @@ def get_task(store, task_id):
     return reconcile_task(store, store.read_task(task_id))
 
 
-def meta_record(store, config, services):
-    """What this machine offers: the spec's meta fields plus load for schedulers."""
+def meta_record(store, config, services, started=None):
+    """What this machine offers: the spec's meta fields plus load for schedulers.
+
+    ``uptime`` counts from ``started`` (when the serving process started), or,
+    without a server (``rrcloud meta`` on the command line), from boot.
+    """
     running = [t for t in marked(store, 'running') if _still_running(store, t)]
     tasks = count_tasks(store)
     return {
@@ -1071,11 +1110,11 @@ def meta_record(store, config, services):
         'maxTasks': str(config.maxTasks),
         'queued': str(len(marked(store, 'queue'))),
         'sandbox': 'bwrap' if config.sandbox else 'off',
-        'serverName': host_name(),
+        'serverName': config.serverName,
         'services': ','.join(sorted(services)),
         'tasks': str(tasks),
         'timeout': f'{config.timeout:g}',
-        'uptime': format_uptime(system_uptime()),
+        'uptime': format_uptime(time.time() - started if started else system_uptime()),
         'version': VERSION_STRING,
     }
 
@@ -1126,9 +1165,18 @@ def system_uptime():
         return 0.0
 
 
+def process_started_at(pid):
+    """When a process started (Unix time), from /proc; None when it cannot be read."""
+    ticks = process_start_time(pid)
+    try:
+        return time.time() - system_uptime() + int(ticks) / os.sysconf('SC_CLK_TCK')
+    except (TypeError, ValueError, OSError):
+        return None
+
+
 def format_uptime(seconds):
     """``0d 06h 00m 52s`` as the spec shows it."""
-    seconds = int(seconds)
+    seconds = max(0, int(seconds))
     return (f'{seconds // 86400}d {seconds // 3600 % 24:02d}h '
             f'{seconds // 60 % 60:02d}m {seconds % 60:02d}s')
 
@@ -1347,8 +1395,9 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         for item in inputs:
             stored.append((item.prearg, store_input(store, service, item)))
         size_in = sum(input_size(store, path) for _, path in stored)
-        record = store.create_task(lambda task_id: _new_record(
-            service, task_id, stored, native_args, notifier, client, args, size_in))
+        record = store.create_task(lambda task_id: dict(_new_record(
+            service, task_id, stored, native_args, notifier, client, args, size_in),
+            server=config.serverName))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -1370,7 +1419,6 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
         'in': ','.join(path for _, path in stored),
         'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id),
         'client': client,
-        'server': host_name(),
         'sizeIn': size_in,
         'queued': 'yes',
     }
@@ -2731,6 +2779,7 @@ def app_context():
     if 'store' not in _APP_CONTEXT:
         config = load_config()
         _APP_CONTEXT.update(config=config, store=Store(config.dir))
+        _APP_CONTEXT.setdefault('started', process_started_at(os.getpid()))  # any WSGI server
     return _APP_CONTEXT['config'], _APP_CONTEXT['store']
 
 
@@ -2891,7 +2940,8 @@ def route_service(request):
         return answer_info(store, config, request)
     if service == 'meta':
         services, _ = load_services(store.root)
-        return answer_record(meta_record(store, config, services), request.format)
+        return answer_record(meta_record(store, config, services, _APP_CONTEXT.get('started')),
+                             request.format)
     if service == 'kill':
         record = kill_task(store, _form_task_id(request), by=f'{request.client} (HTTP)')
         return answer_record(client_view(record, request.client), request.format)
@@ -3081,7 +3131,7 @@ def html_page(store, config, request):
     with open(installed_path(os.path.join('www', 'index.html')), encoding='utf-8') as handle:
         template = Template(handle.read())
     page = template.safe_substitute(
-        server=html.escape(host_name()), version=html.escape(VERSION_STRING),
+        server=html.escape(config.serverName), version=html.escape(VERSION_STRING),
         count=len(records), rows=rows)
     return Response(page, 200, 'text/html; charset=utf-8')
 
@@ -3126,7 +3176,7 @@ def serve(args):
     store = Store(config.dir)
     store.ensure()
     recover_store(store, config)
-    _APP_CONTEXT.update(config=config, store=store)
+    _APP_CONTEXT.update(config=config, store=store, started=process_started_at(os.getpid()) or time.time())
     print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
     print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
           f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
@@ -3217,6 +3267,9 @@ def warn_if_unsandboxed(config):
 
 def run_cgi():
     """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
+    # The server is the web server: its uptime is that of the process that
+    # starts the CGI (lighttpd itself, Apache's CGI daemon).
+    _APP_CONTEXT['started'] = process_started_at(os.getppid())
     config, store = app_context()
     if os.environ.get('REQUEST_METHOD') == 'POST':
         warn_if_unsandboxed(config)  # the web server's error log
@@ -3362,7 +3415,7 @@ options:
 
 configuration: ~/.rrcloudrc, then ./rrcloudrc (or the file in RRCLOUD_CONFIG)
 keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir,
-reconnectTimeout (all keys: the shipped rrcloudrc)
+reconnectTimeout, serverName (all keys: the shipped rrcloudrc)
 
 exit codes:
   0    success (task started, or finished complete)

@@ -49,9 +49,10 @@ output = $fileOut
 inputExt = sh
 """
 TEST_SERVICES = {'sh': SH_SERVICE}
+SERVER_NAME = 'rrcloud-test-node'
 # The notifier listener of the tests runs on this machine, which rrcloud
 # refuses as a notifier target unless told otherwise.
-TEST_CONFIG = 'notifierAllow = 127.0.0.0/8\n'
+TEST_CONFIG = f'notifierAllow = 127.0.0.0/8\nserverName = {SERVER_NAME}\n'
 
 # Writes its arguments and the inputs they name into the output (the last argument).
 MULTI_SCRIPT = """\
@@ -582,7 +583,30 @@ def test_meta(server, fmt):
         assert record[key].isdigit(), (key, record)
     float(record['cpuLoad'])
     assert re.match(r'\A[0-9]+d [0-9]{2}h [0-9]{2}m [0-9]{2}s\Z', record['uptime']), record
-    assert record['serverName'] != ''
+    assert record['serverName'] == SERVER_NAME, 'the configured name'
+
+
+def uptime_seconds(text):
+    """``0d 06h 00m 52s`` in seconds."""
+    days, hours, minutes, seconds = (int(part[:-1]) for part in text.split())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def test_meta_uptime_is_the_servers_not_the_machines(server):
+    import psutil
+    started = psutil.Process(server.process.pid).create_time()  # the web server (or rrcloud serve)
+    while time.time() - started < 3:  # old enough to tell its uptime from a fresh process's 0 s
+        time.sleep(0.1)
+    with open('/proc/uptime') as handle:
+        machine = float(handle.read().split()[0])
+
+    served = uptime_seconds(meta(server)['uptime'])
+    age = time.time() - started
+
+    # Under CGI every request is a new process: the uptime must still be the
+    # web server's, not the request's, and not the machine's (booted earlier).
+    assert 2 <= served <= age + 1, (served, age)
+    assert served < machine - 1, (served, machine)
 
 
 def test_meta_counts_tasks(server):
