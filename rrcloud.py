@@ -3086,12 +3086,27 @@ def form_inputs(request, service):
     return inputs
 
 
+# The type a result is served with, by its extension, so a browser shows a
+# picture or text inline.  Only types a browser never runs (no HTML, no SVG):
+# a result is a client's data.  No extension (echo's) is text.
+RESULT_TYPES = {'png': 'image/png', 'jpg': 'image/jpeg', 'jpeg': 'image/jpeg', 'gif': 'image/gif',
+                'stl': 'model/stl', 'gcode': 'text/x-gcode; charset=utf-8', 'gco': 'text/x-gcode; charset=utf-8',
+                'g': 'text/x-gcode; charset=utf-8', 'txt': 'text/plain; charset=utf-8',
+                'log': 'text/plain; charset=utf-8', '': 'text/plain; charset=utf-8'}
+
+
+def result_type(name):
+    """The Content-Type of a result named ``name``."""
+    ext = name.rsplit('.', 1)[1].lower() if '.' in name else ''
+    return RESULT_TYPES.get(ext, 'application/octet-stream')
+
+
 def serve_result(request, name):
     """``GET /tasks/out/NAME``: a task's result, nothing else."""
     _, store = app_context()
     if not OUT_NAME_RE.match(name) or '..' in name:
         raise HTTPError(404, 'no such result')
-    return serve_file(request, os.path.join(store.folder('out'), name), 'application/octet-stream')
+    return serve_file(request, os.path.join(store.folder('out'), name), result_type(name))
 
 
 def serve_log(request, task_id):
@@ -3119,7 +3134,9 @@ def serve_file(request, path, content_type):
     if request.method == 'HEAD':
         handle.close()
         handle = b''
-    return Response(handle, 200, content_type, headers=[('Content-Length', str(info.st_size))])
+    # nosniff: a browser takes the type as given, never guesses HTML from the bytes
+    return Response(handle, 200, content_type, headers=[('Content-Length', str(info.st_size)),
+                                                        ('X-Content-Type-Options', 'nosniff')])
 
 
 def html_page(store, config, request):
@@ -3148,18 +3165,28 @@ def _html_row(record, escape):
         escape(task_id), escape(record.get('service', '')), escape(record.get('client', '')),
         time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctime)),
         f'{end - ctime:.1f} s',
-        _kilobytes(record.get('sizeIn')), _kilobytes(record.get('sizeOut')),
+        human_size(record.get('sizeIn')), human_size(record.get('sizeOut')),
         f'{result} <a href="/tasks/log/{escape(task_id)}">log</a>',
         escape(record.get('error', '')),
     ]
     return '<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>\n'
 
 
-def _kilobytes(size):
+def human_size(size):
+    """``45 B``, ``1.8 KB``, ``1.8 MB`` (units of 1024), '' when not known."""
     try:
-        return f'{int(size) / 1024:.1f} KB'
+        value = int(size)
     except (TypeError, ValueError):
         return ''
+    if value < 1024:
+        return f'{value} B'
+    unit = 'KB'
+    value /= 1024
+    for bigger in ('MB', 'GB'):
+        if value < 1024:
+            break
+        unit, value = bigger, value / 1024
+    return f'{value:.1f} {unit}'
 
 
 ###############################################################################

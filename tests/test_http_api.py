@@ -48,7 +48,11 @@ argInput = --data=$fileIn
 output = $fileOut
 inputExt = sh
 """
-TEST_SERVICES = {'sh': SH_SERVICE}
+# The same, with a result named by extension: sh_png writes ID.png, and so on.
+RESULT_EXTENSIONS = ('png', 'stl', 'gcode')
+TEST_SERVICES = dict({'sh': SH_SERVICE}, **{
+    f'sh_{ext}': SH_SERVICE.replace('output = $fileOut', f'fileOut = $id.{ext}\noutput = $fileOut')
+    for ext in RESULT_EXTENSIONS})
 SERVER_NAME = 'rrcloud-test-node'
 # The notifier listener of the tests runs on this machine, which rrcloud
 # refuses as a notifier target unless told otherwise.
@@ -731,6 +735,23 @@ def test_result_and_log_downloads(server):
     assert marker in log.text
 
 
+@pytest.mark.parametrize('ext, content_type', [
+    ('png', 'image/png'), ('stl', 'model/stl'), ('gcode', 'text/x-gcode'), ('', 'text/plain')])
+def test_results_are_served_with_the_type_their_name_says(server, ext, content_type):
+    record = wait_done(server, start(server, 'printf result > "$1"\n', service=f'sh_{ext}' if ext else 'sh')['id'])
+    name = os.path.basename(record['out'])
+    assert name.endswith(f'.{ext}') if ext else '.' not in name
+
+    result = download(server, f'tasks/out/{name}')
+    log = download(server, f'tasks/log/{record["id"]}')
+
+    assert result.status_code == 200 and result.content == b'result'
+    assert result.headers['Content-Type'].split(';')[0] == content_type, dict(result.headers)
+    assert result.headers['X-Content-Type-Options'] == 'nosniff', 'never sniffed into HTML'
+    assert log.headers['Content-Type'] == 'text/plain; charset=utf-8'
+    assert log.headers['X-Content-Type-Options'] == 'nosniff'
+
+
 def test_a_killed_tasks_log_says_it_was_killed_and_by_whom(server):
     task_id = start(server, sleep_script(60))['id']
     try:
@@ -740,6 +761,20 @@ def test_a_killed_tasks_log_says_it_was_killed_and_by_whom(server):
 
     log = download(server, f'tasks/log/{task_id}').text
     assert f'task {task_id} killed by 127.0.0.1 (HTTP)' in log, log
+
+
+def test_the_page_shows_sizes_that_read_well_and_the_server_name(server):
+    small = wait_done(server, start(server, 'x' * 45, service='echo')['id'])
+    big = answer_of(submit(server, {'service': 'echo'}, files={'fileIn0': ('big.txt', b'y' * 1_900_000)}), 'text')
+    wait_done(server, big['id'])
+
+    page = requests.get(f'{server.url}/', headers={'User-Agent': BROWSER}, timeout=30).text
+
+    row = next(line for line in page.splitlines() if small['id'] in line)
+    assert '<td>45 B</td><td>45 B</td>' in row, row
+    row = next(line for line in page.splitlines() if big['id'] in line)
+    assert '<td>1.8 MB</td><td>1.8 MB</td>' in row, row
+    assert f'<h1>rrcloud @ {SERVER_NAME}</h1>' in page
 
 
 def test_unknown_result_and_log_are_404(server):
