@@ -2574,7 +2574,7 @@ def wait_remote(store, config, record, progress=None):
             lost_since = lost_since or asked
             give_up_if_lost(config, record, time.monotonic() - lost_since)
         if progress:
-            progress(record, time.monotonic() - started)
+            progress(record, time.monotonic() - started, 'reconnecting' if lost_since else None)
         if record.get('status') == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
             time.sleep(backoff)  # the server did not hold the answer: a 0.019 server, or none
             backoff = min(backoff * 1.5, MAX_POLL_BACKOFF)
@@ -3798,30 +3798,42 @@ def stop_after_interrupt(ctx, record):
 
 
 class ProgressLine:
-    """One line on a terminal's stderr: server, status, elapsed, queue or progress."""
+    """One line on a terminal's stderr, the same for local and remote tasks:
+    where it runs, its state (queued while it waits for a slot), elapsed
+    seconds, and the printer's progress when there is one."""
 
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, where):
+        self.where = where
+        self.shown = None
 
-    def __call__(self, record, elapsed):
-        extra = ' queued' if record.get('queued') else ''
-        if record.get('progress'):
-            extra = f' {record["progress"]}'
-        sys.stderr.write(f'\r{self.server} {record.get("status")} {elapsed:.0f}s{extra}\x1b[K')
-        sys.stderr.flush()
+    def __call__(self, record, elapsed, state=None):
+        state = state or ('queued' if record.get('queued') else record.get('status'))
+        extra = f' {record["progress"]}' if record.get('progress') else ''
+        line = f'{self.where} {_printable(state)} {elapsed:.0f}s{_printable(extra)}'
+        if line != self.shown:  # a local wait looks every few ms; the terminal needs a change
+            sys.stderr.write(f'\r{line}\x1b[K')
+            sys.stderr.flush()
+            self.shown = line
 
     def clear(self):
         sys.stderr.write('\r\x1b[K')
         sys.stderr.flush()
+        self.shown = None
 
 
 def finish_sync(ctx, record, output, show=False):
     """Wait for a local task, deliver its result, mirror its exit code."""
+    progress = ProgressLine('local') if sys.stderr.isatty() else None
+    started = time.monotonic()
+    on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
     try:
-        record = wait_for_task(ctx.store, record['id'])
+        record = wait_for_task(ctx.store, record['id'], on_poll=on_poll)
     except KeyboardInterrupt:
         _kill_quietly(ctx.store, record['id'])
         return ExitCode.INTERRUPTED
+    finally:
+        if progress:
+            progress.clear()
     return deliver_result(ctx, record, output, show)
 
 

@@ -632,6 +632,50 @@ def test_help_after_the_command(cli):
 
 
 ###############################################################################
+# 7. The progress line of a local wrapper
+###############################################################################
+
+def read_terminal_until(master, pattern, client, timeout=60):
+    """What a client wrote to its terminal, read until ``pattern`` shows up in it."""
+    seen = b''
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not re.search(pattern, seen.decode('utf-8', 'replace')):
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the client closed its terminal
+                break
+        elif client.poll() is not None:
+            break
+    return seen.decode('utf-8', 'replace')
+
+
+def test_a_local_sync_on_a_terminal_shows_queued_then_busy_with_the_time(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    write_config(workdir, 'maxTasks = 1\n')
+    (workdir / 'block.sh').write_text('sleep 300\n')
+    (workdir / 'job.sh').write_text('sleep 2\necho done > "$1"\n')
+    blocker = task_id_of(cli('job', 'block.sh').out)
+    master, terminal = pty.openpty()
+    client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', 'job', 'job.sh'],
+                              cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    try:
+        waiting = read_terminal_until(master, r'local queued [0-9]+s', client)
+        assert cli('kill', blocker).code == 0
+        running = read_terminal_until(master, r'local busy [0-9]+s', client)
+        assert client.wait(timeout=60) == 0
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+        os.close(master)
+    assert re.search(r'\rlocal queued [0-9]+s', waiting), waiting
+    assert re.search(r'\rlocal busy [0-9]+s', running), running
+
+
+###############################################################################
 # 8. serve on a port that is taken, and the Makefile's start
 ###############################################################################
 
