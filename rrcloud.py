@@ -3404,7 +3404,8 @@ def discard_cgi_input(body):
 
 HELP = f"""\
 usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
-       rrcloud [OPTIONS] info [ID]           show one task or all of them
+       rrcloud [OPTIONS] info [--short] [ID] show one task or all of them
+       rrcloud [OPTIONS] ls                  one line per task: id service status age duration result
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
@@ -3432,9 +3433,12 @@ for SERVICE.cloud ARGS.
 
 options:
   --local            run here even when servers are configured
-  --s=SERVER         send the task to SERVER (host, host:port or URL)
+  --s=SERVER         send the task to SERVER (host, host:port or URL); with
+                     info, ls, meta or kill: ask SERVER instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
-  --sync             wait for the task and mirror its exit code
+  --sync             wait for the task and mirror its exit code (no output
+                     argument: echo prints its text, other services their record)
+  --short            info: one line per task, as ls
   --format=json      print JSON instead of key: value lines
   --traceback        show the Python traceback of an error
   -h, --help         show this help
@@ -3455,9 +3459,10 @@ exit codes:
   141  the reader of the output went away (e.g. `rrcloud info | head`)
 """
 
-CLI_COMMANDS = ('info', 'meta', 'kill')
+USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls')
 VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
-FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version')
+FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
 
 class Options:
@@ -3468,7 +3473,7 @@ class Options:
         self.notifier = ''
         self.format = 'text'
         self.dir = None
-        self.local = self.sync = self.traceback = self.help = self.version = False
+        self.local = self.sync = self.traceback = self.help = self.version = self.short = False
 
 
 def parse_options(args):
@@ -3629,27 +3634,127 @@ def print_record(record, fmt, out=None):
     if fmt == 'json':
         out.write(to_json(record, indent=1, sort_keys=True) + '\n')
         return
-    out.write(f'=== id: {record.get("id", "")}\n')
+    out.write(f'=== id: {_printable(record.get("id", ""))}\n')
     for key in sorted(record):
-        out.write(f'{key}: {record[key]}\n')
+        out.write(f'{key}: {_printable(record[key])}\n')
     out.write('\n')
 
 
 def cmd_info(ctx, args):
-    """``rrcloud info [ID]``."""
+    """``rrcloud info [ID]`` (``--short``: as ``ls``); with ``--s``, that server's tasks."""
     if len(args) > 1:
         raise UsageError('info takes at most one task id')
     if args:
-        record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, check_task_id(args[0])))
+        task_id = check_task_id(args[0])
+        if ctx.options.s:
+            record = ask_server(ctx, {'service': 'info', 'id': task_id})
+        else:
+            record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, task_id))
+        if ctx.options.short:
+            return print_summaries([record], ctx.options.format)
         print_record(record, ctx.options.format)
         return ExitCode.OK
-    records = [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
+    records = all_records(ctx)
+    if ctx.options.short:
+        return print_summaries(records, ctx.options.format)
     if ctx.options.format == 'json':
         sys.stdout.write(to_json(records, indent=1, sort_keys=True) + '\n')
     else:
         for record in records:
             print_record(record, 'text')
     return ExitCode.OK
+
+
+def cmd_ls(ctx, args):
+    """``rrcloud ls``: one line per task."""
+    if args:
+        raise UsageError('ls takes no arguments (rrcloud info ID shows one task)')
+    return print_summaries(all_records(ctx), ctx.options.format)
+
+
+def all_records(ctx):
+    """Every task: of this store (remote ones asked about), or of the ``--s`` server."""
+    if ctx.options.s:
+        return ask_server(ctx, {'service': 'info'}, listing=True)
+    return [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
+
+
+SUMMARY_COLUMNS = ('id', 'service', 'status', 'age', 'duration', 'result')
+
+
+def print_summaries(records, fmt):
+    """One line per task, columns separated by spaces, no column ever empty
+    (``-``); a header on a terminal only, so scripts read the lines as they are."""
+    now = time.time()
+    rows = [task_summary(record, now) for record in records]
+    if fmt == 'json':
+        print(to_json(rows, indent=1))
+        return ExitCode.OK
+    lines = [[row['id'], row['service'], row['status'], format_age(row['age']),
+              format_age(row['duration']), row['result']] for row in rows]
+    if sys.stdout.isatty():
+        lines.insert(0, [name.upper() for name in SUMMARY_COLUMNS])
+    for line in lines:
+        print(f'{line[0]:<23}  {line[1]:<10} {line[2]:<8} {line[3]:>7} {line[4]:>8}  {line[5]}')
+    return ExitCode.OK
+
+
+def task_summary(record, now):
+    """id, service, state, age and run time in seconds (None: not known), result name."""
+    def number(key):
+        try:
+            return float(record.get(key) or '')
+        except ValueError:
+            return None
+    created, started, ended = number('ctime'), number('stime') or number('ctime'), number('etime')
+    queued = record.get('queued') == 'yes'
+    out = record.get('out', '') if record.get('status') == TaskStatus.COMPLETE else ''
+    return {
+        'id': _column(record.get('id')), 'service': _column(record.get('service')),
+        'status': 'queued' if queued else _column(record.get('status')),
+        'age': None if created is None else max(0.0, now - created),
+        'duration': None if queued or started is None else max(0.0, (ended or now) - started),
+        'result': _column(out.rsplit('/', 1)[-1]),
+    }
+
+
+def _column(value):
+    """One word for a column: a server's text may hold anything."""
+    word = ''.join(c for c in _printable(value or '') if not c.isspace())
+    return word or '-'
+
+
+def format_age(seconds):
+    """``45s``, ``12m05s``, ``3h07m``, ``2d04h``; ``-`` when not known."""
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    if seconds < 86400:
+        return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+    return f'{seconds // 86400}d{seconds // 3600 % 24:02d}h'
+
+
+def ask_server(ctx, params, listing=False):
+    """One GET of the ``--s`` server (info, meta, kill): its record, or with
+    ``listing`` its records, as text the way every server answers it."""
+    url = server_url(ctx.options.s, ctx.config.port)
+    try:
+        response = http_session(ctx.config).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
+    except OSError as exc:  # requests' errors are OSErrors
+        raise NoServer(f'{url}: no answer ({exc.__class__.__name__})') from None
+    if response.status_code != 200:
+        reason = _printable(parse_answer(response).get('error') or f'HTTP {response.status_code}')
+        raise (NotFound if response.status_code == 404 else RRCloudError)(f'{url}: {reason}')
+    if listing:
+        return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
+    answer = parse_answer(response)
+    if not answer.get('id') and 'RepRapCloud' not in answer.get('version', ''):
+        raise NoServer(f'{url}: not an rrcloud answer')
+    return answer
 
 
 def refresh_if_remote(store, config, record):
@@ -3665,26 +3770,33 @@ def refresh_if_remote(store, config, record):
 
 
 def cmd_meta(ctx, args):
-    """``rrcloud meta``."""
+    """``rrcloud meta``: this machine's, or with ``--s`` that server's."""
     if args:
         raise UsageError('meta takes no arguments')
-    services, errors = ctx.services
-    for error in errors:
-        print(f'rrcloud: warning: {error}', file=sys.stderr)
-    meta = meta_record(ctx.store, ctx.config, services)
+    if ctx.options.s:
+        meta = ask_server(ctx, {'service': 'meta'})
+    else:
+        services, errors = ctx.services
+        for error in errors:
+            print(f'rrcloud: warning: {error}', file=sys.stderr)
+        meta = meta_record(ctx.store, ctx.config, services)
     if ctx.options.format == 'json':
         print(to_json(meta, indent=1, sort_keys=True))
     else:
         for key in sorted(meta):
-            print(f'{key}: {meta[key]}')
+            print(f'{key}: {_printable(meta[key])}')
     return ExitCode.OK
 
 
 def cmd_kill(ctx, args):
-    """``rrcloud kill ID``: here, or at the server the task was sent to."""
+    """``rrcloud kill ID``: here, or at the server a task was sent to (or ``--s``)."""
     if len(args) != 1:
         raise UsageError('kill takes one task id')
     task_id = check_task_id(args[0])
+    if ctx.options.s:
+        record = ask_server(ctx, {'service': 'kill', 'id': task_id})
+        print_fields(record, ('id', 'status', 'error'), server=server_url(ctx.options.s, ctx.config.port))
+        return ExitCode.OK
     record = ctx.store.read_task(task_id)
     if record.get('remoteId'):
         if record.get('status') != TaskStatus.BUSY:
@@ -3843,11 +3955,27 @@ def deliver_result(ctx, record, output, show=False):
     if record.get('status') == TaskStatus.COMPLETE:
         if output:
             deliver_output(ctx.store.path_of(record['out']), output)
+        elif show and record.get('service') in TEXT_RESULT_SERVICES and ctx.options.format == 'text':
+            print_result(ctx.store.path_of(record['out']))
         elif show:
             print_record(record, ctx.options.format)
         return ExitCode.OK
     show_log(ctx.store, record)
     return _exit_code_of(record)
+
+
+# Services whose result is text to read: ``rrcloud --sync echo TEXT`` prints
+# it, as echo would; other results are files, and --sync shows their record.
+TEXT_RESULT_SERVICES = ('echo',)
+
+
+def print_result(path):
+    """A finished task's text result on stdout, ending in a newline as echo's does."""
+    with open(path, 'rb') as result:
+        data = result.read()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data if not data or data.endswith(b'\n') else data + b'\n')
+    sys.stdout.buffer.flush()
 
 
 def _kill_quietly(store, task_id):
@@ -3901,13 +4029,16 @@ def cli(args):
     if rest and rest[0] == 'print':
         return cmd_print(rest[1:])
     if not rest:
-        return cmd_info(Context(options), [])
+        sys.stderr.write(USAGE)
+        return ExitCode.USAGE
     command = rest[0]
     ctx, rest = split_command_line(options, command, rest[1:])
     if options.help or options.version:
         return show_about(options)
+    if options.short and command not in ('info', 'ls'):
+        raise UsageError('--short goes with info (or use rrcloud ls)')
     if command in CLI_COMMANDS:
-        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill}[command](ctx, rest)
+        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls}[command](ctx, rest)
     return cmd_submit(ctx, command, rest, sync=options.sync)
 
 

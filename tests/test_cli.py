@@ -368,10 +368,67 @@ def test_info_lists_each_task_as_a_block_of_key_value_lines(cli, workdir):
         assert fields['out'] == f'tasks/out/{task_id}'
 
 
-def test_info_with_no_command_is_the_same_listing(cli, workdir):
+def test_no_command_prints_the_usage_not_the_tasks(cli, workdir):
     two_finished_echo_tasks(cli, workdir)
 
-    assert cli().out == cli('info').out
+    result = cli()
+
+    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert result.out == ''
+    assert result.err.startswith('usage: rrcloud') and 'rrcloud --help' in result.err, result
+    assert '=== id:' not in result.err
+
+
+def test_no_command_in_an_empty_folder_creates_nothing(cli, workdir):
+    assert cli().code == rrcloud.ExitCode.USAGE
+    assert tree(workdir) == []
+
+
+def test_ls_shows_one_line_per_task_in_columns(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    write_config(workdir, 'maxTasks = 1\n')
+    ids = two_finished_echo_tasks(cli, workdir)
+    (workdir / 'block.sh').write_text('sleep 300\n')
+    (workdir / 'fail.sh').write_text('exit 3\n')
+    assert cli('--sync', 'job', 'fail.sh').code == 3
+    failed = records(workdir)[-1]['id']
+    blocking = task_id_of(cli('job', 'block.sh').out)
+    waiting = task_id_of(cli('job', 'block.sh').out)
+
+    result = cli('ls')
+
+    assert result.code == 0 and result.err == '', result
+    rows = {line.split()[0]: line.split() for line in result.out.splitlines()}
+    assert all(len(row) == 6 for row in rows.values()), result.out
+    assert list(rows) == ids + [failed, blocking, waiting], 'one line per task, oldest first'
+    for task_id in ids:
+        assert rows[task_id][1:3] == ['echo', 'complete']
+        assert re.fullmatch(r'[0-9]+s', rows[task_id][3]) and re.fullmatch(r'[0-9]+s', rows[task_id][4])
+        assert rows[task_id][5] == task_id, 'the result name'
+    assert rows[failed][1:3] == ['job', 'failed'] and rows[failed][5] == '-'
+    assert rows[blocking][2] == 'busy'
+    assert rows[waiting][2] == 'queued' and rows[waiting][4] == '-'
+    assert cli('info', '--short').out == result.out
+    assert cli('kill', blocking).code == 0 and cli('kill', waiting).code == 0
+
+
+def test_ls_json_gives_numbers(cli, workdir):
+    ids = two_finished_echo_tasks(cli, workdir)
+
+    rows = json.loads(cli('--format=json', 'ls').out)
+
+    assert [row['id'] for row in rows] == ids
+    assert set(rows[0]) == {'id', 'service', 'status', 'age', 'duration', 'result'}
+    assert rows[0]['status'] == 'complete' and rows[0]['age'] >= rows[0]['duration'] >= 0
+    (one,) = json.loads(cli('--format=json', 'info', '--short', ids[0]).out)
+    assert {k: v for k, v in one.items() if k != 'age'} == {k: v for k, v in rows[0].items() if k != 'age'}
+
+
+def test_short_belongs_to_info(cli, workdir):
+    result = cli('meta', '--short')
+
+    assert result.code == rrcloud.ExitCode.USAGE
+    assert '--short' in one_line_error(result)
 
 
 def test_info_json_gives_an_array_and_info_id_json_an_object(cli, workdir):
@@ -439,13 +496,24 @@ def test_meta_json(cli, workdir):
 # 5. --sync
 ###############################################################################
 
-def test_sync_echo_waits_for_the_result(cli, workdir):
+def test_sync_echo_prints_the_text_as_echo_would(cli, workdir):
     result = cli('--sync', 'echo', 'hello world')
 
     assert result.code == 0, result
     (record,) = records(workdir)
     assert record['status'] == 'complete'
     assert (workdir / record['out']).read_text() == 'hello world'
+    assert (result.out, result.err) == ('hello world\n', ''), result
+
+
+def test_sync_without_an_output_argument_prints_the_record_of_a_file_result(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    (workdir / 'job.sh').write_text('echo made > "$1"\n')
+
+    result = cli('--sync', 'job', 'job.sh')
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
     # No output argument: the finished record tells where the result is.
     assert result.out.startswith(f'=== id: {record["id"]}\n'), result
     assert f'out: {record["out"]}\n' in result.out and 'status: complete\n' in result.out

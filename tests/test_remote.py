@@ -8,6 +8,7 @@ in only where the test is about a server no real part can play: one that
 answers garbage, a hostile one, a 0.019 server that only answers text and
 ignores ``wait=``, one that hangs, one that claims to be idle.
 """
+import json
 import os
 import pty
 import select
@@ -692,6 +693,46 @@ def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, work
     assert result.code == rrcloud.ExitCode.USAGE, result
     assert 'not running (status complete)' in one_line_error(result)
     assert records(workdir)[0]['status'] == 'complete'
+
+
+def test_s_asks_that_server_for_meta_info_and_ls(cli, workdir, servers):
+    (server,) = servers(config='maxTasks = 1\nserverName = farm-node-3\n')
+    remote_id = server.info(requests_post_echo(server, 'made on the server'))['id']
+    server.wait_done(remote_id)
+
+    meta = cli(f'--s={server.address}', 'meta')
+    one = cli(f'--s={server.address}', 'info', remote_id)
+    listing = cli('info', f'--s={server.address}')
+    short = cli('ls', f'--s={server.address}')
+    json_meta = cli('--format=json', f'--s={server.address}', 'meta')
+
+    assert meta.code == 0, meta
+    assert 'serverName: farm-node-3\n' in meta.out and 'version: RepRapCloud' in meta.out
+    assert json.loads(json_meta.out)['serverName'] == 'farm-node-3'
+    assert one.code == 0 and one.out.startswith(f'=== id: {remote_id}\n') and 'status: complete\n' in one.out
+    assert listing.code == 0 and f'=== id: {remote_id}\n' in listing.out
+    assert short.code == 0 and short.out.split()[:3] == [remote_id, 'echo', 'complete'], short
+    assert not (workdir / 'tasks').exists(), 'the local store is not asked, nor created'
+
+
+def test_s_info_of_a_task_the_server_does_not_know_is_not_found(cli, workdir, servers, down):
+    (server,) = servers()
+
+    unknown = cli(f'--s={server.address}', 'info', '1795841292-04767-953464')
+    silent = cli(f'--s={down}', 'meta')
+
+    assert unknown.code == rrcloud.ExitCode.NOT_FOUND, unknown
+    assert server.url in one_line_error(unknown)
+    assert silent.code == rrcloud.ExitCode.NO_SERVER and down in one_line_error(silent)
+
+
+def requests_post_echo(server, text):
+    """POST an echo task to ``server`` as curl would; returns its id."""
+    from servers import plain_session
+    answer = plain_session().post(server.url, data={'service': 'echo', 'fileIn0': text, 'format': 'json'},
+                                  timeout=30)
+    answer.raise_for_status()
+    return answer.json()['id']
 
 
 def test_progress_line_on_a_terminal_while_waiting(workdir, servers):
