@@ -9,12 +9,16 @@ VPY      := $(VENV)/bin/python
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2 bubblewrap xvfb xauth python3 python3-venv
 RUNDIR   := $(CURDIR)/build/run
+# The rrcloud command `make start` runs (a test points it at a checkout's rrcloud.py).
+RRCLOUD  := $(VENV)/bin/rrcloud
+# pip runs only when these are older than what they install (a stamp each).
+PY_STAMP := $(VENV)/.rrcloud-installed
 # The web servers' interpreter: Debian's Python in a venv that www-data can
 # run (a Python under /root cannot be executed by the web server's user).
 WEBVENV  := /opt/rrcloud/venv
 PORT     ?= 4468
 
-.PHONY: all install system-deps python-deps web-python test-deps run serve stop test clean
+.PHONY: all install system-deps python-deps web-python test-deps run serve start stop test clean
 
 all: install
 
@@ -37,13 +41,20 @@ system-deps:
 $(VPY):
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 
-python-deps: $(VPY)
+# An editable install: edits of rrcloud.py need no reinstall, only a change
+# of setup.py or requirements.txt does.
+python-deps: $(PY_STAMP)
+	@$(VPY) -m compileall -q rrcloud.py rrc
+
+$(PY_STAMP): setup.py requirements.txt | $(VPY)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e .
-	$(VPY) -m compileall -q rrcloud.py rrc
+	@touch $@
 
 web-python: system-deps
 	@[ -x $(WEBVENV)/bin/python ] || $(SUDO) /usr/bin/python3 -m venv $(WEBVENV)
-	$(SUDO) $(WEBVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@[ $(WEBVENV)/.rrcloud-installed -nt requirements.txt ] || { \
+	  $(SUDO) $(WEBVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt && \
+	  $(SUDO) touch $(WEBVENV)/.rrcloud-installed; }
 
 install: system-deps python-deps web-python
 
@@ -55,22 +66,32 @@ test-deps: install
 # The server keeps running; `make stop` stops it.
 run: install serve
 	@mkdir -p $(RUNDIR) && cp tests/data/cube.scad $(RUNDIR)/
-	cd $(RUNDIR) && curl -sS -F service=openscad -F fileIn0=@cube.scad http://localhost:$(PORT)/ | tee submit.txt
+	cd $(RUNDIR) && curl -fsS -F service=openscad -F fileIn0=@cube.scad http://localhost:$(PORT)/ | tee submit.txt
 	cd $(RUNDIR) && id=$$(sed -n 's/^id: //p' submit.txt) && \
-	  curl -sS "http://localhost:$(PORT)/?service=info&id=$$id&wait=60" | tee info.txt && \
-	  curl -sS -o cube.stl "http://localhost:$(PORT)/$$(sed -n 's/^out: //p' info.txt)"
+	  curl -fsS "http://localhost:$(PORT)/?service=info&id=$$id&wait=60" | tee info.txt && \
+	  grep -qx 'status: complete' info.txt && \
+	  curl -fsS -o cube.stl "http://localhost:$(PORT)/$$(sed -n 's/^out: //p' info.txt)"
 	@echo "--- result: $(RUNDIR)/cube.stl"; ls -l $(RUNDIR)/cube.stl; head -n 3 $(RUNDIR)/cube.stl
 	@echo "--- rrcloud is serving http://localhost:$(PORT)/ (make stop to stop it)"
 
 serve: install
-	@mkdir -p $(RUNDIR)
-	@if curl -sf "http://localhost:$(PORT)/?service=meta" >/dev/null 2>&1; then \
-	  echo "rrcloud already serving on port $(PORT)"; \
-	else \
-	  cd $(RUNDIR) && nohup $(VENV)/bin/rrcloud serve --port $(PORT) >serve.log 2>&1 & echo $$! >$(RUNDIR)/serve.pid; \
-	  for i in $$(seq 50); do curl -sf "http://localhost:$(PORT)/?service=meta" >/dev/null 2>&1 && break; sleep 0.1; done; \
-	  echo "rrcloud serving on port $(PORT), pid $$(cat $(RUNDIR)/serve.pid)"; \
-	fi
+	@$(MAKE) --no-print-directory start
+
+# Start `rrcloud serve` in the background unless rrcloud already answers on
+# the port; another server there is an error (rrcloud serve --check tells
+# which: 0 rrcloud, 5 nothing, 4 something else), and nothing is created.
+start:
+	@state=0; $(RRCLOUD) serve --check --port $(PORT) >/dev/null 2>&1 || state=$$?; \
+	if [ $$state = 0 ]; then echo "rrcloud already serving on port $(PORT)"; exit 0; fi; \
+	if [ $$state != 5 ]; then $(RRCLOUD) serve --check --port $(PORT); exit 1; fi; \
+	mkdir -p $(RUNDIR) && cd $(RUNDIR) && { nohup $(RRCLOUD) serve --port $(PORT) >serve.log 2>&1 & echo $$! >serve.pid; }; \
+	for i in $$(seq 100); do \
+	  curl -s "http://localhost:$(PORT)/?service=meta" 2>/dev/null | grep -q '^version: RepRapCloud' && break; sleep 0.1; \
+	done; \
+	if $(RRCLOUD) serve --check --port $(PORT) >/dev/null 2>&1; then \
+	  echo "rrcloud serving on port $(PORT), pid $$(cat serve.pid)"; \
+	else echo "rrcloud did not start on port $(PORT):"; tail -n 5 serve.log; \
+	  kill $$(cat serve.pid) 2>/dev/null; rm -f serve.pid; exit 1; fi
 
 stop:
 	@[ -f $(RUNDIR)/serve.pid ] && kill $$(cat $(RUNDIR)/serve.pid) && rm -f $(RUNDIR)/serve.pid || true

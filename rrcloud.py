@@ -111,8 +111,8 @@ STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work'
 TASK_ENV_ALLOWLIST = ('HOME', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ', 'TMPDIR',
                       'USER', 'LOGNAME')
 # The runner's own environment: the task allowlist plus what finds Python
-# and the configuration.
-RUNNER_ENV_ALLOWLIST = TASK_ENV_ALLOWLIST + ('PATH', 'PYTHONPATH', 'RRCLOUD_CONFIG')
+# (its settings come with the task, never from the rrcloudrc files).
+RUNNER_ENV_ALLOWLIST = TASK_ENV_ALLOWLIST + ('PATH', 'PYTHONPATH')
 KILL_GRACE_SECONDS = 3.0
 # OSError numbers that mean "the disk is full" (507 to an HTTP client).
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -198,16 +198,21 @@ def parse_key_value_lines(path):
     """
     try:
         with open(path, encoding='utf-8') as handle:
-            lines = handle.read().splitlines()
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f'{path}: cannot read: {exc}') from None
-    for number, line in enumerate(lines, 1):
+    return parse_key_value_text(text, path)
+
+
+def parse_key_value_text(text, where):
+    """parse_key_value_lines of text; errors name ``where``."""
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split('#', 1)[0].strip()
         if not line:
             continue
         pair = split_config_line(line)
         if not pair:
-            raise ConfigError(f'{path}:{number}: expected "key = value", got {line!r}')
+            raise ConfigError(f'{where}:{number}: expected "key = value", got {line!r}')
         yield (number,) + pair
 
 
@@ -288,6 +293,15 @@ def _switch(text):
     return _boolean(text)  # defined with the services below; looked up at parse time
 
 
+NAME_CHARS = ALNUM | frozenset('._-')
+
+
+def _server_name(text):
+    if not 0 < len(text) <= 64 or not NAME_CHARS.issuperset(text):
+        raise ValueError('a name is 1 to 64 letters, digits or ._-')
+    return text
+
+
 CONFIG_KEYS = {
     'port': _port,
     'servers': _server_list,
@@ -306,6 +320,8 @@ CONFIG_KEYS = {
     'maxWaits': _positive_int,
     'allowOrigins': _origin_list,
     'sandbox': _switch,
+    'serverName': _server_name,
+    'reconnectTimeout': _non_negative_number,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
@@ -336,7 +352,10 @@ class Config:
         self.maxWaits = 8
         self.allowOrigins = []
         self.sandbox = True
+        self.serverName = host_name()
+        self.reconnectTimeout = 120.0
         self.sources = []
+        self.service_server_lines = {}  # service -> "file:line" that named its servers
 
     def apply_file(self, path):
         """Read one rrcloudrc file over the current values."""
@@ -349,6 +368,7 @@ class Config:
         prefix, _, suffix = key.rpartition('.')
         if suffix == 'servers' and is_service_name(prefix):
             parse, store = _server_list, lambda v: self.service_servers.__setitem__(prefix, v)
+            self.service_server_lines[prefix] = f'{path}:{number}'
         elif suffix == 'token' and HOST_KEY_RE.match(prefix):
             parse, store = _token, lambda v: self.host_tokens.__setitem__(prefix, v)
         elif key == 'dir':
@@ -379,9 +399,6 @@ class Config:
 
 def config_files():
     """The rrcloudrc files to read, in order (later ones win)."""
-    inherited = os.environ.get('RRCLOUD_CONFIG_FILES')  # a runner reads its starter's files
-    if inherited is not None:
-        return [path for path in inherited.split(os.pathsep) if path]
     named = os.environ.get('RRCLOUD_CONFIG')
     if named:
         if not os.path.isfile(named):
@@ -396,7 +413,20 @@ def load_config():
     config = Config()
     for path in config_files():
         config.apply_file(path)
+    check_service_servers(config)
     return config
+
+
+def check_service_servers(config):
+    """``SERVICE.servers`` must name a known service: ``openscd.servers`` is a
+    typo, an unknown key like any other (checked once ``dir`` is known)."""
+    if not config.service_servers:
+        return
+    known = service_names(config.dir)
+    for service, where in sorted(config.service_server_lines.items()):
+        if service not in known:
+            raise ConfigError(f'{where}: unknown key {service + ".servers"!r}: no service {service!r} '
+                              f'(services: {", ".join(sorted(known)) or "none"})')
 
 
 ###############################################################################
@@ -645,6 +675,15 @@ def installed_path(name):
         if os.path.exists(path):
             return path
     return None
+
+
+def service_names(root):
+    """Names of the service confs in ``ROOT/services`` and the installed ones (not parsed)."""
+    names = set()
+    for folder in (os.path.join(root, 'services'), installed_path('services')):
+        if folder and os.path.isdir(folder):
+            names.update(entry[:-len('.conf')] for entry in os.listdir(folder) if entry.endswith('.conf'))
+    return names
 
 
 def load_services(root):
@@ -1153,7 +1192,7 @@ def recover_store(store, config):
     killed by reconcile_task.  A print is never restarted.
     """
     now = time.time()
-    for name in ('info', 'in', 'out', 'log'):
+    for name in ('info', 'in', 'out', 'log', 'queue'):
         folder = store.folder(name)
         for entry in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, entry)
@@ -1223,8 +1262,12 @@ def get_task(store, task_id):
     return reconcile_task(store, store.read_task(task_id))
 
 
-def meta_record(store, config, services):
-    """What this machine offers: the spec's meta fields plus load for schedulers."""
+def meta_record(store, config, services, started=None):
+    """What this machine offers: the spec's meta fields plus load for schedulers.
+
+    ``uptime`` counts from ``started`` (when the serving process started), or,
+    without a server (``rrcloud meta`` on the command line), from boot.
+    """
     running = [t for t in marked(store, 'running') if _still_running(store, t)]
     tasks = count_tasks(store)
     return {
@@ -1234,11 +1277,11 @@ def meta_record(store, config, services):
         'maxTasks': str(config.maxTasks),
         'queued': str(len(marked(store, 'queue'))),
         'sandbox': 'bwrap' if config.sandbox else 'off',
-        'serverName': host_name(),
+        'serverName': config.serverName,
         'services': ','.join(sorted(services)),
         'tasks': str(tasks),
         'timeout': f'{config.timeout:g}',
-        'uptime': format_uptime(system_uptime()),
+        'uptime': format_uptime(time.time() - started if started else system_uptime()),
         'version': VERSION_STRING,
     }
 
@@ -1289,9 +1332,18 @@ def system_uptime():
         return 0.0
 
 
+def process_started_at(pid):
+    """When a process started (Unix time), from /proc; None when it cannot be read."""
+    ticks = process_start_time(pid)
+    try:
+        return time.time() - system_uptime() + int(ticks) / os.sysconf('SC_CLK_TCK')
+    except (TypeError, ValueError, OSError):
+        return None
+
+
 def format_uptime(seconds):
     """``0d 06h 00m 52s`` as the spec shows it."""
-    seconds = int(seconds)
+    seconds = max(0, int(seconds))
     return (f'{seconds // 86400}d {seconds // 3600 % 24:02d}h '
             f'{seconds // 60 % 60:02d}m {seconds % 60:02d}s')
 
@@ -1553,15 +1605,16 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
             stored.append((item.prearg, store_input(store, service, item)))
             check_input_kind(service, *stored[-1])
         size_in = sum(input_size(store, path) for _, path in stored)
-        record = store.create_task(lambda task_id: _new_record(
-            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext))
+        record = store.create_task(lambda task_id: dict(_new_record(
+            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext),
+            server=config.serverName))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
         if isinstance(exc, ValueError):  # a field that cannot be a record value
             raise UsageError(str(exc)) from None
         raise
-    mark(store, 'queue', record['id'])
+    queue_task(store, record['id'], task_settings(config))
     dispatch(store, config)
     return store.read_task(record['id'])
 
@@ -1588,7 +1641,6 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
         'in': ','.join(path for _, path in stored),
         'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
         'client': client,
-        'server': host_name(),
         'sizeIn': size_in,
         'queued': 'yes',
     }
@@ -1658,6 +1710,51 @@ def check_notifier_url(url):
         raise UsageError(f'bad notifier URL (http or https only): {url!r}')
 
 
+# What a task's runner works with, fixed when the task is submitted: the
+# rrcloudrc files may change or vanish before the task starts or while it runs.
+TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'notifierAllow')
+TASK_SETTINGS_MAX_BYTES = 4096
+
+
+def task_settings(config):
+    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config)."""
+    values = {'timeout': repr(config.timeout), 'maxTasks': str(config.maxTasks),
+              'sandbox': 'yes' if config.sandbox else 'no', 'maxOutputSize': str(config.maxOutputSize),
+              'notifierAllow': ', '.join(config.notifierAllow)}
+    return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS)
+
+
+def task_config(text, store):
+    """The Config a runner works with: defaults, then the task's settings.
+
+    They came through files and processes other than the runner's own, so
+    they are checked as an rrcloudrc is, and only the task settings are taken.
+    """
+    if not text:
+        raise ConfigError('its settings are missing')
+    config = Config()
+    config.dir = store.root
+    for number, key, value in parse_key_value_text(text, 'settings'):
+        if key not in TASK_SETTINGS:
+            raise ConfigError(f'settings:{number}: {key!r} is not a task setting')
+        config._apply('settings', number, key, value, store.root)
+    return config
+
+
+def queue_task(store, task_id, settings):
+    """Queue a task: its marker in ``tasks/queue`` holds the settings it runs with."""
+    write_file_atomically(os.path.join(store.folder('queue'), check_task_id(task_id)), settings.encode())
+
+
+def queued_settings(store, task_id):
+    """The settings in a task's queue marker ('' for a marker without any)."""
+    try:
+        with open(os.path.join(store.folder('queue'), check_task_id(task_id)), 'rb') as handle:
+            return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
 def mark(store, folder, task_id):
     """Put a task's marker into ``tasks/queue`` (waiting) or ``tasks/running``."""
     path = os.path.join(store.folder(folder), check_task_id(task_id))
@@ -1710,7 +1807,12 @@ def acquire_slot(store, max_tasks):
 
 
 def _start_queued(store, config, task_id, slot_fd):
-    """Spawn the runner of one queued task (called under the store lock)."""
+    """Spawn the runner of one queued task (called under the store lock).
+
+    It runs with the settings its submission wrote into the queue marker; a
+    marker without any (written by hand) gets the dispatcher's.
+    """
+    settings = queued_settings(store, task_id) or task_settings(config)
     unmark(store, 'queue', task_id)
     try:
         record = store.read_task(task_id)
@@ -1724,9 +1826,10 @@ def _start_queued(store, config, task_id, slot_fd):
     record.pop('queued', None)
     record['stime'] = f'{time.time():.5f}'
     try:
-        pid = spawn_runner(store, config, task_id, slot_fd)
+        pid = spawn_runner(store, task_id, slot_fd, settings)
     except OSError as exc:
         record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
+        append_log(store, task_id, f'rrcloud: task {task_id} cannot start: no runner: {exc}')
     else:
         record.update(runner=str(pid), runnerStart=process_start_time(pid) or '')
         mark(store, 'running', task_id)
@@ -1745,13 +1848,13 @@ def rrcloud_command():
     return [sys.executable, '-c', launcher]
 
 
-def spawn_runner(store, config, task_id, slot_fd):
+def spawn_runner(store, task_id, slot_fd, settings):
     """Start ``rrcloud _run ID`` detached: own session, no terminal, outlives us."""
     import subprocess
     # Not the request's environment (HTTP_*, GATEWAY_INTERFACE): an allowlist.
     env = {k: os.environ[k] for k in RUNNER_ENV_ALLOWLIST if k in os.environ}
     env['RRCLOUD_SLOT_FD'] = str(slot_fd)
-    env['RRCLOUD_CONFIG_FILES'] = os.pathsep.join(config.sources)
+    env['RRCLOUD_TASK_SETTINGS'] = settings
     # A new session: a web server's or terminal's signals to its group never
     # reach the task, and the task survives the request or CLI that started it.
     process = subprocess.Popen(
@@ -1792,13 +1895,20 @@ def terminate_group(process, grace=KILL_GRACE_SECONDS):
     process.wait()
 
 
-def run_task(store, config, services, task_id):
+def run_task(store, settings, task_id):
     """The detached runner: run one task's tool, record how it ended, start the next."""
     record = store.read_task(task_id)
+    try:
+        config = task_config(settings, store)
+    except ConfigError as exc:
+        return cannot_start(store, record, str(exc))
     if record.get('status') != TaskStatus.BUSY:  # killed before it could start
         return _runner_done(store, config, task_id, record)
     try:
-        service = services[record['service']]
+        service = find_service(*load_services(store.root), record.get('service', ''))
+    except RRCloudError as exc:
+        return cannot_start(store, record, str(exc), config)
+    try:
         outcome = execute(store, config, service, record)
     except Exception as exc:  # a runner never leaves a task busy
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
@@ -1807,6 +1917,27 @@ def run_task(store, config, services, task_id):
         fields = remove_output_of_full_disk(store, record, fields)
     finished = finish_task(store, task_id, status, **fields)
     return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def cannot_start(store, record, reason, config=None):
+    """A task whose runner cannot run it: the record and the log say why.
+
+    Without its own settings, the next task is started as if one slot were
+    all there is: never more at once than any configuration allows.
+    """
+    task_id = record['id']
+    append_log(store, task_id, f'rrcloud: task {task_id} cannot start: {reason}')
+    finished = finish_task(store, task_id, TaskStatus.FAILED, error=f'cannot start: {reason}')
+    if config is None:
+        config = Config()
+        config.maxTasks, config.dir = 1, store.root
+    return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def append_log(store, task_id, line):
+    """Add one line of rrcloud's own to a task's log (the tool may be writing to it too)."""
+    with open(store.log_path(task_id), 'a', encoding='utf-8') as log:
+        log.write(line + '\n')
 
 
 def remove_output_of_full_disk(store, record, fields):
@@ -2301,8 +2432,12 @@ def _notifier_connection(scheme, host, address, port):
     return PinnedHTTPS(host, port, timeout=NOTIFIER_TIMEOUT, context=context)
 
 
-def kill_task(store, task_id):
-    """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM."""
+def kill_task(store, task_id, by):
+    """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM.
+
+    ``by`` says who asked (a client's address, the command line): the task's
+    log keeps it, so a killed task's log tells why it ended.
+    """
     store.read_task(task_id)  # NotFound before anything is created
     with store.lock():
         record = store.read_task(task_id)
@@ -2312,6 +2447,7 @@ def kill_task(store, task_id):
         record.update(status='failed', error='killed', etime=f'{time.time():.5f}')
         record.pop('queued', None)
         store.write_task(record)
+    append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
     if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
         import signal
         kill_process_group(int(record['pid']), signal.SIGTERM)
@@ -2904,31 +3040,74 @@ def fetch_to(session, url, folder, name):
 
 
 def wait_remote(store, config, record, progress=None):
-    """Wait for a remote task with the server's long-poll (or capped polling)."""
+    """Wait for a remote task with the server's long-poll (or capped polling).
+
+    A server that goes away (a restart) is asked again for ``reconnectTimeout``
+    seconds: the task runs on there without us.
+    """
     session = http_session(config)
     backoff = 0.1
     started = time.monotonic()
+    lost_since = None
     if progress:
         progress(record, 0.0)
     wait = 1 if progress else POLL_WAIT  # a terminal's progress line moves every second
     while record.get('status') == TaskStatus.BUSY:
         asked = time.monotonic()
-        record = refresh_remote(store, record, session, wait=wait)
+        try:
+            record = refresh_remote(store, record, session, wait=wait)
+            lost_since = None
+        except OSError:  # requests' errors are OSErrors
+            lost_since = lost_since or asked
+            give_up_if_lost(config, record, time.monotonic() - lost_since)
         if progress:
-            progress(record, time.monotonic() - started)
+            progress(record, time.monotonic() - started, 'reconnecting' if lost_since else None)
         if record.get('status') == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
-            time.sleep(backoff)  # the server did not hold the answer: a 0.019 server
+            time.sleep(backoff)  # the server did not hold the answer: a 0.019 server, or none
             backoff = min(backoff * 1.5, MAX_POLL_BACKOFF)
     return record
 
 
-def kill_remote(config, record):
-    """Ask a remote task's server to kill it."""
+def give_up_if_lost(config, record, lost_for):
+    """NoServer once a server stayed away ``reconnectTimeout`` seconds, with the way back."""
+    if lost_for >= config.reconnectTimeout:
+        raise NoServer(f'lost {record["server"]} while waiting for task {record["id"]} '
+                       f'(no answer for {lost_for:.0f} s); it may still finish there: '
+                       f'`rrcloud info {record["id"]}` fetches its result into tasks/out/ later')
+
+
+def kill_remote(store, config, record):
+    """Ask a remote task's server to kill it; returns the local record, updated from the server.
+
+    Raises NoServer when the server cannot be reached, RRCloudError when it
+    refuses, UsageError when the task had already ended there (its result is
+    then fetched): the task is never called killed unless the server said so.
+    """
+    session = http_session(config)
+    url, remote_id = record['server'], record['remoteId']
     try:
-        http_session(config).get(record['server'], params={'service': 'kill', 'id': record['remoteId']},
-                           timeout=CONNECT_TIMEOUT)
-    except Exception:
-        pass
+        response = session.get(url, params={'service': 'kill', 'id': remote_id}, timeout=(CONNECT_TIMEOUT, 30))
+    except OSError as exc:  # requests' errors are OSErrors
+        raise NoServer(f'cannot reach {url} to kill task {record["id"]} ({exc.__class__.__name__}); '
+                       'it may still run there') from None
+    answer = parse_answer(response)
+    killed = response.status_code == 200 and answer.get('error') == 'killed'
+    try:
+        record = refresh_remote(store, record, session)
+    except OSError:
+        pass  # the kill itself was answered; the log comes with the next info
+    if killed:
+        return store.update_task(record['id'], {'status': TaskStatus.FAILED.value, 'error': 'killed',
+                                                'etime': f'{time.time():.5f}'}, only_if_busy=True) or record
+    if record.get('status') != TaskStatus.BUSY:
+        raise UsageError(f'task {record["id"]} is not running (status {record.get("status")})')
+    reason = _printable(answer.get('error') or f'HTTP {response.status_code}')
+    raise RRCloudError(f'{url} did not kill task {record["id"]}: {reason}')
+
+
+def _printable(text):
+    """A server's text as it may reach a terminal: no control characters."""
+    return ''.join(c if c.isprintable() else '?' for c in str(text))
 
 
 ###############################################################################
@@ -3087,6 +3266,7 @@ def app_context():
     if 'store' not in _APP_CONTEXT:
         config = load_config()
         _APP_CONTEXT.update(config=config, store=Store(config.dir))
+        _APP_CONTEXT.setdefault('started', process_started_at(os.getpid()))  # any WSGI server
     return _APP_CONTEXT['config'], _APP_CONTEXT['store']
 
 
@@ -3247,10 +3427,11 @@ def route_service(request):
         return answer_info(store, config, request)
     if service == 'meta':
         services, _ = load_services(store.root)
-        return answer_record(meta_record(store, config, services), request.format)
-    if service == 'kill':
-        return answer_record(client_view(kill_task(store, _form_task_id(request)), request.client),
+        return answer_record(meta_record(store, config, services, _APP_CONTEXT.get('started')),
                              request.format)
+    if service == 'kill':
+        record = kill_task(store, _form_task_id(request), by=f'{request.client} (HTTP)')
+        return answer_record(client_view(record, request.client), request.format)
     if request.method != 'POST':
         raise HTTPError(405, f'a task of {service!r} is started with POST')
     hold = post_wait_seconds(config, request)  # before the task starts: a bad wait starts nothing
@@ -3403,12 +3584,27 @@ def form_inputs(request, service):
     return inputs
 
 
+# The type a result is served with, by its extension, so a browser shows a
+# picture or text inline.  Only types a browser never runs (no HTML, no SVG):
+# a result is a client's data.  No extension (echo's) is text.
+RESULT_TYPES = {'png': 'image/png', 'jpg': 'image/jpeg', 'jpeg': 'image/jpeg', 'gif': 'image/gif',
+                'stl': 'model/stl', 'gcode': 'text/x-gcode; charset=utf-8', 'gco': 'text/x-gcode; charset=utf-8',
+                'g': 'text/x-gcode; charset=utf-8', 'txt': 'text/plain; charset=utf-8',
+                'log': 'text/plain; charset=utf-8', '': 'text/plain; charset=utf-8'}
+
+
+def result_type(name):
+    """The Content-Type of a result named ``name``."""
+    ext = name.rsplit('.', 1)[1].lower() if '.' in name else ''
+    return RESULT_TYPES.get(ext, 'application/octet-stream')
+
+
 def serve_result(request, name):
     """``GET /tasks/out/NAME``: a task's result, nothing else."""
     _, store = app_context()
     if not OUT_NAME_RE.match(name) or '..' in name:
         raise HTTPError(404, 'no such result')
-    return serve_file(request, os.path.join(store.folder('out'), name), 'application/octet-stream')
+    return serve_file(request, os.path.join(store.folder('out'), name), result_type(name))
 
 
 def serve_log(request, task_id):
@@ -3436,7 +3632,9 @@ def serve_file(request, path, content_type):
     if request.method == 'HEAD':
         handle.close()
         handle = b''
-    return Response(handle, 200, content_type, headers=[('Content-Length', str(info.st_size))])
+    # nosniff: a browser takes the type as given, never guesses HTML from the bytes
+    return Response(handle, 200, content_type, headers=[('Content-Length', str(info.st_size)),
+                                                        ('X-Content-Type-Options', 'nosniff')])
 
 
 def html_page(store, config, request):
@@ -3448,7 +3646,7 @@ def html_page(store, config, request):
     with open(installed_path(os.path.join('www', 'index.html')), encoding='utf-8') as handle:
         template = Template(handle.read())
     page = template.safe_substitute(
-        server=html.escape(host_name()), version=html.escape(VERSION_STRING),
+        server=html.escape(config.serverName), version=html.escape(VERSION_STRING),
         count=len(records), rows=rows)
     return Response(page, 200, 'text/html; charset=utf-8')
 
@@ -3465,18 +3663,28 @@ def _html_row(record, escape):
         escape(task_id), escape(record.get('service', '')), escape(record.get('client', '')),
         time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctime)),
         f'{end - ctime:.1f} s',
-        _kilobytes(record.get('sizeIn')), _kilobytes(record.get('sizeOut')),
+        human_size(record.get('sizeIn')), human_size(record.get('sizeOut')),
         f'{result} <a href="/tasks/log/{escape(task_id)}">log</a>',
         escape(record.get('error', '')),
     ]
     return '<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>\n'
 
 
-def _kilobytes(size):
+def human_size(size):
+    """``45 B``, ``1.8 KB``, ``1.8 MB`` (units of 1024), '' when not known."""
     try:
-        return f'{int(size) / 1024:.1f} KB'
+        value = int(size)
     except (TypeError, ValueError):
         return ''
+    if value < 1024:
+        return f'{value} B'
+    unit = 'KB'
+    value /= 1024
+    for bigger in ('MB', 'GB'):
+        if value < 1024:
+            break
+        unit, value = bigger, value / 1024
+    return f'{value:.1f} {unit}'
 
 
 ###############################################################################
@@ -3484,13 +3692,34 @@ def _kilobytes(size):
 ###############################################################################
 
 def serve(args):
-    """``rrcloud serve [--bind ADDR] [--port N]``: the embedded server (waitress)."""
+    """``rrcloud serve [--bind ADDR] [--port N] [--check]``: the embedded server (waitress)."""
     config = load_config()
-    bind, port = '0.0.0.0', config.port
+    bind, port, check = serve_options(args, config.port)
+    if check:
+        return check_serving(config, bind, port)
+    server = listen(config, bind, port)  # before anything is created or claimed
+    store = Store(config.dir)
+    store.ensure()
+    recover_store(store, config)
+    _APP_CONTEXT.update(config=config, store=store, started=process_started_at(os.getpid()) or time.time())
+    print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
+    print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
+          f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
+    warn_if_unsandboxed(config)
+    server.run()
+    return ExitCode.OK
+
+
+def serve_options(args, port):
+    """(bind address, port, check) from ``serve``'s arguments."""
+    bind, check = '0.0.0.0', False
     args = list(args)
     while args:
         word = args.pop(0)
         name, sep, value = word.partition('=')
+        if word == '--check':
+            check = True
+            continue
         if name not in ('--bind', '--port'):
             raise UsageError(f'unknown serve option: {word!r}')
         if not sep:
@@ -3504,22 +3733,51 @@ def serve(args):
                 port = _port(value)
             except ValueError:
                 raise UsageError(f'bad port: {value!r}') from None
-    store = Store(config.dir)
-    store.ensure()
-    recover_store(store, config)
-    _APP_CONTEXT.update(config=config, store=store)
+    return bind, port, check
+
+
+def listen(config, bind, port):
+    """The waitress server bound to ``bind:port``; a port in use is one error line."""
     import waitress
-    print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
-    print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
-          f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
-    warn_if_unsandboxed(config)
-    # Idle connections cost no thread in waitress; allow many of them, but cut
-    # those that send nothing (half-open, or headers trickling in) after 20 s,
-    # looked at every 5 s.  A request in progress (a long-poll) is never cut.
-    waitress.serve(application, host=bind, port=port, threads=16, ident='rrcloud',
-                   connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
-                   max_request_body_size=config.maxRequestSize, _quiet=True)
-    return ExitCode.OK
+    try:
+        # Idle connections cost no thread in waitress; allow many of them, but cut
+        # those that send nothing (half-open, or headers trickling in) after 20 s,
+        # looked at every 5 s.  A request in progress (a long-poll) is never cut.
+        return waitress.create_server(
+            application, host=bind, port=port, threads=16, ident='rrcloud',
+            connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
+            max_request_body_size=config.maxRequestSize)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(f'cannot serve on {bind}:{port}: the port is in use '
+                          f'(rrcloud serve --check --port {port} tells by whom)') from None
+
+
+def check_serving(config, bind, port):
+    """``serve --check``: does rrcloud answer on the port (0), nothing (5), or another server (4)?"""
+    import requests
+    host = '127.0.0.1' if bind in ('0.0.0.0', '::', '') else bind
+    url = server_url(f'[{host}]:{port}' if ':' in host else f'{host}:{port}', port)
+    try:
+        response = http_session(config).get(url, params={'service': 'meta'}, timeout=(CONNECT_TIMEOUT, 10))
+    except requests.ConnectionError:
+        print(f'rrcloud: nothing serves on port {port}')
+        return ExitCode.NO_SERVER
+    except OSError as exc:
+        raise ConfigError(f'port {port} does not answer like rrcloud ({exc.__class__.__name__})') from None
+    if is_rrcloud_answer(response):
+        version = _printable(parse_answer(response).get('version', 'RepRapCloud'))
+        print(f'rrcloud: rrcloud serves on port {port} ({version})')
+        return ExitCode.OK
+    raise ConfigError(f'port {port} is taken by a server that is not rrcloud')
+
+
+def is_rrcloud_answer(response):
+    """True for rrcloud's answer to meta: its version, or its refusal naming its realm."""
+    if 'RepRapCloud' in parse_answer(response).get('version', ''):
+        return True
+    return response.status_code == 401 and 'realm="rrcloud"' in response.headers.get('WWW-Authenticate', '')
 
 
 SANDBOX_OFF_WARNING = ('rrcloud: warning: sandbox = no: tasks run without their sandbox, '
@@ -3534,6 +3792,9 @@ def warn_if_unsandboxed(config):
 
 def run_cgi():
     """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
+    # The server is the web server: its uptime is that of the process that
+    # starts the CGI (lighttpd itself, Apache's CGI daemon).
+    _APP_CONTEXT['started'] = process_started_at(os.getppid())
     config, store = app_context()
     if os.environ.get('REQUEST_METHOD') == 'POST':
         warn_if_unsandboxed(config)  # the web server's error log
@@ -3641,10 +3902,12 @@ def discard_cgi_input(body):
 
 HELP = f"""\
 usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
-       rrcloud [OPTIONS] info [ID]           show one task or all of them
+       rrcloud [OPTIONS] info [--short] [ID] show one task or all of them
+       rrcloud [OPTIONS] ls                  one line per task: id service status age duration result
        rrcloud [OPTIONS] meta                show what this machine offers
-       rrcloud [OPTIONS] kill ID             stop a busy task
+       rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
+       rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
        SERVICE.cloud --help | --version      what it passes on, where it runs; versions
@@ -3674,16 +3937,20 @@ for SERVICE.cloud ARGS.
 
 options:
   --local            run here even when servers are configured
-  --s=SERVER         send the task to SERVER (host, host:port or URL)
+  --s=SERVER         send the task to SERVER (host, host:port or URL); with
+                     info, ls, meta or kill: ask SERVER instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
-  --sync             wait for the task and mirror its exit code
+  --sync             wait for the task and mirror its exit code (no output
+                     argument: echo prints its text, other services their record)
+  --short            info: one line per task, as ls
   --format=json      print JSON instead of key: value lines
   --traceback        show the Python traceback of an error
   -h, --help         show this help
   --version          show the version
 
 configuration: ~/.rrcloudrc, then ./rrcloudrc (or the file in RRCLOUD_CONFIG)
-keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir
+keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir,
+reconnectTimeout, serverName (all keys: the shipped rrcloudrc)
 
 exit codes:
   0    success (task started, or finished complete)
@@ -3712,7 +3979,7 @@ Who may use it: allow, token and allowOrigins in rrcloudrc (docs/SECURITY.md).
 """
 
 PRINT_HELP = f"""\
-usage: rrcloud print [--baud=N] [--timeout=S] PORT FILE.gcode
+usage: rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE.gcode
 
 Sends a G-code file to a printer on a serial port, line by line with line
 numbers and checksums, resending what the printer asks for: the built-in
@@ -3720,15 +3987,19 @@ sender of the printrun service, run here and now (`printrun.cloud PORT
 FILE.gcode` runs it as a task, on a server when one is configured).
 
   --baud=N      the port's speed (default {PRINT_DEFAULT_BAUD})
-  --timeout=S   seconds to wait for the printer's answer to a line (default {PRINT_ANSWER_TIMEOUT:g})
+  --timeout=S   seconds of silence from the printer that fail the print (default {PRINT_ANSWER_TIMEOUT:g})
+  --comm-timeout=S  seconds of silence after which the printer is asked for its
+                temperature (M105) to find an answer lost on the wire
+                (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy)
   -h, --help    show this help
 """
 
 SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP}
 
-CLI_COMMANDS = ('info', 'meta', 'kill')
+USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls')
 VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
-FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version')
+FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
 
 class Options:
@@ -3739,7 +4010,7 @@ class Options:
         self.notifier = ''
         self.format = 'text'
         self.dir = None
-        self.local = self.sync = self.traceback = self.help = self.version = False
+        self.local = self.sync = self.traceback = self.help = self.version = self.short = False
 
 
 def parse_options(args):
@@ -4027,27 +4298,127 @@ def print_record(record, fmt, out=None):
     if fmt == 'json':
         out.write(to_json(record, indent=1, sort_keys=True) + '\n')
         return
-    out.write(f'=== id: {record.get("id", "")}\n')
+    out.write(f'=== id: {_printable(record.get("id", ""))}\n')
     for key in sorted(record):
-        out.write(f'{key}: {record[key]}\n')
+        out.write(f'{key}: {_printable(record[key])}\n')
     out.write('\n')
 
 
 def cmd_info(ctx, args):
-    """``rrcloud info [ID]``."""
+    """``rrcloud info [ID]`` (``--short``: as ``ls``); with ``--s``, that server's tasks."""
     if len(args) > 1:
         raise UsageError('info takes at most one task id')
     if args:
-        record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, check_task_id(args[0])))
+        task_id = check_task_id(args[0])
+        if ctx.options.s:
+            record = ask_server(ctx, {'service': 'info', 'id': task_id})
+        else:
+            record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, task_id))
+        if ctx.options.short:
+            return print_summaries([record], ctx.options.format)
         print_record(record, ctx.options.format)
         return ExitCode.OK
-    records = [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
+    records = all_records(ctx)
+    if ctx.options.short:
+        return print_summaries(records, ctx.options.format)
     if ctx.options.format == 'json':
         sys.stdout.write(to_json(records, indent=1, sort_keys=True) + '\n')
     else:
         for record in records:
             print_record(record, 'text')
     return ExitCode.OK
+
+
+def cmd_ls(ctx, args):
+    """``rrcloud ls``: one line per task."""
+    if args:
+        raise UsageError('ls takes no arguments (rrcloud info ID shows one task)')
+    return print_summaries(all_records(ctx), ctx.options.format)
+
+
+def all_records(ctx):
+    """Every task: of this store (remote ones asked about), or of the ``--s`` server."""
+    if ctx.options.s:
+        return ask_server(ctx, {'service': 'info'}, listing=True)
+    return [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
+
+
+SUMMARY_COLUMNS = ('id', 'service', 'status', 'age', 'duration', 'result')
+
+
+def print_summaries(records, fmt):
+    """One line per task, columns separated by spaces, no column ever empty
+    (``-``); a header on a terminal only, so scripts read the lines as they are."""
+    now = time.time()
+    rows = [task_summary(record, now) for record in records]
+    if fmt == 'json':
+        print(to_json(rows, indent=1))
+        return ExitCode.OK
+    lines = [[row['id'], row['service'], row['status'], format_age(row['age']),
+              format_age(row['duration']), row['result']] for row in rows]
+    if sys.stdout.isatty():
+        lines.insert(0, [name.upper() for name in SUMMARY_COLUMNS])
+    for line in lines:
+        print(f'{line[0]:<23}  {line[1]:<10} {line[2]:<8} {line[3]:>7} {line[4]:>8}  {line[5]}')
+    return ExitCode.OK
+
+
+def task_summary(record, now):
+    """id, service, state, age and run time in seconds (None: not known), result name."""
+    def number(key):
+        try:
+            return float(record.get(key) or '')
+        except ValueError:
+            return None
+    created, started, ended = number('ctime'), number('stime') or number('ctime'), number('etime')
+    queued = record.get('queued') == 'yes'
+    out = record.get('out', '') if record.get('status') == TaskStatus.COMPLETE else ''
+    return {
+        'id': _column(record.get('id')), 'service': _column(record.get('service')),
+        'status': 'queued' if queued else _column(record.get('status')),
+        'age': None if created is None else max(0.0, now - created),
+        'duration': None if queued or started is None else max(0.0, (ended or now) - started),
+        'result': _column(out.rsplit('/', 1)[-1]),
+    }
+
+
+def _column(value):
+    """One word for a column: a server's text may hold anything."""
+    word = ''.join(c for c in _printable(value or '') if not c.isspace())
+    return word or '-'
+
+
+def format_age(seconds):
+    """``45s``, ``12m05s``, ``3h07m``, ``2d04h``; ``-`` when not known."""
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    if seconds < 86400:
+        return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+    return f'{seconds // 86400}d{seconds // 3600 % 24:02d}h'
+
+
+def ask_server(ctx, params, listing=False):
+    """One GET of the ``--s`` server (info, meta, kill): its record, or with
+    ``listing`` its records, as text the way every server answers it."""
+    url = server_url(ctx.options.s, ctx.config.port)
+    try:
+        response = http_session(ctx.config).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
+    except OSError as exc:  # requests' errors are OSErrors
+        raise NoServer(f'{url}: no answer ({exc.__class__.__name__})') from None
+    if response.status_code != 200:
+        reason = _printable(parse_answer(response).get('error') or f'HTTP {response.status_code}')
+        raise (NotFound if response.status_code == 404 else RRCloudError)(f'{url}: {reason}')
+    if listing:
+        return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
+    answer = parse_answer(response)
+    if not answer.get('id') and 'RepRapCloud' not in answer.get('version', ''):
+        raise NoServer(f'{url}: not an rrcloud answer')
+    return answer
 
 
 def refresh_if_remote(store, config, record):
@@ -4063,28 +4434,58 @@ def refresh_if_remote(store, config, record):
 
 
 def cmd_meta(ctx, args):
-    """``rrcloud meta``."""
+    """``rrcloud meta``: this machine's, or with ``--s`` that server's."""
     if args:
         raise UsageError('meta takes no arguments')
-    services, errors = ctx.services
-    for error in errors:
-        print(f'rrcloud: warning: {error}', file=sys.stderr)
-    meta = meta_record(ctx.store, ctx.config, services)
+    if ctx.options.s:
+        meta = ask_server(ctx, {'service': 'meta'})
+    else:
+        services, errors = ctx.services
+        for error in errors:
+            print(f'rrcloud: warning: {error}', file=sys.stderr)
+        meta = meta_record(ctx.store, ctx.config, services)
     if ctx.options.format == 'json':
         print(to_json(meta, indent=1, sort_keys=True))
     else:
         for key in sorted(meta):
-            print(f'{key}: {meta[key]}')
+            print(f'{key}: {_printable(meta[key])}')
     return ExitCode.OK
 
 
 def cmd_kill(ctx, args):
-    """``rrcloud kill ID``."""
+    """``rrcloud kill ID``: here, or at the server a task was sent to (or ``--s``)."""
     if len(args) != 1:
         raise UsageError('kill takes one task id')
-    record = kill_task(ctx.store, check_task_id(args[0]))
-    print(f'id: {record["id"]}\nstatus: {record["status"]}\nerror: {record["error"]}')
+    task_id = check_task_id(args[0])
+    if ctx.options.s:
+        record = ask_server(ctx, {'service': 'kill', 'id': task_id})
+        print_fields(record, ('id', 'status', 'error'), server=server_url(ctx.options.s, ctx.config.port))
+        return ExitCode.OK
+    record = ctx.store.read_task(task_id)
+    if record.get('remoteId'):
+        if record.get('status') != TaskStatus.BUSY:
+            raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
+        record = kill_remote(ctx.store, ctx.config, record)
+        print_fields(record, ('id', 'status', 'error'), server=record['server'])
+        return ExitCode.OK
+    record = kill_task(ctx.store, task_id, by=f'the command line (user {user_name()})')
+    print_fields(record, ('id', 'status', 'error'))
     return ExitCode.OK
+
+
+def print_fields(record, keys, **more):
+    """Some fields of a record as ``key: value`` lines (a server's values made printable)."""
+    fields = [(key, record.get(key, '')) for key in keys] + list(more.items())
+    print(''.join(f'{key}: {_printable(value)}\n' for key, value in fields), end='')
+
+
+def user_name():
+    """Who runs this command, for a killed task's log."""
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def cmd_run_internal(args):
@@ -4093,9 +4494,7 @@ def cmd_run_internal(args):
         raise UsageError('usage: rrcloud _run ID --dir ROOT')
     task_id = check_task_id(args[0])
     store = Store(args[2])
-    config = load_config()
-    services, _ = load_services(store.root)
-    final = run_task(store, config, services, task_id)
+    final = run_task(store, os.environ.pop('RRCLOUD_TASK_SETTINGS', ''), task_id)
     return ExitCode.OK if final.get('status') == TaskStatus.COMPLETE else ExitCode.TASK_FAILED
 
 
@@ -4156,8 +4555,10 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
         progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
         record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
+        if progress:
+            progress.clear()
         if record:
-            kill_remote(ctx.config, record)
+            stop_after_interrupt(ctx, record)
         return ExitCode.INTERRUPTED
     except OSError as exc:
         raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None
@@ -4167,31 +4568,51 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
     return deliver_result(ctx, record, output, show)
 
 
+def stop_after_interrupt(ctx, record):
+    """Ctrl-C while waiting for a remote task: kill it at its server, or say it may still run."""
+    try:
+        kill_remote(ctx.store, ctx.config, record)
+    except RRCloudError as exc:
+        print(f'rrcloud: warning: {exc} (rrcloud kill {record["id"]} tries again)', file=sys.stderr)
+
+
 class ProgressLine:
-    """One line on a terminal's stderr: server, status, elapsed, queue or progress."""
+    """One line on a terminal's stderr, the same for local and remote tasks:
+    where it runs, its state (queued while it waits for a slot), elapsed
+    seconds, and the printer's progress when there is one."""
 
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, where):
+        self.where = where
+        self.shown = None
 
-    def __call__(self, record, elapsed):
-        extra = ' queued' if record.get('queued') else ''
-        if record.get('progress'):
-            extra = f' {record["progress"]}'
-        sys.stderr.write(f'\r{self.server} {record.get("status")} {elapsed:.0f}s{extra}\x1b[K')
-        sys.stderr.flush()
+    def __call__(self, record, elapsed, state=None):
+        state = state or ('queued' if record.get('queued') else record.get('status'))
+        extra = f' {record["progress"]}' if record.get('progress') else ''
+        line = f'{self.where} {_printable(state)} {elapsed:.0f}s{_printable(extra)}'
+        if line != self.shown:  # a local wait looks every few ms; the terminal needs a change
+            sys.stderr.write(f'\r{line}\x1b[K')
+            sys.stderr.flush()
+            self.shown = line
 
     def clear(self):
         sys.stderr.write('\r\x1b[K')
         sys.stderr.flush()
+        self.shown = None
 
 
 def finish_sync(ctx, record, output, show=False):
     """Wait for a local task, deliver its result, mirror its exit code."""
+    progress = ProgressLine('local') if sys.stderr.isatty() else None
+    started = time.monotonic()
+    on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
     try:
-        record = wait_for_task(ctx.store, record['id'])
+        record = wait_for_task(ctx.store, record['id'], on_poll=on_poll)
     except KeyboardInterrupt:
         _kill_quietly(ctx.store, record['id'])
         return ExitCode.INTERRUPTED
+    finally:
+        if progress:
+            progress.clear()
     return deliver_result(ctx, record, output, show)
 
 
@@ -4209,6 +4630,8 @@ def deliver_result(ctx, record, output, show=False):
             if not service.no_output:
                 show_log(ctx.store, record, ctx.shown_inputs, output)
             deliver_output(ctx.store.path_of(record['out']), output)
+        elif show and record.get('service') in TEXT_RESULT_SERVICES and ctx.options.format == 'text':
+            print_result(ctx.store.path_of(record['out']))
         elif show:
             show_log(ctx.store, record, ctx.shown_inputs)
             print_record(record, ctx.options.format)
@@ -4231,9 +4654,23 @@ def check_result_format(service, record, output):
                            f'.{wanted} asked for (it may not know outExt); {output} not written')
 
 
+# Services whose result is text to read: ``rrcloud --sync echo TEXT`` prints
+# it, as echo would; other results are files, and --sync shows their record.
+TEXT_RESULT_SERVICES = ('echo',)
+
+
+def print_result(path):
+    """A finished task's text result on stdout, ending in a newline as echo's does."""
+    with open(path, 'rb') as result:
+        data = result.read()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data if not data or data.endswith(b'\n') else data + b'\n')
+    sys.stdout.buffer.flush()
+
+
 def _kill_quietly(store, task_id):
     try:
-        kill_task(store, task_id)
+        kill_task(store, task_id, by='Ctrl-C on the command line')
     except RRCloudError:
         pass
 
@@ -4328,13 +4765,16 @@ def cli(args):
     if rest and rest[0] == 'print':
         return cmd_print(rest[1:])
     if not rest:
-        return cmd_info(Context(options), [])
+        sys.stderr.write(USAGE)
+        return ExitCode.USAGE
     command = rest[0]
     ctx, rest = split_command_line(options, command, rest[1:])
     if options.help or options.version:
         return show_about(options)
+    if options.short and command not in ('info', 'ls'):
+        raise UsageError('--short goes with info (or use rrcloud ls)')
     if command in CLI_COMMANDS:
-        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill}[command](ctx, rest)
+        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls}[command](ctx, rest)
     return cmd_submit(ctx, command, rest, sync=options.sync)
 
 

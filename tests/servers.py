@@ -120,6 +120,18 @@ class EmbeddedServer:
                 return record
         raise AssertionError(f'task {task_id} still busy on {self.url} after {timeout} s')
 
+    def kill_server(self):
+        """Kill only the server process: its tasks run on, detached, as after a crash."""
+        if self.process and self.process.poll() is None:
+            _kill_group(self.process.pid)
+            self.process.wait(timeout=10)
+
+    def restart(self, pause=1.0):
+        """Kill the server process and start it again on the same port, store and config."""
+        self.kill_server()
+        time.sleep(pause)  # clients find nothing listening meanwhile
+        return self.start()
+
     def stop(self):
         """Kill the server's group, then every task group it started."""
         if self.process and self.process.poll() is None:

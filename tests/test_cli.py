@@ -6,7 +6,10 @@ as real processes through the bin/ symlinks.
 """
 import json
 import os
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -365,10 +368,67 @@ def test_info_lists_each_task_as_a_block_of_key_value_lines(cli, workdir):
         assert fields['out'] == f'tasks/out/{task_id}'
 
 
-def test_info_with_no_command_is_the_same_listing(cli, workdir):
+def test_no_command_prints_the_usage_not_the_tasks(cli, workdir):
     two_finished_echo_tasks(cli, workdir)
 
-    assert cli().out == cli('info').out
+    result = cli()
+
+    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert result.out == ''
+    assert result.err.startswith('usage: rrcloud') and 'rrcloud --help' in result.err, result
+    assert '=== id:' not in result.err
+
+
+def test_no_command_in_an_empty_folder_creates_nothing(cli, workdir):
+    assert cli().code == rrcloud.ExitCode.USAGE
+    assert tree(workdir) == []
+
+
+def test_ls_shows_one_line_per_task_in_columns(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    write_config(workdir, 'maxTasks = 1\n')
+    ids = two_finished_echo_tasks(cli, workdir)
+    (workdir / 'block.sh').write_text('sleep 300\n')
+    (workdir / 'fail.sh').write_text('exit 3\n')
+    assert cli('--sync', 'job', 'fail.sh').code == 3
+    failed = records(workdir)[-1]['id']
+    blocking = task_id_of(cli('job', 'block.sh').out)
+    waiting = task_id_of(cli('job', 'block.sh').out)
+
+    result = cli('ls')
+
+    assert result.code == 0 and result.err == '', result
+    rows = {line.split()[0]: line.split() for line in result.out.splitlines()}
+    assert all(len(row) == 6 for row in rows.values()), result.out
+    assert list(rows) == ids + [failed, blocking, waiting], 'one line per task, oldest first'
+    for task_id in ids:
+        assert rows[task_id][1:3] == ['echo', 'complete']
+        assert re.fullmatch(r'[0-9]+s', rows[task_id][3]) and re.fullmatch(r'[0-9]+s', rows[task_id][4])
+        assert rows[task_id][5] == task_id, 'the result name'
+    assert rows[failed][1:3] == ['job', 'failed'] and rows[failed][5] == '-'
+    assert rows[blocking][2] == 'busy'
+    assert rows[waiting][2] == 'queued' and rows[waiting][4] == '-'
+    assert cli('info', '--short').out == result.out
+    assert cli('kill', blocking).code == 0 and cli('kill', waiting).code == 0
+
+
+def test_ls_json_gives_numbers(cli, workdir):
+    ids = two_finished_echo_tasks(cli, workdir)
+
+    rows = json.loads(cli('--format=json', 'ls').out)
+
+    assert [row['id'] for row in rows] == ids
+    assert set(rows[0]) == {'id', 'service', 'status', 'age', 'duration', 'result'}
+    assert rows[0]['status'] == 'complete' and rows[0]['age'] >= rows[0]['duration'] >= 0
+    (one,) = json.loads(cli('--format=json', 'info', '--short', ids[0]).out)
+    assert {k: v for k, v in one.items() if k != 'age'} == {k: v for k, v in rows[0].items() if k != 'age'}
+
+
+def test_short_belongs_to_info(cli, workdir):
+    result = cli('meta', '--short')
+
+    assert result.code == rrcloud.ExitCode.USAGE
+    assert '--short' in one_line_error(result)
 
 
 def test_info_json_gives_an_array_and_info_id_json_an_object(cli, workdir):
@@ -436,13 +496,24 @@ def test_meta_json(cli, workdir):
 # 5. --sync
 ###############################################################################
 
-def test_sync_echo_waits_for_the_result(cli, workdir):
+def test_sync_echo_prints_the_text_as_echo_would(cli, workdir):
     result = cli('--sync', 'echo', 'hello world')
 
     assert result.code == 0, result
     (record,) = records(workdir)
     assert record['status'] == 'complete'
     assert (workdir / record['out']).read_text() == 'hello world'
+    assert (result.out, result.err) == ('hello world\n', ''), result
+
+
+def test_sync_without_an_output_argument_prints_the_record_of_a_file_result(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    (workdir / 'job.sh').write_text('echo made > "$1"\n')
+
+    result = cli('--sync', 'job', 'job.sh')
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
     # No output argument: the finished record tells where the result is.
     assert result.out.startswith(f'=== id: {record["id"]}\n'), result
     assert f'out: {record["out"]}\n' in result.out and 'status: complete\n' in result.out
@@ -629,3 +700,141 @@ def test_a_native_argument_named_like_an_option_stays_the_services(cli, workdir)
 
 def test_help_after_the_command(cli):
     assert cli('info', '--help').out == cli('--help').out
+
+
+###############################################################################
+# 7. The progress line of a local wrapper
+###############################################################################
+
+def read_terminal_until(master, pattern, client, timeout=60):
+    """What a client wrote to its terminal, read until ``pattern`` shows up in it."""
+    seen = b''
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not re.search(pattern, seen.decode('utf-8', 'replace')):
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the client closed its terminal
+                break
+        elif client.poll() is not None:
+            break
+    return seen.decode('utf-8', 'replace')
+
+
+def test_a_local_sync_on_a_terminal_shows_queued_then_busy_with_the_time(cli, workdir):
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    write_config(workdir, 'maxTasks = 1\n')
+    (workdir / 'block.sh').write_text('sleep 300\n')
+    (workdir / 'job.sh').write_text('sleep 2\necho done > "$1"\n')
+    blocker = task_id_of(cli('job', 'block.sh').out)
+    master, terminal = pty.openpty()
+    client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', 'job', 'job.sh'],
+                              cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    try:
+        waiting = read_terminal_until(master, r'local queued [0-9]+s', client)
+        assert cli('kill', blocker).code == 0
+        running = read_terminal_until(master, r'local busy [0-9]+s', client)
+        assert client.wait(timeout=60) == 0
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+        os.close(master)
+    assert re.search(r'\rlocal queued [0-9]+s', waiting), waiting
+    assert re.search(r'\rlocal busy [0-9]+s', running), running
+
+
+###############################################################################
+# 8. serve on a port that is taken, and the Makefile's start
+###############################################################################
+
+@pytest.fixture
+def foreign():
+    """Another HTTP server on a loopback port: a web page, not rrcloud."""
+    started = FakeServer(lambda request: (200, 'text/html', '<html><body>not rrcloud</body></html>')).start()
+    yield started
+    started.stop()
+
+
+@pytest.mark.parametrize('bind', [[], ['--bind', '127.0.0.1']])
+def test_serve_on_a_taken_port_is_one_error_line_and_creates_nothing(proc, workdir, foreign, bind):
+    result = proc('serve', *bind, '--port', str(foreign.port), timeout=60)
+
+    assert result.code == rrcloud.ExitCode.CONFIG, result
+    assert f':{foreign.port}: the port is in use' in one_line_error(result)
+    assert result.out == ''
+    assert tree(workdir) == [], 'no tasks/ folder'
+
+
+def test_serve_check_tells_rrcloud_from_another_server_and_from_nothing(proc, workdir, foreign, tmp_path):
+    server = EmbeddedServer(tmp_path / 'server').start()
+    protected = EmbeddedServer(tmp_path / 'protected', config='token = a-long-enough-token-1234\n').start()
+    try:
+        ours = proc('serve', '--check', '--port', str(server.port))
+        theirs = proc('serve', '--check', '--port', str(foreign.port))
+        nothing = proc('serve', '--check', '--port', str(free_port()))
+        locked = proc('serve', '--check', '--port', str(protected.port))
+    finally:
+        server.stop()
+        protected.stop()
+
+    assert ours.code == 0 and 'RepRapCloud' in ours.out, ours
+    assert locked.code == 0, 'a server asking for a token is rrcloud too'
+    assert theirs.code == rrcloud.ExitCode.CONFIG and 'not rrcloud' in one_line_error(theirs), theirs
+    assert nothing.code == rrcloud.ExitCode.NO_SERVER and 'nothing serves' in nothing.out, nothing
+    assert tree(workdir) == []
+
+
+def make(*args):
+    """``make -C REPO ARGS``, with the checkout's rrcloud.py as the rrcloud command."""
+    return subprocess.run(['make', '--no-print-directory', '-C', str(REPO), *args,
+                           f'RRCLOUD={sys.executable} {REPO / "rrcloud.py"}'],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_make_start_refuses_a_port_another_server_holds(tmp_path, foreign):
+    rundir = tmp_path / 'run'
+
+    result = make('start', f'PORT={foreign.port}', f'RUNDIR={rundir}')
+
+    assert result.returncode != 0, result
+    assert 'not rrcloud' in result.stderr, result
+    assert 'already serving' not in result.stdout + result.stderr
+    assert not rundir.exists()
+
+
+def test_make_start_starts_rrcloud_once_and_make_stop_stops_it(tmp_path):
+    rundir, port = tmp_path / 'run', free_port()
+    try:
+        first = make('start', f'PORT={port}', f'RUNDIR={rundir}')
+        second = make('start', f'PORT={port}', f'RUNDIR={rundir}')
+        pid = int((rundir / 'serve.pid').read_text())
+        stopped = make('stop', f'RUNDIR={rundir}')
+    finally:
+        if (rundir / 'serve.pid').exists():
+            os.kill(int((rundir / 'serve.pid').read_text()), signal.SIGKILL)
+
+    assert first.returncode == 0 and f'rrcloud serving on port {port}' in first.stdout, first
+    assert second.returncode == 0 and f'rrcloud already serving on port {port}' in second.stdout, second
+    assert stopped.returncode == 0 and not (rundir / 'serve.pid').exists()
+    deadline = time.monotonic() + 30
+    while Path(f'/proc/{pid}').exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f'/proc/{pid}').exists() or Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] == 'Z'
+
+
+def test_make_installs_the_package_only_when_setup_py_changed(tmp_path):
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'bin' / 'python').symlink_to(sys.executable)
+
+    before = subprocess.run(['make', '-n', '-C', str(REPO), 'python-deps', f'VENV={venv}'],
+                            capture_output=True, text=True, timeout=60)
+    (venv / '.rrcloud-installed').touch()
+    after = subprocess.run(['make', '-n', '-C', str(REPO), 'python-deps', f'VENV={venv}'],
+                           capture_output=True, text=True, timeout=60)
+
+    assert 'pip install' in before.stdout, before
+    assert 'pip install' not in after.stdout and 'compileall' in after.stdout, after

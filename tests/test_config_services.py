@@ -226,6 +226,10 @@ BAD_LINES = [
     'dir =',
     'colour = blue',
     'slic3r.server = a.local',
+    'openscd.servers = a.local',
+    'serverName = two words',
+    'serverName = a/b',
+    'reconnectTimeout = -1',
     'just some words',
     'port 4468',
     '= 4468',
@@ -259,6 +263,35 @@ def test_bad_line_makes_the_command_exit_4_with_one_error_line(cli, workdir, lin
     assert f'{path}:3' in one_line_error(result)
     assert result.out == ''
     assert os.listdir(workdir) == ['rrcloudrc']
+
+
+def test_a_misspelled_service_in_service_servers_names_the_known_services(cli, workdir):
+    path = write_config(workdir, 'timeout = 60\nopenscd.servers = a.local\n')
+
+    result = cli('meta')
+
+    assert result.code == 4, result
+    error = one_line_error(result)
+    assert f'{path}:2' in error and "'openscd.servers'" in error, error
+    assert 'openscad' in error and 'slic3r' in error, 'the known services are named'
+
+
+def test_service_servers_of_a_service_of_the_store_root_is_fine(workdir):
+    make_service(workdir, 'mine', 'cmd = cat\n')
+    write_config(workdir, 'mine.servers = a.local\n')
+
+    assert rrcloud.load_config().servers_for('mine') == ['a.local']
+
+
+def test_server_name_names_this_machine_in_meta_and_in_its_tasks(cli, workdir):
+    assert key_values(cli('meta').out)['serverName'] == os.uname().nodename, 'the host name by default'
+    write_config(workdir, 'serverName = farm-node-7\n')
+
+    meta = key_values(cli('meta').out)
+    task_id = task_id_of(cli('echo', 'a b').out)
+
+    assert meta['serverName'] == 'farm-node-7'
+    assert wait_until_done(workdir, task_id)['server'] == 'farm-node-7'
 
 
 def test_bad_line_in_home_rrcloudrc_names_that_file(cli, workdir):
@@ -296,7 +329,7 @@ def test_shipped_rrcloudrc_parses_to_the_defaults(workdir, monkeypatch):
 
 
 @pytest.mark.parametrize('key', ['port', 'servers', '.servers', 'timeout', 'maxDataRetention',
-                                 'maxTasks', 'dir'])
+                                 'maxTasks', 'dir', 'serverName', 'reconnectTimeout'])
 def test_shipped_rrcloudrc_shows_every_key_as_a_commented_example(key):
     text = SHIPPED_RRCLOUDRC.read_text()
     pattern = (r'^#[a-z0-9_]+\.servers\s*=' if key == '.servers' else rf'^#{key}\s*=')
@@ -318,6 +351,8 @@ def test_every_example_in_the_shipped_rrcloudrc_is_valid_when_uncommented(workdi
     assert config.servers_for('printrun') == ['raspberrypi.local']
     assert config.maxTasks == 4
     assert config.dir == '/var/lib/rrcloud'
+    assert config.serverName == 'printfarm-1'
+    assert config.reconnectTimeout == 120
 
 
 ###############################################################################

@@ -473,3 +473,67 @@ def test_a_queued_task_that_is_killed_never_runs(cli, workdir):
     assert (shown['status'], shown['error']) == ('failed', 'killed')
     assert 'runner' not in shown
     assert not (workdir / 'second-ran').exists()
+
+
+###############################################################################
+# 10. A task runs with the settings it was started with
+###############################################################################
+
+def test_removing_rrcloudrc_right_after_a_submission_changes_nothing(proc, workdir):
+    write_config(workdir, 'timeout = 1\n')
+    make_service(workdir, 'job', SH_NO_OUTPUT_SERVICE)
+    (workdir / 'job.sh').write_text('sleep 30\n')
+
+    started = proc('--local', 'job', 'job.sh')
+    (workdir / 'rrcloudrc').unlink()
+
+    assert started.code == 0, started
+    record = wait_until_done(workdir, task_id_of(started.out))
+    assert (record['status'], record['error']) == ('failed', 'timeout after 1 s'), record
+
+
+def test_a_queued_task_keeps_the_settings_of_its_submission(cli, workdir):
+    make_service(workdir, 'job', SH_SERVICE)
+    write_config(workdir, 'maxTasks = 1\n')
+    first = submit_script(cli, workdir, 'sleep 2\necho first > "$1"\n', name='first.sh')
+    write_config(workdir, 'maxTasks = 1\ntimeout = 0.5\n')
+    second = submit_script(cli, workdir, 'sleep 30\necho second > "$1"\n', name='second.sh')
+    assert raw_record(workdir, second)['queued'] == 'yes'
+
+    write_config(workdir, 'maxTasks = 1\ntimeout = soon\n')  # broken before the second starts
+
+    assert wait_until_done(workdir, first)['status'] == 'complete'
+    record = wait_until_done(workdir, second)
+    assert (record['status'], record['error']) == ('failed', 'timeout after 0.5 s'), record
+
+
+@pytest.mark.parametrize('settings, reason', [
+    ('timeout = soon\n', 'bad value for timeout'),
+    ('dir = /etc\n', "'dir' is not a task setting"),
+    ('sandbox\n', 'expected "key = value"'),
+])
+def test_a_task_whose_settings_do_not_check_fails_and_its_log_says_why(cli, workdir, settings, reason):
+    make_service(workdir, 'job', SH_SERVICE)
+    write_config(workdir, 'maxTasks = 1\n')
+    first = submit_script(cli, workdir, 'sleep 2\necho first > "$1"\n', name='first.sh')
+    second = submit_script(cli, workdir, 'touch second-ran\necho x > "$1"\n', name='second.sh')
+    (workdir / 'tasks' / 'queue' / second).write_text(settings)  # what the submission wrote, damaged
+
+    assert wait_until_done(workdir, first)['status'] == 'complete'
+    record = wait_until_done(workdir, second)
+
+    assert record['status'] == 'failed' and record['error'].startswith('cannot start: '), record
+    assert reason in record['error'], record
+    assert reason in (workdir / 'tasks' / 'log' / second).read_text()
+    assert not (workdir / 'second-ran').exists()
+
+
+def test_a_killed_tasks_log_says_who_killed_it(cli, workdir):
+    make_service(workdir, 'job', SH_SERVICE)
+    task_id = submit_script(cli, workdir, 'sleep 300\n')
+    wait_for_tool(workdir, task_id)
+
+    assert cli('kill', task_id).code == 0
+
+    log = (workdir / 'tasks' / 'log' / task_id).read_text()
+    assert f'task {task_id} killed by the command line (user ' in log, log

@@ -48,10 +48,15 @@ argInput = --data=$fileIn
 output = $fileOut
 inputExt = sh
 """
-TEST_SERVICES = {'sh': SH_SERVICE}
+# The same, with a result named by extension: sh_png writes ID.png, and so on.
+RESULT_EXTENSIONS = ('png', 'stl', 'gcode')
+TEST_SERVICES = dict({'sh': SH_SERVICE}, **{
+    f'sh_{ext}': SH_SERVICE.replace('output = $fileOut', f'fileOut = $id.{ext}\noutput = $fileOut')
+    for ext in RESULT_EXTENSIONS})
+SERVER_NAME = 'rrcloud-test-node'
 # The notifier listener of the tests runs on this machine, which rrcloud
 # refuses as a notifier target unless told otherwise.
-TEST_CONFIG = 'notifierAllow = 127.0.0.0/8\n'
+TEST_CONFIG = f'notifierAllow = 127.0.0.0/8\nserverName = {SERVER_NAME}\n'
 
 # Writes its arguments and the inputs they name into the output (the last argument).
 MULTI_SCRIPT = """\
@@ -582,7 +587,30 @@ def test_meta(server, fmt):
         assert record[key].isdigit(), (key, record)
     float(record['cpuLoad'])
     assert re.match(r'\A[0-9]+d [0-9]{2}h [0-9]{2}m [0-9]{2}s\Z', record['uptime']), record
-    assert record['serverName'] != ''
+    assert record['serverName'] == SERVER_NAME, 'the configured name'
+
+
+def uptime_seconds(text):
+    """``0d 06h 00m 52s`` in seconds."""
+    days, hours, minutes, seconds = (int(part[:-1]) for part in text.split())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def test_meta_uptime_is_the_servers_not_the_machines(server):
+    import psutil
+    started = psutil.Process(server.process.pid).create_time()  # the web server (or rrcloud serve)
+    while time.time() - started < 3:  # old enough to tell its uptime from a fresh process's 0 s
+        time.sleep(0.1)
+    with open('/proc/uptime') as handle:
+        machine = float(handle.read().split()[0])
+
+    served = uptime_seconds(meta(server)['uptime'])
+    age = time.time() - started
+
+    # Under CGI every request is a new process: the uptime must still be the
+    # web server's, not the request's, and not the machine's (booted earlier).
+    assert 2 <= served <= age + 1, (served, age)
+    assert served < machine - 1, (served, machine)
 
 
 def test_meta_counts_tasks(server):
@@ -705,6 +733,48 @@ def test_result_and_log_downloads(server):
     check_cors(log)
     assert log.headers['Content-Type'].startswith('text/plain')
     assert marker in log.text
+
+
+@pytest.mark.parametrize('ext, content_type', [
+    ('png', 'image/png'), ('stl', 'model/stl'), ('gcode', 'text/x-gcode'), ('', 'text/plain')])
+def test_results_are_served_with_the_type_their_name_says(server, ext, content_type):
+    record = wait_done(server, start(server, 'printf result > "$1"\n', service=f'sh_{ext}' if ext else 'sh')['id'])
+    name = os.path.basename(record['out'])
+    assert name.endswith(f'.{ext}') if ext else '.' not in name
+
+    result = download(server, f'tasks/out/{name}')
+    log = download(server, f'tasks/log/{record["id"]}')
+
+    assert result.status_code == 200 and result.content == b'result'
+    assert result.headers['Content-Type'].split(';')[0] == content_type, dict(result.headers)
+    assert result.headers['X-Content-Type-Options'] == 'nosniff', 'never sniffed into HTML'
+    assert log.headers['Content-Type'] == 'text/plain; charset=utf-8'
+    assert log.headers['X-Content-Type-Options'] == 'nosniff'
+
+
+def test_a_killed_tasks_log_says_it_was_killed_and_by_whom(server):
+    task_id = start(server, sleep_script(60))['id']
+    try:
+        answer_of(kill(server, task_id), 'text')
+    finally:
+        kill_quietly(server, task_id)
+
+    log = download(server, f'tasks/log/{task_id}').text
+    assert f'task {task_id} killed by 127.0.0.1 (HTTP)' in log, log
+
+
+def test_the_page_shows_sizes_that_read_well_and_the_server_name(server):
+    small = wait_done(server, start(server, 'x' * 45, service='echo')['id'])
+    big = answer_of(submit(server, {'service': 'echo'}, files={'fileIn0': ('big.txt', b'y' * 1_900_000)}), 'text')
+    wait_done(server, big['id'])
+
+    page = requests.get(f'{server.url}/', headers={'User-Agent': BROWSER}, timeout=30).text
+
+    row = next(line for line in page.splitlines() if small['id'] in line)
+    assert '<td>45 B</td><td>45 B</td>' in row, row
+    row = next(line for line in page.splitlines() if big['id'] in line)
+    assert '<td>1.8 MB</td><td>1.8 MB</td>' in row, row
+    assert f'<h1>rrcloud @ {SERVER_NAME}</h1>' in page
 
 
 def test_unknown_result_and_log_are_404(server):

@@ -8,6 +8,7 @@ in only where the test is about a server no real part can play: one that
 answers garbage, a hostile one, a 0.019 server that only answers text and
 ignores ``wait=``, one that hangs, one that claims to be idle.
 """
+import json
 import os
 import pty
 import select
@@ -595,15 +596,143 @@ def test_ctrl_c_during_a_sync_wait_kills_the_remote_task(cli, workdir, servers):
     assert list((workdir / 'tasks' / 'out').glob('*')) == []
 
 
-def test_server_lost_during_a_sync_wait_is_no_server(workdir, servers):
+def test_server_lost_during_a_sync_wait_is_no_server_naming_the_task(cli, workdir, servers):
+    write_config(workdir, 'reconnectTimeout = 1\n')
     (server,) = servers(services={'slow': SH_SERVICE})
     client, _ = start_slow_sync(workdir, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     server.stop()
-    out, err = client.communicate(timeout=30)
+    out, err = client.communicate(timeout=60)
 
     assert client.returncode == 5, err
     assert err.count('\n') == 1 and err.startswith('rrcloud: error: ') and server.address in err, err
+    (local,) = records(workdir)
+    assert f'rrcloud info {local["id"]}' in err, 'how to fetch the result later'
+    assert local['status'] == 'busy', 'not pretended failed: it may still finish there'
+
+
+def test_a_sync_wait_survives_a_restart_of_the_server(workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text('sleep 4\necho survived > "$1"\n')
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'job', 'job.sh',
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')
+
+    server.restart()
+    out, err = client.communicate(timeout=DEADLINE)
+
+    assert client.returncode == 0, err
+    assert err == ''
+    (local,) = records(workdir)
+    assert local['status'] == 'complete'
+    assert f'out: {local["out"]}\n' in out, out
+    assert (workdir / local['out']).read_text() == 'survived\n'
+
+
+def start_remote_job(cli, workdir, server, script='sleep 300\n'):
+    """``rrcloud --s=SERVER job job.sh`` (asynchronous); returns (local id, the server's record with its pid)."""
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text(script)
+    result = cli(f'--s={server.address}', 'job', 'job.sh')
+    assert result.code == 0, result
+    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')[0]
+    return task_id_of(result.out), remote
+
+
+def tool_processes_of(pid):
+    """The sandboxed tool's processes below the pid the server recorded (the group)."""
+    import psutil
+    try:
+        return [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_kill_of_a_task_sent_to_a_server_kills_it_there(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    task_id, remote = start_remote_job(cli, workdir, server)
+    tools = tool_processes_of(int(remote['pid']))
+    assert tools, 'the tool runs on the server'
+
+    result = cli('kill', task_id)
+
+    assert result.code == 0, result
+    assert result.out == f'id: {task_id}\nstatus: failed\nerror: killed\nserver: {server.url}\n', result
+    answer = server.info(remote['id'])
+    assert (answer['status'], answer['error']) == ('failed', 'killed')
+    for pid in tools:
+        wait_for(lambda: process_gone(pid), f'tool process {pid} gone on the server', timeout=15)
+    shown = info(cli, task_id)
+    assert (shown['status'], shown['error']) == ('failed', 'killed')
+    assert 'killed by 127.0.0.1 (HTTP)' in (workdir / 'tasks' / 'log' / task_id).read_text(), \
+        "the server's log, fetched: it says who killed the task"
+
+
+def test_kill_of_a_remote_task_whose_server_is_down_says_so_and_keeps_it_busy(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    task_id, remote = start_remote_job(cli, workdir, server)
+    server.kill_server()  # the task runs on there; its server does not answer
+
+    result = cli('kill', task_id)
+
+    assert result.code == rrcloud.ExitCode.NO_SERVER, result
+    error = one_line_error(result)
+    assert server.url in error and 'may still run' in error, error
+    assert records(workdir)[0]['status'] == 'busy', 'not pretended killed'
+    assert not process_gone(int(remote['pid'])), 'it does still run'
+
+
+def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, workdir, servers):
+    (server,) = servers(services={'job': SH_SERVICE})
+    task_id, remote = start_remote_job(cli, workdir, server, script='sleep 1\necho done > "$1"\n')
+    server.wait_done(remote['id'])
+
+    result = cli('kill', task_id)
+
+    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert 'not running (status complete)' in one_line_error(result)
+    assert records(workdir)[0]['status'] == 'complete'
+
+
+def test_s_asks_that_server_for_meta_info_and_ls(cli, workdir, servers):
+    (server,) = servers(config='maxTasks = 1\nserverName = farm-node-3\n')
+    remote_id = server.info(requests_post_echo(server, 'made on the server'))['id']
+    server.wait_done(remote_id)
+
+    meta = cli(f'--s={server.address}', 'meta')
+    one = cli(f'--s={server.address}', 'info', remote_id)
+    listing = cli('info', f'--s={server.address}')
+    short = cli('ls', f'--s={server.address}')
+    json_meta = cli('--format=json', f'--s={server.address}', 'meta')
+
+    assert meta.code == 0, meta
+    assert 'serverName: farm-node-3\n' in meta.out and 'version: RepRapCloud' in meta.out
+    assert json.loads(json_meta.out)['serverName'] == 'farm-node-3'
+    assert one.code == 0 and one.out.startswith(f'=== id: {remote_id}\n') and 'status: complete\n' in one.out
+    assert listing.code == 0 and f'=== id: {remote_id}\n' in listing.out
+    assert short.code == 0 and short.out.split()[:3] == [remote_id, 'echo', 'complete'], short
+    assert not (workdir / 'tasks').exists(), 'the local store is not asked, nor created'
+
+
+def test_s_info_of_a_task_the_server_does_not_know_is_not_found(cli, workdir, servers, down):
+    (server,) = servers()
+
+    unknown = cli(f'--s={server.address}', 'info', '1795841292-04767-953464')
+    silent = cli(f'--s={down}', 'meta')
+
+    assert unknown.code == rrcloud.ExitCode.NOT_FOUND, unknown
+    assert server.url in one_line_error(unknown)
+    assert silent.code == rrcloud.ExitCode.NO_SERVER and down in one_line_error(silent)
+
+
+def requests_post_echo(server, text):
+    """POST an echo task to ``server`` as curl would; returns its id."""
+    from servers import plain_session
+    answer = plain_session().post(server.url, data={'service': 'echo', 'fileIn0': text, 'format': 'json'},
+                                  timeout=30)
+    answer.raise_for_status()
+    return answer.json()['id']
 
 
 def test_progress_line_on_a_terminal_while_waiting(workdir, servers):
