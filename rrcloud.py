@@ -4630,9 +4630,7 @@ def deliver_result(ctx, record, output, show=False):
             if not service.no_output:
                 show_log(ctx.store, record, ctx.shown_inputs, output)
             deliver_output(ctx.store.path_of(record['out']), output)
-        elif show and record.get('service') in TEXT_RESULT_SERVICES and ctx.options.format == 'text':
-            print_result(ctx.store.path_of(record['out']))
-        elif show:
+        elif show and not print_text_result(ctx, record):
             show_log(ctx.store, record, ctx.shown_inputs)
             print_record(record, ctx.options.format)
         return ExitCode.OK
@@ -4659,13 +4657,20 @@ def check_result_format(service, record, output):
 TEXT_RESULT_SERVICES = ('echo',)
 
 
-def print_result(path):
-    """A finished task's text result on stdout, ending in a newline as echo's does."""
-    with open(path, 'rb') as result:
+def print_text_result(ctx, record):
+    """The result of a text service (echo) on stdout, ending in a newline as
+    echo's does; False when it is no such result (the record is shown instead)."""
+    if record.get('service') not in TEXT_RESULT_SERVICES or ctx.options.format != 'text':
+        return False
+    with open(ctx.store.path_of(record['out']), 'rb') as result:
         data = result.read()
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError:
+        return False
+    sys.stdout.write(text if not text or text.endswith('\n') else text + '\n')
     sys.stdout.flush()
-    sys.stdout.buffer.write(data if not data or data.endswith(b'\n') else data + b'\n')
-    sys.stdout.buffer.flush()
+    return True
 
 
 def _kill_quietly(store, task_id):
