@@ -1813,6 +1813,8 @@ def _start_queued(store, config, task_id, slot_fd):
     marker without any (written by hand) gets the dispatcher's.
     """
     settings = queued_settings(store, task_id) or task_settings(config)
+    if config.sandbox:  # a marker is a file in the store: it never turns this node's sandbox off
+        settings += 'sandbox = yes\n'
     unmark(store, 'queue', task_id)
     try:
         record = store.read_task(task_id)

@@ -557,3 +557,23 @@ def test_token_in_the_query_string_is_refused(tmp_path):
         assert in_header.status_code == 200
     finally:
         running.stop()
+
+
+def test_a_queue_marker_cannot_turn_the_sandbox_off(cli, store_root):
+    """A task's settings travel in its queue marker, a file in the store: one that
+    says "sandbox = no" still runs sandboxed where the dispatching node has it on."""
+    write_config(store_root, 'maxTasks = 1\n')
+    make_service(store_root, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    (store_root / 'hold.sh').write_text('sleep 30\n')
+    (store_root / 'whoami.sh').write_text('id -u > "$1"\n')
+    holder = task_id_of(cli('job', 'hold.sh').out)
+    queued = task_id_of(cli('job', 'whoami.sh').out)
+    marker = store_root / 'tasks' / 'queue' / queued
+    assert marker.exists()
+    marker.write_text(marker.read_text().replace('sandbox = yes', 'sandbox = no'))
+
+    assert cli('kill', holder).code == 0  # frees the slot: the queued task starts
+    record = wait_until_done(store_root, queued)
+
+    assert record['status'] == 'complete'
+    assert (store_root / record['out']).read_text().strip() == '65534'
