@@ -483,8 +483,10 @@ def archive_bomb():
     return raw.getvalue()
 
 
+# The child's own peak memory is VmHWM of its address space: ru_maxrss would
+# count the memory of the (large) test process it was forked from as well.
 UNPACK_IN_A_CHILD = '''
-import resource, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 import rrcloud
 try:
@@ -492,7 +494,7 @@ try:
     print('unpacked')
 except rrcloud.UsageError as exc:
     print('refused:', exc)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))
 '''
 
 
