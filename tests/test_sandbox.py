@@ -346,11 +346,19 @@ def test_a_printer_port_is_the_only_device_beside_the_basic_ones(proc, store_roo
         sorted(['full', 'null', 'pts', 'random', 'urandom', 'zero'])
 
 
-def test_tool_output_that_is_a_link_is_not_followed(proc, store_root):
-    make_service(store_root, 'linker', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
-    (store_root / 'link.sh').write_text('ln -s /etc/hostname "$1"\n')
+# A tool that is a shell script: argv ``sh tasks/in/X.sh tasks/out/ID``.
+SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
 
-    record, log = submit_and_wait(proc, store_root, 'linker', 'link.sh')
+
+def run_script(proc, root, script):
+    """Run ``script`` as a task's tool (its output path is $1); (record, log)."""
+    make_service(root, 'job', SH_SERVICE)
+    (root / 'job.sh').write_text(script)
+    return submit_and_wait(proc, root, 'job', 'job.sh')
+
+
+def test_tool_output_that_is_a_link_is_not_followed(proc, store_root):
+    record, log = run_script(proc, store_root, 'ln -s /etc/hostname "$1"\n')
 
     assert record['status'] == 'failed'
     assert record['error'] == 'the output is not a regular file'
@@ -359,10 +367,8 @@ def test_tool_output_that_is_a_link_is_not_followed(proc, store_root):
 
 def test_output_over_max_output_size_is_not_taken(proc, store_root):
     write_config(store_root, 'maxOutputSize = 1000\n')
-    make_service(store_root, 'big', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
-    (store_root / 'big.sh').write_text('head -c 5000 /dev/zero > "$1"\n')
 
-    record, log = submit_and_wait(proc, store_root, 'big', 'big.sh')
+    record, log = run_script(proc, store_root, 'head -c 5000 /dev/zero > "$1"\n')
 
     assert record['status'] == 'failed'
     assert record['error'] == 'the output is larger than 1000 bytes'
@@ -565,7 +571,7 @@ def test_a_queue_marker_cannot_turn_the_sandbox_off(cli, store_root):
     """A task's settings travel in its queue marker, a file in the store: one that
     says "sandbox = no" still runs sandboxed where the dispatching node has it on."""
     write_config(store_root, 'maxTasks = 1\n')
-    make_service(store_root, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    make_service(store_root, 'job', SH_SERVICE)
     (store_root / 'hold.sh').write_text('sleep 30\n')
     (store_root / 'whoami.sh').write_text('id -u > "$1"\n')
     holder = task_id_of(cli('job', 'hold.sh').out)
