@@ -2204,13 +2204,10 @@ def refuse_record(store, record, reason):
 
 
 def service_path_folders(service):
-    """The folders of a service's PATH outside /usr: the sandbox must show its tool."""
-    folders = []
-    for folder in service.path.split(':'):
-        real = os.path.realpath(folder) if folder else ''
-        if real and os.path.isdir(real) and not (real == '/usr' or real.startswith('/usr/')):
-            folders.append(real)
-    return folders
+    """The folders of a service's PATH: the sandbox must show its tool (it
+    leaves out those under /usr, which it shows anyway)."""
+    return [real for real in (os.path.realpath(f) for f in service.path.split(':') if f)
+            if os.path.isdir(real)]
 
 
 def program_paths():
