@@ -11,7 +11,7 @@ setup(
     description='Relay 3D-printing compute work (OpenSCAD, OpenJSCAD, Slic3r, POV-Ray, '
                 'printing) to one or many servers; a Python port of RepRapCloud 0.019',
     py_modules=['rrcloud'],
-    packages=['rrc'],
+    packages=['rrc', 'rrc.web', 'rrc.cli'],
     python_requires='>=3.9',
     install_requires=[
         'requests>=2.25',

@@ -18,6 +18,9 @@ import time
 from common import DATA, VENV_BIN, EmbeddedServer, median_seconds, table
 
 import rrcloud
+from rrc.cli.output import refresh_if_remote
+from rrc.config import load_config
+from rrc.store import Store
 
 SLEEP_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\nfileOut = $id\noutput = $fileOut\ninputExt = sh\n'
 SLEEP_SCRIPT = 'sleep 1; echo done > "$1"\n'
@@ -72,10 +75,10 @@ def run_batch(servers, tasks):
             code = rrcloud.main(['rrcloud', 'sleep1', 'job.sh'])
         if code != 0:
             raise RuntimeError('submission failed')
-    store = rrcloud.Store(work)
-    config = rrcloud.load_config()
+    store = Store(work)
+    config = load_config()
     while True:
-        records = [rrcloud.refresh_if_remote(store, config, store.read_task(t)) for t in store.task_ids()]
+        records = [refresh_if_remote(store, config, store.read_task(t)) for t in store.task_ids()]
         if all(r['status'] != 'busy' for r in records):
             break
         time.sleep(0.2)

@@ -18,14 +18,14 @@ from common import REPO, median_seconds, table
 sys.path.insert(0, str(REPO / 'tests'))
 from deploy import WEB_PYTHON, Deployment, chown_tree, free_port, www_data  # noqa: E402
 
-import rrcloud  # noqa: E402
+from rrc.store import Store  # noqa: E402
 
 FLOOR_CGI = 'print("Content-Type: text/plain\\r\\n\\r\\nok", end="")\n'
 
 
 def fill_store(root, count):
     """``count`` finished echo tasks, written straight into the store."""
-    store = rrcloud.Store(root)
+    store = Store(root)
     now = time.time()
     for _ in range(count):
         store.create_task(lambda task_id: {

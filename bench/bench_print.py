@@ -36,7 +36,7 @@ from common import DATA, REPO, table
 
 sys.path.insert(0, str(REPO / 'tests'))
 
-import rrcloud  # noqa: E402
+from rrc.printing import gcode_lines  # noqa: E402
 from printer_sim import PrinterSim  # noqa: E402
 
 PRINTCORE = shutil.which('printcore') or '/usr/bin/printcore'
@@ -45,7 +45,7 @@ HOUSEKEEPING = ('M110', 'M105')  # the host's own commands, not lines of the fil
 
 def big_gcode(folder, target_lines):
     """A G-code file of about ``target_lines`` code lines: small.gcode's, repeated."""
-    code = rrcloud.gcode_lines(DATA / 'small.gcode')
+    code = gcode_lines(DATA / 'small.gcode')
     lines = (code * (target_lines // len(code) + 1))[:target_lines]
     path = os.path.join(folder, 'big.gcode')
     with open(path, 'w') as handle:
@@ -114,7 +114,7 @@ def main(args):
     folder = tempfile.mkdtemp(prefix='rrcloud-bench-print-')
     try:
         path = big_gcode(folder, target)
-        expected = rrcloud.gcode_lines(path)
+        expected = gcode_lines(path)
         results = {}
         for name, argv_for in (('rrcloud print (built-in)', builtin_argv), ('printcore', printcore_argv)):
             runs = [run_sender(name, argv_for, path, expected) for _ in range(repeat)]

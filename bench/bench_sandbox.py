@@ -14,7 +14,10 @@ from pathlib import Path
 
 from common import DATA, VENV_BIN, table
 
-import rrcloud
+from rrc.config import load_config
+from rrc.services import load_services
+from rrc.store import Store
+from rrc.tasks import Input, submit_task, wait_for_task
 
 # A tool that writes the moment it started (the wall clock is the same inside).
 STAMP_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
@@ -35,13 +38,13 @@ def make_root(sandbox):
 def submit_to_start(root):
     """Seconds from the call that submits a task to its tool's first instruction."""
     os.environ['RRCLOUD_CONFIG'] = str(root / 'rrcloudrc')
-    config = rrcloud.load_config()
+    config = load_config()
     config.dir = str(root)
-    store = rrcloud.Store(root)
-    service = rrcloud.load_services(store.root)[0]['stamp']
+    store = Store(root)
+    service = load_services(store.root)[0]['stamp']
     submitted = time.time()
-    record = rrcloud.submit_task(store, config, service, [rrcloud.Input(STAMP_SCRIPT, 'stamp.sh')])
-    record = rrcloud.wait_for_task(store, record['id'], timeout=60)
+    record = submit_task(store, config, service, [Input(STAMP_SCRIPT, 'stamp.sh')])
+    record = wait_for_task(store, record['id'], timeout=60)
     assert record['status'] == 'complete', record
     return float((root / record['out']).read_text()) - submitted
 

@@ -12,6 +12,8 @@ DATA = REPO / 'tests' / 'data'
 sys.path.insert(0, str(REPO))
 
 import rrcloud  # noqa: E402
+from rrc.states import get_task  # noqa: E402
+from rrc.store import Store  # noqa: E402
 
 
 class Result:
@@ -69,10 +71,10 @@ def write_config(folder, text, name='rrcloudrc'):
 
 def wait_until_done(store_root, task_id, timeout=60):
     """Poll a task's record until it leaves busy; returns the record."""
-    store = rrcloud.Store(store_root)
+    store = Store(store_root)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = rrcloud.get_task(store, task_id)
+        record = get_task(store, task_id)
         if record['status'] != 'busy':
             return record
         time.sleep(0.05)

@@ -19,7 +19,9 @@ import numpy
 import pytest
 from stl import mesh
 
-import rrcloud
+from rrc import __version__
+from rrc.errors import ExitCode
+from rrc.store import Store
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from servers import EmbeddedServer, FakeServer, free_port
 
@@ -72,7 +74,7 @@ def tree(root):
 
 def records(root):
     """All task records of the store."""
-    store = rrcloud.Store(root)
+    store = Store(root)
     return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
@@ -208,7 +210,7 @@ def test_wrapper_without_its_output_argument_is_a_usage_error(cli, models, prog,
 
     result = cli(*args, prog=prog)
 
-    assert result.code == rrcloud.ExitCode.USAGE
+    assert result.code == ExitCode.USAGE
     assert named in one_line_error(result)
     assert result.out == ''
     assert tree(models) == before
@@ -219,7 +221,7 @@ def test_wrapper_without_its_output_argument_is_a_usage_error(cli, models, prog,
 ###############################################################################
 
 def test_exit_codes():
-    assert {code.name: int(code) for code in rrcloud.ExitCode} == {
+    assert {code.name: int(code) for code in ExitCode} == {
         'OK': 0, 'TASK_FAILED': 1, 'USAGE': 2, 'NOT_FOUND': 3, 'CONFIG': 4,
         'NO_SERVER': 5, 'INTERRUPTED': 130, 'PIPE_CLOSED': 141}
 
@@ -254,7 +256,7 @@ def test_version(cli):
     result = cli('--version')
 
     assert result.code == 0
-    assert rrcloud.__version__ in result.out
+    assert __version__ in result.out
     assert '0.019' in result.out
     assert result.out.count('\n') == 1
 
@@ -302,7 +304,7 @@ def test_bad_command_line_is_one_error_line_and_creates_nothing(cli, models, arg
 
     result = cli(*args)
 
-    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert result.code == ExitCode.USAGE, result
     assert named in one_line_error(result)
     assert result.out == ''
     assert tree(models) == before
@@ -321,7 +323,7 @@ def test_bad_option_from_a_real_process(proc, workdir):
 def test_info_of_an_unknown_task_is_not_found(cli, workdir):
     result = cli('info', '1795841292-04767-953464')
 
-    assert result.code == rrcloud.ExitCode.NOT_FOUND
+    assert result.code == ExitCode.NOT_FOUND
     assert '1795841292-04767-953464' in one_line_error(result)
 
 
@@ -330,7 +332,7 @@ def test_bad_rrcloudrc_is_a_config_error_naming_file_and_line(cli, workdir):
 
     result = cli('echo', 'hello world')
 
-    assert result.code == rrcloud.ExitCode.CONFIG
+    assert result.code == ExitCode.CONFIG
     assert 'rrcloudrc:2' in one_line_error(result)
     assert not (workdir / 'tasks').exists()
 
@@ -373,14 +375,14 @@ def test_no_command_prints_the_usage_not_the_tasks(cli, workdir):
 
     result = cli()
 
-    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert result.code == ExitCode.USAGE, result
     assert result.out == ''
     assert result.err.startswith('usage: rrcloud') and 'rrcloud --help' in result.err, result
     assert '=== id:' not in result.err
 
 
 def test_no_command_in_an_empty_folder_creates_nothing(cli, workdir):
-    assert cli().code == rrcloud.ExitCode.USAGE
+    assert cli().code == ExitCode.USAGE
     assert tree(workdir) == []
 
 
@@ -427,7 +429,7 @@ def test_ls_json_gives_numbers(cli, workdir):
 def test_short_belongs_to_info(cli, workdir):
     result = cli('meta', '--short')
 
-    assert result.code == rrcloud.ExitCode.USAGE
+    assert result.code == ExitCode.USAGE
     assert '--short' in one_line_error(result)
 
 
@@ -540,7 +542,7 @@ def test_a_reader_that_stops_early_gets_no_error(proc, workdir):
     code = child.wait(timeout=60)
 
     assert err == '', err
-    assert code == rrcloud.ExitCode.PIPE_CLOSED
+    assert code == ExitCode.PIPE_CLOSED
 
 
 @pytest.mark.parametrize('output_args', [['-ocube.stl'], ['-o', 'cube.stl']], ids=['-oFILE', '-o FILE'])
@@ -762,7 +764,7 @@ def foreign():
 def test_serve_on_a_taken_port_is_one_error_line_and_creates_nothing(proc, workdir, foreign, bind):
     result = proc('serve', *bind, '--port', str(foreign.port), timeout=60)
 
-    assert result.code == rrcloud.ExitCode.CONFIG, result
+    assert result.code == ExitCode.CONFIG, result
     assert f':{foreign.port}: the port is in use' in one_line_error(result)
     assert result.out == ''
     assert tree(workdir) == [], 'no tasks/ folder'
@@ -782,8 +784,8 @@ def test_serve_check_tells_rrcloud_from_another_server_and_from_nothing(proc, wo
 
     assert ours.code == 0 and 'RepRapCloud' in ours.out, ours
     assert locked.code == 0, 'a server asking for a token is rrcloud too'
-    assert theirs.code == rrcloud.ExitCode.CONFIG and 'not rrcloud' in one_line_error(theirs), theirs
-    assert nothing.code == rrcloud.ExitCode.NO_SERVER and 'nothing serves' in nothing.out, nothing
+    assert theirs.code == ExitCode.CONFIG and 'not rrcloud' in one_line_error(theirs), theirs
+    assert nothing.code == ExitCode.NO_SERVER and 'nothing serves' in nothing.out, nothing
     assert tree(workdir) == []
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import rrcloud
+from rrc.config import load_config
+from rrc.errors import ConfigError, ExitCode, UsageError
+from rrc.services import check_native_args, check_prearg, compose_argv, load_services, parse_service
 from conftest import REPO, make_service, task_id_of, wait_until_done, write_config
 
 SHIPPED_SERVICES = REPO / 'services'
@@ -22,7 +24,7 @@ ID = '1795841292-04767-953464'
 
 def shipped(name):
     """One of the service confs shipped beside rrcloud.py."""
-    return rrcloud.parse_service(str(SHIPPED_SERVICES / f'{name}.conf'))
+    return parse_service(str(SHIPPED_SERVICES / f'{name}.conf'))
 
 
 def one_line_error(result):
@@ -49,7 +51,7 @@ def leftovers(root):
 ###############################################################################
 
 def test_without_any_rrcloudrc_the_defaults_apply(workdir):
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.port == 4468
     assert config.servers == []
@@ -65,7 +67,7 @@ def test_home_rrcloudrc_is_read_and_local_rrcloudrc_wins_over_it(workdir):
     write_config(home, 'port = 5000\ntimeout = 60\n', name='.rrcloudrc')
     write_config(workdir, 'port = 6000\n')
 
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.port == 6000, './rrcloudrc is read last and wins'
     assert config.timeout == 60, 'what ./rrcloudrc does not set comes from ~/.rrcloudrc'
@@ -74,7 +76,7 @@ def test_home_rrcloudrc_is_read_and_local_rrcloudrc_wins_over_it(workdir):
 def test_home_rrcloudrc_alone_applies(workdir):
     write_config(Path(os.environ['HOME']), 'maxTasks = 3\n', name='.rrcloudrc')
 
-    assert rrcloud.load_config().maxTasks == 3
+    assert load_config().maxTasks == 3
 
 
 def test_meta_shows_the_merged_settings_of_both_files(cli, workdir):
@@ -94,7 +96,7 @@ def test_rrcloud_config_names_the_only_file_read(workdir, tmp_path, monkeypatch)
     named = write_config(tmp_path, 'port = 7000\n', name='other.rc')
     monkeypatch.setenv('RRCLOUD_CONFIG', str(named))
 
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.port == 7000
     assert config.timeout == 1800, '~/.rrcloudrc is not read'
@@ -109,12 +111,12 @@ def test_rrcloud_config_naming_no_file_is_an_error(cli, workdir, tmp_path, monke
     write_config(workdir, 'port = 6000\n')  # present, but must not be used instead
     monkeypatch.setenv('RRCLOUD_CONFIG', str(named))
 
-    with pytest.raises(rrcloud.ConfigError) as raised:
-        rrcloud.load_config()
+    with pytest.raises(ConfigError) as raised:
+        load_config()
     assert str(named) in str(raised.value)
 
     result = cli('meta')
-    assert result.code == rrcloud.ExitCode.CONFIG == 4
+    assert result.code == ExitCode.CONFIG == 4
     assert str(named) in one_line_error(result)
     assert result.out == ''
 
@@ -136,7 +138,7 @@ def test_both_separators_and_both_kinds_of_comment(workdir):
         'slic3r.servers: d.local\n'
     ))
 
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.port == 5000
     assert config.timeout == 60
@@ -149,7 +151,7 @@ def test_both_separators_and_both_kinds_of_comment(workdir):
 def test_servers_for_prefers_the_services_own_list(workdir):
     write_config(workdir, 'servers = a.local, b.local\nslic3r.servers = c.local\n')
 
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.servers_for('slic3r') == ['c.local']
     assert config.servers_for('openscad') == ['a.local', 'b.local']
@@ -160,20 +162,20 @@ def test_relative_dir_is_taken_from_the_config_files_folder(workdir, tmp_path, m
     etc.mkdir()
     monkeypatch.setenv('RRCLOUD_CONFIG', str(write_config(etc, 'dir = store\n')))
 
-    assert Path(rrcloud.load_config().dir) == etc / 'store', 'not relative to the current folder'
+    assert Path(load_config().dir) == etc / 'store', 'not relative to the current folder'
 
 
 def test_relative_dir_in_home_rrcloudrc_is_under_home(workdir):
     home = Path(os.environ['HOME'])
     write_config(home, 'dir = rr/store\n', name='.rrcloudrc')
 
-    assert Path(rrcloud.load_config().dir) == home / 'rr' / 'store'
+    assert Path(load_config().dir) == home / 'rr' / 'store'
 
 
 def test_absolute_dir_is_taken_as_is(workdir, tmp_path):
     write_config(workdir, f'dir = {tmp_path / "elsewhere"}\n')
 
-    assert Path(rrcloud.load_config().dir) == tmp_path / 'elsewhere'
+    assert Path(load_config().dir) == tmp_path / 'elsewhere'
 
 
 def test_tasks_go_to_the_configured_dir(cli, workdir):
@@ -245,8 +247,8 @@ def bad_rrcloudrc(folder, line, name='rrcloudrc'):
 def test_bad_line_is_a_config_error_naming_file_and_line(workdir, line):
     path = bad_rrcloudrc(workdir, line)
 
-    with pytest.raises(rrcloud.ConfigError) as raised:
-        rrcloud.load_config()
+    with pytest.raises(ConfigError) as raised:
+        load_config()
 
     message = str(raised.value)
     assert f'{path}:3' in message
@@ -259,7 +261,7 @@ def test_bad_line_makes_the_command_exit_4_with_one_error_line(cli, workdir, lin
 
     result = cli('meta')
 
-    assert result.code == rrcloud.ExitCode.CONFIG == 4, result
+    assert result.code == ExitCode.CONFIG == 4, result
     assert f'{path}:3' in one_line_error(result)
     assert result.out == ''
     assert os.listdir(workdir) == ['rrcloudrc']
@@ -280,7 +282,7 @@ def test_service_servers_of_a_service_of_the_store_root_is_fine(workdir):
     make_service(workdir, 'mine', 'cmd = cat\n')
     write_config(workdir, 'mine.servers = a.local\n')
 
-    assert rrcloud.load_config().servers_for('mine') == ['a.local']
+    assert load_config().servers_for('mine') == ['a.local']
 
 
 def test_server_name_names_this_machine_in_meta_and_in_its_tasks(cli, workdir):
@@ -320,7 +322,7 @@ def test_only_the_first_bad_line_is_reported(cli, workdir):
 def test_shipped_rrcloudrc_parses_to_the_defaults(workdir, monkeypatch):
     monkeypatch.setenv('RRCLOUD_CONFIG', str(SHIPPED_RRCLOUDRC))
 
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.sources == [str(SHIPPED_RRCLOUDRC)]
     assert (config.port, config.servers, config.timeout, config.maxDataRetention) == (4468, [], 1800, 24)
@@ -343,7 +345,7 @@ def test_every_example_in_the_shipped_rrcloudrc_is_valid_when_uncommented(workdi
     uncommented = write_config(tmp_path, '\n'.join(examples) + '\n', name='uncommented.rc')
     monkeypatch.setenv('RRCLOUD_CONFIG', str(uncommented))
 
-    config = rrcloud.load_config()
+    config = load_config()
 
     assert config.port == 4468 and config.timeout == 1800 and config.maxDataRetention == 24
     assert config.servers == ['server.local', 'server2.local:4468']
@@ -360,7 +362,7 @@ def test_every_example_in_the_shipped_rrcloudrc_is_valid_when_uncommented(workdi
 ###############################################################################
 
 def test_every_shipped_conf_loads_without_errors(workdir):
-    services, errors = rrcloud.load_services(str(workdir))
+    services, errors = load_services(str(workdir))
 
     assert errors == []
     assert set(SHIPPED) <= set(services)
@@ -389,14 +391,14 @@ def test_a_conf_using_every_key(workdir):
         'inputExt = dat\n'
     ))
 
-    services, errors = rrcloud.load_services(str(workdir))
+    services, errors = load_services(str(workdir))
 
     assert errors == []
     tool = services['tool']
     assert tool.path == '/opt/tool/bin:/usr/bin'
     assert tool.input_ext == 'dat'
     assert tool.output_name(ID) == f'{ID}.out'
-    argv = rrcloud.compose_argv(tool, ID, [('--config=', 'tasks/in/A.cfg'), ('', 'tasks/in/B.dat')],
+    argv = compose_argv(tool, ID, [('--config=', 'tasks/in/A.cfg'), ('', 'tasks/in/B.dat')],
                                 ['--level=3', '--fast'])
     assert argv == ['tool', '--quiet', '--level=3', '--config=tasks/in/A.cfg',
                     'tasks/in/B.dat', '--fast', '--to', f'tasks/out/{ID}.out']
@@ -405,24 +407,24 @@ def test_a_conf_using_every_key(workdir):
 def test_a_conf_with_only_cmd_gets_the_defaults(workdir):
     make_service(workdir, 'plain', 'cmd = cat\n')
 
-    services, errors = rrcloud.load_services(str(workdir))
+    services, errors = load_services(str(workdir))
 
     assert errors == []
     plain = services['plain']
     assert plain.path == '/usr/local/bin:/usr/bin:/bin'
     assert plain.no_output is False
-    assert rrcloud.compose_argv(plain, ID, [('', 'tasks/in/A')], []) == ['cat', 'tasks/in/A', f'tasks/out/{ID}']
+    assert compose_argv(plain, ID, [('', 'tasks/in/A')], []) == ['cat', 'tasks/in/A', f'tasks/out/{ID}']
 
 
 def test_a_conf_in_the_store_root_overrides_the_installed_one(workdir):
     make_service(workdir, 'echo', 'path = /bin\ncmd = cat\n')
 
-    services, errors = rrcloud.load_services(str(workdir))
+    services, errors = load_services(str(workdir))
 
     assert errors == []
     assert Path(services['echo'].source) == workdir / 'services' / 'echo.conf'
     assert services['echo'].path == '/bin'
-    assert rrcloud.compose_argv(services['echo'], ID, [('', 'tasks/in/A.txt')], []) == [
+    assert compose_argv(services['echo'], ID, [('', 'tasks/in/A.txt')], []) == [
         'cat', 'tasks/in/A.txt', f'tasks/out/{ID}']
     assert Path(services['slic3r'].source) == SHIPPED_SERVICES / 'slic3r.conf', 'the others stay'
 
@@ -458,11 +460,11 @@ def test_malformed_conf_is_reported_by_name_and_the_others_load(workdir, name, t
     make_service(workdir, 'good', 'cmd = cat\n')
     path = workdir / 'services' / f'{name}.conf'
 
-    with pytest.raises(rrcloud.ConfigError) as raised:
-        rrcloud.parse_service(str(path))
+    with pytest.raises(ConfigError) as raised:
+        parse_service(str(path))
     assert str(path) in str(raised.value) and named in str(raised.value)
 
-    services, errors = rrcloud.load_services(str(workdir))
+    services, errors = load_services(str(workdir))
     assert len(errors) == 1, errors
     assert str(path) in errors[0] and named in errors[0]
     assert name not in services
@@ -491,7 +493,7 @@ def test_submitting_to_a_broken_service_names_its_conf(cli, workdir):
 
     result = cli('broken', 'in.txt')
 
-    assert result.code == rrcloud.ExitCode.USAGE == 2, result
+    assert result.code == ExitCode.USAGE == 2, result
     assert 'broken.conf' in one_line_error(result)
     assert result.out == ''
     assert leftovers(workdir) == []
@@ -558,10 +560,10 @@ ARGV_CASES = [
 def test_argv_of_a_shipped_service(name, inputs, native, expected):
     service = shipped(name)
     for prearg, _ in inputs:
-        rrcloud.check_prearg(service, prearg)  # the case is one a client may send
-    rrcloud.check_native_args(service, native)
+        check_prearg(service, prearg)  # the case is one a client may send
+    check_native_args(service, native)
 
-    assert rrcloud.compose_argv(service, ID, inputs, native) == expected
+    assert compose_argv(service, ID, inputs, native) == expected
 
 
 @pytest.mark.parametrize('name', ['printrun', 'printcore'])
@@ -569,7 +571,7 @@ def test_printing_has_no_output_argument_and_no_output_file(name):
     service = shipped(name)
 
     assert service.no_output is True
-    argv = rrcloud.compose_argv(service, ID, [('', 'tasks/in/P.gcode')], ['/dev/ttyUSB0'])
+    argv = compose_argv(service, ID, [('', 'tasks/in/P.gcode')], ['/dev/ttyUSB0'])
     assert argv[-2:] == ['/dev/ttyUSB0', 'tasks/in/P.gcode'], 'the file is the last word'
     assert not any('tasks/out' in word for word in argv)
 
@@ -581,23 +583,23 @@ def test_printing_has_no_output_argument_and_no_output_file(name):
 @pytest.mark.parametrize('prearg', [';rm -rf /', '--', '--loa', '--load', '--load=x', '--load=;rm',
                                     ' --load=', '--LOAD=', '--load= '])
 def test_prearg_other_than_the_arginput_prefix_is_refused(prearg):
-    with pytest.raises(rrcloud.UsageError) as raised:
-        rrcloud.check_prearg(shipped('slic3r'), prearg)
+    with pytest.raises(UsageError) as raised:
+        check_prearg(shipped('slic3r'), prearg)
 
     assert prearg.strip() in str(raised.value)
 
 
 @pytest.mark.parametrize('prearg', ['--load=', ''])
 def test_prearg_equal_to_the_arginput_prefix_or_empty_is_accepted(prearg):
-    rrcloud.check_prearg(shipped('slic3r'), prearg)
+    check_prearg(shipped('slic3r'), prearg)
 
 
 def test_a_service_without_arginput_accepts_no_prearg():
     openscad = shipped('openscad')
-    rrcloud.check_prearg(openscad, '')
+    check_prearg(openscad, '')
 
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.check_prearg(openscad, '--load=')
+    with pytest.raises(UsageError):
+        check_prearg(openscad, '--load=')
 
 
 REFUSED_NATIVE = [
@@ -621,8 +623,8 @@ REFUSED_NATIVE = [
 
 @pytest.mark.parametrize('name, arg', REFUSED_NATIVE, ids=[repr(a) for _, a in REFUSED_NATIVE])
 def test_native_argument_not_allowed_by_the_conf_is_refused(name, arg):
-    with pytest.raises(rrcloud.UsageError) as raised:
-        rrcloud.check_native_args(shipped(name), [arg])
+    with pytest.raises(UsageError) as raised:
+        check_native_args(shipped(name), [arg])
 
     assert repr(arg) in str(raised.value) or arg in str(raised.value)
 
@@ -634,8 +636,8 @@ def test_native_argument_not_allowed_by_the_conf_is_refused(name, arg):
 def test_an_allowed_switch_does_not_let_longer_switches_through(name, arg):
     # "--support-material" is allowed as a switch; "--support-material-speed=60"
     # is another switch of the tool that the conf does not allow.
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.check_native_args(shipped(name), [arg])
+    with pytest.raises(UsageError):
+        check_native_args(shipped(name), [arg])
 
 
 @pytest.mark.parametrize('name, args', [
@@ -648,7 +650,7 @@ def test_an_allowed_switch_does_not_let_longer_switches_through(name, arg):
     ('echo', []),
 ])
 def test_native_arguments_allowed_by_the_conf_are_accepted(name, args):
-    rrcloud.check_native_args(shipped(name), args)
+    check_native_args(shipped(name), args)
 
 
 @pytest.mark.parametrize('arg', ['--foo', '--layer-height=/etc/passwd', '--layer-height=0.2;rm',
@@ -659,7 +661,7 @@ def test_cli_refuses_an_argument_slic3r_does_not_allow_and_creates_no_task(cli, 
 
     result = cli('slic3r', arg, 'x.stl')
 
-    assert result.code == rrcloud.ExitCode.USAGE == 2, result
+    assert result.code == ExitCode.USAGE == 2, result
     assert arg in one_line_error(result)
     assert result.out == ''
     assert leftovers(workdir) == []

@@ -15,7 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-import rrcloud
+from rrc.errors import ExitCode
+from rrc.procs import process_is
+from rrc.store import Store
 from conftest import make_service, task_id_of, wait_until_done, write_config
 
 # A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``.
@@ -38,7 +40,7 @@ DEADLINE = 60  # generous: waiting is fine, timing is never asserted
 
 def raw_record(root, task_id):
     """tasks/info/ID as written, without reconciling."""
-    return rrcloud.Store(root).read_task(task_id)
+    return Store(root).read_task(task_id)
 
 
 def submit_script(cli, workdir, script, service='job', name='job.sh'):
@@ -127,12 +129,12 @@ def wait_for_tool(workdir, task_id):
 def no_leftover_processes(workdir):
     """After each test, stop what its tasks left running (only those, by pid)."""
     yield
-    store = rrcloud.Store(workdir)
+    store = Store(workdir)
     for task_id in store.task_ids():
         record = store.read_task(task_id)
         for pid_key, start_key in (('pid', 'pidStart'), ('runner', 'runnerStart')):
             pid = record.get(pid_key)
-            if pid and rrcloud.process_is(pid, record.get(start_key)):
+            if pid and process_is(pid, record.get(start_key)):
                 try:
                     os.killpg(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
@@ -313,7 +315,7 @@ def test_native_argument_with_shell_syntax_is_refused(cli, workdir):
     # (no space in it: an argument holding whitespace would be content, i.e. data)
     result = cli('openscad', 'cube.scad', '--camera=0;touch${IFS}pwned')
 
-    assert result.code == rrcloud.ExitCode.USAGE
+    assert result.code == ExitCode.USAGE
     assert '--camera=0;touch${IFS}pwned' in result.err
     assert not (workdir / 'pwned').exists()
     assert not (workdir / 'tasks' / 'info').exists(), 'no task was created'
@@ -428,7 +430,7 @@ def test_kill_of_a_finished_task_is_refused(cli, workdir):
 
     result = cli('kill', task_id)
 
-    assert result.code == rrcloud.ExitCode.USAGE
+    assert result.code == ExitCode.USAGE
     assert result.err.startswith('rrcloud: error: ') and task_id in result.err
     assert info(cli, task_id)['status'] == 'complete'
 

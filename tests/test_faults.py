@@ -30,6 +30,13 @@ import pytest
 import requests
 
 import rrcloud
+from rrc import VERSION_STRING
+from rrc.config import host_name
+from rrc.errors import ExitCode
+from rrc.names import TASK_ID_RE
+from rrc.procs import process_is, process_start_time
+from rrc.recovery import TEMP_FILE_MAX_AGE
+from rrc.store import Store, format_record, new_unique_name, parse_record
 from conftest import REPO, task_id_of
 from servers import EmbeddedServer, plain_session
 
@@ -54,8 +61,8 @@ def post_task(url, service, content, filename='input.txt', timeout=30, session=N
 
 def id_from_answer(text):
     """The id of a text answer (``key: value`` lines)."""
-    record = rrcloud.parse_record(text)
-    assert rrcloud.TASK_ID_RE.match(record.get('id', '')), text
+    record = parse_record(text)
+    assert TASK_ID_RE.match(record.get('id', '')), text
     return record['id']
 
 
@@ -75,7 +82,7 @@ def raw_records(root):
 def raw_record(root, task_id):
     """One record as a dict, read from disk without reconciling (None when missing)."""
     try:
-        return rrcloud.parse_record((Path(root) / 'tasks' / 'info' / task_id).read_text())
+        return parse_record((Path(root) / 'tasks' / 'info' / task_id).read_text())
     except FileNotFoundError:
         return None
 
@@ -199,9 +206,9 @@ def live_runners(root):
     runners = {}
     folder = Path(root) / 'tasks' / 'running'
     for task_id in os.listdir(folder) if folder.is_dir() else ():
-        record = raw_record(root, task_id) if rrcloud.TASK_ID_RE.match(task_id) else None
+        record = raw_record(root, task_id) if TASK_ID_RE.match(task_id) else None
         if record and record.get('status') == 'busy' and record.get('runner') \
-                and rrcloud.process_is(record['runner'], record.get('runnerStart')):
+                and process_is(record['runner'], record.get('runnerStart')):
             runners[task_id] = int(record['runner'])
     return runners
 
@@ -328,7 +335,7 @@ def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_
             return records if all(r['status'] != 'busy' for r in records) else None
         listed = wait_for(settled, 'every task leaves busy', timeout=120, interval=0.5)
 
-        records = {name: rrcloud.parse_record(data.decode()) for name, data in raw_records(root).items()}
+        records = {name: parse_record(data.decode()) for name, data in raw_records(root).items()}
         statuses = Counter(r.get('status') for r in records.values())
         referenced = {p.split('/')[2] for r in records.values() for p in r.get('in', '').split(',') if p}
         unreferenced_inputs = sorted(set(os.listdir(root / 'tasks' / 'in')) - referenced)
@@ -361,7 +368,7 @@ def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_
         if victim_tool:
             assert not alive(int(victim_tool))
         for record in records.values():
-            assert not rrcloud.process_is(record.get('pid'), record.get('pidStart')), record
+            assert not process_is(record.get('pid'), record.get('pidStart')), record
         assert server_log_problems(server) == []
     finally:
         stop.set()
@@ -378,7 +385,7 @@ def busy_record(task_id, **fields):
     record = {'id': task_id, 'service': 'echo', 'status': 'busy', 'ctime': f'{now:.5f}',
               'stime': f'{now + 1:.5f}', 'cmd': 'cp tasks/in/x.txt tasks/out/' + task_id,
               'in': 'tasks/in/x.txt', 'out': 'tasks/out/' + task_id, 'client': 'localhost',
-              'server': rrcloud.host_name(), 'sizeIn': '1'}
+              'server': host_name(), 'sizeIn': '1'}
     record.update(fields)
     return record
 
@@ -386,33 +393,33 @@ def busy_record(task_id, **fields):
 def plant(root, record):
     """Write a record file into ROOT/tasks/info as the store would."""
     path = Path(root) / 'tasks' / 'info' / record['id']
-    path.write_text(rrcloud.format_record(record))
+    path.write_text(format_record(record))
     return path
 
 
 def fresh_id():
     time.sleep(0.001)
-    return rrcloud.new_unique_name()
+    return new_unique_name()
 
 
 def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_path):
     root = tmp_path / 'store'
     server = EmbeddedServer(root, config='')
-    store = rrcloud.Store(root)
+    store = Store(root)
     store.ensure()
     info = Path(store.folder('info'))
     strays = []
     try:
         gone = dead_pid()
         # Temp files of interrupted writes by a dead writer (write_file_atomically, create_task) ...
-        dead_temps = [info / f'.{fresh_id()}.{gone}.{rrcloud.new_unique_name()}.tmp',
+        dead_temps = [info / f'.{fresh_id()}.{gone}.{new_unique_name()}.tmp',
                       info / f'.{fresh_id()}.{gone}.new',
                       Path(store.folder('in')) / f'.{fresh_id()}.txt.{gone}.part',
-                      Path(store.folder('out')) / f'.{fresh_id()}.stl.{gone}.{rrcloud.new_unique_name()}.tmp']
+                      Path(store.folder('out')) / f'.{fresh_id()}.stl.{gone}.{new_unique_name()}.tmp']
         for path in dead_temps:
             path.write_text('status: comp')
         # ... and one of a writer that is still alive (this test): not left over, kept.
-        live_temp = info / f'.{fresh_id()}.{os.getpid()}.{rrcloud.new_unique_name()}.tmp'
+        live_temp = info / f'.{fresh_id()}.{os.getpid()}.{new_unique_name()}.tmp'
         live_temp.write_text('status: busy\n')
 
         # A finished task: never touched.
@@ -432,14 +439,14 @@ def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_
         wait_for(lambda: Path(f'/proc/{orphan.pid}/cmdline').read_bytes() == b'sleep\x00300\x00',
                  'the orphan leader runs sleep 300')
         assert os.getpgid(member) == orphan.pid
-        orphan_start = wait_for(lambda: rrcloud.process_start_time(orphan.pid), 'orphan start time')
+        orphan_start = wait_for(lambda: process_start_time(orphan.pid), 'orphan start time')
         with_orphan = plant(root, busy_record(fresh_id(), runner=str(gone), runnerStart='1',
                                               pid=str(orphan.pid), pidStart=orphan_start))
         # A busy task with a dead runner whose pid matches a live unrelated process,
         # but whose recorded start time differs: that process is not the task's.
         unrelated = subprocess.Popen(['sleep', '300'], start_new_session=True)
         strays.append(unrelated)
-        unrelated_start = wait_for(lambda: rrcloud.process_start_time(unrelated.pid), 'start time')
+        unrelated_start = wait_for(lambda: process_start_time(unrelated.pid), 'start time')
         with_stranger = plant(root, busy_record(fresh_id(), runner=str(gone), runnerStart='1',
                                                 pid=str(unrelated.pid), pidStart=str(int(unrelated_start) + 7)))
 
@@ -450,7 +457,7 @@ def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_
         assert live_temp.exists(), 'a live writer\'s temp file was removed'
         assert done.read_bytes() == done_bytes
         for path in (runner_dead, runner_reused, with_orphan, with_stranger):
-            record = rrcloud.parse_record(path.read_text())  # as written by startup, not reconciled here
+            record = parse_record(path.read_text())  # as written by startup, not reconciled here
             assert record['status'] == 'failed', (path.name, record)
             assert record['error'] == 'interrupted', (path.name, record)
             assert record.get('etime'), record
@@ -476,10 +483,10 @@ def test_serve_start_removes_old_inputs_no_record_names(tmp_path):
     # A crash between storing an input and writing its record leaves the input
     # alone in tasks/in; recovery removes it once it is older than any upload.
     root = tmp_path / 'store'
-    store = rrcloud.Store(root)
+    store = Store(root)
     store.ensure()
     inputs = Path(store.folder('in'))
-    an_hour_and_more = time.time() - rrcloud.TEMP_FILE_MAX_AGE - 60
+    an_hour_and_more = time.time() - TEMP_FILE_MAX_AGE - 60
 
     def planted_input(name, old):
         path = inputs / name
@@ -714,7 +721,7 @@ def test_kill_racing_with_completion_ends_in_exactly_one_final_state(workdir):
             record = wait_for(lambda: (lambda r: r if r['status'] != 'busy' else None)(
                 raw_record(workdir, task_id)), 'the task ends')
             runner = (record.get('runner'), record.get('runnerStart'))
-            wait_for(lambda: not rrcloud.process_is(*runner), 'the runner ends', timeout=30)
+            wait_for(lambda: not process_is(*runner), 'the runner ends', timeout=30)
             record = raw_record(workdir, task_id)
             finals[task_id] = (workdir / 'tasks' / 'info' / task_id).read_bytes()
 
@@ -732,10 +739,10 @@ def test_kill_racing_with_completion_ends_in_exactly_one_final_state(workdir):
                 if how == 'http':
                     assert shown['etime'] == record['etime']
             else:  # the task ended first: kill says so, naming the final status
-                assert code == (rrcloud.ExitCode.USAGE if how == 'cli' else 400), (how, code, text)
+                assert code == (ExitCode.USAGE if how == 'cli' else 400), (how, code, text)
                 assert f'is not running (status {record["status"]})' in text, (text, record)
                 assert record['status'] == 'complete', (text, record)
-            assert not rrcloud.process_is(tool.get('pid'), tool.get('pidStart'))
+            assert not process_is(tool.get('pid'), tool.get('pidStart'))
             outcomes[(how, record['status'])] += 1
         time.sleep(1.0)  # every record is re-read at least 1 s after it ended
         for task_id, data in finals.items():
@@ -786,7 +793,7 @@ def test_1000_concurrent_submissions_all_complete_with_distinct_ids(tmp_path):
         try:
             wait_for(all_final, 'every task ends', timeout=CONCURRENT_DEADLINE, interval=1.0)
         finally:
-            records = {k: rrcloud.parse_record(v.decode()) for k, v in raw_records(root).items()}
+            records = {k: parse_record(v.decode()) for k, v in raw_records(root).items()}
             print(f'\n[1000] submitted in {submitted:.1f} s, ended in {time.monotonic() - started:.1f} s, '
                   f'{Counter(r.get("status") for r in records.values())}, maxTasks {os.cpu_count()}')
         listed = {r['id']: r for r in server.list_tasks()}
@@ -829,7 +836,7 @@ def test_100_silent_or_half_sent_connections_do_not_stop_a_normal_request(tmp_pa
         took = time.monotonic() - started
         print(f'\n[slow clients] meta answered in {took * 1000:.0f} ms with {SLOW_CLIENTS} idle connections')
         assert meta.status_code == 200, meta.text
-        assert rrcloud.parse_record(meta.text)['version'] == rrcloud.VERSION_STRING
+        assert parse_record(meta.text)['version'] == VERSION_STRING
         answer = post_task(server.url, 'echo', 'still served\n', timeout=5)
         assert answer.status_code == 200, answer.text
         assert server.wait_done(id_from_answer(answer.text))['status'] == 'complete'

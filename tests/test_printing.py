@@ -26,12 +26,14 @@ import pytest
 import requests
 
 import deploy
-import rrcloud
+from rrc.printing import PRINT_MAX_POKES, PRINT_MAX_RESENDS, gcode_lines
+from rrc.states import get_task
+from rrc.store import Store
 from conftest import DATA, REPO, make_service
 from printer_sim import PrinterSim, checksum, numbered
 
 SMALL = DATA / 'small.gcode'
-EXPECTED = rrcloud.gcode_lines(SMALL)
+EXPECTED = gcode_lines(SMALL)
 COUNT = len(EXPECTED)
 WIRE_RE = re.compile(r'\AN([0-9]+) (.*)\*([0-9]+)\Z')
 # 'Resend: 5', 'Resend:5', 'rs 5', 'rs N5 Expected checksum 67': the line asked for
@@ -177,7 +179,7 @@ def test_print_streams_a_freshly_sliced_file(tmp_path):
     sliced = subprocess.run(['slic3r', f'--load={DATA / "slic3r.ini"}', str(DATA / 'cube.stl'),
                              f'--output={gcode}'], capture_output=True, text=True, timeout=120)
     assert sliced.returncode == 0, sliced
-    expected = rrcloud.gcode_lines(gcode)
+    expected = gcode_lines(gcode)
     raw = gcode.read_text().splitlines()
     assert len(expected) > 1000
     assert any(line.startswith(';') for line in raw), 'slic3r writes comments; they are not sent'
@@ -401,7 +403,7 @@ def test_long_command_is_poked_when_silent_and_the_print_goes_on(busy_interval):
     check_file_once(sim)
     pokes = len(unnumbered(sim)) - 1
     if busy_interval is None:
-        assert 2 < pokes <= 2 * rrcloud.PRINT_MAX_POKES  # more than one each, a few at most
+        assert 2 < pokes <= 2 * PRINT_MAX_POKES  # more than one each, a few at most
     else:
         assert pokes <= 2  # one each at most, before its first busy: line; none after it
 
@@ -411,8 +413,8 @@ def test_resend_loop_stops_naming_the_line():
         done, _ = run_print(sim.port, str(SMALL))
 
     message = error_line(done)
-    assert 'line 57' in message and f'{rrcloud.PRINT_MAX_RESENDS} times in a row' in message, message
-    assert sim.injected_resends == rrcloud.PRINT_MAX_RESENDS
+    assert 'line 57' in message and f'{PRINT_MAX_RESENDS} times in a row' in message, message
+    assert sim.injected_resends == PRINT_MAX_RESENDS
     assert file_lines(sim) == EXPECTED[:56]
     assert 'printed' not in done.stdout
 
@@ -477,7 +479,7 @@ def test_silent_printer_is_poked_then_fails_after_the_full_timeout():
     assert seconds >= 2, 'not before the full timeout'
     assert printed(sim) == EXPECTED[:99]
     assert sim.ignored[0].startswith('N100 ')
-    assert 1 <= len(sim.ignored[1:]) <= rrcloud.PRINT_MAX_POKES
+    assert 1 <= len(sim.ignored[1:]) <= PRINT_MAX_POKES
     assert set(sim.ignored[1:]) == {'M105'}
 
 
@@ -507,9 +509,9 @@ def store_files(root):
 
 def the_task(root):
     """The one task of the store: (record, log text)."""
-    store = rrcloud.Store(str(root))
+    store = Store(str(root))
     (task_id,) = store.task_ids()
-    record = rrcloud.get_task(store, task_id)
+    record = get_task(store, task_id)
     with open(store.log_path(task_id), encoding='utf-8', errors='replace') as log:
         return record, log.read()
 
@@ -550,7 +552,7 @@ def test_sync_printrun_task_prints_and_records_progress(proc, pty_service, gcode
 
 
 def test_progress_is_written_while_it_prints(proc, pty_service, gcode_here):
-    store = rrcloud.Store(str(pty_service))
+    store = Store(str(pty_service))
     seen = []
     with PrinterSim(delay=0.005) as sim:  # about 1.6 s of printing
         result = proc('printrun', sim.port, 'small.gcode')
@@ -558,7 +560,7 @@ def test_progress_is_written_while_it_prints(proc, pty_service, gcode_here):
         task_id = result.out.split('id: ', 1)[1].strip()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            record = rrcloud.get_task(store, task_id)
+            record = get_task(store, task_id)
             if record['status'] != 'busy':
                 break
             if record.get('progress'):

@@ -23,7 +23,11 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-import rrcloud
+from rrc.errors import NotFound, UsageError
+from rrc import names
+from rrc.names import CONFIG_LINE_RE, check_task_id, is_single_line, split_config_line
+from rrc.store import Store, format_record, parse_record
+from rrc.web.request import percent_decode
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FIXED_ID = '1795841292-04767-953464'
@@ -129,10 +133,10 @@ def tree(root):
 
 def check_round_trip(record):
     try:
-        text = rrcloud.format_record(record)
+        text = format_record(record)
     except ValueError:
         return None
-    parsed = rrcloud.parse_record(text)
+    parsed = parse_record(text)
     assert parsed == record, (record, text, parsed)
     assert list(parsed) == sorted(record)
     # one "key: value" line per key, nothing else
@@ -170,12 +174,12 @@ def test_plausible_records_round_trip(record):
 @given(records)
 def test_refusal_names_the_reason(record):
     try:
-        rrcloud.format_record(record)
+        format_record(record)
     except ValueError as exc:
         assert 'record' in str(exc), exc
         bad_keys = [k for k in record if not re.fullmatch(r'[A-Za-z][A-Za-z0-9_]{0,63}', k)]
         bad_values = [k for k, v in record.items()
-                      if not rrcloud.is_single_line(v) or v != v.strip()]
+                      if not is_single_line(v) or v != v.strip()]
         assert bad_keys or bad_values, record
     else:
         assert all(re.fullmatch(r'[A-Za-z][A-Za-z0-9_]{0,63}', k) for k in record), record
@@ -198,7 +202,7 @@ PREVIOUS = {'id': FIXED_ID, 'service': 'echo', 'status': 'busy', 'notifier': 'ht
 def test_store_round_trips_or_refuses_and_keeps_the_previous_record(record):
     record = dict(record, id=FIXED_ID)
     with tempfile.TemporaryDirectory() as tmp:
-        store = rrcloud.Store(tmp)
+        store = Store(tmp)
         store.ensure()
         store.write_task(dict(PREVIOUS))
         info = Path(store.info_path(FIXED_ID))
@@ -221,16 +225,16 @@ def test_store_round_trips_or_refuses_and_keeps_the_previous_record(record):
 @given(task_id_strings)
 def test_any_id_is_valid_or_refused(value):
     if documented_id_shape(value):
-        assert rrcloud.check_task_id(value) == value
+        assert check_task_id(value) == value
     else:
-        with pytest.raises(rrcloud.UsageError):
-            rrcloud.check_task_id(value)
+        with pytest.raises(UsageError):
+            check_task_id(value)
 
 
 @pytest.mark.parametrize('value', [None, 1795841292, b'1795841292-04767-953464', ['1795841292-04767-953464']])
 def test_a_non_string_id_is_refused(value):
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.check_task_id(value)
+    with pytest.raises(UsageError):
+        check_task_id(value)
 
 
 @pytest.fixture(scope='module')
@@ -240,7 +244,7 @@ def planted(tmp_path_factory):
     (base / 'secret').write_text('leak: yes\n')
     (base / 'outside').mkdir()
     (base / 'outside' / FIXED_ID).write_text('leak: yes\n')
-    store = rrcloud.Store(base / 'root')
+    store = Store(base / 'root')
     store.ensure()
     store.write_task({'id': FIXED_ID, 'status': 'complete'})
     return base, store
@@ -258,10 +262,10 @@ def test_reading_any_id_touches_nothing_but_its_own_record(planted, value):
     with file_calls() as calls:
         try:
             record = store.read_task(value)
-        except rrcloud.NotFound:
+        except NotFound:
             record = None
             outcome = 'not found'
-        except rrcloud.UsageError:
+        except UsageError:
             record = None
             outcome = 'refused'
         else:
@@ -283,8 +287,8 @@ def test_reading_any_id_touches_nothing_but_its_own_record(planted, value):
 def test_an_arbitrary_id_creates_nothing_in_a_missing_store(value):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / 'root'
-        store = rrcloud.Store(root)
-        with pytest.raises((rrcloud.NotFound, rrcloud.UsageError)):
+        store = Store(root)
+        with pytest.raises((NotFound, UsageError)):
             store.read_task(value)
         assert not root.exists()
         assert os.listdir(tmp) == []
@@ -305,7 +309,7 @@ def test_an_arbitrary_id_creates_nothing_in_a_missing_store(value):
 @example('\ufeff')
 def test_is_single_line_matches_splitlines(value):
     expected = (value == '' or value.splitlines() == [value]) and '\0' not in value
-    assert rrcloud.is_single_line(value) is expected
+    assert is_single_line(value) is expected
     assert expected == (not any(c in LINE_BREAKS + '\0' for c in value))
 
 
@@ -332,7 +336,7 @@ FAST_CHECKS = [('is_task_id', 'TASK_ID_RE'), ('is_service_name', 'SERVICE_NAME_R
 @SETTINGS
 @given(value=st.one_of(task_id_strings, names_like))
 def test_each_string_check_agrees_with_its_pattern(check, pattern, value):
-    assert getattr(rrcloud, check)(value) == _pattern_says(getattr(rrcloud, pattern), value), value
+    assert getattr(names, check)(value) == _pattern_says(getattr(names, pattern), value), value
 
 
 config_lines = st.builds(lambda a, k, b, sep, c, v, d: a + k + b + sep + c + v + d,
@@ -345,8 +349,8 @@ config_lines = st.builds(lambda a, k, b, sep, c, v, d: a + k + b + sep + c + v +
 @given(line=st.one_of(config_lines, any_text))
 def test_config_line_split_agrees_with_its_pattern(line):
     assume('\n' not in line)  # the file is split into lines first
-    match = re.match(rrcloud.CONFIG_LINE_RE.pattern, line)
-    assert rrcloud.split_config_line(line) == (match.groups() if match else None), line
+    match = re.match(CONFIG_LINE_RE.pattern, line)
+    assert split_config_line(line) == (match.groups() if match else None), line
 
 
 def _quoted(text):
@@ -360,4 +364,4 @@ def _quoted(text):
 def test_query_decoding_agrees_with_urllib(text):
     # A query string reaches the app as ASCII (browsers and curl escape the rest).
     from urllib.parse import unquote_plus
-    assert rrcloud.percent_decode(text) == unquote_plus(text, errors='replace'), text
+    assert percent_decode(text) == unquote_plus(text, errors='replace'), text

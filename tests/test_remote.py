@@ -22,7 +22,8 @@ import numpy
 import pytest
 from stl import mesh
 
-import rrcloud
+from rrc.errors import ExitCode
+from rrc.store import Store
 from conftest import DATA, REPO, make_service, task_id_of, write_config
 from servers import EmbeddedServer, FakeServer, free_port
 
@@ -84,7 +85,7 @@ def down():
 
 def records(root):
     """All task records of a store, as written."""
-    store = rrcloud.Store(root)
+    store = Store(root)
     return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
@@ -333,7 +334,7 @@ def test_info_without_id_pulls_every_finished_remote_task(cli, workdir, servers)
     assert result.code == 0, result
     assert result.out.count('status: complete\n') == 2, result.out
     for n, task_id in enumerate(ids):
-        record = rrcloud.Store(workdir).read_task(task_id)
+        record = Store(workdir).read_task(task_id)
         assert record['status'] == 'complete'
         assert (workdir / record['out']).read_text() == f'{CONTENT} {n}'
 
@@ -535,7 +536,7 @@ def test_twelve_tasks_spread_over_three_servers(cli, workdir, servers):
         next(s for s in trio if s.url == record['server']).wait_done(record['remoteId'])
     assert cli('info').code == 0
     for task_id in ids:
-        record = rrcloud.Store(workdir).read_task(task_id)
+        record = Store(workdir).read_task(task_id)
         assert record['status'] == 'complete', record
         assert (workdir / record['out']).read_text() == 'done\n'
 
@@ -676,7 +677,7 @@ def test_kill_of_a_remote_task_whose_server_is_down_says_so_and_keeps_it_busy(cl
 
     result = cli('kill', task_id)
 
-    assert result.code == rrcloud.ExitCode.NO_SERVER, result
+    assert result.code == ExitCode.NO_SERVER, result
     error = one_line_error(result)
     assert server.url in error and 'may still run' in error, error
     assert records(workdir)[0]['status'] == 'busy', 'not pretended killed'
@@ -690,7 +691,7 @@ def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, work
 
     result = cli('kill', task_id)
 
-    assert result.code == rrcloud.ExitCode.USAGE, result
+    assert result.code == ExitCode.USAGE, result
     assert 'not running (status complete)' in one_line_error(result)
     assert records(workdir)[0]['status'] == 'complete'
 
@@ -721,9 +722,9 @@ def test_s_info_of_a_task_the_server_does_not_know_is_not_found(cli, workdir, se
     unknown = cli(f'--s={server.address}', 'info', '1795841292-04767-953464')
     silent = cli(f'--s={down}', 'meta')
 
-    assert unknown.code == rrcloud.ExitCode.NOT_FOUND, unknown
+    assert unknown.code == ExitCode.NOT_FOUND, unknown
     assert server.url in one_line_error(unknown)
-    assert silent.code == rrcloud.ExitCode.NO_SERVER and down in one_line_error(silent)
+    assert silent.code == ExitCode.NO_SERVER and down in one_line_error(silent)
 
 
 def requests_post_echo(server, text):

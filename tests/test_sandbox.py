@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import rrcloud
+from rrc.config import load_config
+from rrc.notifier import own_addresses, resolve_notifier_host
+from rrc.store import Store
+from rrc.tasks import dispatch
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from servers import EmbeddedServer, plain_session
 
@@ -276,12 +279,12 @@ def forge(root, fields):
 def test_forged_record_with_a_cmd_runs_only_what_its_service_composes(cli, store_root):
     (store_root / 'note.txt').write_text('kept\n')
     cli('--sync', 'echo', 'note.txt')  # a real input to point at
-    store = rrcloud.Store(store_root)
+    store = Store(store_root)
     real_input = next(p for p in os.listdir(store.folder('in')) if not p.startswith('.'))
     forge(store_root, {'cmd': "sh -c 'touch pwned'", 'in': f'tasks/in/{real_input}',
                        'out': f'tasks/out/{FORGED_ID}'})
 
-    rrcloud.dispatch(store, rrcloud.load_config())
+    dispatch(store, load_config())
     record = wait_until_done(store_root, FORGED_ID)
 
     assert not list(store_root.rglob('pwned'))
@@ -297,9 +300,9 @@ def test_forged_record_with_a_cmd_runs_only_what_its_service_composes(cli, store
 ])
 def test_forged_record_that_does_not_check_is_refused_and_logged(cli, store_root, fields):
     forge(store_root, dict(fields, cmd="sh -c 'touch pwned'"))
-    store = rrcloud.Store(store_root)
+    store = Store(store_root)
 
-    rrcloud.dispatch(store, rrcloud.load_config())
+    dispatch(store, load_config())
     record = wait_until_done(store_root, FORGED_ID)
 
     assert record['status'] == 'failed'
@@ -313,11 +316,11 @@ def test_queue_marker_for_a_task_that_is_not_queued_starts_nothing(cli, store_ro
     forge(store_root, {'in': 'tasks/in/1795999999-00000-000001.txt'})
     record_path = store_root / 'tasks' / 'info' / FORGED_ID
     record_path.write_text(record_path.read_text().replace('queued: yes\n', ''))
-    store = rrcloud.Store(store_root)
+    store = Store(store_root)
 
-    rrcloud.dispatch(store, rrcloud.load_config())
+    dispatch(store, load_config())
 
-    assert 'runner' not in rrcloud.Store(store_root).read_task(FORGED_ID)
+    assert 'runner' not in Store(store_root).read_task(FORGED_ID)
     assert not (store_root / 'tasks' / 'queue' / FORGED_ID).exists()
 
 
@@ -494,11 +497,13 @@ def archive_bomb():
 UNPACK_IN_A_CHILD = '''
 import sys
 sys.path.insert(0, sys.argv[1])
-import rrcloud
+from rrc.errors import UsageError
+from rrc.projects import unpack_project
+from rrc.store import Store
 try:
-    rrcloud.unpack_project(rrcloud.Store(sys.argv[2]), open(sys.argv[3], 'rb').read())
+    unpack_project(Store(sys.argv[2]), open(sys.argv[3], 'rb').read())
     print('unpacked')
-except rrcloud.UsageError as exc:
+except UsageError as exc:
     print('refused:', exc)
 print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')))
 '''
@@ -542,15 +547,15 @@ def test_long_polls_beyond_max_waits_answer_at_once(tmp_path):
                                      '169.254.169.254'])
 def test_notifier_refuses_cloud_metadata_addresses(address):
     with pytest.raises(ValueError, match='refused'):
-        rrcloud.resolve_notifier_host(address, 80, [])
+        resolve_notifier_host(address, 80, [])
 
 
 def test_notifier_refuses_every_address_of_the_servers_own_interfaces():
-    own = [n.split('/')[0] for n in rrcloud.own_addresses()]
+    own = [n.split('/')[0] for n in own_addresses()]
     assert own
     for address in own:
         with pytest.raises(ValueError, match='refused'):
-            rrcloud.resolve_notifier_host(address, 80, [])
+            resolve_notifier_host(address, 80, [])
 
 
 def test_token_in_the_query_string_is_refused(tmp_path):

@@ -59,7 +59,8 @@ import pytest
 import requests
 
 import deploy
-import rrcloud
+from rrc.procs import TASK_ENV_ALLOWLIST
+from rrc.store import Store, parse_record
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
 INPUT_RE = re.compile(r'\Atasks/in/[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}(\.[A-Za-z0-9]{1,12})?\Z')
@@ -144,7 +145,7 @@ def submitted_witness(deployment, headers=None):
 
 def planted_witness(deployment):
     """A complete echo task written straight into the store (nobody may submit to a walled server)."""
-    store = rrcloud.Store(str(deployment.store))
+    store = Store(str(deployment.store))
     store.ensure()
     stored = store.add_input(b'witness content', 'txt')
     now = time.time()
@@ -240,7 +241,7 @@ def info_path(deployment, task_id):
 
 
 def read_record(deployment, task_id):
-    return rrcloud.parse_record(info_path(deployment, task_id).read_text())
+    return parse_record(info_path(deployment, task_id).read_text())
 
 
 def _names(folder):
@@ -1082,7 +1083,7 @@ def test_shellshock_headers_reach_no_child(server, canary):
     assert not {n for n in names if n.startswith('HTTP_')}, dumped
     assert not names & {'DISPLAY', 'GATEWAY_INTERFACE', 'REMOTE_ADDR', 'SERVER_SOFTWARE', 'QUERY_STRING',
                         'CONTENT_TYPE', 'RRCLOUD_CONFIG', 'RRCLOUD_CONFIG_FILES', 'RRCLOUD_SLOT_FD'}, dumped
-    allowed = set(rrcloud.TASK_ENV_ALLOWLIST) | {'PATH', 'PWD', 'SHLVL', '_', 'OLDPWD'}
+    allowed = set(TASK_ENV_ALLOWLIST) | {'PATH', 'PWD', 'SHLVL', '_', 'OLDPWD'}
     assert names <= allowed, f'{server.kind}: unexpected variables {sorted(names - allowed)}'
     assert '() {' not in dumped and canary not in dumped
     log = send(server, 'GET', f'/tasks/log/{record["id"]}')
@@ -1303,7 +1304,7 @@ ESCAPED = '&lt;script&gt;alert(1)&lt;/script&gt;'
 
 
 def _plant(deployment, record):
-    store = rrcloud.Store(str(deployment.store))
+    store = Store(str(deployment.store))
     return store.create_task(lambda task_id: record)['id']
 
 

@@ -29,7 +29,9 @@ import time
 
 import pytest
 
-import rrcloud
+from rrc.errors import UsageError
+from rrc.notifier import NOTIFIER_TIMEOUT, notifier_get, resolve_notifier_host
+from rrc.store import Store
 from conftest import task_id_of, wait_until_done, write_config
 from servers import EmbeddedServer, plain_session
 
@@ -481,7 +483,7 @@ def test_no_redirect_is_followed_in_process(listen, status):
     inner = listen()
     outer = listen(answer_with(status, f'Location: http://127.0.0.1:{inner.port}/steal'))
 
-    assert rrcloud.notifier_get(f'http://127.0.0.1:{outer.port}/x', ['127.0.0.0/8']) == status
+    assert notifier_get(f'http://127.0.0.1:{outer.port}/x', ['127.0.0.0/8']) == status
     assert len(outer.connections) == 1
     time.sleep(0.2)
     assert inner.connections == []
@@ -497,14 +499,14 @@ def test_silent_listener_times_out_and_the_task_completes(cli, workdir, listen):
 
     task_id = submit(cli, f'http://127.0.0.1:{listener.port}/done?id=$id')
 
-    line = notifier_line(workdir, task_id, timeout=rrcloud.NOTIFIER_TIMEOUT + DEADLINE)
+    line = notifier_line(workdir, task_id, timeout=NOTIFIER_TIMEOUT + DEADLINE)
     logged = time.monotonic()
     record = assert_complete(workdir, task_id)
     assert 'etime' in record
     (call,) = listener.connections
     assert call.request_line == f'GET /done?id={task_id} HTTP/1.1'
     assert 'not called: timed out' in line, line
-    assert logged - call.accepted <= rrcloud.NOTIFIER_TIMEOUT + TIMEOUT_SLACK
+    assert logged - call.accepted <= NOTIFIER_TIMEOUT + TIMEOUT_SLACK
 
 
 def test_trickling_listener_cannot_hold_the_runner(cli, workdir, listen):
@@ -520,7 +522,7 @@ def test_trickling_listener_cannot_hold_the_runner(cli, workdir, listen):
     while not listener.connections and time.monotonic() < deadline:
         time.sleep(0.05)
     (call,) = listener.connections
-    limit = rrcloud.NOTIFIER_TIMEOUT + TIMEOUT_SLACK
+    limit = NOTIFIER_TIMEOUT + TIMEOUT_SLACK
     try:
         line = notifier_line(workdir, task_id, timeout=limit - (time.monotonic() - call.accepted))
     except AssertionError:
@@ -541,7 +543,7 @@ def test_error_answer_does_not_change_the_status(cli, workdir, listen, status):
     assert line.endswith(f': HTTP {status}'), line
     record = assert_complete(workdir, task_id)
     assert len(listener.connections) == 1
-    assert rrcloud.Store(workdir).read_task(task_id) == record
+    assert Store(workdir).read_task(task_id) == record
 
 
 def test_notifier_of_a_failed_task_is_called_and_the_task_stays_failed(cli, workdir, listen):
@@ -602,7 +604,7 @@ def test_notifier_get_ignores_proxy_variables(monkeypatch, listen):
     for name, value in proxy_environment(proxy).items():
         monkeypatch.setenv(name, value)
 
-    assert rrcloud.notifier_get(f'http://127.0.0.1:{target.port}/done?id=1', ['127.0.0.0/8']) == 200
+    assert notifier_get(f'http://127.0.0.1:{target.port}/done?id=1', ['127.0.0.0/8']) == 200
     assert proxy.connections == []
     (call,) = target.connections
     assert call.request_line == 'GET /done?id=1 HTTP/1.1'
@@ -617,7 +619,7 @@ def test_https_notifier_ignores_proxy_variables(monkeypatch, listen):
         monkeypatch.setenv(name, value)
 
     with pytest.raises(OSError):
-        rrcloud.notifier_get(f'https://127.0.0.1:{target.port}/done', ['127.0.0.0/8'])
+        notifier_get(f'https://127.0.0.1:{target.port}/done', ['127.0.0.0/8'])
     assert proxy.connections == []
     (call,) = target.connections
     assert call.data[:1] == b'\x16'  # a TLS handshake record, not "CONNECT"
@@ -632,36 +634,36 @@ def test_https_notifier_ignores_proxy_variables(monkeypatch, listen):
 def test_resolve_refuses_forbidden_hosts(host):
     with socket_calls() as calls:
         with pytest.raises(ValueError, match='refused'):
-            rrcloud.resolve_notifier_host(host, 80, [])
+            resolve_notifier_host(host, 80, [])
     assert [event for event, _ in calls] == ['socket.getaddrinfo']  # looked up, never connected
 
 
 @pytest.mark.parametrize('host', ['localhost', '127.1'])
 def test_resolve_refuses_loopback_when_other_networks_are_allowed(host):
     with pytest.raises(ValueError, match='refused'):
-        rrcloud.resolve_notifier_host(host, 80, ['10.0.0.0/8', '192.168.0.0/16'])
+        resolve_notifier_host(host, 80, ['10.0.0.0/8', '192.168.0.0/16'])
 
 
 @pytest.mark.parametrize('host', ['192.168.1.10', '10.1.2.3', '172.16.0.9', 'fd00::10'])
 def test_resolve_returns_a_lan_literal_unchanged(host):
     with socket_calls() as calls:
-        assert rrcloud.resolve_notifier_host(host, 80, []) == host
+        assert resolve_notifier_host(host, 80, []) == host
     assert [event for event, _ in calls] == ['socket.getaddrinfo']
 
 
 def test_resolve_honours_notifier_allow():
-    assert rrcloud.resolve_notifier_host('127.1', 80, ['127.0.0.0/8']) == '127.0.0.1'
-    assert ipaddress.ip_address(rrcloud.resolve_notifier_host('localhost', 80, ['127.0.0.0/8', '::1/128'])) \
+    assert resolve_notifier_host('127.1', 80, ['127.0.0.0/8']) == '127.0.0.1'
+    assert ipaddress.ip_address(resolve_notifier_host('localhost', 80, ['127.0.0.0/8', '::1/128'])) \
         .is_loopback
 
 
 def test_notifier_get_looks_the_name_up_once_and_connects_to_that_address(listen):
     listener = listen()
     allowed = ['127.0.0.0/8', '::1/128']
-    address = rrcloud.resolve_notifier_host('localhost', listener.port, allowed)
+    address = resolve_notifier_host('localhost', listener.port, allowed)
 
     with socket_calls() as calls:
-        status = rrcloud.notifier_get(f'http://localhost:{listener.port}/x?id=1', allowed)
+        status = notifier_get(f'http://localhost:{listener.port}/x?id=1', allowed)
 
     assert status == 200
     names = [host for event, host in calls if event == 'socket.getaddrinfo' and not is_ip_literal(host)]
@@ -677,11 +679,11 @@ def test_notifier_get_looks_the_name_up_once_and_connects_to_that_address(listen
 def test_https_notifier_connects_to_the_checked_address_and_sends_the_name_as_sni(listen):
     listener = listen(hang_up, complete=tls_record_complete)
     allowed = ['127.0.0.0/8', '::1/128']
-    address = rrcloud.resolve_notifier_host('localhost', listener.port, allowed)
+    address = resolve_notifier_host('localhost', listener.port, allowed)
 
     with socket_calls() as calls:
         with pytest.raises(OSError):
-            rrcloud.notifier_get(f'https://localhost:{listener.port}/x', allowed)
+            notifier_get(f'https://localhost:{listener.port}/x', allowed)
 
     names = [host for event, host in calls if event == 'socket.getaddrinfo' and not is_ip_literal(host)]
     assert names == ['localhost'], calls
@@ -695,7 +697,7 @@ def test_refused_notifier_makes_no_connection_in_process(listen):
     listener = listen()
     with socket_calls() as calls:
         with pytest.raises(ValueError, match='refused'):
-            rrcloud.notifier_get(f'http://localhost:{listener.port}/x', [])
+            notifier_get(f'http://localhost:{listener.port}/x', [])
     assert not [c for c in calls if c[0] == 'socket.connect'], calls
     assert listener.connections == []
 
@@ -704,7 +706,7 @@ def test_scheme_is_checked_again_at_call_time():
     # A record written by an older version (or by hand) cannot smuggle a scheme in.
     for url in ('file:///etc/passwd', 'ftp://127.0.0.1/', 'gopher://127.0.0.1:70/_x'):
         with socket_calls() as calls:
-            with pytest.raises(rrcloud.UsageError):
-                rrcloud.notifier_get(url, ['0.0.0.0/0', '::/0'])
+            with pytest.raises(UsageError):
+                notifier_get(url, ['0.0.0.0/0', '::/0'])
         assert calls == []
 

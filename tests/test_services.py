@@ -16,7 +16,7 @@ Multi-file projects: a main.scad that includes and uses files beside it
 gives the same STL bytes as plain ``openscad``, locally and through a server.
 Hand-made hostile tar.gz archives (absolute paths, ``..``, links, devices,
 hidden names, too many files, too large) are refused by
-``rrcloud.unpack_project`` and over HTTP, leaving nothing in the store and
+``unpack_project`` and over HTTP, leaving nothing in the store and
 writing nothing outside it.  The size limit is tested for real: a member of
 PROJECT_MAX_BYTES + 1 zero bytes compresses to a few hundred kilobytes.
 """
@@ -37,7 +37,12 @@ import requests
 from stl import mesh
 
 import deploy
-import rrcloud
+from rrc.config import load_config
+from rrc.errors import UsageError
+from rrc.projects import PROJECT_MAX_BYTES, PROJECT_MAX_FILES, pack_project, scad_references, unpack_project
+from rrc.services import load_services
+from rrc.store import STORE_FOLDERS, Store
+from rrc.tasks import Input, submit_task
 from conftest import DATA, write_config
 
 DIFFERENCE = 'difference() { cube(5); sphere(2.5); }'
@@ -176,7 +181,7 @@ def copy_data(workdir, *names):
 
 
 def records(root):
-    store = rrcloud.Store(root)
+    store = Store(root)
     return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
@@ -405,11 +410,11 @@ HOSTILE = {
     'hidden-main': lambda a, o: add_file(a, f'.{MARK}.scad'),
     'hidden-folder': good_then(lambda a, o: add_file(a, f'.{MARK}/config')),
     'hidden-in-subfolder': good_then(lambda a, o: add_file(a, f'lib/.{MARK}.scad')),
-    'too-many-files': many_files(rrcloud.PROJECT_MAX_FILES + 1),
-    'too-large-member': good_then(lambda a, o: add_zeros(a, f'{MARK}.scad', rrcloud.PROJECT_MAX_BYTES + 1)),
+    'too-many-files': many_files(PROJECT_MAX_FILES + 1),
+    'too-large-member': good_then(lambda a, o: add_zeros(a, f'{MARK}.scad', PROJECT_MAX_BYTES + 1)),
     'too-large-in-total': good_then(
-        lambda a, o: add_zeros(a, f'{MARK}-1.scad', rrcloud.PROJECT_MAX_BYTES // 2),
-        lambda a, o: add_zeros(a, f'{MARK}-2.scad', rrcloud.PROJECT_MAX_BYTES // 2)),
+        lambda a, o: add_zeros(a, f'{MARK}-1.scad', PROJECT_MAX_BYTES // 2),
+        lambda a, o: add_zeros(a, f'{MARK}-2.scad', PROJECT_MAX_BYTES // 2)),
     'only-a-folder': lambda a, o: add_special(a, 'lib', tarfile.DIRTYPE),
     'empty': lambda a, o: None,
 }
@@ -458,17 +463,17 @@ def victim():
 @pytest.mark.parametrize('case', HOSTILE_CASES)
 def test_unpack_project_refuses_a_hostile_archive(tmp_path, victim, case):
     # deep enough that '../' * 6 from tasks/in/<folder>/ still lands in tmp_path
-    store = rrcloud.Store(tmp_path / 'a' / 'b' / 'store')
+    store = Store(tmp_path / 'a' / 'b' / 'store')
     os.makedirs(store.root)
     data = hostile_archive(case, victim)
     passwd = os.stat('/etc/passwd')
     before = files_under(tmp_path)
 
-    with pytest.raises(rrcloud.UsageError, match='project archive'):
-        rrcloud.unpack_project(store, data)
+    with pytest.raises(UsageError, match='project archive'):
+        unpack_project(store, data)
 
     assert os.listdir(store.folder('in')) == []
-    created = {f'a/b/store/tasks/{name}' for name in rrcloud.STORE_FOLDERS}
+    created = {f'a/b/store/tasks/{name}' for name in STORE_FOLDERS}
     assert files_under(tmp_path) - before <= created | {'a/b/store/tasks'}
     assert os.listdir(victim) == []
     assert marked_paths(tmp_path, victim) == []
@@ -493,13 +498,13 @@ def test_cli_refuses_a_hostile_archive_file(cli, workdir, victim, case):
 
 
 def test_unpack_project_takes_a_good_archive(tmp_path):
-    store = rrcloud.Store(tmp_path / 'store')
+    store = Store(tmp_path / 'store')
 
     def build(archive):
         add_special(archive, 'lib', tarfile.DIRTYPE)
         for name, text in PROJECT.items():
             add_file(archive, name, text.encode())
-    main = rrcloud.unpack_project(store, archive_of(build))
+    main = unpack_project(store, archive_of(build))
 
     assert re.match(r'\Atasks/in/[0-9]{10}-[0-9]{5}-[0-9]{6}/main.scad\Z', main), main
     folder = Path(store.path_of(main)).parent
@@ -508,24 +513,24 @@ def test_unpack_project_takes_a_good_archive(tmp_path):
 
 
 def test_unpack_project_takes_exactly_the_most_files(tmp_path):
-    store = rrcloud.Store(tmp_path / 'store')
+    store = Store(tmp_path / 'store')
 
-    main = rrcloud.unpack_project(store, archive_of(lambda a: many_files(rrcloud.PROJECT_MAX_FILES)(a, None)))
+    main = unpack_project(store, archive_of(lambda a: many_files(PROJECT_MAX_FILES)(a, None)))
 
     assert main.endswith('/f0000.scad')
-    assert len(os.listdir(Path(store.path_of(main)).parent)) == rrcloud.PROJECT_MAX_FILES
+    assert len(os.listdir(Path(store.path_of(main)).parent)) == PROJECT_MAX_FILES
 
 
 def test_a_refused_archive_after_a_good_project_leaves_nothing(workdir):
     """submit_task cleans up every input it stored before one was refused, project folders too."""
-    store = rrcloud.Store(workdir)
-    services, _ = rrcloud.load_services(store.root)
+    store = Store(workdir)
+    services, _ = load_services(store.root)
     good = archive_of(lambda a: [add_file(a, name, text.encode()) for name, text in PROJECT.items()])
     bad = hostile_archive('dotdot', workdir)
-    inputs = [rrcloud.Input(good, 'main.scad.tgz'), rrcloud.Input(bad, 'x.scad.tgz')]
+    inputs = [Input(good, 'main.scad.tgz'), Input(bad, 'x.scad.tgz')]
 
-    with pytest.raises(rrcloud.UsageError, match='project archive'):
-        rrcloud.submit_task(store, rrcloud.load_config(), services['openscad'], inputs)
+    with pytest.raises(UsageError, match='project archive'):
+        submit_task(store, load_config(), services['openscad'], inputs)
 
     assert store.task_ids() == []
     assert files_under(store.folder('in')) == set()
@@ -655,8 +660,8 @@ def test_http_a_model_with_a_syntax_error_fails(http, server):
 
 def test_http_project_archive(http, server, tmp_path):
     write_project(tmp_path)
-    references = rrcloud.scad_references(tmp_path / 'main.scad')
-    data = rrcloud.pack_project(tmp_path / 'main.scad', references)
+    references = scad_references(tmp_path / 'main.scad')
+    data = pack_project(tmp_path / 'main.scad', references)
 
     record, stl = run(http, server, 'openscad', files={'fileIn0': ('main.scad.tgz', data)})
 
@@ -676,7 +681,7 @@ def test_project_through_a_server_as_the_clients_remote(proc, workdir, server):
     assert (workdir / 'main.stl').read_bytes() == local_openscad(workdir)
     record = only_record(workdir)
     assert record['server'] == server.url + '/' and record['status'] == 'complete'
-    remote = rrcloud.Store(server.store).read_task(record['remoteId'])
+    remote = Store(server.store).read_task(record['remoteId'])
     assert remote['status'] == 'complete' and remote['in'].endswith('/main.scad')
     folder = server.store / Path(remote['in']).parent
     assert {str(p.relative_to(folder)) for p in folder.rglob('*') if p.is_file()} == set(PROJECT)
@@ -698,7 +703,7 @@ def test_http_refuses_a_hostile_archive(http, server, victim, case):
 
 def test_http_refused_archive_after_a_good_project_leaves_nothing(http, server, tmp_path):
     write_project(tmp_path)
-    good = rrcloud.pack_project(tmp_path / 'main.scad', rrcloud.scad_references(tmp_path / 'main.scad'))
+    good = pack_project(tmp_path / 'main.scad', scad_references(tmp_path / 'main.scad'))
     bad = hostile_archive('dotdot', tmp_path)
     before = server.store_files()
 

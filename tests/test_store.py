@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-import rrcloud
+from rrc.errors import UsageError
+from rrc.names import check_task_id
+from rrc.states import count_tasks
+from rrc.store import Store, format_record, new_unique_name, parse_record
 from conftest import DATA, REPO, task_id_of, wait_until_done, write_config, make_service
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
@@ -88,7 +91,7 @@ def test_echo_task_record_file_holds_sorted_key_value_lines(cli, workdir):
     assert all(re.match(r'\A[A-Za-z][A-Za-z0-9_]*: ', line) for line in lines), text
     assert keys == sorted(keys), 'keys are written sorted'
     assert len(keys) == len(set(keys)), 'each key once'
-    record = rrcloud.parse_record(text)
+    record = parse_record(text)
     assert ECHO_FIELDS <= set(record), ECHO_FIELDS - set(record)
 
 
@@ -96,7 +99,7 @@ def test_echo_task_record_values(cli, workdir):
     task_id = task_id_of(cli('echo', 'hello world').out)
     wait_until_done(workdir, task_id)
 
-    record = rrcloud.parse_record(info_text(workdir, task_id))
+    record = parse_record(info_text(workdir, task_id))
 
     stored_input = files_in(workdir, 'in')
     assert len(stored_input) == 1
@@ -147,7 +150,7 @@ def test_input_file_is_copied_keeping_its_extension(cli, workdir):
 ###############################################################################
 
 def test_format_record_writes_sorted_key_value_lines():
-    assert rrcloud.format_record({'status': 'busy', 'id': UNKNOWN_ID, 'pid': 42}) == (
+    assert format_record({'status': 'busy', 'id': UNKNOWN_ID, 'pid': 42}) == (
         f'id: {UNKNOWN_ID}\npid: 42\nstatus: busy\n')
 
 
@@ -155,14 +158,14 @@ def test_format_record_writes_sorted_key_value_lines():
                                    'x\r\nerror: forged', 'end\n'])
 def test_format_record_refuses_line_breaks_and_nul_in_values(value):
     with pytest.raises(ValueError):
-        rrcloud.format_record({'id': UNKNOWN_ID, 'args': value})
+        format_record({'id': UNKNOWN_ID, 'args': value})
 
 
 @pytest.mark.parametrize('key', ['', 'a b', 'a:b', 'status: complete', 'a\nb', 'x\0',
                                  '1st', '_x', '-x', 'ä', 'a' * 65, ' id', 'id '])
 def test_format_record_refuses_bad_keys(key):
     with pytest.raises(ValueError):
-        rrcloud.format_record({key: 'value'})
+        format_record({key: 'value'})
 
 
 @pytest.mark.parametrize('record', [
@@ -174,7 +177,7 @@ def test_format_record_refuses_bad_keys(key):
     {'A': '1', 'Z9_z': 'tab\tinside'},
 ])
 def test_parse_inverts_format_for_ordinary_records(record):
-    assert rrcloud.parse_record(rrcloud.format_record(record)) == record
+    assert parse_record(format_record(record)) == record
 
 
 KEYS = st.from_regex(r'\A[A-Za-z][A-Za-z0-9_]{0,20}\Z', fullmatch=True)
@@ -183,7 +186,7 @@ PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_s
 
 @given(st.dictionaries(KEYS, PRINTABLE, max_size=12))
 def test_parse_inverts_format_for_any_printable_record(record):
-    assert rrcloud.parse_record(rrcloud.format_record(record)) == record
+    assert parse_record(format_record(record)) == record
 
 
 # Characters str.splitlines() breaks on besides \n and \r.
@@ -194,19 +197,19 @@ OTHER_LINE_BREAKS = ['\x0b', '\x0c', '\x1c', '\x1d', '\x1e', '\x85', '\u2028', '
 def test_no_key_can_be_forged_through_any_line_break(brk):
     record = {'id': UNKNOWN_ID, 'args': f'hello{brk}error: forged'}
     try:
-        text = rrcloud.format_record(record)
+        text = format_record(record)
     except ValueError:
         return  # refusing the value is fine
-    assert rrcloud.parse_record(text) == record, 'a value must never become a second key'
+    assert parse_record(text) == record, 'a value must never become a second key'
 
 
 @given(st.dictionaries(KEYS, st.text(max_size=30), max_size=6))
 def test_format_either_refuses_or_round_trips_any_text(record):
     try:
-        text = rrcloud.format_record(record)
+        text = format_record(record)
     except ValueError:
         return
-    assert rrcloud.parse_record(text) == record
+    assert parse_record(text) == record
 
 
 def test_content_on_the_command_line_cannot_add_a_field(cli, workdir):
@@ -234,14 +237,14 @@ def test_content_on_the_command_line_cannot_add_a_field(cli, workdir):
     '1795841292_04767_953464', '１795841292-04767-953464', None, b'1795841292-04767-953464',
 ])
 def test_check_task_id_refuses(bad):
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.check_task_id(bad)
+    with pytest.raises(UsageError):
+        check_task_id(bad)
 
 
 def test_check_task_id_accepts_fresh_names():
     for _ in range(1000):
-        name = rrcloud.new_unique_name()
-        assert rrcloud.check_task_id(name) == name
+        name = new_unique_name()
+        assert check_task_id(name) == name
 
 
 @pytest.mark.parametrize('command', [
@@ -276,8 +279,8 @@ def test_cli_info_of_a_valid_unknown_id_is_not_found(cli):
 REWRITER = r'''
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import rrcloud
-store = rrcloud.Store(sys.argv[2])
+from rrc.store import Store
+store = Store(sys.argv[2])
 records = json.loads(sys.argv[3])
 for n in range(1000):
     store.write_task(records[n % 2])
@@ -286,12 +289,12 @@ print('wrote', n + 1)
 
 
 def test_reader_never_sees_a_torn_record_while_it_is_rewritten(tmp_path):
-    store = rrcloud.Store(tmp_path)
+    store = Store(tmp_path)
     short = store.create_task(lambda i: {'service': 'echo', 'status': 'busy',
                                          'ctime': '1795841292.04767'})
     long = dict(short, status='complete', etime='1795841299.00001', exitCode='0',
                 error='x' * 3000, cmd='cp ' + 'tasks/in/a.txt ' * 100 + 'tasks/out/b')
-    texts = {rrcloud.format_record(short), rrcloud.format_record(long)}
+    texts = {format_record(short), format_record(long)}
     assert len({len(t) for t in texts}) == 2
     path = Path(store.info_path(short['id']))
 
@@ -301,7 +304,7 @@ def test_reader_never_sees_a_torn_record_while_it_is_rewritten(tmp_path):
         text = path.read_text(encoding='utf-8')
         reads += 1
         assert text in texts, f'torn read after {reads} reads: {text[:200]!r}'
-        assert rrcloud.parse_record(text) in (short, long)
+        assert parse_record(text) in (short, long)
         seen.add(text)
     assert finish(writer).split() == ['wrote', '1000']
 
@@ -317,9 +320,9 @@ def test_reader_never_sees_a_torn_record_while_it_is_rewritten(tmp_path):
 CREATOR = r'''
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-import rrcloud
+from rrc.store import Store
 root, worker, count, go = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-store = rrcloud.Store(root)
+store = Store(root)
 open(os.path.join(go + '.ready.' + worker), 'w').close()
 while not os.path.exists(go):
     time.sleep(0.001)
@@ -358,8 +361,8 @@ def test_200_concurrent_creations_give_200_distinct_ids(tmp_path):
     for worker, ids in ids_by_worker.items():
         for seq, task_id in enumerate(ids):
             expected = expected_record(task_id, worker, seq)
-            assert (info / task_id).read_text() == rrcloud.format_record(expected)
-            assert rrcloud.Store(root).read_task(task_id) == expected
+            assert (info / task_id).read_text() == format_record(expected)
+            assert Store(root).read_task(task_id) == expected
 
 
 ###############################################################################
@@ -383,7 +386,7 @@ def task_files(workdir, record):
 def age(workdir, task_id, hours, *fields):
     """Move a task's times ``hours`` into the past."""
     past = f'{time.time() - hours * 3600:.5f}'
-    rrcloud.Store(workdir).update_task(task_id, {f: past for f in fields})
+    Store(workdir).update_task(task_id, {f: past for f in fields})
 
 
 def listed_ids(output):
@@ -402,14 +405,14 @@ def test_listing_removes_tasks_that_ended_before_the_retention_time(cli, workdir
     busy_id = task_id_of(cli('slow', 'sleep 30').out)
     try:
         deadline = time.monotonic() + 30
-        while 'pid' not in rrcloud.Store(workdir).read_task(busy_id):
+        while 'pid' not in Store(workdir).read_task(busy_id):
             assert time.monotonic() < deadline, 'slow task never started'
             time.sleep(0.02)
         age(workdir, old_complete['id'], 2, 'etime')
         age(workdir, old_failed['id'], 2, 'etime')
         age(workdir, young_complete['id'], 0.5, 'etime')
         age(workdir, busy_id, 3, 'ctime', 'stime')  # running longer than the retention
-        busy = rrcloud.Store(workdir).read_task(busy_id)
+        busy = Store(workdir).read_task(busy_id)
         for record in (old_complete, young_complete, old_failed, busy):
             assert all(p.is_file() for p in task_files(workdir, record)), record['id']
 
@@ -422,7 +425,7 @@ def test_listing_removes_tasks_that_ended_before_the_retention_time(cli, workdir
                 assert not path.exists(), f'{path} of expired task {gone["id"]} is left'
         for kept in (young_complete, busy):
             assert all(p.is_file() for p in task_files(workdir, kept)), kept['id']
-        assert rrcloud.Store(workdir).read_task(busy_id)['status'] == 'busy'
+        assert Store(workdir).read_task(busy_id)['status'] == 'busy'
         assert cli('info', old_complete['id']).code == 3
         assert cli('info', young_complete['id']).code == 0
     finally:
@@ -433,18 +436,18 @@ def test_listing_removes_tasks_that_ended_before_the_retention_time(cli, workdir
 def test_the_task_count_of_meta_follows_every_change_of_a_quiet_store(tmp_path):
     # A resident server keeps the count while tasks/info is unchanged; any
     # record added or removed (even with the folder's mtime set back) shows.
-    store = rrcloud.Store(str(tmp_path))
+    store = Store(str(tmp_path))
     record = lambda task_id: {'service': 'echo', 'status': 'complete'}  # noqa: E731
     ids = [store.create_task(record)['id'] for _ in range(3)]
     info = tmp_path / 'tasks' / 'info'
     long_ago = time.time() - 3600
     os.utime(info, (long_ago, long_ago))
-    assert rrcloud.count_tasks(store) == 3
-    assert rrcloud.count_tasks(store) == 3  # from the cache
+    assert count_tasks(store) == 3
+    assert count_tasks(store) == 3  # from the cache
     (info / ids[0]).unlink()
-    assert rrcloud.count_tasks(store) == 2
+    assert count_tasks(store) == 2
     os.utime(info, (long_ago + 1, long_ago + 1))
-    assert rrcloud.count_tasks(store) == 2
+    assert count_tasks(store) == 2
     store.create_task(record)
     store.create_task(record)
-    assert rrcloud.count_tasks(store) == 4
+    assert count_tasks(store) == 4

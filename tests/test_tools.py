@@ -28,7 +28,11 @@ import pytest
 import requests
 from stl import mesh
 
-import rrcloud
+from rrc import __version__
+from rrc.errors import UsageError
+from rrc.runner import task_argv
+from rrc.services import load_services
+from rrc.store import Store
 from conftest import DATA, make_service, write_config
 from servers import EmbeddedServer, plain_session
 
@@ -66,7 +70,7 @@ def remote(workdir, server):
 
 
 def records(root):
-    store = rrcloud.Store(root)
+    store = Store(root)
     return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
@@ -266,17 +270,17 @@ def test_a_hostile_param_field_is_400_on_the_server(server, value):
 
 
 def test_a_record_with_a_forged_param_never_runs(workdir):
-    services, _ = rrcloud.load_services(str(workdir))
+    services, _ = load_services(str(workdir))
     record = {'id': '1700000000-00000-000000', 'in': 'tasks/in/1700000000-00000-000001.scad',
               'params': json.dumps([['-D', 'x=import("/etc/passwd")']])}
 
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.task_argv(services['openscad'], record)
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.task_argv(services['openscad'], dict(record, params='["-D", "x=1"]'))
-    with pytest.raises(rrcloud.UsageError):
-        rrcloud.task_argv(services['openscad'], dict(record, params='[]', outExt='exe'))
-    argv = rrcloud.task_argv(services['openscad'], dict(record, params='[["-D", "x=1"]]', outExt='png'))
+    with pytest.raises(UsageError):
+        task_argv(services['openscad'], record)
+    with pytest.raises(UsageError):
+        task_argv(services['openscad'], dict(record, params='["-D", "x=1"]'))
+    with pytest.raises(UsageError):
+        task_argv(services['openscad'], dict(record, params='[]', outExt='exe'))
+    argv = task_argv(services['openscad'], dict(record, params='[["-D", "x=1"]]', outExt='png'))
     assert argv == ['openscad', '-D', 'x=1', record['in'], f'-otasks/out/{record["id"]}.png']
 
 
@@ -380,7 +384,7 @@ def test_wrapper_version_gives_rrclouds_and_the_tools(proc, workdir):
     result = proc('--version', prog='openscad.cloud')
 
     assert result.code == 0, result
-    assert f'rrcloud {rrcloud.__version__}' in result.out
+    assert f'rrcloud {__version__}' in result.out
     assert (tool.stdout + tool.stderr).strip() in result.out  # "OpenSCAD version 2021.01"
     povray = proc('--version', prog='povray.cloud')
     assert povray.code == 0 and 'POV-Ray 3.7' in povray.out, povray

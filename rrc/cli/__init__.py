@@ -1,0 +1,1 @@
+"""The ``rrcloud`` command line and the ``*.cloud`` wrappers."""

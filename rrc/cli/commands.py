@@ -1,0 +1,133 @@
+"""The subcommands: info, ls, meta, kill, and submitting a task."""
+
+import os
+import sys
+
+from .options import classify_args
+from .output import (all_records, ask_server, describe_args, print_fields, print_id,
+    print_record, print_summaries, refresh_if_remote)
+from .sync import finish_sync, sync_remote
+from ..errors import ExitCode, UsageError
+from ..names import check_task_id
+from ..remote import kill_remote, server_url, submit_remote, terminal_safe
+from ..schema import TaskStatus
+from ..states import get_task
+from ..store import to_json
+from ..tasks import kill_task, submit_task
+from ..web.app import meta_record
+
+
+def cmd_info(ctx, args):
+    """``rrcloud info [ID]`` (``--short``: as ``ls``); with ``--s``, that server's tasks."""
+    if len(args) > 1:
+        raise UsageError('info takes at most one task id')
+    if args:
+        task_id = check_task_id(args[0])
+        if ctx.options.s:
+            record = ask_server(ctx, {'service': 'info', 'id': task_id})
+        else:
+            record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, task_id))
+        if ctx.options.short:
+            return print_summaries([record], ctx.options.format)
+        print_record(record, ctx.options.format)
+        return ExitCode.OK
+    records = all_records(ctx)
+    if ctx.options.short:
+        return print_summaries(records, ctx.options.format)
+    if ctx.options.format == 'json':
+        sys.stdout.write(to_json(records, indent=1, sort_keys=True) + '\n')
+    else:
+        for record in records:
+            print_record(record, 'text')
+    return ExitCode.OK
+
+
+def cmd_ls(ctx, args):
+    """``rrcloud ls``: one line per task."""
+    if args:
+        raise UsageError('ls takes no arguments (rrcloud info ID shows one task)')
+    return print_summaries(all_records(ctx), ctx.options.format)
+
+
+def cmd_meta(ctx, args):
+    """``rrcloud meta``: this machine's, or with ``--s`` that server's."""
+    if args:
+        raise UsageError('meta takes no arguments')
+    if ctx.options.s:
+        meta = ask_server(ctx, {'service': 'meta'})
+    else:
+        services, errors = ctx.services
+        for error in errors:
+            print(f'rrcloud: warning: {error}', file=sys.stderr)
+        meta = meta_record(ctx.store, ctx.config, services)
+    if ctx.options.format == 'json':
+        print(to_json(meta, indent=1, sort_keys=True))
+    else:
+        for key in sorted(meta):
+            print(f'{key}: {terminal_safe(meta[key])}')
+    return ExitCode.OK
+
+
+def cmd_kill(ctx, args):
+    """``rrcloud kill ID``: here, or at the server a task was sent to (or ``--s``)."""
+    if len(args) != 1:
+        raise UsageError('kill takes one task id')
+    task_id = check_task_id(args[0])
+    if ctx.options.s:
+        record = ask_server(ctx, {'service': 'kill', 'id': task_id})
+        print_fields(record, ('id', 'status', 'error'), server=server_url(ctx.options.s, ctx.config.port))
+        return ExitCode.OK
+    record = ctx.store.read_task(task_id)
+    if record.get('remoteId'):
+        if record.get('status') != TaskStatus.BUSY:
+            raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
+        record = kill_remote(ctx.store, ctx.config, record)
+        print_fields(record, ('id', 'status', 'error'), server=record['server'])
+        return ExitCode.OK
+    record = kill_task(ctx.store, task_id, by=f'the command line (user {user_name()})')
+    print_fields(record, ('id', 'status', 'error'))
+    return ExitCode.OK
+
+
+def user_name():
+    """Who runs this command, for a killed task's log."""
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def remote_servers(ctx, service_name):
+    """The servers a task would go to (empty: run locally)."""
+    if ctx.options.local:
+        return []
+    if ctx.options.s:
+        return [ctx.options.s]
+    return ctx.config.servers_for(service_name)
+
+
+def cmd_submit(ctx, service_name, args, sync, wrapper=False):
+    """Start a task of ``service_name``; sync waits and copies the result."""
+    service = ctx.service(service_name)
+    call = classify_args(service, args, allow_output=sync)
+    inputs, native, output = call.inputs, call.native, call.output
+    if wrapper and output is None and not service.no_output:
+        prefix = service.output_prefix()
+        raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
+    ctx.shown_inputs = [item.shown for item in inputs]  # the tool's messages name these
+    extra = {'params': call.params, 'out_ext': call.out_ext}
+    # `rrcloud --sync` with no output argument shows the finished record (where its result is).
+    show = sync and not wrapper and output is None and not service.no_output
+    servers = remote_servers(ctx, service_name)
+    if servers:
+        if not sync:
+            print_id(ctx, submit_remote(ctx, service, servers, inputs, native, **extra))
+            return ExitCode.OK
+        return sync_remote(ctx, service, servers, inputs, native, output, show, **extra)
+    record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
+                         args=describe_args(args), **extra)
+    if not sync:
+        print_id(ctx, record)
+        return ExitCode.OK
+    return finish_sync(ctx, record, output, show)

@@ -1,0 +1,84 @@
+"""The help texts of the rrcloud command."""
+
+from .. import DEFAULT_PORT
+from ..printing import PRINT_HELP
+
+
+HELP = f"""\
+usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
+       rrcloud [OPTIONS] info [--short] [ID] show one task or all of them
+       rrcloud [OPTIONS] ls                  one line per task: id service status age duration result
+       rrcloud [OPTIONS] meta                show what this machine offers
+       rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
+       rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
+       rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
+       rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
+       SERVICE.cloud ARGS...                 run SERVICE like the tool itself
+       SERVICE.cloud --help | --version      what it passes on, where it runs; versions
+
+Relays 3D-printing work (openscad, openjscad, slic3r, povray, printrun, echo)
+to a task store under the current folder (or `dir` in rrcloudrc).
+
+ARGS are classified like this, in order: the service's output argument
+(e.g. -oOUT.stl) names where a synchronous run writes its result, and, for a
+tool that picks its format from the name (openscad: stl, off, amf, 3mf, dxf,
+svg, csg, png), the format; an argInput prefix (e.g. --load=FILE, -pFILE)
+marks an input file with its prearg; an allowed native switch or argument is
+passed on; a parameter (openscad: -D NAME=VALUE, -P SET) is passed on when
+its value is a plain value; an existing file of a kind the service takes is
+an input (with the files it includes beside it); anything else that does not
+look like an option or a file name is content, written to an input file.
+The forms with a space (--load FILE, -o FILE, --imgsize 320,240) work too.
+Anything else is refused, naming what the service takes.
+
+OPTIONS may also stand after the command, as in RepRapCloud 0.019:
+`rrcloud info ID --format=json`, `rrcloud openscad part.scad --s=HOST`.
+After SERVICE, an argument the service allows (an allowed native argument,
+an argInput prefix such as --load=FILE, its output argument such as
+--output=FILE) is the service's; any other option below is rrcloud's; any
+other --WORD is an error naming it.  `--` ends the options.  The same holds
+for SERVICE.cloud ARGS.
+
+options:
+  --local            run here even when servers are configured
+  --s=SERVER         send the task to SERVER (host, host:port or URL); with
+                     info, ls, meta or kill: ask SERVER instead of this store
+  --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
+  --sync             wait for the task and mirror its exit code (no output
+                     argument: echo prints its text, other services their record)
+  --short            info: one line per task, as ls
+  --format=json      print JSON instead of key: value lines
+  --traceback        show the Python traceback of an error
+  -h, --help         show this help
+  --version          show the version
+
+configuration: ~/.rrcloudrc, then ./rrcloudrc (or the file in RRCLOUD_CONFIG)
+keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir,
+reconnectTimeout, serverName (all keys: the shipped rrcloudrc)
+
+exit codes:
+  0    success (task started, or finished complete)
+  1    the task failed (wrappers: the tool's own exit code when it has one)
+  2    usage: bad option, argument, id or service
+  3    no such task
+  4    bad configuration or service file
+  5    no server answered
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (e.g. `rrcloud info | head`)
+"""
+SERVE_HELP = f"""\
+usage: rrcloud serve [--bind ADDR] [--port N]
+
+Serves rrcloud's HTTP API (the spec's POST and GET, a page of the tasks for a
+browser) with the embedded server until it is stopped.  Its task store is
+`dir` of rrcloudrc, else the current folder; each task runs detached, in its
+sandbox.
+
+  --bind ADDR   the address to listen on (default 0.0.0.0: every interface)
+  --port N      the port (default: port in rrcloudrc, else {DEFAULT_PORT})
+  -h, --help    show this help
+
+Who may use it: allow, token and allowOrigins in rrcloudrc (docs/SECURITY.md).
+"""
+SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP}
+USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'

@@ -1,0 +1,48 @@
+"""The ``rrcloud`` command: dispatch to a subcommand."""
+
+import sys
+
+from .. import PROTOCOL_VERSION, __version__
+from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_submit
+from .help import HELP, SUBCOMMAND_HELP, USAGE
+from .options import CLI_COMMANDS, parse_options, split_command_line
+from ..errors import ExitCode, UsageError
+
+
+def cli(args):
+    """The ``rrcloud`` command."""
+    options, rest = parse_options(args)
+    if options.help or options.version:
+        return show_about(options)
+    if rest and rest[0] in SUBCOMMAND_HELP and {'-h', '--help'} & set(rest[1:]):
+        sys.stdout.write(SUBCOMMAND_HELP[rest[0]])
+        return ExitCode.OK
+    # The server and the sender are imported only when asked for: each
+    # subcommand loads just its own modules.
+    if rest and rest[0] == 'serve':
+        from ..web.embedded import serve
+        return serve(rest[1:])
+    if rest and rest[0] == 'print':
+        from ..printing import cmd_print
+        return cmd_print(rest[1:])
+    if not rest:
+        sys.stderr.write(USAGE)
+        return ExitCode.USAGE
+    command = rest[0]
+    ctx, rest = split_command_line(options, command, rest[1:])
+    if options.help or options.version:
+        return show_about(options)
+    if options.short and command not in ('info', 'ls'):
+        raise UsageError('--short goes with info (or use rrcloud ls)')
+    if command in CLI_COMMANDS:
+        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls}[command](ctx, rest)
+    return cmd_submit(ctx, command, rest, sync=options.sync)
+
+
+def show_about(options):
+    """``--help`` or ``--version``."""
+    if options.help:
+        sys.stdout.write(HELP)
+    else:
+        print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)')
+    return ExitCode.OK

@@ -1,0 +1,306 @@
+"""rrcloud's options and the classification of a command line's words (options may stand anywhere)."""
+
+import os
+
+from ..config import load_config
+from ..errors import UsageError
+from ..names import LazyPattern
+from ..projects import pack_project, project_references, project_root
+from ..services import check_params, find_service, load_services
+from ..store import Store
+from ..tasks import Input, input_kinds
+
+
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls')
+VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
+FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
+
+
+class Options:
+    """rrcloud's own ``--name[=value]`` options, wherever they stood."""
+
+    def __init__(self):
+        self.s = None
+        self.notifier = ''
+        self.format = 'text'
+        self.dir = None
+        self.local = self.sync = self.traceback = self.help = self.version = self.short = False
+
+
+def parse_options(args):
+    """Split the options before the command from the command and its arguments."""
+    options, rest = Options(), list(args)
+    while rest and rest[0].startswith('-'):
+        word = rest.pop(0)
+        if word == '--':
+            break
+        if word == '-h':
+            word = '--help'
+        if not is_option(word):
+            raise UsageError(f'unknown option: {word!r} (see rrcloud --help)')
+        set_option(options, word, rest)
+    return options, rest
+
+
+def is_option(word):
+    """True when ``word`` is one of rrcloud's options (``--name`` or ``--name=value``)."""
+    return word.startswith('--') and word[2:].partition('=')[0] in VALUE_OPTIONS + FLAG_OPTIONS
+
+
+def set_option(options, word, rest):
+    """Apply one option; a value option written without ``=`` takes the next word of ``rest``."""
+    name, sep, value = word[2:].partition('=')
+    if name in FLAG_OPTIONS:
+        if sep:
+            raise UsageError(f'option --{name} takes no value')
+        setattr(options, name, True)
+        return
+    if not sep:
+        if not rest:
+            raise UsageError(f'option --{name} needs a value')
+        value = rest.pop(0)
+    if not value:
+        raise UsageError(f'option --{name} needs a value')
+    if name == 'format' and value not in ('text', 'json'):
+        raise UsageError(f'--format must be text or json, not {value!r}')
+    setattr(options, name, value)
+
+
+def take_options(options, args, service=None):
+    """Apply rrcloud's options standing among a command's arguments; returns the rest.
+
+    0.019 read ``--name[=value]`` anywhere.  Its rule, kept: after a service
+    name, a word the service allows stays the service's; any other rrcloud
+    option is rrcloud's; ``--`` ends the options.  Without a service (info,
+    meta, kill) any other ``--word`` is an unknown option; with one, it is
+    left to classify_args, which names it.
+    """
+    rest, args = [], list(args)
+    while args:
+        word = args.pop(0)
+        if service is not None and service_takes(service, word):
+            rest.append(word)
+            if word in service.param_args and args:  # -D NAME=VALUE: the value is the option's
+                rest.append(args.pop(0))
+        elif word == '-h':
+            options.help = True
+        elif word == '--':
+            return rest + args
+        elif is_option(word):
+            set_option(options, word, args)
+        elif service is None and word.startswith('--'):
+            raise UsageError(f'unknown option: {word!r} (see rrcloud --help)')
+        else:
+            rest.append(word)
+    return rest
+
+
+def service_takes(service, word):
+    """True when ``word`` is the service's own: an allowed native argument,
+    an argInput prefix with its file, or the output argument."""
+    return (service.allows_native(word) or service.input_prefix_of(word) is not None
+            or service.output_argument(word) or any(word.startswith(o) for o in service.param_args))
+
+
+def split_command_line(options, command, args):
+    """Take rrcloud's options out of ``command``'s arguments; returns (Context, the rest).
+
+    A service's words are judged by the service found where the options
+    before the command point; a ``--dir`` among them moves the task's store.
+    """
+    ctx = Context(options)
+    service = None if command in CLI_COMMANDS else ctx.service(command)
+    dir_before = options.dir
+    args = take_options(options, args, service)
+    if options.dir != dir_before:
+        ctx = Context(options)
+    return ctx, args
+
+
+class ToolCall:
+    """A tool's command line as classify_args read it."""
+
+    def __init__(self):
+        self.inputs = []      # Input objects, in order
+        self.native = []      # allowed native arguments
+        self.params = []      # (option, value) pairs of paramArgs (-D NAME=VALUE)
+        self.output = None    # where the result goes, as the user named it
+        self.out_ext = ''     # the output format asked for, '' for the service's default
+
+
+def classify_args(service, args, allow_output):
+    """Turn a tool's command line into a ToolCall.
+
+    Classified like the spec's client: output argument, argInput prefix,
+    allowed native argument, parameter (``-D NAME=VALUE``), existing file;
+    the option forms with a space (``--load FILE``, ``-o FILE``) like the
+    ones without.  What is not a file and does not look like an option or a
+    file name is content.  Anything else is an error naming the argument.
+    """
+    call, args = ToolCall(), list(args)
+    while args:
+        arg = args.pop(0)
+        if not _take_option(service, arg, args, call, allow_output):
+            call.inputs.append(_plain_input(service, arg))
+    if call.output is not None:
+        ext = service.output_ext_of(call.output)
+        call.out_ext = '' if ext == (service.output_exts or [''])[0] else ext
+    return call
+
+
+def _take_option(service, arg, rest, call, allow_output):
+    """Put ``arg`` (and its value from ``rest`` when written apart) into ``call``
+    when it is an option of the service; False when it is not one."""
+    output = _output_value(service, arg, rest)
+    if output is not None:
+        if not allow_output:
+            raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
+        call.output = output
+        return True
+    prefix, path = _prefixed_input(service, arg, rest)
+    if prefix is not None:
+        call.inputs.append(_file_input(path, prefix))
+        return True
+    native = _native_argument(service, arg, rest)
+    if native is not None:
+        call.native.append(native)
+        return True
+    param = _param(service, arg, rest)
+    if param is not None:
+        check_params(service, [param])
+        call.params.append(param)
+        return True
+    return False
+
+
+def _output_value(service, arg, rest):
+    """The output file of ``-oFILE``, ``-o FILE``, ``--output=FILE`` or ``--output FILE``; else None."""
+    prefix = service.output_prefix()
+    if not prefix:
+        return None
+    if service.output_argument(arg) and len(arg) > len(prefix):
+        return arg[len(prefix):]
+    if service.cased(arg) in (service.cased(prefix), service.cased(prefix.rstrip('='))) and rest:
+        return rest.pop(0)
+    return None
+
+
+def _prefixed_input(service, arg, rest):
+    """(prearg, file) of ``--load=FILE``, ``--load FILE``, ``-pFILE`` or ``-p FILE``; else (None, None)."""
+    prefix = service.input_prefix_of(arg)
+    if prefix is not None:
+        return prefix, arg[len(prefix):]
+    for prefix in service.input_prefixes:
+        if arg in (prefix, prefix.rstrip('=')) and rest:
+            return prefix, rest.pop(0)
+    return None, None
+
+
+def _native_argument(service, arg, rest):
+    """An allowed native argument, ``--imgsize 320,240`` read as ``--imgsize=320,240``; else None."""
+    if service.allows_native(arg):
+        return arg
+    joined = f'{arg}={rest[0]}' if rest and arg.startswith('-') else ''
+    if joined and service.cased(arg + '=') in map(service.cased, service.native_args) \
+            and service.allows_native(joined):
+        rest.pop(0)
+        return joined
+    return None
+
+
+def _param(service, arg, rest):
+    """(option, value) of ``-D NAME=VALUE`` or ``-DNAME=VALUE``; else None."""
+    if arg in service.param_args:
+        if not rest:
+            raise UsageError(f'{arg} needs a value ({arg} {service.param_args[arg]})')
+        return arg, rest.pop(0)
+    for option in service.param_args:
+        if arg.startswith(option) and len(arg) > len(option):
+            return option, arg[len(option):]
+    return None
+
+
+def _plain_input(service, arg):
+    """An argument that is no option of the service: an input file, or content."""
+    if arg.startswith('/dev/') and any(a.startswith('/dev/') for a in service.native_args):
+        ports = ', '.join(a + '*' for a in service.native_args if a.startswith('/dev/'))
+        raise UsageError(f'{arg}: not a port {service.name} may use (allowed: {ports}; a server adds '
+                         f'others to nativeArgs in services/{service.name}.conf)')
+    if os.path.isfile(arg):
+        if not service.accepts_input(arg):
+            raise UsageError(f'{arg}: {service.name} takes {input_kinds(service)} files')
+        return _file_input(arg, '')
+    if os.path.exists(arg):
+        raise UsageError(f'{arg}: not a file')
+    if looks_like_option(arg):
+        raise UsageError(refused_option(service, arg))
+    if looks_like_file_name(arg):
+        raise UsageError(f'{arg}: no such file')
+    return Input(arg.encode('utf-8'))
+
+
+def looks_like_option(arg):
+    """``-x``, ``--word``, ``+W``: what no model, scene or G-code starts with."""
+    return len(arg) > 1 and arg[0] in '-+' and (arg[1].isalpha() or arg[1] == '-')
+
+
+# A word naming a file (part.scad, ../lib/x.inc, notes.txt) rather than being content.
+# Its extension holds a letter: "1.5" is content.
+FILE_NAME_RE = LazyPattern(r'\A[\w~/.+-]*[\w~+-]\.(?=[0-9]*[A-Za-z])[A-Za-z0-9]{1,12}\Z'
+                           r'|\A[\w.~+-]*/[\w.~/+-]*\Z')
+
+
+def looks_like_file_name(arg):
+    """True for one word shaped like a file name or path, which content is not."""
+    return FILE_NAME_RE.match(arg) is not None
+
+
+def refused_option(service, arg):
+    """Why an option-like argument is refused, naming what the service takes."""
+    prefix = service.output_prefix()
+    if arg.split('=', 1)[0] in ('-o', '--output', '+O', '+o') and prefix:
+        return f'{arg}: {service.name} takes its output as {prefix}FILE'
+    allowed = ([f'{prefix}FILE'] if prefix else []) + [f'{p}FILE' for p in service.input_prefixes]
+    allowed += [a + ('VALUE' if a.endswith('=') else '') for a in service.native_args]
+    allowed += [f'{option} {kind}' for option, kind in service.param_args.items()]
+    return f'{arg}: not an option {service.name} passes on (allowed: {", ".join(allowed) or "none"})'
+
+
+def _file_input(path, prearg):
+    """An input file; a model or scene that includes files beside it goes as a project archive."""
+    if not os.path.isfile(path):
+        raise UsageError(f'{path}: no such file')
+    try:
+        references = project_references(path)
+        if references:
+            root = project_root(path, references)
+            shown = os.path.relpath(root) + '/' if os.path.relpath(root) != '.' else ''
+            return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg,
+                         shown=shown)
+        with open(path, 'rb') as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f'{path}: cannot read: {exc.strerror}') from None
+    return Input(data, filename=path, prearg=prearg, shown=path)
+
+
+class Context:
+    """What every command needs: options, config, store, services."""
+
+    def __init__(self, options):
+        self.options = options
+        self.config = load_config()
+        if options.dir:
+            self.config.dir = os.path.abspath(options.dir)
+        self.store = Store(self.config.dir)
+        self._services = None
+        self.shown_inputs = []  # how the user named each input of the task at hand
+
+    @property
+    def services(self):
+        if self._services is None:
+            self._services = load_services(self.store.root)
+        return self._services
+
+    def service(self, name):
+        return find_service(*self.services, name)

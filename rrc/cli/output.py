@@ -1,0 +1,138 @@
+"""What the CLI prints of tasks: records, summaries, ids; refreshed from their server first."""
+
+import sys
+import time
+
+from ..errors import ExitCode, NoServer, NotFound, RRCloudError
+from ..names import is_single_line
+from ..remote import (CONNECT_TIMEOUT, http_session, parse_answer, refresh_remote, server_url,
+    terminal_safe)
+from ..schema import TaskStatus
+from ..states import list_tasks
+from ..store import parse_record, to_json
+
+
+def print_record(record, fmt, out=None):
+    """Print one task as ``=== id: ID`` + ``key: value`` lines, or JSON."""
+    out = out or sys.stdout
+    if fmt == 'json':
+        out.write(to_json(record, indent=1, sort_keys=True) + '\n')
+        return
+    out.write(f'=== id: {terminal_safe(record.get("id", ""))}\n')
+    for key in sorted(record):
+        out.write(f'{key}: {terminal_safe(record[key])}\n')
+    out.write('\n')
+
+
+def all_records(ctx):
+    """Every task: of this store (remote ones asked about), or of the ``--s`` server."""
+    if ctx.options.s:
+        return ask_server(ctx, {'service': 'info'}, listing=True)
+    return [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
+
+
+SUMMARY_COLUMNS = ('id', 'service', 'status', 'age', 'duration', 'result')
+
+
+def print_summaries(records, fmt):
+    """One line per task, columns separated by spaces, no column ever empty
+    (``-``); a header on a terminal only, so scripts read the lines as they are."""
+    now = time.time()
+    rows = [task_summary(record, now) for record in records]
+    if fmt == 'json':
+        print(to_json(rows, indent=1))
+        return ExitCode.OK
+    lines = [[row['id'], row['service'], row['status'], format_age(row['age']),
+              format_age(row['duration']), row['result']] for row in rows]
+    if sys.stdout.isatty():
+        lines.insert(0, [name.upper() for name in SUMMARY_COLUMNS])
+    for line in lines:
+        print(f'{line[0]:<23}  {line[1]:<10} {line[2]:<8} {line[3]:>7} {line[4]:>8}  {line[5]}')
+    return ExitCode.OK
+
+
+def task_summary(record, now):
+    """id, service, state, age and run time in seconds (None: not known), result name."""
+    def number(key):
+        try:
+            return float(record.get(key) or '')
+        except ValueError:
+            return None
+    created, started, ended = number('ctime'), number('stime') or number('ctime'), number('etime')
+    queued = record.get('queued') == 'yes'
+    out = record.get('out', '') if record.get('status') == TaskStatus.COMPLETE else ''
+    return {
+        'id': _column(record.get('id')), 'service': _column(record.get('service')),
+        'status': 'queued' if queued else _column(record.get('status')),
+        'age': None if created is None else max(0.0, now - created),
+        'duration': None if queued or started is None else max(0.0, (ended or now) - started),
+        'result': _column(out.rsplit('/', 1)[-1]),
+    }
+
+
+def _column(value):
+    """One word for a column: a server's text may hold anything."""
+    word = ''.join(c for c in terminal_safe(value or '') if not c.isspace())
+    return word or '-'
+
+
+def format_age(seconds):
+    """``45s``, ``12m05s``, ``3h07m``, ``2d04h``; ``-`` when not known."""
+    if seconds is None:
+        return '-'
+    seconds = int(seconds)
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    if seconds < 86400:
+        return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+    return f'{seconds // 86400}d{seconds // 3600 % 24:02d}h'
+
+
+def ask_server(ctx, params, listing=False):
+    """One GET of the ``--s`` server (info, meta, kill): its record, or with
+    ``listing`` its records, as text the way every server answers it."""
+    url = server_url(ctx.options.s, ctx.config.port)
+    try:
+        response = http_session(ctx.config).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
+    except OSError as exc:  # requests' errors are OSErrors
+        raise NoServer(f'{url}: no answer ({exc.__class__.__name__})') from None
+    if response.status_code != 200:
+        reason = terminal_safe(parse_answer(response).get('error') or f'HTTP {response.status_code}')
+        raise (NotFound if response.status_code == 404 else RRCloudError)(f'{url}: {reason}')
+    if listing:
+        return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
+    answer = parse_answer(response)
+    if not answer.get('id') and 'RepRapCloud' not in answer.get('version', ''):
+        raise NoServer(f'{url}: not an rrcloud answer')
+    return answer
+
+
+def refresh_if_remote(store, config, record):
+    """A busy remote task is asked about at its server (a silent server leaves it busy)."""
+    if record.get('remoteId') and record.get('status') == TaskStatus.BUSY:
+        try:
+            return refresh_remote(store, record, http_session(config))
+        except (OSError, RRCloudError) as exc:
+            print(f'rrcloud: warning: {record["server"]}: {exc}', file=sys.stderr)
+        except Exception as exc:  # requests' errors are not OSErrors
+            print(f'rrcloud: warning: {record["server"]}: {exc.__class__.__name__}', file=sys.stderr)
+    return record
+
+
+def print_fields(record, keys, **more):
+    """Some fields of a record as ``key: value`` lines (a server's values made printable)."""
+    fields = [(key, record.get(key, '')) for key in keys] + list(more.items())
+    print(''.join(f'{key}: {terminal_safe(value)}\n' for key, value in fields), end='')
+
+
+def describe_args(args):
+    """The command line for the record's ``args`` field; content shows as its size."""
+    return ' '.join(a if is_single_line(a) and not any(c.isspace() for c in a)
+                    else f'<content {len(a.encode())} bytes>' for a in args)
+
+
+def print_id(ctx, record):
+    """``id: ID`` (or a JSON object) for an asynchronous start."""
+    print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')

@@ -1,0 +1,224 @@
+"""Synchronous work: following a task to its end, delivering its result where the user asked."""
+
+import os
+import sys
+import time
+
+from .output import print_record
+from ..errors import ExitCode, NoServer, RRCloudError
+from ..remote import kill_remote, submit_remote, terminal_safe, wait_remote
+from ..runner import BUILTIN_ERROR_PREFIX
+from ..schema import TaskStatus
+from ..store import unlink_quietly
+from ..tasks import kill_task, wait_for_task
+
+
+def sync_remote(ctx, service, servers, inputs, native, output, show=False, params=(), out_ext=''):
+    """Send a task, wait for it, fetch its result to ``output``, mirror its exit code.
+
+    Ctrl-C at any moment after the server took the task kills it there.
+    """
+    record, progress = None, None
+    try:
+        record = submit_remote(ctx, service, servers, inputs, native, params, out_ext)
+        progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
+        record = wait_remote(ctx.store, ctx.config, record, progress)
+    except KeyboardInterrupt:
+        if progress:
+            progress.clear()
+        if record:
+            stop_after_interrupt(ctx, record)
+        return ExitCode.INTERRUPTED
+    except OSError as exc:
+        raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None
+    finally:
+        if progress:
+            progress.clear()
+    return deliver_result(ctx, record, output, show)
+
+
+def stop_after_interrupt(ctx, record):
+    """Ctrl-C while waiting for a remote task: kill it at its server, or say it may still run."""
+    try:
+        kill_remote(ctx.store, ctx.config, record)
+    except RRCloudError as exc:
+        print(f'rrcloud: warning: {exc} (rrcloud kill {record["id"]} tries again)', file=sys.stderr)
+
+
+class ProgressLine:
+    """One line on a terminal's stderr, the same for local and remote tasks:
+    where it runs, its state (queued while it waits for a slot), elapsed
+    seconds, and the printer's progress when there is one."""
+
+    def __init__(self, where):
+        self.where = where
+        self.shown = None
+
+    def __call__(self, record, elapsed, state=None):
+        state = state or ('queued' if record.get('queued') else record.get('status'))
+        extra = f' {record["progress"]}' if record.get('progress') else ''
+        line = f'{self.where} {terminal_safe(state)} {elapsed:.0f}s{terminal_safe(extra)}'
+        if line != self.shown:  # a local wait looks every few ms; the terminal needs a change
+            sys.stderr.write(f'\r{line}\x1b[K')
+            sys.stderr.flush()
+            self.shown = line
+
+    def clear(self):
+        sys.stderr.write('\r\x1b[K')
+        sys.stderr.flush()
+        self.shown = None
+
+
+def finish_sync(ctx, record, output, show=False):
+    """Wait for a local task, deliver its result, mirror its exit code."""
+    progress = ProgressLine('local') if sys.stderr.isatty() else None
+    started = time.monotonic()
+    on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
+    try:
+        record = wait_for_task(ctx.store, record['id'], on_poll=on_poll)
+    except KeyboardInterrupt:
+        _kill_quietly(ctx.store, record['id'])
+        return ExitCode.INTERRUPTED
+    finally:
+        if progress:
+            progress.clear()
+    return deliver_result(ctx, record, output, show)
+
+
+def deliver_result(ctx, record, output, show=False):
+    """A finished task: its result to ``output`` (or, with ``show``, its record
+    to stdout) on success, its log to stderr on failure.
+
+    On success the log goes to stderr too, as the tool itself prints its
+    warnings; a print's log (the talk with the printer) stays in the task's log.
+    """
+    service = ctx.service(record['service'])
+    if record.get('status') == TaskStatus.COMPLETE:
+        if output:
+            check_result_format(service, record, output)
+            if not service.no_output:
+                show_log(ctx.store, record, ctx.shown_inputs, output)
+            deliver_output(ctx.store.path_of(record['out']), output)
+        elif show and not print_text_result(ctx, record):
+            show_log(ctx.store, record, ctx.shown_inputs)
+            print_record(record, ctx.options.format)
+        return ExitCode.OK
+    # A built-in's own error line is the task's error: said once, with the id.
+    show_log(ctx.store, record, ctx.shown_inputs, output,
+             repeated=BUILTIN_ERROR_PREFIX + record.get('error', 'unknown'))
+    print(f'{BUILTIN_ERROR_PREFIX}task {record["id"]} failed: {record.get("error", "unknown")}',
+          file=sys.stderr)
+    return _exit_code_of(record)
+
+
+def check_result_format(service, record, output):
+    """The result has the format ``output``'s extension asks for: a server that does not
+    know ``outExt`` (RepRapCloud 0.019) makes its default instead."""
+    wanted = service.output_ext_of(output)
+    made = record.get('out', '').rpartition('.')[2].lower()
+    if wanted and made != wanted:
+        raise RRCloudError(f'{record.get("server", "the server")} made a .{made} file, not the '
+                           f'.{wanted} asked for (it may not know outExt); {output} not written')
+
+
+# Services whose result is text to read: ``rrcloud --sync echo TEXT`` prints
+# it, as echo would; other results are files, and --sync shows their record.
+TEXT_RESULT_SERVICES = ('echo',)
+
+
+def print_text_result(ctx, record):
+    """The result of a text service (echo) on stdout, ending in a newline as
+    echo's does; False when it is no such result (the record is shown instead)."""
+    if record.get('service') not in TEXT_RESULT_SERVICES or ctx.options.format != 'text':
+        return False
+    with open(ctx.store.path_of(record['out']), 'rb') as result:
+        data = result.read()
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError:
+        return False
+    sys.stdout.write(text if not text or text.endswith('\n') else text + '\n')
+    sys.stdout.flush()
+    return True
+
+
+def _kill_quietly(store, task_id):
+    try:
+        kill_task(store, task_id, by='Ctrl-C on the command line')
+    except RRCloudError:
+        pass
+
+
+def _exit_code_of(record):
+    try:
+        code = int(record.get('exitCode', ''))
+    except ValueError:
+        return ExitCode.TASK_FAILED
+    return code if 0 < code < 126 else ExitCode.TASK_FAILED
+
+
+def deliver_output(source, destination):
+    """Copy a result to where the tool would have written it, atomically."""
+    import shutil
+    folder = os.path.dirname(os.path.abspath(destination))
+    temp = os.path.join(folder, f'.{os.path.basename(destination)}.{os.getpid()}.rrcloud.tmp')
+    try:
+        shutil.copyfile(source, temp)
+        os.replace(temp, destination)
+    except OSError as exc:
+        unlink_quietly(temp)
+        raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
+
+
+def show_log(store, record, shown_inputs=(), output=None, repeated=''):
+    """Write a task's log to stderr, naming the user's files instead of the store's;
+    a last line equal to ``repeated`` (what the error line printed next says) is left out."""
+    try:
+        with open(store.log_path(record['id']), 'rb') as log:
+            text = log.read().decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return
+    if repeated and text.rstrip('\n').rpartition('\n')[2] == repeated:
+        text = text.rstrip('\n').rpartition('\n')[0] + '\n' if '\n' in text.rstrip('\n') else ''
+    sys.stderr.write(as_the_user_named_it(text, stored_inputs(record), shown_inputs, output))
+    sys.stderr.flush()
+
+
+def stored_inputs(record):
+    """The store paths of a task's inputs, in order: its ``in`` field, or for a
+    remote task the ``tasks/in/…`` words of the server's ``cmd``."""
+    if record.get('in'):
+        return record['in'].split(',')
+    import shlex
+    try:
+        words = shlex.split(record.get('cmd', ''))
+    except ValueError:
+        return []
+    paths = [word[word.index('tasks/in/'):] for word in words if 'tasks/in/' in word]
+    # a project's folder named to the tool (POV-Ray's +L) is no input of its own
+    return [p for p in paths if not any(other.startswith(p + '/') for other in paths)]
+
+
+# A store path as a tool may print it: relative, or under the sandbox's /job
+# or an unsandboxed server's root.
+STORE_PATH_PREFIX = r'(?:(?:/[\w.+-]+)*/)?'
+
+
+def as_the_user_named_it(text, stored, shown, output=None):
+    """The tool's log with each stored input path replaced by the user's own name
+    for it (a project's folder by the user's folder), the result's path by ``output``."""
+    import re
+    if len(stored) == len(shown):
+        for path, name in zip(stored, shown):
+            parts = path.split('/')
+            if len(parts) > 3:  # a project: tasks/in/FOLDER/... -> the user's folder
+                folder = STORE_PATH_PREFIX + re.escape('/'.join(parts[:3]))
+                text = re.sub(folder + '/', lambda _, name=name: name, text)
+                found, name = folder, name.rstrip('/') or '.'  # the folder itself (POV-Ray's +L)
+            else:  # the stored name is unique: tools that print only a file's name show it alone
+                found = STORE_PATH_PREFIX + '(?:tasks/in/)?' + re.escape(parts[-1])
+                name = name or '<content>'
+            text = re.sub(found, lambda _, name=name: name, text)
+    if output:
+        text = re.sub(STORE_PATH_PREFIX + r'tasks/out/[\w.-]+', lambda _: output, text)
+    return text

@@ -1,0 +1,215 @@
+"""rrcloudrc: the keys, their parsing and defaults, the files read and their order."""
+
+import os
+
+from . import DEFAULT_PORT
+from .errors import ConfigError
+from .keyvalue import boolean_value, parse_key_value_lines
+from .names import ALNUM, LazyPattern, is_service_name
+from .services import check_service_servers
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError('must be at least 1')
+    return value
+
+
+def port_number(text):
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError('must be between 1 and 65535')
+    return value
+
+
+def positive_number(text):
+    value = float(text)
+    if not value > 0 or value != value or value == float('inf'):
+        raise ValueError('must be a positive number')
+    return value
+
+
+def _non_negative_number(text):
+    value = float(text)
+    if not value >= 0 or value == float('inf'):
+        raise ValueError('must be a number of at least 0')
+    return value
+
+
+SERVER_RE = LazyPattern(r'\A(https?://)?[A-Za-z0-9._\-\[\]:]+(/[A-Za-z0-9._~/-]*)?\Z')
+
+
+def _server_list(text):
+    servers = [s.strip() for s in text.split(',') if s.strip()]
+    for server in servers:
+        if not SERVER_RE.match(server):
+            raise ValueError(f'not a host, host:port or URL: {server!r}')
+    return servers
+
+
+def _path(text):
+    if not text:
+        raise ValueError('must name a folder')
+    return text
+
+
+def _network_list(text):
+    import ipaddress
+    networks = [n.strip() for n in text.split(',') if n.strip()]
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
+TOKEN_RE = LazyPattern(r'\A[A-Za-z0-9._~+/=-]{16,256}\Z')
+
+
+def _token(text):
+    if not TOKEN_RE.match(text):
+        raise ValueError('a token is 16 to 256 letters, digits or ._~+/=-')
+    return text
+
+
+ORIGIN_RE = LazyPattern(r'\Ahttps?://[A-Za-z0-9._\-\[\]:]+\Z')
+
+
+def _origin_list(text):
+    origins = [o.strip().rstrip('/') for o in text.split(',') if o.strip()]
+    for origin in origins:
+        if not ORIGIN_RE.match(origin):
+            raise ValueError(f'not an origin (scheme://host[:port]): {origin!r}')
+    return origins
+
+
+def _switch(text):
+    return boolean_value(text)  # defined with the services below; looked up at parse time
+
+
+NAME_CHARS = ALNUM | frozenset('._-')
+
+
+def _server_name(text):
+    if not 0 < len(text) <= 64 or not NAME_CHARS.issuperset(text):
+        raise ValueError('a name is 1 to 64 letters, digits or ._-')
+    return text
+
+
+CONFIG_KEYS = {
+    'port': port_number,
+    'servers': _server_list,
+    'timeout': positive_number,
+    'maxDataRetention': _non_negative_number,
+    'maxTasks': positive_int,
+    'dir': _path,
+    'allow': _network_list,
+    'token': _token,
+    'notifierAllow': _network_list,
+    'maxRequestSize': positive_int,
+    'maxInputs': positive_int,
+    'maxFieldLength': positive_int,
+    'maxQueued': positive_int,
+    'maxOutputSize': positive_int,
+    'maxWaits': positive_int,
+    'allowOrigins': _origin_list,
+    'sandbox': _switch,
+    'serverName': _server_name,
+    'reconnectTimeout': _non_negative_number,
+}
+# Client networks a server answers by default: loopback and the private LAN ranges.
+DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
+                 'fc00::/7', 'fe80::/10']
+HOST_KEY_RE = LazyPattern(r'\A[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*\Z')
+
+
+class Config:
+    """The merged settings of the rrcloudrc files that apply."""
+
+    def __init__(self):
+        self.port = DEFAULT_PORT
+        self.servers = []
+        self.service_servers = {}
+        self.timeout = 1800.0
+        self.maxDataRetention = 24.0
+        self.maxTasks = os.cpu_count() or 1
+        self.dir = os.getcwd()
+        self.allow = list(DEFAULT_ALLOW)
+        self.token = ''
+        self.host_tokens = {}
+        self.notifierAllow = []
+        self.maxRequestSize = 256 * 1024 * 1024
+        self.maxInputs = 32
+        self.maxFieldLength = 4096
+        self.maxQueued = 1000
+        self.maxOutputSize = 1024 * 1024 * 1024
+        self.maxWaits = 8
+        self.allowOrigins = []
+        self.sandbox = True
+        self.serverName = host_name()
+        self.reconnectTimeout = 120.0
+        self.sources = []
+        self.service_server_lines = {}  # service -> "file:line" that named its servers
+
+    def apply_file(self, path):
+        """Read one rrcloudrc file over the current values."""
+        folder = os.path.dirname(os.path.abspath(path))
+        for number, key, value in parse_key_value_lines(path):
+            self._apply(path, number, key, value, folder)
+        self.sources.append(os.path.abspath(path))
+
+    def _apply(self, path, number, key, value, folder):
+        prefix, _, suffix = key.rpartition('.')
+        if suffix == 'servers' and is_service_name(prefix):
+            parse, store = _server_list, lambda v: self.service_servers.__setitem__(prefix, v)
+            self.service_server_lines[prefix] = f'{path}:{number}'
+        elif suffix == 'token' and HOST_KEY_RE.match(prefix):
+            parse, store = _token, lambda v: self.host_tokens.__setitem__(prefix, v)
+        elif key == 'dir':
+            parse, store = _path, lambda v: setattr(
+                self, 'dir', os.path.normpath(os.path.join(folder, os.path.expanduser(v))))
+        elif key in CONFIG_KEYS:
+            parse, store = CONFIG_KEYS[key], lambda v: setattr(self, key, v)
+        else:
+            raise ConfigError(f'{path}:{number}: unknown key {key!r}')
+        try:
+            store(parse(value))
+        except ValueError as exc:
+            raise ConfigError(f'{path}:{number}: bad value for {key}: {value!r} ({exc})') from None
+
+    def token_for(self, url):
+        """The token to send to the server at ``url``: ``<host>.token``, else ``token``."""
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        for name in (parts.netloc, parts.hostname or ''):
+            if name in self.host_tokens:
+                return self.host_tokens[name]
+        return self.token
+
+    def servers_for(self, service):
+        """Servers for one service: ``<service>.servers``, else ``servers``."""
+        return self.service_servers.get(service) or self.servers
+
+
+def config_files():
+    """The rrcloudrc files to read, in order (later ones win)."""
+    named = os.environ.get('RRCLOUD_CONFIG')
+    if named:
+        if not os.path.isfile(named):
+            raise ConfigError(f'{named}: RRCLOUD_CONFIG names no readable file')
+        return [named]
+    candidates = [os.path.expanduser('~/.rrcloudrc'), 'rrcloudrc']
+    return [os.path.abspath(path) for path in candidates if os.path.isfile(path)]
+
+
+def load_config():
+    """Read the configuration that applies to this process."""
+    config = Config()
+    for path in config_files():
+        config.apply_file(path)
+    check_service_servers(config)
+    return config
+
+
+def host_name():
+    """This machine's name, for the record's server field and meta's serverName."""
+    return os.uname().nodename

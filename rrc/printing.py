@@ -1,0 +1,384 @@
+"""Printing: the built-in G-code sender (``rrcloud print``) and the firmware quirks it copes with."""
+
+import os
+import time
+
+from .config import positive_int, positive_number
+from .errors import ExitCode, PrinterError, UsageError
+from .names import LazyPattern
+
+
+PRINT_DEFAULT_BAUD = 115200
+# Silence that fails a print (--timeout=S): not a single line from the printer
+# for this long, pokes included.  A long M109 or G28 is not silent: Marlin
+# reports busy: or temperatures while it works.
+PRINT_ANSWER_TIMEOUT = 60.0
+# Silence after which the printer is poked with M105 (--comm-timeout=S): an ok
+# lost on the wire, or a Marlin that sends Resend: without its ok, would
+# otherwise stall the print until the full timeout.
+PRINT_COMM_TIMEOUT = 3.0
+# The same while the printer reported busy: or temperatures since the line
+# went out: Marlin's keepalive comes every 2 s by default, and M113 can
+# stretch it; a poke then only queues an M105 behind the long command.
+PRINT_BUSY_COMM_TIMEOUT = 10.0
+# A board that resets when the port opens prints "start" after its boot (1 to
+# 3 s with an Arduino bootloader); one that does not reset prints nothing.
+# Probe with M110 N0 every PRINT_PROBE_INTERVAL for PRINT_BANNER_WAIT, then
+# every communication timeout.
+PRINT_BANNER_WAIT = 5.0
+PRINT_PROBE_INTERVAL = 1.0
+# After "start", time for a probe that raced the boot to be answered before
+# the next one goes (the boot dropped the others).
+PRINT_BOOT_SETTLE = 0.2
+# Unanswered M105 pokes at most: Marlin queues each one behind a long command
+# in its 4-command buffer (BUFSIZE), and a full buffer stops it reading.
+PRINT_MAX_POKES = 3
+# The same line asked for this many times in a row: the link is broken.
+PRINT_MAX_RESENDS = 10
+PRINT_PROGRESS_INTERVAL = 0.5
+RESEND_RE = LazyPattern(rb'(?i)\A(?:Resend|rs)[: ]\s*N?:?\s*([0-9]+)')
+# The Error: lines that come with a resend request, because a line arrived
+# garbled (Marlin's GCodeQueue: "checksum mismatch", "Line Number is not Last
+# Line Number+1", "No Checksum with line number", "No Line Number with
+# checksum"; Repetier: "expected line"): logged, the line goes again.  Any
+# other Error: (or !!) is the firmware stopping: kill(), MAXTEMP, thermal
+# runaway.
+PRINT_LINE_ERRORS = (b'checksum', b'line number', b'expected line')
+GCODE_PAREN_COMMENT_RE = LazyPattern(r'\([^)]*\)')
+
+
+def gcode_lines(path):
+    """The code lines of a G-code file: comments (; and parentheses) and blanks stripped."""
+    lines = []
+    with open(path, encoding='utf-8', errors='replace') as handle:
+        for raw in handle:
+            code = GCODE_PAREN_COMMENT_RE.sub('', raw.split(';', 1)[0]).strip()
+            if code:
+                lines.append(code)
+    return lines
+
+
+def checksummed(number, code):
+    """``N<n> <code>*<checksum>``; the checksum is the XOR of every byte before '*'."""
+    body = f'N{number} {code}'.encode('ascii', 'replace')
+    checksum = 0
+    for byte in body:
+        checksum ^= byte
+    return body + b'*%d\n' % checksum
+
+
+def check_serial_port(port):
+    """PrinterError unless ``port`` is a character device (checked without opening it)."""
+    import stat
+    try:
+        mode = os.stat(port).st_mode
+    except OSError as exc:
+        raise PrinterError(f'cannot open {port}: {exc.strerror}') from None
+    if not stat.S_ISCHR(mode):
+        raise PrinterError(f'refusing {port}: not a serial device')
+
+
+class SerialLink:
+    """Line I/O on a serial port's file descriptor (pyserial sets the port up)."""
+
+    def __init__(self, port, baud):
+        check_serial_port(port)
+        import serial
+        try:
+            self.serial = serial.Serial(port, baud, timeout=0, write_timeout=10, exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PrinterError(f'cannot open {port}: {exc}') from None
+        self.fd = self.serial.fileno()
+        self.buffer = b''
+
+    def send(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def read_line(self, timeout):
+        """The next line (without its end), or None after ``timeout`` seconds of silence."""
+        import select
+        deadline = time.monotonic() + timeout
+        while b'\n' not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                raise PrinterError('the printer closed the port')
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b'\n', 1)
+        return line.strip()
+
+    def close(self):
+        self.serial.close()
+
+
+def is_printer_error(line):
+    """An ``Error:`` or ``!!`` line."""
+    return line[:5].lower() == b'error' or line.startswith(b'!!')
+
+
+class GcodeSender:
+    """Streams G-code to Marlin-like firmware, one line in flight.
+
+    The rules, each with the firmware behaviour behind it:
+
+    connect   Probe with ``M110 N0`` (Marlin takes it without a line number
+              and sets its line counter to 0) every second until an ``ok``.
+              A board that resets on open drops input while it boots, then
+              prints ``start`` (setup()): probe again once it has settled.
+    send      ``N<n> <code>*<xor>``.  Marlin's GCodeQueue takes line n only
+              if n is its last line + 1 and the checksum matches; otherwise
+              ``Error:...``, ``Resend: <last + 1>``, ``ok``.
+    resend    ``Resend: k`` with k up to the line in flight: go back to k.
+              ``Resend:`` of the line after the one in flight: the printer
+              has that line already (a copy reached it twice and Marlin
+              refused the second with "Line Number is not Last Line
+              Number+1"): go on.  The same line asked for PRINT_MAX_RESENDS
+              times in a row: the link is broken, stop.
+    ok        Marlin answers each command with one ok, in order (``owed``
+              keeps that order).  An ok that carries temperatures answers an
+              M105: whatever was owed before it lost its ok on the way.
+    silence   No line at all for the communication timeout (longer after
+              busy: or temperature reports, as during M109, M190, G28): poke
+              with M105 and carry on when it answers.  No line for the full
+              answer timeout, pokes and all: stop.
+    errors    The Error: lines of PRINT_LINE_ERRORS come with a resend and
+              are only logged; any other Error: or !! line stops the print
+              with that line.  So does ``start`` mid-print (a reset).
+    """
+
+    def __init__(self, link, lines, answer_timeout=PRINT_ANSWER_TIMEOUT, progress=None, log=None,
+                 comm_timeout=PRINT_COMM_TIMEOUT):
+        from collections import deque
+        self.link = link
+        self.lines = lines
+        self.answer_timeout = answer_timeout
+        self.comm_timeout = comm_timeout
+        self.progress = progress or (lambda done, total: None)
+        self.log = log or (lambda text: None)
+        self.acked = 0
+        # What the printer owes an ok for, oldest first: (is a line of the
+        # file, its ok carries temperatures).
+        self.owed = deque()
+        self.heard = time.monotonic()  # the printer's last line, or our last line to it
+        self.poked_at = 0.0
+        self.busy = False              # busy: or temperatures since the last line went out
+        self.asked = (0, 0)            # (line, times in a row) of resend requests
+
+    # -- connect --------------------------------------------------------------
+
+    def connect(self, banner_wait=PRINT_BANNER_WAIT):
+        """Probe with ``M110 N0`` until the printer answers ok; True if it was reset (sent start)."""
+        started = time.monotonic()
+        probe_due, reset = started, False
+        while True:
+            line = self._read(probe_due)
+            if line is None:
+                if self._silence() >= self.answer_timeout:
+                    raise PrinterError(f'the printer did not answer (no reply to M110 N0 for '
+                                       f'{self.answer_timeout:g} s)')
+                self._send_command(b'M110 N0', reports=False)
+                now = time.monotonic()
+                probe_due = now + (PRINT_PROBE_INTERVAL if now - started < banner_wait else self.comm_timeout)
+            elif line.startswith(b'ok'):
+                self._match_ok(line)
+                self.log(f'printer ready after {time.monotonic() - started:.1f} s'
+                         f'{" (it was reset)" if reset else ""}')
+                return reset
+            elif line == b'start':
+                self.owed.clear()  # the boot dropped every probe it got
+                probe_due, reset = time.monotonic() + PRINT_BOOT_SETTLE, True
+            elif is_printer_error(line):
+                self._check_error(line)
+
+    # -- print ----------------------------------------------------------------
+
+    def run(self):
+        """Send every line once (resends aside); PrinterError when the printer fails or falls silent."""
+        number, last_progress = 1, 0.0
+        while number <= len(self.lines):
+            self._send_line(number)
+            following = self._await_answer(number)
+            self.acked = max(self.acked, following - 1)
+            number = following
+            if time.monotonic() - last_progress >= PRINT_PROGRESS_INTERVAL:
+                last_progress = time.monotonic()
+                self.progress(self.acked, len(self.lines))
+        self.progress(self.acked, len(self.lines))
+
+    def _send_line(self, number):
+        code = self.lines[number - 1]
+        self.link.send(checksummed(number, code))
+        self.owed.append((True, code[:4].upper() == 'M105' and not code[4:5].isdigit()))
+        self.heard = time.monotonic()  # silence counts from here
+        self.busy = False
+
+    def _await_answer(self, number):
+        """Read until line ``number`` is answered; the number of the line to send next."""
+        following = number + 1
+        while True:
+            line = self._read(max(self.heard, self.poked_at) + self._patience())
+            if line is None:
+                if self._silence() >= self.answer_timeout:
+                    unanswered = '; M105 went unanswered too' if self.poked_at > self.heard else ''
+                    raise PrinterError(f'the printer stopped answering (no reply for '
+                                       f'{self.answer_timeout:g} s after line {number}{unanswered})')
+                self._poke(number)
+            elif line.startswith(b'ok'):
+                self._match_ok(line)
+                if not any(is_line for is_line, _ in self.owed):
+                    if following == number + 1:
+                        self.asked = (0, 0)
+                    return following
+            elif is_printer_error(line):
+                self._check_error(line)
+            elif line == b'start':
+                raise PrinterError(f'the printer restarted (it sent start) after line {number}')
+            elif b'busy:' in line or b'T:' in line:
+                self.busy = True
+            else:
+                match = RESEND_RE.match(line)
+                if match:
+                    following = self._resend_target(int(match.group(1)), number)
+                # echo:, position reports and unknown lines: the printer is alive
+
+    def _resend_target(self, asked, number):
+        """The line to go on with after ``Resend: asked`` while line ``number`` is in flight."""
+        if asked == number + 1:
+            self.log(f'printer asked for line {asked}, not sent yet: it has line {number} already; going on')
+            return asked
+        if not 1 <= asked <= number:
+            raise PrinterError(f'printer asked to resend line {asked}, but line {number} was the last sent')
+        times = self.asked[1] + 1 if self.asked[0] == asked else 1
+        if times >= PRINT_MAX_RESENDS:
+            raise PrinterError(f'the printer asked for line {asked} {times} times in a row: '
+                               f'the serial link is broken (cable, baud rate, interference)')
+        self.asked = (asked, times)
+        return asked
+
+    def _check_error(self, line):
+        """Log an Error: line; stop unless it is one that comes with a resend."""
+        text = line.decode(errors='replace')
+        self.log(f'printer: {text}')
+        lowered = line.lower()
+        if line.startswith(b'!!') or not any(words in lowered for words in PRINT_LINE_ERRORS):
+            raise PrinterError(f'printer error: {text}')
+
+    # -- oks, silence and pokes -----------------------------------------------
+
+    def _send_command(self, command, reports):
+        """An unnumbered command of our own (probe or poke); its ok is owed like a line's."""
+        self.link.send(command + b'\n')
+        self.owed.append((False, reports))
+        self.poked_at = time.monotonic()
+
+    def _match_ok(self, line):
+        """Take one ok off ``owed``, oldest first; an ok with temperatures answers the oldest M105."""
+        if b'T:' in line and any(reports for _, reports in self.owed):
+            while not self.owed.popleft()[1]:
+                pass  # answered before this M105 without an ok: the ok was lost
+        elif self.owed:
+            self.owed.popleft()
+
+    def _patience(self):
+        if self.busy:
+            return max(self.comm_timeout, PRINT_BUSY_COMM_TIMEOUT)
+        return self.comm_timeout
+
+    def _silence(self):
+        return time.monotonic() - self.heard
+
+    def _poke(self, number):
+        """M105 to a silent printer: Marlin answers it after everything sent before it."""
+        if sum(1 for is_line, _ in self.owed if not is_line) >= PRINT_MAX_POKES:
+            self.poked_at = time.monotonic()
+            return
+        self.log(f'no answer to line {number} for {self._silence():.1f} s; sending M105')
+        self._send_command(b'M105', reports=True)
+
+    def _read(self, until):
+        """The printer's next line, or None at ``until`` or after ``answer_timeout`` s of silence."""
+        left = min(until, self.heard + self.answer_timeout) - time.monotonic()
+        line = self.link.read_line(max(left, 0.0))
+        if line is not None:
+            self.heard = time.monotonic()
+        return line
+
+
+def cmd_print(args):
+    """``rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE``: the built-in G-code sender."""
+    options, (port, path) = _print_arguments(args)
+    check_serial_port(port)  # a wrong port is named even when the file is wrong too
+    lines = gcode_lines(path)
+    link = SerialLink(port, options['baud'])
+    started = time.monotonic()
+    try:
+        sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
+                             comm_timeout=options['comm-timeout'])
+        sender.connect()
+        sender.run()
+    finally:
+        link.close()
+    elapsed = time.monotonic() - started
+    _print_log(f'printed {len(lines)} lines in {elapsed:.1f} s')
+    return ExitCode.OK
+
+
+def _print_arguments(args):
+    """(options, [PORT, FILE]) of ``rrcloud print``; UsageError for anything else."""
+    options = {'baud': PRINT_DEFAULT_BAUD, 'timeout': PRINT_ANSWER_TIMEOUT,
+               'comm-timeout': PRINT_COMM_TIMEOUT}
+    positional = []
+    for arg in args:
+        name, sep, value = arg[2:].partition('=')
+        if arg.startswith('--') and sep and name in options:
+            try:
+                options[name] = positive_int(value) if name == 'baud' else positive_number(value)
+            except ValueError:
+                raise UsageError(f'bad value for --{name}: {value!r}') from None
+        elif arg.startswith('--'):
+            raise UsageError(f'unknown print option: {arg!r}')
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise UsageError('usage: rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE.gcode')
+    return options, positional
+
+
+def _print_log(text):
+    print(f'rrcloud print: {text}', flush=True)
+
+
+def task_progress_writer():
+    """Progress goes to the runner as ``DONE/TOTAL`` lines on the pipe it gave us
+    (a sandboxed sender sees no store); None when run by hand."""
+    fd = os.environ.get('RRCLOUD_PROGRESS_FD', '')
+    if not fd.isdigit():
+        return None
+
+    def write(done, total):
+        try:
+            os.write(int(fd), f'{done}/{total}\n'.encode())
+        except OSError:
+            pass  # a runner that went away takes the print with it anyway
+    return write
+
+
+PRINT_HELP = f"""\
+usage: rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE.gcode
+
+Sends a G-code file to a printer on a serial port, line by line with line
+numbers and checksums, resending what the printer asks for: the built-in
+sender of the printrun service, run here and now (`printrun.cloud PORT
+FILE.gcode` runs it as a task, on a server when one is configured).
+
+  --baud=N      the port's speed (default {PRINT_DEFAULT_BAUD})
+  --timeout=S   seconds of silence from the printer that fail the print (default {PRINT_ANSWER_TIMEOUT:g})
+  --comm-timeout=S  seconds of silence after which the printer is asked for its
+                temperature (M105) to find an answer lost on the wire
+                (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy)
+  -h, --help    show this help
+"""

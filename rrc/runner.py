@@ -1,0 +1,454 @@
+"""The detached runner of one task: compose the argv, sandbox and supervise the tool, judge its exit."""
+
+import os
+import sys
+import time
+
+from . import PROGRAM_FOLDER
+from .config import Config
+from .errors import ConfigError, ExitCode, RRCloudError, UsageError
+from .names import check_task_id, is_extension, is_single_line, is_task_id
+from .notifier import notify
+from .procs import (kill_process_group, process_start_time, rrcloud_command, task_environment,
+    terminate_group)
+from .projects import PROJECT_PART_RE
+from .schema import TaskStatus
+from .services import (check_native_args, check_output_ext, check_params, check_prearg,
+    compose_argv, find_service, load_services)
+from .states import finish_task
+from .store import Store, append_log, remove_tree, unlink_quietly, unmark
+from .tasks import dispatch, task_config
+
+
+# Less free space than this after a failed task: the disk filled up.
+DISK_NEARLY_FULL_BYTES = 64 * 1024
+
+
+def run_task(store, settings, task_id):
+    """The detached runner: run one task's tool, record how it ended, start the next."""
+    record = store.read_task(task_id)
+    try:
+        config = task_config(settings, store)
+    except ConfigError as exc:
+        return cannot_start(store, record, str(exc))
+    if record.get('status') != TaskStatus.BUSY:  # killed before it could start
+        return _runner_done(store, config, task_id, record)
+    try:
+        service = find_service(*load_services(store.root), record.get('service', ''))
+    except RRCloudError as exc:
+        return cannot_start(store, record, str(exc), config)
+    try:
+        outcome = execute(store, config, service, record)
+    except Exception as exc:  # a runner never leaves a task busy
+        outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
+    status, fields = outcome
+    if status == TaskStatus.FAILED:
+        fields = remove_output_of_full_disk(store, record, fields)
+    finished = finish_task(store, task_id, status, **fields)
+    return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def cannot_start(store, record, reason, config=None):
+    """A task whose runner cannot run it: the record and the log say why.
+
+    Without its own settings, the next task is started as if one slot were
+    all there is: never more at once than any configuration allows.
+    """
+    task_id = record['id']
+    append_log(store, task_id, f'rrcloud: task {task_id} cannot start: {reason}')
+    finished = finish_task(store, task_id, TaskStatus.FAILED, error=f'cannot start: {reason}')
+    if config is None:
+        config = Config()
+        config.maxTasks, config.dir = 1, store.root
+    return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def remove_output_of_full_disk(store, record, fields):
+    """A task that failed because the disk filled up: remove what its tool
+    left (the space is free again for the next one) and say so.  Otherwise a
+    failed task keeps its partial output, for a look at what went wrong."""
+    out = store.path_of(record['out']) if record.get('out') else None
+    if not out or not os.path.isfile(out):
+        return fields
+    try:
+        stat = os.statvfs(os.path.dirname(out))
+    except OSError:
+        return fields
+    if stat.f_bavail * stat.f_frsize >= DISK_NEARLY_FULL_BYTES:
+        return fields
+    unlink_quietly(out)
+    return dict(fields, error=f"{fields.get('error', 'failed')}: no space left on device (output removed)")
+
+
+def _runner_done(store, config, task_id, final):
+    """Free this runner's slot, start what waits for it, then call the notifier
+    (a slow notifier never holds a slot)."""
+    unmark(store, 'running', task_id)
+    release_slot()
+    dispatch(store, config)
+    if final.get('notifier'):
+        notify(store, config, final)
+    return final
+
+
+def release_slot():
+    """Close the inherited slot fd so the next task may start."""
+    fd = os.environ.pop('RRCLOUD_SLOT_FD', None)
+    if fd is not None:
+        try:
+            os.close(int(fd))
+        except (OSError, ValueError):
+            pass
+
+
+def execute(store, config, service, record):
+    """Run the tool of one task; returns (status, fields to record)."""
+    try:
+        argv = task_argv(service, record)
+    except UsageError as exc:
+        return refuse_record(store, record, exc)
+    argv = absolute_output(service, record, argv, tool_root(store, config))
+    launch = Launch(service, argv, display=needs_display(service, record))
+    with open(store.log_path(record['id']), 'ab') as log:
+        if launch.missing:
+            log.write(f'rrcloud: {launch.missing} not found in {service.path}\n'.encode())
+            return TaskStatus.FAILED, {'error': f'cannot start: {launch.missing} not found in {service.path}'}
+        work = prepare_work_folder(store, record['id']) if config.sandbox else None
+        try:
+            outcome = run_tool(store, config, record, launch, log, work)
+            if outcome is None and work:
+                outcome = take_output(store, config, service, record, work, launch.exit_code)
+        finally:
+            if work:
+                remove_tree(work)
+    outcome = outcome or judge_exit(store, service, record, launch.exit_code)
+    return builtin_reason(store, record, outcome) if launch.builtin else outcome
+
+
+BUILTIN_ERROR_PREFIX = 'rrcloud: error: '
+
+
+def builtin_reason(store, record, outcome):
+    """A built-in (the G-code sender) that failed said why as its last log line
+    (``rrcloud: error: cannot open /dev/ttyUSB0 …``): that is the task's error,
+    rather than its exit code."""
+    status, fields = outcome
+    if status != TaskStatus.FAILED or not str(fields.get('error', '')).startswith('exit code'):
+        return outcome
+    last = last_log_line(store, record['id'])
+    if last.startswith(BUILTIN_ERROR_PREFIX) and is_single_line(last):
+        return status, dict(fields, error=last[len(BUILTIN_ERROR_PREFIX):].strip())
+    return outcome
+
+
+def last_log_line(store, task_id):
+    """The last line of a task's log ('' when there is none)."""
+    try:
+        with open(store.log_path(task_id), 'rb') as log:
+            log.seek(max(0, os.fstat(log.fileno()).st_size - 4096))
+            lines = log.read().decode('utf-8', 'replace').splitlines()
+    except FileNotFoundError:
+        return ''
+    return lines[-1] if lines else ''
+
+
+def output_format(service, record):
+    """The extension of a task's output format ('' for a service with one format)."""
+    return record.get('outExt') or (service.output_exts[0] if service.output_exts else '')
+
+
+def needs_display(service, record):
+    """True when the task's output format is one its tool renders on an X display."""
+    return output_format(service, record) in service.display_exts
+
+
+def tool_root(store, config):
+    """The folder a task's tool works in, as the tool sees it: its sandbox's, or the store's."""
+    if not config.sandbox:
+        return store.root
+    from .sandbox import JOB_FOLDER
+    return JOB_FOLDER
+
+
+def absolute_output(service, record, argv, root):
+    """The argv with the output given as ``ROOT/tasks/out/NAME`` when the task's format
+    is one its tool writes relative to its input's folder (``absoluteOutputExts``);
+    the record's ``cmd`` keeps the spec's relative shape."""
+    ext = output_format(service, record)
+    if service.no_output or ext not in service.absolute_output_exts:
+        return argv
+    out = 'tasks/out/' + service.output_name(record['id'], ext)
+    tail = len(service.output)
+    return argv[:-tail] + [word.replace(out, f'{root}/{out}') for word in argv[-tail:]]
+
+
+# A private X server for the one tool, started and stopped by xvfb-run inside
+# the sandbox (its socket in the sandbox's own /tmp; no TCP).
+VIRTUAL_DISPLAY = ('xvfb-run', '--auto-servernum')
+
+
+class Launch:
+    """How one task's tool is started: argv, environment, what its sandbox must show."""
+
+    def __init__(self, service, argv, display=False):
+        import shutil
+        self.env = task_environment(service)
+        self.read_paths = list(service.read_paths) + service_path_folders(service)
+        self.devices = [arg for arg in argv if arg.startswith('/dev/')]  # allowed ports
+        self.builtin = argv[0] == 'rrcloud'
+        if self.builtin:  # the G-code sender: this program, this Python
+            argv = rrcloud_command() + argv[1:]
+            self.read_paths += program_paths()
+            self.executable = sys.executable
+        else:
+            self.executable = shutil.which(argv[0], path=service.path)
+        self.argv = [self.executable] + argv[1:]
+        self.missing = None if self.executable else argv[0]
+        if display:
+            runner = shutil.which(VIRTUAL_DISPLAY[0], path=service.path)
+            self.argv = [runner] + list(VIRTUAL_DISPLAY[1:]) + self.argv
+            self.missing = self.missing or (None if runner else f'{VIRTUAL_DISPLAY[0]} (Debian package xvfb)')
+        self.exit_code = None
+
+
+def run_tool(store, config, record, launch, log, work):
+    """Start the tool (sandboxed when ``work`` is given), record its pid, supervise
+    it; returns a failure outcome, or None with ``launch.exit_code`` set."""
+    import subprocess
+    try:
+        command = sandbox_command(store, record, launch, work) if work else launch.argv
+    except Exception as exc:  # bwrap missing, a bad path: never run unsandboxed instead
+        log.write(f'rrcloud: cannot build the sandbox: {exc}\n'.encode())
+        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+    progress_read, progress_write = os.pipe() if launch.builtin else (None, None)
+    if progress_write is not None:
+        launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
+    try:
+        process = subprocess.Popen(
+            command, cwd=work or store.root, env=launch.env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            pass_fds=() if progress_write is None else (progress_write,),
+            start_new_session=True)  # its own group: timeouts and kills reach grandchildren
+    except OSError as exc:
+        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+    finally:
+        if progress_write is not None:
+            os.close(progress_write)
+    try:
+        return watch_tool(store, config, record, process, progress_read)
+    finally:
+        if progress_read is not None:
+            os.close(progress_read)
+        launch.exit_code = process.returncode
+
+
+def watch_tool(store, config, record, process, progress_read):
+    """Record the tool's pid, then supervise it until it ends, times out or is killed."""
+    try:
+        store.update_task(record['id'], {'pid': process.pid,
+                                         'pidStart': process_start_time(process.pid) or ''})
+    except BaseException:  # an unrecorded tool must not run on unseen
+        terminate_group(process)
+        raise
+    _install_runner_signal_handlers(process)
+    progress = ProgressPipe(progress_read)
+    code = supervise(store, config, record['id'], process, progress=progress)
+    last = progress.latest()  # what came after the last look, up to the end
+    if last:
+        store.update_task(record['id'], {'progress': last})
+    if code is None:
+        return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
+                                   'exitCode': process.returncode}
+    kill_process_group(process.pid)  # leftovers of a tool that exited
+    return None
+
+
+def task_argv(service, record):
+    """The argv of a task, composed anew from its service conf and its checked fields.
+
+    A record is data that many processes write: its ``cmd`` is shown, never
+    run.  A field that does not check (an input outside tasks/in, an argument
+    the service does not allow) means rrcloud did not write it: UsageError.
+    """
+    paths = [path for path in record.get('in', '').split(',') if path]
+    preargs = record['preargs'].split(',') if record.get('preargs') else [''] * len(paths)
+    if not paths or len(preargs) != len(paths):
+        raise UsageError('its inputs and preargs do not match')
+    for path in paths:
+        check_stored_input(path)
+    for prearg in preargs:
+        check_prearg(service, prearg)
+    native = record.get('nativeArgs', '').split()
+    check_native_args(service, native)
+    params = record_params(record)
+    check_params(service, params)
+    out_ext = check_output_ext(service, record.get('outExt', ''))
+    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native,
+                        params, out_ext)
+
+
+def record_params(record):
+    """The (option, value) pairs of a record's ``params`` field; UsageError when it is not such a list."""
+    if not record.get('params'):
+        return []
+    import json
+    try:
+        pairs = json.loads(record['params'])
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(w, str) for w in p) for p in pairs):
+        raise UsageError('its params are not a list of (option, value) pairs')
+    return [tuple(pair) for pair in pairs]
+
+
+def check_stored_input(path):
+    """A record's input path names a stored input: ``tasks/in/NAME[.ext]`` or a
+    file of a project folder ``tasks/in/FOLDER/PART/...``; else UsageError."""
+    parts = path.split('/')
+    name, _, ext = parts[2].partition('.') if len(parts) > 2 else ('', '', '')
+    stored = (parts[:2] == ['tasks', 'in'] and is_task_id(name)
+              and (not ext or (is_extension(ext) and len(parts) == 3))
+              and all(PROJECT_PART_RE.match(part) for part in parts[3:]))
+    if not stored:
+        raise UsageError(f'input {path[:80]!r} is not a stored input')
+    return path
+
+
+def refuse_record(store, record, reason):
+    """A record rrcloud did not write (forged through a tool, or by hand): log it, never run it."""
+    message = f'refused: the record does not check ({reason})'
+    with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
+        log.write(f'rrcloud: task {record["id"]} {message}\n')
+    print(f'rrcloud: task {record["id"]} {message}', file=sys.stderr)
+    return TaskStatus.FAILED, {'error': message}
+
+
+def service_path_folders(service):
+    """The folders of a service's PATH: the sandbox must show its tool (it
+    leaves out those under /usr, which it shows anyway)."""
+    return [real for real in (os.path.realpath(f) for f in service.path.split(':') if f)
+            if os.path.isdir(real)]
+
+
+def program_paths():
+    """What the built-in sender needs to run in a sandbox: this program, its
+    package and bytecode, and the Python it runs on (nothing of the store)."""
+    paths = [os.path.join(PROGRAM_FOLDER, name) for name in ('rrcloud.py', 'rrc', '__pycache__')]
+    return [p for p in paths if os.path.exists(p)] + sorted({sys.prefix, sys.base_prefix, sys.exec_prefix})
+
+
+def prepare_work_folder(store, task_id):
+    """A fresh, empty folder ``tasks/work/ID``: the sandbox's tasks/out."""
+    store.ensure()
+    folder = os.path.join(store.folder('work'), check_task_id(task_id))
+    remove_tree(folder)  # what a crashed run of the same task left
+    os.mkdir(folder, 0o700)
+    return folder
+
+
+def sandbox_command(store, record, launch, work):
+    """The bwrap argv around a task's tool: its own inputs, its work folder, nothing else."""
+    from .sandbox import Sandbox, is_character_device
+    inputs = {}
+    for path in record['in'].split(','):
+        top = '/'.join(path.split('/')[:3])  # a project binds its whole folder
+        inputs[top] = store.path_of(top)
+    # A missing port is left out: the sender inside reports it in one line.
+    devices = [d for d in launch.devices if is_character_device(d)]
+    jail = Sandbox([(host, inside) for inside, host in inputs.items()], work,
+                   read_paths=launch.read_paths, devices=devices)
+    launch.env.update(HOME='/tmp', TMPDIR='/tmp')
+    return jail.command(launch.argv)
+
+
+def take_output(store, config, service, record, work, exit_code):
+    """Copy the result out of the work folder after the tool ended; a failure outcome or None."""
+    if service.no_output or not record.get('out'):
+        return None
+    from .sandbox import collect_output
+    name = service.output_name(record['id'], check_output_ext(service, record.get('outExt', '')))
+    problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize)
+    if problem:
+        return TaskStatus.FAILED, {'error': problem, 'exitCode': exit_code}
+    return None
+
+
+class ProgressPipe:
+    """The built-in sender's progress (``DONE/TOTAL`` lines on a pipe), for the runner."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = b''
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def latest(self):
+        """The newest complete progress line, or None when nothing new came."""
+        if self.fd is None:
+            return None
+        try:
+            while chunk := os.read(self.fd, 4096):
+                self.buffer += chunk
+        except BlockingIOError:
+            pass
+        lines, _, self.buffer = self.buffer.rpartition(b'\n')
+        newest = lines.rsplit(b'\n', 1)[-1].decode('ascii', 'replace').strip()
+        done, sep, total = newest.partition('/')
+        return newest if sep and done.isdigit() and total.isdigit() else None
+
+
+def supervise(store, config, task_id, process, interval=0.5, progress=None):
+    """Wait for the tool; stop its group on timeout (returns None) or when killed.
+
+    The built-in sender's progress is written to the record as it comes.
+    """
+    import subprocess
+    deadline = time.monotonic() + config.timeout
+    while True:
+        try:
+            return process.wait(timeout=max(0.0, min(interval, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            terminate_group(process)
+            return None
+        latest = progress.latest() if progress else None
+        record = store.update_task(task_id, {'progress': latest}) if latest else store.read_task(task_id)
+        if record.get('status') != TaskStatus.BUSY:  # killed meanwhile
+            terminate_group(process)
+            return process.returncode
+
+
+def _install_runner_signal_handlers(process):
+    """A runner told to stop takes its tool's process group with it."""
+    import signal
+
+    def stop(signum, frame):
+        terminate_group(process, grace=1.0)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+
+def judge_exit(store, service, record, code):
+    """Complete only for exit code 0 and (no output expected or a non-empty output)."""
+    fields = {'exitCode': code}
+    if code != 0:
+        reason = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
+        return TaskStatus.FAILED, dict(fields, error=reason)
+    if not service.no_output:
+        out = store.path_of(record['out'])
+        if not os.path.isfile(out) or os.path.getsize(out) == 0:
+            return TaskStatus.FAILED, dict(fields, error='no output')
+    return TaskStatus.COMPLETE, fields
+
+
+def cmd_run_internal(args):
+    """``rrcloud _run ID --dir ROOT``: the detached runner (internal)."""
+    if len(args) != 3 or args[1] != '--dir':
+        raise UsageError('usage: rrcloud _run ID --dir ROOT')
+    task_id = check_task_id(args[0])
+    store = Store(args[2])
+    final = run_task(store, os.environ.pop('RRCLOUD_TASK_SETTINGS', ''), task_id)
+    return ExitCode.OK if final.get('status') == TaskStatus.COMPLETE else ExitCode.TASK_FAILED

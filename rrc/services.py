@@ -1,0 +1,422 @@
+"""``services/*.conf``: what each tool takes and writes, and the argv composed from a checked request."""
+
+import os
+import sys
+
+from . import PROGRAM_FOLDER
+from .errors import ConfigError, UsageError
+from .keyvalue import boolean_value, parse_key_value_lines
+from .names import LazyPattern, NATIVE_VALUE_RE, is_extension, is_service_name
+from .projects import PROJECT_SUFFIXES
+
+
+def check_service_servers(config):
+    """``SERVICE.servers`` must name a known service: ``openscd.servers`` is a
+    typo, an unknown key like any other (checked once ``dir`` is known)."""
+    if not config.service_servers:
+        return
+    known = service_names(config.dir)
+    for service, where in sorted(config.service_server_lines.items()):
+        if service not in known:
+            raise ConfigError(f'{where}: unknown key {service + ".servers"!r}: no service {service!r} '
+                              f'(services: {", ".join(sorted(known)) or "none"})')
+
+
+DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
+SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
+                'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
+                'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
+                'versionArg')
+
+
+class Service:
+    """How to run one service's executable (from ``services/NAME.conf``)."""
+
+    def __init__(self, name, source, fields):
+        self.name = name
+        self.source = source
+        self.path = fields.get('path') or DEFAULT_SERVICE_PATH
+        self.cmd = split_words(fields['cmd'])
+        self.input_prefixes = _input_prefixes(fields.get('argInput', ''))
+        self.file_out = fields.get('fileOut') or '$id'
+        self.no_output = boolean_value(fields.get('noOutput', 'no'))
+        self.output = split_words(fields.get('output') or ('' if self.no_output else '$fileOut'))
+        self.native_args = [a.strip() for a in fields.get('nativeArgs', '').split(',') if a.strip()]
+        self.input_ext = fields.get('inputExt', '')
+        self.ignore_case = boolean_value(fields.get('ignoreCase', 'no'))
+        self.input_exts = [e.strip().lower() for e in fields.get('inputExts', '').split(',') if e.strip()]
+        # Host folders the sandbox shows the tool read-only (e.g. an OpenSCAD library).
+        self.read_paths = _absolute_paths(fields.get('readPaths', ''))
+        # Inputs given with an argInput prefix (slic3r's --load=) are configs:
+        # only the keys listed in this file beside the conf are passed on.
+        self.config_keys = _config_key_list(source, fields.get('configKeys', ''))
+        # The formats the tool picks from its output's extension; the first is
+        # what fileOut names (OpenSCAD: stl, off, amf, ..., png).
+        self.output_exts = _extension_list(fields.get('outputExts', ''))
+        # Formats the tool renders with OpenGL: it then runs on a private
+        # virtual X display (xvfb-run) inside its sandbox.
+        self.display_exts = _extension_list(fields.get('displayExts', ''))
+        # Formats the tool writes relative to its input's folder rather than
+        # its working folder (OpenSCAD's csg): it is given the output's
+        # absolute path.
+        self.absolute_output_exts = _extension_list(fields.get('absoluteOutputExts', ''))
+        # Options whose value is the next argument, with the kind of value
+        # each takes (OpenSCAD: -D NAME=VALUE, -P NAME).
+        self.param_args = _param_args(fields.get('paramArgs', ''))
+        # The argument naming a project's folder to a tool that looks for a
+        # file's includes only in its library paths (POV-Ray: +L$folder).
+        self.include_arg = fields.get('includeArg', '')
+        self.version_arg = fields.get('versionArg') or '--version'
+
+    def output_name(self, task_id, ext=''):
+        """The result's file name under tasks/out for one task; ``ext`` (one of
+        ``outputExts``, checked by check_output_ext) replaces the default's."""
+        name = self.file_out.replace('$id', task_id)
+        if ext and self.output_exts and ext != self.output_exts[0]:
+            name = name[:-len(self.output_exts[0])] + ext
+        return name
+
+    def output_ext_of(self, path):
+        """The format a tool that picks it from the name would write to ``path``:
+        '' for a service without ``outputExts``, else one of them or UsageError."""
+        if not self.output_exts:
+            return ''
+        base = os.path.basename(path)
+        ext = base.rsplit('.', 1)[1].lower() if '.' in base.lstrip('.') else ''
+        if ext not in self.output_exts:
+            known = ', '.join(self.output_exts)
+            what = f'.{ext} is not a format it writes' if ext else 'it has no extension'
+            raise UsageError(f'{path}: {self.name} picks the format from the output\'s extension, '
+                             f'and {what} (one of: {known})')
+        return ext
+
+    def output_prefix(self):
+        """What comes before the output file on a tool's command line ('-o', '--output=').
+
+        For ``output = -o $fileOut`` it is the word before, ``-o``; None when
+        the output argument holds no ``$fileOut``.
+        """
+        for index, word in enumerate(self.output):
+            if '$fileOut' in word:
+                prefix = word.split('$fileOut', 1)[0]
+                return prefix or (self.output[index - 1] if index else '')
+        return None
+
+    def accepts_input(self, path):
+        """True when a file may be an input: any file, or one of ``inputExts`` when given
+        (a project archive ``main.scad.tgz`` by its main file's kind)."""
+        base = os.path.basename(path).lower()
+        base = next((base[:-len(s)] for s in PROJECT_SUFFIXES if base.endswith(s)), base)
+        ext = base.rsplit('.', 1)[1] if '.' in base else ''
+        return not self.input_exts or ext in self.input_exts
+
+    def output_argument(self, arg):
+        """True when ``arg`` starts with the output prefix (in any case, for ignoreCase tools)."""
+        prefix = self.output_prefix()
+        if not prefix:
+            return False
+        if self.ignore_case:
+            return arg.lower().startswith(prefix.lower())
+        return arg.startswith(prefix)
+
+    def allows_native(self, arg):
+        """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
+        word = self.cased(arg)
+        for allowed in map(self.cased, self.native_args):
+            if word == allowed:
+                return True
+            value = arg[len(allowed):]
+            # a value follows "--key=" or is a number ("+W800", "/dev/ttyUSB0"):
+            # "--render" must not let "--rendering" through
+            if (word.startswith(allowed) and (allowed.endswith('=') or value[:1].isdigit())
+                    and NATIVE_VALUE_RE.match(value)):
+                return True
+        return False
+
+    def cased(self, word):
+        """``word`` as the tool compares it: lower-cased for ignoreCase tools (POV-Ray's +w is +W)."""
+        return word.lower() if self.ignore_case else word
+
+    def input_prefix_of(self, arg):
+        """The argInput prefix ``arg`` starts with, or None."""
+        for prefix in self.input_prefixes:
+            if arg.startswith(prefix) and len(arg) > len(prefix):
+                return prefix
+        return None
+
+
+def split_words(text):
+    """Shell-like word splitting of a conf value; shlex only when quotes are used."""
+    if not any(ch in text for ch in '\'"\\'):
+        return text.split()
+    import shlex
+    return shlex.split(text)
+
+
+def _input_prefixes(text):
+    prefixes = []
+    for pattern in (p.strip() for p in text.split(',')):
+        if not pattern:
+            continue
+        if not pattern.endswith('$fileIn') or len(pattern) == len('$fileIn'):
+            raise ValueError(f'argInput must be PREFIX$fileIn, got {pattern!r}')
+        prefixes.append(pattern[:-len('$fileIn')])
+    return prefixes
+
+
+def _extension_list(text):
+    exts = [e.strip().lower() for e in text.split(',') if e.strip()]
+    for ext in exts:
+        if not is_extension(ext):
+            raise ValueError(f'an extension is letters and digits, got {ext!r}')
+    return exts
+
+
+# The kinds of value a paramArgs option may take, and what each admits.
+PARAM_KINDS = ('NAME=VALUE', 'NAME')
+
+
+def _param_args(text):
+    """``-D NAME=VALUE, -P NAME`` -> {'-D': 'NAME=VALUE', '-P': 'NAME'}."""
+    params = {}
+    for entry in (e.strip() for e in text.split(',')):
+        if not entry:
+            continue
+        option, _, kind = entry.partition(' ')
+        if not option.startswith('-') or kind.strip() not in PARAM_KINDS:
+            raise ValueError(f'paramArgs entries are "OPTION NAME=VALUE" or "OPTION NAME", got {entry!r}')
+        params[option] = kind.strip()
+    return params
+
+
+def _absolute_paths(text):
+    paths = [p.strip() for p in text.split(',') if p.strip()]
+    for path in paths:
+        if not path.startswith('/') or '..' in path.split('/'):
+            raise ValueError(f'readPaths must be absolute paths, got {path!r}')
+    return paths
+
+
+def _config_key_list(source, name):
+    """The allowed keys named by ``configKeys`` (a file beside the conf), or None."""
+    if not name:
+        return None
+    if '/' in name or name.startswith('.'):
+        raise ValueError(f'configKeys must name a file beside the conf, got {name!r}')
+    path = os.path.join(os.path.dirname(source), name)
+    try:
+        with open(path, encoding='utf-8') as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise ValueError(f'configKeys file {path}: {exc.strerror}') from None
+    return frozenset(k for k in (line.split('#', 1)[0].strip() for line in lines) if k)
+
+
+def parse_service(path):
+    """Read and check one service conf; a bad one raises ConfigError naming it."""
+    name = os.path.basename(path)[:-len('.conf')]
+    if not is_service_name(name):
+        raise ConfigError(f'{path}: service name {name!r} must be lower-case letters, digits or _')
+    fields, lines = {}, {}
+    for number, key, value in parse_key_value_lines(path):
+        if key not in SERVICE_KEYS:
+            raise ConfigError(f'{path}:{number}: unknown key {key!r}')
+        fields[key], lines[key] = value, number
+    if not fields.get('cmd'):
+        raise ConfigError(f'{path}: no cmd given')
+    try:
+        service = Service(name, path, fields)
+    except ValueError as exc:
+        raise ConfigError(f'{path}: {exc}') from None
+    _check_service(service, path)
+    return service
+
+
+def _check_service(service, path):
+    probe = service.output_name('1000000000-00000-000000')
+    if '$id' not in service.file_out or '/' in probe or probe.startswith('.'):
+        raise ConfigError(f'{path}: fileOut must be a plain file name containing $id')
+    if not service.no_output and service.output_prefix() is None:
+        raise ConfigError(f'{path}: output must contain $fileOut (or set noOutput = yes)')
+    if service.input_ext and not is_extension(service.input_ext):
+        raise ConfigError(f'{path}: inputExt must be letters and digits')
+    if service.output_exts and not service.file_out.endswith('.' + service.output_exts[0]):
+        raise ConfigError(f'{path}: fileOut must end in .{service.output_exts[0]}, the first of outputExts')
+    if service.include_arg and service.include_arg.count('$folder') != 1:
+        raise ConfigError(f'{path}: includeArg must contain $folder once')
+
+
+def installed_path(name):
+    """A shipped file or folder: beside rrcloud.py, or under share/rrcloud when installed."""
+    for path in (os.path.join(PROGRAM_FOLDER, name), os.path.join(sys.prefix, 'share', 'rrcloud', name)):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def service_names(root):
+    """Names of the service confs in ``ROOT/services`` and the installed ones (not parsed)."""
+    names = set()
+    for folder in (os.path.join(root, 'services'), installed_path('services')):
+        if folder and os.path.isdir(folder):
+            names.update(entry[:-len('.conf')] for entry in os.listdir(folder) if entry.endswith('.conf'))
+    return names
+
+
+def load_services(root):
+    """Services found in ``ROOT/services`` first, then the installed defaults.
+
+    Returns (services by name, error messages); a malformed conf is reported
+    and skipped, the others still load.
+    """
+    services, errors, seen = {}, [], set()
+    for folder in (os.path.join(root, 'services'), installed_path('services')):
+        if not folder or not os.path.isdir(folder):
+            continue
+        for entry in sorted(os.listdir(folder)):
+            name = entry[:-len('.conf')]
+            if not entry.endswith('.conf') or name in seen:
+                continue
+            seen.add(name)
+            try:
+                services[name] = parse_service(os.path.join(folder, entry))
+            except ConfigError as exc:
+                errors.append(str(exc))
+    return services, errors
+
+
+def find_service(services, errors, name):
+    """The named service, or a UsageError that says why it is not there."""
+    if not isinstance(name, str) or not is_service_name(name):
+        raise UsageError(f'bad service name: {name!r}')
+    if name in services:
+        return services[name]
+    import re
+    broken = [e for e in errors if re.search(rf'(\A|/){re.escape(name)}\.conf(:|\Z)', e)]
+    if broken:
+        raise UsageError(f'service {name!r} is not usable: {broken[0]}')
+    known = ', '.join(sorted(services)) or 'none'
+    raise UsageError(f'unknown service {name!r} (available: {known})')
+
+
+def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
+    """The exact argv of a task, as the spec composes it.
+
+    cmd, allowed native arguments with values, each parameter as two words
+    (``-D``, ``NAME=VALUE``), a project's folder for tools that need it
+    named (``includeArg``), each input as ``prearg+file`` or ``file``, the
+    allowed native switches, then the output argument (its extension
+    ``out_ext`` when the tool picks its format from it).  The switches
+    follow the inputs: one that may take a value (OpenSCAD's ``--render``)
+    would take the input file for its value.  ``inputs`` is a list of
+    (prearg, path relative to the store root).
+    """
+    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
+    valued = [a for a in native_args if a not in switches]
+    argv = list(service.cmd) + valued
+    for option, value in params:
+        argv += [option, value]
+    argv += include_args(service, inputs)
+    argv += [prearg + path for prearg, path in inputs]
+    argv += switches
+    out = 'tasks/out/' + service.output_name(task_id, out_ext)
+    argv += [word.replace('$fileOut', out) for word in service.output]
+    return argv
+
+
+def include_args(service, inputs):
+    """``includeArg`` for the folder of each project file among the inputs
+    (``tasks/in/FOLDER/scene.pov`` -> ``+Ltasks/in/FOLDER``)."""
+    if not service.include_arg:
+        return []
+    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if not prearg and path.count('/') > 2]
+    return [service.include_arg.replace('$folder', folder) for folder in dict.fromkeys(folders)]
+
+
+def check_prearg(service, prearg):
+    """A prearg is accepted only when it equals an argInput prefix exactly."""
+    if prearg and prearg not in service.input_prefixes:
+        allowed = ', '.join(service.input_prefixes) or 'none'
+        raise UsageError(f'prearg {prearg!r} is not allowed for {service.name} (allowed: {allowed})')
+
+
+def check_native_args(service, native_args):
+    """Every native argument must be allowed by the service's nativeArgs."""
+    for arg in native_args:
+        if not service.allows_native(arg):
+            raise UsageError(f'argument {arg!r} is not allowed for {service.name}')
+
+
+def check_output_ext(service, ext):
+    """An output format a client asks for must be one of the service's ``outputExts``."""
+    if ext and ext not in service.output_exts:
+        allowed = ', '.join(service.output_exts) or f'none, {service.name} writes one format'
+        raise UsageError(f'output format {ext[:16]!r} is not one {service.name} writes (allowed: {allowed})')
+    return ext
+
+
+def check_params(service, params):
+    """Each (option, value) must be a ``paramArgs`` option with a value of its kind."""
+    for option, value in params:
+        kind = service.param_args.get(option)
+        if kind is None:
+            allowed = ', '.join(f'{o} {k}' for o, k in service.param_args.items()) or 'none'
+            raise UsageError(f'option {option[:32]!r} is not allowed for {service.name} (allowed: {allowed})')
+        if kind == 'NAME=VALUE' and not is_assignment(value):
+            raise UsageError(f'{option} {value[:80]!r}: a value is NAME=VALUE, where VALUE is a number, '
+                             f'a "string" (without / or \\), true, false, undef or a [vector] of them')
+        if kind == 'NAME' and not PARAM_NAME_RE.match(value):
+            raise UsageError(f'{option} {value[:80]!r}: a name is letters, digits, spaces and _.- '
+                             f'(not starting with - or a space)')
+
+
+# OpenSCAD parameters (-D NAME=VALUE): the name of a variable (special ones
+# start with $, like $fn) and a literal.  A literal is data, never code: no
+# function call (import(), include), no variable, no file path, no option.
+SCAD_NAME_RE = LazyPattern(r'\A\$?[A-Za-z_][A-Za-z0-9_]{0,63}\Z')
+SCAD_TOKEN_RE = LazyPattern(r'[ \t]*(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_.])'
+                            r'|"[^"\\/\x00-\x1f]{0,256}"|(?:true|false|undef)(?![A-Za-z0-9_])|[\[\],])[ \t]*')
+PARAM_NAME_RE = LazyPattern(r'\A[A-Za-z0-9_.][A-Za-z0-9_. -]{0,99}(?<! )\Z')
+SCAD_VECTOR_DEPTH = 4
+PARAM_MAX_LENGTH = 1024
+
+
+def is_assignment(text):
+    """True for ``NAME=LITERAL``: a number, "string", true, false, undef or a [vector] of them."""
+    name, sep, value = text.partition('=')
+    if not sep or len(text) > PARAM_MAX_LENGTH or not SCAD_NAME_RE.match(name.strip()):
+        return False
+    tokens = scad_tokens(value)
+    return tokens is not None and _literal_end(tokens, 0, 0) == len(tokens)
+
+
+def scad_tokens(text):
+    """The tokens of a literal (values, ``[``, ``]``, ``,``), or None for anything else."""
+    tokens, position = [], 0
+    while position < len(text):
+        match = SCAD_TOKEN_RE.match(text, position)
+        if not match:
+            return None
+        tokens.append(match.group(1))
+        position = match.end()
+    return tokens
+
+
+def _literal_end(tokens, index, depth):
+    """Where the literal starting at ``tokens[index]`` ends, or -1."""
+    if index >= len(tokens) or tokens[index] in (']', ','):
+        return -1
+    if tokens[index] != '[':
+        return index + 1
+    if depth >= SCAD_VECTOR_DEPTH:
+        return -1
+    index += 1
+    if index < len(tokens) and tokens[index] == ']':
+        return index + 1
+    while True:
+        index = _literal_end(tokens, index, depth + 1)
+        if index < 0 or index >= len(tokens) or tokens[index] not in (']', ','):
+            return -1
+        if tokens[index] == ']':
+            return index + 1
+        index += 1

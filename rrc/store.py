@@ -1,0 +1,278 @@
+"""The flat-file store under ``tasks/``: records, markers, logs, atomic writes and the store lock."""
+
+import os
+import time
+
+from .errors import NotFound
+from .names import check_task_id, is_record_key, is_single_line, is_task_id
+from .schema import TaskStatus
+
+
+# work/ID: a sandboxed tool's private output folder while it runs.
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work')
+
+
+def to_json(value, **options):
+    """JSON text (json is imported on demand: a CGI text answer never needs it)."""
+    import json
+    return json.dumps(value, **options)
+
+
+def new_unique_name():
+    """A fresh name of the task-id shape (uniqueness comes from exclusive create)."""
+    import secrets
+    now = time.time()
+    fraction = int((now - int(now)) * 100000)
+    return f'{int(now)}-{fraction:05d}-{secrets.randbelow(1000000):06d}'
+
+
+def format_record(record):
+    """Serialize a record as sorted ``key: value`` lines; refuse anything forgeable."""
+    lines = []
+    for key in sorted(record):
+        value = str(record[key])
+        if not is_record_key(key):
+            raise ValueError(f'bad record key: {key!r}')
+        if not is_single_line(value):
+            raise ValueError(f'record value of {key} holds a line break or NUL')
+        if value != value.strip():
+            raise ValueError(f'record value of {key} has surrounding whitespace')
+        lines.append(f'{key}: {value}\n')
+    return ''.join(lines)
+
+
+def parse_record(text):
+    """Parse ``key: value`` lines into a dict (the inverse of format_record)."""
+    record = {}
+    for line in text.split('\n'):
+        key, sep, value = line.partition(': ')
+        if not sep:
+            key, sep, value = line.partition(':')
+        if sep and is_record_key(key):
+            record[key] = value.strip()
+    return record
+
+
+def write_file_atomically(path, data):
+    """Write bytes to ``path`` via a temp file in the same folder, fsync, rename."""
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f'.{name}.{os.getpid()}.{new_unique_name()}.tmp')
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        unlink_quietly(temp)
+        raise
+
+
+def unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Store:
+    """The flat-file task store: ``ROOT/tasks/{in,out,log,info}``."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.tasks = os.path.join(self.root, 'tasks')
+
+    def folder(self, name):
+        """Absolute path of one store folder (in, out, log, info, queue, slots)."""
+        return os.path.join(self.tasks, name)
+
+    def ensure(self):
+        """Create the store folders on demand."""
+        for name in STORE_FOLDERS:
+            os.makedirs(self.folder(name), exist_ok=True)
+
+    def info_path(self, task_id):
+        return os.path.join(self.folder('info'), check_task_id(task_id))
+
+    def log_path(self, task_id):
+        return os.path.join(self.folder('log'), check_task_id(task_id))
+
+    def lock(self):
+        """An exclusive lock over record updates, queue and slots."""
+        return StoreLock(os.path.join(self.tasks, '.lock'))
+
+    # -- records ------------------------------------------------------------
+
+    def create_task(self, build, preferred_id=None):
+        """Store the record ``build(id)`` under a fresh id; exclusive, never overwrites.
+
+        ``preferred_id`` (a valid id, e.g. a server's) is tried first.
+        """
+        self.ensure()
+        while True:
+            task_id, preferred_id = preferred_id or new_unique_name(), None
+            record = dict(build(task_id), id=task_id)
+            temp = os.path.join(self.folder('info'), f'.{task_id}.{os.getpid()}.new')
+            write_file_atomically(temp, format_record(record).encode())
+            try:
+                os.link(temp, self.info_path(task_id))  # fails if the id is taken
+                return record
+            except FileExistsError:
+                continue
+            finally:
+                unlink_quietly(temp)
+
+    def read_task(self, task_id):
+        """The record of one task, or NotFound."""
+        try:
+            with open(self.info_path(task_id), encoding='utf-8') as handle:
+                return parse_record(handle.read())
+        except FileNotFoundError:
+            raise NotFound(f'no such task: {task_id}') from None
+
+    def write_task(self, record):
+        """Replace a task's record atomically."""
+        write_file_atomically(self.info_path(record['id']), format_record(record).encode())
+
+    def update_task(self, task_id, changes, only_if_busy=False, remove=()):
+        """Apply ``changes`` under the store lock; returns the new record.
+
+        With ``only_if_busy`` a finished task is left alone and None is
+        returned: the first final state written wins.
+        """
+        with self.lock():
+            record = self.read_task(task_id)
+            if only_if_busy and record.get('status') != TaskStatus.BUSY:
+                return None
+            record.update({k: str(v) for k, v in changes.items()})
+            for key in remove:
+                record.pop(key, None)
+            self.write_task(record)
+            return record
+
+    def task_ids(self):
+        """All task ids, oldest first."""
+        try:
+            names = os.listdir(self.folder('info'))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if is_task_id(n))
+
+    def remove_task(self, record):
+        """Delete a task and all its files (inputs, result, log, record)."""
+        task_id = check_task_id(record['id'])
+        for path in record.get('in', '').split(','):
+            self.remove_input(path)
+        out_name = os.path.basename(record.get('out', ''))
+        if record.get('out', '').startswith('tasks/out/') and out_name:
+            unlink_quietly(os.path.join(self.folder('out'), out_name))
+        for folder in ('queue', 'running'):
+            unlink_quietly(os.path.join(self.folder(folder), task_id))
+        unlink_quietly(self.log_path(task_id))
+        unlink_quietly(self.info_path(task_id))
+
+    # -- inputs -------------------------------------------------------------
+
+    def remove_input(self, path):
+        """Remove one stored input (``tasks/in/NAME``), or its whole project folder."""
+        parts = path.split('/')
+        if len(parts) < 3 or parts[:2] != ['tasks', 'in'] or not parts[2] or parts[2].startswith('.'):
+            return
+        target = os.path.join(self.folder('in'), parts[2])
+        if len(parts) > 3 and os.path.isdir(target) and not os.path.islink(target):
+            import shutil
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            unlink_quietly(target)
+
+    def add_input(self, data, ext):
+        """Store one input's bytes as ``tasks/in/<unique>[.ext]``; returns the relative path.
+
+        The bytes go to a temp file first (removed on any error, or by
+        recovery after a crash), then get their name by exclusive link.
+        """
+        self.ensure()
+        folder = self.folder('in')
+        temp = os.path.join(folder, f'.{new_unique_name()}.{os.getpid()}.part')
+        try:
+            with open(temp, 'xb') as handle:
+                if isinstance(data, bytes):
+                    handle.write(data)
+                else:
+                    import shutil
+                    shutil.copyfileobj(data, handle)
+            while True:
+                name = new_unique_name() + (f'.{ext}' if ext else '')
+                try:
+                    os.link(temp, os.path.join(folder, name))
+                    break
+                except FileExistsError:
+                    continue
+        finally:
+            unlink_quietly(temp)
+        return f'tasks/in/{name}'
+
+    def new_input_folder(self):
+        """A fresh folder ``tasks/in/<unique>`` (exclusive); returns its name."""
+        self.ensure()
+        while True:
+            name = new_unique_name()
+            try:
+                os.mkdir(os.path.join(self.folder('in'), name), 0o755)
+                return name
+            except FileExistsError:
+                continue
+
+    def path_of(self, relative):
+        """Absolute path of a store-relative path that came from our own record."""
+        return os.path.join(self.root, relative)
+
+
+class StoreLock:
+    """A blocking flock on one file; a context manager."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing releases the lock
+        self.fd = None
+
+
+def mark(store, folder, task_id):
+    """Put a task's marker into ``tasks/queue`` (waiting) or ``tasks/running``."""
+    path = os.path.join(store.folder(folder), check_task_id(task_id))
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def unmark(store, folder, task_id):
+    """Take a task's marker out of ``tasks/queue`` or ``tasks/running``."""
+    unlink_quietly(os.path.join(store.folder(folder), check_task_id(task_id)))
+
+
+def marked(store, folder):
+    """Ids with a marker in ``tasks/queue`` or ``tasks/running``, oldest first."""
+    try:
+        return sorted(n for n in os.listdir(store.folder(folder)) if is_task_id(n))
+    except FileNotFoundError:
+        return []
+
+
+def append_log(store, task_id, line):
+    """Add one line of rrcloud's own to a task's log (the tool may be writing to it too)."""
+    with open(store.log_path(task_id), 'a', encoding='utf-8') as log:
+        log.write(line + '\n')
+
+
+def remove_tree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,321 @@
+"""Submitting tasks: inputs, records, the queue, dispatch to a free slot, kill and wait."""
+
+import os
+import sys
+import time
+
+from .config import Config
+from .errors import ConfigError, NotFound, UsageError
+from .keyvalue import parse_key_value_text
+from .names import check_task_id, is_extension
+from .notifier import check_notifier_url
+from .procs import kill_process_group, process_is, process_start_time, spawn_runner
+from .projects import is_project_name, unpack_project
+from .schema import TaskStatus
+from .services import check_native_args, check_output_ext, check_params, check_prearg, compose_argv
+from .states import get_task
+from .store import append_log, mark, marked, to_json, unmark, write_file_atomically
+
+
+class Input:
+    """One input of a submission: bytes or an open file, plus the name it came with."""
+
+    def __init__(self, data, filename='', prearg='', shown=''):
+        self.data = data
+        self.filename = filename
+        self.prearg = prearg
+        # How the user named it, for the tool's messages: a file's path, a
+        # project's folder ('' or 'job/'), '' for content.
+        self.shown = shown
+
+    def extension(self, service):
+        """The extension to keep (tools need it), from the filename or the service."""
+        base = os.path.basename(self.filename or '')
+        if '.' in base:
+            ext = base.rsplit('.', 1)[1]
+            if is_extension(ext):
+                return ext
+        return service.input_ext
+
+
+def input_size(store, path):
+    """Bytes of one stored input; a project counts all its files."""
+    parts = path.split('/')
+    if len(parts) > 3:
+        folder = os.path.join(store.folder('in'), parts[2])
+        return sum(os.path.getsize(os.path.join(top, name))
+                   for top, _, names in os.walk(folder) for name in names)
+    return os.path.getsize(store.path_of(path))
+
+
+def store_input(store, service, item):
+    """Copy one input into the store: a file, or a project archive unpacked."""
+    if is_project_name(item.filename):
+        return unpack_project(store, item.data)
+    return store.add_input(item.data, item.extension(service))
+
+
+def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
+                params=(), out_ext=''):
+    """Validate, store inputs and record, queue the task and start what can start.
+
+    ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
+    output format asked for, one of ``outputExts`` ('' for the default).
+    """
+    for item in inputs:
+        check_prearg(service, item.prearg)
+    check_native_args(service, list(native_args))
+    check_params(service, params)
+    check_output_ext(service, out_ext)
+    if not inputs:
+        raise UsageError('missing input: give at least one input file or content')
+    if notifier:
+        check_notifier_url(notifier)
+    inputs = [filter_config_input(service, item) for item in inputs]
+    stored = []
+    try:
+        for item in inputs:
+            stored.append((item.prearg, store_input(store, service, item)))
+            check_input_kind(service, *stored[-1])
+        size_in = sum(input_size(store, path) for _, path in stored)
+        record = store.create_task(lambda task_id: dict(_new_record(
+            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext),
+            server=config.serverName))
+    except BaseException as exc:
+        for _, path in stored:
+            store.remove_input(path)
+        if isinstance(exc, ValueError):  # a field that cannot be a record value
+            raise UsageError(str(exc)) from None
+        raise
+    queue_task(store, record['id'], task_settings(config))
+    dispatch(store, config)
+    return store.read_task(record['id'])
+
+
+def check_input_kind(service, prearg, path):
+    """A main input (no prearg) of a service with ``inputExts`` must be of one of those kinds."""
+    if not prearg and not service.accepts_input(path):
+        raise UsageError(f'{service.name} takes {input_kinds(service)} files, '
+                         f'not {os.path.basename(path).rpartition(".")[2]!r}')
+
+
+def input_kinds(service):
+    """The kinds of main input a service takes, for messages: ``.gcode, .gco, .g``."""
+    return ', '.join(f'.{ext}' for ext in service.input_exts or [service.input_ext] if ext) or 'any'
+
+
+def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext):
+    import shlex
+    record = {
+        'service': service.name,
+        'status': TaskStatus.BUSY.value,
+        'ctime': f'{time.time():.5f}',
+        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
+        'in': ','.join(path for _, path in stored),
+        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
+        'client': client,
+        'sizeIn': size_in,
+        'queued': 'yes',
+    }
+    # What the runner composes the argv from (it never runs ``cmd``, which is
+    # only shown): the checked native arguments and each input's prearg.
+    if native_args:
+        record['nativeArgs'] = ' '.join(native_args)
+    if params:  # JSON: a value may hold spaces ("a label"), one line all the same
+        record['params'] = to_json([list(pair) for pair in params])
+    if out_ext:
+        record['outExt'] = out_ext
+    if any(prearg for prearg, _ in stored):
+        record['preargs'] = ','.join(prearg for prearg, _ in stored)
+    if notifier:
+        record['notifier'] = notifier
+    if args:
+        record['args'] = args
+    return record
+
+
+CONFIG_INPUT_MAX_BYTES = 1024 * 1024
+
+
+def filter_config_input(service, item):
+    """A config input (given with an argInput prefix, e.g. slic3r's --load=) of a
+    service with ``configKeys``: only ``key = value`` lines of listed keys go on.
+
+    A key not on the list is refused by name (``post_process`` runs a program,
+    ``output_filename_format`` names a path); an empty value is dropped, as the
+    tool would ignore it; comments and blank lines are dropped.
+    """
+    if not item.prearg or service.config_keys is None:
+        return item
+    data = item.data if isinstance(item.data, bytes) else item.data.read(CONFIG_INPUT_MAX_BYTES + 1)
+    if len(data) > CONFIG_INPUT_MAX_BYTES:
+        raise UsageError(f'{service.name} config is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
+    kept = [f'{key} = {value}\n' for key, value in config_pairs(service, data)]
+    return Input(''.join(kept).encode('utf-8'), item.filename, item.prearg)
+
+
+def config_pairs(service, data):
+    """(key, value) of each setting of a config input, every key checked against the list."""
+    pairs = []
+    for number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(('#', ';')):
+            continue
+        key, sep, value = line.partition('=')
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise UsageError(f'{service.name} config line {number}: expected "key = value"')
+        if not value:
+            continue  # an unset key (exports write "post_process = ") sets nothing
+        if key not in service.config_keys:
+            raise UsageError(f'{service.name} config: key {key[:64]!r} is not allowed '
+                             f'(not a print setting rrcloud passes on; it may name a program or path)')
+        pairs.append((key, value))
+    return pairs
+
+
+# What a task's runner works with, fixed when the task is submitted: the
+# rrcloudrc files may change or vanish before the task starts or while it runs.
+TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'notifierAllow')
+TASK_SETTINGS_MAX_BYTES = 4096
+
+
+def task_settings(config):
+    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config)."""
+    values = {'timeout': repr(config.timeout), 'maxTasks': str(config.maxTasks),
+              'sandbox': 'yes' if config.sandbox else 'no', 'maxOutputSize': str(config.maxOutputSize),
+              'notifierAllow': ', '.join(config.notifierAllow)}
+    return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS)
+
+
+def task_config(text, store):
+    """The Config a runner works with: defaults, then the task's settings.
+
+    They came through files and processes other than the runner's own, so
+    they are checked as an rrcloudrc is, and only the task settings are taken.
+    """
+    if not text:
+        raise ConfigError('its settings are missing')
+    config = Config()
+    config.dir = store.root
+    for number, key, value in parse_key_value_text(text, 'settings'):
+        if key not in TASK_SETTINGS:
+            raise ConfigError(f'settings:{number}: {key!r} is not a task setting')
+        config._apply('settings', number, key, value, store.root)
+    return config
+
+
+def queue_task(store, task_id, settings):
+    """Queue a task: its marker in ``tasks/queue`` holds the settings it runs with."""
+    write_file_atomically(os.path.join(store.folder('queue'), check_task_id(task_id)), settings.encode())
+
+
+def queued_settings(store, task_id):
+    """The settings in a task's queue marker ('' for a marker without any)."""
+    try:
+        with open(os.path.join(store.folder('queue'), check_task_id(task_id)), 'rb') as handle:
+            return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
+def dispatch(store, config):
+    """Start queued tasks, oldest first, while a slot of ``maxTasks`` is free.
+
+    A slot is an flock on ``tasks/slots/N`` handed to the runner, so it frees
+    itself when the runner ends however it ends; no resident process is
+    needed (CGI).
+    """
+    store.ensure()
+    with store.lock():
+        for task_id in marked(store, 'queue'):
+            slot = acquire_slot(store, config.maxTasks)
+            if slot is None:
+                return
+            try:
+                _start_queued(store, config, task_id, slot)
+            finally:
+                os.close(slot)
+
+
+def acquire_slot(store, max_tasks):
+    """An fd holding the flock of a free slot, or None when all are taken."""
+    import fcntl
+    for number in range(max_tasks):
+        fd = os.open(os.path.join(store.folder('slots'), str(number)), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            os.close(fd)
+    return None
+
+
+def _start_queued(store, config, task_id, slot_fd):
+    """Spawn the runner of one queued task (called under the store lock).
+
+    It runs with the settings its submission wrote into the queue marker; a
+    marker without any (written by hand) gets the dispatcher's.
+    """
+    settings = queued_settings(store, task_id) or task_settings(config)
+    if config.sandbox:  # a marker is a file in the store: it never turns this node's sandbox off
+        settings += 'sandbox = yes\n'
+    unmark(store, 'queue', task_id)
+    try:
+        record = store.read_task(task_id)
+    except NotFound:
+        return
+    if record.get('status') != TaskStatus.BUSY:
+        return
+    if record.get('queued') != 'yes':  # a marker rrcloud did not write: never a second run
+        print(f'rrcloud: refused a queue marker for task {task_id}, which is not queued', file=sys.stderr)
+        return
+    record.pop('queued', None)
+    record['stime'] = f'{time.time():.5f}'
+    try:
+        pid = spawn_runner(store, task_id, slot_fd, settings)
+    except OSError as exc:
+        record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
+        append_log(store, task_id, f'rrcloud: task {task_id} cannot start: no runner: {exc}')
+    else:
+        record.update(runner=str(pid), runnerStart=process_start_time(pid) or '')
+        mark(store, 'running', task_id)
+    store.write_task(record)
+
+
+def kill_task(store, task_id, by):
+    """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM.
+
+    ``by`` says who asked (a client's address, the command line): the task's
+    log keeps it, so a killed task's log tells why it ended.
+    """
+    store.read_task(task_id)  # NotFound before anything is created
+    with store.lock():
+        record = store.read_task(task_id)
+        if record.get('status') != TaskStatus.BUSY:
+            raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
+        unmark(store, 'queue', task_id)
+        record.update(status='failed', error='killed', etime=f'{time.time():.5f}')
+        record.pop('queued', None)
+        store.write_task(record)
+    append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
+    if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
+        import signal
+        kill_process_group(int(record['pid']), signal.SIGTERM)
+    return record
+
+
+def wait_for_task(store, task_id, timeout=None, on_poll=None):
+    """Block until the task leaves busy (or ``timeout``); returns its record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        record = get_task(store, task_id)
+        if record.get('status') != TaskStatus.BUSY:
+            return record
+        if deadline is not None and time.monotonic() >= deadline:
+            return record
+        if on_poll:
+            on_poll(record)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.025)

@@ -1,0 +1,104 @@
+"""``rrcloud serve``: the embedded server (waitress), and telling whether one already serves a port."""
+
+import errno
+import os
+import sys
+import time
+
+from ..config import load_config, port_number
+from ..errors import ConfigError, ExitCode, UsageError
+from ..procs import process_started_at
+from ..recovery import recover_store
+from ..remote import CONNECT_TIMEOUT, http_session, parse_answer, server_url, terminal_safe
+from ..store import Store
+from .app import application
+from .context import _APP_CONTEXT, warn_if_unsandboxed
+
+
+def serve(args):
+    """``rrcloud serve [--bind ADDR] [--port N] [--check]``: the embedded server (waitress)."""
+    config = load_config()
+    bind, port, check = serve_options(args, config.port)
+    if check:
+        return check_serving(config, bind, port)
+    server = listen(config, bind, port)  # before anything is created or claimed
+    store = Store(config.dir)
+    store.ensure()
+    recover_store(store, config)
+    _APP_CONTEXT.update(config=config, store=store, started=process_started_at(os.getpid()) or time.time())
+    print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
+    print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
+          f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
+    warn_if_unsandboxed(config)
+    server.run()
+    return ExitCode.OK
+
+
+def serve_options(args, port):
+    """(bind address, port, check) from ``serve``'s arguments."""
+    bind, check = '0.0.0.0', False
+    args = list(args)
+    while args:
+        word = args.pop(0)
+        name, sep, value = word.partition('=')
+        if word == '--check':
+            check = True
+            continue
+        if name not in ('--bind', '--port'):
+            raise UsageError(f'unknown serve option: {word!r}')
+        if not sep:
+            if not args:
+                raise UsageError(f'{name} needs a value')
+            value = args.pop(0)
+        if name == '--bind':
+            bind = value
+        else:
+            try:
+                port = port_number(value)
+            except ValueError:
+                raise UsageError(f'bad port: {value!r}') from None
+    return bind, port, check
+
+
+def listen(config, bind, port):
+    """The waitress server bound to ``bind:port``; a port in use is one error line."""
+    import waitress
+    try:
+        # Idle connections cost no thread in waitress; allow many of them, but cut
+        # those that send nothing (half-open, or headers trickling in) after 20 s,
+        # looked at every 5 s.  A request in progress (a long-poll) is never cut.
+        return waitress.create_server(
+            application, host=bind, port=port, threads=16, ident='rrcloud',
+            connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
+            max_request_body_size=config.maxRequestSize)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(f'cannot serve on {bind}:{port}: the port is in use '
+                          f'(rrcloud serve --check --port {port} tells by whom)') from None
+
+
+def check_serving(config, bind, port):
+    """``serve --check``: does rrcloud answer on the port (0), nothing (5), or another server (4)?"""
+    import requests
+    host = '127.0.0.1' if bind in ('0.0.0.0', '::', '') else bind
+    url = server_url(f'[{host}]:{port}' if ':' in host else f'{host}:{port}', port)
+    try:
+        response = http_session(config).get(url, params={'service': 'meta'}, timeout=(CONNECT_TIMEOUT, 10))
+    except requests.ConnectionError:
+        print(f'rrcloud: nothing serves on port {port}')
+        return ExitCode.NO_SERVER
+    except OSError as exc:
+        raise ConfigError(f'port {port} does not answer like rrcloud ({exc.__class__.__name__})') from None
+    if is_rrcloud_answer(response):
+        version = terminal_safe(parse_answer(response).get('version', 'RepRapCloud'))
+        print(f'rrcloud: rrcloud serves on port {port} ({version})')
+        return ExitCode.OK
+    raise ConfigError(f'port {port} is taken by a server that is not rrcloud')
+
+
+def is_rrcloud_answer(response):
+    """True for rrcloud's answer to meta: its version, or its refusal naming its realm."""
+    if 'RepRapCloud' in parse_answer(response).get('version', ''):
+        return True
+    return response.status_code == 401 and 'realm="rrcloud"' in response.headers.get('WWW-Authenticate', '')
