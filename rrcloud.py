@@ -31,10 +31,11 @@ def run_mode(program, args):
 
 
 def __getattr__(name):
-    """``rrcloud:application`` for any WSGI server, built when first asked for."""
+    """``rrcloud:application`` for any WSGI server, built when first asked for
+    (a WSGI server looks it up once, when it loads the module)."""
     if name == 'application':
-        from rrc.web.app import application
-        return application
+        from rrc.web.app import App
+        return App.from_config()
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 

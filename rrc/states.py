@@ -74,7 +74,6 @@ def get_task(store, task_id):
     return reconcile_task(store, store.read_task(task_id))
 
 
-_TASK_COUNTS = {}
 # A folder changed less than this long ago may change again within the same
 # mtime tick, unseen: its count is not cached ("racy" timestamps, as git has).
 COUNT_CACHE_SETTLE_NS = 100_000_000  # mtime ticks are a few ms
@@ -82,19 +81,18 @@ COUNT_CACHE_SETTLE_NS = 100_000_000  # mtime ticks are a few ms
 
 def count_tasks(store):
     """How many records ``tasks/info`` holds.  Listing 10,000 names costs 3 ms,
-    so a resident server keeps the count until the folder's mtime changes."""
+    so a resident server's store keeps the count until the folder's mtime changes."""
     folder = store.folder('info')
     try:
         stat = os.stat(folder)
     except FileNotFoundError:
         return 0
-    key = (folder, stat.st_dev, stat.st_ino)
-    cached = _TASK_COUNTS.get(key)
-    if cached and cached[0] == stat.st_mtime_ns:
-        return cached[1]
+    key = (stat.st_dev, stat.st_ino, stat.st_mtime_ns)
+    if store.count_cache and store.count_cache[0] == key:
+        return store.count_cache[1]
     count = sum(1 for name in os.listdir(folder) if name[0] != '.')  # ids, and dotted temp files
     if time.time_ns() - stat.st_mtime_ns > COUNT_CACHE_SETTLE_NS:
-        _TASK_COUNTS[key] = (stat.st_mtime_ns, count)
+        store.count_cache = (key, count)
     return count
 
 

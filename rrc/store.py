@@ -82,6 +82,7 @@ class Store:
     def __init__(self, root):
         self.root = os.path.abspath(root)
         self.tasks = os.path.join(self.root, 'tasks')
+        self.count_cache = None  # (info folder's dev, inode, mtime), its record count
 
     def folder(self, name):
         """Absolute path of one store folder (in, out, log, info, queue, slots)."""

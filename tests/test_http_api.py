@@ -466,7 +466,7 @@ def test_the_in_field_names_nothing_on_the_server(server, tmp_path, in_as):
     record = answer_of(response, 'text')
     assert record['status'] == 'complete', record
     assert INPUT_RE.match(record['in']), record
-    for secret in (deploy.CONFIG_MARKER, 'root:x:0:0', 'def application', hostile):
+    for secret in (deploy.CONFIG_MARKER, 'root:x:0:0', 'def run_mode', hostile):
         assert secret not in response.text
     assert download(server, record['out']).content == notes.read_bytes()
     new_inputs = {p for p in server.store_files() - before if p.startswith('in/')}
@@ -795,7 +795,7 @@ def secrets(server):
     os.symlink('../../rrcloudrc', link)
     return {
         'id': task_id, 'in_name': in_name, 'link': link.name,
-        'contents': [deploy.CONFIG_MARKER, content, 'cmd = cp', 'cmd = sh', 'def application',
+        'contents': [deploy.CONFIG_MARKER, content, 'cmd = cp', 'cmd = sh', 'def run_mode',
                      f'service: echo', 'root:x:0:0', 'import rrcloud', 'server.modules',
                      'ScriptAlias'],
     }

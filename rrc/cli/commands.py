@@ -14,7 +14,7 @@ from ..schema import TaskStatus
 from ..states import get_task
 from ..store import to_json
 from ..tasks import kill_task, submit_task
-from ..web.app import meta_record
+from ..node import meta_record
 
 
 def cmd_info(ctx, args):

@@ -1,122 +1,137 @@
-"""The WSGI application: routes and their answers."""
+"""The WSGI application: a route table and the answers of each route."""
 
 import os
 import sys
-import time
 
-from .. import VERSION_STRING
+from ..config import load_config
 from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError
 from ..names import DIGITS, check_task_id
-from ..procs import KILL_GRACE_SECONDS, format_uptime, system_uptime
+from ..node import Node
+from ..procs import KILL_GRACE_SECONDS, process_started_at
 from ..services import find_service, load_services
-from ..states import count_tasks, get_task, list_tasks, still_running
+from ..states import get_task, list_tasks
 from ..store import format_record, marked, to_json
 from ..tasks import Input, kill_task, submit_task, wait_for_task
-from .access import check_access
-from .context import _APP_CONTEXT, app_context
+from .access import check_access, check_form_token
 from .files import serve_log, serve_result
 from .page import html_page
 from .request import MAX_WAIT_SECONDS, Request, Response, STATUS_LINES, check_field
 
 
-def meta_record(store, config, services, started=None):
-    """What this machine offers: the spec's meta fields plus load for schedulers.
+class App:
+    """The WSGI application: the whole HTTP API of one node.
 
-    ``uptime`` counts from ``started`` (when the serving process started), or,
-    without a server (``rrcloud meta`` on the command line), from boot.
+    The CGI gateway, the embedded server and ``rrcloud:application`` each
+    build one per process; it holds the node and the long-polls in progress.
     """
-    running = [t for t in marked(store, 'running') if still_running(store, t)]
-    tasks = count_tasks(store)
-    return {
-        'busy': str(len(running)),
-        'cpuLoad': f'{os.getloadavg()[0]:.2f}',
-        'maxDataRetention': f'{config.maxDataRetention:g}',
-        'maxTasks': str(config.maxTasks),
-        'queued': str(len(marked(store, 'queue'))),
-        'sandbox': 'bwrap' if config.sandbox else 'off',
-        'serverName': config.serverName,
-        'services': ','.join(sorted(services)),
-        'tasks': str(tasks),
-        'timeout': f'{config.timeout:g}',
-        'uptime': format_uptime(time.time() - started if started else system_uptime()),
-        'version': VERSION_STRING,
-    }
+
+    def __init__(self, node):
+        self.node = node
+        self.config, self.store = node.config, node.store
+        self._waits = None
+
+    @classmethod
+    def from_config(cls, config=None, started=None):
+        """An app for the rrcloudrc in effect (any WSGI server: uptime from its process)."""
+        config = config or load_config()
+        return cls(Node(config, started or process_started_at(os.getpid())))
+
+    def wait_slots(self):
+        """The semaphore counting this process's long-polls (``maxWaits``).  Made
+        on first use: threading is not imported for the requests that never wait."""
+        if self._waits is None:
+            import threading
+            self._waits = threading.BoundedSemaphore(self.config.maxWaits)
+        return self._waits
+
+    def __call__(self, environ, start_response):
+        request = None
+        try:
+            request = Request(environ)
+            check_access(request, self.config)
+            response = route(self, request)
+        except RRCloudError as exc:
+            response = error_response(getattr(exc, 'http_status', 500), str(exc), request)
+            response.headers += getattr(exc, 'headers', [])
+        except OSError as exc:
+            response = store_error_response(exc, request, environ)
+        except Exception as exc:  # one line to the client, never a traceback
+            print(f'rrcloud: internal error: {exc!r}', file=environ.get('wsgi.errors', sys.stderr))
+            response = error_response(500, 'internal error', request)
+        start_response(STATUS_LINES.get(response.status, f'{response.status} Error'), response.headers)
+        if hasattr(response.body, 'read'):
+            wrapper = environ.get('wsgi.file_wrapper')
+            return wrapper(response.body, 65536) if wrapper else iter(lambda: response.body.read(65536), b'')
+        return [response.body]
 
 
-def application(environ, start_response):
-    """The WSGI application: the whole HTTP API of rrcloud."""
-    request = None
-    try:
-        request = Request(environ)
-        check_access(request, app_context()[0])
-        response = route(request)
-    except RRCloudError as exc:
-        status = getattr(exc, 'http_status', 500)
-        response = error_response(status, str(exc), request.format if request else 'text')
-        response.headers += getattr(exc, 'headers', [])
-    except OSError as exc:
-        if exc.errno not in DISK_FULL_ERRORS:
-            raise
-        response = error_response(507, f'the server cannot store this: {exc.strerror}',
-                                  request.format if request else 'text')
-    except Exception as exc:  # one line to the client, never a traceback
-        print(f'rrcloud: internal error: {exc!r}', file=environ.get('wsgi.errors', sys.stderr))
-        response = error_response(500, 'internal error', request.format if request else 'text')
-    start_response(STATUS_LINES.get(response.status, f'{response.status} Error'), response.headers)
-    if hasattr(response.body, 'read'):
-        wrapper = environ.get('wsgi.file_wrapper')
-        return wrapper(response.body, 65536) if wrapper else iter(lambda: response.body.read(65536), b'')
-    return [response.body]
+def store_error_response(exc, request, environ):
+    """An OSError inside a request: the disk is full (507), or the store cannot
+    be used (500); one line either way, and the server's log says which file."""
+    if exc.errno in DISK_FULL_ERRORS:
+        return error_response(507, f'the server cannot store this: {exc.strerror}', request)
+    print(f'rrcloud: store error: {exc}', file=environ.get('wsgi.errors', sys.stderr))
+    return error_response(500, f'the server cannot use its store: {exc.strerror or exc}', request)
 
 
-def error_response(status, message, fmt):
-    """An error answer: status code plus a one-line reason in the asked format."""
+def error_response(status, message, request):
+    """An error answer: status code plus a one-line reason in the format asked
+    (text when the request itself could not be read)."""
     message = ' '.join(message.split())
-    if fmt == 'json':
+    if request is not None and request.format == 'json':
         return Response(to_json({'error': message}), status, 'application/json')
     return Response(f'error: {message}\n', status)
 
 
-def route(request):
-    """Dispatch by path and method."""
-    if request.path.startswith('/tasks/out/'):
-        return serve_result(request, request.path[len('/tasks/out/'):])
-    if request.path.startswith('/tasks/log/'):
-        return serve_log(request, request.path[len('/tasks/log/'):])
-    if request.path not in ('/', '/index.cgi'):
+def route(app, request):
+    """Dispatch by path, then method, then ``service=``."""
+    for prefix, handler in PATH_ROUTES:
+        if request.path.startswith(prefix):
+            return handler(app, request, request.path[len(prefix):])
+    if request.path not in API_PATHS:
         raise HTTPError(404, 'not found')
     if request.method == 'OPTIONS':
         return Response(b'', 204, headers=[('Access-Control-Allow-Methods', 'GET, POST, OPTIONS'),
                                            ('Access-Control-Allow-Headers', 'Content-Type')])
     if request.method == 'POST':
-        if not request.parsed:
-            request.read_form(app_context()[0])
+        request.read_form(app.config)
+        check_form_token(request, app.config)  # curl -F token=... comes in the body
     elif request.method not in ('GET', 'HEAD'):
         raise HTTPError(405, f'method {request.method} not allowed')
-    return route_service(request)
-
-
-def route_service(request):
-    """``service=`` decides: info, meta, kill, or a task to start."""
-    config, store = app_context()
     service = request.form.get('service', '')
-    if service == 'info' or (not service and request.method != 'POST'):
-        if not service and request.browser and 'format' not in request.form:
-            return html_page(store, config, request)
-        return answer_info(store, config, request)
-    if service == 'meta':
-        services, _ = load_services(store.root)
-        return answer_record(meta_record(store, config, services, _APP_CONTEXT.get('started')),
-                             request.format)
-    if service == 'kill':
-        record = kill_task(store, _form_task_id(request), by=f'{request.client} (HTTP)')
-        return answer_record(client_view(record, request.client), request.format)
+    if not service and request.method != 'POST':
+        if request.browser and 'format' not in request.form:
+            return answer_page(app, request)
+        service = 'info'
+    return SERVICE_ROUTES.get(service, answer_submit)(app, request)
+
+
+def answer_page(app, request):
+    """``GET /`` from a browser: the task table."""
+    return html_page(app.store, app.config, request)
+
+
+def answer_meta(app, request):
+    """``service=meta``: what this node offers."""
+    services, _ = load_services(app.store.root)
+    return answer_record(app.node.meta(services), request.format)
+
+
+def answer_kill(app, request):
+    """``service=kill&id=ID``: stop a task (a GET works too, as in 0.019)."""
+    record = kill_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
+def answer_submit(app, request):
+    """``POST service=NAME ...``: start a task; held until it ends for a 0.019
+    client or ``wait=S``."""
     if request.method != 'POST':
-        raise HTTPError(405, f'a task of {service!r} is started with POST')
-    hold = post_wait_seconds(config, request)  # before the task starts: a bad wait starts nothing
-    record = submit_from_form(store, config, request)
+        raise HTTPError(405, f'a task of {request.form.get("service", "")!r} is started with POST')
+    hold = post_wait_seconds(app.config, request)  # before the task starts: a bad wait starts nothing
+    record = submit_from_form(app.store, app.config, request)
     if hold:  # counted with the long-polls: held answers never take every thread
-        record = held_wait(store, config, record['id'], hold)
+        record = held_wait(app, record['id'], hold)
     return answer_record(record, request.format)
 
 
@@ -133,37 +148,29 @@ def answer_record(record, fmt):
     return Response(format_record(record))
 
 
-def answer_info(store, config, request):
+def answer_info(app, request):
     """``service=info``: one task (optionally long-polled) or all of them."""
     if 'id' in request.form:
         task_id = _form_task_id(request)
         wait = _wait_seconds(request.form.get('wait', '0'))
-        record = held_wait(store, config, task_id, wait) if wait else get_task(store, task_id)
+        record = held_wait(app, task_id, wait) if wait else get_task(app.store, task_id)
         return answer_record(client_view(record, request.client), request.format)
-    records = [client_view(r, request.client) for r in list_tasks(store, config)]
+    records = [client_view(r, request.client) for r in list_tasks(app.store, app.config)]
     if request.format == 'json':
         return Response(to_json(records, sort_keys=True) + '\n', 200, 'application/json')
     return Response('\n'.join(format_record(r) for r in records))
 
 
-def held_wait(store, config, task_id, wait):
+def held_wait(app, task_id, wait):
     """Long-poll a task, unless ``maxWaits`` others already wait in this server:
     then the current record at once, so waits never hold every thread."""
-    slots = wait_slots(config)
+    slots = app.wait_slots()
     if not slots.acquire(blocking=False):
-        return get_task(store, task_id)
+        return get_task(app.store, task_id)
     try:
-        return wait_for_task(store, task_id, timeout=wait)
+        return wait_for_task(app.store, task_id, timeout=wait)
     finally:
         slots.release()
-
-
-def wait_slots(config):
-    """The semaphore counting this process's long-polls (one per server process)."""
-    if 'waits' not in _APP_CONTEXT:
-        import threading
-        _APP_CONTEXT.setdefault('waits', threading.BoundedSemaphore(config.maxWaits))
-    return _APP_CONTEXT['waits']
 
 
 def client_view(record, client):
@@ -261,3 +268,11 @@ def form_inputs(request, service):
     if not inputs:
         raise HTTPError(400, 'missing input: no fileIn0')
     return inputs
+
+
+# The API answers at / (and /index.cgi, the CGI's own name); results and logs
+# are files below /tasks/.
+API_PATHS = ('/', '/index.cgi')
+PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
+# service= -> handler(app, request); any other name is a task to start.
+SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill}

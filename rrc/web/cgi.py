@@ -6,22 +6,21 @@ import sys
 from ..errors import ExitCode
 from ..procs import process_started_at
 from ..recovery import recover_now_and_then
-from .app import application
-from .context import _APP_CONTEXT, app_context, warn_if_unsandboxed
+from ..node import warn_if_unsandboxed
+from .app import App
 
 
 def run_cgi():
     """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
     # The server is the web server: its uptime is that of the process that
     # starts the CGI (lighttpd itself, Apache's CGI daemon).
-    _APP_CONTEXT['started'] = process_started_at(os.getppid())
-    config, store = app_context()
+    app = App.from_config(started=process_started_at(os.getppid()))
     if os.environ.get('REQUEST_METHOD') == 'POST':
-        warn_if_unsandboxed(config)  # the web server's error log
-    recover_now_and_then(store, config)
+        warn_if_unsandboxed(app.config)  # the web server's error log
+    recover_now_and_then(app.store, app.config)
     body = CountingReader(sys.stdin.buffer)
     try:
-        answer_cgi(cgi_environ(body), sys.stdout.buffer)
+        answer_cgi(app, cgi_environ(body), sys.stdout.buffer)
     finally:
         discard_cgi_input(body)
     return ExitCode.OK
@@ -40,7 +39,7 @@ def cgi_environ(body):
     return environ
 
 
-def answer_cgi(environ, out):
+def answer_cgi(app, environ, out):
     """Run the application once and write its answer the CGI way (a Status
     header, the headers, a blank line, the body).  wsgiref would do the same
     but costs a CGI request 1.5 ms of imports (re among them)."""
@@ -50,7 +49,7 @@ def answer_cgi(environ, out):
         head[:] = [status, list(headers)]
         return out.write
 
-    chunks = application(environ, start_response)
+    chunks = app(environ, start_response)
     try:
         if isinstance(chunks, list) and len(chunks) == 1 and not any(
                 name.lower() == 'content-length' for name, _ in head[1]):

@@ -10,9 +10,8 @@ from ..errors import ConfigError, ExitCode, UsageError
 from ..procs import process_started_at
 from ..recovery import recover_store
 from ..remote import CONNECT_TIMEOUT, http_session, parse_answer, server_url, terminal_safe
-from ..store import Store
-from .app import application
-from .context import _APP_CONTEXT, warn_if_unsandboxed
+from ..node import Node, warn_if_unsandboxed
+from .app import App
 
 
 def serve(args):
@@ -21,11 +20,11 @@ def serve(args):
     bind, port, check = serve_options(args, config.port)
     if check:
         return check_serving(config, bind, port)
-    server = listen(config, bind, port)  # before anything is created or claimed
-    store = Store(config.dir)
+    app = App(Node(config, started=process_started_at(os.getpid()) or time.time()))
+    server = listen(app, bind, port)  # before anything is created or claimed
+    store = app.store
     store.ensure()
     recover_store(store, config)
-    _APP_CONTEXT.update(config=config, store=store, started=process_started_at(os.getpid()) or time.time())
     print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
     print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
           f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
@@ -60,17 +59,17 @@ def serve_options(args, port):
     return bind, port, check
 
 
-def listen(config, bind, port):
-    """The waitress server bound to ``bind:port``; a port in use is one error line."""
+def listen(app, bind, port):
+    """The waitress server of ``app`` bound to ``bind:port``; a port in use is one error line."""
     import waitress
     try:
         # Idle connections cost no thread in waitress; allow many of them, but cut
         # those that send nothing (half-open, or headers trickling in) after 20 s,
         # looked at every 5 s.  A request in progress (a long-poll) is never cut.
         return waitress.create_server(
-            application, host=bind, port=port, threads=16, ident='rrcloud',
+            app, host=bind, port=port, threads=16, ident='rrcloud',
             connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
-            max_request_body_size=config.maxRequestSize)
+            max_request_body_size=app.config.maxRequestSize)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

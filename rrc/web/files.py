@@ -4,7 +4,6 @@ import os
 
 from ..errors import HTTPError
 from ..names import OUT_NAME_RE, is_task_id
-from .context import app_context
 from .request import Response
 
 
@@ -23,20 +22,18 @@ def result_type(name):
     return RESULT_TYPES.get(ext, 'application/octet-stream')
 
 
-def serve_result(request, name):
+def serve_result(app, request, name):
     """``GET /tasks/out/NAME``: a task's result, nothing else."""
-    _, store = app_context()
     if not OUT_NAME_RE.match(name) or '..' in name:
         raise HTTPError(404, 'no such result')
-    return serve_file(request, os.path.join(store.folder('out'), name), result_type(name))
+    return serve_file(request, os.path.join(app.store.folder('out'), name), result_type(name))
 
 
-def serve_log(request, task_id):
+def serve_log(app, request, task_id):
     """``GET /tasks/log/ID``: a task's log."""
-    _, store = app_context()
     if not is_task_id(task_id):
         raise HTTPError(404, 'no such log')
-    return serve_file(request, store.log_path(task_id), 'text/plain; charset=utf-8')
+    return serve_file(request, app.store.log_path(task_id), 'text/plain; charset=utf-8')
 
 
 def serve_file(request, path, content_type):

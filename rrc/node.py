@@ -1,0 +1,63 @@
+"""One rrcloud node as this process sees it: its config, its store, when it
+started, and what it tells a client that asks ``meta``.
+
+The WSGI app, the CLI and the runner each build what they need once and pass
+it down; nothing here is kept in module state.
+"""
+
+import os
+import sys
+import time
+
+from . import VERSION_STRING
+from .procs import format_uptime, system_uptime
+from .states import count_tasks, still_running
+from .store import Store, marked
+
+
+class Node:
+    """A node's config and store, and the time its serving process started
+    (None: not a server, uptime then counts from boot)."""
+
+    def __init__(self, config, started=None):
+        self.config = config
+        self.store = Store(config.dir)
+        self.started = started
+
+    def meta(self, services):
+        """The ``meta`` answer of this node."""
+        return meta_record(self.store, self.config, services, self.started)
+
+
+def meta_record(store, config, services, started=None):
+    """What this machine offers: the spec's meta fields plus load for schedulers.
+
+    ``uptime`` counts from ``started`` (when the serving process started), or,
+    without a server (``rrcloud meta`` on the command line), from boot.
+    """
+    running = [t for t in marked(store, 'running') if still_running(store, t)]
+    tasks = count_tasks(store)
+    return {
+        'busy': str(len(running)),
+        'cpuLoad': f'{os.getloadavg()[0]:.2f}',
+        'maxDataRetention': f'{config.maxDataRetention:g}',
+        'maxTasks': str(config.maxTasks),
+        'queued': str(len(marked(store, 'queue'))),
+        'sandbox': 'bwrap' if config.sandbox else 'off',
+        'serverName': config.serverName,
+        'services': ','.join(sorted(services)),
+        'tasks': str(tasks),
+        'timeout': f'{config.timeout:g}',
+        'uptime': format_uptime(time.time() - started if started else system_uptime()),
+        'version': VERSION_STRING,
+    }
+
+
+SANDBOX_OFF_WARNING = ('rrcloud: warning: sandbox = no: tasks run without their sandbox, '
+                       'with every right of this server\'s user (see docs/SECURITY.md)')
+
+
+def warn_if_unsandboxed(config):
+    """Say in the server's log that tools run unconfined, when someone chose that."""
+    if not config.sandbox:
+        print(SANDBOX_OFF_WARNING, file=sys.stderr, flush=True)
