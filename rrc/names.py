@@ -1,7 +1,10 @@
 """The checks for what a client sends: ids, service names, record keys, extensions, form fields, addresses.
 
-Each check is a plain string test (a CGI request pays no ``re`` import);
-tests/test_properties.py holds the regular expressions they agree with."""
+The hot checks are plain string tests, and they are the definitions: a CGI
+request that needs no pattern pays no ``re`` import (about 2 ms a request,
+measured with ``python -X importtime``).  tests/test_properties.py holds the
+regular expressions each agrees with, as oracles, and checks them against
+any text.  The rarer checks keep a LazyPattern, compiled on first use."""
 
 from .errors import UsageError
 
@@ -33,40 +36,36 @@ LETTERS = LOWER | frozenset('ABCDEFGHIJKLMNOPQRSTUVWXYZ')
 ALNUM = LETTERS | DIGITS
 WORD_CHARS = ALNUM | {'_'}
 SERVICE_CHARS = LOWER | DIGITS | {'_'}
-# <unix seconds>-<5 digits of the second's fraction>-<6 random digits>
-TASK_ID_RE = LazyPattern(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
-SERVICE_NAME_RE = LazyPattern(r'\A[a-z][a-z0-9_]{0,31}\Z')
-RECORD_KEY_RE = LazyPattern(r'\A[A-Za-z][A-Za-z0-9_]{0,63}\Z')
-EXTENSION_RE = LazyPattern(r'\A[A-Za-z0-9]{1,12}\Z')
 # What may follow an allowed native-argument prefix: no path separators, no
 # whitespace, nothing a shell or the tool could read as a second argument.
 NATIVE_VALUE_RE = LazyPattern(r'\A[A-Za-z0-9._,:%+=-]{0,200}\Z')
-CONFIG_LINE_RE = LazyPattern(r'\A\s*([^\s:=]+)\s*[:=]\s*(.*?)\s*\Z')
 
 
 def is_task_id(text):
-    """``TASK_ID_RE``."""
+    """A task id: <unix seconds>-<5 digits of the second's fraction>-<6 random
+    digits>, the seconds not starting with 0 (23 characters)."""
     return (len(text) == 23 and text[10] == '-' and text[16] == '-' and text[0] != '0'
             and DIGITS.issuperset(text[:10] + text[11:16] + text[17:]))
 
 
 def is_service_name(text):
-    """``SERVICE_NAME_RE``."""
+    """A service name: a lower-case letter, then up to 31 lower-case letters, digits or ``_``."""
     return 0 < len(text) <= 32 and text[0] in LOWER and SERVICE_CHARS.issuperset(text)
 
 
 def is_record_key(text):
-    """``RECORD_KEY_RE``."""
+    """A record key: an ASCII letter, then up to 63 ASCII letters, digits or ``_``."""
     return 0 < len(text) <= 64 and text[0] in LETTERS and WORD_CHARS.issuperset(text)
 
 
 def is_extension(text):
-    """``EXTENSION_RE``."""
+    """A file extension: 1 to 12 ASCII letters or digits."""
     return 0 < len(text) <= 12 and ALNUM.issuperset(text)
 
 
 def split_config_line(line):
-    """``CONFIG_LINE_RE``: (key, value) of ``key = value`` / ``key: value``, or None."""
+    """(key, value) of ``key = value`` / ``key: value``, or None: the key is
+    what precedes the first ``:`` or ``=`` (no space inside it), both stripped."""
     cut = min((i for i in (line.find(':'), line.find('=')) if i >= 0), default=-1)
     if cut < 0:
         return None
@@ -90,14 +89,13 @@ def is_single_line(value):
 
 # `in` is what 0.019's synchronous client posts beside its uploads: its own
 # local input paths.  It is checked like any text field and never used.
-FORM_FIELD_RE = LazyPattern(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|param[0-9]{1,3}'
-                           r'|nativeArgs|outExt|notifier|format|id|wait|token|in)\Z')
 NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 
 def is_form_field(key):
-    """``FORM_FIELD_RE``."""
+    """A form or query field rrcloud knows: a named one, or fileIn/prearg/arg/param
+    with a number of 1 to 3 ASCII digits."""
     if key in NAMED_FIELDS:
         return True
     for prefix in NUMBERED_FIELDS:

@@ -114,6 +114,7 @@ class Deployment:
                 f'server.groupname   = "www-data"\n'
                 f'server.pid-file    = "{self.log}/lighttpd.pid"\n'
                 f'server.errorlog    = "{self.log}/error.log"\n'
+                f'server.breakagelog = "{self.log}/cgi-error.log"\n'
                 f'include "{self.app}/lighttpd/rrcloud.conf"\n')
 
     def _apache_conf(self):

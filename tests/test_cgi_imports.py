@@ -13,10 +13,12 @@ from conftest import REPO
 from deploy import WEB_PYTHON
 
 # What a read never needs: the runner, the sandbox, the client, the printer,
-# uploads, the embedded server, and the costly standard modules.
+# the command line, uploads, the embedded server, and the costly standard modules.
 NOT_FOR_A_READ = {'re', 'subprocess', 'requests', 'serial', 'multipart', 'psutil', 'waitress',
-                  'tarfile', 'socket', 'threading', 'rrc.sandbox', 'shlex', 'json', 'ipaddress',
-                  'urllib.parse', 'wsgiref'}
+                  'tarfile', 'socket', 'threading', 'shlex', 'json', 'ipaddress',
+                  'urllib.parse', 'wsgiref', 'rrc.sandbox', 'rrc.runner', 'rrc.printing',
+                  'rrc.remote', 'rrc.web.embedded'}
+NOT_FOR_A_READ_PACKAGES = ('rrc.cli',)
 RECORD_ID = '1795999999-00000-000000'
 RECORD = (f'client: 127.0.0.1\nctime: 1795999999.00000\netime: 1796000000.00000\nid: {RECORD_ID}\n'
           f'in: tasks/in/1795999998-00000-000000.txt\nout: tasks/out/{RECORD_ID}\n'
@@ -55,4 +57,6 @@ def test_a_cgi_read_loads_nothing_it_does_not_need(store, query):
 
     assert answer.startswith('Status: 200'), answer
     assert 'rrcloud' in modules  # the measurement saw the program itself
+    assert 'rrc.web.cgi' in modules
     assert modules & NOT_FOR_A_READ == set(), sorted(modules & NOT_FOR_A_READ)
+    assert [m for m in modules if m.startswith(NOT_FOR_A_READ_PACKAGES)] == []

@@ -33,7 +33,7 @@ import rrcloud
 from rrc import VERSION_STRING
 from rrc.config import host_name
 from rrc.errors import ExitCode
-from rrc.names import TASK_ID_RE
+from rrc.names import is_task_id
 from rrc.procs import process_is, process_start_time
 from rrc.recovery import TEMP_FILE_MAX_AGE
 from rrc.store import Store, format_record, new_unique_name, parse_record
@@ -62,7 +62,7 @@ def post_task(url, service, content, filename='input.txt', timeout=30, session=N
 def id_from_answer(text):
     """The id of a text answer (``key: value`` lines)."""
     record = parse_record(text)
-    assert TASK_ID_RE.match(record.get('id', '')), text
+    assert is_task_id(record.get('id', '')), text
     return record['id']
 
 
@@ -206,7 +206,7 @@ def live_runners(root):
     runners = {}
     folder = Path(root) / 'tasks' / 'running'
     for task_id in os.listdir(folder) if folder.is_dir() else ():
-        record = raw_record(root, task_id) if TASK_ID_RE.match(task_id) else None
+        record = raw_record(root, task_id) if is_task_id(task_id) else None
         if record and record.get('status') == 'busy' and record.get('runner') \
                 and process_is(record['runner'], record.get('runnerStart')):
             runners[task_id] = int(record['runner'])

@@ -3,27 +3,59 @@
 import os
 import sys
 
-from ..errors import ExitCode
+from ..errors import ExitCode, RRCloudError
+from ..node import warn_if_unsandboxed
 from ..procs import process_started_at
 from ..recovery import recover_now_and_then
-from ..node import warn_if_unsandboxed
-from .app import App
+from .app import App, error_response, store_error_response
+from .request import STATUS_LINES
 
 
 def run_cgi():
-    """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached)."""
+    """CGI mode: one request on stdin/stdout, then exit (tasks run on, detached).
+
+    Whatever fails, the client gets rrcloud's one-line answer with its CORS
+    header: an exception escaping a CGI is the web server's bare error page.
+    """
+    body = CountingReader(sys.stdin.buffer)
+    environ = cgi_environ(body)
+    try:
+        app = cgi_app()
+    except RRCloudError as exc:  # a bad rrcloudrc: the server's own fault
+        print(f'rrcloud: error: {exc}', file=sys.stderr)
+        app = FixedAnswer(error_response(500, 'the server is misconfigured (see its error log)', None))
+    except OSError as exc:
+        app = FixedAnswer(store_error_response(exc, None, environ))
+    try:
+        answer_cgi(app, environ, sys.stdout.buffer)
+    finally:
+        discard_cgi_input(body)
+    return ExitCode.OK
+
+
+def cgi_app():
+    """The app of this request, after the housekeeping no resident process does."""
     # The server is the web server: its uptime is that of the process that
     # starts the CGI (lighttpd itself, Apache's CGI daemon).
     app = App.from_config(started=process_started_at(os.getppid()))
     if os.environ.get('REQUEST_METHOD') == 'POST':
         warn_if_unsandboxed(app.config)  # the web server's error log
-    recover_now_and_then(app.store, app.config)
-    body = CountingReader(sys.stdin.buffer)
     try:
-        answer_cgi(app, cgi_environ(body), sys.stdout.buffer)
-    finally:
-        discard_cgi_input(body)
-    return ExitCode.OK
+        recover_now_and_then(app.store, app.config)
+    except OSError as exc:  # housekeeping: the request itself says what is wrong
+        print(f'rrcloud: recovery failed: {exc}', file=sys.stderr)
+    return app
+
+
+class FixedAnswer:
+    """A WSGI app that gives one prepared answer (when no App could be built)."""
+
+    def __init__(self, response):
+        self.response = response
+
+    def __call__(self, environ, start_response):
+        start_response(STATUS_LINES[self.response.status], self.response.headers)
+        return [self.response.body]
 
 
 def cgi_environ(body):
