@@ -117,8 +117,8 @@ CONFIG_KEYS = {
     'reconnectTimeout': _non_negative_number,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
-DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
-                 'fc00::/7', 'fe80::/10']
+DEFAULT_ALLOW = ('127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
+                 'fc00::/7', 'fe80::/10')
 HOST_KEY_RE = LazyPattern(r'\A[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*\Z')
 
 

@@ -17,9 +17,9 @@ def check_notifier_url(url):
 NOTIFIER_TIMEOUT = 5.0
 # Refused notifier targets unless notifierAllow names them: this machine and
 # the link-local ranges (cloud metadata services live at 169.254.169.254).
-NOTIFIER_REFUSED = ['127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.0/16', 'fe80::/10',
+NOTIFIER_REFUSED = ('127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.0/16', 'fe80::/10',
                     # cloud metadata services outside link-local: Alibaba, AWS (IPv6), Azure
-                    '100.100.100.200/32', 'fd00:ec2::254/128', '168.63.129.16/32']
+                    '100.100.100.200/32', 'fd00:ec2::254/128', '168.63.129.16/32')
 
 
 def notify(store, config, record):
