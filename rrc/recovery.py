@@ -12,7 +12,7 @@ from .errors import NotFound
 from .identity import boot_tag
 from .names import LazyPattern, is_task_id
 from .procs import pid_alive
-from .schema import TaskStatus
+from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
 from .store import marked, remove_tree
 from .tasks import dispatch
@@ -68,7 +68,7 @@ def writer_alive(match, tag):
 
 def remove_idle_work_folders(store, records):
     """Remove sandbox work folders that no busy task owns (left by a crashed runner)."""
-    busy = {record['id'] for record in records if record.get('status') == TaskStatus.BUSY}
+    busy = {record['id'] for record in records if record.get(Field.STATUS) == TaskStatus.BUSY}
     folder = store.folder('work')
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
         if entry not in busy and not work_folder_in_use(store, entry):
@@ -84,7 +84,7 @@ def work_folder_in_use(store, entry):
         record = store.read_task(entry)
     except NotFound:
         return False
-    return record.get('status') == TaskStatus.BUSY or not store.node.owns(record)
+    return record.get(Field.STATUS) == TaskStatus.BUSY or not store.node.owns(record)
 
 
 def remove_orphan_inputs(store, records, now):
