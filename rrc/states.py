@@ -110,24 +110,25 @@ def initial_fields(state):
     return wire_fields(state)
 
 
-def may_move(record, to):
+def may_move(record, to, expect=None):
     """True when the task may move to ``to``; False when it already ended
-    (a lost race); IllegalMove when the table forbids the move."""
+    (a lost race); IllegalMove when the table forbids the move, or when the
+    task is not in the state ``expect`` that the caller's move starts from."""
     current = state_of(record)
     if current is None or current in FINAL:
         return False
-    if to not in TRANSITIONS[current]:
+    if to not in TRANSITIONS[current] or expect not in (None, current):
         raise IllegalMove(record.get(Field.ID, '?'), current, to)
     return True
 
 
-def move_locked(store, record, to, changes=None, remove=()):
+def move_locked(store, record, to, changes=None, remove=(), expect=None):
     """Move a task to state ``to``: the one writer of ``status``.
 
     The caller holds ``store.lock()`` and read ``record`` under it.  Returns
     the record as written, or None when the task had already ended.
     """
-    if not may_move(record, to):
+    if not may_move(record, to, expect):
         return None
     moved = {key: value for key, value in record.items() if key not in FLAGS and key not in remove}
     moved.update({key: str(value) for key, value in (changes or {}).items()})
@@ -136,10 +137,10 @@ def move_locked(store, record, to, changes=None, remove=()):
     return moved
 
 
-def move_task(store, task_id, to, changes=None, remove=()):
+def move_task(store, task_id, to, changes=None, remove=(), expect=None):
     """Move a task to state ``to`` under the store lock (see move_locked)."""
     with store.lock():
-        return move_locked(store, store.read_task(task_id), to, changes, remove)
+        return move_locked(store, store.read_task(task_id), to, changes, remove, expect)
 
 
 def finish_task(store, task_id, status, **fields):

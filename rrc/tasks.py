@@ -280,7 +280,8 @@ def _start_queued(store, config, task_id, slot_fd):
     unmark(store, 'queue', task_id)
     try:
         record = store.read_task(task_id)
-        if not may_move(record, State.RUNNING):  # it ended meanwhile (killed)
+        # A resume is not a dispatch: only a queued task leaves the queue.
+        if not may_move(record, State.RUNNING, expect=State.QUEUED):  # False: it ended meanwhile (killed)
             return
     except NotFound:
         return
@@ -298,7 +299,7 @@ def _start_queued(store, config, task_id, slot_fd):
     # The runner's pid means something only on this node and in this boot: the record says which.
     move_locked(store, record, State.RUNNING, {Field.STIME: started, Field.RUNNER: pid,
                                                Field.RUNNER_START: process_start_time(pid) or '',
-                                               **store.node.fields()})
+                                               **store.node.fields()}, expect=State.QUEUED)
     mark(store, 'running', task_id)
 
 
@@ -323,7 +324,7 @@ def kill_task(store, task_id, by):
     if (record.get(Field.PID) and store.node.owns(record) and not store.node.rebooted_since(record)
             and process_is(record[Field.PID], record.get(Field.PID_START))):
         import signal
-        kill_process_group(int(record['pid']), signal.SIGTERM)
+        kill_process_group(int(record[Field.PID]), signal.SIGTERM)
     return record
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from rrc.config import Config
 from rrc.schema import YES, Field, TaskStatus
 from rrc.states import (FINAL, INITIAL, TRANSITIONS, WIRE, IllegalMove, State, finish_task,
                         initial_fields, move_task, state_of, wire_fields)
 from rrc.store import Store, format_record, parse_record
+from rrc.tasks import dispatch
 from conftest import REPO
 
 TASK_ID = '1796000000-00000-000001'
@@ -80,6 +82,33 @@ def test_every_other_transition_is_refused_and_writes_nothing(tmp_path, current,
             move_task(Store(tmp_path), TASK_ID, to)
 
     assert path.read_bytes() == before
+
+
+def test_a_move_that_expects_another_state_is_refused(tmp_path):
+    path = plant(tmp_path, State.SUSPENDED)
+    before = path.read_bytes()
+
+    with pytest.raises(IllegalMove, match='cannot go from suspended to running'):
+        move_task(Store(tmp_path), TASK_ID, State.RUNNING, expect=State.QUEUED)
+    assert path.read_bytes() == before
+    assert state_of(move_task(Store(tmp_path), TASK_ID, State.RUNNING, expect=State.SUSPENDED)) == State.RUNNING
+
+
+@pytest.mark.parametrize('state', [State.RUNNING, State.SUSPENDED, State.WAITING])
+def test_dispatch_starts_only_queued_tasks(tmp_path, capfd, state):
+    """A queue marker of a task in any other state (written by hand) starts nothing."""
+    path = plant(tmp_path, state)
+    before = path.read_bytes()
+    (tmp_path / 'tasks' / 'queue' / TASK_ID).write_text('')
+    config = Config()
+    config.dir = str(tmp_path)
+
+    dispatch(Store(tmp_path), config)
+
+    assert path.read_bytes() == before
+    assert not (tmp_path / 'tasks' / 'queue' / TASK_ID).exists()
+    assert not list((tmp_path / 'tasks' / 'running').iterdir())
+    assert 'refused a queue marker' in capfd.readouterr().err
 
 
 def test_a_status_word_the_machine_never_writes_is_left_alone(tmp_path):
