@@ -37,7 +37,7 @@ import time
 from .errors import NotFound, RRCloudError
 from .procs import kill_process_group, process_is
 from .schema import YES, Field, TaskStatus
-from .store import unmark
+from .store import marked, unmark
 
 
 class State(str, enum.Enum):
@@ -254,6 +254,13 @@ def running_here(store, marked_ids):
 def queued_here(store, marked_ids):
     """The ids of ``marked_ids`` (queue markers) whose task this node will start."""
     return [task_id for task_id in marked_ids if _ours(store, _record_or_none(store, task_id))]
+
+
+def queue_is_full(store, max_queued):
+    """True when ``max_queued`` of this node's tasks wait (records are read only
+    when the shared queue holds that many markers at all)."""
+    markers = marked(store, 'queue')
+    return len(markers) >= max_queued and len(queued_here(store, markers)) >= max_queued
 
 
 def _running_record(store, task_id):

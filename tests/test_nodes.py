@@ -18,7 +18,7 @@ from rrc.errors import ConfigError
 from rrc.identity import NodeIdentity, boot_id, boot_tag, default_node_name, is_node_name
 from rrc.procs import process_start_time
 from rrc.recovery import TEMP_FILE_MAX_AGE, recover_store
-from rrc.states import get_task, list_tasks, still_running
+from rrc.states import get_task, list_tasks, queue_is_full, still_running
 from rrc.store import Store, format_record, mark, new_unique_name, parse_record, temp_writer
 from rrc.tasks import acquire_slot, dispatch, kill_task
 from conftest import make_service, write_config
@@ -195,6 +195,17 @@ def test_dispatch_leaves_another_nodes_queued_tasks_alone(tmp_path):
     assert raw(store, task_id) == before
     assert (tmp_path / 'tasks' / 'queue' / task_id).read_text() == 'maxTasks = 1\n'
     assert not list((tmp_path / 'tasks' / 'running').iterdir())
+
+
+def test_another_nodes_queued_tasks_do_not_fill_this_nodes_queue(tmp_path):
+    store = here(tmp_path)
+    for node in ('beta', 'beta', 'alpha'):
+        task_id, _ = plant(store, node=node, queued='yes')
+        (tmp_path / 'tasks' / 'queue' / task_id).write_text('')
+
+    assert not queue_is_full(store, 2)
+    assert queue_is_full(store, 1)
+    assert queue_is_full(here(tmp_path, 'beta'), 2)
 
 
 def test_each_node_has_its_own_slots(tmp_path):
