@@ -4,6 +4,7 @@ import os
 
 from . import DEFAULT_PORT
 from .errors import ConfigError
+from .identity import default_node_name, is_node_name
 from .keyvalue import boolean_value, parse_key_value_lines
 from .names import ALNUM, LazyPattern, is_service_name
 from .services import check_service_servers
@@ -95,6 +96,12 @@ def _server_name(text):
     return text
 
 
+def _node_name(text):
+    if not is_node_name(text):
+        raise ValueError('a node name is 1 to 64 letters, digits or ._-, starting with a letter or digit')
+    return text
+
+
 CONFIG_KEYS = {
     'port': port_number,
     'servers': _server_list,
@@ -114,6 +121,7 @@ CONFIG_KEYS = {
     'allowOrigins': _origin_list,
     'sandbox': _switch,
     'serverName': _server_name,
+    'nodeName': _node_name,
     'reconnectTimeout': _non_negative_number,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
@@ -146,6 +154,7 @@ class Config:
         self.allowOrigins = []
         self.sandbox = True
         self.serverName = host_name()
+        self.nodeName = default_node_name()  # which tasks of a shared store are this node's
         self.reconnectTimeout = 120.0
         self.sources = []
         self.service_server_lines = {}  # service -> "file:line" that named its servers

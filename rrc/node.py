@@ -1,5 +1,6 @@
-"""One rrcloud node as this process sees it: its config, its store, when it
-started, and what it tells a client that asks ``meta``.
+"""One rrcloud node as this process sees it: its identity (``nodeName`` plus
+this boot), its config, its store, when it started, and what it tells a
+client that asks ``meta``.
 
 The WSGI app, the CLI and the runner each build what they need once and pass
 it down; nothing here is kept in module state.
@@ -10,18 +11,24 @@ import sys
 import time
 
 from . import VERSION_STRING
+from .identity import NodeIdentity
 from .procs import format_uptime, system_uptime
-from .states import count_tasks, still_running
+from .states import count_tasks, queued_here, running_here
 from .store import Store, marked
 
 
 class Node:
-    """A node's config and store, and the time its serving process started
-    (None: not a server, uptime then counts from boot)."""
+    """A node's identity, config and store, and the time its serving process
+    started (None: not a server, uptime then counts from boot).
+
+    Many nodes may share one store folder: the store sees it through this
+    node's identity, so it judges, reconciles and starts only this node's tasks.
+    """
 
     def __init__(self, config, started=None):
         self.config = config
-        self.store = Store(config.dir)
+        self.identity = NodeIdentity.of(config.nodeName)
+        self.store = Store(config.dir, self.identity)
         self.started = started
 
     def meta(self, services):
@@ -32,17 +39,18 @@ class Node:
 def meta_record(store, config, services, started=None):
     """What this machine offers: the spec's meta fields plus load for schedulers.
 
-    ``uptime`` counts from ``started`` (when the serving process started), or,
-    without a server (``rrcloud meta`` on the command line), from boot.
+    ``busy`` and ``queued`` count this node's tasks (``tasks`` counts the
+    store's).  ``uptime`` counts from ``started`` (when the serving process
+    started), or, without a server (``rrcloud meta`` on the command line), from boot.
     """
-    running = [t for t in marked(store, 'running') if still_running(store, t)]
+    running = running_here(store, marked(store, 'running'))
     tasks = count_tasks(store)
     return {
         'busy': str(len(running)),
         'cpuLoad': f'{os.getloadavg()[0]:.2f}',
         'maxDataRetention': f'{config.maxDataRetention:g}',
         'maxTasks': str(config.maxTasks),
-        'queued': str(len(marked(store, 'queue'))),
+        'queued': str(len(queued_here(store, marked(store, 'queue')))),
         'sandbox': 'bwrap' if config.sandbox else 'off',
         'serverName': config.serverName,
         'services': ','.join(sorted(services)),

@@ -81,6 +81,7 @@ def spawn_runner(store, task_id, slot_fd, settings):
     # Not the request's environment (HTTP_*, GATEWAY_INTERFACE): an allowlist.
     env = {k: os.environ[k] for k in RUNNER_ENV_ALLOWLIST if k in os.environ}
     env['RRCLOUD_SLOT_FD'] = str(slot_fd)
+    env['RRCLOUD_NODE'] = store.node.name  # the runner acts for the node that started it
     env['RRCLOUD_TASK_SETTINGS'] = settings
     # A new session: a web server's or terminal's signals to its group never
     # reach the task, and the task survives the request or CLI that started it.

@@ -1,18 +1,26 @@
-"""What a server does at start and now and then: recover temp files, orphan inputs and idle work folders."""
+"""What a server does at start and now and then: recover temp files, orphan inputs and idle work folders.
+
+Several nodes may share the store: a node reconciles and starts only its own
+tasks (``states``), judges a temp file's writer only when it wrote in this
+machine's boot, and leaves another node's work folders to that node.
+"""
 
 import os
 import time
 
-from .names import LazyPattern
+from .errors import NotFound
+from .identity import boot_tag
+from .names import LazyPattern, is_task_id
 from .procs import pid_alive
-from .schema import TaskStatus
+from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
 from .store import marked, remove_tree
 from .tasks import dispatch
 
 
-# Temp files of interrupted writes carry their writer's pid: .NAME.PID[.UNIQUE].(tmp|new|part)
-TEMP_FILE_RE = LazyPattern(r'\A\..+?\.([0-9]+)(\.[0-9-]+)?\.(tmp|new|part)\Z')
+# Temp files of interrupted writes carry their writer's pid and boot:
+# .NAME.PID[@BOOTTAG][.UNIQUE].(tmp|new|part) (no tag: written before tags, this boot's).
+TEMP_FILE_RE = LazyPattern(r'\A\..+?\.([0-9]+)(?:@([0-9a-f]+))?(\.[0-9-]+)?\.(tmp|new|part)\Z')
 TEMP_FILE_MAX_AGE = 3600.0
 RECOVERY_INTERVAL = 60.0
 
@@ -24,17 +32,7 @@ def recover_store(store, config):
     killed by reconcile_task.  A print is never restarted.
     """
     now = time.time()
-    for name in ('info', 'in', 'out', 'log', 'queue'):
-        folder = store.folder(name)
-        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
-            path = os.path.join(folder, entry)
-            match = TEMP_FILE_RE.match(entry)
-            try:
-                if match and (not pid_alive(int(match.group(1)))
-                              or now - os.lstat(path).st_mtime > TEMP_FILE_MAX_AGE):
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
+    remove_left_over_temp_files(store, now)
     for task_id in marked(store, 'running'):
         still_running(store, task_id)
     records = list_tasks(store, config)
@@ -43,13 +41,50 @@ def recover_store(store, config):
     dispatch(store, config)
 
 
+def remove_left_over_temp_files(store, now):
+    """Remove temp files whose writer is gone, or that are older than any write in progress."""
+    tag = boot_tag()
+    for name in ('info', 'in', 'out', 'log', 'queue'):
+        folder = store.folder(name)
+        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+            path = os.path.join(folder, entry)
+            match = TEMP_FILE_RE.match(entry)
+            try:
+                if match and (not writer_alive(match, tag) or now - os.lstat(path).st_mtime > TEMP_FILE_MAX_AGE):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def writer_alive(match, tag):
+    """False only when a temp file's writer provably ended: its pid is gone from
+    this boot.  A writer of another boot (another machine on a shared store, or
+    this one before a reboot) cannot be judged here; its file goes by age."""
+    writer_tag = match.group(2)
+    if writer_tag and writer_tag != tag:
+        return True
+    return pid_alive(int(match.group(1)))
+
+
 def remove_idle_work_folders(store, records):
     """Remove sandbox work folders that no busy task owns (left by a crashed runner)."""
-    busy = {record['id'] for record in records if record.get('status') == TaskStatus.BUSY}
+    busy = {record['id'] for record in records if record.get(Field.STATUS) == TaskStatus.BUSY}
     folder = store.folder('work')
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
-        if entry not in busy:
+        if entry not in busy and not work_folder_in_use(store, entry):
             remove_tree(os.path.join(folder, entry))
+
+
+def work_folder_in_use(store, entry):
+    """True when ``tasks/work/ENTRY`` belongs to a task that started after the
+    listing, or to another node's task (that node cleans up after its runners)."""
+    if not is_task_id(entry):
+        return False
+    try:
+        record = store.read_task(entry)
+    except NotFound:
+        return False
+    return record.get(Field.STATUS) == TaskStatus.BUSY or not store.node.owns(record)
 
 
 def remove_orphan_inputs(store, records, now):

@@ -6,8 +6,9 @@ import time
 from .config import SERVER_RE
 from .errors import NoServer, RRCloudError, UsageError
 from .names import LazyPattern, is_extension, is_single_line, is_task_id
-from .schema import TaskStatus
-from .store import parse_record, unlink_quietly
+from .schema import Field, TaskStatus
+from .states import State, initial_fields, move_task
+from .store import parse_record, temp_writer, unlink_quietly
 
 
 # A 0.019 server's ids are <seconds>-<6 digits>; ours have three parts.
@@ -140,10 +141,12 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
 
 
 def record_remote(store, url, service, answer):
-    """The local record of a remote task: its server, its remote id, busy."""
+    """The local record of a remote task: its server, its remote id, busy
+    (running, as far as this node can tell: only the server knows more).
+    Its ``server`` says where it runs; no node of this store judges it."""
     remote_id = answer['id']
-    record = {'remoteId': remote_id, 'server': url, 'service': service.name,
-              'status': TaskStatus.BUSY.value, 'ctime': f'{time.time():.5f}',
+    record = {Field.REMOTE_ID: remote_id, Field.SERVER: url, 'service': service.name,
+              **initial_fields(State.RUNNING), Field.CTIME: f'{time.time():.5f}',
               'client': 'localhost'}
     preferred = remote_id if is_task_id(remote_id) else None
     return store.create_task(lambda task_id: record, preferred_id=preferred)
@@ -157,9 +160,9 @@ def refresh_remote(store, record, session, wait=0):
         params['wait'] = str(wait)
     response = session.get(url, params=params, timeout=(CONNECT_TIMEOUT, wait + 30))
     if response.status_code == 404:
-        return store.update_task(record['id'], {
-            'status': TaskStatus.FAILED.value, 'etime': f'{time.time():.5f}',
-            'error': 'the server no longer knows this task'}, only_if_busy=True) or store.read_task(record['id'])
+        return move_task(store, record['id'], State.FAILED, {
+            Field.ETIME: f'{time.time():.5f}',
+            Field.ERROR: 'the server no longer knows this task'}) or store.read_task(record['id'])
     answer = parse_answer(response)
     status = answer.get('status')
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
@@ -177,8 +180,8 @@ def refresh_remote(store, record, session, wait=0):
         fetch_to(session, url + 'tasks/log/' + record['remoteId'], store.folder('log'), record['id'])
     except RRCloudError:
         pass  # a missing log is no reason to lose the result
-    changes['status'] = status.value if isinstance(status, TaskStatus) else status
-    return store.update_task(record['id'], changes, only_if_busy=True) or store.read_task(record['id'])
+    final = State.COMPLETE if status == TaskStatus.COMPLETE else State.FAILED
+    return move_task(store, record['id'], final, changes) or store.read_task(record['id'])
 
 
 def _single_line(value):
@@ -197,7 +200,7 @@ def fetch_to(session, url, folder, name):
     if response.status_code != 200:
         raise RRCloudError(f'cannot fetch {url}: HTTP {response.status_code}')
     os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f'.{name}.{os.getpid()}.part')
+    temp = os.path.join(folder, f'.{name}.{temp_writer()}.part')
     try:
         with open(temp, 'wb') as handle:
             for chunk in response.iter_content(65536):
@@ -266,8 +269,8 @@ def kill_remote(store, config, record):
     except OSError:
         pass  # the kill itself was answered; the log comes with the next info
     if killed:
-        return store.update_task(record['id'], {'status': TaskStatus.FAILED.value, 'error': 'killed',
-                                                'etime': f'{time.time():.5f}'}, only_if_busy=True) or record
+        return move_task(store, record['id'], State.FAILED, {Field.ERROR: 'killed',
+                                                             Field.ETIME: f'{time.time():.5f}'}) or record
     if record.get('status') != TaskStatus.BUSY:
         raise UsageError(f'task {record["id"]} is not running (status {record.get("status")})')
     reason = terminal_safe(answer.get('error') or f'HTTP {response.status_code}')

@@ -7,6 +7,7 @@ import time
 from . import PROGRAM_FOLDER
 from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError
+from .identity import NodeIdentity, is_node_name
 from .names import check_task_id, is_extension, is_single_line, is_task_id
 from .notifier import notify
 from .procs import (kill_process_group, process_start_time, rrcloud_command, task_environment,
@@ -444,11 +445,18 @@ def judge_exit(store, service, record, code):
     return TaskStatus.COMPLETE, fields
 
 
+def runner_node():
+    """The identity of the node that started this runner (RRCLOUD_NODE; the
+    host's default for a runner started by hand or by an older version)."""
+    name = os.environ.pop('RRCLOUD_NODE', '')
+    return NodeIdentity.of(name if is_node_name(name) else None)
+
+
 def cmd_run_internal(args):
     """``rrcloud _run ID --dir ROOT``: the detached runner (internal)."""
     if len(args) != 3 or args[1] != '--dir':
         raise UsageError('usage: rrcloud _run ID --dir ROOT')
     task_id = check_task_id(args[0])
-    store = Store(args[2])
+    store = Store(args[2], runner_node())
     final = run_task(store, os.environ.pop('RRCLOUD_TASK_SETTINGS', ''), task_id)
     return ExitCode.OK if final.get('status') == TaskStatus.COMPLETE else ExitCode.TASK_FAILED

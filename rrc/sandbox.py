@@ -147,7 +147,8 @@ def collect_output(folder, name, destination, max_bytes):
 def _copy_atomically(source, destination, max_bytes):
     import shutil
     folder, name = os.path.split(destination)
-    temp = os.path.join(folder, f'.{name}.{os.getpid()}.part')  # recovery knows .NAME.PID.part
+    from .store import temp_writer
+    temp = os.path.join(folder, f'.{name}.{temp_writer()}.part')  # recovery knows .NAME.PID@BOOT.part
     try:
         with open(temp, 'xb') as sink:
             shutil.copyfileobj(source, sink)

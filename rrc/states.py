@@ -1,57 +1,198 @@
-"""The task lifecycle: the only writer of a record's ``status``; liveness, reconcile, finish, expire."""
+"""The task lifecycle: the state machine, the only writer of a record's
+``status``; liveness, reconcile, finish, expire.
 
+A task is in one state.  On the wire ``status`` keeps the 0.019 spec's three
+words, so an old client always reads one it knows; the busy states beside
+running are told apart by a flag field set to ``yes``:
+
+| state       | status   | flag             | entered from                  | by                                         |
+| ----------- | -------- | ---------------- | ----------------------------- | ------------------------------------------ |
+| `queued`    | busy     | `queued: yes`    | created; `waiting`            | `submit_task`                              |
+| `running`   | busy     |                  | `queued`, `suspended`; created | `dispatch`; a remote task's local record  |
+| `suspended` | busy     | `suspended: yes` | `running`                     | (issue 13: suspend)                        |
+| `waiting`   | busy     | `waiting: yes`   | created                       | (issue 13: a pipeline step waits for input) |
+| `complete`  | complete |                  | `running`                     | the runner (exit 0, output); a server said so |
+| `failed`    | failed   |                  | any state but the final two   | kill, timeout, runner, reconcile, a server  |
+
+``complete`` and ``failed`` are final: nothing leaves them.  ``TRANSITIONS``
+below is the table every move is checked against; ``move_task`` (or
+``move_locked`` under a store lock the caller holds) is the one function
+that writes a new state.  A move from a final state is a lost race (another
+writer ended the task first; the first final state wins) and returns None; a
+move the table does not allow from a live state raises ``IllegalMove``.
+
+``suspended`` and ``waiting`` are in the table so that issue 13 only adds who
+enters them: a suspended task keeps its runner (liveness is judged as for a
+running one), a waiting task has no process and no queue marker yet, so
+reconcile leaves it alone.
+
+Liveness is judged only for this node's tasks (``store.node``): a task of
+another node sharing the store is shown as its record says.
+"""
+
+import enum
 import os
 import time
 
-from .errors import NotFound
+from .errors import NotFound, RRCloudError
 from .procs import kill_process_group, process_is
-from .schema import TaskStatus
-from .store import unmark
+from .schema import YES, Field, TaskStatus
+from .store import marked, unmark
 
+
+class State(str, enum.Enum):
+    """The states of a task (the wire shows them through ``status`` and a flag)."""
+    QUEUED = 'queued'
+    RUNNING = 'running'
+    SUSPENDED = 'suspended'
+    WAITING = 'waiting'
+    COMPLETE = 'complete'
+    FAILED = 'failed'
+
+
+# state: (status word on the wire, flag field set to "yes" or None)
+WIRE = {
+    State.QUEUED: (TaskStatus.BUSY, Field.QUEUED),
+    State.RUNNING: (TaskStatus.BUSY, None),
+    State.SUSPENDED: (TaskStatus.BUSY, Field.SUSPENDED),
+    State.WAITING: (TaskStatus.BUSY, Field.WAITING),
+    State.COMPLETE: (TaskStatus.COMPLETE, None),
+    State.FAILED: (TaskStatus.FAILED, None),
+}
+FLAGS = tuple(flag for _, flag in WIRE.values() if flag)
+
+TRANSITIONS = {
+    State.WAITING: frozenset({State.QUEUED, State.FAILED}),
+    State.QUEUED: frozenset({State.RUNNING, State.FAILED}),
+    State.RUNNING: frozenset({State.COMPLETE, State.FAILED, State.SUSPENDED}),
+    State.SUSPENDED: frozenset({State.RUNNING, State.FAILED}),
+    State.COMPLETE: frozenset(),
+    State.FAILED: frozenset(),
+}
+FINAL = frozenset(state for state, moves in TRANSITIONS.items() if not moves)
+# The states a record may be created in (a remote task's local record starts running).
+INITIAL = frozenset({State.QUEUED, State.RUNNING, State.WAITING})
+# The states whose liveness is judged: a runner runs, or a queue marker waits for a slot.
+LIVE = frozenset({State.QUEUED, State.RUNNING, State.SUSPENDED})
 
 ORPHAN_GRACE_SECONDS = 30.0
 
 
-def reconcile_task(store, record, now=None):
-    """Report a busy task whose runner is gone as failed/interrupted."""
-    if record.get('status') != TaskStatus.BUSY or 'remoteId' in record or _runner_expected(store, record, now):
-        return record
-    if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
-        kill_process_group(int(record['pid']))
-    finished = finish_task(store, record['id'], TaskStatus.FAILED, error='interrupted')
-    unmark(store, 'running', record['id'])
-    return finished or store.read_task(record['id'])
+class IllegalMove(RRCloudError):
+    """A move the state machine does not allow from the task's current state."""
+
+    def __init__(self, task_id, current, to):
+        super().__init__(f'task {task_id} cannot go from {current.value} to {to.value}')
+        self.task_id, self.current, self.to = task_id, current, to
 
 
-def _runner_expected(store, record, now=None):
-    """True while a busy task still has (or is about to have) a live runner."""
-    if record.get('runner'):
-        return process_is(record['runner'], record.get('runnerStart'))
-    if record.get('queued') and os.path.exists(os.path.join(store.folder('queue'), record['id'])):
-        return True
-    started = float(record.get('stime') or record.get('ctime') or 0)
-    return (now or time.time()) - started < ORPHAN_GRACE_SECONDS
+def state_of(record):
+    """The state a record is in; None for a status word the machine never writes."""
+    status = record.get(Field.STATUS)
+    if status != TaskStatus.BUSY:
+        return {TaskStatus.COMPLETE: State.COMPLETE, TaskStatus.FAILED: State.FAILED}.get(status)
+    for state in (State.QUEUED, State.SUSPENDED, State.WAITING):
+        if record.get(WIRE[state][1]) == YES:
+            return state
+    return State.RUNNING
+
+
+def wire_fields(state):
+    """The ``status`` and flag fields that show ``state``."""
+    status, flag = WIRE[state]
+    return {Field.STATUS: status.value, **({flag: YES} if flag else {})}
+
+
+def initial_fields(state):
+    """The state fields of a record created in ``state``."""
+    if state not in INITIAL:
+        raise ValueError(f'a task is never created {state.value}')
+    return wire_fields(state)
+
+
+def may_move(record, to, expect=None):
+    """True when the task may move to ``to``; False when it already ended
+    (a lost race); IllegalMove when the table forbids the move, or when the
+    task is not in the state ``expect`` that the caller's move starts from."""
+    current = state_of(record)
+    if current is None or current in FINAL:
+        return False
+    if to not in TRANSITIONS[current] or expect not in (None, current):
+        raise IllegalMove(record.get(Field.ID, '?'), current, to)
+    return True
+
+
+def move_locked(store, record, to, changes=None, remove=(), expect=None):
+    """Move a task to state ``to``: the one writer of ``status``.
+
+    The caller holds ``store.lock()`` and read ``record`` under it.  Returns
+    the record as written, or None when the task had already ended.
+    """
+    if not may_move(record, to, expect):
+        return None
+    moved = {key: value for key, value in record.items() if key not in FLAGS and key not in remove}
+    moved.update({key: str(value) for key, value in (changes or {}).items()})
+    moved.update(wire_fields(to))
+    store.write_task(moved)
+    return moved
+
+
+def move_task(store, task_id, to, changes=None, remove=(), expect=None):
+    """Move a task to state ``to`` under the store lock (see move_locked)."""
+    with store.lock():
+        return move_locked(store, store.read_task(task_id), to, changes, remove, expect)
 
 
 def finish_task(store, task_id, status, **fields):
     """Write a task's final state unless another final state was written first."""
-    changes = dict(fields, status=status.value, etime=f'{time.time():.5f}')
-    out = store.read_task(task_id).get('out', '')
+    to = State.COMPLETE if status == TaskStatus.COMPLETE else State.FAILED
+    changes = dict(fields, **{Field.ETIME: f'{time.time():.5f}'})
+    out = store.read_task(task_id).get(Field.OUT, '')
     if out.startswith('tasks/out/'):
         try:
-            changes['sizeOut'] = os.path.getsize(store.path_of(out))
+            changes[Field.SIZE_OUT] = os.path.getsize(store.path_of(out))
         except OSError:
-            changes['sizeOut'] = 0
-    return store.update_task(task_id, changes, only_if_busy=True, remove=('queued',))
+            changes[Field.SIZE_OUT] = 0
+    return move_task(store, task_id, to, changes)
+
+
+def reconcile_task(store, record, now=None):
+    """Report a busy task of this node whose runner is gone as failed/interrupted.
+
+    A task of another node, or a remote task's local record, is shown as its
+    record says: only the node that runs a task can see its processes.
+    """
+    if state_of(record) not in LIVE or Field.REMOTE_ID in record or not store.node.owns(record):
+        return record
+    if not store.node.rebooted_since(record):  # after a reboot its pids may be anyone's
+        if _runner_expected(store, record, now):
+            return record
+        if record.get(Field.PID) and process_is(record[Field.PID], record.get(Field.PID_START)):
+            kill_process_group(int(record[Field.PID]))
+    finished = finish_task(store, record[Field.ID], TaskStatus.FAILED, error='interrupted')
+    unmark(store, 'running', record[Field.ID])
+    return finished or store.read_task(record[Field.ID])
+
+
+def _runner_expected(store, record, now=None):
+    """True while a busy task still has (or is about to have) a live runner."""
+    if record.get(Field.RUNNER):
+        return process_is(record[Field.RUNNER], record.get(Field.RUNNER_START))
+    if record.get(Field.QUEUED) and os.path.exists(os.path.join(store.folder('queue'), record[Field.ID])):
+        return True
+    started = float(record.get(Field.STIME) or record.get(Field.CTIME) or 0)
+    return (now or time.time()) - started < ORPHAN_GRACE_SECONDS
 
 
 def expire_tasks(store, records, max_hours, now=None):
-    """Remove finished tasks whose end is older than ``max_hours``; returns the rest."""
+    """Remove this node's finished tasks whose end is older than ``max_hours``;
+    returns the rest (another node's retention is its own business)."""
     now = now or time.time()
     kept = []
     for record in records:
-        etime = record.get('etime')
-        if record.get('status') != TaskStatus.BUSY and etime and now - float(etime) > max_hours * 3600:
+        etime = record.get(Field.ETIME)
+        if (state_of(record) in FINAL and etime and now - float(etime) > max_hours * 3600
+                and store.node.owns(record)):
             store.remove_task(record)
         else:
             kept.append(record)
@@ -97,13 +238,54 @@ def count_tasks(store):
 
 
 def still_running(store, task_id):
-    """True when a running marker belongs to a live runner (reconciles it otherwise)."""
+    """True when a running marker belongs to a live runner (reconciles it otherwise).
+
+    Another node's marker is left alone: its task counts as running while
+    its record says busy.
+    """
+    return _running_record(store, task_id) is not None
+
+
+def running_here(store, marked_ids):
+    """The ids of ``marked_ids`` (running markers) that are this node's live tasks."""
+    return [task_id for task_id in marked_ids if _ours(store, _running_record(store, task_id))]
+
+
+def queued_here(store, marked_ids):
+    """The ids of ``marked_ids`` (queue markers) whose task this node will start."""
+    return [task_id for task_id in marked_ids if _ours(store, _record_or_none(store, task_id))]
+
+
+def queue_is_full(store, max_queued):
+    """True when ``max_queued`` of this node's tasks wait (records are read only
+    when the shared queue holds that many markers at all)."""
+    markers = marked(store, 'queue')
+    return len(markers) >= max_queued and len(queued_here(store, markers)) >= max_queued
+
+
+def _running_record(store, task_id):
+    """The record behind a running marker while its task runs; None (and the
+    marker removed) once this node's runner is gone."""
     try:
         record = get_task(store, task_id)
     except NotFound:
         unmark(store, 'running', task_id)
-        return False
-    if record.get('runner') and process_is(record['runner'], record.get('runnerStart')):
-        return True
+        return None
+    if not store.node.owns(record):
+        return record if record.get(Field.STATUS) == TaskStatus.BUSY else None
+    if (record.get(Field.RUNNER) and not store.node.rebooted_since(record)
+            and process_is(record[Field.RUNNER], record.get(Field.RUNNER_START))):
+        return record
     unmark(store, 'running', task_id)
-    return False
+    return None
+
+
+def _ours(store, record):
+    return record is not None and store.node.owns(record)
+
+
+def _record_or_none(store, task_id):
+    try:
+        return store.read_task(task_id)
+    except NotFound:
+        return None

@@ -4,8 +4,9 @@ import os
 import time
 
 from .errors import NotFound
+from .identity import NodeIdentity, boot_tag
 from .names import check_task_id, is_record_key, is_single_line, is_task_id
-from .schema import TaskStatus
+from .schema import Field
 
 
 # work/ID: a sandboxed tool's private output folder while it runs.
@@ -53,10 +54,18 @@ def parse_record(text):
     return record
 
 
+def temp_writer():
+    """``PID@BOOTTAG``: who writes a temp file, as recovery reads it back from
+    the name.  The boot tag lets any node of this machine judge the pid, and
+    tells a node of another machine (same store on NFS) that it cannot."""
+    tag = boot_tag()
+    return f'{os.getpid()}@{tag}' if tag else str(os.getpid())
+
+
 def write_file_atomically(path, data):
     """Write bytes to ``path`` via a temp file in the same folder, fsync, rename."""
     folder, name = os.path.split(path)
-    temp = os.path.join(folder, f'.{name}.{os.getpid()}.{new_unique_name()}.tmp')
+    temp = os.path.join(folder, f'.{name}.{temp_writer()}.{new_unique_name()}.tmp')
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, 'wb') as handle:
@@ -77,10 +86,15 @@ def unlink_quietly(path):
 
 
 class Store:
-    """The flat-file task store: ``ROOT/tasks/{in,out,log,info}``."""
+    """The flat-file task store: ``ROOT/tasks/{in,out,log,info}``, as one node sees it.
 
-    def __init__(self, root):
+    ``node`` (a NodeIdentity; default: this host under its host name) says
+    which tasks are this process's to judge, reconcile and start.
+    """
+
+    def __init__(self, root, node=None):
         self.root = os.path.abspath(root)
+        self.node = node or NodeIdentity.of()
         self.tasks = os.path.join(self.root, 'tasks')
         self.count_cache = None  # (info folder's dev, inode, mtime), its record count
 
@@ -114,7 +128,7 @@ class Store:
         while True:
             task_id, preferred_id = preferred_id or new_unique_name(), None
             record = dict(build(task_id), id=task_id)
-            temp = os.path.join(self.folder('info'), f'.{task_id}.{os.getpid()}.new')
+            temp = os.path.join(self.folder('info'), f'.{task_id}.{temp_writer()}.new')
             write_file_atomically(temp, format_record(record).encode())
             try:
                 os.link(temp, self.info_path(task_id))  # fails if the id is taken
@@ -136,16 +150,15 @@ class Store:
         """Replace a task's record atomically."""
         write_file_atomically(self.info_path(record['id']), format_record(record).encode())
 
-    def update_task(self, task_id, changes, only_if_busy=False, remove=()):
+    def update_task(self, task_id, changes, remove=()):
         """Apply ``changes`` under the store lock; returns the new record.
 
-        With ``only_if_busy`` a finished task is left alone and None is
-        returned: the first final state written wins.
+        ``status`` is not among them: ``states.move_task`` is its one writer.
         """
+        if Field.STATUS in changes or Field.STATUS in remove:
+            raise ValueError('status is written by states.move_task only')
         with self.lock():
             record = self.read_task(task_id)
-            if only_if_busy and record.get('status') != TaskStatus.BUSY:
-                return None
             record.update({k: str(v) for k, v in changes.items()})
             for key in remove:
                 record.pop(key, None)
@@ -195,7 +208,7 @@ class Store:
         """
         self.ensure()
         folder = self.folder('in')
-        temp = os.path.join(folder, f'.{new_unique_name()}.{os.getpid()}.part')
+        temp = os.path.join(folder, f'.{new_unique_name()}.{temp_writer()}.part')
         try:
             with open(temp, 'xb') as handle:
                 if isinstance(data, bytes):

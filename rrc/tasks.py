@@ -11,9 +11,9 @@ from .names import check_task_id, is_extension
 from .notifier import check_notifier_url
 from .procs import kill_process_group, process_is, process_start_time, spawn_runner
 from .projects import is_project_name, unpack_project
-from .schema import TaskStatus
+from .schema import Field, TaskStatus
 from .services import check_native_args, check_output_ext, check_params, check_prearg, compose_argv
-from .states import get_task
+from .states import IllegalMove, State, get_task, initial_fields, may_move, move_locked
 from .store import append_log, mark, marked, to_json, unmark, write_file_atomically
 
 
@@ -80,7 +80,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: dict(_new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext),
-            server=config.serverName))
+            server=config.serverName, **{Field.NODE: store.node.name}))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -108,14 +108,13 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     import shlex
     record = {
         'service': service.name,
-        'status': TaskStatus.BUSY.value,
-        'ctime': f'{time.time():.5f}',
+        **initial_fields(State.QUEUED),
+        Field.CTIME: f'{time.time():.5f}',
         'cmd': shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
         'in': ','.join(path for _, path in stored),
-        'out': '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
+        Field.OUT: '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
         'client': client,
         'sizeIn': size_in,
-        'queued': 'yes',
     }
     # What the runner composes the argv from (it never runs ``cmd``, which is
     # only shown): the checked native arguments and each input's prearg.
@@ -220,15 +219,18 @@ def queued_settings(store, task_id):
 
 
 def dispatch(store, config):
-    """Start queued tasks, oldest first, while a slot of ``maxTasks`` is free.
+    """Start this node's queued tasks, oldest first, while a slot of ``maxTasks`` is free.
 
-    A slot is an flock on ``tasks/slots/N`` handed to the runner, so it frees
-    itself when the runner ends however it ends; no resident process is
-    needed (CGI).
+    A slot is an flock on ``tasks/slots/NODE/N`` handed to the runner, so it
+    frees itself when the runner ends however it ends; no resident process is
+    needed (CGI).  Each node has its own slots: nodes sharing a store never
+    take each other's.
     """
     store.ensure()
     with store.lock():
         for task_id in marked(store, 'queue'):
+            if not _queued_here(store, task_id):
+                continue
             slot = acquire_slot(store, config.maxTasks)
             if slot is None:
                 return
@@ -238,11 +240,26 @@ def dispatch(store, config):
                 os.close(slot)
 
 
+def _queued_here(store, task_id):
+    """True for a queue marker of this node's task (or of no task: _start_queued removes it)."""
+    try:
+        return store.node.owns(store.read_task(task_id))
+    except NotFound:
+        return True
+
+
+def slot_folder(store):
+    """``tasks/slots/NODE``: this node's slot locks."""
+    return os.path.join(store.folder('slots'), store.node.name)
+
+
 def acquire_slot(store, max_tasks):
-    """An fd holding the flock of a free slot, or None when all are taken."""
+    """An fd holding the flock of one of this node's free slots, or None when all are taken."""
     import fcntl
+    folder = slot_folder(store)
+    os.makedirs(folder, exist_ok=True)
     for number in range(max_tasks):
-        fd = os.open(os.path.join(store.folder('slots'), str(number)), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(folder, str(number)), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
@@ -263,45 +280,51 @@ def _start_queued(store, config, task_id, slot_fd):
     unmark(store, 'queue', task_id)
     try:
         record = store.read_task(task_id)
+        # A resume is not a dispatch: only a queued task leaves the queue.
+        if not may_move(record, State.RUNNING, expect=State.QUEUED):  # False: it ended meanwhile (killed)
+            return
     except NotFound:
         return
-    if record.get('status') != TaskStatus.BUSY:
-        return
-    if record.get('queued') != 'yes':  # a marker rrcloud did not write: never a second run
+    except IllegalMove:  # a marker rrcloud did not write: never a second run
         print(f'rrcloud: refused a queue marker for task {task_id}, which is not queued', file=sys.stderr)
         return
-    record.pop('queued', None)
-    record['stime'] = f'{time.time():.5f}'
+    started = f'{time.time():.5f}'
     try:
         pid = spawn_runner(store, task_id, slot_fd, settings)
     except OSError as exc:
-        record.update(status='failed', error=f'cannot start runner: {exc}', etime=record['stime'])
         append_log(store, task_id, f'rrcloud: task {task_id} cannot start: no runner: {exc}')
-    else:
-        record.update(runner=str(pid), runnerStart=process_start_time(pid) or '')
-        mark(store, 'running', task_id)
-    store.write_task(record)
+        move_locked(store, record, State.FAILED, {Field.STIME: started, Field.ETIME: started,
+                                                  Field.ERROR: f'cannot start runner: {exc}'})
+        return
+    # The runner's pid means something only on this node and in this boot: the record says which.
+    move_locked(store, record, State.RUNNING, {Field.STIME: started, Field.RUNNER: pid,
+                                               Field.RUNNER_START: process_start_time(pid) or '',
+                                               **store.node.fields()}, expect=State.QUEUED)
+    mark(store, 'running', task_id)
 
 
 def kill_task(store, task_id, by):
     """Stop a busy task: status failed, error killed; the tool's group gets SIGTERM.
 
     ``by`` says who asked (a client's address, the command line): the task's
-    log keeps it, so a killed task's log tells why it ended.
+    log keeps it, so a killed task's log tells why it ended.  Another node's
+    task is killed through its record alone: its runner sees the final state
+    and stops its tool (a pid means nothing outside its node).
     """
     store.read_task(task_id)  # NotFound before anything is created
     with store.lock():
         record = store.read_task(task_id)
-        if record.get('status') != TaskStatus.BUSY:
-            raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
+        killed = move_locked(store, record, State.FAILED,
+                             {Field.ERROR: 'killed', Field.ETIME: f'{time.time():.5f}'})
+        if killed is None:
+            raise UsageError(f'task {task_id} is not running (status {record.get(Field.STATUS)})')
         unmark(store, 'queue', task_id)
-        record.update(status='failed', error='killed', etime=f'{time.time():.5f}')
-        record.pop('queued', None)
-        store.write_task(record)
+    record = killed
     append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
-    if record.get('pid') and process_is(record['pid'], record.get('pidStart')):
+    if (record.get(Field.PID) and store.node.owns(record) and not store.node.rebooted_since(record)
+            and process_is(record[Field.PID], record.get(Field.PID_START))):
         import signal
-        kill_process_group(int(record['pid']), signal.SIGTERM)
+        kill_process_group(int(record[Field.PID]), signal.SIGTERM)
     return record
 
 

@@ -4,6 +4,7 @@ import os
 
 from ..config import load_config
 from ..errors import UsageError
+from ..identity import NodeIdentity
 from ..names import LazyPattern
 from ..projects import pack_project, project_references, project_root
 from ..services import check_params, find_service, load_services
@@ -292,7 +293,7 @@ class Context:
         self.config = load_config()
         if options.dir:
             self.config.dir = os.path.abspath(options.dir)
-        self.store = Store(self.config.dir)
+        self.store = Store(self.config.dir, NodeIdentity.of(self.config.nodeName))
         self._services = None
         self.shown_inputs = []  # how the user named each input of the task at hand
 

@@ -9,8 +9,8 @@ from ..names import DIGITS, check_task_id
 from ..node import Node
 from ..procs import KILL_GRACE_SECONDS, process_started_at
 from ..services import find_service, load_services
-from ..states import get_task, list_tasks
-from ..store import format_record, marked, to_json
+from ..states import get_task, list_tasks, queue_is_full
+from ..store import format_record, to_json
 from ..tasks import Input, kill_task, submit_task, wait_for_task
 from .access import check_access, check_form_token
 from .files import serve_log, serve_result
@@ -225,7 +225,7 @@ def submit_from_form(store, config, request):
     inputs = form_inputs(request, service)
     if len(inputs) > config.maxInputs:
         raise HTTPError(400, f'too many input files (at most {config.maxInputs})')
-    if len(marked(store, 'queue')) >= config.maxQueued:
+    if queue_is_full(store, config.maxQueued):
         raise HTTPError(503, f'the queue is full ({config.maxQueued} tasks wait)',
                         headers=[('Retry-After', '30')])
     native = request.form.get('nativeArgs', '').split()
