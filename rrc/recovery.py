@@ -3,6 +3,7 @@
 import os
 import time
 
+from .events import remove_orphan_events
 from .names import LazyPattern
 from .procs import pid_alive
 from .schema import TaskStatus
@@ -40,6 +41,7 @@ def recover_store(store, config):
     records = list_tasks(store, config)
     remove_orphan_inputs(store, records, now)
     remove_idle_work_folders(store, records)
+    remove_orphan_events(store)
     dispatch(store, config)
 
 
