@@ -5,6 +5,7 @@ import time
 
 from .config import SERVER_RE
 from .errors import NoServer, RRCloudError, UsageError
+from .events import status_changed
 from .names import LazyPattern, is_extension, is_single_line, is_task_id
 from .schema import TaskStatus
 from .store import parse_record, unlink_quietly
@@ -146,7 +147,7 @@ def record_remote(store, url, service, answer):
               'status': TaskStatus.BUSY.value, 'ctime': f'{time.time():.5f}',
               'client': 'localhost'}
     preferred = remote_id if is_task_id(remote_id) else None
-    return store.create_task(lambda task_id: record, preferred_id=preferred)
+    return status_changed(store, store.create_task(lambda task_id: record, preferred_id=preferred))
 
 
 def refresh_remote(store, record, session, wait=0):
@@ -157,9 +158,9 @@ def refresh_remote(store, record, session, wait=0):
         params['wait'] = str(wait)
     response = session.get(url, params=params, timeout=(CONNECT_TIMEOUT, wait + 30))
     if response.status_code == 404:
-        return store.update_task(record['id'], {
+        return status_changed(store, store.update_task(record['id'], {
             'status': TaskStatus.FAILED.value, 'etime': f'{time.time():.5f}',
-            'error': 'the server no longer knows this task'}, only_if_busy=True) or store.read_task(record['id'])
+            'error': 'the server no longer knows this task'}, only_if_busy=True)) or store.read_task(record['id'])
     answer = parse_answer(response)
     status = answer.get('status')
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
@@ -178,7 +179,7 @@ def refresh_remote(store, record, session, wait=0):
     except RRCloudError:
         pass  # a missing log is no reason to lose the result
     changes['status'] = status.value if isinstance(status, TaskStatus) else status
-    return store.update_task(record['id'], changes, only_if_busy=True) or store.read_task(record['id'])
+    return status_changed(store, store.update_task(record['id'], changes, only_if_busy=True)) or store.read_task(record['id'])
 
 
 def _single_line(value):
@@ -266,8 +267,9 @@ def kill_remote(store, config, record):
     except OSError:
         pass  # the kill itself was answered; the log comes with the next info
     if killed:
-        return store.update_task(record['id'], {'status': TaskStatus.FAILED.value, 'error': 'killed',
-                                                'etime': f'{time.time():.5f}'}, only_if_busy=True) or record
+        return status_changed(store, store.update_task(record['id'], {
+            'status': TaskStatus.FAILED.value, 'error': 'killed', 'etime': f'{time.time():.5f}'},
+            only_if_busy=True)) or record
     if record.get('status') != TaskStatus.BUSY:
         raise UsageError(f'task {record["id"]} is not running (status {record.get("status")})')
     reason = terminal_safe(answer.get('error') or f'HTTP {response.status_code}')

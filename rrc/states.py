@@ -4,6 +4,7 @@ import os
 import time
 
 from .errors import NotFound
+from .events import status_changed, with_live_progress
 from .procs import kill_process_group, process_is
 from .schema import TaskStatus
 from .store import unmark
@@ -42,7 +43,7 @@ def finish_task(store, task_id, status, **fields):
             changes['sizeOut'] = os.path.getsize(store.path_of(out))
         except OSError:
             changes['sizeOut'] = 0
-    return store.update_task(task_id, changes, only_if_busy=True, remove=('queued',))
+    return status_changed(store, store.update_task(task_id, changes, only_if_busy=True, remove=('queued',)))
 
 
 def expire_tasks(store, records, max_hours, now=None):
@@ -66,12 +67,12 @@ def list_tasks(store, config):
             records.append(reconcile_task(store, store.read_task(task_id)))
         except NotFound:
             continue
-    return expire_tasks(store, records, config.maxDataRetention)
+    return [with_live_progress(store, r) for r in expire_tasks(store, records, config.maxDataRetention)]
 
 
 def get_task(store, task_id):
     """One task, reconciled."""
-    return reconcile_task(store, store.read_task(task_id))
+    return with_live_progress(store, reconcile_task(store, store.read_task(task_id)))
 
 
 # A folder changed less than this long ago may change again within the same
