@@ -54,7 +54,7 @@ TAIL_BYTES = 4 * EVENT_LINE_MAX
 ID_PREFIX = b'{"id":'
 # Followers look at the file's size: soon after a change, then less often.
 FOLLOW_FIRST_DELAY = 0.005
-FOLLOW_MAX_DELAY = 0.05
+FOLLOW_MAX_DELAY = 0.025
 
 
 def events_path(store, task_id):
