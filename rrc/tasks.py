@@ -333,22 +333,21 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None):
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return record
-        record = follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')),
-                                     on_poll)
+        follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')), on_poll)
 
 
 def follow_until_status(events, record, until, on_poll):
-    """Follow a busy task's events until a status event or ``until``; returns
-    ``record`` with the newest progress seen."""
+    """Follow a busy task's events until a status event or ``until``; ``on_poll``
+    sees ``record`` with the newest progress event's ``DONE/TOTAL``."""
     while True:
         if on_poll:
             on_poll(record)
         left = until - time.monotonic()
         if left <= 0:
-            return record
+            return
         news = events.wait(min(left, WAIT_POLL_SECONDS) if on_poll else left)
         progress = progress_text(news)
         if progress:
             record = dict(record, progress=progress)
         if any(event.kind == STATUS for event in news):
-            return record
+            return

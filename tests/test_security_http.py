@@ -359,7 +359,8 @@ class Watch:
         allowed = set()
         for task_id in task_ids:
             record = read_record(self.deployment, task_id)
-            allowed |= {f'tasks/info/{task_id}', f'tasks/log/{task_id}', record.get('out', '')}
+            allowed |= {f'tasks/info/{task_id}', f'tasks/log/{task_id}', f'tasks/events/{task_id}',
+                        record.get('out', '')}
             allowed |= {p for p in record.get('in', '').split(',') if INPUT_RE.match(p)}
         stray = [p for p in set(after) - set(self.before)
                  if p not in allowed and not re.match(r'\Atasks/slots/[0-9]+\Z', p)]
