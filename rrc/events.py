@@ -158,6 +158,8 @@ class ProgressEvents:
     (a chatty sender cannot fill the disk), with percent and time left."""
 
     def __init__(self, store, task_id, clock=time.monotonic):
+        import json  # noqa: F401  (the runner makes one while its tool runs: the final
+        # status event then does not pay for the import after the tool ended)
         self.store, self.task_id, self.clock = store, task_id, clock
         self.newest = None      # (done, total) last reported
         self.written = None     # (done, total) last written
