@@ -9,6 +9,7 @@ import os
 import time
 
 from .errors import NotFound
+from .events import remove_orphan_events
 from .identity import boot_tag
 from .names import LazyPattern, is_task_id
 from .procs import pid_alive
@@ -38,6 +39,7 @@ def recover_store(store, config):
     records = list_tasks(store, config)
     remove_orphan_inputs(store, records, now)
     remove_idle_work_folders(store, records)
+    remove_orphan_events(store)
     dispatch(store, config)
 
 

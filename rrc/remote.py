@@ -5,6 +5,7 @@ import time
 
 from .config import SERVER_RE
 from .errors import NoServer, RRCloudError, UsageError
+from .events import status_changed
 from .names import LazyPattern, is_extension, is_single_line, is_task_id
 from .schema import Field, TaskStatus
 from .states import State, initial_fields, move_task
@@ -149,7 +150,7 @@ def record_remote(store, url, service, answer):
               **initial_fields(State.RUNNING), Field.CTIME: f'{time.time():.5f}',
               'client': 'localhost'}
     preferred = remote_id if is_task_id(remote_id) else None
-    return store.create_task(lambda task_id: record, preferred_id=preferred)
+    return status_changed(store, store.create_task(lambda task_id: record, preferred_id=preferred))
 
 
 def refresh_remote(store, record, session, wait=0):

@@ -7,6 +7,7 @@ import time
 from . import PROGRAM_FOLDER
 from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError
+from .events import ProgressEvents, note
 from .identity import NodeIdentity, is_node_name
 from .names import check_task_id, is_extension, is_single_line, is_task_id
 from .notifier import notify
@@ -252,12 +253,13 @@ def watch_tool(store, config, record, process, progress_read):
         terminate_group(process)
         raise
     _install_runner_signal_handlers(process)
-    progress = ProgressPipe(progress_read)
+    progress = ProgressPipe(progress_read, ProgressEvents(store, record['id']))
     code = supervise(store, config, record['id'], process, progress=progress)
-    last = progress.latest()  # what came after the last look, up to the end
-    if last:
+    last = progress.finish()  # what came after the last look, up to the end
+    if last:  # the final record keeps it, for readers of records (0.019 clients)
         store.update_task(record['id'], {'progress': last})
     if code is None:
+        note(store, record['id'], f'timeout after {config.timeout:g} s: the tool was stopped')
         return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
                                    'exitCode': process.returncode}
     kill_process_group(process.pid)  # leftovers of a tool that exited
@@ -321,6 +323,7 @@ def refuse_record(store, record, reason):
     message = f'refused: the record does not check ({reason})'
     with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
         log.write(f'rrcloud: task {record["id"]} {message}\n')
+    note(store, record['id'], f'task {record["id"]} {message}')
     print(f'rrcloud: task {record["id"]} {message}', file=sys.stderr)
     return TaskStatus.FAILED, {'error': message}
 
@@ -375,50 +378,128 @@ def take_output(store, config, service, record, work, exit_code):
     return None
 
 
-class ProgressPipe:
-    """The built-in sender's progress (``DONE/TOTAL`` lines on a pipe), for the runner."""
+# A progress line longer than this is no ``DONE/TOTAL`` line: dropped unread.
+PROGRESS_LINE_MAX = 64
 
-    def __init__(self, fd):
+
+class ProgressPipe:
+    """The built-in sender's progress (``DONE/TOTAL`` lines on a pipe), for the
+    runner: read as it comes, handed to the task's event log (which keeps at
+    most one event per interval, however fast the sender writes)."""
+
+    def __init__(self, fd, events):
         self.fd = fd
+        self.events = events
         self.buffer = b''
+        self.open = fd is not None
         if fd is not None:
             os.set_blocking(fd, False)
 
-    def latest(self):
-        """The newest complete progress line, or None when nothing new came."""
-        if self.fd is None:
-            return None
+    def pump(self):
+        """Read what the pipe holds; report its newest progress line; write
+        an event when one is due."""
+        if self.open:
+            newest = self._newest_line()
+            if newest:
+                self.events.report(*newest)
+        self.events.flush()
+
+    def _newest_line(self):
         try:
             while chunk := os.read(self.fd, 4096):
-                self.buffer += chunk
+                self.buffer = (self.buffer + chunk)[-4096:]  # only the end matters
+            self.open = False  # end of file: the sender is gone
         except BlockingIOError:
             pass
         lines, _, self.buffer = self.buffer.rpartition(b'\n')
-        newest = lines.rsplit(b'\n', 1)[-1].decode('ascii', 'replace').strip()
-        done, sep, total = newest.partition('/')
-        return newest if sep and done.isdigit() and total.isdigit() else None
+        return parse_progress_line(lines.rsplit(b'\n', 1)[-1])
+
+    def due_in(self):
+        """Seconds until a held report must be written (None: none held)."""
+        return self.events.due_in()
+
+    def finish(self):
+        """The last report written now; ``DONE/TOTAL`` of it (None without any)."""
+        self.pump()
+        self.events.flush(force=True)
+        return self.events.text()
+
+
+def parse_progress_line(line):
+    """(done, total) of a ``DONE/TOTAL`` line, or None."""
+    if len(line) > PROGRESS_LINE_MAX:
+        return None
+    done, sep, total = line.strip().partition(b'/')
+    if sep and done.isdigit() and total.isdigit():
+        return int(done), int(total)
+    return None
 
 
 def supervise(store, config, task_id, process, interval=0.5, progress=None):
     """Wait for the tool; stop its group on timeout (returns None) or when killed.
 
-    The built-in sender's progress is written to the record as it comes.
+    The built-in sender's progress goes to the task's event log as it comes;
+    the record is read every ``interval`` (a kill shows there), never written.
     """
-    import subprocess
     deadline = time.monotonic() + config.timeout
-    while True:
-        try:
-            return process.wait(timeout=max(0.0, min(interval, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            pass
-        if time.monotonic() >= deadline:
-            terminate_group(process)
-            return None
-        latest = progress.latest() if progress else None
-        record = store.update_task(task_id, {'progress': latest}) if latest else store.read_task(task_id)
-        if record.get('status') != TaskStatus.BUSY:  # killed meanwhile
-            terminate_group(process)
-            return process.returncode
+    next_look = time.monotonic() + interval
+    with ExitWatch(process, progress) as watch:
+        while True:
+            due = progress.due_in() if progress else None
+            until = min(deadline, next_look, time.monotonic() + (due if due is not None else interval))
+            code = watch.wait(max(0.0, until - time.monotonic()))
+            if code is not None:
+                return code
+            if progress:
+                progress.pump()
+            now = time.monotonic()
+            if now >= deadline:
+                terminate_group(process)
+                return None
+            if now >= next_look:
+                next_look = now + interval
+                if store.read_task(task_id).get('status') != TaskStatus.BUSY:  # killed meanwhile
+                    terminate_group(process)
+                    return process.returncode
+
+
+class ExitWatch:
+    """Waits for a tool to exit or its progress pipe to have something to read.
+
+    With a pipe, select() wakes on either: the pipe, and the tool's pidfd
+    (its exit), so progress reaches the event log at once and an exit is
+    seen at once.  Without a pidfd (an old kernel) it looks every 50 ms, as
+    Popen.wait does.
+    """
+    POLL_SECONDS = 0.05
+
+    def __init__(self, process, progress):
+        self.process, self.progress, self.pidfd = process, progress, None
+
+    def __enter__(self):
+        if self.progress and self.progress.open:
+            try:
+                self.pidfd = os.pidfd_open(self.process.pid)
+            except (AttributeError, OSError):
+                self.pidfd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+    def wait(self, timeout):
+        """The exit code, or None after ``timeout`` or when progress came."""
+        if not (self.progress and self.progress.open):
+            import subprocess
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        import select
+        watched = [self.progress.fd] + ([self.pidfd] if self.pidfd is not None else [])
+        select.select(watched, [], [], timeout if self.pidfd is not None else min(timeout, self.POLL_SECONDS))
+        return self.process.poll()
 
 
 def _install_runner_signal_handlers(process):

@@ -35,6 +35,7 @@ import os
 import time
 
 from .errors import NotFound, RRCloudError
+from .events import status_changed, with_live_progress
 from .procs import kill_process_group, process_is
 from .schema import YES, Field, TaskStatus
 from .store import marked, unmark
@@ -134,7 +135,7 @@ def move_locked(store, record, to, changes=None, remove=(), expect=None):
     moved.update({key: str(value) for key, value in (changes or {}).items()})
     moved.update(wire_fields(to))
     store.write_task(moved)
-    return moved
+    return status_changed(store, moved)  # the event log: every status change, in order
 
 
 def move_task(store, task_id, to, changes=None, remove=(), expect=None):
@@ -207,12 +208,12 @@ def list_tasks(store, config):
             records.append(reconcile_task(store, store.read_task(task_id)))
         except NotFound:
             continue
-    return expire_tasks(store, records, config.maxDataRetention)
+    return [with_live_progress(store, r) for r in expire_tasks(store, records, config.maxDataRetention)]
 
 
 def get_task(store, task_id):
     """One task, reconciled."""
-    return reconcile_task(store, store.read_task(task_id))
+    return with_live_progress(store, reconcile_task(store, store.read_task(task_id)))
 
 
 # A folder changed less than this long ago may change again within the same

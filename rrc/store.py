@@ -4,13 +4,15 @@ import os
 import time
 
 from .errors import NotFound
+from .events import EVENTS_FOLDER, note, remove_events
 from .identity import NodeIdentity, boot_tag
 from .names import check_task_id, is_record_key, is_single_line, is_task_id
 from .schema import Field
 
 
-# work/ID: a sandboxed tool's private output folder while it runs.
-STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work')
+# work/ID: a sandboxed tool's private output folder while it runs;
+# events/ID: the task's event log (rrc/events.py).
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work', EVENTS_FOLDER)
 
 
 def to_json(value, **options):
@@ -184,6 +186,7 @@ class Store:
         for folder in ('queue', 'running'):
             unlink_quietly(os.path.join(self.folder(folder), task_id))
         unlink_quietly(self.log_path(task_id))
+        remove_events(self, task_id)
         unlink_quietly(self.info_path(task_id))
 
     # -- inputs -------------------------------------------------------------
@@ -285,6 +288,7 @@ def append_log(store, task_id, line):
     """Add one line of rrcloud's own to a task's log (the tool may be writing to it too)."""
     with open(store.log_path(task_id), 'a', encoding='utf-8') as log:
         log.write(line + '\n')
+    note(store, task_id, line.removeprefix('rrcloud: '))
 
 
 def remove_tree(path):

@@ -5,6 +5,7 @@ import sys
 import time
 
 from .config import Config
+from .events import EventFollower, STATUS, progress_text, status_changed
 from .errors import ConfigError, NotFound, UsageError
 from .keyvalue import parse_key_value_text
 from .names import check_task_id, is_extension
@@ -87,6 +88,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
         if isinstance(exc, ValueError):  # a field that cannot be a record value
             raise UsageError(str(exc)) from None
         raise
+    status_changed(store, record)
     queue_task(store, record['id'], task_settings(config))
     dispatch(store, config)
     return store.read_task(record['id'])
@@ -328,17 +330,45 @@ def kill_task(store, task_id, by):
     return record
 
 
+# A runner that died writes no event, and a task of an older rrcloud writes
+# none: the record itself is looked at (and reconciled) this often anyway.
+WAIT_RECHECK_SECONDS = 1.0
+# How often ``on_poll`` hears of a task that sends nothing (a terminal's
+# progress line counts the seconds).
+WAIT_POLL_SECONDS = 0.25
+
+
 def wait_for_task(store, task_id, timeout=None, on_poll=None):
-    """Block until the task leaves busy (or ``timeout``); returns its record."""
+    """Block until the task leaves busy (or ``timeout``); returns its record.
+
+    It wakes on the task's events (a status event: the record is read again;
+    progress goes to ``on_poll`` as the record's ``progress``) instead of
+    reading the record every few milliseconds.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.005
+    events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
     while True:
         record = get_task(store, task_id)
         if record.get('status') != TaskStatus.BUSY:
             return record
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             return record
+        follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')), on_poll)
+
+
+def follow_until_status(events, record, until, on_poll):
+    """Follow a busy task's events until a status event or ``until``; ``on_poll``
+    sees ``record`` with the newest progress event's ``DONE/TOTAL``."""
+    while True:
         if on_poll:
             on_poll(record)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.025)
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        news = events.wait(min(left, WAIT_POLL_SECONDS) if on_poll else left)
+        progress = progress_text(news)
+        if progress:
+            record = dict(record, progress=progress)
+        if any(event.kind == STATUS for event in news):
+            return

@@ -59,7 +59,7 @@ import pytest
 import requests
 
 import deploy
-from rrc.procs import TASK_ENV_ALLOWLIST
+from rrc.procs import TASK_ENV_ALLOWLIST, process_is
 from rrc.store import Store, parse_record
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
@@ -274,8 +274,11 @@ def wait_quiet(deployment, timeout=60):
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             busy = _names(tasks / 'queue') + _names(tasks / 'running')
-            busy += [n for n in _names(tasks / 'info')
-                     if ID_RE.match(n) and read_record(deployment, n).get('status') == 'busy']
+            records = {n: read_record(deployment, n) for n in _names(tasks / 'info') if ID_RE.match(n)}
+            busy += [n for n, record in records.items() if record.get('status') == 'busy']
+            # A runner that ended its task still calls the notifier, which writes to the log.
+            busy += [n for n, record in records.items()
+                     if record.get('runner') and process_is(record['runner'], record.get('runnerStart'))]
         finally:
             if fd is not None:
                 os.close(fd)
@@ -359,7 +362,8 @@ class Watch:
         allowed = set()
         for task_id in task_ids:
             record = read_record(self.deployment, task_id)
-            allowed |= {f'tasks/info/{task_id}', f'tasks/log/{task_id}', record.get('out', '')}
+            allowed |= {f'tasks/info/{task_id}', f'tasks/log/{task_id}', f'tasks/events/{task_id}',
+                        record.get('out', '')}
             allowed |= {p for p in record.get('in', '').split(',') if INPUT_RE.match(p)}
         stray = [p for p in set(after) - set(self.before)
                  if p not in allowed and not re.match(r'\Atasks/slots/[0-9]+\Z', p)]

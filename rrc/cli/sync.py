@@ -48,7 +48,8 @@ def stop_after_interrupt(ctx, record):
 class ProgressLine:
     """One line on a terminal's stderr, the same for local and remote tasks:
     where it runs, its state (queued while it waits for a slot), elapsed
-    seconds, and the printer's progress when there is one."""
+    seconds, and the printer's progress when there is one (for a local task,
+    wait_for_task hands it the newest progress event of the task's log)."""
 
     def __init__(self, where):
         self.where = where

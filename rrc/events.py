@@ -1,0 +1,410 @@
+"""The event log of a task: ``tasks/events/ID``, one JSON event per line, appended only.
+
+A line is ``{"id":N,"t":SECONDS,"kind":KIND,"data":{...}}`` in that key order,
+ASCII only, at most EVENT_LINE_MAX bytes::
+
+    {"id":1,"t":1712345678.123,"kind":"status","data":{"status":"busy","queued":true}}
+    {"id":2,"t":1712345678.170,"kind":"status","data":{"status":"busy"}}
+    {"id":3,"t":1712345680.512,"kind":"progress","data":{"done":120,"total":400,"percent":30.0,"eta":5.8}}
+    {"id":4,"t":1712345683.040,"kind":"note","data":{"text":"task ... killed by 127.0.0.1 (HTTP)"}}
+    {"id":5,"t":1712345683.041,"kind":"status","data":{"status":"failed","error":"killed"}}
+
+Kinds: ``status`` (each write of a record's status: submitted, started,
+ended; ``queued``, ``error`` and ``exitCode`` when the record has them),
+``progress`` (``done``/``total`` and ``percent``; ``eta``, seconds left, once
+a rate is known), ``note`` (rrcloud's own remarks: refusals, timeouts, kills,
+the printer sender's), ``log`` (a line of the tool's output) and ``step`` (a
+step of a job) are left for the pipelines and live events of issue 13.
+
+``id`` counts from 1 per task, without gaps, in file order: a writer holds an
+flock on the file while it reads the last id and appends its line with one
+write().  So an event stream (``text/event-stream``) sends ``id: N``, and a
+client that comes back with ``Last-Event-ID: N`` gets ``read_events(...,
+after=N)``: every later event, none twice.
+
+Events are never fsynced (a Raspberry Pi's SD card would pay for each
+progress event): the record stays the durable truth, the log may lose its
+last lines in a power cut, and readers skip a torn line.  A file is bounded:
+progress slows down past EVENT_FILE_SOFT_BYTES and stops, with notes, at
+EVENT_FILE_MAX_BYTES; status events are always written, so a reader always
+sees a task end.
+"""
+
+import os
+import time
+
+from .names import check_task_id, is_task_id
+from .schema import TaskStatus
+
+
+EVENTS_FOLDER = 'events'
+STATUS, PROGRESS, NOTE, LOG, STEP = 'status', 'progress', 'note', 'log', 'step'
+# Far under PIPE_BUF (4096): one write() is one line, never interleaved.
+EVENT_LINE_MAX = 1024
+EVENT_TEXT_MAX = 400
+# A print of hours sends progress every half second; past the soft size it
+# goes every PROGRESS_SLOW_INTERVAL, past the hard one only status is written.
+EVENT_FILE_SOFT_BYTES = 1024 * 1024
+EVENT_FILE_MAX_BYTES = 4 * 1024 * 1024
+PROGRESS_EVENT_INTERVAL = 0.5
+PROGRESS_SLOW_INTERVAL = 15.0
+LOG_FULL_NOTE = 'the event log is full: later progress and notes are left out'
+# How far back from the end the last id is looked for: a few lines.
+TAIL_BYTES = 4 * EVENT_LINE_MAX
+ID_PREFIX = b'{"id":'
+# Followers look at the file's size: soon after a change, then less often.
+FOLLOW_FIRST_DELAY = 0.005
+FOLLOW_MAX_DELAY = 0.025
+
+
+def events_path(store, task_id):
+    return os.path.join(store.folder(EVENTS_FOLDER), check_task_id(task_id))
+
+
+# -- writing ------------------------------------------------------------------
+
+def append_event(store, task_id, kind, data):
+    """Append one event; returns (its id, the file's size after it), or None
+    when it was left out (file full) or could not be written.
+
+    An event log is a view for watchers, never the record: a full disk or a
+    removed store must not fail the task whose event it is.
+    """
+    try:
+        fd = _open_for_append(events_path(store, task_id))
+    except OSError:
+        return None
+    try:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+        size = os.fstat(fd).st_size
+        last_id, last_line, clean = _tail_of(fd, size)
+        if size >= EVENT_FILE_MAX_BYTES and kind != STATUS:
+            if LOG_FULL_NOTE.encode() in last_line:  # said once
+                return None
+            kind, data = NOTE, {'text': LOG_FULL_NOTE}
+        line = encode_event(last_id + 1, time.time(), kind, data)
+        os.write(fd, line if clean else b'\n' + line)  # a torn last line stays alone
+        return last_id + 1, size + len(line) + (0 if clean else 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _open_for_append(path):
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: the last id
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:  # a store made before event logs: the folder comes on demand
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def _tail_of(fd, size):
+    """(last id, last complete line, ends with a newline) of an event file."""
+    if size == 0:
+        return 0, b'', True
+    start = max(0, size - TAIL_BYTES)
+    chunk = os.pread(fd, size - start, start)
+    lines = chunk.split(b'\n')
+    clean = chunk.endswith(b'\n')
+    complete = lines[:-1] if start == 0 else lines[1:-1]  # the first may be cut
+    for line in reversed(complete):
+        number = event_id_of(line)
+        if number is not None:
+            return number, line, clean
+    # Nothing readable near the end (a crash left garbage): count the whole file.
+    whole = os.pread(fd, size, 0).split(b'\n')
+    ids = [n for n in map(event_id_of, whole) if n is not None]
+    return (max(ids) if ids else 0), b'', clean
+
+
+def encode_event(number, when, kind, data):
+    """One event line (bytes, ending in a newline); over-long text is cut."""
+    import json
+    data = {key: (value[:EVENT_TEXT_MAX] if isinstance(value, str) else value) for key, value in data.items()}
+    event = {'id': number, 't': round(when, 3), 'kind': kind, 'data': data}
+    line = json.dumps(event, separators=(',', ':'), ensure_ascii=True).encode() + b'\n'
+    if len(line) > EVENT_LINE_MAX:
+        event['data'] = {'cut': True}
+        line = json.dumps(event, separators=(',', ':')).encode() + b'\n'
+    return line
+
+
+def status_changed(store, record):
+    """The hook of every write of a record's status: its status event.
+    Returns ``record`` (None, a write that did not happen, gives no event)."""
+    if record:
+        data = {'status': str(record.get('status', ''))}
+        if record.get('queued'):
+            data['queued'] = True
+        if record.get('error'):
+            data['error'] = record['error']
+        code = str(record.get('exitCode', ''))
+        if code.lstrip('-').isdigit():
+            data['exitCode'] = int(code)
+        append_event(store, record['id'], STATUS, data)
+    return record
+
+
+def note(store, task_id, text):
+    """A remark of rrcloud's own about a task (what its log says too)."""
+    append_event(store, task_id, NOTE, {'text': text})
+
+
+class ProgressEvents:
+    """A task's progress into its event log: at most one event per interval
+    (a chatty sender cannot fill the disk), with percent and time left."""
+
+    def __init__(self, store, task_id, clock=time.monotonic):
+        import json  # noqa: F401  (the runner makes one while its tool runs: the final
+        # status event then does not pay for the import after the tool ended)
+        self.store, self.task_id, self.clock = store, task_id, clock
+        self.newest = None      # (done, total) last reported
+        self.written = None     # (done, total) last written
+        self.written_at = None  # clock of the last write
+        self.first = None       # (clock, done) of the first report: the rate comes from it
+        self.size = 0           # the file's size after our last write
+
+    def report(self, done, total):
+        """Take a report; it is written now if its interval is over, else later by flush()."""
+        if self.first is None:
+            self.first = (self.clock(), done)
+        self.newest = (done, total)
+        self.flush()
+
+    def due_in(self):
+        """Seconds until the pending report may be written (None: nothing pends)."""
+        if self.newest is None or self.newest == self.written:
+            return None
+        if self.written_at is None:
+            return 0.0
+        return max(0.0, self.written_at + self.interval() - self.clock())
+
+    def interval(self):
+        return PROGRESS_EVENT_INTERVAL if self.size < EVENT_FILE_SOFT_BYTES else PROGRESS_SLOW_INTERVAL
+
+    def flush(self, force=False):
+        """Write the pending report when it is due (``force``: now, e.g. when the tool ended)."""
+        due = self.due_in()
+        if due is None or (due > 0 and not force):
+            return
+        done, total = self.newest
+        written = append_event(self.store, self.task_id, PROGRESS, self.data(done, total))
+        self.written, self.written_at = self.newest, self.clock()
+        if written:
+            self.size = written[1]
+
+    def data(self, done, total):
+        data = {'done': done, 'total': total}
+        if total > 0:
+            data['percent'] = round(100.0 * done / total, 1)
+        started, first_done = self.first
+        if total > 0 and done > first_done:
+            rate = (done - first_done) / max(self.clock() - started, 1e-3)
+            data['eta'] = round((total - done) / rate, 1)
+        return data
+
+    def text(self):
+        """``DONE/TOTAL`` of the newest report, as a record's ``progress`` shows it; None before any."""
+        return None if self.newest is None else f'{self.newest[0]}/{self.newest[1]}'
+
+
+# -- reading ------------------------------------------------------------------
+
+class Event:
+    """One event as read back; ``end`` is the byte offset just after its line."""
+    __slots__ = ('id', 'time', 'kind', 'data', 'end')
+
+    def __init__(self, number, when, kind, data, end):
+        self.id, self.time, self.kind, self.data, self.end = number, when, kind, data, end
+
+    def __repr__(self):
+        return f'Event({self.id}, {self.kind!r}, {self.data!r})'
+
+
+def event_id_of(line):
+    """The id of an event line, read without parsing the JSON (None: not an event line)."""
+    if not line.startswith(ID_PREFIX):
+        return None
+    digits = line[len(ID_PREFIX):].partition(b',')[0]
+    return int(digits) if digits.isdigit() and len(digits) < 19 else None
+
+
+def parse_event(line, end=0):
+    """An Event from one line, or None for a torn or foreign line."""
+    import json
+    try:
+        value = json.loads(line)
+        event = Event(int(value['id']), float(value['t']), str(value['kind']), dict(value['data']), end)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return event if event.id > 0 else None
+
+
+def parse_lines(chunk, offset, after):
+    """The events of the complete lines of ``chunk`` (read at ``offset``) with an
+    id above ``after``; only their lines are parsed as JSON."""
+    found, position = [], offset
+    for line in chunk.split(b'\n')[:-1]:
+        position += len(line) + 1
+        number = event_id_of(line)
+        if number is not None and number > after:
+            event = parse_event(line, position)
+            if event:
+                found.append(event)
+    return found
+
+
+def read_events(store, task_id, after=0):
+    """Every event of a task with an id above ``after`` (``Last-Event-ID``), in order."""
+    return EventFollower(store, task_id, after).read()
+
+
+class EventFollower:
+    """Reads a task's events as they come: each read() returns the new ones.
+
+    It remembers a byte offset and the last id seen, so a line is parsed
+    once; a file replaced (the task removed and the id reused) is read anew,
+    its ids filtered by the last one seen.
+    """
+
+    def __init__(self, store, task_id, after=0, offset=0, at_end=False):
+        """From the event after id ``after``; ``offset`` (an Event's ``end``)
+        skips the bytes before it unread; ``at_end``: only events still to come."""
+        self.path = events_path(store, task_id)
+        self.after, self.offset = after, offset
+        self.inode = self._size()[1] if offset else None
+        if at_end:
+            self.offset, self.inode, _ = self._size()
+            self.after = max(after, self._last_id_before(self.offset))
+
+    def _size(self):
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return 0, None, 0
+        return stat.st_size, stat.st_ino, stat.st_mtime_ns
+
+    def _last_id_before(self, offset):
+        try:
+            with open(self.path, 'rb') as handle:
+                return _tail_of(handle.fileno(), offset)[0] if offset else 0
+        except FileNotFoundError:
+            return 0
+
+    def changed(self):
+        """True when the file holds more than was read (or is another file)."""
+        size, inode, _ = self._size()
+        return size != self.offset or inode != self.inode
+
+    def read(self):
+        """The events appended since the last read (complete lines only)."""
+        size, inode, _ = self._size()
+        if inode != self.inode or size < self.offset:
+            self.offset, self.inode = 0, inode
+        if size == self.offset:
+            return []
+        try:
+            with open(self.path, 'rb') as handle:
+                chunk = os.pread(handle.fileno(), size - self.offset, self.offset)
+        except FileNotFoundError:
+            return []
+        complete = chunk[:chunk.rfind(b'\n') + 1]  # a line being written waits for the next read
+        events = parse_lines(complete, self.offset, self.after)
+        self.offset += len(complete)
+        if events:
+            self.after = events[-1].id
+        return events
+
+    def wait(self, timeout):
+        """The next events, waiting up to ``timeout`` seconds for some to come.
+
+        It looks at the file's size, soon after a call and then every
+        FOLLOW_MAX_DELAY: a stat costs microseconds, and nothing is parsed
+        until the file grows.
+        """
+        deadline = time.monotonic() + timeout
+        delay = FOLLOW_FIRST_DELAY
+        while not self.changed():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            time.sleep(min(delay, left))
+            delay = min(delay * 1.5, FOLLOW_MAX_DELAY)
+        return self.read()
+
+
+def progress_text(events):
+    """``DONE/TOTAL`` of the newest progress event among ``events`` (None: none)."""
+    for event in reversed(events):
+        if event.kind == PROGRESS and isinstance(event.data.get('done'), int) \
+                and isinstance(event.data.get('total'), int):
+            return f'{event.data["done"]}/{event.data["total"]}'
+    return None
+
+
+# A progress line as append_event writes it, read without json (a CGI info
+# must not import it: see tests/test_cgi_imports.py).
+PROGRESS_MARK = b',"kind":"progress","data":{"done":'
+
+
+def last_progress(store, task_id):
+    """``DONE/TOTAL`` of a task's newest progress event, None when it has none.
+    Reads the file backwards a chunk at a time: the newest is near the end."""
+    try:
+        handle = open(events_path(store, task_id), 'rb')
+    except FileNotFoundError:
+        return None
+    with handle:
+        end = os.fstat(handle.fileno()).st_size
+        carry = b''
+        while end > 0:
+            start = max(0, end - 8 * EVENT_LINE_MAX)
+            lines = (os.pread(handle.fileno(), end - start, start) + carry).split(b'\n')
+            carry = lines.pop(0) if start > 0 else b''  # maybe cut: goes with the next chunk
+            for line in reversed(lines):
+                text = _progress_of_line(line)
+                if text:
+                    return text
+            end = start
+    return None
+
+
+def _progress_of_line(line):
+    head, mark, rest = line.partition(PROGRESS_MARK)
+    if not mark or event_id_of(head) is None or not line.endswith(b'}'):
+        return None
+    done, _, rest = rest.partition(b',"total":')
+    total = rest.partition(b',')[0].partition(b'}')[0]
+    if done.isdigit() and total.isdigit():
+        return f'{int(done)}/{int(total)}'
+    return None
+
+
+def with_live_progress(store, record):
+    """A busy task's record with ``progress`` from its event log (the runner
+    no longer rewrites the record for each one); others as they are."""
+    if record.get('status') != TaskStatus.BUSY or not is_task_id(record.get('id', '')):
+        return record
+    text = last_progress(store, record['id'])
+    return dict(record, progress=text) if text else record
+
+
+# -- removing -----------------------------------------------------------------
+
+def remove_events(store, task_id):
+    try:
+        os.unlink(events_path(store, task_id))
+    except FileNotFoundError:
+        pass
+
+
+def remove_orphan_events(store):
+    """Remove event files of tasks that have no record (an event written
+    while its task was being removed, or a store tidied by hand)."""
+    folder = store.folder(EVENTS_FOLDER)
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if is_task_id(name) and not os.path.exists(os.path.join(store.folder('info'), name)):
+            remove_events(store, name)
