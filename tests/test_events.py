@@ -22,7 +22,7 @@ import rrc.tasks as tasks
 from rrc.events import (EventFollower, ProgressEvents, append_event, events_path, last_progress,
     note, read_events, remove_orphan_events)
 from rrc.printing import gcode_lines
-from rrc.states import expire_tasks, get_task
+from rrc.states import State, expire_tasks, get_task, move_task
 from rrc.store import Store, format_record
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from printer_sim import PrinterSim
@@ -347,7 +347,7 @@ def test_wait_hears_progress_between_status_events(tmp_path):
     polled = []
     reporter = ProgressEvents(store, TASK_ID)
     threading.Timer(0.2, lambda: reporter.report(3, 10)).start()
-    threading.Timer(0.8, lambda: events.status_changed(store, store.update_task(TASK_ID, {'status': 'complete'}))).start()
+    threading.Timer(0.8, lambda: move_task(store, TASK_ID, State.COMPLETE)).start()  # writes its status event
 
     final = tasks.wait_for_task(store, TASK_ID, timeout=10, on_poll=lambda r: polled.append(r.get('progress')))
 
