@@ -2,18 +2,13 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / 'tests' / 'data'
-sys.path.insert(0, str(REPO))
+from helpers import DATA, REPO, wait_until_done  # noqa: F401 (REPO, DATA, wait_until_done: imported from here by tests)
 
 import rrcloud  # noqa: E402
-from rrc.states import get_task  # noqa: E402
-from rrc.store import Store  # noqa: E402
 
 
 class Result:
@@ -67,18 +62,6 @@ def write_config(folder, text, name='rrcloudrc'):
     path = Path(folder) / name
     path.write_text(text)
     return path
-
-
-def wait_until_done(store_root, task_id, timeout=60):
-    """Poll a task's record until it leaves busy; returns the record."""
-    store = Store(store_root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = get_task(store, task_id)
-        if record['status'] != 'busy':
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f'task {task_id} still busy after {timeout} s')
 
 
 def task_id_of(output):

@@ -12,8 +12,6 @@ real part can play here: one answering garbage, a hostile one, a 0.019
 server that only answers text and ignores ``wait=``.
 """
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,22 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
+from helpers import free_port, kill_group as _kill_group, plain_session  # noqa: F401 (free_port: for tests)
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
-def plain_session():
-    """A requests session that ignores proxy settings (the servers are on loopback)."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
 
 
 class EmbeddedServer:
@@ -144,13 +130,6 @@ class EmbeddedServer:
             for key in ('runner', 'pid'):
                 if record.get(key, '').isdigit():
                     _kill_group(int(record[key]))
-
-
-def _kill_group(pgid):
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Request:
