@@ -252,19 +252,25 @@ class Deployment:
                 pids.append(int(entry))
         return pids
 
-    def kill_tasks(self):
-        """Kill the process groups of whatever still runs in the store."""
+    def task_groups(self):
+        """Process groups of runners and tools working in the store (not the server's, not ours)."""
         if self.process is not None:
             server_group = os.getpgid(self.process.pid) if self.process.poll() is None else None
         else:
             server_group = None
+        groups = set()
         for pid in self.task_processes():
             try:
                 group = os.getpgid(pid)
             except ProcessLookupError:
                 continue
-            if group in (server_group, os.getpgrp()):
-                continue
+            if group not in (server_group, os.getpgrp()):
+                groups.add(group)
+        return groups
+
+    def kill_tasks(self):
+        """Kill the process groups of whatever still runs in the store."""
+        for group in self.task_groups():
             try:
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
