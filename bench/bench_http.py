@@ -13,10 +13,9 @@ import time
 
 import requests
 
-from common import REPO, median_seconds, table
+from common import REPO, free_port, median_seconds, table
 
-sys.path.insert(0, str(REPO / 'tests'))
-from deploy import WEB_PYTHON, Deployment, chown_tree, free_port, www_data  # noqa: E402
+from deploy import WEB_PYTHON, Deployment, chown_tree, www_data  # noqa: E402
 
 from rrc.store import Store  # noqa: E402
 
