@@ -77,3 +77,35 @@ def make_service(root, name, text):
     folder = Path(root) / 'services'
     folder.mkdir(exist_ok=True)
     (folder / f'{name}.conf').write_text(text)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, one at the head of each worker's share.
+
+    Under pytest-xdist's ``worksteal`` each worker starts with a contiguous
+    share of the collection (the others steal from its tail later), so a slow
+    test placed at the head of every share starts at once and none is left to
+    the end of the run; the other tests keep their order (a module's servers
+    stay shared).  Without xdist slow tests simply come first.  Every worker
+    computes the same order, as xdist requires.
+    """
+    slow = [item for item in items if item.get_closest_marker('slow')]
+    if not slow:
+        return
+    rest = [item for item in items if not item.get_closest_marker('slow')]
+    workers = getattr(config, 'workerinput', {}).get('workercount', 1)
+    if workers <= 1 or config.getoption('dist', 'no') != 'worksteal':
+        items[:] = slow + rest
+        return
+    # worksteal's first split: share i holds remaining // (workers - i) items.
+    sizes, remaining = [], len(items)
+    for i in range(workers):
+        sizes.append(remaining // (workers - i))
+        remaining -= sizes[-1]
+    heads = [slow[i::workers] for i in range(workers)]
+    ordered, taken = [], 0
+    for size, head in zip(sizes, heads):
+        fill = max(0, size - len(head))
+        ordered += head + rest[taken:taken + fill]
+        taken += fill
+    items[:] = ordered + rest[taken:]

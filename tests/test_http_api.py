@@ -33,6 +33,8 @@ import requests
 
 import deploy
 from conftest import DATA
+from helpers import wait_for
+from rrc.store import parse_record
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
 KEY_RE = re.compile(r'\A[A-Za-z][A-Za-z0-9_]*\Z')
@@ -293,6 +295,13 @@ def raw_get(server, path, headers=None):
 
 def download(server, relative):
     return server.session.get(f'{server.url}/{relative}', timeout=30)
+
+
+def wait_runner_gone(server, task_id):
+    """Until the runner of a task (named in its record in the store) has exited."""
+    record = parse_record((server.store / 'tasks' / 'info' / task_id).read_text())
+    if record.get('runner', '').isdigit():
+        wait_for(lambda: not process_alive(int(record['runner'])), f'{server.kind}: the runner of {task_id} exits')
 
 
 def process_alive(pid):
@@ -998,6 +1007,9 @@ def test_notifier_is_called_with_the_id(server, listener, fmt):
     assert path == f'/done?id={task_id}&fmt={fmt}'
     done = wait_done(server, task_id)
     assert done['status'] == 'complete', done
+    # The runner appends the notifier's outcome to the log after the record
+    # says complete (rrc/notifier.py): the log is whole once the runner is gone.
+    wait_runner_gone(server, task_id)
     log = download(server, f'tasks/log/{task_id}').text
     assert f'http://127.0.0.1:{port}/done?id={task_id}&fmt={fmt}' in log
 
