@@ -156,8 +156,10 @@ class WSGIAdapter(BaseAdapter):
         self.get_app, self.host, self.port = get_app, host, port
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        environ = build_environ(request.method, request.path_url, request.headers.items(), request.body,
-                                self.host, self.port)
+        headers = list(request.headers.items())
+        if not any(name.lower() == 'host' for name, _ in headers):
+            headers.insert(0, ('Host', urlsplit(request.url).netloc))  # as http.client adds it on the wire
+        environ = build_environ(request.method, request.path_url, headers, request.body, self.host, self.port)
         status, reason, headers, data = call_app(self.get_app(), environ)
         response = requests.Response()
         response.status_code = status
