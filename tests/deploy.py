@@ -12,6 +12,11 @@ www-data, which cannot read /root):
 
 The server listens on a free loopback port; ``stop()`` and ``start()`` can be
 called again (a restart keeps the port, the store and the running tasks).
+
+Tests speak HTTP through ``deployment.session`` (a requests session) and
+``deployment.request_raw()`` (a request target exactly as written), so the
+same test runs against ``deployment('wsgi')`` too: the application called
+in-process over a store laid out the same way (inprocess.py).
 """
 import http.client
 import os

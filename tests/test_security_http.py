@@ -1,6 +1,11 @@
-"""Hardening of the HTTP side (issue 6), against live deployments: the embedded
-server, lighttpd and Apache (see deploy.py), each running as www-data on a
-free loopback port with a real store and real task processes.
+"""Hardening of the HTTP side (issue 6): every case in-process against the WSGI
+application (the ``wsgi`` deployment, inprocess.py: a real store, real task
+processes), and the cases marked ``on_live``/``live_only`` also against live
+deployments: the embedded server, lighttpd and Apache (see deploy.py), each
+running as www-data on a free loopback port.  Those are what a server in
+front of rrcloud changes (docs/TESTING.md): URL parsing (%2F, NUL, line
+breaks), bodies it reads or discards, headers it passes on (Authorization,
+HTTP_* for a CGI), framing on the socket.
 
 Areas: who may use a server (``allow``, ``token``), limits (request size,
 inputs, field length, queue), ids and paths, services and arguments,
@@ -31,7 +36,7 @@ Apache streams it to the CGI.  What a client can see is asserted instead: a
 20 MB POST from outside ``allow`` gets its 403 (the answer arrives) and
 nothing is written.
 
-Servers are shared per module and kind: ``server`` (default limits and
+Deployments are shared per module and kind: ``server`` (default limits and
 ``allow``, plus test services), ``walled`` (``allow = 10.0.0.0/8``: loopback is
 outside), ``guarded`` (a ``token``) and ``limited`` (small limits, one slot, a
 queue of one).
