@@ -556,7 +556,10 @@ def walled_request(deployment, what, canary_path):
     if what == 'small-post':
         return post(deployment, data={'service': 'echo', 'fileIn0': payload})
     if what == '20MB-urlencoded':
-        return post(deployment, data={'service': 'echo', 'fileIn0': payload + b'x' * BIG})
+        # The bytes requests would send for data={'service': 'echo', 'fileIn0': payload + b'x' * BIG},
+        # without percent-encoding 20 MB of 'x' in Python on every run.
+        body = urlencode({'service': 'echo', 'fileIn0': payload}).encode() + b'x' * BIG
+        return post(deployment, data=body, headers={'Content-Type': 'application/x-www-form-urlencoded'})
     if what == '20MB-multipart':
         return post(deployment, data={'service': 'echo'},
                     files={'fileIn0': ('model.txt', payload + b'x' * BIG, 'application/octet-stream')})
