@@ -20,9 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-import requests
-
-from helpers import free_port, kill_group as _kill_group, plain_session  # noqa: F401 (free_port: for tests)
+from helpers import free_port, kill_group as _kill_group, plain_session, wait_for_url  # noqa: F401 (free_port: for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20
@@ -55,19 +53,12 @@ class EmbeddedServer:
                  '--port', str(self.port)],
                 cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        session = plain_session()
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f'server exited with {self.process.returncode}: {self.log.read_text()}')
-            try:  # any answer will do: a server with a token answers 401
-                session.get(self.url, params={'service': 'meta'}, timeout=1)
-                return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f'server on port {self.port} did not answer within {START_TIMEOUT} s')
+        try:  # any answer will do: a server with a token answers 401
+            wait_for_url(f'{self.url}?service=meta', START_TIMEOUT, process=self.process)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f'server on port {self.port}: {exc}: {self.log.read_text()}') from None
+        return self
 
     def records(self):
         """Every task record of this server's store, as written (key: value lines)."""
