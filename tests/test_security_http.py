@@ -292,13 +292,14 @@ def wait_quiet(deployment, timeout=60):
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             busy = _names(tasks / 'queue') + _names(tasks / 'running')
-            busy += [n for n in _names(tasks / 'info')
-                     if ID_RE.match(n) and read_record(deployment, n).get('status') == 'busy']
+            if not busy:  # every record is read only when nothing is queued or running
+                busy = [n for n in _names(tasks / 'info')
+                        if ID_RE.match(n) and read_record(deployment, n).get('status') == 'busy']
         finally:
             if fd is not None:
                 os.close(fd)
-        # A runner may still write after its task's record left busy (a notifier's line in the log).
-        busy += [f'process group {g}' for g in deployment.task_groups()]
+        if not busy:  # a runner may still write after its record left busy (a notifier's line in the log)
+            busy = [f'process group {g}' for g in deployment.task_groups()]
         if not busy:
             return
         assert time.monotonic() < deadline, f'{deployment.kind}: still busy after {timeout} s: {busy}'
