@@ -96,8 +96,10 @@ start:
 stop:
 	@[ -f $(RUNDIR)/serve.pid ] && kill $$(cat $(RUNDIR)/serve.pid) && rm -f $(RUNDIR)/serve.pid || true
 
+# The whole suite, slow tests included, in parallel workers (pytest.ini);
+# docs/TESTING.md says what runs in-process and what on live servers.
 test: test-deps
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=20 tests
 
 clean:
 	rm -rf build .venv *.egg-info tasks .pytest_cache

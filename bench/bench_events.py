@@ -12,7 +12,6 @@ in the same run, in alternation, on the same disk:
     .venv/bin/python bench/bench_events.py [ROUNDS]
 """
 import os
-import random
 import resource
 import statistics
 import subprocess

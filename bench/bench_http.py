@@ -6,17 +6,15 @@ same lighttpd that is a bare Python start printing a header.
 Run: .venv/bin/python bench/bench_http.py [REPEAT]
 """
 import compileall
-import os
 import subprocess
 import sys
 import time
 
 import requests
 
-from common import REPO, median_seconds, table
+from common import free_port, median_seconds, table
 
-sys.path.insert(0, str(REPO / 'tests'))
-from deploy import WEB_PYTHON, Deployment, chown_tree, free_port, www_data  # noqa: E402
+from deploy import WEB_PYTHON, Deployment, chown_tree, www_data  # noqa: E402
 
 from rrc.store import Store  # noqa: E402
 

@@ -34,8 +34,6 @@ from collections import Counter
 
 from common import DATA, REPO, table
 
-sys.path.insert(0, str(REPO / 'tests'))
-
 from rrc.printing import gcode_lines  # noqa: E402
 from printer_sim import PrinterSim  # noqa: E402
 

@@ -1,59 +1,31 @@
-"""Shared pieces of the benchmarks: embedded servers on loopback, timing, tables."""
-import os
-import signal
-import socket
+"""Shared pieces of the benchmarks: embedded servers on loopback, timing, tables.
+
+Ports, servers and waits come from the test suite's helpers (tests/helpers.py,
+tests/servers.py, tests/deploy.py): importing this module puts tests/ on sys.path.
+"""
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / 'tests' / 'data'
 VENV_BIN = REPO / '.venv' / 'bin'
-sys.path.insert(0, str(REPO))
+for _folder in (REPO / 'tests', REPO):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from helpers import DATA, free_port, wait_for_url  # noqa: E402,F401 (re-exported for the benchmarks)
+from servers import EmbeddedServer as _EmbeddedServer  # noqa: E402
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                return answer.read()
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f'{url} did not answer')
-
-
-class EmbeddedServer:
-    """``rrcloud serve`` on a free loopback port with its own store and rrcloudrc."""
+class EmbeddedServer(_EmbeddedServer):
+    """``rrcloud serve`` on a free loopback port with its own store (a fresh folder) and rrcloudrc,
+    started at once; a context manager that stops it."""
 
     def __init__(self, config='', services=None):
-        self.root = Path(tempfile.mkdtemp(prefix='rrcloud-bench-'))
-        (self.root / 'rrcloudrc').write_text(config)
-        for name, text in (services or {}).items():
-            (self.root / 'services').mkdir(exist_ok=True)
-            (self.root / 'services' / f'{name}.conf').write_text(text)
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}/'
-        env = dict(os.environ, RRCLOUD_CONFIG=str(self.root / 'rrcloudrc'))
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / 'rrcloud.py'), 'serve', '--bind', '127.0.0.1', '--port', str(self.port)],
-            cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        wait_for(self.url + '?service=meta')
-
-    def stop(self):
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait()
+        super().__init__(tempfile.mkdtemp(prefix='rrcloud-bench-'), config=config, services=services)
+        self.start()
 
     def __enter__(self):
         return self

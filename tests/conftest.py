@@ -2,18 +2,13 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / 'tests' / 'data'
-sys.path.insert(0, str(REPO))
+from helpers import DATA, REPO, wait_until_done  # noqa: F401 (REPO, DATA, wait_until_done: imported from here by tests)
 
 import rrcloud  # noqa: E402
-from rrc.states import get_task  # noqa: E402
-from rrc.store import Store  # noqa: E402
 
 
 class Result:
@@ -69,18 +64,6 @@ def write_config(folder, text, name='rrcloudrc'):
     return path
 
 
-def wait_until_done(store_root, task_id, timeout=60):
-    """Poll a task's record until it leaves busy; returns the record."""
-    store = Store(store_root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = get_task(store, task_id)
-        if record['status'] != 'busy':
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f'task {task_id} still busy after {timeout} s')
-
-
 def task_id_of(output):
     """The id from an ``id: ID`` line."""
     for line in output.splitlines():
@@ -94,3 +77,35 @@ def make_service(root, name, text):
     folder = Path(root) / 'services'
     folder.mkdir(exist_ok=True)
     (folder / f'{name}.conf').write_text(text)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, one at the head of each worker's share.
+
+    Under pytest-xdist's ``worksteal`` each worker starts with a contiguous
+    share of the collection (the others steal from its tail later), so a slow
+    test placed at the head of every share starts at once and none is left to
+    the end of the run; the other tests keep their order (a module's servers
+    stay shared).  Without xdist slow tests simply come first.  Every worker
+    computes the same order, as xdist requires.
+    """
+    slow = [item for item in items if item.get_closest_marker('slow')]
+    if not slow:
+        return
+    rest = [item for item in items if not item.get_closest_marker('slow')]
+    workers = getattr(config, 'workerinput', {}).get('workercount', 1)
+    if workers <= 1 or config.getoption('dist', 'no') != 'worksteal':
+        items[:] = slow + rest
+        return
+    # worksteal's first split: share i holds remaining // (workers - i) items.
+    sizes, remaining = [], len(items)
+    for i in range(workers):
+        sizes.append(remaining // (workers - i))
+        remaining -= sizes[-1]
+    heads = [slow[i::workers] for i in range(workers)]
+    ordered, taken = [], 0
+    for size, head in zip(sizes, heads):
+        fill = max(0, size - len(head))
+        ordered += head + rest[taken:taken + fill]
+        taken += fill
+    items[:] = ordered + rest[taken:]

@@ -12,12 +12,17 @@ www-data, which cannot read /root):
 
 The server listens on a free loopback port; ``stop()`` and ``start()`` can be
 called again (a restart keeps the port, the store and the running tasks).
+
+Tests speak HTTP through ``deployment.session`` (a requests session) and
+``deployment.request_raw()`` (a request target exactly as written), so the
+same test runs against ``deployment('wsgi')`` too: the application called
+in-process over a store laid out the same way (inprocess.py).
 """
+import http.client
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,20 +30,18 @@ from pathlib import Path
 
 import requests
 
+from helpers import free_port, plain_session, wait_port_free
+
 REPO = Path(__file__).resolve().parent.parent
 WEB_PYTHON = '/opt/rrcloud/venv/bin/python'
 WEB_PATH = '/usr/local/bin:/usr/bin:/bin'
+# The live deployments: a real server in front of rrcloud.
 KINDS = ('embedded', 'lighttpd', 'apache')
+# Plus ``wsgi``: the application called in-process (inprocess.py), no server.
+ALL_KINDS = ('wsgi',) + KINDS
 APP_PARTS = ('rrcloud.py', 'rrc', 'bin', 'services', 'www', 'lighttpd', 'apache')
 # A line in the rrcloudrc that must never show up in an answer.
 CONFIG_MARKER = 'rrcloud-test-config-marker-5b1f0e'
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
 
 
 def find_program(name):
@@ -67,7 +70,7 @@ class Deployment:
     """One rrcloud server of one ``kind`` with its own app copy and store."""
 
     def __init__(self, kind, config='', services=None):
-        if kind not in KINDS:
+        if kind not in ALL_KINDS:
             raise ValueError(f'unknown deployment kind {kind!r}')
         self.kind = kind
         self.root = Path(tempfile.mkdtemp(prefix=f'rrcloud-{kind}-', dir='/tmp'))
@@ -79,6 +82,7 @@ class Deployment:
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
         self.process = None
+        self.session = plain_session()
         self._build(config, services or {})
 
     # -- the folder ---------------------------------------------------------
@@ -212,19 +216,22 @@ class Deployment:
         self._wait_port_free()
 
     def _wait_port_free(self, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(('127.0.0.1', self.port))
-                    return
-                except OSError:
-                    time.sleep(0.05)
+        wait_port_free(self.port, timeout)
 
     def restart(self):
         self.stop()
         return self.start()
+
+    def request_raw(self, method, target, body=None, headers=None, timeout=60):
+        """One request with ``target`` exactly as written (no normalising of '..' or
+        escapes); (status, [(header, value)] as sent, body bytes)."""
+        connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=timeout)
+        try:
+            connection.request(method, target, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
 
     def server_log(self):
         """The server's own output and error log (for failure messages)."""
@@ -251,19 +258,25 @@ class Deployment:
                 pids.append(int(entry))
         return pids
 
-    def kill_tasks(self):
-        """Kill the process groups of whatever still runs in the store."""
+    def task_groups(self):
+        """Process groups of runners and tools working in the store (not the server's, not ours)."""
         if self.process is not None:
             server_group = os.getpgid(self.process.pid) if self.process.poll() is None else None
         else:
             server_group = None
+        groups = set()
         for pid in self.task_processes():
             try:
                 group = os.getpgid(pid)
             except ProcessLookupError:
                 continue
-            if group in (server_group, os.getpgrp()):
-                continue
+            if group not in (server_group, os.getpgrp()):
+                groups.add(group)
+        return groups
+
+    def kill_tasks(self):
+        """Kill the process groups of whatever still runs in the store."""
+        for group in self.task_groups():
             try:
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
@@ -290,3 +303,11 @@ class Deployment:
                     continue
                 found.add(os.path.normpath(os.path.join(relative, name)))
         return found
+
+
+def deployment(kind, config='', services=None):
+    """A deployment of ``kind`` (not started): a live one, or ``wsgi`` in-process."""
+    if kind == 'wsgi':
+        from inprocess import WSGIDeployment
+        return WSGIDeployment(kind, config=config, services=services)
+    return Deployment(kind, config=config, services=services)

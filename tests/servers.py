@@ -12,8 +12,6 @@ real part can play here: one answering garbage, a hostile one, a 0.019
 server that only answers text and ignores ``wait=``.
 """
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,24 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-import requests
+from helpers import free_port, kill_group as _kill_group, plain_session, wait_for_url  # noqa: F401 (free_port: for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
-def plain_session():
-    """A requests session that ignores proxy settings (the servers are on loopback)."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
 
 
 class EmbeddedServer:
@@ -69,19 +53,12 @@ class EmbeddedServer:
                  '--port', str(self.port)],
                 cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        session = plain_session()
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f'server exited with {self.process.returncode}: {self.log.read_text()}')
-            try:  # any answer will do: a server with a token answers 401
-                session.get(self.url, params={'service': 'meta'}, timeout=1)
-                return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f'server on port {self.port} did not answer within {START_TIMEOUT} s')
+        try:  # any answer will do: a server with a token answers 401
+            wait_for_url(f'{self.url}?service=meta', START_TIMEOUT, process=self.process)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f'server on port {self.port}: {exc}: {self.log.read_text()}') from None
+        return self
 
     def records(self):
         """Every task record of this server's store, as written (key: value lines)."""
@@ -144,13 +121,6 @@ class EmbeddedServer:
             for key in ('runner', 'pid'):
                 if record.get(key, '').isdigit():
                     _kill_group(int(record[key]))
-
-
-def _kill_group(pgid):
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Request:

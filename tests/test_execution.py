@@ -19,6 +19,7 @@ from rrc.errors import ExitCode
 from rrc.procs import process_is
 from rrc.store import Store
 from conftest import make_service, task_id_of, wait_until_done, write_config
+from helpers import wait_for
 
 # A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``.
 SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
@@ -71,17 +72,6 @@ def process_gone(pid):
     except FileNotFoundError:
         return True
     return stat[stat.rfind(')') + 2] in 'ZX'
-
-
-def wait_for(condition, what, timeout=DEADLINE):
-    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f'{what}: not within {timeout} s')
 
 
 def wait_gone(pid, what):

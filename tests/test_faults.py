@@ -38,6 +38,7 @@ from rrc.procs import process_is, process_start_time
 from rrc.recovery import TEMP_FILE_MAX_AGE
 from rrc.store import Store, format_record, new_unique_name, parse_record
 from conftest import REPO, task_id_of
+from helpers import wait_for
 from servers import EmbeddedServer, plain_session
 
 # A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``
@@ -143,18 +144,6 @@ def store_processes(root, exclude=()):
     return found
 
 
-def wait_for(condition, what, timeout=DEADLINE, interval=0.05):
-    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f'{what}: not within {timeout} s')
-        time.sleep(interval)
-
-
 def dead_pid():
     """The pid of a process that has really run and ended (and been reaped)."""
     child = subprocess.Popen(['true'])
@@ -227,6 +216,7 @@ def runners_of(task_id):
     return found
 
 
+@pytest.mark.slow
 def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_path):
     seed = random.randrange(1 << 30)
     print(f'\n[chaos] seed {seed}')
@@ -697,6 +687,7 @@ def kill_by_http(server, task_id):
     return ('http', answer.status_code, answer.text)
 
 
+@pytest.mark.slow
 def test_kill_racing_with_completion_ends_in_exactly_one_final_state(workdir):
     server = EmbeddedServer(workdir, config='', services={'nap': SH_SERVICE})
     outcomes = Counter()
@@ -763,6 +754,7 @@ CONCURRENT_WORKERS = 32
 CONCURRENT_DEADLINE = 180
 
 
+@pytest.mark.slow
 def test_1000_concurrent_submissions_all_complete_with_distinct_ids(tmp_path):
     root = tmp_path / 'store'
     server = EmbeddedServer(root, config='')  # maxTasks: the default (CPU count)

@@ -145,6 +145,7 @@ def check_round_trip(record):
     return text
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(records)
 @example({'status': 'busy\nstatus: complete'})

@@ -25,6 +25,7 @@ from stl import mesh
 from rrc.errors import ExitCode
 from rrc.store import Store
 from conftest import DATA, REPO, make_service, task_id_of, write_config
+from helpers import wait_for
 from servers import EmbeddedServer, FakeServer, free_port
 
 # A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``
@@ -110,17 +111,6 @@ def local_openscad(source, tmp_path):
     out = tmp_path / 'local-reference.stl'
     subprocess.run(['openscad', str(source), f'-o{out}'], check=True, capture_output=True, timeout=120)
     return out.read_bytes()
-
-
-def wait_for(condition, what, timeout=DEADLINE):
-    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f'{what}: not within {timeout} s')
 
 
 def process_gone(pid):

@@ -1,6 +1,11 @@
-"""Hardening of the HTTP side (issue 6), against live deployments: the embedded
-server, lighttpd and Apache (see deploy.py), each running as www-data on a
-free loopback port with a real store and real task processes.
+"""Hardening of the HTTP side (issue 6): every case in-process against the WSGI
+application (the ``wsgi`` deployment, inprocess.py: a real store, real task
+processes), and the cases marked ``on_live``/``live_only`` also against live
+deployments: the embedded server, lighttpd and Apache (see deploy.py), each
+running as www-data on a free loopback port.  Those are what a server in
+front of rrcloud changes (docs/TESTING.md): URL parsing (%2F, NUL, line
+breaks), bodies it reads or discards, headers it passes on (Authorization,
+HTTP_* for a CGI), framing on the socket.
 
 Areas: who may use a server (``allow``, ``token``), limits (request size,
 inputs, field length, queue), ids and paths, services and arguments,
@@ -31,7 +36,7 @@ Apache streams it to the CGI.  What a client can see is asserted instead: a
 20 MB POST from outside ``allow`` gets its 403 (the answer arrives) and
 nothing is written.
 
-Servers are shared per module and kind: ``server`` (default limits and
+Deployments are shared per module and kind: ``server`` (default limits and
 ``allow``, plus test services), ``walled`` (``allow = 10.0.0.0/8``: loopback is
 outside), ``guarded`` (a ``token``) and ``limited`` (small limits, one slot, a
 queue of one).
@@ -107,10 +112,13 @@ class GuardedDeployment(deploy.Deployment):
         return True
 
 
-def live(kind, config='', guarded=False):
-    """Build and start one deployment with the test services."""
-    cls = GuardedDeployment if guarded else deploy.Deployment
-    deployment = cls(kind, config=config, services=TEST_SERVICES)
+def build(kind, config='', guarded=False):
+    """Build and start one deployment with the test services (``wsgi``: in-process)."""
+    if kind == 'wsgi':
+        deployment = deploy.deployment(kind, config=config, services=TEST_SERVICES)
+    else:
+        cls = GuardedDeployment if guarded else deploy.Deployment
+        deployment = cls(kind, config=config, services=TEST_SERVICES)
     try:
         deployment.start()
     except BaseException:
@@ -121,7 +129,7 @@ def live(kind, config='', guarded=False):
 
 def settle_recovery(deployment, headers=None):
     """One request, so a CGI's first recovery pass (it stamps tasks/.recovered) is behind us."""
-    requests.get(f'{deployment.url}/?service=meta', headers=headers or {}, timeout=30)
+    deployment.session.get(f'{deployment.url}/?service=meta', headers=headers or {}, timeout=30)
 
 
 def adopt_witness(deployment, task_id):
@@ -134,7 +142,7 @@ def adopt_witness(deployment, task_id):
 
 def submitted_witness(deployment, headers=None):
     """An echo task submitted over HTTP and finished."""
-    response = requests.post(f'{deployment.url}/', data={'service': 'echo', 'fileIn0': 'witness content'},
+    response = deployment.session.post(f'{deployment.url}/', data={'service': 'echo', 'fileIn0': 'witness content'},
                              headers=headers or {}, timeout=30)
     assert response.status_code == 200, (deployment.kind, response.status_code, response.text)
     task_id = parse_text_record(response.text)['id']
@@ -161,10 +169,10 @@ def planted_witness(deployment):
     adopt_witness(deployment, record['id'])
 
 
-@pytest.fixture(scope='module', params=deploy.KINDS)
+@pytest.fixture(scope='module', params=['wsgi'])
 def server(request):
     """Defaults (allow, limits) plus the test services; a witness task and a hidden file in tasks/out."""
-    deployment = live(request.param)
+    deployment = build(request.param)
     try:
         submitted_witness(deployment)
         hidden = deployment.store / 'tasks' / 'out' / '.hidden'
@@ -175,10 +183,10 @@ def server(request):
         deployment.close()
 
 
-@pytest.fixture(scope='module', params=deploy.KINDS)
+@pytest.fixture(scope='module', params=['wsgi'])
 def walled(request):
     """``allow = 10.0.0.0/8``: this loopback client is outside."""
-    deployment = live(request.param, 'allow = 10.0.0.0/8\n', guarded=True)
+    deployment = build(request.param, 'allow = 10.0.0.0/8\n', guarded=True)
     try:
         planted_witness(deployment)
         settle_recovery(deployment)
@@ -187,10 +195,10 @@ def walled(request):
         deployment.close()
 
 
-@pytest.fixture(scope='module', params=deploy.KINDS)
+@pytest.fixture(scope='module', params=['wsgi'])
 def guarded(request):
     """``token = TOKEN``."""
-    deployment = live(request.param, f'token = {TOKEN}\n', guarded=True)
+    deployment = build(request.param, f'token = {TOKEN}\n', guarded=True)
     try:
         submitted_witness(deployment, headers=bearer(TOKEN))
         settle_recovery(deployment, headers=bearer(TOKEN))
@@ -199,16 +207,26 @@ def guarded(request):
         deployment.close()
 
 
-@pytest.fixture(scope='module', params=deploy.KINDS)
+@pytest.fixture(scope='module', params=['wsgi'])
 def limited(request):
     """Small limits: 100000-byte requests, 2 inputs, 100-character fields, one slot, a queue of one."""
-    deployment = live(request.param, LIMITS_CONFIG)
+    deployment = build(request.param, LIMITS_CONFIG)
     try:
         submitted_witness(deployment)
         settle_recovery(deployment)
         yield deployment
     finally:
         deployment.close()
+
+
+def on_live(fixture):
+    """Run on every live deployment too (and in-process): what a server in front of rrcloud changes."""
+    return pytest.mark.parametrize(fixture, deploy.ALL_KINDS, indirect=True)
+
+
+def live_only(fixture):
+    """Only on the live deployments: the test speaks to a socket."""
+    return pytest.mark.parametrize(fixture, deploy.KINDS, indirect=True)
 
 
 @pytest.fixture
@@ -262,6 +280,10 @@ def wait_finished(deployment, task_id, timeout=60):
         time.sleep(0.02)
 
 
+# A node's slot locks: tasks/slots/NODE/N (the folder of a node, and a slot in it).
+SLOT_PATH_RE = re.compile(r'\Atasks/slots/[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[0-9]+)?\Z')
+
+
 def wait_quiet(deployment, timeout=60):
     """Until no task waits or runs and no runner is left to write (looked at under the store lock)."""
     import fcntl
@@ -274,14 +296,14 @@ def wait_quiet(deployment, timeout=60):
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             busy = _names(tasks / 'queue') + _names(tasks / 'running')
-            records = {n: read_record(deployment, n) for n in _names(tasks / 'info') if ID_RE.match(n)}
-            busy += [n for n, record in records.items() if record.get('status') == 'busy']
-            # A runner that ended its task still calls the notifier, which writes to the log.
-            busy += [n for n, record in records.items()
-                     if record.get('runner') and process_is(record['runner'], record.get('runnerStart'))]
+            if not busy:  # every record is read only when nothing is queued or running
+                busy = [n for n in _names(tasks / 'info')
+                        if ID_RE.match(n) and read_record(deployment, n).get('status') == 'busy']
         finally:
             if fd is not None:
                 os.close(fd)
+        if not busy:  # a runner may still write after its record left busy (a notifier's line in the log)
+            busy = [f'process group {g}' for g in deployment.task_groups()]
         if not busy:
             return
         assert time.monotonic() < deadline, f'{deployment.kind}: still busy after {timeout} s: {busy}'
@@ -366,7 +388,7 @@ class Watch:
                         record.get('out', '')}
             allowed |= {p for p in record.get('in', '').split(',') if INPUT_RE.match(p)}
         stray = [p for p in set(after) - set(self.before)
-                 if p not in allowed and not re.match(r'\Atasks/slots/[0-9]+\Z', p)]
+                 if p not in allowed and not SLOT_PATH_RE.match(p)]
         assert not stray, f'{self.deployment.kind}: unexpected new paths: {sorted(stray)}'
         self.witness_unchanged()
         self.canary_absent()
@@ -398,22 +420,17 @@ class Answer:
 
 def send(deployment, method, path, body=None, headers=None, timeout=60):
     """One request with the path exactly as written (no normalising of '..' or escapes)."""
-    connection = http.client.HTTPConnection('127.0.0.1', deployment.port, timeout=timeout)
     try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return Answer(response.status, response.getheaders(), response.read())
+        return Answer(*deployment.request_raw(method, path, body=body, headers=headers, timeout=timeout))
     except (http.client.HTTPException, ConnectionError) as exc:
         raise AssertionError(f'{deployment.kind}: no complete answer to {method} {path[:80]}: {exc!r}') from None
-    finally:
-        connection.close()
 
 
 def post(deployment, data=None, files=None, path='/', headers=None, timeout=60):
     """POST a form the way curl and requests do (urlencoded, or multipart with ``files``)."""
     try:
-        response = requests.post(deployment.url + path, data=data, files=files, headers=headers or {},
-                                 timeout=timeout)
+        response = deployment.session.post(deployment.url + path, data=data, files=files,
+                                           headers=headers or {}, timeout=timeout)
     except requests.RequestException as exc:
         raise AssertionError(f'{deployment.kind}: no complete answer to a POST: {exc!r}') from None
     return Answer(response.status_code, response.headers.items(), response.content)
@@ -545,13 +562,17 @@ def walled_request(deployment, what, canary_path):
     if what == 'small-post':
         return post(deployment, data={'service': 'echo', 'fileIn0': payload})
     if what == '20MB-urlencoded':
-        return post(deployment, data={'service': 'echo', 'fileIn0': payload + b'x' * BIG})
+        # The bytes requests would send for data={'service': 'echo', 'fileIn0': payload + b'x' * BIG},
+        # without percent-encoding 20 MB of 'x' in Python on every run.
+        body = urlencode({'service': 'echo', 'fileIn0': payload}).encode() + b'x' * BIG
+        return post(deployment, data=body, headers={'Content-Type': 'application/x-www-form-urlencoded'})
     if what == '20MB-multipart':
         return post(deployment, data={'service': 'echo'},
                     files={'fileIn0': ('model.txt', payload + b'x' * BIG, 'application/octet-stream')})
     raise AssertionError(what)
 
 
+@on_live('walled')  # a refused 20 MB body is discarded by the CGI or the server; CORS on the 403
 @pytest.mark.parametrize('what', ['meta', 'meta-json', 'result', 'info', 'browser-page', 'small-post',
                                   '20MB-urlencoded', '20MB-multipart'])
 def test_a_client_outside_allow_gets_403_and_nothing_is_read_or_written(walled, what, canary):
@@ -599,6 +620,7 @@ REFUSED_TOKENS = {  # case: (path, headers); h = hostile headers
 }
 
 
+@on_live('guarded')  # Authorization passed through to the CGI; CORS on the 401
 @pytest.mark.parametrize('case', list(REFUSED_TOKENS))
 def test_without_the_right_token_401_and_nothing_leaks(guarded, case, canary):
     path, headers = REFUSED_TOKENS[case]
@@ -616,6 +638,7 @@ def test_without_the_right_token_401_and_nothing_leaks(guarded, case, canary):
     watch.nothing_written()
 
 
+@on_live('guarded')  # the unread body of a refused POST
 @pytest.mark.parametrize('how', ['no token', 'wrong bearer', 'wrong X-RRCloud-Token', 'wrong form token'])
 def test_a_submission_without_the_right_token_is_refused(guarded, how, canary):
     watch = Watch(guarded, canary)
@@ -648,6 +671,7 @@ ACCEPTED_TOKENS = {
 }
 
 
+@on_live('guarded')  # Authorization passed through (Apache: CGIPassAuth)
 @pytest.mark.parametrize('case', list(ACCEPTED_TOKENS))
 def test_the_right_token_opens_meta(guarded, case):
     """Under Apache the Authorization header reaches the CGI (CGIPassAuth On)."""
@@ -661,6 +685,7 @@ def test_the_right_token_opens_meta(guarded, case):
     watch.nothing_written()
 
 
+@on_live('guarded')  # Authorization passed through, the task runs
 @pytest.mark.parametrize('how', ['Authorization: Bearer', 'X-RRCloud-Token', 'form field token (multipart)'])
 def test_a_submission_with_the_token_runs_and_the_token_is_not_recorded(guarded, how):
     watch = Watch(guarded)
@@ -699,6 +724,7 @@ def too_large(deployment, answer):
     return reason
 
 
+@on_live('limited')  # the body limit: waitress's own, the CGI's discard
 @pytest.mark.parametrize('how', ['urlencoded', 'multipart upload', 'multipart string'])
 def test_a_request_over_max_request_size_is_413(limited, how, canary):
     watch = Watch(limited, canary)
@@ -713,6 +739,7 @@ def test_a_request_over_max_request_size_is_413(limited, how, canary):
     watch.nothing_written()
 
 
+@on_live('limited')  # a chunked body as each server hands it on
 def test_a_chunked_body_over_max_request_size_is_413(limited, canary):
     """No Content-Length: the limit holds while the body streams in."""
     watch = Watch(limited, canary)
@@ -837,6 +864,7 @@ BAD_IDS = {
 }
 
 
+@on_live('server')  # %2F, NUL and LF in the URL: the server parses it first
 @pytest.mark.parametrize('service', ['info', 'kill'])
 @pytest.mark.parametrize('name', list(BAD_IDS))
 def test_a_bad_id_is_400_before_a_file_is_touched(server, name, service, canary):
@@ -885,6 +913,7 @@ DENIED_PATHS = {
 }
 
 
+@on_live('server')  # '..', %2F and control characters in paths
 @pytest.mark.parametrize('template', list(DENIED_PATHS))
 def test_a_path_outside_the_results_is_404_and_never_the_content(server, template, canary):
     path = template.format(witness=server.witness['id'], witness_in=os.path.basename(server.witness['in']),
@@ -1071,6 +1100,7 @@ def test_an_output_option_as_an_argument_is_refused(server, where):
 SHELLSHOCK = '() { :; }; /usr/bin/touch {canary}'
 
 
+@on_live('server')  # the CGI environment: headers as HTTP_* variables
 def test_shellshock_headers_reach_no_child(server, canary):
     """Header payloads (CGI turns headers into HTTP_* variables) never reach a task's environment."""
     payload = SHELLSHOCK.replace('{canary}', canary)
@@ -1188,6 +1218,7 @@ def _truncated(variant, canary_path):
     return head + sent
 
 
+@live_only('server')  # request framing on a socket
 @pytest.mark.parametrize('variant', ['cut inside a part', 'whole form, but 1000 bytes short'])
 def test_a_truncated_body_records_no_task_and_the_server_answers_on(server, variant, canary):
     watch = Watch(server, canary)
@@ -1198,6 +1229,7 @@ def test_a_truncated_body_records_no_task_and_the_server_answers_on(server, vari
     assert answer.status == 200, answer
 
 
+@live_only('server')  # request framing on a socket
 @pytest.mark.parametrize('encoding', ['urlencoded', 'multipart'])
 def test_a_content_length_smaller_than_the_body(server, encoding, canary):
     """The server reads the declared bytes only: a refusal, or a task of just those bytes."""
@@ -1264,6 +1296,7 @@ CRLF_REQUESTS = {  # case: (method, path, form or None)
 }
 
 
+@on_live('server')  # control characters in the URL; headers as the server sends them
 @pytest.mark.parametrize('case', list(CRLF_REQUESTS))
 def test_cr_lf_in_a_value_adds_no_header_and_no_record_key(server, case, canary):
     method, path, form = CRLF_REQUESTS[case]

@@ -288,6 +288,7 @@ print('wrote', n + 1)
 '''
 
 
+@pytest.mark.slow
 def test_reader_never_sees_a_torn_record_while_it_is_rewritten(tmp_path):
     store = Store(tmp_path)
     short = store.create_task(lambda i: {'service': 'echo', 'status': 'busy',

@@ -1,0 +1,109 @@
+"""Test helpers shared by the suite and bench/: ports, sessions, waiting.
+
+One place for what several test files (and the benchmarks) need:
+
+- ``free_port()``: a loopback port nothing listens on;
+- ``plain_session()``: a requests session that ignores proxy settings;
+- ``wait_for(condition, what)``: poll until something holds, fail naming it;
+- ``wait_for_url(url)``: until an HTTP server answers (any status);
+- ``wait_port_free(port)``: until a port can be bound again;
+- ``wait_until_done(store_root, task_id)``: until a task leaves busy (read from the store);
+- ``kill_group(pgid)``: SIGKILL a process group that may be gone already.
+
+bench/*.py put this folder on sys.path and import from here too.
+"""
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / 'tests' / 'data'
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# How long a poll sleeps between looks.
+POLL_INTERVAL = 0.05
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def plain_session():
+    """A requests session that ignores proxy settings (the servers are on loopback)."""
+    import requests
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def wait_for(condition, what, timeout=60, interval=POLL_INTERVAL):
+    """Poll ``condition()`` until it is true (returns its value); fail naming ``what`` after ``timeout``.
+
+    ``condition`` is looked at once more after the deadline, so a slow machine
+    never fails a condition that did come true.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f'{what}: not within {timeout} s')
+        time.sleep(interval)
+
+
+def wait_for_url(url, timeout=20, process=None, session=None):
+    """Until ``url`` gives any HTTP answer; returns it.  Fails early when ``process`` exits."""
+    import requests
+    session = session or plain_session()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f'the server exited with {process.returncode} before {url} answered')
+        try:
+            return session.get(url, timeout=max(1, min(5, deadline - time.monotonic())))
+        except requests.RequestException:
+            time.sleep(POLL_INTERVAL)
+    raise RuntimeError(f'{url} did not answer within {timeout} s')
+
+
+def wait_port_free(port, timeout=10):
+    """Until 127.0.0.1:``port`` can be bound (a stopped server has let go of it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(('127.0.0.1', port))
+                return
+            except OSError:
+                time.sleep(POLL_INTERVAL)
+
+
+def wait_until_done(store_root, task_id, timeout=60):
+    """Poll a task's record until it leaves busy; returns the record."""
+    from rrc.states import get_task
+    from rrc.store import Store
+    store = Store(store_root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = get_task(store, task_id)
+        if record['status'] != 'busy':
+            return record
+        time.sleep(POLL_INTERVAL)
+    raise AssertionError(f'task {task_id} still busy after {timeout} s')
+
+
+def kill_group(pgid, sig=signal.SIGKILL):
+    """Signal a process group; one that is gone (or not ours) is no error."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
