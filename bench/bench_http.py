@@ -101,6 +101,7 @@ def main():
     for kind in ('embedded', 'lighttpd'):
         deployment = Deployment(kind, config='maxDataRetention = 1000\n')
         compileall.compile_file(str(deployment.app / 'rrcloud.py'), quiet=1)  # as `make install` does
+        compileall.compile_dir(str(deployment.app / 'rrc'), quiet=1)
         floor_server = FloorServer(deployment.root)
         try:
             deployment.start()

@@ -23,7 +23,6 @@ from .tasks import dispatch
 # .NAME.PID[@BOOTTAG][.UNIQUE].(tmp|new|part) (no tag: written before tags, this boot's).
 TEMP_FILE_RE = LazyPattern(r'\A\..+?\.([0-9]+)(?:@([0-9a-f]+))?(\.[0-9-]+)?\.(tmp|new|part)\Z')
 TEMP_FILE_MAX_AGE = 3600.0
-RECOVERY_INTERVAL = 60.0
 
 
 def recover_store(store, config):
@@ -107,16 +106,3 @@ def remove_orphan_inputs(store, records, now):
         is_folder = os.path.isdir(path) and not os.path.islink(path)
         store.remove_input(f'tasks/in/{entry}/' if is_folder else f'tasks/in/{entry}')
 
-
-def recover_now_and_then(store, config):
-    """Run recover_store at most once a minute (CGI: no process stays to do it)."""
-    stamp = os.path.join(store.tasks, '.recovered')
-    try:
-        if time.time() - os.stat(stamp).st_mtime < RECOVERY_INTERVAL:
-            return
-    except FileNotFoundError:
-        if not os.path.isdir(store.tasks):
-            return
-    os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o644))
-    os.utime(stamp)
-    recover_store(store, config)

@@ -30,7 +30,6 @@ Liveness is judged only for this node's tasks (``store.node``): a task of
 another node sharing the store is shown as its record says.
 """
 
-import enum
 import os
 import time
 
@@ -41,14 +40,18 @@ from .schema import YES, Field, TaskStatus
 from .store import marked, unmark
 
 
-class State(str, enum.Enum):
-    """The states of a task (the wire shows them through ``status`` and a flag)."""
+class State:
+    """The states of a task (the wire shows them through ``status`` and a
+    flag).  Plain strings, as TaskStatus."""
     QUEUED = 'queued'
     RUNNING = 'running'
     SUSPENDED = 'suspended'
     WAITING = 'waiting'
     COMPLETE = 'complete'
     FAILED = 'failed'
+
+
+STATES = (State.QUEUED, State.RUNNING, State.SUSPENDED, State.WAITING, State.COMPLETE, State.FAILED)
 
 
 # state: (status word on the wire, flag field set to "yes" or None)
@@ -83,7 +86,7 @@ class IllegalMove(RRCloudError):
     """A move the state machine does not allow from the task's current state."""
 
     def __init__(self, task_id, current, to):
-        super().__init__(f'task {task_id} cannot go from {current.value} to {to.value}')
+        super().__init__(f'task {task_id} cannot go from {current} to {to}')
         self.task_id, self.current, self.to = task_id, current, to
 
 
@@ -101,13 +104,13 @@ def state_of(record):
 def wire_fields(state):
     """The ``status`` and flag fields that show ``state``."""
     status, flag = WIRE[state]
-    return {Field.STATUS: status.value, **({flag: YES} if flag else {})}
+    return {Field.STATUS: status, **({flag: YES} if flag else {})}
 
 
 def initial_fields(state):
     """The state fields of a record created in ``state``."""
     if state not in INITIAL:
-        raise ValueError(f'a task is never created {state.value}')
+        raise ValueError(f'a task is never created {state}')
     return wire_fields(state)
 
 

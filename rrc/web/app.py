@@ -1,4 +1,8 @@
-"""The WSGI application: a route table and the answers of each route."""
+"""The WSGI application: a route table and the answers of each route.
+
+Submission (``rrc.tasks``: inputs, projects, the notifier check) is imported
+by the handlers that change something: a CGI read loads none of it (each
+module costs a CGI request about 0.3 ms, see docs/BENCHMARKS.md)."""
 
 import os
 import sys
@@ -11,7 +15,6 @@ from ..procs import KILL_GRACE_SECONDS, process_started_at
 from ..services import find_service, load_services
 from ..states import get_task, list_tasks, queue_is_full
 from ..store import format_record, to_json
-from ..tasks import Input, kill_task, submit_task, wait_for_task
 from .access import check_access, check_form_token
 from .files import serve_log, serve_result
 from .page import html_page
@@ -119,6 +122,7 @@ def answer_meta(app, request):
 
 def answer_kill(app, request):
     """``service=kill&id=ID``: stop a task (a GET works too, as in 0.019)."""
+    from ..tasks import kill_task
     record = kill_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
     return answer_record(client_view(record, request.client), request.format)
 
@@ -168,6 +172,7 @@ def held_wait(app, task_id, wait):
     if not slots.acquire(blocking=False):
         return get_task(app.store, task_id)
     try:
+        from ..tasks import wait_for_task
         return wait_for_task(app.store, task_id, timeout=wait)
     finally:
         slots.release()
@@ -232,6 +237,7 @@ def submit_from_form(store, config, request):
     native += [request.form[k] for k in sorted(request.form, key=_field_number) if k.startswith('arg')]
     params = [form_param(request.form[k])
               for k in sorted(request.form, key=_field_number) if k.startswith('param')]
+    from ..tasks import submit_task
     return submit_task(store, config, service, inputs, native,
                        notifier=request.form.get('notifier', ''), client=request.client,
                        params=params, out_ext=request.form.get('outExt', ''))
@@ -256,6 +262,7 @@ def form_inputs(request, service):
     for key in request.form:
         if key.startswith('prearg') and f'fileIn{key[6:]}' not in names:
             raise HTTPError(400, f'{key} without fileIn{key[6:]}')
+    from ..tasks import Input
     inputs = []
     for name in names:
         prearg = request.form.get(f'prearg{name[6:]}', '')

@@ -2,11 +2,11 @@
 
 import os
 import sys
+import time
 
 from ..errors import ExitCode, RRCloudError
 from ..node import warn_if_unsandboxed
 from ..procs import process_started_at
-from ..recovery import recover_now_and_then
 from .app import App, error_response, store_error_response
 from .request import STATUS_LINES
 
@@ -45,6 +45,27 @@ def cgi_app():
     except OSError as exc:  # housekeeping: the request itself says what is wrong
         print(f'rrcloud: recovery failed: {exc}', file=sys.stderr)
     return app
+
+
+# Under CGI no process stays to recover the store: a request does it, at most
+# once a minute (the stamp's mtime says when it last ran).
+RECOVERY_INTERVAL = 60.0
+
+
+def recover_now_and_then(store, config):
+    """Run recover_store when a minute has passed since the last request did.
+    Imported only then: the other requests of the minute load none of it."""
+    stamp = os.path.join(store.tasks, '.recovered')
+    try:
+        if time.time() - os.stat(stamp).st_mtime < RECOVERY_INTERVAL:
+            return
+    except FileNotFoundError:
+        if not os.path.isdir(store.tasks):
+            return
+    os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.utime(stamp)
+    from ..recovery import recover_store
+    recover_store(store, config)
 
 
 class FixedAnswer:
