@@ -66,6 +66,17 @@ def chown_tree(path, uid, gid):
             os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
+def lay_out_store(deployment, config, services):
+    """A deployment's store folder (its test services in store/services), log
+    folder and rrcloudrc (with the marker line no answer may show)."""
+    deployment.store.mkdir(mode=0o755)
+    deployment.log.mkdir(mode=0o755)
+    (deployment.store / 'services').mkdir(mode=0o755)
+    for name, text in services.items():
+        (deployment.store / 'services' / f'{name}.conf').write_text(text)
+    deployment.rrcloudrc.write_text(f'# {CONFIG_MARKER}\ndir = {deployment.store}\n{config}')
+
+
 class Deployment:
     """One rrcloud server of one ``kind`` with its own app copy and store."""
 
@@ -95,12 +106,7 @@ class Deployment:
                 shutil.copytree(source, self.app / part, symlinks=True)
             else:
                 shutil.copy2(source, self.app / part)
-        self.store.mkdir(mode=0o755)
-        self.log.mkdir(mode=0o755)
-        (self.store / 'services').mkdir(mode=0o755)
-        for name, text in services.items():
-            (self.store / 'services' / f'{name}.conf').write_text(text)
-        self.rrcloudrc.write_text(f'# {CONFIG_MARKER}\ndir = {self.store}\n{config}')
+        lay_out_store(self, config, services)
         uid, gid = www_data()
         chown_tree(self.store, uid, gid)
         chown_tree(self.log, uid, gid)

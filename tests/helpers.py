@@ -13,6 +13,8 @@ One place for what several test files (and the benchmarks) need:
 bench/*.py put this folder on sys.path and import from here too.
 """
 import os
+import re
+import select
 import signal
 import socket
 import sys
@@ -107,3 +109,19 @@ def kill_group(pgid, sig=signal.SIGKILL):
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def read_terminal_until(master, pattern, client, timeout=60):
+    """What a client wrote to its terminal, read until ``pattern`` shows up in it."""
+    seen = b''
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not re.search(pattern, seen.decode('utf-8', 'replace')):
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:  # the client closed its terminal
+                break
+        elif client.poll() is not None:
+            break
+    return seen.decode('utf-8', 'replace')

@@ -196,12 +196,7 @@ class WSGIDeployment(deploy.Deployment):
 
     def _build(self, config, services):
         # The store as a live deployment has it; no app copy (the App runs from the repo).
-        self.store.mkdir(mode=0o755)
-        self.log.mkdir(mode=0o755)
-        (self.store / 'services').mkdir(mode=0o755)
-        for name, text in services.items():
-            (self.store / 'services' / f'{name}.conf').write_text(text)
-        self.rrcloudrc.write_text(f'# {deploy.CONFIG_MARKER}\ndir = {self.store}\n{config}')
+        deploy.lay_out_store(self, config, services)
 
     def start(self, timeout=20):
         """Build the App as ``rrcloud serve`` does: the config RRCLOUD_CONFIG names, recovery at start."""

@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from stl import mesh
 from rrc import __version__
 from rrc.errors import ExitCode
 from rrc.store import Store
+from helpers import read_terminal_until
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from servers import EmbeddedServer, FakeServer, free_port
 
@@ -707,22 +707,6 @@ def test_help_after_the_command(cli):
 ###############################################################################
 # 7. The progress line of a local wrapper
 ###############################################################################
-
-def read_terminal_until(master, pattern, client, timeout=60):
-    """What a client wrote to its terminal, read until ``pattern`` shows up in it."""
-    seen = b''
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not re.search(pattern, seen.decode('utf-8', 'replace')):
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                seen += os.read(master, 4096)
-            except OSError:  # the client closed its terminal
-                break
-        elif client.poll() is not None:
-            break
-    return seen.decode('utf-8', 'replace')
-
 
 def test_a_local_sync_on_a_terminal_shows_queued_then_busy_with_the_time(cli, workdir):
     make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')

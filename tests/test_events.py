@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from rrc.events import (EventFollower, ProgressEvents, append_event, events_path
 from rrc.printing import gcode_lines
 from rrc.states import State, expire_tasks, get_task, move_task
 from rrc.store import Store, format_record
+from helpers import read_terminal_until
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from printer_sim import PrinterSim
 
@@ -183,21 +183,6 @@ def test_a_print_sends_progress_events_and_info_shows_them_without_rewriting_the
     # The final record keeps the last progress, as before.
     assert record['progress'] == f'{COUNT}/{COUNT}'
     assert events_to_the_end(printer_store, task_id)[-1].data['status'] == 'complete'
-
-
-def read_terminal_until(master, pattern, client, timeout=60):
-    seen = b''
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not re.search(pattern, seen.decode('utf-8', 'replace')):
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                seen += os.read(master, 4096)
-            except OSError:
-                break
-        elif client.poll() is not None:
-            break
-    return seen.decode('utf-8', 'replace')
 
 
 def test_the_local_progress_line_shows_the_print_progress_from_the_events(printer_store):
