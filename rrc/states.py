@@ -279,7 +279,9 @@ def _running_record(store, task_id):
         return record if record.get(Field.STATUS) == TaskStatus.BUSY else None
     if (record.get(Field.RUNNER) and not store.node.rebooted_since(record)
             and process_is(record[Field.RUNNER], record.get(Field.RUNNER_START))):
-        return record
+        # An ended task's runner is only tidying up (its slot, the notifier),
+        # and removes the marker itself.
+        return record if record.get(Field.STATUS) == TaskStatus.BUSY else None
     unmark(store, 'running', task_id)
     return None
 

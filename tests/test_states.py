@@ -195,3 +195,21 @@ def test_concurrent_finishers_leave_exactly_one_final_state(tmp_path, start):
     assert record['exitCode'] == winners[0]
     assert record['error'] == winners[0]
     assert state_of(record) in FINAL and 'queued' not in record
+
+
+@pytest.mark.parametrize('state, counted', [(State.RUNNING, True), (State.COMPLETE, False)])
+def test_meta_counts_a_live_runner_busy_only_while_its_task_runs(tmp_path, state, counted):
+    """Between its final state and its exit a runner frees its slot and calls
+    the notifier: the task has ended, and meta must not call it busy."""
+    import os
+    from rrc.node import meta_record
+    from rrc.procs import process_start_time
+    from rrc.store import mark
+    me = os.getpid()  # a live process stands for the runner
+    plant(tmp_path, state, **{Field.RUNNER: str(me), Field.RUNNER_START: process_start_time(me)})
+    store = Store(tmp_path)
+    mark(store, 'running', TASK_ID)
+
+    meta = meta_record(store, Config(), services={})
+
+    assert meta['busy'] == ('1' if counted else '0')
