@@ -3,6 +3,7 @@
 from . import __version__
 from .errors import UsageError
 from .names import LazyPattern, address_in
+from .schema import Field
 
 
 NOTIFIER_URL_RE = LazyPattern(r'\Ahttps?://[^\s/?#]+[^\s]*\Z')
@@ -24,12 +25,12 @@ NOTIFIER_REFUSED = ('127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.
 
 def notify(store, config, record):
     """Call the task's notifier URL once; the outcome goes to the log, never to the status."""
-    url = record['notifier'].replace('$id', record['id']).replace('$myip', record.get('client', ''))
+    url = record[Field.NOTIFIER].replace('$id', record[Field.ID]).replace('$myip', record.get(Field.CLIENT, ''))
     try:
         outcome = f'HTTP {notifier_get(url, config.notifierAllow)}'
     except Exception as exc:
         outcome = f'not called: {exc}'
-    with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
+    with open(store.log_path(record[Field.ID]), 'a', encoding='utf-8') as log:
         log.write(f'rrcloud: notifier {url}: {outcome}\n')
 
 

@@ -69,7 +69,7 @@ def writer_alive(match, tag):
 
 def remove_idle_work_folders(store, records):
     """Remove sandbox work folders that no busy task owns (left by a crashed runner)."""
-    busy = {record['id'] for record in records if record.get(Field.STATUS) == TaskStatus.BUSY}
+    busy = {record[Field.ID] for record in records if record.get(Field.STATUS) == TaskStatus.BUSY}
     folder = store.folder('work')
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
         if entry not in busy and not work_folder_in_use(store, entry):
@@ -91,7 +91,7 @@ def work_folder_in_use(store, entry):
 def remove_orphan_inputs(store, records, now):
     """Remove inputs no record names (left by a crash between storing an input
     and writing its record) once they are older than any upload in progress."""
-    named = {path.split('/')[2] for record in records for path in record.get('in', '').split(',')
+    named = {path.split('/')[2] for record in records for path in record.get(Field.IN, '').split(',')
              if path.startswith('tasks/in/') and len(path.split('/')) > 2}
     folder = store.folder('in')
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():

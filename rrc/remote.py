@@ -155,15 +155,15 @@ def record_remote(store, url, service, answer):
 
 def refresh_remote(store, record, session, wait=0):
     """Ask a busy remote task's server about it; fetch result and log when it ended."""
-    url = record['server']
-    params = {'service': 'info', 'id': record['remoteId']}
+    url = record[Field.SERVER]
+    params = {'service': 'info', 'id': record[Field.REMOTE_ID]}
     if wait:
         params['wait'] = str(wait)
     response = session.get(url, params=params, timeout=(CONNECT_TIMEOUT, wait + 30))
     if response.status_code == 404:
-        return move_task(store, record['id'], State.FAILED, {
+        return move_task(store, record[Field.ID], State.FAILED, {
             Field.ETIME: f'{time.time():.5f}',
-            Field.ERROR: 'the server no longer knows this task'}) or store.read_task(record['id'])
+            Field.ERROR: 'the server no longer knows this task'}) or store.read_task(record[Field.ID])
     answer = parse_answer(response)
     status = answer.get('status')
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
@@ -171,18 +171,18 @@ def refresh_remote(store, record, session, wait=0):
     changes = {k: answer[k] for k in ('exitCode', 'error', 'etime', 'cmd') if _single_line(answer.get(k))}
     out_match = REMOTE_OUT_RE.match(answer.get('out', ''))
     if status == TaskStatus.COMPLETE and out_match:
-        local_out = _local_out_name(record['id'], out_match.group(1))
+        local_out = _local_out_name(record[Field.ID], out_match.group(1))
         fetch_to(session, url + 'tasks/out/' + out_match.group(1), store.folder('out'), local_out)
         changes['out'] = 'tasks/out/' + local_out
         changes['sizeOut'] = os.path.getsize(os.path.join(store.folder('out'), local_out))
     elif status == TaskStatus.COMPLETE and answer.get('out'):
         status, changes['error'] = TaskStatus.FAILED, 'server named an unsafe result path'
     try:
-        fetch_to(session, url + 'tasks/log/' + record['remoteId'], store.folder('log'), record['id'])
+        fetch_to(session, url + 'tasks/log/' + record[Field.REMOTE_ID], store.folder('log'), record[Field.ID])
     except RRCloudError:
         pass  # a missing log is no reason to lose the result
     final = State.COMPLETE if status == TaskStatus.COMPLETE else State.FAILED
-    return move_task(store, record['id'], final, changes) or store.read_task(record['id'])
+    return move_task(store, record[Field.ID], final, changes) or store.read_task(record[Field.ID])
 
 
 def _single_line(value):
@@ -225,7 +225,7 @@ def wait_remote(store, config, record, progress=None):
     if progress:
         progress(record, 0.0)
     wait = 1 if progress else POLL_WAIT  # a terminal's progress line moves every second
-    while record.get('status') == TaskStatus.BUSY:
+    while record.get(Field.STATUS) == TaskStatus.BUSY:
         asked = time.monotonic()
         try:
             record = refresh_remote(store, record, session, wait=wait)
@@ -235,7 +235,7 @@ def wait_remote(store, config, record, progress=None):
             give_up_if_lost(config, record, time.monotonic() - lost_since)
         if progress:
             progress(record, time.monotonic() - started, 'reconnecting' if lost_since else None)
-        if record.get('status') == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
+        if record.get(Field.STATUS) == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
             time.sleep(backoff)  # the server did not hold the answer: a 0.019 server, or none
             backoff = min(backoff * 1.5, MAX_POLL_BACKOFF)
     return record
@@ -257,7 +257,7 @@ def kill_remote(store, config, record):
     then fetched): the task is never called killed unless the server said so.
     """
     session = http_session(config)
-    url, remote_id = record['server'], record['remoteId']
+    url, remote_id = record[Field.SERVER], record[Field.REMOTE_ID]
     try:
         response = session.get(url, params={'service': 'kill', 'id': remote_id}, timeout=(CONNECT_TIMEOUT, 30))
     except OSError as exc:  # requests' errors are OSErrors
@@ -270,9 +270,9 @@ def kill_remote(store, config, record):
     except OSError:
         pass  # the kill itself was answered; the log comes with the next info
     if killed:
-        return move_task(store, record['id'], State.FAILED, {Field.ERROR: 'killed',
+        return move_task(store, record[Field.ID], State.FAILED, {Field.ERROR: 'killed',
                                                              Field.ETIME: f'{time.time():.5f}'}) or record
-    if record.get('status') != TaskStatus.BUSY:
+    if record.get(Field.STATUS) != TaskStatus.BUSY:
         raise UsageError(f'task {record["id"]} is not running (status {record.get("status")})')
     reason = terminal_safe(answer.get('error') or f'HTTP {response.status_code}')
     raise RRCloudError(f'{url} did not kill task {record["id"]}: {reason}')

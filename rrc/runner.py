@@ -14,7 +14,7 @@ from .notifier import notify
 from .procs import (kill_process_group, process_start_time, rrcloud_command, task_environment,
     terminate_group)
 from .projects import PROJECT_PART_RE
-from .schema import TaskStatus
+from .schema import Field, TaskStatus
 from .services import (check_native_args, check_output_ext, check_params, check_prearg,
     compose_argv, find_service, load_services)
 from .states import finish_task
@@ -33,10 +33,10 @@ def run_task(store, settings, task_id):
         config = task_config(settings, store)
     except ConfigError as exc:
         return cannot_start(store, record, str(exc))
-    if record.get('status') != TaskStatus.BUSY:  # killed before it could start
+    if record.get(Field.STATUS) != TaskStatus.BUSY:  # killed before it could start
         return _runner_done(store, config, task_id, record)
     try:
-        service = find_service(*load_services(store.root), record.get('service', ''))
+        service = find_service(*load_services(store.root), record.get(Field.SERVICE, ''))
     except RRCloudError as exc:
         return cannot_start(store, record, str(exc), config)
     try:
@@ -56,7 +56,7 @@ def cannot_start(store, record, reason, config=None):
     Without its own settings, the next task is started as if one slot were
     all there is: never more at once than any configuration allows.
     """
-    task_id = record['id']
+    task_id = record[Field.ID]
     append_log(store, task_id, f'rrcloud: task {task_id} cannot start: {reason}')
     finished = finish_task(store, task_id, TaskStatus.FAILED, error=f'cannot start: {reason}')
     if config is None:
@@ -69,7 +69,7 @@ def remove_output_of_full_disk(store, record, fields):
     """A task that failed because the disk filled up: remove what its tool
     left (the space is free again for the next one) and say so.  Otherwise a
     failed task keeps its partial output, for a look at what went wrong."""
-    out = store.path_of(record['out']) if record.get('out') else None
+    out = store.path_of(record[Field.OUT]) if record.get(Field.OUT) else None
     if not out or not os.path.isfile(out):
         return fields
     try:
@@ -88,7 +88,7 @@ def _runner_done(store, config, task_id, final):
     unmark(store, 'running', task_id)
     release_slot()
     dispatch(store, config)
-    if final.get('notifier'):
+    if final.get(Field.NOTIFIER):
         notify(store, config, final)
     return final
 
@@ -111,11 +111,11 @@ def execute(store, config, service, record):
         return refuse_record(store, record, exc)
     argv = absolute_output(service, record, argv, tool_root(store, config))
     launch = Launch(service, argv, display=needs_display(service, record))
-    with open(store.log_path(record['id']), 'ab') as log:
+    with open(store.log_path(record[Field.ID]), 'ab') as log:
         if launch.missing:
             log.write(f'rrcloud: {launch.missing} not found in {service.path}\n'.encode())
             return TaskStatus.FAILED, {'error': f'cannot start: {launch.missing} not found in {service.path}'}
-        work = prepare_work_folder(store, record['id']) if config.sandbox else None
+        work = prepare_work_folder(store, record[Field.ID]) if config.sandbox else None
         try:
             outcome = run_tool(store, config, record, launch, log, work)
             if outcome is None and work:
@@ -137,7 +137,7 @@ def builtin_reason(store, record, outcome):
     status, fields = outcome
     if status != TaskStatus.FAILED or not str(fields.get('error', '')).startswith('exit code'):
         return outcome
-    last = last_log_line(store, record['id'])
+    last = last_log_line(store, record[Field.ID])
     if last.startswith(BUILTIN_ERROR_PREFIX) and is_single_line(last):
         return status, dict(fields, error=last[len(BUILTIN_ERROR_PREFIX):].strip())
     return outcome
@@ -156,7 +156,7 @@ def last_log_line(store, task_id):
 
 def output_format(service, record):
     """The extension of a task's output format ('' for a service with one format)."""
-    return record.get('outExt') or (service.output_exts[0] if service.output_exts else '')
+    return record.get(Field.OUT_EXT) or (service.output_exts[0] if service.output_exts else '')
 
 
 def needs_display(service, record):
@@ -179,7 +179,7 @@ def absolute_output(service, record, argv, root):
     ext = output_format(service, record)
     if service.no_output or ext not in service.absolute_output_exts:
         return argv
-    out = 'tasks/out/' + service.output_name(record['id'], ext)
+    out = 'tasks/out/' + service.output_name(record[Field.ID], ext)
     tail = len(service.output)
     return argv[:-tail] + [word.replace(out, f'{root}/{out}') for word in argv[-tail:]]
 
@@ -247,19 +247,19 @@ def run_tool(store, config, record, launch, log, work):
 def watch_tool(store, config, record, process, progress_read):
     """Record the tool's pid, then supervise it until it ends, times out or is killed."""
     try:
-        store.update_task(record['id'], {'pid': process.pid,
+        store.update_task(record[Field.ID], {'pid': process.pid,
                                          'pidStart': process_start_time(process.pid) or ''})
     except BaseException:  # an unrecorded tool must not run on unseen
         terminate_group(process)
         raise
     _install_runner_signal_handlers(process)
-    progress = ProgressPipe(progress_read, ProgressEvents(store, record['id']))
-    code = supervise(store, config, record['id'], process, progress=progress)
+    progress = ProgressPipe(progress_read, ProgressEvents(store, record[Field.ID]))
+    code = supervise(store, config, record[Field.ID], process, progress=progress)
     last = progress.finish()  # what came after the last look, up to the end
     if last:  # the final record keeps it, for readers of records (0.019 clients)
-        store.update_task(record['id'], {'progress': last})
+        store.update_task(record[Field.ID], {'progress': last})
     if code is None:
-        note(store, record['id'], f'timeout after {config.timeout:g} s: the tool was stopped')
+        note(store, record[Field.ID], f'timeout after {config.timeout:g} s: the tool was stopped')
         return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
                                    'exitCode': process.returncode}
     kill_process_group(process.pid)  # leftovers of a tool that exited
@@ -273,30 +273,30 @@ def task_argv(service, record):
     run.  A field that does not check (an input outside tasks/in, an argument
     the service does not allow) means rrcloud did not write it: UsageError.
     """
-    paths = [path for path in record.get('in', '').split(',') if path]
-    preargs = record['preargs'].split(',') if record.get('preargs') else [''] * len(paths)
+    paths = [path for path in record.get(Field.IN, '').split(',') if path]
+    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(paths)
     if not paths or len(preargs) != len(paths):
         raise UsageError('its inputs and preargs do not match')
     for path in paths:
         check_stored_input(path)
     for prearg in preargs:
         check_prearg(service, prearg)
-    native = record.get('nativeArgs', '').split()
+    native = record.get(Field.NATIVE_ARGS, '').split()
     check_native_args(service, native)
     params = record_params(record)
     check_params(service, params)
-    out_ext = check_output_ext(service, record.get('outExt', ''))
-    return compose_argv(service, check_task_id(record.get('id', '')), list(zip(preargs, paths)), native,
+    out_ext = check_output_ext(service, record.get(Field.OUT_EXT, ''))
+    return compose_argv(service, check_task_id(record.get(Field.ID, '')), list(zip(preargs, paths)), native,
                         params, out_ext)
 
 
 def record_params(record):
     """The (option, value) pairs of a record's ``params`` field; UsageError when it is not such a list."""
-    if not record.get('params'):
+    if not record.get(Field.PARAMS):
         return []
     import json
     try:
-        pairs = json.loads(record['params'])
+        pairs = json.loads(record[Field.PARAMS])
     except ValueError:
         pairs = None
     if not isinstance(pairs, list) or not all(
@@ -321,9 +321,9 @@ def check_stored_input(path):
 def refuse_record(store, record, reason):
     """A record rrcloud did not write (forged through a tool, or by hand): log it, never run it."""
     message = f'refused: the record does not check ({reason})'
-    with open(store.log_path(record['id']), 'a', encoding='utf-8') as log:
+    with open(store.log_path(record[Field.ID]), 'a', encoding='utf-8') as log:
         log.write(f'rrcloud: task {record["id"]} {message}\n')
-    note(store, record['id'], f'task {record["id"]} {message}')
+    note(store, record[Field.ID], f'task {record["id"]} {message}')
     print(f'rrcloud: task {record["id"]} {message}', file=sys.stderr)
     return TaskStatus.FAILED, {'error': message}
 
@@ -355,7 +355,7 @@ def sandbox_command(store, record, launch, work):
     """The bwrap argv around a task's tool: its own inputs, its work folder, nothing else."""
     from .sandbox import Sandbox, is_character_device
     inputs = {}
-    for path in record['in'].split(','):
+    for path in record[Field.IN].split(','):
         top = '/'.join(path.split('/')[:3])  # a project binds its whole folder
         inputs[top] = store.path_of(top)
     # A missing port is left out: the sender inside reports it in one line.
@@ -368,10 +368,10 @@ def sandbox_command(store, record, launch, work):
 
 def take_output(store, config, service, record, work, exit_code):
     """Copy the result out of the work folder after the tool ended; a failure outcome or None."""
-    if service.no_output or not record.get('out'):
+    if service.no_output or not record.get(Field.OUT):
         return None
     from .sandbox import collect_output
-    name = service.output_name(record['id'], check_output_ext(service, record.get('outExt', '')))
+    name = service.output_name(record[Field.ID], check_output_ext(service, record.get(Field.OUT_EXT, '')))
     problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize)
     if problem:
         return TaskStatus.FAILED, {'error': problem, 'exitCode': exit_code}
@@ -520,7 +520,7 @@ def judge_exit(store, service, record, code):
         reason = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
         return TaskStatus.FAILED, dict(fields, error=reason)
     if not service.no_output:
-        out = store.path_of(record['out'])
+        out = store.path_of(record[Field.OUT])
         if not os.path.isfile(out) or os.path.getsize(out) == 0:
             return TaskStatus.FAILED, dict(fields, error='no output')
     return TaskStatus.COMPLETE, fields
@@ -540,4 +540,4 @@ def cmd_run_internal(args):
     task_id = check_task_id(args[0])
     store = Store(args[2], runner_node())
     final = run_task(store, os.environ.pop('RRCLOUD_TASK_SETTINGS', ''), task_id)
-    return ExitCode.OK if final.get('status') == TaskStatus.COMPLETE else ExitCode.TASK_FAILED
+    return ExitCode.OK if final.get(Field.STATUS) == TaskStatus.COMPLETE else ExitCode.TASK_FAILED

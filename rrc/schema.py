@@ -11,10 +11,28 @@ class TaskStatus:
 
 
 class Field:
-    """Record field names of the lifecycle, named once."""
+    """The record's field names, named once (a record travels as ``key: value``
+    lines and as the HTTP answer, so these are the wire's names too)."""
     ID = 'id'
+    SERVICE = 'service'
     STATUS = 'status'
     ERROR = 'error'
+    EXIT_CODE = 'exitCode'
+    # Who asked (an address, or "localhost" for the command line) and what
+    # the runner composes the argv from: inputs, checked arguments, the output
+    # format; ``cmd`` is only for showing.
+    CLIENT = 'client'
+    IN = 'in'
+    PREARGS = 'preargs'
+    NATIVE_ARGS = 'nativeArgs'
+    PARAMS = 'params'
+    OUT_EXT = 'outExt'
+    CMD = 'cmd'
+    ARGS = 'args'  # a task started from the command line: its words (content as its size)
+    NOTIFIER = 'notifier'
+    SIZE_IN = 'sizeIn'
+    # A print's DONE/TOTAL (live in the event log; the final record keeps the last).
+    PROGRESS = 'progress'
     # Times as Unix seconds: created, started (left the queue), ended.
     CTIME = 'ctime'
     STIME = 'stime'

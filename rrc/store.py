@@ -150,7 +150,7 @@ class Store:
 
     def write_task(self, record):
         """Replace a task's record atomically."""
-        write_file_atomically(self.info_path(record['id']), format_record(record).encode())
+        write_file_atomically(self.info_path(record[Field.ID]), format_record(record).encode())
 
     def update_task(self, task_id, changes, remove=()):
         """Apply ``changes`` under the store lock; returns the new record.
@@ -177,11 +177,11 @@ class Store:
 
     def remove_task(self, record):
         """Delete a task and all its files (inputs, result, log, record)."""
-        task_id = check_task_id(record['id'])
-        for path in record.get('in', '').split(','):
+        task_id = check_task_id(record[Field.ID])
+        for path in record.get(Field.IN, '').split(','):
             self.remove_input(path)
-        out_name = os.path.basename(record.get('out', ''))
-        if record.get('out', '').startswith('tasks/out/') and out_name:
+        out_name = os.path.basename(record.get(Field.OUT, ''))
+        if record.get(Field.OUT, '').startswith('tasks/out/') and out_name:
             unlink_quietly(os.path.join(self.folder('out'), out_name))
         for folder in ('queue', 'running'):
             unlink_quietly(os.path.join(self.folder(folder), task_id))

@@ -89,9 +89,9 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
             raise UsageError(str(exc)) from None
         raise
     status_changed(store, record)
-    queue_task(store, record['id'], task_settings(config))
+    queue_task(store, record[Field.ID], task_settings(config))
     dispatch(store, config)
-    return store.read_task(record['id'])
+    return store.read_task(record[Field.ID])
 
 
 def check_input_kind(service, prearg, path):
@@ -109,29 +109,29 @@ def input_kinds(service):
 def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext):
     import shlex
     record = {
-        'service': service.name,
+        Field.SERVICE: service.name,
         **initial_fields(State.QUEUED),
         Field.CTIME: f'{time.time():.5f}',
-        'cmd': shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
-        'in': ','.join(path for _, path in stored),
+        Field.CMD: shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
+        Field.IN: ','.join(path for _, path in stored),
         Field.OUT: '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
-        'client': client,
-        'sizeIn': size_in,
+        Field.CLIENT: client,
+        Field.SIZE_IN: size_in,
     }
     # What the runner composes the argv from (it never runs ``cmd``, which is
     # only shown): the checked native arguments and each input's prearg.
     if native_args:
-        record['nativeArgs'] = ' '.join(native_args)
+        record[Field.NATIVE_ARGS] = ' '.join(native_args)
     if params:  # JSON: a value may hold spaces ("a label"), one line all the same
-        record['params'] = to_json([list(pair) for pair in params])
+        record[Field.PARAMS] = to_json([list(pair) for pair in params])
     if out_ext:
-        record['outExt'] = out_ext
+        record[Field.OUT_EXT] = out_ext
     if any(prearg for prearg, _ in stored):
-        record['preargs'] = ','.join(prearg for prearg, _ in stored)
+        record[Field.PREARGS] = ','.join(prearg for prearg, _ in stored)
     if notifier:
-        record['notifier'] = notifier
+        record[Field.NOTIFIER] = notifier
     if args:
-        record['args'] = args
+        record[Field.ARGS] = args
     return record
 
 
@@ -349,7 +349,7 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None):
     events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
     while True:
         record = get_task(store, task_id)
-        if record.get('status') != TaskStatus.BUSY:
+        if record.get(Field.STATUS) != TaskStatus.BUSY:
             return record
         now = time.monotonic()
         if deadline is not None and now >= deadline:

@@ -10,7 +10,7 @@ from .sync import finish_sync, sync_remote
 from ..errors import ExitCode, UsageError
 from ..names import check_task_id
 from ..remote import kill_remote, server_url, submit_remote, terminal_safe
-from ..schema import TaskStatus
+from ..schema import Field, TaskStatus
 from ..states import get_task
 from ..store import to_json
 from ..tasks import kill_task, submit_task
@@ -78,11 +78,11 @@ def cmd_kill(ctx, args):
         print_fields(record, ('id', 'status', 'error'), server=server_url(ctx.options.s, ctx.config.port))
         return ExitCode.OK
     record = ctx.store.read_task(task_id)
-    if record.get('remoteId'):
-        if record.get('status') != TaskStatus.BUSY:
+    if record.get(Field.REMOTE_ID):
+        if record.get(Field.STATUS) != TaskStatus.BUSY:
             raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
         record = kill_remote(ctx.store, ctx.config, record)
-        print_fields(record, ('id', 'status', 'error'), server=record['server'])
+        print_fields(record, ('id', 'status', 'error'), server=record[Field.SERVER])
         return ExitCode.OK
     record = kill_task(ctx.store, task_id, by=f'the command line (user {user_name()})')
     print_fields(record, ('id', 'status', 'error'))

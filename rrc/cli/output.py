@@ -7,7 +7,7 @@ from ..errors import ExitCode, NoServer, NotFound, RRCloudError
 from ..names import is_single_line
 from ..remote import (CONNECT_TIMEOUT, http_session, parse_answer, refresh_remote, server_url,
     terminal_safe)
-from ..schema import TaskStatus
+from ..schema import Field, TaskStatus
 from ..states import list_tasks
 from ..store import parse_record, to_json
 
@@ -42,7 +42,7 @@ def print_summaries(records, fmt):
     if fmt == 'json':
         print(to_json(rows, indent=1))
         return ExitCode.OK
-    lines = [[row['id'], row['service'], row['status'], format_age(row['age']),
+    lines = [[row[Field.ID], row[Field.SERVICE], row[Field.STATUS], format_age(row['age']),
               format_age(row['duration']), row['result']] for row in rows]
     if sys.stdout.isatty():
         lines.insert(0, [name.upper() for name in SUMMARY_COLUMNS])
@@ -59,11 +59,11 @@ def task_summary(record, now):
         except ValueError:
             return None
     created, started, ended = number('ctime'), number('stime') or number('ctime'), number('etime')
-    queued = record.get('queued') == 'yes'
-    out = record.get('out', '') if record.get('status') == TaskStatus.COMPLETE else ''
+    queued = record.get(Field.QUEUED) == 'yes'
+    out = record.get(Field.OUT, '') if record.get(Field.STATUS) == TaskStatus.COMPLETE else ''
     return {
-        'id': _column(record.get('id')), 'service': _column(record.get('service')),
-        'status': 'queued' if queued else _column(record.get('status')),
+        'id': _column(record.get(Field.ID)), 'service': _column(record.get(Field.SERVICE)),
+        'status': 'queued' if queued else _column(record.get(Field.STATUS)),
         'age': None if created is None else max(0.0, now - created),
         'duration': None if queued or started is None else max(0.0, (ended or now) - started),
         'result': _column(out.rsplit('/', 1)[-1]),
@@ -111,7 +111,7 @@ def ask_server(ctx, params, listing=False):
 
 def refresh_if_remote(store, config, record):
     """A busy remote task is asked about at its server (a silent server leaves it busy)."""
-    if record.get('remoteId') and record.get('status') == TaskStatus.BUSY:
+    if record.get(Field.REMOTE_ID) and record.get(Field.STATUS) == TaskStatus.BUSY:
         try:
             return refresh_remote(store, record, http_session(config))
         except (OSError, RRCloudError) as exc:
@@ -135,4 +135,4 @@ def describe_args(args):
 
 def print_id(ctx, record):
     """``id: ID`` (or a JSON object) for an asynchronous start."""
-    print(to_json({'id': record['id']}) if ctx.options.format == 'json' else f'id: {record["id"]}')
+    print(to_json({'id': record[Field.ID]}) if ctx.options.format == 'json' else f'id: {record["id"]}')

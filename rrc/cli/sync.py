@@ -8,7 +8,7 @@ from .output import print_record
 from ..errors import ExitCode, NoServer, RRCloudError
 from ..remote import kill_remote, submit_remote, terminal_safe, wait_remote
 from ..runner import BUILTIN_ERROR_PREFIX
-from ..schema import TaskStatus
+from ..schema import Field, TaskStatus
 from ..store import unlink_quietly
 from ..tasks import kill_task, wait_for_task
 
@@ -21,7 +21,7 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
     record, progress = None, None
     try:
         record = submit_remote(ctx, service, servers, inputs, native, params, out_ext)
-        progress = ProgressLine(record['server']) if sys.stderr.isatty() else None
+        progress = ProgressLine(record[Field.SERVER]) if sys.stderr.isatty() else None
         record = wait_remote(ctx.store, ctx.config, record, progress)
     except KeyboardInterrupt:
         if progress:
@@ -56,8 +56,8 @@ class ProgressLine:
         self.shown = None
 
     def __call__(self, record, elapsed, state=None):
-        state = state or ('queued' if record.get('queued') else record.get('status'))
-        extra = f' {record["progress"]}' if record.get('progress') else ''
+        state = state or ('queued' if record.get(Field.QUEUED) else record.get(Field.STATUS))
+        extra = f' {record["progress"]}' if record.get(Field.PROGRESS) else ''
         line = f'{self.where} {terminal_safe(state)} {elapsed:.0f}s{terminal_safe(extra)}'
         if line != self.shown:  # a local wait looks every few ms; the terminal needs a change
             sys.stderr.write(f'\r{line}\x1b[K')
@@ -76,9 +76,9 @@ def finish_sync(ctx, record, output, show=False):
     started = time.monotonic()
     on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
     try:
-        record = wait_for_task(ctx.store, record['id'], on_poll=on_poll)
+        record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
     except KeyboardInterrupt:
-        _kill_quietly(ctx.store, record['id'])
+        _kill_quietly(ctx.store, record[Field.ID])
         return ExitCode.INTERRUPTED
     finally:
         if progress:
@@ -93,20 +93,20 @@ def deliver_result(ctx, record, output, show=False):
     On success the log goes to stderr too, as the tool itself prints its
     warnings; a print's log (the talk with the printer) stays in the task's log.
     """
-    service = ctx.service(record['service'])
-    if record.get('status') == TaskStatus.COMPLETE:
+    service = ctx.service(record[Field.SERVICE])
+    if record.get(Field.STATUS) == TaskStatus.COMPLETE:
         if output:
             check_result_format(service, record, output)
             if not service.no_output:
                 show_log(ctx.store, record, ctx.shown_inputs, output)
-            deliver_output(ctx.store.path_of(record['out']), output)
+            deliver_output(ctx.store.path_of(record[Field.OUT]), output)
         elif show and not print_text_result(ctx, record):
             show_log(ctx.store, record, ctx.shown_inputs)
             print_record(record, ctx.options.format)
         return ExitCode.OK
     # A built-in's own error line is the task's error: said once, with the id.
     show_log(ctx.store, record, ctx.shown_inputs, output,
-             repeated=BUILTIN_ERROR_PREFIX + record.get('error', 'unknown'))
+             repeated=BUILTIN_ERROR_PREFIX + record.get(Field.ERROR, 'unknown'))
     print(f'{BUILTIN_ERROR_PREFIX}task {record["id"]} failed: {record.get("error", "unknown")}',
           file=sys.stderr)
     return _exit_code_of(record)
@@ -116,7 +116,7 @@ def check_result_format(service, record, output):
     """The result has the format ``output``'s extension asks for: a server that does not
     know ``outExt`` (RepRapCloud 0.019) makes its default instead."""
     wanted = service.output_ext_of(output)
-    made = record.get('out', '').rpartition('.')[2].lower()
+    made = record.get(Field.OUT, '').rpartition('.')[2].lower()
     if wanted and made != wanted:
         raise RRCloudError(f'{record.get("server", "the server")} made a .{made} file, not the '
                            f'.{wanted} asked for (it may not know outExt); {output} not written')
@@ -130,9 +130,9 @@ TEXT_RESULT_SERVICES = ('echo',)
 def print_text_result(ctx, record):
     """The result of a text service (echo) on stdout, ending in a newline as
     echo's does; False when it is no such result (the record is shown instead)."""
-    if record.get('service') not in TEXT_RESULT_SERVICES or ctx.options.format != 'text':
+    if record.get(Field.SERVICE) not in TEXT_RESULT_SERVICES or ctx.options.format != 'text':
         return False
-    with open(ctx.store.path_of(record['out']), 'rb') as result:
+    with open(ctx.store.path_of(record[Field.OUT]), 'rb') as result:
         data = result.read()
     try:
         text = data.decode('utf-8')
@@ -152,7 +152,7 @@ def _kill_quietly(store, task_id):
 
 def _exit_code_of(record):
     try:
-        code = int(record.get('exitCode', ''))
+        code = int(record.get(Field.EXIT_CODE, ''))
     except ValueError:
         return ExitCode.TASK_FAILED
     return code if 0 < code < 126 else ExitCode.TASK_FAILED
@@ -175,7 +175,7 @@ def show_log(store, record, shown_inputs=(), output=None, repeated=''):
     """Write a task's log to stderr, naming the user's files instead of the store's;
     a last line equal to ``repeated`` (what the error line printed next says) is left out."""
     try:
-        with open(store.log_path(record['id']), 'rb') as log:
+        with open(store.log_path(record[Field.ID]), 'rb') as log:
             text = log.read().decode('utf-8', 'replace')
     except FileNotFoundError:
         return
@@ -188,11 +188,11 @@ def show_log(store, record, shown_inputs=(), output=None, repeated=''):
 def stored_inputs(record):
     """The store paths of a task's inputs, in order: its ``in`` field, or for a
     remote task the ``tasks/in/…`` words of the server's ``cmd``."""
-    if record.get('in'):
-        return record['in'].split(',')
+    if record.get(Field.IN):
+        return record[Field.IN].split(',')
     import shlex
     try:
-        words = shlex.split(record.get('cmd', ''))
+        words = shlex.split(record.get(Field.CMD, ''))
     except ValueError:
         return []
     paths = [word[word.index('tasks/in/'):] for word in words if 'tasks/in/' in word]

@@ -12,6 +12,7 @@ from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError
 from ..names import DIGITS, check_task_id
 from ..node import Node
 from ..procs import KILL_GRACE_SECONDS, process_started_at
+from ..schema import Field
 from ..services import find_service, load_services
 from ..states import get_task, list_tasks, queue_is_full
 from ..store import format_record, to_json
@@ -135,7 +136,7 @@ def answer_submit(app, request):
     hold = post_wait_seconds(app.config, request)  # before the task starts: a bad wait starts nothing
     record = submit_from_form(app.store, app.config, request)
     if hold:  # counted with the long-polls: held answers never take every thread
-        record = held_wait(app, record['id'], hold)
+        record = held_wait(app, record[Field.ID], hold)
     return answer_record(record, request.format)
 
 
@@ -181,13 +182,13 @@ def held_wait(app, task_id, wait):
 def client_view(record, client):
     """A record as ``client`` may see it: another client's inputs show as file
     names only, without the store path a tool could use to reach them."""
-    if record.get('client') == client or not record.get('in'):
+    if record.get(Field.CLIENT) == client or not record.get(Field.IN):
         return record
-    paths = record['in'].split(',')
+    paths = record[Field.IN].split(',')
     view = dict(record, **{'in': ','.join(p.rsplit('/', 1)[-1] for p in paths)})
-    if view.get('cmd'):
+    if view.get(Field.CMD):
         for path in paths:
-            view['cmd'] = view['cmd'].replace(path, path.rsplit('/', 1)[-1])
+            view[Field.CMD] = view[Field.CMD].replace(path, path.rsplit('/', 1)[-1])
     return view
 
 

@@ -4,7 +4,7 @@ import os
 import time
 
 from .. import VERSION_STRING
-from ..schema import TaskStatus
+from ..schema import Field, TaskStatus
 from ..services import installed_path
 from ..states import list_tasks
 from .request import Response
@@ -25,20 +25,20 @@ def html_page(store, config, request):
 
 
 def _html_row(record, escape):
-    ctime = float(record.get('ctime') or 0)
-    end = float(record.get('etime') or time.time())
-    task_id = record.get('id', '')
-    out = record.get('out', '')
+    ctime = float(record.get(Field.CTIME) or 0)
+    end = float(record.get(Field.ETIME) or time.time())
+    task_id = record.get(Field.ID, '')
+    out = record.get(Field.OUT, '')
     result = (f'<a href="/{escape(out)}">result</a>'
-              if record.get('status') == TaskStatus.COMPLETE and out.startswith('tasks/out/') else '')
+              if record.get(Field.STATUS) == TaskStatus.COMPLETE and out.startswith('tasks/out/') else '')
     cells = [
         f'<span class="status {escape(record.get("status", ""))}">{escape(record.get("status", ""))}</span>',
-        escape(task_id), escape(record.get('service', '')), escape(record.get('client', '')),
+        escape(task_id), escape(record.get(Field.SERVICE, '')), escape(record.get(Field.CLIENT, '')),
         time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ctime)),
         f'{end - ctime:.1f} s',
-        human_size(record.get('sizeIn')), human_size(record.get('sizeOut')),
+        human_size(record.get(Field.SIZE_IN)), human_size(record.get(Field.SIZE_OUT)),
         f'{result} <a href="/tasks/log/{escape(task_id)}">log</a>',
-        escape(record.get('error', '')),
+        escape(record.get(Field.ERROR, '')),
     ]
     return '<tr>' + ''.join(f'<td>{c}</td>' for c in cells) + '</tr>\n'
 
