@@ -137,8 +137,9 @@ def status_changed(store, record):
     Returns ``record`` (None, a write that did not happen, gives no event)."""
     if record:
         data = {'status': str(record.get('status', ''))}
-        if record.get('queued'):
-            data['queued'] = True
+        for flag in ('queued', 'suspended', 'waiting'):  # the busy states beside running
+            if record.get(flag):
+                data[flag] = True
         if record.get('error'):
             data['error'] = record['error']
         code = str(record.get('exitCode', ''))

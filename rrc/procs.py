@@ -115,6 +115,7 @@ def terminate_group(process, grace=KILL_GRACE_SECONDS):
     import signal
     import subprocess
     kill_process_group(process.pid, signal.SIGTERM)
+    kill_process_group(process.pid, signal.SIGCONT)  # a suspended (stopped) group acts on it only then
     try:
         process.wait(timeout=grace)
     except subprocess.TimeoutExpired:

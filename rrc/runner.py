@@ -14,7 +14,7 @@ from .notifier import notify
 from .procs import (kill_process_group, process_start_time, rrcloud_command, task_environment,
     terminate_group)
 from .projects import PROJECT_PART_RE
-from .schema import Field, TaskStatus
+from .schema import YES, Field, TaskStatus
 from .services import (check_native_args, check_output_ext, check_params, check_prearg,
     compose_argv, find_service, load_services)
 from .states import finish_task
@@ -439,10 +439,12 @@ def supervise(store, config, task_id, process, interval=0.5, progress=None):
     """Wait for the tool; stop its group on timeout (returns None) or when killed.
 
     The built-in sender's progress goes to the task's event log as it comes;
-    the record is read every ``interval`` (a kill shows there), never written.
+    the record is read every ``interval`` (a kill shows there, and a
+    suspension, whose time is added to the deadline), never written.
     """
     deadline = time.monotonic() + config.timeout
-    next_look = time.monotonic() + interval
+    looked = time.monotonic()
+    next_look = looked + interval
     with ExitWatch(process, progress) as watch:
         while True:
             due = progress.due_in() if progress else None
@@ -453,14 +455,18 @@ def supervise(store, config, task_id, process, interval=0.5, progress=None):
             if progress:
                 progress.pump()
             now = time.monotonic()
+            if now >= next_look:
+                next_look = now + interval
+                record = store.read_task(task_id)
+                if record.get(Field.STATUS) != TaskStatus.BUSY:  # killed meanwhile
+                    terminate_group(process)
+                    return process.returncode
+                if record.get(Field.SUSPENDED) == YES:  # suspended time does not count
+                    deadline += now - looked
+                looked = now
             if now >= deadline:
                 terminate_group(process)
                 return None
-            if now >= next_look:
-                next_look = now + interval
-                if store.read_task(task_id).get('status') != TaskStatus.BUSY:  # killed meanwhile
-                    terminate_group(process)
-                    return process.returncode
 
 
 class ExitWatch:

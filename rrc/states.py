@@ -9,7 +9,7 @@ running are told apart by a flag field set to ``yes``:
 | ----------- | -------- | ---------------- | ----------------------------- | ------------------------------------------ |
 | `queued`    | busy     | `queued: yes`    | created; `waiting`            | `submit_task`                              |
 | `running`   | busy     |                  | `queued`, `suspended`; created | `dispatch`; a remote task's local record  |
-| `suspended` | busy     | `suspended: yes` | `running`                     | (issue 13: suspend)                        |
+| `suspended` | busy     | `suspended: yes` | `running`                     | `suspend_task` (SIGSTOP; resume: SIGCONT)  |
 | `waiting`   | busy     | `waiting: yes`   | created                       | (issue 13: a pipeline step waits for input) |
 | `complete`  | complete |                  | `running`                     | the runner (exit 0, output); a server said so |
 | `failed`    | failed   |                  | any state but the final two   | kill, timeout, runner, reconcile, a server  |
@@ -21,10 +21,10 @@ that writes a new state.  A move from a final state is a lost race (another
 writer ended the task first; the first final state wins) and returns None; a
 move the table does not allow from a live state raises ``IllegalMove``.
 
-``suspended`` and ``waiting`` are in the table so that issue 13 only adds who
-enters them: a suspended task keeps its runner (liveness is judged as for a
-running one), a waiting task has no process and no queue marker yet, so
-reconcile leaves it alone.
+A suspended task keeps its runner (liveness is judged as for a running
+one; ``tasks.suspend_task`` stops its tool).  ``waiting`` is in the table so
+that pipelines (issue 13) only add who enters it: a waiting task has no
+process and no queue marker yet, so reconcile leaves it alone.
 
 Liveness is judged only for this node's tasks (``store.node``): a task of
 another node sharing the store is shown as its record says.

@@ -14,7 +14,7 @@ from .procs import kill_process_group, process_is, process_start_time, spawn_run
 from .projects import is_project_name, unpack_project
 from .schema import Field, TaskStatus
 from .services import check_native_args, check_output_ext, check_params, check_prearg, compose_argv
-from .states import IllegalMove, State, get_task, initial_fields, may_move, move_locked
+from .states import IllegalMove, State, get_task, initial_fields, may_move, move_locked, state_of
 from .store import append_log, mark, marked, to_json, unmark, write_file_atomically
 
 
@@ -321,13 +321,53 @@ def kill_task(store, task_id, by):
         if killed is None:
             raise UsageError(f'task {task_id} is not running (status {record.get(Field.STATUS)})')
         unmark(store, 'queue', task_id)
-    record = killed
     append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
-    if (record.get(Field.PID) and store.node.owns(record) and not store.node.rebooted_since(record)
-            and process_is(record[Field.PID], record.get(Field.PID_START))):
+    if tool_is_ours(store, record):
         import signal
         kill_process_group(int(record[Field.PID]), signal.SIGTERM)
-    return record
+        if state_of(record) == State.SUSPENDED:  # a stopped process acts on SIGTERM once continued
+            kill_process_group(int(record[Field.PID]), signal.SIGCONT)
+    return killed
+
+
+def tool_is_ours(store, record):
+    """True when the record's tool group is a live process of this node and
+    boot: only then may a signal go to its pid."""
+    return bool(record.get(Field.PID) and store.node.owns(record) and not store.node.rebooted_since(record)
+                and process_is(record[Field.PID], record.get(Field.PID_START)))
+
+
+def suspend_task(store, task_id, by):
+    """Stop a running task's tool (SIGSTOP to its group): state suspended, and
+    the time it stays so does not count against its timeout."""
+    return _pause_or_continue(store, task_id, State.SUSPENDED, by)
+
+
+def resume_task(store, task_id, by):
+    """Continue a suspended task's tool (SIGCONT): state running again."""
+    return _pause_or_continue(store, task_id, State.RUNNING, by)
+
+
+def _pause_or_continue(store, task_id, to, by):
+    """Move a task between running and suspended and signal its tool; the
+    move and the signal happen under the store lock, so a kill or the end of
+    the task cannot come between them."""
+    import signal
+    verb, expect = ('suspend', State.RUNNING) if to == State.SUSPENDED else ('resume', State.SUSPENDED)
+    store.read_task(task_id)  # NotFound before anything is locked
+    with store.lock():
+        record = store.read_task(task_id)
+        current = state_of(record)
+        if current != expect:
+            raise UsageError(f'task {task_id} cannot {verb}: it is {current or record.get(Field.STATUS)}'
+                             + (' (only a running task can)' if verb == 'suspend' else ''))
+        if not tool_is_ours(store, record):
+            raise UsageError(f'task {task_id} cannot {verb}: its tool is not running on this node '
+                             f'(not started yet, or it runs on node {record.get(Field.NODE, "?")})')
+        moved = move_locked(store, record, to, expect=expect)
+        kill_process_group(int(record[Field.PID]), signal.SIGSTOP if to == State.SUSPENDED else signal.SIGCONT)
+    append_log(store, task_id, f'rrcloud: task {task_id} {verb}{"ed" if verb == "suspend" else "d"} by {by}')
+    return moved
 
 
 # A runner that died writes no event, and a task of an older rrcloud writes

@@ -13,7 +13,7 @@ from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task
 from ..store import to_json
-from ..tasks import kill_task, submit_task
+from ..tasks import kill_task, resume_task, submit_task, suspend_task
 from ..node import meta_record
 
 
@@ -86,6 +86,36 @@ def cmd_kill(ctx, args):
         return ExitCode.OK
     record = kill_task(ctx.store, task_id, by=f'the command line (user {user_name()})')
     print_fields(record, ('id', 'status', 'error'))
+    return ExitCode.OK
+
+
+def cmd_suspend(ctx, args):
+    """``rrcloud suspend ID``: stop a running task's tool until it is resumed."""
+    return _suspend_or_resume(ctx, args, 'suspend')
+
+
+def cmd_resume(ctx, args):
+    """``rrcloud resume ID``: continue a suspended task."""
+    return _suspend_or_resume(ctx, args, 'resume')
+
+
+def _suspend_or_resume(ctx, args, verb):
+    """Here, at the server a task was sent to, or at ``--s``."""
+    if len(args) != 1:
+        raise UsageError(f'{verb} takes one task id')
+    task_id = check_task_id(args[0])
+    shown = ('id', Field.STATUS, Field.SUSPENDED)
+    if ctx.options.s:
+        record = ask_server(ctx, {'service': verb, 'id': task_id})
+        print_fields(record, shown, server=server_url(ctx.options.s, ctx.config.port))
+        return ExitCode.OK
+    record = ctx.store.read_task(task_id)
+    if record.get(Field.REMOTE_ID):  # it runs on its server: suspended there
+        answer = ask_server(ctx, {'service': verb, 'id': record[Field.REMOTE_ID]}, url=record[Field.SERVER])
+        print_fields(dict(answer, id=task_id), shown, server=record[Field.SERVER])
+        return ExitCode.OK
+    change = suspend_task if verb == 'suspend' else resume_task
+    print_fields(change(ctx.store, task_id, by=f'the command line (user {user_name()})'), shown)
     return ExitCode.OK
 
 

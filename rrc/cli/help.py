@@ -10,6 +10,8 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] ls                  one line per task: id service status age duration result
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
+       rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)
+       rrcloud [OPTIONS] resume ID           continue a suspended task
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
@@ -42,7 +44,8 @@ for SERVICE.cloud ARGS.
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
-                     info, ls, meta or kill: ask SERVER instead of this store
+                     info, ls, meta, kill, suspend or resume: ask SERVER
+                     instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
   --sync             wait for the task and mirror its exit code (no output
                      argument: echo prints its text, other services their record)

@@ -3,7 +3,7 @@
 import sys
 
 from .. import PROTOCOL_VERSION, __version__
-from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_submit
+from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_resume, cmd_submit, cmd_suspend
 from .help import HELP, SUBCOMMAND_HELP, USAGE
 from .options import CLI_COMMANDS, parse_options, split_command_line
 from ..errors import ExitCode, UsageError
@@ -35,7 +35,8 @@ def cli(args):
     if options.short and command not in ('info', 'ls'):
         raise UsageError('--short goes with info (or use rrcloud ls)')
     if command in CLI_COMMANDS:
-        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls}[command](ctx, rest)
+        return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls,
+                'suspend': cmd_suspend, 'resume': cmd_resume}[command](ctx, rest)
     return cmd_submit(ctx, command, rest, sync=options.sync)
 
 

@@ -12,7 +12,7 @@ from ..store import Store
 from ..tasks import Input, input_kinds
 
 
-CLI_COMMANDS = ('info', 'meta', 'kill', 'ls')
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume')
 VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 

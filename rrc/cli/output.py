@@ -90,10 +90,11 @@ def format_age(seconds):
     return f'{seconds // 86400}d{seconds // 3600 % 24:02d}h'
 
 
-def ask_server(ctx, params, listing=False):
-    """One GET of the ``--s`` server (info, meta, kill): its record, or with
-    ``listing`` its records, as text the way every server answers it."""
-    url = server_url(ctx.options.s, ctx.config.port)
+def ask_server(ctx, params, listing=False, url=None):
+    """One GET of the ``--s`` server, or of ``url`` (info, meta, kill, suspend,
+    resume): its record, or with ``listing`` its records, as text the way
+    every server answers it."""
+    url = url or server_url(ctx.options.s, ctx.config.port)
     try:
         response = http_session(ctx.config).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
     except OSError as exc:  # requests' errors are OSErrors

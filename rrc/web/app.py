@@ -128,6 +128,20 @@ def answer_kill(app, request):
     return answer_record(client_view(record, request.client), request.format)
 
 
+def answer_suspend(app, request):
+    """``service=suspend&id=ID``: stop a running task's tool until it is resumed."""
+    from ..tasks import suspend_task
+    record = suspend_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
+def answer_resume(app, request):
+    """``service=resume&id=ID``: continue a suspended task."""
+    from ..tasks import resume_task
+    record = resume_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
 def answer_submit(app, request):
     """``POST service=NAME ...``: start a task; held until it ends for a 0.019
     client or ``wait=S``."""
@@ -283,4 +297,5 @@ def form_inputs(request, service):
 API_PATHS = ('/', '/index.cgi')
 PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
-SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill}
+SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
+                  'suspend': answer_suspend, 'resume': answer_resume}

@@ -5,7 +5,7 @@ from ..names import LazyPattern, is_form_field, is_single_line
 
 
 MAX_WAIT_SECONDS = 60
-CONTROL_SERVICES = ('info', 'meta', 'kill')
+CONTROL_SERVICES = ('info', 'meta', 'kill', 'suspend', 'resume')
 STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
                 401: '401 Unauthorized', 403: '403 Forbidden',
                 404: '404 Not Found', 405: '405 Method Not Allowed',
