@@ -265,13 +265,16 @@ def meta(server, fmt='json'):
 
 
 def wait_idle(server, timeout=60):
-    """Until no task of this deployment runs or waits (other tests' leftovers)."""
+    """Until no task of this deployment runs or waits (other tests' leftovers),
+    and no runner is left tidying up after its task ended (its running marker
+    and work folder go only then)."""
     deadline = time.monotonic() + timeout
     while True:
         now = meta(server)
-        if now['busy'] == '0' and now['queued'] == '0':
+        tidying = [p for p in server.store_files() if p.startswith(('running/', 'work/'))]
+        if now['busy'] == '0' and now['queued'] == '0' and not tidying:
             return
-        assert time.monotonic() < deadline, f'{server.kind} still busy: {now}'
+        assert time.monotonic() < deadline, f'{server.kind} still busy: {now}, {tidying}'
         time.sleep(0.1)
 
 

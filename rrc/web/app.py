@@ -32,7 +32,7 @@ class App:
     def __init__(self, node):
         self.node = node
         self.config, self.store = node.config, node.store
-        self._waits = None
+        self._made_on_first_use = {}
 
     @classmethod
     def from_config(cls, config=None, started=None):
@@ -43,10 +43,12 @@ class App:
     def wait_slots(self):
         """The semaphore counting this process's long-polls (``maxWaits``).  Made
         on first use: threading is not imported for the requests that never wait."""
-        if self._waits is None:
+        made = self._made_on_first_use
+        if 'waits' not in made:
             import threading
-            self._waits = threading.BoundedSemaphore(self.config.maxWaits)
-        return self._waits
+            # setdefault: two threads of a resident server asking at once get the same one
+            made.setdefault('waits', threading.BoundedSemaphore(self.config.maxWaits))
+        return made['waits']
 
     def __call__(self, environ, start_response):
         request = None
