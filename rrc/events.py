@@ -34,7 +34,7 @@ import os
 import time
 
 from .names import check_task_id, is_task_id
-from .schema import TaskStatus
+from .schema import Field, TaskStatus
 
 
 EVENTS_FOLDER = 'events'
@@ -136,16 +136,16 @@ def status_changed(store, record):
     """The hook of every write of a record's status: its status event.
     Returns ``record`` (None, a write that did not happen, gives no event)."""
     if record:
-        data = {'status': str(record.get('status', ''))}
-        for flag in ('queued', 'suspended', 'waiting'):  # the busy states beside running
+        data = {Field.STATUS: str(record.get(Field.STATUS, ''))}
+        for flag in (Field.QUEUED, Field.SUSPENDED, Field.WAITING):  # the busy states beside running
             if record.get(flag):
                 data[flag] = True
-        if record.get('error'):
-            data['error'] = record['error']
-        code = str(record.get('exitCode', ''))
+        if record.get(Field.ERROR):
+            data[Field.ERROR] = record[Field.ERROR]
+        code = str(record.get(Field.EXIT_CODE, ''))
         if code.lstrip('-').isdigit():
-            data['exitCode'] = int(code)
-        append_event(store, record['id'], STATUS, data)
+            data[Field.EXIT_CODE] = int(code)
+        append_event(store, record[Field.ID], STATUS, data)
     return record
 
 
@@ -387,10 +387,10 @@ def _progress_of_line(line):
 def with_live_progress(store, record):
     """A busy task's record with ``progress`` from its event log (the runner
     no longer rewrites the record for each one); others as they are."""
-    if record.get('status') != TaskStatus.BUSY or not is_task_id(record.get('id', '')):
+    if record.get(Field.STATUS) != TaskStatus.BUSY or not is_task_id(record.get(Field.ID, '')):
         return record
-    text = last_progress(store, record['id'])
-    return dict(record, progress=text) if text else record
+    text = last_progress(store, record[Field.ID])
+    return dict(record, **{Field.PROGRESS: text}) if text else record
 
 
 # -- removing -----------------------------------------------------------------

@@ -171,17 +171,25 @@ def reconcile_task(store, record, now=None):
     if not store.node.rebooted_since(record):  # after a reboot its pids may be anyone's
         if _runner_expected(store, record, now):
             return record
-        if record.get(Field.PID) and process_is(record[Field.PID], record.get(Field.PID_START)):
+        if process_here(store, record, Field.PID, Field.PID_START):
             kill_process_group(int(record[Field.PID]))
     finished = finish_task(store, record[Field.ID], TaskStatus.FAILED, error='interrupted')
     unmark(store, 'running', record[Field.ID])
     return finished or store.read_task(record[Field.ID])
 
 
+def process_here(store, record, pid_field, start_field):
+    """True when the record's process (``pid_field`` plus its start time) is
+    alive on this node in this boot: only then is the pid that process, and
+    only then may it get a signal."""
+    return bool(record.get(pid_field) and store.node.owns(record) and not store.node.rebooted_since(record)
+                and process_is(record[pid_field], record.get(start_field)))
+
+
 def _runner_expected(store, record, now=None):
     """True while a busy task still has (or is about to have) a live runner."""
     if record.get(Field.RUNNER):
-        return process_is(record[Field.RUNNER], record.get(Field.RUNNER_START))
+        return process_here(store, record, Field.RUNNER, Field.RUNNER_START)
     if record.get(Field.QUEUED) and os.path.exists(os.path.join(store.folder('queue'), record[Field.ID])):
         return True
     started = float(record.get(Field.STIME) or record.get(Field.CTIME) or 0)
@@ -270,15 +278,14 @@ def queue_is_full(store, max_queued):
 def _running_record(store, task_id):
     """The record behind a running marker while its task runs; None (and the
     marker removed) once this node's runner is gone."""
-    try:
-        record = get_task(store, task_id)
+    try:  # reconciled, without the progress a reader of the record wants
+        record = reconcile_task(store, store.read_task(task_id))
     except NotFound:
         unmark(store, 'running', task_id)
         return None
     if not store.node.owns(record):
         return record if record.get(Field.STATUS) == TaskStatus.BUSY else None
-    if (record.get(Field.RUNNER) and not store.node.rebooted_since(record)
-            and process_is(record[Field.RUNNER], record.get(Field.RUNNER_START))):
+    if process_here(store, record, Field.RUNNER, Field.RUNNER_START):
         # An ended task's runner is only tidying up (its slot, the notifier),
         # and removes the marker itself.
         return record if record.get(Field.STATUS) == TaskStatus.BUSY else None

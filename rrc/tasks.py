@@ -10,11 +10,12 @@ from .errors import ConfigError, NotFound, UsageError
 from .keyvalue import parse_key_value_text
 from .names import check_task_id, is_extension
 from .notifier import check_notifier_url
-from .procs import kill_process_group, process_is, process_start_time, spawn_runner
+from .procs import kill_process_group, process_start_time, spawn_runner
 from .projects import is_project_name, unpack_project
 from .schema import Field, TaskStatus
 from .services import check_native_args, check_output_ext, check_params, check_prearg, compose_argv
-from .states import IllegalMove, State, get_task, initial_fields, may_move, move_locked, state_of
+from .states import (IllegalMove, State, get_task, initial_fields, may_move, move_locked, process_here,
+                     state_of)
 from .store import append_log, mark, marked, to_json, unmark, write_file_atomically
 
 
@@ -322,19 +323,12 @@ def kill_task(store, task_id, by):
             raise UsageError(f'task {task_id} is not running (status {record.get(Field.STATUS)})')
         unmark(store, 'queue', task_id)
     append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
-    if tool_is_ours(store, record):
+    if process_here(store, record, Field.PID, Field.PID_START):
         import signal
         kill_process_group(int(record[Field.PID]), signal.SIGTERM)
         if state_of(record) == State.SUSPENDED:  # a stopped process acts on SIGTERM once continued
             kill_process_group(int(record[Field.PID]), signal.SIGCONT)
     return killed
-
-
-def tool_is_ours(store, record):
-    """True when the record's tool group is a live process of this node and
-    boot: only then may a signal go to its pid."""
-    return bool(record.get(Field.PID) and store.node.owns(record) and not store.node.rebooted_since(record)
-                and process_is(record[Field.PID], record.get(Field.PID_START)))
 
 
 def suspend_task(store, task_id, by):
@@ -361,7 +355,7 @@ def _pause_or_continue(store, task_id, to, by):
         if current != expect:
             raise UsageError(f'task {task_id} cannot {verb}: it is {current or record.get(Field.STATUS)}'
                              + (' (only a running task can)' if verb == 'suspend' else ''))
-        if not tool_is_ours(store, record):
+        if not process_here(store, record, Field.PID, Field.PID_START):
             raise UsageError(f'task {task_id} cannot {verb}: its tool is not running on this node '
                              f'(not started yet, or it runs on node {record.get(Field.NODE, "?")})')
         moved = move_locked(store, record, to, expect=expect)
