@@ -5,7 +5,7 @@ A Python port of RepRapCloud 0.019.  One program, many faces: the ``rrcloud``
 command line, the ``*.cloud`` wrappers that behave like the tools they wrap,
 the CGI gateway, the embedded server (``rrcloud serve``), any WSGI server
 (``rrcloud:application``) and the detached runner of one task
-(``rrcloud _run ID``).  This file only picks the mode; the code lives in the
+(``rrcloud _run ID``) and a pipeline step's forwarder (``rrcloud _forward ID``).  This file only picks the mode; the code lives in the
 ``rrc`` package beside it, and each mode imports just its own modules (under
 CGI every request starts Python anew).
 """
@@ -26,6 +26,9 @@ def run_mode(program, args):
     if args[:1] == ['_run']:
         from rrc.runner import cmd_run_internal
         return cmd_run_internal(args[1:])
+    if args[:1] == ['_forward']:
+        from rrc.forward import cmd_forward_internal
+        return cmd_forward_internal(args[1:])
     from rrc.cli.main import cli
     return cli(args)
 

@@ -118,6 +118,7 @@ CONFIG_KEYS = {
     'maxQueued': positive_int,
     'maxOutputSize': positive_int,
     'maxWaits': positive_int,
+    'maxSteps': positive_int,
     'allowOrigins': _origin_list,
     'sandbox': _switch,
     'serverName': _server_name,
@@ -151,6 +152,7 @@ class Config:
         self.maxQueued = 1000
         self.maxOutputSize = 1024 * 1024 * 1024
         self.maxWaits = 8
+        self.maxSteps = 8  # steps of one pipeline
         self.allowOrigins = []
         self.sandbox = True
         self.serverName = host_name()

@@ -13,8 +13,9 @@ Kinds: ``status`` (each write of a record's status: submitted, started,
 ended; ``queued``, ``error`` and ``exitCode`` when the record has them),
 ``progress`` (``done``/``total`` and ``percent``; ``eta``, seconds left, once
 a rate is known), ``note`` (rrcloud's own remarks: refusals, timeouts, kills,
-the printer sender's), ``log`` (a line of the tool's output) and ``step`` (a
-step of a job) are left for the pipelines and live events of issue 13.
+the printer sender's), ``step`` (in a pipeline job's log: one of its steps
+changed state, ``{"step":2,"id":ID,"service":"slic3r","state":"running"}``)
+and ``log`` (a line of the tool's output, left to the event stream).
 
 ``id`` counts from 1 per task, without gaps, in file order: a writer holds an
 flock on the file while it reads the last id and appends its line with one
@@ -146,7 +147,22 @@ def status_changed(store, record):
         if code.lstrip('-').isdigit():
             data[Field.EXIT_CODE] = int(code)
         append_event(store, record[Field.ID], STATUS, data)
+        if record.get(Field.JOB) and is_task_id(record[Field.JOB]):
+            step_changed(store, record, data)
     return record
+
+
+def step_changed(store, record, status):
+    """A pipeline step's status event, repeated in its job's log as a ``step``
+    event: a job's watcher follows one log and sees every step move."""
+    flags = [flag for flag in (Field.QUEUED, Field.SUSPENDED, Field.WAITING) if status.get(flag)]
+    state = flags[0] if flags else ('running' if status[Field.STATUS] == TaskStatus.BUSY else status[Field.STATUS])
+    data = {'step': int(record.get(Field.STEP) or 0), 'id': record[Field.ID],
+            Field.SERVICE: str(record.get(Field.SERVICE, '')), 'state': state}
+    for key in (Field.ERROR, Field.EXIT_CODE):
+        if key in status:
+            data[key] = status[key]
+    append_event(store, record[Field.JOB], STEP, data)
 
 
 def note(store, task_id, text):

@@ -93,11 +93,30 @@ NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 
+# The fields of one step of a pipe, after ``stepN.`` (``step2.fileIn0``, ``step3.server``).
+STEP_NAMED_FIELDS = frozenset(('nativeArgs', 'outExt', 'server'))
+
+
 def is_form_field(key):
     """A form or query field rrcloud knows: a named one, or fileIn/prearg/arg/param
-    with a number of 1 to 3 ASCII digits."""
+    with a number of 1 to 3 ASCII digits; a pipe's ``stepN`` and ``stepN.FIELD``."""
     if key in NAMED_FIELDS:
         return True
+    if key.startswith('step'):
+        return is_step_field(key)
+    return is_numbered_field(key)
+
+
+def is_step_field(key):
+    """``stepN`` (a step's service) or ``stepN.FIELD`` (a field of that step's task)."""
+    number, dot, field = key[4:].partition('.')
+    if not (0 < len(number) <= 3 and DIGITS.issuperset(number)):
+        return False
+    return not dot or field in STEP_NAMED_FIELDS or is_numbered_field(field)
+
+
+def is_numbered_field(key):
+    """fileIn/prearg/arg/param with a number of 1 to 3 ASCII digits."""
     for prefix in NUMBERED_FIELDS:
         if key.startswith(prefix):
             number = key[len(prefix):]

@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import VERSION_STRING
-from .identity import NodeIdentity
+from .identity import NodeIdentity, instance_id
 from .procs import format_uptime, system_uptime
 from .states import count_tasks, queued_here, running_here
 from .store import Store, marked
@@ -48,6 +48,7 @@ def meta_record(store, config, services, started=None):
     return {
         'busy': str(len(running)),
         'cpuLoad': f'{os.getloadavg()[0]:.2f}',
+        'instance': instance_id(store.node, store.root),
         'maxDataRetention': f'{config.maxDataRetention:g}',
         'maxTasks': str(config.maxTasks),
         'queued': str(len(queued_here(store, marked(store, 'queue')))),

@@ -76,19 +76,25 @@ def rrcloud_command():
 
 
 def spawn_runner(store, task_id, slot_fd, settings):
-    """Start ``rrcloud _run ID`` detached: own session, no terminal, outlives us."""
+    """Start ``rrcloud _run ID`` detached, holding its slot; it runs with ``settings``."""
+    return spawn_internal(store, '_run', task_id, {'RRCLOUD_SLOT_FD': str(slot_fd),
+                                                   'RRCLOUD_TASK_SETTINGS': settings}, (slot_fd,))
+
+
+def spawn_internal(store, mode, task_id, extra_env=None, pass_fds=()):
+    """Start ``rrcloud MODE ID --dir ROOT`` (the runner, a pipeline's
+    forwarder) detached: own session, no terminal, outlives us."""
     import subprocess
     # Not the request's environment (HTTP_*, GATEWAY_INTERFACE): an allowlist.
     env = {k: os.environ[k] for k in RUNNER_ENV_ALLOWLIST if k in os.environ}
-    env['RRCLOUD_SLOT_FD'] = str(slot_fd)
-    env['RRCLOUD_NODE'] = store.node.name  # the runner acts for the node that started it
-    env['RRCLOUD_TASK_SETTINGS'] = settings
+    env['RRCLOUD_NODE'] = store.node.name  # it acts for the node that started it
+    env.update(extra_env or {})
     # A new session: a web server's or terminal's signals to its group never
     # reach the task, and the task survives the request or CLI that started it.
     process = subprocess.Popen(
-        rrcloud_command() + ['_run', task_id, '--dir', store.root],
+        rrcloud_command() + [mode, task_id, '--dir', store.root],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        cwd=store.root, env=env, pass_fds=(slot_fd,), start_new_session=True)
+        cwd=store.root, env=env, pass_fds=pass_fds, start_new_session=True)
     return process.pid
 
 

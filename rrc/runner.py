@@ -19,7 +19,7 @@ from .services import (check_native_args, check_output_ext, check_params, check_
     compose_argv, find_service, load_services)
 from .states import finish_task
 from .store import Store, append_log, remove_tree, unlink_quietly, unmark
-from .tasks import dispatch, task_config
+from .tasks import dispatch, record_params, task_config
 
 
 # Less free space than this after a failed task: the disk filled up.
@@ -83,13 +83,22 @@ def remove_output_of_full_disk(store, record, fields):
 
 
 def _runner_done(store, config, task_id, final):
-    """Free this runner's slot, start what waits for it, then call the notifier
-    (a slow notifier never holds a slot)."""
+    """Free this runner's slot, start what waits for it (the next step of its
+    pipeline first), then call the notifier (a slow notifier never holds a
+    slot nor the next step).  A next step that runs on another server is
+    sent there by this process, which then follows it (``rrc.forward``)."""
     unmark(store, 'running', task_id)
     release_slot()
+    forwarded = None
+    if final.get(Field.JOB):
+        from .pipeline import after_step
+        forwarded = after_step(store, config, final, inline=True)
     dispatch(store, config)
     if final.get(Field.NOTIFIER):
         notify(store, config, final)
+    if forwarded:
+        from .forward import forward_steps
+        forward_steps(store, forwarded)
     return final
 
 
@@ -288,21 +297,6 @@ def task_argv(service, record):
     out_ext = check_output_ext(service, record.get(Field.OUT_EXT, ''))
     return compose_argv(service, check_task_id(record.get(Field.ID, '')), list(zip(preargs, paths)), native,
                         params, out_ext)
-
-
-def record_params(record):
-    """The (option, value) pairs of a record's ``params`` field; UsageError when it is not such a list."""
-    if not record.get(Field.PARAMS):
-        return []
-    import json
-    try:
-        pairs = json.loads(record[Field.PARAMS])
-    except ValueError:
-        pairs = None
-    if not isinstance(pairs, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(w, str) for w in p) for p in pairs):
-        raise UsageError('its params are not a list of (option, value) pairs')
-    return [tuple(pair) for pair in pairs]
 
 
 def check_stored_input(path):

@@ -54,6 +54,13 @@ class Field:
     # The local record of a task that runs on a server.
     REMOTE_ID = 'remoteId'
     SERVER = 'server'
+    # Pipelines: a job's record lists its steps; each step's record names its
+    # job and its place (1-based), and, when it runs on a server of this
+    # node's list, that server.
+    STEPS = 'steps'
+    JOB = 'job'
+    STEP = 'step'
+    STEP_SERVER = 'stepServer'
 
 
 YES = 'yes'

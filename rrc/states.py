@@ -8,9 +8,9 @@ running are told apart by a flag field set to ``yes``:
 | state       | status   | flag             | entered from                  | by                                         |
 | ----------- | -------- | ---------------- | ----------------------------- | ------------------------------------------ |
 | `queued`    | busy     | `queued: yes`    | created; `waiting`            | `submit_task`                              |
-| `running`   | busy     |                  | `queued`, `suspended`; created | `dispatch`; a remote task's local record  |
+| `running`   | busy     |                  | `queued`, `suspended`, `waiting`; created | `dispatch`; a remote task's local record; a job; a step forwarded to a server |
 | `suspended` | busy     | `suspended: yes` | `running`                     | `suspend_task` (SIGSTOP; resume: SIGCONT)  |
-| `waiting`   | busy     | `waiting: yes`   | created                       | (issue 13: a pipeline step waits for input) |
+| `waiting`   | busy     | `waiting: yes`   | created                       | a pipeline step waits for its input (`rrc.pipeline`) |
 | `complete`  | complete |                  | `running`                     | the runner (exit 0, output); a server said so |
 | `failed`    | failed   |                  | any state but the final two   | kill, timeout, runner, reconcile, a server  |
 
@@ -22,9 +22,11 @@ writer ended the task first; the first final state wins) and returns None; a
 move the table does not allow from a live state raises ``IllegalMove``.
 
 A suspended task keeps its runner (liveness is judged as for a running
-one; ``tasks.suspend_task`` stops its tool).  ``waiting`` is in the table so
-that pipelines (issue 13) only add who enters it: a waiting task has no
-process and no queue marker yet, so reconcile leaves it alone.
+one; ``tasks.suspend_task`` stops its tool).  A waiting step has no process
+and no queue marker yet (its settings wait in ``tasks/waiting/ID``), so
+reconcile leaves it alone; the step before it moves it on (``rrc.pipeline``).
+A job's record has no process of its own either: its state follows its
+steps, and reconcile leaves it to ``pipeline.settle_job``.
 
 Liveness is judged only for this node's tasks (``store.node``): a task of
 another node sharing the store is shown as its record says.
@@ -66,7 +68,7 @@ WIRE = {
 FLAGS = tuple(flag for _, flag in WIRE.values() if flag)
 
 TRANSITIONS = {
-    State.WAITING: frozenset({State.QUEUED, State.FAILED}),
+    State.WAITING: frozenset({State.QUEUED, State.RUNNING, State.FAILED}),
     State.QUEUED: frozenset({State.RUNNING, State.FAILED}),
     State.RUNNING: frozenset({State.COMPLETE, State.FAILED, State.SUSPENDED}),
     State.SUSPENDED: frozenset({State.RUNNING, State.FAILED}),
@@ -166,7 +168,8 @@ def reconcile_task(store, record, now=None):
     A task of another node, or a remote task's local record, is shown as its
     record says: only the node that runs a task can see its processes.
     """
-    if state_of(record) not in LIVE or Field.REMOTE_ID in record or not store.node.owns(record):
+    if (state_of(record) not in LIVE or Field.REMOTE_ID in record or Field.STEPS in record
+            or not store.node.owns(record)):
         return record
     if not store.node.rebooted_since(record):  # after a reboot its pids may be anyone's
         if _runner_expected(store, record, now):

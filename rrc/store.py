@@ -12,7 +12,7 @@ from .schema import Field
 
 # work/ID: a sandboxed tool's private output folder while it runs;
 # events/ID: the task's event log (rrc/events.py).
-STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'running', 'slots', 'work', EVENTS_FOLDER)
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'waiting', 'running', 'slots', 'work', EVENTS_FOLDER)
 
 
 def to_json(value, **options):
@@ -64,11 +64,11 @@ def temp_writer():
     return f'{os.getpid()}@{tag}' if tag else str(os.getpid())
 
 
-def write_file_atomically(path, data):
+def write_file_atomically(path, data, mode=0o644):
     """Write bytes to ``path`` via a temp file in the same folder, fsync, rename."""
     folder, name = os.path.split(path)
     temp = os.path.join(folder, f'.{name}.{temp_writer()}.{new_unique_name()}.tmp')
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, 'wb') as handle:
             handle.write(data)
@@ -183,7 +183,7 @@ class Store:
         out_name = os.path.basename(record.get(Field.OUT, ''))
         if record.get(Field.OUT, '').startswith('tasks/out/') and out_name:
             unlink_quietly(os.path.join(self.folder('out'), out_name))
-        for folder in ('queue', 'running'):
+        for folder in ('queue', 'waiting', 'running'):
             unlink_quietly(os.path.join(self.folder(folder), task_id))
         unlink_quietly(self.log_path(task_id))
         remove_events(self, task_id)

@@ -64,12 +64,24 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
     output format asked for, one of ``outputExts`` ('' for the default).
     """
+    record = create_task_record(store, config, service, inputs, native_args, notifier, client, args,
+                                params, out_ext)
+    queue_task(store, record[Field.ID], task_settings(config))
+    dispatch(store, config)
+    return store.read_task(record[Field.ID])
+
+
+def create_task_record(store, config, service, inputs, native_args=(), notifier='', client='localhost',
+                       args='', params=(), out_ext='', state=State.QUEUED, fields=None):
+    """Check a task, store its inputs and create its record in ``state``
+    (queued, or waiting: a pipeline step whose main input comes later) with
+    ``fields`` added; nothing is stored when a check fails."""
     for item in inputs:
         check_prearg(service, item.prearg)
     check_native_args(service, list(native_args))
     check_params(service, params)
     check_output_ext(service, out_ext)
-    if not inputs:
+    if not inputs and state != State.WAITING:
         raise UsageError('missing input: give at least one input file or content')
     if notifier:
         check_notifier_url(notifier)
@@ -81,18 +93,15 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
             check_input_kind(service, *stored[-1])
         size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: dict(_new_record(
-            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext),
-            server=config.serverName, **{Field.NODE: store.node.name}))
+            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext, state),
+            server=config.serverName, **{Field.NODE: store.node.name}, **(fields or {})))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
         if isinstance(exc, ValueError):  # a field that cannot be a record value
             raise UsageError(str(exc)) from None
         raise
-    status_changed(store, record)
-    queue_task(store, record[Field.ID], task_settings(config))
-    dispatch(store, config)
-    return store.read_task(record[Field.ID])
+    return status_changed(store, record)
 
 
 def check_input_kind(service, prearg, path):
@@ -107,13 +116,13 @@ def input_kinds(service):
     return ', '.join(f'.{ext}' for ext in service.input_exts or [service.input_ext] if ext) or 'any'
 
 
-def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext):
-    import shlex
+def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext,
+                state=State.QUEUED):
     record = {
         Field.SERVICE: service.name,
-        **initial_fields(State.QUEUED),
+        **initial_fields(state),
         Field.CTIME: f'{time.time():.5f}',
-        Field.CMD: shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext)),
+        Field.CMD: shown_command(service, task_id, stored, native_args, params, out_ext),
         Field.IN: ','.join(path for _, path in stored),
         Field.OUT: '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
         Field.CLIENT: client,
@@ -134,6 +143,28 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     if args:
         record[Field.ARGS] = args
     return record
+
+
+def record_params(record):
+    """The (option, value) pairs of a record's ``params`` field; UsageError when it is not such a list."""
+    if not record.get(Field.PARAMS):
+        return []
+    import json
+    try:
+        pairs = json.loads(record[Field.PARAMS])
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(w, str) for w in p) for p in pairs):
+        raise UsageError('its params are not a list of (option, value) pairs')
+    return [tuple(pair) for pair in pairs]
+
+
+def shown_command(service, task_id, stored, native_args, params, out_ext):
+    """The record's ``cmd``: the tool's command line as a shell would show it
+    (only shown; the runner composes the argv anew)."""
+    import shlex
+    return shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext))
 
 
 CONFIG_INPUT_MAX_BYTES = 1024 * 1024
@@ -190,18 +221,19 @@ def task_settings(config):
     return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS)
 
 
-def task_config(text, store):
+def task_config(text, store, allowed=TASK_SETTINGS):
     """The Config a runner works with: defaults, then the task's settings.
 
     They came through files and processes other than the runner's own, so
-    they are checked as an rrcloudrc is, and only the task settings are taken.
+    they are checked as an rrcloudrc is, and only the ``allowed`` keys (the
+    task settings; a forwarder's add its own) are taken.
     """
     if not text:
         raise ConfigError('its settings are missing')
     config = Config()
     config.dir = store.root
     for number, key, value in parse_key_value_text(text, 'settings'):
-        if key not in TASK_SETTINGS:
+        if key not in allowed:
             raise ConfigError(f'settings:{number}: {key!r} is not a task setting')
         config._apply('settings', number, key, value, store.root)
     return config

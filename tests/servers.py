@@ -60,6 +60,12 @@ class EmbeddedServer:
             raise RuntimeError(f'server on port {self.port}: {exc}: {self.log.read_text()}') from None
         return self
 
+    def __enter__(self):  # ``with server.start():`` stops it at the end
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
     def records(self):
         """Every task record of this server's store, as written (key: value lines)."""
         folder = self.root / 'tasks' / 'info'

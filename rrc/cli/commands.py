@@ -27,6 +27,9 @@ def cmd_info(ctx, args):
             record = ask_server(ctx, {'service': 'info', 'id': task_id})
         else:
             record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, task_id))
+            if record.get(Field.STEPS) is not None and not record.get(Field.REMOTE_ID):
+                from ..pipeline import job_view, settle_job
+                record = job_view(ctx.store, settle_job(ctx.store, ctx.config, record))
         if ctx.options.short:
             return print_summaries([record], ctx.options.format)
         print_record(record, ctx.options.format)
@@ -84,7 +87,12 @@ def cmd_kill(ctx, args):
         record = kill_remote(ctx.store, ctx.config, record)
         print_fields(record, ('id', 'status', 'error'), server=record[Field.SERVER])
         return ExitCode.OK
-    record = kill_task(ctx.store, task_id, by=f'the command line (user {user_name()})')
+    by = f'the command line (user {user_name()})'
+    if record.get(Field.STEPS) is not None:
+        from ..pipeline import kill_job
+        record = kill_job(ctx.store, ctx.config, task_id, by)
+    else:
+        record = kill_task(ctx.store, task_id, by=by)
     print_fields(record, ('id', 'status', 'error'))
     return ExitCode.OK
 

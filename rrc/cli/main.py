@@ -29,6 +29,10 @@ def cli(args):
         sys.stderr.write(USAGE)
         return ExitCode.USAGE
     command = rest[0]
+    if command == 'pipe':  # each step's words are judged by its own service
+        from .options import Context
+        from .pipe import cmd_pipe
+        return cmd_pipe(Context(options), rest[1:])
     ctx, rest = split_command_line(options, command, rest[1:])
     if options.help or options.version:
         return show_about(options)

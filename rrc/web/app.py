@@ -124,9 +124,15 @@ def answer_meta(app, request):
 
 
 def answer_kill(app, request):
-    """``service=kill&id=ID``: stop a task (a GET works too, as in 0.019)."""
+    """``service=kill&id=ID``: stop a task (a GET works too, as in 0.019), or
+    a job: its running step is killed and the steps after it cancelled."""
+    task_id, by = _form_task_id(request), f'{request.client} (HTTP)'
+    if app.store.read_task(task_id).get(Field.STEPS) is not None:
+        from ..pipeline import kill_job
+        return answer_record(client_view(kill_job(app.store, app.config, task_id, by), request.client),
+                             request.format)
     from ..tasks import kill_task
-    record = kill_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    record = kill_task(app.store, task_id, by=by)
     return answer_record(client_view(record, request.client), request.format)
 
 
@@ -175,11 +181,99 @@ def answer_info(app, request):
         task_id = _form_task_id(request)
         wait = _wait_seconds(request.form.get('wait', '0'))
         record = held_wait(app, task_id, wait) if wait else get_task(app.store, task_id)
+        if record.get(Field.STEPS) is not None:
+            record = job_info(app, record)
         return answer_record(client_view(record, request.client), request.format)
     records = [client_view(r, request.client) for r in list_tasks(app.store, app.config)]
     if request.format == 'json':
         return Response(to_json(records, sort_keys=True) + '\n', 200, 'application/json')
     return Response('\n'.join(format_record(r) for r in records))
+
+
+def job_info(app, job):
+    """A job as ``info`` shows it: moved on if its steps ended unseen, one line per step."""
+    from ..pipeline import job_view, settle_job
+    return job_view(app.store, settle_job(app.store, app.config, job))
+
+
+def answer_pipe(app, request):
+    """``POST service=pipe step1=SERVICE step1.fileIn0=... step2=SERVICE ...``:
+    start a job of steps, each step's fields those of a task with ``stepN.``
+    before them, plus ``stepN.server`` (a server of this node's list)."""
+    if request.method != 'POST':
+        raise HTTPError(405, 'a pipe is started with POST')
+    hold = _wait_seconds(request.form['wait']) if 'wait' in request.form else 0
+    steps = form_steps(app, request)
+    if queue_is_full(app.store, app.config.maxQueued):
+        raise HTTPError(503, f'the queue is full ({app.config.maxQueued} tasks wait)',
+                        headers=[('Retry-After', '30')])
+    from ..pipeline import submit_pipe
+    job = submit_pipe(app.store, app.config, steps, client=request.client,
+                      notifier=request.form.get('notifier', ''))
+    if hold:
+        job = held_wait(app, job[Field.ID], hold)
+    return answer_record(job_info(app, job), request.format)
+
+
+# The fields of one step of a pipe (after ``stepN.``); numbered ones end in digits.
+STEP_FIELDS = ('fileIn', 'prearg', 'arg', 'param', 'nativeArgs', 'outExt', 'server')
+PIPE_FIELDS = ('service', 'notifier', 'wait', 'format', 'token')
+
+
+def form_steps(app, request):
+    """The steps of a pipe's form, in order, as pipeline.StepSpec (checked by submit_pipe)."""
+    from ..pipeline import StepSpec, step_service
+    numbers = step_numbers(request)
+    services, errors = load_services(app.store.root)
+    steps, total_inputs = [], 0
+    for number in numbers:
+        part = StepForm(request, f'step{number}.')
+        for key, value in part.form.items():
+            if not key.startswith('fileIn'):
+                check_field(f'step{number}.{key}', value, app.config)
+        service = step_service(services, errors, number, request.form[f'step{number}'])
+        inputs = form_inputs(part, service, required=False)
+        total_inputs += len(inputs)
+        native = part.form.get('nativeArgs', '').split()
+        native += [part.form[k] for k in sorted(part.form, key=_field_number) if k.startswith('arg')]
+        params = [form_param(part.form[k]) for k in sorted(part.form, key=_field_number) if k.startswith('param')]
+        steps.append(StepSpec(service, inputs, native, params, part.form.get('outExt', ''),
+                              part.form.get('server', '')))
+    if total_inputs > app.config.maxInputs:
+        raise HTTPError(400, f'too many input files (at most {app.config.maxInputs})')
+    return steps
+
+
+def step_numbers(request):
+    """1, 2, ... n from the ``stepN`` fields: numbered from 1 without gaps, and
+    every other field a pipe's own or a step's."""
+    numbers = []
+    for key in list(request.form) + list(request.files):
+        name, dot, field = key.partition('.')
+        if key in PIPE_FIELDS:
+            continue
+        number = name[4:] if name.startswith('step') else ''
+        if not number.isdigit() or len(number) > 3 or (dot and not field.startswith(STEP_FIELDS)):
+            raise HTTPError(400, f'unknown field in a pipe: {key[:64]!r}')
+        if not dot:
+            numbers.append(int(number))
+    numbers.sort()
+    if not numbers:
+        raise HTTPError(400, 'a pipe needs steps: step1=SERVICE, step2=SERVICE, ...')
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise HTTPError(400, 'pipe steps are numbered step1, step2, ... without gaps')
+    for key in list(request.form) + list(request.files):
+        if '.' in key and int(key.partition('.')[0][4:]) not in numbers:
+            raise HTTPError(400, f'{key[:64]!r} names no step')
+    return numbers
+
+
+class StepForm:
+    """The fields of one step of a pipe's form, without their ``stepN.`` prefix."""
+
+    def __init__(self, request, prefix):
+        self.form = {k[len(prefix):]: v for k, v in request.form.items() if k.startswith(prefix)}
+        self.files = {k[len(prefix):]: v for k, v in request.files.items() if k.startswith(prefix)}
 
 
 def held_wait(app, task_id, wait):
@@ -272,7 +366,7 @@ def _field_number(key):
     return int(''.join(c for c in key if c in DIGITS) or 0)
 
 
-def form_inputs(request, service):
+def form_inputs(request, service, required=True):
     """The ``fileInN`` fields in order: uploads or content strings, with their preargs."""
     names = sorted((k for k in list(request.form) + list(request.files) if k.startswith('fileIn')),
                    key=_field_number)
@@ -289,7 +383,7 @@ def form_inputs(request, service):
             inputs.append(Input(part.file, filename=part.filename or '', prearg=prearg))
         else:
             inputs.append(Input(request.form[name].encode('utf-8'), prearg=prearg))
-    if not inputs:
+    if not inputs and required:
         raise HTTPError(400, 'missing input: no fileIn0')
     return inputs
 
@@ -300,4 +394,4 @@ API_PATHS = ('/', '/index.cgi')
 PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
-                  'suspend': answer_suspend, 'resume': answer_resume}
+                  'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe}

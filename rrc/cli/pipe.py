@@ -1,0 +1,192 @@
+"""``rrcloud pipe STEP -- STEP -- ...``: a job of steps, the output of one the input of the next.
+
+Each STEP is written as a task is (``SERVICE ARGS...``), with its own
+``--s=SERVER`` or ``--local``.  A pipe whose every step runs on a server is
+sent whole to the first step's server, which hands each output on to the
+next step's server itself (nothing passes through this machine); otherwise
+this machine holds the job and sends the steps that run elsewhere.
+"""
+
+import sys
+import time
+
+from .options import Options, classify_args, take_options
+from .output import describe_args, print_id, print_record
+from .sync import ProgressLine, _exit_code_of, check_result_format, deliver_output, show_log
+from ..errors import ExitCode, RRCloudError, UsageError
+from ..pipeline import StepSpec, job_view, kill_job, step_service, submit_pipe
+from ..remote import http_session, kill_remote, parse_answer, record_remote, server_url, wait_remote
+from ..schema import Field, TaskStatus
+from ..tasks import wait_for_task
+
+# Options that belong to one step; the others are the pipe's, wherever they stand.
+STEP_OPTIONS = ('s', 'local')
+PIPE_OPTIONS = ('sync', 'format', 'notifier', 'traceback', 'help')
+
+
+class JobService:
+    """What the local record of a job sent to a server names as its service."""
+    name = 'pipe'
+
+
+def cmd_pipe(ctx, args):
+    """Submit a pipe; ``--sync`` waits for its last step and writes its result
+    where that step's output argument says."""
+    groups = split_steps(args)
+    step_options = [step_words_options(ctx, number, words) for number, words in enumerate(groups, 1)]
+    steps, output = [], None
+    for number, (service, words, options) in enumerate(step_options, 1):
+        last = number == len(step_options)
+        call = classify_args(service, words, allow_output=last and ctx.options.sync)
+        if number == 1:
+            ctx.shown_inputs = [item.shown for item in call.inputs]
+        steps.append(StepSpec(service, call.inputs, call.native, call.params, call.out_ext,
+                              step_server(ctx, service, options)))
+        output = call.output if last else output
+    if all(step.server for step in steps):
+        record = send_pipe(ctx, steps)
+    else:
+        chosen = [step.server for step in steps if step.server]
+        record = submit_pipe(ctx.store, ctx.config, steps, notifier=ctx.options.notifier,
+                             args=describe_args(args), also_allowed=chosen)
+    if not ctx.options.sync:
+        print_id(ctx, record)
+        return ExitCode.OK
+    return finish_pipe(ctx, record, steps[-1].service, output)
+
+
+def split_steps(args):
+    """The words of each step: ``--`` between steps."""
+    groups = [[]]
+    for word in args:
+        if word == '--':
+            groups.append([])
+        else:
+            groups[-1].append(word)
+    for number, words in enumerate(groups, 1):
+        if not words:
+            raise UsageError(f'step {number} of the pipe is empty (usage: rrcloud pipe SERVICE ARGS... '
+                             f'-- SERVICE ARGS...)')
+    return groups
+
+
+def step_words_options(ctx, number, words):
+    """(service, its words, its own options) of one step; the pipe's options
+    found among its words go to the pipe."""
+    service = step_service(*ctx.services, number, words[0])
+    options = Options()
+    rest = take_options(options, words[1:], service)
+    if options.dir or options.short or options.version:
+        raise UsageError(f'step {number}: --dir, --short and --version go before "pipe"')
+    for name in PIPE_OPTIONS:
+        if getattr(options, name) != getattr(Options(), name):
+            setattr(ctx.options, name, getattr(options, name))
+    return service, rest, options
+
+
+def step_server(ctx, service, options):
+    """Where one step runs: its ``--s``, the pipe's, or the service's servers from rrcloudrc; '' here."""
+    if options.local or (ctx.options.local and not options.s):
+        return ''
+    server = options.s or ctx.options.s or next(iter(ctx.config.servers_for(service.name)), '')
+    return server_url(server, ctx.config.port) if server else ''
+
+
+def send_pipe(ctx, steps):
+    """Send the whole pipe to its first step's server; the local record follows the job there."""
+    url = steps[0].server
+    fields, files = pipe_fields(url, steps)
+    if ctx.options.notifier:
+        fields['notifier'] = ctx.options.notifier
+    session = http_session(ctx.config)
+    try:
+        response = session.post(url, data=fields, files=files, timeout=(3, 300))
+    except OSError as exc:
+        from ..errors import NoServer
+        raise NoServer(f'{url}: {exc.__class__.__name__}') from None
+    answer = parse_answer(response)
+    if response.status_code != 200 or not answer.get(Field.ID):
+        reason = answer.get('error') or f'HTTP {response.status_code}'
+        error = UsageError if 400 <= response.status_code < 500 else RRCloudError
+        raise error(f'{url} refused the pipe: {reason}')
+    return record_remote(ctx.store, url, JobService, answer)
+
+
+def pipe_fields(url, steps):
+    """The form of ``service=pipe``: each step's task fields after ``stepN.``;
+    a step on another server than ``url`` names it."""
+    fields, files = {'service': 'pipe'}, {}
+    for number, step in enumerate(steps, 1):
+        prefix = f'step{number}.'
+        fields[f'step{number}'] = step.service.name
+        if step.native:
+            fields[prefix + 'nativeArgs'] = ' '.join(step.native)
+        for index, (option, value) in enumerate(step.params):
+            fields[f'{prefix}param{index}'] = f'{option} {value}'
+        if step.out_ext:
+            fields[prefix + 'outExt'] = step.out_ext
+        if step.server != url:
+            fields[prefix + 'server'] = step.server
+        for index, item in enumerate(step.inputs):
+            if item.prearg:
+                fields[f'{prefix}prearg{index}'] = item.prearg
+            name = item.filename.rsplit('/', 1)[-1] or f'input.{item.extension(step.service) or "txt"}'
+            files[f'{prefix}fileIn{index}'] = (name, item.data)
+    return fields, files
+
+
+def finish_pipe(ctx, record, last_service, output):
+    """Wait for the job (here or at its server), then deliver the last step's
+    result to ``output``; a failed job says which step failed, with that
+    step's log, and its exit code is the failed tool's."""
+    remote = bool(record.get(Field.REMOTE_ID))
+    progress = ProgressLine(record[Field.SERVER] if remote else 'local') if sys.stderr.isatty() else None
+    started = time.monotonic()
+    try:
+        if remote:
+            record = wait_remote(ctx.store, ctx.config, record, progress)
+        else:
+            on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
+            record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
+    except KeyboardInterrupt:
+        stop_job(ctx, record)
+        return ExitCode.INTERRUPTED
+    finally:
+        if progress:
+            progress.clear()
+    if record.get(Field.STATUS) == TaskStatus.COMPLETE:
+        if output:
+            check_result_format(last_service, record, output)
+            deliver_output(ctx.store.path_of(record[Field.OUT]), output)
+        elif ctx.options.format == 'json' or not remote:
+            print_record(job_view(ctx.store, record) if not remote else record, ctx.options.format)
+        return ExitCode.OK
+    if not remote:
+        show_failed_step_log(ctx, record)
+    print(f'rrcloud: error: job {record[Field.ID]} failed: {record.get(Field.ERROR, "unknown")}', file=sys.stderr)
+    return _exit_code_of(record)
+
+
+def show_failed_step_log(ctx, job):
+    """The log of the step that failed (the one a cancelled step names is the first failed)."""
+    from ..states import State, state_of
+    for step_id in job.get(Field.STEPS, '').split(','):
+        try:
+            step = ctx.store.read_task(step_id)
+        except RRCloudError:
+            continue
+        if state_of(step) == State.FAILED and not step.get(Field.ERROR, '').startswith('cancelled'):
+            show_log(ctx.store, step, ctx.shown_inputs if step.get(Field.STEP) == '1' else ())
+            return
+
+
+def stop_job(ctx, record):
+    """Ctrl-C while waiting: kill the job, here or at its server."""
+    try:
+        if record.get(Field.REMOTE_ID):
+            kill_remote(ctx.store, ctx.config, record)
+        else:
+            kill_job(ctx.store, ctx.config, record[Field.ID], by='Ctrl-C on the command line')
+    except RRCloudError as exc:
+        print(f'rrcloud: warning: {exc} (rrcloud kill {record[Field.ID]} tries again)', file=sys.stderr)
+

@@ -1,0 +1,171 @@
+"""The forwarder of a pipeline step that runs on another server: it sends the
+step there with its inputs, follows it to its end (fetching result and log)
+and moves the job on.
+
+It runs in the process that saw the step before end (the runner of a local
+step, or the forwarder of a remote one), or as ``rrcloud _forward ID``
+started by a request or by recovery.  Its settings, the token for the server
+among them, come from the step's ``tasks/waiting/ID`` (mode 0600), never from
+the request or the environment.
+"""
+
+import os
+import time
+
+from .errors import ExitCode, RRCloudError, UsageError
+from .names import check_task_id
+from .pipeline import FORWARD_SETTINGS, after_step, forwarder_alive, waiting_settings
+from .procs import process_start_time
+from .schema import Field, TaskStatus
+from .states import FINAL, State, move_locked, move_task, state_of
+
+
+# The server holds each ``info`` this long (its long-poll): the end of a step
+# is seen as it happens, at one request per half minute.
+FOLLOW_WAIT = 30
+MAX_FOLLOW_BACKOFF = 2.0
+
+
+def forward_steps(store, step_id):
+    """Forward a step, and the steps after it that run on servers too, one
+    after the other in this process; returns the last one's record."""
+    record = None
+    while step_id:
+        record, step_id = forward_step(store, step_id)
+    return record
+
+
+def forward_step(store, step_id):
+    """Send one step to its server (unless it was sent already), follow it,
+    then start the next step or end the job.  Returns (the step's record, the
+    id of a next step to forward as well, or None)."""
+    from .tasks import TASK_SETTINGS, task_config
+    settings = waiting_settings(store, step_id)
+    if not settings:
+        return None, None  # it ended, or was cancelled: nothing to forward
+    config = task_config(settings, store, allowed=TASK_SETTINGS + FORWARD_SETTINGS)
+    record = claim(store, step_id)
+    if record is None:
+        return None, None  # another forwarder has it
+    try:
+        if state_of(record) == State.WAITING:
+            record = send_step(store, config, record)
+        if record.get(Field.STATUS) == TaskStatus.BUSY:
+            record = follow_step(store, config, record)
+    except Exception as exc:  # a forwarder never leaves a step busy without saying why
+        record = move_task(store, step_id, State.FAILED, {Field.ERROR: f'forwarder error: {exc}',
+                                                          Field.ETIME: f'{time.time():.5f}'}) \
+            or store.read_task(step_id)
+    return record, after_step(store, config, record, inline=True)
+
+
+def claim(store, step_id):
+    """Make this process the step's forwarder (its pid in the record), unless
+    another live one is; None then."""
+    with store.lock():
+        record = store.read_task(step_id)
+        if state_of(record) in FINAL:
+            return record
+        if forwarder_alive(store, record) and record.get(Field.RUNNER) != str(os.getpid()):
+            return None
+        record = dict(record, **{Field.RUNNER: str(os.getpid()),
+                                 Field.RUNNER_START: process_start_time(os.getpid()) or ''},
+                      **store.node.fields())
+        store.write_task(record)
+        return record
+
+
+def send_step(store, config, record):
+    """Upload the step to its server (retrying a lost one for ``reconnectTimeout``);
+    the local record then follows the task there, as a remote task's does."""
+    from .remote import http_session
+    from .services import find_service, load_services
+    url = record[Field.STEP_SERVER]
+    service = find_service(*load_services(store.root), record[Field.SERVICE])
+    session = http_session(config)
+    started, backoff = time.monotonic(), 0.2
+    while True:
+        try:
+            answer, failure = post_inputs(store, session, url, service, record)
+        except UsageError as exc:  # the server refused the step: no retry makes it take it
+            return move_task(store, record[Field.ID], State.FAILED,
+                             {Field.ERROR: str(exc), Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
+        if answer:
+            return hand_over(store, config, session, record, url, answer)
+        if time.monotonic() - started >= config.reconnectTimeout:
+            return move_task(store, record[Field.ID], State.FAILED, {
+                Field.ERROR: f'cannot send it to {url}: {failure}',
+                Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
+        time.sleep(backoff)
+        backoff = min(backoff * 2, MAX_FOLLOW_BACKOFF)
+
+
+def post_inputs(store, session, url, service, record):
+    """One upload of the step with its stored inputs (the first is the step before's output)."""
+    from contextlib import ExitStack
+    from .remote import post_task
+    from .tasks import Input, record_params
+    paths = [p for p in record.get(Field.IN, '').split(',') if p]
+    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(paths)
+    with ExitStack() as files:
+        inputs = [Input(files.enter_context(open(store.path_of(path), 'rb')), os.path.basename(path), prearg)
+                  for prearg, path in zip(preargs, paths)]
+        return post_task(session, url, service, inputs, record.get(Field.NATIVE_ARGS, '').split(), '',
+                         record_params(record), record.get(Field.OUT_EXT, ''))
+
+
+def hand_over(store, config, session, record, url, answer):
+    """The server took the step: the local record now says where it runs.  A
+    step killed while it was being sent is killed there too."""
+    with store.lock():
+        current = store.read_task(record[Field.ID])
+        moved = move_locked(store, current, State.RUNNING, {
+            Field.REMOTE_ID: answer['id'], Field.SERVER: url, Field.STIME: f'{time.time():.5f}'},
+            expect=None if state_of(current) in FINAL else State.WAITING)
+    if moved is not None:
+        return moved
+    try:
+        session.get(url, params={'service': 'kill', 'id': answer['id']}, timeout=10)
+    except OSError:
+        pass
+    return current
+
+
+def follow_step(store, config, record):
+    """Long-poll the step's server until it ends there (or here: killed);
+    ``refresh_remote`` fetches its result and log into this store."""
+    from .remote import http_session, refresh_remote
+    session = http_session(config)
+    lost_since, backoff = None, 0.1
+    while True:
+        record = store.read_task(record[Field.ID])
+        if record.get(Field.STATUS) != TaskStatus.BUSY:
+            return record
+        asked = time.monotonic()
+        try:
+            record = refresh_remote(store, record, session, wait=FOLLOW_WAIT)
+            lost_since = None
+        except OSError:  # requests' errors are OSErrors
+            lost_since = lost_since or asked
+            if time.monotonic() - lost_since >= config.reconnectTimeout:
+                return move_task(store, record[Field.ID], State.FAILED, {
+                    Field.ERROR: f'lost {record[Field.SERVER]} (no answer for {config.reconnectTimeout:g} s)',
+                    Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
+        if record.get(Field.STATUS) == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
+            time.sleep(backoff)  # not held: a 0.019 server, or none
+            backoff = min(backoff * 1.5, MAX_FOLLOW_BACKOFF)
+
+
+def cmd_forward_internal(args):
+    """``rrcloud _forward ID --dir ROOT``: a step's forwarder (internal)."""
+    from .runner import runner_node
+    from .store import Store
+    if len(args) != 3 or args[1] != '--dir':
+        raise UsageError('usage: rrcloud _forward ID --dir ROOT')
+    store = Store(args[2], runner_node())
+    try:
+        record = forward_steps(store, check_task_id(args[0]))
+    except RRCloudError as exc:
+        print(f'rrcloud: forwarder of {args[0]}: {exc}', flush=True)
+        return ExitCode.TASK_FAILED
+    return ExitCode.OK if record and record.get(Field.STATUS) == TaskStatus.COMPLETE else ExitCode.TASK_FAILED

@@ -1,0 +1,409 @@
+"""Pipelines: a job of steps, each step a task, the output of one the main input of the next.
+
+A job is a record of its own (``service: pipe``, ``steps: ID1,ID2,...``);
+each step is an ordinary task whose record names its job and its place
+(``job``, ``step``).  Every step is created at submission, ``waiting``, with
+its own inputs (a slicer's config) stored and checked; nothing waits in a
+process.  When a step ends, whoever saw it end (its runner, the forwarder of
+a remote step, or ``settle_job`` after a crash) moves the job on:
+
+- complete: the next step gets the output as its main input and is queued
+  here, or forwarded to its server (``rrc.forward``); after the last step the
+  job completes with the last step's result;
+- failed: the job fails with the reason ("step 1 (openscad) failed: exit
+  code 1") and the steps after it are cancelled.
+
+A step runs on another server only when that server is in this node's
+configuration (``servers`` or ``SERVICE.servers``): a request names a server,
+the node sends to its own entry for it, with its own token.  A waiting
+step's runner settings (and, for a remote step, that token) wait in
+``tasks/waiting/ID``, readable by the server's user only.
+"""
+
+import os
+import time
+
+from .errors import NotFound, UsageError
+from .projects import is_project_name
+from .schema import Field, TaskStatus
+from .states import FINAL, State, initial_fields, move_locked, move_task, process_here, state_of
+from .store import unlink_quietly, write_file_atomically
+
+
+JOB_SERVICE = 'pipe'
+# Settings a forwarder runs with: a runner's, plus what it needs to reach its server.
+FORWARD_SETTINGS = ('reconnectTimeout', 'token')
+WAITING_FOLDER = 'waiting'
+
+
+class StepSpec:
+    """One step as asked for: its service and arguments, its own inputs (for
+    a step after the first, only inputs with a prearg: its main input is the
+    step before's output), and the server it should run on ('' here)."""
+
+    def __init__(self, service, inputs=(), native=(), params=(), out_ext='', server=''):
+        self.service, self.inputs, self.native = service, list(inputs), list(native)
+        self.params, self.out_ext, self.server = list(params), out_ext, server
+
+    def shown(self):
+        """How the job's ``cmd`` names this step: ``slic3r`` or ``printrun@pi.local``."""
+        return self.service.name + (f'@{self.server}' if self.server else '')
+
+
+# -- checks ---------------------------------------------------------------------------------------
+
+def step_service(services, errors, number, name):
+    """The service of step ``number``; a pipe is no step's service."""
+    from .services import find_service
+    if name == JOB_SERVICE:
+        raise UsageError(f'step {number} (pipe): a pipe cannot contain a pipe')
+    return find_service(services, errors, name)
+
+
+def check_steps(config, steps, also_allowed=()):
+    """Every check that needs no network: count, services, inputs, the chain of
+    formats, servers in this node's list (or ``also_allowed``: the ones a user
+    named on the command line).  UsageError (400 / exit 2) naming the step."""
+    if not steps:
+        raise UsageError('a pipe needs at least one step')
+    if len(steps) > config.maxSteps:
+        raise UsageError(f'a pipe has at most {config.maxSteps} steps (maxSteps), not {len(steps)}')
+    for number, step in enumerate(steps, 1):
+        where = f'step {number} ({step.service.name})'
+        if number == 1 and not step.inputs:
+            raise UsageError(f'{where}: the first step needs an input')
+        if number > 1 and any(not item.prearg for item in step.inputs):
+            raise UsageError(f'{where} takes its input from step {number - 1}: give it only '
+                             f'inputs with a prefix such as --load=')
+        if number < len(steps):
+            check_chain(where, step, steps[number], number)
+        step.server = configured_server(config, step.server, where, also_allowed)
+        if step.server and any(is_project_name(item.filename) for item in step.inputs):
+            raise UsageError(f'{where}: a project (a folder of files) cannot be sent on to a server; '
+                             f'send the pipe to that server instead')
+
+
+def check_chain(where, step, following, number):
+    """A step that hands its output on must have one, of a kind the next step takes."""
+    if step.service.no_output:
+        raise UsageError(f'{where} has no output for step {number + 1} ({following.service.name})')
+    ext = output_ext(step)
+    if not following.service.accepts_input(f'output.{ext}'):
+        from .tasks import input_kinds
+        raise UsageError(f'step {number + 1} ({following.service.name}) takes {input_kinds(following.service)} '
+                         f'files, not the .{ext} output of {where}')
+
+
+def output_ext(step):
+    """The extension of a step's output: the format asked for, or its service's default."""
+    name = step.service.output_name('x', step.out_ext)
+    return name.rpartition('.')[2] if '.' in name else ''
+
+
+def configured_server(config, name, where, also_allowed=()):
+    """The URL of this node's entry for server ``name`` ('' for none); UsageError
+    when no entry of its ``servers`` lists names it: a node never sends a step
+    to a host only the request names."""
+    if not name:
+        return ''
+    from .remote import server_url
+    wanted = server_url(name, config.port)
+    listed = config.servers + [s for servers in config.service_servers.values() for s in servers]
+    for entry in listed + list(also_allowed):
+        if server_url(entry, config.port) == wanted:
+            return wanted
+    raise UsageError(f'{where}: server {name!r} is not in this node\'s servers list')
+
+
+def check_remote_steps(store, config, steps):
+    """Ask each step's server, once, whether it answers, offers the step's
+    service and is not this node itself (a step sent to itself would loop)."""
+    from .remote import META_TIMEOUT, http_session, parse_answer
+    session = http_session(config)
+    from .identity import instance_id
+    me = instance_id(store.node, store.root)
+    for number, step in enumerate(steps, 1):
+        if not step.server:
+            continue
+        where = f'step {number} ({step.service.name})'
+        try:
+            meta = parse_answer(session.get(step.server, params={'service': 'meta'}, timeout=META_TIMEOUT))
+        except OSError as exc:  # requests' errors are OSErrors
+            raise UsageError(f'{where}: server {step.server} does not answer ({exc.__class__.__name__})') from None
+        if meta.get('instance') == me:
+            raise UsageError(f'{where}: server {step.server} is this node itself (a loop)')
+        if step.service.name not in meta.get('services', '').split(','):
+            raise UsageError(f'{where}: server {step.server} does not offer {step.service.name}')
+
+
+# -- submission -----------------------------------------------------------------------------------
+
+def submit_pipe(store, config, steps, client='localhost', notifier='', args='', also_allowed=()):
+    """Check a pipe, create its job and every step (waiting), start the first;
+    returns the job's record.  Nothing is created when a check fails."""
+    check_steps(config, steps, also_allowed)
+    if any(step.server for step in steps):
+        check_remote_steps(store, config, steps)
+    job = create_job(store, config, steps, client, args)
+    created = []
+    try:
+        for number, step in enumerate(steps, 1):
+            created.append(create_step(store, config, job, number, step, notifier, client))
+    except BaseException:
+        for record in created + [job]:
+            unlink_quietly(waiting_marker(store, record[Field.ID]))
+            store.remove_task(record)
+        raise
+    job = store.update_task(job[Field.ID], {Field.STEPS: ','.join(r[Field.ID] for r in created)})
+    start_step(store, config, created[0][Field.ID])
+    return store.read_task(job[Field.ID])
+
+
+def create_job(store, config, steps, client, args):
+    """The job's record: running from the start (its steps say what runs)."""
+    from .events import status_changed
+    record = {Field.SERVICE: JOB_SERVICE, **initial_fields(State.RUNNING), Field.CTIME: f'{time.time():.5f}',
+              Field.CMD: ' | '.join(step.shown() for step in steps), Field.CLIENT: client,
+              Field.OUT: '', Field.STEPS: '', Field.SERVER: config.serverName, Field.NODE: store.node.name}
+    if args:
+        record[Field.ARGS] = args
+    return status_changed(store, store.create_task(lambda task_id: record))
+
+
+def create_step(store, config, job, number, step, notifier, client):
+    """One step's record, waiting, and its settings in ``tasks/waiting/ID``."""
+    from .tasks import create_task_record, task_settings
+    fields = {Field.JOB: job[Field.ID], Field.STEP: number}
+    if step.server:
+        fields[Field.STEP_SERVER] = step.server
+    record = create_task_record(store, config, step.service, step.inputs, step.native, notifier, client,
+                                params=step.params, out_ext=step.out_ext, state=State.WAITING, fields=fields)
+    settings = task_settings(config) + (forward_settings(config, step.server) if step.server else '')
+    write_file_atomically(waiting_marker(store, record[Field.ID]), settings.encode(), mode=0o600)
+    return record
+
+
+def forward_settings(config, url):
+    """What a forwarder needs beyond a runner's settings: how long to wait for
+    a lost server, and the token this node sends that server."""
+    token = config.token_for(url)
+    return f'reconnectTimeout = {config.reconnectTimeout!r}\n' + (f'token = {token}\n' if token else '')
+
+
+def waiting_marker(store, task_id):
+    from .names import check_task_id
+    return os.path.join(store.folder(WAITING_FOLDER), check_task_id(task_id))
+
+
+def waiting_settings(store, task_id):
+    """A waiting step's settings ('' when its marker is gone: cancelled, or ended)."""
+    from .tasks import TASK_SETTINGS_MAX_BYTES
+    try:
+        with open(waiting_marker(store, task_id), 'rb') as handle:
+            return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
+# -- moving a job on ------------------------------------------------------------------------------
+
+def start_step(store, config, step_id, main_input='', inline=False):
+    """Give a waiting step its main input (the step before's output) and start it:
+    queued here, or sent to its server by a forwarder.  With ``inline`` the
+    caller is that forwarder (the runner of the step before, once it has
+    tidied up): a step to forward is returned, its id; otherwise a new
+    forwarder process is started."""
+    record = store.read_task(step_id)
+    if state_of(record) != State.WAITING:
+        return  # cancelled, or another process started it first
+    changes = with_main_input(store, record, main_input) if main_input else {}
+    if record.get(Field.STEP_SERVER):
+        if changes:
+            store.update_task(step_id, changes)
+        if inline:
+            return step_id
+        from .procs import spawn_internal
+        spawn_internal(store, '_forward', step_id)
+        return
+    queue_waiting_step(store, config, record, changes)
+
+
+def with_main_input(store, record, main_input):
+    """A step's record fields once ``main_input`` (a store path) is its first input."""
+    from .services import find_service, load_services
+    from .tasks import input_size, record_params, shown_command
+    ext = main_input.rpartition('.')[2] if '.' in os.path.basename(main_input) else ''
+    with open(store.path_of(main_input), 'rb') as handle:
+        path = store.add_input(handle, ext)
+    own = [p for p in record.get(Field.IN, '').split(',') if p]
+    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(own)
+    stored = [('', path)] + list(zip(preargs, own))
+    service = find_service(*load_services(store.root), record[Field.SERVICE])
+    changes = {Field.IN: ','.join(p for _, p in stored),
+               Field.SIZE_IN: sum(input_size(store, p) for _, p in stored),
+               Field.CMD: shown_command(service, record[Field.ID], stored, record.get(Field.NATIVE_ARGS, '').split(),
+                                        record_params(record), record.get(Field.OUT_EXT, ''))}
+    if any(preargs):
+        changes[Field.PREARGS] = ','.join(prearg for prearg, _ in stored)
+    return changes
+
+
+def queue_waiting_step(store, config, record, changes):
+    """A local step: waiting -> queued with its settings in the queue, then dispatch."""
+    from .tasks import dispatch, queue_task, task_settings
+    step_id = record[Field.ID]
+    settings = waiting_settings(store, step_id) or task_settings(config)
+    with store.lock():
+        current = store.read_task(step_id)
+        if state_of(current) != State.WAITING:
+            return
+        queue_task(store, step_id, settings)
+        move_locked(store, current, State.QUEUED, changes, expect=State.WAITING)
+    unlink_quietly(waiting_marker(store, step_id))
+    dispatch(store, config)
+
+
+def after_step(store, config, step, inline=False):
+    """A step ended: start the next, or end the job.  Called by whoever saw it
+    end; safe to call twice (every move is checked under the store lock).
+    Returns the id of a next step this caller must forward (``inline``), or None."""
+    if not step.get(Field.JOB) or state_of(step) not in FINAL:
+        return
+    unlink_quietly(waiting_marker(store, step[Field.ID]))
+    try:
+        job = store.read_task(step[Field.JOB])
+    except NotFound:
+        return
+    steps = job_steps(job)
+    number = int(step.get(Field.STEP) or 0)
+    if state_of(step) == State.FAILED:
+        reason = f'step {number} ({step.get(Field.SERVICE)}) failed: {step.get(Field.ERROR) or "failed"}'
+        return fail_job(store, job, reason, step.get(Field.EXIT_CODE, ''))
+    if number < len(steps):
+        return start_step(store, config, steps[number], main_input=step.get(Field.OUT, ''), inline=inline)
+    complete_job(store, job, step)
+
+
+def job_steps(job):
+    return [step_id for step_id in job.get(Field.STEPS, '').split(',') if step_id]
+
+
+def complete_job(store, job, last):
+    """The last step completed: so did the job, with its result."""
+    changes = {Field.OUT: last.get(Field.OUT, ''), Field.ETIME: f'{time.time():.5f}', Field.EXIT_CODE: 0}
+    if last.get(Field.SIZE_OUT):
+        changes[Field.SIZE_OUT] = last[Field.SIZE_OUT]
+    move_task(store, job[Field.ID], State.COMPLETE, changes)
+
+
+def fail_job(store, job, reason, exit_code=''):
+    """The job fails with ``reason`` (the first reason wins) and its waiting steps are cancelled."""
+    changes = {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'}
+    if str(exit_code).lstrip('-').isdigit():
+        changes[Field.EXIT_CODE] = exit_code
+    move_task(store, job[Field.ID], State.FAILED, changes)
+    cancel_waiting_steps(store, job, f'cancelled: {reason}')
+
+
+def cancel_waiting_steps(store, job, reason):
+    for step_id in job_steps(job):
+        try:
+            step = store.read_task(step_id)
+        except NotFound:
+            continue
+        if state_of(step) == State.WAITING and not forwarder_alive(store, step):
+            move_task(store, step_id, State.FAILED, {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'})
+            unlink_quietly(waiting_marker(store, step_id))
+
+
+def forwarder_alive(store, step):
+    """True while a forwarder process works on this step (it ends the step itself)."""
+    return process_here(store, step, Field.RUNNER, Field.RUNNER_START)
+
+
+def kill_job(store, config, job_id, by):
+    """Kill a job: it fails ``killed``, its running step is killed (here or at
+    its server), the steps after it are cancelled; finished steps keep their results."""
+    from .tasks import kill_task
+    job = kill_task(store, job_id, by)
+    for step_id in job_steps(job):
+        try:
+            step = store.read_task(step_id)
+        except NotFound:
+            continue
+        if step.get(Field.STATUS) == TaskStatus.BUSY and state_of(step) != State.WAITING:
+            kill_step(store, config, step, by)
+    cancel_waiting_steps(store, job, 'cancelled: the job was killed')
+    return job
+
+
+def kill_step(store, config, step, by):
+    """Kill one busy step: at its server when it was sent there."""
+    from .errors import RRCloudError
+    from .events import note
+    from .tasks import kill_task
+    if step.get(Field.REMOTE_ID):
+        from .remote import kill_remote
+        try:
+            kill_remote(store, config, step)
+        except RRCloudError as exc:
+            note(store, step[Field.ID], f'the job was killed, its server did not kill this step: {exc}')
+            move_task(store, step[Field.ID], State.FAILED, {Field.ERROR: 'killed', Field.ETIME: f'{time.time():.5f}'})
+        return
+    try:
+        kill_task(store, step[Field.ID], by)
+    except UsageError:
+        pass  # it ended meanwhile
+
+
+def settle_job(store, config, job):
+    """Move a busy job on from what its steps' records say: after a crash or a
+    restart, nobody else will (a step that ended unseen, a forwarder that died,
+    a first step never started).  Returns the job's record."""
+    if state_of(job) in FINAL or job.get(Field.SERVICE) != JOB_SERVICE or not store.node.owns(job):
+        return job
+    before = None
+    for step_id in job_steps(job):
+        try:
+            step = store.read_task(step_id)
+        except NotFound:
+            fail_job(store, job, f'step {step_id} is gone')
+            break
+        state = state_of(step)
+        if state == State.COMPLETE:
+            before = step
+            continue
+        if state == State.FAILED:
+            after_step(store, config, step)
+        elif state == State.WAITING and not forwarder_alive(store, step):
+            start_step(store, config, step_id, main_input=(before or {}).get(Field.OUT, ''))
+        elif step.get(Field.REMOTE_ID) and not forwarder_alive(store, step) and step.get(Field.STEP_SERVER):
+            from .procs import spawn_internal
+            spawn_internal(store, '_forward', step_id)
+        break
+    else:
+        if before is not None:
+            complete_job(store, job, before)
+    return store.read_task(job[Field.ID])
+
+
+def settle_jobs(store, config, records):
+    """settle_job for every busy job among ``records`` (recovery)."""
+    for record in records:
+        if record.get(Field.SERVICE) == JOB_SERVICE and record.get(Field.STATUS) == TaskStatus.BUSY:
+            settle_job(store, config, record)
+
+
+def job_view(store, job):
+    """A job's record as ``info`` shows it: one ``stepN`` line per step,
+    ``ID SERVICE STATE`` (and the server it runs on)."""
+    view = dict(job)
+    for number, step_id in enumerate(job_steps(job), 1):
+        try:
+            step = store.read_task(step_id)
+        except NotFound:
+            view[f'step{number}'] = f'{step_id} ? gone'
+            continue
+        where = f' {step[Field.STEP_SERVER]}' if step.get(Field.STEP_SERVER) else ''
+        view[f'step{number}'] = f'{step_id} {step.get(Field.SERVICE)} {state_of(step)}{where}'
+    return view
