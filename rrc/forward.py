@@ -78,11 +78,11 @@ def claim(store, step_id):
 def send_step(store, config, record):
     """Upload the step to its server (retrying a lost one for ``reconnectTimeout``);
     the local record then follows the task there, as a remote task's does."""
-    from .remote import http_session
+    from .lighthttp import LightSession
     from .services import find_service, load_services
     url = record[Field.STEP_SERVER]
     service = find_service(*load_services(store.root), record[Field.SERVICE])
-    session = http_session(config)
+    session = LightSession(config)  # not requests: its import would double the hand-off
     started, backoff = time.monotonic(), 0.2
     while True:
         try:
@@ -91,7 +91,7 @@ def send_step(store, config, record):
             return move_task(store, record[Field.ID], State.FAILED,
                              {Field.ERROR: str(exc), Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
         if answer:
-            return hand_over(store, config, session, record, url, answer)
+            return hand_over(store, config, record, url, answer)
         if time.monotonic() - started >= config.reconnectTimeout:
             return move_task(store, record[Field.ID], State.FAILED, {
                 Field.ERROR: f'cannot send it to {url}: {failure}',
@@ -114,7 +114,7 @@ def post_inputs(store, session, url, service, record):
                          record_params(record), record.get(Field.OUT_EXT, ''))
 
 
-def hand_over(store, config, session, record, url, answer):
+def hand_over(store, config, record, url, answer):
     """The server took the step: the local record now says where it runs.  A
     step killed while it was being sent is killed there too."""
     with store.lock():
@@ -124,8 +124,9 @@ def hand_over(store, config, session, record, url, answer):
             expect=None if state_of(current) in FINAL else State.WAITING)
     if moved is not None:
         return moved
+    from .remote import http_session
     try:
-        session.get(url, params={'service': 'kill', 'id': answer['id']}, timeout=10)
+        http_session(config).get(url, params={'service': 'kill', 'id': answer['id']}, timeout=10)
     except OSError:
         pass
     return current

@@ -284,6 +284,16 @@ def after_step(store, config, step, inline=False):
     complete_job(store, job, step)
 
 
+def next_step_runs_elsewhere(store, step):
+    """True when the step after ``step`` runs on another server (its runner
+    will send it there)."""
+    try:
+        following = job_steps(store.read_task(step[Field.JOB]))[int(step.get(Field.STEP) or 0):]
+        return bool(following and store.read_task(following[0]).get(Field.STEP_SERVER))
+    except (NotFound, ValueError):
+        return False
+
+
 def job_steps(job):
     return [step_id for step_id in job.get(Field.STEPS, '').split(',') if step_id]
 

@@ -12,6 +12,7 @@ from .errors import NotFound
 from .events import remove_orphan_events
 from .identity import boot_tag
 from .names import LazyPattern, is_task_id
+from .pipeline import settle_jobs
 from .procs import pid_alive
 from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
@@ -36,6 +37,7 @@ def recover_store(store, config):
     for task_id in marked(store, 'running'):
         still_running(store, task_id)
     records = list_tasks(store, config)
+    settle_jobs(store, config, records)  # a step that ended (or was interrupted) unseen moves its job on
     remove_orphan_inputs(store, records, now)
     remove_idle_work_folders(store, records)
     remove_orphan_events(store)

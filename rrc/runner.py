@@ -39,6 +39,8 @@ def run_task(store, settings, task_id):
         service = find_service(*load_services(store.root), record.get(Field.SERVICE, ''))
     except RRCloudError as exc:
         return cannot_start(store, record, str(exc), config)
+    if record.get(Field.JOB):
+        prepare_hand_off(store, record)
     try:
         outcome = execute(store, config, service, record)
     except Exception as exc:  # a runner never leaves a task busy
@@ -48,6 +50,26 @@ def run_task(store, settings, task_id):
         fields = remove_output_of_full_disk(store, record, fields)
     finished = finish_task(store, task_id, status, **fields)
     return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+
+
+def prepare_hand_off(store, record):
+    """A pipeline step whose next step runs on another server: import what
+    sending it there needs while the tool runs (on a Raspberry Pi, http.client
+    and requests take longer to import than the whole hand-off may)."""
+    from .pipeline import next_step_runs_elsewhere
+    if next_step_runs_elsewhere(store, record):
+        import threading
+        threading.Thread(target=_import_forwarder, daemon=True).start()
+
+
+# What the forwarder imports: the upload's http.client, then requests (it follows the step with it).
+FORWARDER_MODULES = ('http.client', f'{__package__}.lighthttp', f'{__package__}.forward',
+                     f'{__package__}.remote', 'requests')
+
+
+def _import_forwarder():
+    for name in FORWARDER_MODULES:
+        __import__(name)
 
 
 def cannot_start(store, record, reason, config=None):

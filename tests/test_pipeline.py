@@ -8,11 +8,11 @@ something in the middle.
 """
 import json
 import os
-import time
+import signal
 
 import pytest
 
-from conftest import DATA, make_service, task_id_of, write_config
+from conftest import DATA, make_service, task_id_of
 from helpers import plain_session, wait_for, wait_until_done
 from printer_sim import PrinterSim
 from rrc.store import Store
@@ -277,3 +277,31 @@ def test_waiting_steps_survive_a_restart_of_the_server(tmp_path):
 
     assert done['status'] == 'complete', done
     assert done['step2'] == f'{second} echo complete'
+
+
+def test_a_step_interrupted_while_the_server_was_down_fails_its_job_at_restart(server):
+    """A power cut: the runner and tool of step 1 die with the server.  At the
+    restart, recovery finds the step interrupted and moves the job on: failed,
+    the waiting step cancelled, nothing left waiting."""
+    gate = server.store / 'never-opened'
+    answer = post_pipe(server, {'step1': 'step', 'step2': 'echo'},
+                       {'step1.fileIn0': ('a.txt', gated_script(gate).encode())})
+    job = answer.json()
+    first, second = job['steps'].split(',')
+    store = Store(str(server.store))
+    wait_for(lambda: store.read_task(first).get('pid'), 'step 1 to run', timeout=30)
+    server.stop()
+    record = store.read_task(first)
+    for key in ('runner', 'pid'):
+        os.killpg(int(record[key]), signal.SIGKILL)
+    try:  # the in-process app started the runner: it is this process's child to reap
+        os.waitpid(int(record['runner']), 0)
+    except ChildProcessError:
+        pass
+
+    server.start()
+
+    job = store.read_task(job['id'])
+    assert (job['status'], job['error']) == ('failed', 'step 1 (step) failed: interrupted'), job
+    assert store.read_task(second)['error'] == 'cancelled: step 1 (step) failed: interrupted'
+    assert not os.listdir(server.store / 'tasks' / 'waiting')
