@@ -12,6 +12,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)
        rrcloud [OPTIONS] resume ID           continue a suspended task
+       rrcloud [OPTIONS] pipe SERVICE ARGS... -- SERVICE ARGS...   a job of steps (see pipe --help)
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
@@ -83,5 +84,29 @@ sandbox.
 
 Who may use it: allow, token and allowOrigins in rrcloudrc (docs/SECURITY.md).
 """
-SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP}
+PIPE_HELP = """\
+usage: rrcloud [OPTIONS] pipe SERVICE ARGS... [--s=SERVER] -- SERVICE ARGS... [--s=SERVER] -- ...
+
+Runs a chain of steps as one job: the output of each step is the main input
+of the next (a later step takes only inputs with a prefix, e.g. slic3r's
+--load=FILE).  Each step is a task with its own id; `info JOB` shows them
+all, `kill JOB` kills the running step and cancels the rest.  A failed step
+fails the job ("step 1 (openscad) failed: exit code 1") and cancels the rest.
+
+  --s=SERVER    after a step's words: run that step on SERVER (else its
+                service's SERVICE.servers, or servers, from rrcloudrc)
+  --local       after a step's words: run that step here
+  --sync        wait for the last step; its output argument (e.g.
+                --output=FILE for slic3r) says where its result goes; the
+                exit code is the failed tool's
+  (other options, anywhere, are the pipe's: --format, --notifier)
+
+When every step runs on a server, the pipe goes to the first step's server,
+which sends each output on to the next step's server (it must be in that
+server's own servers list).  At most maxSteps (8) steps.
+
+example:
+  rrcloud --sync pipe openscad part.scad -- slic3r --load=pla.ini --output=part.gcode
+"""
+SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP}
 USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'
