@@ -192,7 +192,8 @@ class Config:
         try:
             store(parse(value))
         except ValueError as exc:
-            raise ConfigError(f'{path}:{number}: bad value for {key}: {value!r} ({exc})') from None
+            shown = '(not shown: a secret)' if suffix == 'token' or key == 'notifierSecret' else repr(value)
+            raise ConfigError(f'{path}:{number}: bad value for {key}: {shown} ({exc})') from None
 
     def token_for(self, url):
         """The token to send to the server at ``url``: ``<host>.token``, else ``token``."""

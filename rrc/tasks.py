@@ -225,11 +225,13 @@ def queue_task(store, task_id, settings):
 
 
 def queued_settings(store, task_id):
-    """The settings in a task's queue marker ('' for a marker without any)."""
+    """The settings in a task's queue marker ('' for a marker without any, or
+    one another user wrote: markers are 0600, and a marker this dispatcher
+    cannot read must not stop the queue; the task gets the dispatcher's settings)."""
     try:
         with open(os.path.join(store.folder('queue'), check_task_id(task_id)), 'rb') as handle:
             return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return ''
 
 
