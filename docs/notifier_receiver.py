@@ -26,7 +26,7 @@ def verify(secret, method, target, headers, now=None):
     fields = dict(part.strip().split('=', 1) for part in
                   headers.get('X-RRCloud-Signature', '').split(',') if '=' in part)
     timestamp, given = fields.get('t', ''), fields.get('v1', '')
-    if not timestamp.isdigit():
+    if not (timestamp.isascii() and timestamp.isdigit()):
         return False
     if abs((time.time() if now is None else now) - int(timestamp)) > FRESH_SECONDS:
         return False

@@ -163,6 +163,8 @@ def test_a_real_tasks_signed_call_is_accepted_and_a_tampered_or_stale_one_refuse
     assert not example.verify(SECRET, method, target, headers, now=signed_at + example.FRESH_SECONDS + 1)
     assert not example.verify(SECRET, method, target, headers, now=signed_at - example.FRESH_SECONDS - 1)
     assert example.verify(SECRET, method, target, headers, now=signed_at + example.FRESH_SECONDS)
+    for forged in ('', 't=,v1=', f't=²,v1={"0" * 64}', 't=1,v1', 'v1=x,t=y', 'garbage'):
+        assert not example.verify(SECRET, method, target, dict(headers, **{'X-RRCloud-Signature': forged}))
 
     # Over HTTP: the same call again (a replay), or aimed at another target, is refused.
     assert listener.get(target, headers) == 403
@@ -323,6 +325,12 @@ def test_the_secret_is_only_in_the_0600_marker_never_in_record_meta_or_tool(cli,
     for text in shown:
         assert SECRET not in text
         assert 'RRCLOUD_TASK_SETTINGS' not in text and 'notifierSecret' not in text
+
+
+def test_the_check_shown_in_security_md_is_the_receivers_own():
+    text = (REPO / 'docs' / 'SECURITY.md').read_text()
+    (shown,) = re.findall(r'```python\n(.*?)```', text, re.S)
+    assert shown.startswith('def verify(') and shown in RECEIVER.read_text()
 
 
 @pytest.mark.parametrize('value', ['short-secret', 'sixteen chars with spaces', 'abcdefgh#ijklmnopqrstu',
