@@ -59,11 +59,14 @@ class Receiver:
 
     def __init__(self, secret):
         self.requests, self.calls = [], []
+        self.hold_started = None  # an Event: a started call waits for it before it is answered
         receiver = self
 
         class Handler(example.NotifierReceiver):
             def do_GET(self):
                 receiver.requests.append((self.command, self.path, dict(self.headers)))
+                if receiver.hold_started and self.headers.get('X-RRCloud-Event') == 'started':
+                    receiver.hold_started.wait(60)
                 super().do_GET()
 
             def received(self, task_id, event):
@@ -238,6 +241,27 @@ def test_the_cli_option_asks_for_the_started_call(cli, workdir, receiver):
     notifier_lines(workdir, task_id, 2)
     assert listener.calls == [(task_id, 'started'), (task_id, 'ended')]
     assert Store(workdir).read_task(task_id)['notifierEvents'] == 'started,ended'
+
+
+def test_a_receiver_that_holds_the_started_call_never_holds_up_the_tool(cli, workdir, receiver):
+    write_config(workdir, SIGNED)
+    listener = receiver()
+    listener.hold_started = threading.Event()
+
+    task_id = submit(cli, listener, '--notifier-events=started,ended')
+
+    try:
+        wait_for(lambda: listener.requests, 'the started call')
+        record = wait_until_done(workdir, task_id)  # while the started call still waits for its answer
+        assert record['status'] == 'complete', record
+        assert [headers['X-RRCloud-Event'] for _, _, headers in listener.requests] == ['started']
+        assert 'rrcloud: notifier' not in (workdir / 'tasks' / 'log' / task_id).read_text()  # no outcome yet
+    finally:
+        listener.hold_started.set()
+    lines = notifier_lines(workdir, task_id, 2)
+    assert [line.rsplit(' ', 3)[-3:] for line in lines] == [['(started):', 'HTTP', '204'],
+                                                             ['(ended):', 'HTTP', '204']]
+    assert listener.calls == [(task_id, 'started'), (task_id, 'ended')]
 
 
 @pytest.mark.parametrize('events', ['start', 'started,,ended', 'ended;started', 'STARTED'])
