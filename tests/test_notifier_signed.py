@@ -301,7 +301,9 @@ def test_notifier_events_go_to_a_server_only_when_not_the_default(cli, workdir):
         for options in ((), ('--notifier-events=started,ended',)):
             result = cli(f'--s={server.address}', f'--notifier={url}', *options, 'echo', 'hi')
             assert result.code == 0, result
-        plain, with_events = server.of('POST')
+        refused = cli(f'--s={server.address}', f'--notifier={url}', '--notifier-events=begun', 'echo', 'hi')
+        assert refused.code == 2 and 'bad notifierEvents' in refused.err, refused
+        plain, with_events = server.of('POST')  # the refused one was never sent
     finally:
         server.stop()
     assert b'name="notifier"' in plain.body and b'notifierEvents' not in plain.body
