@@ -72,6 +72,13 @@ def _token(text):
     return text
 
 
+def _secret(text):
+    if not TOKEN_RE.match(text):
+        raise ValueError('a notifier secret is 16 to 256 letters, digits or ._~+/=- '
+                         '(e.g. the output of "openssl rand -hex 32")')
+    return text
+
+
 ORIGIN_RE = LazyPattern(r'\Ahttps?://[A-Za-z0-9._\-\[\]:]+\Z')
 
 
@@ -112,6 +119,7 @@ CONFIG_KEYS = {
     'allow': _network_list,
     'token': _token,
     'notifierAllow': _network_list,
+    'notifierSecret': _secret,
     'maxRequestSize': positive_int,
     'maxInputs': positive_int,
     'maxFieldLength': positive_int,
@@ -146,6 +154,7 @@ class Config:
         self.token = ''
         self.host_tokens = {}
         self.notifierAllow = []
+        self.notifierSecret = ''  # signs notifier calls; travels to runners in 0600 queue markers only
         self.maxRequestSize = 256 * 1024 * 1024
         self.maxInputs = 32
         self.maxFieldLength = 4096
@@ -185,7 +194,8 @@ class Config:
         try:
             store(parse(value))
         except ValueError as exc:
-            raise ConfigError(f'{path}:{number}: bad value for {key}: {value!r} ({exc})') from None
+            shown = '(not shown: a secret)' if suffix == 'token' or key == 'notifierSecret' else repr(value)
+            raise ConfigError(f'{path}:{number}: bad value for {key}: {shown} ({exc})') from None
 
     def token_for(self, url):
         """The token to send to the server at ``url``: ``<host>.token``, else ``token``."""

@@ -1,4 +1,5 @@
-"""The notifier: the GET a server makes when a task ends, refused for its own and metadata addresses."""
+"""The notifier: the GET a server makes when a task starts or ends, signed
+with ``notifierSecret``, refused for its own and metadata addresses."""
 
 from . import __version__
 from .errors import UsageError
@@ -23,21 +24,132 @@ NOTIFIER_REFUSED = ('127.0.0.0/8', '::1/128', '0.0.0.0/8', '::/128', '169.254.0.
                     '100.100.100.200/32', 'fd00:ec2::254/128', '168.63.129.16/32')
 
 
-def notify(store, config, record):
-    """Call the task's notifier URL once; the outcome goes to the log, never to the status."""
-    url = record[Field.NOTIFIER].replace('$id', record[Field.ID]).replace('$myip', record.get(Field.CLIENT, ''))
+# The moments a notifier may be called at, in the order they happen; a task
+# calls at those its ``notifierEvents`` names (0.019's one call: ended).
+STARTED, ENDED = 'started', 'ended'
+NOTIFIER_EVENTS = (STARTED, ENDED)
+DEFAULT_NOTIFIER_EVENTS = (ENDED,)
+
+
+def parse_notifier_events(text):
+    """``started,ended`` -> the events named, in NOTIFIER_EVENTS order; UsageError
+    for an empty list or an unknown word ('' is the default: ended)."""
+    if text == '':
+        return DEFAULT_NOTIFIER_EVENTS
+    words = [word.strip() for word in text.split(',')]
+    for word in words:
+        if word not in NOTIFIER_EVENTS:
+            raise UsageError(f'bad notifierEvents: {text[:64]!r} (a comma-separated list of '
+                             f'{", ".join(NOTIFIER_EVENTS)})')
+    return tuple(event for event in NOTIFIER_EVENTS if event in words)
+
+
+def notifier_events_field(notifier, text):
+    """The record's ``notifierEvents`` field (none for the default, ended: a
+    0.019 client sees the record it knows); UsageError for a bad list, or
+    for events without a notifier to call."""
+    events = parse_notifier_events(text)
+    if text and not notifier:
+        raise UsageError('notifierEvents needs a notifier (the URL to call)')
+    return {} if events == DEFAULT_NOTIFIER_EVENTS else {Field.NOTIFIER_EVENTS: ','.join(events)}
+
+
+def notifier_events_of(record):
+    """The events a task's notifier is called at.  A record is data: a value
+    that does not check gives the default, never more calls."""
     try:
-        outcome = f'HTTP {notifier_get(url, config.notifierAllow)}'
+        return parse_notifier_events(record.get(Field.NOTIFIER_EVENTS, ''))
+    except UsageError:
+        return DEFAULT_NOTIFIER_EVENTS
+
+
+class TaskNotifier:
+    """The notifier calls of one task, for its runner.  ``started`` runs in a
+    thread of its own (the tool never waits for a receiver); ``ended`` waits
+    for it first, so a receiver hears of the start before the end."""
+
+    def __init__(self, store, config, record):
+        self.store, self.config = store, config
+        self.events = notifier_events_of(record) if record.get(Field.NOTIFIER) else ()
+        self.started_call = None
+
+    def started(self, record):
+        """The tool has started: call the notifier in the background, if asked."""
+        if STARTED not in self.events:
+            return
+        import threading
+        self.started_call = threading.Thread(target=notify, args=(self.store, self.config, record, STARTED),
+                                             name='notifier-started', daemon=True)
+        self.started_call.start()
+
+    def ended(self, record):
+        """The task has ended (its slot is free): call the notifier, if asked."""
+        if self.started_call is not None:
+            self.started_call.join()  # bounded by its own NOTIFIER_TIMEOUT deadline
+        if ENDED in self.events:
+            notify(self.store, self.config, record, ENDED)
+
+
+def notify(store, config, record, event=ENDED):
+    """Call the task's notifier URL once for ``event``; the outcome goes to the
+    log, never to the status.  The default (ended only) keeps 0.019's log line."""
+    task_id = record[Field.ID]
+    url = record[Field.NOTIFIER].replace('$id', task_id).replace('$myip', record.get(Field.CLIENT, ''))
+    try:
+        headers = notifier_headers(config.notifierSecret, event, task_id, request_target(url))
+        outcome = f'HTTP {notifier_get(url, config.notifierAllow, headers)}'
     except Exception as exc:
         outcome = f'not called: {exc}'
-    with open(store.log_path(record[Field.ID]), 'a', encoding='utf-8') as log:
-        log.write(f'rrcloud: notifier {url}: {outcome}\n')
+    shown = '' if notifier_events_of(record) == DEFAULT_NOTIFIER_EVENTS else f' ({event})'
+    with open(store.log_path(task_id), 'a', encoding='utf-8') as log:
+        log.write(f'rrcloud: notifier {url}{shown}: {outcome}\n')
 
 
-def notifier_get(url, allowed):
+# The signature of a call (docs/SECURITY.md, "Signed notifier calls"):
+#   X-RRCloud-Signature: t=UNIX_SECONDS,v1=HEX
+# HEX = HMAC-SHA256(notifierSecret, T "\n" "GET " TARGET "\n" EVENT "\n" TASK_ID), with
+# TARGET the request target exactly as sent (path and query, $id filled in).
+SIGNATURE_HEADER = 'X-RRCloud-Signature'
+EVENT_HEADER = 'X-RRCloud-Event'
+TASK_HEADER = 'X-RRCloud-Task'
+
+
+def signed_text(timestamp, method, target, event, task_id):
+    """The string a notifier call's signature is computed over."""
+    return f'{timestamp}\n{method} {target}\n{event}\n{task_id}'
+
+
+def signature(secret, text):
+    """HMAC-SHA256 of ``text`` under ``secret``, in hex."""
+    import hashlib
+    import hmac
+    return hmac.new(secret.encode('utf-8'), text.encode('utf-8'), hashlib.sha256).hexdigest()
+
+
+def notifier_headers(secret, event, task_id, target, now=None):
+    """The headers that tell a receiver what happened to which task; signed
+    (with the time of the call) when a secret is configured."""
+    headers = {EVENT_HEADER: event, TASK_HEADER: task_id}
+    if secret:
+        import time
+        timestamp = str(int(time.time() if now is None else now))
+        headers[SIGNATURE_HEADER] = (f't={timestamp},v1='
+                                     + signature(secret, signed_text(timestamp, 'GET', target, event, task_id)))
+    return headers
+
+
+def request_target(url):
+    """The request target a GET of ``url`` sends: its path (``/`` when empty) and query."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    return (parts.path or '/') + (f'?{parts.query}' if parts.query else '')
+
+
+def notifier_get(url, allowed, headers=None):
     """One GET of ``url``: the name is resolved once, the address checked and then used.
 
-    http(s) only, no proxy, no redirect followed, a short timeout.
+    http(s) only, no proxy, no redirect followed, a short timeout; ``headers``
+    go with it.
     """
     import threading
     from urllib.parse import urlsplit
@@ -50,9 +162,9 @@ def notifier_get(url, allowed):
     deadline = threading.Timer(NOTIFIER_TIMEOUT, _cut_connection, (connection, expired))
     deadline.start()  # the whole GET, not each read: a trickling listener cannot hold the runner
     try:
-        target = (parts.path or '/') + (f'?{parts.query}' if parts.query else '')
-        connection.request('GET', target, headers={'User-Agent': f'rrcloud/{__version__}',
-                                                   'Host': parts.netloc.rpartition('@')[2]})
+        connection.request('GET', request_target(url), headers={
+            'User-Agent': f'rrcloud/{__version__}', 'Host': parts.netloc.rpartition('@')[2],
+            **(headers or {})})
         status = connection.getresponse().status
         if expired.is_set():  # headers cut short by the deadline parse as complete
             raise TimeoutError

@@ -7,6 +7,7 @@ from .config import SERVER_RE
 from .errors import NoServer, RRCloudError, UsageError
 from .events import status_changed
 from .names import LazyPattern, is_extension, is_single_line, is_task_id
+from .notifier import notifier_events_field
 from .schema import Field, TaskStatus
 from .states import State, initial_fields, move_task
 from .store import parse_record, temp_writer, unlink_quietly
@@ -92,11 +93,11 @@ def rank_servers(session, urls):
     return [urls[index] for _, index in ranked], silent
 
 
-def post_task(session, url, service, inputs, native, notifier, params=(), out_ext=''):
+def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events=''):
     """Upload one task (the spec's field names); the server's record, or None.
 
-    ``paramN`` and ``outExt`` go only when there are any: a 0.019 server
-    knows neither.
+    ``paramN``, ``outExt`` and ``notifierEvents`` go only when there are any
+    (not the default): a 0.019 server knows none of them.
     """
     fields = {'service': service.name}
     if native:
@@ -107,6 +108,7 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
         fields['outExt'] = out_ext
     if notifier:
         fields['notifier'] = notifier
+    fields.update(notifier_events_field(notifier, notifier_events))  # {notifierEvents: ...} or {}
     files = {}
     for number, item in enumerate(inputs):
         if item.prearg:
@@ -134,7 +136,7 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
     tried = [f'{url}: no answer to meta' for url in silent]
     for url in ranked:
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
-                                    params, out_ext)
+                                    params, out_ext, ctx.options.notifier_events)
         if answer:
             return record_remote(ctx.store, url, service, answer)
         tried.append(failure)

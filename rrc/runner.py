@@ -10,7 +10,7 @@ from .errors import ConfigError, ExitCode, RRCloudError, UsageError
 from .events import ProgressEvents, note
 from .identity import NodeIdentity, is_node_name
 from .names import check_task_id, is_extension, is_single_line, is_task_id
-from .notifier import notify
+from .notifier import TaskNotifier
 from .procs import (kill_process_group, process_start_time, rrcloud_command, task_environment,
     terminate_group)
 from .projects import PROJECT_PART_RE
@@ -41,15 +41,16 @@ def run_task(store, settings, task_id):
         return cannot_start(store, record, str(exc), config)
     if record.get(Field.JOB):
         prepare_hand_off(store, record)
+    notifier = TaskNotifier(store, config, record)
     try:
-        outcome = execute(store, config, service, record)
+        outcome = execute(store, config, service, record, on_start=notifier.started)
     except Exception as exc:  # a runner never leaves a task busy
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
     status, fields = outcome
     if status == TaskStatus.FAILED:
         fields = remove_output_of_full_disk(store, record, fields)
     finished = finish_task(store, task_id, status, **fields)
-    return _runner_done(store, config, task_id, finished or store.read_task(task_id))
+    return _runner_done(store, config, task_id, finished or store.read_task(task_id), notifier)
 
 
 def prepare_hand_off(store, record):
@@ -104,7 +105,7 @@ def remove_output_of_full_disk(store, record, fields):
     return dict(fields, error=f"{fields.get('error', 'failed')}: no space left on device (output removed)")
 
 
-def _runner_done(store, config, task_id, final):
+def _runner_done(store, config, task_id, final, notifier=None):
     """Free this runner's slot, start what waits for it (the next step of its
     pipeline first), then call the notifier (a slow notifier never holds a
     slot nor the next step).  A next step that runs on another server is
@@ -116,8 +117,7 @@ def _runner_done(store, config, task_id, final):
         from .pipeline import after_step
         forwarded = after_step(store, config, final, inline=True)
     dispatch(store, config)
-    if final.get(Field.NOTIFIER):
-        notify(store, config, final)
+    (notifier or TaskNotifier(store, config, final)).ended(final)
     if forwarded:
         from .forward import forward_steps
         forward_steps(store, forwarded)
@@ -134,8 +134,10 @@ def release_slot():
             pass
 
 
-def execute(store, config, service, record):
-    """Run the tool of one task; returns (status, fields to record)."""
+def execute(store, config, service, record, on_start=None):
+    """Run the tool of one task; returns (status, fields to record).
+
+    ``on_start(record)`` is called once the tool has started (it must not block)."""
     try:
         argv = task_argv(service, record)
     except UsageError as exc:
@@ -148,7 +150,7 @@ def execute(store, config, service, record):
             return TaskStatus.FAILED, {'error': f'cannot start: {launch.missing} not found in {service.path}'}
         work = prepare_work_folder(store, record[Field.ID]) if config.sandbox else None
         try:
-            outcome = run_tool(store, config, record, launch, log, work)
+            outcome = run_tool(store, config, record, launch, log, work, on_start)
             if outcome is None and work:
                 outcome = take_output(store, config, service, record, work, launch.exit_code)
         finally:
@@ -244,7 +246,7 @@ class Launch:
         self.exit_code = None
 
 
-def run_tool(store, config, record, launch, log, work):
+def run_tool(store, config, record, launch, log, work, on_start=None):
     """Start the tool (sandboxed when ``work`` is given), record its pid, supervise
     it; returns a failure outcome, or None with ``launch.exit_code`` set."""
     import subprocess
@@ -268,18 +270,21 @@ def run_tool(store, config, record, launch, log, work):
         if progress_write is not None:
             os.close(progress_write)
     try:
-        return watch_tool(store, config, record, process, progress_read)
+        return watch_tool(store, config, record, process, progress_read, on_start)
     finally:
         if progress_read is not None:
             os.close(progress_read)
         launch.exit_code = process.returncode
 
 
-def watch_tool(store, config, record, process, progress_read):
-    """Record the tool's pid, then supervise it until it ends, times out or is killed."""
+def watch_tool(store, config, record, process, progress_read, on_start=None):
+    """Record the tool's pid, tell ``on_start``, then supervise the tool until
+    it ends, times out or is killed."""
     try:
         store.update_task(record[Field.ID], {'pid': process.pid,
                                          'pidStart': process_start_time(process.pid) or ''})
+        if on_start:  # the started notifier: in a thread, the tool never waits for it
+            on_start(record)
     except BaseException:  # an unrecorded tool must not run on unseen
         terminate_group(process)
         raise

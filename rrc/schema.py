@@ -30,6 +30,7 @@ class Field:
     CMD = 'cmd'
     ARGS = 'args'  # a task started from the command line: its words (content as its size)
     NOTIFIER = 'notifier'
+    NOTIFIER_EVENTS = 'notifierEvents'  # only when not the default (ended): started,ended
     SIZE_IN = 'sizeIn'
     # A print's DONE/TOTAL (live in the event log; the final record keeps the last).
     PROGRESS = 'progress'

@@ -65,7 +65,10 @@ def temp_writer():
 
 
 def write_file_atomically(path, data, mode=0o644):
-    """Write bytes to ``path`` via a temp file in the same folder, fsync, rename."""
+    """Write bytes to ``path`` via a temp file in the same folder, fsync, rename.
+
+    ``mode`` is the file's from its creation on: a 0600 file is never readable
+    by others, not even for a moment."""
     folder, name = os.path.split(path)
     temp = os.path.join(folder, f'.{name}.{temp_writer()}.{new_unique_name()}.tmp')
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

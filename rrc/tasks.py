@@ -9,7 +9,7 @@ from .events import EventFollower, STATUS, progress_text, status_changed
 from .errors import ConfigError, NotFound, UsageError
 from .keyvalue import parse_key_value_text
 from .names import check_task_id, is_extension
-from .notifier import check_notifier_url
+from .notifier import check_notifier_url, notifier_events_field
 from .procs import kill_process_group, process_start_time, spawn_runner
 from .projects import is_project_name, unpack_project
 from .schema import Field, TaskStatus
@@ -58,21 +58,23 @@ def store_input(store, service, item):
 
 
 def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
-                params=(), out_ext=''):
+                params=(), out_ext='', notifier_events=''):
     """Validate, store inputs and record, queue the task and start what can start.
 
     ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
-    output format asked for, one of ``outputExts`` ('' for the default).
+    output format asked for, one of ``outputExts`` ('' for the default);
+    ``notifier_events``: when the notifier is called (``started,ended``; ''
+    for the default, ended).
     """
     record = create_task_record(store, config, service, inputs, native_args, notifier, client, args,
-                                params, out_ext)
+                                params, out_ext, notifier_events=notifier_events)
     queue_task(store, record[Field.ID], task_settings(config))
     dispatch(store, config)
     return store.read_task(record[Field.ID])
 
 
 def create_task_record(store, config, service, inputs, native_args=(), notifier='', client='localhost',
-                       args='', params=(), out_ext='', state=State.QUEUED, fields=None):
+                       args='', params=(), out_ext='', state=State.QUEUED, fields=None, notifier_events=''):
     """Check a task, store its inputs and create its record in ``state``
     (queued, or waiting: a pipeline step whose main input comes later) with
     ``fields`` added; nothing is stored when a check fails."""
@@ -85,6 +87,7 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
         raise UsageError('missing input: give at least one input file or content')
     if notifier:
         check_notifier_url(notifier)
+    events = notifier_events_field(notifier, notifier_events)
     inputs = [filter_config_input(service, item) for item in inputs]
     stored = []
     try:
@@ -94,7 +97,7 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
         size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: dict(_new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext, state),
-            server=config.serverName, **{Field.NODE: store.node.name}, **(fields or {})))
+            server=config.serverName, **{Field.NODE: store.node.name}, **events, **(fields or {})))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -209,16 +212,19 @@ def config_pairs(service, data):
 
 # What a task's runner works with, fixed when the task is submitted: the
 # rrcloudrc files may change or vanish before the task starts or while it runs.
-TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'notifierAllow')
+# ``notifierSecret`` makes a marker a secret: markers are written 0600 (queue_task).
+TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'notifierAllow', 'notifierSecret')
 TASK_SETTINGS_MAX_BYTES = 4096
 
 
 def task_settings(config):
-    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config)."""
+    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config);
+    ``notifierSecret`` only when one is set."""
     values = {'timeout': repr(config.timeout), 'maxTasks': str(config.maxTasks),
               'sandbox': 'yes' if config.sandbox else 'no', 'maxOutputSize': str(config.maxOutputSize),
-              'notifierAllow': ', '.join(config.notifierAllow)}
-    return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS)
+              'notifierAllow': ', '.join(config.notifierAllow), 'notifierSecret': config.notifierSecret}
+    return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS
+                   if values[key] or key != 'notifierSecret')
 
 
 def task_config(text, store, allowed=TASK_SETTINGS):
@@ -239,17 +245,25 @@ def task_config(text, store, allowed=TASK_SETTINGS):
     return config
 
 
+# A queue marker may hold notifierSecret: readable by the store's user only
+# (the server's, which also runs every runner; docs/SECURITY.md).
+QUEUE_MARKER_MODE = 0o600
+
+
 def queue_task(store, task_id, settings):
     """Queue a task: its marker in ``tasks/queue`` holds the settings it runs with."""
-    write_file_atomically(os.path.join(store.folder('queue'), check_task_id(task_id)), settings.encode())
+    write_file_atomically(os.path.join(store.folder('queue'), check_task_id(task_id)), settings.encode(),
+                          mode=QUEUE_MARKER_MODE)
 
 
 def queued_settings(store, task_id):
-    """The settings in a task's queue marker ('' for a marker without any)."""
+    """The settings in a task's queue marker ('' for a marker without any, or
+    one another user wrote: markers are 0600, and a marker this dispatcher
+    cannot read must not stop the queue; the task gets the dispatcher's settings)."""
     try:
         with open(os.path.join(store.folder('queue'), check_task_id(task_id)), 'rb') as handle:
             return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return ''
 
 

@@ -9,6 +9,7 @@ from .output import (all_records, ask_server, describe_args, print_fields, print
 from .sync import finish_sync, sync_remote
 from ..errors import ExitCode, UsageError
 from ..names import check_task_id
+from ..notifier import notifier_events_field
 from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task
@@ -159,12 +160,13 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
     show = sync and not wrapper and output is None and not service.no_output
     servers = remote_servers(ctx, service_name)
     if servers:
+        notifier_events_field(ctx.options.notifier, ctx.options.notifier_events)  # refused before sending
         if not sync:
             print_id(ctx, submit_remote(ctx, service, servers, inputs, native, **extra))
             return ExitCode.OK
         return sync_remote(ctx, service, servers, inputs, native, output, show, **extra)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
-                         args=describe_args(args), **extra)
+                         args=describe_args(args), notifier_events=ctx.options.notifier_events, **extra)
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK

@@ -47,7 +47,11 @@ options:
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
                      info, ls, meta, kill, suspend or resume: ask SERVER
                      instead of this store
-  --notifier=URL     GET URL when the task ends ($id, $myip are filled in)
+  --notifier=URL     GET URL when the task ends ($id, $myip are filled in;
+                     signed when the server has notifierSecret)
+  --notifier-events=started,ended
+                     when to GET it: ended (the default), started (once the
+                     tool runs), or both
   --sync             wait for the task and mirror its exit code (no output
                      argument: echo prints its text, other services their record)
   --short            info: one line per task, as ls

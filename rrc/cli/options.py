@@ -13,7 +13,7 @@ from ..tasks import Input, input_kinds
 
 
 CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume')
-VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
+VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
 
@@ -23,6 +23,7 @@ class Options:
     def __init__(self):
         self.s = None
         self.notifier = ''
+        self.notifier_events = ''  # --notifier-events=started,ended ('': the default, ended)
         self.format = 'text'
         self.dir = None
         self.local = self.sync = self.traceback = self.help = self.version = self.short = False
@@ -64,7 +65,7 @@ def set_option(options, word, rest):
         raise UsageError(f'option --{name} needs a value')
     if name == 'format' and value not in ('text', 'json'):
         raise UsageError(f'--format must be text or json, not {value!r}')
-    setattr(options, name, value)
+    setattr(options, name.replace('-', '_'), value)
 
 
 def take_options(options, args, service=None):

@@ -36,8 +36,8 @@ def wrapper_help(ctx, service):
     lines = [f'usage: {name}.cloud [OPTIONS] {port}INPUT...{output}', '',
              textwrap.fill(about, 78, break_long_words=False, break_on_hyphens=False), '']
     lines += [f'  {label:<11} {text}' for label, text in wrapper_help_rows(service)]
-    lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --traceback,",
-              '  -h/--help, --version (rrcloud --help tells more)']
+    lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --notifier-events=LIST,",
+              '  --traceback, -h/--help, --version (rrcloud --help tells more)']
     return '\n'.join(lines) + '\n'
 
 

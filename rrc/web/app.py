@@ -332,7 +332,7 @@ def post_wait_seconds(config, request):
 
 
 def submit_from_form(store, config, request):
-    """``POST service=NAME fileIn0.. prearg0.. nativeArgs arg0.. notifier``: start a task."""
+    """``POST service=NAME fileIn0.. prearg0.. nativeArgs arg0.. notifier notifierEvents``: start a task."""
     for key, value in request.form.items():
         if not key.startswith('fileIn'):
             check_field(key, value, config)
@@ -351,7 +351,8 @@ def submit_from_form(store, config, request):
     from ..tasks import submit_task
     return submit_task(store, config, service, inputs, native,
                        notifier=request.form.get('notifier', ''), client=request.client,
-                       params=params, out_ext=request.form.get('outExt', ''))
+                       params=params, out_ext=request.form.get('outExt', ''),
+                       notifier_events=request.form.get('notifierEvents', ''))
 
 
 def form_param(text):
