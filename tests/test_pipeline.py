@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from conftest import DATA, make_service, task_id_of
+from conftest import DATA, make_service, task_id_of, write_config
 from helpers import plain_session, wait_for, wait_until_done
 from printer_sim import PrinterSim
 from rrc.store import Store
@@ -68,12 +68,13 @@ def test_render_and_slice_on_one_server_print_on_another(proc, workdir, tmp_path
     fast = EmbeddedServer(tmp_path / 'fast', services={'printrun': PTY_PRINTRUN_CONF})
     fast.config.write_text(f'maxTasks = 2\nservers = {pi.address}\n127.0.0.1.token = pi-token-0123456789\n')
     make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
+    write_config(workdir, f'printrun.servers = {pi.address}\n')  # the print step's server, from rrcloudrc
     (workdir / 'bracket.scad').write_text(CUBE)
     (workdir / 'pla.ini').write_text(SLIC3R_INI.read_text())
     with pi.start(), fast.start(), PrinterSim(resend_every=40) as sim:
         result = proc('--sync', 'pipe', 'openscad', 'bracket.scad', f'--s={fast.address}',
                       '--', 'slic3r', '--load=pla.ini', f'--s={fast.address}',
-                      '--', 'printrun', sim.port, f'--s={pi.address}', timeout=180)
+                      '--', 'printrun', sim.port, timeout=180)
         assert result.code == 0, (result, fast.log.read_text(), pi.log.read_text())
 
         (local_id,) = Store(str(workdir)).task_ids()
