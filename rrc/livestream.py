@@ -115,21 +115,24 @@ class LiveStream:
             return 0
 
     def read(self):
-        """The messages since the last read: log lines first (a tool's output
-        comes before the status that ends it), then events, the final one last."""
+        """The messages since the last read: events, then the log's new lines
+        (a task's first status comes before its tool's output), the final
+        status event last (after every line the tool wrote)."""
         if self.ended:
             return []
         events = self.events.read()
         end = next((n for n, e in enumerate(events) if is_final(e.kind, e.data)), None)
-        if end is not None:
-            events = events[:end + 1]
-        messages = self._log_messages(final=end is not None)
-        for event in events:
-            self.cursor = Cursor(event.id, self.cursor.log_offset)
-            messages.append(Message(event.kind, event_json(event), self.cursor, event.data,
-                                    final=is_final(event.kind, event.data)))
+        final = [] if end is None else [events[end]]
+        messages = [self._event_message(event) for event in events[:end]]
+        messages += self._log_messages(final=end is not None)
+        messages += [self._event_message(event) for event in final]
         self.ended = end is not None
         return messages
+
+    def _event_message(self, event):
+        self.cursor = Cursor(event.id, self.cursor.log_offset)
+        return Message(event.kind, event_json(event), self.cursor, event.data,
+                       final=is_final(event.kind, event.data))
 
     def _log_messages(self, final):
         """The log's new complete lines (all of it when the task has ended)."""

@@ -13,6 +13,7 @@ from ..tasks import Input, input_kinds
 
 
 CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume')
+CLI_COMMANDS += ('watch',)
 VALUE_OPTIONS = ('s', 'notifier', 'format', 'dir')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
