@@ -13,14 +13,20 @@ a failing task, a task of the embedded server over its stream, and a
 RepRapCloud 0.019 server (a fake: nothing real plays one) without events.
 """
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
 
 import pytest
 
 import deploy
-from conftest import DATA, make_service, task_id_of
+from conftest import DATA, REPO, make_service, task_id_of
+from helpers import wait_for
 from inprocess import build_environ
 from printer_sim import PrinterSim
-from rrc.events import read_events
+from rrc.events import append_event, read_events
 from rrc.store import Store
 from servers import FakeServer
 
@@ -296,3 +302,43 @@ def test_watch_help_and_usage(cli):
     assert cli('watch').code == 2
     assert 'watch ID' in cli('--help').out
 
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)
+def test_a_wrappers_progress_line_shows_the_servers_progress(server, local):
+    """On a terminal, ``--sync`` to a server that offers events shows the
+    task's progress from the server's stream, as it does for a local task."""
+    (local / 'long.sh').write_text('sleep 60\n')
+    records = server.store / 'tasks' / 'info'
+    before = set(os.listdir(records))  # the module's other tests' tasks
+    master, slave = pty.openpty()
+    env = dict(os.environ, HOME=str(local.parent / 'home'))
+    process = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', f'--s=127.0.0.1:{server.port}',
+                                'sh', 'long.sh'], cwd=local, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    screen = b''
+
+    def shows(text):
+        nonlocal screen
+        while select.select([master], [], [], 0.05)[0]:
+            try:
+                screen += os.read(master, 4096)
+            except OSError:
+                break
+        return text in screen
+    try:
+        task_id = wait_for(lambda: next(iter(set(os.listdir(records)) - before), None), 'the task on the server', 30)
+        wait_for(lambda: shows(b' busy '), 'the progress line', 30)
+        append_event(Store(str(server.store)), task_id, 'progress', {'done': 5, 'total': 10, 'percent': 50.0})
+        wait_for(lambda: shows(b'5/10'), 'the progress from the server', 30)
+        server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    line = screen.decode(errors='replace').split('\r')
+    assert any(f'127.0.0.1:{server.port}/ busy ' in part and part.rstrip('\x1b[K').endswith(' 5/10')
+               for part in line), screen

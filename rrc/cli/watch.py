@@ -205,6 +205,75 @@ def polled_messages(ctx, url, task_id):
         time.sleep(1.0)  # a 0.019 server answers at once
 
 
+# -- a wrapper's progress line ------------------------------------------------
+
+def wait_with_events(ctx, record, progress):
+    """A remote task followed through its server's event stream, each event
+    shown on a wrapper's progress line (elapsed seconds tick on between
+    them); its record once it ended there, result fetched.  None when the
+    server offers no events (the caller long-polls ``info`` instead)."""
+    session = http_session(ctx.config)
+    url = record[Field.SERVER]
+    if not offers_events(session, url):
+        return None
+    import queue
+    import threading
+    inbox = queue.Queue()
+    messages = remote_messages(ctx, url, record[Field.REMOTE_ID])
+    threading.Thread(target=pump_messages, args=(messages, inbox), daemon=True).start()
+    started, shown = time.monotonic(), dict(record)
+    while True:
+        progress(shown, time.monotonic() - started)
+        try:
+            message = inbox.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if isinstance(message, NoServer):
+            raise message
+        if message is None or isinstance(message, BaseException):  # no end seen: long-poll it
+            return None
+        shown = shown_record(shown, message)
+        if message.final:
+            from ..remote import refresh_remote
+            return refresh_remote(ctx.store, record, session)
+
+
+def offers_events(session, url):
+    """True when the server's meta says ``events: yes``."""
+    from ..remote import META_TIMEOUT
+    try:
+        return parse_answer(session.get(url, params={'service': 'meta'}, timeout=META_TIMEOUT)).get('events') == 'yes'
+    except Exception:  # requests' errors, a garbled answer: no events then
+        return False
+
+
+def pump_messages(messages, inbox):
+    """The stream's messages into ``inbox`` (a thread: the line ticks meanwhile); then None,
+    or the error that ended it."""
+    try:
+        for message in messages:
+            inbox.put(message)
+            if message.final:
+                return
+    except Exception as exc:
+        inbox.put(exc)
+        return
+    inbox.put(None)
+
+
+def shown_record(record, message):
+    """The record as the progress line shows it, after one event."""
+    data = message.data
+    if message.kind == STATUS and data.get(Field.STATUS):
+        record = {key: value for key, value in record.items() if key != Field.QUEUED}
+        record[Field.STATUS] = terminal_safe(data[Field.STATUS])
+        if data.get(Field.QUEUED):
+            record[Field.QUEUED] = 'yes'
+    elif message.kind == PROGRESS and isinstance(data.get('done'), int) and isinstance(data.get('total'), int):
+        record = dict(record, **{Field.PROGRESS: f'{data["done"]}/{data["total"]}'})
+    return record
+
+
 # -- how they are shown -------------------------------------------------------
 
 class JsonView:
