@@ -342,3 +342,31 @@ def test_a_wrappers_progress_line_shows_the_servers_progress(server, local):
     line = screen.decode(errors='replace').split('\r')
     assert any(f'127.0.0.1:{server.port}/ busy ' in part and part.rstrip('\x1b[K').endswith(' 5/10')
                for part in line), screen
+
+
+def test_a_job_streams_its_steps_and_no_log(cli, local, server):
+    """A job (``service: pipe``, issue 13's pipelines) as the pipeline writes
+    it: its own status events and a ``step`` event for each step's change."""
+    from rrc.events import STEP, status_changed
+    from rrc.states import State, initial_fields, move_task
+    ids = []
+    for store in (Store(str(local)), Store(str(server.store))):
+        job_id = status_changed(store, store.create_task(lambda task_id: dict(
+            initial_fields(State.RUNNING), service='pipe', ctime='1796000000.0', steps='a,b')))['id']
+        for step, state in ((1, 'running'), (1, 'complete'), (2, 'running'), (2, 'failed')):
+            append_event(store, job_id, STEP, {'step': step, 'id': f'STEP{step}', 'service': 'sh', 'state': state,
+                                               **({'error': 'exit code 7'} if state == 'failed' else {})})
+        with open(store.log_path(job_id), 'w') as log:
+            log.write('not a line of a job\n')
+        move_task(store, job_id, State.FAILED, {'error': 'step 2 (sh) failed: exit code 7', 'exitCode': '7'})
+        ids.append(job_id)
+
+    watched = cli('watch', ids[0])
+    assert watched.code == 7, watched
+    assert watched.out.splitlines() == [
+        'status: running',
+        'step 1 (sh) STEP1: running', 'step 1 (sh) STEP1: complete',
+        'step 2 (sh) STEP2: running', 'step 2 (sh) STEP2: failed: exit code 7',
+        'status: failed: step 2 (sh) failed: exit code 7']
+    streamed, _ = follow(server, ids[1], cut=False)
+    assert [m['event'] for m in streamed] == ['status', 'step', 'step', 'step', 'step', 'status']
