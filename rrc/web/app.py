@@ -65,11 +65,11 @@ class App:
             print(f'rrcloud: internal error: {exc!r}', file=environ.get('wsgi.errors', sys.stderr))
             response = error_response(500, 'internal error', request)
         start_response(STATUS_LINES.get(response.status, f'{response.status} Error'), response.headers)
-        if hasattr(response.body, '__next__'):  # a stream (service=events): sent as it comes
-            return response.body
         if hasattr(response.body, 'read'):
             wrapper = environ.get('wsgi.file_wrapper')
             return wrapper(response.body, 65536) if wrapper else iter(lambda: response.body.read(65536), b'')
+        if hasattr(response.body, '__next__'):  # a stream (service=events): sent as it comes
+            return response.body
         return [response.body]
 
 
