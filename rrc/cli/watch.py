@@ -299,6 +299,8 @@ class TextView:
 
     def show(self, message):
         line = self.text_of(message)
+        if message.final:
+            self.close()  # the end: no bar under it
         if message.kind == PROGRESS and self.tty:
             self.draw_bar(line)
         elif line is not None:
