@@ -467,6 +467,7 @@ def test_json_submission_prints_a_json_id(cli, workdir):
 
 META_KEYS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
              'uptime', 'version', 'busy', 'queued', 'maxTasks', 'sandbox'}
+META_KEYS |= {'events'}  # issue 13: live events (service=events)
 
 
 def test_meta_prints_the_specs_keys_plus_load(cli, workdir):
