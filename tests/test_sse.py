@@ -44,7 +44,7 @@ UNKNOWN_ID = '1795841292-04767-953464'
 CHATTY = 'for word in one two three; do echo "$word"; sleep 0.2; done\nprintf done > "$1"\n'
 QUICK = 'echo one\necho two\nprintf done > "$1"\n'
 FAILING = 'echo "about to fail"\nexit 3\n'
-CONFIG = 'cgiStreamSeconds = 0.25\n'
+CONFIG = 'cgiStreamSeconds = 0.25\nmaxWaits = 2\n'
 PTY_PRINTRUN_CONF = """\
 cmd = rrcloud print
 noOutput = yes
@@ -211,6 +211,27 @@ def test_streams_count_against_max_waits(tmp_path):
         assert server.session.get(events_url(server, task_id), timeout=30).status_code == 200
     finally:
         server.close()
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)
+def test_a_client_that_hangs_up_frees_its_stream_slot(server):
+    """Waitress tells a stream its client is gone: the thread and slot are free again."""
+    task_id = start(server, 'sleep 60\n')
+    held = [server.session.get(events_url(server, task_id), stream=True, timeout=30) for _ in range(2)]
+    try:
+        assert [answer.status_code for answer in held] == [200, 200]  # maxWaits = 2
+        refused = server.session.get(events_url(server, task_id), timeout=30)
+        assert refused.status_code == 503 and refused.headers['Retry-After'].isdigit(), refused.text
+        held[0].close()
+
+        def a_stream_opens():
+            with server.session.get(events_url(server, task_id), stream=True, timeout=30) as answer:
+                return answer.status_code == 200
+        wait_for(a_stream_opens, 'a slot freed by the client that hung up', 30)
+    finally:
+        for answer in held:
+            answer.close()
+        server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
 
 
 ###############################################################################
