@@ -132,6 +132,7 @@ CONFIG_KEYS = {
     'serverName': _server_name,
     'nodeName': _node_name,
     'reconnectTimeout': _non_negative_number,
+    'cgiStreamSeconds': positive_number,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ('127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
@@ -167,6 +168,7 @@ class Config:
         self.serverName = host_name()
         self.nodeName = default_node_name()  # which tasks of a shared store are this node's
         self.reconnectTimeout = 120.0
+        self.cgiStreamSeconds = 60.0  # a CGI's event stream ends then (the client reconnects)
         self.sources = []
         self.service_server_lines = {}  # service -> "file:line" that named its servers
 

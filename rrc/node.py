@@ -48,6 +48,7 @@ def meta_record(store, config, services, started=None):
     return {
         'busy': str(len(running)),
         'cpuLoad': f'{os.getloadavg()[0]:.2f}',
+        'events': 'yes',  # service=events: live events (a 0.019 server has no such key)
         'instance': instance_id(store.node, store.root),
         'maxDataRetention': f'{config.maxDataRetention:g}',
         'maxTasks': str(config.maxTasks),

@@ -25,12 +25,11 @@ import time
 
 from .errors import NotFound, UsageError
 from .projects import is_project_name
-from .schema import Field, TaskStatus
+from .schema import JOB_SERVICE, Field, TaskStatus
 from .states import FINAL, State, initial_fields, move_locked, move_task, process_here, state_of
 from .store import unlink_quietly, write_file_atomically
 
 
-JOB_SERVICE = 'pipe'
 # Settings a forwarder runs with: a runner's, plus what it needs to reach its server.
 FORWARD_SETTINGS = ('reconnectTimeout', 'token')
 WAITING_FOLDER = 'waiting'

@@ -65,3 +65,5 @@ class Field:
 
 
 YES = 'yes'
+# The service name of a pipeline job's record (rrc/pipeline.py); no conf may take it.
+JOB_SERVICE = 'pipe'

@@ -13,6 +13,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)
        rrcloud [OPTIONS] resume ID           continue a suspended task
        rrcloud [OPTIONS] pipe SERVICE ARGS... -- SERVICE ARGS...   a job of steps (see pipe --help)
+       rrcloud [OPTIONS] watch ID            follow a task or job live (status, log, progress)
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
@@ -45,7 +46,7 @@ for SERVICE.cloud ARGS.
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
-                     info, ls, meta, kill, suspend or resume: ask SERVER
+                     info, ls, meta, kill, suspend, resume or watch: ask SERVER
                      instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in;
                      signed when the server has notifierSecret)
@@ -112,5 +113,23 @@ server's own servers list).  At most maxSteps (8) steps.
 example:
   rrcloud --sync pipe openscad part.scad -- slic3r --load=pla.ini --output=part.gcode
 """
-SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP}
+WATCH_HELP = """\
+usage: rrcloud [--s=SERVER] [--format=json] watch ID
+
+Follows a task (or a job) until it ends: its status changes, its tool's log
+lines as they are written, notes, a job's steps, and its progress (a bar on
+a terminal, a line per update otherwise).  Exits with the task's code: 0
+when it completes, else what `rrcloud --sync` gives for it (1, or the tool's
+own exit code).  Ctrl-C stops the watching, not the task.
+
+A task of this store is followed from its files; one sent to a server, or
+with --s=SERVER, from the server's event stream (GET ?service=events&id=ID,
+Server-Sent Events), reconnecting where it left off.  A RepRapCloud 0.019
+server has no events: its status is polled instead.
+
+  --s=SERVER     watch a task of SERVER (host, host:port or URL)
+  --format=json  one JSON object per event, as the server's stream sends it
+  -h, --help     show this help
+"""
+SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP, 'watch': WATCH_HELP}
 USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'

@@ -38,6 +38,9 @@ def cli(args):
         return show_about(options)
     if options.short and command not in ('info', 'ls'):
         raise UsageError('--short goes with info (or use rrcloud ls)')
+    if command == 'watch':  # its stream reader is loaded by it alone
+        from .watch import cmd_watch
+        return cmd_watch(ctx, rest)
     if command in CLI_COMMANDS:
         return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls,
                 'suspend': cmd_suspend, 'resume': cmd_resume}[command](ctx, rest)

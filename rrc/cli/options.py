@@ -12,7 +12,7 @@ from ..store import Store
 from ..tasks import Input, input_kinds
 
 
-CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume')
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch')
 VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 

@@ -22,7 +22,7 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
     try:
         record = submit_remote(ctx, service, servers, inputs, native, params, out_ext)
         progress = ProgressLine(record[Field.SERVER]) if sys.stderr.isatty() else None
-        record = wait_remote(ctx.store, ctx.config, record, progress)
+        record = wait_for_remote(ctx, record, progress)
     except KeyboardInterrupt:
         if progress:
             progress.clear()
@@ -35,6 +35,18 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
         if progress:
             progress.clear()
     return deliver_result(ctx, record, output, show)
+
+
+def wait_for_remote(ctx, record, progress):
+    """Wait for a remote task; a progress line is fed from the server's event
+    stream when its meta offers one (the task's progress, as for a local
+    task), else from long-polls of info (a 0.019 server)."""
+    if progress:
+        from .watch import wait_with_events
+        finished = wait_with_events(ctx, record, progress)
+        if finished is not None and finished.get(Field.STATUS) != TaskStatus.BUSY:
+            return finished
+    return wait_remote(ctx.store, ctx.config, record, progress)
 
 
 def stop_after_interrupt(ctx, record):

@@ -68,6 +68,8 @@ class App:
         if hasattr(response.body, 'read'):
             wrapper = environ.get('wsgi.file_wrapper')
             return wrapper(response.body, 65536) if wrapper else iter(lambda: response.body.read(65536), b'')
+        if hasattr(response.body, '__next__'):  # a stream (service=events): sent as it comes
+            return response.body
         return [response.body]
 
 
@@ -148,6 +150,13 @@ def answer_resume(app, request):
     from ..tasks import resume_task
     record = resume_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
     return answer_record(client_view(record, request.client), request.format)
+
+
+def answer_events(app, request):
+    """``service=events&id=ID``: the task's live events (Server-Sent Events).
+    Its module is imported by this route alone."""
+    from .sse import answer_events as stream_events
+    return stream_events(app, request, _form_task_id(request))
 
 
 def answer_submit(app, request):
@@ -395,4 +404,5 @@ API_PATHS = ('/', '/index.cgi')
 PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
-                  'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe}
+                  'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
+                  'events': answer_events}

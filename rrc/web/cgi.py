@@ -109,12 +109,24 @@ def answer_cgi(app, environ, out):
             head[1].append(('Content-Length', str(len(chunks[0]))))
         lines = [f'Status: {head[0]}'] + [f'{name}: {value}' for name, value in head[1]]
         out.write(('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1'))
+        streamed = not isinstance(chunks, list)  # an event stream: each chunk goes at once
         for chunk in chunks:
             out.write(chunk)
+            if streamed:
+                out.flush()
         out.flush()
+    except BrokenPipeError:  # the client (and so the web server) let go of a stream
+        quiet_stdout()
     finally:
         if hasattr(chunks, 'close'):
             chunks.close()
+
+
+def quiet_stdout():
+    """Point stdout at /dev/null: what Python would flush at exit has nowhere to go."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class CountingReader:

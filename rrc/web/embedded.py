@@ -66,9 +66,15 @@ def listen(app, bind, port):
         # Idle connections cost no thread in waitress; allow many of them, but cut
         # those that send nothing (half-open, or headers trickling in) after 20 s,
         # looked at every 5 s.  A request in progress (a long-poll) is never cut.
+        # channel_request_lookahead: a connection stays read while its request
+        # runs, so an event stream sees its client hang up (waitress tells the
+        # app through environ['waitress.client_disconnected']) and frees its
+        # thread at once.  Waitress sends each chunk of an answer as it comes
+        # (send_bytes is 1 since waitress 1.3): events are not held back.
         return waitress.create_server(
             app, host=bind, port=port, threads=16, ident='rrcloud',
             connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
+            channel_request_lookahead=1,
             max_request_body_size=app.config.maxRequestSize)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:

@@ -5,7 +5,6 @@ from ..names import LazyPattern, is_form_field, is_single_line
 
 
 MAX_WAIT_SECONDS = 60
-CONTROL_SERVICES = ('info', 'meta', 'kill', 'suspend', 'resume')
 STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
                 401: '401 Unauthorized', 403: '403 Forbidden',
                 404: '404 Not Found', 405: '405 Method Not Allowed',
@@ -19,7 +18,8 @@ class Response:
 
     def __init__(self, body=b'', status=200, content_type='text/plain; charset=utf-8', headers=()):
         self.status = status
-        self.body = body if isinstance(body, (bytes, list)) or hasattr(body, 'read') else body.encode('utf-8')
+        kept = isinstance(body, (bytes, list)) or hasattr(body, 'read') or hasattr(body, '__next__')
+        self.body = body if kept else body.encode('utf-8')
         self.headers = [('Content-Type', content_type), ('Access-Control-Allow-Origin', '*')]
         self.headers += list(headers)
 

@@ -1,0 +1,376 @@
+"""``rrcloud watch ID``: follow a task or job in the terminal until it ends.
+
+A task of this store is followed from its files (rrc/livestream.py, no
+HTTP); with ``--s=SERVER``, or for the local record of a task sent to a
+server, the server's event stream (``service=events``, Server-Sent Events)
+is read, reconnecting with the last cursor when it closes (a CGI server
+ends each stream after a minute).  A server without events (RepRapCloud
+0.019) is long-polled with ``info`` instead: status only.
+
+Text: status changes, the tool's log lines as they come, notes, a job's
+steps, and progress (a bar redrawn in place on a terminal, a line per
+event otherwise).  ``--format=json``: one JSON object per message, as the
+stream sends it.  The exit code is the task's: 0 complete, else what a
+``--sync`` run of it returns.
+"""
+
+import sys
+import time
+
+from .output import ask_server, refresh_if_remote
+from .sync import _exit_code_of
+from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
+from ..events import LOG, NOTE, PROGRESS, STATUS, STEP
+from ..livestream import LiveStream, Message, is_final
+from ..names import check_task_id
+from ..remote import CONNECT_TIMEOUT, REMOTE_ID_RE, http_session, parse_answer, server_url, terminal_safe
+from ..schema import Field, TaskStatus
+
+# Longer than the server's heartbeat (15 s): a stream silent for this long is lost.
+READ_TIMEOUT = 40
+RECONNECT_DELAY = 2.0
+POLL_WAIT = 30
+BAR_WIDTH = 24
+
+
+def cmd_watch(ctx, args):
+    """``rrcloud watch ID``: the task's messages until it ends; its exit code."""
+    if len(args) != 1:
+        raise UsageError('watch takes one task id')
+    view = JsonView() if ctx.options.format == 'json' else TextView(sys.stdout)
+    record = None
+    if ctx.options.s:
+        messages = remote_messages(ctx, server_url(ctx.options.s, ctx.config.port), remote_task_id(args[0]))
+    else:
+        record = ctx.store.read_task(check_task_id(args[0]))
+        if record.get(Field.REMOTE_ID):
+            messages = remote_messages(ctx, record[Field.SERVER], record[Field.REMOTE_ID])
+        else:
+            messages = local_messages(ctx.store, record)
+    final = None
+    try:
+        for message in messages:
+            view.show(message)
+            if message.final:
+                final = message.data
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED  # only the watching stops: the task runs on
+    finally:
+        view.close()
+    if record is not None and record.get(Field.REMOTE_ID):
+        refresh_if_remote(ctx.store, ctx.config, record)  # its result and log come home
+    return exit_code_of(final)
+
+
+def remote_task_id(text):
+    """A task id as a server names it (RepRapCloud 0.019's have two parts)."""
+    if not REMOTE_ID_RE.match(text):
+        raise UsageError(f'bad task id: {text[:64]!r}')
+    return text
+
+
+def exit_code_of(final):
+    """0 for a complete task, a failed one's code as ``--sync`` gives it."""
+    if final is None:
+        return ExitCode.TASK_FAILED
+    if final.get(Field.STATUS) == TaskStatus.COMPLETE:
+        return ExitCode.OK
+    return _exit_code_of(final)
+
+
+# -- where the messages come from ---------------------------------------------
+
+def local_messages(store, record):
+    """A task of this store, followed from its files."""
+    stream = LiveStream(store, record)
+    while not stream.ended:
+        yield from stream.wait(1.0)
+
+
+def remote_messages(ctx, url, task_id):
+    """A task at ``url``: its event stream, reconnecting with the last cursor;
+    a server that has no events is long-polled."""
+    session = http_session(ctx.config)
+    cursor, lost_since = None, None
+    while True:
+        try:
+            response = open_stream(session, url, task_id, cursor)
+            if response is None:  # no events there (0.019): status from info
+                yield from polled_messages(ctx, url, task_id)
+                return
+            if response.status_code == 204:  # the end was seen already
+                return
+            lost_since = None
+            for message in read_stream(response):
+                cursor = message.cursor
+                yield message
+                if message.final:
+                    return
+        except OSError as exc:  # requests' errors are OSErrors
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since >= ctx.config.reconnectTimeout:
+                raise NoServer(f'lost {url} while watching task {task_id} '
+                               f'({exc.__class__.__name__}); it may still run there') from None
+        time.sleep(RECONNECT_DELAY)  # the server closed the stream (CGI: after a minute) or went away
+
+
+def open_stream(session, url, task_id, cursor):
+    """The server's event stream from ``cursor`` on; None when it offers none."""
+    headers = {'Accept': 'text/event-stream'}
+    if cursor:
+        headers['Last-Event-ID'] = cursor
+    response = session.get(url, params={'service': 'events', 'id': task_id}, headers=headers,
+                           stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+    if response.status_code in (200, 204) and response.headers.get('Content-Type', '').startswith('text/event-stream'):
+        return response
+    reason = terminal_safe(parse_answer(response).get('error') or f'HTTP {response.status_code}')
+    if response.status_code == 404:
+        raise NotFound(f'{url}: {reason}')
+    if response.status_code == 503:  # busy: like a lost connection, try again
+        raise ConnectionError(reason)
+    if response.status_code in (401, 403):
+        raise RRCloudError(f'{url}: {reason}')
+    return None
+
+
+def read_stream(response):
+    """The messages of an SSE response as they arrive."""
+    parser = EventParser()
+    raw = response.raw
+    read = getattr(raw, 'read1', None) or (lambda size: raw.read(1))
+    with response:
+        while True:
+            data = read(65536)
+            if not data:
+                return
+            yield from parser.feed(data)
+
+
+class EventParser:
+    """Server-Sent Events as the spec frames them: ``field: value`` lines, a blank line ends one."""
+
+    def __init__(self):
+        self.pending = b''
+        self.fields = {}
+
+    def feed(self, data):
+        """The messages completed by ``data``."""
+        self.pending += data
+        *lines, self.pending = self.pending.split(b'\n')
+        for line in lines:
+            message = self.line(line.rstrip(b'\r').decode('utf-8', 'replace'))
+            if message is not None:
+                yield message
+
+    def line(self, text):
+        if not text:
+            fields, self.fields = self.fields, {}
+            return remote_message(fields) if 'data' in fields else None
+        if text.startswith(':'):
+            return None
+        name, _, value = text.partition(':')
+        self.fields[name] = value[1:] if value.startswith(' ') else value
+        return None
+
+
+def remote_message(fields):
+    """A Message from an SSE message's fields (its data is the JSON the stream sends)."""
+    import json
+    try:
+        value = json.loads(fields['data'])
+        data = value.get('data') if isinstance(value, dict) else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        data = {}
+    kind = fields.get('event', 'message')
+    return Message(kind, fields['data'], fields.get('id'), data, final=is_final(kind, data))
+
+
+def polled_messages(ctx, url, task_id):
+    """A server without events: its ``info``, long-polled, as status messages."""
+    import json
+    shown = None
+    while True:
+        record = ask_server(ctx, {'service': 'info', 'id': task_id, 'wait': str(POLL_WAIT)}, url=url)
+        data = {key: record[key] for key in (Field.STATUS, Field.ERROR, Field.QUEUED) if record.get(key)}
+        if record.get(Field.EXIT_CODE, '').lstrip('-').isdigit():
+            data[Field.EXIT_CODE] = int(record[Field.EXIT_CODE])
+        if data != shown:
+            shown = data
+            text = json.dumps({'t': round(time.time(), 3), 'kind': STATUS, 'data': data}, separators=(',', ':'))
+            yield Message(STATUS, text, None, data, final=is_final(STATUS, data))
+        if is_final(STATUS, data):
+            return
+        time.sleep(1.0)  # a 0.019 server answers at once
+
+
+# -- a wrapper's progress line ------------------------------------------------
+
+def wait_with_events(ctx, record, progress):
+    """A remote task followed through its server's event stream, each event
+    shown on a wrapper's progress line (elapsed seconds tick on between
+    them); its record once it ended there, result fetched.  None when the
+    server offers no events (the caller long-polls ``info`` instead)."""
+    session = http_session(ctx.config)
+    url = record[Field.SERVER]
+    if not offers_events(session, url):
+        return None
+    import queue
+    import threading
+    inbox = queue.Queue()
+    messages = remote_messages(ctx, url, record[Field.REMOTE_ID])
+    threading.Thread(target=pump_messages, args=(messages, inbox), daemon=True).start()
+    started, shown = time.monotonic(), dict(record)
+    while True:
+        progress(shown, time.monotonic() - started)
+        try:
+            message = inbox.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if isinstance(message, NoServer):
+            raise message
+        if message is None or isinstance(message, BaseException):  # no end seen: long-poll it
+            return None
+        shown = shown_record(shown, message)
+        if message.final:
+            from ..remote import refresh_remote
+            return refresh_remote(ctx.store, record, session)
+
+
+def offers_events(session, url):
+    """True when the server's meta says ``events: yes``."""
+    from ..remote import META_TIMEOUT
+    try:
+        return parse_answer(session.get(url, params={'service': 'meta'}, timeout=META_TIMEOUT)).get('events') == 'yes'
+    except Exception:  # requests' errors, a garbled answer: no events then
+        return False
+
+
+def pump_messages(messages, inbox):
+    """The stream's messages into ``inbox`` (a thread: the line ticks meanwhile); then None,
+    or the error that ended it."""
+    try:
+        for message in messages:
+            inbox.put(message)
+            if message.final:
+                return
+    except Exception as exc:
+        inbox.put(exc)
+        return
+    inbox.put(None)
+
+
+def shown_record(record, message):
+    """The record as the progress line shows it, after one event."""
+    data = message.data
+    if message.kind == STATUS and data.get(Field.STATUS):
+        record = {key: value for key, value in record.items() if key != Field.QUEUED}
+        record[Field.STATUS] = terminal_safe(data[Field.STATUS])
+        if data.get(Field.QUEUED):
+            record[Field.QUEUED] = 'yes'
+    elif message.kind == PROGRESS and isinstance(data.get('done'), int) and isinstance(data.get('total'), int):
+        record = dict(record, **{Field.PROGRESS: f'{data["done"]}/{data["total"]}'})
+    return record
+
+
+# -- how they are shown -------------------------------------------------------
+
+class JsonView:
+    """One JSON object per line, as the stream sends them (for other programs)."""
+
+    def show(self, message):
+        sys.stdout.write(message.json + '\n')
+        sys.stdout.flush()
+
+    def close(self):
+        pass
+
+
+class TextView:
+    """Lines for a person: status changes, log lines, notes, steps; progress as
+    a bar redrawn in place on a terminal, as a line per event elsewhere."""
+
+    def __init__(self, out):
+        self.out = out
+        self.tty = out.isatty()
+        self.bar = ''  # the bar on screen (tty only)
+        self.state = None
+
+    def show(self, message):
+        line = self.text_of(message)
+        if message.final:
+            self.close()  # the end: no bar under it
+        if message.kind == PROGRESS and self.tty:
+            self.draw_bar(line)
+        elif line is not None:
+            self.write_line(line)
+
+    def text_of(self, message):
+        data = message.data
+        if message.kind == STATUS:
+            state = status_text(data)
+            if state == self.state:
+                return None
+            self.state = state
+            return f'status: {state}'
+        if message.kind == LOG:
+            return terminal_safe(data.get('text', ''))
+        if message.kind == PROGRESS:
+            return progress_text(data, bar=self.tty)
+        if message.kind == NOTE:
+            return f'note: {terminal_safe(data.get("text", ""))}'
+        if message.kind == STEP:
+            return (f'step {terminal_safe(data.get("step", "?"))} ({terminal_safe(data.get("service", "?"))}) '
+                    f'{terminal_safe(data.get("id", ""))}: {terminal_safe(data.get("state", "?"))}'
+                    + (f': {terminal_safe(data["error"])}' if data.get('error') else ''))
+        return None
+
+    def write_line(self, line):
+        """A line above the bar: the bar is wiped, the line written, the bar drawn again."""
+        if self.bar:
+            self.out.write('\r\x1b[K')
+        self.out.write(line + '\n')
+        if self.bar:
+            self.out.write(self.bar)
+        self.out.flush()
+
+    def draw_bar(self, bar):
+        self.bar = bar
+        self.out.write(f'\r{bar}\x1b[K')
+        self.out.flush()
+
+    def close(self):
+        if self.bar:
+            self.out.write('\r\x1b[K')
+            self.out.flush()
+            self.bar = ''
+
+
+def status_text(data):
+    """``queued``, ``running``, ``suspended``, ``waiting``, ``complete``, ``failed: WHY``."""
+    status = data.get(Field.STATUS, '?')
+    if status == TaskStatus.BUSY:
+        flags = [flag for flag in (Field.QUEUED, Field.SUSPENDED, Field.WAITING) if data.get(flag)]
+        return flags[0] if flags else 'running'
+    text = terminal_safe(status)
+    if data.get(Field.ERROR):
+        text += f': {terminal_safe(data[Field.ERROR])}'
+    elif status == TaskStatus.FAILED and isinstance(data.get(Field.EXIT_CODE), int):
+        text += f' (exit code {data[Field.EXIT_CODE]})'
+    return text
+
+
+def progress_text(data, bar=False):
+    """``progress: 120/400 30.0% eta 6s``, with ``bar`` a bar of BAR_WIDTH before it."""
+    done, total = data.get('done'), data.get('total')
+    if not isinstance(done, int) or not isinstance(total, int):
+        return None
+    percent = data.get('percent') if isinstance(data.get('percent'), (int, float)) else None
+    eta = data.get('eta') if isinstance(data.get('eta'), (int, float)) else None
+    text = f'{done}/{total}' + (f' {percent:.1f}%' if percent is not None else '') \
+        + (f' eta {eta:.0f}s' if eta is not None else '')
+    if not bar:
+        return f'progress: {text}'
+    filled = int(BAR_WIDTH * min(max(percent or 0.0, 0.0), 100.0) / 100)
+    return f'[{"#" * filled}{"." * (BAR_WIDTH - filled)}] {text}'

@@ -1,0 +1,139 @@
+"""``service=events&id=ID``: a task's live stream (rrc/livestream.py) as
+Server-Sent Events, ``text/event-stream``.
+
+Each message goes as ``id: E.L`` (its cursor), ``event: KIND`` (status,
+progress, note, log, step) and ``data: JSON``; the stream opens with
+``retry:`` and a comment, and a comment line keeps it alive every
+HEARTBEAT_SECONDS.  It ends after the task's final status event.  A client
+that reconnects with ``Last-Event-ID`` (or ``lastEventId=`` in the query,
+for clients that cannot set a header) gets what came after; one that comes
+back after the end gets 204 No Content, which tells a browser's EventSource
+to stop reconnecting.
+
+A resident server (``rrcloud serve``, any multi-threaded WSGI server)
+streams until the task ends; each stream holds one of the ``maxWaits``
+slots the long-polls count against (503 with Retry-After when none is
+free), and gives it back as soon as the client is gone.  A CGI process
+(``wsgi.run_once``) streams at most ``cgiStreamSeconds`` (60 s by default)
+and exits: the client reconnects with its cursor.
+"""
+
+import time
+
+from ..errors import HTTPError
+from ..events import read_events
+from ..livestream import FINAL_STATUSES, LiveStream, is_final, parse_cursor
+from ..schema import Field
+from .request import Response
+
+EVENT_STREAM = 'text/event-stream; charset=utf-8'
+# How long a client waits before reconnecting (SSE's retry field).
+RETRY_MILLISECONDS = 2000
+# A comment this often: proxies and clients keep a quiet stream open, and a
+# client that went away is noticed by the write that fails.
+HEARTBEAT_SECONDS = 15.0
+# The longest look at the files between two checks of the connection.
+CHECK_SECONDS = 1.0
+RETRY_AFTER_SECONDS = '5'
+
+
+def answer_events(app, request, task_id):
+    """The live stream of one task (or job) from the client's cursor on."""
+    record = app.store.read_task(task_id)  # NotFound: 404
+    cursor = request_cursor(request)
+    headers = [('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no')]  # no proxy holds it back
+    if request.method == 'HEAD':
+        return Response(b'', 200, EVENT_STREAM, headers)
+    if cursor is not None and seen_the_end(app.store, record, cursor):
+        return Response(b'', 204, EVENT_STREAM, headers)
+    bounded = bool(request.environ.get('wsgi.run_once'))
+    slot = None if bounded else take_slot(app)
+    limit = app.config.cgiStreamSeconds if bounded else None
+    body = EventStreamBody(LiveStream(app.store, record, cursor), limit,
+                           request.environ.get('waitress.client_disconnected'), slot)
+    return Response(body, 200, EVENT_STREAM, headers)
+
+
+def request_cursor(request):
+    """The cursor a reconnecting client sent (header first), None for a new client."""
+    text = request.environ.get('HTTP_LAST_EVENT_ID')
+    if text is None:
+        text = request.form.get('lastEventId')
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_cursor(text)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
+
+
+def seen_the_end(store, record, cursor):
+    """True when a client at ``cursor`` has had a finished task's last message."""
+    if record.get(Field.STATUS) not in FINAL_STATUSES:
+        return False
+    events = read_events(store, record[Field.ID])
+    finals = [event.id for event in events if is_final(event.kind, event.data)]
+    if finals:
+        return finals[0] <= cursor.event_id
+    # No final event in its log: the stream ended with the record's status, at the log's end.
+    import os
+    try:
+        log_size = os.path.getsize(store.log_path(record[Field.ID]))
+    except OSError:
+        log_size = 0
+    return all(event.id <= cursor.event_id for event in events) and cursor.log_offset >= log_size
+
+
+def take_slot(app):
+    """One of the long-poll slots (``maxWaits``), or 503: streams never take every thread."""
+    slot = app.wait_slots()
+    if not slot.acquire(blocking=False):
+        raise HTTPError(503, f'this server follows {app.config.maxWaits} tasks already (maxWaits); '
+                             'try again later', headers=[('Retry-After', RETRY_AFTER_SECONDS)])
+    return slot
+
+
+class EventStreamBody:
+    """The WSGI body of a stream: bytes as they come; close() (the server's,
+    when the client is gone or the stream ended) gives the slot back."""
+
+    def __init__(self, stream, limit, disconnected, slot):
+        self.slot = slot
+        self.chunks = stream_chunks(stream, limit, disconnected or (lambda: False))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.chunks)
+
+    def close(self):
+        self.chunks.close()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+
+
+def stream_chunks(stream, limit, disconnected):
+    """The bytes of a stream: its opening, its messages as they come, heartbeats;
+    until the task ends, ``limit`` seconds pass, or the client is gone."""
+    started = last_sent = time.monotonic()
+    yield f'retry: {RETRY_MILLISECONDS}\n: events of task {stream.task_id}\n\n'.encode()
+    while not stream.ended:
+        now = time.monotonic()
+        left = float('inf') if limit is None else limit - (now - started)
+        if left <= 0 or disconnected():
+            return
+        messages = stream.wait(max(0.0, min(CHECK_SECONDS, left, last_sent + HEARTBEAT_SECONDS - now)))
+        if messages:
+            yield b''.join(map(encode_message, messages))
+            last_sent = time.monotonic()
+        elif time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+            yield b': keepalive\n\n'
+            last_sent = time.monotonic()
+
+
+def encode_message(message):
+    """One SSE message: ``id``, ``event``, ``data`` (JSON: one line, ASCII)."""
+    kind = message.kind if message.kind.isascii() and message.kind.isalnum() else 'message'
+    return f'id: {message.cursor}\nevent: {kind}\ndata: {message.json}\n\n'.encode('ascii', 'replace')

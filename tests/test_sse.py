@@ -1,0 +1,393 @@
+"""Live events: ``GET /?service=events&id=ID`` (Server-Sent Events) and ``rrcloud watch``.
+
+A real HTTP client (requests, ``stream=True``) reads the stream of a real
+task from the application in-process (``wsgi``), from the embedded server,
+and from lighttpd and Apache, where each CGI stream is bounded
+(``cgiStreamSeconds``, a quarter of a second here) and the client comes back with
+its cursor.  Every connection is cut once in the middle too.  What the
+client got is held against the task's own files: every event of its event
+log once and in order, every line of its log once, the final status last.
+
+``rrcloud watch`` follows a print on the simulated printer (real progress),
+a failing task, a task of the embedded server over its stream, and a
+RepRapCloud 0.019 server (a fake: nothing real plays one) without events.
+"""
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+
+import pytest
+
+import deploy
+from conftest import DATA, REPO, make_service, task_id_of
+from helpers import wait_for
+from inprocess import build_environ
+from printer_sim import PrinterSim
+from rrc.events import append_event, read_events
+from rrc.store import Store
+from servers import FakeServer
+
+SH_SERVICE = """\
+# sh: runs input 0 as a shell script; the output file is its argument
+path = /usr/bin:/bin
+cmd = sh
+argInput = --data=$fileIn
+output = $fileOut
+inputExt = sh
+"""
+UNKNOWN_ID = '1795841292-04767-953464'
+# Three log lines over more than half a second, then a result: longer than
+# two CGI streams here (each ends after cgiStreamSeconds).
+CHATTY = 'for word in one two three; do echo "$word"; sleep 0.2; done\nprintf done > "$1"\n'
+QUICK = 'echo one\necho two\nprintf done > "$1"\n'
+FAILING = 'echo "about to fail"\nexit 3\n'
+CONFIG = 'cgiStreamSeconds = 0.25\nmaxWaits = 2\n'
+PTY_PRINTRUN_CONF = """\
+cmd = rrcloud print
+noOutput = yes
+inputExt = gcode
+nativeArgs = /dev/pts/, --timeout=
+"""
+
+
+@pytest.fixture(scope='module', params=['wsgi'])
+def server(request):
+    """One deployment per kind for this module: ``wsgi`` unless a test asks for live ones."""
+    deployment = deploy.deployment(request.param, config=CONFIG, services={'sh': SH_SERVICE})
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.close()
+
+
+LIVE = pytest.mark.parametrize('server', deploy.ALL_KINDS, indirect=True)
+
+
+def start(server, script):
+    answer = server.session.post(f'{server.url}/', data={'service': 'sh'},
+                                 files={'fileIn0': ('job.sh', script)}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return task_id_of(answer.text)
+
+
+def events_url(server, task_id):
+    return f'{server.url}/?service=events&id={task_id}'
+
+
+def sse_messages(response):
+    """Each SSE message of a response as it arrives: {'id', 'event', 'data' (parsed JSON)}."""
+    fields = {}
+    for line in response.iter_lines(chunk_size=1):
+        line = line.decode('utf-8')
+        if line.startswith(':'):
+            continue
+        if line:
+            name, _, value = line.partition(': ')
+            fields[name] = value
+        elif 'data' in fields:
+            yield {'id': fields.get('id'), 'event': fields.get('event'), 'data': json.loads(fields['data'])}
+            fields = {}
+
+
+def is_end(message):
+    return message['event'] == 'status' and message['data']['data']['status'] in ('complete', 'failed')
+
+
+def follow(server, task_id, cut=True, limit=100):
+    """Read a task's stream to its end as EventSource would: reconnect with
+    Last-Event-ID when it closes; with ``cut``, hang up once after the first
+    log line.  Returns (messages, connections made)."""
+    seen, cursor, connections = [], None, 0
+    while connections < limit:
+        headers = {'Last-Event-ID': cursor} if cursor else {}
+        with server.session.get(events_url(server, task_id), headers=headers, stream=True, timeout=30) as answer:
+            connections += 1
+            assert answer.status_code == 200, (answer.status_code, answer.text)
+            assert answer.headers['Content-Type'].startswith('text/event-stream')
+            assert answer.headers['Access-Control-Allow-Origin'] == '*'
+            for message in sse_messages(answer):
+                seen.append(message)
+                cursor = message['id']
+                if is_end(message):
+                    return seen, connections
+                if cut and message['event'] == 'log':
+                    cut = False
+                    break
+    raise AssertionError(f'no end after {limit} connections: {seen}')
+
+
+def task_files(server, task_id):
+    """(event log, log lines) of a task as its server's store holds them."""
+    store = Store(str(server.store))
+    with open(store.log_path(task_id), encoding='utf-8') as log:
+        return read_events(store, task_id), log.read().splitlines()
+
+
+def cursor_of(message):
+    events, _, log = message['id'].partition('.')
+    return int(events), int(log)
+
+
+@LIVE
+def test_stream_gives_every_event_and_log_line_once_across_reconnects(server):
+    task_id = start(server, CHATTY)
+
+    seen, connections = follow(server, task_id)
+
+    events, log_lines = task_files(server, task_id)
+    logged = [m for m in seen if m['event'] != 'log']
+    assert [m['data']['id'] for m in logged] == [e.id for e in events]  # each once, in order
+    assert [(m['event'], m['data']['data']) for m in logged] == [(e.kind, e.data) for e in events]
+    statuses = [m['data']['data']['status'] for m in logged if m['event'] == 'status']
+    assert statuses[0] == 'busy' and statuses[-1] == 'complete', statuses
+    assert [m['data']['data']['text'] for m in seen if m['event'] == 'log'] == log_lines == ['one', 'two', 'three']
+    assert is_end(seen[-1])
+    cursors = [cursor_of(m) for m in seen]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    assert connections >= (3 if server.kind in ('lighttpd', 'apache') else 2)  # a CGI stream is bounded
+    # Back after the end: 204, which stops a browser's EventSource.
+    again = server.session.get(events_url(server, task_id), headers={'Last-Event-ID': seen[-1]['id']}, timeout=30)
+    assert again.status_code == 204, again.text
+
+
+def test_a_cursor_from_the_middle_gives_exactly_the_rest(server):
+    task_id = start(server, QUICK)
+    whole, _ = follow(server, task_id, cut=False)
+
+    for middle in range(len(whole) - 1):
+        cursor = whole[middle]['id']
+        for how in ({'headers': {'Last-Event-ID': cursor}}, {'params': {'lastEventId': cursor}}):
+            answer = server.session.get(events_url(server, task_id), timeout=30, **how)
+            rest = list(sse_messages(answer))
+            assert [(m['id'], m['event'], m['data'].get('data')) for m in rest] == \
+                [(m['id'], m['event'], m['data'].get('data')) for m in whole[middle + 1:]], (cursor, how)
+
+
+def test_a_failed_task_ends_its_stream_with_its_exit_code(server):
+    task_id = start(server, FAILING)
+    seen, _ = follow(server, task_id, cut=False)
+    assert [m['data']['data']['text'] for m in seen if m['event'] == 'log'] == ['about to fail']
+    assert seen[-1]['event'] == 'status'
+    assert seen[-1]['data']['data']['status'] == 'failed'
+    assert seen[-1]['data']['data']['exitCode'] == 3
+
+
+@pytest.mark.parametrize('query, status, says', [
+    (f'service=events&id={UNKNOWN_ID}', 404, f'error: no such task: {UNKNOWN_ID}\n'),
+    ('service=events&id=12', 400, "error: bad task id: '12'\n"),
+    ('service=events', 400, 'error: missing id\n'),
+])
+def test_bad_requests_get_one_line(server, query, status, says):
+    answer = server.session.get(f'{server.url}/?{query}', timeout=30)
+    assert (answer.status_code, answer.text) == (status, says)
+
+
+@pytest.mark.parametrize('cursor', ['x', '1.2.3', '-1', '1.', '9' * 50, '²'])  # '²'.isdigit()
+def test_a_bad_cursor_is_refused(server, cursor):
+    task_id = start(server, 'printf x > "$1"\n')
+    answer = server.session.get(events_url(server, task_id), headers={'Last-Event-ID': cursor}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert answer.text.startswith('error: not a cursor of this stream') and answer.text.count('\n') == 1
+
+
+def test_streams_count_against_max_waits(tmp_path):
+    server = deploy.deployment('wsgi', config='maxWaits = 1\n', services={'sh': SH_SERVICE}).start()
+    try:
+        task_id = start(server, 'sleep 30\n')
+        environ = build_environ('GET', f'/?service=events&id={task_id}', [('Host', 'x')], None)
+        answers = []
+        first = server.application(environ, lambda status, headers: answers.append(status))
+        assert answers == ['200 OK']
+        refused = server.session.get(events_url(server, task_id), timeout=30)
+        assert refused.status_code == 503 and refused.headers['Retry-After'].isdigit()
+        assert refused.text.count('\n') == 1 and 'maxWaits' in refused.text
+        first.close()  # the client went away: its slot is free again
+        answer = server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
+        assert answer.status_code == 200
+        assert server.session.get(events_url(server, task_id), timeout=30).status_code == 200
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)
+def test_a_client_that_hangs_up_frees_its_stream_slot(server):
+    """Waitress tells a stream its client is gone: the thread and slot are free again."""
+    task_id = start(server, 'sleep 60\n')
+    held = [server.session.get(events_url(server, task_id), stream=True, timeout=30) for _ in range(2)]
+    try:
+        assert [answer.status_code for answer in held] == [200, 200]  # maxWaits = 2
+        refused = server.session.get(events_url(server, task_id), timeout=30)
+        assert refused.status_code == 503 and refused.headers['Retry-After'].isdigit(), refused.text
+        held[0].close()
+
+        def a_stream_opens():
+            with server.session.get(events_url(server, task_id), stream=True, timeout=30) as answer:
+                return answer.status_code == 200
+        wait_for(a_stream_opens, 'a slot freed by the client that hung up', 30)
+    finally:
+        for answer in held:
+            answer.close()
+        server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
+
+
+###############################################################################
+# rrcloud watch
+###############################################################################
+
+@pytest.fixture
+def local(workdir):
+    make_service(workdir, 'sh', SH_SERVICE)
+    make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
+    (workdir / 'chatty.sh').write_text(CHATTY)
+    (workdir / 'failing.sh').write_text(FAILING)
+    return workdir
+
+
+def test_watch_follows_a_print_to_its_end(cli, local):
+    (local / 'small.gcode').write_bytes((DATA / 'small.gcode').read_bytes())
+    with PrinterSim(delay=0.002) as sim:  # about 0.7 s of printing
+        task_id = task_id_of(cli('printrun', sim.port, 'small.gcode').out)
+        watched = cli('watch', task_id)
+    replayed = cli('watch', task_id, '--format=json')
+
+    assert watched.code == 0, watched
+    lines = watched.out.splitlines()
+    assert lines[0] == 'status: queued' and lines[1] == 'status: running', lines
+    assert lines[-1] == 'status: complete', lines
+    progress = [line for line in lines if line.startswith('progress: ')]
+    total = progress[-1].split()[1].split('/')[1] if progress else '?'
+    assert progress and progress[-1].startswith(f'progress: {total}/{total} 100.0%'), lines
+    assert len(progress) >= 2, lines  # it moved while the printer printed
+    assert any(f'printed {total} lines' in line for line in lines), lines
+    assert replayed.code == 0, replayed
+    messages = [json.loads(line) for line in replayed.out.splitlines()]
+    assert messages[-1]['kind'] == 'status' and messages[-1]['data']['status'] == 'complete'
+    assert {'status', 'progress', 'log'} <= {m['kind'] for m in messages}
+    events = read_events(Store(str(local)), task_id)
+    assert [m['id'] for m in messages if 'id' in m] == [e.id for e in events]
+
+
+def test_watch_of_a_failed_task_exits_as_sync_does(cli, local):
+    task_id = task_id_of(cli('sh', 'failing.sh').out)
+    watched = cli('watch', task_id)
+    synced = cli('--sync', 'sh', 'failing.sh')
+
+    assert watched.code == synced.code == 3, (watched, synced)
+    assert watched.out.splitlines()[-2:] == ['about to fail', 'status: failed: exit code 3']
+
+
+def test_watch_of_an_unknown_task_is_exit_3(cli, local):
+    result = cli('watch', UNKNOWN_ID)
+    assert result.code == 3 and f'no such task: {UNKNOWN_ID}' in result.err
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)
+def test_watch_of_a_server_task_reads_its_stream(cli, workdir, server):
+    task_id = start(server, CHATTY)
+    watched = cli('watch', task_id, f'--s=127.0.0.1:{server.port}')
+    failing = start(server, FAILING)
+    as_json = cli('--format=json', 'watch', failing, f'--s=127.0.0.1:{server.port}')
+    assert watched.code == 0, watched
+    assert watched.out == 'status: queued\nstatus: running\none\ntwo\nthree\nstatus: complete\n'
+    assert as_json.code == 3, as_json
+    kinds = [(m['kind'], m['data'].get('status') or m['data'].get('text'))
+             for m in map(json.loads, as_json.out.splitlines())]
+    assert kinds == [('status', 'busy'), ('status', 'busy'), ('log', 'about to fail'), ('status', 'failed')]
+
+
+def test_watch_of_a_server_without_events_polls_its_info(cli, workdir):
+    """RepRapCloud 0.019 knows no service=events: it answers its task list (text)."""
+    task = '1712345678-123456'
+    answers = iter(['busy'] + ['failed'] * 100)
+
+    def old_server(request):
+        if request.query.get('service') == 'info' and request.query.get('id') == task:
+            return 200, 'text/plain', f'id: {task}\nservice: echo\nstatus: {next(answers)}\n'
+        return 200, 'text/plain', f'id: {task}\nstatus: busy\n'
+    fake = FakeServer(old_server).start()
+    try:
+        result = cli('watch', task, f'--s={fake.address}')
+    finally:
+        fake.stop()
+    assert result.code == 1, result
+    assert result.out == 'status: running\nstatus: failed\n'
+    assert len(fake.of(service='events')) == 1
+
+
+def test_watch_help_and_usage(cli):
+    assert cli('watch', '--help').out.startswith('usage: rrcloud [--s=SERVER] [--format=json] watch ID')
+    assert cli('watch').code == 2
+    assert 'watch ID' in cli('--help').out
+
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)
+def test_a_wrappers_progress_line_shows_the_servers_progress(server, local):
+    """On a terminal, ``--sync`` to a server that offers events shows the
+    task's progress from the server's stream, as it does for a local task."""
+    (local / 'long.sh').write_text('sleep 60\n')
+    records = server.store / 'tasks' / 'info'
+    before = set(os.listdir(records))  # the module's other tests' tasks
+    master, slave = pty.openpty()
+    env = dict(os.environ, HOME=str(local.parent / 'home'))
+    process = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', f'--s=127.0.0.1:{server.port}',
+                                'sh', 'long.sh'], cwd=local, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    screen = b''
+
+    def shows(text):
+        nonlocal screen
+        while select.select([master], [], [], 0.05)[0]:
+            try:
+                screen += os.read(master, 4096)
+            except OSError:
+                break
+        return text in screen
+    try:
+        task_id = wait_for(lambda: next(iter(set(os.listdir(records)) - before), None), 'the task on the server', 30)
+        wait_for(lambda: shows(b' busy '), 'the progress line', 30)
+        append_event(Store(str(server.store)), task_id, 'progress', {'done': 5, 'total': 10, 'percent': 50.0})
+        wait_for(lambda: shows(b'5/10'), 'the progress from the server', 30)
+        server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    line = screen.decode(errors='replace').split('\r')
+    assert any(f'127.0.0.1:{server.port}/ busy ' in part and part.rstrip('\x1b[K').endswith(' 5/10')
+               for part in line), screen
+
+
+def test_a_job_streams_its_steps_and_no_log(cli, local, server):
+    """A job (``service: pipe``, issue 13's pipelines) as the pipeline writes
+    it: its own status events and a ``step`` event for each step's change."""
+    from rrc.events import STEP, status_changed
+    from rrc.states import State, initial_fields, move_task
+    ids = []
+    for store in (Store(str(local)), Store(str(server.store))):
+        job_id = status_changed(store, store.create_task(lambda task_id: dict(
+            initial_fields(State.RUNNING), service='pipe', ctime='1796000000.0', steps='a,b')))['id']
+        for step, state in ((1, 'running'), (1, 'complete'), (2, 'running'), (2, 'failed')):
+            append_event(store, job_id, STEP, {'step': step, 'id': f'STEP{step}', 'service': 'sh', 'state': state,
+                                               **({'error': 'exit code 7'} if state == 'failed' else {})})
+        with open(store.log_path(job_id), 'w') as log:
+            log.write('not a line of a job\n')
+        move_task(store, job_id, State.FAILED, {'error': 'step 2 (sh) failed: exit code 7', 'exitCode': '7'})
+        ids.append(job_id)
+
+    watched = cli('watch', ids[0])
+    assert watched.code == 7, watched
+    assert watched.out.splitlines() == [
+        'status: running',
+        'step 1 (sh) STEP1: running', 'step 1 (sh) STEP1: complete',
+        'step 2 (sh) STEP2: running', 'step 2 (sh) STEP2: failed: exit code 7',
+        'status: failed: step 2 (sh) failed: exit code 7']
+    streamed, _ = follow(server, ids[1], cut=False)
+    assert [m['event'] for m in streamed] == ['status', 'step', 'step', 'step', 'step', 'status']
