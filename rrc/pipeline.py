@@ -27,7 +27,7 @@ from .errors import NotFound, UsageError
 from .projects import is_project_name
 from .schema import JOB_SERVICE, Field, TaskStatus
 from .states import FINAL, State, initial_fields, move_locked, move_task, process_here, state_of
-from .store import unlink_quietly, write_file_atomically
+from .store import append_log, unlink_quietly, write_file_atomically
 
 
 # Settings a forwarder runs with: a runner's, plus what it needs to reach its server.
@@ -310,19 +310,20 @@ def fail_job(store, job, reason, exit_code=''):
     changes = {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'}
     if str(exit_code).lstrip('-').isdigit():
         changes[Field.EXIT_CODE] = exit_code
-    move_task(store, job[Field.ID], State.FAILED, changes)
+    if state_of(store.read_task(job[Field.ID])) in FINAL:
+        return  # killed, or failed by another step's end first: that reason stays
+    # The steps first: a watcher of the job's events stops at the job's final status.
     cancel_waiting_steps(store, job, f'cancelled: {reason}')
+    move_task(store, job[Field.ID], State.FAILED, changes)
 
 
 def cancel_waiting_steps(store, job, reason):
-    for step_id in job_steps(job):
-        try:
-            step = store.read_task(step_id)
-        except NotFound:
-            continue
-        if state_of(step) == State.WAITING and not forwarder_alive(store, step):
-            move_task(store, step_id, State.FAILED, {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'})
-            unlink_quietly(waiting_marker(store, step_id))
+    """Fail every waiting step of a job that no forwarder is sending (it ends its own)."""
+    with store.lock():
+        for step_id in job_steps(job):
+            step = read_or_none(store, step_id)
+            if step and state_of(step) == State.WAITING and not forwarder_alive(store, step):
+                cancel_locked(store, step, reason)
 
 
 def forwarder_alive(store, step):
@@ -331,38 +332,56 @@ def forwarder_alive(store, step):
 
 
 def kill_job(store, config, job_id, by):
-    """Kill a job: it fails ``killed``, its running step is killed (here or at
-    its server), the steps after it are cancelled; finished steps keep their results."""
-    from .tasks import kill_task
-    job = kill_task(store, job_id, by)
-    for step_id in job_steps(job):
-        try:
-            step = store.read_task(step_id)
-        except NotFound:
-            continue
-        if step.get(Field.STATUS) == TaskStatus.BUSY and state_of(step) != State.WAITING:
-            kill_step(store, config, step, by)
-    cancel_waiting_steps(store, job, 'cancelled: the job was killed')
+    """Kill a job: its running step is killed (here or at its server), the
+    steps after it are cancelled, then the job fails ``killed``; finished
+    steps keep their results.  All of it is one move under the store lock,
+    the job last, so a watcher of the job's events sees every step end
+    before the job does, and the killed step's runner finds the job ended
+    (nothing to move on)."""
+    from .tasks import mark_killed_locked
+    store.read_task(job_id)  # NotFound before anything is locked
+    with store.lock():
+        job = store.read_task(job_id)
+        if state_of(job) in FINAL:
+            raise UsageError(f'task {job_id} is not running (status {job.get(Field.STATUS)})')
+        steps = [step for step in (read_or_none(store, step_id) for step_id in job_steps(job)) if step]
+        killed = [step for step in steps if step.get(Field.STATUS) == TaskStatus.BUSY
+                  and state_of(step) != State.WAITING and mark_killed_locked(store, step)]
+        for step in steps:
+            if state_of(step) == State.WAITING and not forwarder_alive(store, step):
+                cancel_locked(store, step, 'cancelled: the job was killed')
+        append_log(store, job_id, f'rrcloud: job {job_id} killed by {by}')
+        job = mark_killed_locked(store, job)
+    for step in killed:
+        stop_killed_step(store, config, step, by)
     return job
 
 
-def kill_step(store, config, step, by):
-    """Kill one busy step: at its server when it was sent there."""
+def read_or_none(store, task_id):
+    try:
+        return store.read_task(task_id)
+    except NotFound:
+        return None
+
+
+def cancel_locked(store, step, reason):
+    """A waiting step that will never run (under the store lock)."""
+    move_locked(store, step, State.FAILED, {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'})
+    unlink_quietly(waiting_marker(store, step[Field.ID]))
+
+
+def stop_killed_step(store, config, step, by):
+    """After a killed step's record says so: stop its tool, here or at its server."""
     from .errors import RRCloudError
     from .events import note
-    from .tasks import kill_task
-    if step.get(Field.REMOTE_ID):
-        from .remote import kill_remote
-        try:
-            kill_remote(store, config, step)
-        except RRCloudError as exc:
-            note(store, step[Field.ID], f'the job was killed, its server did not kill this step: {exc}')
-            move_task(store, step[Field.ID], State.FAILED, {Field.ERROR: 'killed', Field.ETIME: f'{time.time():.5f}'})
-        return
+    from .tasks import stop_killed_tool
+    if not step.get(Field.REMOTE_ID):
+        return stop_killed_tool(store, step, by)
+    from .remote import kill_remote
     try:
-        kill_task(store, step[Field.ID], by)
-    except UsageError:
-        pass  # it ended meanwhile
+        kill_remote(store, config, step)
+    except RRCloudError as exc:
+        note(store, step[Field.ID], f'the job was killed; its server did not kill this step: {exc}')
 
 
 def settle_job(store, config, job):

@@ -363,18 +363,32 @@ def kill_task(store, task_id, by):
     store.read_task(task_id)  # NotFound before anything is created
     with store.lock():
         record = store.read_task(task_id)
-        killed = move_locked(store, record, State.FAILED,
-                             {Field.ERROR: 'killed', Field.ETIME: f'{time.time():.5f}'})
+        killed = mark_killed_locked(store, record)
         if killed is None:
             raise UsageError(f'task {task_id} is not running (status {record.get(Field.STATUS)})')
-        unmark(store, 'queue', task_id)
+    stop_killed_tool(store, record, by)
+    return killed
+
+
+def mark_killed_locked(store, record):
+    """The state part of a kill, under the store lock the caller holds: failed,
+    ``killed``, out of the queue.  None when the task had ended."""
+    killed = move_locked(store, record, State.FAILED, {Field.ERROR: 'killed', Field.ETIME: f'{time.time():.5f}'})
+    if killed is not None:
+        unmark(store, 'queue', record[Field.ID])
+    return killed
+
+
+def stop_killed_tool(store, record, by):
+    """The rest of a kill, after the lock: the log says who, the tool's group
+    (when it runs on this node) gets SIGTERM."""
+    task_id = record[Field.ID]
     append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
     if process_here(store, record, Field.PID, Field.PID_START):
         import signal
         kill_process_group(int(record[Field.PID]), signal.SIGTERM)
         if state_of(record) == State.SUSPENDED:  # a stopped process acts on SIGTERM once continued
             kill_process_group(int(record[Field.PID]), signal.SIGCONT)
-    return killed
 
 
 def suspend_task(store, task_id, by):

@@ -118,6 +118,14 @@ def test_a_failing_first_step_fails_the_job_and_cancels_the_rest(proc, workdir):
     assert 'stime' not in slice_  # it never started
     assert os.listdir(workdir / 'tasks' / 'waiting') == []
 
+    watched = proc('watch', job_id)  # the job's whole story, replayed from its event log
+
+    assert watched.code == 1, watched
+    lines = watched.out.splitlines()
+    assert lines[-2:] == [f'step 2 (slic3r) {slice_["id"]}: failed: cancelled: step 1 (openscad) failed: exit code 1',
+                          'status: failed: step 1 (openscad) failed: exit code 1'], lines
+    assert f'step 1 (openscad) {render["id"]}: failed: exit code 1' in lines
+
 
 def test_killing_a_job_in_its_second_step_kills_it_and_cancels_the_third(cli, workdir, gated):
     (workdir / 'first.txt').write_text(gated_script(gated / 'never'))
@@ -140,6 +148,12 @@ def test_killing_a_job_in_its_second_step_kills_it_and_cancels_the_third(cli, wo
     assert f'step1: {first} echo complete\n' in info
     assert f'step2: {second} step failed\n' in info and f'step3: {third} echo failed\n' in info
     assert 'status: failed\n' in info and 'error: killed\n' in info
+    # Every step's end comes before the job's in the job's events: a watcher stops at the job's.
+    events = events_of(workdir, job_id)
+    assert events[-1]['kind'] == 'status' and events[-1]['data']['error'] == 'killed'
+    ends = [(e['data']['step'], e['data'].get('error')) for e in events if e['kind'] == 'step'
+            and e['data']['state'] == 'failed']
+    assert ends == [(2, 'killed'), (3, 'cancelled: the job was killed')], ends
 
 
 def test_pipe_events_show_every_step_in_order(cli, workdir, gated):
