@@ -26,7 +26,11 @@ one; ``tasks.suspend_task`` stops its tool).  A waiting step has no process
 and no queue marker yet (its settings wait in ``tasks/waiting/ID``), so
 reconcile leaves it alone; the step before it moves it on (``rrc.pipeline``).
 A job's record has no process of its own either: its state follows its
-steps, and reconcile leaves it to ``pipeline.settle_job``.
+steps, and reconcile leaves it to ``pipeline.settle_job``.  A queued task
+has no process either: while its queue marker is there it stays queued
+across a restart of the server and a reboot of the machine (its record may
+name an earlier boot), and the start-up dispatch starts it.  Reconcile
+interrupts only a task whose processes are gone.
 
 Liveness is judged only for this node's tasks (``store.node``): a task of
 another node sharing the store is shown as its record says.
@@ -151,34 +155,51 @@ def move_task(store, task_id, to, changes=None, remove=(), expect=None):
 
 def finish_task(store, task_id, status, **fields):
     """Write a task's final state unless another final state was written first."""
+    with store.lock():
+        return finish_locked(store, store.read_task(task_id), status, **fields)
+
+
+def finish_locked(store, record, status, **fields):
+    """finish_task under a store lock the caller holds, ``record`` read under it."""
     to = State.COMPLETE if status == TaskStatus.COMPLETE else State.FAILED
     changes = dict(fields, **{Field.ETIME: f'{time.time():.5f}'})
-    out = store.read_task(task_id).get(Field.OUT, '')
+    out = record.get(Field.OUT, '')
     if out.startswith('tasks/out/'):
         try:
             changes[Field.SIZE_OUT] = os.path.getsize(store.path_of(out))
         except OSError:
             changes[Field.SIZE_OUT] = 0
-    return move_task(store, task_id, to, changes)
+    return move_locked(store, record, to, changes)
 
 
 def reconcile_task(store, record, now=None):
     """Report a busy task of this node whose runner is gone as failed/interrupted.
 
     A task of another node, or a remote task's local record, is shown as its
-    record says: only the node that runs a task can see its processes.
+    record says: only the node that runs a task can see its processes.  A
+    queued task waits for its slot across restarts of the server and of the
+    machine; a waiting one (not in LIVE) is never judged here.
     """
-    if (state_of(record) not in LIVE or Field.REMOTE_ID in record or Field.STEPS in record
-            or not store.node.owns(record)):
+    if not _judged_here(store, record) or _alive(store, record, now):
         return record
-    if not store.node.rebooted_since(record):  # after a reboot its pids may be anyone's
-        if _runner_expected(store, record, now):
+    with store.lock():
+        # Judged again on the record as it is now: ``record`` may have been
+        # read just before dispatch started the task (its queue marker gone,
+        # its runner not yet in the record read).
+        record = store.read_task(record[Field.ID])
+        if not _judged_here(store, record) or _alive(store, record, now):
             return record
-        if process_here(store, record, Field.PID, Field.PID_START):
+        if process_here(store, record, Field.PID, Field.PID_START):  # never after a reboot: pids are anyone's
             kill_process_group(int(record[Field.PID]))
-    finished = finish_task(store, record[Field.ID], TaskStatus.FAILED, error='interrupted')
+        finished = finish_locked(store, record, TaskStatus.FAILED, error='interrupted')
     unmark(store, 'running', record[Field.ID])
     return finished or store.read_task(record[Field.ID])
+
+
+def _judged_here(store, record):
+    """True for a live task this node runs (not a remote task's local record, not a job)."""
+    return (state_of(record) in LIVE and Field.REMOTE_ID not in record and Field.STEPS not in record
+            and store.node.owns(record))
 
 
 def process_here(store, record, pid_field, start_field):
@@ -189,12 +210,22 @@ def process_here(store, record, pid_field, start_field):
                 and process_is(record[pid_field], record.get(start_field)))
 
 
-def _runner_expected(store, record, now=None):
-    """True while a busy task still has (or is about to have) a live runner."""
-    if record.get(Field.RUNNER):
-        return process_here(store, record, Field.RUNNER, Field.RUNNER_START)
+def _alive(store, record, now=None):
+    """True while a live task of this node waits in the queue, or still has (or
+    is about to have) a live runner.
+
+    A queued task with its queue marker has no process to lose: it waits,
+    whatever boot its record names (a reboot leaves its marker, the start-up
+    dispatch starts it).  Only a task that had processes is interrupted by a
+    reboot: they all ended with the earlier boot, and their pids may be
+    another process's now.
+    """
     if record.get(Field.QUEUED) and os.path.exists(os.path.join(store.folder('queue'), record[Field.ID])):
         return True
+    if store.node.rebooted_since(record):
+        return False
+    if record.get(Field.RUNNER):
+        return process_here(store, record, Field.RUNNER, Field.RUNNER_START)
     started = float(record.get(Field.STIME) or record.get(Field.CTIME) or 0)
     return (now or time.time()) - started < ORPHAN_GRACE_SECONDS
 
