@@ -90,7 +90,7 @@ def is_single_line(value):
 # `in` is what 0.019's synchronous client posts beside its uploads: its own
 # local input paths.  It is checked like any text field and never used.
 NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in',
-                          'notifierEvents',
+                          'notifierEvents', 'priority', 'to',
                           'lastEventId'))  # service=events: the cursor of a client that cannot send Last-Event-ID
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 

@@ -93,11 +93,13 @@ def rank_servers(session, urls):
     return [urls[index] for _, index in ranked], silent
 
 
-def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events=''):
+def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events='',
+              priority=None):
     """Upload one task (the spec's field names); the server's record, or None.
 
-    ``paramN``, ``outExt`` and ``notifierEvents`` go only when there are any
-    (not the default): a 0.019 server knows none of them.
+    ``paramN``, ``outExt``, ``notifierEvents`` and ``priority`` go only when
+    there are any (not the default; a priority: when one was given): a 0.019
+    server knows none of them.
     """
     fields = {'service': service.name}
     if native:
@@ -109,6 +111,8 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
     if notifier:
         fields['notifier'] = notifier
     fields.update(notifier_events_field(notifier, notifier_events))  # {notifierEvents: ...} or {}
+    if priority is not None:
+        fields['priority'] = str(priority)
     files = {}
     for number, item in enumerate(inputs):
         if item.prearg:
@@ -136,7 +140,7 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
     tried = [f'{url}: no answer to meta' for url in silent]
     for url in ranked:
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
-                                    params, out_ext, ctx.options.notifier_events)
+                                    params, out_ext, ctx.options.notifier_events, ctx.options.priority)
         if answer:
             return record_remote(ctx.store, url, service, answer)
         tried.append(failure)

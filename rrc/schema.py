@@ -31,6 +31,11 @@ class Field:
     ARGS = 'args'  # a task started from the command line: its words (content as its size)
     NOTIFIER = 'notifier'
     NOTIFIER_EVENTS = 'notifierEvents'  # only when not the default (ended): started,ended
+    # Where a queued task stands in its node's queue (rrc/order.py): its
+    # priority (absent: 0), and where a move put it (absent: not moved;
+    # negative: moved to the front, positive: to the back).
+    PRIORITY = 'priority'
+    QUEUE_POSITION = 'queuePosition'
     SIZE_IN = 'sizeIn'
     # A print's DONE/TOTAL (live in the event log; the final record keeps the last).
     PROGRESS = 'progress'

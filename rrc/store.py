@@ -12,7 +12,10 @@ from .schema import Field
 
 # work/ID: a sandboxed tool's private output folder while it runs;
 # events/ID: the task's event log (rrc/events.py).
-STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'waiting', 'running', 'slots', 'work', EVENTS_FOLDER)
+# order/ID: a queued task whose record sets its place in the queue (rrc/order.py).
+ORDER_FOLDER = 'order'
+STORE_FOLDERS = ('in', 'out', 'log', 'info', 'queue', 'waiting', 'running', 'slots', 'work', ORDER_FOLDER,
+                 EVENTS_FOLDER)
 
 
 def to_json(value, **options):
@@ -186,7 +189,7 @@ class Store:
         out_name = os.path.basename(record.get(Field.OUT, ''))
         if record.get(Field.OUT, '').startswith('tasks/out/') and out_name:
             unlink_quietly(os.path.join(self.folder('out'), out_name))
-        for folder in ('queue', 'waiting', 'running'):
+        for folder in ('queue', 'waiting', 'running', ORDER_FOLDER):
             unlink_quietly(os.path.join(self.folder(folder), task_id))
         unlink_quietly(self.log_path(task_id))
         remove_events(self, task_id)

@@ -10,13 +10,14 @@ from .errors import ConfigError, NotFound, UsageError
 from .keyvalue import parse_key_value_text
 from .names import check_task_id, is_extension
 from .notifier import check_notifier_url, notifier_events_field
+from .order import mark_placed, parse_priority, queue_order
 from .procs import kill_process_group, process_start_time, spawn_runner
 from .projects import is_project_name, unpack_project
 from .schema import Field, TaskStatus
 from .services import check_native_args, check_output_ext, check_params, check_prearg, compose_argv
 from .states import (IllegalMove, State, get_task, initial_fields, may_move, move_locked, process_here,
                      state_of)
-from .store import append_log, mark, marked, to_json, unmark, write_file_atomically
+from .store import ORDER_FOLDER, append_log, mark, marked, to_json, unmark, write_file_atomically
 
 
 class Input:
@@ -58,16 +59,21 @@ def store_input(store, service, item):
 
 
 def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
-                params=(), out_ext='', notifier_events=''):
+                params=(), out_ext='', notifier_events='', priority=0):
     """Validate, store inputs and record, queue the task and start what can start.
 
     ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
     output format asked for, one of ``outputExts`` ('' for the default);
     ``notifier_events``: when the notifier is called (``started,ended``; ''
-    for the default, ended).
+    for the default, ended); ``priority``: its place in this node's queue,
+    -100 to 100 (rrc/order.py).
     """
+    priority = parse_priority(priority)
     record = create_task_record(store, config, service, inputs, native_args, notifier, client, args,
-                                params, out_ext, notifier_events=notifier_events)
+                                params, out_ext, notifier_events=notifier_events,
+                                fields={Field.PRIORITY: priority} if priority else None)
+    if priority:  # before its queue marker: dispatch reads the record of a marked task
+        mark_placed(store, record[Field.ID])
     queue_task(store, record[Field.ID], task_settings(config))
     dispatch(store, config)
     return store.read_task(record[Field.ID])
@@ -268,7 +274,12 @@ def queued_settings(store, task_id):
 
 
 def dispatch(store, config):
-    """Start this node's queued tasks, oldest first, while a slot of ``maxTasks`` is free.
+    """Start this node's queued tasks in queue order while a slot of ``maxTasks`` is free.
+
+    The order (``order.queue_order``: a move to the front or back, then
+    priority, then submission) is decided here, under the store lock, from
+    the records.  A slot is taken first: while every slot is busy no record
+    is read, so a node with a long queue pays one listing per submission.
 
     A slot is an flock on ``tasks/slots/NODE/N`` handed to the runner, so it
     frees itself when the runner ends however it ends; no resident process is
@@ -277,15 +288,25 @@ def dispatch(store, config):
     """
     store.ensure()
     with store.lock():
-        for task_id in marked(store, 'queue'):
-            if not _queued_here(store, task_id):
-                continue
-            slot = acquire_slot(store, config.maxTasks)
-            if slot is None:
-                return
-            try:
-                _start_queued(store, config, task_id, slot)
-            finally:
+        markers = marked(store, 'queue')
+        slot = acquire_slot(store, config.maxTasks) if markers else None
+        if slot is None:
+            return
+        try:
+            for task_id in queue_order(store, markers):
+                if slot is None:
+                    slot = acquire_slot(store, config.maxTasks)
+                    if slot is None:
+                        return
+                if not _queued_here(store, task_id):
+                    continue
+                try:
+                    _start_queued(store, config, task_id, slot)
+                finally:
+                    os.close(slot)
+                    slot = None
+        finally:
+            if slot is not None:
                 os.close(slot)
 
 
@@ -327,6 +348,7 @@ def _start_queued(store, config, task_id, slot_fd):
     if config.sandbox:  # a marker is a file in the store: it never turns this node's sandbox off
         settings += 'sandbox = yes\n'
     unmark(store, 'queue', task_id)
+    unmark(store, ORDER_FOLDER, task_id)
     try:
         record = store.read_task(task_id)
         # A resume is not a dispatch: only a queued task leaves the queue.
@@ -376,6 +398,7 @@ def mark_killed_locked(store, record):
     killed = move_locked(store, record, State.FAILED, {Field.ERROR: 'killed', Field.ETIME: f'{time.time():.5f}'})
     if killed is not None:
         unmark(store, 'queue', record[Field.ID])
+        unmark(store, ORDER_FOLDER, record[Field.ID])
     return killed
 
 

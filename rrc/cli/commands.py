@@ -1,4 +1,4 @@
-"""The subcommands: info, ls, meta, kill, and submitting a task."""
+"""The subcommands: info, ls, meta, kill, suspend, resume, move, and submitting a task."""
 
 import os
 import sys
@@ -10,6 +10,7 @@ from .sync import finish_sync, sync_remote
 from ..errors import ExitCode, UsageError
 from ..names import check_task_id
 from ..notifier import notifier_events_field
+from ..order import MOVES, move_in_queue
 from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task
@@ -128,6 +129,28 @@ def _suspend_or_resume(ctx, args, verb):
     return ExitCode.OK
 
 
+def cmd_move(ctx, args):
+    """``rrcloud move ID front|back``: reorder a queued task, here, at the
+    server a task was sent to, or at ``--s``."""
+    if len(args) != 2 or args[1] not in MOVES:
+        raise UsageError('move takes a task id and front or back (rrcloud move ID front)')
+    task_id, to = check_task_id(args[0]), args[1]
+    shown = ('id', Field.STATUS, Field.QUEUED, Field.PRIORITY, Field.QUEUE_POSITION)
+    if ctx.options.s:
+        record = ask_server(ctx, {'service': 'move', 'id': task_id, 'to': to})
+        print_fields(record, shown, server=server_url(ctx.options.s, ctx.config.port))
+        return ExitCode.OK
+    record = ctx.store.read_task(task_id)
+    if record.get(Field.REMOTE_ID):  # it waits in its server's queue: moved there
+        answer = ask_server(ctx, {'service': 'move', 'id': record[Field.REMOTE_ID], 'to': to},
+                            url=record[Field.SERVER])
+        print_fields(dict(answer, id=task_id), shown, server=record[Field.SERVER])
+        return ExitCode.OK
+    record = move_in_queue(ctx.store, task_id, to, by=f'the command line (user {user_name()})')
+    print_fields(dict(record, priority=record.get(Field.PRIORITY, '0')), shown)
+    return ExitCode.OK
+
+
 def user_name():
     """Who runs this command, for a killed task's log."""
     import pwd
@@ -166,7 +189,8 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
             return ExitCode.OK
         return sync_remote(ctx, service, servers, inputs, native, output, show, **extra)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
-                         args=describe_args(args), notifier_events=ctx.options.notifier_events, **extra)
+                         args=describe_args(args), notifier_events=ctx.options.notifier_events,
+                         priority=ctx.options.priority or 0, **extra)
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK

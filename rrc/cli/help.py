@@ -14,6 +14,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] resume ID           continue a suspended task
        rrcloud [OPTIONS] pipe SERVICE ARGS... -- SERVICE ARGS...   a job of steps (see pipe --help)
        rrcloud [OPTIONS] watch ID            follow a task or job live (status, log, progress)
+       rrcloud [OPTIONS] move ID front|back  reorder a queued task: start it next, or last
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
@@ -46,13 +47,16 @@ for SERVICE.cloud ARGS.
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
-                     info, ls, meta, kill, suspend, resume or watch: ask SERVER
+                     info, ls, meta, kill, suspend, resume, watch or move: ask SERVER
                      instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in;
                      signed when the server has notifierSecret)
   --notifier-events=started,ended
                      when to GET it: ended (the default), started (once the
                      tool runs), or both
+  --priority=N       the task's place in the queue while every maxTasks slot is
+                     busy: an integer from -100 to 100, higher starts first
+                     (default 0; equal priorities start in submission order)
   --sync             wait for the task and mirror its exit code (no output
                      argument: echo prints its text, other services their record)
   --short            info: one line per task, as ls

@@ -3,7 +3,7 @@
 import sys
 
 from .. import PROTOCOL_VERSION, __version__
-from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_resume, cmd_submit, cmd_suspend
+from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_move, cmd_resume, cmd_submit, cmd_suspend
 from .help import HELP, SUBCOMMAND_HELP, USAGE
 from .options import CLI_COMMANDS, parse_options, split_command_line
 from ..errors import ExitCode, UsageError
@@ -38,12 +38,14 @@ def cli(args):
         return show_about(options)
     if options.short and command not in ('info', 'ls'):
         raise UsageError('--short goes with info (or use rrcloud ls)')
+    if options.priority is not None and command in CLI_COMMANDS:
+        raise UsageError('--priority goes with a task to start (rrcloud move reorders a queued one)')
     if command == 'watch':  # its stream reader is loaded by it alone
         from .watch import cmd_watch
         return cmd_watch(ctx, rest)
     if command in CLI_COMMANDS:
         return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls,
-                'suspend': cmd_suspend, 'resume': cmd_resume}[command](ctx, rest)
+                'suspend': cmd_suspend, 'resume': cmd_resume, 'move': cmd_move}[command](ctx, rest)
     return cmd_submit(ctx, command, rest, sync=options.sync)
 
 

@@ -6,14 +6,15 @@ from ..config import load_config
 from ..errors import UsageError
 from ..identity import NodeIdentity
 from ..names import LazyPattern
+from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
 from ..services import check_params, find_service, load_services
 from ..store import Store
 from ..tasks import Input, input_kinds
 
 
-CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch')
-VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir')
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move')
+VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir', 'priority')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
 
@@ -26,6 +27,7 @@ class Options:
         self.notifier_events = ''  # --notifier-events=started,ended ('': the default, ended)
         self.format = 'text'
         self.dir = None
+        self.priority = None  # an int once --priority=N is given (a server is sent it only then)
         self.local = self.sync = self.traceback = self.help = self.version = self.short = False
 
 
@@ -65,6 +67,8 @@ def set_option(options, word, rest):
         raise UsageError(f'option --{name} needs a value')
     if name == 'format' and value not in ('text', 'json'):
         raise UsageError(f'--format must be text or json, not {value!r}')
+    if name == 'priority':
+        value = parse_priority(value)
     setattr(options, name.replace('-', '_'), value)
 
 

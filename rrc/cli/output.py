@@ -3,7 +3,7 @@
 import sys
 import time
 
-from ..errors import ExitCode, NoServer, NotFound, RRCloudError
+from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
 from ..names import is_single_line
 from ..remote import (CONNECT_TIMEOUT, http_session, parse_answer, refresh_remote, server_url,
     terminal_safe)
@@ -101,7 +101,8 @@ def ask_server(ctx, params, listing=False, url=None):
         raise NoServer(f'{url}: no answer ({exc.__class__.__name__})') from None
     if response.status_code != 200:
         reason = terminal_safe(parse_answer(response).get('error') or f'HTTP {response.status_code}')
-        raise (NotFound if response.status_code == 404 else RRCloudError)(f'{url}: {reason}')
+        error = {404: NotFound, 400: UsageError}.get(response.status_code, RRCloudError)  # exit 3, 2, 1
+        raise error(f'{url}: {reason}')
     if listing:
         return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
     answer = parse_answer(response)

@@ -37,7 +37,7 @@ def wrapper_help(ctx, service):
              textwrap.fill(about, 78, break_long_words=False, break_on_hyphens=False), '']
     lines += [f'  {label:<11} {text}' for label, text in wrapper_help_rows(service)]
     lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --notifier-events=LIST,",
-              '  --traceback, -h/--help, --version (rrcloud --help tells more)']
+              '  --priority=N, --traceback, -h/--help, --version (rrcloud --help tells more)']
     return '\n'.join(lines) + '\n'
 
 

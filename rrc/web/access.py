@@ -43,7 +43,7 @@ def check_token(given, config):
 
 
 # Services of a GET that change something (a POST always may).
-STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume')
+STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move')
 
 
 def changes_state(request):

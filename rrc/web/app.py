@@ -159,6 +159,14 @@ def answer_events(app, request):
     return stream_events(app, request, _form_task_id(request))
 
 
+def answer_move(app, request):
+    """``service=move&id=ID&to=front|back``: reorder a queued task (rrc/order.py)."""
+    from ..order import move_in_queue
+    record = move_in_queue(app.store, _form_task_id(request), request.form.get('to', ''),
+                           by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
 def answer_submit(app, request):
     """``POST service=NAME ...``: start a task; held until it ends for a 0.019
     client or ``wait=S``."""
@@ -345,6 +353,7 @@ def submit_from_form(store, config, request):
     for key, value in request.form.items():
         if not key.startswith('fileIn'):
             check_field(key, value, config)
+    priority = form_priority(request)
     services, errors = load_services(store.root)
     service = find_service(services, errors, request.form.get('service', ''))
     inputs = form_inputs(request, service)
@@ -361,7 +370,17 @@ def submit_from_form(store, config, request):
     return submit_task(store, config, service, inputs, native,
                        notifier=request.form.get('notifier', ''), client=request.client,
                        params=params, out_ext=request.form.get('outExt', ''),
-                       notifier_events=request.form.get('notifierEvents', ''))
+                       notifier_events=request.form.get('notifierEvents', ''), priority=priority)
+
+
+def form_priority(request):
+    """``priority=N``: -100 to 100, 0 without the field (checked before anything is stored)."""
+    if 'priority' in request.files:
+        raise HTTPError(400, 'priority is a number, not a file')
+    if 'priority' not in request.form:
+        return 0
+    from ..order import parse_priority
+    return parse_priority(request.form['priority'])
 
 
 def form_param(text):
@@ -405,4 +424,4 @@ PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
                   'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
-                  'events': answer_events}
+                  'events': answer_events, 'move': answer_move}
