@@ -72,7 +72,11 @@ def queue_order(store, markers):
     places = _places(store, markers)
     if not places:
         return markers
-    return sorted(markers, key=lambda task_id: (places.get(task_id, UNPLACED), task_id))
+    # Only the few placed tasks are sorted; the rest keep the markers' (id) order between them.
+    ahead = sorted((place, task_id) for task_id, place in places.items() if place < UNPLACED)
+    behind = sorted((place, task_id) for task_id, place in places.items() if place > UNPLACED)
+    level = [task_id for task_id in markers if places.get(task_id, UNPLACED) == UNPLACED]
+    return [task_id for _, task_id in ahead] + level + [task_id for _, task_id in behind]
 
 
 def _places(store, markers):
