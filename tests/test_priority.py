@@ -47,8 +47,15 @@ def gated(cli, workdir):
     (workdir / 'gate.sh').write_text(gated_script(gate))
     task_id = task_id_of(cli('gate', 'gate.sh').out)
     assert 'queued' not in Store(workdir).read_task(task_id)  # dispatched by its submission
+    tool_started(workdir, task_id)
     yield task_id, gate
     gate.touch()
+
+
+def tool_started(root, task_id):
+    """The record of a running task once its runner started the tool (and wrote its log)."""
+    store = Store(root)
+    return wait_for(lambda: store.read_task(task_id).get('pid') and store.read_task(task_id), 'the tool to start')
 
 
 def start_order(root, task_ids, timeout=60):
@@ -203,6 +210,7 @@ def post(server, service, content, filename='in.txt', **fields):
 def test_priority_and_move_over_http(server):
     gate = post(server, 'gate', gated_script(server.root / 'gate-open'), filename='gate.sh', format='json')
     assert gate.status_code == 200, gate.text
+    tool_started(server.store, gate.json()['id'])
     low = post(server, 'echo', 'low', format='json').json()
     high = post(server, 'echo', 'high', priority='7', format='json').json()
     assert (high['priority'], high['queued']) == ('7', 'yes')
@@ -281,8 +289,7 @@ def test_the_queue_survives_a_reboot(cli, workdir, gated):
     low = task_id_of(cli('--priority=-1', 'echo', 'low').out)
     high = task_id_of(cli('--priority=1', 'echo', 'high').out)
     waiting = plant_waiting_step(store)
-    running = wait_for(lambda: store.read_task(gate_id).get('pid') and store.read_task(gate_id),
-                       'the gated tool to start')
+    running = store.read_task(gate_id)
     for key in ('runner', 'pid'):  # what a power cut does to them
         kill_group(int(running[key]), signal.SIGKILL)
     wait_for(lambda: not process_start_time(int(running['runner'])), 'the runner to be gone')

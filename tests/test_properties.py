@@ -325,7 +325,7 @@ SERVICE_NAME_RE = re.compile(r'\A[a-z][a-z0-9_]{0,31}\Z')
 RECORD_KEY_RE = re.compile(r'\A[A-Za-z][A-Za-z0-9_]{0,63}\Z')
 EXTENSION_RE = re.compile(r'\A[A-Za-z0-9]{1,12}\Z')
 FORM_FIELD_RE = re.compile(r'\A(service|fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|param[0-9]{1,3}'
-                           r'|nativeArgs|outExt|notifier|notifierEvents|format|id|wait|token|in'
+                           r'|nativeArgs|outExt|notifier|notifierEvents|format|id|wait|token|in|priority|to'
                            r'|step[0-9]{1,3}(\.(fileIn[0-9]{1,3}|prearg[0-9]{1,3}|arg[0-9]{1,3}|param[0-9]{1,3}'
                            r'|nativeArgs|outExt|server))?)\Z')
 CONFIG_LINE_RE = re.compile(r'\A\s*([^\s:=]+)\s*[:=]\s*(.*?)\s*\Z')
@@ -342,7 +342,7 @@ names_like = st.one_of(any_text, plausible_keys, st.from_regex(r'\A[a-z][a-z0-9_
                                         'prearg12', 'fileIn٣', 'service', 'services', 'token ', 'in', 'in0',
                                         'inn', 'i', 'notifierEvents', 'notifierEvent', 'step1', 'step',
                                         'step0001', 'step2.server', 'step2.', 'step1.fileIn0', 'step1.step1',
-                                        'step١']),
+                                        'step١', 'priority', 'to', 'top']),
                        st.from_regex(r'\Astep[0-9٣]{0,4}(\.[A-Za-z]{0,10}[0-9]{0,4})?\Z'))
 FAST_CHECKS = [('is_task_id', TASK_ID_RE), ('is_service_name', SERVICE_NAME_RE),
                ('is_record_key', RECORD_KEY_RE), ('is_extension', EXTENSION_RE),
