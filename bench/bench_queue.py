@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-import common  # noqa: F401 (puts the repository on sys.path)
+from common import REPO  # puts the repository on sys.path
 from rrc.config import Config
 from rrc.order import mark_placed, queue_order
 from rrc.store import Store, marked
@@ -71,7 +71,7 @@ def best_cpu_ms(function, rounds=7, calls=50):
 
 def main():
     queued = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    print(f'{queued} queued tasks, maxTasks 2, every slot busy; CPU ms per call (best of 7 x 50)')
+    print(f'{REPO}: {queued} queued tasks, maxTasks 2, every slot busy; CPU ms per call (best of 7 x 50)')
     print('| marked (with a priority) | dispatch, every slot busy | choosing the next to start |')
     print('| ---: | ---: | ---: |')
     for placed in (0, 10, queued):
