@@ -20,10 +20,8 @@ from .schema import Field, TaskStatus
 from .states import FINAL, State, move_locked, move_task, state_of
 
 
-# The server holds each ``info`` this long (its long-poll): the end of a step
-# is seen as it happens, at one request per half minute.
-FOLLOW_WAIT = 30
-MAX_FOLLOW_BACKOFF = 2.0
+# A lost server is asked again this often at most while the step is sent.
+MAX_SEND_BACKOFF = 2.0
 
 
 def forward_steps(store, step_id):
@@ -97,7 +95,7 @@ def send_step(store, config, record):
                 Field.ERROR: f'cannot send it to {url}: {failure}',
                 Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
         time.sleep(backoff)
-        backoff = min(backoff * 2, MAX_FOLLOW_BACKOFF)
+        backoff = min(backoff * 2, MAX_SEND_BACKOFF)
 
 
 def post_inputs(store, session, url, service, record):
@@ -134,27 +132,15 @@ def hand_over(store, config, record, url, answer):
 
 def follow_step(store, config, record):
     """Long-poll the step's server until it ends there (or here: killed);
-    ``refresh_remote`` fetches its result and log into this store."""
-    from .remote import http_session, refresh_remote
-    session = http_session(config)
-    lost_since, backoff = None, 0.1
-    while True:
-        record = store.read_task(record[Field.ID])
-        if record.get(Field.STATUS) != TaskStatus.BUSY:
-            return record
-        asked = time.monotonic()
-        try:
-            record = refresh_remote(store, record, session, wait=FOLLOW_WAIT)
-            lost_since = None
-        except OSError:  # requests' errors are OSErrors
-            lost_since = lost_since or asked
-            if time.monotonic() - lost_since >= config.reconnectTimeout:
-                return move_task(store, record[Field.ID], State.FAILED, {
-                    Field.ERROR: f'lost {record[Field.SERVER]} (no answer for {config.reconnectTimeout:g} s)',
-                    Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
-        if record.get(Field.STATUS) == TaskStatus.BUSY and time.monotonic() - asked < 1.0:
-            time.sleep(backoff)  # not held: a 0.019 server, or none
-            backoff = min(backoff * 1.5, MAX_FOLLOW_BACKOFF)
+    ``refresh_remote`` fetches its result and log into this store.  A server
+    lost for ``reconnectTimeout`` seconds fails the step."""
+    from .errors import NoServer
+    from .remote import wait_remote
+    try:
+        return wait_remote(store, config, record, ended_here=True)
+    except NoServer as exc:
+        return move_task(store, record[Field.ID], State.FAILED, {
+            Field.ERROR: str(exc), Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
 
 
 def cmd_forward_internal(args):

@@ -69,10 +69,16 @@ def rrcloud_command():
 
     It imports rrcloud as a module rather than running the file as a script,
     so Python uses the cached bytecode instead of compiling the file anew.
+    It starts without the site module (-S), with this process's module path
+    and prefixes instead (what site sets in a virtual environment): site's
+    .pth files run an editable install's import hook (pathlib, re, enum,
+    urllib), 40 ms of a runner's 60 ms start.
     """
-    launcher = (f'import sys; sys.path.insert(0, {PROGRAM_FOLDER!r}); import rrcloud; '
+    paths = [PROGRAM_FOLDER] + [path for path in sys.path if path and path != PROGRAM_FOLDER]
+    launcher = (f'import sys; sys.path[:0] = {paths!r}; '
+                f'sys.prefix, sys.exec_prefix = {sys.prefix!r}, {sys.exec_prefix!r}; import rrcloud; '
                 f'sys.exit(rrcloud.main(["rrcloud"] + sys.argv[1:]))')
-    return [sys.executable, '-c', launcher]
+    return [sys.executable, '-S', '-c', launcher]
 
 
 def spawn_runner(store, task_id, slot_fd, settings):

@@ -218,11 +218,13 @@ def fetch_to(session, url, folder, name):
         raise
 
 
-def wait_remote(store, config, record, progress=None):
+def wait_remote(store, config, record, progress=None, ended_here=False):
     """Wait for a remote task with the server's long-poll (or capped polling).
 
     A server that goes away (a restart) is asked again for ``reconnectTimeout``
-    seconds: the task runs on there without us.
+    seconds: the task runs on there without us.  With ``ended_here`` the
+    local record is read before each ask: a task ended here (a pipeline
+    step killed with its job) is waited for no longer.
     """
     session = http_session(config)
     backoff = 0.1
@@ -232,6 +234,10 @@ def wait_remote(store, config, record, progress=None):
         progress(record, 0.0)
     wait = 1 if progress else POLL_WAIT  # a terminal's progress line moves every second
     while record.get(Field.STATUS) == TaskStatus.BUSY:
+        if ended_here:
+            record = store.read_task(record[Field.ID])
+            if record.get(Field.STATUS) != TaskStatus.BUSY:
+                break
         asked = time.monotonic()
         try:
             record = refresh_remote(store, record, session, wait=wait)

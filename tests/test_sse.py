@@ -29,15 +29,8 @@ from printer_sim import PrinterSim
 from rrc.events import append_event, read_events
 from rrc.store import Store
 from servers import FakeServer
+from test_http_api import SH_SERVICE
 
-SH_SERVICE = """\
-# sh: runs input 0 as a shell script; the output file is its argument
-path = /usr/bin:/bin
-cmd = sh
-argInput = --data=$fileIn
-output = $fileOut
-inputExt = sh
-"""
 UNKNOWN_ID = '1795841292-04767-953464'
 # Three log lines over more than half a second, then a result: longer than
 # two CGI streams here (each ends after cgiStreamSeconds).
