@@ -161,7 +161,8 @@ def submit_pipe(store, config, steps, client='localhost', notifier='', args='', 
 def create_job(store, config, steps, client, args):
     """The job's record: running from the start (its steps say what runs)."""
     from .events import status_changed
-    record = {Field.SERVICE: JOB_SERVICE, **initial_fields(State.RUNNING), Field.CTIME: f'{time.time():.5f}',
+    now = f'{time.time():.5f}'
+    record = {Field.SERVICE: JOB_SERVICE, **initial_fields(State.RUNNING), Field.CTIME: now, Field.STIME: now,
               Field.CMD: ' | '.join(step.shown() for step in steps), Field.CLIENT: client,
               Field.OUT: '', Field.STEPS: '', Field.SERVER: config.serverName, Field.NODE: store.node.name}
     if args:
