@@ -51,10 +51,14 @@ def forward_step(store, step_id):
         if record.get(Field.STATUS) == TaskStatus.BUSY:
             record = follow_step(store, config, record)
     except Exception as exc:  # a forwarder never leaves a step busy without saying why
-        record = move_task(store, step_id, State.FAILED, {Field.ERROR: f'forwarder error: {exc}',
-                                                          Field.ETIME: f'{time.time():.5f}'}) \
-            or store.read_task(step_id)
+        record = fail_step(store, step_id, f'forwarder error: {exc}')
     return record, after_step(store, config, record, inline=True)
+
+
+def fail_step(store, step_id, reason):
+    """The step failed here (unless it had ended already); its record."""
+    return (move_task(store, step_id, State.FAILED, {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'})
+            or store.read_task(step_id))
 
 
 def claim(store, step_id):
@@ -74,42 +78,51 @@ def claim(store, step_id):
 
 
 def send_step(store, config, record):
-    """Upload the step to its server (retrying a lost one for ``reconnectTimeout``);
-    the local record then follows the task there, as a remote task's does."""
+    """Upload the step to its server; the local record then follows the task
+    there, as a remote task's does.
+
+    A server that cannot be reached is tried again for ``reconnectTimeout``
+    seconds, and the step's record is read before each try (a job killed
+    meanwhile sends nothing).  An upload that was sent but got no answer is
+    never sent again: the server may have taken it, and a print must not
+    run twice.
+    """
     from .lighthttp import LightSession
     from .services import find_service, load_services
     url = record[Field.STEP_SERVER]
     service = find_service(*load_services(store.root), record[Field.SERVICE])
-    session = LightSession(config)  # not requests: its import would double the hand-off
     started, backoff = time.monotonic(), 0.2
     while True:
+        session = LightSession(config)  # not requests: its import would double the hand-off
         try:
             answer, failure = post_inputs(store, session, url, service, record)
         except UsageError as exc:  # the server refused the step: no retry makes it take it
-            return move_task(store, record[Field.ID], State.FAILED,
-                             {Field.ERROR: str(exc), Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
+            return fail_step(store, record[Field.ID], str(exc))
         if answer:
             return hand_over(store, config, record, url, answer)
+        if session.sent:
+            return fail_step(store, record[Field.ID], f'sent to {url}, which did not answer ({failure}); '
+                                                      f'not sent again: it may run there')
         if time.monotonic() - started >= config.reconnectTimeout:
-            return move_task(store, record[Field.ID], State.FAILED, {
-                Field.ERROR: f'cannot send it to {url}: {failure}',
-                Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
+            return fail_step(store, record[Field.ID], f'cannot send it to {url}: {failure}')
         time.sleep(backoff)
         backoff = min(backoff * 2, MAX_SEND_BACKOFF)
+        record = store.read_task(record[Field.ID])
+        if state_of(record) != State.WAITING:
+            return record  # cancelled or killed while the server was away
 
 
 def post_inputs(store, session, url, service, record):
-    """One upload of the step with its stored inputs (the first is the step before's output)."""
+    """One upload of the step with its stored inputs (the first is the step
+    before's output) and its notifier (its server calls it)."""
     from contextlib import ExitStack
     from .remote import post_task
-    from .tasks import Input, record_params
-    paths = [p for p in record.get(Field.IN, '').split(',') if p]
-    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(paths)
+    from .tasks import Input, record_params, stored_inputs
     with ExitStack() as files:
         inputs = [Input(files.enter_context(open(store.path_of(path), 'rb')), os.path.basename(path), prearg)
-                  for prearg, path in zip(preargs, paths)]
-        return post_task(session, url, service, inputs, record.get(Field.NATIVE_ARGS, '').split(), '',
-                         record_params(record), record.get(Field.OUT_EXT, ''))
+                  for prearg, path in stored_inputs(record)]
+        return post_task(session, url, service, inputs, record.get(Field.NATIVE_ARGS, '').split(),
+                         record.get(Field.NOTIFIER, ''), record_params(record), record.get(Field.OUT_EXT, ''))
 
 
 def hand_over(store, config, record, url, answer):
@@ -139,8 +152,7 @@ def follow_step(store, config, record):
     try:
         return wait_remote(store, config, record, ended_here=True)
     except NoServer as exc:
-        return move_task(store, record[Field.ID], State.FAILED, {
-            Field.ERROR: str(exc), Field.ETIME: f'{time.time():.5f}'}) or store.read_task(record[Field.ID])
+        return fail_step(store, record[Field.ID], str(exc))
 
 
 def cmd_forward_internal(args):

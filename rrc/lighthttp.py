@@ -16,6 +16,7 @@ class LightSession:
 
     def __init__(self, config):
         self.config = config
+        self.sent = False  # True once a request's body went out: the server may have acted on it
 
     def post(self, url, data, files, timeout):
         import http.client
@@ -39,6 +40,7 @@ class LightSession:
             connection.sock.settimeout(read_timeout)
             connection.request('POST', (parts.path or '/') + (f'?{parts.query}' if parts.query else ''),
                                body=chunks, headers=headers)
+            self.sent = True
             answer = connection.getresponse()
             return LightResponse(answer.status, dict(answer.getheaders()), answer.read())
         finally:

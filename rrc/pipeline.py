@@ -74,12 +74,26 @@ def check_steps(config, steps, also_allowed=()):
         if number > 1 and any(not item.prearg for item in step.inputs):
             raise UsageError(f'{where} takes its input from step {number - 1}: give it only '
                              f'inputs with a prefix such as --load=')
+        check_arguments(where, step)
         if number < len(steps):
             check_chain(where, step, steps[number], number)
         step.server = configured_server(config, step.server, where, also_allowed)
         if step.server and any(is_project_name(item.filename) for item in step.inputs):
             raise UsageError(f'{where}: a project (a folder of files) cannot be sent on to a server; '
                              f'send the pipe to that server instead')
+
+
+def check_arguments(where, step):
+    """A step's own arguments, as a task's are checked (again when its record is made)."""
+    from .services import check_native_args, check_output_ext, check_params, check_prearg
+    try:
+        for item in step.inputs:
+            check_prearg(step.service, item.prearg)
+        check_native_args(step.service, step.native)
+        check_params(step.service, step.params)
+        check_output_ext(step.service, step.out_ext)
+    except UsageError as exc:
+        raise UsageError(f'{where}: {exc}') from None
 
 
 def check_chain(where, step, following, number):
@@ -126,9 +140,13 @@ def check_remote_steps(store, config, steps):
             continue
         where = f'step {number} ({step.service.name})'
         try:
-            meta = parse_answer(session.get(step.server, params={'service': 'meta'}, timeout=META_TIMEOUT))
+            answer = session.get(step.server, params={'service': 'meta'}, timeout=META_TIMEOUT)
         except OSError as exc:  # requests' errors are OSErrors
             raise UsageError(f'{where}: server {step.server} does not answer ({exc.__class__.__name__})') from None
+        meta = parse_answer(answer)
+        if answer.status_code != 200:
+            raise UsageError(f'{where}: server {step.server} refused this node (HTTP {answer.status_code}: '
+                             f'{meta.get("error") or "see its allow and token"})')
         if meta.get('instance') == me:
             raise UsageError(f'{where}: server {step.server} is this node itself (a loop)')
         if step.service.name not in meta.get('services', '').split(','):
@@ -207,60 +225,84 @@ def waiting_settings(store, task_id):
 
 # -- moving a job on ------------------------------------------------------------------------------
 
-def start_step(store, config, step_id, main_input='', inline=False):
-    """Give a waiting step its main input (the step before's output) and start it:
-    queued here, or sent to its server by a forwarder.  With ``inline`` the
-    caller is that forwarder (the runner of the step before, once it has
-    tidied up): a step to forward is returned, its id; otherwise a new
-    forwarder process is started."""
+def start_step(store, config, step_id, previous=None, inline=False):
+    """Give a waiting step its main input (``previous``'s output: the step
+    before) and start it: queued here, or sent to its server by a forwarder.
+    With ``inline`` the caller is that forwarder (the runner of the step
+    before, once it has tidied up): the step's id is returned; otherwise a
+    new forwarder process is started.  The input is handed on once, under
+    the store lock (``inputFrom`` names the step it came from), whoever else
+    tries at the same time."""
     record = store.read_task(step_id)
     if state_of(record) != State.WAITING:
-        return  # cancelled, or another process started it first
-    changes = with_main_input(store, record, main_input) if main_input else {}
-    if record.get(Field.STEP_SERVER):
-        if changes:
-            store.update_task(step_id, changes)
-        if inline:
-            return step_id
-        from .procs import spawn_internal
-        spawn_internal(store, '_forward', step_id)
-        return
-    queue_waiting_step(store, config, record, changes)
+        return None  # cancelled, or another process started it first
+    changes = {}
+    if previous is not None and not record.get(Field.INPUT_FROM):
+        changes = with_main_input(store, record, previous)
+    if not record.get(Field.STEP_SERVER):
+        return queue_waiting_step(store, config, step_id, changes)
+    if changes and not hand_input_on(store, step_id, changes):
+        return None
+    if inline:
+        return step_id
+    from .procs import spawn_internal
+    spawn_internal(store, '_forward', step_id)
+    return None
 
 
-def with_main_input(store, record, main_input):
-    """A step's record fields once ``main_input`` (a store path) is its first input."""
+def with_main_input(store, record, previous):
+    """A step's record fields once ``previous``'s output, copied into the
+    store's inputs, is its first input."""
     from .services import find_service, load_services
-    from .tasks import input_size, record_params, shown_command
+    from .tasks import input_size, record_params, shown_command, stored_inputs
+    main_input = previous.get(Field.OUT, '')
     ext = main_input.rpartition('.')[2] if '.' in os.path.basename(main_input) else ''
     with open(store.path_of(main_input), 'rb') as handle:
         path = store.add_input(handle, ext)
-    own = [p for p in record.get(Field.IN, '').split(',') if p]
-    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(own)
-    stored = [('', path)] + list(zip(preargs, own))
+    stored = [('', path)] + stored_inputs(record)
     service = find_service(*load_services(store.root), record[Field.SERVICE])
-    changes = {Field.IN: ','.join(p for _, p in stored),
+    changes = {Field.IN: ','.join(p for _, p in stored), Field.INPUT_FROM: previous[Field.ID],
                Field.SIZE_IN: sum(input_size(store, p) for _, p in stored),
                Field.CMD: shown_command(service, record[Field.ID], stored, record.get(Field.NATIVE_ARGS, '').split(),
                                         record_params(record), record.get(Field.OUT_EXT, ''))}
-    if any(preargs):
+    if any(prearg for prearg, _ in stored):
         changes[Field.PREARGS] = ','.join(prearg for prearg, _ in stored)
     return changes
 
 
-def queue_waiting_step(store, config, record, changes):
+def takes_input_locked(store, current, changes):
+    """True when a waiting step may take ``changes`` (its main input, or none);
+    otherwise the copy made for it is removed.  Under the store lock."""
+    if state_of(current) == State.WAITING and not (changes and current.get(Field.INPUT_FROM)):
+        return True
+    if changes:
+        store.remove_input(changes[Field.IN].split(',')[0])
+    return False
+
+
+def hand_input_on(store, step_id, changes):
+    """A step for another server gets its main input (its forwarder sends it)."""
+    with store.lock():
+        current = store.read_task(step_id)
+        if not takes_input_locked(store, current, changes):
+            return False
+        store.write_task(dict(current, **{key: str(value) for key, value in changes.items()}))
+        return True
+
+
+def queue_waiting_step(store, config, step_id, changes):
     """A local step: waiting -> queued with its settings in the queue, then dispatch."""
     from .tasks import dispatch, queue_task, task_settings
-    step_id = record[Field.ID]
     settings = waiting_settings(store, step_id) or task_settings(config)
     with store.lock():
         current = store.read_task(step_id)
-        if state_of(current) != State.WAITING:
-            return
+        if not takes_input_locked(store, current, changes):
+            return None
         queue_task(store, step_id, settings)
         move_locked(store, current, State.QUEUED, changes, expect=State.WAITING)
     unlink_quietly(waiting_marker(store, step_id))
     dispatch(store, config)
+    return None
 
 
 def after_step(store, config, step, inline=False):
@@ -280,7 +322,7 @@ def after_step(store, config, step, inline=False):
         reason = f'step {number} ({step.get(Field.SERVICE)}) failed: {step.get(Field.ERROR) or "failed"}'
         return fail_job(store, job, reason, step.get(Field.EXIT_CODE, ''))
     if number < len(steps):
-        return start_step(store, config, steps[number], main_input=step.get(Field.OUT, ''), inline=inline)
+        return start_step(store, config, steps[number], previous=step, inline=inline)
     complete_job(store, job, step)
 
 
@@ -319,11 +361,13 @@ def fail_job(store, job, reason, exit_code=''):
 
 
 def cancel_waiting_steps(store, job, reason):
-    """Fail every waiting step of a job that no forwarder is sending (it ends its own)."""
+    """Fail every waiting step of a job.  A forwarder that is sending one reads
+    its record before each try, and one whose upload got through kills it at
+    its server when it finds the step ended (``forward.hand_over``)."""
     with store.lock():
         for step_id in job_steps(job):
             step = read_or_none(store, step_id)
-            if step and state_of(step) == State.WAITING and not forwarder_alive(store, step):
+            if step and state_of(step) == State.WAITING:
                 cancel_locked(store, step, reason)
 
 
@@ -349,7 +393,7 @@ def kill_job(store, config, job_id, by):
         killed = [step for step in steps if step.get(Field.STATUS) == TaskStatus.BUSY
                   and state_of(step) != State.WAITING and mark_killed_locked(store, step)]
         for step in steps:
-            if state_of(step) == State.WAITING and not forwarder_alive(store, step):
+            if state_of(step) == State.WAITING:
                 cancel_locked(store, step, 'cancelled: the job was killed')
         append_log(store, job_id, f'rrcloud: job {job_id} killed by {by}')
         job = mark_killed_locked(store, job)
@@ -385,42 +429,105 @@ def stop_killed_step(store, config, step, by):
         note(store, step[Field.ID], f'the job was killed; its server did not kill this step: {exc}')
 
 
-def settle_job(store, config, job):
-    """Move a busy job on from what its steps' records say: after a crash or a
-    restart, nobody else will (a step that ended unseen, a forwarder that died,
-    a first step never started).  Returns the job's record."""
+def kill_job_or_step(store, config, record, by):
+    """``kill`` of a job's record or of one of its steps' records."""
+    if record.get(Field.JOB):
+        return kill_step(store, config, record[Field.ID], by)
+    return kill_job(store, config, record[Field.ID], by)
+
+
+def kill_step(store, config, step_id, by):
+    """Kill one step of a job (``kill STEP``): here or at its server; its job
+    fails with the reason and the steps after it are cancelled."""
+    from .tasks import mark_killed_locked
+    with store.lock():
+        step = store.read_task(step_id)
+        killed = mark_killed_locked(store, step)
+        if killed is None:
+            raise UsageError(f'task {step_id} is not running (status {step.get(Field.STATUS)})')
+    unlink_quietly(waiting_marker(store, step_id))
+    if state_of(step) != State.WAITING:
+        stop_killed_step(store, config, step, by)
+    after_step(store, config, killed)
+    return killed
+
+
+# A step that ended this long ago while the next one still waits, or a job
+# this old without its steps, was left by a process that died: whoever
+# looks (recovery, ``info``) moves it on.  Until then its own process may
+# still be about to (a runner calls the notifier before it forwards).
+STALLED_SECONDS = 30.0
+
+
+def settle_job(store, config, job, now=None):
+    """Move a busy job on from what its steps' records say, when the process
+    that should have is gone (a crash, a restart).  Returns the job's record.
+
+    A step ended unseen moves the job on; a waiting step whose step before
+    ended ``STALLED_SECONDS`` ago starts; a step a dead forwarder had claimed
+    is failed, never sent again (it may have reached its server: a print
+    must not run twice); a step a dead forwarder was following is followed
+    again; a job that never got its steps fails.
+    """
     if state_of(job) in FINAL or job.get(Field.SERVICE) != JOB_SERVICE or not store.node.owns(job):
         return job
-    before = None
-    for step_id in job_steps(job):
-        try:
-            step = store.read_task(step_id)
-        except NotFound:
+    now = now or time.time()
+    steps = job_steps(job)
+    if not steps and stalled(job, now):
+        fail_job(store, job, 'interrupted before its steps were created')
+    before = job
+    for step_id in steps:
+        step = read_or_none(store, step_id)
+        if step is None:
             fail_job(store, job, f'step {step_id} is gone')
             break
-        state = state_of(step)
-        if state == State.COMPLETE:
+        if state_of(step) == State.COMPLETE:
             before = step
             continue
-        if state == State.FAILED:
-            after_step(store, config, step)
-        elif state == State.WAITING and not forwarder_alive(store, step):
-            start_step(store, config, step_id, main_input=(before or {}).get(Field.OUT, ''))
-        elif step.get(Field.REMOTE_ID) and not forwarder_alive(store, step) and step.get(Field.STEP_SERVER):
-            from .procs import spawn_internal
-            spawn_internal(store, '_forward', step_id)
+        settle_step(store, config, job, step, before, now)
         break
     else:
-        if before is not None:
+        if steps:
             complete_job(store, job, before)
     return store.read_task(job[Field.ID])
 
 
+def settle_step(store, config, job, step, before, now):
+    """settle_job for the first step that has not completed."""
+    state = state_of(step)
+    if state == State.FAILED:
+        after_step(store, config, step)
+    elif state == State.WAITING and not forwarder_alive(store, step) and stalled(before, now):
+        if step.get(Field.RUNNER):  # claimed by a forwarder that died: maybe sent
+            from .forward import fail_step
+            after_step(store, config, fail_step(store, step[Field.ID], 'interrupted while being sent to its server; '
+                                                                        'not sent again'))
+        else:
+            start_step(store, config, step[Field.ID], previous=before if before is not job else None)
+    elif step.get(Field.REMOTE_ID) and step.get(Field.STEP_SERVER) and not forwarder_alive(store, step):
+        from .procs import spawn_internal
+        spawn_internal(store, '_forward', step[Field.ID])
+
+
+def stalled(record, now):
+    """True when ``record`` (a step that ended, or a job) is older than STALLED_SECONDS."""
+    return now - float(record.get(Field.ETIME) or record.get(Field.CTIME) or 0) > STALLED_SECONDS
+
+
 def settle_jobs(store, config, records):
-    """settle_job for every busy job among ``records`` (recovery)."""
+    """settle_job for every busy job among ``records``, and cancel a waiting
+    step whose job has ended or is gone (recovery)."""
+    now = time.time()
     for record in records:
-        if record.get(Field.SERVICE) == JOB_SERVICE and record.get(Field.STATUS) == TaskStatus.BUSY:
-            settle_job(store, config, record)
+        if record.get(Field.STATUS) != TaskStatus.BUSY or not store.node.owns(record):
+            continue
+        if record.get(Field.SERVICE) == JOB_SERVICE:
+            settle_job(store, config, record, now)
+        elif state_of(record) == State.WAITING and record.get(Field.JOB) and stalled(record, now):
+            job = read_or_none(store, record[Field.JOB])
+            if job is None or state_of(job) in FINAL:
+                with store.lock():
+                    cancel_locked(store, store.read_task(record[Field.ID]), 'cancelled: its job has ended')
 
 
 def job_view(store, job):

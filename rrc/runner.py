@@ -19,7 +19,7 @@ from .services import (check_native_args, check_output_ext, check_params, check_
     compose_argv, find_service, load_services)
 from .states import finish_task
 from .store import Store, append_log, remove_tree, unlink_quietly, unmark
-from .tasks import dispatch, record_params, task_config
+from .tasks import dispatch, record_params, stored_inputs, task_config
 
 
 # Less free space than this after a failed task: the disk filled up.
@@ -114,14 +114,25 @@ def _runner_done(store, config, task_id, final, notifier=None):
     release_slot()
     forwarded = None
     if final.get(Field.JOB):
-        from .pipeline import after_step
-        forwarded = after_step(store, config, final, inline=True)
+        forwarded = move_job_on(store, config, final)
     dispatch(store, config)
     (notifier or TaskNotifier(store, config, final)).ended(final)
     if forwarded:
         from .forward import forward_steps
         forward_steps(store, forwarded)
     return final
+
+
+def move_job_on(store, config, final):
+    """The next step of the task's job, or the job's end (``pipeline.after_step``).
+    Whatever goes wrong there, the runner still dispatches and notifies:
+    ``settle_job`` moves the job on later."""
+    from .pipeline import after_step
+    try:
+        return after_step(store, config, final, inline=True)
+    except Exception as exc:
+        note(store, final[Field.ID], f'could not move job {final[Field.JOB]} on: {exc}')
+        return None
 
 
 def release_slot():
@@ -309,20 +320,18 @@ def task_argv(service, record):
     run.  A field that does not check (an input outside tasks/in, an argument
     the service does not allow) means rrcloud did not write it: UsageError.
     """
-    paths = [path for path in record.get(Field.IN, '').split(',') if path]
-    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(paths)
-    if not paths or len(preargs) != len(paths):
-        raise UsageError('its inputs and preargs do not match')
-    for path in paths:
+    stored = stored_inputs(record)
+    if not stored:
+        raise UsageError('it has no input')
+    for prearg, path in stored:
         check_stored_input(path)
-    for prearg in preargs:
         check_prearg(service, prearg)
     native = record.get(Field.NATIVE_ARGS, '').split()
     check_native_args(service, native)
     params = record_params(record)
     check_params(service, params)
     out_ext = check_output_ext(service, record.get(Field.OUT_EXT, ''))
-    return compose_argv(service, check_task_id(record.get(Field.ID, '')), list(zip(preargs, paths)), native,
+    return compose_argv(service, check_task_id(record.get(Field.ID, '')), stored, native,
                         params, out_ext)
 
 

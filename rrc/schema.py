@@ -67,6 +67,7 @@ class Field:
     JOB = 'job'
     STEP = 'step'
     STEP_SERVER = 'stepServer'
+    INPUT_FROM = 'inputFrom'  # the step whose output became this step's first input
 
 
 YES = 'yes'

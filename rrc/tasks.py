@@ -169,6 +169,16 @@ def record_params(record):
     return [tuple(pair) for pair in pairs]
 
 
+def stored_inputs(record):
+    """(prearg, store path) of each input of a record, in order ('' for no
+    prearg); UsageError when the two lists do not match."""
+    paths = [path for path in record.get(Field.IN, '').split(',') if path]
+    preargs = record[Field.PREARGS].split(',') if record.get(Field.PREARGS) else [''] * len(paths)
+    if len(preargs) != len(paths):
+        raise UsageError('its inputs and preargs do not match')
+    return list(zip(preargs, paths))
+
+
 def shown_command(service, task_id, stored, native_args, params, out_ext):
     """The record's ``cmd``: the tool's command line as a shell would show it
     (only shown; the runner composes the argv anew)."""

@@ -320,3 +320,66 @@ def test_a_step_interrupted_while_the_server_was_down_fails_its_job_at_restart(s
     assert (job['status'], job['error']) == ('failed', 'step 1 (step) failed: interrupted'), job
     assert store.read_task(second)['error'] == 'cancelled: step 1 (step) failed: interrupted'
     assert not os.listdir(server.store / 'tasks' / 'waiting')
+
+
+###############################################################################
+# Killing one step; a forwarder that dies while it sends
+###############################################################################
+
+def test_killing_a_running_step_fails_its_job_and_cancels_the_rest(cli, workdir, gated):
+    (workdir / 'first.txt').write_text(gated_script(gated / 'never'))
+    job_id = task_id_of(cli('pipe', 'echo', 'first.txt', '--', 'step', '--', 'echo').out)
+    first, second, third = (s['id'] for s in steps_of(workdir, job_record(workdir, job_id)))
+    wait_for(lambda: Store(str(workdir)).read_task(second).get('pid'), 'step 2 to run', timeout=30)
+
+    killed = cli('kill', second)
+
+    assert killed.code == 0, killed
+    assert killed.out == f'id: {second}\nstatus: failed\nerror: killed\n'
+    job = wait_until_done(workdir, job_id)
+    assert (job['status'], job['error']) == ('failed', 'step 2 (step) failed: killed')
+    assert wait_until_done(workdir, third)['error'] == 'cancelled: step 2 (step) failed: killed'
+    assert job_record(workdir, first)['status'] == 'complete'
+
+
+def test_a_step_whose_forwarder_died_while_sending_is_never_sent_again(cli, workdir):
+    """The forwarder (the runner of step 1) dies in the middle of the upload:
+    the server may have the step.  Moving the job on later fails the step
+    rather than send it twice (a second print of the same part)."""
+    import threading
+    from rrc.config import Config
+    from rrc.pipeline import STALLED_SECONDS, settle_job
+    from servers import FakeServer
+    release = threading.Event()
+
+    def server(request):
+        if request.query.get('service') == 'meta':
+            return 200, 'text/plain', 'version: RepRapCloud 0.019 (fake)\nservices: echo\ninstance: fake\n'
+        release.wait(30)  # the upload: held until the forwarder is dead
+        return 500, 'text/plain', 'error: too late\n'
+    fake = FakeServer(server).start()
+    try:
+        job_id = task_id_of(cli('pipe', 'echo', 'hello', '--', 'echo', f'--s={fake.address}').out)
+        store = Store(str(workdir))
+        first, second = job_record(workdir, job_id)['steps'].split(',')
+        wait_for(lambda: fake.of('POST'), 'the upload to start', timeout=30)
+        forwarder = int(store.read_task(second)['runner'])
+        os.kill(forwarder, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f'/proc/{forwarder}') or
+                 open(f'/proc/{forwarder}/stat').read().split(') ')[1].startswith('Z'), 'the forwarder to die')
+        release.set()
+        assert store.read_task(second)['waiting'] == 'yes'
+
+        config = Config()
+        config.dir = str(workdir)
+        job = settle_job(store, config, job_record(workdir, job_id),
+                         now=float(store.read_task(first)['etime']) + STALLED_SECONDS + 1)
+    finally:
+        release.set()
+        fake.stop()
+
+    step = store.read_task(second)
+    assert (step['status'], step['error']) == ('failed', 'interrupted while being sent to its server; not sent again')
+    assert (job['status'], job['error']) == (
+        'failed', 'step 2 (echo) failed: interrupted while being sent to its server; not sent again')
+    assert len(fake.of('POST')) == 1

@@ -83,18 +83,18 @@ def cmd_kill(ctx, args):
         print_fields(record, ('id', 'status', 'error'), server=server_url(ctx.options.s, ctx.config.port))
         return ExitCode.OK
     record = ctx.store.read_task(task_id)
+    by = f'the command line (user {user_name()})'
+    if record.get(Field.JOB) or (record.get(Field.STEPS) is not None and not record.get(Field.REMOTE_ID)):
+        from ..pipeline import kill_job_or_step
+        print_fields(kill_job_or_step(ctx.store, ctx.config, record, by), ('id', 'status', 'error'))
+        return ExitCode.OK
     if record.get(Field.REMOTE_ID):
         if record.get(Field.STATUS) != TaskStatus.BUSY:
             raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
         record = kill_remote(ctx.store, ctx.config, record)
         print_fields(record, ('id', 'status', 'error'), server=record[Field.SERVER])
         return ExitCode.OK
-    by = f'the command line (user {user_name()})'
-    if record.get(Field.STEPS) is not None:
-        from ..pipeline import kill_job
-        record = kill_job(ctx.store, ctx.config, task_id, by)
-    else:
-        record = kill_task(ctx.store, task_id, by=by)
+    record = kill_task(ctx.store, task_id, by=by)
     print_fields(record, ('id', 'status', 'error'))
     return ExitCode.OK
 

@@ -32,6 +32,7 @@ class JobService:
 def cmd_pipe(ctx, args):
     """Submit a pipe; ``--sync`` waits for its last step and writes its result
     where that step's output argument says."""
+    refuse_task_only_options(ctx.options)
     groups = split_steps(args)
     step_options = [step_words_options(ctx, number, words) for number, words in enumerate(groups, 1)]
     steps, output = [], None
@@ -78,10 +79,18 @@ def step_words_options(ctx, number, words):
     rest = take_options(options, words[1:], service)
     if options.dir or options.short or options.version:
         raise UsageError(f'step {number}: --dir, --short and --version go before "pipe"')
+    refuse_task_only_options(options)
     for name in PIPE_OPTIONS:
         if getattr(options, name) != getattr(Options(), name):
             setattr(ctx.options, name, getattr(options, name))
     return service, rest, options
+
+
+def refuse_task_only_options(options):
+    """Options a single task takes that a pipe does not (yet): said, never dropped."""
+    if options.priority is not None or options.notifier_events:
+        raise UsageError('--priority and --notifier-events are not for a pipe (its steps queue in order, '
+                         'and its notifier is called as each step ends)')
 
 
 def step_server(ctx, service, options):

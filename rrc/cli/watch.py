@@ -178,13 +178,16 @@ def remote_message(fields):
     import json
     try:
         value = json.loads(fields['data'])
-        data = value.get('data') if isinstance(value, dict) else None
     except ValueError:
-        data = None
+        value = None
+    data = value.get('data') if isinstance(value, dict) else None
     if not isinstance(data, dict):
         data = {}
     kind = fields.get('event', 'message')
-    return Message(kind, fields['data'], fields.get('id'), data, final=is_final(kind, data))
+    # Written anew, never the server's text as sent: JSON's escapes keep a
+    # hostile server's control characters off the terminal.
+    text = json.dumps(value if isinstance(value, dict) else {'kind': kind, 'data': {}}, separators=(',', ':'))
+    return Message(kind, text, fields.get('id'), data, final=is_final(kind, data))
 
 
 def polled_messages(ctx, url, task_id):

@@ -126,15 +126,17 @@ def answer_meta(app, request):
 
 
 def answer_kill(app, request):
-    """``service=kill&id=ID``: stop a task (a GET works too, as in 0.019), or
-    a job: its running step is killed and the steps after it cancelled."""
+    """``service=kill&id=ID``: stop a task (a GET works too, as in 0.019); a
+    job: its running step is killed and the steps after it cancelled; a step:
+    killed here or at its server, and its job fails."""
     task_id, by = _form_task_id(request), f'{request.client} (HTTP)'
-    if app.store.read_task(task_id).get(Field.STEPS) is not None:
-        from ..pipeline import kill_job
-        return answer_record(client_view(kill_job(app.store, app.config, task_id, by), request.client),
-                             request.format)
-    from ..tasks import kill_task
-    record = kill_task(app.store, task_id, by=by)
+    record = app.store.read_task(task_id)
+    if record.get(Field.STEPS) is not None or record.get(Field.JOB):
+        from ..pipeline import kill_job_or_step
+        record = kill_job_or_step(app.store, app.config, record, by)
+    else:
+        from ..tasks import kill_task
+        record = kill_task(app.store, task_id, by=by)
     return answer_record(client_view(record, request.client), request.format)
 
 
