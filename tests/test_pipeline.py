@@ -100,6 +100,25 @@ def test_render_and_slice_on_one_server_print_on_another(proc, workdir, tmp_path
 # Failing and killed jobs (the command line, one store)
 ###############################################################################
 
+def test_sync_pipe_writes_the_last_result_where_its_output_argument_says(proc, workdir):
+    (workdir / 'bracket.scad').write_text(CUBE)
+    (workdir / 'pla.ini').write_text(SLIC3R_INI.read_text())
+
+    result = proc('--sync', 'pipe', 'openscad', 'bracket.scad', '--', 'slic3r', '--load=pla.ini',
+                  '--output=bracket.gcode')
+
+    assert result.code == 0, result
+    assert result.out == ''
+    gcode = (workdir / 'bracket.gcode').read_text()
+    assert 'G1 Z0.300' in gcode  # pla.ini's 0.3 mm first layer: the config input reached slic3r
+    (job_id,) = [i for i in Store(str(workdir)).task_ids() if job_record(workdir, i)['service'] == 'pipe']
+    job = job_record(workdir, job_id)
+    assert (workdir / job['out']).read_text() == gcode
+    render, slice_ = steps_of(workdir, job)
+    assert slice_['inputFrom'] == render['id']
+    assert slice_['in'].split(',')[0] != render['out']  # a copy among the step's own inputs
+
+
 def test_a_failing_first_step_fails_the_job_and_cancels_the_rest(proc, workdir):
     (workdir / 'bad.scad').write_text('cube(\n')
 
