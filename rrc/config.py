@@ -6,7 +6,7 @@ from . import DEFAULT_PORT
 from .errors import ConfigError
 from .identity import default_node_name, is_node_name
 from .keyvalue import boolean_value, parse_key_value_lines
-from .names import ALNUM, LazyPattern, is_service_name
+from .names import ALNUM, LazyPattern, is_ipv4_network, is_service_name
 from .services import check_service_servers
 
 
@@ -56,10 +56,11 @@ def _path(text):
 
 
 def _network_list(text):
-    import ipaddress
     networks = [n.strip() for n in text.split(',') if n.strip()]
     for network in networks:
-        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        if not is_ipv4_network(network):
+            import ipaddress
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
     return networks
 
 

@@ -385,3 +385,30 @@ def test_query_decoding_agrees_with_urllib(text):
     # A query string reaches the app as ASCII (browsers and curl escape the rest).
     from urllib.parse import unquote_plus
     assert percent_decode(text) == unquote_plus(text, errors='replace'), text
+
+
+@SETTINGS
+@given(st.one_of(st.from_regex(r'\A[0-9]{1,4}(\.[0-9]{1,4}){3}(/[0-9]{1,3})?\Z'),
+                 st.from_regex(r'\A[0-9٣.:/a-f]{0,20}\Z'), any_text))
+@example('10.0.0.0/8')
+@example('010.0.0.1')
+@example('1.2.3.4/33')
+@example('1.2.3.4/08')
+def test_the_fast_ipv4_network_check_agrees_with_ipaddress(text):
+    """config's network lists skip ipaddress for plain IPv4 networks: the
+    fast check says yes only where ipaddress takes the text as IPv4."""
+    import ipaddress
+    from rrc.names import is_ipv4_network
+    try:
+        taken = isinstance(ipaddress.ip_network(text, strict=False), ipaddress.IPv4Network)
+    except ValueError:
+        taken = False
+    if is_ipv4_network(text):  # (a no leaves the text to ipaddress itself)
+        assert taken, text
+
+
+def test_the_fast_ipv4_network_check_takes_the_usual_forms():
+    from rrc.names import is_ipv4_network
+    assert all(is_ipv4_network(t) for t in ('127.0.0.0/8', '10.0.0.0/8', '192.168.1.20', '0.0.0.0/0', '1.2.3.4/32'))
+    assert not any(is_ipv4_network(t) for t in ('::1/128', '010.0.0.1', '1.2.3.4/33', '1.2.3/24', '1.2.3.4/٣'))
+
