@@ -215,12 +215,8 @@ def waiting_marker(store, task_id):
 
 def waiting_settings(store, task_id):
     """A waiting step's settings ('' when its marker is gone: cancelled, or ended)."""
-    from .tasks import TASK_SETTINGS_MAX_BYTES
-    try:
-        with open(waiting_marker(store, task_id), 'rb') as handle:
-            return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
-    except FileNotFoundError:
-        return ''
+    from .tasks import read_settings
+    return read_settings(waiting_marker(store, task_id))
 
 
 # -- moving a job on ------------------------------------------------------------------------------

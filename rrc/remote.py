@@ -93,14 +93,9 @@ def rank_servers(session, urls):
     return [urls[index] for _, index in ranked], silent
 
 
-def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events='',
-              priority=None):
-    """Upload one task (the spec's field names); the server's record, or None.
-
-    ``paramN``, ``outExt``, ``notifierEvents`` and ``priority`` go only when
-    there are any (not the default; a priority: when one was given): a 0.019
-    server knows none of them.
-    """
+def task_form(service, inputs, native, notifier='', params=(), out_ext=''):
+    """(fields, files) of one task's upload, the spec's names; ``paramN`` and
+    ``outExt`` only when there are any (a 0.019 server knows neither)."""
     fields = {'service': service.name}
     if native:
         fields['nativeArgs'] = ' '.join(native)
@@ -110,15 +105,27 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
         fields['outExt'] = out_ext
     if notifier:
         fields['notifier'] = notifier
-    fields.update(notifier_events_field(notifier, notifier_events))  # {notifierEvents: ...} or {}
-    if priority is not None:
-        fields['priority'] = str(priority)
     files = {}
     for number, item in enumerate(inputs):
         if item.prearg:
             fields[f'prearg{number}'] = item.prearg
         name = os.path.basename(item.filename) or f'input.{item.extension(service) or "txt"}'
         files[f'fileIn{number}'] = (name, item.data)
+    return fields, files
+
+
+def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events='',
+              priority=None):
+    """Upload one task (the spec's field names); the server's record, or None.
+
+    ``paramN``, ``outExt``, ``notifierEvents`` and ``priority`` go only when
+    there are any (not the default; a priority: when one was given): a 0.019
+    server knows none of them.
+    """
+    fields, files = task_form(service, inputs, native, notifier, params, out_ext)
+    fields.update(notifier_events_field(notifier, notifier_events))  # {notifierEvents: ...} or {}
+    if priority is not None:
+        fields['priority'] = str(priority)
     try:
         response = session.post(url, data=fields, files=files, timeout=(CONNECT_TIMEOUT, 300))
     except Exception as exc:

@@ -277,9 +277,17 @@ def queued_settings(store, task_id):
     one another user wrote: markers are 0600, and a marker this dispatcher
     cannot read must not stop the queue; the task gets the dispatcher's settings)."""
     try:
-        with open(os.path.join(store.folder('queue'), check_task_id(task_id)), 'rb') as handle:
+        return read_settings(os.path.join(store.folder('queue'), check_task_id(task_id)))
+    except PermissionError:
+        return ''
+
+
+def read_settings(path):
+    """The settings in a marker (a queue marker, a waiting step's); '' when it is gone."""
+    try:
+        with open(path, 'rb') as handle:
             return handle.read(TASK_SETTINGS_MAX_BYTES).decode('utf-8', 'replace')
-    except (FileNotFoundError, PermissionError):
+    except FileNotFoundError:
         return ''
 
 

@@ -15,7 +15,8 @@ from .output import describe_args, print_id, print_record
 from .sync import ProgressLine, _exit_code_of, check_result_format, deliver_output, show_log
 from ..errors import ExitCode, RRCloudError, UsageError
 from ..pipeline import StepSpec, job_view, kill_job, step_service, submit_pipe
-from ..remote import http_session, kill_remote, parse_answer, record_remote, server_url, wait_remote
+from ..remote import (http_session, kill_remote, parse_answer, record_remote, server_url, task_form,
+    wait_remote)
 from ..schema import Field, TaskStatus
 from ..tasks import wait_for_task
 
@@ -122,25 +123,17 @@ def send_pipe(ctx, steps):
 
 
 def pipe_fields(url, steps):
-    """The form of ``service=pipe``: each step's task fields after ``stepN.``;
-    a step on another server than ``url`` names it."""
+    """The form of ``service=pipe``: each step's task fields (``remote.task_form``)
+    after ``stepN.``; a step on another server than ``url`` names it."""
     fields, files = {'service': 'pipe'}, {}
     for number, step in enumerate(steps, 1):
         prefix = f'step{number}.'
-        fields[f'step{number}'] = step.service.name
-        if step.native:
-            fields[prefix + 'nativeArgs'] = ' '.join(step.native)
-        for index, (option, value) in enumerate(step.params):
-            fields[f'{prefix}param{index}'] = f'{option} {value}'
-        if step.out_ext:
-            fields[prefix + 'outExt'] = step.out_ext
+        step_fields, step_files = task_form(step.service, step.inputs, step.native, '', step.params, step.out_ext)
+        fields[f'step{number}'] = step_fields.pop('service')
+        fields.update({prefix + key: value for key, value in step_fields.items()})
+        files.update({prefix + key: value for key, value in step_files.items()})
         if step.server != url:
             fields[prefix + 'server'] = step.server
-        for index, item in enumerate(step.inputs):
-            if item.prearg:
-                fields[f'{prefix}prearg{index}'] = item.prearg
-            name = item.filename.rsplit('/', 1)[-1] or f'input.{item.extension(step.service) or "txt"}'
-            files[f'{prefix}fileIn{index}'] = (name, item.data)
     return fields, files
 
 

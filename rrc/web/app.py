@@ -253,9 +253,7 @@ def form_steps(app, request):
         service = step_service(services, errors, number, request.form[f'step{number}'])
         inputs = form_inputs(part, service, required=False)
         total_inputs += len(inputs)
-        native = part.form.get('nativeArgs', '').split()
-        native += [part.form[k] for k in sorted(part.form, key=_field_number) if k.startswith('arg')]
-        params = [form_param(part.form[k]) for k in sorted(part.form, key=_field_number) if k.startswith('param')]
+        native, params = form_arguments(part.form)
         steps.append(StepSpec(service, inputs, native, params, part.form.get('outExt', ''),
                               part.form.get('server', '')))
     if total_inputs > app.config.maxInputs:
@@ -364,10 +362,7 @@ def submit_from_form(store, config, request):
     if queue_is_full(store, config.maxQueued):
         raise HTTPError(503, f'the queue is full ({config.maxQueued} tasks wait)',
                         headers=[('Retry-After', '30')])
-    native = request.form.get('nativeArgs', '').split()
-    native += [request.form[k] for k in sorted(request.form, key=_field_number) if k.startswith('arg')]
-    params = [form_param(request.form[k])
-              for k in sorted(request.form, key=_field_number) if k.startswith('param')]
+    native, params = form_arguments(request.form)
     from ..tasks import submit_task
     return submit_task(store, config, service, inputs, native,
                        notifier=request.form.get('notifier', ''), client=request.client,
@@ -383,6 +378,14 @@ def form_priority(request):
         return 0
     from ..order import parse_priority
     return parse_priority(request.form['priority'])
+
+
+def form_arguments(form):
+    """(native arguments, params) of a task's fields: ``nativeArgs`` then
+    ``arg0..N``; ``param0..N`` as (option, value) pairs."""
+    numbered = sorted(form, key=_field_number)
+    native = form.get('nativeArgs', '').split() + [form[k] for k in numbered if k.startswith('arg')]
+    return native, [form_param(form[k]) for k in numbered if k.startswith('param')]
 
 
 def form_param(text):
