@@ -12,11 +12,14 @@ One place for what several test files (and the benchmarks) need:
 
 bench/*.py put this folder on sys.path and import from here too.
 """
+import contextlib
 import os
+import pty
 import re
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,6 +112,27 @@ def kill_group(pgid, sig=signal.SIGKILL):
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextlib.contextmanager
+def rrcloud_on_a_terminal(cwd, *args, env=None):
+    """``rrcloud ARGS`` with its stderr on a pseudo-terminal (where a progress
+    line is drawn); yields (the process, the terminal's master side).  At
+    the end a process still running is killed with its group."""
+    master, terminal = pty.openpty()
+    try:
+        client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), *args], cwd=cwd, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal,
+                                  start_new_session=True)
+    finally:
+        os.close(terminal)
+    try:
+        yield client, master
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+        os.close(master)
 
 
 def read_terminal_until(master, pattern, client, timeout=60):

@@ -6,7 +6,6 @@ as real processes through the bin/ symlinks.
 """
 import json
 import os
-import pty
 import re
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from stl import mesh
 from rrc import __version__
 from rrc.errors import ExitCode
 from rrc.store import Store
-from helpers import read_terminal_until
+from helpers import read_terminal_until, rrcloud_on_a_terminal
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from servers import EmbeddedServer, FakeServer, free_port
 
@@ -714,20 +713,11 @@ def test_a_local_sync_on_a_terminal_shows_queued_then_busy_with_the_time(cli, wo
     (workdir / 'block.sh').write_text('sleep 300\n')
     (workdir / 'job.sh').write_text('sleep 2\necho done > "$1"\n')
     blocker = task_id_of(cli('job', 'block.sh').out)
-    master, terminal = pty.openpty()
-    client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', 'job', 'job.sh'],
-                              cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=terminal, start_new_session=True)
-    os.close(terminal)
-    try:
+    with rrcloud_on_a_terminal(workdir, '--sync', 'job', 'job.sh') as (client, master):
         waiting = read_terminal_until(master, r'local queued [0-9]+s', client)
         assert cli('kill', blocker).code == 0
         running = read_terminal_until(master, r'local busy [0-9]+s', client)
         assert client.wait(timeout=60) == 0
-    finally:
-        if client.poll() is None:
-            os.killpg(client.pid, signal.SIGKILL)
-        os.close(master)
     assert re.search(r'\rlocal queued [0-9]+s', waiting), waiting
     assert re.search(r'\rlocal busy [0-9]+s', running), running
 

@@ -6,9 +6,7 @@ processes appending at once.
 """
 import json
 import os
-import pty
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +21,7 @@ from rrc.events import (EventFollower, ProgressEvents, append_event, events_path
 from rrc.printing import gcode_lines
 from rrc.states import State, expire_tasks, get_task, move_task
 from rrc.store import Store, format_record
-from helpers import read_terminal_until
+from helpers import read_terminal_until, rrcloud_on_a_terminal
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from printer_sim import PrinterSim
 
@@ -186,19 +184,10 @@ def test_a_print_sends_progress_events_and_info_shows_them_without_rewriting_the
 
 
 def test_the_local_progress_line_shows_the_print_progress_from_the_events(printer_store):
-    master, terminal = pty.openpty()
-    with PrinterSim(delay=0.005) as sim:
-        client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', 'printrun', sim.port,
-                                   'small.gcode'], cwd=printer_store, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=terminal, start_new_session=True)
-        os.close(terminal)
-        try:
-            text = read_terminal_until(master, rf'local busy [0-9]+s [0-9]+/{COUNT}', client)
-            assert client.wait(timeout=60) == 0
-        finally:
-            if client.poll() is None:
-                os.killpg(client.pid, signal.SIGKILL)
-            os.close(master)
+    with PrinterSim(delay=0.005) as sim, \
+            rrcloud_on_a_terminal(printer_store, '--sync', 'printrun', sim.port, 'small.gcode') as (client, master):
+        text = read_terminal_until(master, rf'local busy [0-9]+s [0-9]+/{COUNT}', client)
+        assert client.wait(timeout=60) == 0
     assert re.search(rf'\rlocal busy [0-9]+s [0-9]+/{COUNT}', text), text
 
 

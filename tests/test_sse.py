@@ -14,16 +14,13 @@ RepRapCloud 0.019 server (a fake: nothing real plays one) without events.
 """
 import json
 import os
-import pty
 import select
-import subprocess
-import sys
 
 import pytest
 
 import deploy
-from conftest import DATA, REPO, make_service, task_id_of
-from helpers import wait_for
+from conftest import DATA, make_service, task_id_of
+from helpers import rrcloud_on_a_terminal, wait_for
 from inprocess import build_environ
 from printer_sim import PrinterSim
 from rrc.events import append_event, read_events
@@ -328,12 +325,7 @@ def test_a_wrappers_progress_line_shows_the_servers_progress(server, local):
     def task_ids():  # not the temp files a record is written through
         return {name for name in os.listdir(records) if not name.startswith('.')}
     before = task_ids()  # the module's other tests' tasks
-    master, slave = pty.openpty()
     env = dict(os.environ, HOME=str(local.parent / 'home'))
-    process = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), '--sync', f'--s=127.0.0.1:{server.port}',
-                                'sh', 'long.sh'], cwd=local, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=slave)
-    os.close(slave)
     screen = b''
 
     def shows(text):
@@ -344,18 +336,14 @@ def test_a_wrappers_progress_line_shows_the_servers_progress(server, local):
             except OSError:
                 break
         return text in screen
-    try:
+    with rrcloud_on_a_terminal(local, '--sync', f'--s=127.0.0.1:{server.port}', 'sh', 'long.sh',
+                               env=env) as (process, master):
         task_id = wait_for(lambda: next(iter(task_ids() - before), None), 'the task on the server', 30)
         wait_for(lambda: shows(b' busy '), 'the progress line', 30)
         append_event(Store(str(server.store)), task_id, 'progress', {'done': 5, 'total': 10, 'percent': 50.0})
         wait_for(lambda: shows(b'5/10'), 'the progress from the server', 30)
         server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
         assert process.wait(timeout=60) == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
     line = screen.decode(errors='replace').split('\r')
     assert any(f'127.0.0.1:{server.port}/ busy ' in part and part.rstrip('\x1b[K').endswith(' 5/10')
                for part in line), screen
