@@ -6,6 +6,7 @@ from . import DEFAULT_PORT
 from .errors import ConfigError
 from .identity import default_node_name, is_node_name
 from .keyvalue import boolean_value, parse_key_value_lines
+from .limits import default_max_memory, default_max_processes, parse_size
 from .names import ALNUM, LazyPattern, is_ipv4_network, is_service_name
 from .services import check_service_servers
 
@@ -91,6 +92,21 @@ def _origin_list(text):
     return origins
 
 
+HOST_NAME_RE = LazyPattern(r'\A(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))\Z')
+
+
+def _host_list(text):
+    hosts = [h.strip().lower().rstrip('.') for h in text.split(',') if h.strip()]
+    for host in hosts:
+        if not HOST_NAME_RE.match(host):
+            raise ValueError(f'not a host name or address (no scheme, no port): {host!r}')
+    return [host.strip('[]') for host in hosts]
+
+
+def _size(text):
+    return parse_size(text)
+
+
 def _switch(text):
     return boolean_value(text)  # defined with the services below; looked up at parse time
 
@@ -121,14 +137,22 @@ CONFIG_KEYS = {
     'token': _token,
     'notifierAllow': _network_list,
     'notifierSecret': _secret,
-    'maxRequestSize': positive_int,
+    'maxRequestSize': _size,
     'maxInputs': positive_int,
     'maxFieldLength': positive_int,
     'maxQueued': positive_int,
-    'maxOutputSize': positive_int,
+    'maxOutputSize': _size,
+    'maxMemory': _size,
+    'maxProcesses': positive_int,
+    'maxLogSize': _size,
+    'maxSuspend': positive_number,
     'maxWaits': positive_int,
+    'maxWaitsPerClient': positive_int,
+    'maxConnectionsPerClient': positive_int,
+    'requestHeadTimeout': positive_number,
     'maxSteps': positive_int,
     'allowOrigins': _origin_list,
+    'allowHosts': _host_list,
     'sandbox': _switch,
     'serverName': _server_name,
     'nodeName': _node_name,
@@ -138,6 +162,8 @@ CONFIG_KEYS = {
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ('127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
                  'fc00::/7', 'fe80::/10')
+# Limits that may differ per service: ``openscad.maxMemory = 4G``.
+SERVICE_LIMIT_KEYS = ('maxMemory', 'maxProcesses')
 HOST_KEY_RE = LazyPattern(r'\A[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*\Z')
 
 
@@ -162,16 +188,26 @@ class Config:
         self.maxFieldLength = 4096
         self.maxQueued = 1000
         self.maxOutputSize = 1024 * 1024 * 1024
+        # What a tool may use while it runs (rrc/limits.py; per service: service_limits).
+        self.maxMemory = default_max_memory()
+        self.maxProcesses = default_max_processes()
+        self.maxLogSize = 10 * 1024 * 1024
+        self.maxSuspend = 3600.0  # a task suspended longer is killed: it holds a slot
+        self.service_limits = {}  # service -> {'maxMemory': bytes, ...}
         self.maxWaits = 8
+        self.maxWaitsPerClient = 0  # 0: half of maxWaits (waits_per_client)
+        self.maxConnectionsPerClient = 64  # open connections of one address to rrcloud serve
+        self.requestHeadTimeout = 10.0  # a request's head must be complete within this
         self.maxSteps = 8  # steps of one pipeline
         self.allowOrigins = []
+        self.allowHosts = []  # more names this server answers to, beside those it knows (web/access)
         self.sandbox = True
         self.serverName = host_name()
         self.nodeName = default_node_name()  # which tasks of a shared store are this node's
         self.reconnectTimeout = 120.0
         self.cgiStreamSeconds = 60.0  # a CGI's event stream ends then (the client reconnects)
         self.sources = []
-        self.service_server_lines = {}  # service -> "file:line" that named its servers
+        self.service_key_lines = {}  # service -> ("file:line", key) of a SERVICE.KEY line
 
     def apply_file(self, path):
         """Read one rrcloudrc file over the current values."""
@@ -184,7 +220,11 @@ class Config:
         prefix, _, suffix = key.rpartition('.')
         if suffix == 'servers' and is_service_name(prefix):
             parse, store = _server_list, lambda v: self.service_servers.__setitem__(prefix, v)
-            self.service_server_lines[prefix] = f'{path}:{number}'
+            self.service_key_lines[prefix] = (f'{path}:{number}', key)
+        elif suffix in SERVICE_LIMIT_KEYS and is_service_name(prefix):
+            parse = CONFIG_KEYS[suffix]
+            store = lambda v: self.service_limits.setdefault(prefix, {}).__setitem__(suffix, v)  # noqa: E731
+            self.service_key_lines[prefix] = (f'{path}:{number}', key)
         elif suffix == 'token' and HOST_KEY_RE.match(prefix):
             parse, store = _token, lambda v: self.host_tokens.__setitem__(prefix, v)
         elif key == 'dir':
@@ -208,6 +248,15 @@ class Config:
             if name in self.host_tokens:
                 return self.host_tokens[name]
         return self.token
+
+    def limit_for(self, service, key):
+        """A limit for one service's tasks: ``SERVICE.KEY``, else ``KEY``."""
+        return self.service_limits.get(service, {}).get(key, getattr(self, key))
+
+    def waits_per_client(self):
+        """How many of the ``maxWaits`` slots one client address may hold:
+        ``maxWaitsPerClient``, by default half of them (others always get one)."""
+        return min(self.maxWaits, self.maxWaitsPerClient or max(1, self.maxWaits // 2))
 
     def servers_for(self, service):
         """Servers for one service: ``<service>.servers``, else ``servers``."""

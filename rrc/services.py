@@ -11,14 +11,15 @@ from .projects import PROJECT_SUFFIXES
 
 
 def check_service_servers(config):
-    """``SERVICE.servers`` must name a known service: ``openscd.servers`` is a
-    typo, an unknown key like any other (checked once ``dir`` is known)."""
-    if not config.service_servers:
+    """``SERVICE.servers`` (and ``SERVICE.maxMemory``...) must name a known
+    service: ``openscd.servers`` is a typo, an unknown key like any other
+    (checked once ``dir`` is known)."""
+    if not config.service_key_lines:
         return
     known = service_names(config.dir)
-    for service, where in sorted(config.service_server_lines.items()):
+    for service, (where, key) in sorted(config.service_key_lines.items()):
         if service not in known:
-            raise ConfigError(f'{where}: unknown key {service + ".servers"!r}: no service {service!r} '
+            raise ConfigError(f'{where}: unknown key {key!r}: no service {service!r} '
                               f'(services: {", ".join(sorted(known)) or "none"})')
 
 
