@@ -45,7 +45,7 @@ def meta_record(store, config, services, started=None):
     """
     running = running_here(store, marked(store, 'running'))
     tasks = count_tasks(store)
-    return {
+    return dict(limit_fields(config), **{
         'busy': str(len(running)),
         'cpuLoad': f'{os.getloadavg()[0]:.2f}',
         'events': 'yes',  # service=events: live events (a 0.019 server has no such key)
@@ -60,7 +60,30 @@ def meta_record(store, config, services, started=None):
         'timeout': f'{config.timeout:g}',
         'uptime': format_uptime(time.time() - started if started else system_uptime()),
         'version': VERSION_STRING,
-    }
+    })
+
+
+def limit_fields(config):
+    """What a task's tool may use here (bytes, counts, seconds), per service
+    where rrcloudrc says so, and how it is enforced (``limits``)."""
+    from .limits import enforcement
+    fields = {'limits': enforcement_words(enforcement(), config.sandbox), 'maxMemory': str(config.maxMemory),
+              'maxProcesses': str(config.maxProcesses), 'maxOutputSize': str(config.maxOutputSize),
+              'maxLogSize': str(config.maxLogSize), 'maxSuspend': f'{config.maxSuspend:g}'}
+    for service, limits in config.service_limits.items():
+        fields.update({f'{service}.{key}': str(value) for key, value in limits.items()})
+    return fields
+
+
+def enforcement_words(method, sandbox=True):
+    """``cgroup`` or ``rlimit``; where tools have no process limit under
+    rlimits it says why: the kernel does not count a root user's processes,
+    and without the sandbox's user namespace the count would be the server's."""
+    if method == 'rlimit' and not sandbox:
+        return 'rlimit; no process limit: sandbox off'
+    if method == 'rlimit' and os.geteuid() == 0:
+        return 'rlimit; no process limit: the server runs as root'
+    return method
 
 
 SANDBOX_OFF_WARNING = ('rrcloud: warning: sandbox = no: tasks run without their sandbox, '

@@ -196,7 +196,8 @@ def create_step(store, config, job, number, step, notifier, client):
         fields[Field.STEP_SERVER] = step.server
     record = create_task_record(store, config, step.service, step.inputs, step.native, notifier, client,
                                 params=step.params, out_ext=step.out_ext, state=State.WAITING, fields=fields)
-    settings = task_settings(config) + (forward_settings(config, step.server) if step.server else '')
+    settings = task_settings(config, step.service.name) + (
+        forward_settings(config, step.server) if step.server else '')
     write_file_atomically(waiting_marker(store, record[Field.ID]), settings.encode(), mode=0o600)
     return record
 

@@ -9,6 +9,7 @@ from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError
 from .events import ProgressEvents, note
 from .identity import NodeIdentity, is_node_name
+from .limits import ToolLimits, format_size, limit_error
 from .names import check_task_id, is_extension, is_single_line, is_task_id
 from .notifier import TaskNotifier
 from .procs import (kill_process_group, process_start_time, rrcloud_command, task_environment,
@@ -20,6 +21,7 @@ from .services import (check_native_args, check_output_ext, check_params, check_
 from .states import finish_task
 from .store import Store, append_log, remove_tree, unlink_quietly, unmark
 from .tasks import dispatch, record_params, stored_inputs, task_config
+from .toollog import ToolLog
 
 
 # Less free space than this after a failed task: the disk filled up.
@@ -258,39 +260,81 @@ class Launch:
 
 
 def run_tool(store, config, record, launch, log, work, on_start=None):
-    """Start the tool (sandboxed when ``work`` is given), record its pid, supervise
-    it; returns a failure outcome, or None with ``launch.exit_code`` set."""
-    import subprocess
+    """Start the tool (sandboxed when ``work`` is given) within its limits,
+    record its pid, supervise it; returns a failure outcome, or None with
+    ``launch.exit_code`` set."""
+    limits = ToolLimits.of(config)
     try:
-        command = sandbox_command(store, record, launch, work) if work else launch.argv
+        command = sandbox_command(store, record, launch, work, limits) if work else \
+            limits.rlimit_argv(processes=False) + launch.argv
     except Exception as exc:  # bwrap missing, a bad path: never run unsandboxed instead
         log.write(f'rrcloud: cannot build the sandbox: {exc}\n'.encode())
         return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+    cgroup = task_cgroup(record[Field.ID], limits)
+    try:
+        with cgroup:
+            return start_and_watch(store, config, record, launch, command, log, work, on_start,
+                                   cgroup if cgroup.folder else None)
+    except OSError as exc:  # the task's cgroup could not be made
+        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+
+
+def task_cgroup(task_id, limits):
+    """The task's cgroup v2 where this node has a delegated subtree; else a
+    stand-in that does nothing (the rlimits alone then apply)."""
+    from .limits import TaskCgroup, delegated_cgroup
+    found = delegated_cgroup()
+    return TaskCgroup(*found, task_id, limits) if found else NO_CGROUP
+
+
+class _NoCgroup:
+    folder = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+NO_CGROUP = _NoCgroup()
+
+
+def start_and_watch(store, config, record, launch, command, log, work, on_start, cgroup):
+    """Start the tool with its output into a pipe (its log within
+    ``maxLogSize``) and watch it until it ends."""
+    import subprocess
+    output_read, output_write = os.pipe()
     progress_read, progress_write = os.pipe() if launch.builtin else (None, None)
     if progress_write is not None:
         launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
     try:
         process = subprocess.Popen(
             command, cwd=work or store.root, env=launch.env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=output_write, stderr=subprocess.STDOUT,
             pass_fds=() if progress_write is None else (progress_write,),
             start_new_session=True)  # its own group: timeouts and kills reach grandchildren
     except OSError as exc:
+        os.close(output_read)
         return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
     finally:
-        if progress_write is not None:
-            os.close(progress_write)
+        for fd in (output_write, progress_write):
+            if fd is not None:
+                os.close(fd)
+    output = OutputPipe(output_read, ToolLog(log, config.maxLogSize))
     try:
-        return watch_tool(store, config, record, process, progress_read, on_start)
+        return watch_tool(store, config, record, process, output, progress_read, on_start, work, cgroup)
     finally:
+        output.close()
         if progress_read is not None:
             os.close(progress_read)
         launch.exit_code = process.returncode
 
 
-def watch_tool(store, config, record, process, progress_read, on_start=None):
+def watch_tool(store, config, record, process, output, progress_read, on_start=None, work=None,
+               cgroup=None):
     """Record the tool's pid, tell ``on_start``, then supervise the tool until
-    it ends, times out or is killed."""
+    it ends, is stopped (timeout, a limit) or is killed."""
     try:
         store.update_task(record[Field.ID], {'pid': process.pid,
                                          'pidStart': process_start_time(process.pid) or ''})
@@ -301,16 +345,36 @@ def watch_tool(store, config, record, process, progress_read, on_start=None):
         raise
     _install_runner_signal_handlers(process)
     progress = ProgressPipe(progress_read, ProgressEvents(store, record[Field.ID]))
-    code = supervise(store, config, record[Field.ID], process, progress=progress)
+    watchdog = Watchdog(store, config, record[Field.ID], work)
+    code, stopped = supervise(process, watchdog, output, progress)
     last = progress.finish()  # what came after the last look, up to the end
     if last:  # the final record keeps it, for readers of records (0.019 clients)
         store.update_task(record[Field.ID], {'progress': last})
-    if code is None:
-        note(store, record[Field.ID], f'timeout after {config.timeout:g} s: the tool was stopped')
-        return TaskStatus.FAILED, {'error': f'timeout after {config.timeout:g} s',
-                                   'exitCode': process.returncode}
     kill_process_group(process.pid)  # leftovers of a tool that exited
-    return None
+    output.finish()
+    if stopped:
+        return tell_why(store, record[Field.ID], (TaskStatus.FAILED, {'error': stopped, 'exitCode': code}),
+                        f'{stopped}: the tool was stopped')
+    outcome = limit_outcome(config, code, output, cgroup)
+    return outcome and tell_why(store, record[Field.ID], outcome, f'the tool ran into a limit: '
+                                                                  f'{outcome[1]["error"]}')
+
+
+def tell_why(store, task_id, outcome, remark):
+    """A task that failed for a reason of rrcloud's (timeout, a limit): its
+    log (after the tool's last words) and its events say why; returns ``outcome``."""
+    append_log(store, task_id, f'rrcloud: {remark}')
+    return outcome
+
+
+def limit_outcome(config, code, output, cgroup):
+    """A tool that failed because it ran into one of its limits: that is its
+    error, rather than its exit code; None otherwise."""
+    if code in (0, None):
+        return None
+    error = limit_error(ToolLimits.of(config), code, output.log.last_bytes(),
+                        cgroup.exceeded() if cgroup else None)
+    return (TaskStatus.FAILED, {'error': error, 'exitCode': code}) if error else None
 
 
 def task_argv(service, record):
@@ -381,8 +445,9 @@ def prepare_work_folder(store, task_id):
     return folder
 
 
-def sandbox_command(store, record, launch, work):
-    """The bwrap argv around a task's tool: its own inputs, its work folder, nothing else."""
+def sandbox_command(store, record, launch, work, limits):
+    """The bwrap argv around a task's tool: its own inputs, its work folder,
+    nothing else; inside, the tool runs under its rlimits."""
     from .sandbox import Sandbox, is_character_device
     inputs = {}
     for path in record[Field.IN].split(','):
@@ -393,7 +458,7 @@ def sandbox_command(store, record, launch, work):
     jail = Sandbox([(host, inside) for inside, host in inputs.items()], work,
                    read_paths=launch.read_paths, devices=devices)
     launch.env.update(HOME='/tmp', TMPDIR='/tmp')
-    return jail.command(launch.argv)
+    return jail.command(limits.rlimit_argv() + launch.argv)
 
 
 def take_output(store, config, service, record, work, exit_code):
@@ -465,59 +530,140 @@ def parse_progress_line(line):
     return None
 
 
-def supervise(store, config, task_id, process, interval=0.5, progress=None):
-    """Wait for the tool; stop its group on timeout (returns None) or when killed.
+# What the watchdog says of a task whose record shows it was killed.
+KILLED = 'killed'
 
-    The built-in sender's progress goes to the task's event log as it comes;
-    the record is read every ``interval`` (a kill shows there, and a
-    suspension, whose time is added to the deadline), never written.
-    """
-    deadline = time.monotonic() + config.timeout
-    looked = time.monotonic()
-    next_look = looked + interval
-    with ExitWatch(process, progress) as watch:
+
+def supervise(process, watchdog, output, progress=None):
+    """Wait for the tool, moving its output and progress on as they come;
+    returns (exit code, None), or (exit code, why it was stopped) when the
+    watchdog stopped it.  A killed task's tool is stopped too (its record
+    already says so)."""
+    readers = [output] + ([progress] if progress and progress.open else [])
+    with ExitWatch(process, readers) as watch:
         while True:
             due = progress.due_in() if progress else None
-            until = min(deadline, next_look, time.monotonic() + (due if due is not None else interval))
+            until = min(watchdog.due(), time.monotonic() + (due if due is not None else watchdog.interval))
             code = watch.wait(max(0.0, until - time.monotonic()))
             if code is not None:
-                return code
-            if progress:
-                progress.pump()
-            now = time.monotonic()
-            if now >= next_look:
-                next_look = now + interval
-                record = store.read_task(task_id)
-                if record.get(Field.STATUS) != TaskStatus.BUSY:  # killed meanwhile
-                    terminate_group(process)
-                    return process.returncode
-                if record.get(Field.SUSPENDED) == YES:  # suspended time does not count
-                    deadline += now - looked
-                looked = now
-            if now >= deadline:
+                return code, None
+            for reader in readers:
+                reader.pump()
+            verdict = watchdog.verdict(time.monotonic())
+            if verdict:
                 terminate_group(process)
-                return None
+                return process.returncode, (None if verdict == KILLED else verdict)
+
+
+class Watchdog:
+    """What a runner looks at now and then while its tool runs: the record (a
+    kill; a suspension, whose time does not count against ``timeout`` but
+    may last ``maxSuspend``), the deadline, and the bytes the tool has
+    written (``maxOutputSize``, all its files together)."""
+
+    def __init__(self, store, config, task_id, work=None, interval=0.5):
+        now = time.monotonic()
+        self.store, self.config, self.task_id, self.work = store, config, task_id, work
+        self.interval = interval
+        self.deadline, self.next_look, self.looked = now + config.timeout, now + interval, now
+        self.suspended_since = None
+
+    def due(self):
+        """When the watchdog must look next (monotonic seconds)."""
+        return min(self.deadline, self.next_look)
+
+    def verdict(self, now):
+        """None while the tool may go on; KILLED; or why it must be stopped."""
+        if now >= self.next_look:
+            reason = self._look(now)
+            if reason:
+                return reason
+        if now >= self.deadline:
+            return f'timeout after {self.config.timeout:g} s'
+        return None
+
+    def _look(self, now):
+        self.next_look = now + self.interval
+        record = self.store.read_task(self.task_id)
+        if record.get(Field.STATUS) != TaskStatus.BUSY:
+            return KILLED
+        reason = self._suspension(record, now)
+        self.looked = now
+        if reason is None and self.work and self._output_bytes() > self.config.maxOutputSize:
+            reason = f'its output passed maxOutputSize ({format_size(self.config.maxOutputSize)}) while it ran'
+        return reason
+
+    def _output_bytes(self):
+        from .sandbox import folder_usage
+        return folder_usage(self.work)
+
+    def _suspension(self, record, now):
+        """Suspended time is added to the deadline; past ``maxSuspend`` the task must end."""
+        if record.get(Field.SUSPENDED) != YES:
+            self.suspended_since = None
+            return None
+        self.deadline += now - self.looked
+        self.suspended_since = self.suspended_since or self.looked
+        if now - self.suspended_since > self.config.maxSuspend:
+            return f'suspended longer than maxSuspend ({self.config.maxSuspend:g} s)'
+        return None
+
+
+class OutputPipe:
+    """The read end of the pipe a tool writes its output to, emptied into its ToolLog."""
+
+    def __init__(self, fd, log):
+        self.fd, self.log, self.open = fd, log, True
+        os.set_blocking(fd, False)
+
+    def pump(self):
+        """Move what the pipe holds into the log."""
+        try:
+            while self.open:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    self.open = False
+                    break
+                self.log.write(chunk)
+        except BlockingIOError:
+            pass
+
+    def finish(self, timeout=5.0):
+        """Read to the end and write the log's end (the tool and its group are
+        gone; a last writer has ``timeout`` to let go of the pipe)."""
+        import select
+        deadline = time.monotonic() + timeout
+        while self.open and time.monotonic() < deadline:
+            select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            self.pump()
+        self.log.close()
+
+    def close(self):
+        """Close the pipe (once)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd, self.open = None, False
 
 
 class ExitWatch:
-    """Waits for a tool to exit or its progress pipe to have something to read.
+    """Waits for a tool to exit or one of its pipes (output, progress) to have
+    something to read.
 
-    With a pipe, select() wakes on either: the pipe, and the tool's pidfd
-    (its exit), so progress reaches the event log at once and an exit is
+    select() wakes on either: the pipes, and the tool's pidfd (its exit), so
+    output reaches the log and progress the event log at once, and an exit is
     seen at once.  Without a pidfd (an old kernel) it looks every 50 ms, as
     Popen.wait does.
     """
     POLL_SECONDS = 0.05
 
-    def __init__(self, process, progress):
-        self.process, self.progress, self.pidfd = process, progress, None
+    def __init__(self, process, readers):
+        self.process, self.readers, self.pidfd = process, readers, None
 
     def __enter__(self):
-        if self.progress and self.progress.open:
-            try:
-                self.pidfd = os.pidfd_open(self.process.pid)
-            except (AttributeError, OSError):
-                self.pidfd = None
+        try:
+            self.pidfd = os.pidfd_open(self.process.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
         return self
 
     def __exit__(self, *exc):
@@ -525,15 +671,10 @@ class ExitWatch:
             os.close(self.pidfd)
 
     def wait(self, timeout):
-        """The exit code, or None after ``timeout`` or when progress came."""
-        if not (self.progress and self.progress.open):
-            import subprocess
-            try:
-                return self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return None
+        """The exit code, or None after ``timeout`` or when a pipe has something."""
         import select
-        watched = [self.progress.fd] + ([self.pidfd] if self.pidfd is not None else [])
+        watched = [reader.fd for reader in self.readers if reader.open]
+        watched += [self.pidfd] if self.pidfd is not None else []
         select.select(watched, [], [], timeout if self.pidfd is not None else min(timeout, self.POLL_SECONDS))
         return self.process.poll()
 

@@ -18,7 +18,11 @@ import stat
 
 JOB_FOLDER = '/job'
 SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
+# The sandbox's own file systems live in memory: each has a size.  /tmp is
+# the tool's scratch space; /job holds only the mount points of its inputs
+# and output folder (what a tool writes there, POV-Ray's #fopen, vanishes).
 TMP_BYTES = 256 * 1024 * 1024
+JOB_BYTES = 64 * 1024 * 1024
 # Top-level names that merged-/usr systems make links into /usr.
 SYSTEM_TOP = ('bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32')
 # What tools read of /etc: the dynamic linker, fonts (OpenSCAD, POV-Ray),
@@ -62,9 +66,11 @@ class Sandbox:
         return [bwrap or find_bwrap()] + self.options() + ['--', '/usr/bin/env', '-u', 'PWD'] + list(argv)
 
     def options(self):
-        """bubblewrap's options for this sandbox, in the order they apply."""
+        """bubblewrap's options for this sandbox, in the order they apply.
+        The root bwrap builds everything on is a tmpfs without a size: once
+        built it is made read-only, so the tool writes only where a size holds."""
         return (self._isolation() + self._system() + self._devices()
-                + self._job() + ['--chdir', JOB_FOLDER])
+                + self._job() + ['--remount-ro', '/', '--chdir', JOB_FOLDER])
 
     @staticmethod
     def _isolation():
@@ -99,7 +105,7 @@ class Sandbox:
         return options
 
     def _job(self):
-        options = ['--dir', JOB_FOLDER + '/tasks/in']
+        options = ['--size', str(JOB_BYTES), '--tmpfs', JOB_FOLDER, '--dir', JOB_FOLDER + '/tasks/in']
         for host, inside in self.inputs:
             if os.path.isabs(inside) or '..' in inside.split('/'):
                 raise SandboxError(f'not a path below {JOB_FOLDER}: {inside!r}')
@@ -118,6 +124,24 @@ def is_character_device(path):
         return stat.S_ISCHR(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+# Each file or folder counts at least this much: a tool that makes a million
+# empty files uses the disk too.
+ENTRY_BYTES = 4096
+
+
+def folder_usage(folder):
+    """Bytes a folder's files take on disk (blocks, never the size a sparse
+    file claims), each entry at least ENTRY_BYTES; links are not followed."""
+    total = 0
+    for top, folders, files in os.walk(folder):
+        for name in folders + files:
+            try:
+                total += max(os.lstat(os.path.join(top, name)).st_blocks * 512, ENTRY_BYTES)
+            except OSError:
+                pass  # gone meanwhile
+    return total
 
 
 def collect_output(folder, name, destination, max_bytes):

@@ -74,7 +74,7 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
                                 fields={Field.PRIORITY: priority} if priority else None)
     if priority:  # before its queue marker: dispatch reads the record of a marked task
         mark_placed(store, record[Field.ID])
-    queue_task(store, record[Field.ID], task_settings(config))
+    queue_task(store, record[Field.ID], task_settings(config, service.name))
     dispatch(store, config)
     return store.read_task(record[Field.ID])
 
@@ -229,15 +229,19 @@ def config_pairs(service, data):
 # What a task's runner works with, fixed when the task is submitted: the
 # rrcloudrc files may change or vanish before the task starts or while it runs.
 # ``notifierSecret`` makes a marker a secret: markers are written 0600 (queue_task).
-TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'notifierAllow', 'notifierSecret')
+TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'maxMemory', 'maxProcesses',
+                 'maxLogSize', 'maxSuspend', 'notifierAllow', 'notifierSecret')
 TASK_SETTINGS_MAX_BYTES = 4096
 
 
-def task_settings(config):
-    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config);
-    ``notifierSecret`` only when one is set."""
+def task_settings(config, service=''):
+    """The runner's settings of ``config`` as rrcloudrc lines (read back by task_config),
+    the limits those of ``service``; ``notifierSecret`` only when one is set."""
     values = {'timeout': repr(config.timeout), 'maxTasks': str(config.maxTasks),
               'sandbox': 'yes' if config.sandbox else 'no', 'maxOutputSize': str(config.maxOutputSize),
+              'maxMemory': str(config.limit_for(service, 'maxMemory')),
+              'maxProcesses': str(config.limit_for(service, 'maxProcesses')),
+              'maxLogSize': str(config.maxLogSize), 'maxSuspend': repr(config.maxSuspend),
               'notifierAllow': ', '.join(config.notifierAllow), 'notifierSecret': config.notifierSecret}
     return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS
                    if values[key] or key != 'notifierSecret')

@@ -44,7 +44,8 @@ FORMATS = ('text', 'json')
 SPEC_INFO_FIELDS = {'client', 'cmd', 'ctime', 'etime', 'id', 'in', 'out', 'pid', 'server',
                     'service', 'status'}
 META_FIELDS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
-               'uptime', 'version', 'busy', 'queued', 'maxTasks', 'sandbox', 'instance', 'events'}
+               'uptime', 'version', 'busy', 'queued', 'maxTasks', 'sandbox', 'instance', 'events',
+               'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend'}
 BROWSER = 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
 
 SH_SERVICE = """\

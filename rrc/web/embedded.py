@@ -6,11 +6,12 @@ import sys
 import time
 
 from ..config import load_config, port_number
+from ..limits import claim_cgroup, format_size
 from ..errors import ConfigError, ExitCode, UsageError
 from ..procs import process_started_at
 from ..recovery import recover_store
 from ..remote import CONNECT_TIMEOUT, http_session, parse_answer, server_url, terminal_safe
-from ..node import Node, warn_if_unsandboxed
+from ..node import Node, limit_fields, warn_if_unsandboxed
 from .app import App
 
 
@@ -22,12 +23,14 @@ def serve(args):
         return check_serving(config, bind, port)
     app = App(Node(config, started=process_started_at(os.getpid()) or time.time()))
     server = listen(app, bind, port)  # before anything is created or claimed
+    claim_cgroup()  # a delegated cgroup v2: tasks get cgroups of their own beside this server's
     store = app.store
     store.ensure()
     recover_store(store, config)
     print(f'rrcloud: serving {store.root} on http://{bind}:{port}/', file=sys.stderr)
     print(f'rrcloud: clients allowed from {", ".join(config.allow)}; '
           f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
+    print(f'rrcloud: {limits_line(limit_fields(config))}', file=sys.stderr, flush=True)
     warn_if_unsandboxed(config)
     server.run()
     return ExitCode.OK
@@ -96,10 +99,22 @@ def check_serving(config, bind, port):
     except OSError as exc:
         raise ConfigError(f'port {port} does not answer like rrcloud ({exc.__class__.__name__})') from None
     if is_rrcloud_answer(response):
-        version = terminal_safe(parse_answer(response).get('version', 'RepRapCloud'))
-        print(f'rrcloud: rrcloud serves on port {port} ({version})')
+        meta = parse_answer(response)
+        print(f'rrcloud: rrcloud serves on port {port} ({terminal_safe(meta.get("version", "RepRapCloud"))})')
+        if 'limits' in meta:
+            print(f'rrcloud: {terminal_safe(limits_line(meta))}')
         return ExitCode.OK
     raise ConfigError(f'port {port} is taken by a server that is not rrcloud')
+
+
+def limits_line(fields):
+    """One line of what a server's tools may use and how that is enforced (from meta's fields)."""
+    def size(key):
+        value = fields.get(key, '')
+        return format_size(int(value)) if value.isdigit() else '?'
+    return (f'tool limits (by {fields.get("limits", "?")}): memory {size("maxMemory")}, '
+            f'{fields.get("maxProcesses", "?")} processes, output {size("maxOutputSize")}, '
+            f'log {size("maxLogSize")}, suspended at most {fields.get("maxSuspend", "?")} s')
 
 
 def is_rrcloud_answer(response):
