@@ -133,7 +133,8 @@ def answer_kill(app, request):
     record = app.store.read_task(task_id)
     if record.get(Field.STEPS) is not None or record.get(Field.JOB):
         from ..pipeline import kill_job_or_step
-        record = kill_job_or_step(app.store, app.config, record, by)
+        # The server asks a step's server on its own behalf: HOST.token only.
+        record = kill_job_or_step(app.store, app.config, record, by, app.config.server_token_for)
     else:
         from ..tasks import kill_task
         record = kill_task(app.store, task_id, by=by)
@@ -227,7 +228,9 @@ def answer_pipe(app, request):
         raise HTTPError(503, f'the queue is full ({app.config.maxQueued} tasks wait)',
                         headers=[('Retry-After', '30')])
     from ..pipeline import submit_pipe
-    job = submit_pipe(app.store, app.config, steps, client=request.client,
+    # This server holds the job: its steps' servers get HOST.token only, never
+    # the token this server's own clients present (app.config.token).
+    job = submit_pipe(app.store, app.config, steps, app.config.server_token_for, client=request.client,
                       notifier=request.form.get('notifier', ''))
     if hold:
         job = held_wait(app, job[Field.ID], hold)
