@@ -18,8 +18,9 @@ from .schema import YES, Field, TaskStatus
 from .services import (check_native_args, check_output_ext, check_params, check_prearg,
     compose_argv, find_service, load_services)
 from .states import finish_task
-from .store import Store, append_log, remove_tree, unlink_quietly, unmark
+from .store import Store, append_log, unlink_quietly, unmark
 from .tasks import dispatch, record_params, stored_inputs, task_config
+from .trees import remove_tree, shown_left
 
 
 # Less free space than this after a failed task: the disk filled up.
@@ -166,7 +167,7 @@ def execute(store, config, service, record, on_start=None):
                 outcome = take_output(store, config, service, record, work, launch.exit_code)
         finally:
             if work:
-                remove_tree(work)
+                report_left_over(store, record[Field.ID], remove_tree(work))
     outcome = outcome or judge_exit(store, service, record, launch.exit_code)
     return builtin_reason(store, record, outcome) if launch.builtin else outcome
 
@@ -376,9 +377,18 @@ def prepare_work_folder(store, task_id):
     """A fresh, empty folder ``tasks/work/ID``: the sandbox's tasks/out."""
     store.ensure()
     folder = os.path.join(store.folder('work'), check_task_id(task_id))
-    remove_tree(folder)  # what a crashed run of the same task left
+    if report_left_over(store, task_id, remove_tree(folder)):  # what a crashed run of the same task left
+        raise RRCloudError(f'cannot empty its work folder tasks/work/{task_id}')
     os.mkdir(folder, 0o700)
     return folder
+
+
+def report_left_over(store, task_id, left):
+    """The task's log names what of its work folder could not be removed
+    (store-relative: a log is the client's to read); ``left`` again."""
+    if left:
+        append_log(store, task_id, f'rrcloud: could not remove {shown_left(left, store.root)}')
+    return left
 
 
 def sandbox_command(store, record, launch, work):
