@@ -15,7 +15,7 @@ alone, and nothing else to any server: it speaks for itself, with
 import os
 import time
 
-from .errors import ExitCode, RRCloudError, UsageError
+from .errors import ExitCode, RRCloudError, UsageError, reason_without_paths
 from .names import check_task_id
 from .pipeline import FORWARD_SETTINGS, after_step, forwarder_alive, waiting_settings
 from .procs import process_start_time
@@ -54,8 +54,8 @@ def forward_step(store, step_id):
             record = send_step(store, config, record)
         if record.get(Field.STATUS) == TaskStatus.BUSY:
             record = follow_step(store, config, record)
-    except Exception as exc:  # a forwarder never leaves a step busy without saying why
-        record = fail_step(store, step_id, f'forwarder error: {exc}')
+    except Exception as exc:  # a forwarder never leaves a step busy without saying why (nor names a path)
+        record = fail_step(store, step_id, f'forwarder error: {reason_without_paths(exc)}')
     return record, after_step(store, config, record, inline=True)
 
 

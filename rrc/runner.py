@@ -6,7 +6,7 @@ import time
 
 from . import PROGRAM_FOLDER
 from .config import Config
-from .errors import ConfigError, ExitCode, RRCloudError, UsageError
+from .errors import ConfigError, ExitCode, RRCloudError, UsageError, reason_without_paths
 from .events import ProgressEvents, note
 from .identity import NodeIdentity, is_node_name
 from .names import check_task_id, is_extension, is_single_line, is_task_id
@@ -45,8 +45,8 @@ def run_task(store, settings, task_id):
     notifier = TaskNotifier(store, config, record)
     try:
         outcome = execute(store, config, service, record, on_start=notifier.started)
-    except Exception as exc:  # a runner never leaves a task busy
-        outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
+    except Exception as exc:  # a runner never leaves a task busy (nor names a path of the server's)
+        outcome = (TaskStatus.FAILED, {'error': f'runner error: {reason_without_paths(exc)}'})
     status, fields = outcome
     if status == TaskStatus.FAILED:
         fields = remove_output_of_full_disk(store, record, fields)
@@ -132,7 +132,7 @@ def move_job_on(store, config, final):
     try:
         return after_step(store, config, final, inline=True)
     except Exception as exc:
-        note(store, final[Field.ID], f'could not move job {final[Field.JOB]} on: {exc}')
+        note(store, final[Field.ID], f'could not move job {final[Field.JOB]} on: {reason_without_paths(exc)}')
         return None
 
 
@@ -265,8 +265,8 @@ def run_tool(store, config, record, launch, log, work, on_start=None):
     try:
         command = sandbox_command(store, record, launch, work) if work else launch.argv
     except Exception as exc:  # bwrap missing, a bad path: never run unsandboxed instead
-        log.write(f'rrcloud: cannot build the sandbox: {exc}\n'.encode())
-        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+        log.write(f'rrcloud: cannot build the sandbox: {reason_without_paths(exc)}\n'.encode())
+        return TaskStatus.FAILED, {'error': f'cannot start: {reason_without_paths(exc)}'}
     progress_read, progress_write = os.pipe() if launch.builtin else (None, None)
     if progress_write is not None:
         launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
@@ -276,8 +276,9 @@ def run_tool(store, config, record, launch, log, work, on_start=None):
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             pass_fds=() if progress_write is None else (progress_write,),
             start_new_session=True)  # its own group: timeouts and kills reach grandchildren
-    except OSError as exc:
-        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+    except OSError as exc:  # the program by its name: its path is the server's
+        return TaskStatus.FAILED, {'error': f'cannot start {os.path.basename(command[0])}: '
+                                            f'{reason_without_paths(exc)}'}
     finally:
         if progress_write is not None:
             os.close(progress_write)

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..config import load_config
-from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError
+from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError, reason_without_paths
 from ..names import DIGITS, check_task_id
 from ..node import Node
 from ..procs import KILL_GRACE_SECONDS, process_started_at
@@ -75,11 +75,13 @@ class App:
 
 def store_error_response(exc, request, environ):
     """An OSError inside a request: the disk is full (507), or the store cannot
-    be used (500); one line either way, and the server's log says which file."""
+    be used (500); one line either way, naming no path of the server's (the
+    server's log says which file)."""
+    reason = reason_without_paths(exc)
     if exc.errno in DISK_FULL_ERRORS:
-        return error_response(507, f'the server cannot store this: {exc.strerror}', request)
+        return error_response(507, f'the server cannot store this: {reason}', request)
     print(f'rrcloud: store error: {exc}', file=environ.get('wsgi.errors', sys.stderr))
-    return error_response(500, f'the server cannot use its store: {exc.strerror or exc}', request)
+    return error_response(500, f'the server cannot use its store: {reason}', request)
 
 
 def error_response(status, message, request):
