@@ -25,6 +25,8 @@ def remove_tree(path):
         parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return []
+    except OSError:
+        return [path]
     try:
         return TreeRemoval(parent_fd).remove(name, path)
     finally:
@@ -78,10 +80,8 @@ class TreeRemoval:
             os.unlink(name, dir_fd=fd)
         except IsADirectoryError:
             return False
-        except FileNotFoundError:
-            pass
-        except OSError:
-            self.left.append(shown)
+        except OSError as exc:
+            self.could_not(shown, exc)
         return True
 
     def enter(self, parent_fd, name, shown):
@@ -89,18 +89,20 @@ class TreeRemoval:
         try:
             give_back_rights(parent_fd, name)
             fd = os.open(name, FOLDER_FLAGS, dir_fd=parent_fd)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            self.left.append(shown)
-            return None
+        except OSError as exc:
+            return self.could_not(shown, exc)
         try:
             self.way_down.append(Folder(fd, name, shown))
-        except OSError:
+            return fd
+        except OSError as exc:
             os.close(fd)
+            return self.could_not(shown, exc)
+
+    def could_not(self, shown, exc):
+        """``shown`` stays (unless ``exc`` says it is gone already); None."""
+        if not isinstance(exc, FileNotFoundError):
             self.left.append(shown)
-            return None
-        return fd
+        return None
 
     def climb(self, fd):
         """The folder open as ``fd`` is empty: go up to its parent, remove it;
@@ -114,10 +116,8 @@ class TreeRemoval:
             return None
         try:
             os.rmdir(done.name, dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            self.left.append(done.shown)
+        except OSError as exc:
+            self.could_not(done.shown, exc)
         return parent_fd if self.way_down else None
 
     def open_parent(self, fd):
