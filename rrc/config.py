@@ -240,14 +240,26 @@ class Config:
             shown = '(not shown: a secret)' if suffix == 'token' or key == 'notifierSecret' else repr(value)
             raise ConfigError(f'{path}:{number}: bad value for {key}: {shown} ({exc})') from None
 
-    def token_for(self, url):
-        """The token to send to the server at ``url``: ``<host>.token``, else ``token``."""
+    def client_token_for(self, url):
+        """The token a client (the CLI, a wrapper, a pipe held here) sends the
+        server at ``url``: ``HOST.token``, else ``token``."""
+        return self.host_token(url) or self.token
+
+    def server_token_for(self, url):
+        """The token a server sends on its own behalf (a step it forwards, and
+        everything about that step) to the server at ``url``: ``HOST.token``
+        only.  Never ``token``: that is what this server's own clients present,
+        and it would go out in plain HTTP to every server without a token of its own."""
+        return self.host_token(url)
+
+    def host_token(self, url):
+        """``HOST.token`` for the server at ``url`` (by host:port, then host), or ''."""
         from urllib.parse import urlsplit
         parts = urlsplit(url)
         for name in (parts.netloc, parts.hostname or ''):
             if name in self.host_tokens:
                 return self.host_tokens[name]
-        return self.token
+        return ''
 
     def limit_for(self, service, key):
         """A limit for one service's tasks: ``SERVICE.KEY``, else ``KEY``."""

@@ -7,6 +7,15 @@ import errno
 DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def reason_without_paths(exc):
+    """An error's text as a client may read it: an OSError that names files
+    gives only its reason ("File name too long"), since its file names are
+    the server's own paths; any other error its text."""
+    if isinstance(exc, OSError) and (exc.filename is not None or exc.filename2 is not None):
+        return exc.strerror or exc.__class__.__name__
+    return str(exc)
+
+
 class ExitCode:
     """Exit codes of the rrcloud command (wrappers mirror the tool's code).
 

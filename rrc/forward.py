@@ -6,13 +6,16 @@ It runs in the process that saw the step before end (the runner of a local
 step, or the forwarder of a remote one), or as ``rrcloud _forward ID``
 started by a request or by recovery.  Its settings, the token for the server
 among them, come from the step's ``tasks/waiting/ID`` (mode 0600), never from
-the request or the environment.
+the request or the environment.  That token was chosen by whoever holds the
+job (``pipeline.submit_pipe``); the forwarder sends it to its step's server
+alone, and nothing else to any server: it speaks for itself, with
+``Config.server_token_for``.
 """
 
 import os
 import time
 
-from .errors import ExitCode, RRCloudError, UsageError
+from .errors import ExitCode, RRCloudError, UsageError, reason_without_paths
 from .names import check_task_id
 from .pipeline import FORWARD_SETTINGS, after_step, forwarder_alive, waiting_settings
 from .procs import process_start_time
@@ -45,14 +48,26 @@ def forward_step(store, step_id):
     record = claim(store, step_id)
     if record is None:
         return None, None  # another forwarder has it
+    token_only_for(config, record.get(Field.STEP_SERVER, ''))
     try:
         if state_of(record) == State.WAITING:
             record = send_step(store, config, record)
         if record.get(Field.STATUS) == TaskStatus.BUSY:
             record = follow_step(store, config, record)
-    except Exception as exc:  # a forwarder never leaves a step busy without saying why
-        record = fail_step(store, step_id, f'forwarder error: {exc}')
+    except Exception as exc:  # a forwarder never leaves a step busy without saying why (nor names a path)
+        record = fail_step(store, step_id, f'forwarder error: {reason_without_paths(exc)}')
     return record, after_step(store, config, record, inline=True)
+
+
+def token_only_for(config, url):
+    """The ``token`` of a forwarder's settings is its step's server's alone:
+    it becomes that server's ``HOST.token``, and the forwarder keeps no token
+    of its own that ``server_token_for`` could send anywhere else."""
+    from urllib.parse import urlsplit
+    netloc = urlsplit(url).netloc
+    # Both spellings: requests asks with the host in lower case, http.client as written.
+    config.host_tokens = {netloc: config.token, netloc.lower(): config.token} if config.token and url else {}
+    config.token = ''
 
 
 def fail_step(store, step_id, reason):
@@ -93,7 +108,7 @@ def send_step(store, config, record):
     service = find_service(*load_services(store.root), record[Field.SERVICE])
     started, backoff = time.monotonic(), 0.2
     while True:
-        session = LightSession(config)  # not requests: its import would double the hand-off
+        session = LightSession(config.server_token_for)  # not requests: its import would double the hand-off
         try:
             answer, failure = post_inputs(store, session, url, service, record)
         except UsageError as exc:  # the server refused the step: no retry makes it take it
@@ -137,7 +152,7 @@ def hand_over(store, config, record, url, answer):
         return moved
     from .remote import http_session
     try:
-        http_session(config).get(url, params={'service': 'kill', 'id': answer['id']}, timeout=10)
+        http_session(config.server_token_for).get(url, params={'service': 'kill', 'id': answer['id']}, timeout=10)
     except OSError:
         pass
     return current
@@ -150,7 +165,7 @@ def follow_step(store, config, record):
     from .errors import NoServer
     from .remote import wait_remote
     try:
-        return wait_remote(store, config, record, ended_here=True)
+        return wait_remote(store, config, record, config.server_token_for, ended_here=True)
     except NoServer as exc:
         return fail_step(store, record[Field.ID], str(exc))
 

@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 
 
 class LightSession:
-    """``post(url, data=, files=, timeout=)`` with this node's token for the server."""
+    """``post(url, data=, files=, timeout=)`` with the token ``token_for(url)``
+    chooses (a forwarder's: ``Config.server_token_for``)."""
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, token_for):
+        self.token_for = token_for
         self.sent = False  # True once a request's body went out: the server may have acted on it
 
     def post(self, url, data, files, timeout):
@@ -32,7 +33,7 @@ class LightSession:
         chunks, length = multipart_body(boundary, data, files)
         headers = {'Content-Type': f'multipart/form-data; boundary={boundary}',
                    'Content-Length': str(length), 'User-Agent': 'rrcloud'}
-        token = self.config.token_for(url)
+        token = self.token_for(url)
         if token:
             headers['Authorization'] = f'Bearer {token}'
         try:

@@ -15,9 +15,13 @@ a remote step, or ``settle_job`` after a crash) moves the job on:
 
 A step runs on another server only when that server is in this node's
 configuration (``servers`` or ``SERVICE.servers``): a request names a server,
-the node sends to its own entry for it, with its own token.  A waiting
-step's runner settings (and, for a remote step, that token) wait in
-``tasks/waiting/ID``, readable by the server's user only.
+the node sends to its own entry for it.  Whoever holds the job chooses the
+token its steps' servers get, and says so with ``token_for``: a server its
+``Config.server_token_for`` (``HOST.token`` only: never the token its own
+clients present), a client (``rrcloud pipe`` holding the job here) its
+``Config.client_token_for``.  A waiting step's runner settings (and, for a
+remote step, that token) wait in ``tasks/waiting/ID``, readable by the
+server's user only.
 """
 
 import os
@@ -128,11 +132,11 @@ def configured_server(config, name, where, also_allowed=()):
     raise UsageError(f'{where}: server {name!r} is not in this node\'s servers list')
 
 
-def check_remote_steps(store, config, steps):
+def check_remote_steps(store, steps, token_for):
     """Ask each step's server, once, whether it answers, offers the step's
     service and is not this node itself (a step sent to itself would loop)."""
     from .remote import META_TIMEOUT, http_session, parse_answer
-    session = http_session(config)
+    session = http_session(token_for)
     from .identity import instance_id
     me = instance_id(store.node, store.root)
     for number, step in enumerate(steps, 1):
@@ -155,17 +159,19 @@ def check_remote_steps(store, config, steps):
 
 # -- submission -----------------------------------------------------------------------------------
 
-def submit_pipe(store, config, steps, client='localhost', notifier='', args='', also_allowed=()):
+def submit_pipe(store, config, steps, token_for, client='localhost', notifier='', args='', also_allowed=()):
     """Check a pipe, create its job and every step (waiting), start the first;
-    returns the job's record.  Nothing is created when a check fails."""
+    returns the job's record.  Nothing is created when a check fails.
+    ``token_for`` chooses the token each step's server gets (module docstring)."""
     check_steps(config, steps, also_allowed)
     if any(step.server for step in steps):
-        check_remote_steps(store, config, steps)
+        check_remote_steps(store, steps, token_for)
     job = create_job(store, config, steps, client, args)
     created = []
     try:
         for number, step in enumerate(steps, 1):
-            created.append(create_step(store, config, job, number, step, notifier, client))
+            settings = step_settings(config, step, token_for)
+            created.append(create_step(store, config, job, number, step, notifier, client, settings))
     except BaseException:
         for record in created + [job]:
             unlink_quietly(waiting_marker(store, record[Field.ID]))
@@ -188,24 +194,31 @@ def create_job(store, config, steps, client, args):
     return status_changed(store, store.create_task(lambda task_id: record))
 
 
-def create_step(store, config, job, number, step, notifier, client):
-    """One step's record, waiting, and its settings in ``tasks/waiting/ID``."""
-    from .tasks import create_task_record, task_settings
+def create_step(store, config, job, number, step, notifier, client, settings):
+    """One step's record, waiting, and its ``settings`` in ``tasks/waiting/ID``."""
+    from .tasks import create_task_record
     fields = {Field.JOB: job[Field.ID], Field.STEP: number}
     if step.server:
         fields[Field.STEP_SERVER] = step.server
     record = create_task_record(store, config, step.service, step.inputs, step.native, notifier, client,
                                 params=step.params, out_ext=step.out_ext, state=State.WAITING, fields=fields)
-    settings = task_settings(config, step.service.name) + (
-        forward_settings(config, step.server) if step.server else '')
     write_file_atomically(waiting_marker(store, record[Field.ID]), settings.encode(), mode=0o600)
     return record
 
 
-def forward_settings(config, url):
+def step_settings(config, step, token_for):
+    """A step's settings: a runner's (the limits of its service), and for a
+    step on another server its forwarder's too."""
+    from .tasks import task_settings
+    return task_settings(config, step.service.name) + (
+        forward_settings(config, step.server, token_for) if step.server else '')
+
+
+def forward_settings(config, url, token_for):
     """What a forwarder needs beyond a runner's settings: how long to wait for
-    a lost server, and the token this node sends that server."""
-    token = config.token_for(url)
+    a lost server, and the token ``token_for`` chose for that server (its
+    forwarder sends that one and no other: ``forward.forwarder_config``)."""
+    token = token_for(url)
     return f'reconnectTimeout = {config.reconnectTimeout!r}\n' + (f'token = {token}\n' if token else '')
 
 
@@ -373,10 +386,10 @@ def forwarder_alive(store, step):
     return process_here(store, step, Field.RUNNER, Field.RUNNER_START)
 
 
-def kill_job(store, config, job_id, by):
-    """Kill a job: its running step is killed (here or at its server), the
-    steps after it are cancelled, then the job fails ``killed``; finished
-    steps keep their results.  All of it is one move under the store lock,
+def kill_job(store, config, job_id, by, token_for):
+    """Kill a job: its running step is killed (here or at its server, asked
+    with the token ``token_for`` chooses), the steps after it are cancelled,
+    then the job fails ``killed``; finished steps keep their results.  All of it is one move under the store lock,
     the job last, so a watcher of the job's events sees every step end
     before the job does, and the killed step's runner finds the job ended
     (nothing to move on)."""
@@ -395,7 +408,7 @@ def kill_job(store, config, job_id, by):
         append_log(store, job_id, f'rrcloud: job {job_id} killed by {by}')
         job = mark_killed_locked(store, job)
     for step in killed:
-        stop_killed_step(store, config, step, by)
+        stop_killed_step(store, step, by, token_for)
     return job
 
 
@@ -412,8 +425,9 @@ def cancel_locked(store, step, reason):
     unlink_quietly(waiting_marker(store, step[Field.ID]))
 
 
-def stop_killed_step(store, config, step, by):
-    """After a killed step's record says so: stop its tool, here or at its server."""
+def stop_killed_step(store, step, by, token_for):
+    """After a killed step's record says so: stop its tool, here or at its
+    server (asked with the token ``token_for`` chooses)."""
     from .errors import RRCloudError
     from .events import note
     from .tasks import stop_killed_tool
@@ -421,19 +435,19 @@ def stop_killed_step(store, config, step, by):
         return stop_killed_tool(store, step, by)
     from .remote import kill_remote
     try:
-        kill_remote(store, config, step)
+        kill_remote(store, step, token_for)
     except RRCloudError as exc:
         note(store, step[Field.ID], f'the job was killed; its server did not kill this step: {exc}')
 
 
-def kill_job_or_step(store, config, record, by):
-    """``kill`` of a job's record or of one of its steps' records."""
+def kill_job_or_step(store, config, record, by, token_for):
+    """``kill`` of a job's record or of one of its steps' records (``token_for``: kill_job)."""
     if record.get(Field.JOB):
-        return kill_step(store, config, record[Field.ID], by)
-    return kill_job(store, config, record[Field.ID], by)
+        return kill_step(store, config, record[Field.ID], by, token_for)
+    return kill_job(store, config, record[Field.ID], by, token_for)
 
 
-def kill_step(store, config, step_id, by):
+def kill_step(store, config, step_id, by, token_for):
     """Kill one step of a job (``kill STEP``): here or at its server; its job
     fails with the reason and the steps after it are cancelled."""
     from .tasks import mark_killed_locked
@@ -444,7 +458,7 @@ def kill_step(store, config, step_id, by):
             raise UsageError(f'task {step_id} is not running (status {step.get(Field.STATUS)})')
     unlink_quietly(waiting_marker(store, step_id))
     if state_of(step) != State.WAITING:
-        stop_killed_step(store, config, step, by)
+        stop_killed_step(store, step, by, token_for)
     after_step(store, config, killed)
     return killed
 

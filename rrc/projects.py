@@ -2,13 +2,17 @@
 
 import os
 
-from .errors import DISK_FULL_ERRORS, UsageError
+from .errors import DISK_FULL_ERRORS, UsageError, reason_without_paths
 from .names import LazyPattern
+from .trees import remove_tree
 
 
 PROJECT_SUFFIXES = ('.tgz', '.tar.gz')
 PROJECT_MAX_FILES = 256
 PROJECT_MAX_BYTES = 64 * 1024 * 1024
+# Levels of a member's name, its file included: a model's library is a few
+# folders deep; thousands would exhaust os.makedirs' recursion.
+PROJECT_MAX_DEPTH = 32
 PROJECT_PART_RE = LazyPattern(r'\A[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}\Z')
 SCAD_REFERENCE_RE = LazyPattern(
     r'\b(?:include|use)\s*<([^>\n]+)>'
@@ -91,12 +95,16 @@ def pack_project(main, references):
 
 
 def safe_member_parts(name):
-    """The folder names of one archive member, or UsageError (no absolute path, no '..', no dotfiles)."""
+    """The folder names of one archive member, or UsageError (no absolute
+    path, no '..', no dotfiles, at most PROJECT_MAX_DEPTH levels)."""
     parts = name.split('/')
     while len(parts) > 1 and parts[0] == '.':  # "tar czf p.tgz -C dir ." writes ./NAME
         parts = parts[1:]
     if not name or name.startswith('/') or not all(PROJECT_PART_RE.match(p) for p in parts):
         raise UsageError(f'project archive: refused member name {name[:80]!r}')
+    if len(parts) > PROJECT_MAX_DEPTH:
+        raise UsageError(f'project archive: refused member name {name[:80]!r}: more than '
+                         f'{PROJECT_MAX_DEPTH} levels deep')
     return parts
 
 
@@ -108,7 +116,6 @@ def unpack_project(store, data):
     """
     import gzip
     import io
-    import shutil
     import tarfile
     folder_name = store.new_input_folder()
     folder = os.path.join(store.folder('in'), folder_name)
@@ -117,12 +124,24 @@ def unpack_project(store, data):
         unpacked = BoundedReader(gzip.GzipFile(fileobj=source, mode='rb'), PROJECT_MAX_READ)
         with tarfile.open(fileobj=unpacked, mode='r|', tarinfo=bounded_tarinfo()) as archive:
             main = _extract_members(archive, folder)
-    except (tarfile.TarError, EOFError, OSError, UsageError) as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        if isinstance(exc, UsageError) or getattr(exc, 'errno', None) in DISK_FULL_ERRORS:
-            raise  # a full disk is the server's trouble (507), not a bad archive
-        raise UsageError(f'project archive: cannot unpack: {exc}') from None
+    except BaseException as exc:
+        # Written just now by this process: nothing in it resists removal (and
+        # recovery removes an orphan input folder later if a full disk did).
+        remove_tree(folder)
+        raise unpack_error(exc) from None
     return f'tasks/in/{folder_name}/{main}'
+
+
+def unpack_error(exc):
+    """What a client is told of an archive that could not be unpacked: a
+    UsageError naming no path of the server's; a full disk stays an OSError
+    (the server's trouble: 507); anything else unexpected stays as it is."""
+    import tarfile
+    if isinstance(exc, UsageError) or getattr(exc, 'errno', None) in DISK_FULL_ERRORS:
+        return exc
+    if isinstance(exc, (tarfile.TarError, EOFError, OSError)):
+        return UsageError(f'project archive: cannot unpack: {reason_without_paths(exc)}')
+    return exc
 
 
 # What the archive reader may read: the members' limit plus their headers.
@@ -179,17 +198,30 @@ def _extract_members(archive, folder):
         if member.isdir() and member.name.rstrip('/') in ('.', ''):
             continue  # the archive's own top folder, "./"
         parts = safe_member_parts(member.name.rstrip('/') if member.isdir() else member.name)
-        target = os.path.join(folder, *parts)
+        if not member.isdir() and not member.isfile():
+            raise UsageError(f'project archive: only plain files allowed, not {member.name[:80]!r}')
+        _extract_member(archive, member, os.path.join(folder, *parts))
+        if member.isfile():
+            main = main or '/'.join(parts)
+    if main is None:
+        raise UsageError('project archive: no file in it')
+    return main
+
+
+def _extract_member(archive, member, target):
+    """Write one folder or file of the archive at ``target``.  What goes wrong
+    is told by the member's name, the client's own, never by ``target``: a
+    path of the server's store."""
+    try:
         if member.isdir():
             os.makedirs(target, exist_ok=True)
-            continue
-        if not member.isfile():
-            raise UsageError(f'project archive: only plain files allowed, not {member.name[:80]!r}')
+            return
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with archive.extractfile(member) as source, open(target, 'xb') as sink:
             import shutil
             shutil.copyfileobj(source, sink)
-        main = main or '/'.join(parts)
-    if main is None:
-        raise UsageError('project archive: no file in it')
-    return main
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRORS:
+            raise  # the server's trouble (507), not a bad archive
+        raise UsageError(f'project archive: cannot unpack {member.name[:80]!r}: '
+                         f'{reason_without_paths(exc)}') from None

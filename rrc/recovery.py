@@ -6,6 +6,7 @@ machine's boot, and leaves another node's work folders to that node.
 """
 
 import os
+import sys
 import time
 
 from .errors import NotFound
@@ -16,8 +17,9 @@ from .pipeline import settle_jobs
 from .procs import pid_alive
 from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
-from .store import marked, remove_tree
+from .store import marked
 from .tasks import dispatch
+from .trees import remove_tree, shown_left
 
 
 # Temp files of interrupted writes carry their writer's pid and boot:
@@ -70,12 +72,15 @@ def writer_alive(match, tag):
 
 
 def remove_idle_work_folders(store, records):
-    """Remove sandbox work folders that no busy task owns (left by a crashed runner)."""
+    """Remove sandbox work folders that no busy task owns (left by a crashed
+    runner); the server's log names what could not be removed."""
     busy = {record[Field.ID] for record in records if record.get(Field.STATUS) == TaskStatus.BUSY}
     folder = store.folder('work')
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
         if entry not in busy and not work_folder_in_use(store, entry):
-            remove_tree(os.path.join(folder, entry))
+            left = remove_tree(os.path.join(folder, entry))
+            if left:
+                print(f'rrcloud: recovery could not remove {shown_left(left, store.root)}', file=sys.stderr)
 
 
 def work_folder_in_use(store, entry):

@@ -46,14 +46,16 @@ def parse_answer(response):
     return parse_record(text)
 
 
-def http_session(config):
-    """A requests session that ignores proxy settings and sends each server its token."""
+def http_session(token_for):
+    """A requests session that ignores proxy settings and sends each server
+    the token ``token_for(url)`` chooses: a client's ``Config.client_token_for``,
+    or a server's ``Config.server_token_for`` when it speaks for itself."""
     import requests
     session = requests.Session()
     session.trust_env = False
 
     def add_token(request):
-        token = config.token_for(request.url)
+        token = token_for(request.url)
         if token:
             request.headers['Authorization'] = f'Bearer {token}'
         return request
@@ -141,7 +143,7 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
 
 def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
     """Send a task to the least loaded server that takes it; record it locally."""
-    session = http_session(ctx.config)
+    session = http_session(ctx.config.client_token_for)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = [f'{url}: no answer to meta' for url in silent]
@@ -225,15 +227,16 @@ def fetch_to(session, url, folder, name):
         raise
 
 
-def wait_remote(store, config, record, progress=None, ended_here=False):
-    """Wait for a remote task with the server's long-poll (or capped polling).
+def wait_remote(store, config, record, token_for, progress=None, ended_here=False):
+    """Wait for a remote task with the server's long-poll (or capped polling),
+    sending the token ``token_for`` chooses (``http_session``).
 
     A server that goes away (a restart) is asked again for ``reconnectTimeout``
     seconds: the task runs on there without us.  With ``ended_here`` the
     local record is read before each ask: a task ended here (a pipeline
     step killed with its job) is waited for no longer.
     """
-    session = http_session(config)
+    session = http_session(token_for)
     backoff = 0.1
     started = time.monotonic()
     lost_since = None
@@ -268,14 +271,15 @@ def give_up_if_lost(config, record, lost_for):
                        f'`rrcloud info {record["id"]}` fetches its result into tasks/out/ later')
 
 
-def kill_remote(store, config, record):
-    """Ask a remote task's server to kill it; returns the local record, updated from the server.
+def kill_remote(store, record, token_for):
+    """Ask a remote task's server to kill it (with the token ``token_for``
+    chooses); returns the local record, updated from the server.
 
     Raises NoServer when the server cannot be reached, RRCloudError when it
     refuses, UsageError when the task had already ended there (its result is
     then fetched): the task is never called killed unless the server said so.
     """
-    session = http_session(config)
+    session = http_session(token_for)
     url, remote_id = record[Field.SERVER], record[Field.REMOTE_ID]
     try:
         response = session.get(url, params={'service': 'kill', 'id': remote_id}, timeout=(CONNECT_TIMEOUT, 30))

@@ -6,7 +6,7 @@ import time
 
 from . import PROGRAM_FOLDER
 from .config import Config
-from .errors import ConfigError, ExitCode, RRCloudError, UsageError
+from .errors import ConfigError, ExitCode, RRCloudError, UsageError, reason_without_paths
 from .events import ProgressEvents, note
 from .identity import NodeIdentity, is_node_name
 from .limits import ToolLimits, format_size, limit_error
@@ -19,9 +19,10 @@ from .schema import YES, Field, TaskStatus
 from .services import (check_native_args, check_output_ext, check_params, check_prearg,
     compose_argv, find_service, load_services)
 from .states import finish_task
-from .store import Store, append_log, remove_tree, unlink_quietly, unmark
+from .store import Store, append_log, unlink_quietly, unmark
 from .tasks import dispatch, record_params, stored_inputs, task_config
 from .toollog import ToolLog
+from .trees import remove_tree, shown_left
 
 
 # Less free space than this after a failed task: the disk filled up.
@@ -46,8 +47,8 @@ def run_task(store, settings, task_id):
     notifier = TaskNotifier(store, config, record)
     try:
         outcome = execute(store, config, service, record, on_start=notifier.started)
-    except Exception as exc:  # a runner never leaves a task busy
-        outcome = (TaskStatus.FAILED, {'error': f'runner error: {exc}'})
+    except Exception as exc:  # a runner never leaves a task busy (nor names a path of the server's)
+        outcome = (TaskStatus.FAILED, {'error': f'runner error: {reason_without_paths(exc)}'})
     status, fields = outcome
     if status == TaskStatus.FAILED:
         fields = remove_output_of_full_disk(store, record, fields)
@@ -133,7 +134,7 @@ def move_job_on(store, config, final):
     try:
         return after_step(store, config, final, inline=True)
     except Exception as exc:
-        note(store, final[Field.ID], f'could not move job {final[Field.JOB]} on: {exc}')
+        note(store, final[Field.ID], f'could not move job {final[Field.JOB]} on: {reason_without_paths(exc)}')
         return None
 
 
@@ -168,7 +169,7 @@ def execute(store, config, service, record, on_start=None):
                 outcome = take_output(store, config, service, record, work, launch.exit_code)
         finally:
             if work:
-                remove_tree(work)
+                report_left_over(store, record[Field.ID], remove_tree(work))
     outcome = outcome or judge_exit(store, service, record, launch.exit_code)
     return builtin_reason(store, record, outcome) if launch.builtin else outcome
 
@@ -268,15 +269,15 @@ def run_tool(store, config, record, launch, log, work, on_start=None):
         command = sandbox_command(store, record, launch, work, limits) if work else \
             limits.rlimit_argv(processes=False) + launch.argv
     except Exception as exc:  # bwrap missing, a bad path: never run unsandboxed instead
-        log.write(f'rrcloud: cannot build the sandbox: {exc}\n'.encode())
-        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+        log.write(f'rrcloud: cannot build the sandbox: {reason_without_paths(exc)}\n'.encode())
+        return TaskStatus.FAILED, {'error': f'cannot start: {reason_without_paths(exc)}'}
     cgroup = task_cgroup(record[Field.ID], limits)
     try:
         with cgroup:
             return start_and_watch(store, config, record, launch, command, log, work, on_start,
                                    cgroup if cgroup.folder else None)
     except OSError as exc:  # the task's cgroup could not be made
-        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+        return TaskStatus.FAILED, {'error': f'cannot start: {reason_without_paths(exc)}'}
 
 
 def task_cgroup(task_id, limits):
@@ -314,9 +315,10 @@ def start_and_watch(store, config, record, launch, command, log, work, on_start,
             stdin=subprocess.DEVNULL, stdout=output_write, stderr=subprocess.STDOUT,
             pass_fds=() if progress_write is None else (progress_write,),
             start_new_session=True)  # its own group: timeouts and kills reach grandchildren
-    except OSError as exc:
+    except OSError as exc:  # the program by its name: its path is the server's
         os.close(output_read)
-        return TaskStatus.FAILED, {'error': f'cannot start: {exc}'}
+        return TaskStatus.FAILED, {'error': f'cannot start {os.path.basename(command[0])}: '
+                                            f'{reason_without_paths(exc)}'}
     finally:
         for fd in (output_write, progress_write):
             if fd is not None:
@@ -440,9 +442,18 @@ def prepare_work_folder(store, task_id):
     """A fresh, empty folder ``tasks/work/ID``: the sandbox's tasks/out."""
     store.ensure()
     folder = os.path.join(store.folder('work'), check_task_id(task_id))
-    remove_tree(folder)  # what a crashed run of the same task left
+    if report_left_over(store, task_id, remove_tree(folder)):  # what a crashed run of the same task left
+        raise RRCloudError(f'cannot empty its work folder tasks/work/{task_id}')
     os.mkdir(folder, 0o700)
     return folder
+
+
+def report_left_over(store, task_id, left):
+    """The task's log names what of its work folder could not be removed
+    (store-relative: a log is the client's to read); ``left`` again."""
+    if left:
+        append_log(store, task_id, f'rrcloud: could not remove {shown_left(left, store.root)}')
+    return left
 
 
 def sandbox_command(store, record, launch, work, limits):

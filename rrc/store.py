@@ -8,6 +8,7 @@ from .events import EVENTS_FOLDER, note, remove_events
 from .identity import NodeIdentity, boot_tag
 from .names import check_task_id, is_record_key, is_single_line, is_task_id
 from .schema import Field
+from .trees import remove_tree
 
 
 # work/ID: a sandboxed tool's private output folder while it runs;
@@ -205,8 +206,9 @@ class Store:
             return
         target = os.path.join(self.folder('in'), parts[2])
         if len(parts) > 3 and os.path.isdir(target) and not os.path.islink(target):
-            import shutil
-            shutil.rmtree(target, ignore_errors=True)
+            # rrcloud wrote it (a tool sees inputs read-only): nothing in it
+            # resists; what a full disk or a crash leaves, recovery tries again.
+            remove_tree(target)
         else:
             unlink_quietly(target)
 
@@ -297,7 +299,3 @@ def append_log(store, task_id, line):
         log.write(line + '\n')
     note(store, task_id, line.removeprefix('rrcloud: '))
 
-
-def remove_tree(path):
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)

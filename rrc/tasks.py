@@ -6,7 +6,7 @@ import time
 
 from .config import Config
 from .events import EventFollower, STATUS, progress_text, status_changed
-from .errors import ConfigError, NotFound, UsageError
+from .errors import ConfigError, NotFound, UsageError, reason_without_paths
 from .keyvalue import parse_key_value_text
 from .names import check_task_id, is_extension
 from .notifier import check_notifier_url, notifier_events_field
@@ -384,10 +384,11 @@ def _start_queued(store, config, task_id, slot_fd):
     started = f'{time.time():.5f}'
     try:
         pid = spawn_runner(store, task_id, slot_fd, settings)
-    except OSError as exc:
-        append_log(store, task_id, f'rrcloud: task {task_id} cannot start: no runner: {exc}')
+    except OSError as exc:  # the log and the record are the client's to read: no path of the server's
+        reason = reason_without_paths(exc)
+        append_log(store, task_id, f'rrcloud: task {task_id} cannot start: no runner: {reason}')
         move_locked(store, record, State.FAILED, {Field.STIME: started, Field.ETIME: started,
-                                                  Field.ERROR: f'cannot start runner: {exc}'})
+                                                  Field.ERROR: f'cannot start runner: {reason}'})
         return
     # The runner's pid means something only on this node and in this boot: the record says which.
     move_locked(store, record, State.RUNNING, {Field.STIME: started, Field.RUNNER: pid,

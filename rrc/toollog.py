@@ -31,9 +31,8 @@ class ToolLog:
         self.recent = (self.recent + data)[-TAIL_BYTES:]
         head, rest = data[:self.head_left], data[self.head_left:]
         if head:
-            self.log.write(head)
-            self.log.flush()
             self.head_left -= len(head)
+            self._put(head)
         if rest:
             self.tail += rest
             if len(self.tail) > self.limit:  # trimmed now and then, not on every write
@@ -54,11 +53,19 @@ class ToolLog:
             self.cut += line_start
             tail = tail[line_start:]
             exact = f' ({self.cut} bytes)' if self.cut >= 1024 else ''
-            self.log.write(f'\nrrcloud: {format_size(self.cut)}{exact} of the tool\'s output cut here '
-                           f'(maxLogSize {format_size(self.limit)})\n'.encode())
-        self.log.write(tail)
-        self.log.flush()
+            self._put(f'\nrrcloud: {format_size(self.cut)}{exact} of the tool\'s output cut here '
+                      f'(maxLogSize {format_size(self.limit)})\n'.encode())
+        self._put(tail)
         self.tail = bytearray()
+
+    def _put(self, data):
+        """Into the log file; a log that cannot be written (a full disk) loses
+        the bytes, never the runner: the tool is still watched and judged."""
+        try:
+            self.log.write(data)
+            self.log.flush()
+        except OSError:
+            pass
 
     def last_bytes(self):
         """The end of the output, for a look at why the tool failed."""

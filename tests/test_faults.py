@@ -509,6 +509,68 @@ def test_serve_start_removes_old_inputs_no_record_names(tmp_path):
 
 
 ###############################################################################
+# 2b. A tool that locks a folder of its output cannot make it outlive clean-up
+###############################################################################
+
+# The tests run as root, and root ignores permissions: a chmod 000 folder is
+# no obstacle to it.  So these run the server (and its runners and tools) as
+# www-data, as every shipped deployment does: the sandbox maps the tool's uid
+# 65534 to www-data, so the folder it locks is www-data's own.
+LOCKING_SCRIPT = 'mkdir tasks/out/x && touch tasks/out/x/f && chmod 000 tasks/out/x\necho done > "$1"\n'
+
+
+@contextlib.contextmanager
+def deployment_as_www_data(plant=None):
+    """The embedded server as www-data (deploy.py), after ``plant(store)`` laid
+    out its store; stopped and removed at the end."""
+    import deploy
+    deployment = deploy.Deployment('embedded', services={'sh': SH_SERVICE})
+    try:
+        if plant:
+            plant(Store(deployment.store))
+            deploy.chown_tree(deployment.store, *deploy.www_data())
+        yield deployment.start()
+    finally:
+        deployment.close()
+
+
+def test_a_folder_a_tool_locked_in_its_output_is_removed_when_the_task_ends():
+    with deployment_as_www_data() as server:
+        answer = post_task(f'{server.url}/', 'sh', LOCKING_SCRIPT, filename='lock.sh')
+        assert answer.status_code == 200, answer.text
+        task_id = id_from_answer(answer.text)
+        done = server.session.get(f'{server.url}/', params={'service': 'info', 'id': task_id, 'wait': '60',
+                                                            'format': 'json'}, timeout=90).json()
+        work = server.store / 'tasks' / 'work' / task_id
+
+        assert done['status'] == 'complete', (done, server.server_log())
+        assert not work.exists(), sorted(str(p) for p in work.rglob('*'))
+        assert 'could not remove' not in server.session.get(f'{server.url}/tasks/log/{task_id}', timeout=30).text
+
+
+def test_recovery_removes_a_locked_work_folder_a_dead_runner_left():
+    """A runner died (a power cut) while its tool's output held a chmod 000
+    folder: the server's start-up recovery fails the task and removes it."""
+    task_id = fresh_id()
+
+    def plant_dead_run(store):
+        store.ensure()
+        locked = Path(store.folder('work')) / task_id / 'x'
+        locked.mkdir(parents=True)
+        (locked / 'f').write_text('left by the tool\n')
+        plant(store.root, busy_record(task_id, runner=str(dead_pid()), runnerStart='1'))
+        locked.chmod(0)
+
+    with deployment_as_www_data(plant_dead_run) as server:
+        record = parse_record((server.store / 'tasks' / 'info' / task_id).read_text())
+        work = server.store / 'tasks' / 'work' / task_id
+
+        assert (record['status'], record['error']) == ('failed', 'interrupted'), record
+        assert not work.exists(), sorted(str(p) for p in work.rglob('*'))
+        assert 'could not remove' not in server.server_log()
+
+
+###############################################################################
 # 3. Full disk: a 2 MB tmpfs as the store root, and RLIMIT_FSIZE for the CLI
 ###############################################################################
 

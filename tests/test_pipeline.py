@@ -284,6 +284,81 @@ def test_a_step_sent_to_the_server_itself_is_a_loop(tmp_path):
         assert server.records() == {}
 
 
+SERVERS_OWN_TOKEN = 'own-clients-token-0123456789'  # what this server's clients must present
+HOST_TOKEN = 'the-next-servers-token-9876543210'
+REMOTE_STEP_ID = '1700000000-12345-123456'
+
+
+def listener(request):
+    """The next server of a pipe, recording every request's headers: it
+    takes the step, keeps it busy until asked to kill it."""
+    if request.query.get('service') == 'meta':
+        return 200, 'text/plain', 'version: RepRapCloud 0.019 (fake)\nservices: echo\ninstance: listener\n'
+    if request.method == 'POST':
+        return 200, 'text/plain', f'id: {REMOTE_STEP_ID}\nstatus: busy\n'
+    if request.query.get('service') == 'kill':
+        return 200, 'text/plain', f'id: {REMOTE_STEP_ID}\nstatus: failed\nerror: killed\n'
+    return 200, 'text/plain', f'id: {REMOTE_STEP_ID}\nstatus: busy\n'
+
+
+def tokens_sent(request):
+    """Every token a request carries, whichever way it is sent."""
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    sent = [headers.get('x-rrcloud-token', '')]
+    kind, _, value = headers.get('authorization', '').partition(' ')
+    return [token for token in sent + [value if kind.lower() == 'bearer' else headers.get('authorization', '')]
+            if token]
+
+
+@pytest.mark.parametrize('host_token', ['', HOST_TOKEN], ids=['no-host-token', 'host-token'])
+def test_a_server_forwards_a_step_with_the_next_servers_token_never_its_own(tmp_path, host_token):
+    """A server whose clients need ``token`` forwards step 2 to a listener:
+    asking its meta, uploading the step, following it and killing it there
+    carry that server's ``HOST.token`` or no token at all, never its own."""
+    from servers import FakeServer
+    fake = FakeServer(listener).start()
+    server = EmbeddedServer(tmp_path / 'a', config=f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n' +
+                            (f'127.0.0.1.token = {host_token}\n' if host_token else ''))
+    session = plain_session()
+    session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
+    try:
+        with server.start():
+            answer = session.post(server.url, data={
+                'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
+                files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            job_id = answer.json()['id']
+            wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
+            killed = session.get(server.url, params={'service': 'kill', 'id': job_id, 'format': 'json'}, timeout=30)
+            assert (killed.status_code, killed.json()['status']) == (200, 'failed'), killed.text
+    finally:
+        fake.stop()
+
+    assert [bool(fake.of(method, service)) for method, service in
+            (('GET', 'meta'), ('POST', None), ('GET', 'info'), ('GET', 'kill'))] == [True] * 4, fake.requests
+    for request in fake.requests:
+        assert tokens_sent(request) == ([host_token] if host_token else []), (request, request.headers)
+        assert SERVERS_OWN_TOKEN.encode() not in request.body
+
+
+def test_a_pipe_held_by_the_command_line_sends_its_token_to_its_steps_server(cli, workdir):
+    """A client (``rrcloud pipe`` holding the job here) keeps ``token`` as its
+    default for every server: its forwarder sends it to the step's server."""
+    from servers import FakeServer
+    fake = FakeServer(listener).start()
+    write_config(workdir, f'token = {SERVERS_OWN_TOKEN}\n')
+    try:
+        job_id = task_id_of(cli('pipe', 'echo', 'hello', '--', 'echo', f'--s={fake.address}').out)
+        wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
+        killed = cli('kill', job_id)
+        assert killed.code == 0, killed
+    finally:
+        fake.stop()
+
+    assert fake.of('GET', 'meta') and fake.of('POST') and fake.of('GET', 'kill'), fake.requests
+    assert all(tokens_sent(request) == [SERVERS_OWN_TOKEN] for request in fake.requests), fake.requests
+
+
 @pytest.mark.slow
 def test_waiting_steps_survive_a_restart_of_the_server(tmp_path):
     """The server goes away while step 1 runs and step 2 waits; after the

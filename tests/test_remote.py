@@ -257,6 +257,20 @@ def test_token_protected_server_without_a_token_refuses(cli, workdir, servers):
     assert records(workdir) == [] and server.records() == {}
 
 
+def test_a_client_sends_its_own_token_to_a_server_without_a_host_token(cli, workdir, fake):
+    """A client's ``token`` is its default for every server (a server's is
+    not: test_pipeline's forwarding tests): submit, follow and kill carry it."""
+    busy = fake(lambda r: (200, 'text/plain', f'id: {HOSTILE_ID}\nstatus: busy\n'))
+    write_config(workdir, f'servers = {busy.address}\ntoken = {TOKEN}\n')
+
+    task_id = task_id_of(cli('echo', CONTENT).out)
+    cli('info', task_id)
+    cli('kill', task_id)
+
+    assert busy.of('POST') and busy.of('GET', 'info') and busy.of('GET', 'kill'), busy.requests
+    assert {r.headers.get('Authorization') for r in busy.requests} == {f'Bearer {TOKEN}'}
+
+
 ###############################################################################
 # 2. Async: id at once, `rrcloud info` brings the result home
 ###############################################################################

@@ -416,11 +416,27 @@ HOSTILE = {
         lambda a, o: add_zeros(a, f'{MARK}-1.scad', PROJECT_MAX_BYTES // 2),
         lambda a, o: add_zeros(a, f'{MARK}-2.scad', PROJECT_MAX_BYTES // 2)),
     'only-a-folder': lambda a, o: add_special(a, 'lib', tarfile.DIRTYPE),
+    'too-deep': lambda a, o: add_file(a, 'd/' * 2000 + f'{MARK}.scad'),  # beyond os.makedirs' recursion
     'empty': lambda a, o: None,
 }
 NOT_ARCHIVES = {
     'not-gzip': b'cube(10);\n',
     'gzip-not-tar': gzip.compress(b'cube(10);\n' * 100),
+}
+
+
+# Archives whose unpacking fails on the server's disk, not on a name check:
+# the error names the member, the client's own, never the store's path.
+PATH_ERRORS = {
+    # refused by depth before the disk is touched (40 levels: beyond PATH_MAX too)
+    'deep': (lambda a: add_file(a, '/'.join(['d' * 120] * 40) + '/main.scad'), 'more than 32 levels deep'),
+    # 32 levels: within the depth, beyond PATH_MAX below tasks/in/ (ENAMETOOLONG)
+    'long': (lambda a: add_file(a, '/'.join(['d' * 128] * 31) + '/' + 'm' * 100 + '.scad'),
+             ': File name too long'),
+    'duplicate': (lambda a: [add_file(a, 'main.scad'), add_file(a, 'main.scad')],
+                  "cannot unpack 'main.scad': File exists"),
+    'file-then-folder': (lambda a: [add_file(a, 'lib'), add_file(a, 'lib/x.scad')],
+                         "cannot unpack 'lib/x.scad': "),
 }
 
 
@@ -495,6 +511,20 @@ def test_cli_refuses_a_hostile_archive_file(cli, workdir, victim, case):
     assert sorted(os.listdir(workdir)) == ['tasks', 'x.scad.tgz']
     assert os.listdir(victim) == []
     assert marked_paths(workdir.parent, victim) == []
+
+
+@pytest.mark.parametrize('case', sorted(PATH_ERRORS))
+def test_unpack_project_errors_name_the_member_never_the_store(tmp_path, case):
+    store = Store(tmp_path / 'store')
+    build, reason = PATH_ERRORS[case]
+
+    with pytest.raises(UsageError) as refused:
+        unpack_project(store, archive_of(build))
+
+    error = str(refused.value)
+    assert error.startswith('project archive: ') and reason in error, error
+    assert str(tmp_path) not in error and 'tasks/in' not in error, error
+    assert os.listdir(store.folder('in')) == []
 
 
 def test_unpack_project_takes_a_good_archive(tmp_path):
@@ -699,6 +729,20 @@ def test_http_refuses_a_hostile_archive(http, server, victim, case):
     assert server.store_files() - before == set()
     assert os.listdir(victim) == []
     assert marked_paths(server.root) == []
+
+
+@pytest.mark.parametrize('case', sorted(PATH_ERRORS))
+def test_http_an_archive_error_names_no_path_of_the_server(http, server, case):
+    build, reason = PATH_ERRORS[case]
+    before = server.store_files()
+
+    answer = post(http, server, 'openscad', files={'fileIn0': ('x.scad.tgz', archive_of(build))})
+
+    assert answer.status_code == 400, (answer.status_code, answer.text)
+    assert answer.json()['error'].startswith('project archive: ') and reason in answer.text, answer.text
+    for server_path in (str(server.root), str(server.store), '/tasks/in/'):
+        assert server_path not in answer.text, answer.text
+    assert server.store_files() - before == set()
 
 
 def test_http_refused_archive_after_a_good_project_leaves_nothing(http, server, tmp_path):

@@ -452,3 +452,74 @@ def test_the_task_count_of_meta_follows_every_change_of_a_quiet_store(tmp_path):
     store.create_task(record)
     store.create_task(record)
     assert count_tasks(store) == 4
+
+
+###############################################################################
+# 7. Removing a tree a tool wrote (tasks/work/ID)
+###############################################################################
+
+def test_remove_tree_takes_a_very_deep_tree_and_never_follows_a_link(tmp_path):
+    from rrc.trees import remove_tree
+    outside = tmp_path / 'outside'
+    (outside / 'keep').mkdir(parents=True)
+    (outside / 'keep' / 'file').write_text('not the tool\'s\n')
+    tree = tmp_path / 'work'
+    deepest = os.open(tmp_path, os.O_RDONLY)
+    for name in ['work'] + ['d'] * 3000:  # beyond Python's recursion limit
+        os.mkdir(name, dir_fd=deepest)
+        below = os.open(name, os.O_RDONLY, dir_fd=deepest)
+        os.close(deepest)
+        deepest = below
+    os.symlink(outside, 'to-outside', dir_fd=deepest)
+    os.close(deepest)
+    os.symlink(outside / 'keep', tree / 'keep')
+    os.symlink(outside / 'keep' / 'file', tree / 'file')
+
+    assert remove_tree(tree) == []
+
+    assert not os.path.lexists(tree)
+    assert (outside / 'keep' / 'file').read_text() == 'not the tool\'s\n'
+    assert remove_tree(tree) == []  # gone already: nothing to say
+
+
+# As root (the tests' user) nothing resists: root ignores permissions.  The
+# server runs as www-data, which owns what its tools write (their sandbox
+# maps uid 65534 to it), so remove_tree runs as www-data here.
+AS_WWW_DATA = '''
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from rrc.trees import remove_tree
+os.chdir(sys.argv[2])
+os.makedirs('work/locked/inner')
+for folder in ('work/locked/inner', 'work/locked'):
+    open(os.path.join(folder, 'f'), 'w').close()
+os.makedirs('work/readonly')
+open('work/readonly/f', 'w').close()
+os.chmod('work/locked/inner', 0)
+os.chmod('work/locked', 0)
+os.chmod('work/readonly', 0o500)
+print(json.dumps(remove_tree('work')))
+'''
+
+
+def test_remove_tree_unlocks_folders_it_owns_and_names_what_it_cannot_remove():
+    import shutil
+    import tempfile
+    from deploy import WEB_PYTHON, www_data
+    uid, gid = www_data()
+    root = Path(tempfile.mkdtemp(prefix='rrcloud-tree-', dir='/tmp'))  # www-data cannot enter tmp_path
+    try:
+        os.chown(root, uid, gid)
+        (root / 'work' / 'theirs').mkdir(parents=True)  # root's: www-data may not unlock it
+        (root / 'work' / 'theirs' / 'f').write_text('root\'s\n')
+        os.chmod(root / 'work' / 'theirs', 0)
+        os.chown(root / 'work', uid, gid)
+        done = subprocess.run([WEB_PYTHON, '-B', '-c', AS_WWW_DATA, str(REPO), str(root)], user=uid, group=gid,
+                              capture_output=True, text=True, timeout=60)
+
+        assert done.returncode == 0, done.stderr
+        assert sorted(json.loads(done.stdout)) == ['work', 'work/theirs']
+        assert sorted(os.listdir(root / 'work')) == ['theirs']
+        assert os.listdir(root / 'work' / 'theirs') == ['f']
+    finally:
+        shutil.rmtree(root)

@@ -86,12 +86,13 @@ def cmd_kill(ctx, args):
     by = f'the command line (user {user_name()})'
     if record.get(Field.JOB) or (record.get(Field.STEPS) is not None and not record.get(Field.REMOTE_ID)):
         from ..pipeline import kill_job_or_step
-        print_fields(kill_job_or_step(ctx.store, ctx.config, record, by), ('id', 'status', 'error'))
+        killed = kill_job_or_step(ctx.store, ctx.config, record, by, ctx.config.client_token_for)
+        print_fields(killed, ('id', 'status', 'error'))
         return ExitCode.OK
     if record.get(Field.REMOTE_ID):
         if record.get(Field.STATUS) != TaskStatus.BUSY:
             raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
-        record = kill_remote(ctx.store, ctx.config, record)
+        record = kill_remote(ctx.store, record, ctx.config.client_token_for)
         print_fields(record, ('id', 'status', 'error'), server=record[Field.SERVER])
         return ExitCode.OK
     record = kill_task(ctx.store, task_id, by=by)

@@ -96,7 +96,7 @@ def ask_server(ctx, params, listing=False, url=None):
     every server answers it."""
     url = url or server_url(ctx.options.s, ctx.config.port)
     try:
-        response = http_session(ctx.config).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
+        response = http_session(ctx.config.client_token_for).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
     except OSError as exc:  # requests' errors are OSErrors
         raise NoServer(f'{url}: no answer ({exc.__class__.__name__})') from None
     if response.status_code != 200:
@@ -115,7 +115,7 @@ def refresh_if_remote(store, config, record):
     """A busy remote task is asked about at its server (a silent server leaves it busy)."""
     if record.get(Field.REMOTE_ID) and record.get(Field.STATUS) == TaskStatus.BUSY:
         try:
-            return refresh_remote(store, record, http_session(config))
+            return refresh_remote(store, record, http_session(config.client_token_for))
         except (OSError, RRCloudError) as exc:
             print(f'rrcloud: warning: {record["server"]}: {exc}', file=sys.stderr)
         except Exception as exc:  # requests' errors are not OSErrors

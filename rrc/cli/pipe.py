@@ -49,8 +49,9 @@ def cmd_pipe(ctx, args):
         record = send_pipe(ctx, steps)
     else:
         chosen = [step.server for step in steps if step.server]
-        record = submit_pipe(ctx.store, ctx.config, steps, notifier=ctx.options.notifier,
-                             args=describe_args(args), also_allowed=chosen)
+        # This machine holds the job: a client, its own token is its steps' servers' default.
+        record = submit_pipe(ctx.store, ctx.config, steps, ctx.config.client_token_for,
+                             notifier=ctx.options.notifier, args=describe_args(args), also_allowed=chosen)
     if not ctx.options.sync:
         print_id(ctx, record)
         return ExitCode.OK
@@ -108,7 +109,7 @@ def send_pipe(ctx, steps):
     fields, files = pipe_fields(url, steps)
     if ctx.options.notifier:
         fields['notifier'] = ctx.options.notifier
-    session = http_session(ctx.config)
+    session = http_session(ctx.config.client_token_for)
     try:
         response = session.post(url, data=fields, files=files, timeout=(3, 300))
     except OSError as exc:
@@ -146,7 +147,7 @@ def finish_pipe(ctx, record, last_service, output):
     started = time.monotonic()
     try:
         if remote:
-            record = wait_remote(ctx.store, ctx.config, record, progress)
+            record = wait_remote(ctx.store, ctx.config, record, ctx.config.client_token_for, progress)
         else:
             on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
             record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
@@ -186,9 +187,10 @@ def stop_job(ctx, record):
     """Ctrl-C while waiting: kill the job, here or at its server."""
     try:
         if record.get(Field.REMOTE_ID):
-            kill_remote(ctx.store, ctx.config, record)
+            kill_remote(ctx.store, record, ctx.config.client_token_for)
         else:
-            kill_job(ctx.store, ctx.config, record[Field.ID], by='Ctrl-C on the command line')
+            kill_job(ctx.store, ctx.config, record[Field.ID], 'Ctrl-C on the command line',
+                     ctx.config.client_token_for)
     except RRCloudError as exc:
         print(f'rrcloud: warning: {exc} (rrcloud kill {record[Field.ID]} tries again)', file=sys.stderr)
 

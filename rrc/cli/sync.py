@@ -46,13 +46,13 @@ def wait_for_remote(ctx, record, progress):
         finished = wait_with_events(ctx, record, progress)
         if finished is not None and finished.get(Field.STATUS) != TaskStatus.BUSY:
             return finished
-    return wait_remote(ctx.store, ctx.config, record, progress)
+    return wait_remote(ctx.store, ctx.config, record, ctx.config.client_token_for, progress)
 
 
 def stop_after_interrupt(ctx, record):
     """Ctrl-C while waiting for a remote task: kill it at its server, or say it may still run."""
     try:
-        kill_remote(ctx.store, ctx.config, record)
+        kill_remote(ctx.store, record, ctx.config.client_token_for)
     except RRCloudError as exc:
         print(f'rrcloud: warning: {exc} (rrcloud kill {record["id"]} tries again)', file=sys.stderr)
 

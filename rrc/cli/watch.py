@@ -90,7 +90,7 @@ def local_messages(store, record):
 def remote_messages(ctx, url, task_id):
     """A task at ``url``: its event stream, reconnecting with the last cursor;
     a server that has no events is long-polled."""
-    session = http_session(ctx.config)
+    session = http_session(ctx.config.client_token_for)
     cursor, lost_since = None, None
     while True:
         try:
@@ -215,7 +215,7 @@ def wait_with_events(ctx, record, progress):
     shown on a wrapper's progress line (elapsed seconds tick on between
     them); its record once it ended there, result fetched.  None when the
     server offers no events (the caller long-polls ``info`` instead)."""
-    session = http_session(ctx.config)
+    session = http_session(ctx.config.client_token_for)
     url = record[Field.SERVER]
     if not offers_events(session, url):
         return None

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..config import load_config
-from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError
+from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError, reason_without_paths
 from ..names import DIGITS, check_task_id
 from ..node import Node
 from ..procs import KILL_GRACE_SECONDS, process_started_at
@@ -75,11 +75,13 @@ class App:
 
 def store_error_response(exc, request, environ):
     """An OSError inside a request: the disk is full (507), or the store cannot
-    be used (500); one line either way, and the server's log says which file."""
+    be used (500); one line either way, naming no path of the server's (the
+    server's log says which file)."""
+    reason = reason_without_paths(exc)
     if exc.errno in DISK_FULL_ERRORS:
-        return error_response(507, f'the server cannot store this: {exc.strerror}', request)
+        return error_response(507, f'the server cannot store this: {reason}', request)
     print(f'rrcloud: store error: {exc}', file=environ.get('wsgi.errors', sys.stderr))
-    return error_response(500, f'the server cannot use its store: {exc.strerror or exc}', request)
+    return error_response(500, f'the server cannot use its store: {reason}', request)
 
 
 def error_response(status, message, request):
@@ -133,7 +135,8 @@ def answer_kill(app, request):
     record = app.store.read_task(task_id)
     if record.get(Field.STEPS) is not None or record.get(Field.JOB):
         from ..pipeline import kill_job_or_step
-        record = kill_job_or_step(app.store, app.config, record, by)
+        # The server asks a step's server on its own behalf: HOST.token only.
+        record = kill_job_or_step(app.store, app.config, record, by, app.config.server_token_for)
     else:
         from ..tasks import kill_task
         record = kill_task(app.store, task_id, by=by)
@@ -227,7 +230,9 @@ def answer_pipe(app, request):
         raise HTTPError(503, f'the queue is full ({app.config.maxQueued} tasks wait)',
                         headers=[('Retry-After', '30')])
     from ..pipeline import submit_pipe
-    job = submit_pipe(app.store, app.config, steps, client=request.client,
+    # This server holds the job: its steps' servers get HOST.token only, never
+    # the token this server's own clients present (app.config.token).
+    job = submit_pipe(app.store, app.config, steps, app.config.server_token_for, client=request.client,
                       notifier=request.form.get('notifier', ''))
     if hold:
         job = held_wait(app, job[Field.ID], hold)

@@ -92,7 +92,9 @@ def check_serving(config, bind, port):
     host = '127.0.0.1' if bind in ('0.0.0.0', '::', '') else bind
     url = server_url(f'[{host}]:{port}' if ':' in host else f'{host}:{port}', port)
     try:
-        response = http_session(config).get(url, params={'service': 'meta'}, timeout=(CONNECT_TIMEOUT, 10))
+        # The admin's command line asking its own server: a client, with the server's own token.
+        session = http_session(config.client_token_for)
+        response = session.get(url, params={'service': 'meta'}, timeout=(CONNECT_TIMEOUT, 10))
     except requests.ConnectionError:
         print(f'rrcloud: nothing serves on port {port}')
         return ExitCode.NO_SERVER
