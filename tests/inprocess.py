@@ -228,7 +228,11 @@ class WSGIDeployment(deploy.Deployment):
 
     def request_raw(self, method, target, body=None, headers=None, timeout=60):
         """One request with ``target`` exactly as written, as http.client sends it; (status, headers, body)."""
-        sent = [('Host', f'127.0.0.1:{self.port}'), ('Accept-Encoding', 'identity')]
+        given = {name.lower() for name in (headers or {})}
+        # http.client adds Host and Accept-Encoding unless the caller sent its own.
+        sent = [(name, value) for name, value in (('Host', f'127.0.0.1:{self.port}'),
+                                                  ('Accept-Encoding', 'identity'))
+                if name.lower() not in given]
         sent += list((headers or {}).items())
         if body is None and method.upper() in ('POST', 'PUT', 'PATCH'):
             body = b''

@@ -7,7 +7,8 @@ front of rrcloud changes (docs/TESTING.md): URL parsing (%2F, NUL, line
 breaks), bodies it reads or discards, headers it passes on (Authorization,
 HTTP_* for a CGI), framing on the socket.
 
-Areas: who may use a server (``allow``, ``token``), limits (request size,
+Areas: who may use a server (``allow``, ``token``, the names it answers to
+and the web pages that may change anything), limits (request size,
 inputs, field length, queue), ids and paths, services and arguments,
 uploads, and the answers themselves (headers, HTML, JSON).
 
@@ -38,8 +39,8 @@ nothing is written.
 
 Deployments are shared per module and kind: ``server`` (default limits and
 ``allow``, plus test services), ``walled`` (``allow = 10.0.0.0/8``: loopback is
-outside), ``guarded`` (a ``token``) and ``limited`` (small limits, one slot, a
-queue of one).
+outside), ``guarded`` (a ``token``), ``limited`` (small limits, one slot, a
+queue of one) and ``named`` (``serverName``, ``allowHosts``, ``allowOrigins``).
 
 Test services (in the store's services/ folder):
 ``loader`` copies the input given as ``--load=FILE`` (argInput) to the output;
@@ -703,6 +704,266 @@ def test_a_submission_with_the_token_runs_and_the_token_is_not_recorded(guarded,
     result = send(guarded, 'GET', '/' + done['out'], headers=bearer(TOKEN))
     assert result.status == 200 and result.body == content.encode(), result
     watch.only_tasks_added([record['id']])
+
+
+###############################################################################
+# 1. Who may use a server: the names it answers to, the pages that may ask
+###############################################################################
+
+# A web page whose name its owner pointed at the server's address (DNS
+# rebinding): its requests carry its own name in Host, and its own Origin.
+REBOUND = 'evil.example'
+HOST_NAME = os.uname().nodename.lower()
+SERVER_NAME = 'rrcloud-test-node'
+ALIAS = 'printserver.example.org'
+# Another port of this host, e.g. a printer's web UI: same-site to a browser.
+PRINTER_UI = 'http://127.0.0.1:8080'
+NAMED_CONFIG = f'serverName = {SERVER_NAME}\nallowHosts = {ALIAS}\nallowOrigins = {PRINTER_UI}\n'
+
+
+@pytest.fixture(scope='module', params=['wsgi'])
+def named(request):
+    """``serverName``, ``allowHosts`` and ``allowOrigins`` (the printer's web UI) set."""
+    deployment = build(request.param, NAMED_CONFIG)
+    try:
+        submitted_witness(deployment)
+        settle_recovery(deployment)
+        yield deployment
+    finally:
+        deployment.close()
+
+
+def rebound(deployment, origin=True):
+    """The headers of the rebound page's request (``origin=False``: curl with its name in Host)."""
+    host = f'{REBOUND}:{deployment.port}'
+    return dict({'Host': host}, **({'Origin': f'http://{host}'} if origin else {}))
+
+
+def same_site(origin=None):
+    """The headers of a request a page on another port of this host makes a browser send."""
+    return dict({'Sec-Fetch-Site': 'same-site'}, **({'Origin': origin} if origin else {}))
+
+
+def refused_for_its_name(deployment, answer, name=REBOUND):
+    """A 403 whose one line names the refused name and allowHosts."""
+    reason = reason_of(deployment, answer, 403)
+    assert f"name '{name}'" in reason and 'allowHosts' in reason, f'{deployment.kind}: {reason}'
+
+
+def hi_txt(deployment, headers):
+    """curl -F service=echo -F fileIn0=@hi.txt, with ``headers``."""
+    return post(deployment, data={'service': 'echo'}, files={'fileIn0': ('hi.txt', b'hi\n')}, headers=headers)
+
+
+@on_live('server')  # the Host and Origin headers as each server hands them on
+@pytest.mark.parametrize('origin', [True, False], ids=['page (with its Origin)', 'curl (no Origin)'])
+def test_a_rebound_name_cannot_start_a_task(server, origin, canary):
+    """The issue's request: Host evil.example with a matching Origin starts nothing (nor without Origin)."""
+    watch = Watch(server, canary)
+    answer = hi_txt(server, rebound(server, origin))
+    refused_for_its_name(server, answer)
+    no_secrets(server, answer, server.witness['id'], 'witness content')
+    watch.nothing_written()
+
+
+def interface_address():
+    """An IPv4 address of this machine's interfaces other than loopback."""
+    import psutil
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith('127.'):
+                return address.address
+    pytest.skip('this machine has no IPv4 address besides loopback')
+
+
+def local_addresses():
+    import psutil
+    return {a.address.split('%')[0] for found in psutil.net_if_addrs().values() for a in found}
+
+
+def name_of(host):
+    """The name of a Host header as the server's refusal shows it."""
+    return host[1:].partition(']')[0] if host.startswith('[') else host.partition(':')[0]
+
+
+# case: (a Host the server knows as its own, a look-alike it does not)
+KNOWN_HOSTS = {
+    'localhost': ('localhost:{port}', 'localhost.evil.example:{port}'),
+    'localhost, upper case with a final dot': ('LOCALHOST.:{port}', 'evil-localhost:{port}'),
+    '127.0.0.1': ('127.0.0.1:{port}', '127.0.0.1.evil.example:{port}'),
+    'another loopback address': ('127.3.2.1:{port}', '127.3.2.1.nip.example:{port}'),
+    'IPv6 loopback': ('[::1]:{port}', '[::2]:{port}'),
+    'the host name': (HOST_NAME, f'{HOST_NAME}.evil.example'),
+    'the host name .local': (f'{HOST_NAME}.local:{{port}}', f'{HOST_NAME}.local.evil.example:{{port}}'),
+    'serverName': (SERVER_NAME, f'{SERVER_NAME}.evil.example'),
+    'a name of allowHosts': (f'{ALIAS}:{{port}}', f'evil.{ALIAS}:{{port}}'),
+    'an interface address': ('{interface}:{port}', '203.0.113.9:{port}'),
+}
+
+
+@pytest.mark.parametrize('case', list(KNOWN_HOSTS))
+def test_curl_is_answered_under_each_name_the_server_knows_and_no_look_alike(named, case):
+    """curl and 0.019 clients (no Origin) go on working under the names they use."""
+    known, look_alike = (h.format(port=named.port, interface='{interface}') for h in KNOWN_HOSTS[case])
+    if '{interface}' in known:
+        known = known.format(interface=interface_address())
+        assert '203.0.113.9' not in local_addresses()
+    watch = Watch(named)
+    record = accepted(named, hi_txt(named, {'Host': known}))
+    assert wait_finished(named, record['id'])['status'] == 'complete'
+    watch.only_tasks_added([record['id']])
+    watch = Watch(named)
+    refused_for_its_name(named, hi_txt(named, {'Host': look_alike}), name_of(look_alike))
+    watch.nothing_written()
+
+
+# A foreign name; addresses the kernel lets a socket bind that are no
+# server's (unspecified, multicast, broadcast); addresses of no interface
+# here; no name at all.
+FOREIGN_HOSTS = ['evil.example:{port}', 'evil.example', '0.0.0.0:{port}', '[::]:{port}', '224.0.0.1:{port}',
+                 '[ff02::1]:{port}', '255.255.255.255:{port}', '203.0.113.9:{port}', '[2001:db8::7]:{port}',
+                 ':{port}', '[::ffff:203.0.113.9]:{port}']
+
+
+@pytest.mark.parametrize('host', FOREIGN_HOSTS)
+def test_a_post_naming_another_host_is_refused_to_curl_too(named, host, canary):
+    host = host.format(port=named.port)
+    watch = Watch(named, canary)
+    answer = post(named, data={'service': 'echo', 'fileIn0': f'$(touch {canary})'}, headers={'Host': host})
+    refused_for_its_name(named, answer, name_of(host))
+    watch.nothing_written()
+
+
+def in_process(deployment, method, target, headers, body=None, **environ):
+    """One request to the in-process app with more CGI variables in its environ (SERVER_ADDR)."""
+    from inprocess import build_environ, call_app
+    built = build_environ(method, target, headers, body, '127.0.0.1', deployment.port)
+    status, _, answer_headers, data = call_app(deployment.application, dict(built, **environ))
+    return Answer(status, answer_headers, data)
+
+
+def test_the_address_a_request_came_in_on_is_the_servers_own(server):
+    """SERVER_ADDR (a CGI's) names this server: no lookup of the interfaces."""
+    address = '198.51.100.7'
+    assert address not in local_addresses()
+    headers = [('Host', f'{address}:{server.port}'), ('Content-Type', 'application/x-www-form-urlencoded')]
+    watch = Watch(server)
+    answer = in_process(server, 'POST', '/', headers, b'service=echo&fileIn0=came+in+on')
+    refused_for_its_name(server, answer, address)
+    watch.nothing_written()
+    answer = in_process(server, 'POST', '/', headers, b'service=echo&fileIn0=came+in+on', SERVER_ADDR=address)
+    record = accepted(server, answer)
+    assert wait_finished(server, record['id'])['status'] == 'complete'
+    watch.only_tasks_added([record['id']])
+
+
+def test_the_browser_page_answers_only_under_a_known_name(server):
+    watch = Watch(server)
+    page = send(server, 'GET', '/', headers={'User-Agent': BROWSER, 'Host': f'{REBOUND}:{server.port}'})
+    refused_for_its_name(server, page)
+    assert 'RepRapCloud' not in page.text and server.witness['id'] not in page.text
+    page = send(server, 'GET', '/', headers={'User-Agent': BROWSER, 'Host': f'localhost:{server.port}'})
+    assert page.status == 200 and page.header('Content-Type').startswith('text/html'), page
+    assert server.witness['id'] in page.text
+    watch.nothing_written()
+
+
+READS = {
+    'info of all': '/?service=info',
+    'info of the witness': '/?service=info&id={witness}',
+    'meta': '/?service=meta',
+    'meta as JSON': '/?service=meta&format=json',
+    'the result': '/{witness_out}',
+    'the log': '/tasks/log/{witness}',
+    'the events': '/?service=events&id={witness}',
+}
+
+
+@pytest.mark.parametrize('what', list(READS))
+def test_reads_answer_any_name_with_open_cors_but_it_changes_nothing(server, what):
+    """0.019's CORS stays open for reads (a rebound page may read as any page may); the same
+    page's POST is refused."""
+    path = READS[what].format(witness=server.witness['id'], witness_out=server.witness['out'])
+    watch = Watch(server)
+    answer = send(server, 'GET', path, headers=rebound(server))
+    assert answer.status == 200, answer
+    assert answer.header('Access-Control-Allow-Origin') == '*', answer
+    if what == 'the result':
+        assert answer.body == b'witness content'
+    refused_for_its_name(server, hi_txt(server, rebound(server)))
+    watch.nothing_written()
+
+
+def test_a_same_site_page_cannot_kill_a_task_unless_its_origin_is_allowed(named):
+    """A page on another port of this host (a printer's web UI) makes the browser
+    send a GET of kill: no Origin, Sec-Fetch-Site: same-site.  Refused, and the
+    task runs on; from the origin listed in allowOrigins, accepted."""
+    task = accepted(named, post(named, data={'service': 'slow', 'fileIn0': 'runs on'}))
+    try:
+        wait_for_pid(named, task['id'])
+        kill = f'/?service=kill&id={task["id"]}'
+        answer = send(named, 'GET', kill, headers=same_site())
+        assert 'allowOrigins' in reason_of(named, answer, 403)
+        time.sleep(0.5)
+        record = read_record(named, task['id'])
+        assert record['status'] == 'busy' and 'error' not in record, record
+        assert process_is(record['pid'], record['pidStart']), record
+        answer = send(named, 'GET', kill, headers=same_site(PRINTER_UI))
+        assert answer.status == 200, answer
+        assert wait_finished(named, task['id'])['error'] == 'killed'
+    finally:
+        send(named, 'GET', f'/?service=kill&id={task["id"]}')
+    wait_quiet(named)
+
+
+def wait_for_pid(deployment, task_id, timeout=20):
+    """Until the runner has recorded its pid (its last write before the tool runs)."""
+    deadline = time.monotonic() + timeout
+    while 'pid' not in read_record(deployment, task_id):
+        assert time.monotonic() < deadline, read_record(deployment, task_id)
+        time.sleep(0.02)
+
+
+# Every request that starts, stops or reorders work: GETs (as 0.019's kill),
+# the same as POSTs, a task and a pipe.
+STATE_CHANGES = {
+    'kill': ('GET', '/?service=kill&id={witness}', None),
+    'suspend': ('GET', '/?service=suspend&id={witness}', None),
+    'resume': ('GET', '/?service=resume&id={witness}', None),
+    'move': ('GET', '/?service=move&id={witness}&to=front', None),
+    'kill as a POST': ('POST', '/', {'service': 'kill', 'id': '{witness}'}),
+    'suspend as a POST': ('POST', '/', {'service': 'suspend', 'id': '{witness}'}),
+    'resume as a POST': ('POST', '/', {'service': 'resume', 'id': '{witness}'}),
+    'move as a POST': ('POST', '/', {'service': 'move', 'id': '{witness}', 'to': 'back'}),
+    'a task': ('POST', '/', {'service': 'echo', 'fileIn0': 'started'}),
+    'a pipe': ('POST', '/', {'service': 'pipe', 'step1': 'echo', 'step1.fileIn0': 'piped'}),
+}
+# The services that only read; every other one must be walked above.
+READ_SERVICES = {'info', 'meta', 'events'}
+ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_site()}
+
+
+@pytest.mark.parametrize('attack', list(ATTACKS))
+@pytest.mark.parametrize('change', list(STATE_CHANGES))
+def test_every_state_changing_request_refuses_a_rebound_name_and_a_same_site_page(server, change, attack):
+    """kill, suspend, resume, move (GET or POST), a task, a pipe: each refused, nothing written."""
+    from rrc.web.app import SERVICE_ROUTES
+    walked = {form['service'] if form else path.split('service=')[1].split('&')[0]
+              for _, path, form in STATE_CHANGES.values()}
+    assert set(SERVICE_ROUTES) - READ_SERVICES <= walked, 'a new service: walk it here, or list it as a read'
+    method, path, form = STATE_CHANGES[change]
+    witness = server.witness['id']
+    watch = Watch(server)
+    headers = ATTACKS[attack](server)
+    if method == 'GET':
+        answer = send(server, 'GET', path.format(witness=witness), headers=headers)
+    else:
+        answer = post(server, data={k: v.format(witness=witness) for k, v in form.items()}, headers=headers)
+    if attack == 'rebound name':
+        refused_for_its_name(server, answer)
+    else:
+        assert 'allowOrigins' in reason_of(server, answer, 403)
+    watch.nothing_written()
 
 
 ###############################################################################

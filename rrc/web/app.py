@@ -16,7 +16,7 @@ from ..schema import Field
 from ..services import find_service, load_services
 from ..states import get_task, list_tasks, queue_is_full
 from ..store import format_record, to_json
-from .access import check_access, check_form_token
+from .access import check_access, check_form_token, check_host
 from .files import serve_log, serve_result
 from .page import html_page
 from .request import MAX_WAIT_SECONDS, Request, Response, STATUS_LINES, check_field
@@ -117,7 +117,10 @@ def route(app, request):
 
 
 def answer_page(app, request):
-    """``GET /`` from a browser: the task table."""
+    """``GET /`` from a browser: the task table, under a name this server knows.
+    Under another name the page's own requests would be refused: the browser
+    says so at once, naming allowHosts."""
+    check_host(request, app.config)
     return html_page(app.store, app.config, request)
 
 
