@@ -89,9 +89,15 @@ sandbox.
 
   --bind ADDR   the address to listen on (default 0.0.0.0: every interface)
   --port N      the port (default: port in rrcloudrc, else {DEFAULT_PORT})
+  --check       only tell who answers on the port: rrcloud (exit 0, with the
+                limits its tools run within), nothing (5) or another server (4)
   -h, --help    show this help
 
-Who may use it: allow, token and allowOrigins in rrcloudrc (docs/SECURITY.md).
+Who may use it: allow, token, allowOrigins and allowHosts (the names it
+answers to) in rrcloudrc.  What a task's tool and a client may use: maxMemory,
+maxProcesses, maxOutputSize, maxLogSize, timeout, maxSuspend, maxWaits,
+maxWaitsPerClient, maxConnectionsPerClient, requestHeadTimeout
+(docs/SECURITY.md).
 """
 PIPE_HELP = """\
 usage: rrcloud [OPTIONS] pipe SERVICE ARGS... [--s=SERVER] -- SERVICE ARGS... [--s=SERVER] -- ...
