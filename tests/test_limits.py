@@ -43,6 +43,17 @@ def server():
         live.close()
 
 
+@pytest.fixture
+def cgi_server():
+    """rrcloud's CGI under lighttpd (as www-data), with the same limits: its
+    runners are started by a CGI process, not by a resident server."""
+    live = deployment('lighttpd', config=LIMITS_CONFIG, services={'sh': SH_SERVICE})
+    try:
+        yield live.start()
+    finally:
+        live.close()
+
+
 def post(server, service, content, **fields):
     """Start a task whose first input is ``content``; its id."""
     files = {'fileIn0': (f'input.{INPUT_EXTENSIONS[service]}', content)}
@@ -100,6 +111,16 @@ def test_a_memory_bomb_fails_naming_the_limit_and_a_task_beside_it_completes(ser
     assert other['status'] == 'complete', other
     stl = server.session.get(f'{server.url}/{other["out"]}', timeout=30).content
     assert len(stl) == 84 + 12 * 50  # a binary STL of a cube: 12 triangles
+
+
+def test_the_limits_hold_for_a_task_started_through_the_cgi(cgi_server):
+    bomb = post(cgi_server, 'openjscad', MEMORY_BOMB)
+    forks = post(cgi_server, 'openjscad', FORK_BOMB)
+
+    assert ended(cgi_server, bomb)['error'] == 'memory limit 512 MiB exceeded (maxMemory)'
+    assert ended(cgi_server, forks)['error'] == 'process limit 32 reached (maxProcesses)'
+    meta = cgi_server.session.get(f'{cgi_server.url}/?service=meta&format=json', timeout=30).json()
+    assert (meta['limits'], meta['maxMemory']) == ('rlimit', str(512 << 20))
 
 
 def test_a_fork_bomb_fails_naming_the_limit_and_starts_no_more_than_it(server):
