@@ -136,6 +136,8 @@ class BoundedServer(TcpWSGIServer):
         """Waitress's cut of silent connections, then of overdue heads."""
         super().maintenance(now)
         begun_before = time.monotonic() - self.head_timeout
-        for channel in self.active_channels.values():
+        # A copy: a task thread may close a channel meanwhile (waitress's
+        # send_continue), which takes it out of active_channels.
+        for channel in list(self.active_channels.values()):
             if channel.head_overdue(begun_before):
                 channel.will_close = True  # closed by the main loop, as waitress's own cut
