@@ -53,6 +53,7 @@ class Server:
         wait_for_url(f'{self.url}?service=meta', 20, process=self.process)
 
     def stop(self):
+        """Kill the server's process group."""
         os.killpg(self.process.pid, 9)
         self.process.wait()
 
@@ -134,6 +135,7 @@ def sample(port, url, requests, timeout):
 
 
 def row(name, times):
+    """A table row: how many were sent and answered, the median and the slowest answer."""
     answered = [t for t in times if t is not None]
     if not answered:
         return [name, len(times), 0, '-', '-']
@@ -142,6 +144,7 @@ def row(name, times):
 
 
 def main(argv):
+    """Both phases on this checkout (and the baseline's loaded one); print the table and ratios."""
     requests = int(argv[1]) if len(argv) > 1 else 50
     baseline = argv[2] if len(argv) > 2 else None
     raise_open_files(CONNECTIONS + 400)

@@ -49,6 +49,8 @@ def start_long_task(server):
 
 
 class Answer:
+    """What a client got: status, headers, body text."""
+
     def __init__(self, status, headers, body):
         self.status, self.headers, self.body = status, headers, body
 
