@@ -20,8 +20,9 @@ nobody.  So:
 Only waitress's own hooks are used, as waitress 3.0 has them: the server's
 ``handle_accept`` and ``maintenance`` (which its ``readable`` runs every
 ``cleanup_interval`` seconds), the channel's ``received`` and
-``del_channel``, and its request parser's ``headers_finished``.  All of them
-run on waitress's one main-loop thread.
+``del_channel``, and its request parser's ``headers_finished``.  They run
+on waitress's main-loop thread, but for a channel closed from a task thread
+now and then (waitress's ``send_continue``): the counts take a lock.
 """
 
 import time
@@ -115,6 +116,8 @@ class BoundedServer(TcpWSGIServer):
             conn, addr = accepted
             self.set_socket_options(conn)
         except OSError:  # as waitress: a client gone before its connection was set up
+            if self.adj.log_socket_errors:
+                self.logger.warning('server accept() threw an exception', exc_info=True)
             return
         try:
             slot = self.connections.take(addr[0])
