@@ -18,6 +18,7 @@ import time
 import pytest
 
 from helpers import HeaderTrickle, raise_open_files, wait_for
+from rrc.web.slots import ClientSlots, NoSlot
 from servers import EmbeddedServer
 
 SLOW_SERVICE = {'slow': 'path = /usr/bin:/bin\ncmd = sh\nnoOutput = yes\n'}
@@ -113,6 +114,24 @@ def test_one_address_gets_its_share_of_the_wait_slots_and_others_still_wait(serv
         request(server, 'GET', f'/?service=kill&id={task_id}')
         for connection, _ in streams:
             connection.close()
+
+
+def test_a_slot_given_back_twice_frees_one():
+    slots = ClientSlots(3, 2)
+    first = slots.take('10.0.0.1')
+    slots.take('10.0.0.1')
+    with pytest.raises(NoSlot) as share:
+        slots.take('10.0.0.1')
+    assert share.value.setting == 'maxWaitsPerClient'
+    first.release()
+    first.release()  # a stream's close() after its end: nothing more
+    slots.take('10.0.0.1')
+    with pytest.raises(NoSlot):
+        slots.take('10.0.0.1')
+    slots.take('10.0.0.2')
+    with pytest.raises(NoSlot) as full:
+        slots.take('10.0.0.3')
+    assert full.value.setting == 'maxWaits'
 
 
 def long_poll(server, task_id, source, into, sent):
