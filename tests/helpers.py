@@ -8,7 +8,10 @@ One place for what several test files (and the benchmarks) need:
 - ``wait_for_url(url)``: until an HTTP server answers (any status);
 - ``wait_port_free(port)``: until a port can be bound again;
 - ``wait_until_done(store_root, task_id)``: until a task leaves busy (read from the store);
-- ``kill_group(pgid)``: SIGKILL a process group that may be gone already.
+- ``kill_group(pgid)``: SIGKILL a process group that may be gone already;
+- ``HeaderTrickle``: slow clients that never finish their request head, and
+  ``raise_open_files(count)`` for the sockets they need (the slow-client test
+  and bench/bench_slow_clients.py).
 
 bench/*.py put this folder on sys.path and import from here too.
 """
@@ -16,6 +19,7 @@ import contextlib
 import os
 import pty
 import re
+import resource
 import select
 import signal
 import socket
@@ -149,3 +153,98 @@ def read_terminal_until(master, pattern, client, timeout=60):
         elif client.poll() is not None:
             break
     return seen.decode('utf-8', 'replace')
+
+
+def raise_open_files(count):
+    """Let this process (and the servers it starts after) open ``count`` files,
+    up to the hard limit; returns the limit now in effect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    return soft
+
+
+class HeaderTrickle:
+    """Slow clients (a "slowloris"): ``count`` connections from the loopback
+    address ``source`` to 127.0.0.1:``port``, each sending a request line and
+    then, at each ``trickle()``, one more header line, never ending its head.
+    A connection the server closed (end of file or a reset) is dropped and
+    counted in ``closed``; ``connect()`` opens again up to ``count``.
+    A context manager: every socket is closed at the end."""
+
+    REQUEST_LINE = b'GET /?service=meta HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+
+    def __init__(self, port, count, source='127.0.0.2'):
+        self.port, self.count, self.source = port, count, source
+        self.sockets = []  # open, in the order they were connected
+        self.closed = 0
+        self.lines = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def connect(self):
+        """Open connections up to ``count``, each with its request line sent."""
+        while len(self.sockets) < self.count:
+            self.sockets.append(self._open_one())
+        return self
+
+    def _open_one(self):
+        sock = socket.socket()
+        try:
+            sock.bind((self.source, 0))  # Linux routes all of 127/8 to lo
+            sock.settimeout(10)
+            sock.connect(('127.0.0.1', self.port))
+            sock.setblocking(False)
+            sock.send(self.REQUEST_LINE)
+        except BlockingIOError:
+            pass
+        except ConnectionError:  # closed at once: sweep() counts it
+            pass
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def trickle(self):
+        """One more header line on every open connection; returns how many are open."""
+        self.lines += 1
+        for sock in self.sweep():
+            try:
+                sock.send(b'X-Trickle-%d: a slow client\r\n' % self.lines)
+            except OSError:  # closed meanwhile: the next sweep counts it
+                pass
+        return len(self.sockets)
+
+    def sweep(self):
+        """Drop (and count) the connections the server has closed; the open ones."""
+        still = []
+        for sock in self.sockets:
+            if is_closed_by_peer(sock):
+                sock.close()
+                self.closed += 1
+            else:
+                still.append(sock)
+        self.sockets = still
+        return still
+
+    def close(self):
+        """Close every connection still open."""
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+
+def is_closed_by_peer(sock):
+    """True when a non-blocking socket reads end of file or a reset."""
+    try:
+        return sock.recv(4096) == b''
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

@@ -34,7 +34,8 @@ UNKNOWN_ID = '1795841292-04767-953464'
 CHATTY = 'for word in one two three; do echo "$word"; sleep 0.2; done\nprintf done > "$1"\n'
 QUICK = 'echo one\necho two\nprintf done > "$1"\n'
 FAILING = 'echo "about to fail"\nexit 3\n'
-CONFIG = 'cgiStreamSeconds = 0.25\nmaxWaits = 2\n'
+# maxWaitsPerClient: every stream here comes from one address; the tests bound maxWaits.
+CONFIG = 'cgiStreamSeconds = 0.25\nmaxWaits = 2\nmaxWaitsPerClient = 2\n'
 PTY_PRINTRUN_CONF = """\
 cmd = rrcloud print
 noOutput = yes

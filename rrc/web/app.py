@@ -41,13 +41,14 @@ class App:
         return cls(Node(config, started or process_started_at(os.getpid())))
 
     def wait_slots(self):
-        """The semaphore counting this process's long-polls (``maxWaits``).  Made
-        on first use: threading is not imported for the requests that never wait."""
+        """The slots of this process's long-polls and event streams (``maxWaits``,
+        at most ``maxWaitsPerClient`` for one client address; rrc/web/slots.py).
+        Made on first use: threading is not imported for the requests that never wait."""
         made = self._made_on_first_use
         if 'waits' not in made:
-            import threading
+            from .slots import ClientSlots
             # setdefault: two threads of a resident server asking at once get the same one
-            made.setdefault('waits', threading.BoundedSemaphore(self.config.maxWaits))
+            made.setdefault('waits', ClientSlots(self.config.maxWaits, self.config.waits_per_client()))
         return made['waits']
 
     def __call__(self, environ, start_response):
@@ -183,7 +184,7 @@ def answer_submit(app, request):
     hold = post_wait_seconds(app.config, request)  # before the task starts: a bad wait starts nothing
     record = submit_from_form(app.store, app.config, request)
     if hold:  # counted with the long-polls: held answers never take every thread
-        record = held_wait(app, record[Field.ID], hold)
+        record = held_wait(app, request, record[Field.ID], hold)
     return answer_record(record, request.format)
 
 
@@ -205,7 +206,7 @@ def answer_info(app, request):
     if 'id' in request.form:
         task_id = _form_task_id(request)
         wait = _wait_seconds(request.form.get('wait', '0'))
-        record = held_wait(app, task_id, wait) if wait else get_task(app.store, task_id)
+        record = held_wait(app, request, task_id, wait) if wait else get_task(app.store, task_id)
         if record.get(Field.STEPS) is not None:
             record = job_info(app, record)
         return answer_record(client_view(record, request.client), request.format)
@@ -238,7 +239,7 @@ def answer_pipe(app, request):
     job = submit_pipe(app.store, app.config, steps, app.config.server_token_for, client=request.client,
                       notifier=request.form.get('notifier', ''))
     if hold:
-        job = held_wait(app, job[Field.ID], hold)
+        job = held_wait(app, request, job[Field.ID], hold)
     return answer_record(job_info(app, job), request.format)
 
 
@@ -301,17 +302,19 @@ class StepForm:
         self.files = {k[len(prefix):]: v for k, v in request.files.items() if k.startswith(prefix)}
 
 
-def held_wait(app, task_id, wait):
-    """Long-poll a task, unless ``maxWaits`` others already wait in this server:
-    then the current record at once, so waits never hold every thread."""
+def held_wait(app, request, task_id, wait):
+    """Long-poll a task, unless ``maxWaits`` others already wait in this server
+    or this client holds its share (``maxWaitsPerClient``): then the current
+    record at once, so waits never hold every thread, nor one client all of them."""
     slots = app.wait_slots()
-    if not slots.acquire(blocking=False):
-        return get_task(app.store, task_id)
+    from .slots import NoSlot  # loaded by wait_slots already
     try:
+        slot = slots.take(request.client)
+    except NoSlot:
+        return get_task(app.store, task_id)
+    with slot:
         from ..tasks import wait_for_task
         return wait_for_task(app.store, task_id, timeout=wait)
-    finally:
-        slots.release()
 
 
 def client_view(record, client):

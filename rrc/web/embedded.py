@@ -63,21 +63,28 @@ def serve_options(args, port):
 
 
 def listen(app, bind, port):
-    """The waitress server of ``app`` bound to ``bind:port``; a port in use is one error line."""
-    import waitress
+    """The waitress server of ``app`` bound to ``bind:port``, with rrcloud's bounds
+    on slow and greedy clients (rrc/web/waitress_bounds.py); a port in use is one error line."""
+    from .waitress_bounds import create_bounded_server
     try:
-        # Idle connections cost no thread in waitress; allow many of them, but cut
-        # those that send nothing (half-open, or headers trickling in) after 20 s,
-        # looked at every 5 s.  A request in progress (a long-poll) is never cut.
+        # Idle connections cost no thread in waitress; allow many of them, at
+        # most maxConnectionsPerClient of one address, so others always get in.
+        # Cut those that send nothing for 20 s, and those whose request head is
+        # not complete within requestHeadTimeout however it trickles: looked at
+        # every second or two (cleanup_interval 1, and waitress's loop wakes
+        # at least every second).  A request whose head is complete (a body
+        # coming, a long-poll) is never cut.
         # channel_request_lookahead: a connection stays read while its request
         # runs, so an event stream sees its client hang up (waitress tells the
         # app through environ['waitress.client_disconnected']) and frees its
         # thread at once.  Waitress sends each chunk of an answer as it comes
         # (send_bytes is 1 since waitress 1.3): events are not held back.
-        return waitress.create_server(
-            app, host=bind, port=port, threads=16, ident='rrcloud',
-            connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=5,
-            channel_request_lookahead=1,
+        # asyncore_use_poll: select() fails past file descriptor 1024, which
+        # 1000 connections and a raised open-files limit can reach.
+        return create_bounded_server(
+            app, app.config, host=bind, port=port, threads=16, ident='rrcloud',
+            connection_limit=1000, backlog=1024, channel_timeout=20, cleanup_interval=1,
+            channel_request_lookahead=1, asyncore_use_poll=True,
             max_request_body_size=app.config.maxRequestSize)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:

@@ -12,8 +12,9 @@ to stop reconnecting.
 
 A resident server (``rrcloud serve``, any multi-threaded WSGI server)
 streams until the task ends; each stream holds one of the ``maxWaits``
-slots the long-polls count against (503 with Retry-After when none is
-free), and gives it back as soon as the client is gone.  A CGI process
+slots the long-polls count against, at most ``maxWaitsPerClient`` of them
+for one client address (503 with Retry-After when none is free to it), and
+gives it back as soon as the client is gone.  A CGI process
 (``wsgi.run_once``) streams at most ``cgiStreamSeconds`` (60 s by default)
 and exits: the client reconnects with its cursor.
 """
@@ -47,7 +48,7 @@ def answer_events(app, request, task_id):
     if cursor is not None and seen_the_end(app.store, record, cursor):
         return Response(b'', 204, EVENT_STREAM, headers)
     bounded = bool(request.environ.get('wsgi.run_once'))
-    slot = None if bounded else take_slot(app)
+    slot = None if bounded else take_slot(app, request.client)
     limit = app.config.cgiStreamSeconds if bounded else None
     body = EventStreamBody(LiveStream(app.store, record, cursor), limit,
                            request.environ.get('waitress.client_disconnected'), slot)
@@ -84,13 +85,25 @@ def seen_the_end(store, record, cursor):
     return all(event.id <= cursor.event_id for event in events) and cursor.log_offset >= log_size
 
 
-def take_slot(app):
-    """One of the long-poll slots (``maxWaits``), or 503: streams never take every thread."""
-    slot = app.wait_slots()
-    if not slot.acquire(blocking=False):
-        raise HTTPError(503, f'this server follows {app.config.maxWaits} tasks already (maxWaits); '
-                             'try again later', headers=[('Retry-After', RETRY_AFTER_SECONDS)])
-    return slot
+def take_slot(app, client):
+    """One of the long-poll slots (``maxWaits``) within the client's share
+    (``maxWaitsPerClient``), or 503 naming the bound met: streams never take
+    every thread, nor one client every slot."""
+    slots = app.wait_slots()
+    from .slots import NoSlot  # loaded by wait_slots already
+    try:
+        return slots.take(client)
+    except NoSlot as refused:
+        raise HTTPError(503, refusal_reason(app.config, refused.setting),
+                        headers=[('Retry-After', RETRY_AFTER_SECONDS)]) from None
+
+
+def refusal_reason(config, setting):
+    """The one line of a 503 for a stream: which bound it met, and that it may come back."""
+    if setting == 'maxWaitsPerClient':
+        return (f'this client follows {config.waits_per_client()} tasks already, its share of '
+                'this server (maxWaitsPerClient); try again later')
+    return f'this server follows {config.maxWaits} tasks already (maxWaits); try again later'
 
 
 class EventStreamBody:
