@@ -18,44 +18,20 @@ With a BASELINE checkout, its server gets the same attack and REQUESTS // 5
 Run: .venv/bin/python bench/bench_slow_clients.py [REQUESTS] [BASELINE_CHECKOUT]
 """
 import http.client
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from common import REPO, table
+from common import REPO, CheckoutServer, table
 
-from helpers import HeaderTrickle, free_port, raise_open_files, wait_for_url
+from helpers import HeaderTrickle, raise_open_files
 
 CONNECTIONS = 1100
 TRICKLE_SECONDS = 8
 SPACING_SECONDS = 0.3
 CURL_RUNS = 10
-
-
-class Server:
-    """``rrcloud.py serve`` of one checkout on a free loopback port, default rrcloudrc."""
-
-    def __init__(self, checkout):
-        self.root = Path(tempfile.mkdtemp(prefix='rrcloud-bench-slow-'))
-        (self.root / 'rrcloudrc').write_text('')
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}/'
-        env = dict(os.environ, RRCLOUD_CONFIG=str(self.root / 'rrcloudrc'))
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(checkout) / 'rrcloud.py'), 'serve', '--bind', '127.0.0.1',
-             '--port', str(self.port)], cwd=self.root, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for_url(f'{self.url}?service=meta', 20, process=self.process)
-
-    def stop(self):
-        """Kill the server's process group."""
-        os.killpg(self.process.pid, 9)
-        self.process.wait()
 
 
 class Attack:
@@ -148,7 +124,7 @@ def main(argv):
     requests = int(argv[1]) if len(argv) > 1 else 50
     baseline = argv[2] if len(argv) > 2 else None
     raise_open_files(CONNECTIONS + 400)
-    server = Server(REPO)
+    server = CheckoutServer(REPO)
     try:
         quiet = sample(server.port, server.url, requests, 10)
         with Attack(server.port) as attacker:
@@ -170,7 +146,7 @@ def main(argv):
 
 def attack_baseline(checkout, requests):
     """``meta`` times (None: no answer within 2 s) of another checkout's server under the same attack."""
-    server = Server(checkout)
+    server = CheckoutServer(checkout)
     try:
         with Attack(server.port):
             return [meta_seconds(server.port, 2) for _ in range(requests)]

@@ -13,41 +13,18 @@ Run: .venv/bin/python bench/bench_task_cpu.py BASELINE_CHECKOUT [ROUNDS] [TASKS]
 """
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import REPO, table
+from common import REPO, CheckoutServer, table
 
-from helpers import free_port, plain_session, wait_for, wait_for_url
+from helpers import plain_session, wait_for
 
 
 def busy_ticks():
     with open('/proc/stat') as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
     return sum(values) - values[3] - values[4]
-
-
-class Server:
-    """`rrcloud.py serve` of one checkout on a free loopback port."""
-
-    def __init__(self, checkout):
-        self.root = Path(tempfile.mkdtemp(prefix='rrcloud-bench-cpu-'))
-        (self.root / 'rrcloudrc').write_text('')
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}/'
-        env = dict(os.environ, RRCLOUD_CONFIG=str(self.root / 'rrcloudrc'))
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(checkout) / 'rrcloud.py'), 'serve', '--bind', '127.0.0.1',
-             '--port', str(self.port)], cwd=self.root, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for_url(f'{self.url}?service=meta', 20, process=self.process)
-
-    def stop(self):
-        os.killpg(self.process.pid, 9)
-        self.process.wait()
 
 
 def round_cpu(session, server, tasks):
@@ -69,7 +46,7 @@ def round_cpu(session, server, tasks):
 
 def main(baseline, rounds, tasks):
     session = plain_session()
-    servers = {'this checkout': Server(REPO), 'baseline': Server(baseline)}
+    servers = {'this checkout': CheckoutServer(REPO), 'baseline': CheckoutServer(baseline)}
     samples = {name: [] for name in servers}
     try:
         for name, server in servers.items():

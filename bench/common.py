@@ -3,7 +3,9 @@
 Ports, servers and waits come from the test suite's helpers (tests/helpers.py,
 tests/servers.py, tests/deploy.py): importing this module puts tests/ on sys.path.
 """
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +34,28 @@ class EmbeddedServer(_EmbeddedServer):
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class CheckoutServer:
+    """``rrcloud.py serve`` of one checkout (this one, or a baseline's) on a
+    free loopback port, its own store and an empty rrcloudrc (the defaults)."""
+
+    def __init__(self, checkout):
+        self.root = Path(tempfile.mkdtemp(prefix='rrcloud-bench-checkout-'))
+        (self.root / 'rrcloudrc').write_text('')
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}/'
+        env = dict(os.environ, RRCLOUD_CONFIG=str(self.root / 'rrcloudrc'))
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(checkout) / 'rrcloud.py'), 'serve', '--bind', '127.0.0.1',
+             '--port', str(self.port)], cwd=self.root, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for_url(f'{self.url}?service=meta', 20, process=self.process)
+
+    def stop(self):
+        """Kill the server's process group."""
+        os.killpg(self.process.pid, 9)
+        self.process.wait()
 
 
 def median_seconds(function, repeat):

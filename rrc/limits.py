@@ -121,12 +121,17 @@ RUNNER_MEMORY = 64 << 20
 RUNNER_TASKS = 8
 
 
-def _read_words(path):
+def _read_text(path):
+    """A kernel file's text ('' when it cannot be read: no such controller, no cgroup)."""
     try:
-        with open(path, encoding='ascii', errors='replace') as handle:
-            return handle.read().split()
+        with open(path, encoding='utf-8', errors='replace') as handle:
+            return handle.read()
     except OSError:
-        return []
+        return ''
+
+
+def _read_words(path):
+    return _read_text(path).split()
 
 
 def _write(path, text):
@@ -136,20 +141,12 @@ def _write(path, text):
 
 def own_cgroup(proc='/proc/self'):
     """The cgroup v2 folder this process runs in, or None (no cgroup2 mount, or the root)."""
-    mount = next((fields[4] for fields in map(str.split, _lines(f'{proc}/mountinfo'))
+    mount = next((fields[4] for fields in map(str.split, _read_text(f'{proc}/mountinfo').splitlines())
                   if '-' in fields and fields[fields.index('-') + 1] == 'cgroup2'), None)
-    relative = next((line[3:] for line in _lines(f'{proc}/cgroup') if line.startswith('0::')), None)
+    relative = next((line[3:] for line in _read_text(f'{proc}/cgroup').splitlines() if line.startswith('0::')), None)
     if mount is None or relative in (None, '/'):
         return None
     return mount.rstrip('/') + relative
-
-
-def _lines(path):
-    try:
-        with open(path, encoding='utf-8', errors='replace') as handle:
-            return handle.read().splitlines()
-    except OSError:
-        return []
 
 
 def delegated_cgroup(proc='/proc/self'):

@@ -48,6 +48,7 @@ Test services (in the store's services/ folder):
 ``slow`` sleeps 30 s, then copies its input.  None of them ever runs what a
 client sent, so a canary can only appear through an injection.
 """
+import contextlib
 import base64
 import hashlib
 import http.client
@@ -208,16 +209,23 @@ def guarded(request):
         deployment.close()
 
 
-@pytest.fixture(scope='module', params=['wsgi'])
-def limited(request):
-    """Small limits: 100000-byte requests, 2 inputs, 100-character fields, one slot, a queue of one."""
-    deployment = build(request.param, LIMITS_CONFIG)
+@contextlib.contextmanager
+def witnessed(kind, config):
+    """A deployment of ``config`` with its witness task and recovery settled; closed afterwards."""
+    deployment = build(kind, config)
     try:
         submitted_witness(deployment)
         settle_recovery(deployment)
         yield deployment
     finally:
         deployment.close()
+
+
+@pytest.fixture(scope='module', params=['wsgi'])
+def limited(request):
+    """Small limits: 100000-byte requests, 2 inputs, 100-character fields, one slot, a queue of one."""
+    with witnessed(request.param, LIMITS_CONFIG) as deployment:
+        yield deployment
 
 
 def on_live(fixture):
@@ -724,13 +732,8 @@ NAMED_CONFIG = f'serverName = {SERVER_NAME}\nallowHosts = {ALIAS}\nallowOrigins 
 @pytest.fixture(scope='module', params=['wsgi'])
 def named(request):
     """``serverName``, ``allowHosts`` and ``allowOrigins`` (the printer's web UI) set."""
-    deployment = build(request.param, NAMED_CONFIG)
-    try:
-        submitted_witness(deployment)
-        settle_recovery(deployment)
+    with witnessed(request.param, NAMED_CONFIG) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 def rebound(deployment, origin=True):
