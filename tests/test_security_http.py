@@ -48,8 +48,8 @@ Test services (in the store's services/ folder):
 ``slow`` sleeps 30 s, then copies its input.  None of them ever runs what a
 client sent, so a canary can only appear through an injection.
 """
-import contextlib
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
