@@ -16,6 +16,7 @@ Rows:
   program the limits add to every task.
 """
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,7 +81,12 @@ def main():
     for what, script in (('a task, end to end (--sync sh)', SMALL),
                          ('a task printing 10 MB, end to end', CHATTY)):
         roots = store_root('this', script), store_root('baseline', script)
-        limited, free = paired(lambda: task_seconds(REPO, roots[0]), lambda: task_seconds(baseline, roots[1]), runs)
+        try:
+            limited, free = paired(lambda: task_seconds(REPO, roots[0]),
+                                   lambda: task_seconds(baseline, roots[1]), runs)
+        finally:
+            for root in roots:
+                shutil.rmtree(root, ignore_errors=True)
         rows.append([what, runs, f'{free * 1000:.1f}', f'{limited * 1000:.1f}',
                      f'{(limited - free) * 1000:+.1f}', f'{limited / free:.3f}x'])
     prlimit = ToolLimits(1 << 30, 64, 1 << 30, 10 << 20).rlimit_argv()
