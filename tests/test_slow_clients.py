@@ -116,6 +116,20 @@ def test_one_address_gets_its_share_of_the_wait_slots_and_others_still_wait(serv
             connection.close()
 
 
+def test_an_ipv6_client_is_one_client_for_all_the_addresses_of_its_network():
+    slots = ClientSlots(None, 2, names=('connection_limit', 'maxConnectionsPerClient'))
+    held = [slots.take('2001:db8::1'), slots.take('2001:db8::9:8:7')]  # one /64: one machine's picks
+
+    with pytest.raises(NoSlot):
+        slots.take('2001:db8::abcd')
+    assert slots.take('2001:db8:0:1::1')  # another /64
+    assert slots.take('::ffff:10.0.0.1') and slots.take('10.0.0.1')  # an IPv4 client, however written
+    with pytest.raises(NoSlot):
+        slots.take('::ffff:10.0.0.1')
+    held[0].release()
+    assert slots.take('2001:db8::abcd')
+
+
 def test_a_slot_given_back_twice_frees_one():
     slots = ClientSlots(3, 2)
     first = slots.take('10.0.0.1')
@@ -197,6 +211,25 @@ def test_a_flood_of_trickled_heads_is_cut_and_meta_answers_meanwhile(serve, open
         wait_for(cut_while_trickling, 'every trickling connection cut', timeout=ANSWER_TIMEOUT, interval=0)
     assert flood.closed == FLOOD
     assert answers == [200] * len(answers)
+
+
+def test_blank_lines_are_no_request_and_never_stop_the_heads_clock(serve):
+    server = serve('requestHeadTimeout = 2\n')
+    with socket.create_connection(('127.0.0.1', server.port), timeout=ANSWER_TIMEOUT,
+                                  source_address=('127.0.0.2', 0)) as connection:
+        connection.settimeout(0.5)
+
+        def cut():
+            # An empty line every half second: waitress parses each as no
+            # request at all, and the connection is never silent.
+            try:
+                connection.sendall(b'\r\n')
+                return connection.recv(1) == b''
+            except socket.timeout:
+                return False
+            except OSError:  # reset: cut as well
+                return True
+        wait_for(cut, 'the connection sending blank lines cut', timeout=ANSWER_TIMEOUT, interval=0)
 
 
 def test_a_slow_but_honest_client_is_not_cut(serve):

@@ -36,9 +36,10 @@ class ClientSlots:
         self.held = 0
         self.by_client = {}  # address -> slots it holds; an address holding none is dropped
 
-    def take(self, client):
-        """A Slot for ``client``; NoSlot naming the bound when none is free to it
-        (all of them held first, then the client's share)."""
+    def take(self, address):
+        """A Slot for the client at ``address``; NoSlot naming the bound when
+        none is free to it (all of them held first, then the client's share)."""
+        client = client_key(address)
         with self.lock:
             if self.total is not None and self.held >= self.total:
                 raise NoSlot(self.names[0])
@@ -61,6 +62,21 @@ class ClientSlots:
                 self.by_client[slot.client] = left
             else:
                 del self.by_client[slot.client]
+
+
+def client_key(address):
+    """Who a client is, for its share: its IPv4 address, or the /64 network of
+    its IPv6 address (one machine picks new addresses in its /64 at will)."""
+    if ':' not in address:
+        return address
+    import ipaddress
+    try:
+        ip = ipaddress.IPv6Address(address.split('%')[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped:  # an IPv4 client of a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network(f'{ip}/64', strict=False))
 
 
 class Slot:

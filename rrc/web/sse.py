@@ -48,10 +48,10 @@ def answer_events(app, request, task_id):
     if cursor is not None and seen_the_end(app.store, record, cursor):
         return Response(b'', 204, EVENT_STREAM, headers)
     bounded = bool(request.environ.get('wsgi.run_once'))
+    stream = LiveStream(app.store, record, cursor)  # before the slot: nothing after it can fail
     slot = None if bounded else take_slot(app, request.client)
     limit = app.config.cgiStreamSeconds if bounded else None
-    body = EventStreamBody(LiveStream(app.store, record, cursor), limit,
-                           request.environ.get('waitress.client_disconnected'), slot)
+    body = EventStreamBody(stream, limit, request.environ.get('waitress.client_disconnected'), slot)
     return Response(body, 200, EVENT_STREAM, headers)
 
 

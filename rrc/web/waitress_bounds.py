@@ -59,7 +59,6 @@ class BoundedChannel(HTTPChannel):
     its client address's connection slots until it is closed."""
 
     slot = None  # the connection slot, given back when waitress forgets the channel
-    head_parser = None  # the request parser whose head is being timed
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map=map)
@@ -73,16 +72,14 @@ class BoundedChannel(HTTPChannel):
         return result
 
     def time_head(self):
-        """Stop the clock when no head is in progress; start it for a new one."""
+        """Stop the clock while a request is answered or its body comes; else
+        keep it running, started by the first byte after an answer.  Blank
+        lines are no request: they never stop it."""
         pending = self.request
-        if pending is None or pending.headers_finished:
-            self.head_started = self.head_parser = None
-            return
-        # A parser other than the timed one: its request began in these bytes,
-        # after the one before was complete (no parser timed yet: the first head).
-        if self.head_started is None or (self.head_parser is not None and self.head_parser is not pending):
+        if self.requests or (pending is not None and pending.headers_finished):
+            self.head_started = None
+        elif self.head_started is None:
             self.head_started = time.monotonic()
-        self.head_parser = pending
 
     def head_overdue(self, begun_before):
         """True when a head begun before ``begun_before`` is still incomplete
