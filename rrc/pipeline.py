@@ -21,7 +21,9 @@ token its steps' servers get, and says so with ``token_for``: a server its
 clients present), a client (``rrcloud pipe`` holding the job here) its
 ``Config.client_token_for``.  A waiting step's runner settings (and, for a
 remote step, that token) wait in ``tasks/waiting/ID``, readable by the
-server's user only.
+server's user only, until the step ends: everything said about the step to
+its server later (follow, fetch, kill, by a forwarder, the web or the
+command line) sends that token and no other (``step_token_for``).
 """
 
 import os
@@ -233,6 +235,18 @@ def waiting_settings(store, task_id):
     return read_settings(waiting_marker(store, task_id))
 
 
+def step_token_for(store, step_id):
+    """``token_for`` of everything said to a step's server about the step
+    (follow, fetch, kill), whoever says it: the token chosen for that server
+    when the pipe was submitted, in the step's marker (kept until the step
+    ends), '' without one.  So the command line on a server machine, which
+    reads the server's own rrcloudrc, never sends the server's ``token``."""
+    from .keyvalue import parse_key_value_text
+    pairs = parse_key_value_text(waiting_settings(store, step_id), 'settings')
+    token = next((value for _, key, value in pairs if key == 'token'), '')
+    return lambda url: token
+
+
 # -- moving a job on ------------------------------------------------------------------------------
 
 def start_step(store, config, step_id, previous=None, inline=False):
@@ -386,9 +400,9 @@ def forwarder_alive(store, step):
     return process_here(store, step, Field.RUNNER, Field.RUNNER_START)
 
 
-def kill_job(store, config, job_id, by, token_for):
+def kill_job(store, config, job_id, by):
     """Kill a job: its running step is killed (here or at its server, asked
-    with the token ``token_for`` chooses), the steps after it are cancelled,
+    with the step's own token: ``step_token_for``), the steps after it are cancelled,
     then the job fails ``killed``; finished steps keep their results.  All of it is one move under the store lock,
     the job last, so a watcher of the job's events sees every step end
     before the job does, and the killed step's runner finds the job ended
@@ -400,15 +414,17 @@ def kill_job(store, config, job_id, by, token_for):
         if state_of(job) in FINAL:
             raise UsageError(f'task {job_id} is not running (status {job.get(Field.STATUS)})')
         steps = [step for step in (read_or_none(store, step_id) for step_id in job_steps(job)) if step]
-        killed = [step for step in steps if step.get(Field.STATUS) == TaskStatus.BUSY
-                  and state_of(step) != State.WAITING and mark_killed_locked(store, step)]
+        running = [step for step in steps if step.get(Field.STATUS) == TaskStatus.BUSY
+                   and state_of(step) != State.WAITING]
+        tokens = {step[Field.ID]: step_token_for(store, step[Field.ID]) for step in running}
+        killed = [step for step in running if mark_killed_locked(store, step)]
         for step in steps:
             if state_of(step) == State.WAITING:
                 cancel_locked(store, step, 'cancelled: the job was killed')
         append_log(store, job_id, f'rrcloud: job {job_id} killed by {by}')
         job = mark_killed_locked(store, job)
     for step in killed:
-        stop_killed_step(store, step, by, token_for)
+        stop_killed_step(store, step, by, tokens[step[Field.ID]])
     return job
 
 
@@ -427,7 +443,7 @@ def cancel_locked(store, step, reason):
 
 def stop_killed_step(store, step, by, token_for):
     """After a killed step's record says so: stop its tool, here or at its
-    server (asked with the token ``token_for`` chooses)."""
+    server (asked with its own token: ``token_for`` from ``step_token_for``)."""
     from .errors import RRCloudError
     from .events import note
     from .tasks import stop_killed_tool
@@ -440,19 +456,20 @@ def stop_killed_step(store, step, by, token_for):
         note(store, step[Field.ID], f'the job was killed; its server did not kill this step: {exc}')
 
 
-def kill_job_or_step(store, config, record, by, token_for):
-    """``kill`` of a job's record or of one of its steps' records (``token_for``: kill_job)."""
+def kill_job_or_step(store, config, record, by):
+    """``kill`` of a job's record or of one of its steps' records."""
     if record.get(Field.JOB):
-        return kill_step(store, config, record[Field.ID], by, token_for)
-    return kill_job(store, config, record[Field.ID], by, token_for)
+        return kill_step(store, config, record[Field.ID], by)
+    return kill_job(store, config, record[Field.ID], by)
 
 
-def kill_step(store, config, step_id, by, token_for):
+def kill_step(store, config, step_id, by):
     """Kill one step of a job (``kill STEP``): here or at its server; its job
     fails with the reason and the steps after it are cancelled."""
     from .tasks import mark_killed_locked
     with store.lock():
         step = store.read_task(step_id)
+        token_for = step_token_for(store, step_id)  # before its marker goes
         killed = mark_killed_locked(store, step)
         if killed is None:
             raise UsageError(f'task {step_id} is not running (status {step.get(Field.STATUS)})')

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from conftest import DATA, make_service, task_id_of, write_config
-from helpers import plain_session, wait_for, wait_until_done
+from helpers import REPO, plain_session, wait_for, wait_until_done
 from printer_sim import PrinterSim
 from rrc.store import Store
 from servers import EmbeddedServer
@@ -339,6 +339,35 @@ def test_a_server_forwards_a_step_with_the_next_servers_token_never_its_own(tmp_
     for request in fake.requests:
         assert tokens_sent(request) == ([host_token] if host_token else []), (request, request.headers)
         assert SERVERS_OWN_TOKEN.encode() not in request.body
+
+
+def test_the_command_line_on_a_server_kills_its_step_with_the_steps_token_never_the_servers(tmp_path):
+    """``rrcloud kill JOB`` on the server's own machine reads the server's
+    rrcloudrc, whose ``token`` is what the server's clients present: the
+    step's server is asked with the step's token (none here), never that one."""
+    import subprocess
+    import sys
+    from servers import FakeServer
+    fake = FakeServer(listener).start()
+    server = EmbeddedServer(tmp_path / 'a', config=f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n')
+    session = plain_session()
+    session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
+    try:
+        with server.start():
+            answer = session.post(server.url, data={
+                'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
+                files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
+            job_id = answer.json()['id']
+            wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
+            killed = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'kill', job_id], cwd=server.root,
+                                    env=dict(os.environ, RRCLOUD_CONFIG=str(server.config)),
+                                    capture_output=True, text=True, timeout=60)
+            assert killed.returncode == 0, killed
+    finally:
+        fake.stop()
+
+    assert fake.of('GET', 'kill'), fake.requests
+    assert all(tokens_sent(request) == [] for request in fake.requests), fake.requests
 
 
 def test_a_pipe_held_by_the_command_line_sends_its_token_to_its_steps_server(cli, workdir):

@@ -86,7 +86,7 @@ def cmd_kill(ctx, args):
     by = f'the command line (user {user_name()})'
     if record.get(Field.JOB) or (record.get(Field.STEPS) is not None and not record.get(Field.REMOTE_ID)):
         from ..pipeline import kill_job_or_step
-        killed = kill_job_or_step(ctx.store, ctx.config, record, by, ctx.config.client_token_for)
+        killed = kill_job_or_step(ctx.store, ctx.config, record, by)
         print_fields(killed, ('id', 'status', 'error'))
         return ExitCode.OK
     if record.get(Field.REMOTE_ID):

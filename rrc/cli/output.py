@@ -115,12 +115,21 @@ def refresh_if_remote(store, config, record):
     """A busy remote task is asked about at its server (a silent server leaves it busy)."""
     if record.get(Field.REMOTE_ID) and record.get(Field.STATUS) == TaskStatus.BUSY:
         try:
-            return refresh_remote(store, record, http_session(config.client_token_for))
+            return refresh_remote(store, record, http_session(remote_token_for(store, config, record)))
         except (OSError, RRCloudError) as exc:
             print(f'rrcloud: warning: {record["server"]}: {exc}', file=sys.stderr)
         except Exception as exc:  # requests' errors are not OSErrors
             print(f'rrcloud: warning: {record["server"]}: {exc.__class__.__name__}', file=sys.stderr)
     return record
+
+
+def remote_token_for(store, config, record):
+    """The token for a remote task's server: a pipeline step's own (chosen
+    when its pipe was submitted), else this client's for that server."""
+    if record.get(Field.JOB):
+        from ..pipeline import step_token_for
+        return step_token_for(store, record[Field.ID])
+    return config.client_token_for
 
 
 def print_fields(record, keys, **more):

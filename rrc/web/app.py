@@ -140,7 +140,7 @@ def answer_kill(app, request):
     if record.get(Field.STEPS) is not None or record.get(Field.JOB):
         from ..pipeline import kill_job_or_step
         # The server asks a step's server on its own behalf: HOST.token only.
-        record = kill_job_or_step(app.store, app.config, record, by, app.config.server_token_for)
+        record = kill_job_or_step(app.store, app.config, record, by)
     else:
         from ..tasks import kill_task
         record = kill_task(app.store, task_id, by=by)
