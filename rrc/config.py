@@ -92,19 +92,26 @@ def _origin_list(text):
     return origins
 
 
-HOST_NAME_RE = LazyPattern(r'\A(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))\Z')
+HOST_CHARS = ALNUM | frozenset('.-')
+IPV6_CHARS = frozenset('0123456789abcdef:.')
+
+
+def is_host_name_or_address(host):
+    """A host name, IPv4 address or (bracketed or bare) IPv6 address, lower
+    case, without scheme or port: plain string tests (every CGI request
+    reads rrcloudrc; a pattern would cost it the import of ``re``)."""
+    bare = host[1:-1] if host.startswith('[') and host.endswith(']') else host
+    if ':' in bare:
+        return bare.count(':') >= 2 and len(bare) <= 45 and IPV6_CHARS.issuperset(bare)
+    return 0 < len(bare) <= 253 and bare[0] in ALNUM and HOST_CHARS.issuperset(bare)
 
 
 def _host_list(text):
     hosts = [h.strip().lower().rstrip('.') for h in text.split(',') if h.strip()]
     for host in hosts:
-        if not HOST_NAME_RE.match(host):
+        if not is_host_name_or_address(host):
             raise ValueError(f'not a host name or address (no scheme, no port): {host!r}')
     return [host.strip('[]') for host in hosts]
-
-
-def _size(text):
-    return parse_size(text)
 
 
 def _switch(text):
@@ -137,14 +144,14 @@ CONFIG_KEYS = {
     'token': _token,
     'notifierAllow': _network_list,
     'notifierSecret': _secret,
-    'maxRequestSize': _size,
+    'maxRequestSize': parse_size,
     'maxInputs': positive_int,
     'maxFieldLength': positive_int,
     'maxQueued': positive_int,
-    'maxOutputSize': _size,
-    'maxMemory': _size,
+    'maxOutputSize': parse_size,
+    'maxMemory': parse_size,
     'maxProcesses': positive_int,
-    'maxLogSize': _size,
+    'maxLogSize': parse_size,
     'maxSuspend': positive_number,
     'maxWaits': positive_int,
     'maxWaitsPerClient': positive_int,
@@ -189,7 +196,7 @@ class Config:
         self.maxQueued = 1000
         self.maxOutputSize = 1024 * 1024 * 1024
         # What a tool may use while it runs (rrc/limits.py; per service: service_limits).
-        self.maxMemory = default_max_memory()
+        self.maxMemory = 0  # 0: a share of the machine's RAM for each slot (limit_for)
         self.maxProcesses = default_max_processes()
         self.maxLogSize = 10 * 1024 * 1024
         self.maxSuspend = 3600.0  # a task suspended longer is killed: it holds a slot
@@ -262,8 +269,12 @@ class Config:
         return ''
 
     def limit_for(self, service, key):
-        """A limit for one service's tasks: ``SERVICE.KEY``, else ``KEY``."""
-        return self.service_limits.get(service, {}).get(key, getattr(self, key))
+        """A limit for one service's tasks: ``SERVICE.KEY``, else ``KEY``
+        (``maxMemory`` unset: a share of the machine's RAM for each of ``maxTasks``)."""
+        value = self.service_limits.get(service, {}).get(key, getattr(self, key))
+        if key == 'maxMemory' and not value:
+            return default_max_memory(self.maxTasks)
+        return value
 
     def waits_per_client(self):
         """How many of the ``maxWaits`` slots one client address may hold:

@@ -46,15 +46,16 @@ def machine_memory():
         return 0
 
 
-# A tool may take this share of the machine's RAM by default: one runaway
-# task leaves the server, the store and the other half to everyone else.
-DEFAULT_MEMORY_SHARE = 0.5
-DEFAULT_MEMORY_FLOOR = 1 << 30
+# The tools of all slots together may take this share of the machine's RAM
+# by default: the server, the store's page cache and the system keep the rest.
+DEFAULT_MEMORY_SHARE = 0.75
+DEFAULT_MEMORY_FLOOR = 256 << 20
 
 
-def default_max_memory():
-    """``maxMemory``'s default: half the machine's RAM, at least 1 GiB."""
-    return max(DEFAULT_MEMORY_FLOOR, int(machine_memory() * DEFAULT_MEMORY_SHARE))
+def default_max_memory(slots):
+    """``maxMemory``'s default: three quarters of the machine's RAM shared
+    among ``slots`` tasks (``maxTasks``), at least 256 MiB."""
+    return max(DEFAULT_MEMORY_FLOOR, int(machine_memory() * DEFAULT_MEMORY_SHARE) // max(1, slots))
 
 
 # Threads count as processes (the kernel counts tasks): a renderer starts
@@ -92,7 +93,8 @@ class ToolLimits:
     @classmethod
     def of(cls, config):
         """The limits of a task's settings (a runner's Config: already those of its service)."""
-        return cls(config.maxMemory, config.maxProcesses, config.maxOutputSize, config.maxLogSize)
+        return cls(config.limit_for('', 'maxMemory'), config.maxProcesses, config.maxOutputSize,
+                   config.maxLogSize)
 
     def rlimit_argv(self, processes=True):
         """prlimit's argv that puts the limits on the program named after it.
@@ -213,11 +215,14 @@ class TaskCgroup:
 
     def __init__(self, parent, own, task_id, limits):
         self.folder, self.own, self.limits = f'{parent}/task-{task_id}', own, limits
+        self.name = f'task-{task_id}'
 
-    def __enter__(self):
+    def enter(self):
+        """Make the cgroup with the task's limits and move this runner in; self."""
         os.mkdir(self.folder, 0o755)
         try:
-            self._set('memory.max', self.limits.memory + RUNNER_MEMORY)
+            # The runner's own share: itself, and the end of the log it keeps (toollog).
+            self._set('memory.max', self.limits.memory + RUNNER_MEMORY + self.limits.log // 2)
             self._set('memory.swap.max', 0, only_if_there=True)  # only with swap accounting
             self._set('pids.max', self.limits.processes + RUNNER_TASKS)
             _write(f'{self.folder}/cgroup.procs', str(os.getpid()))
@@ -238,17 +243,28 @@ class TaskCgroup:
             return 'processes'
         return None
 
-    def __exit__(self, *exc):
+    def leave(self):
+        """Move the runner back, end whatever the tool left in it
+        (``cgroup.kill``, Linux 5.14), remove it; '' or what went wrong."""
+        try:
+            _write(f'{self.own}/cgroup.procs', str(os.getpid()))
+            if os.path.exists(f'{self.folder}/cgroup.kill'):
+                _write(f'{self.folder}/cgroup.kill', '1')
+        except OSError as exc:
+            return f'cannot leave its cgroup {self.name}: {exc.strerror}'
+        return self._remove()
+
+    def _remove(self):
         import time
-        _write(f'{self.own}/cgroup.procs', str(os.getpid()))
         for _ in range(50):  # the tool's last processes may take a moment to go
             try:
                 os.rmdir(self.folder)
-                return
+                return ''
             except FileNotFoundError:
-                return
+                return ''
             except OSError:
                 time.sleep(0.02)
+        return f'cannot remove its cgroup {self.name}: processes stay in it'
 
 
 def _event_count(path, key):
@@ -266,20 +282,36 @@ def _event_count(path, key):
 # limit (with a cgroup the kernel's own counters do).
 OUT_OF_MEMORY_WORDS = (b'out of memory', b'bad_alloc', b'cannot allocate memory', b'memoryerror',
                        b'allocation failed', b'failed to reserve virtual memory', b'enomem')
-NO_PROCESS_WORDS = (b'eagain', b'resource temporarily unavailable', b"can't fork", b'cannot fork',
-                    b'fork: retry')
+NO_PROCESS_WORDS = (b"can't fork", b'cannot fork', b'fork: retry')
+# A fork or spawn that failed for want of a process (EAGAIN): "Error: spawn
+# /usr/bin/sleep EAGAIN" (Node), "fork: Resource temporarily unavailable"
+# (sh).  Not a bare EAGAIN: a busy serial port says it too.
+NO_PROCESS_RE = rb'\b(fork|spawn)\b[^\n]{0,200}\b(eagain|resource temporarily unavailable)'
+
 FILE_TOO_LARGE_WORDS = (b'file too large', b'efbig', b'file size limit exceeded')
 SIGXFSZ = 25
 
 
-def limit_error(limits, code, output_end, kernel_says=None):
+def limit_error(limits, code, output_end, cgroup=None):
     """The error of a tool that failed with exit ``code`` because it ran into a
-    limit (``memory limit 2 GiB exceeded (maxMemory)``), or None."""
-    said = output_end.lower()
-    if kernel_says == 'memory' or any(word in said for word in OUT_OF_MEMORY_WORDS):
+    limit (``memory limit 2 GiB exceeded (maxMemory)``), or None.  With its
+    ``cgroup`` the kernel's counters say which; else the tool's last words."""
+    which = cgroup.exceeded() if cgroup is not None else words_name_a_limit(output_end.lower())
+    if which == 'memory':
         return f'memory limit {format_size(limits.memory)} exceeded (maxMemory)'
-    if kernel_says == 'processes' or any(word in said for word in NO_PROCESS_WORDS):
+    if which == 'processes':
         return f'process limit {limits.processes} reached (maxProcesses)'
-    if code in (-SIGXFSZ, 128 + SIGXFSZ) or any(word in said for word in FILE_TOO_LARGE_WORDS):
+    if code in (-SIGXFSZ, 128 + SIGXFSZ) or any(word in output_end.lower() for word in FILE_TOO_LARGE_WORDS):
         return f'a file it wrote passed maxOutputSize ({format_size(limits.output)})'
+    return None
+
+
+def words_name_a_limit(said):
+    """``memory`` or ``processes`` when a tool's last words (lower case) say
+    it could not get more; None otherwise."""
+    import re
+    if any(word in said for word in OUT_OF_MEMORY_WORDS):
+        return 'memory'
+    if any(word in said for word in NO_PROCESS_WORDS) or re.search(NO_PROCESS_RE, said):
+        return 'processes'
     return None

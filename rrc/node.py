@@ -64,14 +64,18 @@ def meta_record(store, config, services, started=None):
 
 
 def limit_fields(config):
-    """What a task's tool may use here (bytes, counts, seconds), per service
-    where rrcloudrc says so, and how it is enforced (``limits``)."""
+    """What a task's tool may use here (bytes, counts, seconds), and how it is
+    enforced (``limits``); ``serviceLimits`` lists where a service differs
+    (``openscad.maxMemory=4294967296,...``: a record key holds no dot)."""
     from .limits import enforcement
-    fields = {'limits': enforcement_words(enforcement(), config.sandbox), 'maxMemory': str(config.maxMemory),
+    fields = {'limits': enforcement_words(enforcement(), config.sandbox),
+              'maxMemory': str(config.limit_for('', 'maxMemory')),
               'maxProcesses': str(config.maxProcesses), 'maxOutputSize': str(config.maxOutputSize),
               'maxLogSize': str(config.maxLogSize), 'maxSuspend': f'{config.maxSuspend:g}'}
-    for service, limits in config.service_limits.items():
-        fields.update({f'{service}.{key}': str(value) for key, value in limits.items()})
+    differing = [f'{service}.{key}={value}' for service, limits in sorted(config.service_limits.items())
+                 for key, value in sorted(limits.items())]
+    if differing:
+        fields['serviceLimits'] = ','.join(differing)
     return fields
 
 

@@ -160,8 +160,10 @@ def execute(store, config, service, record, on_start=None):
     launch = Launch(service, argv, display=needs_display(service, record))
     with open(store.log_path(record[Field.ID]), 'ab') as log:
         if launch.missing:
-            log.write(f'rrcloud: {launch.missing} not found in {service.path}\n'.encode())
-            return TaskStatus.FAILED, {'error': f'cannot start: {launch.missing} not found in {service.path}'}
+            # The service's path is the server's business: the client learns which conf to look at.
+            missing = f'{launch.missing} not found on the path of services/{service.name}.conf'
+            log.write(f'rrcloud: {missing}\n'.encode())
+            return TaskStatus.FAILED, {'error': f'cannot start: {missing}'}
         work = prepare_work_folder(store, record[Field.ID]) if config.sandbox else None
         try:
             outcome = run_tool(store, config, record, launch, log, work, on_start)
@@ -271,112 +273,113 @@ def run_tool(store, config, record, launch, log, work, on_start=None):
     except Exception as exc:  # bwrap missing, a bad path: never run unsandboxed instead
         log.write(f'rrcloud: cannot build the sandbox: {reason_without_paths(exc)}\n'.encode())
         return TaskStatus.FAILED, {'error': f'cannot start: {reason_without_paths(exc)}'}
-    cgroup = task_cgroup(record[Field.ID], limits)
     try:
-        with cgroup:
-            return start_and_watch(store, config, record, launch, command, log, work, on_start,
-                                   cgroup if cgroup.folder else None)
-    except OSError as exc:  # the task's cgroup could not be made
-        return TaskStatus.FAILED, {'error': f'cannot start: {reason_without_paths(exc)}'}
+        cgroup = enter_task_cgroup(record[Field.ID], limits)
+    except OSError as exc:
+        return TaskStatus.FAILED, {'error': f'cannot start: its cgroup: {reason_without_paths(exc)}'}
+    try:
+        return ToolRun(store, config, record, launch, limits, work, cgroup).run(command, log, on_start)
+    finally:
+        if cgroup is not None:
+            problem = cgroup.leave()
+            if problem:
+                append_log(store, record[Field.ID], f'rrcloud: {problem}')
 
 
-def task_cgroup(task_id, limits):
-    """The task's cgroup v2 where this node has a delegated subtree; else a
-    stand-in that does nothing (the rlimits alone then apply)."""
+def enter_task_cgroup(task_id, limits):
+    """The task's cgroup v2, this runner moved in (the tool is born there),
+    where this node has a delegated subtree; else None: the rlimits alone apply."""
     from .limits import TaskCgroup, delegated_cgroup
     found = delegated_cgroup()
-    return TaskCgroup(*found, task_id, limits) if found else NO_CGROUP
+    return TaskCgroup(*found, task_id, limits).enter() if found else None
 
 
-class _NoCgroup:
-    folder = None
+class ToolRun:
+    """One run of a task's tool: what it runs with, started with its output
+    into a pipe (its log within ``maxLogSize``) and watched until it ends."""
 
-    def __enter__(self):
-        return self
+    def __init__(self, store, config, record, launch, limits, work=None, cgroup=None):
+        self.store, self.config, self.record, self.launch = store, config, record, launch
+        self.limits, self.work, self.cgroup = limits, work, cgroup
+        self.task_id = record[Field.ID]
 
-    def __exit__(self, *exc):
-        return False
+    def run(self, command, log, on_start=None):
+        """Start ``command`` and watch it; a failure outcome, or None with ``launch.exit_code`` set."""
+        output_read, output_write = os.pipe()
+        progress_read, progress_write = os.pipe() if self.launch.builtin else (None, None)
+        try:
+            process = self.start(command, output_write, progress_write)
+        except OSError as exc:  # the program by its name: its path is the server's
+            close_fds(output_read, progress_read)
+            return TaskStatus.FAILED, {'error': f'cannot start {os.path.basename(command[0])}: '
+                                                f'{reason_without_paths(exc)}'}
+        finally:
+            close_fds(output_write, progress_write)  # the tool holds its ends now
+        output = OutputPipe(output_read, ToolLog(log, self.limits.log))
+        try:
+            return self.watch(process, output, progress_read, on_start)
+        except BaseException:  # a runner that cannot go on watching takes its tool with it
+            terminate_group(process)
+            raise
+        finally:
+            output.close()
+            close_fds(progress_read)
+            self.launch.exit_code = process.returncode
 
-
-NO_CGROUP = _NoCgroup()
-
-
-def start_and_watch(store, config, record, launch, command, log, work, on_start, cgroup):
-    """Start the tool with its output into a pipe (its log within
-    ``maxLogSize``) and watch it until it ends."""
-    import subprocess
-    output_read, output_write = os.pipe()
-    progress_read, progress_write = os.pipe() if launch.builtin else (None, None)
-    if progress_write is not None:
-        launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
-    try:
-        process = subprocess.Popen(
-            command, cwd=work or store.root, env=launch.env,
+    def start(self, command, output_write, progress_write):
+        """The tool's process: its own session, stdout and stderr into the pipe."""
+        import subprocess
+        if progress_write is not None:
+            self.launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
+        return subprocess.Popen(
+            command, cwd=self.work or self.store.root, env=self.launch.env,
             stdin=subprocess.DEVNULL, stdout=output_write, stderr=subprocess.STDOUT,
             pass_fds=() if progress_write is None else (progress_write,),
             start_new_session=True)  # its own group: timeouts and kills reach grandchildren
-    except OSError as exc:  # the program by its name: its path is the server's
-        os.close(output_read)
-        return TaskStatus.FAILED, {'error': f'cannot start {os.path.basename(command[0])}: '
-                                            f'{reason_without_paths(exc)}'}
-    finally:
-        for fd in (output_write, progress_write):
-            if fd is not None:
-                os.close(fd)
-    output = OutputPipe(output_read, ToolLog(log, config.maxLogSize))
-    try:
-        return watch_tool(store, config, record, process, output, progress_read, on_start, work, cgroup)
-    finally:
-        output.close()
-        if progress_read is not None:
-            os.close(progress_read)
-        launch.exit_code = process.returncode
 
-
-def watch_tool(store, config, record, process, output, progress_read, on_start=None, work=None,
-               cgroup=None):
-    """Record the tool's pid, tell ``on_start``, then supervise the tool until
-    it ends, is stopped (timeout, a limit) or is killed."""
-    try:
-        store.update_task(record[Field.ID], {'pid': process.pid,
-                                         'pidStart': process_start_time(process.pid) or ''})
+    def watch(self, process, output, progress_read, on_start=None):
+        """Record the tool's pid, tell ``on_start``, then supervise the tool
+        until it ends, is stopped (timeout, a limit) or is killed."""
+        self.store.update_task(self.task_id, {'pid': process.pid,
+                                              'pidStart': process_start_time(process.pid) or ''})
         if on_start:  # the started notifier: in a thread, the tool never waits for it
-            on_start(record)
-    except BaseException:  # an unrecorded tool must not run on unseen
-        terminate_group(process)
-        raise
-    _install_runner_signal_handlers(process)
-    progress = ProgressPipe(progress_read, ProgressEvents(store, record[Field.ID]))
-    watchdog = Watchdog(store, config, record[Field.ID], work)
-    code, stopped = supervise(process, watchdog, output, progress)
-    last = progress.finish()  # what came after the last look, up to the end
-    if last:  # the final record keeps it, for readers of records (0.019 clients)
-        store.update_task(record[Field.ID], {'progress': last})
-    kill_process_group(process.pid)  # leftovers of a tool that exited
-    output.finish()
-    if stopped:
-        return tell_why(store, record[Field.ID], (TaskStatus.FAILED, {'error': stopped, 'exitCode': code}),
-                        f'{stopped}: the tool was stopped')
-    outcome = limit_outcome(config, code, output, cgroup)
-    return outcome and tell_why(store, record[Field.ID], outcome, f'the tool ran into a limit: '
-                                                                  f'{outcome[1]["error"]}')
+            on_start(self.record)
+        _install_runner_signal_handlers(process)
+        progress = ProgressPipe(progress_read, ProgressEvents(self.store, self.task_id))
+        watchdog = Watchdog(self.store, self.config, self.task_id, self.work)
+        code, stopped = supervise(process, watchdog, output, progress)
+        last = progress.finish()  # what came after the last look, up to the end
+        if last:  # the final record keeps it, for readers of records (0.019 clients)
+            self.store.update_task(self.task_id, {'progress': last})
+        kill_process_group(process.pid)  # leftovers of a tool that exited
+        output.finish()
+        if stopped:
+            return self.tell_why((TaskStatus.FAILED, {'error': stopped, 'exitCode': code}),
+                                 f'{stopped}: the tool was stopped')
+        outcome = self.limit_outcome(code, output)
+        return outcome and self.tell_why(outcome, f'the tool ran into a limit: {outcome[1]["error"]}')
+
+    def limit_outcome(self, code, output):
+        """A tool that failed because it ran into one of its limits: that is
+        its error, rather than its exit code; None otherwise.  Not for the
+        built-in sender, whose own last line says why it failed."""
+        if code in (0, None) or self.launch.builtin:
+            return None
+        error = limit_error(self.limits, code, output.log.last_bytes(), self.cgroup)
+        return (TaskStatus.FAILED, {'error': error, 'exitCode': code}) if error else None
+
+    def tell_why(self, outcome, remark):
+        """A task that failed for a reason of rrcloud's (timeout, a limit): its
+        log (after the tool's last words) and its events say why; ``outcome``."""
+        append_log(self.store, self.task_id, f'rrcloud: {remark}')
+        return outcome
 
 
-def tell_why(store, task_id, outcome, remark):
-    """A task that failed for a reason of rrcloud's (timeout, a limit): its
-    log (after the tool's last words) and its events say why; returns ``outcome``."""
-    append_log(store, task_id, f'rrcloud: {remark}')
-    return outcome
-
-
-def limit_outcome(config, code, output, cgroup):
-    """A tool that failed because it ran into one of its limits: that is its
-    error, rather than its exit code; None otherwise."""
-    if code in (0, None):
-        return None
-    error = limit_error(ToolLimits.of(config), code, output.log.last_bytes(),
-                        cgroup.exceeded() if cgroup else None)
-    return (TaskStatus.FAILED, {'error': error, 'exitCode': code}) if error else None
+def close_fds(*fds):
+    """Close each of ``fds`` that is not None."""
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def task_argv(service, record):
@@ -572,12 +575,18 @@ class Watchdog:
     may last ``maxSuspend``), the deadline, and the bytes the tool has
     written (``maxOutputSize``, all its files together)."""
 
+    # A walk of the output folder waits at least this many times as long as
+    # the last one took: a tool that makes 100,000 files slows its own
+    # checks, never the runner.
+    WALK_SPACING = 20
+
     def __init__(self, store, config, task_id, work=None, interval=0.5):
         now = time.monotonic()
         self.store, self.config, self.task_id, self.work = store, config, task_id, work
         self.interval = interval
         self.deadline, self.next_look, self.looked = now + config.timeout, now + interval, now
         self.suspended_since = None
+        self.next_walk = now
 
     def due(self):
         """When the watchdog must look next (monotonic seconds)."""
@@ -600,13 +609,23 @@ class Watchdog:
             return KILLED
         reason = self._suspension(record, now)
         self.looked = now
-        if reason is None and self.work and self._output_bytes() > self.config.maxOutputSize:
-            reason = f'its output passed maxOutputSize ({format_size(self.config.maxOutputSize)}) while it ran'
+        if reason is None and self.work and now >= self.next_walk:
+            reason = self._output_reason(now)
         return reason
 
-    def _output_bytes(self):
-        from .sandbox import folder_usage
-        return folder_usage(self.work)
+    def _output_reason(self, now):
+        """Why the tool's output folder stops it (all its files past
+        ``maxOutputSize``, or nested past all reason), or None."""
+        from .trees import USAGE_MAX_DEPTH, TreeTooDeep, tree_usage
+        try:
+            used = tree_usage(self.work)
+        except TreeTooDeep:
+            return f'its output folders are nested deeper than {USAGE_MAX_DEPTH} levels'
+        finally:
+            self.next_walk = now + self.WALK_SPACING * (time.monotonic() - now)
+        if used > self.config.maxOutputSize:
+            return f'its output passed maxOutputSize ({format_size(self.config.maxOutputSize)}) while it ran'
+        return None
 
     def _suspension(self, record, now):
         """Suspended time is added to the deadline; past ``maxSuspend`` the task must end."""
@@ -623,19 +642,25 @@ class Watchdog:
 class OutputPipe:
     """The read end of the pipe a tool writes its output to, emptied into its ToolLog."""
 
+    # At most this much in one go: a tool that writes faster than the runner
+    # reads never keeps the watchdog from its look.
+    PUMP_MAX_BYTES = 4 << 20
+
     def __init__(self, fd, log):
-        self.fd, self.log, self.open = fd, log, True
+        self.fd, self.log, self.open, self.finished = fd, log, True, False
         os.set_blocking(fd, False)
 
     def pump(self):
-        """Move what the pipe holds into the log."""
+        """Move what the pipe holds (up to PUMP_MAX_BYTES) into the log."""
+        moved = 0
         try:
-            while self.open:
+            while self.open and moved < self.PUMP_MAX_BYTES:
                 chunk = os.read(self.fd, 65536)
                 if not chunk:
                     self.open = False
                     break
                 self.log.write(chunk)
+                moved += len(chunk)
         except BlockingIOError:
             pass
 
@@ -648,12 +673,19 @@ class OutputPipe:
             select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
             self.pump()
         self.log.close()
+        self.finished = True
 
     def close(self):
-        """Close the pipe (once)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd, self.open = None, False
+        """Close the pipe (once); a log not finished (the runner failed while
+        watching) still gets what came and its end."""
+        if self.fd is None:
+            return
+        if not self.finished:
+            self.pump()
+            self.log.close()
+            self.finished = True
+        os.close(self.fd)
+        self.fd, self.open = None, False
 
 
 class ExitWatch:

@@ -126,24 +126,6 @@ def is_character_device(path):
         return False
 
 
-# Each file or folder counts at least this much: a tool that makes a million
-# empty files uses the disk too.
-ENTRY_BYTES = 4096
-
-
-def folder_usage(folder):
-    """Bytes a folder's files take on disk (blocks, never the size a sparse
-    file claims), each entry at least ENTRY_BYTES; links are not followed."""
-    total = 0
-    for top, folders, files in os.walk(folder):
-        for name in folders + files:
-            try:
-                total += max(os.lstat(os.path.join(top, name)).st_blocks * 512, ENTRY_BYTES)
-            except OSError:
-                pass  # gone meanwhile
-    return total
-
-
 def collect_output(folder, name, destination, max_bytes):
     """Copy the tool's result ``folder/name`` to ``destination`` once the tool ended.
 

@@ -13,6 +13,8 @@ from .limits import format_size
 
 # The end of the output that judging a failure looks at (out of memory?).
 TAIL_BYTES = 8192
+# The end is kept in the runner's memory: at most half the limit and this.
+TRIM_SLACK = 1 << 20
 
 
 class ToolLog:
@@ -35,7 +37,7 @@ class ToolLog:
             self._put(head)
         if rest:
             self.tail += rest
-            if len(self.tail) > self.limit:  # trimmed now and then, not on every write
+            if len(self.tail) > self.limit // 2 + TRIM_SLACK:  # trimmed now and then, not on every write
                 self._trim()
 
     def _trim(self):

@@ -1,4 +1,4 @@
-"""Removing a folder tree a tool wrote, whatever it did to it.
+"""Removing a folder tree a tool wrote, whatever it did to it, and measuring it.
 
 A sandboxed tool writes its output folder as the server's user (the
 sandbox maps its uid to that user), so it can ``chmod 000`` a folder in it,
@@ -153,3 +153,67 @@ def shown_left(left, root, most=3):
     shown = [''.join(c if c.isprintable() else '?' for c in os.path.relpath(path, root)) for path in left[:most]]
     more = f' and {len(left) - most} more' if len(left) > most else ''
     return ', '.join(shown) + more
+
+
+# ---- What a tree takes on disk ---------------------------------------------
+
+# Each file or folder counts at least this much: a tool that makes a million
+# empty files uses the disk too.
+ENTRY_BYTES = 4096
+# Deeper than this a folder tree is not a tool's output but an attack on the
+# walk (each level holds a descriptor while it is walked).
+USAGE_MAX_DEPTH = 128
+
+
+class TreeTooDeep(Exception):
+    """A folder tree nested deeper than USAGE_MAX_DEPTH."""
+
+
+def tree_usage(path, max_depth=USAGE_MAX_DEPTH):
+    """Bytes a folder tree takes on disk (blocks, never the size a sparse file
+    claims; each entry at least ENTRY_BYTES), walked by descriptors without
+    recursion (names of any length, any depth up to ``max_depth``: deeper is
+    TreeTooDeep) and without following a link."""
+    stack = [_opened(os.open(path, FOLDER_FLAGS))]
+    total = 0
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                _close(*stack.pop())
+                continue
+            total += _entry_bytes(entry)
+            if entry.is_dir(follow_symlinks=False):
+                if len(stack) >= max_depth:
+                    raise TreeTooDeep(path)
+                child = _open_child(fd, entry.name)
+                if child is not None:
+                    stack.append(_opened(child))
+    finally:
+        for opened in stack:
+            _close(*opened)
+    return total
+
+
+def _opened(fd):
+    return fd, os.scandir(fd)
+
+
+def _close(fd, entries):
+    entries.close()
+    os.close(fd)
+
+
+def _entry_bytes(entry):
+    try:
+        return max(entry.stat(follow_symlinks=False).st_blocks * 512, ENTRY_BYTES)
+    except OSError:
+        return ENTRY_BYTES  # gone meanwhile
+
+
+def _open_child(fd, name):
+    try:
+        return os.open(name, FOLDER_FLAGS, dir_fd=fd)
+    except OSError:
+        return None  # gone meanwhile, or a link put in its place

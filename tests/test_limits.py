@@ -22,7 +22,7 @@ from rrc.toollog import ToolLog
 
 SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\noutput = $fileOut\n'
 LIMITS_CONFIG = ('maxTasks = 2\nmaxMemory = 512M\nmaxProcesses = 32\nmaxOutputSize = 20M\n'
-                 'maxLogSize = 1M\nmaxSuspend = 1\n')
+                 'maxLogSize = 1M\nmaxSuspend = 1\nopenscad.maxProcesses = 48\n')
 
 MEMORY_BOMB = 'function main() { const a = []; while (true) a.push(new Array(1e6).fill(1.5)); }\n'
 FORK_BOMB = """const cp = require('child_process');
@@ -132,7 +132,7 @@ def test_a_fork_bomb_fails_naming_the_limit_and_starts_no_more_than_it(server):
         most = max(most, www_data_processes())
 
     record = ended(server, bomb)
-    assert record['status'] == 'failed'
+    assert record['status'] == 'failed', (record, log_of(server, bomb))
     assert record['error'] == 'process limit 32 reached (maxProcesses)'
     assert b'EAGAIN' in log_of(server, bomb)
     # The bomb's sandbox held at most 32; the honest task's Node and the runners the rest.
@@ -143,10 +143,14 @@ def test_a_fork_bomb_fails_naming_the_limit_and_starts_no_more_than_it(server):
 
 def test_meta_says_what_a_tool_may_use_and_how_it_is_enforced(server):
     meta = server.session.get(f'{server.url}/?service=meta&format=json', timeout=30).json()
+    text = server.session.get(f'{server.url}/?service=meta', timeout=30)
 
     assert meta['limits'] == 'rlimit'  # www-data, no delegated cgroup on this machine
     assert (meta['maxMemory'], meta['maxProcesses']) == (str(512 << 20), '32')
     assert (meta['maxOutputSize'], meta['maxLogSize'], meta['maxSuspend']) == (str(20 << 20), str(1 << 20), '1')
+    assert meta['serviceLimits'] == 'openscad.maxProcesses=48'
+    assert text.status_code == 200  # what a 0.019 client reads: key: value lines
+    assert 'serviceLimits: openscad.maxProcesses=48' in text.text.splitlines()
 
 
 def test_serve_check_names_the_limits(server):
@@ -174,6 +178,27 @@ def test_a_tool_writing_past_max_output_size_is_stopped_while_it_runs(server):
     assert record['error'] == 'its output passed maxOutputSize (20 MiB) while it ran'
     written = [line for line in log_of(server, record['id']).splitlines() if line.startswith(b'wrote')]
     assert 4 <= len(written) <= 4 + 4, written  # 20 MiB, and what came in one look of the runner
+    assert not os.listdir(server.store / 'tasks' / 'work')
+
+
+def test_output_hidden_deep_under_long_names_still_counts(server):
+    name = 'n' * 200  # 30 levels of these: a path of 6,000 characters, longer than the kernel takes
+    script = (f'cd tasks/out\ni=0; while [ $i -lt 30 ]; do mkdir {name} && cd {name}; i=$((i+1)); done\n'
+              'j=0; while true; do head -c 5242880 /dev/zero > part$j || exit 9; echo wrote part$j; '
+              'j=$((j+1)); sleep 0.1; done\n')
+
+    record = ended(server, post(server, 'sh', script))
+
+    assert record['error'] == 'its output passed maxOutputSize (20 MiB) while it ran'
+    assert not os.listdir(server.store / 'tasks' / 'work')
+
+
+def test_output_folders_nested_past_all_reason_stop_the_tool(server):
+    script = 'cd tasks/out\ni=0; while [ $i -lt 300 ]; do mkdir d && cd d; i=$((i+1)); done\nsleep 60\n'
+
+    record = ended(server, post(server, 'sh', script))
+
+    assert record['error'] == 'its output folders are nested deeper than 128 levels'
     assert not os.listdir(server.store / 'tasks' / 'work')
 
 
@@ -253,8 +278,17 @@ def test_a_service_may_have_its_own_limit(proc, workdir):
 
     assert result.code != 0
     assert 'memory limit 256 MiB exceeded (maxMemory)' in result.err
-    assert 'openjscad.maxMemory: 268435456' in meta.out.splitlines()
+    assert 'serviceLimits: openjscad.maxMemory=268435456' in meta.out.splitlines()
     assert f'maxMemory: {8 << 30}' in meta.out.splitlines()
+
+
+def test_max_memory_by_default_shares_the_machines_ram_among_the_slots(proc, workdir):
+    write_config(workdir, 'maxTasks = 4\n')
+    ram = os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+
+    meta = proc('meta')
+
+    assert f'maxMemory: {max(256 << 20, int(ram * 0.75) // 4)}' in meta.out.splitlines()
 
 
 def test_a_limit_for_an_unknown_service_is_an_error_naming_the_line(proc, workdir):
@@ -321,16 +355,14 @@ LIMITS = ToolLimits(memory=2 << 30, processes=64, output=1 << 30, log=10 << 20)
      'memory limit 2 GiB exceeded (maxMemory)'),
     (-6, b"terminate called after throwing an instance of 'std::bad_alloc'", 'memory limit 2 GiB exceeded (maxMemory)'),
     (1, b'Error: spawn /usr/bin/sleep EAGAIN', 'process limit 64 reached (maxProcesses)'),
+    (2, b'sh: 1: Cannot fork', 'process limit 64 reached (maxProcesses)'),
+    # A busy port says EAGAIN too: no process limit in that.
+    (1, b'Could not exclusively lock port /dev/ttyUSB0: [Errno 11] Resource temporarily unavailable', None),
     (153, b'', 'a file it wrote passed maxOutputSize (1 GiB)'),
     (1, b'ERROR: Parser error in line 3: syntax error', None),
 ])
 def test_the_limit_a_failed_tool_ran_into_is_named(code, output_end, error):
     assert limit_error(LIMITS, code, output_end) == error
-
-
-def test_the_kernels_counters_name_the_limit_where_a_cgroup_counted():
-    assert limit_error(LIMITS, -9, b'', kernel_says='memory') == 'memory limit 2 GiB exceeded (maxMemory)'
-    assert limit_error(LIMITS, 1, b'', kernel_says='processes') == 'process limit 64 reached (maxProcesses)'
 
 
 # -- cgroup v2 -------------------------------------------------------------------
@@ -402,18 +434,28 @@ def test_a_task_cgroup_gets_the_limits_and_the_runner_and_tells_which_was_hit(tm
     limits = ToolLimits(memory=1 << 30, processes=64, output=1 << 20, log=1 << 20)
     folder = mount / 'rrcloud.service' / 'task-1796652625-57965-393050'
 
-    with TaskCgroup(parent, own, '1796652625-57965-393050', limits) as cgroup:
-        assert (folder / 'memory.max').read_text() == str((1 << 30) + (64 << 20))  # the runner's share too
-        assert (folder / 'pids.max').read_text() == str(64 + 8)
-        assert (folder / 'cgroup.procs').read_text() == str(os.getpid())  # the tool is born in it
-        assert cgroup.exceeded() is None
-        (folder / 'memory.events').write_text('low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n')
-        assert cgroup.exceeded() == 'memory'
-        (folder / 'memory.events').write_text('low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n')
-        (folder / 'pids.events').write_text('max 3\n')
-        assert cgroup.exceeded() == 'processes'
-        for name in os.listdir(folder):  # the kernel takes a cgroup's files with it
-            os.unlink(folder / name)
+    cgroup = TaskCgroup(parent, own, '1796652625-57965-393050', limits).enter()
+    # The runner's share too: itself and the half of the log it keeps.
+    assert (folder / 'memory.max').read_text() == str((1 << 30) + (64 << 20) + (1 << 19))
+    assert (folder / 'pids.max').read_text() == str(64 + 8)
+    assert (folder / 'cgroup.procs').read_text() == str(os.getpid())  # the tool is born in it
+    assert cgroup.exceeded() is None
+    (folder / 'memory.events').write_text('low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n')
+    assert cgroup.exceeded() == 'memory'
+    assert limit_error(limits, -9, b'', cgroup) == 'memory limit 1 GiB exceeded (maxMemory)'
+    (folder / 'memory.events').write_text('low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n')
+    (folder / 'pids.events').write_text('max 3\n')
+    assert cgroup.exceeded() == 'processes'
+    (folder / 'pids.events').write_text('max 0\n')
+    # With a cgroup only the kernel's counters count, never the tool's words.
+    assert limit_error(limits, 1, b'JavaScript heap out of memory', cgroup) is None
+    for name in os.listdir(folder):  # the kernel takes a cgroup's files with it
+        os.unlink(folder / name)
+    (folder / 'cgroup.kill').write_text('')  # ... but this one stays: the cgroup looks busy
 
+    assert cgroup.leave() == 'cannot remove its cgroup task-1796652625-57965-393050: processes stay in it'
+    assert (folder / 'cgroup.kill').read_text() == '1'  # what was left in it is ended
+    os.unlink(folder / 'cgroup.kill')
+    assert cgroup.leave() == ''
     assert not folder.exists()
     assert (mount / 'rrcloud.service' / 'server' / 'cgroup.procs').read_text() == str(os.getpid())
