@@ -6,6 +6,7 @@ print on another, as on a fast machine and a Raspberry Pi.  Shell steps that
 wait for a gate file stand in for a long step where a test kills or restarts
 something in the middle.
 """
+import contextlib
 import json
 import os
 import signal
@@ -310,14 +311,15 @@ def tokens_sent(request):
             if token]
 
 
-@pytest.mark.parametrize('host_token', ['', HOST_TOKEN], ids=['no-host-token', 'host-token'])
-def test_a_server_forwards_a_step_with_the_next_servers_token_never_its_own(tmp_path, host_token):
-    """A server whose clients need ``token`` forwards step 2 to a listener:
-    asking its meta, uploading the step, following it and killing it there
-    carry that server's ``HOST.token`` or no token at all, never its own."""
+@contextlib.contextmanager
+def step_forwarded_to_a_listener(root, host_token=''):
+    """A server whose clients need ``token`` holds a two-step pipe and
+    forwards step 2 to a listener; yields (server, a session with the
+    server's token, the listener, the job's id) once step 2 is followed
+    there.  Everything is stopped at the end."""
     from servers import FakeServer
     fake = FakeServer(listener).start()
-    server = EmbeddedServer(tmp_path / 'a', config=f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n' +
+    server = EmbeddedServer(root, config=f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n' +
                             (f'127.0.0.1.token = {host_token}\n' if host_token else ''))
     session = plain_session()
     session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
@@ -327,12 +329,20 @@ def test_a_server_forwards_a_step_with_the_next_servers_token_never_its_own(tmp_
                 'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
                 files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
             assert answer.status_code == 200, answer.text
-            job_id = answer.json()['id']
             wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
-            killed = session.get(server.url, params={'service': 'kill', 'id': job_id, 'format': 'json'}, timeout=30)
-            assert (killed.status_code, killed.json()['status']) == (200, 'failed'), killed.text
+            yield server, session, fake, answer.json()['id']
     finally:
         fake.stop()
+
+
+@pytest.mark.parametrize('host_token', ['', HOST_TOKEN], ids=['no-host-token', 'host-token'])
+def test_a_server_forwards_a_step_with_the_next_servers_token_never_its_own(tmp_path, host_token):
+    """A server whose clients need ``token`` forwards step 2 to a listener:
+    asking its meta, uploading the step, following it and killing it there
+    carry that server's ``HOST.token`` or no token at all, never its own."""
+    with step_forwarded_to_a_listener(tmp_path / 'a', host_token) as (server, session, fake, job_id):
+        killed = session.get(server.url, params={'service': 'kill', 'id': job_id, 'format': 'json'}, timeout=30)
+        assert (killed.status_code, killed.json()['status']) == (200, 'failed'), killed.text
 
     assert [bool(fake.of(method, service)) for method, service in
             (('GET', 'meta'), ('POST', None), ('GET', 'info'), ('GET', 'kill'))] == [True] * 4, fake.requests
@@ -347,24 +357,11 @@ def test_the_command_line_on_a_server_kills_its_step_with_the_steps_token_never_
     step's server is asked with the step's token (none here), never that one."""
     import subprocess
     import sys
-    from servers import FakeServer
-    fake = FakeServer(listener).start()
-    server = EmbeddedServer(tmp_path / 'a', config=f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n')
-    session = plain_session()
-    session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
-    try:
-        with server.start():
-            answer = session.post(server.url, data={
-                'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
-                files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
-            job_id = answer.json()['id']
-            wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
-            killed = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'kill', job_id], cwd=server.root,
-                                    env=dict(os.environ, RRCLOUD_CONFIG=str(server.config)),
-                                    capture_output=True, text=True, timeout=60)
-            assert killed.returncode == 0, killed
-    finally:
-        fake.stop()
+    with step_forwarded_to_a_listener(tmp_path / 'a') as (server, _, fake, job_id):
+        killed = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'kill', job_id], cwd=server.root,
+                                env=dict(os.environ, RRCLOUD_CONFIG=str(server.config)),
+                                capture_output=True, text=True, timeout=60)
+        assert killed.returncode == 0, killed
 
     assert fake.of('GET', 'kill'), fake.requests
     assert all(tokens_sent(request) == [] for request in fake.requests), fake.requests
