@@ -575,10 +575,10 @@ class Watchdog:
     may last ``maxSuspend``), the deadline, and the bytes the tool has
     written (``maxOutputSize``, all its files together)."""
 
-    # A walk of the output folder waits at least this many times as long as
-    # the last one took: a tool that makes 100,000 files slows its own
-    # checks, never the runner.
-    WALK_SPACING = 20
+    # The output folder is walked at every look while it holds up to this
+    # many entries, at every second look with twice as many, and so on: a
+    # tool that makes 100,000 files slows its own checks, never the runner.
+    WALK_ENTRIES = 10000
 
     def __init__(self, store, config, task_id, work=None, interval=0.5):
         now = time.monotonic()
@@ -618,11 +618,10 @@ class Watchdog:
         ``maxOutputSize``, or nested past all reason), or None."""
         from .trees import USAGE_MAX_DEPTH, TreeTooDeep, tree_usage
         try:
-            used = tree_usage(self.work)
+            used, entries = tree_usage(self.work)
         except TreeTooDeep:
             return f'its output folders are nested deeper than {USAGE_MAX_DEPTH} levels'
-        finally:
-            self.next_walk = now + self.WALK_SPACING * (time.monotonic() - now)
+        self.next_walk = now + self.interval * (entries // self.WALK_ENTRIES)
         if used > self.config.maxOutputSize:
             return f'its output passed maxOutputSize ({format_size(self.config.maxOutputSize)}) while it ran'
         return None

@@ -170,12 +170,12 @@ class TreeTooDeep(Exception):
 
 
 def tree_usage(path, max_depth=USAGE_MAX_DEPTH):
-    """Bytes a folder tree takes on disk (blocks, never the size a sparse file
-    claims; each entry at least ENTRY_BYTES), walked by descriptors without
-    recursion (names of any length, any depth up to ``max_depth``: deeper is
-    TreeTooDeep) and without following a link."""
+    """(bytes, entries) of a folder tree: the bytes it takes on disk (blocks,
+    never the size a sparse file claims; each entry at least ENTRY_BYTES),
+    walked by descriptors without recursion (names of any length, any depth
+    up to ``max_depth``: deeper is TreeTooDeep) and without following a link."""
     stack = [_opened(os.open(path, FOLDER_FLAGS))]
-    total = 0
+    total = entries_seen = 0
     try:
         while stack:
             fd, entries = stack[-1]
@@ -184,6 +184,7 @@ def tree_usage(path, max_depth=USAGE_MAX_DEPTH):
                 _close(*stack.pop())
                 continue
             total += _entry_bytes(entry)
+            entries_seen += 1
             if entry.is_dir(follow_symlinks=False):
                 if len(stack) >= max_depth:
                     raise TreeTooDeep(path)
@@ -193,7 +194,7 @@ def tree_usage(path, max_depth=USAGE_MAX_DEPTH):
     finally:
         for opened in stack:
             _close(*opened)
-    return total
+    return total, entries_seen
 
 
 def _opened(fd):

@@ -170,14 +170,16 @@ def test_serve_check_names_the_limits(server):
 def test_a_tool_writing_past_max_output_size_is_stopped_while_it_runs(server):
     # Five-MiB files, one after another, without end: only the limit stops it.
     script = ('i=0; while true; do head -c 5242880 /dev/zero > tasks/out/part$i || exit 9; '
-              'echo wrote part$i; i=$((i+1)); sleep 0.1; done\n')
+              'echo wrote part$i; i=$((i+1)); sleep 0.25; done\n')
 
     record = ended(server, post(server, 'sh', script))
 
     assert record['status'] == 'failed'
     assert record['error'] == 'its output passed maxOutputSize (20 MiB) while it ran'
     written = [line for line in log_of(server, record['id']).splitlines() if line.startswith(b'wrote')]
-    assert 4 <= len(written) <= 4 + 4, written  # 20 MiB, and what came in one look of the runner
+    # 20 MiB, and what came before the runner's next look (half a second: two
+    # files, more on a busy machine): the disk holds at most twice the limit.
+    assert 4 <= len(written) <= 4 + 4, written
     assert not os.listdir(server.store / 'tasks' / 'work')
 
 
