@@ -27,7 +27,8 @@ from rrc.events import EventFollower, append_event
 from rrc.services import load_services
 from rrc.states import get_task
 from rrc.store import Store
-from rrc.tasks import Input, submit_task, wait_for_task
+from rrc.submission import Input, submit_task
+from rrc.waits import wait_for_task
 
 TASK_ID = '1796000000-00000-000001'
 RECORD = {'id': TASK_ID, 'service': 'printrun', 'status': 'busy', 'ctime': '1796000000.00000',

@@ -24,7 +24,8 @@ from common import REPO  # puts the repository on sys.path
 from rrc.config import Config
 from rrc.order import mark_placed, queue_order
 from rrc.store import Store, marked
-from rrc.tasks import _queued_here, dispatch, queue_task, slot_folder, task_settings
+from rrc.queue import _queued_here, dispatch, queue_task, slot_folder
+from rrc.settings import task_settings
 
 
 def queued_store(queued, placed):

@@ -17,7 +17,8 @@ from common import DATA, VENV_BIN, table
 from rrc.config import load_config
 from rrc.services import load_services
 from rrc.store import Store
-from rrc.tasks import Input, submit_task, wait_for_task
+from rrc.submission import Input, submit_task
+from rrc.waits import wait_for_task
 
 # A tool that writes the moment it started (the wall clock is the same inside).
 STAMP_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'

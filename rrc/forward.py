@@ -40,7 +40,7 @@ def forward_step(store, step_id):
     """Send one step to its server (unless it was sent already), follow it,
     then start the next step or end the job.  Returns (the step's record, the
     id of a next step to forward as well, or None)."""
-    from .tasks import TASK_SETTINGS, task_config
+    from .settings import TASK_SETTINGS, task_config
     settings = waiting_settings(store, step_id)
     if not settings:
         return None, None  # it ended, or was cancelled: nothing to forward
@@ -132,7 +132,8 @@ def post_inputs(store, session, url, service, record):
     before's output) and its notifier (its server calls it)."""
     from contextlib import ExitStack
     from .remote import post_task
-    from .tasks import Input, record_params, stored_inputs
+    from .submission import Input
+    from .records import record_params, stored_inputs
     with ExitStack() as files:
         inputs = [Input(files.enter_context(open(store.path_of(path), 'rb')), os.path.basename(path), prearg)
                   for prearg, path in stored_inputs(record)]

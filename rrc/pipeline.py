@@ -108,7 +108,7 @@ def check_chain(where, step, following, number):
         raise UsageError(f'{where} has no output for step {number + 1} ({following.service.name})')
     ext = output_ext(step)
     if not following.service.accepts_input(f'output.{ext}'):
-        from .tasks import input_kinds
+        from .submission import input_kinds
         raise UsageError(f'step {number + 1} ({following.service.name}) takes {input_kinds(following.service)} '
                          f'files, not the .{ext} output of {where}')
 
@@ -198,7 +198,7 @@ def create_job(store, config, steps, client, args):
 
 def create_step(store, config, job, number, step, notifier, client, settings):
     """One step's record, waiting, and its ``settings`` in ``tasks/waiting/ID``."""
-    from .tasks import create_task_record
+    from .submission import create_task_record
     fields = {Field.JOB: job[Field.ID], Field.STEP: number}
     if step.server:
         fields[Field.STEP_SERVER] = step.server
@@ -211,7 +211,7 @@ def create_step(store, config, job, number, step, notifier, client, settings):
 def step_settings(config, step, token_for):
     """A step's settings: a runner's (the limits of its service), and for a
     step on another server its forwarder's too."""
-    from .tasks import task_settings
+    from .settings import task_settings
     return task_settings(config, step.service.name) + (
         forward_settings(config, step.server, token_for) if step.server else '')
 
@@ -231,7 +231,7 @@ def waiting_marker(store, task_id):
 
 def waiting_settings(store, task_id):
     """A waiting step's settings ('' when its marker is gone: cancelled, or ended)."""
-    from .tasks import read_settings
+    from .settings import read_settings
     return read_settings(waiting_marker(store, task_id))
 
 
@@ -278,7 +278,8 @@ def with_main_input(store, record, previous):
     """A step's record fields once ``previous``'s output, copied into the
     store's inputs, is its first input."""
     from .services import find_service, load_services
-    from .tasks import input_size, record_params, shown_command, stored_inputs
+    from .submission import input_size, shown_command
+    from .records import record_params, stored_inputs
     main_input = previous.get(Field.OUT, '')
     ext = main_input.rpartition('.')[2] if '.' in os.path.basename(main_input) else ''
     with open(store.path_of(main_input), 'rb') as handle:
@@ -316,7 +317,8 @@ def hand_input_on(store, step_id, changes):
 
 def queue_waiting_step(store, config, step_id, changes):
     """A local step: waiting -> queued with its settings in the queue, then dispatch."""
-    from .tasks import dispatch, queue_task, task_settings
+    from .queue import dispatch, queue_task
+    from .settings import task_settings
     settings = waiting_settings(store, step_id) or task_settings(config)
     with store.lock():
         current = store.read_task(step_id)
@@ -407,7 +409,7 @@ def kill_job(store, config, job_id, by):
     the job last, so a watcher of the job's events sees every step end
     before the job does, and the killed step's runner finds the job ended
     (nothing to move on)."""
-    from .tasks import mark_killed_locked
+    from .control import mark_killed_locked
     store.read_task(job_id)  # NotFound before anything is locked
     with store.lock():
         job = store.read_task(job_id)
@@ -446,7 +448,7 @@ def stop_killed_step(store, step, by, token_for):
     server (asked with its own token: ``token_for`` from ``step_token_for``)."""
     from .errors import RRCloudError
     from .events import note
-    from .tasks import stop_killed_tool
+    from .control import stop_killed_tool
     if not step.get(Field.REMOTE_ID):
         return stop_killed_tool(store, step, by)
     from .remote import kill_remote
@@ -466,7 +468,7 @@ def kill_job_or_step(store, config, record, by):
 def kill_step(store, config, step_id, by):
     """Kill one step of a job (``kill STEP``): here or at its server; its job
     fails with the reason and the steps after it are cancelled."""
-    from .tasks import mark_killed_locked
+    from .control import mark_killed_locked
     with store.lock():
         step = store.read_task(step_id)
         token_for = step_token_for(store, step_id)  # before its marker goes

@@ -18,7 +18,7 @@ from .procs import pid_alive
 from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
 from .store import marked
-from .tasks import dispatch
+from .queue import dispatch
 from .trees import remove_tree, shown_left
 
 

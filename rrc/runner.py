@@ -20,7 +20,9 @@ from .services import (check_native_args, check_output_ext, check_params, check_
     compose_argv, find_service, load_services)
 from .states import finish_task
 from .store import Store, append_log, unlink_quietly, unmark
-from .tasks import dispatch, record_params, stored_inputs, task_config
+from .queue import dispatch
+from .records import record_params, stored_inputs
+from .settings import task_config
 from .toollog import ToolLog
 from .trees import remove_tree, shown_left
 

@@ -421,3 +421,37 @@ def _literal_end(tokens, index, depth):
         if tokens[index] == ']':
             return index + 1
         index += 1
+
+
+CONFIG_INPUT_MAX_BYTES = 1024 * 1024
+
+
+def filter_config(service, data):
+    """The ``key = value`` lines of a config input (slic3r's ``--load=``) a
+    service with ``configKeys`` passes on: a key not on its list is refused
+    by name (``post_process`` runs a program, ``output_filename_format``
+    names a path); an empty value is dropped, as the tool would ignore it;
+    comments and blank lines are dropped."""
+    if len(data) > CONFIG_INPUT_MAX_BYTES:
+        raise UsageError(f'{service.name} config is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
+    return ''.join(f'{key} = {value}\n' for key, value in config_pairs(service, data)).encode('utf-8')
+
+
+def config_pairs(service, data):
+    """(key, value) of each setting of a config input, every key checked against the list."""
+    pairs = []
+    for number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(('#', ';')):
+            continue
+        key, sep, value = line.partition('=')
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise UsageError(f'{service.name} config line {number}: expected "key = value"')
+        if not value:
+            continue  # an unset key (exports write "post_process = ") sets nothing
+        if key not in service.config_keys:
+            raise UsageError(f'{service.name} config: key {key[:64]!r} is not allowed '
+                             f'(not a print setting rrcloud passes on; it may name a program or path)')
+        pairs.append((key, value))
+    return pairs

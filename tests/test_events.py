@@ -15,7 +15,7 @@ import time
 import pytest
 
 import rrc.events as events
-import rrc.tasks as tasks
+import rrc.waits as waits
 from rrc.events import (EventFollower, ProgressEvents, append_event, events_path, last_progress,
     note, read_events, remove_orphan_events)
 from rrc.printing import gcode_lines
@@ -285,10 +285,10 @@ def test_wait_returns_promptly_after_the_final_status_and_reads_the_record_rarel
     task_id = submit(cli, workdir, 'sleep 2\necho done > "$1"\n')
     store = Store(workdir)
     reads = []
-    real_get_task = tasks.get_task
-    monkeypatch.setattr(tasks, 'get_task', lambda *a: reads.append(1) or real_get_task(*a))
+    real_get_task = waits.get_task
+    monkeypatch.setattr(waits, 'get_task', lambda *a: reads.append(1) or real_get_task(*a))
 
-    record = tasks.wait_for_task(store, task_id, timeout=60)
+    record = waits.wait_for_task(store, task_id, timeout=60)
     returned = time.time()
 
     assert record['status'] == 'complete'
@@ -296,7 +296,7 @@ def test_wait_returns_promptly_after_the_final_status_and_reads_the_record_rarel
     assert final.data['status'] == 'complete'
     assert returned - final.time < 0.25, returned - final.time
     # Once a second and at each status event, not every few milliseconds (about 100 reads in 2 s before).
-    assert len(reads) <= 2 / tasks.WAIT_RECHECK_SECONDS + 6, len(reads)
+    assert len(reads) <= 2 / waits.WAIT_RECHECK_SECONDS + 6, len(reads)
 
 
 def test_wait_for_a_task_that_writes_no_events_still_ends(tmp_path):
@@ -308,8 +308,8 @@ def test_wait_for_a_task_that_writes_no_events_still_ends(tmp_path):
     threading.Timer(0.3, lambda: store.write_task(dict(record, status='complete'))).start()
 
     started = time.monotonic()
-    assert tasks.wait_for_task(store, TASK_ID, timeout=10)['status'] == 'complete'
-    assert time.monotonic() - started < 0.3 + tasks.WAIT_RECHECK_SECONDS + 0.5
+    assert waits.wait_for_task(store, TASK_ID, timeout=10)['status'] == 'complete'
+    assert time.monotonic() - started < 0.3 + waits.WAIT_RECHECK_SECONDS + 0.5
     assert not os.path.exists(store.folder('events')), 'a reader creates nothing'
 
 
@@ -323,7 +323,7 @@ def test_wait_hears_progress_between_status_events(tmp_path):
     threading.Timer(0.2, lambda: reporter.report(3, 10)).start()
     threading.Timer(0.8, lambda: move_task(store, TASK_ID, State.COMPLETE)).start()  # writes its status event
 
-    final = tasks.wait_for_task(store, TASK_ID, timeout=10, on_poll=lambda r: polled.append(r.get('progress')))
+    final = waits.wait_for_task(store, TASK_ID, timeout=10, on_poll=lambda r: polled.append(r.get('progress')))
 
     assert final['status'] == 'complete'
     assert '3/10' in polled, polled

@@ -20,7 +20,8 @@ from rrc.procs import process_start_time
 from rrc.recovery import TEMP_FILE_MAX_AGE, recover_store
 from rrc.states import get_task, list_tasks, queue_is_full, still_running
 from rrc.store import Store, format_record, mark, new_unique_name, parse_record, temp_writer
-from rrc.tasks import acquire_slot, dispatch, kill_task
+from rrc.queue import acquire_slot, dispatch
+from rrc.control import kill_task
 from conftest import make_service, write_config
 from servers import EmbeddedServer, plain_session
 

@@ -27,7 +27,7 @@ from conftest import REPO, make_service, task_id_of, wait_until_done, write_conf
 from helpers import wait_for
 from rrc.notifier import notifier_headers
 from rrc.store import Store
-from rrc.tasks import acquire_slot, dispatch
+from rrc.queue import acquire_slot, dispatch
 from servers import FakeServer
 
 SECRET = 'k3y-for-the-TESTS_0123456789abcdef'

@@ -22,7 +22,7 @@ import pytest
 from rrc.config import load_config
 from rrc.notifier import own_addresses, resolve_notifier_host
 from rrc.store import Store
-from rrc.tasks import dispatch
+from rrc.queue import dispatch
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from servers import EmbeddedServer, plain_session
 

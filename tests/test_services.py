@@ -42,7 +42,7 @@ from rrc.errors import UsageError
 from rrc.projects import PROJECT_MAX_BYTES, PROJECT_MAX_FILES, pack_project, scad_references, unpack_project
 from rrc.services import load_services
 from rrc.store import STORE_FOLDERS, Store
-from rrc.tasks import Input, submit_task
+from rrc.submission import Input, submit_task
 from conftest import DATA, write_config
 
 DIFFERENCE = 'difference() { cube(5); sphere(2.5); }'

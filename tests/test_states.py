@@ -15,7 +15,7 @@ from rrc.schema import YES, Field, TaskStatus
 from rrc.states import (FINAL, INITIAL, STATES, TRANSITIONS, WIRE, IllegalMove, State, finish_task,
                         initial_fields, move_task, state_of, wire_fields)
 from rrc.store import Store, format_record, parse_record
-from rrc.tasks import dispatch
+from rrc.queue import dispatch
 from conftest import REPO
 
 TASK_ID = '1796000000-00000-000001'

@@ -15,7 +15,8 @@ from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task
 from ..store import to_json
-from ..tasks import kill_task, resume_task, submit_task, suspend_task
+from ..control import kill_task, resume_task, suspend_task
+from ..submission import submit_task
 from ..node import meta_record
 
 

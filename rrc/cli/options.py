@@ -10,7 +10,7 @@ from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
 from ..services import check_params, find_service, load_services
 from ..store import Store
-from ..tasks import Input, input_kinds
+from ..submission import Input, input_kinds
 
 
 CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move')

@@ -18,7 +18,7 @@ from ..pipeline import StepSpec, job_view, kill_job, step_service, submit_pipe
 from ..remote import (http_session, kill_remote, parse_answer, record_remote, server_url, task_form,
     wait_remote)
 from ..schema import Field, TaskStatus
-from ..tasks import wait_for_task
+from ..waits import wait_for_task
 
 # Options that belong to one step; the others are the pipe's, wherever they stand.
 STEP_OPTIONS = ('s', 'local')

@@ -10,7 +10,8 @@ from ..remote import kill_remote, submit_remote, terminal_safe, wait_remote
 from ..runner import BUILTIN_ERROR_PREFIX
 from ..schema import Field, TaskStatus
 from ..store import unlink_quietly
-from ..tasks import kill_task, wait_for_task
+from ..control import kill_task
+from ..waits import wait_for_task
 
 
 def sync_remote(ctx, service, servers, inputs, native, output, show=False, params=(), out_ext=''):

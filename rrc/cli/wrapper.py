@@ -8,7 +8,7 @@ from .options import Options, split_command_line
 from ..errors import ExitCode
 from ..procs import task_environment
 from ..projects import PROJECT_KINDS
-from ..tasks import input_kinds
+from ..submission import input_kinds
 
 
 def wrapper(service_name, args):

@@ -1,6 +1,6 @@
 """The WSGI application: a route table and the answers of each route.
 
-Submission (``rrc.tasks``: inputs, projects, the notifier check) is imported
+Submission (``rrc.submission``: inputs, projects, the notifier check, the queue) is imported
 by the handlers that change something: a CGI read loads none of it (each
 module costs a CGI request about 0.3 ms, see docs/BENCHMARKS.md)."""
 
@@ -142,21 +142,21 @@ def answer_kill(app, request):
         # The server asks a step's server on its own behalf: HOST.token only.
         record = kill_job_or_step(app.store, app.config, record, by)
     else:
-        from ..tasks import kill_task
+        from ..control import kill_task
         record = kill_task(app.store, task_id, by=by)
     return answer_record(client_view(record, request.client), request.format)
 
 
 def answer_suspend(app, request):
     """``service=suspend&id=ID``: stop a running task's tool until it is resumed."""
-    from ..tasks import suspend_task
+    from ..control import suspend_task
     record = suspend_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
     return answer_record(client_view(record, request.client), request.format)
 
 
 def answer_resume(app, request):
     """``service=resume&id=ID``: continue a suspended task."""
-    from ..tasks import resume_task
+    from ..control import resume_task
     record = resume_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
     return answer_record(client_view(record, request.client), request.format)
 
@@ -313,7 +313,7 @@ def held_wait(app, request, task_id, wait):
     except NoSlot:
         return get_task(app.store, task_id)
     with slot:
-        from ..tasks import wait_for_task
+        from ..waits import wait_for_task
         return wait_for_task(app.store, task_id, timeout=wait)
 
 
@@ -374,7 +374,7 @@ def submit_from_form(store, config, request):
         raise HTTPError(503, f'the queue is full ({config.maxQueued} tasks wait)',
                         headers=[('Retry-After', '30')])
     native, params = form_arguments(request.form)
-    from ..tasks import submit_task
+    from ..submission import submit_task
     return submit_task(store, config, service, inputs, native,
                        notifier=request.form.get('notifier', ''), client=request.client,
                        params=params, out_ext=request.form.get('outExt', ''),
@@ -418,7 +418,7 @@ def form_inputs(request, service, required=True):
     for key in request.form:
         if key.startswith('prearg') and f'fileIn{key[6:]}' not in names:
             raise HTTPError(400, f'{key} without fileIn{key[6:]}')
-    from ..tasks import Input
+    from ..submission import Input
     inputs = []
     for name in names:
         prearg = request.form.get(f'prearg{name[6:]}', '')

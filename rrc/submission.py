@@ -1,0 +1,172 @@
+"""Submitting a task: its inputs stored, its record created, then queued.
+
+Everything a client sends is checked before anything is stored; a check
+that fails leaves nothing behind.
+"""
+
+import os
+import time
+
+from .events import status_changed
+from .errors import UsageError
+from .names import is_extension
+from .notifier import check_notifier_url, notifier_events_field
+from .order import mark_placed, parse_priority
+from .projects import is_project_name, unpack_project
+from .queue import task_queue
+from .schema import Field
+from .services import (CONFIG_INPUT_MAX_BYTES, check_native_args, check_output_ext, check_params,
+                       check_prearg, compose_argv, filter_config)
+from .settings import task_settings
+from .states import State, initial_fields
+from .store import to_json
+
+
+class Input:
+    """One input of a submission: bytes or an open file, plus the name it came with."""
+
+    def __init__(self, data, filename='', prearg='', shown=''):
+        self.data = data
+        self.filename = filename
+        self.prearg = prearg
+        # How the user named it, for the tool's messages: a file's path, a
+        # project's folder ('' or 'job/'), '' for content.
+        self.shown = shown
+
+    def extension(self, service):
+        """The extension to keep (tools need it), from the filename or the service."""
+        base = os.path.basename(self.filename or '')
+        if '.' in base:
+            ext = base.rsplit('.', 1)[1]
+            if is_extension(ext):
+                return ext
+        return service.input_ext
+
+
+def input_size(store, path):
+    """Bytes of one stored input; a project counts all its files."""
+    parts = path.split('/')
+    if len(parts) > 3:
+        folder = os.path.join(store.folder('in'), parts[2])
+        return sum(os.path.getsize(os.path.join(top, name))
+                   for top, _, names in os.walk(folder) for name in names)
+    return os.path.getsize(store.path_of(path))
+
+
+def store_input(store, service, item):
+    """Copy one input into the store: a file, or a project archive unpacked."""
+    if is_project_name(item.filename):
+        return unpack_project(store, item.data)
+    return store.add_input(item.data, item.extension(service))
+
+
+def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
+                params=(), out_ext='', notifier_events='', priority=0):
+    """Validate, store inputs and record, queue the task and start what can start.
+
+    ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
+    output format asked for, one of ``outputExts`` ('' for the default);
+    ``notifier_events``: when the notifier is called (``started,ended``; ''
+    for the default, ended); ``priority``: its place in this node's queue,
+    -100 to 100 (rrc/order.py).
+    """
+    priority = parse_priority(priority)
+    record = create_task_record(store, config, service, inputs, native_args, notifier, client, args,
+                                params, out_ext, notifier_events=notifier_events,
+                                fields={Field.PRIORITY: priority} if priority else None)
+    if priority:  # before its queue marker: dispatch reads the record of a marked task
+        mark_placed(store, record[Field.ID])
+    task_queue(store, config).enqueue(record[Field.ID], task_settings(config, service.name))
+    return store.read_task(record[Field.ID])
+
+
+def create_task_record(store, config, service, inputs, native_args=(), notifier='', client='localhost',
+                       args='', params=(), out_ext='', state=State.QUEUED, fields=None, notifier_events=''):
+    """Check a task, store its inputs and create its record in ``state``
+    (queued, or waiting: a pipeline step whose main input comes later) with
+    ``fields`` added; nothing is stored when a check fails."""
+    for item in inputs:
+        check_prearg(service, item.prearg)
+    check_native_args(service, list(native_args))
+    check_params(service, params)
+    check_output_ext(service, out_ext)
+    if not inputs and state != State.WAITING:
+        raise UsageError('missing input: give at least one input file or content')
+    if notifier:
+        check_notifier_url(notifier)
+    events = notifier_events_field(notifier, notifier_events)
+    inputs = [filter_config_input(service, item) for item in inputs]
+    stored = []
+    try:
+        for item in inputs:
+            stored.append((item.prearg, store_input(store, service, item)))
+            check_input_kind(service, *stored[-1])
+        size_in = sum(input_size(store, path) for _, path in stored)
+        record = store.create_task(lambda task_id: dict(_new_record(
+            service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext, state),
+            server=config.serverName, **{Field.NODE: store.node.name}, **events, **(fields or {})))
+    except BaseException as exc:
+        for _, path in stored:
+            store.remove_input(path)
+        if isinstance(exc, ValueError):  # a field that cannot be a record value
+            raise UsageError(str(exc)) from None
+        raise
+    return status_changed(store, record)
+
+
+def check_input_kind(service, prearg, path):
+    """A main input (no prearg) of a service with ``inputExts`` must be of one of those kinds."""
+    if not prearg and not service.accepts_input(path):
+        raise UsageError(f'{service.name} takes {input_kinds(service)} files, '
+                         f'not {os.path.basename(path).rpartition(".")[2]!r}')
+
+
+def input_kinds(service):
+    """The kinds of main input a service takes, for messages: ``.gcode, .gco, .g``."""
+    return ', '.join(f'.{ext}' for ext in service.input_exts or [service.input_ext] if ext) or 'any'
+
+
+def _new_record(service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext,
+                state=State.QUEUED):
+    record = {
+        Field.SERVICE: service.name,
+        **initial_fields(state),
+        Field.CTIME: f'{time.time():.5f}',
+        Field.CMD: shown_command(service, task_id, stored, native_args, params, out_ext),
+        Field.IN: ','.join(path for _, path in stored),
+        Field.OUT: '' if service.no_output else 'tasks/out/' + service.output_name(task_id, out_ext),
+        Field.CLIENT: client,
+        Field.SIZE_IN: size_in,
+    }
+    # What the runner composes the argv from (it never runs ``cmd``, which is
+    # only shown): the checked native arguments and each input's prearg.
+    if native_args:
+        record[Field.NATIVE_ARGS] = ' '.join(native_args)
+    if params:  # JSON: a value may hold spaces ("a label"), one line all the same
+        record[Field.PARAMS] = to_json([list(pair) for pair in params])
+    if out_ext:
+        record[Field.OUT_EXT] = out_ext
+    if any(prearg for prearg, _ in stored):
+        record[Field.PREARGS] = ','.join(prearg for prearg, _ in stored)
+    if notifier:
+        record[Field.NOTIFIER] = notifier
+    if args:
+        record[Field.ARGS] = args
+    return record
+
+
+def shown_command(service, task_id, stored, native_args, params, out_ext):
+    """The record's ``cmd``: the tool's command line as a shell would show it
+    (only shown; the runner composes the argv anew)."""
+    import shlex
+    return shlex.join(compose_argv(service, task_id, stored, native_args, params, out_ext))
+
+
+def filter_config_input(service, item):
+    """A config input (given with an argInput prefix, e.g. slic3r's --load=)
+    of a service with ``configKeys``: only its allowed settings go on
+    (``services.filter_config``)."""
+    if not item.prearg or service.config_keys is None:
+        return item
+    data = item.data if isinstance(item.data, bytes) else item.data.read(CONFIG_INPUT_MAX_BYTES + 1)
+    return Input(filter_config(service, data), item.filename, item.prearg)

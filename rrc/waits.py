@@ -1,0 +1,54 @@
+"""Waiting for a task to end: following its event log, reading its record
+again on each status event (long-polls, ``--sync``, held POSTs)."""
+
+import time
+
+from .events import STATUS, EventFollower, progress_text
+from .schema import Field, TaskStatus
+from .states import get_task
+
+
+# A runner that died writes no event, and a task of an older rrcloud writes
+# none: the record itself is looked at (and reconciled) this often anyway.
+WAIT_RECHECK_SECONDS = 1.0
+
+
+# How often ``on_poll`` hears of a task that sends nothing (a terminal's
+# progress line counts the seconds).
+WAIT_POLL_SECONDS = 0.25
+
+
+def wait_for_task(store, task_id, timeout=None, on_poll=None):
+    """Block until the task leaves busy (or ``timeout``); returns its record.
+
+    It wakes on the task's events (a status event: the record is read again;
+    progress goes to ``on_poll`` as the record's ``progress``) instead of
+    reading the record every few milliseconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
+    while True:
+        record = get_task(store, task_id)
+        if record.get(Field.STATUS) != TaskStatus.BUSY:
+            return record
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return record
+        follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')), on_poll)
+
+
+def follow_until_status(events, record, until, on_poll):
+    """Follow a busy task's events until a status event or ``until``; ``on_poll``
+    sees ``record`` with the newest progress event's ``DONE/TOTAL``."""
+    while True:
+        if on_poll:
+            on_poll(record)
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        news = events.wait(min(left, WAIT_POLL_SECONDS) if on_poll else left)
+        progress = progress_text(news)
+        if progress:
+            record = dict(record, progress=progress)
+        if any(event.kind == STATUS for event in news):
+            return
