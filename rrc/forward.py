@@ -17,10 +17,10 @@ import time
 
 from .errors import ExitCode, RRCloudError, UsageError, reason_without_paths
 from .names import check_task_id
-from .pipeline import FORWARD_SETTINGS, after_step, forwarder_alive, waiting_settings
+from .pipeline import FORWARD_SETTINGS, after_step, fail_step, forwarder_alive, waiting_settings
 from .procs import process_start_time
 from .schema import Field, TaskStatus
-from .states import FINAL, State, move_locked, move_task, state_of
+from .states import FINAL, State, move_locked, state_of
 
 
 # A lost server is asked again this often at most while the step is sent.
@@ -68,12 +68,6 @@ def token_only_for(config, url):
     # Both spellings: requests asks with the host in lower case, http.client as written.
     config.host_tokens = {netloc: config.token, netloc.lower(): config.token} if config.token and url else {}
     config.token = ''
-
-
-def fail_step(store, step_id, reason):
-    """The step failed here (unless it had ended already); its record."""
-    return (move_task(store, step_id, State.FAILED, {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'})
-            or store.read_task(step_id))
 
 
 def claim(store, step_id):
@@ -173,11 +167,11 @@ def follow_step(store, config, record):
 
 def cmd_forward_internal(args):
     """``rrcloud _forward ID --dir ROOT``: a step's forwarder (internal)."""
-    from .runner import runner_node
+    from .identity import starting_node
     from .store import Store
     if len(args) != 3 or args[1] != '--dir':
         raise UsageError('usage: rrcloud _forward ID --dir ROOT')
-    store = Store(args[2], runner_node())
+    store = Store(args[2], starting_node())
     try:
         record = forward_steps(store, check_task_id(args[0]))
     except RRCloudError as exc:

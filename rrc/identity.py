@@ -90,3 +90,10 @@ def instance_id(identity, root):
     import zlib
     return f'{zlib.crc32(f"{identity.name}|{identity.boot}|{root}".encode()):08x}'
 
+
+def starting_node():
+    """The identity of the node that started this detached process (a runner,
+    a forwarder: RRCLOUD_NODE, taken out of the environment; the host's
+    default for one started by hand or by an older version)."""
+    name = os.environ.pop('RRCLOUD_NODE', '')
+    return NodeIdentity.of(name if is_node_name(name) else None)

@@ -95,8 +95,10 @@ def is_final(kind, data):
 class LiveStream:
     """The messages of one task from ``cursor`` on; read() gives what came since the last read."""
 
-    def __init__(self, store, record, cursor=None):
-        self.store, self.task_id = store, record[Field.ID]
+    def __init__(self, store, record, read_record, cursor=None):
+        """``read_record()``: the task's record as it is now (judged: a dead
+        runner's task is not busy), NotFound once it is gone."""
+        self.store, self.task_id, self.read_record = store, record[Field.ID], read_record
         self.cursor = cursor or Cursor()
         self.events = EventFollower(store, self.task_id, after=self.cursor.event_id)
         self.log_path = None if record.get(Field.SERVICE) == JOB_SERVICE else store.log_path(self.task_id)
@@ -177,10 +179,9 @@ class LiveStream:
     def end_from_record(self):
         """A task that ended without a final status event: its end, from its record."""
         from .errors import NotFound
-        from .states import get_task
         self.record_checked = time.monotonic()
         try:
-            record = get_task(self.store, self.task_id)
+            record = self.read_record()
         except NotFound:  # removed (expired) while followed: nothing more will come
             self.ended = True
             return []

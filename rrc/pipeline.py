@@ -529,7 +529,6 @@ def settle_step(store, config, job, step, before, now):
         after_step(store, config, step)
     elif state == State.WAITING and not forwarder_alive(store, step) and stalled(before, now):
         if step.get(Field.RUNNER):  # claimed by a forwarder that died: maybe sent
-            from .forward import fail_step
             after_step(store, config, fail_step(store, step[Field.ID], 'interrupted while being sent to its server; '
                                                                         'not sent again'))
         else:
@@ -537,6 +536,12 @@ def settle_step(store, config, job, step, before, now):
     elif step.get(Field.REMOTE_ID) and step.get(Field.STEP_SERVER) and not forwarder_alive(store, step):
         from .procs import spawn_internal
         spawn_internal(store, '_forward', step[Field.ID])
+
+
+def fail_step(store, step_id, reason):
+    """The step failed here (unless it had ended already); its record."""
+    return (move_task(store, step_id, State.FAILED, {Field.ERROR: reason, Field.ETIME: f'{time.time():.5f}'})
+            or store.read_task(step_id))
 
 
 def stalled(record, now):

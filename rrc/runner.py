@@ -8,7 +8,7 @@ from . import PROGRAM_FOLDER
 from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError, reason_without_paths
 from .events import ProgressEvents, note
-from .identity import NodeIdentity, is_node_name
+from .identity import starting_node
 from .limits import ToolLimits, format_size, limit_error
 from .names import check_task_id, is_extension, is_single_line, is_task_id
 from .notifier import TaskNotifier
@@ -19,7 +19,7 @@ from .schema import YES, Field, TaskStatus
 from .services import (check_native_args, check_output_ext, check_params, check_prearg,
     compose_argv, find_service, load_services)
 from .states import finish_task
-from .store import Store, append_log, unlink_quietly, unmark
+from .store import Store, append_log, temp_writer, unlink_quietly, unmark
 from .queue import dispatch
 from .records import record_params, stored_inputs
 from .settings import task_config
@@ -483,7 +483,7 @@ def take_output(store, config, service, record, work, exit_code):
         return None
     from .sandbox import collect_output
     name = service.output_name(record[Field.ID], check_output_ext(service, record.get(Field.OUT_EXT, '')))
-    problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize)
+    problem = collect_output(work, name, store.path_of('tasks/out/' + name), config.maxOutputSize, temp_writer())
     if problem:
         return TaskStatus.FAILED, {'error': problem, 'exitCode': exit_code}
     return None
@@ -747,18 +747,11 @@ def judge_exit(store, service, record, code):
     return TaskStatus.COMPLETE, fields
 
 
-def runner_node():
-    """The identity of the node that started this runner (RRCLOUD_NODE; the
-    host's default for a runner started by hand or by an older version)."""
-    name = os.environ.pop('RRCLOUD_NODE', '')
-    return NodeIdentity.of(name if is_node_name(name) else None)
-
-
 def cmd_run_internal(args):
     """``rrcloud _run ID --dir ROOT``: the detached runner (internal)."""
     if len(args) != 3 or args[1] != '--dir':
         raise UsageError('usage: rrcloud _run ID --dir ROOT')
     task_id = check_task_id(args[0])
-    store = Store(args[2], runner_node())
+    store = Store(args[2], starting_node())
     final = run_task(store, os.environ.pop('RRCLOUD_TASK_SETTINGS', ''), task_id)
     return ExitCode.OK if final.get(Field.STATUS) == TaskStatus.COMPLETE else ExitCode.TASK_FAILED

@@ -126,13 +126,14 @@ def is_character_device(path):
         return False
 
 
-def collect_output(folder, name, destination, max_bytes):
+def collect_output(folder, name, destination, max_bytes, writer):
     """Copy the tool's result ``folder/name`` to ``destination`` once the tool ended.
 
     Only a regular file (a link is never followed: the tool could point it at
     any file the server may read) of at most ``max_bytes``; returns None when
     all is well, else the reason it was not taken.  ``destination`` is written
-    through a temp file and renamed.
+    through a temp file (``.NAME.WRITER.part``: ``writer`` is the store's
+    ``temp_writer()``, which recovery reads back) and renamed.
     """
     try:
         fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -146,15 +147,14 @@ def collect_output(folder, name, destination, max_bytes):
             return 'the output is not a regular file'
         if info.st_size > max_bytes:
             return f'the output is larger than {max_bytes} bytes'
-        _copy_atomically(source, destination, max_bytes)
+        _copy_atomically(source, destination, max_bytes, writer)
     return None
 
 
-def _copy_atomically(source, destination, max_bytes):
+def _copy_atomically(source, destination, max_bytes, writer):
     import shutil
     folder, name = os.path.split(destination)
-    from .store import temp_writer
-    temp = os.path.join(folder, f'.{name}.{temp_writer()}.part')  # recovery knows .NAME.PID@BOOT.part
+    temp = os.path.join(folder, f'.{name}.{writer}.part')  # recovery knows .NAME.PID@BOOT.part
     try:
         with open(temp, 'xb') as sink:
             shutil.copyfileobj(source, sink)

@@ -132,6 +132,20 @@ def remote_token_for(store, config, record):
     return config.client_token_for
 
 
+def exit_code_of(record):
+    """The exit code a command mirrors for a task that ended: 0 complete, a
+    failed one's tool's (1 to 125), else TASK_FAILED (also for no record)."""
+    if record is None:
+        return ExitCode.TASK_FAILED
+    if record.get(Field.STATUS) == TaskStatus.COMPLETE:
+        return ExitCode.OK
+    try:
+        code = int(record.get(Field.EXIT_CODE, ''))
+    except ValueError:
+        return ExitCode.TASK_FAILED
+    return code if 0 < code < 126 else ExitCode.TASK_FAILED
+
+
 def print_fields(record, keys, **more):
     """Some fields of a record as ``key: value`` lines (a server's values made printable)."""
     fields = [(key, record.get(key, '')) for key in keys] + list(more.items())

@@ -11,8 +11,8 @@ import sys
 import time
 
 from .options import Options, classify_args, take_options
-from .output import describe_args, print_id, print_record
-from .sync import ProgressLine, _exit_code_of, check_result_format, deliver_output, show_log
+from .output import describe_args, exit_code_of, print_id, print_record
+from .sync import ProgressLine, check_result_format, deliver_output, show_log
 from ..errors import ExitCode, RRCloudError, UsageError
 from ..pipeline import StepSpec, job_view, kill_job, step_service, submit_pipe
 from ..remote import (http_session, kill_remote, parse_answer, record_remote, server_url, task_form,
@@ -167,7 +167,7 @@ def finish_pipe(ctx, record, last_service, output):
     if not remote:
         show_failed_step_log(ctx, record)
     print(f'rrcloud: error: job {record[Field.ID]} failed: {record.get(Field.ERROR, "unknown")}', file=sys.stderr)
-    return _exit_code_of(record)
+    return exit_code_of(record)
 
 
 def show_failed_step_log(ctx, job):

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from .output import print_record
+from .output import exit_code_of, print_record
 from ..errors import ExitCode, NoServer, RRCloudError
 from ..remote import kill_remote, submit_remote, terminal_safe, wait_remote
 from ..runner import BUILTIN_ERROR_PREFIX
@@ -122,7 +122,7 @@ def deliver_result(ctx, record, output, show=False):
              repeated=BUILTIN_ERROR_PREFIX + record.get(Field.ERROR, 'unknown'))
     print(f'{BUILTIN_ERROR_PREFIX}task {record["id"]} failed: {record.get("error", "unknown")}',
           file=sys.stderr)
-    return _exit_code_of(record)
+    return exit_code_of(record)
 
 
 def check_result_format(service, record, output):
@@ -161,14 +161,6 @@ def _kill_quietly(store, task_id):
         kill_task(store, task_id, by='Ctrl-C on the command line')
     except RRCloudError:
         pass
-
-
-def _exit_code_of(record):
-    try:
-        code = int(record.get(Field.EXIT_CODE, ''))
-    except ValueError:
-        return ExitCode.TASK_FAILED
-    return code if 0 < code < 126 else ExitCode.TASK_FAILED
 
 
 def deliver_output(source, destination):

@@ -17,14 +17,14 @@ stream sends it.  The exit code is the task's: 0 complete, else what a
 import sys
 import time
 
-from .output import ask_server, refresh_if_remote
-from .sync import _exit_code_of
+from .output import ask_server, exit_code_of, refresh_if_remote
 from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
 from ..events import LOG, NOTE, PROGRESS, STATUS, STEP
 from ..livestream import LiveStream, Message, is_final
 from ..names import check_task_id
 from ..remote import CONNECT_TIMEOUT, REMOTE_ID_RE, http_session, parse_answer, server_url, terminal_safe
 from ..schema import Field, TaskStatus
+from ..states import get_task
 
 # Longer than the server's heartbeat (15 s): a stream silent for this long is lost.
 READ_TIMEOUT = 40
@@ -69,20 +69,11 @@ def remote_task_id(text):
     return text
 
 
-def exit_code_of(final):
-    """0 for a complete task, a failed one's code as ``--sync`` gives it."""
-    if final is None:
-        return ExitCode.TASK_FAILED
-    if final.get(Field.STATUS) == TaskStatus.COMPLETE:
-        return ExitCode.OK
-    return _exit_code_of(final)
-
-
 # -- where the messages come from ---------------------------------------------
 
 def local_messages(store, record):
     """A task of this store, followed from its files."""
-    stream = LiveStream(store, record)
+    stream = LiveStream(store, record, lambda: get_task(store, record[Field.ID]))
     while not stream.ended:
         yield from stream.wait(1.0)
 

@@ -25,6 +25,7 @@ from ..errors import HTTPError
 from ..events import read_events
 from ..livestream import FINAL_STATUSES, LiveStream, is_final, parse_cursor
 from ..schema import Field
+from ..states import get_task
 from .request import Response
 
 EVENT_STREAM = 'text/event-stream; charset=utf-8'
@@ -48,7 +49,8 @@ def answer_events(app, request, task_id):
     if cursor is not None and seen_the_end(app.store, record, cursor):
         return Response(b'', 204, EVENT_STREAM, headers)
     bounded = bool(request.environ.get('wsgi.run_once'))
-    stream = LiveStream(app.store, record, cursor)  # before the slot: nothing after it can fail
+    # Before the slot: nothing after it can fail.
+    stream = LiveStream(app.store, record, lambda: get_task(app.store, task_id), cursor)
     slot = None if bounded else take_slot(app, request.client)
     limit = app.config.cgiStreamSeconds if bounded else None
     body = EventStreamBody(stream, limit, request.environ.get('waitress.client_disconnected'), slot)
