@@ -30,7 +30,7 @@ from stl import mesh
 
 from rrc import __version__
 from rrc.errors import UsageError
-from rrc.runner import task_argv
+from rrc.launch import task_argv
 from rrc.services import load_services
 from rrc.store import Store
 from conftest import DATA, make_service, write_config

@@ -1,0 +1,353 @@
+"""Watching a task's tool while it runs: its output into the log, the
+built-in sender's progress into the event log, its exit (one ``select``
+over its pidfd and its pipes), and every half second the watchdog's look at
+the record (a kill, a suspension), the deadline and the bytes it wrote;
+what it ran into when it failed, and why the runner stopped it."""
+
+import os
+import time
+
+from .errors import reason_without_paths
+from .events import ProgressEvents
+from .limits import format_size, limit_error
+from .procs import kill_process_group, process_start_time, terminate_group
+from .schema import YES, Field, TaskStatus
+from .toollog import ToolLog
+
+
+def enter_task_cgroup(task_id, limits):
+    """The task's cgroup v2, this runner moved in (the tool is born there),
+    where this node has a delegated subtree; else None: the rlimits alone apply."""
+    from .limits import TaskCgroup, delegated_cgroup
+    found = delegated_cgroup()
+    return TaskCgroup(*found, task_id, limits).enter() if found else None
+
+
+class ToolRun:
+    """One run of a task's tool: what it runs with, started with its output
+    into a pipe (its log within ``maxLogSize``) and watched until it ends."""
+
+    def __init__(self, task, launch, limits, work=None, cgroup=None):
+        self.task, self.launch, self.limits, self.work, self.cgroup = task, launch, limits, work, cgroup
+
+    def run(self, command, log, on_start=None):
+        """Start ``command`` and watch it; a failure outcome, or None with ``launch.exit_code`` set."""
+        output_read, output_write = os.pipe()
+        progress_read, progress_write = os.pipe() if self.launch.builtin else (None, None)
+        try:
+            process = self.start(command, output_write, progress_write)
+        except OSError as exc:  # the program by its name: its path is the server's
+            close_fds(output_read, progress_read)
+            return TaskStatus.FAILED, {'error': f'cannot start {os.path.basename(command[0])}: '
+                                                f'{reason_without_paths(exc)}'}
+        finally:
+            close_fds(output_write, progress_write)  # the tool holds its ends now
+        output = OutputPipe(output_read, ToolLog(log, self.limits.log))
+        try:
+            return self.watch(process, output, progress_read, on_start)
+        except BaseException:  # a runner that cannot go on watching takes its tool with it
+            terminate_group(process)
+            raise
+        finally:
+            output.close()
+            close_fds(progress_read)
+            self.launch.exit_code = process.returncode
+
+    def start(self, command, output_write, progress_write):
+        """The tool's process: its own session, stdout and stderr into the pipe."""
+        import subprocess
+        if progress_write is not None:
+            self.launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
+        return subprocess.Popen(
+            command, cwd=self.work or self.task.store.root, env=self.launch.env,
+            stdin=subprocess.DEVNULL, stdout=output_write, stderr=subprocess.STDOUT,
+            pass_fds=() if progress_write is None else (progress_write,),
+            start_new_session=True)  # its own group: timeouts and kills reach grandchildren
+
+    def watch(self, process, output, progress_read, on_start=None):
+        """Record the tool's pid, tell ``on_start``, then supervise the tool
+        until it ends, is stopped (timeout, a limit) or is killed."""
+        self.task.update({'pid': process.pid, 'pidStart': process_start_time(process.pid) or ''})
+        if on_start:  # the started notifier: in a thread, the tool never waits for it
+            on_start(self.task.record)
+        _install_runner_signal_handlers(process)
+        progress = ProgressPipe(progress_read, ProgressEvents(self.task.store, self.task.id))
+        watchdog = Watchdog(self.task, self.work)
+        code, stopped = supervise(process, watchdog, output, progress)
+        last = progress.finish()  # what came after the last look, up to the end
+        if last:  # the final record keeps it, for readers of records (0.019 clients)
+            self.task.update({'progress': last})
+        kill_process_group(process.pid)  # leftovers of a tool that exited
+        output.finish()
+        if stopped:
+            return self.tell_why((TaskStatus.FAILED, {'error': stopped, 'exitCode': code}),
+                                 f'{stopped}: the tool was stopped')
+        outcome = self.limit_outcome(code, output)
+        return outcome and self.tell_why(outcome, f'the tool ran into a limit: {outcome[1]["error"]}')
+
+    def limit_outcome(self, code, output):
+        """A tool that failed because it ran into one of its limits: that is
+        its error, rather than its exit code; None otherwise.  Not for the
+        built-in sender, whose own last line says why it failed."""
+        if code in (0, None) or self.launch.builtin:
+            return None
+        error = limit_error(self.limits, code, output.log.last_bytes(), self.cgroup)
+        return (TaskStatus.FAILED, {'error': error, 'exitCode': code}) if error else None
+
+    def tell_why(self, outcome, remark):
+        """A task that failed for a reason of rrcloud's (timeout, a limit): its
+        log (after the tool's last words) and its events say why; ``outcome``."""
+        self.task.log(f'rrcloud: {remark}')
+        return outcome
+
+
+def close_fds(*fds):
+    """Close each of ``fds`` that is not None."""
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
+# A progress line longer than this is no ``DONE/TOTAL`` line: dropped unread.
+PROGRESS_LINE_MAX = 64
+
+
+class ProgressPipe:
+    """The built-in sender's progress (``DONE/TOTAL`` lines on a pipe), for the
+    runner: read as it comes, handed to the task's event log (which keeps at
+    most one event per interval, however fast the sender writes)."""
+
+    def __init__(self, fd, events):
+        self.fd = fd
+        self.events = events
+        self.buffer = b''
+        self.open = fd is not None
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def pump(self):
+        """Read what the pipe holds; report its newest progress line; write
+        an event when one is due."""
+        if self.open:
+            newest = self._newest_line()
+            if newest:
+                self.events.report(*newest)
+        self.events.flush()
+
+    def _newest_line(self):
+        try:
+            while chunk := os.read(self.fd, 4096):
+                self.buffer = (self.buffer + chunk)[-4096:]  # only the end matters
+            self.open = False  # end of file: the sender is gone
+        except BlockingIOError:
+            pass
+        lines, _, self.buffer = self.buffer.rpartition(b'\n')
+        return parse_progress_line(lines.rsplit(b'\n', 1)[-1])
+
+    def due_in(self):
+        """Seconds until a held report must be written (None: none held)."""
+        return self.events.due_in()
+
+    def finish(self):
+        """The last report written now; ``DONE/TOTAL`` of it (None without any)."""
+        self.pump()
+        self.events.flush(force=True)
+        return self.events.text()
+
+
+def parse_progress_line(line):
+    """(done, total) of a ``DONE/TOTAL`` line, or None."""
+    if len(line) > PROGRESS_LINE_MAX:
+        return None
+    done, sep, total = line.strip().partition(b'/')
+    if sep and done.isdigit() and total.isdigit():
+        return int(done), int(total)
+    return None
+
+
+# What the watchdog says of a task whose record shows it was killed.
+KILLED = 'killed'
+
+
+def supervise(process, watchdog, output, progress=None):
+    """Wait for the tool, moving its output and progress on as they come;
+    returns (exit code, None), or (exit code, why it was stopped) when the
+    watchdog stopped it.  A killed task's tool is stopped too (its record
+    already says so)."""
+    readers = [output] + ([progress] if progress and progress.open else [])
+    with ExitWatch(process, readers) as watch:
+        while True:
+            due = progress.due_in() if progress else None
+            until = min(watchdog.due(), time.monotonic() + (due if due is not None else watchdog.interval))
+            code = watch.wait(max(0.0, until - time.monotonic()))
+            if code is not None:
+                return code, None
+            for reader in readers:
+                reader.pump()
+            verdict = watchdog.verdict(time.monotonic())
+            if verdict:
+                terminate_group(process)
+                return process.returncode, (None if verdict == KILLED else verdict)
+
+
+class Watchdog:
+    """What a runner looks at now and then while its tool runs: the record (a
+    kill; a suspension, whose time does not count against ``timeout`` but
+    may last ``maxSuspend``), the deadline, and the bytes the tool has
+    written (``maxOutputSize``, all its files together)."""
+
+    # The output folder is walked at every look while it holds up to this
+    # many entries, at every second look with twice as many, and so on: a
+    # tool that makes 100,000 files slows its own checks, never the runner.
+    WALK_ENTRIES = 10000
+
+    def __init__(self, task, work=None, interval=0.5):
+        now = time.monotonic()
+        self.task, self.config, self.work = task, task.config, work
+        self.interval = interval
+        self.deadline, self.next_look, self.looked = now + self.config.timeout, now + interval, now
+        self.suspended_since = None
+        self.next_walk = now
+
+    def due(self):
+        """When the watchdog must look next (monotonic seconds)."""
+        return min(self.deadline, self.next_look)
+
+    def verdict(self, now):
+        """None while the tool may go on; KILLED; or why it must be stopped."""
+        if now >= self.next_look:
+            reason = self._look(now)
+            if reason:
+                return reason
+        if now >= self.deadline:
+            return f'timeout after {self.config.timeout:g} s'
+        return None
+
+    def _look(self, now):
+        self.next_look = now + self.interval
+        record = self.task.refresh()
+        if record.get(Field.STATUS) != TaskStatus.BUSY:
+            return KILLED
+        reason = self._suspension(record, now)
+        self.looked = now
+        if reason is None and self.work and now >= self.next_walk:
+            reason = self._output_reason(now)
+        return reason
+
+    def _output_reason(self, now):
+        """Why the tool's output folder stops it (all its files past
+        ``maxOutputSize``, or nested past all reason), or None."""
+        from .trees import USAGE_MAX_DEPTH, TreeTooDeep, tree_usage
+        try:
+            used, entries = tree_usage(self.work)
+        except TreeTooDeep:
+            return f'its output folders are nested deeper than {USAGE_MAX_DEPTH} levels'
+        self.next_walk = now + self.interval * (entries // self.WALK_ENTRIES)
+        if used > self.config.maxOutputSize:
+            return f'its output passed maxOutputSize ({format_size(self.config.maxOutputSize)}) while it ran'
+        return None
+
+    def _suspension(self, record, now):
+        """Suspended time is added to the deadline; past ``maxSuspend`` the task must end."""
+        if record.get(Field.SUSPENDED) != YES:
+            self.suspended_since = None
+            return None
+        self.deadline += now - self.looked
+        self.suspended_since = self.suspended_since or self.looked
+        if now - self.suspended_since > self.config.maxSuspend:
+            return f'suspended longer than maxSuspend ({self.config.maxSuspend:g} s)'
+        return None
+
+
+class OutputPipe:
+    """The read end of the pipe a tool writes its output to, emptied into its ToolLog."""
+
+    # At most this much in one go: a tool that writes faster than the runner
+    # reads never keeps the watchdog from its look.
+    PUMP_MAX_BYTES = 4 << 20
+
+    def __init__(self, fd, log):
+        self.fd, self.log, self.open, self.finished = fd, log, True, False
+        os.set_blocking(fd, False)
+
+    def pump(self):
+        """Move what the pipe holds (up to PUMP_MAX_BYTES) into the log."""
+        moved = 0
+        try:
+            while self.open and moved < self.PUMP_MAX_BYTES:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    self.open = False
+                    break
+                self.log.write(chunk)
+                moved += len(chunk)
+        except BlockingIOError:
+            pass
+
+    def finish(self, timeout=5.0):
+        """Read to the end and write the log's end (the tool and its group are
+        gone; a last writer has ``timeout`` to let go of the pipe)."""
+        import select
+        deadline = time.monotonic() + timeout
+        while self.open and time.monotonic() < deadline:
+            select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            self.pump()
+        self.log.close()
+        self.finished = True
+
+    def close(self):
+        """Close the pipe (once); a log not finished (the runner failed while
+        watching) still gets what came and its end."""
+        if self.fd is None:
+            return
+        if not self.finished:
+            self.pump()
+            self.log.close()
+            self.finished = True
+        os.close(self.fd)
+        self.fd, self.open = None, False
+
+
+class ExitWatch:
+    """Waits for a tool to exit or one of its pipes (output, progress) to have
+    something to read.
+
+    select() wakes on either: the pipes, and the tool's pidfd (its exit), so
+    output reaches the log and progress the event log at once, and an exit is
+    seen at once.  Without a pidfd (an old kernel) it looks every 50 ms, as
+    Popen.wait does.
+    """
+    POLL_SECONDS = 0.05
+
+    def __init__(self, process, readers):
+        self.process, self.readers, self.pidfd = process, readers, None
+
+    def __enter__(self):
+        try:
+            self.pidfd = os.pidfd_open(self.process.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+    def wait(self, timeout):
+        """The exit code, or None after ``timeout`` or when a pipe has something."""
+        import select
+        watched = [reader.fd for reader in self.readers if reader.open]
+        watched += [self.pidfd] if self.pidfd is not None else []
+        select.select(watched, [], [], timeout if self.pidfd is not None else min(timeout, self.POLL_SECONDS))
+        return self.process.poll()
+
+
+def _install_runner_signal_handlers(process):
+    """A runner told to stop takes its tool's process group with it."""
+    import signal
+
+    def stop(signum, frame):
+        terminate_group(process, grace=1.0)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
