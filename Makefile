@@ -7,7 +7,8 @@ PYTHON   ?= python3
 VENV     := $(CURDIR)/.venv
 VPY      := $(VENV)/bin/python
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2 bubblewrap xvfb xauth python3 python3-venv
+APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2 bubblewrap xvfb xauth python3 python3-venv \
+                redis-server haproxy
 RUNDIR   := $(CURDIR)/build/run
 # The rrcloud command `make start` runs (a test points it at a checkout's rrcloud.py).
 RRCLOUD  := $(VENV)/bin/rrcloud

@@ -19,6 +19,8 @@ setup(
         'pyserial>=3.5',
         'multipart>=1.0',
         'waitress>=2.1',
+        'redis>=5',
+        'rq>=2,<3',
     ],
     entry_points={'console_scripts': ['rrcloud=rrcloud:main']
                   + [f'{name}.cloud=rrcloud:main' for name in WRAPPED]},
