@@ -114,6 +114,28 @@ def _host_list(text):
     return [host.strip('[]') for host in hosts]
 
 
+REDIS_URL_RE = LazyPattern(r'\Aredis://(:[^@/\s]{1,256}@)?[A-Za-z0-9._\-\[\]:]+(:\d{1,5})?(/\d{1,2})?\Z')
+
+
+def _redis_url(text):
+    if not REDIS_URL_RE.match(text):
+        raise ValueError('a Redis URL is redis://[:PASSWORD@]HOST:PORT/DB')
+    return text
+
+
+def _backend(text):
+    if text not in ('local', 'rq'):
+        raise ValueError('the backend is local (this node\'s slots) or rq (a farm on Redis)')
+    return text
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError('must be at least 0')
+    return value
+
+
 def _switch(text):
     return boolean_value(text)  # defined with the services below; looked up at parse time
 
@@ -165,10 +187,16 @@ CONFIG_KEYS = {
     'nodeName': _node_name,
     'reconnectTimeout': _non_negative_number,
     'cgiStreamSeconds': positive_number,
+    'backend': _backend,
+    'redis': _redis_url,
+    'workerToken': _token,
+    'retries': _non_negative_int,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ('127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
                  'fc00::/7', 'fe80::/10')
+# Keys whose value an error never shows.
+SECRET_KEYS = ('notifierSecret', 'workerToken', 'redis')
 # Limits that may differ per service: ``openscad.maxMemory = 4G``.
 SERVICE_LIMIT_KEYS = ('maxMemory', 'maxProcesses')
 HOST_KEY_RE = LazyPattern(r'\A[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*\Z')
@@ -213,6 +241,11 @@ class Config:
         self.nodeName = default_node_name()  # which tasks of a shared store are this node's
         self.reconnectTimeout = 120.0
         self.cgiStreamSeconds = 60.0  # a CGI's event stream ends then (the client reconnects)
+        # A farm (rrc/farm.py): the queue in Redis, run by rrcloud workers.
+        self.backend = 'local'
+        self.redis = ''  # redis://[:PASSWORD@]HOST:PORT/DB
+        self.workerToken = ''  # what workers present to a front-end (never a client's token)
+        self.retries = 1  # runs again of a task whose worker was lost (never a print's)
         self.sources = []
         self.service_key_lines = {}  # service -> ("file:line", key) of a SERVICE.KEY line
 
@@ -244,7 +277,7 @@ class Config:
         try:
             store(parse(value))
         except ValueError as exc:
-            shown = '(not shown: a secret)' if suffix == 'token' or key == 'notifierSecret' else repr(value)
+            shown = '(not shown: a secret)' if suffix == 'token' or key in SECRET_KEYS else repr(value)
             raise ConfigError(f'{path}:{number}: bad value for {key}: {shown} ({exc})') from None
 
     def client_token_for(self, url):
@@ -303,6 +336,8 @@ def load_config():
     for path in config_files():
         config.apply_file(path)
     check_service_servers(config)
+    if config.backend == 'rq' and not config.redis:
+        raise ConfigError('backend = rq needs redis = redis://[:PASSWORD@]HOST:PORT/DB in rrcloudrc')
     return config
 
 

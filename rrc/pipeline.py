@@ -316,8 +316,10 @@ def hand_input_on(store, step_id, changes):
 
 
 def queue_waiting_step(store, config, step_id, changes):
-    """A local step: waiting -> queued with its settings in the queue, then dispatch."""
-    from .queue import dispatch, queue_task
+    """A local step: waiting -> queued with its settings in the queue, then
+    taken by the node's queue (its slots, or a farm's Redis)."""
+    from .backends import task_queue
+    from .queue import queue_task
     from .settings import task_settings
     settings = waiting_settings(store, step_id) or task_settings(config)
     with store.lock():
@@ -327,7 +329,7 @@ def queue_waiting_step(store, config, step_id, changes):
         queue_task(store, step_id, settings)
         move_locked(store, current, State.QUEUED, changes, expect=State.WAITING)
     unlink_quietly(waiting_marker(store, step_id))
-    dispatch(store, config)
+    task_queue(store, config).take(step_id)
     return None
 
 

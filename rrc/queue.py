@@ -150,16 +150,19 @@ class LocalQueue:
     def __init__(self, store, config):
         self.store, self.config = store, config
 
+    def check(self):
+        """Nothing to check: the store is the queue."""
+
     def enqueue(self, task_id, settings):
         """Queue a task that runs with ``settings``; start it if a slot is free."""
         queue_task(self.store, task_id, settings)
+        self.take(task_id)
+
+    def take(self, task_id):
+        """A task's marker is written: start what can start."""
         self.dispatch()
 
     def dispatch(self):
         """Start queued tasks while slots are free."""
         dispatch(self.store, self.config)
 
-
-def task_queue(store, config):
-    """The queue of ``config``'s backend."""
-    return LocalQueue(store, config)

@@ -18,7 +18,7 @@ from .procs import pid_alive
 from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
 from .store import marked
-from .queue import dispatch
+from .backends import task_queue
 from .trees import remove_tree, shown_left
 
 
@@ -43,7 +43,7 @@ def recover_store(store, config):
     remove_orphan_inputs(store, records, now)
     remove_idle_work_folders(store, records)
     remove_orphan_events(store)
-    dispatch(store, config)
+    task_queue(store, config).dispatch()
 
 
 def remove_left_over_temp_files(store, now):

@@ -13,7 +13,7 @@ from .launch import Launch, absolute_output, needs_display, sandbox_command, tas
 from .limits import ToolLimits
 from .names import check_task_id, is_single_line
 from .notifier import TaskNotifier
-from .queue import task_queue
+from .backends import task_queue
 from .schema import Field, TaskStatus
 from .services import check_output_ext, find_service, load_services
 from .settings import task_config

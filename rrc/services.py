@@ -27,7 +27,7 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg')
+                'versionArg', 'runsOnce')
 
 
 class Service:
@@ -68,6 +68,9 @@ class Service:
         # file's includes only in its library paths (POV-Ray: +L$folder).
         self.include_arg = fields.get('includeArg', '')
         self.version_arg = fields.get('versionArg') or '--version'
+        # A task that must never run twice (a print): a farm does not run it
+        # again when its worker is lost; it fails ``worker lost``.
+        self.runs_once = boolean_value(fields.get('runsOnce', 'no'))
 
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of

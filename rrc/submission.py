@@ -8,12 +8,12 @@ import os
 import time
 
 from .events import status_changed
-from .errors import UsageError
+from .errors import RRCloudError, UsageError
 from .names import is_extension
 from .notifier import check_notifier_url, notifier_events_field
 from .order import mark_placed, parse_priority
 from .projects import is_project_name, unpack_project
-from .queue import task_queue
+from .backends import task_queue
 from .schema import Field
 from .services import (CONFIG_INPUT_MAX_BYTES, check_native_args, check_output_ext, check_params,
                        check_prearg, compose_argv, filter_config)
@@ -71,12 +71,18 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     -100 to 100 (rrc/order.py).
     """
     priority = parse_priority(priority)
+    queue = task_queue(store, config)
+    queue.check()  # a farm's Redis down: refused before anything is written
     record = create_task_record(store, config, service, inputs, native_args, notifier, client, args,
                                 params, out_ext, notifier_events=notifier_events,
                                 fields={Field.PRIORITY: priority} if priority else None)
     if priority:  # before its queue marker: dispatch reads the record of a marked task
         mark_placed(store, record[Field.ID])
-    task_queue(store, config).enqueue(record[Field.ID], task_settings(config, service.name))
+    try:
+        queue.enqueue(record[Field.ID], task_settings(config, service.name))
+    except RRCloudError:  # never a task accepted that no queue holds: nothing stays
+        store.remove_task(record)
+        raise
     return store.read_task(record[Field.ID])
 
 

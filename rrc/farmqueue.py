@@ -1,0 +1,145 @@
+"""``backend = rq``: a node's queue in Redis, run by RQ workers (``rrcloud
+worker``) on any machine.
+
+A front-end keeps the store as the one truth (records, inputs, queue
+markers, as with ``backend = local``) and pushes each queued task into the
+RQ queue of its service (``rrcloud.SERVICE``) as a job whose only argument
+is the task id: the worker asks the front-end for the rest over HTTP.  The
+job is RQ's, so RQ's heartbeats and its handling of abandoned jobs apply;
+the order inside a queue is rrcloud's (a move to the front or back, then
+priority, then submission: ``order.py``), kept by a Lua script that places
+a job only while it still waits.
+
+redis and rq are imported by the functions that use them (90 ms: never on a
+CGI read of a ``backend = local`` node).
+"""
+
+from .errors import ExitCode, RRCloudError
+from .schema import Field
+
+QUEUE_PREFIX = 'rrcloud.'
+ORDER_KEY = 'rrcloud:order:'  # a hash per queue: task id -> its sort key
+JOB_FUNCTION = 'rrc.worker.run_farm_task'
+# The only function a worker runs for a job (a Redis writer could name any other).
+ALLOWED_FUNCTIONS = (JOB_FUNCTION,)
+# Kept in Redis after a job ends: the store has the task; Redis only what RQ needs.
+RESULT_TTL = 600
+FAILURE_TTL = 86400
+# A job's own deadline in RQ beyond the task's timeout: the runner stops the tool first.
+JOB_TIMEOUT_GRACE = 60
+
+# Put a waiting job at its place in the list (KEYS: the queue, the order hash;
+# ARGV: the id, its sort key).  Nothing happens to a job a worker took meanwhile.
+PLACE_SCRIPT = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, other in ipairs(ids) do
+  local key = redis.call('HGET', KEYS[2], other)
+  if key and key > ARGV[2] then
+    redis.call('LINSERT', KEYS[1], 'BEFORE', other, ARGV[1])
+    return 1
+  end
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class QueueUnavailable(RRCloudError):
+    """Redis cannot be reached: nothing can be queued (503)."""
+    http_status = 503
+    exit_code = ExitCode.NO_SERVER
+
+
+def queue_name(service):
+    """The RQ queue of a service's tasks."""
+    return QUEUE_PREFIX + service
+
+
+def redis_connection(config, socket_timeout=5):
+    """A connection to ``config.redis`` that fails at once when Redis is down
+    (redis-py's defaults wait seconds to a minute: a front-end answers 503)."""
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    return Redis.from_url(config.redis, socket_connect_timeout=1, socket_timeout=socket_timeout,
+                          retry=Retry(NoBackoff(), 0))
+
+
+def unavailable(config, exc):
+    """The error of a Redis that did not answer (its address, never its password)."""
+    from urllib.parse import urlsplit
+    where = urlsplit(config.redis)
+    return QueueUnavailable(f'the farm\'s queue (Redis at {where.hostname}:{where.port or 6379}) '
+                            f'cannot be reached: {exc.__class__.__name__}')
+
+
+def sort_key(record):
+    """A task's place in its queue as a string Lua compares: a move first
+    (``queuePosition``), then priority (higher first), then the id (submission)."""
+    position = int(record.get(Field.QUEUE_POSITION) or 0)
+    priority = int(record.get(Field.PRIORITY) or 0)
+    return f'{position + 500_000_000:09d}{100 - priority:03d}{record[Field.ID]}'
+
+
+class FarmQueue:
+    """``backend = rq``: what submission and the runner ask of a queue, on Redis."""
+
+    name = 'rq'
+
+    def __init__(self, store, config):
+        self.store, self.config = store, config
+        self._redis = None
+
+    @property
+    def redis(self):
+        if self._redis is None:
+            self._redis = redis_connection(self.config)
+        return self._redis
+
+    def check(self):
+        """Raise QueueUnavailable unless Redis answers (before anything is written)."""
+        import redis
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise unavailable(self.config, exc) from None
+
+    def enqueue(self, task_id, settings):
+        """Queue a task (its marker, as with ``backend = local``) and push its job."""
+        from .queue import queue_task
+        queue_task(self.store, task_id, settings)
+        self.take(task_id)
+
+    def take(self, task_id):
+        """Push the job of a queued task (its marker written) into its service's queue."""
+        record = self.store.read_task(task_id)
+        import redis
+        try:
+            self._push(record)
+        except redis.RedisError as exc:
+            raise unavailable(self.config, exc) from None
+
+    def _push(self, record):
+        from rq import Queue, Retry
+        from rq.serializers import JSONSerializer
+        from .services import find_service, load_services
+        service = find_service(*load_services(self.store.root), record[Field.SERVICE])
+        queue = Queue(queue_name(service.name), connection=self.redis, serializer=JSONSerializer)
+        retries = 0 if service.runs_once else self.config.retries
+        queue.enqueue(JOB_FUNCTION, record[Field.ID], job_id=record[Field.ID],
+                      job_timeout=int(self.config.timeout) + JOB_TIMEOUT_GRACE,
+                      result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                      retry=Retry(max=retries) if retries else None,
+                      description=f'{service.name} {record[Field.ID]}')
+        self.place(record)
+
+    def place(self, record):
+        """Put a waiting job where the queue's order says (after a push, a move)."""
+        name = queue_name(record[Field.SERVICE])
+        self.redis.eval(PLACE_SCRIPT, 2, f'rq:queue:{name}', ORDER_KEY + name, record[Field.ID],
+                        sort_key(record))
+
+    def dispatch(self):
+        """Workers take the jobs: nothing to start here."""
