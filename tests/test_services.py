@@ -44,6 +44,7 @@ from rrc.services import load_services
 from rrc.store import STORE_FOLDERS, Store
 from rrc.submission import Input, submit_task
 from conftest import DATA, write_config
+from helpers import records
 
 DIFFERENCE = 'difference() { cube(5); sphere(2.5); }'
 BAD_SCAD = 'cube(10;\n'  # a syntax error
@@ -178,11 +179,6 @@ def local_openscad(folder, main='main.scad'):
 def copy_data(workdir, *names):
     for name in names:
         shutil.copy(DATA / name, workdir / name)
-
-
-def records(root):
-    store = Store(root)
-    return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
 def only_record(root):
