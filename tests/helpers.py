@@ -344,6 +344,62 @@ def sandboxed_pid(root, task_id, first_words):
     return wait_for(find, f'{" ".join(first_words)} of task {task_id} running')
 
 
+###############################################################################
+# A pipe whose second step a server forwards to a listener
+###############################################################################
+
+SERVERS_OWN_TOKEN = 'own-clients-token-0123456789'  # what the server's own clients must present
+LISTENER_STEP_ID = '1700000000-12345-123456'  # the listener's id for the step it took
+
+
+def next_server_of_a_pipe(request):
+    """A FakeServer handler playing the next server of a pipe: it takes the
+    step and keeps it busy until asked to kill it (nothing real can hold a
+    step on cue and show every header it was sent)."""
+    if request.query.get('service') == 'meta':
+        return 200, 'text/plain', 'version: RepRapCloud 0.019 (fake)\nservices: echo\ninstance: listener\n'
+    if request.method == 'POST':
+        return 200, 'text/plain', f'id: {LISTENER_STEP_ID}\nstatus: busy\n'
+    if request.query.get('service') == 'kill':
+        return 200, 'text/plain', f'id: {LISTENER_STEP_ID}\nstatus: failed\nerror: killed\n'
+    return 200, 'text/plain', f'id: {LISTENER_STEP_ID}\nstatus: busy\n'
+
+
+def tokens_sent(request):
+    """Every token a request carries, whichever way it is sent."""
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    sent = [headers.get('x-rrcloud-token', '')]
+    kind, _, value = headers.get('authorization', '').partition(' ')
+    return [token for token in sent + [value if kind.lower() == 'bearer' else headers.get('authorization', '')]
+            if token]
+
+
+@contextlib.contextmanager
+def step_forwarded_to_a_listener(embedded_server, host_token=''):
+    """A server (from the ``embedded_server`` fixture) whose clients need
+    ``SERVERS_OWN_TOKEN`` holds a two-step pipe and forwards step 2 to a
+    listener (``next_server_of_a_pipe``), with ``HOST.token = host_token``
+    for it when given; yields (the server, a session with the server's token,
+    the listener, the job's id) once step 2 is followed there.  Both are
+    stopped at the end."""
+    from servers import FakeServer
+    fake = FakeServer(next_server_of_a_pipe).start()
+    server = embedded_server(f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n' +
+                             (f'127.0.0.1.token = {host_token}\n' if host_token else ''), start=False)
+    session = plain_session()
+    session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
+    try:
+        with server.start():
+            answer = session.post(server.url, data={
+                'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
+                files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
+            yield server, session, fake, answer.json()['id']
+    finally:
+        fake.stop()
+
+
 @contextlib.contextmanager
 def rrcloud_on_a_terminal(cwd, *args, env=None):
     """``rrcloud ARGS`` with its stderr on a pseudo-terminal (where a progress
