@@ -20,7 +20,7 @@ One place for what several test files (and the benchmarks) need:
   ``start_order``, ``files_of``;
 - a server's tasks over HTTP (an ``EmbeddedServer`` or a deployment):
   ``post_task``, ``submit``, ``wait_done``;
-- processes: ``process_gone``, ``wait_gone``, ``dead_pid``,
+- processes: ``process_gone``, ``wait_gone``, ``dead_pid``, ``pid_from``,
   ``sandboxed_pid``, ``wait_for_tool``;
 - ``one_line_error(result)``: the one line a failed command printed;
 - a pipe whose step is forwarded to a listener: ``step_forwarded_to_a_listener``,
@@ -319,6 +319,17 @@ def dead_pid():
     child.wait()
     assert process_gone(child.pid)
     return child.pid
+
+
+def pid_from(path):
+    """The pid a script wrote into ``path``, once it is there."""
+    def read():
+        try:
+            text = Path(path).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+    return wait_for(read, f'{path} written')
 
 
 def sandboxed_pid(root, task_id, first_words):
