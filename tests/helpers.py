@@ -11,8 +11,8 @@ One place for what several test files (and the benchmarks) need:
 - ``wait_until_done(store_root, task_id)``: until a task leaves busy (read from the store);
 - ``kill_group(pgid)``: SIGKILL a process group that may be gone already;
 - test services and scripts: ``SH_SERVICE`` (the task's tool is a shell
-  script), ``SH_NO_OUTPUT_SERVICE``, ``PTY_PRINTRUN_CONF`` (printing to a
-  pty), ``QUEUE_CONFIG`` (one slot), ``gated_script(gate)`` (a task that runs
+  script), ``SH_NO_OUTPUT_SERVICE``, ``SH_INPUTS_SERVICE`` (the HTTP tests'),
+  ``PTY_PRINTRUN_CONF`` (printing to a pty), ``QUEUE_CONFIG`` (one slot), ``gated_script(gate)`` (a task that runs
   until a file exists), ``TOOL_WITH_GRANDCHILD``;
 - a store's tasks: ``submit_script`` (a script as a task, through the command
   line), ``cli_info`` (``rrcloud info ID`` as a user reads it),
@@ -146,6 +146,16 @@ def kill_group(pgid, sig=signal.SIGKILL):
 SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
 # The same without an output file: argv is ``sh tasks/in/X.sh``.
 SH_NO_OUTPUT_SERVICE = SH_SERVICE + 'noOutput = yes\n'
+# The HTTP tests' sh: the script is input 0; later inputs (as --data=FILE) and
+# the output file are its arguments.
+SH_INPUTS_SERVICE = """\
+# sh: runs input 0 as a shell script; later inputs and the output file are its arguments
+path = /usr/bin:/bin
+cmd = sh
+argInput = --data=$fileIn
+output = $fileOut
+inputExt = sh
+"""
 # The printrun service as an admin who has a printer on a pty would write it:
 # the built-in sender, ports on /dev/pts/ (the shipped conf allows USB ports only).
 PTY_PRINTRUN_CONF = """\

@@ -26,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from helpers import free_port, kill_group as _kill_group, plain_session, wait_done, wait_for_url  # noqa: F401 (free_port: for tests)
+from helpers import (free_port, kill_group as _kill_group, plain_session, wait_done,  # noqa: F401 (free_port: for tests)
+    wait_for_url)
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20

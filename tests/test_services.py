@@ -572,14 +572,10 @@ def server(request):
     shared by the module.  One task has run on it: its store's folders and its
     recovery mark are there before any test compares the store (a CGI makes
     them at its first submission, whichever test that is)."""
-    deployment = deploy.Deployment(request.param)
-    try:
-        deployment.start()
+    with deploy.running(deploy.Deployment(request.param)) as deployment:
         record, _ = run(deployment.session, deployment, 'echo', fileIn0='settled\n')
         assert record['status'] == 'complete', record
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope='module')
