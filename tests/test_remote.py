@@ -1,8 +1,8 @@
 """Remote relay, the client side: choose a server, send work, wait or come back later, fail over.
 
-Real embedded servers (``rrcloud.py serve``) run on free loopback ports, each
-in its own store folder (tests/servers.py).  The client runs in the
-``workdir`` fixture, in-process through main() or as a real process (the
+Real embedded servers (``rrcloud.py serve``, the ``embedded_server``
+fixture) run on free loopback ports, each in its own store folder.  The
+client runs in the ``workdir`` fixture, in-process through main() or as a real process (the
 ``*.cloud`` wrappers, Ctrl-C).  Fake servers (http.server in a thread) stand
 in only where the test is about a server no real part can play: one that
 answers garbage, a hostile one, a 0.019 server that only answers text and

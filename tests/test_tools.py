@@ -2,7 +2,8 @@
 
 With the real tools (openscad under xvfb-run for images, povray with its
 includes), locally through the task store and through a real embedded
-server on loopback (tests/servers.py), the client running in ``workdir``:
+server on loopback (the ``embedded_server`` fixture, one for the module),
+the client running in ``workdir``:
 
 6. OpenSCAD writes the format its output's extension names (png, off, amf,
    3mf, dxf, svg, csg); a PNG is the one ``openscad`` itself renders.
