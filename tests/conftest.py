@@ -19,6 +19,8 @@ from helpers import (DATA, QUEUE_CONFIG, REPO, SH_SERVICE, gated_script, process
 from servers import EmbeddedServer
 
 import rrcloud  # noqa: E402
+from rrc.procs import process_is  # noqa: E402
+from rrc.store import Store  # noqa: E402
 
 
 class Result:
@@ -130,7 +132,6 @@ def held_slot(cli, workdir):
     gate = workdir.parent / 'gate-open'
     (workdir / 'gate.sh').write_text(gated_script(gate))
     task_id = task_id_of(cli('gate', 'gate.sh').out)
-    from rrc.store import Store
     assert 'queued' not in Store(workdir).read_task(task_id)  # dispatched by its submission
     tool_started(workdir, task_id)
     yield task_id, gate
@@ -143,8 +144,6 @@ def no_leftover_processes(workdir):
     and start time), and the processes whose pids a tool wrote into
     ``tool.pid`` and ``grandchild.pid`` (TOOL_WITH_GRANDCHILD)."""
     yield
-    from rrc.procs import process_is
-    from rrc.store import Store
     store = Store(workdir)
     for task_id in store.task_ids():
         record = store.read_task(task_id)
