@@ -1,14 +1,26 @@
-"""Shared fixtures: a fresh store root per test, rrcloud run in-process or as a real process."""
+"""Shared fixtures: a fresh store root per test, rrcloud run in-process or as
+a real process, embedded servers, a one-slot store whose slot is held.
+
+The helpers (test services, submitting and reading tasks, waiting) are in
+helpers.py; the servers' classes in servers.py (``rrcloud serve``, fake
+servers) and deploy.py (deployments: in-process, embedded as www-data,
+lighttpd, Apache).
+"""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import DATA, REPO, wait_until_done  # noqa: F401 (REPO, DATA, wait_until_done: imported from here by tests)
+from helpers import (DATA, QUEUE_CONFIG, REPO, SH_SERVICE, gated_script, process_gone,  # noqa: F401
+    tool_started, wait_until_done)  # (REPO, DATA, wait_until_done: imported from here by tests)
+from servers import EmbeddedServer
 
 import rrcloud  # noqa: E402
+from rrc.procs import process_is  # noqa: E402
+from rrc.store import Store  # noqa: E402
 
 
 class Result:
@@ -55,6 +67,99 @@ def proc(workdir):
                               env=dict(os.environ, **(env or {})))
         return Result(done.returncode, done.stdout, done.stderr)
     return run
+
+
+@pytest.fixture(scope='module')
+def _module_servers():
+    """The embedded servers a module's tests share, by (rrcloudrc, services);
+    stopped after the module's last test (see ``embedded_server``)."""
+    shared = {}
+    yield shared
+    for server in shared.values():
+        if server.running:
+            server.stop()
+
+
+@pytest.fixture
+def embedded_server(tmp_path, tmp_path_factory, _module_servers):
+    """Start real ``rrcloud serve`` processes (servers.EmbeddedServer), each on
+    a free loopback port in its own store, run as this user.  Returns a
+    function:
+
+        embedded_server(config='maxTasks = 1\n', services=None)
+
+    gives a started server with this rrcloudrc and these service confs
+    ({name: conf text}, written to its store's services/).  Every server it
+    started is stopped, with the runners and tools its records name, when
+    the test ends (a test may stop one earlier; a stopped one is left alone).
+
+    ``root=FOLDER`` puts the store there (default: ``server0``, ``server1``,
+    ... under the test's tmp_path); ``start=False`` returns it unstarted,
+    for a test that lays out its store or edits its rrcloudrc first (it calls
+    ``server.start()``).  ``scope='module'``: the one server the module's
+    tests share for this rrcloudrc and services, started by the first test
+    that asks and stopped after the module's last.
+
+    A test that must not run its server as root (the kernel lets root past
+    RLIMIT_NPROC and file permissions) uses ``deploy.Deployment('embedded')``
+    instead: the server as installed, as www-data.
+    """
+    started = []
+
+    def start(config='maxTasks = 1\n', services=None, *, root=None, start=True, scope='function'):
+        if scope == 'module':
+            assert root is None and start, 'a shared server is started at once, in a folder of its own'
+            key = (config, tuple(sorted((services or {}).items())))
+            if key not in _module_servers:
+                _module_servers[key] = EmbeddedServer(tmp_path_factory.mktemp('server'), config, services).start()
+            return _module_servers[key]
+        assert scope == 'function', scope
+        server = EmbeddedServer(root or tmp_path / f'server{len(started)}', config, services)
+        started.append(server)
+        return server.start() if start else server
+    yield start
+    for server in started:
+        if server.running:
+            server.stop()
+
+
+@pytest.fixture
+def held_slot(cli, workdir):
+    """A store with ``QUEUE_CONFIG`` (one slot) whose slot a gated task holds:
+    (its id, the gate to open).  The gate opens at the end."""
+    write_config(workdir, QUEUE_CONFIG)
+    make_service(workdir, 'gate', SH_SERVICE)
+    gate = workdir.parent / 'gate-open'
+    (workdir / 'gate.sh').write_text(gated_script(gate))
+    task_id = task_id_of(cli('gate', 'gate.sh').out)
+    assert 'queued' not in Store(workdir).read_task(task_id)  # dispatched by its submission
+    tool_started(workdir, task_id)
+    yield task_id, gate
+    gate.touch()
+
+
+@pytest.fixture
+def no_leftover_processes(workdir):
+    """After the test, stop what its tasks left running (only those, by pid
+    and start time), and the processes whose pids a tool wrote into
+    ``tool.pid`` and ``grandchild.pid`` (TOOL_WITH_GRANDCHILD)."""
+    yield
+    store = Store(workdir)
+    for task_id in store.task_ids():
+        record = store.read_task(task_id)
+        for pid_key, start_key in (('pid', 'pidStart'), ('runner', 'runnerStart')):
+            pid = record.get(pid_key)
+            if pid and process_is(pid, record.get(start_key)):
+                try:
+                    os.killpg(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    for pidfile in ('tool.pid', 'grandchild.pid'):
+        path = workdir / pidfile
+        if path.is_file() and path.read_text().strip().isdigit():
+            pid = int(path.read_text())
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def write_config(folder, text, name='rrcloudrc'):

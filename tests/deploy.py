@@ -16,8 +16,18 @@ called again (a restart keeps the port, the store and the running tasks).
 Tests speak HTTP through ``deployment.session`` (a requests session) and
 ``deployment.request_raw()`` (a request target exactly as written), so the
 same test runs against ``deployment('wsgi')`` too: the application called
-in-process over a store laid out the same way (inprocess.py).
+in-process over a store laid out the same way (inprocess.py).  ``with
+running(deployment('wsgi', config=...)) as server:`` starts one and stops
+and removes it at the end, also when it failed to start.
+
+The ``embedded`` kind is ``rrcloud serve`` as installed: as www-data, from
+the app copy.  It is for the live contract matrix (``KINDS``: the same test
+on the embedded server, lighttpd and Apache) and for a test that must not
+run as root (the kernel lets root past RLIMIT_NPROC and file permissions).
+Any other test starts ``rrcloud serve`` with the ``embedded_server`` fixture
+(conftest.py, servers.EmbeddedServer): in its own store, as this user.
 """
+import contextlib
 import http.client
 import os
 import pwd
@@ -317,3 +327,13 @@ def deployment(kind, config='', services=None):
         from inprocess import WSGIDeployment
         return WSGIDeployment(kind, config=config, services=services)
     return Deployment(kind, config=config, services=services)
+
+
+@contextlib.contextmanager
+def running(built):
+    """Start ``built`` (a deployment not started yet) and yield it; at the end,
+    or when it did not start, stop it, kill its leftover tasks and remove its folder."""
+    try:
+        yield built.start()
+    finally:
+        built.close()

@@ -1,4 +1,5 @@
-"""Test helpers shared by the suite and bench/: ports, sessions, waiting.
+"""Test helpers shared by the suite and bench/: ports, sessions, waiting,
+test services, tasks submitted and read, processes.
 
 One place for what several test files (and the benchmarks) need:
 
@@ -9,11 +10,28 @@ One place for what several test files (and the benchmarks) need:
 - ``wait_port_free(port)``: until a port can be bound again;
 - ``wait_until_done(store_root, task_id)``: until a task leaves busy (read from the store);
 - ``kill_group(pgid)``: SIGKILL a process group that may be gone already;
+- test services and scripts: ``SH_SERVICE`` (the task's tool is a shell
+  script), ``SH_NO_OUTPUT_SERVICE``, ``SH_INPUTS_SERVICE`` (the HTTP tests'),
+  ``PTY_PRINTRUN_CONF`` (printing to a pty), ``QUEUE_CONFIG`` (one slot), ``gated_script(gate)`` (a task that runs
+  until a file exists), ``TOOL_WITH_GRANDCHILD``;
+- a store's tasks: ``submit_script`` (a script as a task, through the command
+  line), ``cli_info`` (``rrcloud info ID`` as a user reads it),
+  ``records``/``read_record`` (records as written), ``tool_started``,
+  ``start_order``, ``files_of``;
+- a server's tasks over HTTP (an ``EmbeddedServer`` or a deployment):
+  ``post_task``, ``submit``, ``wait_done``;
+- processes: ``process_gone``, ``wait_gone``, ``dead_pid``, ``pid_from``,
+  ``sandboxed_pid``, ``wait_for_tool``;
+- ``one_line_error(result)``: the one line a failed command printed;
+- a pipe whose step is forwarded to a listener: ``step_forwarded_to_a_listener``,
+  ``tokens_sent`` (test_forward.py and test_pipeline.py);
 - ``HeaderTrickle``: slow clients that never finish their request head, and
   ``raise_open_files(count)`` for the sockets they need (the slow-client test
   and bench/bench_slow_clients.py).
 
-bench/*.py put this folder on sys.path and import from here too.
+The fixtures (a store root, rrcloud in-process or as a process, embedded
+servers) are in conftest.py.  bench/*.py put this folder on sys.path and
+import from here too.
 """
 import contextlib
 import os
@@ -116,6 +134,291 @@ def kill_group(pgid, sig=signal.SIGKILL):
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+###############################################################################
+# Test services and scripts
+###############################################################################
+
+# A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``
+# (the script is the input, the output path its last argument, $1), so a test
+# controls exactly what "the tool" does.
+SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
+# The same without an output file: argv is ``sh tasks/in/X.sh``.
+SH_NO_OUTPUT_SERVICE = SH_SERVICE + 'noOutput = yes\n'
+# The HTTP tests' sh: the script is input 0; later inputs (as --data=FILE) and
+# the output file are its arguments.
+SH_INPUTS_SERVICE = """\
+# sh: runs input 0 as a shell script; later inputs and the output file are its arguments
+path = /usr/bin:/bin
+cmd = sh
+argInput = --data=$fileIn
+output = $fileOut
+inputExt = sh
+"""
+# The printrun service as an admin who has a printer on a pty would write it:
+# the built-in sender, ports on /dev/pts/ (the shipped conf allows USB ports only).
+PTY_PRINTRUN_CONF = """\
+# printrun for the tests: the built-in sender, ports on /dev/pts/
+cmd = rrcloud print
+noOutput = yes
+inputExt = gcode
+nativeArgs = /dev/pts/, --timeout=
+"""
+# One slot, tools unsandboxed (a gated task must see its gate): a queue forms at once.
+QUEUE_CONFIG = 'maxTasks = 1\nsandbox = no\n'
+# A tool that starts a grandchild, writes both pids, and waits for it.
+TOOL_WITH_GRANDCHILD = (
+    'echo $$ > tool.pid\n'
+    'sleep 300 &\n'
+    'echo $! > grandchild.pid\n'
+    'wait\n'
+)
+
+
+def gated_script(gate, then='echo done > "$1"'):
+    """A task's script that runs until ``gate`` exists, then ``then`` (by
+    default it writes ``done``).  Its tool must see the gate: unsandboxed, or
+    the gate's folder in the service's ``readPaths``."""
+    return f'while [ ! -e {gate} ]; do sleep 0.05; done\n{then}\n'
+
+
+###############################################################################
+# A store's tasks
+###############################################################################
+
+def submit_script(cli, root, script, service='job', name='job.sh'):
+    """Write ``script`` to ``ROOT/NAME`` and start it as a task of ``service``
+    with the command line (``cli``: the conftest fixture); returns the id."""
+    from conftest import task_id_of
+    (Path(root) / name).write_text(script)
+    result = cli(service, name)
+    assert result.code == 0, result
+    return task_id_of(result.out)
+
+
+def cli_info(cli, task_id):
+    """``rrcloud info ID`` parsed into a dict, as a user reads it."""
+    result = cli('info', task_id)
+    assert result.code == 0, result
+    lines = result.out.splitlines()
+    assert lines[0] == f'=== id: {task_id}', result.out
+    return dict(line.split(': ', 1) for line in lines[1:] if line)
+
+
+def one_line_error(result):
+    """The single ``rrcloud: error: ...`` line a failed command printed."""
+    assert result.err.endswith('\n') and result.err.count('\n') == 1, result
+    assert result.err.startswith('rrcloud: error: '), result
+    return result.err
+
+
+def records(root):
+    """All task records of a store, as written (not reconciled)."""
+    from rrc.store import Store
+    store = Store(root)
+    return [store.read_task(task_id) for task_id in store.task_ids()]
+
+
+def read_record(root, task_id):
+    """``tasks/info/ID`` of a store as written, without reconciling."""
+    from rrc.store import Store
+    return Store(str(root)).read_task(task_id)
+
+
+def tool_started(root, task_id):
+    """The record of a running task once its runner started the tool (and wrote its log)."""
+    return wait_for(lambda: read_record(root, task_id).get('pid') and read_record(root, task_id),
+                    'the tool to start')
+
+
+def wait_for_tool(root, task_id):
+    """The tool's pid, once the runner has recorded it."""
+    return int(tool_started(root, task_id)['pid'])
+
+
+def start_order(root, task_ids, timeout=60):
+    """The ids in the order their tasks started, once all of them ended complete."""
+    done = {task_id: wait_until_done(root, task_id, timeout=timeout) for task_id in task_ids}
+    assert all(r['status'] == 'complete' for r in done.values()), done
+    return sorted(task_ids, key=lambda task_id: float(done[task_id]['stime']))
+
+
+def files_of(root):
+    """Every file under the store's tasks folder but the locks (what a refused request must not change)."""
+    found = {}
+    for folder, _, names in os.walk(Path(root) / 'tasks'):
+        for name in names:
+            path = Path(folder) / name
+            if name != '.lock' and 'slots' not in path.parts:
+                found[str(path.relative_to(root))] = path.read_bytes()
+    return found
+
+
+###############################################################################
+# A server's tasks over HTTP (servers.EmbeddedServer, or a deploy.Deployment)
+###############################################################################
+
+def _root_url(server):
+    """``http://HOST:PORT/`` of a server (an EmbeddedServer's url ends in /, a deployment's not)."""
+    return server.url.rstrip('/') + '/'
+
+
+def _session_of(server, session=None):
+    """The session to speak to ``server`` with: a deployment's own (in-process
+    for ``wsgi``), else a new proxy-free one."""
+    return session or getattr(server, 'session', None) or plain_session()
+
+
+def post_task(server, service, content, filename='input.txt', session=None, timeout=30, **fields):
+    """POST one task whose first input is ``content``, uploaded as ``filename``
+    (multipart), with ``fields``; the requests response."""
+    return _session_of(server, session).post(_root_url(server), data=dict(fields, service=service),
+                                             files={'fileIn0': (filename, content)}, timeout=timeout)
+
+
+def submit(server, service, content, filename='input.txt', **fields):
+    """``post_task`` answered in JSON, which must be 200: the new task's id."""
+    answer = post_task(server, service, content, filename, format='json', **fields)
+    assert answer.status_code == 200, answer.text
+    return answer.json()['id']
+
+
+def wait_done(server, task_id, timeout=60):
+    """Long-poll ``?service=info&id=ID&wait=S`` until the task leaves busy;
+    its record (JSON).  Fails after ``timeout`` seconds."""
+    session = _session_of(server)
+    deadline = time.monotonic() + timeout
+    while True:
+        wait = min(20, max(1, int(deadline - time.monotonic())))
+        answer = session.get(_root_url(server), timeout=wait + 10,
+                             params={'service': 'info', 'id': task_id, 'wait': str(wait), 'format': 'json'})
+        answer.raise_for_status()
+        record = answer.json()
+        if record['status'] != 'busy':
+            return record
+        if time.monotonic() >= deadline:
+            raise AssertionError(f'task {task_id} still busy on {server.url} after {timeout} s: {record}')
+
+
+###############################################################################
+# Processes
+###############################################################################
+
+def process_gone(pid):
+    """True when ``pid`` no longer runs (gone, or a zombie nobody reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(')') + 2] in 'ZX'
+
+
+def wait_gone(pid, what):
+    """Until ``pid`` no longer runs; fail naming ``what``."""
+    wait_for(lambda: process_gone(pid), f'{what} (pid {pid}) still running')
+
+
+def dead_pid():
+    """The pid of a process that has really run and ended (and been reaped)."""
+    child = subprocess.Popen(['true'])
+    child.wait()
+    assert process_gone(child.pid)
+    return child.pid
+
+
+def pid_from(path):
+    """The pid a script wrote into ``path``, once it is there."""
+    def read():
+        try:
+            text = Path(path).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+    return wait_for(read, f'{path} written')
+
+
+def sandboxed_pid(root, task_id, first_words):
+    """The host pid of a task's process whose command line starts with
+    ``first_words``: a sandboxed tool sees only its own PID namespace, so it
+    cannot write its host pid for us; the runner's record names the sandbox."""
+    import psutil
+
+    def find():
+        pid = read_record(root, task_id).get('pid')
+        try:
+            children = psutil.Process(int(pid)).children(recursive=True) if pid else []
+        except psutil.NoSuchProcess:
+            return None
+        for child in children:
+            try:
+                words = child.cmdline()
+                if [os.path.basename(words[0])] + words[1:len(first_words)] == first_words:
+                    return child.pid
+            except psutil.Error:
+                continue
+        return None
+    return wait_for(find, f'{" ".join(first_words)} of task {task_id} running')
+
+
+###############################################################################
+# A pipe whose second step a server forwards to a listener
+###############################################################################
+
+SERVERS_OWN_TOKEN = 'own-clients-token-0123456789'  # what the server's own clients must present
+LISTENER_STEP_ID = '1700000000-12345-123456'  # the listener's id for the step it took
+
+
+def next_server_of_a_pipe(request):
+    """A FakeServer handler playing the next server of a pipe: it takes the
+    step and keeps it busy until asked to kill it (nothing real can hold a
+    step on cue and show every header it was sent)."""
+    if request.query.get('service') == 'meta':
+        return 200, 'text/plain', 'version: RepRapCloud 0.019 (fake)\nservices: echo\ninstance: listener\n'
+    if request.method == 'POST':
+        return 200, 'text/plain', f'id: {LISTENER_STEP_ID}\nstatus: busy\n'
+    if request.query.get('service') == 'kill':
+        return 200, 'text/plain', f'id: {LISTENER_STEP_ID}\nstatus: failed\nerror: killed\n'
+    return 200, 'text/plain', f'id: {LISTENER_STEP_ID}\nstatus: busy\n'
+
+
+def tokens_sent(request):
+    """Every token a request carries, whichever way it is sent."""
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    sent = [headers.get('x-rrcloud-token', '')]
+    kind, _, value = headers.get('authorization', '').partition(' ')
+    return [token for token in sent + [value if kind.lower() == 'bearer' else headers.get('authorization', '')]
+            if token]
+
+
+@contextlib.contextmanager
+def step_forwarded_to_a_listener(embedded_server, host_token=''):
+    """A server (from the ``embedded_server`` fixture) whose clients need
+    ``SERVERS_OWN_TOKEN`` holds a two-step pipe and forwards step 2 to a
+    listener (``next_server_of_a_pipe``), with ``HOST.token = host_token``
+    for it when given; yields (the server, a session with the server's token,
+    the listener, the job's id) once step 2 is followed there.  Both are
+    stopped at the end."""
+    from servers import FakeServer
+    fake = FakeServer(next_server_of_a_pipe).start()
+    server = embedded_server(f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n' +
+                             (f'127.0.0.1.token = {host_token}\n' if host_token else ''), start=False)
+    session = plain_session()
+    session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
+    try:
+        with server.start():
+            answer = session.post(server.url, data={
+                'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
+                files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
+            yield server, session, fake, answer.json()['id']
+    finally:
+        fake.stop()
 
 
 @contextlib.contextmanager

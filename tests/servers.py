@@ -1,10 +1,16 @@
 """Servers for the remote-relay tests: embedded rrcloud servers and fake ones.
 
 ``EmbeddedServer`` is a real ``rrcloud.py serve`` process on a free loopback
-port, with its own store folder and rrcloudrc (passed in RRCLOUD_CONFIG).
-Its tasks run detached in their own sessions, so ``stop()`` kills the
-server's process group and then the groups of every runner and tool named
-in the store's records.
+port, with its own store folder and rrcloudrc (passed in RRCLOUD_CONFIG),
+run as this user (root here).  Its tasks run detached in their own
+sessions, so ``stop()`` kills the server's process group and then the
+groups of every runner and tool named in the store's records.  Tests start
+one with the ``embedded_server`` fixture (tests/conftest.py), which stops
+every server it started when the test (or, for a shared one, the module)
+ends; bench/common.py builds on the class too.  The same server as a
+deployment installs it (www-data, an app copy under /tmp) is
+``deploy.Deployment('embedded')``: for the live contract matrix and where a
+test must not run as root.
 
 ``FakeServer`` is an ``http.server`` in a thread on 127.0.0.1: a test gives
 it a handler and it records every request.  It stands in for servers no
@@ -20,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from helpers import free_port, kill_group as _kill_group, plain_session, wait_for_url  # noqa: F401 (free_port: for tests)
+from helpers import (free_port, kill_group as _kill_group, plain_session, wait_done,  # noqa: F401 (free_port: for tests)
+    wait_for_url)
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20
@@ -42,6 +49,8 @@ class EmbeddedServer:
         self.url = f'http://{self.address}/'
         self.process = None
         self.log = self.root / 'server.log'
+        # Started and not stopped since (a server killed alone still has its tasks to stop).
+        self.running = False
 
     def start(self):
         """Start the server and wait until it answers."""
@@ -53,6 +62,7 @@ class EmbeddedServer:
                  '--port', str(self.port)],
                 cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
+        self.running = True
         try:  # any answer will do: a server with a token answers 401
             wait_for_url(f'{self.url}?service=meta', START_TIMEOUT, process=self.process)
         except RuntimeError as exc:
@@ -96,12 +106,13 @@ class EmbeddedServer:
 
     def wait_done(self, task_id, timeout=60):
         """Long-poll the server until the task leaves busy; returns its record."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = self.info(task_id, wait=min(20, max(1, int(deadline - time.monotonic()))))
-            if record['status'] != 'busy':
-                return record
-        raise AssertionError(f'task {task_id} still busy on {self.url} after {timeout} s')
+        return wait_done(self, task_id, timeout)
+
+    def meta(self):
+        """``GET ?service=meta`` as a dict."""
+        answer = plain_session().get(self.url, params={'service': 'meta', 'format': 'json'}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
 
     def kill_server(self):
         """Kill only the server process: its tasks run on, detached, as after a crash."""
@@ -127,6 +138,7 @@ class EmbeddedServer:
             for key in ('runner', 'pid'):
                 if record.get(key, '').isdigit():
                     _kill_group(int(record[key]))
+        self.running = False
 
 
 class Request:

@@ -19,10 +19,9 @@ from stl import mesh
 
 from rrc import __version__
 from rrc.errors import ExitCode
-from rrc.store import Store
-from helpers import read_terminal_until, rrcloud_on_a_terminal
+from helpers import one_line_error, read_terminal_until, records, rrcloud_on_a_terminal
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
-from servers import EmbeddedServer, FakeServer, free_port
+from servers import FakeServer, free_port
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 SLIC3R_INI = (
@@ -69,19 +68,6 @@ def models(workdir):
 def tree(root):
     """Every path under ``root``, relative: to see that nothing was created."""
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
-
-
-def records(root):
-    """All task records of the store."""
-    store = Store(root)
-    return [store.read_task(task_id) for task_id in store.task_ids()]
-
-
-def one_line_error(result):
-    """The single ``rrcloud: error: ...`` line a failed command printed."""
-    assert result.err.endswith('\n') and result.err.count('\n') == 1, result
-    assert result.err.startswith('rrcloud: error: '), result
-    return result.err
 
 
 def key_values(text):
@@ -594,14 +580,6 @@ def test_multi_line_content_is_accepted_as_content(cli, workdir):
 ###############################################################################
 
 @pytest.fixture
-def server(tmp_path):
-    """A real embedded rrcloud server on a loopback port, in its own store."""
-    started = EmbeddedServer(tmp_path / 'server').start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture
 def listener():
     """A loopback HTTP listener that records what it is sent (a notifier target)."""
     started = FakeServer(lambda request: (200, 'text/plain', 'ok\n')).start()
@@ -622,7 +600,8 @@ def test_format_after_info_and_its_id(cli, workdir):
     assert json.loads(cli('meta', '--format=json').out)['services']
 
 
-def test_s_after_the_input_sends_the_task_to_that_server(cli, workdir, server):
+def test_s_after_the_input_sends_the_task_to_that_server(cli, workdir, embedded_server):
+    server = embedded_server()
     (workdir / 'notes.txt').write_text('notes for the server\n')
 
     result = cli('echo', 'notes.txt', f'--s={server.address}')
@@ -745,17 +724,14 @@ def test_serve_on_a_taken_port_is_one_error_line_and_creates_nothing(proc, workd
     assert tree(workdir) == [], 'no tasks/ folder'
 
 
-def test_serve_check_tells_rrcloud_from_another_server_and_from_nothing(proc, workdir, foreign, tmp_path):
-    server = EmbeddedServer(tmp_path / 'server').start()
-    protected = EmbeddedServer(tmp_path / 'protected', config='token = a-long-enough-token-1234\n').start()
-    try:
-        ours = proc('serve', '--check', '--port', str(server.port))
-        theirs = proc('serve', '--check', '--port', str(foreign.port))
-        nothing = proc('serve', '--check', '--port', str(free_port()))
-        locked = proc('serve', '--check', '--port', str(protected.port))
-    finally:
-        server.stop()
-        protected.stop()
+def test_serve_check_tells_rrcloud_from_another_server_and_from_nothing(proc, workdir, foreign, embedded_server):
+    server = embedded_server()
+    protected = embedded_server(config='token = a-long-enough-token-1234\n')
+
+    ours = proc('serve', '--check', '--port', str(server.port))
+    theirs = proc('serve', '--check', '--port', str(foreign.port))
+    nothing = proc('serve', '--check', '--port', str(free_port()))
+    locked = proc('serve', '--check', '--port', str(protected.port))
 
     assert ours.code == 0 and 'RepRapCloud' in ours.out, ours
     assert locked.code == 0, 'a server asking for a token is rrcloud too'

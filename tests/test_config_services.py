@@ -13,6 +13,7 @@ from rrc.config import load_config
 from rrc.errors import ConfigError, ExitCode, UsageError
 from rrc.services import check_native_args, check_prearg, compose_argv, load_services, parse_service
 from conftest import REPO, make_service, task_id_of, wait_until_done, write_config
+from helpers import one_line_error
 
 SHIPPED_SERVICES = REPO / 'services'
 SHIPPED_RRCLOUDRC = REPO / 'rrcloudrc'
@@ -25,13 +26,6 @@ ID = '1795841292-04767-953464'
 def shipped(name):
     """One of the service confs shipped beside rrcloud.py."""
     return parse_service(str(SHIPPED_SERVICES / f'{name}.conf'))
-
-
-def one_line_error(result):
-    """The single ``rrcloud: error: ...`` line a failed command printed."""
-    assert result.err.endswith('\n') and result.err.count('\n') == 1, result
-    assert result.err.startswith('rrcloud: error: '), result
-    return result.err
 
 
 def key_values(text):

@@ -21,23 +21,19 @@ from rrc.events import (EventFollower, ProgressEvents, append_event, events_path
 from rrc.printing import gcode_lines
 from rrc.states import State, expire_tasks, get_task, move_task
 from rrc.store import Store, format_record
-from helpers import read_terminal_until, rrcloud_on_a_terminal
+from helpers import PTY_PRINTRUN_CONF, SH_SERVICE, read_terminal_until, rrcloud_on_a_terminal, submit_script, wait_for
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
 from printer_sim import PrinterSim
 
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
-PTY_PRINTRUN_CONF = 'cmd = rrcloud print\nnoOutput = yes\ninputExt = gcode\nnativeArgs = /dev/pts/, --timeout=\n'
 SMALL = DATA / 'small.gcode'
 COUNT = len(gcode_lines(SMALL))
 TASK_ID = '1796000000-00000-000001'
 
 
 def submit(cli, workdir, script, name='job.sh'):
+    """``script`` as a task of the shell service ``job``; its id."""
     make_service(workdir, 'job', SH_SERVICE)
-    (workdir / name).write_text(script)
-    result = cli('job', name)
-    assert result.code == 0, result
-    return task_id_of(result.out)
+    return submit_script(cli, workdir, script, name=name)
 
 
 def statuses(store, task_id):
@@ -57,16 +53,6 @@ def events_to_the_end(workdir, task_id):
 def event_lines(store, task_id):
     with open(events_path(store, task_id), 'rb') as handle:
         return handle.read().split(b'\n')[:-1]
-
-
-def wait_for(condition, what, timeout=30, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f'timed out waiting for {what}')
 
 
 ###############################################################################

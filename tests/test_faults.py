@@ -1,7 +1,7 @@
 """Faults and slow clients: crashes, a full disk, kill racing completion, load, idle connections.
 
-Everything here is real: ``rrcloud.py serve`` processes (tests/servers.py) on
-free loopback ports, detached runners and tools, SIGKILL sent with os.kill,
+Everything here is real: ``rrcloud.py serve`` processes (the
+``embedded_server`` fixture) on free loopback ports, detached runners and tools, SIGKILL sent with os.kill,
 a 2 MB tmpfs mounted as a store root (the suite runs as root), a CLI process
 under RLIMIT_FSIZE, raw TCP sockets that never finish a request.  No mocks.
 
@@ -38,12 +38,7 @@ from rrc.procs import process_is, process_start_time
 from rrc.recovery import TEMP_FILE_MAX_AGE
 from rrc.store import Store, format_record, new_unique_name, parse_record
 from conftest import REPO, task_id_of
-from helpers import wait_for
-from servers import EmbeddedServer, plain_session
-
-# A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``
-# (the script is the input, the output path its first argument).
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
+from helpers import SH_SERVICE, dead_pid, plain_session, post_task, wait_for
 # Files a store may hold whose names start with a dot and are not temp files.
 STORE_DOT_FILES = {'.lock', '.recovered'}
 DEADLINE = 60  # generous: waiting is fine, timing is never asserted
@@ -52,13 +47,6 @@ DEADLINE = 60  # generous: waiting is fine, timing is never asserted
 ###############################################################################
 # Helpers
 ###############################################################################
-
-def post_task(url, service, content, filename='input.txt', timeout=30, session=None):
-    """POST one task as a multipart upload; returns the requests response."""
-    session = session or plain_session()
-    return session.post(url, data={'service': service}, files={'fileIn0': (filename, content)},
-                        timeout=timeout)
-
 
 def id_from_answer(text):
     """The id of a text answer (``key: value`` lines)."""
@@ -144,14 +132,6 @@ def store_processes(root, exclude=()):
     return found
 
 
-def dead_pid():
-    """The pid of a process that has really run and ended (and been reaped)."""
-    child = subprocess.Popen(['true'])
-    child.wait()
-    assert not alive(child.pid)
-    return child.pid
-
-
 def kill_server(server):
     """SIGKILL the ``rrcloud serve`` process (only it: its runners live in their own sessions)."""
     if server.process and server.process.poll() is None:
@@ -217,11 +197,11 @@ def runners_of(task_id):
 
 
 @pytest.mark.slow
-def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_path):
+def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_path, embedded_server):
     seed = random.randrange(1 << 30)
     print(f'\n[chaos] seed {seed}')
     root = tmp_path / 'store'
-    server = EmbeddedServer(root, config='maxTasks = 4\n', services={'slow': SH_SERVICE})
+    server = embedded_server('maxTasks = 4\n', {'slow': SH_SERVICE}, root=root, start=False)
     accepted = {}          # id -> (service, content) of every submission answered 200
     answers = Counter()    # how submissions were answered
     kills = Counter()
@@ -232,7 +212,7 @@ def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_
         server.start()
         # A long task first: its runner is the likeliest victim, and at the end
         # its orphaned tool must be killed by recovery.
-        answer = post_task(server.url, 'slow', VICTIM_SCRIPT, 'victim.sh')
+        answer = post_task(server, 'slow', VICTIM_SCRIPT, 'victim.sh')
         assert answer.status_code == 200, answer.text
         victim = id_from_answer(answer.text)
         accepted[victim] = ('slow', VICTIM_SCRIPT)
@@ -249,7 +229,7 @@ def test_sigkill_of_runners_and_server_during_200_submissions_loses_nothing(tmp_
                     service, content = 'echo', echo_content(number)
                 number += 1
                 try:
-                    answer = post_task(server.url, service, content, timeout=20, session=session)
+                    answer = post_task(server, service, content, timeout=20, session=session)
                 except requests.RequestException:
                     answers['connection error'] += 1
                     session = plain_session()
@@ -392,9 +372,9 @@ def fresh_id():
     return new_unique_name()
 
 
-def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_path):
+def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_path, embedded_server):
     root = tmp_path / 'store'
-    server = EmbeddedServer(root, config='')
+    server = embedded_server('', root=root, start=False)  # started once the store is laid out
     store = Store(root)
     store.ensure()
     info = Path(store.folder('info'))
@@ -469,7 +449,7 @@ def test_serve_start_cleans_temp_files_and_fails_tasks_whose_runner_is_gone(tmp_
             process.wait(timeout=10)
 
 
-def test_serve_start_removes_old_inputs_no_record_names(tmp_path):
+def test_serve_start_removes_old_inputs_no_record_names(tmp_path, embedded_server):
     # A crash between storing an input and writing its record leaves the input
     # alone in tasks/in; recovery removes it once it is older than any upload.
     root = tmp_path / 'store'
@@ -497,15 +477,12 @@ def test_serve_start_removes_old_inputs_no_record_names(tmp_path):
     plant(root, dict(busy_record(fresh_id()), status='complete', etime=f'{time.time():.5f}',
                      **{'in': f'tasks/in/{named.name},tasks/in/{named_project.name}/main.scad'}))
 
-    server = EmbeddedServer(root, config='')
-    try:
-        server.start()
-        assert not old_orphan.exists() and not old_orphan_project.exists()
-        assert young_orphan.exists()
-        assert named.exists() and (named_project / 'main.scad').exists()
-        assert server_log_problems(server) == []
-    finally:
-        server.stop()
+    server = embedded_server('', root=root)
+
+    assert not old_orphan.exists() and not old_orphan_project.exists()
+    assert young_orphan.exists()
+    assert named.exists() and (named_project / 'main.scad').exists()
+    assert server_log_problems(server) == []
 
 
 ###############################################################################
@@ -536,7 +513,7 @@ def deployment_as_www_data(plant=None):
 
 def test_a_folder_a_tool_locked_in_its_output_is_removed_when_the_task_ends():
     with deployment_as_www_data() as server:
-        answer = post_task(f'{server.url}/', 'sh', LOCKING_SCRIPT, filename='lock.sh')
+        answer = post_task(server, 'sh', LOCKING_SCRIPT, filename='lock.sh')
         assert answer.status_code == 200, answer.text
         task_id = id_from_answer(answer.text)
         done = server.session.get(f'{server.url}/', params={'service': 'info', 'id': task_id, 'wait': '60',
@@ -599,11 +576,11 @@ def free_bytes(path):
     return stat.f_bavail * stat.f_frsize
 
 
-def start_with_one_task(root, services=None):
-    """An embedded server on ``root`` with one finished echo task; returns (server, id)."""
-    server = EmbeddedServer(root, config='', services=services)
-    server.start()
-    answer = post_task(server.url, 'echo', 'earlier work\n')
+def start_with_one_task(embedded_server, root, services=None):
+    """An embedded server on ``root`` with one finished echo task; returns (server, id).
+    (The test asks for ``small_disk`` before ``embedded_server``: the server stops before the disk goes.)"""
+    server = embedded_server('', services, root=root)
+    answer = post_task(server, 'echo', 'earlier work\n')
     assert answer.status_code == 200, answer.text
     task_id = id_from_answer(answer.text)
     assert server.wait_done(task_id)['status'] == 'complete'
@@ -623,78 +600,68 @@ def project_archive(size):
 
 
 @pytest.mark.parametrize('kind', ['file', 'project'])
-def test_upload_bigger_than_the_free_space_gets_507_and_leaves_the_store_as_it_was(small_disk, kind):
-    server = None
+def test_upload_bigger_than_the_free_space_gets_507_and_leaves_the_store_as_it_was(small_disk, embedded_server, kind):
+    server, earlier = start_with_one_task(embedded_server, small_disk)
+    before = store_files(small_disk)
+    free = free_bytes(small_disk)
+    if kind == 'file':
+        service, name, upload = 'echo', 'big.txt', b'x' * (free + 256 * 1024)
+    else:
+        service, name, upload = 'openscad', 'main.scad.tgz', project_archive(free + 256 * 1024)
+
+    answer = post_task(server, service, upload, name, timeout=60)
+
+    print(f'\n[disk] {kind} upload of {len(upload)} bytes ({free + 256 * 1024} stored) with {free} free: '
+          f'{answer.status_code} {answer.text!r}')
+    assert answer.status_code == 507, (answer.status_code, answer.text)
+    assert one_line(answer.text) and answer.text.startswith('error: '), answer.text
+    assert raw_record(small_disk, earlier)['status'] == 'complete'
+    after = store_files(small_disk)
+    assert after == before, f'left behind: {sorted(set(after) - set(before))}'
+    assert free_bytes(small_disk) >= free - 64 * 1024
+    # The server still answers, and the disk is usable again.
+    assert plain_session().get(server.url, params={'service': 'meta'}, timeout=10).status_code == 200
+    assert server.info(earlier)['status'] == 'complete'
+    answer = post_task(server, 'echo', 'later work\n')
+    assert answer.status_code == 200, answer.text
+    assert server.wait_done(id_from_answer(answer.text))['status'] == 'complete'
+    assert server_log_problems(server) == []
+
+
+def test_tool_output_that_does_not_fit_fails_the_task_with_a_clear_error(small_disk, embedded_server):
+    server, earlier = start_with_one_task(embedded_server, small_disk, services={'fill': SH_SERVICE})
+    earlier_files = {k: v for k, v in store_files(small_disk).items() if earlier in k}
+    assert len(earlier_files) >= 2  # record and output (an empty log may be missing)
+
+    answer = post_task(server, 'fill', FILL_SCRIPT, 'fill.sh')
+    assert answer.status_code == 200, answer.text
+    task_id = id_from_answer(answer.text)
+    last = {}
+
+    def final():
+        reply = plain_session().get(server.url, params={'service': 'info', 'id': task_id, 'format': 'json'},
+                                    timeout=10)
+        last.update(status_code=reply.status_code, text=reply.text)
+        return reply.json() if reply.status_code == 200 and reply.json()['status'] != 'busy' else None
     try:
-        server, earlier = start_with_one_task(small_disk)
-        before = store_files(small_disk)
-        free = free_bytes(small_disk)
-        if kind == 'file':
-            service, name, upload = 'echo', 'big.txt', b'x' * (free + 256 * 1024)
-        else:
-            service, name, upload = 'openscad', 'main.scad.tgz', project_archive(free + 256 * 1024)
-
-        answer = post_task(server.url, service, upload, name, timeout=60)
-
-        print(f'\n[disk] {kind} upload of {len(upload)} bytes ({free + 256 * 1024} stored) with {free} free: '
-              f'{answer.status_code} {answer.text!r}')
-        assert answer.status_code == 507, (answer.status_code, answer.text)
-        assert one_line(answer.text) and answer.text.startswith('error: '), answer.text
-        assert raw_record(small_disk, earlier)['status'] == 'complete'
-        after = store_files(small_disk)
-        assert after == before, f'left behind: {sorted(set(after) - set(before))}'
-        assert free_bytes(small_disk) >= free - 64 * 1024
-        # The server still answers, and the disk is usable again.
-        assert plain_session().get(server.url, params={'service': 'meta'}, timeout=10).status_code == 200
-        assert server.info(earlier)['status'] == 'complete'
-        answer = post_task(server.url, 'echo', 'later work\n')
-        assert answer.status_code == 200, answer.text
-        assert server.wait_done(id_from_answer(answer.text))['status'] == 'complete'
-        assert server_log_problems(server) == []
+        record = wait_for(final, 'the task ends', timeout=30, interval=0.2)
     finally:
-        if server:
-            server.stop()
-
-
-def test_tool_output_that_does_not_fit_fails_the_task_with_a_clear_error(small_disk):
-    server = None
-    try:
-        server, earlier = start_with_one_task(small_disk, services={'fill': SH_SERVICE})
-        earlier_files = {k: v for k, v in store_files(small_disk).items() if earlier in k}
-        assert len(earlier_files) >= 2  # record and output (an empty log may be missing)
-
-        answer = post_task(server.url, 'fill', FILL_SCRIPT, 'fill.sh')
-        assert answer.status_code == 200, answer.text
-        task_id = id_from_answer(answer.text)
-        last = {}
-
-        def final():
-            reply = plain_session().get(server.url, params={'service': 'info', 'id': task_id, 'format': 'json'},
-                                        timeout=10)
-            last.update(status_code=reply.status_code, text=reply.text)
-            return reply.json() if reply.status_code == 200 and reply.json()['status'] != 'busy' else None
-        try:
-            record = wait_for(final, 'the task ends', timeout=30, interval=0.2)
-        finally:
-            print(f'\n[disk] fill task: last info answer {last}; record on disk {raw_record(small_disk, task_id)}')
-        assert record['status'] == 'failed', record
-        assert record.get('error') and one_line(record['error']), record
-        # Clear: the error, or the task's log, names the cause.
-        log_path = small_disk / 'tasks' / 'log' / task_id
-        log = log_path.read_text(errors='replace') if log_path.exists() else ''
-        assert 'space' in (record['error'] + log).lower(), (record, log)
-        wait_for(lambda: not store_processes(small_disk, exclude=[server.process.pid]),
-                 'the tool and runner end', timeout=15)
-        current = store_files(small_disk)
-        assert {k: current.get(k) for k in earlier_files} == earlier_files
-        assert plain_session().get(server.url, params={'service': 'meta'}, timeout=10).status_code == 200
-        assert server.info(earlier)['status'] == 'complete'
-        listing = plain_session().get(server.url, params={'service': 'info'}, timeout=10)
-        assert listing.status_code == 200, listing.text
-        assert server_log_problems(server) == []
-    finally:
-        if server:
-            server.stop()
+        print(f'\n[disk] fill task: last info answer {last}; record on disk {raw_record(small_disk, task_id)}')
+    assert record['status'] == 'failed', record
+    assert record.get('error') and one_line(record['error']), record
+    # Clear: the error, or the task's log, names the cause.
+    log_path = small_disk / 'tasks' / 'log' / task_id
+    log = log_path.read_text(errors='replace') if log_path.exists() else ''
+    assert 'space' in (record['error'] + log).lower(), (record, log)
+    wait_for(lambda: not store_processes(small_disk, exclude=[server.process.pid]),
+             'the tool and runner end', timeout=15)
+    current = store_files(small_disk)
+    assert {k: current.get(k) for k in earlier_files} == earlier_files
+    assert plain_session().get(server.url, params={'service': 'meta'}, timeout=10).status_code == 200
+    assert server.info(earlier)['status'] == 'complete'
+    listing = plain_session().get(server.url, params={'service': 'info'}, timeout=10)
+    assert listing.status_code == 200, listing.text
+    assert server_log_problems(server) == []
 
 
 def run_rrcloud(cwd, *args, file_size_limit=None, timeout=60):
@@ -750,8 +717,8 @@ def kill_by_http(server, task_id):
 
 
 @pytest.mark.slow
-def test_kill_racing_with_completion_ends_in_exactly_one_final_state(workdir):
-    server = EmbeddedServer(workdir, config='', services={'nap': SH_SERVICE})
+def test_kill_racing_with_completion_ends_in_exactly_one_final_state(workdir, embedded_server):
+    server = embedded_server('', {'nap': SH_SERVICE}, root=workdir, start=False)
     outcomes = Counter()
     finals = {}
     started = time.monotonic()
@@ -762,7 +729,7 @@ def test_kill_racing_with_completion_ends_in_exactly_one_final_state(workdir):
             nap = 0.01 * (1 + number % 9)               # sleep 0.01 .. 0.09
             offset = 0.005 * ((number * 7) % 11 - 5)    # kill from 25 ms early to 25 ms late
             script = f'sleep {nap:.2f}\necho done > "$1"\n'
-            answer = post_task(server.url, 'nap', script, 'nap.sh', session=session)
+            answer = post_task(server, 'nap', script, 'nap.sh', session=session)
             assert answer.status_code == 200, answer.text
             task_id = id_from_answer(answer.text)
             # The tool starts when its pid is recorded (or the task already ended).
@@ -817,15 +784,15 @@ CONCURRENT_DEADLINE = 180
 
 
 @pytest.mark.slow
-def test_1000_concurrent_submissions_all_complete_with_distinct_ids(tmp_path):
+def test_1000_concurrent_submissions_all_complete_with_distinct_ids(tmp_path, embedded_server):
     root = tmp_path / 'store'
-    server = EmbeddedServer(root, config='')  # maxTasks: the default (CPU count)
+    server = embedded_server('', root=root, start=False)  # maxTasks: the default (CPU count)
     local = threading.local()
 
     def submit(number):
         if not hasattr(local, 'session'):
             local.session = plain_session()
-        answer = post_task(server.url, 'echo', echo_content(number), timeout=120, session=local.session)
+        answer = post_task(server, 'echo', echo_content(number), timeout=120, session=local.session)
         return number, answer.status_code, answer.text
 
     try:
@@ -868,11 +835,11 @@ def test_1000_concurrent_submissions_all_complete_with_distinct_ids(tmp_path):
 SLOW_CLIENTS = 100
 
 
-def test_100_silent_or_half_sent_connections_do_not_stop_a_normal_request(tmp_path):
+def test_100_silent_or_half_sent_connections_do_not_stop_a_normal_request(tmp_path, embedded_server):
     root = tmp_path / 'store'
     # All from one address, the normal request too: room for them under the
     # per-address cap (test_slow_clients.py tries the cap itself).
-    server = EmbeddedServer(root, config=f'maxConnectionsPerClient = {SLOW_CLIENTS + 8}\n')
+    server = embedded_server(f'maxConnectionsPerClient = {SLOW_CLIENTS + 8}\n', root=root, start=False)
     sockets = []
     try:
         server.start()
@@ -893,7 +860,7 @@ def test_100_silent_or_half_sent_connections_do_not_stop_a_normal_request(tmp_pa
         print(f'\n[slow clients] meta answered in {took * 1000:.0f} ms with {SLOW_CLIENTS} idle connections')
         assert meta.status_code == 200, meta.text
         assert parse_record(meta.text)['version'] == VERSION_STRING
-        answer = post_task(server.url, 'echo', 'still served\n', timeout=5)
+        answer = post_task(server, 'echo', 'still served\n', timeout=5)
         assert answer.status_code == 200, answer.text
         assert server.wait_done(id_from_answer(answer.text))['status'] == 'complete'
         # The idle connections are still open (not dropped to make room), and wrote nothing.

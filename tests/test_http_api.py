@@ -33,7 +33,7 @@ import requests
 
 import deploy
 from conftest import DATA
-from helpers import wait_for
+from helpers import SH_INPUTS_SERVICE, wait_for
 from rrc.store import parse_record
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
@@ -48,18 +48,10 @@ META_FIELDS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks',
                'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend'}
 BROWSER = 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
 
-SH_SERVICE = """\
-# sh: runs input 0 as a shell script; later inputs and the output file are its arguments
-path = /usr/bin:/bin
-cmd = sh
-argInput = --data=$fileIn
-output = $fileOut
-inputExt = sh
-"""
-# The same, with a result named by extension: sh_png writes ID.png, and so on.
+# sh (SH_INPUTS_SERVICE), and the same with a result named by extension: sh_png writes ID.png, and so on.
 RESULT_EXTENSIONS = ('png', 'stl', 'gcode')
-TEST_SERVICES = dict({'sh': SH_SERVICE}, **{
-    f'sh_{ext}': SH_SERVICE.replace('output = $fileOut', f'fileOut = $id.{ext}\noutput = $fileOut')
+TEST_SERVICES = dict({'sh': SH_INPUTS_SERVICE}, **{
+    f'sh_{ext}': SH_INPUTS_SERVICE.replace('output = $fileOut', f'fileOut = $id.{ext}\noutput = $fileOut')
     for ext in RESULT_EXTENSIONS})
 SERVER_NAME = 'rrcloud-test-node'
 # The notifier listener of the tests runs on this machine, which rrcloud
@@ -88,25 +80,17 @@ def sleep_script(seconds, result='done'):
 # Fixtures
 ###############################################################################
 
-def started(kind, config):
-    deployment = deploy.deployment(kind, config=config, services=TEST_SERVICES)
-    try:
-        deployment.start()
-    except BaseException:
-        deployment.close()
-        raise
-    return deployment
+def deployed(kind, config):
+    """A deployment of ``kind`` with the test services, started for a ``with``."""
+    return deploy.running(deploy.deployment(kind, config=config, services=TEST_SERVICES))
 
 
 @pytest.fixture(scope='module', params=['wsgi'])
 def server(request):
     """One deployment per kind, shared by the tests of this module: ``wsgi`` (the
     application in-process) unless a test asks for the live ones (LIVE, LIVE_ONLY)."""
-    deployment = started(request.param, TEST_CONFIG)
-    try:
+    with deployed(request.param, TEST_CONFIG) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 # The contract set: what a real server in front of rrcloud changes (the CGI
@@ -120,11 +104,8 @@ LIVE_ONLY = pytest.mark.parametrize('server', deploy.KINDS, indirect=True)
 @pytest.fixture(params=['wsgi'])
 def one_slot_server(request):
     """A deployment of its own with ``maxTasks = 1``."""
-    deployment = started(request.param, TEST_CONFIG + 'maxTasks = 1\n')
-    try:
+    with deployed(request.param, TEST_CONFIG + 'maxTasks = 1\n') as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture

@@ -9,18 +9,17 @@ same time, which must complete.
 """
 import io
 import os
-import time
 
 import pytest
 
+import deploy
 from conftest import make_service, task_id_of, write_config
-from deploy import deployment
-from helpers import REPO, wait_for
+from helpers import REPO, SH_SERVICE, submit, wait_done, wait_for
 
 from rrc.limits import TaskCgroup, ToolLimits, claim_cgroup, delegated_cgroup, limit_error, parse_size
 from rrc.toollog import ToolLog
 
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\noutput = $fileOut\n'
+SH_OUTPUT_SERVICE = SH_SERVICE + 'output = $fileOut\n'
 LIMITS_CONFIG = ('maxTasks = 2\nmaxMemory = 512M\nmaxProcesses = 32\nmaxOutputSize = 20M\n'
                  'maxLogSize = 1M\nmaxSuspend = 1\nopenscad.maxProcesses = 48\n')
 
@@ -35,42 +34,32 @@ INPUT_EXTENSIONS = {'openjscad': 'jscad', 'sh': 'sh'}
 
 @pytest.fixture(scope='module')
 def server():
-    """``rrcloud serve`` as www-data, with small limits and two slots."""
-    live = deployment('embedded', config=LIMITS_CONFIG, services={'sh': SH_SERVICE})
-    try:
-        yield live.start()
-    finally:
-        live.close()
+    """``rrcloud serve`` as www-data, with small limits and two slots.  Not the
+    ``embedded_server`` fixture, which runs it as root: the kernel does not
+    count a root user's processes against RLIMIT_NPROC, so the fork bomb
+    would prove nothing."""
+    built = deploy.Deployment('embedded', config=LIMITS_CONFIG, services={'sh': SH_OUTPUT_SERVICE})
+    with deploy.running(built) as live:
+        yield live
 
 
 @pytest.fixture
 def cgi_server():
     """rrcloud's CGI under lighttpd (as www-data), with the same limits: its
     runners are started by a CGI process, not by a resident server."""
-    live = deployment('lighttpd', config=LIMITS_CONFIG, services={'sh': SH_SERVICE})
-    try:
-        yield live.start()
-    finally:
-        live.close()
+    built = deploy.Deployment('lighttpd', config=LIMITS_CONFIG, services={'sh': SH_OUTPUT_SERVICE})
+    with deploy.running(built) as live:
+        yield live
 
 
 def post(server, service, content, **fields):
     """Start a task whose first input is ``content``; its id."""
-    files = {'fileIn0': (f'input.{INPUT_EXTENSIONS[service]}', content)}
-    answer = server.session.post(f'{server.url}/', data=dict(fields, service=service, format='json'),
-                                 files=files, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()['id']
+    return submit(server, service, content, f'input.{INPUT_EXTENSIONS[service]}', **fields)
 
 
 def ended(server, task_id, timeout=90):
     """The task's record once it has ended (long-polled)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        record = server.session.get(f'{server.url}/', timeout=40, params={
-            'service': 'info', 'id': task_id, 'wait': '20', 'format': 'json'}).json()
-        if record['status'] != 'busy' or time.monotonic() > deadline:
-            return record
+    return wait_done(server, task_id, timeout)
 
 
 def info_of(server, task_id):
@@ -252,7 +241,7 @@ def test_a_task_suspended_past_max_suspend_is_killed_and_frees_its_slot(server):
 # -- the sandbox's own file systems --------------------------------------------
 
 def test_the_sandbox_root_is_read_only_and_job_has_a_size(proc, workdir):
-    make_service(workdir, 'sh', SH_SERVICE)
+    make_service(workdir, 'sh', SH_OUTPUT_SERVICE)
     (workdir / 'fill.sh').write_text(
         'touch /planted 2>&1 || echo "root: refused"\n'
         'head -c 100000000 /dev/zero > /job/big || echo "job: full"\n'

@@ -23,11 +23,9 @@ from rrc.store import Store, format_record, mark, new_unique_name, parse_record,
 from rrc.queue import acquire_slot, dispatch
 from rrc.control import kill_task
 from conftest import make_service, write_config
-from servers import EmbeddedServer, plain_session
+from helpers import SH_SERVICE, dead_pid, gated_script, plain_session, submit, wait_for
 
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
 OTHER_BOOT = '0123abcd-0000-4000-8000-000000000000'
-DEADLINE = 60  # generous: waiting is fine, timing is never asserted
 
 
 def here(root, name='alpha'):
@@ -51,12 +49,6 @@ def plant(store, **fields):
 
 def raw(store, task_id):
     return Path(store.info_path(task_id)).read_bytes()
-
-
-def dead_pid():
-    child = subprocess.Popen(['true'])
-    child.wait()
-    return child.pid
 
 
 @pytest.fixture
@@ -284,50 +276,30 @@ def test_meta_counts_this_nodes_tasks(tmp_path, sleeper):
 # Two live servers on one store folder
 ###############################################################################
 
-def gated_script(gate):
-    """A task that runs until ``gate`` exists (the tool runs unsandboxed to see it)."""
-    return f'while [ ! -e {gate} ]; do sleep 0.05; done\necho done > "$1"\n'
-
-
-def submit(server, script):
-    answer = plain_session().post(server.url, data={'service': 'job', 'format': 'json'},
-                                  files={'fileIn0': ('job.sh', script)}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()['id']
-
-
 def records(shared):
     """Every record of the shared store as written, read without reconciling."""
     folder = shared / 'tasks' / 'info'
     return {p.name: parse_record(p.read_text()) for p in folder.iterdir() if not p.name.startswith('.')}
 
 
-def wait_for(condition, what, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f'{what}: not within {timeout} s'
-        time.sleep(0.05)
-
-
 def listing(server):
-    answer = plain_session().get(server.url, params={'service': 'info', 'format': 'json'}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return {record['id']: record for record in answer.json()}
+    """The server's ``info`` of every task, by id."""
+    return {record['id']: record for record in server.list_tasks()}
 
 
-def meta(server):
-    answer = plain_session().get(server.url, params={'service': 'meta', 'format': 'json'}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+def job(server, gate):
+    """A ``job`` task on ``server`` that runs until ``gate`` exists (its tool
+    runs unsandboxed to see it: ``sandbox = no``); its id."""
+    return submit(server, 'job', gated_script(gate), 'job.sh')
 
 
-def test_two_servers_on_one_store_never_harm_each_others_tasks(tmp_path):
+def test_two_servers_on_one_store_never_harm_each_others_tasks(tmp_path, embedded_server):
     shared = tmp_path / 'shared'
     shared.mkdir()
     make_service(shared, 'job', SH_SERVICE)
     gate = tmp_path / 'gate'
     config = f'dir = {shared}\nmaxTasks = 2\nsandbox = no\n'
-    servers = {name: EmbeddedServer(tmp_path / name, config=config + f'nodeName = {name}\n')
+    servers = {name: embedded_server(config + f'nodeName = {name}\n', root=tmp_path / name, start=False)
                for name in ('alpha', 'beta')}
     # A third node that crashed (another machine, gone): its busy task, its upload in flight.
     store = here(shared, 'alpha')
@@ -338,14 +310,14 @@ def test_two_servers_on_one_store_never_harm_each_others_tasks(tmp_path):
     try:
         for server in servers.values():
             server.start()
-        ours = {name: [submit(server, gated_script(gate)) for _ in range(3)] for name, server in servers.items()}
+        ours = {name: [job(server, gate) for _ in range(3)] for name, server in servers.items()}
 
         # Each node runs two (its own slots) and queues its third: four run at once.
         def started(name):
             found = records(shared)
             return [t for t in ours[name] if found[t].get('runner') and found[t]['status'] == 'busy']
         wait_for(lambda: len(started('alpha')) == 2 and len(started('beta')) == 2, 'two tasks running on each node')
-        assert {(m['busy'], m['queued']) for m in map(meta, servers.values())} == {('2', '1')}
+        assert {(m['busy'], m['queued']) for m in (server.meta() for server in servers.values())} == {('2', '1')}
         runners = {t: records(shared)[t]['runner'] for name in ours for t in started(name)}
 
         # Listings, restarts and the recovery each restart runs: nobody's tasks are harmed.
@@ -384,20 +356,20 @@ def test_two_servers_on_one_store_never_harm_each_others_tasks(tmp_path):
                         pass
 
 
-def test_a_kill_through_one_node_stops_the_others_task(tmp_path):
+def test_a_kill_through_one_node_stops_the_others_task(tmp_path, embedded_server):
     """The record is the channel: the owner's runner sees the final state and ends its tool."""
     shared = tmp_path / 'shared'
     shared.mkdir()
     make_service(shared, 'job', SH_SERVICE)
     gate = tmp_path / 'gate'
     config = f'dir = {shared}\nmaxTasks = 1\nsandbox = no\n'
-    alpha = EmbeddedServer(tmp_path / 'alpha', config=config + 'nodeName = alpha\n')
-    beta = EmbeddedServer(tmp_path / 'beta', config=config + 'nodeName = beta\n')
+    alpha = embedded_server(config + 'nodeName = alpha\n', root=tmp_path / 'alpha', start=False)
+    beta = embedded_server(config + 'nodeName = beta\n', root=tmp_path / 'beta', start=False)
     try:
         alpha.start()
         beta.start()
-        running = submit(beta, gated_script(gate))
-        waiting = submit(beta, gated_script(gate))
+        running = job(beta, gate)
+        waiting = job(beta, gate)
         wait_for(lambda: records(shared)[running].get('pid'), 'the tool of the first task runs')
         tool = int(records(shared)[running]['pid'])
 

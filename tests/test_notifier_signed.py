@@ -213,8 +213,7 @@ def test_without_a_secret_the_call_is_unsigned(cli, workdir, receiver):
 ###############################################################################
 
 def test_started_and_ended_arrive_in_order_over_http(receiver):
-    server = deploy.deployment('wsgi', config=SIGNED).start()
-    try:
+    with deploy.running(deploy.deployment('wsgi', config=SIGNED)) as server:
         listener = receiver()
         answer = server.session.post(server.url + '/', timeout=30, data={
             'service': 'echo', 'fileIn0': 'hi', 'notifier': listener.url, 'notifierEvents': 'started,ended'})
@@ -228,8 +227,6 @@ def test_started_and_ended_arrive_in_order_over_http(receiver):
         assert listener.calls == [(task_id, 'started'), (task_id, 'ended')]
         record = wait_until_done(server.store, task_id)
         assert record['status'] == 'complete' and record['notifierEvents'] == 'started,ended'
-    finally:
-        server.close()
 
 
 def test_the_cli_option_asks_for_the_started_call(cli, workdir, receiver):
@@ -281,16 +278,13 @@ def test_notifier_events_without_a_notifier_are_refused(cli, workdir):
 
 
 def test_a_bad_notifier_events_field_is_400_with_nothing_created():
-    server = deploy.deployment('wsgi', config=SIGNED).start()
-    try:
+    with deploy.running(deploy.deployment('wsgi', config=SIGNED)) as server:
         answer = server.session.post(server.url + '/', timeout=30, data={
             'service': 'echo', 'fileIn0': 'hi', 'notifier': 'http://laptop.local/done',
             'notifierEvents': 'started,finished'})
         assert answer.status_code == 400, answer.text
         assert 'bad notifierEvents' in answer.text
         assert nothing_stored(server.store)
-    finally:
-        server.close()
 
 
 def test_notifier_events_go_to_a_server_only_when_not_the_default(cli, workdir):

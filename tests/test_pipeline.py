@@ -4,21 +4,22 @@ Real tools (OpenSCAD, Slic3r, the built-in G-code sender on a simulated
 printer) and real servers: a render and slice on one embedded server, the
 print on another, as on a fast machine and a Raspberry Pi.  Shell steps that
 wait for a gate file stand in for a long step where a test kills or restarts
-something in the middle.
+something in the middle.  The forwarder that sends a step to its server
+(rrc/forward.py) is tried in test_forward.py.
 """
-import contextlib
 import json
 import os
 import signal
 
 import pytest
 
+import deploy
 from conftest import DATA, make_service, task_id_of, write_config
-from helpers import REPO, plain_session, wait_for, wait_until_done
+from helpers import (PTY_PRINTRUN_CONF, REPO, gated_script, plain_session, step_forwarded_to_a_listener,
+    tokens_sent, wait_for, wait_until_done)
 from printer_sim import PrinterSim
 from rrc.store import Store
-from servers import EmbeddedServer
-from test_printing import PTY_PRINTRUN_CONF, check_every_line_once, gcode_lines
+from test_printing import check_every_line_once, gcode_lines
 
 CUBE = 'cube(6);\n'
 SLIC3R_INI = DATA / 'slic3r.ini'
@@ -40,9 +41,9 @@ def events_of(root, task_id):
         return [json.loads(line) for line in handle]
 
 
-def gated_script(gate, result='stepped'):
-    """A step that waits for ``gate`` to exist, then writes its result."""
-    return f'while [ ! -e {gate} ]; do sleep 0.05; done\nprintf %s {result} > "$1"\n'
+def gated_step(gate):
+    """A step that waits for ``gate`` to exist, then writes its result, ``stepped``."""
+    return gated_script(gate, then='printf %s stepped > "$1"')
 
 
 @pytest.fixture
@@ -60,13 +61,13 @@ def gated(workdir):
 ###############################################################################
 
 @pytest.mark.slow
-def test_render_and_slice_on_one_server_print_on_another(proc, workdir, tmp_path):
+def test_render_and_slice_on_one_server_print_on_another(proc, workdir, embedded_server):
     """openscad -> slic3r on the fast machine, printrun on the Pi: the G-code
     goes from server to server, every line reaches the printer once, and the
     client's machine sees none of the files between the steps."""
-    pi = EmbeddedServer(tmp_path / 'pi', config='maxTasks = 1\ntoken = pi-token-0123456789\n',
-                        services={'printrun': PTY_PRINTRUN_CONF})
-    fast = EmbeddedServer(tmp_path / 'fast', services={'printrun': PTY_PRINTRUN_CONF})
+    pi = embedded_server('maxTasks = 1\ntoken = pi-token-0123456789\n', {'printrun': PTY_PRINTRUN_CONF},
+                         start=False)
+    fast = embedded_server(services={'printrun': PTY_PRINTRUN_CONF}, start=False)  # its rrcloudrc names pi
     fast.config.write_text(f'maxTasks = 2\nservers = {pi.address}\n127.0.0.1.token = pi-token-0123456789\n')
     make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
     write_config(workdir, f'printrun.servers = {pi.address}\n')  # the print step's server, from rrcloudrc
@@ -148,7 +149,7 @@ def test_a_failing_first_step_fails_the_job_and_cancels_the_rest(proc, workdir):
 
 
 def test_killing_a_job_in_its_second_step_kills_it_and_cancels_the_third(cli, workdir, gated):
-    (workdir / 'first.txt').write_text(gated_script(gated / 'never'))
+    (workdir / 'first.txt').write_text(gated_step(gated / 'never'))
     job_id = task_id_of(cli('pipe', 'echo', 'first.txt', '--', 'step', '--', 'echo').out)
     job = job_record(workdir, job_id)
     first, second, third = (s['id'] for s in steps_of(workdir, job))
@@ -163,7 +164,7 @@ def test_killing_a_job_in_its_second_step_kills_it_and_cancels_the_third(cli, wo
     assert (records[third]['status'], records[third]['error']) == ('failed', 'cancelled: the job was killed')
     assert records[first]['status'] == 'complete'
     # The finished step's result stays: the script it copied.
-    assert (workdir / records[first]['out']).read_text() == gated_script(gated / 'never')
+    assert (workdir / records[first]['out']).read_text() == gated_step(gated / 'never')
     info = cli('info', job_id).out
     assert f'step1: {first} echo complete\n' in info
     assert f'step2: {second} step failed\n' in info and f'step3: {third} echo failed\n' in info
@@ -177,7 +178,7 @@ def test_killing_a_job_in_its_second_step_kills_it_and_cancels_the_third(cli, wo
 
 
 def test_pipe_events_show_every_step_in_order(cli, workdir, gated):
-    (workdir / 'first.txt').write_text(gated_script(gated / 'open'))
+    (workdir / 'first.txt').write_text(gated_step(gated / 'open'))
     (gated / 'open').touch()
     result = cli('--sync', 'pipe', 'echo', 'first.txt', '--', 'step', '--', 'echo')
 
@@ -200,14 +201,10 @@ def test_pipe_events_show_every_step_in_order(cli, workdir, gated):
 
 @pytest.fixture(scope='module')
 def server():
-    import deploy
+    """The application in-process, whose servers list names one server."""
     listed = 'servers = listed.invalid\n'
-    deployment = deploy.deployment('wsgi', config=listed, services={'step': STEP_SERVICE})
-    deployment.start()
-    try:
+    with deploy.running(deploy.deployment('wsgi', config=listed, services={'step': STEP_SERVICE})) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 def post_pipe(server, fields, files=None):
@@ -273,91 +270,25 @@ def test_a_cross_origin_pipe_is_refused(server):
 # Servers: a step sent back to its own server, a restart in the middle
 ###############################################################################
 
-def test_a_step_sent_to_the_server_itself_is_a_loop(tmp_path):
-    with EmbeddedServer(tmp_path / 'a', services={'step': STEP_SERVICE}) as server:
-        server.config.write_text(f'servers = {server.address}\n')
-        server.start()
-        answer = plain_session().post(server.url, data={
-            'service': 'pipe', 'step1': 'step', 'step2': 'echo', 'step2.server': server.address},
-            files={'step1.fileIn0': ('a.txt', b'true\n')}, timeout=30)
-        assert answer.status_code == 400, answer.text
-        assert answer.text == f'error: step 2 (echo): server {server.url} is this node itself (a loop)\n'
-        assert server.records() == {}
+def test_a_step_sent_to_the_server_itself_is_a_loop(embedded_server):
+    server = embedded_server(services={'step': STEP_SERVICE}, start=False)
+    server.config.write_text(f'servers = {server.address}\n')  # its own address, known once it has one
+    server.start()
+    answer = plain_session().post(server.url, data={
+        'service': 'pipe', 'step1': 'step', 'step2': 'echo', 'step2.server': server.address},
+        files={'step1.fileIn0': ('a.txt', b'true\n')}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert answer.text == f'error: step 2 (echo): server {server.url} is this node itself (a loop)\n'
+    assert server.records() == {}
 
 
-SERVERS_OWN_TOKEN = 'own-clients-token-0123456789'  # what this server's clients must present
-HOST_TOKEN = 'the-next-servers-token-9876543210'
-REMOTE_STEP_ID = '1700000000-12345-123456'
-
-
-def listener(request):
-    """The next server of a pipe, recording every request's headers: it
-    takes the step, keeps it busy until asked to kill it."""
-    if request.query.get('service') == 'meta':
-        return 200, 'text/plain', 'version: RepRapCloud 0.019 (fake)\nservices: echo\ninstance: listener\n'
-    if request.method == 'POST':
-        return 200, 'text/plain', f'id: {REMOTE_STEP_ID}\nstatus: busy\n'
-    if request.query.get('service') == 'kill':
-        return 200, 'text/plain', f'id: {REMOTE_STEP_ID}\nstatus: failed\nerror: killed\n'
-    return 200, 'text/plain', f'id: {REMOTE_STEP_ID}\nstatus: busy\n'
-
-
-def tokens_sent(request):
-    """Every token a request carries, whichever way it is sent."""
-    headers = {key.lower(): value for key, value in request.headers.items()}
-    sent = [headers.get('x-rrcloud-token', '')]
-    kind, _, value = headers.get('authorization', '').partition(' ')
-    return [token for token in sent + [value if kind.lower() == 'bearer' else headers.get('authorization', '')]
-            if token]
-
-
-@contextlib.contextmanager
-def step_forwarded_to_a_listener(root, host_token=''):
-    """A server whose clients need ``token`` holds a two-step pipe and
-    forwards step 2 to a listener; yields (server, a session with the
-    server's token, the listener, the job's id) once step 2 is followed
-    there.  Everything is stopped at the end."""
-    from servers import FakeServer
-    fake = FakeServer(listener).start()
-    server = EmbeddedServer(root, config=f'token = {SERVERS_OWN_TOKEN}\nservers = {fake.address}\n' +
-                            (f'127.0.0.1.token = {host_token}\n' if host_token else ''))
-    session = plain_session()
-    session.headers['Authorization'] = f'Bearer {SERVERS_OWN_TOKEN}'
-    try:
-        with server.start():
-            answer = session.post(server.url, data={
-                'service': 'pipe', 'format': 'json', 'step1': 'echo', 'step2': 'echo', 'step2.server': fake.address},
-                files={'step1.fileIn0': ('a.txt', b'hello\n')}, timeout=30)
-            assert answer.status_code == 200, answer.text
-            wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
-            yield server, session, fake, answer.json()['id']
-    finally:
-        fake.stop()
-
-
-@pytest.mark.parametrize('host_token', ['', HOST_TOKEN], ids=['no-host-token', 'host-token'])
-def test_a_server_forwards_a_step_with_the_next_servers_token_never_its_own(tmp_path, host_token):
-    """A server whose clients need ``token`` forwards step 2 to a listener:
-    asking its meta, uploading the step, following it and killing it there
-    carry that server's ``HOST.token`` or no token at all, never its own."""
-    with step_forwarded_to_a_listener(tmp_path / 'a', host_token) as (server, session, fake, job_id):
-        killed = session.get(server.url, params={'service': 'kill', 'id': job_id, 'format': 'json'}, timeout=30)
-        assert (killed.status_code, killed.json()['status']) == (200, 'failed'), killed.text
-
-    assert [bool(fake.of(method, service)) for method, service in
-            (('GET', 'meta'), ('POST', None), ('GET', 'info'), ('GET', 'kill'))] == [True] * 4, fake.requests
-    for request in fake.requests:
-        assert tokens_sent(request) == ([host_token] if host_token else []), (request, request.headers)
-        assert SERVERS_OWN_TOKEN.encode() not in request.body
-
-
-def test_the_command_line_on_a_server_kills_its_step_with_the_steps_token_never_the_servers(tmp_path):
+def test_the_command_line_on_a_server_kills_its_step_with_the_steps_token_never_the_servers(embedded_server):
     """``rrcloud kill JOB`` on the server's own machine reads the server's
     rrcloudrc, whose ``token`` is what the server's clients present: the
     step's server is asked with the step's token (none here), never that one."""
     import subprocess
     import sys
-    with step_forwarded_to_a_listener(tmp_path / 'a') as (server, _, fake, job_id):
+    with step_forwarded_to_a_listener(embedded_server) as (server, _, fake, job_id):
         killed = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'kill', job_id], cwd=server.root,
                                 env=dict(os.environ, RRCLOUD_CONFIG=str(server.config)),
                                 capture_output=True, text=True, timeout=60)
@@ -367,35 +298,17 @@ def test_the_command_line_on_a_server_kills_its_step_with_the_steps_token_never_
     assert all(tokens_sent(request) == [] for request in fake.requests), fake.requests
 
 
-def test_a_pipe_held_by_the_command_line_sends_its_token_to_its_steps_server(cli, workdir):
-    """A client (``rrcloud pipe`` holding the job here) keeps ``token`` as its
-    default for every server: its forwarder sends it to the step's server."""
-    from servers import FakeServer
-    fake = FakeServer(listener).start()
-    write_config(workdir, f'token = {SERVERS_OWN_TOKEN}\n')
-    try:
-        job_id = task_id_of(cli('pipe', 'echo', 'hello', '--', 'echo', f'--s={fake.address}').out)
-        wait_for(lambda: fake.of('GET', 'info'), 'the forwarder to follow step 2 there', timeout=30)
-        killed = cli('kill', job_id)
-        assert killed.code == 0, killed
-    finally:
-        fake.stop()
-
-    assert fake.of('GET', 'meta') and fake.of('POST') and fake.of('GET', 'kill'), fake.requests
-    assert all(tokens_sent(request) == [SERVERS_OWN_TOKEN] for request in fake.requests), fake.requests
-
-
 @pytest.mark.slow
-def test_waiting_steps_survive_a_restart_of_the_server(tmp_path):
+def test_waiting_steps_survive_a_restart_of_the_server(tmp_path, embedded_server):
     """The server goes away while step 1 runs and step 2 waits; after the
     restart the job goes on from its records (its runner outlived the server)."""
     gate = tmp_path / 'gates'
     gate.mkdir()
-    server = EmbeddedServer(tmp_path / 'a', services={'step': STEP_SERVICE + f'readPaths = {gate}\n'})
+    server = embedded_server(services={'step': STEP_SERVICE + f'readPaths = {gate}\n'}, start=False)
     with server.start():
         answer = plain_session().post(server.url, data={
             'service': 'pipe', 'format': 'json', 'step1': 'step', 'step2': 'echo'},
-            files={'step1.fileIn0': ('a.txt', gated_script(gate / 'open').encode())}, timeout=30)
+            files={'step1.fileIn0': ('a.txt', gated_step(gate / 'open').encode())}, timeout=30)
         assert answer.status_code == 200, answer.text
         job_id = answer.json()['id']
         first, second = answer.json()['steps'].split(',')
@@ -420,7 +333,7 @@ def test_a_step_interrupted_while_the_server_was_down_fails_its_job_at_restart(s
     the waiting step cancelled, nothing left waiting."""
     gate = server.store / 'never-opened'
     answer = post_pipe(server, {'step1': 'step', 'step2': 'echo'},
-                       {'step1.fileIn0': ('a.txt', gated_script(gate).encode())})
+                       {'step1.fileIn0': ('a.txt', gated_step(gate).encode())})
     job = answer.json()
     first, second = job['steps'].split(',')
     store = Store(str(server.store))
@@ -447,7 +360,7 @@ def test_a_step_interrupted_while_the_server_was_down_fails_its_job_at_restart(s
 ###############################################################################
 
 def test_killing_a_running_step_fails_its_job_and_cancels_the_rest(cli, workdir, gated):
-    (workdir / 'first.txt').write_text(gated_script(gated / 'never'))
+    (workdir / 'first.txt').write_text(gated_step(gated / 'never'))
     job_id = task_id_of(cli('pipe', 'echo', 'first.txt', '--', 'step', '--', 'echo').out)
     first, second, third = (s['id'] for s in steps_of(workdir, job_record(workdir, job_id)))
     wait_for(lambda: Store(str(workdir)).read_task(second).get('pid'), 'step 2 to run', timeout=30)
@@ -460,46 +373,3 @@ def test_killing_a_running_step_fails_its_job_and_cancels_the_rest(cli, workdir,
     assert (job['status'], job['error']) == ('failed', 'step 2 (step) failed: killed')
     assert wait_until_done(workdir, third)['error'] == 'cancelled: step 2 (step) failed: killed'
     assert job_record(workdir, first)['status'] == 'complete'
-
-
-def test_a_step_whose_forwarder_died_while_sending_is_never_sent_again(cli, workdir):
-    """The forwarder (the runner of step 1) dies in the middle of the upload:
-    the server may have the step.  Moving the job on later fails the step
-    rather than send it twice (a second print of the same part)."""
-    import threading
-    from rrc.config import Config
-    from rrc.pipeline import STALLED_SECONDS, settle_job
-    from servers import FakeServer
-    release = threading.Event()
-
-    def server(request):
-        if request.query.get('service') == 'meta':
-            return 200, 'text/plain', 'version: RepRapCloud 0.019 (fake)\nservices: echo\ninstance: fake\n'
-        release.wait(30)  # the upload: held until the forwarder is dead
-        return 500, 'text/plain', 'error: too late\n'
-    fake = FakeServer(server).start()
-    try:
-        job_id = task_id_of(cli('pipe', 'echo', 'hello', '--', 'echo', f'--s={fake.address}').out)
-        store = Store(str(workdir))
-        first, second = job_record(workdir, job_id)['steps'].split(',')
-        wait_for(lambda: fake.of('POST'), 'the upload to start', timeout=30)
-        forwarder = int(store.read_task(second)['runner'])
-        os.kill(forwarder, signal.SIGKILL)
-        wait_for(lambda: not os.path.exists(f'/proc/{forwarder}') or
-                 open(f'/proc/{forwarder}/stat').read().split(') ')[1].startswith('Z'), 'the forwarder to die')
-        release.set()
-        assert store.read_task(second)['waiting'] == 'yes'
-
-        config = Config()
-        config.dir = str(workdir)
-        job = settle_job(store, config, job_record(workdir, job_id),
-                         now=float(store.read_task(first)['etime']) + STALLED_SECONDS + 1)
-    finally:
-        release.set()
-        fake.stop()
-
-    step = store.read_task(second)
-    assert (step['status'], step['error']) == ('failed', 'interrupted while being sent to its server; not sent again')
-    assert (job['status'], job['error']) == (
-        'failed', 'step 2 (echo) failed: interrupted while being sent to its server; not sent again')
-    assert len(fake.of('POST')) == 1

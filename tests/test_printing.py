@@ -6,7 +6,8 @@ chatters (busy:, echo:, temperatures, unknown lines) and can go silent.  The
 sender runs as a real process (``rrcloud print PORT FILE``), as a task of the
 ``printrun`` service (``rrcloud --sync printrun``, the ``printrun.cloud``
 wrapper), and through the embedded server (POST service=printrun), which runs
-as www-data, like a deployment.
+as www-data, like a deployment: root would open any port, whatever its
+permissions say.
 
 The ports a task may use come from the service conf.  The shipped printrun
 conf allows /dev/ttyUSB* and /dev/ttyACM* only; the tests that go through the
@@ -30,6 +31,7 @@ from rrc.printing import PRINT_MAX_POKES, PRINT_MAX_RESENDS, gcode_lines
 from rrc.states import get_task
 from rrc.store import Store
 from conftest import DATA, REPO, make_service
+from helpers import PTY_PRINTRUN_CONF, wait_done
 from printer_sim import PrinterSim, checksum, numbered
 
 SMALL = DATA / 'small.gcode'
@@ -38,15 +40,6 @@ COUNT = len(EXPECTED)
 WIRE_RE = re.compile(r'\AN([0-9]+) (.*)\*([0-9]+)\Z')
 # 'Resend: 5', 'Resend:5', 'rs 5', 'rs N5 Expected checksum 67': the line asked for
 RESEND_RE = re.compile(r'\A(?:Resend|rs)\W*N?:?\s*([0-9]+)')
-
-# The printrun service as an admin who has a printer on a pty would write it.
-PTY_PRINTRUN_CONF = """\
-# printrun for the tests: the built-in sender, ports on /dev/pts/
-cmd = rrcloud print
-noOutput = yes
-inputExt = gcode
-nativeArgs = /dev/pts/, --timeout=
-"""
 
 
 ###############################################################################
@@ -657,12 +650,11 @@ def test_a_print_is_never_started_twice(proc, pty_service, gcode_here):
 
 @pytest.fixture(scope='module')
 def server():
-    deployment = deploy.Deployment('embedded', services={'printrun': PTY_PRINTRUN_CONF})
-    try:
-        deployment.start()
+    """``rrcloud serve`` as installed, as www-data (not the ``embedded_server``
+    fixture, which runs it as root): it opens the printer's port as a
+    deployment's user, whom the port's permissions let in or not."""
+    with deploy.running(deploy.Deployment('embedded', services={'printrun': PTY_PRINTRUN_CONF})) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 def accessible_sim(**options):
@@ -675,17 +667,6 @@ def post_print(server, native, **fields):
     return requests.post(f'{server.url}/', data={'service': 'printrun', 'nativeArgs': native,
                                                  'format': 'json', **fields},
                          files={'fileIn0': ('small.gcode', SMALL.read_bytes())}, timeout=30)
-
-
-def wait_done(server, task_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = requests.get(f'{server.url}/', params={'service': 'info', 'id': task_id,
-                                                        'format': 'json', 'wait': '20'}, timeout=60)
-        record = json.loads(answer.text)
-        if record['status'] != 'busy':
-            return record
-    raise AssertionError(f'task {task_id} still busy after {timeout} s')
 
 
 def test_post_printrun_prints_every_line_once(server):

@@ -1,8 +1,8 @@
 """Remote relay, the client side: choose a server, send work, wait or come back later, fail over.
 
-Real embedded servers (``rrcloud.py serve``) run on free loopback ports, each
-in its own store folder (tests/servers.py).  The client runs in the
-``workdir`` fixture, in-process through main() or as a real process (the
+Real embedded servers (``rrcloud.py serve``, the ``embedded_server``
+fixture) run on free loopback ports, each in its own store folder.  The
+client runs in the ``workdir`` fixture, in-process through main() or as a real process (the
 ``*.cloud`` wrappers, Ctrl-C).  Fake servers (http.server in a thread) stand
 in only where the test is about a server no real part can play: one that
 answers garbage, a hostile one, a 0.019 server that only answers text and
@@ -25,12 +25,9 @@ from stl import mesh
 from rrc.errors import ExitCode
 from rrc.store import Store
 from conftest import DATA, REPO, make_service, task_id_of, write_config
-from helpers import wait_for
-from servers import EmbeddedServer, FakeServer, free_port
+from helpers import SH_SERVICE, cli_info, one_line_error, process_gone, records, wait_for
+from servers import FakeServer, free_port
 
-# A service running a shell script: argv is ``sh tasks/in/X.sh tasks/out/ID``
-# (cmd words, the input, then the output path as the last argument).
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
 SLEEP1_SCRIPT = 'sleep 1\necho done > "$1"\n'
 SLOW_SCRIPT = 'sleep 20\necho done > "$1"\n'
 CONTENT = 'some content'
@@ -40,23 +37,6 @@ DEADLINE = 60  # generous: waiting is fine, timing is never asserted
 ###############################################################################
 # Fixtures and helpers
 ###############################################################################
-
-@pytest.fixture
-def servers(tmp_path):
-    """Start embedded servers: ``servers(count, config=..., services=...)`` -> list."""
-    started = []
-
-    def start(count=1, config='maxTasks = 1\n', services=None):
-        new = []
-        for _ in range(count):
-            server = EmbeddedServer(tmp_path / f'server{len(started)}', config, services)
-            started.append(server)
-            new.append(server.start())
-        return new
-    yield start
-    for server in started:
-        server.stop()
-
 
 @pytest.fixture
 def fake():
@@ -84,42 +64,11 @@ def down():
     return f'127.0.0.1:{free_port()}'
 
 
-def records(root):
-    """All task records of a store, as written."""
-    store = Store(root)
-    return [store.read_task(task_id) for task_id in store.task_ids()]
-
-
-def info(cli, task_id):
-    """``rrcloud info ID`` parsed into a dict, as a user reads it."""
-    result = cli('info', task_id)
-    assert result.code == 0, result
-    lines = result.out.splitlines()
-    assert lines[0] == f'=== id: {task_id}', result.out
-    return dict(line.split(': ', 1) for line in lines[1:] if line)
-
-
-def one_line_error(result):
-    """The single ``rrcloud: error: ...`` line a failed command printed."""
-    assert result.err.endswith('\n') and result.err.count('\n') == 1, result
-    assert result.err.startswith('rrcloud: error: '), result
-    return result.err
-
-
 def local_openscad(source, tmp_path):
     """The bytes a local ``openscad SOURCE -oOUT.stl`` writes."""
     out = tmp_path / 'local-reference.stl'
     subprocess.run(['openscad', str(source), f'-o{out}'], check=True, capture_output=True, timeout=120)
     return out.read_bytes()
-
-
-def process_gone(pid):
-    """True when ``pid`` no longer runs (or is a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f'/proc/{pid}/stat').read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat[stat.rfind(')') + 2] in 'ZX'
 
 
 def all_files(root):
@@ -137,9 +86,9 @@ def spawn_client(workdir, *args, **options):
 # 1. Sync: the wrapper and --sync feel like the local tool
 ###############################################################################
 
-def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tmp_path, servers, down,
+def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tmp_path, embedded_server, down,
                                                                garbage):
-    (server,) = servers()
+    server = embedded_server()
     write_config(workdir, f'servers = {down}, {garbage.address}, {server.address}\n')
     (workdir / 'tests').mkdir()
     (workdir / 'tests' / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
@@ -160,8 +109,8 @@ def test_openscad_wrapper_renders_through_the_only_live_server(proc, workdir, tm
     assert garbage.of('POST') == []  # the garbage server was asked for meta only
 
 
-def test_sync_echo_through_a_server(cli, workdir, servers):
-    (server,) = servers()
+def test_sync_echo_through_a_server(cli, workdir, embedded_server):
+    server = embedded_server()
 
     result = cli('--sync', f'--s={server.address}', 'echo', CONTENT)
 
@@ -175,8 +124,8 @@ def test_sync_echo_through_a_server(cli, workdir, servers):
     assert remote['status'] == 'complete' and remote['service'] == 'echo'
 
 
-def test_failing_openscad_wrapper_mirrors_its_exit_code_and_log(proc, workdir, servers, down):
-    (server,) = servers()
+def test_failing_openscad_wrapper_mirrors_its_exit_code_and_log(proc, workdir, embedded_server, down):
+    server = embedded_server()
     write_config(workdir, f'servers = {down}, {server.address}\n')
     (workdir / 'bad.scad').write_text('cube(10;\n')
 
@@ -190,8 +139,8 @@ def test_failing_openscad_wrapper_mirrors_its_exit_code_and_log(proc, workdir, s
     assert list((workdir / 'tasks' / 'out').iterdir()) == []
 
 
-def test_sync_mirrors_a_remote_tools_exit_code(cli, workdir, servers):
-    (server,) = servers(services={'job': SH_SERVICE})
+def test_sync_mirrors_a_remote_tools_exit_code(cli, workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
     make_service(workdir, 'job', SH_SERVICE)
     (workdir / 'job.sh').write_text('echo "it went wrong" >&2\nexit 3\n')
 
@@ -201,8 +150,8 @@ def test_sync_mirrors_a_remote_tools_exit_code(cli, workdir, servers):
     assert 'it went wrong\n' in result.err
 
 
-def test_multi_file_project_through_a_server(cli, workdir, tmp_path, servers):
-    (server,) = servers()
+def test_multi_file_project_through_a_server(cli, workdir, tmp_path, embedded_server):
+    server = embedded_server()
     write_config(workdir, f'servers = {server.address}\n')
     (workdir / 'main.scad').write_text('include <parts/part.scad>\npart();\n')
     (workdir / 'parts').mkdir()
@@ -214,8 +163,8 @@ def test_multi_file_project_through_a_server(cli, workdir, tmp_path, servers):
     assert (workdir / 'main.stl').read_bytes() == local_openscad(workdir / 'main.scad', tmp_path)
 
 
-def test_slic3r_wrapper_sends_its_config_file_and_native_args(cli, workdir, servers):
-    (server,) = servers()
+def test_slic3r_wrapper_sends_its_config_file_and_native_args(cli, workdir, embedded_server):
+    server = embedded_server()
     write_config(workdir, f'slic3r.servers = {server.address}\n')
     (workdir / 'slic3r.ini').write_bytes((DATA / 'slic3r.ini').read_bytes())
     (workdir / 'cube.stl').write_bytes((DATA / 'cube.stl').read_bytes())
@@ -235,8 +184,8 @@ def test_slic3r_wrapper_sends_its_config_file_and_native_args(cli, workdir, serv
 TOKEN = 'test-token-0123456789abcdef'
 
 
-def test_token_protected_server(cli, workdir, servers):
-    (server,) = servers(config=f'maxTasks = 1\ntoken = {TOKEN}\n')
+def test_token_protected_server(cli, workdir, embedded_server):
+    server = embedded_server(config=f'maxTasks = 1\ntoken = {TOKEN}\n')
     write_config(workdir, f'servers = {server.address}\n127.0.0.1.token = {TOKEN}\n')
 
     result = cli('--sync', 'echo', CONTENT)
@@ -247,8 +196,8 @@ def test_token_protected_server(cli, workdir, servers):
     assert (workdir / 'tasks' / 'log' / record['id']).exists()
 
 
-def test_token_protected_server_without_a_token_refuses(cli, workdir, servers):
-    (server,) = servers(config=f'maxTasks = 1\ntoken = {TOKEN}\n')
+def test_token_protected_server_without_a_token_refuses(cli, workdir, embedded_server):
+    server = embedded_server(config=f'maxTasks = 1\ntoken = {TOKEN}\n')
 
     result = cli('--sync', f'--s={server.address}', 'echo', CONTENT)
 
@@ -275,8 +224,8 @@ def test_a_client_sends_its_own_token_to_a_server_without_a_host_token(cli, work
 # 2. Async: id at once, `rrcloud info` brings the result home
 ###############################################################################
 
-def test_async_echo_then_info_pulls_result_and_log(cli, workdir, servers):
-    (server,) = servers()
+def test_async_echo_then_info_pulls_result_and_log(cli, workdir, embedded_server):
+    server = embedded_server()
 
     result = cli(f'--s={server.address}', 'echo', CONTENT)
 
@@ -285,7 +234,7 @@ def test_async_echo_then_info_pulls_result_and_log(cli, workdir, servers):
     assert result.out == f'id: {task_id}\n'
     remote_id = records(workdir)[0]['remoteId']
     server.wait_done(remote_id)
-    shown = info(cli, task_id)
+    shown = cli_info(cli, task_id)
     assert shown['status'] == 'complete'
     assert shown['server'] == server.url
     assert shown['out'].startswith('tasks/out/')
@@ -294,8 +243,8 @@ def test_async_echo_then_info_pulls_result_and_log(cli, workdir, servers):
         (server.root / 'tasks' / 'log' / remote_id).read_bytes()
 
 
-def test_async_openscad_result_is_the_same_stl_as_a_local_run(cli, workdir, tmp_path, servers):
-    (server,) = servers()
+def test_async_openscad_result_is_the_same_stl_as_a_local_run(cli, workdir, tmp_path, embedded_server):
+    server = embedded_server()
     write_config(workdir, f'servers = {server.address}\n')
     (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
 
@@ -304,7 +253,7 @@ def test_async_openscad_result_is_the_same_stl_as_a_local_run(cli, workdir, tmp_
     assert result.code == 0, result
     task_id = task_id_of(result.out)
     server.wait_done(records(workdir)[0]['remoteId'])
-    shown = info(cli, task_id)
+    shown = cli_info(cli, task_id)
     assert shown['status'] == 'complete'
     assert shown['out'] == f'tasks/out/{task_id}.stl'
     stl = (workdir / shown['out']).read_bytes()
@@ -312,13 +261,13 @@ def test_async_openscad_result_is_the_same_stl_as_a_local_run(cli, workdir, tmp_
     assert stl == local_openscad(DATA / 'cube.scad', tmp_path)
 
 
-def test_async_failing_openscad_info_shows_failed_with_its_log(cli, workdir, servers):
-    (server,) = servers()
+def test_async_failing_openscad_info_shows_failed_with_its_log(cli, workdir, embedded_server):
+    server = embedded_server()
     (workdir / 'bad.scad').write_text('cube(10;\n')
 
     task_id = task_id_of(cli(f'--s={server.address}', 'openscad', 'bad.scad').out)
     server.wait_done(records(workdir)[0]['remoteId'])
-    shown = info(cli, task_id)
+    shown = cli_info(cli, task_id)
 
     assert shown['status'] == 'failed'
     assert shown['exitCode'] == '1'
@@ -326,8 +275,8 @@ def test_async_failing_openscad_info_shows_failed_with_its_log(cli, workdir, ser
     assert list((workdir / 'tasks' / 'out').iterdir()) == []
 
 
-def test_info_without_id_pulls_every_finished_remote_task(cli, workdir, servers):
-    first, second = servers(2)
+def test_info_without_id_pulls_every_finished_remote_task(cli, workdir, embedded_server):
+    first, second = embedded_server(), embedded_server()
     ids = [task_id_of(cli(f'--s={s.address}', 'echo', f'{CONTENT} {n}').out)
            for n, s in enumerate((first, second))]
     for record in records(workdir):
@@ -343,8 +292,8 @@ def test_info_without_id_pulls_every_finished_remote_task(cli, workdir, servers)
         assert (workdir / record['out']).read_text() == f'{CONTENT} {n}'
 
 
-def test_info_of_a_busy_task_on_a_lost_server_warns_and_stays_busy(cli, workdir, servers):
-    (server,) = servers(services={'slow': SH_SERVICE})
+def test_info_of_a_busy_task_on_a_lost_server_warns_and_stays_busy(cli, workdir, embedded_server):
+    server = embedded_server(services={'slow': SH_SERVICE})
     make_service(workdir, 'slow', SH_SERVICE)
     (workdir / 'slow.sh').write_text(SLOW_SCRIPT)
     task_id = task_id_of(cli(f'--s={server.address}', 'slow', 'slow.sh').out)
@@ -357,16 +306,16 @@ def test_info_of_a_busy_task_on_a_lost_server_warns_and_stays_busy(cli, workdir,
     assert result.err.startswith('rrcloud: warning: ') and result.err.count('\n') == 1, result
 
 
-def test_a_task_the_server_no_longer_knows_is_failed_not_busy_forever(cli, workdir, servers):
+def test_a_task_the_server_no_longer_knows_is_failed_not_busy_forever(cli, workdir, embedded_server):
     # maxDataRetention = 0: the server drops a finished task the next time it lists its tasks.
-    (server,) = servers(config='maxTasks = 1\nmaxDataRetention = 0\n')
+    server = embedded_server(config='maxTasks = 1\nmaxDataRetention = 0\n')
     task_id = task_id_of(cli(f'--s={server.address}', 'echo', CONTENT).out)
     remote_id = records(workdir)[0]['remoteId']
     server.wait_done(remote_id)
     server.list_tasks()
     assert remote_id not in server.records()
 
-    shown = info(cli, task_id)
+    shown = cli_info(cli, task_id)
 
     assert shown['status'] == 'failed', shown
 
@@ -395,8 +344,8 @@ def test_the_same_remote_id_twice_gets_two_local_records(cli, workdir, fake):
 # 3. Choosing a server and failing over
 ###############################################################################
 
-def test_first_server_down_the_task_goes_to_the_next(cli, workdir, servers, down):
-    (server,) = servers()
+def test_first_server_down_the_task_goes_to_the_next(cli, workdir, embedded_server, down):
+    server = embedded_server()
     write_config(workdir, f'servers = {down}, {server.address}\n')
 
     result = cli('--sync', 'echo', CONTENT)
@@ -432,8 +381,8 @@ def test_the_only_server_named_with_s_not_answering_is_no_server(cli, workdir, d
     assert records(workdir) == []
 
 
-def test_a_server_that_refuses_the_upload_is_skipped(cli, workdir, servers, fake):
-    (server,) = servers()
+def test_a_server_that_refuses_the_upload_is_skipped(cli, workdir, embedded_server, fake):
+    server = embedded_server()
     # Claims to be idle and unloaded (it ranks first), then fails the upload.
     liar = fake(lambda r: (503, 'text/plain', 'error: out of disk\n') if r.method == 'POST' else
                 (200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\n'
@@ -448,8 +397,8 @@ def test_a_server_that_refuses_the_upload_is_skipped(cli, workdir, servers, fake
     assert record['server'] == server.url
 
 
-def test_a_server_that_hangs_is_skipped(cli, workdir, servers, fake):
-    (server,) = servers()
+def test_a_server_that_hangs_is_skipped(cli, workdir, embedded_server, fake):
+    server = embedded_server()
 
     def hang(request):
         time.sleep(8)
@@ -465,8 +414,8 @@ def test_a_server_that_hangs_is_skipped(cli, workdir, servers, fake):
     assert sleeper.of('POST') == []
 
 
-def test_s_option_wins_over_rrcloudrc(cli, workdir, servers, down):
-    (server,) = servers()
+def test_s_option_wins_over_rrcloudrc(cli, workdir, embedded_server, down):
+    server = embedded_server()
     write_config(workdir, f'servers = {down}\n')
 
     result = cli('--sync', f'--s=http://{server.address}', 'echo', CONTENT)
@@ -475,8 +424,8 @@ def test_s_option_wins_over_rrcloudrc(cli, workdir, servers, down):
     assert records(workdir)[0]['server'] == server.url
 
 
-def test_service_servers_win_over_servers(cli, workdir, servers, down):
-    (server,) = servers()
+def test_service_servers_win_over_servers(cli, workdir, embedded_server, down):
+    server = embedded_server()
     write_config(workdir, f'servers = {down}\necho.servers = {server.address}\n')
 
     result = cli('--sync', 'echo', CONTENT)
@@ -519,8 +468,8 @@ def test_least_loaded_server_by_meta_with_one_probe_each(cli, workdir, fake):
     assert records(workdir)[0]['server'] == idle.url
 
 
-def test_twelve_tasks_spread_over_three_servers(cli, workdir, servers):
-    trio = servers(3, config='maxTasks = 1\n', services={'sleep1': SH_SERVICE})
+def test_twelve_tasks_spread_over_three_servers(cli, workdir, embedded_server):
+    trio = [embedded_server(config='maxTasks = 1\n', services={'sleep1': SH_SERVICE}) for _ in range(3)]
     make_service(workdir, 'sleep1', SH_SERVICE)
     (workdir / 'job.sh').write_text(SLEEP1_SCRIPT)
     write_config(workdir, 'servers = ' + ', '.join(s.address for s in trio) + '\n')
@@ -549,9 +498,9 @@ def test_twelve_tasks_spread_over_three_servers(cli, workdir, servers):
 # 4. Notifier from the CLI, end to end
 ###############################################################################
 
-def test_notifier_reaches_a_listener_with_id_and_ip_filled_in(cli, workdir, servers, fake):
+def test_notifier_reaches_a_listener_with_id_and_ip_filled_in(cli, workdir, embedded_server, fake):
     # A server refuses loopback notifier targets unless its notifierAllow names them.
-    (server,) = servers(config='maxTasks = 1\nnotifierAllow = 127.0.0.0/8\n')
+    server = embedded_server(config='maxTasks = 1\nnotifierAllow = 127.0.0.0/8\n')
     listener = fake(lambda request: (200, 'text/plain', 'ok\n'))
     notifier = f'http://$myip:{listener.port}/done?id=$id'
 
@@ -584,8 +533,8 @@ def start_slow_sync(workdir, server, **options):
     return client, remote
 
 
-def test_ctrl_c_during_a_sync_wait_kills_the_remote_task(cli, workdir, servers):
-    (server,) = servers(services={'slow': SH_SERVICE})
+def test_ctrl_c_during_a_sync_wait_kills_the_remote_task(cli, workdir, embedded_server):
+    server = embedded_server(services={'slow': SH_SERVICE})
     client, remote = start_slow_sync(workdir, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     os.killpg(client.pid, signal.SIGINT)
@@ -597,13 +546,13 @@ def test_ctrl_c_during_a_sync_wait_kills_the_remote_task(cli, workdir, servers):
     assert answer['error'] == 'killed'
     wait_for(lambda: process_gone(int(remote['pid'])), 'the remote tool gone', timeout=15)
     (local,) = records(workdir)
-    assert info(cli, local['id'])['status'] == 'failed'
+    assert cli_info(cli, local['id'])['status'] == 'failed'
     assert list((workdir / 'tasks' / 'out').glob('*')) == []
 
 
-def test_server_lost_during_a_sync_wait_is_no_server_naming_the_task(cli, workdir, servers):
+def test_server_lost_during_a_sync_wait_is_no_server_naming_the_task(cli, workdir, embedded_server):
     write_config(workdir, 'reconnectTimeout = 1\n')
-    (server,) = servers(services={'slow': SH_SERVICE})
+    server = embedded_server(services={'slow': SH_SERVICE})
     client, _ = start_slow_sync(workdir, server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     server.stop()
@@ -616,8 +565,8 @@ def test_server_lost_during_a_sync_wait_is_no_server_naming_the_task(cli, workdi
     assert local['status'] == 'busy', 'not pretended failed: it may still finish there'
 
 
-def test_a_sync_wait_survives_a_restart_of_the_server(workdir, servers):
-    (server,) = servers(services={'job': SH_SERVICE})
+def test_a_sync_wait_survives_a_restart_of_the_server(workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
     make_service(workdir, 'job', SH_SERVICE)
     (workdir / 'job.sh').write_text('sleep 4\necho survived > "$1"\n')
     client = spawn_client(workdir, '--sync', f'--s={server.address}', 'job', 'job.sh',
@@ -654,8 +603,8 @@ def tool_processes_of(pid):
         return []
 
 
-def test_kill_of_a_task_sent_to_a_server_kills_it_there(cli, workdir, servers):
-    (server,) = servers(services={'job': SH_SERVICE})
+def test_kill_of_a_task_sent_to_a_server_kills_it_there(cli, workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
     task_id, remote = start_remote_job(cli, workdir, server)
     tools = tool_processes_of(int(remote['pid']))
     assert tools, 'the tool runs on the server'
@@ -668,14 +617,14 @@ def test_kill_of_a_task_sent_to_a_server_kills_it_there(cli, workdir, servers):
     assert (answer['status'], answer['error']) == ('failed', 'killed')
     for pid in tools:
         wait_for(lambda: process_gone(pid), f'tool process {pid} gone on the server', timeout=15)
-    shown = info(cli, task_id)
+    shown = cli_info(cli, task_id)
     assert (shown['status'], shown['error']) == ('failed', 'killed')
     assert 'killed by 127.0.0.1 (HTTP)' in (workdir / 'tasks' / 'log' / task_id).read_text(), \
         "the server's log, fetched: it says who killed the task"
 
 
-def test_kill_of_a_remote_task_whose_server_is_down_says_so_and_keeps_it_busy(cli, workdir, servers):
-    (server,) = servers(services={'job': SH_SERVICE})
+def test_kill_of_a_remote_task_whose_server_is_down_says_so_and_keeps_it_busy(cli, workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
     task_id, remote = start_remote_job(cli, workdir, server)
     server.kill_server()  # the task runs on there; its server does not answer
 
@@ -688,8 +637,8 @@ def test_kill_of_a_remote_task_whose_server_is_down_says_so_and_keeps_it_busy(cl
     assert not process_gone(int(remote['pid'])), 'it does still run'
 
 
-def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, workdir, servers):
-    (server,) = servers(services={'job': SH_SERVICE})
+def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
     task_id, remote = start_remote_job(cli, workdir, server, script='sleep 1\necho done > "$1"\n')
     server.wait_done(remote['id'])
 
@@ -700,8 +649,8 @@ def test_kill_of_a_remote_task_that_ended_there_fetches_it_and_says_so(cli, work
     assert records(workdir)[0]['status'] == 'complete'
 
 
-def test_s_asks_that_server_for_meta_info_and_ls(cli, workdir, servers):
-    (server,) = servers(config='maxTasks = 1\nserverName = farm-node-3\n')
+def test_s_asks_that_server_for_meta_info_and_ls(cli, workdir, embedded_server):
+    server = embedded_server(config='maxTasks = 1\nserverName = farm-node-3\n')
     remote_id = server.info(requests_post_echo(server, 'made on the server'))['id']
     server.wait_done(remote_id)
 
@@ -720,8 +669,8 @@ def test_s_asks_that_server_for_meta_info_and_ls(cli, workdir, servers):
     assert not (workdir / 'tasks').exists(), 'the local store is not asked, nor created'
 
 
-def test_s_info_of_a_task_the_server_does_not_know_is_not_found(cli, workdir, servers, down):
-    (server,) = servers()
+def test_s_info_of_a_task_the_server_does_not_know_is_not_found(cli, workdir, embedded_server, down):
+    server = embedded_server()
 
     unknown = cli(f'--s={server.address}', 'info', '1795841292-04767-953464')
     silent = cli(f'--s={down}', 'meta')
@@ -740,8 +689,8 @@ def requests_post_echo(server, text):
     return answer.json()['id']
 
 
-def test_progress_line_on_a_terminal_while_waiting(workdir, servers):
-    (server,) = servers(services={'job': SH_SERVICE})
+def test_progress_line_on_a_terminal_while_waiting(workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
     make_service(workdir, 'job', SH_SERVICE)
     (workdir / 'job.sh').write_text('sleep 4\necho done > "$1"\n')
     master, slave = pty.openpty()
@@ -817,8 +766,8 @@ def test_async_against_a_0_019_server(cli, workdir, old_server):
 
     assert result.code == 0, result
     task_id = task_id_of(result.out)
-    assert [info(cli, task_id)['status'] for _ in range(3)] == ['busy', 'busy', 'complete']
-    shown = info(cli, task_id)
+    assert [cli_info(cli, task_id)['status'] for _ in range(3)] == ['busy', 'busy', 'complete']
+    shown = cli_info(cli, task_id)
     assert task_id != OLD_ID and shown['remoteId'] == OLD_ID  # an old-style id is not ours
     assert (workdir / shown['out']).read_text() == CONTENT
     assert len(old_server.of('GET', 'info')) == 3  # a finished task is not asked about again
@@ -882,7 +831,7 @@ def test_hostile_out_path_async_info(cli, workdir, tmp_path, hostile):
     result = cli(f'--s={hostile.address}', 'echo', CONTENT)
     assert result.code == 0, result
     task_id = task_id_of(result.out)
-    shown = info(cli, task_id)
+    shown = cli_info(cli, task_id)
 
     assert shown['status'] != 'complete'
     assert shown.get('out', '') != hostile.out and '..' not in shown.get('out', '')

@@ -24,7 +24,7 @@ from rrc.notifier import own_addresses, resolve_notifier_host
 from rrc.store import Store
 from rrc.queue import dispatch
 from conftest import DATA, REPO, make_service, task_id_of, wait_until_done, write_config
-from servers import EmbeddedServer, plain_session
+from helpers import SH_SERVICE, plain_session, submit
 
 FORGED_ID = '1795999999-00000-000000'
 STORE_MARKER = 'rrcloud-sandbox-store-marker-9c1d'
@@ -207,31 +207,21 @@ def test_slic3r_config_as_exported_with_empty_program_keys_slices(proc, store_ro
     assert 'layer_height = 0.3' in (store_root / 'cube.gcode').read_text()
 
 
-def test_slic3r_config_over_http_with_post_process_is_400_naming_the_key(tmp_path):
-    server = EmbeddedServer(tmp_path / 'server').start()
-    try:
-        answer = plain_session().post(server.url, data={'service': 'slic3r', 'prearg0': '--load='},
-                                      files={'fileIn0': ('evil.ini', b'post_process = /usr/bin/id\n'),
-                                             'fileIn1': ('cube.stl', (DATA / 'cube.stl').read_bytes())})
-        assert answer.status_code == 400
-        assert 'post_process' in answer.text
-        assert not server.records()
-    finally:
-        server.stop()
+def test_slic3r_config_over_http_with_post_process_is_400_naming_the_key(embedded_server):
+    server = embedded_server()
+    answer = plain_session().post(server.url, data={'service': 'slic3r', 'prearg0': '--load='},
+                                  files={'fileIn0': ('evil.ini', b'post_process = /usr/bin/id\n'),
+                                         'fileIn1': ('cube.stl', (DATA / 'cube.stl').read_bytes())})
+    assert answer.status_code == 400
+    assert 'post_process' in answer.text
+    assert not server.records()
 
 
 # -- OpenSCAD reads other clients' models ------------------------------------
 
-def post_model(server, name, text, service='openscad'):
-    """Upload one model as a client would; returns the new task's id."""
-    answer = plain_session().post(server.url, data={'service': service},
-                                  files={'fileIn0': (name, text.encode())}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.text.split('id: ', 1)[1].split('\n', 1)[0]
-
-
-def test_openscad_cannot_include_another_tasks_input_or_import_an_absolute_path(server):
-    victim = server.wait_done(post_model(server, 'secret.scad', 'cube(42);\n'))
+def test_openscad_cannot_include_another_tasks_input_or_import_an_absolute_path(embedded_server):
+    server = embedded_server()
+    victim = server.wait_done(submit(server, 'openscad', 'cube(42);\n', 'secret.scad'))
     assert victim['status'] == 'complete'
     stored = server.records()[victim['id']]['in']  # what a listing used to show everyone
     for name, model in {
@@ -240,7 +230,7 @@ def test_openscad_cannot_include_another_tasks_input_or_import_an_absolute_path(
         'absolute.scad': f'include <{server.root / stored}>\n',
         'imported.scad': f'import("{server.root / victim["out"]}");\n',
     }.items():
-        record = server.wait_done(post_model(server, name, model))
+        record = server.wait_done(submit(server, 'openscad', model, name))
 
         assert record['status'] == 'failed', (name, record)
         out = server.root / 'tasks' / 'out' / f'{record["id"]}.stl'
@@ -349,10 +339,6 @@ def test_a_printer_port_is_the_only_device_beside_the_basic_ones(proc, store_roo
         sorted(['full', 'null', 'pts', 'random', 'urandom', 'zero'])
 
 
-# A tool that is a shell script: argv ``sh tasks/in/X.sh tasks/out/ID``.
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
-
-
 def run_script(proc, root, script):
     """Run ``script`` as a task's tool (its output path is $1); (record, log)."""
     make_service(root, 'job', SH_SERVICE)
@@ -380,20 +366,17 @@ def test_output_over_max_output_size_is_not_taken(proc, store_root):
     assert not os.listdir(store_root / 'tasks' / 'work')
 
 
-def test_sandbox_off_takes_an_explicit_setting_that_meta_reports_and_the_log_warns(tmp_path):
-    on = EmbeddedServer(tmp_path / 'on').start()
-    off = EmbeddedServer(tmp_path / 'off', config='sandbox = no\n').start()
-    try:
-        assert on.info  # started
-        meta_on = plain_session().get(on.url, params={'service': 'meta', 'format': 'json'}).json()
-        meta_off = plain_session().get(off.url, params={'service': 'meta', 'format': 'json'}).json()
-        assert meta_on['sandbox'] == 'bwrap'
-        assert meta_off['sandbox'] == 'off'
-        assert 'sandbox = no' in off.log.read_text()
-        assert 'warning' not in on.log.read_text()
-    finally:
-        on.stop()
-        off.stop()
+def test_sandbox_off_takes_an_explicit_setting_that_meta_reports_and_the_log_warns(embedded_server):
+    on = embedded_server()
+    off = embedded_server(config='sandbox = no\n')
+
+    assert on.info  # started
+    meta_on = plain_session().get(on.url, params={'service': 'meta', 'format': 'json'}).json()
+    meta_off = plain_session().get(off.url, params={'service': 'meta', 'format': 'json'}).json()
+    assert meta_on['sandbox'] == 'bwrap'
+    assert meta_off['sandbox'] == 'off'
+    assert 'sandbox = no' in off.log.read_text()
+    assert 'warning' not in on.log.read_text()
 
 
 # -- cross-site requests -------------------------------------------------------
@@ -403,17 +386,11 @@ def post_echo(url, headers):
                                 headers=headers, timeout=30)
 
 
-@pytest.fixture
-def server(tmp_path):
-    running = EmbeddedServer(tmp_path / 'server').start()
-    yield running
-    running.stop()
-
-
 @pytest.mark.parametrize('headers', [{'Origin': 'http://evil.example'},
                                      {'Origin': 'null'},
                                      {'Sec-Fetch-Site': 'cross-site'}])
-def test_cross_origin_post_is_refused_before_anything_is_written(server, headers):
+def test_cross_origin_post_is_refused_before_anything_is_written(embedded_server, headers):
+    server = embedded_server()
     answer = post_echo(server.url, headers)
 
     assert answer.status_code == 403
@@ -422,30 +399,31 @@ def test_cross_origin_post_is_refused_before_anything_is_written(server, headers
     assert not server.records()
 
 
-def test_cross_origin_kill_is_refused(server):
+def test_cross_origin_kill_is_refused(embedded_server):
+    server = embedded_server()
     task_id = post_echo(server.url, {}).text.split('id: ', 1)[1].split('\n', 1)[0]
     answer = plain_session().get(server.url, params={'service': 'kill', 'id': task_id},
                                  headers={'Origin': 'http://evil.example'})
     assert answer.status_code == 403
 
 
-def test_same_origin_post_from_the_servers_own_page_is_accepted(server):
+def test_same_origin_post_from_the_servers_own_page_is_accepted(embedded_server):
+    server = embedded_server()
     answer = post_echo(server.url, {'Origin': f'http://{server.address}', 'Sec-Fetch-Site': 'same-origin'})
 
     assert answer.status_code == 200, answer.text
     assert len(server.records()) == 1
 
 
-def test_allow_origins_lets_a_named_web_app_post(tmp_path):
-    running = EmbeddedServer(tmp_path / 's', config='allowOrigins = http://app.local:8080\n').start()
-    try:
-        assert post_echo(running.url, {'Origin': 'http://app.local:8080'}).status_code == 200
-        assert post_echo(running.url, {'Origin': 'http://other.local:8080'}).status_code == 403
-    finally:
-        running.stop()
+def test_allow_origins_lets_a_named_web_app_post(embedded_server):
+    running = embedded_server(config='allowOrigins = http://app.local:8080\n')
+
+    assert post_echo(running.url, {'Origin': 'http://app.local:8080'}).status_code == 200
+    assert post_echo(running.url, {'Origin': 'http://other.local:8080'}).status_code == 403
 
 
-def test_cross_origin_reads_still_answer_with_cors(server):
+def test_cross_origin_reads_still_answer_with_cors(embedded_server):
+    server = embedded_server()
     answer = plain_session().get(server.url, params={'service': 'meta'},
                                  headers={'Origin': 'http://evil.example'})
     assert answer.status_code == 200
@@ -463,7 +441,8 @@ def get_from(server, source, params):
     return connection.getresponse().read().decode()
 
 
-def test_info_for_another_client_shows_inputs_without_their_store_path(server):
+def test_info_for_another_client_shows_inputs_without_their_store_path(embedded_server):
+    server = embedded_server()
     task_id = post_echo(server.url, {}).text.split('id: ', 1)[1].split('\n', 1)[0]
     stored = server.records()[task_id]['in']
     assert stored.startswith('tasks/in/')
@@ -524,24 +503,21 @@ def test_archive_bomb_is_refused_with_bounded_memory(tmp_path):
     assert not os.listdir(tmp_path / 'tasks' / 'in')
 
 
-def test_long_polls_beyond_max_waits_answer_at_once(tmp_path):
-    running = EmbeddedServer(tmp_path / 's', config='maxWaits = 1\n',
-                             services={'slow': 'path = /usr/bin:/bin\ncmd = sh\nnoOutput = yes\n'}).start()
-    try:
-        answer = plain_session().post(running.url, data={'service': 'slow', 'fileIn0': 'sleep 5'})
-        task_id = answer.text.split('id: ', 1)[1].split('\n', 1)[0]
-        first = {}
-        holder = threading.Thread(target=lambda: first.update(running.info(task_id, wait=20)))
-        holder.start()
-        time.sleep(0.5)  # the first long-poll holds the one wait slot
+def test_long_polls_beyond_max_waits_answer_at_once(embedded_server):
+    running = embedded_server(config='maxWaits = 1\n',
+                              services={'slow': 'path = /usr/bin:/bin\ncmd = sh\nnoOutput = yes\n'})
+    answer = plain_session().post(running.url, data={'service': 'slow', 'fileIn0': 'sleep 5'})
+    task_id = answer.text.split('id: ', 1)[1].split('\n', 1)[0]
+    first = {}
+    holder = threading.Thread(target=lambda: first.update(running.info(task_id, wait=20)))
+    holder.start()
+    time.sleep(0.5)  # the first long-poll holds the one wait slot
 
-        second = running.info(task_id, wait=20)
+    second = running.info(task_id, wait=20)
 
-        assert second['status'] == 'busy'  # answered at once, not held until the end
-        holder.join()
-        assert first['status'] == 'complete'
-    finally:
-        running.stop()
+    assert second['status'] == 'busy'  # answered at once, not held until the end
+    holder.join()
+    assert first['status'] == 'complete'
 
 
 @pytest.mark.parametrize('address', ['100.100.100.200', 'fd00:ec2::254', '168.63.129.16',
@@ -559,18 +535,16 @@ def test_notifier_refuses_every_address_of_the_servers_own_interfaces():
             resolve_notifier_host(address, 80, [])
 
 
-def test_token_in_the_query_string_is_refused(tmp_path):
+def test_token_in_the_query_string_is_refused(embedded_server):
     token = 'a-token-of-sixteen-chars'
-    running = EmbeddedServer(tmp_path / 's', config=f'token = {token}\n').start()
-    try:
-        in_url = plain_session().get(running.url, params={'service': 'meta', 'token': token})
-        in_header = plain_session().get(running.url, params={'service': 'meta'},
-                                        headers={'Authorization': f'Bearer {token}'})
-        assert in_url.status_code == 400
-        assert 'token in the URL is refused' in in_url.text
-        assert in_header.status_code == 200
-    finally:
-        running.stop()
+    running = embedded_server(config=f'token = {token}\n')
+
+    in_url = plain_session().get(running.url, params={'service': 'meta', 'token': token})
+    in_header = plain_session().get(running.url, params={'service': 'meta'},
+                                    headers={'Authorization': f'Bearer {token}'})
+    assert in_url.status_code == 400
+    assert 'token in the URL is refused' in in_url.text
+    assert in_header.status_code == 200
 
 
 def test_a_queue_marker_cannot_turn_the_sandbox_off(cli, store_root):

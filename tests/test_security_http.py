@@ -114,19 +114,14 @@ class GuardedDeployment(deploy.Deployment):
         return True
 
 
-def build(kind, config='', guarded=False):
-    """Build and start one deployment with the test services (``wsgi``: in-process)."""
+def deployed(kind, config='', guarded=False):
+    """One deployment with the test services (``wsgi``: in-process), started for a ``with``."""
     if kind == 'wsgi':
         deployment = deploy.deployment(kind, config=config, services=TEST_SERVICES)
     else:
         cls = GuardedDeployment if guarded else deploy.Deployment
         deployment = cls(kind, config=config, services=TEST_SERVICES)
-    try:
-        deployment.start()
-    except BaseException:
-        deployment.close()
-        raise
-    return deployment
+    return deploy.running(deployment)
 
 
 def settle_recovery(deployment, headers=None):
@@ -174,51 +169,39 @@ def planted_witness(deployment):
 @pytest.fixture(scope='module', params=['wsgi'])
 def server(request):
     """Defaults (allow, limits) plus the test services; a witness task and a hidden file in tasks/out."""
-    deployment = build(request.param)
-    try:
+    with deployed(request.param) as deployment:
         submitted_witness(deployment)
         hidden = deployment.store / 'tasks' / 'out' / '.hidden'
         hidden.write_text('HIDDEN-MARKER-3f9a\n')
         settle_recovery(deployment)
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope='module', params=['wsgi'])
 def walled(request):
     """``allow = 10.0.0.0/8``: this loopback client is outside."""
-    deployment = build(request.param, 'allow = 10.0.0.0/8\n', guarded=True)
-    try:
+    with deployed(request.param, 'allow = 10.0.0.0/8\n', guarded=True) as deployment:
         planted_witness(deployment)
         settle_recovery(deployment)
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope='module', params=['wsgi'])
 def guarded(request):
     """``token = TOKEN``."""
-    deployment = build(request.param, f'token = {TOKEN}\n', guarded=True)
-    try:
+    with deployed(request.param, f'token = {TOKEN}\n', guarded=True) as deployment:
         submitted_witness(deployment, headers=bearer(TOKEN))
         settle_recovery(deployment, headers=bearer(TOKEN))
         yield deployment
-    finally:
-        deployment.close()
 
 
 @contextlib.contextmanager
 def witnessed(kind, config):
     """A deployment of ``config`` with its witness task and recovery settled; closed afterwards."""
-    deployment = build(kind, config)
-    try:
+    with deployed(kind, config) as deployment:
         submitted_witness(deployment)
         settle_recovery(deployment)
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope='module', params=['wsgi'])

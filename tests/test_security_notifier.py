@@ -33,7 +33,7 @@ from rrc.errors import UsageError
 from rrc.notifier import NOTIFIER_TIMEOUT, notifier_get, resolve_notifier_host
 from rrc.store import Store
 from conftest import task_id_of, wait_until_done, write_config
-from servers import EmbeddedServer, plain_session
+from helpers import SH_SERVICE, plain_session
 
 DEADLINE = 60  # generous: waiting is fine
 # How long after the connection a silent listener may keep the runner: the
@@ -41,7 +41,6 @@ DEADLINE = 60  # generous: waiting is fine
 TIMEOUT_SLACK = 10.0
 ALLOW_LOOPBACK = 'notifierAllow = 127.0.0.0/8\n'
 CONTENT = 'hi there'
-SH_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
 CANARY_SCRIPT = 'touch canary\necho ran > "$1"\n'
 
 
@@ -323,19 +322,15 @@ def test_cli_refuses_a_notifier_that_is_not_http(cli, workdir, url):
     assert stored_inputs(workdir) == []
 
 
-@pytest.fixture(scope='module')
-def http_server(tmp_path_factory):
-    """A real ``rrcloud.py serve`` with the default notifier policy and a canary service."""
-    server = EmbeddedServer(tmp_path_factory.mktemp('notifier-server'), config='maxTasks = 2\n',
-                            services={'sh': SH_SERVICE})
-    server.start()
-    yield server
-    server.stop()
+# The real ``rrcloud.py serve`` the module's HTTP tests share: the default
+# notifier policy and a canary service.
+HTTP_SERVER = {'config': 'maxTasks = 2\n', 'services': {'sh': SH_SERVICE}, 'scope': 'module'}
 
 
 @pytest.mark.parametrize('encoding', ['urlencoded', 'multipart'])
 @pytest.mark.parametrize('url', NOT_HTTP)
-def test_http_refuses_a_notifier_that_is_not_http(http_server, url, encoding):
+def test_http_refuses_a_notifier_that_is_not_http(embedded_server, url, encoding):
+    http_server = embedded_server(**HTTP_SERVER)
     records_before = sorted(http_server.records())
     inputs_before = stored_inputs(http_server.root)
     fields = {'service': 'sh', 'fileIn0': CANARY_SCRIPT, 'notifier': url}
@@ -424,7 +419,8 @@ def test_allowing_loopback_allows_only_loopback_v4(cli, workdir, listen):
     assert listener.connections == []
 
 
-def test_server_side_task_refuses_loopback_by_default(http_server, listen):
+def test_server_side_task_refuses_loopback_by_default(embedded_server, listen):
+    http_server = embedded_server(**HTTP_SERVER)
     # The same refusal for a task submitted over HTTP to a server with the defaults.
     listener = listen()
     url = f'http://127.0.0.1:{listener.port}/done?id=$id'

@@ -44,6 +44,7 @@ from rrc.services import load_services
 from rrc.store import STORE_FOLDERS, Store
 from rrc.submission import Input, submit_task
 from conftest import DATA, write_config
+from helpers import records
 
 DIFFERENCE = 'difference() { cube(5); sphere(2.5); }'
 BAD_SCAD = 'cube(10;\n'  # a syntax error
@@ -178,11 +179,6 @@ def local_openscad(folder, main='main.scad'):
 def copy_data(workdir, *names):
     for name in names:
         shutil.copy(DATA / name, workdir / name)
-
-
-def records(root):
-    store = Store(root)
-    return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
 def only_record(root):
@@ -576,14 +572,10 @@ def server(request):
     shared by the module.  One task has run on it: its store's folders and its
     recovery mark are there before any test compares the store (a CGI makes
     them at its first submission, whichever test that is)."""
-    deployment = deploy.Deployment(request.param)
-    try:
-        deployment.start()
+    with deploy.running(deploy.Deployment(request.param)) as deployment:
         record, _ = run(deployment.session, deployment, 'echo', fileIn0='settled\n')
         assert record['status'] == 'complete', record
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.fixture(scope='module')

@@ -19,26 +19,11 @@ import pytest
 
 from helpers import HeaderTrickle, raise_open_files, wait_for
 from rrc.web.slots import ClientSlots, NoSlot
-from servers import EmbeddedServer
 
 SLOW_SERVICE = {'slow': 'path = /usr/bin:/bin\ncmd = sh\nnoOutput = yes\n'}
 FLOOD = 1100
 # Generous: only a server that does not answer at all fails it.
 ANSWER_TIMEOUT = 30
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Start an embedded server with this rrcloudrc; every one is stopped at the end."""
-    started = []
-
-    def start(config):
-        server = EmbeddedServer(tmp_path / f'server{len(started)}', config=config, services=SLOW_SERVICE)
-        started.append(server)
-        return server.start()
-    yield start
-    for server in started:
-        server.stop()
 
 
 def start_long_task(server):
@@ -80,8 +65,8 @@ def open_stream(server, task_id, source):
     return connection, response
 
 
-def test_one_address_gets_its_share_of_the_wait_slots_and_others_still_wait(serve):
-    server = serve('maxWaits = 8\n')  # maxWaitsPerClient: half of them, 4
+def test_one_address_gets_its_share_of_the_wait_slots_and_others_still_wait(embedded_server):
+    server = embedded_server('maxWaits = 8\n', SLOW_SERVICE)  # maxWaitsPerClient: half of them, 4
     task_id = start_long_task(server)
     streams = []
     try:
@@ -168,9 +153,9 @@ def open_files():
         pytest.skip('the hard limit of open files is too low for the flood')
 
 
-def test_one_address_keeps_at_most_max_connections_per_client_open(serve, open_files):
+def test_one_address_keeps_at_most_max_connections_per_client_open(embedded_server, open_files):
     # No head deadline within the test: only the cap closes connections.
-    server = serve('maxConnectionsPerClient = 64\nrequestHeadTimeout = 600\n')
+    server = embedded_server('maxConnectionsPerClient = 64\nrequestHeadTimeout = 600\n', SLOW_SERVICE)
     with HeaderTrickle(server.port, FLOOD, source='127.0.0.2') as flood:
         first = list(flood.connect().sockets)
         wait_for(lambda: len(flood.sweep()) <= 64, 'the connections beyond the cap closed',
@@ -194,8 +179,8 @@ def answers_from(server, source):
         return False
 
 
-def test_a_flood_of_trickled_heads_is_cut_and_meta_answers_meanwhile(serve, open_files):
-    server = serve('maxConnectionsPerClient = 64\nrequestHeadTimeout = 2\n')
+def test_a_flood_of_trickled_heads_is_cut_and_meta_answers_meanwhile(embedded_server, open_files):
+    server = embedded_server('maxConnectionsPerClient = 64\nrequestHeadTimeout = 2\n', SLOW_SERVICE)
     answers = []
     with HeaderTrickle(server.port, FLOOD, source='127.0.0.2') as flood:
         flood.connect()
@@ -213,8 +198,8 @@ def test_a_flood_of_trickled_heads_is_cut_and_meta_answers_meanwhile(serve, open
     assert answers == [200] * len(answers)
 
 
-def test_blank_lines_are_no_request_and_never_stop_the_heads_clock(serve):
-    server = serve('requestHeadTimeout = 2\n')
+def test_blank_lines_are_no_request_and_never_stop_the_heads_clock(embedded_server):
+    server = embedded_server('requestHeadTimeout = 2\n', SLOW_SERVICE)
     with socket.create_connection(('127.0.0.1', server.port), timeout=ANSWER_TIMEOUT,
                                   source_address=('127.0.0.2', 0)) as connection:
         connection.settimeout(0.5)
@@ -232,8 +217,8 @@ def test_blank_lines_are_no_request_and_never_stop_the_heads_clock(serve):
         wait_for(cut, 'the connection sending blank lines cut', timeout=ANSWER_TIMEOUT, interval=0)
 
 
-def test_a_slow_but_honest_client_is_not_cut(serve):
-    server = serve('requestHeadTimeout = 3\n')
+def test_a_slow_but_honest_client_is_not_cut(embedded_server):
+    server = embedded_server('requestHeadTimeout = 3\n', SLOW_SERVICE)
     task_id = start_long_task(server)
     # Both run longer than the head deadline after their heads were complete:
     # a long-poll (its head in three pieces, within the deadline), and a

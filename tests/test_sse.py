@@ -20,13 +20,12 @@ import pytest
 
 import deploy
 from conftest import DATA, make_service, task_id_of
-from helpers import rrcloud_on_a_terminal, wait_for
+from helpers import PTY_PRINTRUN_CONF, SH_INPUTS_SERVICE, rrcloud_on_a_terminal, submit, wait_for
 from inprocess import build_environ
 from printer_sim import PrinterSim
 from rrc.events import append_event, read_events
 from rrc.store import Store
 from servers import FakeServer
-from test_http_api import SH_SERVICE
 
 UNKNOWN_ID = '1795841292-04767-953464'
 # Three log lines over more than half a second, then a result: longer than
@@ -36,33 +35,22 @@ QUICK = 'echo one\necho two\nprintf done > "$1"\n'
 FAILING = 'echo "about to fail"\nexit 3\n'
 # maxWaitsPerClient: every stream here comes from one address; the tests bound maxWaits.
 CONFIG = 'cgiStreamSeconds = 0.25\nmaxWaits = 2\nmaxWaitsPerClient = 2\n'
-PTY_PRINTRUN_CONF = """\
-cmd = rrcloud print
-noOutput = yes
-inputExt = gcode
-nativeArgs = /dev/pts/, --timeout=
-"""
 
 
 @pytest.fixture(scope='module', params=['wsgi'])
 def server(request):
     """One deployment per kind for this module: ``wsgi`` unless a test asks for live ones."""
-    deployment = deploy.deployment(request.param, config=CONFIG, services={'sh': SH_SERVICE})
-    try:
-        deployment.start()
+    built = deploy.deployment(request.param, config=CONFIG, services={'sh': SH_INPUTS_SERVICE})
+    with deploy.running(built) as deployment:
         yield deployment
-    finally:
-        deployment.close()
 
 
 LIVE = pytest.mark.parametrize('server', deploy.ALL_KINDS, indirect=True)
 
 
 def start(server, script):
-    answer = server.session.post(f'{server.url}/', data={'service': 'sh'},
-                                 files={'fileIn0': ('job.sh', script)}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return task_id_of(answer.text)
+    """``script`` as a task of the sh service; its id."""
+    return submit(server, 'sh', script, 'job.sh')
 
 
 def events_url(server, task_id):
@@ -186,8 +174,8 @@ def test_a_bad_cursor_is_refused(server, cursor):
 
 
 def test_streams_count_against_max_waits(tmp_path):
-    server = deploy.deployment('wsgi', config='maxWaits = 1\n', services={'sh': SH_SERVICE}).start()
-    try:
+    built = deploy.deployment('wsgi', config='maxWaits = 1\n', services={'sh': SH_INPUTS_SERVICE})
+    with deploy.running(built) as server:
         task_id = start(server, 'sleep 30\n')
         environ = build_environ('GET', f'/?service=events&id={task_id}', [('Host', 'x')], None)
         answers = []
@@ -200,8 +188,6 @@ def test_streams_count_against_max_waits(tmp_path):
         answer = server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
         assert answer.status_code == 200
         assert server.session.get(events_url(server, task_id), timeout=30).status_code == 200
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize('server', ['embedded'], indirect=True)
@@ -231,7 +217,7 @@ def test_a_client_that_hangs_up_frees_its_stream_slot(server):
 
 @pytest.fixture
 def local(workdir):
-    make_service(workdir, 'sh', SH_SERVICE)
+    make_service(workdir, 'sh', SH_INPUTS_SERVICE)
     make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
     (workdir / 'chatty.sh').write_text(CHATTY)
     (workdir / 'failing.sh').write_text(FAILING)

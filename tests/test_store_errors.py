@@ -18,9 +18,7 @@ import deploy
 def broken_store_server(request):
     """A deployment whose tasks/info is a file, not a folder (a store another
     tool or a full restore left unusable)."""
-    deployment = deploy.Deployment(request.param)
-    try:
-        deployment.start()
+    with deploy.running(deploy.Deployment(request.param)) as deployment:
         tasks = deployment.store / 'tasks'
         tasks.mkdir(exist_ok=True)
         os.chown(tasks, *deploy.www_data())
@@ -28,8 +26,6 @@ def broken_store_server(request):
         (tasks / 'info').write_text('not a folder\n')
         (tasks / '.recovered').unlink(missing_ok=True)  # recovery under CGI runs again
         yield deployment
-    finally:
-        deployment.close()
 
 
 @pytest.mark.parametrize('fmt', ['text', 'json'])
@@ -59,9 +55,7 @@ def error_log_once_written(deployment, timeout=5):
 
 @pytest.mark.parametrize('kind', ['lighttpd', 'apache'])
 def test_a_bad_rrcloudrc_under_cgi_answers_500_and_the_log_names_the_line(kind):
-    deployment = deploy.Deployment(kind)
-    try:
-        deployment.start()
+    with deploy.running(deploy.Deployment(kind)) as deployment:
         deployment.rrcloudrc.write_text(deployment.rrcloudrc.read_text() + 'maxTaks = 3\n')
 
         response = requests.get(deployment.url, params={'service': 'meta'}, timeout=30)
@@ -70,5 +64,3 @@ def test_a_bad_rrcloudrc_under_cgi_answers_500_and_the_log_names_the_line(kind):
         assert response.headers.get('Access-Control-Allow-Origin') == '*'
         assert response.text == 'error: the server is misconfigured (see its error log)\n'
         assert "unknown key 'maxTaks'" in error_log_once_written(deployment)
-    finally:
-        deployment.close()

@@ -13,7 +13,6 @@ import pytest
 from conftest import DATA, make_service, task_id_of, wait_until_done, write_config
 from helpers import plain_session, wait_for
 from rrc.store import Store
-from servers import EmbeddedServer
 
 SLOW_MODEL = DATA / 'slow-render.scad'  # about 5 s of CGAL on this machine
 
@@ -125,34 +124,31 @@ def test_suspend_of_an_unknown_task_exits_3(cli, workdir):
     assert (result.code, result.err) == (3, 'rrcloud: error: no such task: 1796000000-00000-000001\n')
 
 
-def test_suspend_and_resume_over_http(tmp_path):
-    server = EmbeddedServer(tmp_path / 'server', config='').start()
-    try:
-        session = plain_session()
-        answer = session.post(server.url, files={'service': (None, 'openscad'),
-                                                 'fileIn0': ('slow.scad', SLOW_MODEL.read_bytes())}, timeout=30)
-        task_id = answer.text.split('id: ')[1].split('\n')[0]
-        wait_for(lambda: any(p.name() == 'openscad' for p in tool_processes(server.root, task_id)),
-                 'the render to start', timeout=30)
+def test_suspend_and_resume_over_http(embedded_server):
+    server = embedded_server(config='')
+    session = plain_session()
+    answer = session.post(server.url, files={'service': (None, 'openscad'),
+                                             'fileIn0': ('slow.scad', SLOW_MODEL.read_bytes())}, timeout=30)
+    task_id = answer.text.split('id: ')[1].split('\n')[0]
+    wait_for(lambda: any(p.name() == 'openscad' for p in tool_processes(server.root, task_id)),
+             'the render to start', timeout=30)
 
-        paused = session.get(server.url, params={'service': 'suspend', 'id': task_id, 'format': 'json'}, timeout=30)
-        assert paused.status_code == 200, paused.text
-        assert (paused.json()['status'], paused.json()['suspended']) == ('busy', 'yes')
-        again = session.get(server.url, params={'service': 'suspend', 'id': task_id}, timeout=30)
-        assert again.status_code == 400
-        assert again.text == f'error: task {task_id} cannot suspend: it is suspended (only a running task can)\n'
-        foreign = session.get(server.url, params={'service': 'resume', 'id': task_id},
-                              headers={'Origin': 'http://evil.example'}, timeout=30)
-        assert foreign.status_code == 403
+    paused = session.get(server.url, params={'service': 'suspend', 'id': task_id, 'format': 'json'}, timeout=30)
+    assert paused.status_code == 200, paused.text
+    assert (paused.json()['status'], paused.json()['suspended']) == ('busy', 'yes')
+    again = session.get(server.url, params={'service': 'suspend', 'id': task_id}, timeout=30)
+    assert again.status_code == 400
+    assert again.text == f'error: task {task_id} cannot suspend: it is suspended (only a running task can)\n'
+    foreign = session.get(server.url, params={'service': 'resume', 'id': task_id},
+                          headers={'Origin': 'http://evil.example'}, timeout=30)
+    assert foreign.status_code == 403
 
-        resumed = session.get(server.url, params={'service': 'resume', 'id': task_id, 'format': 'json'}, timeout=30)
-        assert resumed.status_code == 200, resumed.text
-        assert 'suspended' not in resumed.json()
-        final = session.get(server.url, params={'service': 'info', 'id': task_id, 'wait': 60, 'format': 'json'},
-                            timeout=90).json()
-        assert final['status'] == 'complete', final
-    finally:
-        server.stop()
+    resumed = session.get(server.url, params={'service': 'resume', 'id': task_id, 'format': 'json'}, timeout=30)
+    assert resumed.status_code == 200, resumed.text
+    assert 'suspended' not in resumed.json()
+    final = session.get(server.url, params={'service': 'info', 'id': task_id, 'wait': 60, 'format': 'json'},
+                        timeout=90).json()
+    assert final['status'] == 'complete', final
 
 
 def test_suspend_and_resume_are_status_events(cli, workdir):
@@ -169,29 +165,26 @@ def test_suspend_and_resume_are_status_events(cli, workdir):
                         {'status': 'complete', 'exitCode': 0}]
 
 
-def test_a_task_sent_to_a_server_is_suspended_and_resumed_there(cli, workdir, tmp_path):
-    server = EmbeddedServer(tmp_path / 'server', config='').start()
-    try:
-        write_config(workdir, f'servers = {server.address}\n')
-        shutil.copy(SLOW_MODEL, workdir / 'slow.scad')
-        local_id = task_id_of(cli('openscad', 'slow.scad').out)
-        remote_id = Store(workdir).read_task(local_id)['remoteId']
-        wait_for(lambda: any(p.name() == 'openscad' for p in tool_processes(server.root, remote_id)),
-                 'the render to start on the server', timeout=30)
+def test_a_task_sent_to_a_server_is_suspended_and_resumed_there(cli, workdir, embedded_server):
+    server = embedded_server(config='')
+    write_config(workdir, f'servers = {server.address}\n')
+    shutil.copy(SLOW_MODEL, workdir / 'slow.scad')
+    local_id = task_id_of(cli('openscad', 'slow.scad').out)
+    remote_id = Store(workdir).read_task(local_id)['remoteId']
+    wait_for(lambda: any(p.name() == 'openscad' for p in tool_processes(server.root, remote_id)),
+             'the render to start on the server', timeout=30)
 
-        suspended = cli('suspend', local_id)
+    suspended = cli('suspend', local_id)
 
-        assert suspended.code == 0, suspended
-        assert suspended.out == f'id: {local_id}\nstatus: busy\nsuspended: yes\nserver: {server.url}\n'
-        assert Store(server.root).read_task(remote_id)['suspended'] == 'yes'
-        assert cli('resume', local_id).code == 0
-        assert 'suspended' not in Store(server.root).read_task(remote_id)
-        wait_until_done(server.root, remote_id, timeout=120)
+    assert suspended.code == 0, suspended
+    assert suspended.out == f'id: {local_id}\nstatus: busy\nsuspended: yes\nserver: {server.url}\n'
+    assert Store(server.root).read_task(remote_id)['suspended'] == 'yes'
+    assert cli('resume', local_id).code == 0
+    assert 'suspended' not in Store(server.root).read_task(remote_id)
+    wait_until_done(server.root, remote_id, timeout=120)
 
-        def local_record_once_ended():
-            cli('info', local_id)  # asks the server about a busy remote task
-            record = Store(workdir).read_task(local_id)
-            return record if record['status'] != 'busy' else None
-        assert wait_for(local_record_once_ended, 'the local record to end')['status'] == 'complete'
-    finally:
-        server.stop()
+    def local_record_once_ended():
+        cli('info', local_id)  # asks the server about a busy remote task
+        record = Store(workdir).read_task(local_id)
+        return record if record['status'] != 'busy' else None
+    assert wait_for(local_record_once_ended, 'the local record to end')['status'] == 'complete'

@@ -2,7 +2,8 @@
 
 With the real tools (openscad under xvfb-run for images, povray with its
 includes), locally through the task store and through a real embedded
-server on loopback (tests/servers.py), the client running in ``workdir``:
+server on loopback (the ``embedded_server`` fixture, one for the module),
+the client running in ``workdir``:
 
 6. OpenSCAD writes the format its output's extension names (png, off, amf,
    3mf, dxf, svg, csg); a PNG is the one ``openscad`` itself renders.
@@ -32,9 +33,8 @@ from rrc import __version__
 from rrc.errors import UsageError
 from rrc.launch import task_argv
 from rrc.services import load_services
-from rrc.store import Store
 from conftest import DATA, make_service, write_config
-from servers import EmbeddedServer, plain_session
+from helpers import plain_session, records
 
 WAIT = 60
 PARAMETRIC = 'size = 10;\nlabel = "none";\ncube(size);\n'
@@ -53,25 +53,16 @@ SHADE_INC = '#declare Shade = rgb <1, 0, 0>;\n'
 # Fixtures and helpers
 ###############################################################################
 
-@pytest.fixture(scope='module')
-def server(tmp_path_factory):
-    """One real embedded server on loopback for the module."""
-    embedded = EmbeddedServer(tmp_path_factory.mktemp('server'), 'maxTasks = 2\n')
-    embedded.start()
-    yield embedded
-    embedded.stop()
+# The rrcloudrc of the one real embedded server the module's tests share.
+SERVER_CONFIG = 'maxTasks = 2\n'
 
 
 @pytest.fixture
-def remote(workdir, server):
-    """The client's rrcloudrc sends every service's work to the embedded server."""
+def remote(workdir, embedded_server):
+    """The client's rrcloudrc sends every service's work to the module's embedded server."""
+    server = embedded_server(SERVER_CONFIG, scope='module')
     write_config(workdir, f'servers = {server.address}\n')
     return server
-
-
-def records(root):
-    store = Store(root)
-    return [store.read_task(task_id) for task_id in store.task_ids()]
 
 
 def png_image(data):
@@ -205,7 +196,8 @@ def test_png_through_a_server_keeps_its_extension(proc, workdir, tmp_path, remot
     assert remote.records()[record['remoteId']]['outExt'] == 'png'
 
 
-def test_http_out_ext_picks_the_format_and_a_bad_one_is_400(server):
+def test_http_out_ext_picks_the_format_and_a_bad_one_is_400(embedded_server):
+    server = embedded_server(SERVER_CONFIG, scope='module')
     session = plain_session()
     answer = session.post(server.url, data={'service': 'openscad', 'fileIn0': 'cube(10);', 'outExt': 'off',
                                             'format': 'json', 'wait': WAIT}, timeout=WAIT + 30)
@@ -258,7 +250,8 @@ def test_a_hostile_d_value_is_refused_and_nothing_runs(cli, workdir, value):
 
 
 @pytest.mark.parametrize('value', HOSTILE_VALUES[:9] + ['-P ../x', '-x size=1', '-D'])
-def test_a_hostile_param_field_is_400_on_the_server(server, value):
+def test_a_hostile_param_field_is_400_on_the_server(embedded_server, value):
+    server = embedded_server(SERVER_CONFIG, scope='module')
     field = value if value.startswith('-') and ' ' in value else f'-D {value}'
     before = set(server.records())
 
