@@ -23,8 +23,10 @@ from helpers import (SH_NO_OUTPUT_SERVICE, SH_SERVICE, TOOL_WITH_GRANDCHILD, cli
     process_gone, sandboxed_pid, submit_script, wait_gone)
 from rrc.config import Config, default_max_processes
 from rrc.errors import ExitCode, UsageError
-from rrc.runner import (KILLED, OutputPipe, Watchdog, check_stored_input, judge_exit, parse_progress_line,
-    supervise)
+from rrc.launch import check_stored_input
+from rrc.runner import judge_exit
+from rrc.supervise import KILLED, OutputPipe, Watchdog, parse_progress_line, supervise
+from rrc.task import Task
 from rrc.services import find_service, load_services
 from rrc.store import Store, format_record
 from rrc.toollog import ToolLog
@@ -164,10 +166,10 @@ def test_a_tool_killed_by_a_signal_is_failed_naming_it(workdir):
     make_service(workdir, 'job', SH_SERVICE)
     store = Store(workdir)
     service = find_service(*load_services(store.root), 'job')
-    record = {'id': TASK_ID, 'out': f'tasks/out/{TASK_ID}'}
+    task = Task(store, TASK_ID, record={'id': TASK_ID, 'out': f'tasks/out/{TASK_ID}'})
 
-    assert judge_exit(store, service, record, -9) == ('failed', {'exitCode': -9, 'error': 'killed by signal 9'})
-    assert judge_exit(store, service, record, 137) == ('failed', {'exitCode': 137, 'error': 'exit code 137'})
+    assert judge_exit(task, service, -9) == ('failed', {'exitCode': -9, 'error': 'killed by signal 9'})
+    assert judge_exit(task, service, 137) == ('failed', {'exitCode': 137, 'error': 'exit code 137'})
 
 
 ###############################################################################
@@ -242,7 +244,7 @@ def watch_config(**settings):
 
 def test_the_watchdog_looks_at_the_record_every_interval_and_sees_a_kill(tmp_path):
     store = busy_task(tmp_path)
-    watchdog = Watchdog(store, watch_config(timeout=60), TASK_ID, interval=0.5)
+    watchdog = Watchdog(Task(store, TASK_ID, watch_config(timeout=60)), interval=0.5)
     start = watchdog.looked
     write_record(tmp_path, {'id': TASK_ID, 'service': 'echo', 'status': 'failed', 'error': 'killed'})
 
@@ -253,7 +255,7 @@ def test_the_watchdog_looks_at_the_record_every_interval_and_sees_a_kill(tmp_pat
 
 def test_time_suspended_does_not_count_against_the_timeout(tmp_path):
     store = busy_task(tmp_path, suspended='yes')
-    watchdog = Watchdog(store, watch_config(timeout=10, maxSuspend=60), TASK_ID, interval=0.5)
+    watchdog = Watchdog(Task(store, TASK_ID, watch_config(timeout=10, maxSuspend=60)), interval=0.5)
     start = watchdog.looked
 
     assert watchdog.verdict(start + 5) is None   # 5 s suspended
@@ -266,7 +268,7 @@ def test_time_suspended_does_not_count_against_the_timeout(tmp_path):
 
 def test_a_task_suspended_past_max_suspend_must_end(tmp_path):
     store = busy_task(tmp_path, suspended='yes')
-    watchdog = Watchdog(store, watch_config(timeout=60, maxSuspend=1), TASK_ID, interval=0.5)
+    watchdog = Watchdog(Task(store, TASK_ID, watch_config(timeout=60, maxSuspend=1)), interval=0.5)
     start = watchdog.looked
 
     assert watchdog.verdict(start + 0.6) is None
@@ -279,7 +281,8 @@ def test_the_watchdog_counts_every_file_the_tool_wrote(tmp_path):
     (work / 'a' / 'b').mkdir(parents=True)
     (work / 'one').write_bytes(b'x' * 600)
     (work / 'a' / 'b' / 'two').write_bytes(b'x' * 600)
-    watchdog = Watchdog(store, watch_config(timeout=60, maxOutputSize=1000), TASK_ID, work=str(work), interval=0.5)
+    watchdog = Watchdog(Task(store, TASK_ID, watch_config(timeout=60, maxOutputSize=1000)), work=str(work),
+                        interval=0.5)
     start = watchdog.looked
 
     assert watchdog.verdict(start + 0.5) == 'its output passed maxOutputSize (1000 bytes) while it ran'
@@ -288,7 +291,7 @@ def test_the_watchdog_counts_every_file_the_tool_wrote(tmp_path):
 def test_supervise_waits_for_the_tool_and_moves_its_output_on(tmp_path):
     store = busy_task(tmp_path)
     with tool_writing('echo working; exit 3', tmp_path) as (process, pipe):
-        outcome = supervise(process, Watchdog(store, watch_config(timeout=60), TASK_ID), pipe)
+        outcome = supervise(process, Watchdog(Task(store, TASK_ID, watch_config(timeout=60))), pipe)
         pipe.finish()
 
     assert outcome == (3, None)
@@ -304,7 +307,7 @@ def test_supervise_stops_the_tools_whole_group(tmp_path, stop):
             write_record(tmp_path, {'id': TASK_ID, 'service': 'echo', 'status': 'failed', 'error': 'killed'})
         config = watch_config(timeout=0.3 if stop == 'timeout' else 60)
 
-        code, why = supervise(process, Watchdog(store, config, TASK_ID, interval=0.2), pipe)
+        code, why = supervise(process, Watchdog(Task(store, TASK_ID, config), interval=0.2), pipe)
 
         assert code not in (0, None)
         assert why == ('timeout after 0.3 s' if stop == 'timeout' else None)  # killed: the record says so already
