@@ -77,10 +77,13 @@ def _pause_or_continue(store, task_id, to, by):
         if current != expect:
             raise UsageError(f'task {task_id} cannot {verb}: it is {current or record.get(Field.STATUS)}'
                              + (' (only a running task can)' if verb == 'suspend' else ''))
-        if not process_here(store, record, Field.PID, Field.PID_START):
+        # A farm's worker learns it from its next update and signals its tool itself.
+        by_worker = bool(record.get(Field.WORKER))
+        if not by_worker and not process_here(store, record, Field.PID, Field.PID_START):
             raise UsageError(f'task {task_id} cannot {verb}: its tool is not running on this node '
                              f'(not started yet, or it runs on node {record.get(Field.NODE, "?")})')
         moved = move_locked(store, record, to, expect=expect)
-        kill_process_group(int(record[Field.PID]), signal.SIGSTOP if to == State.SUSPENDED else signal.SIGCONT)
+        if not by_worker:
+            kill_process_group(int(record[Field.PID]), signal.SIGSTOP if to == State.SUSPENDED else signal.SIGCONT)
     append_log(store, task_id, f'rrcloud: task {task_id} {verb}{"ed" if verb == "suspend" else "d"} by {by}')
     return moved

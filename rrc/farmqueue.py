@@ -131,7 +131,7 @@ class FarmQueue:
         queue.enqueue(JOB_FUNCTION, record[Field.ID], job_id=record[Field.ID],
                       job_timeout=int(self.config.timeout) + JOB_TIMEOUT_GRACE,
                       result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                      retry=Retry(max=retries) if retries else None,
+                      retry=Retry(max=retries) if retries else None, meta={'retries': retries},
                       description=f'{service.name} {record[Field.ID]}')
         self.place(record)
 
@@ -142,4 +142,67 @@ class FarmQueue:
                         sort_key(record))
 
     def dispatch(self):
-        """Workers take the jobs: nothing to start here."""
+        """Workers take the jobs; a front-end only pushes again what a Redis
+        that restarted empty lost (at its start, and in recovery's minute)."""
+        import redis
+        from .store import marked
+        from .states import queued_here
+        try:
+            self.repush_lost(queued_here(self.store, marked(self.store, 'queue')))
+        except redis.RedisError as exc:
+            raise unavailable(self.config, exc) from None
+
+    def job_alive(self, record):
+        """True while RQ holds a task's job as waiting or running (it ran it
+        again after a lost worker, or its worker still beats); False once RQ
+        gave it up (a print is never run again) or lost it.  Before looking,
+        the queue's running jobs whose worker stopped beating are cleaned up
+        here (RQ does that only in a worker idle on the same queue)."""
+        import redis
+        from rq.job import Job
+        from rq.registry import StartedJobRegistry
+        from rq.exceptions import NoSuchJobError
+        from rq.serializers import JSONSerializer
+        name = queue_name(record[Field.SERVICE])
+        try:
+            StartedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).cleanup()
+            status = Job.fetch(record[Field.ID], connection=self.redis, serializer=JSONSerializer).get_status()
+        except NoSuchJobError:
+            return False
+        except redis.RedisError:
+            return True  # nothing known: a Redis away is no verdict on the worker
+        return str(getattr(status, 'value', status)) in ('queued', 'deferred', 'scheduled', 'started')
+
+    def repush_lost(self, task_ids):
+        """Push again the queued tasks Redis no longer holds (it restarted
+        empty): the store's queue markers are the truth.  Returns their ids."""
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+        pushed = []
+        for task_id in task_ids:
+            record = self.store.read_task(task_id)
+            queued = f'rq:queue:{queue_name(record[Field.SERVICE])}'
+            if self.redis.lpos(queued, task_id) is not None:
+                continue
+            if Job.exists(task_id, connection=self.redis):
+                Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).delete()
+            self._push(record)
+            pushed.append(task_id)
+        return pushed
+
+    def lengths(self):
+        """Tasks waiting in Redis, by service."""
+        prefix = 'rq:queue:' + QUEUE_PREFIX
+        return {key.decode()[len(prefix):]: self.redis.llen(key) for key in self.redis.scan_iter(prefix + '*')}
+
+    def workers(self):
+        """The farm's workers: name, services, busy or idle, last heartbeat."""
+        from rq import Worker
+        from rq.serializers import JSONSerializer
+        found = []
+        for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
+            services = [name[len(QUEUE_PREFIX):] for name in worker.queue_names() if name.startswith(QUEUE_PREFIX)]
+            beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else 0
+            found.append({'name': worker.name, 'services': services, 'state': worker.get_state(),
+                          'task': worker.get_current_job_id() or '', 'heartbeat': round(beat, 3)})
+        return found

@@ -91,7 +91,9 @@ def is_single_line(value):
 # local input paths.  It is checked like any text field and never used.
 NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in',
                           'notifierEvents', 'priority', 'to',
-                          'lastEventId'))  # service=events: the cursor of a client that cannot send Last-Event-ID
+                          'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
+                          # a farm's workers (rrc/web/workroutes.py)
+                          'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 

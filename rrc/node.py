@@ -45,7 +45,7 @@ def meta_record(store, config, services, started=None):
     """
     running = running_here(store, marked(store, 'running'))
     tasks = count_tasks(store)
-    return dict(limit_fields(config), **{
+    return dict(limit_fields(config), **farm_fields(store, config), **{
         'busy': str(len(running)),
         'cpuLoad': f'{os.getloadavg()[0]:.2f}',
         'events': 'yes',  # service=events: live events (a 0.019 server has no such key)
@@ -61,6 +61,23 @@ def meta_record(store, config, services, started=None):
         'uptime': format_uptime(time.time() - started if started else system_uptime()),
         'version': VERSION_STRING,
     })
+
+
+def farm_fields(store, config):
+    """A farm's front-end (``backend = rq``): its queues in Redis and its
+    workers (``farmWorkers``: NAME STATE SERVICE+SERVICE HEARTBEAT, comma-separated)."""
+    if config.backend != 'rq':
+        return {}
+    from .farmqueue import FarmQueue
+    import redis
+    queue = FarmQueue(store, config)
+    try:
+        lengths, workers = queue.lengths(), queue.workers()
+    except redis.RedisError as exc:
+        return {'backend': 'rq', 'farmQueued': f'unknown (Redis: {exc.__class__.__name__})'}
+    return {'backend': 'rq', 'farmQueued': ','.join(f'{name}={count}' for name, count in sorted(lengths.items())),
+            'farmWorkers': ', '.join(f'{w["name"]} {w["state"]} {"+".join(w["services"]) or "-"} {w["heartbeat"]}'
+                                     for w in workers)}
 
 
 def limit_fields(config):

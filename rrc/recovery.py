@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from .errors import NotFound
+from .backends import task_queue
+from .errors import NotFound, RRCloudError
 from .events import remove_orphan_events
 from .identity import boot_tag
 from .names import LazyPattern, is_task_id
@@ -18,7 +19,6 @@ from .procs import pid_alive
 from .schema import Field, TaskStatus
 from .states import list_tasks, still_running
 from .store import marked
-from .backends import task_queue
 from .trees import remove_tree, shown_left
 
 
@@ -43,7 +43,10 @@ def recover_store(store, config):
     remove_orphan_inputs(store, records, now)
     remove_idle_work_folders(store, records)
     remove_orphan_events(store)
-    task_queue(store, config).dispatch()
+    try:
+        task_queue(store, config).dispatch()
+    except RRCloudError as exc:  # a farm's Redis away: the next recovery tries again
+        print(f'rrcloud: warning: {exc}', file=sys.stderr)
 
 
 def remove_left_over_temp_files(store, now):

@@ -68,6 +68,11 @@ class Field:
     STEP = 'step'
     STEP_SERVER = 'stepServer'
     INPUT_FROM = 'inputFrom'  # the step whose output became this step's first input
+    # A farm (backend = rq): the worker that runs the task (its node is the
+    # worker's name then) and which run of it this is (1, then 2 after a
+    # lost worker): a lost run's late words are refused.
+    WORKER = 'worker'
+    ATTEMPT = 'attempt'
 
 
 YES = 'yes'

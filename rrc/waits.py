@@ -18,17 +18,19 @@ WAIT_RECHECK_SECONDS = 1.0
 WAIT_POLL_SECONDS = 0.25
 
 
-def wait_for_task(store, task_id, timeout=None, on_poll=None):
+def wait_for_task(store, task_id, timeout=None, on_poll=None, read=get_task):
     """Block until the task leaves busy (or ``timeout``); returns its record.
 
     It wakes on the task's events (a status event: the record is read again;
     progress goes to ``on_poll`` as the record's ``progress``) instead of
-    reading the record every few milliseconds.
+    reading the record every few milliseconds.  ``read(store, task_id)``
+    reads and judges the record (a farm's front-end also asks after a
+    silent worker).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
     while True:
-        record = get_task(store, task_id)
+        record = read(store, task_id)
         if record.get(Field.STATUS) != TaskStatus.BUSY:
             return record
         now = time.monotonic()

@@ -923,9 +923,13 @@ STATE_CHANGES = {
     'move as a POST': ('POST', '/', {'service': 'move', 'id': '{witness}', 'to': 'back'}),
     'a task': ('POST', '/', {'service': 'echo', 'fileIn0': 'started'}),
     'a pipe': ('POST', '/', {'service': 'pipe', 'step1': 'echo', 'step1.fileIn0': 'piped'}),
+    # a farm's worker routes (a page has no worker token, but the name and the origin come first)
+    'a worker\'s claim': ('POST', '/', {'service': 'workclaim', 'id': '{witness}', 'attempt': '1', 'worker': 'w'}),
+    'a worker\'s update': ('POST', '/', {'service': 'workupdate', 'id': '{witness}', 'attempt': '1'}),
+    'a worker\'s end': ('POST', '/', {'service': 'workdone', 'id': '{witness}', 'attempt': '1'}),
 }
 # The services that only read; every other one must be walked above.
-READ_SERVICES = {'info', 'meta', 'events'}
+READ_SERVICES = {'info', 'meta', 'events', 'workinput'}
 ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_site()}
 
 

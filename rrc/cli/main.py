@@ -25,6 +25,9 @@ def cli(args):
     if rest and rest[0] == 'print':
         from ..printing import cmd_print
         return cmd_print(rest[1:])
+    if rest and rest[0] == 'worker':
+        from ..worker import cmd_worker
+        return cmd_worker(rest[1:])
     if not rest:
         sys.stderr.write(USAGE)
         return ExitCode.USAGE

@@ -23,7 +23,8 @@ def check_access(request, config):
     if 'token' in request.query:
         raise HTTPError(400, 'a token in the URL is refused (URLs end up in logs): '
                              'send it as Authorization: Bearer, X-RRCloud-Token or a form field')
-    if config.token and not token_in_form(request):
+    request.is_worker = is_worker(request, config)
+    if config.token and not request.is_worker and not token_in_form(request):
         check_token(header_token(request), config)
 
 
@@ -34,8 +35,29 @@ def token_in_form(request):
 
 def check_form_token(request, config):
     """The token of a POST that sent none in its headers (curl -F token=...)."""
-    if config.token and token_in_form(request):
+    if config.token and not request.is_worker and token_in_form(request):
         check_token(request.form.get('token'), config)
+
+
+WORKER_TOKEN_HEADER = 'HTTP_X_RRCLOUD_WORKER_TOKEN'
+
+
+def is_worker(request, config):
+    """True for a farm's worker: it presents ``workerToken`` (never a client's
+    token) in ``X-RRCloud-Worker-Token``; a wrong one is refused (401)."""
+    given = request.environ.get(WORKER_TOKEN_HEADER)
+    if given is None:
+        return False
+    import hmac
+    if not config.workerToken or not hmac.compare_digest(given.encode(), config.workerToken.encode()):
+        raise HTTPError(401, 'a valid worker token is required (workerToken in rrcloudrc)')
+    return True
+
+
+def check_worker(request):
+    """403 unless the request is a worker's (the worker routes are no one else's)."""
+    if not getattr(request, 'is_worker', False):
+        raise HTTPError(403, 'this is a farm worker\'s route: it needs the worker token (workerToken)')
 
 
 def check_token(given, config):

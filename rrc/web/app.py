@@ -12,13 +12,14 @@ from ..errors import DISK_FULL_ERRORS, HTTPError, RRCloudError, reason_without_p
 from ..names import DIGITS, check_task_id
 from ..node import Node
 from ..procs import KILL_GRACE_SECONDS, process_started_at
-from ..schema import Field
+from ..schema import Field, TaskStatus
 from ..services import find_service, load_services
 from ..states import get_task, list_tasks, queue_is_full
 from ..store import format_record, to_json
 from .access import check_access, check_form_token, check_host
 from .files import serve_log, serve_result
 from .page import html_page
+from .workroutes import WORK_ROUTES
 from .request import MAX_WAIT_SECONDS, Request, Response, STATUS_LINES, check_field
 
 
@@ -50,6 +51,15 @@ class App:
             # setdefault: two threads of a resident server asking at once get the same one
             made.setdefault('waits', ClientSlots(self.config.maxWaits, self.config.waits_per_client()))
         return made['waits']
+
+    def read_task(self, store, task_id):
+        """A task's record, judged (a dead runner's task is not busy); on a
+        farm's front-end a silent worker's task is asked after in Redis."""
+        record = get_task(store, task_id)
+        if self.config.backend == 'rq' and record.get(Field.WORKER) and record.get(Field.STATUS) == TaskStatus.BUSY:
+            from ..farmwork import reconcile_farm_task
+            return reconcile_farm_task(store, self.config, record)
+        return record
 
     def __call__(self, environ, start_response):
         request = None
@@ -206,7 +216,7 @@ def answer_info(app, request):
     if 'id' in request.form:
         task_id = _form_task_id(request)
         wait = _wait_seconds(request.form.get('wait', '0'))
-        record = held_wait(app, request, task_id, wait) if wait else get_task(app.store, task_id)
+        record = held_wait(app, request, task_id, wait) if wait else app.read_task(app.store, task_id)
         if record.get(Field.STEPS) is not None:
             record = job_info(app, record)
         return answer_record(client_view(record, request.client), request.format)
@@ -311,10 +321,10 @@ def held_wait(app, request, task_id, wait):
     try:
         slot = slots.take(request.client)
     except NoSlot:
-        return get_task(app.store, task_id)
+        return app.read_task(app.store, task_id)
     with slot:
         from ..waits import wait_for_task
-        return wait_for_task(app.store, task_id, timeout=wait)
+        return wait_for_task(app.store, task_id, timeout=wait, read=app.read_task)
 
 
 def client_view(record, client):
@@ -440,4 +450,4 @@ PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
                   'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
-                  'events': answer_events, 'move': answer_move}
+                  'events': answer_events, 'move': answer_move, **WORK_ROUTES}

@@ -36,6 +36,7 @@ class Request:
         self.form, self.files = dict(self.query), {}
         self.parsed = False
         self.browser = 'Mozilla' in environ.get('HTTP_USER_AGENT', '')
+        self.is_worker = False  # a farm's worker (web/access.check_access says)
 
     @property
     def format(self):

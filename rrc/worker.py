@@ -1,0 +1,192 @@
+"""``rrcloud worker --server=URL``: one machine's share of a farm's work
+(``backend = rq``).
+
+The worker takes jobs from the Redis queues of the services it has (RQ's
+forking ``Worker``: each job runs in a child, the "horse", whose heartbeats
+tell the farm it is alive), and for each one (``run_farm_task``) asks its
+front-end for the task (``workclaim``), fetches its inputs, runs the tool
+with the same runner and sandbox as a single server does, in a private
+store of its own that it removes afterwards, sends the log and progress
+back as they come (``workupdate``, whose answer says whether the task was
+killed or suspended meanwhile) and hands back how it ended with its result
+(``workdone``).  It has no store, no shared file system: Redis and HTTP to
+its front-end with the worker token, nothing else.
+
+RQ is made to notice a lost worker in seconds rather than minutes: the
+horse dies with its worker (PR_SET_PDEATHSIG; bwrap's --die-with-parent
+then takes the tool), a running job's heartbeat lives a few seconds, and a
+worker cleans its queues' registries every few seconds.
+"""
+
+import os
+import sys
+import time
+
+from .errors import ExitCode, RRCloudError, UsageError, reason_without_paths
+from .farmqueue import ALLOWED_FUNCTIONS, queue_name
+
+# How often a busy horse beats, and how long a beat lives (RQ's default adds
+# 60 s): a killed worker's task runs again within about ten seconds.
+JOB_MONITORING_SECONDS = 2
+HEARTBEAT_SECONDS = 3 * JOB_MONITORING_SECONDS
+MAINTENANCE_SECONDS = 2
+WORKER_TTL_SECONDS = 20
+# A worker that lost Redis tries again after this, then twice as long, up to the last.
+RECONNECT_SECONDS = (1, 2, 4, 8, 15)
+SERVER_ENV = 'RRCLOUD_WORKER_SERVER'
+NAME_ENV = 'RRCLOUD_WORKER_NAME'
+
+
+def cmd_worker(args):
+    """``rrcloud worker --server=URL [--services=a,b] [--burst]``."""
+    from .config import load_config
+    options = worker_options(args)
+    config = load_config()
+    if config.backend != 'rq' or not config.redis or not config.workerToken:
+        raise UsageError('a worker needs backend = rq, redis = redis://… and workerToken in rrcloudrc')
+    services = worker_services(options['services'])
+    os.environ[SERVER_ENV] = options['server']
+    os.environ[NAME_ENV] = worker_name()
+    print(f'rrcloud: worker {os.environ[NAME_ENV]} for {options["server"]}: {", ".join(services)}',
+          file=sys.stderr, flush=True)
+    return work_on(config, services, options['burst'])
+
+
+def worker_options(args):
+    """``--server=URL`` (required), ``--services=a,b``, ``--burst``."""
+    from .remote import server_url
+    options = {'server': '', 'services': '', 'burst': False}
+    for word in args:
+        name, _, value = word.partition('=')
+        if word == '--burst':
+            options['burst'] = True
+        elif name in ('--server', '--services') and value:
+            options[name[2:]] = value
+        else:
+            raise UsageError(f'unknown worker option: {word!r} (rrcloud worker --server=URL '
+                             '[--services=a,b] [--burst])')
+    if not options['server']:
+        raise UsageError('a worker needs --server=URL: the front-end it works for')
+    options['server'] = server_url(options['server'], 4468)
+    return options
+
+
+def worker_services(asked):
+    """The services this worker takes: those asked for (each must have its
+    tool here, or the worker refuses to start), or every one whose tool is here."""
+    from .services import load_services
+    services, _ = load_services(os.getcwd())
+    wanted = [name.strip() for name in asked.split(',') if name.strip()] if asked else sorted(services)
+    unknown = [name for name in wanted if name not in services]
+    if unknown:
+        raise UsageError(f'no such service here: {", ".join(unknown)}')
+    missing = [name for name in wanted if not tool_installed(services[name])]
+    if asked and missing:
+        raise UsageError(f'the tool of {", ".join(missing)} is not installed here: this worker cannot take it')
+    for name in missing:
+        print(f'rrcloud: worker: {name}: its tool is not installed here; not taking it', file=sys.stderr)
+    return [name for name in wanted if name not in missing]
+
+
+def tool_installed(service):
+    """True when a service's program is on its path (the built-in sender always is)."""
+    import shutil
+    program = service.cmd[0]
+    return program == 'rrcloud' or shutil.which(program, path=service.path) is not None
+
+
+def worker_name():
+    """A name no other live worker has: host, pid, a random part (a node name too)."""
+    import socket
+    return f'{socket.gethostname()[:40]}.{os.getpid()}.{os.urandom(3).hex()}'
+
+
+def work_on(config, services, burst):
+    """Take jobs until stopped; after a lost Redis, again with a backoff."""
+    import redis
+    for attempt in range(1_000_000):
+        try:
+            farm_worker(config, services).work(burst=burst, with_scheduler=False, logging_level='WARNING')
+            return ExitCode.OK
+        except redis.RedisError as exc:
+            wait = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+            print(f'rrcloud: worker: Redis: {exc.__class__.__name__}; again in {wait} s', file=sys.stderr,
+                  flush=True)
+            time.sleep(wait)
+    return ExitCode.TASK_FAILED
+
+
+def farm_worker(config, services):
+    """RQ's forking worker on the queues of ``services``, made to notice a lost worker in seconds."""
+    from rq import Queue, Worker
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+    from .farmqueue import redis_connection
+    connection = redis_connection(config, socket_timeout=WORKER_TTL_SECONDS + 15)
+
+    class AllowedJob(Job):
+        """A job may name only rrcloud's job function: anyone who can write to
+        Redis could name any other."""
+        @property
+        def func(self):
+            if self.func_name not in ALLOWED_FUNCTIONS or self.instance is not None:
+                raise PermissionError(f'job function {self.func_name!r} is not rrcloud\'s')
+            return super().func
+
+    class FarmWorker(Worker):
+        def main_work_horse(self, *args, **kwargs):
+            die_with_parent()
+            return super().main_work_horse(*args, **kwargs)
+
+        def get_heartbeat_ttl(self, job):
+            return HEARTBEAT_SECONDS
+
+        def subscribe(self):  # rrcloud's control goes through its front-end, not RQ's pubsub
+            pass
+
+        def unsubscribe(self):
+            pass
+
+    queues = [Queue(queue_name(name), connection=connection, serializer=JSONSerializer) for name in services]
+    return FarmWorker(queues, connection=connection, serializer=JSONSerializer, job_class=AllowedJob,
+                      name=os.environ[NAME_ENV], worker_ttl=WORKER_TTL_SECONDS,
+                      job_monitoring_interval=JOB_MONITORING_SECONDS, maintenance_interval=MAINTENANCE_SECONDS)
+
+
+def die_with_parent():
+    """The horse dies with its worker (SIGKILL when the worker goes), so a
+    killed worker leaves nothing running that RQ would run a second time."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the worker went before the line above
+        os._exit(1)
+
+
+def current_attempt():
+    """Which run of its job this is: 1, then 2 after a lost worker, …"""
+    from rq import get_current_job
+    job = get_current_job()
+    retries = int((job.meta or {}).get('retries', 0)) if job else 0
+    left = job.retries_left if job and job.retries_left is not None else retries
+    return retries - left + 1
+
+
+def run_farm_task(task_id):
+    """RQ's job: run one task of the front-end this worker works for."""
+    from .config import load_config
+    from .workrun import FrontEnd, WorkRun
+    from .workrun import StaleRun
+    front = FrontEnd(os.environ[SERVER_ENV], load_config().workerToken)
+    run = WorkRun(front, task_id, os.environ[NAME_ENV], current_attempt())
+    try:
+        run.run()
+    except StaleRun as exc:  # the task ended, or runs elsewhere: this job is done
+        print(f'rrcloud: worker: task {task_id}: {reason_without_paths(exc)}', file=sys.stderr, flush=True)
+    except RRCloudError as exc:  # the front-end could not be told: RQ fails the job (or runs it again)
+        print(f'rrcloud: worker: task {task_id}: {reason_without_paths(exc)}', file=sys.stderr, flush=True)
+        raise
+    finally:
+        run.remove()
+
