@@ -23,7 +23,7 @@ from .events import NOTE, PROGRESS, append_event
 from .identity import is_node_name
 from .schema import YES, Field, TaskStatus
 from .states import State, move_locked, state_of
-from .store import ORDER_FOLDER, unmark
+from .store import ORDER_FOLDER, append_log, unmark
 
 # A worker's task whose worker said nothing for this long is asked about in Redis.
 LOST_SECONDS = 10.0
@@ -50,12 +50,16 @@ def claim(store, task_id, worker, attempt):
     settings = queued_settings(store, task_id) or read_settings(running)
     with store.lock():
         record = store.read_task(task_id)
+        lost = record.get(Field.WORKER)
         moved = _claim_locked(store, record, worker, attempt)
         # The running marker keeps the settings (0600: they may hold a secret);
         # its age is how long the worker has been silent.
         write_file_atomically(running, settings.encode(), mode=QUEUE_MARKER_MODE)
     for folder in ('queue', ORDER_FOLDER):
         unmark(store, folder, task_id)
+    if lost:
+        append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} (run {attempt}): '
+                                   f'worker {lost} was lost')
     return moved, settings
 
 

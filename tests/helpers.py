@@ -164,6 +164,7 @@ cmd = rrcloud print
 noOutput = yes
 inputExt = gcode
 nativeArgs = /dev/pts/, --timeout=
+runsOnce = yes
 """
 # One slot, tools unsandboxed (a gated task must see its gate): a queue forms at once.
 QUEUE_CONFIG = 'maxTasks = 1\nsandbox = no\n'

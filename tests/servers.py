@@ -36,10 +36,12 @@ START_TIMEOUT = 20
 class EmbeddedServer:
     """``rrcloud.py serve --bind 127.0.0.1 --port P`` in its own store folder."""
 
-    def __init__(self, root, config='maxTasks = 1\n', services=None):
+    def __init__(self, root, config='maxTasks = 1\n', services=None, config_name='rrcloudrc'):
+        """``config_name``: its rrcloudrc's name in the store folder (servers
+        sharing one store, as a farm's front-ends do, each have their own)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config = self.root / 'rrcloudrc'
+        self.config = self.root / config_name
         self.config.write_text(config)
         for name, text in (services or {}).items():
             (self.root / 'services').mkdir(exist_ok=True)

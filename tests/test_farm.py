@@ -1,0 +1,306 @@
+"""A farm on a real engine (issue 19): Redis holds the queue, RQ workers
+on "other machines" run the tasks, HAProxy spreads the clients over two
+front-ends that share one store.
+
+Everything is real and on loopback: ``redis-server`` with a password,
+``haproxy`` with the project's own haproxy/haproxy.cfg, two ``rrcloud
+serve`` front-ends, and three ``rrcloud worker`` processes, each as
+www-data in an empty folder of its own (they cannot read the store: it is
+root's), one of them taking only echo.  The printer is the simulated one
+on a pty.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from farm import HAProxy, RedisServer, Worker, front_end, www_data
+from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, plain_session, wait_for
+from printer_sim import PrinterSim
+
+# A task that says it started, works a few seconds, then writes its result.
+SLOW_SCRIPT = 'echo started; sleep {seconds}; echo {word} > "$1"\n'
+CONFS = {'sh': SH_SERVICE, 'printrun': PTY_PRINTRUN_CONF}
+# A service only a worker started later has: its tasks wait in Redis meanwhile.
+LATER = {'later': SH_SERVICE}
+RENDERS = 20
+
+
+@pytest.fixture(scope='module')
+def farm(tmp_path_factory):
+    """Redis, two front-ends on one store behind HAProxy, three workers."""
+    redis = RedisServer().start()
+    store = tmp_path_factory.mktemp('farm-store')
+    store.chmod(0o700)  # root's: no worker can read it
+    fronts = [front_end(store, redis, name, dict(CONFS, **LATER)) for name in ('front1', 'front2')]
+    farm = Farm(redis, fronts, store)
+    try:
+        for server in fronts:
+            server.start()
+        farm.proxy = HAProxy(store, list(fronts)).start()
+        farm.workers = [Worker(redis, farm.proxy.url, confs=CONFS).start(),
+                        Worker(redis, farm.proxy.url, confs=CONFS).start(),
+                        Worker(redis, farm.proxy.url, services=['echo']).start()]
+        yield farm
+    finally:
+        farm.stop()
+
+
+class Farm:
+    """The parts of a running farm, and what tests ask of it."""
+
+    def __init__(self, redis, fronts, store):
+        self.redis, self.fronts, self.store = redis, fronts, store
+        self.proxy, self.workers, self.gone = None, [], []
+        self.session = plain_session()
+
+    def stop(self):
+        """Every part stopped, the workers' folders removed."""
+        for worker in self.workers + self.gone:
+            worker.stop()
+        if self.proxy:
+            self.proxy.stop()
+        for server in self.fronts:
+            if server.running:
+                server.stop()
+        self.redis.stop()
+
+    def post(self, service, content, name='input', **fields):
+        """A task through HAProxy; its id."""
+        answer = self.session.post(self.proxy.url, data=dict(fields, service=service, format='json'),
+                                   files={'fileIn0': (name, content)}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()['id']
+
+    def info(self, task_id, wait=0):
+        params = {'service': 'info', 'id': task_id, 'format': 'json', 'wait': str(wait)}
+        return self.session.get(self.proxy.url, params=params, timeout=wait + 30).json()
+
+    def ended(self, task_id, timeout=90):
+        """The task's record once it has ended (long-polls through HAProxy)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.info(task_id, wait=10)
+            if record['status'] != 'busy':
+                return record
+            assert time.monotonic() < deadline, record
+
+    def worker_of(self, task_id):
+        """The Worker that runs a task (once it has claimed it)."""
+        name = wait_for(lambda: self.info(task_id).get('worker'), f'task {task_id} claimed', timeout=60)
+        return next(worker for worker in self.workers if worker.name() == name)
+
+    def replace(self, worker):
+        """A new worker in place of a killed one (the module's farm keeps its size)."""
+        new = Worker(self.redis, self.proxy.url, confs=CONFS).start()
+        self.workers[self.workers.index(worker)] = new
+        self.gone.append(worker)
+        return new
+
+    def log(self, task_id):
+        return self.session.get(f'{self.proxy.url}tasks/log/{task_id}', timeout=30).text
+
+    def records(self):
+        folder = self.store / 'tasks' / 'info'
+        return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+
+    def store_files(self):
+        return sorted(str(path.relative_to(self.store)) for path in (self.store / 'tasks').rglob('*')
+                      if path.is_file() and '.lock' not in path.name and 'slots' not in path.parts)
+
+
+# -- the work spread over the workers --------------------------------------------
+
+def test_twenty_renders_through_haproxy_complete_on_workers_that_have_openscad(farm):
+    ids = [farm.post('openscad', f'cube({size});\n', name='part.scad') for size in range(1, RENDERS + 1)]
+
+    records = [farm.ended(task_id) for task_id in ids]
+
+    assert [record['status'] for record in records] == ['complete'] * RENDERS, records
+    ran_on = {record['worker'] for record in records}
+    echo_only = farm.workers[2].name()
+    assert echo_only not in ran_on  # it has no openscad
+    assert len(ran_on) == 2, ran_on  # both workers that have it took some
+    assert {record['server'] for record in records} == {'front1', 'front2'}  # HAProxy used both front-ends
+    for size, record in zip(range(1, RENDERS + 1), records):
+        stl = farm.session.get(farm.proxy.url + record['out'], timeout=30).content
+        assert stl.startswith(b'solid') and f'{size}'.encode() in stl, record
+
+
+def test_the_workers_cannot_read_the_store(farm):
+    uid, gid = www_data()
+    looked = subprocess.run(['ls', str(farm.store / 'tasks' / 'info')], user=uid, group=gid,
+                            capture_output=True, text=True)
+
+    assert looked.returncode != 0 and 'Permission denied' in looked.stderr
+
+
+def test_meta_shows_the_queues_and_the_workers(farm):
+    meta = farm.session.get(farm.proxy.url, params={'service': 'meta', 'format': 'json'}, timeout=30).json()
+
+    assert meta['backend'] == 'rq'
+    shown = {entry.split()[0]: entry.split() for entry in meta['farmWorkers'].split(', ')}
+    for worker in farm.workers:
+        assert worker.name() in shown, meta['farmWorkers']
+    assert shown[farm.workers[2].name()][2] == 'echo'
+    assert float(shown[farm.workers[0].name()][3]) > time.time() - 60  # a recent heartbeat
+
+
+# -- nothing lost ------------------------------------------------------------------
+
+def test_a_killed_workers_task_runs_again_on_another_worker_once(farm):
+    task_id = farm.post('sh', SLOW_SCRIPT.format(seconds=3, word='second'), name='slow.sh')
+    first = farm.worker_of(task_id)
+    wait_for(lambda: 'started' in farm.log(task_id), 'the tool to start', timeout=30)
+
+    first.kill()
+    farm.replace(first)
+    record = farm.ended(task_id)
+
+    assert record['status'] == 'complete', record
+    assert record['attempt'] == '2' and record['worker'] != first.name(), record
+    assert farm.session.get(farm.proxy.url + record['out'], timeout=30).content == b'second\n'
+    log = farm.log(task_id)
+    assert log.count('started') == 2  # the lost run's start, and the run that completed
+    assert f'runs again on worker {record["worker"]} (run 2): worker {first.name()} was lost' in log
+    assert not [name for name in farm.store_files() if '.part' in name or name.startswith('tasks/work')]
+
+
+def test_a_print_on_a_killed_worker_fails_worker_lost_and_never_runs_again(farm, tmp_path):
+    gcode = ''.join(f'G1 X{i} Y{i}\n' for i in range(400))
+    with PrinterSim(delay=0.05) as sim:
+        os.chown(sim.port, *www_data())  # the worker's user opens the port
+        task_id = farm.post('printrun', gcode, name='part.gcode', nativeArgs=sim.port)
+        printer = farm.worker_of(task_id)
+        wait_for(lambda: len(sim.received) > 5, 'the print to start', timeout=30)
+
+        printer.kill()
+        farm.replace(printer)
+        record = farm.ended(task_id)
+        received = len(sim.received)
+        time.sleep(2)
+
+        assert (record['status'], record['error']) == ('failed', 'worker lost'), record
+        assert sim.opens == 1 and len(sim.received) == received  # never restarted on its own
+
+
+def test_kill_and_suspend_reach_the_task_on_its_worker(farm):
+    task_id = farm.post('sh', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done\n', name='t.sh')
+    farm.worker_of(task_id)
+    wait_for(lambda: 'tick 2' in farm.log(task_id), 'the tool to tick', timeout=30)
+
+    suspended = farm.session.get(farm.proxy.url, params={'service': 'suspend', 'id': task_id, 'format': 'json'},
+                                 timeout=30).json()
+    time.sleep(1.5)  # the worker hears of it within half a second
+    ticks = farm.log(task_id).count('tick')
+    time.sleep(1.5)
+    still = farm.log(task_id).count('tick')
+    farm.session.get(farm.proxy.url, params={'service': 'resume', 'id': task_id}, timeout=30)
+    wait_for(lambda: farm.log(task_id).count('tick') > still + 2, 'ticking again after resume', timeout=30)
+    killed = farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id, 'format': 'json'},
+                              timeout=30).json()
+    record = farm.ended(task_id)
+
+    assert suspended['suspended'] == 'yes'
+    assert still == ticks  # stopped while suspended
+    assert killed['error'] == 'killed' and (record['status'], record['error']) == ('failed', 'killed')
+
+
+# -- jobs, priorities, watching ---------------------------------------------------------
+
+def test_a_three_step_pipe_runs_its_steps_on_the_workers_that_have_their_tools(farm):
+    form = {'service': 'pipe', 'format': 'json', 'step1': 'openscad', 'step2': 'slic3r',
+            'step2.prearg1': '--load=', 'step3': 'echo'}
+    files = {'step1.fileIn0': ('cube.scad', (REPO / 'tests' / 'data' / 'cube.scad').read_bytes()),
+             'step2.fileIn1': ('pla.ini', (REPO / 'tests' / 'data' / 'slic3r.ini').read_bytes())}
+    answer = farm.session.post(farm.proxy.url, data=form, files=files, timeout=60)
+    assert answer.status_code == 200, answer.text
+    job = farm.ended(answer.json()['id'], timeout=120)
+
+    assert job['status'] == 'complete', job
+    steps = [farm.info(job[f'step{n}'].split()[0]) for n in (1, 2, 3)]
+    assert [step['status'] for step in steps] == ['complete'] * 3
+    assert steps[2]['worker'] == farm.workers[2].name()  # echo: the echo-only worker may take it ...
+    assert steps[0]['worker'] != farm.workers[2].name()  # ... never a render
+    assert b'G1' in farm.session.get(farm.proxy.url + job['out'], timeout=30).content
+
+
+def test_watch_shows_a_workers_task_live(farm, tmp_path):
+    (tmp_path / 'rrcloudrc').write_text('')
+    task_id = farm.post('sh', 'for i in 1 2 3; do echo line $i; sleep 0.3; done; echo done > "$1"\n', name='w.sh')
+    watched = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'watch', task_id, f'--s={farm.proxy.url}'],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                             env=dict(os.environ, RRCLOUD_CONFIG=str(tmp_path / 'rrcloudrc')))
+
+    assert watched.returncode == 0, watched
+    assert 'line 1' in watched.stdout and 'line 3' in watched.stdout and 'complete' in watched.stdout
+
+
+# -- clients as they are ---------------------------------------------------------------
+
+def test_a_0_019_client_and_a_wrapper_through_haproxy(farm, tmp_path):
+    (tmp_path / 'rrcloudrc').write_text(f'servers = {farm.proxy.address}\n')
+    (tmp_path / 'cube.scad').write_text('cube(4);\n')
+    held = farm.session.post(farm.proxy.url, data={'service': 'openscad', 'in': 'cube.scad'},
+                             files={'fileIn0': ('cube.scad', b'cube(3);\n')}, timeout=120)
+    wrapped = subprocess.run([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, RRCLOUD_CONFIG=str(tmp_path / 'rrcloudrc')))
+
+    assert 'status: complete' in held.text.splitlines(), held.text  # the 0.019 POST is held to the end
+    assert wrapped.returncode == 0, wrapped
+    assert (tmp_path / 'cube.stl').read_bytes().startswith(b'solid')
+
+
+# -- refusals --------------------------------------------------------------------------
+
+@pytest.mark.parametrize('token, status', [(None, 403), ('not-the-worker-token-at-all', 401)])
+def test_the_worker_routes_refuse_anyone_without_the_worker_token(farm, token, status):
+    task_id = farm.post('sh', SLOW_SCRIPT.format(seconds=1, word='x'), name='q.sh')
+    before = farm.store_files()
+    headers = {} if token is None else {'X-RRCloud-Worker-Token': token}
+
+    answers = [farm.session.post(farm.proxy.url, data={'service': service, 'id': task_id, 'attempt': '9',
+                                                       'worker': 'intruder'}, headers=headers, timeout=30)
+               for service in ('workclaim', 'workupdate', 'workdone')]
+
+    assert [answer.status_code for answer in answers] == [status] * 3, [a.text for a in answers]
+    assert farm.info(task_id).get('worker') != 'intruder'
+    assert set(farm.store_files()) - set(before) <= {f'tasks/log/{task_id}', f'tasks/events/{task_id}'}
+
+
+def test_a_worker_whose_tool_is_missing_refuses_that_service(farm):
+    worker = Worker(farm.redis, farm.proxy.url, services=['ghost'],
+                    confs={'ghost': 'path = /nonexistent\ncmd = ghosttool\n'})
+    try:
+        worker.start(wait=False)
+        code = worker.process.wait(timeout=60)
+        said = worker.log.read_text()
+    finally:
+        worker.stop()
+
+    assert code == 2, said
+    assert 'the tool of ghost is not installed here: this worker cannot take it' in said
+
+
+def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_it_is_back(farm):
+    waiting = farm.post('later', 'echo later > "$1"\n', name='later.sh')  # no worker takes it yet
+    farm.redis.stop()  # and Redis forgets it: it keeps nothing on disk here
+    before = farm.store_files()
+
+    answer = farm.session.post(farm.proxy.url, data={'service': 'echo'}, files={'fileIn0': ('a.txt', b'hi')},
+                               timeout=30)
+
+    assert answer.status_code == 503, answer.text
+    assert answer.text.startswith("error: the farm's queue (Redis at 127.0.0.1:") and answer.text.count('\n') == 1
+    assert farm.store_files() == before
+    farm.redis.start()
+    for server in farm.fronts:  # a front-end that starts pushes again what Redis lost
+        server.stop()
+        server.start()
+    wait_for(farm.proxy.meta_answers, 'haproxy to see the front-ends again', timeout=30)
+    farm.workers.append(Worker(farm.redis, farm.proxy.url, services=['later'], confs=LATER).start())
+    assert farm.ended(waiting, timeout=120)['status'] == 'complete'
+    assert farm.ended(farm.post('echo', 'back again\n', name='a.txt'), timeout=120)['status'] == 'complete'
