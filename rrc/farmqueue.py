@@ -137,9 +137,13 @@ class FarmQueue:
 
     def place(self, record):
         """Put a waiting job where the queue's order says (after a push, a move)."""
+        import redis
         name = queue_name(record[Field.SERVICE])
-        self.redis.eval(PLACE_SCRIPT, 2, f'rq:queue:{name}', ORDER_KEY + name, record[Field.ID],
-                        sort_key(record))
+        try:
+            self.redis.eval(PLACE_SCRIPT, 2, f'rq:queue:{name}', ORDER_KEY + name, record[Field.ID],
+                            sort_key(record))
+        except redis.RedisError as exc:
+            raise unavailable(self.config, exc) from None
 
     def dispatch(self):
         """Workers take the jobs; a front-end only pushes again what a Redis

@@ -162,6 +162,9 @@ class LocalQueue:
         """A task's marker is written: start what can start."""
         self.dispatch()
 
+    def place(self, record):
+        """A task moved in the queue: dispatch reads its place from its record."""
+
     def dispatch(self):
         """Start queued tasks while slots are free."""
         dispatch(self.store, self.config)

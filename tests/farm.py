@@ -64,8 +64,9 @@ class RedisServer:
 
 
 def front_end_config(redis, name, extra=''):
-    """The rrcloudrc of a farm's front-end."""
-    return (f'backend = rq\nredis = {redis.url}\nworkerToken = {WORKER_TOKEN}\nnodeName = {name}\n'
+    """The rrcloudrc of a farm's front-end: the farm's front-ends are one node
+    (any of them moves, kills or pushes again what waits), each with its own serverName."""
+    return (f'backend = rq\nredis = {redis.url}\nworkerToken = {WORKER_TOKEN}\nnodeName = farm\n'
             f'serverName = {name}\nnotifierAllow = 127.0.0.0/8\n{extra}')
 
 

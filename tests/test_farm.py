@@ -23,8 +23,8 @@ from printer_sim import PrinterSim
 # A task that says it started, works a few seconds, then writes its result.
 SLOW_SCRIPT = 'echo started; sleep {seconds}; echo {word} > "$1"\n'
 CONFS = {'sh': SH_SERVICE, 'printrun': PTY_PRINTRUN_CONF}
-# A service only a worker started later has: its tasks wait in Redis meanwhile.
-LATER = {'later': SH_SERVICE}
+# Services only a worker started later has: their tasks wait in Redis meanwhile.
+LATER = {'later': SH_SERVICE, 'ordered': SH_SERVICE}
 RENDERS = 20
 
 
@@ -227,6 +227,20 @@ def test_a_three_step_pipe_runs_its_steps_on_the_workers_that_have_their_tools(f
     assert b'G1' in farm.session.get(farm.proxy.url + job['out'], timeout=30).content
 
 
+def test_priorities_and_moves_order_what_waits_in_redis(farm):
+    ids = {name: farm.post('ordered', 'echo x > "$1"\n', name=f'{name}.sh', priority=str(priority))
+           for name, priority in (('plain', 0), ('urgent', 5), ('whenever', -3), ('urgent too', 5), ('moved', 0))}
+    moved = farm.session.get(farm.proxy.url, params={'service': 'move', 'id': ids['moved'], 'to': 'front',
+                                                     'format': 'json'}, timeout=30).json()
+
+    farm.workers.append(Worker(farm.redis, farm.proxy.url, services=['ordered'], confs=LATER).start())
+    records = {name: farm.ended(task_id) for name, task_id in ids.items()}
+
+    assert moved.get('queuePosition') == '-1', moved
+    started = sorted(records, key=lambda name: float(records[name]['stime']))
+    assert started == ['moved', 'urgent', 'urgent too', 'plain', 'whenever'], started
+
+
 def test_watch_shows_a_workers_task_live(farm, tmp_path):
     (tmp_path / 'rrcloudrc').write_text('')
     task_id = farm.post('sh', 'for i in 1 2 3; do echo line $i; sleep 0.3; done; echo done > "$1"\n', name='w.sh')
@@ -304,3 +318,25 @@ def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_i
     farm.workers.append(Worker(farm.redis, farm.proxy.url, services=['later'], confs=LATER).start())
     assert farm.ended(waiting, timeout=120)['status'] == 'complete'
     assert farm.ended(farm.post('echo', 'back again\n', name='a.txt'), timeout=120)['status'] == 'complete'
+
+
+def test_serve_check_warns_of_a_redis_without_a_password(tmp_path):
+    from helpers import free_port
+    (tmp_path / 'rrcloudrc').write_text('backend = rq\nredis = redis://127.0.0.1:1/0\n')
+
+    checked = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'serve', '--check', '--port',
+                              str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, RRCLOUD_CONFIG=str(tmp_path / 'rrcloudrc')))
+
+    assert checked.returncode == 5, checked
+    assert 'rrcloud: warning: redis in rrcloudrc has no password' in checked.stderr
+
+
+def test_backend_rq_without_redis_is_an_error_naming_what_is_missing(tmp_path):
+    (tmp_path / 'rrcloudrc').write_text('backend = rq\n')
+
+    shown = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'meta'], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60, env=dict(os.environ, RRCLOUD_CONFIG=str(tmp_path / 'rrcloudrc')))
+
+    assert shown.returncode == 4
+    assert shown.stderr == 'rrcloud: error: backend = rq needs redis = redis://[:PASSWORD@]HOST:PORT/DB in rrcloudrc\n'

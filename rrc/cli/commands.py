@@ -149,6 +149,8 @@ def cmd_move(ctx, args):
         print_fields(dict(answer, id=task_id), shown, server=record[Field.SERVER])
         return ExitCode.OK
     record = move_in_queue(ctx.store, task_id, to, by=f'the command line (user {user_name()})')
+    from ..backends import task_queue
+    task_queue(ctx.store, ctx.config).place(record)  # a farm's Redis holds its queue: reordered there
     print_fields(dict(record, priority=record.get(Field.PRIORITY, '0')), shown)
     return ExitCode.OK
 

@@ -180,9 +180,11 @@ def answer_events(app, request):
 
 def answer_move(app, request):
     """``service=move&id=ID&to=front|back``: reorder a queued task (rrc/order.py)."""
+    from ..backends import task_queue
     from ..order import move_in_queue
     record = move_in_queue(app.store, _form_task_id(request), request.form.get('to', ''),
                            by=f'{request.client} (HTTP)')
+    task_queue(app.store, app.config).place(record)  # a farm's Redis holds its queue: reordered there
     return answer_record(client_view(record, request.client), request.format)
 
 

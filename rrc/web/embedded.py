@@ -20,6 +20,7 @@ def serve(args):
     config = load_config()
     bind, port, check = serve_options(args, config.port)
     if check:
+        warn_if_redis_open(config)
         return check_serving(config, bind, port)
     app = App(Node(config, started=process_started_at(os.getpid()) or time.time()))
     server = listen(app, bind, port)  # before anything is created or claimed
@@ -32,6 +33,7 @@ def serve(args):
           f'token {"required" if config.token else "not required"}', file=sys.stderr, flush=True)
     print(f'rrcloud: {limits_line(limit_fields(config))}', file=sys.stderr, flush=True)
     warn_if_unsandboxed(config)
+    warn_if_redis_open(config)
     server.run()
     return ExitCode.OK
 
@@ -114,6 +116,15 @@ def check_serving(config, bind, port):
             print(f'rrcloud: {terminal_safe(limits_line(meta))}')
         return ExitCode.OK
     raise ConfigError(f'port {port} is taken by a server that is not rrcloud')
+
+
+def warn_if_redis_open(config):
+    """A farm's Redis without a password is open to anyone on its network:
+    any of them could queue work for the workers (docs/FARM.md)."""
+    from urllib.parse import urlsplit
+    if config.backend == 'rq' and not urlsplit(config.redis).password:
+        print('rrcloud: warning: redis in rrcloudrc has no password: anyone who reaches that Redis can '
+              'queue work for the farm\'s workers (requirepass; see docs/FARM.md)', file=sys.stderr, flush=True)
 
 
 def limits_line(fields):
