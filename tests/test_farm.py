@@ -341,3 +341,45 @@ def test_backend_rq_without_redis_is_an_error_naming_what_is_missing(tmp_path):
 
     assert shown.returncode == 4
     assert shown.stderr == 'rrcloud: error: backend = rq needs redis = redis://[:PASSWORD@]HOST:PORT/DB in rrcloudrc\n'
+
+
+def test_a_job_whose_task_is_missing_is_moved_aside_and_the_worker_goes_on(farm):
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from rrc.farmqueue import JOB_FUNCTION, queue_name, redis_connection
+    from rrc.config import Config
+    config = Config()
+    config.redis = farm.redis.url
+    queue = Queue(queue_name('echo'), connection=redis_connection(config), serializer=JSONSerializer)
+    ghost = queue.enqueue(JOB_FUNCTION, '1700000000-00000-000000', job_id='1700000000-00000-000000')
+
+    wait_for(lambda: ghost.get_status(refresh=True) == 'failed', 'the job of a task nobody has moved aside',
+             timeout=60)
+    after = farm.post('echo', 'still working\n', name='a.txt')
+
+    assert farm.ended(after)['status'] == 'complete'
+    assert all(worker.process.poll() is None for worker in farm.workers)
+    assert '1700000000-00000-000000' not in farm.records()
+
+
+def registered_workers(redis):
+    """The names of the workers RQ knows in ``redis``."""
+    import redis as redis_py
+    from rq import Worker as RQWorker
+    return [worker.name for worker in RQWorker.all(connection=redis_py.Redis.from_url(redis.url))]
+
+
+def test_a_worker_without_redis_tries_again_and_says_so(farm):
+    redis = RedisServer()  # not started yet: its port answers nothing
+    worker = Worker(redis, farm.proxy.url, services=['echo'])
+    try:
+        worker.start(wait=False)
+        wait_for(lambda: 'Redis: ConnectionError; again in' in worker.log.read_text(), 'the worker to say so',
+                 timeout=60)
+        redis.start()
+        wait_for(lambda: worker.name() in registered_workers(redis), 'the worker in Redis once it answers',
+                 timeout=60)
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
+        redis.stop()
