@@ -1,6 +1,6 @@
 """Which queue a node's tasks wait in: the one small interface submission,
 the runner, pipelines, moves and recovery ask (``check``, ``enqueue``,
-``take``, ``place``, ``dispatch``), with two implementations: ``backend = local`` (this node's
+``take``, ``place``, ``wait_on``, ``dispatch``), with two implementations: ``backend = local`` (this node's
 slots, ``queue.LocalQueue``, the default) and ``backend = rq`` (a farm's
 Redis, ``farmqueue.FarmQueue``)."""
 

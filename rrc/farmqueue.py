@@ -113,27 +113,54 @@ class FarmQueue:
         self.take(task_id)
 
     def take(self, task_id):
-        """Push the job of a queued task (its marker written) into its service's queue."""
+        """Push the job of a queued task (its marker written) into its service's
+        queue, unless RQ holds it already (a pipeline step's job, deferred
+        until the step before ended: RQ queues it then)."""
         record = self.store.read_task(task_id)
         import redis
         try:
-            self._push(record)
+            if not self._job_waiting(task_id):
+                self._push(record)
         except redis.RedisError as exc:
             raise unavailable(self.config, exc) from None
 
-    def _push(self, record):
+    def _job_waiting(self, task_id):
+        from rq.job import Job
+        from rq.exceptions import NoSuchJobError
+        from rq.serializers import JSONSerializer
+        try:
+            status = Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).get_status()
+        except NoSuchJobError:
+            return False
+        return str(getattr(status, 'value', status)) in ('deferred', 'queued', 'started')
+
+    def wait_on(self, record, before_id):
+        """A pipeline step's job, deferred by RQ until the step before's job
+        ended (its worker reported it: the front-end has queued this step, its
+        input in place, by then).  A failed step before cancels this one: its
+        worker's claim is refused and the job ends."""
+        import redis
+        try:
+            self._push(record, depends_on=before_id)
+        except redis.RedisError as exc:
+            raise unavailable(self.config, exc) from None
+
+    def _push(self, record, depends_on=None):
         from rq import Queue, Retry
         from rq.serializers import JSONSerializer
         from .services import find_service, load_services
         service = find_service(*load_services(self.store.root), record[Field.SERVICE])
         queue = Queue(queue_name(service.name), connection=self.redis, serializer=JSONSerializer)
         retries = 0 if service.runs_once else self.config.retries
+        from rq.job import Dependency
         queue.enqueue(JOB_FUNCTION, record[Field.ID], job_id=record[Field.ID],
                       job_timeout=int(self.config.timeout) + JOB_TIMEOUT_GRACE,
                       result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
                       retry=Retry(max=retries) if retries else None, meta={'retries': retries},
-                      description=f'{service.name} {record[Field.ID]}')
-        self.place(record)
+                      description=f'{service.name} {record[Field.ID]}',
+                      depends_on=Dependency(jobs=[depends_on], allow_failure=True) if depends_on else None)
+        if not depends_on:
+            self.place(record)
 
     def place(self, record):
         """Put a waiting job where the queue's order says (after a push, a move)."""

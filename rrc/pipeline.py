@@ -180,8 +180,20 @@ def submit_pipe(store, config, steps, token_for, client='localhost', notifier=''
             store.remove_task(record)
         raise
     job = store.update_task(job[Field.ID], {Field.STEPS: ','.join(r[Field.ID] for r in created)})
+    chain_steps(store, config, created)
     start_step(store, config, created[0][Field.ID])
     return store.read_task(job[Field.ID])
+
+
+def chain_steps(store, config, steps):
+    """Each step that runs here waits on the one before in the node's queue
+    (a farm's: an RQ job depending on the step before; ``backend = local``:
+    nothing, the step is queued when the one before ends)."""
+    from .backends import task_queue
+    queue = task_queue(store, config)
+    for before, step in zip(steps, steps[1:]):
+        if not step.get(Field.STEP_SERVER):
+            queue.wait_on(step, before[Field.ID])
 
 
 def create_job(store, config, steps, client, args):

@@ -165,6 +165,10 @@ class LocalQueue:
     def place(self, record):
         """A task moved in the queue: dispatch reads its place from its record."""
 
+    def wait_on(self, record, before_id):
+        """A pipeline step waits on the step before: queued when that one ends
+        (``pipeline.after_step``)."""
+
     def dispatch(self):
         """Start queued tasks while slots are free."""
         dispatch(self.store, self.config)

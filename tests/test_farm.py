@@ -223,6 +223,8 @@ def test_a_three_step_pipe_runs_its_steps_on_the_workers_that_have_their_tools(f
     assert job['status'] == 'complete', job
     steps = [farm.info(job[f'step{n}'].split()[0]) for n in (1, 2, 3)]
     assert [step['status'] for step in steps] == ['complete'] * 3
+    assert depends_on(farm, steps[1]['id']) == [steps[0]['id']]  # RQ held step 2 until step 1 ended
+    assert depends_on(farm, steps[2]['id']) == [steps[1]['id']]
     assert steps[2]['worker'] == farm.workers[2].name()  # echo: the echo-only worker may take it ...
     assert steps[0]['worker'] != farm.workers[2].name()  # ... never a render
     assert b'G1' in farm.session.get(farm.proxy.url + job['out'], timeout=30).content
@@ -240,6 +242,36 @@ def test_priorities_and_moves_order_what_waits_in_redis(farm):
     assert moved.get('queuePosition') == '-1', moved
     started = sorted(records, key=lambda name: float(records[name]['stime']))
     assert started == ['moved', 'urgent', 'urgent too', 'plain', 'whenever'], started
+
+
+def test_a_failed_step_cancels_the_steps_after_it_and_their_jobs_end(farm):
+    answer = farm.session.post(farm.proxy.url, data={'service': 'pipe', 'format': 'json', 'step1': 'openscad',
+                                                     'step2': 'echo'},
+                               files={'step1.fileIn0': ('bad.scad', b'cube(;\n')}, timeout=60)
+    job = farm.ended(answer.json()['id'])
+    second = job['step2'].split()[0]
+
+    assert job['status'] == 'failed' and job['error'].startswith('step 1 (openscad) failed'), job
+    assert farm.info(second)['error'].startswith('cancelled'), farm.info(second)
+    wait_for(lambda: rq_status(farm, second) == 'finished', 'the cancelled step\'s job to end', timeout=60)
+
+
+def rq_status(farm, task_id):
+    import redis
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+    job = Job.fetch(task_id, connection=redis.Redis.from_url(farm.redis.url), serializer=JSONSerializer)
+    return str(job.get_status().value)
+
+
+def depends_on(farm, task_id):
+    """The ids RQ's job of a task waited on (RQ keeps a job a while after it ended)."""
+    import json
+    import redis
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+    job = Job.fetch(task_id, connection=redis.Redis.from_url(farm.redis.url), serializer=JSONSerializer)
+    return json.loads(job.to_dict().get('dependency_ids') or '[]')
 
 
 def test_watch_shows_a_workers_task_live(farm, tmp_path):
