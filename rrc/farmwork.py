@@ -60,7 +60,19 @@ def claim(store, task_id, worker, attempt):
     if lost:
         append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} (run {attempt}): '
                                    f'worker {lost} was lost')
-    return moved, settings
+    return moved, worker_settings(settings)
+
+
+# What a worker's runner needs of a task's settings; the notifier's (its
+# secret above all) stay with the front-end, which calls it.
+WORKER_SETTINGS = ('timeout', 'sandbox', 'maxOutputSize', 'maxMemory', 'maxProcesses', 'maxLogSize', 'maxSuspend')
+
+
+def worker_settings(settings):
+    """The lines of a task's settings a worker gets."""
+    from .keyvalue import parse_key_value_text
+    return ''.join(f'{key} = {value}\n' for _, key, value in parse_key_value_text(settings, 'settings')
+                   if key in WORKER_SETTINGS)
 
 
 def _claim_locked(store, record, worker, attempt):

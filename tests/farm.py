@@ -28,6 +28,7 @@ from servers import EmbeddedServer
 
 WORKER_TOKEN = 'farm-worker-token-5b1f0e9a7c3d'
 REDIS_PASSWORD = 'farm-redis-password-0c4e'
+NOTIFIER_SECRET = 'farm-notifier-secret-77aa21'
 
 
 class RedisServer:
@@ -67,7 +68,7 @@ def front_end_config(redis, name, extra=''):
     """The rrcloudrc of a farm's front-end: the farm's front-ends are one node
     (any of them moves, kills or pushes again what waits), each with its own serverName."""
     return (f'backend = rq\nredis = {redis.url}\nworkerToken = {WORKER_TOKEN}\nnodeName = farm\n'
-            f'serverName = {name}\nnotifierAllow = 127.0.0.0/8\n{extra}')
+            f'serverName = {name}\nnotifierAllow = 127.0.0.0/8\nnotifierSecret = {NOTIFIER_SECRET}\n{extra}')
 
 
 def front_end(store, redis, name, services=None, extra=''):

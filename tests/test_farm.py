@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from farm import HAProxy, RedisServer, Worker, front_end, www_data
-from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, plain_session, wait_for
+from farm import WORKER_TOKEN, HAProxy, RedisServer, Worker, front_end, www_data
+from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, plain_session, wait_for, wait_port_free
 from printer_sim import PrinterSim
 
 # A task that says it started, works a few seconds, then writes its result.
@@ -130,6 +130,20 @@ def test_twenty_renders_through_haproxy_complete_on_workers_that_have_openscad(f
         assert stl.startswith(b'solid') and f'{size}'.encode() in stl, record
 
 
+def test_a_worker_is_told_what_its_runner_needs_never_the_notifiers_secret(farm):
+    task_id = farm.post('idle', 'echo x > "$1"\n', name='s.sh')  # no worker takes it: the test claims it
+    claimed = farm.session.post(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
+                                data={'service': 'workclaim', 'id': task_id, 'attempt': '1', 'worker': 'test.1',
+                                      'format': 'json'}).json()
+
+    keys = [line.split(' = ')[0] for line in claimed['settings'].splitlines()]
+    assert 'timeout' in keys and 'maxMemory' in keys
+    assert 'notifierSecret' not in claimed['settings'] and 'notifierAllow' not in keys
+    assert claimed['inputs'] == [claimed['record']['in']]
+    assert farm.info(task_id)['worker'] == 'test.1'
+    farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+
+
 def test_the_workers_cannot_read_the_store(farm):
     uid, gid = www_data()
     looked = subprocess.run(['ls', str(farm.store / 'tasks' / 'info')], user=uid, group=gid,
@@ -185,6 +199,21 @@ def test_a_print_on_a_killed_worker_fails_worker_lost_and_never_runs_again(farm,
 
         assert (record['status'], record['error']) == ('failed', 'worker lost'), record
         assert sim.opens == 1 and len(sim.received) == received  # never restarted on its own
+
+
+def test_a_front_end_that_dies_loses_nothing_a_client_was_told_was_accepted(farm):
+    ids = [farm.post('sh', SLOW_SCRIPT.format(seconds=1, word=f'task {n}'), name='f.sh') for n in range(4)]
+
+    farm.fronts[0].kill_server()  # gone mid-work: HAProxy sends everyone to the other front-end
+    try:
+        records = [farm.ended(task_id) for task_id in ids]
+    finally:
+        wait_port_free(farm.fronts[0].port)
+        farm.fronts[0].start()
+
+    assert [record['status'] for record in records] == ['complete'] * 4, records
+    results = [farm.session.get(farm.proxy.url + record['out'], timeout=30).content for record in records]
+    assert results == [f'task {n}\n'.encode() for n in range(4)]
 
 
 def test_kill_and_suspend_reach_the_task_on_its_worker(farm):
