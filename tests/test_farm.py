@@ -144,6 +144,21 @@ def test_a_worker_is_told_what_its_runner_needs_never_the_notifiers_secret(farm)
     farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
 
 
+@pytest.mark.parametrize('path', ['OTHER', 'tasks/info/ID', 'tasks/in/../rrcloudrc-front1', '/etc/passwd'])
+def test_a_worker_gets_a_tasks_own_inputs_and_nothing_else(farm, path):
+    mine = farm.info(farm.post('idle', 'mine\n', name='mine.sh'))
+    other = farm.info(farm.post('idle', 'not yours\n', name='other.sh'))
+    asked = path.replace('OTHER', other['in']).replace('ID', mine['id'])
+
+    given = farm.session.get(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
+                             params={'service': 'workinput', 'id': mine['id'], 'path': mine['in']})
+    refused = farm.session.get(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
+                               params={'service': 'workinput', 'id': mine['id'], 'path': asked})
+
+    assert given.content == b'mine\n'
+    assert refused.status_code in (400, 404) and b'not yours' not in refused.content, refused.text
+
+
 def test_the_workers_cannot_read_the_store(farm):
     uid, gid = www_data()
     looked = subprocess.run(['ls', str(farm.store / 'tasks' / 'info')], user=uid, group=gid,
