@@ -23,7 +23,7 @@ import sys
 import time
 
 from .errors import ExitCode, RRCloudError, UsageError, reason_without_paths
-from .farmqueue import ALLOWED_FUNCTIONS, queue_name
+from .farmqueue import allowed_job_class, queue_name
 
 # How often a busy horse beats, and how long a beat lives (RQ's default adds
 # 60 s): a killed worker's task runs again within about ten seconds.
@@ -35,6 +35,10 @@ WORKER_TTL_SECONDS = 20
 RECONNECT_SECONDS = (1, 2, 4, 8, 15)
 SERVER_ENV = 'RRCLOUD_WORKER_SERVER'
 NAME_ENV = 'RRCLOUD_WORKER_NAME'
+SERVICES_ENV = 'RRCLOUD_WORKER_SERVICES'
+# The worker's own folder for its tasks' private stores (emptied as it starts:
+# a job killed with its worker leaves one behind).
+WORK_FOLDER = 'work'
 
 
 def cmd_worker(args):
@@ -46,11 +50,19 @@ def cmd_worker(args):
         raise UsageError('a worker needs backend = rq, redis = redis://… and workerToken in rrcloudrc')
     services = worker_services(options['services'])
     import_what_a_job_needs()
-    os.environ[SERVER_ENV] = options['server']
-    os.environ[NAME_ENV] = worker_name()
+    empty_work_folder()
+    os.environ.update({SERVER_ENV: options['server'], NAME_ENV: worker_name(),
+                       SERVICES_ENV: ','.join(services)})
     print(f'rrcloud: worker {os.environ[NAME_ENV]} for {options["server"]}: {", ".join(services)}',
           file=sys.stderr, flush=True)
     return work_on(config, services, options['burst'])
+
+
+def empty_work_folder():
+    """The worker's folder of private stores, emptied (what a killed job left)."""
+    from .trees import remove_tree
+    remove_tree(WORK_FOLDER)
+    os.mkdir(WORK_FOLDER, 0o700)
 
 
 def worker_options(args):
@@ -115,36 +127,40 @@ def worker_name():
 
 
 def work_on(config, services, burst):
-    """Take jobs until stopped; after a lost Redis, again with a backoff."""
+    """Take jobs until stopped (SIGTERM: after the task it runs) or, with
+    ``burst``, until the queues are empty; after a lost Redis, again with a
+    backoff, under a new name (RQ keeps a lost worker's for a minute)."""
     import redis
-    for attempt in range(1_000_000):
+    failures = 0
+    while True:
+        worker = None
         try:
-            farm_worker(config, services).work(burst=burst, with_scheduler=False, logging_level='WARNING')
+            worker = farm_worker(config, services, f'{os.environ[NAME_ENV]}.{failures}' if failures else None)
+            worker.work(burst=burst, with_scheduler=False, logging_level='WARNING')
+            failed = None
+        except (redis.RedisError, ValueError) as exc:
+            failed = exc
+        if stopped(worker) or (burst and failed is None):
             return ExitCode.OK
-        except redis.RedisError as exc:
-            wait = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
-            print(f'rrcloud: worker: Redis: {exc.__class__.__name__}; again in {wait} s', file=sys.stderr,
-                  flush=True)
-            time.sleep(wait)
-    return ExitCode.TASK_FAILED
+        failures, wait = failures + 1, RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
+        reason = failed.__class__.__name__ if failed else 'it lost Redis'
+        print(f'rrcloud: worker: Redis: {reason}; again in {wait} s', file=sys.stderr, flush=True)
+        time.sleep(wait)
 
 
-def farm_worker(config, services):
+def stopped(worker):
+    """True when the worker was told to stop (SIGTERM, SIGINT): RQ's ``work``
+    also returns, without a word, after a Redis time-out or an error of its
+    own, and then the worker starts again."""
+    return worker is not None and worker._shutdown_requested_date is not None
+
+
+def farm_worker(config, services, name=None):
     """RQ's forking worker on the queues of ``services``, made to notice a lost worker in seconds."""
     from rq import Queue, Worker
-    from rq.job import Job
     from rq.serializers import JSONSerializer
     from .farmqueue import redis_connection
     connection = redis_connection(config, socket_timeout=WORKER_TTL_SECONDS + 15)
-
-    class AllowedJob(Job):
-        """A job may name only rrcloud's job function: anyone who can write to
-        Redis could name any other."""
-        @property
-        def func(self):
-            if self.func_name not in ALLOWED_FUNCTIONS or self.instance is not None:
-                raise PermissionError(f'job function {self.func_name!r} is not rrcloud\'s')
-            return super().func
 
     class FarmWorker(Worker):
         def main_work_horse(self, *args, **kwargs):
@@ -160,9 +176,9 @@ def farm_worker(config, services):
         def unsubscribe(self):
             pass
 
-    queues = [Queue(queue_name(name), connection=connection, serializer=JSONSerializer) for name in services]
-    return FarmWorker(queues, connection=connection, serializer=JSONSerializer, job_class=AllowedJob,
-                      name=os.environ[NAME_ENV], worker_ttl=WORKER_TTL_SECONDS,
+    queues = [Queue(queue_name(service), connection=connection, serializer=JSONSerializer) for service in services]
+    return FarmWorker(queues, connection=connection, serializer=JSONSerializer, job_class=allowed_job_class(),
+                      name=name or os.environ[NAME_ENV], worker_ttl=WORKER_TTL_SECONDS,
                       job_monitoring_interval=JOB_MONITORING_SECONDS, maintenance_interval=MAINTENANCE_SECONDS)
 
 
@@ -177,22 +193,15 @@ def die_with_parent():
         os._exit(1)
 
 
-def current_attempt():
-    """Which run of its job this is: 1, then 2 after a lost worker, …"""
-    from rq import get_current_job
-    job = get_current_job()
-    retries = int((job.meta or {}).get('retries', 0)) if job else 0
-    left = job.retries_left if job and job.retries_left is not None else retries
-    return retries - left + 1
-
-
 def run_farm_task(task_id):
     """RQ's job: run one task of the front-end this worker works for."""
     from .config import load_config
     from .workrun import FrontEnd, WorkRun
     from .workrun import StaleRun
-    front = FrontEnd(os.environ[SERVER_ENV], load_config().workerToken)
-    run = WorkRun(front, task_id, os.environ[NAME_ENV], current_attempt())
+    config = load_config()  # the worker's own: its token, its sandbox, its limits
+    front = FrontEnd(os.environ[SERVER_ENV], config.workerToken)
+    run = WorkRun(front, config, task_id, os.environ[NAME_ENV], os.environ[SERVICES_ENV].split(','),
+                  os.path.abspath(WORK_FOLDER))
     try:
         run.run()
     except StaleRun as exc:  # the task ended, or runs elsewhere: this job is done
