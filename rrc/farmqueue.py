@@ -25,8 +25,9 @@ ALLOWED_FUNCTIONS = (JOB_FUNCTION,)
 # Kept in Redis after a job ends: the store has the task; Redis only what RQ needs.
 RESULT_TTL = 600
 FAILURE_TTL = 86400
-# A job's own deadline in RQ beyond the task's timeout: the runner stops the tool first.
-JOB_TIMEOUT_GRACE = 60
+
+# RQ's states of a job that is still to run or runs now.
+WAITING_OR_RUNNING = ('queued', 'deferred', 'scheduled', 'started')
 
 # Put a waiting job at its place in the list (KEYS: the queue, the order hash;
 # ARGV: the id, its sort key).  Nothing happens to a job a worker took meanwhile.
@@ -52,6 +53,29 @@ class QueueUnavailable(RRCloudError):
     exit_code = ExitCode.NO_SERVER
 
 
+def allowed_job_class():
+    """RQ's Job, allowed to call rrcloud's job function and nothing else: a
+    job names its function and its callbacks, and anyone who can write to
+    Redis could name any other (the workers and a front-end's registry
+    clean-up both use this class)."""
+    from rq.job import Job
+
+    class AllowedJob(Job):
+        @property
+        def func(self):
+            if self.func_name not in ALLOWED_FUNCTIONS or self.instance is not None:
+                raise PermissionError(f'job function {self.func_name!r} is not rrcloud\'s')
+            return super().func
+
+        def _refuse_callback(self, *args, **kwargs):
+            return None
+
+        success_callback = failure_callback = stopped_callback = property(lambda self: None)
+        execute_success_callback = execute_failure_callback = execute_stopped_callback = _refuse_callback
+
+    return AllowedJob
+
+
 def queue_name(service):
     """The RQ queue of a service's tasks."""
     return QUEUE_PREFIX + service
@@ -59,12 +83,18 @@ def queue_name(service):
 
 def redis_connection(config, socket_timeout=5):
     """A connection to ``config.redis`` that fails at once when Redis is down
-    (redis-py's defaults wait seconds to a minute: a front-end answers 503)."""
-    from redis import Redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-    return Redis.from_url(config.redis, socket_connect_timeout=1, socket_timeout=socket_timeout,
-                          retry=Retry(NoBackoff(), 0))
+    (redis-py's defaults wait seconds to a minute: a front-end answers 503).
+    One per config and timeout, so a server reuses its connections."""
+    key = ('_redis', socket_timeout)
+    cached = config.__dict__.get(key)
+    if cached is None:
+        from redis import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        cached = Redis.from_url(config.redis, socket_connect_timeout=1, socket_timeout=socket_timeout,
+                                retry=Retry(NoBackoff(), 0))
+        config.__dict__[key] = cached
+    return cached
 
 
 def unavailable(config, exc):
@@ -90,13 +120,10 @@ class FarmQueue:
 
     def __init__(self, store, config):
         self.store, self.config = store, config
-        self._redis = None
 
     @property
     def redis(self):
-        if self._redis is None:
-            self._redis = redis_connection(self.config)
-        return self._redis
+        return redis_connection(self.config)
 
     def check(self):
         """Raise QueueUnavailable unless Redis answers (before anything is written)."""
@@ -125,14 +152,7 @@ class FarmQueue:
             raise unavailable(self.config, exc) from None
 
     def _job_waiting(self, task_id):
-        from rq.job import Job
-        from rq.exceptions import NoSuchJobError
-        from rq.serializers import JSONSerializer
-        try:
-            status = Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).get_status()
-        except NoSuchJobError:
-            return False
-        return str(getattr(status, 'value', status)) in ('deferred', 'queued', 'started')
+        return self.job_state(task_id) in WAITING_OR_RUNNING
 
     def wait_on(self, record, before_id):
         """A pipeline step's job, deferred by RQ until the step before's job
@@ -153,10 +173,11 @@ class FarmQueue:
         queue = Queue(queue_name(service.name), connection=self.redis, serializer=JSONSerializer)
         retries = 0 if service.runs_once else self.config.retries
         from rq.job import Dependency
-        queue.enqueue(JOB_FUNCTION, record[Field.ID], job_id=record[Field.ID],
-                      job_timeout=int(self.config.timeout) + JOB_TIMEOUT_GRACE,
+        # job_timeout -1: the task's own timeout holds (time suspended does not
+        # count), its runner's watchdog keeps it; RQ's alarm would not know.
+        queue.enqueue(JOB_FUNCTION, record[Field.ID], job_id=record[Field.ID], job_timeout=-1,
                       result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                      retry=Retry(max=retries) if retries else None, meta={'retries': retries},
+                      retry=Retry(max=retries) if retries else None,
                       description=f'{service.name} {record[Field.ID]}',
                       depends_on=Dependency(jobs=[depends_on], allow_failure=True) if depends_on else None)
         if not depends_on:
@@ -190,49 +211,71 @@ class FarmQueue:
         the queue's running jobs whose worker stopped beating are cleaned up
         here (RQ does that only in a worker idle on the same queue)."""
         import redis
-        from rq.job import Job
         from rq.registry import StartedJobRegistry
-        from rq.exceptions import NoSuchJobError
         from rq.serializers import JSONSerializer
         name = queue_name(record[Field.SERVICE])
         try:
-            StartedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).cleanup()
-            status = Job.fetch(record[Field.ID], connection=self.redis, serializer=JSONSerializer).get_status()
-        except NoSuchJobError:
-            return False
+            StartedJobRegistry(name, connection=self.redis, serializer=JSONSerializer,
+                               job_class=allowed_job_class()).cleanup()
+            return self.job_state(record[Field.ID]) in WAITING_OR_RUNNING
         except redis.RedisError:
             return True  # nothing known: a Redis away is no verdict on the worker
-        return str(getattr(status, 'value', status)) in ('queued', 'deferred', 'scheduled', 'started')
+
+    def job_state(self, task_id):
+        """RQ's word for a task's job ('queued', 'started', 'finished', ...), or '' when it has none."""
+        from rq.job import Job
+        from rq.exceptions import NoSuchJobError
+        from rq.serializers import JSONSerializer
+        try:
+            status = Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).get_status()
+        except NoSuchJobError:
+            return ''
+        return str(getattr(status, 'value', status))
+
+    def forget(self, record):
+        """A claimed task's place in its queue's order is dropped (Redis away: no matter)."""
+        import redis
+        try:
+            self.redis.hdel(ORDER_KEY + queue_name(record[Field.SERVICE]), record[Field.ID])
+        except redis.RedisError:
+            pass
 
     def repush_lost(self, task_ids):
-        """Push again the queued tasks Redis no longer holds (it restarted
-        empty): the store's queue markers are the truth.  Returns their ids."""
+        """Push again the queued tasks whose job Redis no longer holds (it
+        restarted empty) or holds as ended (it failed before its claim): the
+        store's queue markers are the truth.  A job RQ still holds, waiting
+        or just taken, is never touched.  Returns the ids pushed."""
         from rq.job import Job
         from rq.serializers import JSONSerializer
         pushed = []
         for task_id in task_ids:
-            record = self.store.read_task(task_id)
-            queued = f'rq:queue:{queue_name(record[Field.SERVICE])}'
-            if self.redis.lpos(queued, task_id) is not None:
+            state = self.job_state(task_id)
+            if state in WAITING_OR_RUNNING:
                 continue
-            if Job.exists(task_id, connection=self.redis):
+            if state:  # ended without its task: gone for good
                 Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).delete()
-            self._push(record)
+            self._push(self.store.read_task(task_id))
             pushed.append(task_id)
         return pushed
 
     def lengths(self):
-        """Tasks waiting in Redis, by service."""
-        prefix = 'rq:queue:' + QUEUE_PREFIX
-        return {key.decode()[len(prefix):]: self.redis.llen(key) for key in self.redis.scan_iter(prefix + '*')}
+        """Tasks waiting in Redis, by service (of the services this front-end has)."""
+        from .services import load_services
+        services, _ = load_services(self.store.root)
+        return {name: self.redis.llen(f'rq:queue:{queue_name(name)}') for name in sorted(services)}
 
     def workers(self):
         """The farm's workers: name, services, busy or idle, last heartbeat."""
         from rq import Worker
         from rq.serializers import JSONSerializer
         found = []
+        from .identity import is_node_name
+        from .names import is_service_name
         for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
-            services = [name[len(QUEUE_PREFIX):] for name in worker.queue_names() if name.startswith(QUEUE_PREFIX)]
+            if not is_node_name(worker.name):  # a name from Redis goes into meta's lines: checked
+                continue
+            services = [name[len(QUEUE_PREFIX):] for name in worker.queue_names()
+                        if name.startswith(QUEUE_PREFIX) and is_service_name(name[len(QUEUE_PREFIX):])]
             beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else 0
             found.append({'name': worker.name, 'services': services, 'state': worker.get_state(),
                           'task': worker.get_current_job_id() or '', 'heartbeat': round(beat, 3)})
