@@ -23,8 +23,10 @@ def check_access(request, config):
     if 'token' in request.query:
         raise HTTPError(400, 'a token in the URL is refused (URLs end up in logs): '
                              'send it as Authorization: Bearer, X-RRCloud-Token or a form field')
-    request.is_worker = is_worker(request, config)
-    if config.token and not request.is_worker and not token_in_form(request):
+    if request.query.get('service') in WORK_SERVICES:  # a farm's worker: its token, and nothing else opens these
+        request.is_worker = is_worker(request, config)
+        check_worker(request)
+    elif config.token and not token_in_form(request):
         check_token(header_token(request), config)
 
 
@@ -40,6 +42,9 @@ def check_form_token(request, config):
 
 
 WORKER_TOKEN_HEADER = 'HTTP_X_RRCLOUD_WORKER_TOKEN'
+# The routes of a farm's workers (rrc/web/workroutes.py), named in the query:
+# the worker token opens these and no other, and no client token opens them.
+WORK_SERVICES = ('workclaim', 'workinput', 'workupdate', 'workdone')
 
 
 def is_worker(request, config):

@@ -1,15 +1,18 @@
 """The routes a farm's workers use (``backend = rq``), no one else:
 each needs the worker token (``web/access.check_worker``).
 
-    POST ?service=workclaim&id=ID&worker=NAME&attempt=N   take a task: its record, settings, input files
-    GET  ?service=workinput&id=ID&path=tasks/in/...       one input file of that task
-    POST ?service=workupdate&id=ID&attempt=N              its log's new bytes (log), progress (events, JSON lines);
+    POST ?service=workclaim  id=ID worker=NAME             take a task: its record (with the run's
+                                                          number, attempt), settings, input files
+    GET  ?service=workinput&id=ID&attempt=N&path=tasks/in/...   one input file of the run's task
+    POST ?service=workupdate  id=ID attempt=N             its log's new bytes (log), progress (events, JSON lines);
                                                           answers whether it was killed or suspended
-    POST ?service=workdone&id=ID&attempt=N                how it ended (ending: JSON of status, error,
+    POST ?service=workdone  id=ID attempt=N               how it ended (ending: JSON of status, error,
                                                           exitCode, progress), its result
 
-The work itself is ``rrc/farmwork.py``'s; a run that is not the task's
-current one gets 409, and its worker stops.
+The service is named in the query (the worker token opens these routes
+and no other: ``web/access``), the rest in the body of a POST.  The work
+itself is ``rrc/farmwork.py``'s; a run that is not the task's current one
+gets 409, and its worker stops.
 """
 
 from ..errors import HTTPError
@@ -22,14 +25,23 @@ from .request import Response
 JSON = 'application/json'
 
 
+def check_worker_route(request, app, method):
+    """A worker's request, by ``method``, to a farm's front-end; else 405 or 404."""
+    check_worker(request)
+    if app.config.backend != 'rq':
+        raise HTTPError(404, 'this server is no farm\'s front-end (backend = local)')
+    if request.method != method:
+        raise HTTPError(405, f'a worker\'s {request.form.get("service")} is a {method}')
+
+
 def answer_json(data):
     """A JSON answer (workers read JSON only)."""
     return Response(to_json(data, sort_keys=True) + '\n', 200, JSON)
 
 
-def task_and_attempt(request):
-    """The task id and run number a worker's request names."""
-    check_worker(request)
+def task_and_attempt(request, app, method='POST'):
+    """The task id and run number a worker's request names (a farm's front-end only)."""
+    check_worker_route(request, app, method)
     attempt = request.form.get('attempt', '')
     if not (attempt.isdigit() and 0 < len(attempt) < 6):
         raise HTTPError(400, 'attempt is a run number, 1 or more')
@@ -37,18 +49,18 @@ def task_and_attempt(request):
 
 
 def answer_workclaim(app, request):
-    """A worker takes a task (queued, or running under an earlier attempt)."""
+    """A worker takes a task (queued, or running under a lost worker's earlier run)."""
     from ..farmwork import claim, input_files
-    task_id, attempt = task_and_attempt(request)
-    record, settings = claim(app.store, task_id, request.form.get('worker', ''), attempt)
+    check_worker_route(request, app, 'POST')
+    record, settings = claim(app.store, app.config, check_task_id(request.form.get('id', '')),
+                             request.form.get('worker', ''))
     return answer_json({'record': record, 'settings': settings, 'inputs': input_files(app.store, record)})
 
 
 def answer_workinput(app, request):
-    """One file of a task's inputs, to the worker that runs it."""
-    from ..farmwork import input_file
-    check_worker(request)
-    record = app.store.read_task(check_task_id(request.form.get('id', '')))
+    """One file of a task's inputs, to the worker whose run it is."""
+    from ..farmwork import current_run, input_file
+    record = current_run(app.store, *task_and_attempt(request, app, 'GET'))
     handle = open(input_file(app.store, record, request.form.get('path', '')), 'rb')
     return Response(handle, 200, 'application/octet-stream')
 
@@ -56,9 +68,9 @@ def answer_workinput(app, request):
 def answer_workupdate(app, request):
     """A worker's news of its task; the answer says whether it goes on."""
     from ..farmwork import control_fields, parse_events, take_update
-    task_id, attempt = task_and_attempt(request)
+    task_id, attempt = task_and_attempt(request, app)
     log, events = (request.files.get(name) for name in ('log', 'events'))
-    record = take_update(app.store, task_id, attempt, log.file.read() if log else b'',
+    record = take_update(app.store, app.config, task_id, attempt, log.file.read() if log else b'',
                          parse_events(events.file.read().decode('utf-8', 'replace') if events else ''))
     return answer_json(control_fields(record))
 
@@ -66,7 +78,7 @@ def answer_workupdate(app, request):
 def answer_workdone(app, request):
     """How a worker's task ended, and its result."""
     from ..farmwork import ending_fields, finish
-    task_id, attempt = task_and_attempt(request)
+    task_id, attempt = task_and_attempt(request, app)
     ending = read_json_part(request, 'ending')
     status = ending.get(Field.STATUS)
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
