@@ -2,17 +2,20 @@
 takes from the workers that run its tasks.
 
 A worker has no store: it claims a task (the front-end moves it to running
-under the worker's name and answers what it runs with), fetches the task's
-inputs, sends its log and progress as they come (each answer tells it
-whether the task was killed or suspended meanwhile), and hands back how it
-ended with its result.  The front-end's store stays the one truth: the
-state machine moves the task, the pipeline moves its job on, the notifier
-is called from here.  A run is numbered (``attempt``): after a lost worker
-RQ runs the task again, and whatever the lost run still says is refused.
+and names the worker in it, ``worker``), fetches the task's inputs, sends
+its log and progress as they come (each answer tells it whether the task
+was killed or suspended meanwhile), and hands back how it ended with its
+result.  The front-end's store stays the one truth: the state machine moves
+the task, the pipeline moves its job on, the notifier is called from here.
 
-A worker's task is alive while its worker talks: every update touches the
-task's running marker.  One silent for ``LOST_SECONDS`` is asked about in
-Redis (``reconcile_farm_task``): RQ ran it again, or it failed ``worker lost``.
+A run is numbered by the front-end (``attempt``): after a lost worker RQ
+runs the task again, the front-end gives that claim the next number only
+when the lost run has been silent for ``LOST_SECONDS`` (and never for a
+task that runs once, a print), and whatever the lost run still says is
+refused.  A worker's task is alive while its worker talks: every update
+touches the task's running marker.  ``sweep`` (recovery's minute, and every
+few seconds in ``rrcloud serve``) asks Redis about the silent ones: RQ ran
+it again, or it failed ``worker lost``; and ends the ones a kill ended.
 """
 
 import os
@@ -21,14 +24,18 @@ import time
 from .errors import NotFound, RRCloudError, UsageError
 from .events import NOTE, PROGRESS, append_event
 from .identity import is_node_name
-from .schema import YES, Field, TaskStatus
+from .schema import Field, TaskStatus
 from .states import State, move_locked, state_of
 from .store import ORDER_FOLDER, append_log, unmark
 
-# A worker's task whose worker said nothing for this long is asked about in Redis.
-LOST_SECONDS = 10.0
+# A worker's task whose worker said nothing for this long is asked about in
+# Redis (a worker says something every half second while it runs a task).
+LOST_SECONDS = 5.0
 # The kinds of events a worker's runner wrote that the front-end's log takes.
 FORWARDED_EVENTS = (PROGRESS, NOTE)
+# What a worker's runner needs of a task's settings; the notifier's (its
+# secret above all) stay with the front-end, which calls it.
+WORKER_SETTINGS = ('timeout', 'sandbox', 'maxOutputSize', 'maxMemory', 'maxProcesses', 'maxLogSize', 'maxSuspend')
 
 
 class StaleRun(RRCloudError):
@@ -36,36 +43,60 @@ class StaleRun(RRCloudError):
     http_status = 409
 
 
-def claim(store, task_id, worker, attempt):
-    """A worker takes a task: queued (or running under an earlier attempt,
-    RQ runs it again) -> running under the worker's name.  Returns the
-    record and the settings it runs with (its queue marker's)."""
+def running_marker(store, task_id):
+    return os.path.join(store.folder('running'), task_id)
+
+
+def claim(store, config, task_id, worker):
+    """A worker takes a task: queued (run 1), or running under a worker lost
+    (the next run).  Returns the record and the settings its runner needs."""
     from .queue import QUEUE_MARKER_MODE, queued_settings
     from .settings import read_settings
     from .store import write_file_atomically
     if not is_node_name(worker):
         raise UsageError('a worker is named by 1 to 64 letters, digits or ._-')
-    running = os.path.join(store.folder('running'), task_id)
-    # A task claimed again (its worker was lost) runs with what its first run did.
-    settings = queued_settings(store, task_id) or read_settings(running)
+    # A task claimed again runs with what its first run did (the running marker keeps it).
+    settings = queued_settings(store, task_id) or read_settings(running_marker(store, task_id))
     with store.lock():
         record = store.read_task(task_id)
         lost = record.get(Field.WORKER)
-        moved = _claim_locked(store, record, worker, attempt)
+        moved = _claim_locked(store, config, record, worker)
         # The running marker keeps the settings (0600: they may hold a secret);
         # its age is how long the worker has been silent.
-        write_file_atomically(running, settings.encode(), mode=QUEUE_MARKER_MODE)
+        write_file_atomically(running_marker(store, task_id), settings.encode(), mode=QUEUE_MARKER_MODE)
     for folder in ('queue', ORDER_FOLDER):
         unmark(store, folder, task_id)
+    from .farmqueue import FarmQueue
+    FarmQueue(store, config).forget(moved)  # its place in the queue's order is no longer needed
     if lost:
-        append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} (run {attempt}): '
-                                   f'worker {lost} was lost')
+        append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} '
+                                   f'(run {moved[Field.ATTEMPT]}): worker {lost} was lost')
     return moved, worker_settings(settings)
 
 
-# What a worker's runner needs of a task's settings; the notifier's (its
-# secret above all) stay with the front-end, which calls it.
-WORKER_SETTINGS = ('timeout', 'sandbox', 'maxOutputSize', 'maxMemory', 'maxProcesses', 'maxLogSize', 'maxSuspend')
+def _claim_locked(store, config, record, worker):
+    state = state_of(record)
+    if state == State.QUEUED:
+        return move_locked(store, record, State.RUNNING, {Field.WORKER: worker, Field.ATTEMPT: 1,
+                                                          Field.STIME: f'{time.time():.5f}'}, expect=State.QUEUED)
+    if state in (State.RUNNING, State.SUSPENDED) and may_run_again(store, config, record):
+        record.update({Field.WORKER: worker, Field.ATTEMPT: str(int(record.get(Field.ATTEMPT) or 1) + 1)})
+        store.write_task(record)
+        return record
+    raise StaleRun(f'task {record[Field.ID]} is not there to take (it is {state or record.get(Field.STATUS)})')
+
+
+def may_run_again(store, config, record):
+    """A running task another worker may take: its worker fell silent, and
+    its service may run twice (a print never does)."""
+    from .services import find_service, load_services
+    if silent_for(store, record) < LOST_SECONDS:
+        return False
+    try:
+        service = find_service(*load_services(store.root), record.get(Field.SERVICE, ''))
+    except RRCloudError:
+        return False
+    return not service.runs_once
 
 
 def worker_settings(settings):
@@ -75,21 +106,8 @@ def worker_settings(settings):
                    if key in WORKER_SETTINGS)
 
 
-def _claim_locked(store, record, worker, attempt):
-    fields = {Field.NODE: worker, Field.WORKER: worker, Field.ATTEMPT: attempt}
-    state = state_of(record)
-    if state == State.QUEUED:
-        return move_locked(store, record, State.RUNNING, dict(fields, **{Field.STIME: f'{time.time():.5f}'}),
-                           expect=State.QUEUED)
-    if state in (State.RUNNING, State.SUSPENDED) and int(record.get(Field.ATTEMPT) or 0) < attempt:
-        record.update({key: str(value) for key, value in fields.items()})
-        store.write_task(record)
-        return record
-    raise StaleRun(f'task {record[Field.ID]} is not there to take (it is {state})')
-
-
 def current_run(store, task_id, attempt):
-    """The record of a task whose current run is ``attempt``; StaleRun otherwise."""
+    """The record of a busy task whose current run is ``attempt``; StaleRun otherwise."""
     record = store.read_task(task_id)
     if record.get(Field.STATUS) != TaskStatus.BUSY or int(record.get(Field.ATTEMPT) or 0) != attempt:
         raise StaleRun(f'run {attempt} of task {task_id} is not its current one')
@@ -123,22 +141,25 @@ def input_files(store, record):
     return sorted(set(found))
 
 
-def take_update(store, task_id, attempt, log_bytes, events):
-    """A worker's news of a running task: its log's new bytes and its new
+def take_update(store, config, task_id, attempt, log_bytes, events):
+    """A worker's news of a running task: its log's new bytes (the log kept
+    within twice ``maxLogSize``, whatever a worker sends) and its new
     progress and notes.  The record as it is now (a kill, a suspension)."""
     record = current_run(store, task_id, attempt)
-    if log_bytes:
-        with open(store.log_path(task_id), 'ab') as log:
-            log.write(log_bytes)
+    log_path = store.log_path(task_id)
+    room = 2 * config.maxLogSize - (os.path.getsize(log_path) if os.path.exists(log_path) else 0)
+    if log_bytes and room > 0:
+        with open(log_path, 'ab') as log:
+            log.write(log_bytes[:room])
     for kind, data in events:
         if kind in FORWARDED_EVENTS:
             append_event(store, task_id, kind, data)
-    os.utime(os.path.join(store.folder('running'), task_id))  # it is alive
+    os.utime(running_marker(store, task_id))  # it is alive
     return record
 
 
 def parse_events(text):
-    """(kind, data) of each JSON line of a worker's events (bounded by the field's length)."""
+    """(kind, data) of each JSON line of a worker's events."""
     import json
     events = []
     for line in text.splitlines():
@@ -149,19 +170,6 @@ def parse_events(text):
         if isinstance(event, dict) and isinstance(event.get('data'), dict):
             events.append((str(event.get('kind', '')), event['data']))
     return events
-
-
-def finish(store, config, task_id, attempt, status, fields, result):
-    """A worker's word on how a task ended, with its result (a file object or
-    None): the result stored, the task moved to its final state, the job moved
-    on, the notifier called.  The final record."""
-    from .states import finish_task
-    record = current_run(store, task_id, attempt)
-    if status == TaskStatus.COMPLETE and result is not None and record.get(Field.OUT):
-        store_result(store, record, result)
-    final = finish_task(store, task_id, status, **fields) or store.read_task(task_id)
-    ended(store, config, final)
-    return final
 
 
 # What a worker may say of how a task ended.
@@ -175,20 +183,57 @@ def ending_fields(ending):
             if ending.get(key) not in (None, '') and is_single_line(str(ending[key]))}
 
 
-def store_result(store, record, result):
-    """The result a worker sent, written where the record says (atomically)."""
-    from .store import write_file_atomically
-    write_file_atomically(store.path_of(record[Field.OUT]), result.read())
-    store.update_task(record[Field.ID], {Field.SIZE_OUT: os.path.getsize(store.path_of(record[Field.OUT]))})
+def finish(store, config, task_id, attempt, status, fields, result):
+    """A worker's word on how a task ended, with its result (a file object or
+    None): the result stored (a complete task of a service with output has a
+    non-empty one, or it failed), the task moved to its final state, then
+    ``ended``.  A task a kill ended first is only ended here.  The final record."""
+    from .states import finish_task
+    record = store.read_task(task_id)
+    if int(record.get(Field.ATTEMPT) or 0) != attempt:
+        raise StaleRun(f'run {attempt} of task {task_id} is not its current one')
+    if record.get(Field.STATUS) == TaskStatus.BUSY and status == TaskStatus.COMPLETE and record.get(Field.OUT):
+        if not store_result(store, config, record, result):
+            status, fields = TaskStatus.FAILED, dict(fields, error='no output')
+    final = finish_task(store, task_id, status, **fields) or store.read_task(task_id)
+    ended(store, config, final)
+    return final
+
+
+def store_result(store, config, record, result):
+    """The result a worker sent, streamed where the record says (atomically,
+    at most ``maxOutputSize``); False for none, an empty or a too large one."""
+    import shutil
+    if result is None:
+        return False
+    destination = store.path_of(record[Field.OUT])
+    temp = f'{destination}.{os.getpid()}.part'
+    with open(temp, 'wb') as sink:
+        shutil.copyfileobj(result, sink)
+        size = sink.tell()
+    if not 0 < size <= config.maxOutputSize:
+        os.unlink(temp)
+        return False
+    os.replace(temp, destination)
+    return True
 
 
 def ended(store, config, final):
-    """After a worker's task ended: its marker goes, its job moves on, the notifier is called."""
+    """After a worker's task ended (or a kill ended it): its running marker
+    goes, its job moves on, the notifier is called; once, by whoever
+    removes the marker."""
+    try:
+        os.unlink(running_marker(store, final[Field.ID]))
+    except FileNotFoundError:
+        return
     from .notifier import TaskNotifier
-    unmark(store, 'running', final[Field.ID])
     if final.get(Field.JOB):
         from .pipeline import after_step
-        after_step(store, config, final)
+        try:
+            after_step(store, config, final)
+        except RRCloudError as exc:  # Redis away: settle_job moves the job on later
+            from .events import note
+            note(store, final[Field.ID], f'could not move job {final[Field.JOB]} on: {exc}')
     TaskNotifier(store, config, final).ended(final)
 
 
@@ -198,14 +243,14 @@ def control_fields(record):
 
 
 def is_farm_task(record):
-    """True for a task a worker runs."""
+    """True for a busy task a worker runs."""
     return bool(record.get(Field.WORKER)) and record.get(Field.STATUS) == TaskStatus.BUSY
 
 
 def silent_for(store, record, now=None):
     """Seconds since the worker of a task last said something about it."""
     try:
-        touched = os.path.getmtime(os.path.join(store.folder('running'), record[Field.ID]))
+        touched = os.path.getmtime(running_marker(store, record[Field.ID]))
     except OSError:
         return float('inf')
     return (now or time.time()) - touched
@@ -222,12 +267,40 @@ def reconcile_farm_task(store, config, record):
         return record
     from .states import finish_task
     final = finish_task(store, record[Field.ID], TaskStatus.FAILED, error='worker lost')
-    if final is None:
-        return store.read_task(record[Field.ID])
+    final = final or store.read_task(record[Field.ID])
     ended(store, config, final)
     return final
 
 
-def suspended_yes(record):
-    """True when the record says the task is suspended."""
-    return record.get(Field.SUSPENDED) == YES
+def sweep(store, config):
+    """Every worker's task looked at: a silent worker's asked after in
+    Redis, an ended one (a kill, while its worker was gone) ended here."""
+    from .store import marked
+    for task_id in marked(store, 'running'):
+        try:
+            record = store.read_task(task_id)
+        except NotFound:
+            continue
+        if not record.get(Field.WORKER):
+            continue
+        if record.get(Field.STATUS) == TaskStatus.BUSY:
+            reconcile_farm_task(store, config, record)
+        elif silent_for(store, record) >= LOST_SECONDS:
+            ended(store, config, record)
+
+
+# How often ``rrcloud serve`` of a farm sweeps (a CGI sweeps in recovery's minute).
+SWEEP_SECONDS = 2.0
+
+
+def keep_sweeping(store, config, stopped):
+    """``rrcloud serve`` of a farm: every SWEEP_SECONDS, push again what Redis
+    lost and ``sweep`` the workers' tasks, until ``stopped`` (an Event) is set."""
+    import sys
+    from .backends import task_queue
+    while not stopped.wait(SWEEP_SECONDS):
+        try:
+            task_queue(store, config).dispatch()
+            sweep(store, config)
+        except Exception as exc:  # Redis away, a record torn by hand: the next sweep tries again
+            print(f'rrcloud: farm sweep: {exc}', file=sys.stderr, flush=True)

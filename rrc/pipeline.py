@@ -165,9 +165,11 @@ def submit_pipe(store, config, steps, token_for, client='localhost', notifier=''
     """Check a pipe, create its job and every step (waiting), start the first;
     returns the job's record.  Nothing is created when a check fails.
     ``token_for`` chooses the token each step's server gets (module docstring)."""
+    from .backends import task_queue
     check_steps(config, steps, also_allowed)
     if any(step.server for step in steps):
         check_remote_steps(store, steps, token_for)
+    task_queue(store, config).check()  # a farm's Redis down: refused before anything is written
     job = create_job(store, config, steps, client, args)
     created = []
     try:
@@ -180,8 +182,8 @@ def submit_pipe(store, config, steps, token_for, client='localhost', notifier=''
             store.remove_task(record)
         raise
     job = store.update_task(job[Field.ID], {Field.STEPS: ','.join(r[Field.ID] for r in created)})
-    chain_steps(store, config, created)
     start_step(store, config, created[0][Field.ID])
+    chain_steps(store, config, created)  # after the first: a job depending on one RQ lacks would run at once
     return store.read_task(job[Field.ID])
 
 
@@ -192,7 +194,7 @@ def chain_steps(store, config, steps):
     from .backends import task_queue
     queue = task_queue(store, config)
     for before, step in zip(steps, steps[1:]):
-        if not step.get(Field.STEP_SERVER):
+        if not step.get(Field.STEP_SERVER) and not before.get(Field.STEP_SERVER):
             queue.wait_on(step, before[Field.ID])
 
 

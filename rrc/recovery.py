@@ -39,12 +39,18 @@ def recover_store(store, config):
     for task_id in marked(store, 'running'):
         still_running(store, task_id)
     records = list_tasks(store, config)
-    settle_jobs(store, config, records)  # a step that ended (or was interrupted) unseen moves its job on
+    try:
+        settle_jobs(store, config, records)  # a step that ended (or was interrupted) unseen moves its job on
+    except RRCloudError as exc:  # a farm's Redis away while a job is moved on: the next recovery tries again
+        print(f'rrcloud: warning: {exc}', file=sys.stderr)
     remove_orphan_inputs(store, records, now)
     remove_idle_work_folders(store, records)
     remove_orphan_events(store)
     try:
         task_queue(store, config).dispatch()
+        if config.backend == 'rq':
+            from .farmwork import sweep
+            sweep(store, config)
     except RRCloudError as exc:  # a farm's Redis away: the next recovery tries again
         print(f'rrcloud: warning: {exc}', file=sys.stderr)
 

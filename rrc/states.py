@@ -197,9 +197,10 @@ def reconcile_task(store, record, now=None):
 
 
 def _judged_here(store, record):
-    """True for a live task this node runs (not a remote task's local record, not a job)."""
+    """True for a live task this node runs (not a remote task's local record,
+    not a job, not a task a farm's worker runs: ``farmwork`` judges those)."""
     return (state_of(record) in LIVE and Field.REMOTE_ID not in record and Field.STEPS not in record
-            and store.node.owns(record))
+            and Field.WORKER not in record and store.node.owns(record))
 
 
 def process_here(store, record, pid_field, start_field):
@@ -317,7 +318,7 @@ def _running_record(store, task_id):
     except NotFound:
         unmark(store, 'running', task_id)
         return None
-    if not store.node.owns(record):
+    if not store.node.owns(record) or record.get(Field.WORKER):  # another node's, or a farm's worker's
         return record if record.get(Field.STATUS) == TaskStatus.BUSY else None
     if process_here(store, record, Field.RUNNER, Field.RUNNER_START):
         # An ended task's runner is only tidying up (its slot, the notifier),

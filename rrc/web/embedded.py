@@ -34,6 +34,8 @@ def serve(args):
     print(f'rrcloud: {limits_line(limit_fields(config))}', file=sys.stderr, flush=True)
     warn_if_unsandboxed(config)
     warn_if_redis_open(config)
+    if config.backend == 'rq':
+        sweep_the_farm(store, config)
     server.run()
     return ExitCode.OK
 
@@ -116,6 +118,14 @@ def check_serving(config, bind, port):
             print(f'rrcloud: {terminal_safe(limits_line(meta))}')
         return ExitCode.OK
     raise ConfigError(f'port {port} is taken by a server that is not rrcloud')
+
+
+def sweep_the_farm(store, config):
+    """A farm's front-end looks after the workers' tasks (rrc/farmwork.py) in a thread of its own."""
+    import threading
+    from ..farmwork import keep_sweeping
+    threading.Thread(target=keep_sweeping, args=(store, config, threading.Event()), daemon=True,
+                     name='farm sweep').start()
 
 
 def warn_if_redis_open(config):
