@@ -10,6 +10,7 @@ on a single server.
 """
 
 import os
+import sys
 import threading
 import time
 
@@ -31,6 +32,10 @@ class StaleRun(RRCloudError):
     """The front-end says this run is not the task's current one: stop it."""
 
 
+class Refused(RRCloudError):
+    """The front-end refused a request (4xx): asking again will not help."""
+
+
 class FrontEnd:
     """The front-end a worker works for: its URL and the worker token."""
 
@@ -42,43 +47,71 @@ class FrontEnd:
         self.session.headers[WORKER_TOKEN_HEADER] = token
 
     def call(self, method, params, timeout=REQUEST_SECONDS, **kwargs):
-        """One request; its JSON answer.  409: StaleRun; no answer: NoServer."""
+        """One request; its JSON answer (an input: its bytes).  409: StaleRun;
+        another 4xx: Refused; no answer, a 5xx or not the one expected: NoServer."""
         import requests
         fields = dict(params, format='json')
-        # A POST's fields go in its body (a form the front-end parses), a GET's in the query.
-        where = {'params': fields} if method == 'GET' else {'data': fields}
+        # The service in the query (the worker token opens only the worker
+        # routes), a POST's other fields in its body.
+        service = {'service': fields.pop('service')}
+        where = {'params': dict(service, **fields)} if method == 'GET' else {'params': service, 'data': fields}
         try:
-            answer = self.session.request(method, self.url, timeout=timeout, **where, **kwargs)
-        except requests.RequestException as exc:
+            answer = self.session.request(method, self.url, timeout=timeout, allow_redirects=False,
+                                          **where, **kwargs)
+            if answer.status_code == 409:
+                raise StaleRun(answer.json().get('error', 'not the current run'))
+            if 400 <= answer.status_code < 500:
+                raise Refused(f'{self.url}: HTTP {answer.status_code}: {answer.text[:200].strip()}')
+            if answer.status_code != 200:  # 502, 503: a front-end away a moment
+                raise NoServer(f'{self.url}: HTTP {answer.status_code}: {answer.text[:200].strip()}')
+            return answer.json() if 'json' in answer.headers.get('Content-Type', '') else answer.content
+        except (requests.RequestException, ValueError) as exc:  # no answer, or not JSON
             raise NoServer(f'{self.url}: {exc.__class__.__name__}') from None
-        if answer.status_code == 409:
-            raise StaleRun(answer.json().get('error', 'not the current run'))
-        if answer.status_code != 200:
-            raise NoServer(f'{self.url}: HTTP {answer.status_code}: {answer.text[:200].strip()}')
-        return answer.json() if 'json' in answer.headers.get('Content-Type', '') else answer.content
 
-    def download(self, task_id, path, destination):
-        """One input file of a task, written to ``destination``."""
-        data = self.call('GET', {'service': 'workinput', 'id': task_id, 'path': path})
+    def call_until_answered(self, method, params, **kwargs):
+        """``call``, again with a backoff while the front-end does not answer."""
+        return self.again_until_answered(lambda: self.call(method, params, **kwargs))
+
+    @staticmethod
+    def again_until_answered(send, patience=120):
+        """``send()`` again with a backoff while the front-end does not answer
+        (it restarts, HAProxy sends the request to another): a task's claim
+        and its end are not given up for a moment's silence."""
+        deadline, wait = time.monotonic() + patience, 0.25
+        while True:
+            try:
+                return send()
+            except NoServer:
+                if time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
+
+    def download(self, ids, path, destination):
+        """One input file of a run's task, written to ``destination``."""
+        data = self.call('GET', dict(ids, service='workinput', path=path))
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         with open(destination, 'wb') as handle:
             handle.write(data)
 
 
 class WorkRun:
-    """One run of one task on this worker."""
+    """One run of one task on this worker, with the worker's own ``config``
+    (its sandbox and limits bound what a front-end asks), the ``services``
+    it takes, and a private store in its ``work_folder``."""
 
-    def __init__(self, front, task_id, worker, attempt):
+    def __init__(self, front, config, task_id, worker, services, work_folder):
         import tempfile
         from .identity import NodeIdentity
         from .store import Store
-        self.front, self.id, self.worker, self.attempt = front, task_id, worker, attempt
-        self.store = Store(tempfile.mkdtemp(prefix='rrcloud-work-'), NodeIdentity.of(worker))
-        self.ids = {'id': task_id, 'attempt': str(attempt)}
+        self.front, self.config, self.id, self.worker, self.services = front, config, task_id, worker, services
+        self.store = Store(tempfile.mkdtemp(prefix='task-', dir=work_folder), NodeIdentity.of(worker))
+        self.ids = {'id': task_id}
 
     def run(self):
         """Claim the task, run its tool, report how it ended."""
-        claimed = self.front.call('POST', dict(self.ids, service='workclaim', worker=self.worker))
+        claimed = self.front.call_until_answered('POST', dict(self.ids, service='workclaim', worker=self.worker))
+        self.ids['attempt'] = str(claimed['record'].get(Field.ATTEMPT, ''))
         self.lay_out(claimed)
         link = Link(self)
         link.start()
@@ -89,25 +122,41 @@ class WorkRun:
         self.report(status, fields)
 
     def lay_out(self, claimed):
-        """The private store: the task's record (running here) and its inputs."""
-        from .names import check_task_id
+        """The private store: the task's record (running here) and its inputs.
+        What the front-end says is checked as a client's word: the task is
+        this one, of a service this worker takes, its inputs under tasks/in,
+        its output where this worker names it."""
+        from .launch import check_stored_input
+        record = {key: str(value) for key, value in claimed['record'].items()}
+        service = self.service(record.get(Field.SERVICE, ''))
+        if record.get(Field.ID) != self.id:
+            raise RRCloudError(f'the front-end answered for another task: {record.get(Field.ID, "")[:40]!r}')
         self.store.ensure()
         for path in claimed['inputs']:
-            if not path.startswith('tasks/in/') or '..' in path.split('/'):
-                raise RRCloudError(f'the front-end named an input outside tasks/in: {path[:80]!r}')
-            self.front.download(self.id, path, self.store.path_of(path))
-        record = {key: str(value) for key, value in claimed['record'].items()}
-        record[Field.ID] = check_task_id(record.get(Field.ID, ''))
+            self.front.download(self.ids, check_stored_input(path), self.store.path_of(path))
+        record.update({Field.OUT: '' if service.no_output else
+                       'tasks/out/' + service.output_name(self.id, record.get(Field.OUT_EXT, '')),
+                       Field.NODE: self.worker})
+        record.pop(Field.SUSPENDED, None)  # a run starts running; the next update says if it must stop
+        # The front-end's processes mean nothing here, and here the tool is this
+        # node's own (its signals are sent here, not left to a worker).
+        for key in (Field.NODE_BOOT, Field.RUNNER, Field.RUNNER_START, Field.PID, Field.PID_START, Field.WORKER):
+            record.pop(key, None)
         self.store.write_task(record)
+
+    def service(self, name):
+        """A service this worker takes (a job in Redis may name any task)."""
+        from .services import find_service, load_services
+        if name not in self.services:
+            raise RRCloudError(f'this worker does not take {name[:40]!r} tasks')
+        return find_service(*load_services(os.getcwd()), name)
 
     def execute(self, settings):
         """The tool run by the runner, as on a single server; (status, fields)."""
         from .runner import execute, remove_output_of_full_disk
-        from .services import find_service, load_services
-        from .settings import task_config
         from .task import Task
-        task = Task(self.store, self.id, task_config(settings, self.store))
-        service = find_service(*load_services(os.getcwd()), task.get(Field.SERVICE))
+        task = Task(self.store, self.id, self.own_bounds(settings))
+        service = self.service(task.get(Field.SERVICE))
         try:
             status, fields = execute(task, service)
         except Exception as exc:  # a runner never leaves a task busy
@@ -117,18 +166,33 @@ class WorkRun:
             fields = remove_output_of_full_disk(task, fields)
         return status, fields
 
+    def own_bounds(self, settings):
+        """The task's settings, held within this worker's own: its sandbox
+        (a front-end can never turn it off) and its limits (never above its own)."""
+        from .settings import task_config
+        config = task_config(settings, self.store)
+        config.sandbox = config.sandbox or self.config.sandbox
+        for key in ('maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'timeout', 'maxSuspend'):
+            setattr(config, key, min(config.limit_for('', key), self.config.limit_for('', key)))
+        return config
+
     def report(self, status, fields):
         """How the task ended, with its result, to the front-end."""
         record = self.store.read_task(self.id)
         out = self.store.path_of(record[Field.OUT]) if record.get(Field.OUT) else None
         import json
+        fields = dict({Field.PROGRESS: record[Field.PROGRESS]} if record.get(Field.PROGRESS) else {}, **fields)
         ending = json.dumps(dict({key: str(value) for key, value in fields.items()}, status=status)).encode()
         form, files = dict(self.ids, service='workdone'), {'ending': ('ending', ending)}
         if status == TaskStatus.COMPLETE and out and os.path.isfile(out):
-            with open(out, 'rb') as result:
-                self.front.call('POST', form, timeout=UPLOAD_SECONDS, files=dict(files, result=('result', result)))
+            def send():
+                with open(out, 'rb') as result:  # opened anew for each try
+                    return self.front.call('POST', form, timeout=UPLOAD_SECONDS,
+                                           files=dict(files, result=('result', result)))
         else:
-            self.front.call('POST', form, files=files)
+            def send():
+                return self.front.call('POST', form, files=files)
+        self.front.again_until_answered(send)
 
     def remove(self):
         """The private store goes, whatever happened."""
@@ -159,7 +223,10 @@ class Link:
 
     def loop(self):
         while not self.stopping.wait(UPDATE_SECONDS):
-            self.send()
+            try:
+                self.send()
+            except Exception as exc:  # a line that breaks once must not go quiet for good
+                print(f'rrcloud: worker: task {self.run.id}: update: {exc!r}', file=sys.stderr, flush=True)
 
     def send(self):
         """One update; the front-end's answer applied."""
@@ -203,13 +270,13 @@ class Link:
                                                               Field.ETIME: f'{time.time():.5f}'})
 
     def suspend_here(self, suspended):
-        """Stop or continue the tool's group, and say so in the private record
-        (its time suspended does not count against its timeout)."""
-        import signal
-        from .procs import kill_process_group
-        record = self.run.store.read_task(self.run.id)
-        if not record.get(Field.PID):
+        """Stop or continue the tool's group, as ``rrcloud suspend`` does on a
+        single server (the private record's state and the signal under its
+        store's lock; its time suspended does not count against its timeout)."""
+        from .control import resume_task, suspend_task
+        from .errors import UsageError
+        try:
+            (suspend_task if suspended else resume_task)(self.run.store, self.run.id, by='its front-end')
+        except UsageError:  # the tool is not running yet, or ended: the next update tries again
             return
-        move_task(self.run.store, self.run.id, State.SUSPENDED if suspended else State.RUNNING)
-        kill_process_group(int(record[Field.PID]), signal.SIGSTOP if suspended else signal.SIGCONT)
         self.suspended = suspended

@@ -132,31 +132,43 @@ def test_twenty_renders_through_haproxy_complete_on_workers_that_have_openscad(f
 
 def test_a_worker_is_told_what_its_runner_needs_never_the_notifiers_secret(farm):
     task_id = farm.post('idle', 'echo x > "$1"\n', name='s.sh')  # no worker takes it: the test claims it
-    claimed = farm.session.post(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
-                                data={'service': 'workclaim', 'id': task_id, 'attempt': '1', 'worker': 'test.1',
-                                      'format': 'json'}).json()
+    claimed = claim_as_a_worker(farm, task_id)
 
     keys = [line.split(' = ')[0] for line in claimed['settings'].splitlines()]
     assert 'timeout' in keys and 'maxMemory' in keys
     assert 'notifierSecret' not in claimed['settings'] and 'notifierAllow' not in keys
     assert claimed['inputs'] == [claimed['record']['in']]
-    assert farm.info(task_id)['worker'] == 'test.1'
+    assert (farm.info(task_id)['worker'], claimed['record']['attempt']) == ('test.1', '1')
     farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+
+
+def claim_as_a_worker(farm, task_id):
+    """The test plays a worker and claims a task (as ``test.1``)."""
+    answer = farm.session.post(farm.proxy.url, params={'service': 'workclaim'}, timeout=30,
+                               headers={'X-RRCloud-Worker-Token': WORKER_TOKEN},
+                               data={'id': task_id, 'worker': 'test.1', 'format': 'json'})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 @pytest.mark.parametrize('path', ['OTHER', 'tasks/info/ID', 'tasks/in/../rrcloudrc-front1', '/etc/passwd'])
 def test_a_worker_gets_a_tasks_own_inputs_and_nothing_else(farm, path):
-    mine = farm.info(farm.post('idle', 'mine\n', name='mine.sh'))
+    mine = claim_as_a_worker(farm, farm.post('idle', 'mine\n', name='mine.sh'))['record']
     other = farm.info(farm.post('idle', 'not yours\n', name='other.sh'))
     asked = path.replace('OTHER', other['in']).replace('ID', mine['id'])
+    run = {'service': 'workinput', 'id': mine['id'], 'attempt': '1'}
 
     given = farm.session.get(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
-                             params={'service': 'workinput', 'id': mine['id'], 'path': mine['in']})
+                             params=dict(run, path=mine['in']))
     refused = farm.session.get(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
-                               params={'service': 'workinput', 'id': mine['id'], 'path': asked})
+                               params=dict(run, path=asked))
+    not_the_run = farm.session.get(farm.proxy.url, headers={'X-RRCloud-Worker-Token': WORKER_TOKEN}, timeout=30,
+                                   params=dict(run, id=other['id'], path=other['in']))
+    farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': mine['id']}, timeout=30)
 
     assert given.content == b'mine\n'
     assert refused.status_code in (400, 404) and b'not yours' not in refused.content, refused.text
+    assert not_the_run.status_code == 409 and b'not yours' not in not_the_run.content  # no run of it yet
 
 
 def test_the_workers_cannot_read_the_store(farm):
@@ -353,8 +365,8 @@ def test_the_worker_routes_refuse_anyone_without_the_worker_token(farm, token, s
     before = farm.store_files()
     headers = {} if token is None else {'X-RRCloud-Worker-Token': token}
 
-    answers = [farm.session.post(farm.proxy.url, data={'service': service, 'id': task_id, 'attempt': '9',
-                                                       'worker': 'intruder'}, headers=headers, timeout=30)
+    answers = [farm.session.post(farm.proxy.url, params={'service': service}, headers=headers, timeout=30,
+                                 data={'id': task_id, 'attempt': '9', 'worker': 'intruder'})
                for service in ('workclaim', 'workupdate', 'workdone')]
 
     assert [answer.status_code for answer in answers] == [status] * 3, [a.text for a in answers]
@@ -453,8 +465,9 @@ def test_a_worker_without_redis_tries_again_and_says_so(farm):
         wait_for(lambda: 'Redis: ConnectionError; again in' in worker.log.read_text(), 'the worker to say so',
                  timeout=60)
         redis.start()
-        wait_for(lambda: worker.name() in registered_workers(redis), 'the worker in Redis once it answers',
-                 timeout=60)
+        # Under its name and the number of its tries (RQ keeps a lost worker's name a while).
+        wait_for(lambda: any(name.startswith(worker.name() + '.') for name in registered_workers(redis)),
+                 'the worker in Redis once it answers', timeout=60)
         assert worker.process.poll() is None
     finally:
         worker.stop()
