@@ -374,6 +374,61 @@ def test_the_worker_routes_refuse_anyone_without_the_worker_token(farm, token, s
     assert farm.store_files() == before
 
 
+def test_a_worker_route_is_refused_by_the_wrong_method_with_nothing_taken(farm):
+    task_id = farm.post('idle', SLOW_SCRIPT.format(seconds=1, word='x'), name='q.sh')  # it stays queued
+    headers = {'X-RRCloud-Worker-Token': WORKER_TOKEN}
+
+    claim = farm.session.get(farm.proxy.url, params={'service': 'workclaim', 'id': task_id, 'worker': 'w'},
+                             headers=headers, timeout=30)
+    read = farm.session.post(farm.proxy.url, params={'service': 'workinput'}, headers=headers, timeout=30,
+                             data={'id': task_id, 'attempt': '1', 'path': 'tasks/in/x'})
+
+    assert (claim.status_code, read.status_code) == (405, 405), (claim.text, read.text)
+    assert 'is a POST' in claim.text and 'is a GET' in read.text
+    assert farm.info(task_id).get('worker') is None
+
+
+@pytest.fixture(scope='module')
+def guarded_server():
+    """A server (in-process, no farm) with a client token and a worker token."""
+    import deploy
+    config = f'token = {CLIENT_TOKEN}\nworkerToken = {WORKER_TOKEN}\n'
+    with deploy.running(deploy.deployment('wsgi', config=config, services={'sh': SH_SERVICE})) as server:
+        yield server
+
+
+CLIENT_TOKEN = 'the-clients-token-of-this-server'
+
+
+@pytest.mark.parametrize('headers', [{'X-RRCloud-Worker-Token': WORKER_TOKEN},
+                                     {'Authorization': f'Bearer {WORKER_TOKEN}'}],
+                         ids=['worker header', 'as a bearer'])
+def test_the_worker_token_opens_no_clients_route(guarded_server, headers):
+    before = sorted(guarded_server.store.rglob('*'))
+
+    submitted = guarded_server.session.post(guarded_server.url + '/', data={'service': 'sh'}, headers=headers,
+                                            files={'fileIn0': ('a.sh', 'echo hi > "$1"\n')}, timeout=30)
+    listed = guarded_server.session.get(guarded_server.url + '/', params={'service': 'info'}, headers=headers,
+                                        timeout=30)
+
+    assert (submitted.status_code, listed.status_code) == (401, 401), (submitted.text, listed.text)
+    assert sorted(guarded_server.store.rglob('*')) == before
+
+
+def test_the_clients_token_opens_no_workers_route_and_no_farm_no_worker_route(guarded_server):
+    client = {'Authorization': f'Bearer {CLIENT_TOKEN}'}
+    worker = {'X-RRCloud-Worker-Token': WORKER_TOKEN}
+
+    def claim(headers):
+        return guarded_server.session.post(guarded_server.url + '/', params={'service': 'workclaim'},
+                                           data={'id': '1', 'worker': 'w'}, headers=headers, timeout=30)
+
+    as_a_client, as_a_worker = claim(client), claim(worker)
+
+    assert as_a_client.status_code == 403 and 'worker token' in as_a_client.text
+    assert as_a_worker.status_code == 404 and 'backend = local' in as_a_worker.text
+
+
 def test_a_worker_whose_tool_is_missing_refuses_that_service(farm):
     worker = Worker(farm.redis, farm.proxy.url, services=['ghost'],
                     confs={'ghost': 'path = /nonexistent\ncmd = ghosttool\n'})
