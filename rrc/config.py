@@ -241,7 +241,8 @@ class Config:
         self.nodeName = default_node_name()  # which tasks of a shared store are this node's
         self.reconnectTimeout = 120.0
         self.cgiStreamSeconds = 60.0  # a CGI's event stream ends then (the client reconnects)
-        # A farm (rrc/farm.py): the queue in Redis, run by rrcloud workers.
+        # A farm (docs/FARM.md): the queue in Redis, run by rrcloud workers
+        # (rrc/farmqueue.py, rrc/farmwork.py, rrc/worker.py).
         self.backend = 'local'
         self.redis = ''  # redis://[:PASSWORD@]HOST:PORT/DB
         self.workerToken = ''  # what workers present to a front-end (never a client's token)

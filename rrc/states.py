@@ -22,7 +22,7 @@ writer ended the task first; the first final state wins) and returns None; a
 move the table does not allow from a live state raises ``IllegalMove``.
 
 A suspended task keeps its runner (liveness is judged as for a running
-one; ``tasks.suspend_task`` stops its tool).  A waiting step has no process
+one; ``control.suspend_task`` stops its tool).  A waiting step has no process
 and no queue marker yet (its settings wait in ``tasks/waiting/ID``), so
 reconcile leaves it alone; the step before it moves it on (``rrc.pipeline``).
 A job's record has no process of its own either: its state follows its

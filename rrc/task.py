@@ -3,7 +3,7 @@ Supervisor's ``Subprocess`` carries one: its id, its store, its record (read
 once; ``refresh()`` reads it again, on purpose) and the Config it runs with.
 
 The runner passes a Task around instead of ``(store, task_id)`` and repeated
-reads of the record; a farm's worker will too.
+reads of the record; so does a farm's worker (``workrun``).
 """
 
 from .names import check_task_id
