@@ -114,12 +114,14 @@ def _host_list(text):
     return [host.strip('[]') for host in hosts]
 
 
-REDIS_URL_RE = LazyPattern(r'\Aredis://(:[^@/\s]{1,256}@)?[A-Za-z0-9._\-\[\]:]+(:\d{1,5})?(/\d{1,2})?\Z')
+# redis:// or rediss:// (TLS), an ACL user and password or a password alone, host, port, database.
+REDIS_URL_RE = LazyPattern(r'\Arediss?://([A-Za-z0-9._\-]{0,64}:[^@/\s]{1,256}@)?[A-Za-z0-9._\-\[\]:]+'
+                           r'(:\d{1,5})?(/\d{1,2})?\Z')
 
 
 def _redis_url(text):
     if not REDIS_URL_RE.match(text):
-        raise ValueError('a Redis URL is redis://[:PASSWORD@]HOST:PORT/DB')
+        raise ValueError('a Redis URL is redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB')
     return text
 
 
@@ -244,7 +246,7 @@ class Config:
         # A farm (docs/FARM.md): the queue in Redis, run by rrcloud workers
         # (rrc/farmqueue.py, rrc/farmwork.py, rrc/worker.py).
         self.backend = 'local'
-        self.redis = ''  # redis://[:PASSWORD@]HOST:PORT/DB
+        self.redis = ''  # redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB
         self.workerToken = ''  # what workers present to a front-end (never a client's token)
         self.retries = 1  # runs again of a task whose worker was lost (never a print's)
         self.sources = []

@@ -238,12 +238,25 @@ BAD_LINES = [
     'maxWaitsPerClient = 0',
     'maxConnectionsPerClient = -1',
     'requestHeadTimeout = 0',
+    'redis = http://farm.local:6379/0',
+    'redis = redis://farm.local:6379/0?password=x',
+    'redis = redis://user@farm.local:6379/0',
+    'backend = celery',
     'openscd.maxMemory = 1G',
     'openscad.maxLogSize = 1M',
     'just some words',
     'port 4468',
     '= 4468',
 ]
+
+
+@pytest.mark.parametrize('url', ['redis://farm.local:6379/0', 'redis://:secret@farm.local:6379/0',
+                                 'redis://rrcloud:secret@farm.local:6379/0', 'rediss://:secret@farm.local:6380/1',
+                                 'redis://:secret@[::1]:6379'])
+def test_a_farms_redis_may_be_reached_with_tls_and_an_acl_user(workdir, url):
+    write_config(workdir, f'backend = rq\nredis = {url}\n')
+
+    assert load_config().redis == url
 
 
 def bad_rrcloudrc(folder, line, name='rrcloudrc'):
