@@ -71,7 +71,19 @@ def claim(store, config, task_id, worker):
     if lost:
         append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} '
                                    f'(run {moved[Field.ATTEMPT]}): worker {lost} was lost')
+    else:
+        call_started_notifier(store, config, moved)
     return moved, worker_settings(settings)
+
+
+def call_started_notifier(store, config, record):
+    """``notifierEvents=started``: called here, as a worker takes the task,
+    before the worker hears back (a CGI has no thread that outlives its
+    answer; the call is bounded by the notifier's own timeout).  A run again
+    after a lost worker calls it no second time, as one server's runner."""
+    from .notifier import STARTED, notifier_events_of, notify
+    if record.get(Field.NOTIFIER) and STARTED in notifier_events_of(record):
+        notify(store, config, record, STARTED)
 
 
 def _claim_locked(store, config, record, worker):

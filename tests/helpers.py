@@ -552,3 +552,63 @@ def is_closed_by_peer(sock):
         return False
     except OSError:
         return True
+
+
+# -- the documented notifier receiver ---------------------------------------------
+
+RECEIVER = REPO / 'docs' / 'notifier_receiver.py'
+
+
+def load_receiver():
+    """docs/notifier_receiver.py as a module: the documented code, not a copy."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('notifier_receiver', RECEIVER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Receiver:
+    """The documented receiver on 127.0.0.1, remembering each request and each accepted call."""
+
+    def __init__(self, secret):
+        self.requests, self.calls = [], []
+        self.hold_started = None  # an Event: a started call waits for it before it is answered
+        receiver = self
+        example = load_receiver()
+
+        class Handler(example.NotifierReceiver):
+            def do_GET(self):
+                receiver.requests.append((self.command, self.path, dict(self.headers)))
+                if receiver.hold_started and self.headers.get('X-RRCloud-Event') == 'started':
+                    receiver.hold_started.wait(60)
+                super().do_GET()
+
+            def received(self, task_id, event):
+                receiver.calls.append((task_id, event))
+
+            def log_message(self, *args):
+                pass
+
+        self.server = example.ReceiverServer(('127.0.0.1', 0), Handler, secret)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f'http://127.0.0.1:{self.port}/done?id=$id'
+        import threading
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={'poll_interval': 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def get(self, target, headers):
+        """One GET sent to the receiver as a client would; its status."""
+        import http.client
+        connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=10)
+        try:
+            connection.request('GET', target, headers=headers)
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

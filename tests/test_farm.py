@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from farm import WORKER_TOKEN, HAProxy, RedisServer, Worker, front_end, www_data
-from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, plain_session, wait_for, wait_port_free
+from farm import NOTIFIER_SECRET, WORKER_TOKEN, HAProxy, RedisServer, Worker, front_end, www_data
+from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, Receiver, plain_session, wait_for, wait_port_free
 from printer_sim import PrinterSim
 
 # A task that says it started, works a few seconds, then writes its result.
@@ -140,6 +140,21 @@ def test_a_worker_is_told_what_its_runner_needs_never_the_notifiers_secret(farm)
     assert claimed['inputs'] == [claimed['record']['in']]
     assert (farm.info(task_id)['worker'], claimed['record']['attempt']) == ('test.1', '1')
     farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+
+
+def test_a_workers_task_calls_its_notifier_signed_when_it_starts_and_when_it_ends(farm):
+    receiver = Receiver(NOTIFIER_SECRET)
+    try:
+        task_id = farm.post('sh', SLOW_SCRIPT.format(seconds=0, word='told'), name='n.sh',
+                            notifier=receiver.url, notifierEvents='started,ended')
+        assert farm.ended(task_id)['status'] == 'complete'
+        wait_for(lambda: len(receiver.calls) >= 2, 'the ended call', timeout=30)
+    finally:
+        receiver.stop()
+
+    assert receiver.calls == [(task_id, 'started'), (task_id, 'ended')]  # signed: the receiver checked
+    log = farm.log(task_id)
+    assert log.count('(started): HTTP 204') == 1 and log.count('(ended): HTTP 204') == 1, log
 
 
 def claim_as_a_worker(farm, task_id):

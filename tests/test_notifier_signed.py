@@ -12,8 +12,6 @@ real tasks, run by their real runners, call it, and what it answers (204 or
 task's queue marker only: the marker is 0600, and neither the record, ``info``,
 ``meta`` nor the tool's environment shows it.
 """
-import http.client
-import importlib.util
 import os
 import re
 import stat
@@ -24,7 +22,7 @@ import pytest
 
 import deploy
 from conftest import REPO, make_service, task_id_of, wait_until_done, write_config
-from helpers import wait_for
+from helpers import RECEIVER, Receiver, load_receiver, wait_for
 from rrc.notifier import notifier_headers
 from rrc.store import Store
 from rrc.queue import acquire_slot, dispatch
@@ -40,61 +38,7 @@ SIGNATURE_RE = re.compile(r'\At=([0-9]+),v1=([0-9a-f]{64})\Z')
 ENV_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n'
 ENV_SCRIPT = 'env > "$1"\n'
 PROC_SCRIPT = 'env > "$1"\nfor f in /proc/[0-9]*/environ; do tr "\\0" "\\n" < "$f"; done >> "$1" 2>/dev/null\ntrue\n'
-RECEIVER = REPO / 'docs' / 'notifier_receiver.py'
-
-
-def load_receiver():
-    """docs/notifier_receiver.py as a module: the documented code, not a copy."""
-    spec = importlib.util.spec_from_file_location('notifier_receiver', RECEIVER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-example = load_receiver()
-
-
-class Receiver:
-    """The documented receiver on 127.0.0.1, remembering each request and each accepted call."""
-
-    def __init__(self, secret):
-        self.requests, self.calls = [], []
-        self.hold_started = None  # an Event: a started call waits for it before it is answered
-        receiver = self
-
-        class Handler(example.NotifierReceiver):
-            def do_GET(self):
-                receiver.requests.append((self.command, self.path, dict(self.headers)))
-                if receiver.hold_started and self.headers.get('X-RRCloud-Event') == 'started':
-                    receiver.hold_started.wait(60)
-                super().do_GET()
-
-            def received(self, task_id, event):
-                receiver.calls.append((task_id, event))
-
-            def log_message(self, *args):
-                pass
-
-        self.server = example.ReceiverServer(('127.0.0.1', 0), Handler, secret)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f'http://127.0.0.1:{self.port}/done?id=$id'
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={'poll_interval': 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def get(self, target, headers):
-        """One GET sent to the receiver as a client would; its status."""
-        connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=10)
-        try:
-            connection.request('GET', target, headers=headers)
-            return connection.getresponse().status
-        finally:
-            connection.close()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+example = load_receiver()  # docs/notifier_receiver.py, the documented code
 
 
 @pytest.fixture
