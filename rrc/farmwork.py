@@ -43,6 +43,12 @@ class StaleRun(RRCloudError):
     http_status = 409
 
 
+class BrokenRecord(RRCloudError):
+    """A task whose record is torn (422): no worker can run it, RQ moves its
+    job aside (failed), the record is left for its owner to look at."""
+    http_status = 422
+
+
 def running_marker(store, task_id):
     return os.path.join(store.folder('running'), task_id)
 
@@ -59,6 +65,8 @@ def claim(store, config, task_id, worker):
     settings = queued_settings(store, task_id) or read_settings(running_marker(store, task_id))
     with store.lock():
         record = store.read_task(task_id)
+        if record.get(Field.ID) != task_id or not state_of(record):
+            raise BrokenRecord(f'task {task_id} has a broken record: no worker can run it')
         lost = record.get(Field.WORKER)
         moved = _claim_locked(store, config, record, worker)
         # The running marker keeps the settings (0600: they may hold a secret);
