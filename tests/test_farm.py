@@ -301,6 +301,47 @@ def test_a_three_step_pipe_runs_its_steps_on_the_workers_that_have_their_tools(f
     assert b'G1' in farm.session.get(farm.proxy.url + job['out'], timeout=30).content
 
 
+def test_the_cli_on_a_front_ends_store_queues_in_redis_and_a_worker_runs_it(farm):
+    done = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), '--sync', 'echo', 'from the cli'],
+                          cwd=farm.store, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, RRCLOUD_CONFIG=str(farm.fronts[0].config)))
+
+    assert (done.returncode, done.stdout, done.stderr) == (0, 'from the cli\n', ''), done
+    ran = [record for record in farm.fronts[0].records().values()
+           if record.get('out') and (farm.store / record['out']).read_bytes() == b'from the cli']
+    assert len(ran) == 1 and ran[0]['worker'] in [worker.name() for worker in farm.workers], ran
+
+
+@pytest.mark.parametrize('kind', ['lighttpd', 'apache'])
+def test_a_cgi_front_end_queues_in_redis_and_a_worker_runs_its_task(kind):
+    import deploy
+    redis = RedisServer().start()  # a farm of its own: its queues are not the module farm's
+    config = f'backend = rq\nredis = {redis.url}\nworkerToken = {WORKER_TOKEN}\n'
+    worker = None
+    try:
+        with deploy.running(deploy.deployment(kind, config=config, services={'sh': SH_SERVICE})) as cgi:
+            worker = Worker(redis, cgi.url + '/', services=['sh'], confs={'sh': SH_SERVICE}).start()
+            session = plain_session()
+            answer = session.post(cgi.url + '/', data={'service': 'sh', 'format': 'json'}, timeout=30,
+                                  files={'fileIn0': ('c.sh', SLOW_SCRIPT.format(seconds=0, word='by a worker'))})
+            assert answer.status_code == 200, answer.text
+            task_id = answer.json()['id']
+            record = wait_for(lambda: ended_record(session, cgi.url + '/', task_id), 'the task to end', timeout=90)
+
+            assert (record['status'], record['worker']) == ('complete', worker.name()), record
+            assert session.get(f'{cgi.url}/{record["out"]}', timeout=30).text == 'by a worker\n'
+    finally:
+        if worker:
+            worker.stop()
+        redis.stop()
+
+
+def ended_record(session, url, task_id):
+    """A task's record once it has ended, else None."""
+    record = session.get(url, params={'service': 'info', 'id': task_id, 'format': 'json'}, timeout=30).json()
+    return record if record['status'] != 'busy' else None
+
+
 def test_priorities_and_moves_order_what_waits_in_redis(farm):
     ids = {name: farm.post('ordered', 'echo x > "$1"\n', name=f'{name}.sh', priority=str(priority))
            for name, priority in (('plain', 0), ('urgent', 5), ('whenever', -3), ('urgent too', 5), ('moved', 0))}
