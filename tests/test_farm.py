@@ -502,14 +502,17 @@ def test_a_worker_whose_tool_is_missing_refuses_that_service(farm):
 def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_it_is_back(farm):
     waiting = farm.post('later', 'echo later > "$1"\n', name='later.sh')  # no worker takes it yet
     farm.redis.stop()  # and Redis forgets it: it keeps nothing on disk here
-    before = farm.store_files()
+    before, record_before = farm.store_files(), (farm.store / 'tasks' / 'info' / waiting).read_bytes()
 
     answer = farm.session.post(farm.proxy.url, data={'service': 'echo'}, files={'fileIn0': ('a.txt', b'hi')},
                                timeout=30)
+    moved = farm.session.post(farm.proxy.url, data={'service': 'move', 'id': waiting, 'to': 'front'}, timeout=30)
 
-    assert answer.status_code == 503, answer.text
-    assert answer.text.startswith("error: the farm's queue (Redis at 127.0.0.1:") and answer.text.count('\n') == 1
+    for refused in (answer, moved):
+        assert refused.status_code == 503, refused.text
+        assert refused.text.startswith("error: the farm's queue (Redis at 127.0.0.1:") and refused.text.count('\n') == 1
     assert farm.store_files() == before
+    assert (farm.store / 'tasks' / 'info' / waiting).read_bytes() == record_before
     farm.redis.start()
     for server in farm.fronts:  # a front-end that starts pushes again what Redis lost
         server.stop()

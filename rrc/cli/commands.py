@@ -10,7 +10,7 @@ from .sync import finish_sync, sync_remote
 from ..errors import ExitCode, UsageError
 from ..names import check_task_id
 from ..notifier import notifier_events_field
-from ..order import MOVES, move_in_queue
+from ..order import MOVES
 from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task
@@ -148,9 +148,8 @@ def cmd_move(ctx, args):
                             url=record[Field.SERVER])
         print_fields(dict(answer, id=task_id), shown, server=record[Field.SERVER])
         return ExitCode.OK
-    record = move_in_queue(ctx.store, task_id, to, by=f'the command line (user {user_name()})')
-    from ..backends import task_queue
-    task_queue(ctx.store, ctx.config).place(record)  # a farm's Redis holds its queue: reordered there
+    from ..backends import move_waiting_task
+    record = move_waiting_task(ctx.store, ctx.config, task_id, to, by=f'the command line (user {user_name()})')
     print_fields(dict(record, priority=record.get(Field.PRIORITY, '0')), shown)
     return ExitCode.OK
 

@@ -180,11 +180,9 @@ def answer_events(app, request):
 
 def answer_move(app, request):
     """``service=move&id=ID&to=front|back``: reorder a queued task (rrc/order.py)."""
-    from ..backends import task_queue
-    from ..order import move_in_queue
-    record = move_in_queue(app.store, _form_task_id(request), request.form.get('to', ''),
-                           by=f'{request.client} (HTTP)')
-    task_queue(app.store, app.config).place(record)  # a farm's Redis holds its queue: reordered there
+    from ..backends import move_waiting_task
+    record = move_waiting_task(app.store, app.config, _form_task_id(request), request.form.get('to', ''),
+                               by=f'{request.client} (HTTP)')
     return answer_record(client_view(record, request.client), request.format)
 
 
