@@ -165,6 +165,7 @@ CONFIG_KEYS = {
     'maxTasks': positive_int,
     'dir': _path,
     'allow': _network_list,
+    'trustedProxies': _network_list,
     'token': _token,
     'notifierAllow': _network_list,
     'notifierSecret': _secret,
@@ -216,6 +217,7 @@ class Config:
         self.maxTasks = os.cpu_count() or 1
         self.dir = os.getcwd()
         self.allow = list(DEFAULT_ALLOW)
+        self.trustedProxies = []  # proxies (a farm's HAProxy) whose X-Forwarded-For names the client
         self.token = ''
         self.host_tokens = {}
         self.notifierAllow = []

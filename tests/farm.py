@@ -68,7 +68,8 @@ def front_end_config(redis, name, extra=''):
     """The rrcloudrc of a farm's front-end: the farm's front-ends are one node
     (any of them moves, kills or pushes again what waits), each with its own serverName."""
     return (f'backend = rq\nredis = {redis.url}\nworkerToken = {WORKER_TOKEN}\nnodeName = farm\n'
-            f'serverName = {name}\nnotifierAllow = 127.0.0.0/8\nnotifierSecret = {NOTIFIER_SECRET}\n{extra}')
+            f'serverName = {name}\ntrustedProxies = 127.0.0.1/32\nnotifierAllow = 127.0.0.0/8\n'
+            f'notifierSecret = {NOTIFIER_SECRET}\n{extra}')
 
 
 def front_end(store, redis, name, services=None, extra=''):

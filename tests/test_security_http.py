@@ -583,6 +583,48 @@ def test_the_default_allow_admits_loopback(server):
     assert parse_text_record(answer.text)['version'].startswith('RepRapCloud 0.019')
 
 
+@pytest.fixture(scope='module', params=['wsgi'])
+def proxied(request):
+    """Behind a trusted proxy (this loopback client plays it) that forwards clients of 10.0.0.0/8 only."""
+    with deployed(request.param, 'trustedProxies = 127.0.0.1/32\nallow = 10.0.0.0/8\n', guarded=True) as deployment:
+        yield deployment
+
+
+FORWARDED = {  # X-Forwarded-For as the proxy passes it on -> admitted?
+    'a client inside allow': ('10.1.2.3', True),
+    'a client outside allow': ('198.51.100.9', False),
+    'a forged first address, the proxy\'s last': ('10.1.2.3, 198.51.100.9', False),
+    'the proxy\'s own word after a forged one': ('198.51.100.9, 10.1.2.3', True),
+    'no address at all': ('not-an-address', False),
+}
+
+
+@pytest.mark.parametrize('case', list(FORWARDED))
+def test_a_trusted_proxys_client_is_the_last_address_it_forwards(proxied, case):
+    forwarded, admitted = FORWARDED[case]
+
+    answer = send(proxied, 'GET', '/?service=meta', headers={'X-Forwarded-For': forwarded})
+
+    if admitted:
+        assert answer.status == 200, answer
+    else:
+        assert 'allow' in reason_of(proxied, answer, 403)
+
+
+def test_a_trusted_proxys_client_is_the_tasks_client(proxied):
+    answer = post(proxied, data={'service': 'echo', 'fileIn0': 'from behind a proxy', 'format': 'json'},
+                  headers={'X-Forwarded-For': '10.1.2.3'})
+
+    assert answer.status == 200, answer
+    assert json.loads(answer.text)['client'] == '10.1.2.3'
+
+
+def test_x_forwarded_for_from_a_peer_not_trusted_is_ignored(walled):
+    answer = send(walled, 'GET', '/?service=meta', headers={'X-Forwarded-For': '10.1.2.3'})
+
+    assert 'allow' in reason_of(walled, answer, 403)
+
+
 ###############################################################################
 # 1. Who may use a server: token
 ###############################################################################

@@ -15,7 +15,7 @@ def check_access(request, config):
     token header may carry the token as a form field: ``route`` checks it
     with ``check_form_token`` once it has read the form.
     """
-    if not address_in(request.environ.get('REMOTE_ADDR', ''), config.allow):
+    if not address_in(request.client, config.allow):  # the peer's address, or a trusted proxy's client's
         raise HTTPError(403, 'your address may not use this server (see allow in rrcloudrc)')
     if changes_state(request):
         check_host(request, config)

@@ -64,7 +64,7 @@ class App:
     def __call__(self, environ, start_response):
         request = None
         try:
-            request = Request(environ)
+            request = Request(environ, self.config.trustedProxies)
             check_access(request, self.config)
             response = route(self, request)
         except RRCloudError as exc:

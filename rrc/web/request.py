@@ -1,7 +1,7 @@
 """HTTP request parsing and answers: query and form fields, their limits, status lines."""
 
 from ..errors import HTTPError
-from ..names import LazyPattern, is_form_field, is_single_line
+from ..names import LazyPattern, address_in, is_form_field, is_single_line
 
 
 MAX_WAIT_SECONDS = 60
@@ -24,15 +24,32 @@ class Response:
         self.headers += list(headers)
 
 
+def client_address(environ, trusted_proxies):
+    """The client's address: the peer's, or, when the peer is a proxy in
+    ``trusted_proxies``, the last address of X-Forwarded-For (the one that
+    proxy added; those before it are the client's word).  An address that
+    is not one is not taken."""
+    peer = environ.get('REMOTE_ADDR', '') or 'unknown'
+    forwarded = environ.get('HTTP_X_FORWARDED_FOR', '')
+    if not (forwarded and trusted_proxies and address_in(peer, trusted_proxies)):
+        return peer
+    import ipaddress
+    last = forwarded.rsplit(',', 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return peer
+
+
 class Request:
     """The parts of a WSGI request rrcloud looks at; the form is parsed on demand."""
 
-    def __init__(self, environ):
+    def __init__(self, environ, trusted_proxies=()):
         self.environ = environ
         self.method = environ.get('REQUEST_METHOD', 'GET').upper()
         self.path = _request_path(environ)
         self.query = _parse_query(environ.get('QUERY_STRING', ''))
-        self.client = environ.get('REMOTE_ADDR', '') or 'unknown'
+        self.client = client_address(environ, trusted_proxies)
         self.form, self.files = dict(self.query), {}
         self.parsed = False
         self.browser = 'Mozilla' in environ.get('HTTP_USER_AGENT', '')
