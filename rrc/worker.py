@@ -157,8 +157,10 @@ def stopped(worker):
 
 def farm_worker(config, services, name=None):
     """RQ's forking worker on the queues of ``services``, made to notice a lost worker in seconds."""
+    import redis
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
+    from rq.worker_registration import register
     from .farmqueue import redis_connection
     connection = redis_connection(config, socket_timeout=WORKER_TTL_SECONDS + 15)
 
@@ -169,6 +171,29 @@ def farm_worker(config, services, name=None):
 
         def get_heartbeat_ttl(self, job):
             return HEARTBEAT_SECONDS
+
+        # While its horse runs, RQ's worker gives the run up at the first
+        # Redis call that fails; a task's life is told to its front-end
+        # over HTTP, so a Redis away a while must not cost the run (nor free
+        # this worker to take a second task beside it).
+        def maintain_heartbeats(self, job):
+            self.while_redis_may_be_away(super().maintain_heartbeats, job)
+
+        def set_current_job_working_time(self, seconds, pipeline=None):
+            self.while_redis_may_be_away(super().set_current_job_working_time, seconds, pipeline)
+
+        def while_redis_may_be_away(self, call, *args):
+            try:
+                call(*args)
+                if getattr(self, 'redis_away_during_run', False):
+                    register(self)  # a Redis that restarted empty lists this worker again (meta)
+                    print('rrcloud: worker: Redis is back', file=sys.stderr, flush=True)
+                self.redis_away_during_run = False
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not getattr(self, 'redis_away_during_run', False):
+                    print(f'rrcloud: worker: Redis: {exc.__class__.__name__} while a task runs; its run goes on',
+                          file=sys.stderr, flush=True)
+                self.redis_away_during_run = True
 
         def subscribe(self):  # rrcloud's control goes through its front-end, not RQ's pubsub
             pass

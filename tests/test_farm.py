@@ -502,6 +502,9 @@ def test_a_worker_whose_tool_is_missing_refuses_that_service(farm):
 
 def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_it_is_back(farm):
     waiting = farm.post('later', 'echo later > "$1"\n', name='later.sh')  # no worker takes it yet
+    running = farm.post('sh', SLOW_SCRIPT.format(seconds=6, word='through'), name='slow.sh')
+    runner = farm.worker_of(running)
+    wait_for(lambda: 'started' in farm.log(running), 'the tool to start', timeout=30)
     farm.redis.stop()  # and Redis forgets it: it keeps nothing on disk here
     before, record_before = farm.store_files(), (farm.store / 'tasks' / 'info' / waiting).read_bytes()
 
@@ -514,6 +517,9 @@ def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_i
         assert refused.text.startswith("error: the farm's queue (Redis at 127.0.0.1:") and refused.text.count('\n') == 1
     assert farm.store_files() == before
     assert (farm.store / 'tasks' / 'info' / waiting).read_bytes() == record_before
+    # The worker that runs a task while Redis is away keeps running it.
+    wait_for(lambda: 'Redis: ConnectionError while a task runs; its run goes on' in runner.log.read_text(),
+             'the worker to notice', timeout=30)
     farm.redis.start()
     for server in farm.fronts:  # a front-end that starts pushes again what Redis lost
         server.stop()
@@ -522,6 +528,12 @@ def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_i
     farm.workers.append(Worker(farm.redis, farm.proxy.url, services=['later'], confs=LATER).start())
     assert farm.ended(waiting, timeout=120)['status'] == 'complete'
     assert farm.ended(farm.post('echo', 'back again\n', name='a.txt'), timeout=120)['status'] == 'complete'
+    record = farm.ended(running)
+    assert (record['status'], record['attempt'], record['worker']) == ('complete', '1', runner.name()), record
+    assert farm.session.get(farm.proxy.url + record['out'], timeout=30).content == b'through\n'
+    said = runner.log.read_text()
+    assert 'again in' not in said and 'rrcloud: worker: Redis is back' in said and runner.process.poll() is None, said
+    assert runner.name() in registered_workers(farm.redis)  # listed again in the Redis that came back empty
 
 
 def test_serve_check_warns_of_a_redis_without_a_password(tmp_path):
