@@ -472,6 +472,23 @@ def test_the_worker_token_opens_no_clients_route(guarded_server, headers):
     assert sorted(guarded_server.store.rglob('*')) == before
 
 
+@pytest.mark.parametrize('service', ['workinput', 'workclaim'])
+def test_a_work_service_in_the_query_opens_no_clients_file(guarded_server, service):
+    client = {'Authorization': f'Bearer {CLIENT_TOKEN}'}
+    posted = guarded_server.session.post(guarded_server.url + '/', data={'service': 'sh', 'format': 'json',
+                                                                         'wait': '30'},
+                                         files={'fileIn0': ('a.sh', 'echo secret > "$1"\n')}, headers=client,
+                                         timeout=60).json()
+    for path in (posted['out'], f'tasks/log/{posted["id"]}'):
+        url = f'{guarded_server.url}/{path}'
+        as_a_worker = guarded_server.session.get(url, params={'service': service}, timeout=30,
+                                                 headers={'X-RRCloud-Worker-Token': WORKER_TOKEN})
+        as_its_client = guarded_server.session.get(url, params={'service': service}, headers=client, timeout=30)
+
+        assert as_a_worker.status_code == 401 and b'secret' not in as_a_worker.content, as_a_worker.text
+        assert as_its_client.status_code == 200
+
+
 def test_the_clients_token_opens_no_workers_route_and_no_farm_no_worker_route(guarded_server):
     client = {'Authorization': f'Bearer {CLIENT_TOKEN}'}
     worker = {'X-RRCloud-Worker-Token': WORKER_TOKEN}

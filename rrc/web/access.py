@@ -23,16 +23,27 @@ def check_access(request, config):
     if 'token' in request.query:
         raise HTTPError(400, 'a token in the URL is refused (URLs end up in logs): '
                              'send it as Authorization: Bearer, X-RRCloud-Token or a form field')
-    if request.query.get('service') in WORK_SERVICES:  # a farm's worker: its token, and nothing else opens these
+    if is_work_request(request):  # a farm's worker: its token, and nothing else opens these
         request.is_worker = is_worker(request, config)
         check_worker(request)
     elif config.token and not token_in_form(request):
         check_token(header_token(request), config)
 
 
+# The API answers at / (and /index.cgi, the CGI's own name).
+API_PATHS = ('/', '/index.cgi')
+
+
 def token_in_form(request):
     """True when the token can only be in the body: a POST to the API without a token header."""
-    return request.method == 'POST' and request.path in ('/', '/index.cgi') and header_token(request) is None
+    return request.method == 'POST' and request.path in API_PATHS and header_token(request) is None
+
+
+def is_work_request(request):
+    """True for a request of a worker route: the API's path and a work
+    service in the query (``/tasks/log/ID?service=workinput`` is a client's
+    route, under the client's token)."""
+    return request.path in API_PATHS and request.query.get('service') in WORK_SERVICES
 
 
 def check_form_token(request, config):

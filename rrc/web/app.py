@@ -16,7 +16,7 @@ from ..schema import Field, TaskStatus
 from ..services import find_service, load_services
 from ..states import get_task, list_tasks, queue_is_full
 from ..store import format_record, to_json
-from .access import check_access, check_form_token, check_host
+from .access import API_PATHS, check_access, check_form_token, check_host
 from .files import serve_log, serve_result
 from .page import html_page
 from .workroutes import WORK_ROUTES
@@ -443,9 +443,7 @@ def form_inputs(request, service, required=True):
     return inputs
 
 
-# The API answers at / (and /index.cgi, the CGI's own name); results and logs
-# are files below /tasks/.
-API_PATHS = ('/', '/index.cgi')
+# Results and logs are files below /tasks/ (the API answers at API_PATHS).
 PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
