@@ -19,6 +19,8 @@ from .schema import Field
 
 QUEUE_PREFIX = 'rrcloud.'
 ORDER_KEY = 'rrcloud:order:'  # a hash per queue: task id -> its sort key
+PUSHING_KEY = 'rrcloud:pushing:'  # a task's job being pushed: one front-end does it
+PUSHING_MS = 10_000
 JOB_FUNCTION = 'rrc.worker.run_farm_task'
 # The only function a worker runs for a job (a Redis writer could name any other).
 ALLOWED_FUNCTIONS = (JOB_FUNCTION,)
@@ -170,6 +172,10 @@ class FarmQueue:
         from rq.serializers import JSONSerializer
         from .services import find_service, load_services
         service = find_service(*load_services(self.store.root), record[Field.SERVICE])
+        # Every front-end pushes again what Redis lost: the first to look
+        # pushes, and a job is never in its queue twice (two runs at once).
+        if not self.redis.set(PUSHING_KEY + record[Field.ID], 1, nx=True, px=PUSHING_MS):
+            return False
         queue = Queue(queue_name(service.name), connection=self.redis, serializer=JSONSerializer)
         retries = 0 if service.runs_once else self.config.retries
         from rq.job import Dependency
@@ -182,6 +188,7 @@ class FarmQueue:
                       depends_on=Dependency(jobs=[depends_on], allow_failure=True) if depends_on else None)
         if not depends_on:
             self.place(record)
+        return True
 
     def place(self, record):
         """Put a waiting job where the queue's order says (after a push, a move)."""
@@ -195,7 +202,8 @@ class FarmQueue:
 
     def dispatch(self):
         """Workers take the jobs; a front-end only pushes again what a Redis
-        that restarted empty lost (at its start, and in recovery's minute)."""
+        that restarted empty lost (at its start, every SWEEP_SECONDS in
+        ``rrcloud serve``, in a CGI's recovery minute)."""
         import redis
         from .store import marked
         from .states import queued_here
@@ -245,18 +253,29 @@ class FarmQueue:
         restarted empty) or holds as ended (it failed before its claim): the
         store's queue markers are the truth.  A job RQ still holds, waiting
         or just taken, is never touched.  Returns the ids pushed."""
-        from rq.job import Job
-        from rq.serializers import JSONSerializer
         pushed = []
         for task_id in task_ids:
-            state = self.job_state(task_id)
-            if state in WAITING_OR_RUNNING:
-                continue
-            if state:  # ended without its task: gone for good
-                Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).delete()
-            self._push(self.store.read_task(task_id))
-            pushed.append(task_id)
+            try:
+                if self._repush_one(task_id):
+                    pushed.append(task_id)
+            except (RRCloudError, KeyError) as exc:  # a torn record, a service gone: the others go on
+                import sys
+                print(f'rrcloud: farm: task {task_id} cannot be queued again: {exc}', file=sys.stderr, flush=True)
         return pushed
+
+    def _repush_one(self, task_id):
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+        from .states import State, state_of
+        record = self.store.read_task(task_id)
+        if state_of(record) != State.QUEUED:  # a marker left by a front-end that died: no job of its own
+            return False
+        state = self.job_state(task_id)
+        if state in WAITING_OR_RUNNING:
+            return False
+        if state:  # ended without its task: gone for good
+            Job.fetch(task_id, connection=self.redis, serializer=JSONSerializer).delete()
+        return self._push(record)
 
     def lengths(self):
         """Tasks waiting in Redis, by service (of the services this front-end has)."""

@@ -19,6 +19,7 @@ it again, or it failed ``worker lost``; and ends the ones a kill ended.
 """
 
 import os
+import sys
 import time
 
 from .errors import NotFound, RRCloudError, UsageError
@@ -31,6 +32,8 @@ from .store import ORDER_FOLDER, append_log, unmark
 # A worker's task whose worker said nothing for this long is asked about in
 # Redis (a worker says something every half second while it runs a task).
 LOST_SECONDS = 5.0
+# A worker's task heard from this recently runs: a second claim of it is refused.
+ALIVE_SECONDS = 2.0
 # The kinds of events a worker's runner wrote that the front-end's log takes.
 FORWARDED_EVENTS = (PROGRESS, NOTE)
 # What a worker's runner needs of a task's settings; the notifier's (its
@@ -41,6 +44,12 @@ WORKER_SETTINGS = ('timeout', 'sandbox', 'maxOutputSize', 'maxMemory', 'maxProce
 class StaleRun(RRCloudError):
     """A run of a task that is not the task's current one (409): its worker stops."""
     http_status = 409
+
+
+class NotYet(RRCloudError):
+    """A claim of a task whose worker fell silent but is not judged lost yet
+    (503): the worker asks again (a refusal would end its job for good)."""
+    http_status = 503
 
 
 class BrokenRecord(RRCloudError):
@@ -54,8 +63,10 @@ def running_marker(store, task_id):
 
 
 def claim(store, config, task_id, worker):
-    """A worker takes a task: queued (run 1), or running under a worker lost
-    (the next run).  Returns the record and the settings its runner needs."""
+    """A worker takes a task: queued (run 1), or running under a lost worker
+    (the next run); the same worker asking again (its answer was lost) gets
+    the same run.  Returns what its worker is told of the record, and the
+    settings its runner needs."""
     from .queue import QUEUE_MARKER_MODE, queued_settings
     from .settings import read_settings
     from .store import write_file_atomically
@@ -67,13 +78,15 @@ def claim(store, config, task_id, worker):
         record = store.read_task(task_id)
         if record.get(Field.ID) != task_id or not state_of(record):
             raise BrokenRecord(f'task {task_id} has a broken record: no worker can run it')
+        if record.get(Field.WORKER) == worker and record.get(Field.STATUS) == TaskStatus.BUSY:
+            return for_its_worker(record), worker_settings(settings)
         lost = record.get(Field.WORKER)
         moved = _claim_locked(store, config, record, worker)
         # The running marker keeps the settings (0600: they may hold a secret);
         # its age is how long the worker has been silent.
         write_file_atomically(running_marker(store, task_id), settings.encode(), mode=QUEUE_MARKER_MODE)
-    for folder in ('queue', ORDER_FOLDER):
-        unmark(store, folder, task_id)
+        for folder in ('queue', ORDER_FOLDER):  # under the lock: no sweep pushes a claimed task again
+            unmark(store, folder, task_id)
     from .farmqueue import FarmQueue
     FarmQueue(store, config).forget(moved)  # its place in the queue's order is no longer needed
     if lost:
@@ -81,7 +94,16 @@ def claim(store, config, task_id, worker):
                                    f'(run {moved[Field.ATTEMPT]}): worker {lost} was lost')
     else:
         call_started_notifier(store, config, moved)
-    return moved, worker_settings(settings)
+    return for_its_worker(moved), worker_settings(settings)
+
+
+# What a worker is not told of a task: whom to call, and who asked.
+NOT_FOR_WORKERS = (Field.NOTIFIER, Field.NOTIFIER_EVENTS, Field.CLIENT)
+
+
+def for_its_worker(record):
+    """A task's record as its worker gets it."""
+    return {key: value for key, value in record.items() if key not in NOT_FOR_WORKERS}
 
 
 def call_started_notifier(store, config, record):
@@ -99,24 +121,31 @@ def _claim_locked(store, config, record, worker):
     if state == State.QUEUED:
         return move_locked(store, record, State.RUNNING, {Field.WORKER: worker, Field.ATTEMPT: 1,
                                                           Field.STIME: f'{time.time():.5f}'}, expect=State.QUEUED)
-    if state in (State.RUNNING, State.SUSPENDED) and may_run_again(store, config, record):
+    if state in (State.RUNNING, State.SUSPENDED):
+        check_lost_run(store, config, record)
         record.update({Field.WORKER: worker, Field.ATTEMPT: str(int(record.get(Field.ATTEMPT) or 1) + 1)})
         store.write_task(record)
         return record
     raise StaleRun(f'task {record[Field.ID]} is not there to take (it is {state or record.get(Field.STATUS)})')
 
 
-def may_run_again(store, config, record):
-    """A running task another worker may take: its worker fell silent, and
-    its service may run twice (a print never does)."""
+def check_lost_run(store, config, record):
+    """A running task another worker may take: its service may run twice (a
+    print never does; StaleRun) and its worker fell silent LOST_SECONDS ago.
+    A run heard from a moment ago is alive (StaleRun: a second job of it
+    ends); one silent a while but not yet that long: NotYet, ask again."""
     from .services import find_service, load_services
-    if silent_for(store, record) < LOST_SECONDS:
-        return False
     try:
         service = find_service(*load_services(store.root), record.get(Field.SERVICE, ''))
     except RRCloudError:
-        return False
-    return not service.runs_once
+        raise StaleRun(f'task {record[Field.ID]} is of a service this front-end no longer has') from None
+    if service.runs_once:
+        raise StaleRun(f'task {record[Field.ID]} runs once: it is never run again')
+    silent = silent_for(store, record)
+    if silent < ALIVE_SECONDS:
+        raise StaleRun(f'task {record[Field.ID]} runs on worker {record.get(Field.WORKER)}')
+    if silent < LOST_SECONDS:
+        raise NotYet(f'task {record[Field.ID]}: its worker has been silent {silent:.1f} s; ask again')
 
 
 def worker_settings(settings):
@@ -132,6 +161,22 @@ def current_run(store, task_id, attempt):
     if record.get(Field.STATUS) != TaskStatus.BUSY or int(record.get(Field.ATTEMPT) or 0) != attempt:
         raise StaleRun(f'run {attempt} of task {task_id} is not its current one')
     return record
+
+
+def input_of_run(store, task_id, attempt, path):
+    """The file of one of the inputs of a task's current run; the run is
+    alive while its worker fetches them (before its updates begin)."""
+    path = input_file(store, current_run(store, task_id, attempt), path)
+    touch(running_marker(store, task_id))
+    return path
+
+
+def touch(marker):
+    """A worker's task's marker says it was heard from now (gone: no matter)."""
+    try:
+        os.utime(marker)
+    except FileNotFoundError:
+        pass
 
 
 def input_file(store, record, path):
@@ -174,7 +219,7 @@ def take_update(store, config, task_id, attempt, log_bytes, events):
     for kind, data in events:
         if kind in FORWARDED_EVENTS:
             append_event(store, task_id, kind, data)
-    os.utime(running_marker(store, task_id))  # it is alive
+    touch(running_marker(store, task_id))  # it is alive
     return record
 
 
@@ -226,16 +271,20 @@ def store_result(store, config, record, result):
     import shutil
     if result is None:
         return False
+    from .store import new_unique_name, temp_writer, unlink_quietly
     destination = store.path_of(record[Field.OUT])
-    temp = f'{destination}.{os.getpid()}.part'
-    with open(temp, 'wb') as sink:
-        shutil.copyfileobj(result, sink)
-        size = sink.tell()
-    if not 0 < size <= config.maxOutputSize:
-        os.unlink(temp)
-        return False
-    os.replace(temp, destination)
-    return True
+    folder, name = os.path.split(destination)
+    temp = os.path.join(folder, f'.{name}.{temp_writer()}.{new_unique_name()}.part')  # recovery's kind of name
+    try:
+        with open(temp, 'xb') as sink:
+            shutil.copyfileobj(result, sink)
+            size = sink.tell()
+        if not 0 < size <= config.maxOutputSize:
+            return False
+        os.replace(temp, destination)
+        return True
+    finally:
+        unlink_quietly(temp)
 
 
 def ended(store, config, final):
@@ -294,19 +343,27 @@ def reconcile_farm_task(store, config, record):
 
 def sweep(store, config):
     """Every worker's task looked at: a silent worker's asked after in
-    Redis, an ended one (a kill, while its worker was gone) ended here."""
+    Redis, an ended one (a kill, while its worker was gone) ended here.  A
+    task that cannot be looked at (a torn record) is said and passed over."""
     from .store import marked
     for task_id in marked(store, 'running'):
         try:
-            record = store.read_task(task_id)
-        except NotFound:
-            continue
-        if not record.get(Field.WORKER):
-            continue
-        if record.get(Field.STATUS) == TaskStatus.BUSY:
-            reconcile_farm_task(store, config, record)
-        elif silent_for(store, record) >= LOST_SECONDS:
-            ended(store, config, record)
+            sweep_task(store, config, task_id)
+        except (RRCloudError, KeyError, ValueError) as exc:
+            print(f'rrcloud: farm sweep: task {task_id}: {exc}', file=sys.stderr, flush=True)
+
+
+def sweep_task(store, config, task_id):
+    try:
+        record = store.read_task(task_id)
+    except NotFound:
+        return
+    if not record.get(Field.WORKER):
+        return
+    if record.get(Field.STATUS) == TaskStatus.BUSY:
+        reconcile_farm_task(store, config, record)
+    elif silent_for(store, record) >= LOST_SECONDS:
+        ended(store, config, record)
 
 
 # How often ``rrcloud serve`` of a farm sweeps (a CGI sweeps in recovery's minute).
@@ -316,11 +373,10 @@ SWEEP_SECONDS = 2.0
 def keep_sweeping(store, config, stopped):
     """``rrcloud serve`` of a farm: every SWEEP_SECONDS, push again what Redis
     lost and ``sweep`` the workers' tasks, until ``stopped`` (an Event) is set."""
-    import sys
     from .backends import task_queue
     while not stopped.wait(SWEEP_SECONDS):
-        try:
-            task_queue(store, config).dispatch()
-            sweep(store, config)
-        except Exception as exc:  # Redis away, a record torn by hand: the next sweep tries again
-            print(f'rrcloud: farm sweep: {exc}', file=sys.stderr, flush=True)
+        for step in (task_queue(store, config).dispatch, lambda: sweep(store, config)):
+            try:  # one step failing (Redis away) never keeps the other from its turn
+                step()
+            except Exception as exc:  # the next sweep tries again
+                print(f'rrcloud: farm sweep: {exc}', file=sys.stderr, flush=True)

@@ -89,7 +89,7 @@ class FrontEnd:
 
     def download(self, ids, path, destination):
         """One input file of a run's task, written to ``destination``."""
-        data = self.call('GET', dict(ids, service='workinput', path=path))
+        data = self.call_until_answered('GET', dict(ids, service='workinput', path=path))
         os.makedirs(os.path.dirname(destination), exist_ok=True)
         with open(destination, 'wb') as handle:
             handle.write(data)
@@ -112,7 +112,14 @@ class WorkRun:
         """Claim the task, run its tool, report how it ended."""
         claimed = self.front.call_until_answered('POST', dict(self.ids, service='workclaim', worker=self.worker))
         self.ids['attempt'] = str(claimed['record'].get(Field.ATTEMPT, ''))
-        self.lay_out(claimed)
+        try:
+            self.lay_out(claimed)
+        except StaleRun:
+            raise
+        except (RRCloudError, OSError) as exc:  # claimed, so said: a task is never left busy by its worker
+            from .errors import reason_without_paths
+            return self.send_ending(TaskStatus.FAILED, {'error': f'worker {self.worker} could not lay it out: '
+                                                                 f'{reason_without_paths(exc)}'})
         link = Link(self)
         link.start()
         try:
@@ -180,8 +187,12 @@ class WorkRun:
         """How the task ended, with its result, to the front-end."""
         record = self.store.read_task(self.id)
         out = self.store.path_of(record[Field.OUT]) if record.get(Field.OUT) else None
-        import json
         fields = dict({Field.PROGRESS: record[Field.PROGRESS]} if record.get(Field.PROGRESS) else {}, **fields)
+        self.send_ending(status, fields, out)
+
+    def send_ending(self, status, fields, out=None):
+        """``workdone``: the ending's fields, and the result at ``out`` when the task completed."""
+        import json
         ending = json.dumps(dict({key: str(value) for key, value in fields.items()}, status=status)).encode()
         form, files = dict(self.ids, service='workdone'), {'ending': ('ending', ending)}
         if status == TaskStatus.COMPLETE and out and os.path.isfile(out):
@@ -216,10 +227,13 @@ class Link:
         self.thread.start()
 
     def stop(self):
-        """Send what is left, then stop."""
+        """Send what is left, then stop (a refusal of it: the ending is sent all the same)."""
         self.stopping.set()
         self.thread.join()
-        self.send()
+        try:
+            self.send()
+        except RRCloudError as exc:
+            print(f'rrcloud: worker: task {self.run.id}: last update: {exc}', file=sys.stderr, flush=True)
 
     def loop(self):
         while not self.stopping.wait(UPDATE_SECONDS):
@@ -230,7 +244,7 @@ class Link:
 
     def send(self):
         """One update; the front-end's answer applied."""
-        log, events = self.news()
+        log, events, last_event = self.news()
         try:
             answer = self.run.front.call('POST', dict(self.run.ids, service='workupdate'),
                                          files={'log': ('log', log), 'events': ('events', events)})
@@ -238,11 +252,12 @@ class Link:
             return self.end_here('stale run: the task runs elsewhere now, or ended')
         except NoServer:
             return None  # the front-end away a moment: the news waits for the next send
-        self.offset += len(log)
+        self.offset, self.event_id = self.offset + len(log), last_event
         self.apply(answer)
 
     def news(self):
-        """The log's bytes and the events (progress, notes) since the last send."""
+        """The log's bytes and the events (progress, notes) since the last
+        send, and the id of the last of those events."""
         import json
         try:
             with open(self.run.store.log_path(self.run.id), 'rb') as handle:
@@ -250,11 +265,9 @@ class Link:
                 log = handle.read(4 << 20)
         except FileNotFoundError:
             log = b''
-        events = [event for event in read_events(self.run.store, self.run.id, self.event_id)]
-        if events:
-            self.event_id = events[-1].id
+        events = list(read_events(self.run.store, self.run.id, self.event_id))
         lines = [json.dumps({'kind': event.kind, 'data': event.data}) for event in events]
-        return log, '\n'.join(lines).encode()
+        return log, '\n'.join(lines).encode(), events[-1].id if events else self.event_id
 
     def apply(self, answer):
         """The front-end's record: killed ends the run here; a suspension stops the tool."""

@@ -55,6 +55,12 @@ class RedisServer:
         except redis.RedisError:
             return False
 
+    def worker_names(self):
+        """The names of the workers RQ knows here."""
+        import redis
+        from rq import Worker as RQWorker
+        return [worker.name for worker in RQWorker.all(connection=redis.Redis.from_url(self.url))]
+
     def stop(self):
         """Gone, and its data with it."""
         if self.process is not None:
@@ -145,7 +151,7 @@ class Worker:
         uid, gid = www_data()
         for path in [self.folder] + list(self.folder.rglob('*')):
             os.chown(path, uid, gid)
-        self.server_url, self.services = server_url, services
+        self.redis, self.server_url, self.services = redis, server_url, services
         self.log = self.folder / 'worker.log'
         self.process = None
 
@@ -160,8 +166,8 @@ class Worker:
             self.process = subprocess.Popen(self.command(), cwd=self.folder, env=env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log, user='www-data', group='www-data',
                                             start_new_session=True)
-        if wait:
-            wait_for(lambda: self.name() is not None or self.process.poll() is not None,
+        if wait:  # until RQ lists it (it says its name a moment before)
+            wait_for(lambda: self.name() in self.redis.worker_names() or self.process.poll() is not None,
                      'the worker to start', timeout=30)
             assert self.process.poll() is None, self.log.read_text()
         return self

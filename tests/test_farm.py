@@ -157,13 +157,38 @@ def test_a_workers_task_calls_its_notifier_signed_when_it_starts_and_when_it_end
     assert log.count('(started): HTTP 204') == 1 and log.count('(ended): HTTP 204') == 1, log
 
 
-def claim_as_a_worker(farm, task_id):
-    """The test plays a worker and claims a task (as ``test.1``)."""
-    answer = farm.session.post(farm.proxy.url, params={'service': 'workclaim'}, timeout=30,
-                               headers={'X-RRCloud-Worker-Token': WORKER_TOKEN},
-                               data={'id': task_id, 'worker': 'test.1', 'format': 'json'})
+def claim_as_a_worker(farm, task_id, worker='test.1'):
+    """The test plays a worker and claims a task."""
+    answer = ask_to_claim(farm, task_id, worker)
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def ask_to_claim(farm, task_id, worker):
+    return farm.session.post(farm.proxy.url, params={'service': 'workclaim'}, timeout=30,
+                             headers={'X-RRCloud-Worker-Token': WORKER_TOKEN},
+                             data={'id': task_id, 'worker': worker, 'format': 'json'})
+
+
+def test_a_claim_is_the_same_again_for_its_worker_and_a_lost_run_is_taken_only_once_lost(farm):
+    task_id = farm.post('idle', 'echo x > "$1"\n', name='c.sh', notifier='http://127.0.0.1:9/')
+    first = claim_as_a_worker(farm, task_id)
+    marker = farm.store / 'tasks' / 'running' / task_id
+
+    again = claim_as_a_worker(farm, task_id)  # its answer was lost (a front-end failed over)
+    while_alive = ask_to_claim(farm, task_id, 'test.2')
+    os.utime(marker, (time.time() - 3, time.time() - 3))
+    while_silent_a_while = ask_to_claim(farm, task_id, 'test.2')
+    os.utime(marker, (time.time() - 30, time.time() - 30))
+    once_lost = claim_as_a_worker(farm, task_id, 'test.2')
+    farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+
+    assert again == first and first['record']['attempt'] == '1'
+    assert 'notifier' not in first['record'] and 'client' not in first['record']  # not a worker's business
+    assert while_alive.status_code == 409 and 'runs on worker test.1' in while_alive.text
+    assert while_silent_a_while.status_code == 503 and 'ask again' in while_silent_a_while.text
+    assert once_lost['record']['attempt'] == '2'
+    assert 'runs again on worker test.2 (run 2): worker test.1 was lost' in farm.log(task_id)
 
 
 @pytest.mark.parametrize('path', ['OTHER', 'tasks/info/ID', 'tasks/in/../rrcloudrc-front1', '/etc/passwd'])
@@ -550,7 +575,7 @@ def test_redis_down_means_503_and_nothing_written_and_queued_work_goes_on_when_i
     assert farm.session.get(farm.proxy.url + record['out'], timeout=30).content == b'through\n'
     said = runner.log.read_text()
     assert 'again in' not in said and 'rrcloud: worker: Redis is back' in said and runner.process.poll() is None, said
-    assert runner.name() in registered_workers(farm.redis)  # listed again in the Redis that came back empty
+    assert runner.name() in farm.redis.worker_names()  # listed again in the Redis that came back empty
 
 
 def test_serve_check_warns_of_a_redis_without_a_password(tmp_path):
@@ -605,11 +630,59 @@ def test_a_job_whose_task_is_missing_or_broken_is_moved_aside_and_the_worker_goe
         assert (farm.store / 'tasks' / 'info' / task_id).read_bytes() == record
 
 
-def registered_workers(redis):
-    """The names of the workers RQ knows in ``redis``."""
-    import redis as redis_py
-    from rq import Worker as RQWorker
-    return [worker.name for worker in RQWorker.all(connection=redis_py.Redis.from_url(redis.url))]
+def test_a_task_whose_input_is_gone_fails_on_its_worker_and_never_stays_busy(farm):
+    task_id = farm.post('idle', 'echo x > "$1"\n', name='gone.sh')
+    (farm.store / farm.info(task_id)['in']).unlink()  # a disk, a hand
+    worker = Worker(farm.redis, farm.proxy.url, services=['idle'], confs=LATER).start()
+    try:
+        record, name = farm.ended(task_id, timeout=60), worker.name()
+    finally:
+        worker.stop()
+
+    assert record['status'] == 'failed' and 'could not lay it out' in record['error'], record
+    assert (record['worker'], record['attempt']) == (name, '1')
+
+
+def test_two_front_ends_that_push_a_lost_job_at_once_queue_it_once(farm):
+    import redis
+    from rrc.config import Config
+    from rrc.farmqueue import PUSHING_KEY, FarmQueue, queue_name
+    from rrc.identity import NodeIdentity
+    from rrc.store import Store
+    task_id = farm.post('idle', 'echo x > "$1"\n', name='twice.sh')
+    connection = redis.Redis.from_url(farm.redis.url)
+    connection.delete(f'rq:job:{task_id}', PUSHING_KEY + task_id)  # Redis lost it, as one restarted empty
+    connection.lrem(f'rq:queue:{queue_name("idle")}', 0, task_id)
+    config = Config()
+    config.redis = farm.redis.url
+    fronts = [FarmQueue(Store(str(farm.store), NodeIdentity.of('farm')), config) for _ in range(2)]
+    for front in fronts:
+        front.job_state = lambda _: ''  # both looked before either pushed
+
+    pushed = [front.repush_lost([task_id]) for front in fronts]
+    waiting = connection.lrange(f'rq:queue:{queue_name("idle")}', 0, -1)
+    farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+
+    assert pushed[1] == []  # (the first, or a front-end's own sweep, pushed it)
+    assert waiting.count(task_id.encode()) == 1
+
+
+def test_a_torn_queued_record_keeps_no_front_end_from_starting(farm):
+    torn = '1700000000-00000-000002'
+    (farm.store / 'tasks' / 'info' / torn).write_text(f'id: {torn}\nnode: farm\nqueued: yes\nstatus: busy\n')  # no service
+    (farm.store / 'tasks' / 'queue' / torn).write_text('')
+    front = farm.fronts[0]
+    try:
+        front.stop()
+        front.start()  # a front-end that starts pushes again what Redis does not hold
+        wait_for(farm.proxy.meta_answers, 'haproxy to see the front-end again', timeout=30)
+        task_id = farm.post('echo', 'after a torn record\n', name='a.txt')
+        assert farm.ended(task_id, timeout=60)['status'] == 'complete'
+    finally:
+        for folder in ('info', 'queue'):
+            (farm.store / 'tasks' / folder / torn).unlink()
+
+    assert f'rrcloud: farm: task {torn} cannot be queued again' in front.log.read_text()
 
 
 def test_a_worker_without_redis_tries_again_and_says_so(farm):
@@ -621,7 +694,7 @@ def test_a_worker_without_redis_tries_again_and_says_so(farm):
                  timeout=60)
         redis.start()
         # Under its name and the number of its tries (RQ keeps a lost worker's name a while).
-        wait_for(lambda: any(name.startswith(worker.name() + '.') for name in registered_workers(redis)),
+        wait_for(lambda: any(name.startswith(worker.name() + '.') for name in redis.worker_names()),
                  'the worker in Redis once it answers', timeout=60)
         assert worker.process.poll() is None
     finally:

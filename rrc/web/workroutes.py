@@ -12,7 +12,8 @@ each needs the worker token (``web/access.check_worker``).
 The service is named in the query (the worker token opens these routes
 and no other: ``web/access``), the rest in the body of a POST.  The work
 itself is ``rrc/farmwork.py``'s; a run that is not the task's current one
-gets 409, and its worker stops.
+gets 409, and its worker stops; a claim of a run whose worker is silent but
+not yet judged lost gets 503, and the worker asks again.
 """
 
 from ..errors import HTTPError
@@ -59,9 +60,8 @@ def answer_workclaim(app, request):
 
 def answer_workinput(app, request):
     """One file of a task's inputs, to the worker whose run it is."""
-    from ..farmwork import current_run, input_file
-    record = current_run(app.store, *task_and_attempt(request, app, 'GET'))
-    handle = open(input_file(app.store, record, request.form.get('path', '')), 'rb')
+    from ..farmwork import input_of_run
+    handle = open(input_of_run(app.store, *task_and_attempt(request, app, 'GET'), request.form.get('path', '')), 'rb')
     return Response(handle, 200, 'application/octet-stream')
 
 
