@@ -34,8 +34,8 @@ WAITING_OR_RUNNING = ('queued', 'deferred', 'scheduled', 'started')
 # Put a waiting job at its place in the list (KEYS: the queue, the order hash;
 # ARGV: the id, its sort key).  Nothing happens to a job a worker took meanwhile.
 PLACE_SCRIPT = """
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 for _, other in ipairs(ids) do
   local key = redis.call('HGET', KEYS[2], other)

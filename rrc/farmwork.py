@@ -67,27 +67,20 @@ def claim(store, config, task_id, worker):
     (the next run); the same worker asking again (its answer was lost) gets
     the same run.  Returns what its worker is told of the record, and the
     settings its runner needs."""
-    from .queue import QUEUE_MARKER_MODE, queued_settings
+    from .queue import queued_settings
     from .settings import read_settings
-    from .store import write_file_atomically
+    from .farmqueue import FarmQueue
     if not is_node_name(worker):
         raise UsageError('a worker is named by 1 to 64 letters, digits or ._-')
     # A task claimed again runs with what its first run did (the running marker keeps it).
     settings = queued_settings(store, task_id) or read_settings(running_marker(store, task_id))
-    with store.lock():
-        record = store.read_task(task_id)
-        if record.get(Field.ID) != task_id or not state_of(record):
-            raise BrokenRecord(f'task {task_id} has a broken record: no worker can run it')
-        if record.get(Field.WORKER) == worker and record.get(Field.STATUS) == TaskStatus.BUSY:
-            return for_its_worker(record), worker_settings(settings)
-        lost = record.get(Field.WORKER)
-        moved = _claim_locked(store, config, record, worker)
-        # The running marker keeps the settings (0600: they may hold a secret);
-        # its age is how long the worker has been silent.
-        write_file_atomically(running_marker(store, task_id), settings.encode(), mode=QUEUE_MARKER_MODE)
-        for folder in ('queue', ORDER_FOLDER):  # under the lock: no sweep pushes a claimed task again
-            unmark(store, folder, task_id)
-    from .farmqueue import FarmQueue
+    try:
+        moved, lost = _claim_under_lock(store, config, task_id, worker, settings)
+    except StaleRun:  # e.g. killed while it waited: its place in the queue's order goes too
+        FarmQueue(store, config).forget(store.read_task(task_id))
+        raise
+    if lost == worker:  # its own claim again: nothing new to say
+        return for_its_worker(moved), worker_settings(settings)
     FarmQueue(store, config).forget(moved)  # its place in the queue's order is no longer needed
     if lost:
         append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} '
@@ -95,6 +88,27 @@ def claim(store, config, task_id, worker):
     else:
         call_started_notifier(store, config, moved)
     return for_its_worker(moved), worker_settings(settings)
+
+
+def _claim_under_lock(store, config, task_id, worker, settings):
+    """The claim's record moves, under the store's lock: (the record, the
+    worker it had).  The same worker again: the record as it is."""
+    from .queue import QUEUE_MARKER_MODE
+    from .store import write_file_atomically
+    with store.lock():
+        record = store.read_task(task_id)
+        if record.get(Field.ID) != task_id or not state_of(record):
+            raise BrokenRecord(f'task {task_id} has a broken record: no worker can run it')
+        lost = record.get(Field.WORKER)
+        if lost == worker and record.get(Field.STATUS) == TaskStatus.BUSY:
+            return record, lost
+        moved = _claim_locked(store, config, record, worker)
+        # The running marker keeps the settings (0600: they may hold a secret);
+        # its age is how long the worker has been silent.
+        write_file_atomically(running_marker(store, task_id), settings.encode(), mode=QUEUE_MARKER_MODE)
+        for folder in ('queue', ORDER_FOLDER):  # under the lock: no sweep pushes a claimed task again
+            unmark(store, folder, task_id)
+    return moved, lost
 
 
 # What a worker is not told of a task: whom to call, and who asked.

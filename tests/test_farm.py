@@ -667,6 +667,21 @@ def test_two_front_ends_that_push_a_lost_job_at_once_queue_it_once(farm):
     assert waiting.count(task_id.encode()) == 1
 
 
+def test_a_task_killed_while_it_waits_leaves_nothing_in_the_queues_order(farm):
+    import redis
+    from rrc.farmqueue import ORDER_KEY, queue_name
+    order = ORDER_KEY + queue_name('idle')
+    connection = redis.Redis.from_url(farm.redis.url)
+    task_id = farm.post('idle', 'echo x > "$1"\n', name='k.sh')
+    placed = connection.hexists(order, task_id)
+
+    farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+    refused = ask_to_claim(farm, task_id, 'test.3')  # a worker takes its job: there is nothing to run
+
+    assert placed and refused.status_code == 409
+    assert not connection.hexists(order, task_id)
+
+
 def test_a_torn_queued_record_keeps_no_front_end_from_starting(farm):
     torn = '1700000000-00000-000002'
     (farm.store / 'tasks' / 'info' / torn).write_text(f'id: {torn}\nnode: farm\nqueued: yes\nstatus: busy\n')  # no service
