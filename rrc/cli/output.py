@@ -5,8 +5,8 @@ import time
 
 from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
 from ..names import is_single_line
-from ..remote import (CONNECT_TIMEOUT, http_session, parse_answer, refresh_remote, server_url,
-    terminal_safe)
+from ..remote import (CONNECT_TIMEOUT, cannot_reach, http_session, parse_answer, refresh_remote,
+    refusal_reason, server_url, terminal_safe)
 from ..schema import Field, TaskStatus
 from ..states import list_tasks
 from ..store import parse_record, to_json
@@ -28,7 +28,8 @@ def all_records(ctx):
     """Every task: of this store (remote ones asked about), or of the ``--s`` server."""
     if ctx.options.s:
         return ask_server(ctx, {'service': 'info'}, listing=True)
-    return [refresh_if_remote(ctx.store, ctx.config, r) for r in list_tasks(ctx.store, ctx.config)]
+    warned = set()  # a server that is down is said once, not once per task
+    return [refresh_if_remote(ctx.store, ctx.config, r, warned) for r in list_tasks(ctx.store, ctx.config)]
 
 
 SUMMARY_COLUMNS = ('id', 'service', 'status', 'age', 'duration', 'result')
@@ -98,9 +99,9 @@ def ask_server(ctx, params, listing=False, url=None):
     try:
         response = http_session(ctx.config.client_token_for).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
     except OSError as exc:  # requests' errors are OSErrors
-        raise NoServer(f'{url}: no answer ({exc.__class__.__name__})') from None
+        raise cannot_reach(url, exc) from None
     if response.status_code != 200:
-        reason = terminal_safe(parse_answer(response).get('error') or f'HTTP {response.status_code}')
+        reason = refusal_reason(response)
         error = {404: NotFound, 400: UsageError}.get(response.status_code, RRCloudError)  # exit 3, 2, 1
         raise error(f'{url}: {reason}')
     if listing:
@@ -111,15 +112,24 @@ def ask_server(ctx, params, listing=False, url=None):
     return answer
 
 
-def refresh_if_remote(store, config, record):
-    """A busy remote task is asked about at its server (a silent server leaves it busy)."""
-    if record.get(Field.REMOTE_ID) and record.get(Field.STATUS) == TaskStatus.BUSY:
-        try:
-            return refresh_remote(store, record, http_session(remote_token_for(store, config, record)))
-        except (OSError, RRCloudError) as exc:
-            print(f'rrcloud: warning: {record["server"]}: {exc}', file=sys.stderr)
-        except Exception as exc:  # requests' errors are not OSErrors
-            print(f'rrcloud: warning: {record["server"]}: {exc.__class__.__name__}', file=sys.stderr)
+def refresh_if_remote(store, config, record, warned=None):
+    """A busy remote task is asked about at its server; a silent server leaves
+    it busy, with one warning per server (``warned``: the servers said already)."""
+    if not (record.get(Field.REMOTE_ID) and record.get(Field.STATUS) == TaskStatus.BUSY):
+        return record
+    server = record[Field.SERVER]
+    try:
+        return refresh_remote(store, record, http_session(remote_token_for(store, config, record)))
+    except OSError as exc:  # requests' errors are OSErrors
+        warning = f'{cannot_reach(server, exc)} (its tasks stay busy here)'
+    except RRCloudError as exc:
+        warning = f'{server}: {exc}'
+    except Exception as exc:  # a garbled answer
+        warning = f'{server}: {exc.__class__.__name__}'
+    if warned is None or server not in warned:
+        print(f'rrcloud: warning: {terminal_safe(warning)}', file=sys.stderr)
+    if warned is not None:
+        warned.add(server)
     return record
 
 
