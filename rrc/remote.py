@@ -158,6 +158,27 @@ def probe_load(session, url):
     return (waiting / slots, load), None
 
 
+def server_versions(urls, token_for):
+    """``server HOST:PORT: VERSION`` for each server, from its ``meta`` (asked
+    at once, briefly); why not, for one that does not tell."""
+    from concurrent.futures import ThreadPoolExecutor
+    session = http_session(token_for)
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
+        return list(pool.map(lambda url: f'server {host_port(url)}: {server_version(session, url)}', urls))
+
+
+def server_version(session, url):
+    """A server's own ``version`` line (RepRapCloud 0.019 (rrcloud.py 0.1.0)), or why there is none."""
+    try:
+        response = session.get(url, params={'service': 'meta'}, timeout=META_TIMEOUT)
+    except Exception as exc:
+        return f'cannot reach it ({connection_failure(exc)})'
+    if response.status_code != 200:
+        return f'no version: {refusal_reason(response)}'
+    version = parse_answer(response).get('version', '')
+    return terminal_safe(version) if 'RepRapCloud' in version else 'not an rrcloud server'
+
+
 def rank_servers(session, urls):
     """Servers in the order to try, least loaded first, and why each silent
     one was dropped.
@@ -230,7 +251,8 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
                                     params, out_ext, ctx.options.notifier_events, ctx.options.priority)
         if answer:
-            return record_remote(ctx.store, url, service, answer)
+            from .submission import client_names_field
+            return record_remote(ctx.store, url, service, answer, client_names_field(inputs))
         tried.append(failure)
     raise no_server_took_it(tried)
 
@@ -243,14 +265,15 @@ def no_server_took_it(tried):
     return NoServer(text if len(tried) == 1 else 'no server took the task: ' + text)
 
 
-def record_remote(store, url, service, answer):
+def record_remote(store, url, service, answer, fields=None):
     """The local record of a remote task: its server, its remote id, busy
-    (running, as far as this node can tell: only the server knows more).
-    Its ``server`` says where it runs; no node of this store judges it."""
+    (running, as far as this node can tell: only the server knows more), and
+    ``fields`` (the inputs' own names).  Its ``server`` says where it runs;
+    no node of this store judges it."""
     remote_id = answer['id']
     record = {Field.REMOTE_ID: remote_id, Field.SERVER: url, 'service': service.name,
               **initial_fields(State.RUNNING), Field.CTIME: f'{time.time():.5f}',
-              'client': 'localhost'}
+              'client': 'localhost', **(fields or {})}
     preferred = remote_id if is_task_id(remote_id) else None
     return status_changed(store, store.create_task(lambda task_id: record, preferred_id=preferred))
 

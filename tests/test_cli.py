@@ -385,15 +385,16 @@ def test_ls_shows_one_line_per_task_in_columns(cli, workdir):
     result = cli('ls')
 
     assert result.code == 0 and result.err == '', result
-    rows = {line.split()[0]: line.split() for line in result.out.splitlines()}
-    assert all(len(row) == 6 for row in rows.values()), result.out
+    rows = {line.split()[0]: line.split(None, 6) for line in result.out.splitlines()}
+    assert all(len(row) == 7 for row in rows.values()), result.out
     assert list(rows) == ids + [failed, blocking, waiting], 'one line per task, oldest first'
     for task_id in ids:
         assert rows[task_id][1:3] == ['echo', 'complete']
         assert re.fullmatch(r'[0-9]+s', rows[task_id][3]) and re.fullmatch(r'[0-9]+s', rows[task_id][4])
-        assert rows[task_id][5] == task_id, 'the result name'
-    assert rows[failed][1:3] == ['job', 'failed'] and rows[failed][5] == '-'
-    assert rows[blocking][2] == 'busy'
+        assert rows[task_id][5] == '-', 'content has no file name'
+        assert rows[task_id][6] == task_id, 'the result name'
+    assert rows[failed][1:3] == ['job', 'failed'] and rows[failed][5:] == ['fail.sh', 'exit code 3']
+    assert rows[blocking][2] == 'running' and rows[blocking][5:] == ['block.sh', '-']
     assert rows[waiting][2] == 'queued' and rows[waiting][4] == '-'
     assert cli('info', '--short').out == result.out
     assert cli('kill', blocking).code == 0 and cli('kill', waiting).code == 0
@@ -405,7 +406,7 @@ def test_ls_json_gives_numbers(cli, workdir):
     rows = json.loads(cli('--format=json', 'ls').out)
 
     assert [row['id'] for row in rows] == ids
-    assert set(rows[0]) == {'id', 'service', 'status', 'age', 'duration', 'result'}
+    assert set(rows[0]) == {'id', 'service', 'status', 'age', 'duration', 'input', 'result', 'error'}
     assert rows[0]['status'] == 'complete' and rows[0]['age'] >= rows[0]['duration'] >= 0
     (one,) = json.loads(cli('--format=json', 'info', '--short', ids[0]).out)
     assert {k: v for k, v in one.items() if k != 'age'} == {k: v for k, v in rows[0].items() if k != 'age'}

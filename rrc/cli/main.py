@@ -7,6 +7,7 @@ from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_move, cmd_resume
 from .help import HELP, SUBCOMMAND_HELP, USAGE
 from .options import CLI_COMMANDS, parse_options, split_command_line
 from ..errors import ExitCode, UsageError
+from ..remote import server_url
 
 
 def cli(args):
@@ -53,9 +54,16 @@ def cli(args):
 
 
 def show_about(options):
-    """``--help`` or ``--version``."""
+    """``--help`` or ``--version`` (with the version of each server configured, or of ``--s``)."""
     if options.help:
         sys.stdout.write(HELP)
-    else:
-        print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)')
+        return ExitCode.OK
+    print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)', flush=True)
+    from ..config import load_config
+    config = load_config()
+    servers = [options.s] if options.s else config.servers
+    if servers:
+        from ..remote import server_versions
+        for line in server_versions([server_url(s, config.port) for s in servers], config.client_token_for):
+            print(line)
     return ExitCode.OK
