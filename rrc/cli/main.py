@@ -47,6 +47,12 @@ def cli(args):
     if command == 'watch':  # its stream reader is loaded by it alone
         from .watch import cmd_watch
         return cmd_watch(ctx, rest)
+    if command == 'get':
+        from .get import cmd_get
+        return cmd_get(ctx, rest)
+    if command in ('rm', 'clean'):
+        from .remove import cmd_clean, cmd_rm
+        return (cmd_rm if command == 'rm' else cmd_clean)(ctx, rest)
     if command in CLI_COMMANDS:
         return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls,
                 'suspend': cmd_suspend, 'resume': cmd_resume, 'move': cmd_move}[command](ctx, rest)

@@ -121,10 +121,11 @@ def format_age(seconds):
     return f'{seconds // 86400}d{seconds // 3600 % 24:02d}h'
 
 
-def ask_server(ctx, params, listing=False, url=None):
+def ask_server(ctx, params, listing=False, url=None, expect='id'):
     """One GET of the ``--s`` server, or of ``url`` (info, meta, kill, suspend,
-    resume): its record, or with ``listing`` its records, as text the way
-    every server answers it."""
+    resume, remove, clean): its record, or with ``listing`` its records, as
+    text the way every server answers it; an answer without ``expect`` (or a
+    meta's version) is no rrcloud answer."""
     url = url or server_url(ctx.options.s, ctx.config.port)
     try:
         response = http_session(ctx.config.client_token_for).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
@@ -137,7 +138,7 @@ def ask_server(ctx, params, listing=False, url=None):
     if listing:
         return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
     answer = parse_answer(response)
-    if not answer.get('id') and 'RepRapCloud' not in answer.get('version', ''):
+    if not answer.get(expect) and 'RepRapCloud' not in answer.get('version', ''):
         raise NoServer(f'{url}: not an rrcloud answer')
     return answer
 
