@@ -761,22 +761,71 @@ def test_make_start_refuses_a_port_another_server_holds(tmp_path, foreign):
 
 def test_make_start_starts_rrcloud_once_and_make_stop_stops_it(tmp_path):
     rundir, port = tmp_path / 'run', free_port()
+    pidfile = rundir / f'serve-{port}.pid'
     try:
         first = make('start', f'PORT={port}', f'RUNDIR={rundir}')
         second = make('start', f'PORT={port}', f'RUNDIR={rundir}')
-        pid = int((rundir / 'serve.pid').read_text())
-        stopped = make('stop', f'RUNDIR={rundir}')
+        pid = int(pidfile.read_text())
+        stopped = make('stop', f'PORT={port}', f'RUNDIR={rundir}')
     finally:
-        if (rundir / 'serve.pid').exists():
-            os.kill(int((rundir / 'serve.pid').read_text()), signal.SIGKILL)
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
     assert first.returncode == 0 and f'rrcloud serving on port {port}' in first.stdout, first
     assert second.returncode == 0 and f'rrcloud already serving on port {port}' in second.stdout, second
-    assert stopped.returncode == 0 and not (rundir / 'serve.pid').exists()
+    assert stopped.returncode == 0 and f'rrcloud on port {port} stopped (pid {pid})' in stopped.stdout, stopped
+    assert not pidfile.exists()
+    assert_gone(pid)
+
+
+def assert_gone(pid):
+    """The process ``pid`` has ended (a zombie waiting for its reaper counts as ended)."""
     deadline = time.monotonic() + 30
     while Path(f'/proc/{pid}').exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f'/proc/{pid}').exists() or Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] == 'Z'
+
+
+def test_make_stop_port_stops_the_server_on_that_port_only(tmp_path):
+    rundir, ports = tmp_path / 'run', [free_port(), free_port()]
+    pidfiles = [rundir / f'serve-{port}.pid' for port in ports]
+    try:
+        started = [make('start', f'PORT={port}', f'RUNDIR={rundir}') for port in ports]
+        pids = [int(pidfile.read_text()) for pidfile in pidfiles]
+        first = make('stop', f'PORT={ports[0]}', f'RUNDIR={rundir}')
+        again = make('stop', f'PORT={ports[0]}', f'RUNDIR={rundir}')
+        still = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'serve', '--check', '--port', str(ports[1])],
+                               capture_output=True, text=True, timeout=30)
+        last = make('stop', f'PORT={ports[1]}', f'RUNDIR={rundir}')
+    finally:
+        for pidfile in pidfiles:
+            if pidfile.exists():
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+    assert all(result.returncode == 0 for result in started), started
+    assert first.stdout == f'rrcloud on port {ports[0]} stopped (pid {pids[0]})\n', first
+    assert_gone(pids[0])
+    assert again.returncode == 0 and again.stdout == f'no rrcloud that make started serves on port {ports[0]}\n'
+    assert still.returncode == 0, 'the server on the other port, started later, still serves'
+    assert last.stdout == f'rrcloud on port {ports[1]} stopped (pid {pids[1]})\n', last
+    assert_gone(pids[1])
+
+
+def test_make_stop_leaves_a_pid_that_is_no_longer_its_server_alone(tmp_path):
+    rundir, port = tmp_path / 'run', free_port()
+    rundir.mkdir()
+    bystander = subprocess.Popen(['sleep', '60'])
+    (rundir / f'serve-{port}.pid').write_text(f'{bystander.pid}\n')  # a stale pid, another program's now
+    try:
+        stopped = make('stop', f'PORT={port}', f'RUNDIR={rundir}')
+        alive = bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+    assert stopped.returncode == 0 and 'no rrcloud that make started serves' in stopped.stdout, stopped
+    assert alive, 'make stop signalled a process that is not its server'
+    assert not (rundir / f'serve-{port}.pid').exists()
 
 
 def test_make_installs_the_package_only_when_setup_py_changed(tmp_path):
