@@ -37,10 +37,13 @@ def host_port(url):
     """``HOST:PORT`` of a server's URL, as a user names a server."""
     from urllib.parse import urlsplit
     parts = urlsplit(url)
-    if not parts.netloc:
+    try:
+        port = parts.port or (443 if parts.scheme == 'https' else 80)
+    except ValueError:  # a port out of range: the URL as it was written
+        return parts.netloc or url
+    if not parts.hostname:
         return url
-    port = parts.port or (443 if parts.scheme == 'https' else 80)
-    return f'{parts.hostname}:{port}' if ':' not in (parts.hostname or '') else f'[{parts.hostname}]:{port}'
+    return f'[{parts.hostname}]:{port}' if ':' in parts.hostname else f'{parts.hostname}:{port}'
 
 
 UNREACHABLE_HINT = ': is rrcloud serve running there?'

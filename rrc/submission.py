@@ -122,8 +122,10 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
 
 
 def client_names_field(inputs):
-    """``{inNames: JSON list}`` of the inputs' own file names, or {} when none has one."""
-    names = [client_file_name(item.filename) for item in inputs]
+    """``{inNames: JSON list}`` of the main inputs' own file names (those given
+    without a prearg, in order; '' for content), or {} when none has one.  A
+    config's name (``--load=pla.ini``) is left out: ls names a task by its model."""
+    names = [client_file_name(item.filename) for item in inputs if not item.prearg]
     return {Field.IN_NAMES: to_json(names)} if any(names) else {}
 
 

@@ -16,7 +16,7 @@ import pytest
 import deploy
 from rrc.errors import ExitCode
 from conftest import make_service, task_id_of, write_config
-from helpers import SH_SERVICE, files_of, one_line_error, read_record, records, tool_started, wait_until_done
+from helpers import SH_INPUTS_SERVICE, SH_SERVICE, files_of, one_line_error, read_record, records, tool_started, wait_until_done
 from servers import free_port
 
 # A shell script as the tool, its result ``ID.txt``: a result with an extension.
@@ -178,6 +178,18 @@ def test_ls_status_and_n_pick_tasks(cli, workdir):
     for bad in (('--status=burning',), ('-n', '0'), ('-n', 'x'), ('--status',), ('extra',)):
         refused = cli('ls', *bad)
         assert refused.code == ExitCode.USAGE and one_line_error(refused), (bad, refused)
+
+
+def test_ls_names_a_task_by_its_main_input_not_its_config(cli, workdir):
+    make_service(workdir, 'withdata', SH_INPUTS_SERVICE)
+    (workdir / 'settings.txt').write_text('a setting\n')
+    (workdir / 'model.sh').write_text('echo made > "$2"\n')
+    task_id = task_id_of(cli('withdata', '--data=settings.txt', 'model.sh').out)
+    wait_until_done(workdir, task_id)
+
+    rows = ls_rows(cli('ls'))
+
+    assert rows[task_id][5] == 'model.sh', rows[task_id]
 
 
 def test_ls_of_a_server_shows_the_names_its_clients_uploaded(cli, workdir, embedded_server):
