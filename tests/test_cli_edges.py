@@ -416,6 +416,17 @@ def test_version_names_each_configured_servers_version(cli, workdir, embedded_se
     assert asked.out.splitlines()[1:] == [f'server {server.address}: {VERSION_STRING}'], asked
 
 
+def test_a_wrappers_version_names_its_servers_version(proc, workdir, embedded_server):
+    server = embedded_server()
+    write_config(workdir, f'servers = {server.address}\n')
+
+    result = proc('--version', prog='openscad.cloud')
+
+    from rrc import VERSION_STRING
+    assert result.code == 0, result
+    assert result.out.splitlines()[-1] == f'server {server.address}: {VERSION_STRING}', result
+
+
 def test_a_refused_upload_shows_the_servers_own_reason(cli, workdir, embedded_server):
     server = embedded_server(config='maxTasks = 1\nmaxRequestSize = 100000\n')
     (workdir / 'big.txt').write_text('x' * 200000)
