@@ -18,7 +18,7 @@ import time
 from .errors import NotFound, UsageError
 from .names import check_task_id
 from .schema import Field
-from .states import FINAL, state_of
+from .states import FINAL, process_here, state_of
 
 # The most days --older-than takes (beyond it every task is younger anyway).
 MAX_DAYS = 100_000
@@ -80,6 +80,9 @@ def why_not_removable(store, record):
         return f'has not ended (status {record.get(Field.STATUS, "?")}): rrcloud kill it first'
     if not (store.node.owns(record) or record.get(Field.WORKER)):  # a farm's worker's task is its front-end's
         return f'belongs to node {record.get(Field.NODE, "?")}, which removes it itself'
+    if process_here(store, record, Field.RUNNER, Field.RUNNER_START):
+        # Its runner still frees its slot and calls the notifier, whose outcome goes to the log.
+        return 'has just ended and its runner is still tidying up: try again in a moment'
     job_id = record.get(Field.JOB)
     if job_id and _exists(store, job_id):
         return f'is step {record.get(Field.STEP, "?")} of job {job_id}: removing the job removes its steps'

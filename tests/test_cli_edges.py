@@ -9,6 +9,7 @@ refusals in-process (the WSGI app on a real store).
 """
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -16,7 +17,9 @@ import pytest
 import deploy
 from rrc.errors import ExitCode
 from conftest import make_service, task_id_of, write_config
-from helpers import SH_INPUTS_SERVICE, SH_SERVICE, files_of, one_line_error, read_record, records, tool_started, wait_until_done
+from helpers import (SH_INPUTS_SERVICE, SH_SERVICE, files_of, one_line_error, read_record, records, tool_started,
+    wait_for, wait_until_done)
+from rrc.procs import process_is
 from servers import free_port
 
 # A shell script as the tool, its result ``ID.txt``: a result with an extension.
@@ -215,8 +218,18 @@ def finished_part(cli, workdir, script=WRITES_PART, name='part.sh'):
     make_service(workdir, 'part', TXT_SERVICE)
     (workdir / name).write_text(script)
     task_id = task_id_of(cli('part', name).out)
-    wait_until_done(workdir, task_id)
+    tidied(workdir, task_id)
     return task_id
+
+
+def tidied(root, task_id):
+    """Until a task has ended and its runner is gone too (it frees its slot
+    and calls the notifier after the end: rm refuses the task until then)."""
+    record = wait_until_done(root, task_id)
+    if record.get('runner'):
+        wait_for(lambda: not process_is(record['runner'], record.get('runnerStart')),
+                 f'the runner of {task_id} to end')
+    return record
 
 
 def test_get_saves_the_result_under_the_inputs_name_or_where_o_says(cli, workdir):
@@ -306,10 +319,32 @@ def test_rm_removes_ended_tasks_with_their_files_and_refuses_a_live_one(cli, wor
     assert cli('rm', '../info').code == ExitCode.USAGE
 
 
+def test_rm_waits_for_the_runner_of_a_task_that_has_just_ended(cli, workdir):
+    task_id = finished_part(cli, workdir)
+    from rrc.procs import process_start_time
+    from rrc.store import Store
+    store = Store(workdir)
+    sleeper = subprocess.Popen(['sleep', '60'])  # plays the runner, still calling the notifier
+    try:
+        with store.lock():
+            store.write_task(dict(store.read_task(task_id), runner=str(sleeper.pid),
+                                  runnerStart=str(process_start_time(sleeper.pid))))
+        early = cli('rm', task_id)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    later = cli('rm', task_id)
+
+    assert early.code == ExitCode.USAGE and 'runner is still tidying up' in one_line_error(early), early
+    assert later.code == 0 and later.out == f'removed: {task_id}\n', later
+
+
 def test_rm_of_a_job_removes_its_steps_and_a_step_alone_is_refused(cli, workdir):
     job = task_id_of(cli('pipe', 'echo', 'some content', '--', 'echo').out)
     wait_until_done(workdir, job)
     steps = read_record(workdir, job)['steps'].split(',')
+    for step in steps:
+        tidied(workdir, step)
 
     step_alone = cli('rm', steps[0])
     whole = cli('rm', job)
@@ -345,6 +380,7 @@ def test_rm_and_clean_with_s_remove_at_that_server(cli, workdir, embedded_server
     first, second, third = (submit(server, 'echo', f'text {n}') for n in range(3))
     for task_id in (first, second, third):
         server.wait_done(task_id)
+        tidied(server.root, task_id)
 
     removed = cli(f'--s={server.address}', 'rm', first)
     cleaned = cli(f'--s={server.address}', 'clean', '--older-than=0')
@@ -363,6 +399,7 @@ def test_the_remove_and_clean_routes_refuse_what_they_must(wsgi_server):
     server_record = server.session.get(server.url + '/', params={'service': 'info', 'id': done, 'wait': '30',
                                                                   'format': 'json'}).json()
     assert server_record['status'] == 'complete'
+    tidied(server.store, done)
     before = files_of(server.store)
 
     unknown = server.session.get(server.url + '/', params={'service': 'remove', 'id': '1796016268-98304-571462'})
