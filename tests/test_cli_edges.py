@@ -392,6 +392,22 @@ def test_rm_and_clean_with_s_remove_at_that_server(cli, workdir, embedded_server
     assert not (workdir / 'tasks').exists(), 'the local store is not touched'
 
 
+def test_get_and_rm_of_a_task_sent_to_a_server(cli, workdir, embedded_server):
+    server = embedded_server()
+    local_id = task_id_of(cli(f'--s={server.address}', 'echo', 'sent away').out)
+    remote_id = read_record(workdir, local_id)['remoteId']
+    server.wait_done(remote_id)
+    tidied(server.root, remote_id)
+
+    fetched = cli('get', local_id, '-o', 'back.txt')  # still busy here: asked about at its server first
+    removed = cli('rm', local_id)
+
+    assert fetched.code == 0 and (workdir / 'back.txt').read_text() == 'sent away', fetched
+    assert removed.code == 0 and removed.out == f'removed: {local_id}\n', removed
+    assert records(workdir) == [] and not os.listdir(workdir / 'tasks' / 'out')
+    assert server.info(remote_id)['status'] == 'complete', 'the server keeps its own'
+
+
 def test_the_remove_and_clean_routes_refuse_what_they_must(wsgi_server):
     from helpers import submit
     server = wsgi_server
