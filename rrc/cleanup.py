@@ -44,9 +44,7 @@ def clean_ended_tasks(store, older_than_days, now=None):
     removed = []
     with store.lock():
         for task_id in store.task_ids():
-            if task_id in removed:
-                continue
-            try:
+            try:  # a job's step removed with it a moment ago is gone
                 record = store.read_task(task_id)
             except NotFound:
                 continue

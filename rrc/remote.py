@@ -23,6 +23,13 @@ MAX_POLL_BACKOFF = 2.0
 PORT_SUFFIX_RE = LazyPattern(r':[0-9]+\Z')
 
 
+def check_remote_id(text):
+    """A task id as a server names it (RepRapCloud 0.019's have two parts), else UsageError."""
+    if not REMOTE_ID_RE.match(text):
+        raise UsageError(f'bad task id: {text[:64]!r}')
+    return text
+
+
 def server_url(server, port):
     """``host``, ``host:port`` or a URL -> a base URL ending in ``/``."""
     if not SERVER_RE.match(server):

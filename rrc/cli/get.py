@@ -16,7 +16,8 @@ from .output import ask_server, main_input_name, refresh_if_remote
 from .sync import deliver_output
 from ..errors import ExitCode, RRCloudError, UsageError
 from ..names import check_task_id, is_extension
-from ..remote import CONNECT_TIMEOUT, REMOTE_OUT_RE, cannot_reach, fetch_to, http_session, terminal_safe
+from ..remote import (CONNECT_TIMEOUT, REMOTE_OUT_RE, cannot_reach, check_remote_id, fetch_to, http_session,
+    terminal_safe)
 from ..schema import Field, TaskStatus
 from ..states import get_task
 from ..submission import client_file_name
@@ -26,9 +27,9 @@ def cmd_get(ctx, args):
     """``rrcloud get ID [-o NAME]``: the result saved; prints ``saved: NAME``."""
     task_id, output = get_arguments(args)
     if ctx.options.s:
-        record = ask_server(ctx, {'service': 'info', 'id': task_id})
+        record = ask_server(ctx, {'service': 'info', 'id': check_remote_id(task_id)})
     else:
-        record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, task_id))
+        record = refresh_if_remote(ctx.store, ctx.config, get_task(ctx.store, check_task_id(task_id)))
     result = result_name(record)
     if output and os.path.isdir(output):  # a folder: the result goes into it, named as without -o
         output = os.path.join(output, default_name(record, result, output))
@@ -59,7 +60,7 @@ def get_arguments(args):
             task_ids.append(word)
     if len(task_ids) != 1 or output == '':
         raise UsageError('get takes one task id and, if you like, -o NAME (- for stdout)')
-    return check_task_id(task_ids[0]), output
+    return task_ids[0], output
 
 
 def result_name(record):
