@@ -64,7 +64,7 @@ test-deps: install
 
 # The main job on the embedded default: start `rrcloud serve` on port $(PORT)
 # (store in build/run), send it a real OpenSCAD model, show the result.
-# The server keeps running; `make stop` stops it.
+# The server keeps running; `make stop` stops it (`make stop PORT=N` the one on port N).
 run: install serve
 	@mkdir -p $(RUNDIR) && cp tests/data/cube.scad $(RUNDIR)/
 	cd $(RUNDIR) && curl -fsS -F service=openscad -F fileIn0=@cube.scad http://localhost:$(PORT)/ | tee submit.txt
@@ -73,7 +73,7 @@ run: install serve
 	  grep -qx 'status: complete' info.txt && \
 	  curl -fsS -o cube.stl "http://localhost:$(PORT)/$$(sed -n 's/^out: //p' info.txt)"
 	@echo "--- result: $(RUNDIR)/cube.stl"; ls -l $(RUNDIR)/cube.stl; head -n 3 $(RUNDIR)/cube.stl
-	@echo "--- rrcloud is serving http://localhost:$(PORT)/ (make stop to stop it)"
+	@echo "--- rrcloud is serving http://localhost:$(PORT)/ (make stop PORT=$(PORT) stops it)"
 
 serve: install
 	@$(MAKE) --no-print-directory start
@@ -85,17 +85,32 @@ start:
 	@state=0; $(RRCLOUD) serve --check --port $(PORT) >/dev/null 2>&1 || state=$$?; \
 	if [ $$state = 0 ]; then echo "rrcloud already serving on port $(PORT)"; exit 0; fi; \
 	if [ $$state != 5 ]; then $(RRCLOUD) serve --check --port $(PORT); exit 1; fi; \
-	mkdir -p $(RUNDIR) && cd $(RUNDIR) && { nohup $(RRCLOUD) serve --port $(PORT) >serve.log 2>&1 & echo $$! >serve.pid; }; \
+	mkdir -p $(RUNDIR) && cd $(RUNDIR) && \
+	  { nohup $(RRCLOUD) serve --port $(PORT) >serve-$(PORT).log 2>&1 & echo $$! >serve-$(PORT).pid; }; \
 	for i in $$(seq 100); do \
 	  curl -s "http://localhost:$(PORT)/?service=meta" 2>/dev/null | grep -q '^version: RepRapCloud' && break; sleep 0.1; \
 	done; \
 	if $(RRCLOUD) serve --check --port $(PORT) >/dev/null 2>&1; then \
-	  echo "rrcloud serving on port $(PORT), pid $$(cat serve.pid)"; \
-	else echo "rrcloud did not start on port $(PORT):"; tail -n 5 serve.log; \
-	  kill $$(cat serve.pid) 2>/dev/null; rm -f serve.pid; exit 1; fi
+	  echo "rrcloud serving on port $(PORT), pid $$(cat serve-$(PORT).pid)"; \
+	else echo "rrcloud did not start on port $(PORT):"; tail -n 5 serve-$(PORT).log; \
+	  kill $$(cat serve-$(PORT).pid) 2>/dev/null; rm -f serve-$(PORT).pid; exit 1; fi
 
+# Stop the server `make start` started on port $(PORT), and only that one:
+# each port has its own pid file (serve-PORT.pid; serve.pid is an older
+# make's), and its pid gets the signal only while it still is `rrcloud
+# serve --port $(PORT)` (a pid left from before a reboot may be anyone's).
 stop:
-	@[ -f $(RUNDIR)/serve.pid ] && kill $$(cat $(RUNDIR)/serve.pid) && rm -f $(RUNDIR)/serve.pid || true
+	@pidfile=$(RUNDIR)/serve-$(PORT).pid; \
+	[ -f $$pidfile ] || pidfile=$(RUNDIR)/serve.pid; \
+	pid=$$(cat $$pidfile 2>/dev/null); \
+	if [ -n "$$pid" ] && tr '\0' ' ' </proc/$$pid/cmdline 2>/dev/null | grep -q -- " serve --port $(PORT) "; then \
+	  kill $$pid; rm -f $$pidfile; \
+	  for i in $$(seq 100); do grep -qs '^State:[[:space:]]*[^Z]' /proc/$$pid/status || break; sleep 0.1; done; \
+	  echo "rrcloud on port $(PORT) stopped (pid $$pid)"; \
+	else \
+	  [ "$$pidfile" = $(RUNDIR)/serve.pid ] || rm -f $$pidfile; \
+	  echo "no rrcloud that make started serves on port $(PORT)"; \
+	fi
 
 # The whole suite, slow tests included, in parallel workers (pytest.ini);
 # docs/TESTING.md says what runs in-process and what on live servers.

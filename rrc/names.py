@@ -91,6 +91,7 @@ def is_single_line(value):
 # local input paths.  It is checked like any text field and never used.
 NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in',
                           'notifierEvents', 'priority', 'to',
+                          'olderThan',  # service=clean: days
                           'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
                           # a farm's workers (rrc/web/workroutes.py)
                           'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result'))

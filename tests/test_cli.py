@@ -385,15 +385,16 @@ def test_ls_shows_one_line_per_task_in_columns(cli, workdir):
     result = cli('ls')
 
     assert result.code == 0 and result.err == '', result
-    rows = {line.split()[0]: line.split() for line in result.out.splitlines()}
-    assert all(len(row) == 6 for row in rows.values()), result.out
+    rows = {line.split()[0]: line.split(None, 6) for line in result.out.splitlines()}
+    assert all(len(row) == 7 for row in rows.values()), result.out
     assert list(rows) == ids + [failed, blocking, waiting], 'one line per task, oldest first'
     for task_id in ids:
         assert rows[task_id][1:3] == ['echo', 'complete']
         assert re.fullmatch(r'[0-9]+s', rows[task_id][3]) and re.fullmatch(r'[0-9]+s', rows[task_id][4])
-        assert rows[task_id][5] == task_id, 'the result name'
-    assert rows[failed][1:3] == ['job', 'failed'] and rows[failed][5] == '-'
-    assert rows[blocking][2] == 'busy'
+        assert rows[task_id][5] == '-', 'content has no file name'
+        assert rows[task_id][6] == task_id, 'the result name'
+    assert rows[failed][1:3] == ['job', 'failed'] and rows[failed][5:] == ['fail.sh', 'exit code 3']
+    assert rows[blocking][2] == 'running' and rows[blocking][5:] == ['block.sh', '-']
     assert rows[waiting][2] == 'queued' and rows[waiting][4] == '-'
     assert cli('info', '--short').out == result.out
     assert cli('kill', blocking).code == 0 and cli('kill', waiting).code == 0
@@ -405,7 +406,7 @@ def test_ls_json_gives_numbers(cli, workdir):
     rows = json.loads(cli('--format=json', 'ls').out)
 
     assert [row['id'] for row in rows] == ids
-    assert set(rows[0]) == {'id', 'service', 'status', 'age', 'duration', 'result'}
+    assert set(rows[0]) == {'id', 'service', 'status', 'age', 'duration', 'input', 'result', 'error'}
     assert rows[0]['status'] == 'complete' and rows[0]['age'] >= rows[0]['duration'] >= 0
     (one,) = json.loads(cli('--format=json', 'info', '--short', ids[0]).out)
     assert {k: v for k, v in one.items() if k != 'age'} == {k: v for k, v in rows[0].items() if k != 'age'}
@@ -760,22 +761,71 @@ def test_make_start_refuses_a_port_another_server_holds(tmp_path, foreign):
 
 def test_make_start_starts_rrcloud_once_and_make_stop_stops_it(tmp_path):
     rundir, port = tmp_path / 'run', free_port()
+    pidfile = rundir / f'serve-{port}.pid'
     try:
         first = make('start', f'PORT={port}', f'RUNDIR={rundir}')
         second = make('start', f'PORT={port}', f'RUNDIR={rundir}')
-        pid = int((rundir / 'serve.pid').read_text())
-        stopped = make('stop', f'RUNDIR={rundir}')
+        pid = int(pidfile.read_text())
+        stopped = make('stop', f'PORT={port}', f'RUNDIR={rundir}')
     finally:
-        if (rundir / 'serve.pid').exists():
-            os.kill(int((rundir / 'serve.pid').read_text()), signal.SIGKILL)
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
     assert first.returncode == 0 and f'rrcloud serving on port {port}' in first.stdout, first
     assert second.returncode == 0 and f'rrcloud already serving on port {port}' in second.stdout, second
-    assert stopped.returncode == 0 and not (rundir / 'serve.pid').exists()
+    assert stopped.returncode == 0 and f'rrcloud on port {port} stopped (pid {pid})' in stopped.stdout, stopped
+    assert not pidfile.exists()
+    assert_gone(pid)
+
+
+def assert_gone(pid):
+    """The process ``pid`` has ended (a zombie waiting for its reaper counts as ended)."""
     deadline = time.monotonic() + 30
     while Path(f'/proc/{pid}').exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f'/proc/{pid}').exists() or Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0] == 'Z'
+
+
+def test_make_stop_port_stops_the_server_on_that_port_only(tmp_path):
+    rundir, ports = tmp_path / 'run', [free_port(), free_port()]
+    pidfiles = [rundir / f'serve-{port}.pid' for port in ports]
+    try:
+        started = [make('start', f'PORT={port}', f'RUNDIR={rundir}') for port in ports]
+        pids = [int(pidfile.read_text()) for pidfile in pidfiles]
+        first = make('stop', f'PORT={ports[0]}', f'RUNDIR={rundir}')
+        again = make('stop', f'PORT={ports[0]}', f'RUNDIR={rundir}')
+        still = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'serve', '--check', '--port', str(ports[1])],
+                               capture_output=True, text=True, timeout=30)
+        last = make('stop', f'PORT={ports[1]}', f'RUNDIR={rundir}')
+    finally:
+        for pidfile in pidfiles:
+            if pidfile.exists():
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+    assert all(result.returncode == 0 for result in started), started
+    assert first.stdout == f'rrcloud on port {ports[0]} stopped (pid {pids[0]})\n', first
+    assert_gone(pids[0])
+    assert again.returncode == 0 and again.stdout == f'no rrcloud that make started serves on port {ports[0]}\n'
+    assert still.returncode == 0, 'the server on the other port, started later, still serves'
+    assert last.stdout == f'rrcloud on port {ports[1]} stopped (pid {pids[1]})\n', last
+    assert_gone(pids[1])
+
+
+def test_make_stop_leaves_a_pid_that_is_no_longer_its_server_alone(tmp_path):
+    rundir, port = tmp_path / 'run', free_port()
+    rundir.mkdir()
+    bystander = subprocess.Popen(['sleep', '60'])
+    (rundir / f'serve-{port}.pid').write_text(f'{bystander.pid}\n')  # a stale pid, another program's now
+    try:
+        stopped = make('stop', f'PORT={port}', f'RUNDIR={rundir}')
+        alive = bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+    assert stopped.returncode == 0 and 'no rrcloud that make started serves' in stopped.stdout, stopped
+    assert alive, 'make stop signalled a process that is not its server'
+    assert not (rundir / f'serve-{port}.pid').exists()
 
 
 def test_make_installs_the_package_only_when_setup_py_changed(tmp_path):

@@ -952,7 +952,7 @@ def wait_for_pid(deployment, task_id, timeout=20):
         time.sleep(0.02)
 
 
-# Every request that starts, stops or reorders work: GETs (as 0.019's kill),
+# Every request that starts, stops, reorders or removes work: GETs (as 0.019's kill),
 # the same as POSTs, a task and a pipe.
 STATE_CHANGES = {
     'kill': ('GET', '/?service=kill&id={witness}', None),
@@ -963,6 +963,10 @@ STATE_CHANGES = {
     'suspend as a POST': ('POST', '/', {'service': 'suspend', 'id': '{witness}'}),
     'resume as a POST': ('POST', '/', {'service': 'resume', 'id': '{witness}'}),
     'move as a POST': ('POST', '/', {'service': 'move', 'id': '{witness}', 'to': 'back'}),
+    'remove': ('GET', '/?service=remove&id={witness}', None),
+    'clean': ('GET', '/?service=clean&olderThan=0', None),
+    'remove as a POST': ('POST', '/', {'service': 'remove', 'id': '{witness}'}),
+    'clean as a POST': ('POST', '/', {'service': 'clean', 'olderThan': '0'}),
     'a task': ('POST', '/', {'service': 'echo', 'fileIn0': 'started'}),
     'a pipe': ('POST', '/', {'service': 'pipe', 'step1': 'echo', 'step1.fileIn0': 'piped'}),
     # a farm's worker routes (a page has no worker token, but the name and the origin come first)
@@ -978,7 +982,7 @@ ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_si
 @pytest.mark.parametrize('attack', list(ATTACKS))
 @pytest.mark.parametrize('change', list(STATE_CHANGES))
 def test_every_state_changing_request_refuses_a_rebound_name_and_a_same_site_page(server, change, attack):
-    """kill, suspend, resume, move (GET or POST), a task, a pipe: each refused, nothing written."""
+    """kill, suspend, resume, move, remove, clean (GET or POST), a task, a pipe: each refused, nothing written."""
     from rrc.web.app import SERVICE_ROUTES
     walked = {form['service'] if form else path.split('service=')[1].split('&')[0]
               for _, path, form in STATE_CHANGES.values()}

@@ -53,7 +53,7 @@ def test_suspend_stops_a_running_render_and_resume_lets_it_finish(cli, workdir):
     suspended = cli('suspend', task_id)
 
     assert suspended.code == 0, suspended
-    assert suspended.out == f'id: {task_id}\nstatus: busy\nsuspended: yes\n'
+    assert suspended.out == f'id: {task_id}\nstatus: busy\nstate: suspended\n'
     processes = tool_processes(workdir, task_id)
     assert processes
     wait_for(lambda: states_of(processes) == {psutil.STATUS_STOPPED}, 'every process of the tool stopped (T)')
@@ -66,7 +66,7 @@ def test_suspend_stops_a_running_render_and_resume_lets_it_finish(cli, workdir):
     resumed = cli('resume', task_id)
 
     assert resumed.code == 0, resumed
-    assert resumed.out == f'id: {task_id}\nstatus: busy\nsuspended: \n'
+    assert resumed.out == f'id: {task_id}\nstatus: busy\nstate: running\n', 'the resumed state'
     assert psutil.STATUS_STOPPED not in states_of(processes)
     record = wait_until_done(workdir, task_id, timeout=120)
     assert record['status'] == 'complete', record
@@ -177,9 +177,10 @@ def test_a_task_sent_to_a_server_is_suspended_and_resumed_there(cli, workdir, em
     suspended = cli('suspend', local_id)
 
     assert suspended.code == 0, suspended
-    assert suspended.out == f'id: {local_id}\nstatus: busy\nsuspended: yes\nserver: {server.url}\n'
+    assert suspended.out == f'id: {local_id}\nstatus: busy\nstate: suspended\nserver: {server.url}\n'
     assert Store(server.root).read_task(remote_id)['suspended'] == 'yes'
-    assert cli('resume', local_id).code == 0
+    resumed = cli('resume', local_id)
+    assert resumed.out == f'id: {local_id}\nstatus: busy\nstate: running\nserver: {server.url}\n', resumed
     assert 'suspended' not in Store(server.root).read_task(remote_id)
     wait_until_done(server.root, remote_id, timeout=120)
 

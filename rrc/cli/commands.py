@@ -4,8 +4,8 @@ import os
 import sys
 
 from .options import classify_args
-from .output import (all_records, ask_server, describe_args, print_fields, print_id,
-    print_record, print_summaries, refresh_if_remote)
+from .output import (LS_STATUS_WORDS, all_records, ask_server, describe_args, print_fields, print_id,
+    print_record, print_summaries, refresh_if_remote, select_tasks)
 from .sync import finish_sync, sync_remote
 from ..errors import ExitCode, UsageError
 from ..names import check_task_id
@@ -13,7 +13,7 @@ from ..notifier import notifier_events_field
 from ..order import MOVES
 from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
-from ..states import get_task
+from ..states import get_task, state_of
 from ..store import to_json
 from ..control import kill_task, resume_task, suspend_task
 from ..submission import submit_task
@@ -49,10 +49,35 @@ def cmd_info(ctx, args):
 
 
 def cmd_ls(ctx, args):
-    """``rrcloud ls``: one line per task."""
-    if args:
-        raise UsageError('ls takes no arguments (rrcloud info ID shows one task)')
-    return print_summaries(all_records(ctx), ctx.options.format)
+    """``rrcloud ls [--status=STATE] [-n N]``: one line per task (the last N in STATE)."""
+    status, last = ls_arguments(args)
+    return print_summaries(select_tasks(all_records(ctx), status, last), ctx.options.format)
+
+
+def ls_arguments(args):
+    """(state or None, count or None) of ``--status=STATE`` / ``--status STATE`` and ``-n N`` / ``-nN``."""
+    status, last, args = None, None, list(args)
+    while args:
+        word = args.pop(0)
+        name, sep, value = word.partition('=')
+        if name in ('--status', '-n') and not sep and not args:
+            raise UsageError(f'{name} needs a value')
+        if name == '--status':
+            status = value if sep else args.pop(0)
+        elif word.startswith('-n'):
+            last = count_of(word[2:] or args.pop(0))
+        else:
+            raise UsageError(f'ls takes --status=STATE and -n N, not {word[:64]!r} (rrcloud info ID shows one task)')
+    if status is not None and status not in LS_STATUS_WORDS:
+        raise UsageError(f'--status takes one of {", ".join(LS_STATUS_WORDS)}, not {status[:32]!r}')
+    return status, last
+
+
+def count_of(text):
+    """A count of tasks for ``-n``: a whole number from 1 on."""
+    if not (text.isascii() and text.isdigit() and 0 < int(text) <= 10**9):
+        raise UsageError(f'-n takes a number of tasks (1 or more), not {text[:32]!r}')
+    return int(text)
 
 
 def cmd_meta(ctx, args):
@@ -116,19 +141,24 @@ def _suspend_or_resume(ctx, args, verb):
     if len(args) != 1:
         raise UsageError(f'{verb} takes one task id')
     task_id = check_task_id(args[0])
-    shown = ('id', Field.STATUS, Field.SUSPENDED)
     if ctx.options.s:
         record = ask_server(ctx, {'service': verb, 'id': task_id})
-        print_fields(record, shown, server=server_url(ctx.options.s, ctx.config.port))
+        print_state(record, server=server_url(ctx.options.s, ctx.config.port))
         return ExitCode.OK
     record = ctx.store.read_task(task_id)
     if record.get(Field.REMOTE_ID):  # it runs on its server: suspended there
         answer = ask_server(ctx, {'service': verb, 'id': record[Field.REMOTE_ID]}, url=record[Field.SERVER])
-        print_fields(dict(answer, id=task_id), shown, server=record[Field.SERVER])
+        print_state(dict(answer, id=task_id), server=record[Field.SERVER])
         return ExitCode.OK
     change = suspend_task if verb == 'suspend' else resume_task
-    print_fields(change(ctx.store, task_id, by=f'the command line (user {user_name()})'), shown)
+    print_state(change(ctx.store, task_id, by=f'the command line (user {user_name()})'))
     return ExitCode.OK
+
+
+def print_state(record, **more):
+    """``id``, ``status`` and the state the state machine reads from them
+    (``suspended``, ``running``; ``complete`` when it ended meanwhile)."""
+    print_fields(dict(record, state=state_of(record) or '?'), ('id', Field.STATUS, 'state'), **more)
 
 
 def cmd_move(ctx, args):

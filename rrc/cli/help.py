@@ -7,11 +7,15 @@ from ..printing import PRINT_HELP
 HELP = f"""\
 usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] info [--short] [ID] show one task or all of them
-       rrcloud [OPTIONS] ls                  one line per task: id service status age duration result
+       rrcloud [OPTIONS] ls [--status=STATE] [-n N]  one line per task (see ls --help)
+       rrcloud [OPTIONS] get ID [-o NAME]    save a task's result (as its input's name: cube.stl)
+       rrcloud [OPTIONS] rm ID...            remove ended tasks with their files
+       rrcloud [OPTIONS] clean --older-than=DAYS   remove the tasks that ended over DAYS days ago
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)
-       rrcloud [OPTIONS] resume ID           continue a suspended task
+       rrcloud [OPTIONS] resume ID           continue a suspended task (suspend and resume print
+                                             the state it is in then)
        rrcloud [OPTIONS] pipe SERVICE ARGS... -- SERVICE ARGS...   a job of steps (see pipe --help)
        rrcloud [OPTIONS] watch ID            follow a task or job live (status, log, progress)
        rrcloud [OPTIONS] move ID front|back  reorder a queued task: start it next, or last
@@ -47,8 +51,8 @@ for SERVICE.cloud ARGS.
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
-                     info, ls, meta, kill, suspend, resume, watch or move: ask SERVER
-                     instead of this store
+                     info, ls, meta, kill, suspend, resume, watch, move, get, rm
+                     or clean: ask SERVER instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in;
                      signed when the server has notifierSecret)
   --notifier-events=started,ended
@@ -63,7 +67,7 @@ options:
   --format=json      print JSON instead of key: value lines
   --traceback        show the Python traceback of an error
   -h, --help         show this help
-  --version          show the version
+  --version          show the version, and each configured server's (or --s's)
 
 configuration: ~/.rrcloudrc, then ./rrcloudrc (or the file in RRCLOUD_CONFIG)
 keys: port, servers, SERVICE.servers, timeout, maxDataRetention, maxTasks, dir,
@@ -75,7 +79,8 @@ exit codes:
   2    usage: bad option, argument, id or service
   3    no such task
   4    bad configuration or service file
-  5    no server answered
+  5    no server answered ("cannot reach HOST:PORT (connection refused): is
+       rrcloud serve running there?")
   130  interrupted (Ctrl-C)
   141  the reader of the output went away (e.g. `rrcloud info | head`)
 """
@@ -141,5 +146,55 @@ server has no events: its status is polled instead.
   --format=json  one JSON object per event, as the server's stream sends it
   -h, --help     show this help
 """
-SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP, 'watch': WATCH_HELP}
+LS_HELP = """\
+usage: rrcloud [--s=SERVER] [--format=json] ls [--status=STATE] [-n N]
+
+One line per task, oldest first, in seven columns: id, service, state, age,
+run time, the main input's own file name, and the result's name (a failed
+task: its reason, which may hold spaces).  Each of the first six is one word,
+`-` when there is nothing to show; a header line only on a terminal.  The
+state is queued (waiting for a slot), running, suspended, waiting (a pipe's
+step not yet started), complete or failed.  --format=json gives the same as
+objects, ages in seconds.  (`rrcloud info --short` is the same listing.)
+
+  --status=STATE  only the tasks in STATE; busy: queued, running, suspended
+                  or waiting (the word RepRapCloud 0.019 shows for them)
+  -n N            only the last N of them
+  --s=SERVER      that server's tasks instead of this store's
+"""
+GET_HELP = """\
+usage: rrcloud [--s=SERVER] get ID [-o NAME]
+
+Saves a complete task's result.  Without -o it is named after the task's
+main input with the result's extension (cube.scad -> cube.stl; the result's
+own name when the input was content), in the current folder, and a file of
+that name is never overwritten.  A task sent to a server is asked about
+first, and its result comes home into tasks/out/ too; with --s=SERVER the
+result is fetched from that server.  Prints `saved: NAME`.
+
+  -o NAME, --output=NAME   write it to NAME (overwritten if it is there), into
+                           NAME as above when NAME is a folder, to stdout for -
+"""
+RM_HELP = """\
+usage: rrcloud [--s=SERVER] rm ID...
+       rrcloud [--s=SERVER] clean --older-than=DAYS
+
+rm removes each ended (complete or failed) task with its own files: record,
+inputs, result, log, events.  A job goes with its steps; a step alone is
+refused while its job is there.  A task still busy is refused (rrcloud kill
+it first), so is another node's task in a shared store.  A task sent to a
+server: its local record goes (the server keeps its own until its
+maxDataRetention; --s=SERVER rm ID removes it there).
+
+clean removes every such task that ended more than DAYS days ago (0.5 is
+twelve hours; 0: every ended task).  Both print `removed: ID` for each task
+removed (--format=json: {"removed": [...]}); an id that is not removed is
+said on stderr, and the exit code is the first refusal's (2, or 3 for no
+such task).  Besides, every store removes its ended tasks once they are
+maxDataRetention hours old (24), when its tasks are listed.
+
+  --s=SERVER      remove at that server (service=remove, service=clean)
+"""
+SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP, 'watch': WATCH_HELP,
+                   'ls': LS_HELP, 'get': GET_HELP, 'rm': RM_HELP, 'clean': RM_HELP}
 USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'

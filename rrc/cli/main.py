@@ -7,6 +7,7 @@ from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_move, cmd_resume
 from .help import HELP, SUBCOMMAND_HELP, USAGE
 from .options import CLI_COMMANDS, parse_options, split_command_line
 from ..errors import ExitCode, UsageError
+from ..remote import server_url
 
 
 def cli(args):
@@ -46,6 +47,12 @@ def cli(args):
     if command == 'watch':  # its stream reader is loaded by it alone
         from .watch import cmd_watch
         return cmd_watch(ctx, rest)
+    if command == 'get':
+        from .get import cmd_get
+        return cmd_get(ctx, rest)
+    if command in ('rm', 'clean'):
+        from .remove import cmd_clean, cmd_rm
+        return (cmd_rm if command == 'rm' else cmd_clean)(ctx, rest)
     if command in CLI_COMMANDS:
         return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls,
                 'suspend': cmd_suspend, 'resume': cmd_resume, 'move': cmd_move}[command](ctx, rest)
@@ -53,9 +60,16 @@ def cli(args):
 
 
 def show_about(options):
-    """``--help`` or ``--version``."""
+    """``--help`` or ``--version`` (with the version of each server configured, or of ``--s``)."""
     if options.help:
         sys.stdout.write(HELP)
-    else:
-        print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)')
+        return ExitCode.OK
+    print(f'rrcloud {__version__} ({PROTOCOL_VERSION} compatible)', flush=True)
+    from ..config import load_config
+    config = load_config()
+    servers = [options.s] if options.s else config.servers
+    if servers:
+        from ..remote import server_versions
+        for line in server_versions([server_url(s, config.port) for s in servers], config.client_token_for):
+            print(line)
     return ExitCode.OK

@@ -13,7 +13,7 @@ from ..store import Store
 from ..submission import Input, input_kinds
 
 
-CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move')
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move', 'get', 'rm', 'clean')
 VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir', 'priority')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
@@ -72,7 +72,16 @@ def set_option(options, word, rest):
     setattr(options, name.replace('-', '_'), value)
 
 
-def take_options(options, args, service=None):
+# Options a command reads itself (``ls --status=failed``): left among its arguments.
+COMMAND_OPTIONS = {'ls': ('--status',), 'clean': ('--older-than',), 'get': ('--output',)}
+
+
+def command_option(command, word):
+    """True when ``word`` (``--name`` or ``--name=value``) is an option of ``command`` itself."""
+    return word.partition('=')[0] in COMMAND_OPTIONS.get(command, ())
+
+
+def take_options(options, args, service=None, command=None):
     """Apply rrcloud's options standing among a command's arguments; returns the rest.
 
     0.019 read ``--name[=value]`` anywhere.  Its rule, kept: after a service
@@ -92,6 +101,8 @@ def take_options(options, args, service=None):
             options.help = True
         elif word == '--':
             return rest + args
+        elif command_option(command, word):
+            rest.append(word)
         elif is_option(word):
             set_option(options, word, args)
         elif service is None and word.startswith('--'):
@@ -117,7 +128,7 @@ def split_command_line(options, command, args):
     ctx = Context(options)
     service = None if command in CLI_COMMANDS else ctx.service(command)
     dir_before = options.dir
-    args = take_options(options, args, service)
+    args = take_options(options, args, service, command)
     if options.dir != dir_before:
         ctx = Context(options)
     return ctx, args

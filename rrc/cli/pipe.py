@@ -15,8 +15,8 @@ from .output import describe_args, exit_code_of, print_id, print_record
 from .sync import ProgressLine, check_result_format, deliver_output, show_log
 from ..errors import ExitCode, RRCloudError, UsageError
 from ..pipeline import StepSpec, job_view, kill_job, step_service, submit_pipe
-from ..remote import (http_session, kill_remote, parse_answer, record_remote, server_url, task_form,
-    wait_remote)
+from ..remote import (cannot_reach, http_session, kill_remote, parse_answer, record_remote, refusal_reason,
+    server_url, task_form, wait_remote)
 from ..schema import Field, TaskStatus
 from ..waits import wait_for_task
 
@@ -112,12 +112,11 @@ def send_pipe(ctx, steps):
     session = http_session(ctx.config.client_token_for)
     try:
         response = session.post(url, data=fields, files=files, timeout=(3, 300))
-    except OSError as exc:
-        from ..errors import NoServer
-        raise NoServer(f'{url}: {exc.__class__.__name__}') from None
+    except OSError as exc:  # requests' errors are OSErrors
+        raise cannot_reach(url, exc) from None
     answer = parse_answer(response)
     if response.status_code != 200 or not answer.get(Field.ID):
-        reason = answer.get('error') or f'HTTP {response.status_code}'
+        reason = refusal_reason(response) if response.status_code != 200 else 'not an rrcloud answer'
         error = UsageError if 400 <= response.status_code < 500 else RRCloudError
         raise error(f'{url} refused the pipe: {reason}')
     return record_remote(ctx.store, url, JobService, answer)

@@ -6,7 +6,8 @@ import time
 
 from .output import exit_code_of, print_record
 from ..errors import ExitCode, NoServer, RRCloudError
-from ..remote import kill_remote, submit_remote, terminal_safe, wait_remote
+from ..remote import (connection_failure, host_port, kill_remote, submit_remote, terminal_safe,
+    wait_remote)
 from ..runner import BUILTIN_ERROR_PREFIX
 from ..schema import Field, TaskStatus
 from ..store import unlink_quietly
@@ -30,8 +31,11 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
         if record:
             stop_after_interrupt(ctx, record)
         return ExitCode.INTERRUPTED
-    except OSError as exc:
-        raise NoServer(f'lost {record["server"]} while waiting: {exc}') from None
+    except OSError as exc:  # requests' errors are OSErrors
+        if record is None:
+            raise
+        raise NoServer(f'lost {host_port(record[Field.SERVER])} while waiting for task {record[Field.ID]} '
+                       f'({connection_failure(exc)}); `rrcloud info {record[Field.ID]}` asks again') from None
     finally:
         if progress:
             progress.clear()

@@ -22,7 +22,8 @@ from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
 from ..events import LOG, NOTE, PROGRESS, STATUS, STEP
 from ..livestream import LiveStream, Message, is_final
 from ..names import check_task_id
-from ..remote import CONNECT_TIMEOUT, REMOTE_ID_RE, http_session, parse_answer, server_url, terminal_safe
+from ..remote import (CONNECT_TIMEOUT, REMOTE_ID_RE, cannot_reach, connection_failure, host_port, http_session,
+    parse_answer, server_url, terminal_safe)
 from ..schema import Field, TaskStatus
 from ..states import get_task
 
@@ -82,7 +83,7 @@ def remote_messages(ctx, url, task_id):
     """A task at ``url``: its event stream, reconnecting with the last cursor;
     a server that has no events is long-polled."""
     session = http_session(ctx.config.client_token_for)
-    cursor, lost_since = None, None
+    cursor, lost_since, reached = None, None, False
     while True:
         try:
             response = open_stream(session, url, task_id, cursor)
@@ -91,17 +92,19 @@ def remote_messages(ctx, url, task_id):
                 return
             if response.status_code == 204:  # the end was seen already
                 return
-            lost_since = None
+            lost_since, reached = None, True
             for message in read_stream(response):
                 cursor = message.cursor
                 yield message
                 if message.final:
                     return
         except OSError as exc:  # requests' errors are OSErrors
+            if not reached:  # down from the start: said at once (a restart later is waited for)
+                raise cannot_reach(url, exc) from None
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since >= ctx.config.reconnectTimeout:
-                raise NoServer(f'lost {url} while watching task {task_id} '
-                               f'({exc.__class__.__name__}); it may still run there') from None
+                raise NoServer(f'lost {host_port(url)} while watching task {task_id} '
+                               f'({connection_failure(exc)}); it may still run there') from None
         time.sleep(RECONNECT_DELAY)  # the server closed the stream (CGI: after a minute) or went away
 
 

@@ -89,6 +89,8 @@ def wrapper_version(ctx, service):
     servers = remote_servers(ctx, service.name)
     if servers:
         lines.append(f'tasks go to {", ".join(servers)}, whose {service.name} may be another version')
+        from ..remote import server_url, server_versions
+        lines += server_versions([server_url(s, ctx.config.port) for s in servers], ctx.config.client_token_for)
     return '\n'.join(lines) + '\n'
 
 

@@ -85,11 +85,12 @@ def check_token(given, config):
 
 
 # Services of a GET that change something (a POST always may).
-STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move')
+STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move', 'remove', 'clean')
 
 
 def changes_state(request):
-    """True for a request that may start or stop work: any POST, a GET of kill, suspend, resume or move."""
+    """True for a request that may start, stop or remove work: any POST, a
+    GET of kill, suspend, resume, move, remove or clean."""
     return request.method == 'POST' or request.query.get('service') in STATE_CHANGING_SERVICES
 
 

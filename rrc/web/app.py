@@ -186,6 +186,25 @@ def answer_move(app, request):
     return answer_record(client_view(record, request.client), request.format)
 
 
+def answer_remove(app, request):
+    """``service=remove&id=ID``: remove an ended task of this node and its own
+    files (a job with its steps); a live task is refused (400), an unknown one 404."""
+    from ..cleanup import remove_ended_task
+    task_id = _form_task_id(request)
+    removed = remove_ended_task(app.store, task_id)
+    return answer_record({Field.ID: task_id, 'removed': ','.join(removed)}, request.format)
+
+
+def answer_clean(app, request):
+    """``service=clean&olderThan=DAYS``: remove this node's tasks that ended
+    more than DAYS days ago; answers their ids and how many."""
+    from ..cleanup import clean_ended_tasks
+    if 'olderThan' not in request.form:
+        raise HTTPError(400, 'missing olderThan (days)')
+    removed = clean_ended_tasks(app.store, request.form['olderThan'])
+    return answer_record({'removed': ','.join(removed), 'count': str(len(removed))}, request.format)
+
+
 def answer_submit(app, request):
     """``POST service=NAME ...``: start a task; held until it ends for a 0.019
     client or ``wait=S``."""
@@ -448,4 +467,5 @@ PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
                   'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
-                  'events': answer_events, 'move': answer_move, **WORK_ROUTES}
+                  'events': answer_events, 'move': answer_move, 'remove': answer_remove,
+                  'clean': answer_clean, **WORK_ROUTES}
