@@ -34,9 +34,10 @@ def progress_bar(data, age=0.0):
 
 def fraction_bar(done, total):
     """``[#######-----] 58%``."""
-    share = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-    filled = int(BAR_WIDTH * share)
-    return f'[{"#" * filled}{"-" * (BAR_WIDTH - filled)}] {int(100 * share)}%'
+    done = min(max(done, 0), total)  # whole numbers: 58 of 100 is 58%, never 57.99
+    filled = BAR_WIDTH * done // total if total > 0 else 0
+    percent = 100 * done // total if total > 0 else 0
+    return f'[{"#" * filled}{"-" * (BAR_WIDTH - filled)}] {percent}%'
 
 
 def time_left(data, age):
