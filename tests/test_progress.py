@@ -14,10 +14,12 @@ import subprocess
 import pytest
 
 from conftest import DATA, make_service
-from helpers import SH_INPUTS_SERVICE, plain_session, read_terminal_until, rrcloud_on_a_terminal, submit, wait_done, wait_for
+from helpers import SH_INPUTS_SERVICE, SH_SERVICE, plain_session, read_terminal_until, rrcloud_on_a_terminal, submit, wait_done, wait_for
 from rrc.cli.bar import progress_bar
-from rrc.events import read_events
+from rrc.errors import ConfigError
+from rrc.events import checked_progress, read_events
 from rrc.progress import READERS, OutputProgress
+from rrc.services import parse_service
 from rrc.store import Store
 from rrc.toollog import PENDING_MAX, OverwrittenLines
 
@@ -85,6 +87,7 @@ def test_slic3r_reports_its_stages_as_events_and_watch_shows_them(tools_server, 
 
     assert stages_of(events) == SLIC3R_STAGES
     assert all('done' not in data for data in progress_of(events))  # Slic3r tells no fraction
+    assert record['progress'] == 'exporting G-code'  # info's progress: the last stage
     watched = cli(f'--s={tools_server.address}', 'watch', task_id)
     assert watched.code == 0, watched
     shown = [line for line in watched.out.splitlines() if line.startswith('progress: ')]
@@ -105,6 +108,46 @@ def test_openscad_reports_its_stages_and_a_later_run_the_time_it_usually_takes(t
     starting = progress_of(later)[0]
     assert starting['stage'] == 'rendering'
     assert abs(starting['eta'] - usual) <= 0.1, (starting, usual)
+
+
+# A tool that prints its percentage, redrawn with carriage returns (the
+# pauses let each reach the event log on its own, half a second apart).
+PERCENT_TOOL = "printf ' 10%%\\r'; sleep 0.6; printf ' 50%%\\r'; sleep 0.6; printf '100%%\\n'; echo done > \"$1\"\n"
+
+
+def test_a_new_tool_needs_only_a_conf_line(cli, workdir):
+    make_service(workdir, 'pct', SH_SERVICE + 'progress = percent\n')
+    (workdir / 'pct.sh').write_text(PERCENT_TOOL)
+
+    result = cli('--sync', 'pct', 'pct.sh')
+    assert result.code == 0, result
+    task_id = Store(str(workdir)).task_ids()[-1]
+    events = read_events(Store(str(workdir)), task_id)
+    fractions = [(data['done'], data['total']) for data in progress_of(events) if 'done' in data]
+    assert fractions[-1] == (100, 100), fractions
+    assert set(fractions) <= {(10, 100), (50, 100), (100, 100)}, fractions
+    assert (workdir / 'tasks' / 'log' / task_id).read_bytes() == b'100%\n'
+
+
+def test_an_unknown_progress_reader_is_a_config_error_naming_it(workdir):
+    make_service(workdir, 'pct', SH_SERVICE + 'progress = pixels\n')
+    with pytest.raises(ConfigError) as raised:
+        parse_service(str(workdir / 'services' / 'pct.conf'))
+    assert 'pct.conf' in str(raised.value) and "'pixels'" in str(raised.value)
+    assert 'povray' in str(raised.value)  # the readers there are
+
+
+@pytest.mark.parametrize('sent, kept', [
+    ({'done': 3, 'total': 10, 'percent': 30.0, 'eta': 4.5, 'stage': 'rendering'},
+     {'done': 3, 'total': 10, 'percent': 30.0, 'eta': 4.5, 'stage': 'rendering'}),
+    ({'stage': 'slicing', 'eta': 2, 'extra': 'x' * 300}, {'stage': 'slicing', 'eta': 2}),
+    ({'stage': 'to /etc/passwd', 'done': True, 'total': 10}, None),
+    ({'stage': '\x1b]0;hi\x07'}, None),
+    ({'done': -1, 'total': 10}, None),
+    ({'eta': 5}, None),
+])
+def test_a_workers_progress_is_kept_as_numbers_and_a_stage_name(sent, kept):
+    assert checked_progress(sent) == kept
 
 
 ###############################################################################
