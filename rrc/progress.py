@@ -2,7 +2,7 @@
 
 A service's conf names the reader its tool needs (``progress = povray``);
 each reader is a table here, so a new tool needs a conf line and, at most,
-one entry in ``READERS``::
+one reader in ``READERS``::
 
     povray    "Rendered 1234 of 307200 pixels (0%)" (\\r-updated): a fraction
     slic3r    "=> Generating skirt": a stage
@@ -61,7 +61,7 @@ class Reader:
     def __init__(self, name, rules, first_stage, env=None):
         self.name, self.rules, self.first_stage = name, tuple(rules), first_stage
         self.prefixes = tuple(rule.prefix for rule in self.rules)
-        self.env = dict(env or {})
+        self.env = tuple(sorted((env or {}).items()))  # (name, value) pairs: a reader is never changed
 
     def has_fraction(self):
         """True when the tool tells its own fraction (else the time left comes from history)."""
@@ -117,14 +117,16 @@ PERCENT = Reader('percent', [
     Rule(b'', 'running', rb'(?P<percent>[0-9]{1,3}(?:\.[0-9]+)?) ?%'),
 ], first_stage='running')
 
-READERS = {reader.name: reader for reader in (POVRAY, SLIC3R, OPENSCAD, PERCENT)}
+READERS = (POVRAY, SLIC3R, OPENSCAD, PERCENT)
 
 
 def reader_named(name):
     """The reader a conf's ``progress = NAME`` names; ValueError for an unknown one."""
-    if name not in READERS:
-        raise ValueError(f'progress must be one of {", ".join(sorted(READERS))}, got {name!r}')
-    return READERS[name]
+    for reader in READERS:
+        if reader.name == name:
+            return reader
+    known = ', '.join(sorted(reader.name for reader in READERS))
+    raise ValueError(f'progress must be one of {known}, got {name!r}')
 
 
 class OutputProgress:

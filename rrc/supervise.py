@@ -292,8 +292,7 @@ class OutputPipe:
         """Read the tool's progress from its output with ``reader`` (rrc/progress.py;
         None: it tells none) into ``events``."""
         if reader is not None:
-            self.progress = OutputProgress(reader, lambda stage, fraction: (
-                events.report(*fraction, stage=stage) if fraction else events.report_stage(stage)))
+            self.progress = OutputProgress(reader, reporter_to(events))
 
     def pump(self):
         """Move what the pipe holds (up to PUMP_MAX_BYTES) into the log."""
@@ -335,6 +334,17 @@ class OutputPipe:
             self.finished = True
         os.close(self.fd)
         self.fd, self.open = None, False
+
+
+def reporter_to(events):
+    """What OutputProgress reports with, for a task's ProgressEvents: a
+    fraction of a stage, or a stage alone."""
+    def report(stage, fraction):
+        if fraction:
+            events.report(*fraction, stage=stage)
+        else:
+            events.report_stage(stage)
+    return report
 
 
 class ExitWatch:

@@ -18,7 +18,7 @@ from helpers import SH_INPUTS_SERVICE, SH_SERVICE, plain_session, read_terminal_
 from rrc.cli.bar import progress_bar
 from rrc.errors import ConfigError
 from rrc.events import checked_progress, read_events
-from rrc.progress import READERS, OutputProgress
+from rrc.progress import OutputProgress, reader_named
 from rrc.services import parse_service
 from rrc.store import Store
 from rrc.toollog import PENDING_MAX, OverwrittenLines
@@ -157,7 +157,7 @@ def test_a_workers_progress_is_kept_as_numbers_and_a_stage_name(sent, kept):
 def reported(reader, output, piece):
     """What OutputProgress reports of ``output`` fed ``piece`` bytes at a time."""
     found = []
-    progress = OutputProgress(READERS[reader], lambda stage, fraction: found.append((stage, fraction)))
+    progress = OutputProgress(reader_named(reader), lambda stage, fraction: found.append((stage, fraction)))
     for start in range(0, len(output), piece):
         progress.feed(output[start:start + piece])
     progress.finish()
