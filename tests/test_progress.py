@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import DATA, make_service
+from conftest import DATA, REPO, make_service
 from helpers import SH_INPUTS_SERVICE, SH_SERVICE, plain_session, read_terminal_until, rrcloud_on_a_terminal, submit, wait_done, wait_for
 from rrc.cli.bar import progress_bar
 from rrc.errors import ConfigError
@@ -60,10 +60,20 @@ def stages_of(events):
 # 1. The real tools through a real server
 ###############################################################################
 
+def one_thread_povray():
+    """The project's povray.conf with one render thread (+WT1): the render's
+    length, and so the count of its half-second progress events, does not
+    shrink with the machine's cores.  Its reader is the conf's own."""
+    conf = (REPO / 'services' / 'povray.conf').read_text()
+    assert 'progress = povray' in conf
+    return re.sub(r'^cmd = povray (.*)$', r'cmd = povray \1 +WT1', conf, flags=re.M)
+
+
 @pytest.mark.slow
-def test_a_povray_render_reports_its_own_rising_fraction_and_logs_one_line_of_it(tools_server):
-    task_id = submit(tools_server, 'povray', (DATA / 'slow-scene.pov').read_bytes(), 'slow-scene.pov')
-    record, events = finished_events(tools_server, task_id)
+def test_a_povray_render_reports_its_own_rising_fraction_and_logs_one_line_of_it(embedded_server):
+    server = embedded_server(services={'povray': one_thread_povray()})
+    task_id = submit(server, 'povray', (DATA / 'slow-scene.pov').read_bytes(), 'slow-scene.pov')
+    record, events = finished_events(server, task_id)
     assert record['status'] == 'complete', record
 
     fractions = [(data['done'], data['total']) for data in progress_of(events) if 'done' in data]
@@ -74,7 +84,7 @@ def test_a_povray_render_reports_its_own_rising_fraction_and_logs_one_line_of_it
     assert done[-1] == 640 * 480
     assert stages_of(events) == ['parsing', 'rendering']
     assert record['progress'] == f'{640 * 480}/{640 * 480}'
-    log = plain_session().get(f'{tools_server.url}tasks/log/{task_id}', timeout=30).text
+    log = plain_session().get(f'{server.url}tasks/log/{task_id}', timeout=30).text
     assert '\r' not in log
     assert re.findall(r'Rendered [0-9]+ of [0-9]+ pixels.*', log) == ['Rendered 307200 of 307200 pixels (100%)'], log
     assert max(len(line) for line in log.splitlines()) < 200
