@@ -7,6 +7,7 @@ one reader in ``READERS``::
     povray    "Rendered 1234 of 307200 pixels (0%)" (\\r-updated): a fraction
     slic3r    "=> Generating skirt": a stage
     openscad  "Compiling design (CSG Products normalization)...": a stage
+    openjscad "converting cube.jscad -> cube.stl": its one stage
     percent   any line with "NN%": a fraction of 100, for a tool without a reader
 
 A rule matches the start of one line (a piece between ``\\r`` and ``\\n``: a
@@ -113,11 +114,17 @@ OPENSCAD = Reader('openscad', [
     Rule(b'Total rendering time', 'exporting'),
 ], first_stage='rendering')
 
+# @jscad/cli 1 says once what it converts, and nothing more until its end:
+# a stage to hang the time left on.
+OPENJSCAD = Reader('openjscad', [
+    Rule(b'converting ', 'converting'),
+], first_stage='converting')
+
 PERCENT = Reader('percent', [
     Rule(b'', 'running', rb'(?P<percent>[0-9]{1,3}(?:\.[0-9]+)?) ?%'),
 ], first_stage='running')
 
-READERS = (POVRAY, SLIC3R, OPENSCAD, PERCENT)
+READERS = (POVRAY, SLIC3R, OPENSCAD, OPENJSCAD, PERCENT)
 
 
 def reader_named(name):

@@ -162,6 +162,13 @@ def test_a_workers_progress_is_kept_as_numbers_and_a_stage_name(sent, kept):
     assert checked_progress(sent) == kept
 
 
+def test_openjscad_reports_its_one_stage(tools_server):
+    task_id = submit(tools_server, 'openjscad', (DATA / 'cube.jscad').read_bytes(), 'cube.jscad')
+    record, events = finished_events(tools_server, task_id)
+    assert record['status'] == 'complete', record
+    assert stages_of(events) == ['converting']
+
+
 def test_info_of_a_running_task_shows_its_newest_fraction_or_stage(tmp_path):
     store = Store(str(tmp_path))
     task_id = '1796000000-00001-000001'
