@@ -421,12 +421,30 @@ PROGRESS_MARK = b',"kind":"progress","data":{'
 
 
 def last_progress(store, task_id):
-    """``DONE/TOTAL`` (or the stage) of a task's newest progress event, None when it has none.
-    Reads the file backwards a chunk at a time: the newest is near the end."""
+    """``DONE/TOTAL`` (or the stage) of a task's newest progress event, None when it has none."""
+    for line in _lines_from_the_end(store, task_id):
+        text = _progress_of_line(line)
+        if text:
+            return text
+    return None
+
+
+def last_progress_event(store, task_id):
+    """A task's newest progress Event, None when it has none (a watcher that
+    comes late starts from it)."""
+    for line in _lines_from_the_end(store, task_id):
+        if _progress_of_line(line):
+            return parse_event(line)
+    return None
+
+
+def _lines_from_the_end(store, task_id):
+    """The lines of a task's event file, newest first: read backwards a chunk
+    at a time (what is looked for is near the end)."""
     try:
         handle = open(events_path(store, task_id), 'rb')
     except FileNotFoundError:
-        return None
+        return
     with handle:
         end = os.fstat(handle.fileno()).st_size
         carry = b''
@@ -434,12 +452,8 @@ def last_progress(store, task_id):
             start = max(0, end - 8 * EVENT_LINE_MAX)
             lines = (os.pread(handle.fileno(), end - start, start) + carry).split(b'\n')
             carry = lines.pop(0) if start > 0 else b''  # maybe cut: goes with the next chunk
-            for line in reversed(lines):
-                text = _progress_of_line(line)
-                if text:
-                    return text
+            yield from reversed(lines)
             end = start
-    return None
 
 
 def _progress_of_line(line):

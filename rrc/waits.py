@@ -3,7 +3,7 @@ again on each status event (long-polls, ``--sync``, held POSTs)."""
 
 import time
 
-from .events import PROGRESS, STATUS, EventFollower, progress_text
+from .events import PROGRESS, STATUS, EventFollower, last_progress_event, progress_text
 from .schema import Field, TaskStatus
 from .states import get_task
 
@@ -30,7 +30,7 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None, read=get_task):
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
-    newest = None
+    newest = last_progress_event(store, task_id) if on_poll else None  # the tool may have begun
     while True:
         record = read(store, task_id)
         if record.get(Field.STATUS) != TaskStatus.BUSY:

@@ -20,6 +20,8 @@ from rrc.errors import ConfigError
 from rrc.events import append_event, checked_progress, last_progress, read_events
 from rrc.progress import OutputProgress, reader_named
 from rrc.services import parse_service
+from rrc import waits
+from rrc.states import State, move_task
 from rrc.store import Store
 from rrc.toollog import PENDING_MAX, OverwrittenLines
 
@@ -178,6 +180,25 @@ def test_info_of_a_running_task_shows_its_newest_fraction_or_stage(tmp_path):
     assert last_progress(store, task_id) == '5/8'
     append_event(store, task_id, 'progress', {'stage': 'quote"d'})  # not a stage's name: passed over
     assert last_progress(store, task_id) == '5/8'
+
+
+def test_a_wait_that_begins_after_the_tools_first_stage_starts_from_it(tmp_path):
+    store = Store(str(tmp_path))
+    store.ensure()
+    task_id = '1796000000-00001-000002'
+    # queued with its marker: a record no reconcile ends (no runner to lose)
+    store.write_task({'id': task_id, 'service': 'openscad', 'status': 'busy', 'queued': 'yes',
+                      'ctime': '1796000000.0'})
+    (tmp_path / 'tasks' / 'queue' / task_id).write_text('')
+    append_event(store, task_id, 'progress', {'stage': 'rendering', 'eta': 30.0})
+    seen = []
+
+    def on_poll(record, event):
+        seen.append(event and event.data)
+        if len(seen) == 1:
+            move_task(store, task_id, State.FAILED, {'error': 'killed'})
+    waits.wait_for_task(store, task_id, timeout=10, on_poll=on_poll)
+    assert seen[0] == {'stage': 'rendering', 'eta': 30.0}, seen
 
 
 ###############################################################################
