@@ -73,7 +73,7 @@ class Service:
         # again when its worker is lost; it fails ``worker lost``.
         self.runs_once = boolean_value(fields.get('runsOnce', 'no'))
         # How the runner reads the tool's progress from its output
-        # (rrc/progress.py: povray, slic3r, openscad, percent); None: it does not.
+        # (rrc/progress.py: povray, slic3r, openscad, openjscad, percent); None: it does not.
         self.progress = reader_named(fields['progress']) if fields.get('progress') else None
 
     def output_name(self, task_id, ext=''):

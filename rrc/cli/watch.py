@@ -17,9 +17,9 @@ stream sends it.  The exit code is the task's: 0 complete, else what a
 import sys
 import time
 
+from .bar import progress_bar
 from .output import ask_server, exit_code_of, refresh_if_remote
 from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
-from .bar import progress_bar
 from ..events import LOG, NOTE, PROGRESS, STATUS, STEP, checked_progress, event_progress_text
 from ..livestream import LiveStream, Message, is_final
 from ..names import check_task_id
