@@ -34,12 +34,15 @@ LONG_LINE = b'.' * (LINE_MAX + 1)
 
 class Rule:
     """Lines starting with ``prefix`` mean ``stage``; with a ``pattern`` they
-    also give a fraction (groups ``done`` and ``total``, or ``percent``)."""
-    __slots__ = ('prefix', 'stage', 'pattern')
+    also give a fraction (groups ``done`` and ``total``, or ``percent``).
+    ``marker``: bytes every such line holds (default: the prefix), so that
+    output without any is passed over in one search."""
+    __slots__ = ('prefix', 'stage', 'pattern', 'marker')
 
-    def __init__(self, prefix, stage, pattern=None):
+    def __init__(self, prefix, stage, pattern=None, marker=None):
         self.prefix, self.stage = prefix, stage
         self.pattern = LazyPattern(pattern) if pattern else None
+        self.marker = marker or prefix
 
     def fraction(self, line):
         """(done, total) of a line this rule matches, or None."""
@@ -62,11 +65,17 @@ class Reader:
     def __init__(self, name, rules, first_stage, env=None):
         self.name, self.rules, self.first_stage = name, tuple(rules), first_stage
         self.prefixes = tuple(rule.prefix for rule in self.rules)
+        self.markers = tuple(rule.marker for rule in self.rules)
         self.env = tuple(sorted((env or {}).items()))  # (name, value) pairs: a reader is never changed
 
     def has_fraction(self):
         """True when the tool tells its own fraction (else the time left comes from history)."""
         return any(rule.pattern for rule in self.rules)
+
+    def may_tell(self, data):
+        """False when ``data`` holds no line any rule could match (most of a
+        chatty tool's output: no line of it is looked at)."""
+        return any(marker in data for marker in self.markers)
 
     def read(self, line):
         """(stage, fraction or None) a line says, or None for any other line."""
@@ -121,7 +130,7 @@ OPENJSCAD = Reader('openjscad', [
 ], first_stage='converting')
 
 PERCENT = Reader('percent', [
-    Rule(b'', 'running', rb'(?P<percent>[0-9]{1,3}(?:\.[0-9]+)?) ?%'),
+    Rule(b'', 'running', rb'(?P<percent>[0-9]{1,3}(?:\.[0-9]+)?) ?%', marker=b'%'),
 ], first_stage='running')
 
 READERS = (POVRAY, SLIC3R, OPENSCAD, OPENJSCAD, PERCENT)
@@ -154,7 +163,8 @@ class OutputProgress:
         cut = max(data.rfind(b'\n'), data.rfind(b'\r')) + 1
         self.carry = data[cut:] if len(data) - cut <= LINE_MAX else LONG_LINE
         newest = None
-        for line in data[:cut].replace(b'\r', b'\n').split(b'\n'):
+        lines = data[:cut].replace(b'\r', b'\n').split(b'\n') if self.reader.may_tell(data[:cut]) else ()
+        for line in lines:
             found = self.reader.read(line) if 0 < len(line) <= LINE_MAX else None
             if found:
                 newest = self.take(found, newest)
