@@ -11,8 +11,10 @@ ASCII only, at most EVENT_LINE_MAX bytes::
 
 Kinds: ``status`` (each write of a record's status: submitted, started,
 ended; ``queued``, ``error`` and ``exitCode`` when the record has them),
-``progress`` (``done``/``total`` and ``percent``; ``eta``, seconds left, once
-a rate is known), ``note`` (rrcloud's own remarks: refusals, timeouts, kills,
+``progress`` (``done``/``total`` and ``percent``, a fraction; ``stage``, the
+stage the tool named, ``{"stage":"generating skirt","eta":12.5}``; ``eta``,
+seconds left, once a rate is known or from the service's usual run time),
+``note`` (rrcloud's own remarks: refusals, timeouts, kills,
 the printer sender's), ``step`` (in a pipeline job's log: one of its steps
 changed state, ``{"step":2,"id":ID,"service":"slic3r","state":"running"}``)
 and ``log`` (a line of the tool's output, left to the event stream).
@@ -49,6 +51,9 @@ EVENT_FILE_SOFT_BYTES = 1024 * 1024
 EVENT_FILE_MAX_BYTES = 4 * 1024 * 1024
 PROGRESS_EVENT_INTERVAL = 0.5
 PROGRESS_SLOW_INTERVAL = 15.0
+# A tool names a handful of stages; each is written as it comes, up to this
+# many (a tool that names stages in a loop then waits for the interval).
+STAGE_EVENTS_AT_ONCE = 32
 LOG_FULL_NOTE = 'the event log is full: later progress and notes are left out'
 # How far back from the end the last id is looked for: a few lines.
 TAIL_BYTES = 4 * EVENT_LINE_MAX
@@ -172,32 +177,58 @@ def note(store, task_id, text):
 
 class ProgressEvents:
     """A task's progress into its event log: at most one event per interval
-    (a chatty sender cannot fill the disk), with percent and time left."""
+    (a chatty sender cannot fill the disk), with percent and time left.
 
-    def __init__(self, store, task_id, clock=time.monotonic):
+    A report is a fraction (``done`` of ``total``), a stage the tool named,
+    or both.  A new stage is written at once (a tool has a handful; past
+    STAGE_EVENTS_AT_ONCE they wait for the interval too).  Time left comes
+    from the fraction's rate; where there is none yet, from ``usual``, the
+    seconds this service's tasks usually take (``history.usual_run_time``).
+    """
+
+    def __init__(self, store, task_id, clock=time.monotonic, usual=None):
         import json  # noqa: F401  (the runner makes one while its tool runs: the final
         # status event then does not pay for the import after the tool ended)
-        self.store, self.task_id, self.clock = store, task_id, clock
-        self.newest = None      # (done, total) last reported
-        self.written = None     # (done, total) last written
+        self.store, self.task_id, self.clock, self.usual = store, task_id, clock, usual
+        self.started = clock()
+        self.newest = None      # (done, total, stage) last reported
+        self.written = None     # (done, total, stage) last written
         self.written_at = None  # clock of the last write
-        self.first = None       # (clock, done) of the first report: the rate comes from it
+        self.first = None       # (clock, done) of the stage's first fraction: the rate comes from it
         self.size = 0           # the file's size after our last write
+        self.stages = 0         # stage changes written at once
 
-    def report(self, done, total):
-        """Take a report; it is written now if its interval is over, else later by flush()."""
-        if self.first is None:
+    def report(self, done, total, stage=None):
+        """Take a fraction (``stage``: of that stage); it is written now if
+        its interval is over, else later by flush()."""
+        stage = stage if stage is not None else self.stage()
+        if self.first is None or stage != self.stage():
             self.first = (self.clock(), done)
-        self.newest = (done, total)
+        self.newest = (done, total, stage)
         self.flush()
+
+    def report_stage(self, stage):
+        """Take a stage the tool named: what it did before, and its fraction, are over."""
+        if self.newest is None or stage != self.stage() or self.newest[1] is not None:
+            self.first = None
+            self.newest = (None, None, stage)
+            self.flush()
+
+    def stage(self):
+        return self.newest[2] if self.newest else None
 
     def due_in(self):
         """Seconds until the pending report may be written (None: nothing pends)."""
         if self.newest is None or self.newest == self.written:
             return None
-        if self.written_at is None:
+        if self.written_at is None or self.is_new_stage():
             return 0.0
         return max(0.0, self.written_at + self.interval() - self.clock())
+
+    def is_new_stage(self):
+        """True for a stage not yet written, while stages may still go at once."""
+        return (self.stages < STAGE_EVENTS_AT_ONCE and self.size < EVENT_FILE_SOFT_BYTES
+                and (self.written is None or self.newest[2] != self.written[2]))
 
     def interval(self):
         return PROGRESS_EVENT_INTERVAL if self.size < EVENT_FILE_SOFT_BYTES else PROGRESS_SLOW_INTERVAL
@@ -207,13 +238,23 @@ class ProgressEvents:
         due = self.due_in()
         if due is None or (due > 0 and not force):
             return
-        done, total = self.newest
-        written = append_event(self.store, self.task_id, PROGRESS, self.data(done, total))
+        self.stages += 1 if self.is_new_stage() else 0
+        written = append_event(self.store, self.task_id, PROGRESS, self.data(*self.newest))
         self.written, self.written_at = self.newest, self.clock()
         if written:
             self.size = written[1]
 
-    def data(self, done, total):
+    def data(self, done, total, stage=None):
+        data = {} if total is None else self.fraction_data(done, total)
+        if stage:
+            data['stage'] = stage
+        if 'eta' not in data and self.usual:
+            left = self.usual - (self.clock() - self.started)
+            if left > 0:
+                data['eta'] = round(left, 1)
+        return data
+
+    def fraction_data(self, done, total):
         data = {'done': done, 'total': total}
         if total > 0:
             data['percent'] = round(100.0 * done / total, 1)
@@ -224,8 +265,12 @@ class ProgressEvents:
         return data
 
     def text(self):
-        """``DONE/TOTAL`` of the newest report, as a record's ``progress`` shows it; None before any."""
-        return None if self.newest is None else f'{self.newest[0]}/{self.newest[1]}'
+        """``DONE/TOTAL`` of the newest report, or its stage, as a record's
+        ``progress`` shows it; None before any."""
+        if self.newest is None:
+            return None
+        done, total, stage = self.newest
+        return stage if total is None else f'{done}/{total}'
 
 
 # -- reading ------------------------------------------------------------------
@@ -354,26 +399,52 @@ class EventFollower:
 
 
 def progress_text(events):
-    """``DONE/TOTAL`` of the newest progress event among ``events`` (None: none)."""
+    """``DONE/TOTAL`` (or the stage) of the newest progress event among ``events`` (None: none)."""
     for event in reversed(events):
-        if event.kind == PROGRESS and isinstance(event.data.get('done'), int) \
-                and isinstance(event.data.get('total'), int):
-            return f'{event.data["done"]}/{event.data["total"]}'
+        text = event_progress_text(event.data) if event.kind == PROGRESS else None
+        if text:
+            return text
     return None
+
+
+def event_progress_text(data):
+    """A progress event's data as a record's ``progress`` shows it: ``DONE/TOTAL``,
+    else its stage; None for neither."""
+    if isinstance(data.get('done'), int) and isinstance(data.get('total'), int):
+        return f'{data["done"]}/{data["total"]}'
+    return data['stage'] if is_stage_name(data.get('stage')) else None
 
 
 # A progress line as append_event writes it, read without json (a CGI info
 # must not import it: see tests/test_cgi_imports.py).
-PROGRESS_MARK = b',"kind":"progress","data":{"done":'
+PROGRESS_MARK = b',"kind":"progress","data":{'
 
 
 def last_progress(store, task_id):
-    """``DONE/TOTAL`` of a task's newest progress event, None when it has none.
-    Reads the file backwards a chunk at a time: the newest is near the end."""
+    """``DONE/TOTAL`` (or the stage) of a task's newest progress event, None when it has none."""
+    for line in _lines_from_the_end(store, task_id):
+        text = _progress_of_line(line)
+        if text:
+            return text
+    return None
+
+
+def last_progress_event(store, task_id):
+    """A task's newest progress Event, None when it has none (a watcher that
+    comes late starts from it)."""
+    for line in _lines_from_the_end(store, task_id):
+        if _progress_of_line(line):
+            return parse_event(line)
+    return None
+
+
+def _lines_from_the_end(store, task_id):
+    """The lines of a task's event file, newest first: read backwards a chunk
+    at a time (what is looked for is near the end)."""
     try:
         handle = open(events_path(store, task_id), 'rb')
     except FileNotFoundError:
-        return None
+        return
     with handle:
         end = os.fstat(handle.fileno()).st_size
         carry = b''
@@ -381,23 +452,55 @@ def last_progress(store, task_id):
             start = max(0, end - 8 * EVENT_LINE_MAX)
             lines = (os.pread(handle.fileno(), end - start, start) + carry).split(b'\n')
             carry = lines.pop(0) if start > 0 else b''  # maybe cut: goes with the next chunk
-            for line in reversed(lines):
-                text = _progress_of_line(line)
-                if text:
-                    return text
+            yield from reversed(lines)
             end = start
-    return None
 
 
 def _progress_of_line(line):
     head, mark, rest = line.partition(PROGRESS_MARK)
     if not mark or event_id_of(head) is None or not line.endswith(b'}'):
         return None
-    done, _, rest = rest.partition(b',"total":')
-    total = rest.partition(b',')[0].partition(b'}')[0]
-    if done.isdigit() and total.isdigit():
-        return f'{int(done)}/{int(total)}'
-    return None
+    if rest.startswith(b'"done":'):
+        done, _, rest = rest[len(b'"done":'):].partition(b',"total":')
+        total = rest.partition(b',')[0].partition(b'}')[0]
+        return f'{int(done)}/{int(total)}' if done.isdigit() and total.isdigit() else None
+    stage = rest.partition(b'"stage":"')[2].partition(b'"')[0].decode('ascii', 'replace')
+    return stage if is_stage_name(stage) else None
+
+
+# A stage's name: this project's own words (rrc/progress.py), or what a
+# farm's worker sends for them: a few short words, nothing a terminal acts on.
+STAGE_NAME_MAX = 40
+STAGE_CHARS = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -.')
+
+
+def is_stage_name(value):
+    """True for a stage's name as progress events carry it."""
+    return isinstance(value, str) and 0 < len(value) <= STAGE_NAME_MAX and set(value) <= STAGE_CHARS
+
+
+def checked_progress(data):
+    """A progress event's data from elsewhere (a farm's worker) with only what
+    an event of ours holds: whole counts, numbers, a stage's name; None when
+    nothing of it is progress."""
+    checked = {}
+    if _is_count(data.get('done')) and _is_count(data.get('total')):
+        checked.update(done=data['done'], total=data['total'])
+        if _is_number(data.get('percent')):
+            checked['percent'] = data['percent']
+    if _is_number(data.get('eta')):
+        checked['eta'] = data['eta']
+    if is_stage_name(data.get('stage')):
+        checked['stage'] = data['stage']
+    return checked if ('total' in checked or 'stage' in checked) else None
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 15
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 10 ** 9
 
 
 def with_live_progress(store, record):

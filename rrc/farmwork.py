@@ -23,7 +23,7 @@ import sys
 import time
 
 from .errors import NotFound, RRCloudError, UsageError
-from .events import NOTE, PROGRESS, append_event
+from .events import NOTE, PROGRESS, append_event, checked_progress
 from .identity import is_node_name
 from .schema import Field, TaskStatus
 from .states import State, move_locked, state_of
@@ -231,7 +231,9 @@ def take_update(store, config, task_id, attempt, log_bytes, events):
         with open(log_path, 'ab') as log:
             log.write(log_bytes[:room])
     for kind, data in events:
-        if kind in FORWARDED_EVENTS:
+        if kind == PROGRESS:
+            data = checked_progress(data)  # the bar a client draws: numbers and a stage's name
+        if kind in FORWARDED_EVENTS and data:
             append_event(store, task_id, kind, data)
     touch(running_marker(store, task_id))  # it is alive
     return record

@@ -92,6 +92,10 @@ class Launch:
     def __init__(self, service, argv, display=False):
         import shutil
         self.env = task_environment(service)
+        # How its progress is read from its output (None: it is not), and what
+        # the tool needs to write that output as it goes (Slic3r's Perl).
+        self.progress = service.progress
+        self.env.update(service.progress.env if service.progress else ())
         self.read_paths = list(service.read_paths) + service_path_folders(service)
         self.devices = [arg for arg in argv if arg.startswith('/dev/')]  # allowed ports
         self.builtin = argv[0] == 'rrcloud'

@@ -7,6 +7,7 @@ from . import PROGRAM_FOLDER
 from .errors import ConfigError, UsageError
 from .keyvalue import boolean_value, parse_key_value_lines
 from .names import LazyPattern, NATIVE_VALUE_RE, is_extension, is_service_name
+from .progress import reader_named
 from .projects import PROJECT_SUFFIXES
 
 
@@ -27,7 +28,7 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg', 'runsOnce')
+                'versionArg', 'runsOnce', 'progress')
 
 
 class Service:
@@ -71,6 +72,9 @@ class Service:
         # A task that must never run twice (a print): a farm does not run it
         # again when its worker is lost; it fails ``worker lost``.
         self.runs_once = boolean_value(fields.get('runsOnce', 'no'))
+        # How the runner reads the tool's progress from its output
+        # (rrc/progress.py: povray, slic3r, openscad, openjscad, percent); None: it does not.
+        self.progress = reader_named(fields['progress']) if fields.get('progress') else None
 
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of

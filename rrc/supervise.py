@@ -1,5 +1,6 @@
-"""Watching a task's tool while it runs: its output into the log, the
-built-in sender's progress into the event log, its exit (one ``select``
+"""Watching a task's tool while it runs: its output into the log, its
+progress (read from its output, or the built-in sender's pipe) into the
+event log, its exit (one ``select``
 over its pidfd and its pipes), and every half second the watchdog's look at
 the record (a kill, a suspension), the deadline and the bytes it wrote;
 what it ran into when it failed, and why the runner stopped it."""
@@ -9,6 +10,8 @@ import time
 
 from .errors import reason_without_paths
 from .events import ProgressEvents
+from .history import usual_run_time
+from .progress import OutputProgress
 from .limits import format_size, limit_error
 from .procs import kill_process_group, process_start_time, terminate_group
 from .schema import YES, Field, TaskStatus
@@ -71,19 +74,33 @@ class ToolRun:
         if on_start:  # the started notifier: in a thread, the tool never waits for it
             on_start(self.task.record)
         _install_runner_signal_handlers(process)
-        progress = ProgressPipe(progress_read, ProgressEvents(self.task.store, self.task.id))
+        events = self.progress_events()
+        progress = ProgressPipe(progress_read, events)
+        output.follow(self.launch.progress, events)
         watchdog = Watchdog(self.task, self.work)
         code, stopped = supervise(process, watchdog, output, progress)
+        kill_process_group(process.pid)  # leftovers of a tool that exited
+        output.finish()  # the rest of its output, and the stages it names
         last = progress.finish()  # what came after the last look, up to the end
         if last:  # the final record keeps it, for readers of records (0.019 clients)
             self.task.update({'progress': last})
-        kill_process_group(process.pid)  # leftovers of a tool that exited
-        output.finish()
         if stopped:
             return self.tell_why((TaskStatus.FAILED, {'error': stopped, 'exitCode': code}),
                                  f'{stopped}: the tool was stopped')
         outcome = self.limit_outcome(code, output)
         return outcome and self.tell_why(outcome, f'the tool ran into a limit: {outcome[1]["error"]}')
+
+    def progress_events(self):
+        """Where the tool's progress goes; a tool whose progress is read from
+        its output starts in its reader's first stage, with the time its
+        service's tasks usually take here (the time left before it says more)."""
+        reader = self.launch.progress
+        if reader is None:
+            return ProgressEvents(self.task.store, self.task.id)
+        usual = usual_run_time(self.task.store, self.task.get(Field.SERVICE), skip=self.task.id)
+        events = ProgressEvents(self.task.store, self.task.id, usual=usual)
+        events.report_stage(reader.first_stage)
+        return events
 
     def limit_outcome(self, code, output):
         """A tool that failed because it ran into one of its limits: that is
@@ -174,7 +191,7 @@ def supervise(process, watchdog, output, progress=None):
     returns (exit code, None), or (exit code, why it was stopped) when the
     watchdog stopped it.  A killed task's tool is stopped too (its record
     already says so)."""
-    readers = [output] + ([progress] if progress and progress.open else [])
+    readers = [output] + ([progress] if progress else [])  # a closed pipe is not waited on
     with ExitWatch(process, readers) as watch:
         while True:
             due = progress.due_in() if progress else None
@@ -268,7 +285,14 @@ class OutputPipe:
 
     def __init__(self, fd, log):
         self.fd, self.log, self.open, self.finished = fd, log, True, False
+        self.progress = None
         os.set_blocking(fd, False)
+
+    def follow(self, reader, events):
+        """Read the tool's progress from its output with ``reader`` (rrc/progress.py;
+        None: it tells none) into ``events``."""
+        if reader is not None:
+            self.progress = OutputProgress(reader, reporter_to(events))
 
     def pump(self):
         """Move what the pipe holds (up to PUMP_MAX_BYTES) into the log."""
@@ -280,6 +304,8 @@ class OutputPipe:
                     self.open = False
                     break
                 self.log.write(chunk)
+                if self.progress:
+                    self.progress.feed(chunk)
                 moved += len(chunk)
         except BlockingIOError:
             pass
@@ -292,6 +318,8 @@ class OutputPipe:
         while self.open and time.monotonic() < deadline:
             select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
             self.pump()
+        if self.progress:
+            self.progress.finish()
         self.log.close()
         self.finished = True
 
@@ -306,6 +334,17 @@ class OutputPipe:
             self.finished = True
         os.close(self.fd)
         self.fd, self.open = None, False
+
+
+def reporter_to(events):
+    """What OutputProgress reports with, for a task's ProgressEvents: a
+    fraction of a stage, or a stage alone."""
+    def report(stage, fraction):
+        if fraction:
+            events.report(*fraction, stage=stage)
+        else:
+            events.report_stage(stage)
+    return report
 
 
 class ExitWatch:

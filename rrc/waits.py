@@ -3,7 +3,7 @@ again on each status event (long-polls, ``--sync``, held POSTs)."""
 
 import time
 
-from .events import STATUS, EventFollower, progress_text
+from .events import PROGRESS, STATUS, EventFollower, last_progress_event, progress_text
 from .schema import Field, TaskStatus
 from .states import get_task
 
@@ -22,13 +22,15 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None, read=get_task):
     """Block until the task leaves busy (or ``timeout``); returns its record.
 
     It wakes on the task's events (a status event: the record is read again;
-    progress goes to ``on_poll`` as the record's ``progress``) instead of
+    progress goes to ``on_poll(record, event)`` as the record's ``progress``
+    and as the newest progress event itself) instead of
     reading the record every few milliseconds.  ``read(store, task_id)``
     reads and judges the record (a farm's front-end also asks after a
     silent worker).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
+    newest = last_progress_event(store, task_id) if on_poll else None  # the tool may have begun
     while True:
         record = read(store, task_id)
         if record.get(Field.STATUS) != TaskStatus.BUSY:
@@ -36,21 +38,25 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None, read=get_task):
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return record
-        follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')), on_poll)
+        newest = follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')),
+                                     on_poll, newest)
 
 
-def follow_until_status(events, record, until, on_poll):
+def follow_until_status(events, record, until, on_poll, newest=None):
     """Follow a busy task's events until a status event or ``until``; ``on_poll``
-    sees ``record`` with the newest progress event's ``DONE/TOTAL``."""
+    sees ``record`` with the newest progress event's ``DONE/TOTAL`` (or stage),
+    and that event (``newest``: the one before, None: none yet).  Returns the
+    newest progress event."""
     while True:
         if on_poll:
-            on_poll(record)
+            on_poll(record, newest)
         left = until - time.monotonic()
         if left <= 0:
-            return
+            return newest
         news = events.wait(min(left, WAIT_POLL_SECONDS) if on_poll else left)
         progress = progress_text(news)
         if progress:
             record = dict(record, progress=progress)
+            newest = [event for event in news if event.kind == PROGRESS][-1]
         if any(event.kind == STATUS for event in news):
-            return
+            return newest

@@ -172,9 +172,9 @@ def test_a_print_sends_progress_events_and_info_shows_them_without_rewriting_the
 def test_the_local_progress_line_shows_the_print_progress_from_the_events(printer_store):
     with PrinterSim(delay=0.005) as sim, \
             rrcloud_on_a_terminal(printer_store, '--sync', 'printrun', sim.port, 'small.gcode') as (client, master):
-        text = read_terminal_until(master, rf'local busy [0-9]+s [0-9]+/{COUNT}', client)
+        text = read_terminal_until(master, r'local busy [0-9]+s \[[#-]{24}\] [0-9]+%', client)
         assert client.wait(timeout=60) == 0
-    assert re.search(rf'\rlocal busy [0-9]+s [0-9]+/{COUNT}', text), text
+    assert re.search(r'\rlocal busy [0-9]+s \[[#-]{24}\] [0-9]+%', text), text
 
 
 ###############################################################################
@@ -309,10 +309,13 @@ def test_wait_hears_progress_between_status_events(tmp_path):
     threading.Timer(0.2, lambda: reporter.report(3, 10)).start()
     threading.Timer(0.8, lambda: move_task(store, TASK_ID, State.COMPLETE)).start()  # writes its status event
 
-    final = waits.wait_for_task(store, TASK_ID, timeout=10, on_poll=lambda r: polled.append(r.get('progress')))
+    events = []
+    final = waits.wait_for_task(store, TASK_ID, timeout=10,
+                                on_poll=lambda r, event: (polled.append(r.get('progress')), events.append(event)))
 
     assert final['status'] == 'complete'
     assert '3/10' in polled, polled
+    assert any(event and event.data['done'] == 3 for event in events), events
 
 
 ###############################################################################

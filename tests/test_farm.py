@@ -19,6 +19,8 @@ import pytest
 from farm import NOTIFIER_SECRET, WORKER_TOKEN, HAProxy, RedisServer, Worker, front_end, www_data
 from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, Receiver, plain_session, wait_for, wait_port_free
 from printer_sim import PrinterSim
+from rrc.events import read_events
+from rrc.store import Store
 
 # A task that says it started, works a few seconds, then writes its result.
 SLOW_SCRIPT = 'echo started; sleep {seconds}; echo {word} > "$1"\n'
@@ -421,6 +423,16 @@ def test_watch_shows_a_workers_task_live(farm, tmp_path):
 
     assert watched.returncode == 0, watched
     assert 'line 1' in watched.stdout and 'line 3' in watched.stdout and 'complete' in watched.stdout
+
+
+def test_a_workers_task_reports_its_tools_stages_to_the_front_end(farm):
+    task_id = farm.post('openscad', 'cube(3);\n', name='part.scad')
+    record = farm.ended(task_id)
+
+    assert record['status'] == 'complete', record
+    stages = [event.data.get('stage') for event in read_events(Store(str(farm.store)), task_id)
+              if event.kind == 'progress']
+    assert stages[0] == 'rendering' and stages[-1] == 'exporting', stages  # read on the worker, sent on
 
 
 # -- clients as they are ---------------------------------------------------------------

@@ -328,11 +328,12 @@ def test_a_wrappers_progress_line_shows_the_servers_progress(server, local):
         task_id = wait_for(lambda: next(iter(task_ids() - before), None), 'the task on the server', 30)
         wait_for(lambda: shows(b' busy '), 'the progress line', 30)
         append_event(Store(str(server.store)), task_id, 'progress', {'done': 5, 'total': 10, 'percent': 50.0})
-        wait_for(lambda: shows(b'5/10'), 'the progress from the server', 30)
+        wait_for(lambda: shows(b'] 50%'), 'the progress from the server', 30)
         server.session.get(f'{server.url}/?service=kill&id={task_id}', timeout=30)
         assert process.wait(timeout=60) == 1
     line = screen.decode(errors='replace').split('\r')
-    assert any(f'127.0.0.1:{server.port}/ busy ' in part and part.rstrip('\x1b[K').endswith(' 5/10')
+    bar = '[' + '#' * 12 + '-' * 12 + '] 50%'
+    assert any(f'127.0.0.1:{server.port}/ busy ' in part and part.rstrip('\x1b[K').endswith(' ' + bar)
                for part in line), screen
 
 

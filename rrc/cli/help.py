@@ -132,10 +132,12 @@ WATCH_HELP = """\
 usage: rrcloud [--s=SERVER] [--format=json] watch ID
 
 Follows a task (or a job) until it ends: its status changes, its tool's log
-lines as they are written, notes, a job's steps, and its progress (a bar on
-a terminal, a line per update otherwise).  Exits with the task's code: 0
-when it completes, else what `rrcloud --sync` gives for it (1, or the tool's
-own exit code).  Ctrl-C stops the watching, not the task.
+lines as they are written, notes, a job's steps, and its progress: the
+tool's own fraction (POV-Ray) or the stage it is in (Slic3r, OpenSCAD), with
+the time left, as a bar on a terminal, a line per update otherwise.  Exits
+with the task's code: 0 when it completes, else what `rrcloud --sync` gives
+for it (1, or the tool's own exit code).  Ctrl-C stops the watching, not the
+task.
 
 A task of this store is followed from its files; one sent to a server, or
 with --s=SERVER, from the server's event stream (GET ?service=events&id=ID,

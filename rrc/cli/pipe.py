@@ -12,7 +12,7 @@ import time
 
 from .options import Options, classify_args, take_options
 from .output import describe_args, exit_code_of, print_id, print_record
-from .sync import ProgressLine, check_result_format, deliver_output, show_log
+from .sync import ProgressLine, check_result_format, deliver_output, event_progress, show_log
 from ..errors import ExitCode, RRCloudError, UsageError
 from ..pipeline import StepSpec, job_view, kill_job, step_service, submit_pipe
 from ..remote import (cannot_reach, http_session, kill_remote, parse_answer, record_remote, refusal_reason,
@@ -148,7 +148,8 @@ def finish_pipe(ctx, record, last_service, output):
         if remote:
             record = wait_remote(ctx.store, ctx.config, record, ctx.config.client_token_for, progress)
         else:
-            on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
+            on_poll = (lambda current, newest: progress(current, time.monotonic() - started,
+                                                        progress=event_progress(newest))) if progress else None
             record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
     except KeyboardInterrupt:
         stop_job(ctx, record)

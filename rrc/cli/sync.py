@@ -4,6 +4,7 @@ import os
 import sys
 import time
 
+from .bar import progress_bar
 from .output import exit_code_of, print_record
 from ..errors import ExitCode, NoServer, RRCloudError
 from ..remote import (connection_failure, host_port, kill_remote, submit_remote, terminal_safe,
@@ -65,21 +66,44 @@ def stop_after_interrupt(ctx, record):
 class ProgressLine:
     """One line on a terminal's stderr, the same for local and remote tasks:
     where it runs, its state (queued while it waits for a slot), elapsed
-    seconds, and the printer's progress when there is one (for a local task,
-    wait_for_task hands it the newest progress event of the task's log)."""
+    seconds, and its progress when there is some: a bar or the stage its tool
+    is in, with the time left (rrc/cli/bar.py), else the record's own
+    ``progress``."""
 
     def __init__(self, where):
         self.where = where
         self.shown = None
+        self.started = False  # it has been shown running: never queued again
 
-    def __call__(self, record, elapsed, state=None):
-        state = state or ('queued' if record.get(Field.QUEUED) else record.get(Field.STATUS))
-        extra = f' {record["progress"]}' if record.get(Field.PROGRESS) else ''
-        line = f'{self.where} {terminal_safe(state)} {elapsed:.0f}s{terminal_safe(extra)}'
+    def __call__(self, record, elapsed, state=None, progress=None):
+        """Draw the line; ``progress``: (a progress event's data, the monotonic time it came)."""
+        state = state or self.state_of(record)
+        detail = self.detail(record, progress)
+        line = f'{self.where} {terminal_safe(state)} {elapsed:.0f}s' + (f' {terminal_safe(detail)}' if detail else '')
         if line != self.shown:  # a local wait looks every few ms; the terminal needs a change
             sys.stderr.write(f'\r{line}\x1b[K')
             sys.stderr.flush()
             self.shown = line
+
+    def state_of(self, record):
+        """``queued`` until the task has been seen running, then its status: a
+        record read before the start or a server's events read again from
+        their beginning never take the line back to queued (a task never
+        goes back to its queue)."""
+        if record.get(Field.QUEUED) and not self.started:
+            return 'queued'
+        self.started = self.started or record.get(Field.STATUS) == TaskStatus.BUSY
+        return record.get(Field.STATUS)
+
+    @staticmethod
+    def detail(record, progress):
+        """The bar of the newest progress event, else the record's ``progress``."""
+        if progress:
+            data, came = progress
+            bar = progress_bar(data, time.monotonic() - came)
+            if bar:
+                return bar
+        return record.get(Field.PROGRESS) or ''
 
     def clear(self):
         sys.stderr.write('\r\x1b[K')
@@ -87,11 +111,19 @@ class ProgressLine:
         self.shown = None
 
 
+def event_progress(event):
+    """(data, the monotonic time it came) of a progress Event of this machine's store, or None."""
+    if event is None:
+        return None
+    return event.data, time.monotonic() - max(0.0, time.time() - event.time)
+
+
 def finish_sync(ctx, record, output, show=False):
     """Wait for a local task, deliver its result, mirror its exit code."""
     progress = ProgressLine('local') if sys.stderr.isatty() else None
     started = time.monotonic()
-    on_poll = (lambda current: progress(current, time.monotonic() - started)) if progress else None
+    on_poll = (lambda current, newest: progress(current, time.monotonic() - started,
+                                                progress=event_progress(newest))) if progress else None
     try:
         record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
     except KeyboardInterrupt:

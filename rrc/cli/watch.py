@@ -17,9 +17,10 @@ stream sends it.  The exit code is the task's: 0 complete, else what a
 import sys
 import time
 
+from .bar import progress_bar
 from .output import ask_server, exit_code_of, refresh_if_remote
 from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
-from ..events import LOG, NOTE, PROGRESS, STATUS, STEP
+from ..events import LOG, NOTE, PROGRESS, STATUS, STEP, checked_progress, event_progress_text
 from ..livestream import LiveStream, Message, is_final
 from ..names import check_task_id
 from ..remote import (CONNECT_TIMEOUT, REMOTE_ID_RE, cannot_reach, connection_failure, host_port, http_session,
@@ -31,7 +32,6 @@ from ..states import get_task
 READ_TIMEOUT = 40
 RECONNECT_DELAY = 2.0
 POLL_WAIT = 30
-BAR_WIDTH = 24
 
 
 def cmd_watch(ctx, args):
@@ -51,6 +51,9 @@ def cmd_watch(ctx, args):
     final = None
     try:
         for message in messages:
+            if message is None:  # a second without news: a bar's time left moves on
+                view.tick()
+                continue
             view.show(message)
             if message.final:
                 final = message.data
@@ -73,10 +76,10 @@ def remote_task_id(text):
 # -- where the messages come from ---------------------------------------------
 
 def local_messages(store, record):
-    """A task of this store, followed from its files."""
+    """A task of this store, followed from its files (None after a second without any)."""
     stream = LiveStream(store, record, lambda: get_task(store, record[Field.ID]))
     while not stream.ended:
-        yield from stream.wait(1.0)
+        yield from stream.wait(1.0) or [None]
 
 
 def remote_messages(ctx, url, task_id):
@@ -218,9 +221,11 @@ def wait_with_events(ctx, record, progress):
     inbox = queue.Queue()
     messages = remote_messages(ctx, url, record[Field.REMOTE_ID])
     threading.Thread(target=pump_messages, args=(messages, inbox), daemon=True).start()
-    started, shown = time.monotonic(), dict(record)
+    started, shown, latest = time.monotonic(), dict(record), None
+    heard = False  # the local record says busy; the server's first status says queued or running
     while True:
-        progress(shown, time.monotonic() - started)
+        if heard or time.monotonic() - started >= 1.0:
+            progress(shown, time.monotonic() - started, progress=latest)
         try:
             message = inbox.get(timeout=1.0)
         except queue.Empty:
@@ -229,7 +234,10 @@ def wait_with_events(ctx, record, progress):
             raise message
         if message is None or isinstance(message, BaseException):  # no end seen: long-poll it
             return None
+        heard = heard or message.kind == STATUS
         shown = shown_record(shown, message)
+        if message.kind == PROGRESS:
+            latest = (message.data, time.monotonic())
         if message.final:
             from ..remote import refresh_remote
             return refresh_remote(ctx.store, record, session)
@@ -266,8 +274,8 @@ def shown_record(record, message):
         record[Field.STATUS] = terminal_safe(data[Field.STATUS])
         if data.get(Field.QUEUED):
             record[Field.QUEUED] = 'yes'
-    elif message.kind == PROGRESS and isinstance(data.get('done'), int) and isinstance(data.get('total'), int):
-        record = dict(record, **{Field.PROGRESS: f'{data["done"]}/{data["total"]}'})
+    elif message.kind == PROGRESS and event_progress_text(data):
+        record = dict(record, **{Field.PROGRESS: event_progress_text(data)})
     return record
 
 
@@ -279,6 +287,9 @@ class JsonView:
     def show(self, message):
         sys.stdout.write(message.json + '\n')
         sys.stdout.flush()
+
+    def tick(self):
+        pass
 
     def close(self):
         pass
@@ -292,16 +303,27 @@ class TextView:
         self.out = out
         self.tty = out.isatty()
         self.bar = ''  # the bar on screen (tty only)
+        self.progress = None  # (data, when it came) of the bar on screen
         self.state = None
 
     def show(self, message):
-        line = self.text_of(message)
         if message.final:
             self.close()  # the end: no bar under it
         if message.kind == PROGRESS and self.tty:
-            self.draw_bar(line)
-        elif line is not None:
+            self.progress = (message.data, time.monotonic())
+            self.tick()
+            return
+        line = self.text_of(message)
+        if line is not None:
             self.write_line(line)
+
+    def tick(self):
+        """The bar drawn again: its time left counted down."""
+        if self.progress:
+            data, came = self.progress
+            bar = progress_bar(data, time.monotonic() - came)
+            if bar and bar != self.bar:
+                self.draw_bar(bar)
 
     def text_of(self, message):
         data = message.data
@@ -314,7 +336,7 @@ class TextView:
         if message.kind == LOG:
             return terminal_safe(data.get('text', ''))
         if message.kind == PROGRESS:
-            return progress_text(data, bar=self.tty)
+            return progress_text(data)
         if message.kind == NOTE:
             return f'note: {terminal_safe(data.get("text", ""))}'
         if message.kind == STEP:
@@ -338,6 +360,7 @@ class TextView:
         self.out.flush()
 
     def close(self):
+        self.progress = None
         if self.bar:
             self.out.write('\r\x1b[K')
             self.out.flush()
@@ -358,16 +381,15 @@ def status_text(data):
     return text
 
 
-def progress_text(data, bar=False):
-    """``progress: 120/400 30.0% eta 6s``, with ``bar`` a bar of BAR_WIDTH before it."""
-    done, total = data.get('done'), data.get('total')
-    if not isinstance(done, int) or not isinstance(total, int):
+def progress_text(data):
+    """A progress event as a line of its own: ``progress: 120/400 30.0% eta 6s``,
+    ``progress: generating skirt eta 12s``; None when it holds no progress."""
+    data = checked_progress(data)
+    if not data:
         return None
-    percent = data.get('percent') if isinstance(data.get('percent'), (int, float)) else None
-    eta = data.get('eta') if isinstance(data.get('eta'), (int, float)) else None
-    text = f'{done}/{total}' + (f' {percent:.1f}%' if percent is not None else '') \
-        + (f' eta {eta:.0f}s' if eta is not None else '')
-    if not bar:
-        return f'progress: {text}'
-    filled = int(BAR_WIDTH * min(max(percent or 0.0, 0.0), 100.0) / 100)
-    return f'[{"#" * filled}{"." * (BAR_WIDTH - filled)}] {text}'
+    words = [data['stage']] if data.get('stage') else []
+    if 'total' in data:
+        words.append(f'{data["done"]}/{data["total"]}')
+        words += [f'{data["percent"]:.1f}%'] if 'percent' in data else []
+    words += [f'eta {data["eta"]:.0f}s'] if 'eta' in data else []
+    return 'progress: ' + ' '.join(words)
