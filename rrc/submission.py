@@ -10,7 +10,7 @@ import time
 from .events import status_changed
 from .errors import RRCloudError, UsageError
 from .names import is_extension
-from .notifier import check_notifier_url, notifier_events_field
+from .notifier import check_notifier_target, notifier_events_field
 from .order import mark_placed, parse_priority
 from .projects import is_project_name, unpack_project
 from .backends import task_queue
@@ -98,9 +98,9 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
     check_output_ext(service, out_ext)
     if not inputs and state != State.WAITING:
         raise UsageError('missing input: give at least one input file or content')
-    if notifier:
-        check_notifier_url(notifier)
     events = notifier_events_field(notifier, notifier_events)
+    if notifier:  # refused now, as its call would be (a DNS look-up): never dropped unseen at the end
+        check_notifier_target(notifier, client, config.notifierAllow)
     inputs = [filter_config_input(service, item) for item in inputs]
     stored = []
     try:
