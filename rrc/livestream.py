@@ -17,7 +17,8 @@ it, so a client that comes back with it (SSE's ``Last-Event-ID``) gets every
 later message and none twice.  ``E`` alone means "the log from its start".
 
 A log line is cut at LOG_LINE_MAX bytes (the rest follows as the next line),
-its control characters shown as ``?``; the last line of a finished task's
+its control characters shown as ``?``, the task's stored input paths as
+the names its client sent them with (rrc/inputnames.py); the last line of a finished task's
 log is sent even without its newline.  A job (``service: pipe``) has no log
 of its own: only its events (its ``step`` events say what its steps do).
 
@@ -30,6 +31,7 @@ message made from its record, under the cursor it already had.
 import os
 import time
 
+from .inputnames import LogNames
 from .events import LOG, STATUS, EventFollower
 from .schema import JOB_SERVICE, Field, TaskStatus
 
@@ -102,6 +104,9 @@ class LiveStream:
         self.cursor = cursor or Cursor()
         self.events = EventFollower(store, self.task_id, after=self.cursor.event_id)
         self.log_path = None if record.get(Field.SERVICE) == JOB_SERVICE else store.log_path(self.task_id)
+        # A log line names the client's files, never the store's (its cursor
+        # still counts the log's own bytes).
+        self.log_names = LogNames(record, store.root)
         self.ended = False
         self.record_checked = time.monotonic()
 
@@ -143,7 +148,7 @@ class LiveStream:
             lines, used = split_log(chunk, final and len(chunk) < LOG_READ_MAX)
             for line, size in lines:
                 self.cursor = Cursor(self.cursor.event_id, self.cursor.log_offset + size)
-                data = {'text': line}
+                data = {'text': self.log_names.shown(line)}
                 messages.append(Message(LOG, log_json(data), self.cursor, data))
             if not used or len(chunk) < LOG_READ_MAX:
                 break

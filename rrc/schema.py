@@ -23,6 +23,8 @@ class Field:
     # format; ``cmd`` is only for showing.
     CLIENT = 'client'
     IN = 'in'
+    # The file names the client sent its inputs with, cleaned (rrc/inputnames.py).
+    INPUT_NAMES = 'inputNames'
     PREARGS = 'preargs'
     NATIVE_ARGS = 'nativeArgs'
     PARAMS = 'params'

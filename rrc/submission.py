@@ -7,6 +7,7 @@ that fails leaves nothing behind.
 import os
 import time
 
+from .inputnames import input_names_field
 from .events import status_changed
 from .errors import RRCloudError, UsageError
 from .names import is_extension
@@ -110,7 +111,8 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
         size_in = sum(input_size(store, path) for _, path in stored)
         record = store.create_task(lambda task_id: dict(_new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext, state),
-            server=config.serverName, **{Field.NODE: store.node.name}, **events, **(fields or {})))
+            server=config.serverName, **{Field.NODE: store.node.name}, **events,
+            **input_names_field([item.filename for item in inputs]), **(fields or {})))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)

@@ -1181,3 +1181,63 @@ def test_100_concurrent_posts(server):
         [r for r in found.values() if r['status'] != 'complete'][:3]
     for record, content in zip(records, contents):
         assert download(server, record['out']).content == content.encode()
+
+
+###############################################################################
+# Results and logs as the client named its files (rrc/inputnames.py)
+###############################################################################
+
+# Writes "made by $0 from $1" to its log and a result: the log names its input paths.
+NAMING_SCRIPT = 'echo "made by $0"\necho made > "$1"\n'
+
+
+@pytest.mark.parametrize('service, filename, disposition', [
+    ('sh_stl', 'cube.scad', 'attachment; filename="cube.stl"'),
+    ('sh_stl', 'my part v2.scad', 'attachment; filename="my part v2.stl"'),
+    ('sh_stl', 'C:\\models\\cube.scad', 'attachment; filename="cube.stl"'),
+    ('sh_stl', '../../etc/passwd', 'attachment; filename="passwd.stl"'),
+    ('sh_stl', '.profile', 'attachment; filename="profile.stl"'),
+    ('sh_stl', 'würfel.scad', 'attachment; filename="w_rfel.stl"; filename*=UTF-8\'\'w%C3%BCrfel.stl'),
+    ('sh_stl', '50%.scad', 'attachment; filename="50_.stl"; filename*=UTF-8\'\'50%25.stl'),
+    ('sh_png', 'scene.pov', 'inline; filename="scene.png"'),
+    ('sh_gcode', 'part.stl', 'attachment; filename="part.gcode"'),
+    ('sh', 'notes.txt', 'inline; filename="notes.txt"'),  # echo-like: no extension of its own
+])
+def test_a_result_is_saved_under_its_input_s_name(server, service, filename, disposition):
+    record = answer_of(submit(server, {'service': service}, files={'fileIn0': (filename, NAMING_SCRIPT)}), 'text')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+
+    for method in ('GET', 'HEAD'):
+        answer = server.session.request(method, f'{server.url}/{record["out"]}', timeout=30)
+
+        assert answer.status_code == 200, answer.text
+        assert answer.headers['Content-Disposition'] == disposition
+        check_cors(answer)
+
+
+def test_a_result_of_content_or_of_an_unknown_task_keeps_its_own_name(server):
+    record = answer_of(submit(server, {'service': 'sh_stl', 'fileIn0': NAMING_SCRIPT}), 'text')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+    name = record['out'].rsplit('/', 1)[1]
+    (server.store / 'tasks' / 'out' / 'stray.stl').write_bytes(b'solid x\n')
+
+    assert download(server, record['out']).headers['Content-Disposition'] == f'attachment; filename="{name}"'
+    assert download(server, 'tasks/out/stray.stl').headers['Content-Disposition'] == 'attachment; filename="stray.stl"'
+
+
+def test_the_log_names_the_client_s_files_never_the_store_s(server):
+    files = {'fileIn0': ('build.sh', 'echo "made by $0 with $1"\necho made > "$2"\n'),
+             'fileIn1': ('pla settings.ini', 'x = 1\n')}
+    record = answer_of(submit(server, {'service': 'sh', 'prearg1': '--data='}, files=files, fmt='json'), 'json')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+
+    log = download(server, f'tasks/log/{record["id"]}')
+
+    assert log.status_code == 200
+    assert 'made by build.sh with --data=pla settings.ini' in log.text, log.text
+    assert 'tasks/in/' not in log.text
+    assert int(log.headers['Content-Length']) == len(log.content)
+    head = server.session.head(f'{server.url}/tasks/log/{record["id"]}', timeout=30)
+    assert head.headers['Content-Length'] == log.headers['Content-Length'] and head.content == b''
+    # The record still says where the inputs are stored (0.019 clients read it), and their names.
+    assert record['in'].startswith('tasks/in/') and record['inputNames'] == 'build.sh/pla settings.ini'
