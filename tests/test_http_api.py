@@ -33,7 +33,7 @@ import requests
 
 import deploy
 from conftest import DATA
-from helpers import SH_INPUTS_SERVICE, wait_for
+from helpers import SH_INPUTS_SERVICE, plain_session, wait_for
 from rrc.store import parse_record
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
@@ -45,7 +45,8 @@ SPEC_INFO_FIELDS = {'client', 'cmd', 'ctime', 'etime', 'id', 'in', 'out', 'pid',
                     'service', 'status'}
 META_FIELDS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
                'uptime', 'version', 'busy', 'queued', 'maxTasks', 'sandbox', 'instance', 'events',
-               'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend'}
+               'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend',
+               'toolVersions'}
 BROWSER = 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
 
 # sh (SH_INPUTS_SERVICE), and the same with a result named by extension: sh_png writes ID.png, and so on.
@@ -1241,3 +1242,55 @@ def test_the_log_names_the_client_s_files_never_the_store_s(server):
     assert head.headers['Content-Length'] == log.headers['Content-Length'] and head.content == b''
     # The record still says where the inputs are stored (0.019 clients read it), and their names.
     assert record['in'].startswith('tasks/in/') and record['inputNames'] == 'build.sh/pla settings.ini'
+
+
+###############################################################################
+# meta names each tool as installed (rrc/toolversions.py)
+###############################################################################
+
+def installed_version(argv, pattern):
+    """What the test itself reads from a tool's own --version."""
+    import subprocess
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return re.search(pattern, done.stdout + done.stderr).group(1)
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_meta_names_each_service_s_tool_version(server, fmt):
+    meta = answer_of(server.session.get(f'{server.url}/', params=with_format({'service': 'meta'}, fmt),
+                                        timeout=30), fmt)
+
+    versions = dict(pair.split('=', 1) for pair in meta['toolVersions'].split(','))
+    assert set(versions) == set(meta['services'].split(','))
+    assert versions['openscad'] == 'OpenSCAD ' + installed_version(['openscad', '--version'], r'version (\S+)')
+    assert versions['povray'] == 'POV-Ray ' + installed_version(['povray', '--version'], r'POV-Ray (\d[\d.]*\d)')
+    assert versions['slic3r'] == 'slic3r ' + installed_version(['slic3r', '--version'], r'(\d[\d.]*)')
+    assert versions['openjscad'] == 'OpenJSCAD ' + installed_version(['openjscad', '-v'], r'OpenJSCAD (\S+)')
+    assert versions['printrun'].startswith('rrcloud ')  # the built-in sender
+    assert META_FIELDS <= set(meta)  # what 0.019 clients read is all still there
+
+
+# A tool that counts how often it is asked its version.
+COUNTING_TOOL = '#!/bin/sh\necho asked >> "{count}"\necho "FakeTool {version} (built today)"\n'
+
+
+def test_a_tool_is_asked_its_version_once_per_binary_across_processes(embedded_server, tmp_path):
+    count, tool = tmp_path / 'asked', tmp_path / 'bin' / 'faketool'
+    tool.parent.mkdir()
+    tool.write_text(COUNTING_TOOL.format(count=count, version='4.2.1'))
+    tool.chmod(0o755)
+    server = embedded_server('maxTasks = 1\n', {'fake': f'path = {tool.parent}\ncmd = faketool\n'})
+
+    def fake_version():
+        meta = plain_session().get(server.url, params={'service': 'meta', 'format': 'json'}, timeout=30).json()
+        return dict(pair.split('=', 1) for pair in meta['toolVersions'].split(','))['fake']
+
+    assert [fake_version(), fake_version()] == ['FakeTool 4.2.1'] * 2
+    server.stop()
+    server.start()  # a new process (as each CGI request is): the store's cache answers
+    assert fake_version() == 'FakeTool 4.2.1'
+    assert count.read_text() == 'asked\n'
+
+    tool.write_text(COUNTING_TOOL.format(count=count, version='4.3.0'))  # upgraded: another binary
+    assert fake_version() == 'FakeTool 4.3.0'
+    assert count.read_text() == 'asked\nasked\n'
