@@ -99,8 +99,10 @@ def read_cache(path):
 
 
 def write_cache(path, known):
-    """Write the cache file whole (temp file and rename: a reader never sees half)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Write the cache file whole (temp file and rename: a reader never sees half);
+    not before the store exists (its first task makes it: looking writes nothing)."""
+    if not os.path.isdir(os.path.dirname(path)):
+        return
     text = ''.join(f'{key}\t{version}\n' for key, version in sorted(known.items()))
     write_file_atomically(path, text.encode('utf-8'))
 
