@@ -1294,3 +1294,17 @@ def test_a_tool_is_asked_its_version_once_per_binary_across_processes(embedded_s
     tool.write_text(COUNTING_TOOL.format(count=count, version='4.3.0'))  # upgraded: another binary
     assert fake_version() == 'FakeTool 4.3.0'
     assert count.read_text() == 'asked\nasked\n'
+
+
+def test_a_job_s_result_is_named_after_its_first_step_s_input(server):
+    # sh_stl writes a script as its "model"; sh_gcode runs it: cube.scad -> cube.stl -> cube.gcode.
+    files = {'step1.fileIn0': ('cube.scad', 'printf "echo sliced > \\"\\$1\\"\\n" > "$1"\n')}
+    answer = server.session.post(f'{server.url}/', data={'service': 'pipe', 'step1': 'sh_stl', 'step2': 'sh_gcode',
+                                                         'wait': '60', 'format': 'json'}, files=files, timeout=90)
+    job = answer_of(answer, 'json')
+    assert job['status'] == 'complete', job
+
+    result = download(server, job['out'])
+
+    assert result.content == b'sliced\n'
+    assert result.headers['Content-Disposition'] == 'attachment; filename="cube.gcode"'
