@@ -23,7 +23,8 @@ NAME_MAX_BYTES = 255
 SEPARATOR = '/'
 # How an input sent as content (``fileIn0=text``) is shown in a log.
 CONTENT_SHOWN = '<content>'
-# Where a tool sees the store's ``tasks/`` folder: its sandbox's working folder.
+# Where a tool sees the store's ``tasks/`` folder: its sandbox's working folder
+# (rrc/sandbox.py's JOB_FOLDER; only the runner imports that module).
 SANDBOX_ROOT = '/job'
 # RFC 5987 attr-char besides letters and digits: kept as they are in filename*.
 ATTR_CHARS = "!#$&+-.^_`|~"
