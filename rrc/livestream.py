@@ -105,8 +105,9 @@ class LiveStream:
         self.events = EventFollower(store, self.task_id, after=self.cursor.event_id)
         self.log_path = None if record.get(Field.SERVICE) == JOB_SERVICE else store.log_path(self.task_id)
         # A log line names the client's files, never the store's (its cursor
-        # still counts the log's own bytes).
-        self.log_names = LogNames(record, store.root)
+        # still counts the log's own bytes); made when the first line comes,
+        # from the record as it is then (a pipeline step gets its input late).
+        self.log_names = None
         self.ended = False
         self.record_checked = time.monotonic()
 
@@ -146,6 +147,8 @@ class LiveStream:
         while self.log_path is not None:
             chunk = self._read_log()
             lines, used = split_log(chunk, final and len(chunk) < LOG_READ_MAX)
+            if lines and self.log_names is None:
+                self.log_names = self._log_names()
             for line, size in lines:
                 self.cursor = Cursor(self.cursor.event_id, self.cursor.log_offset + size)
                 data = {'text': self.log_names.shown(line)}
@@ -153,6 +156,14 @@ class LiveStream:
             if not used or len(chunk) < LOG_READ_MAX:
                 break
         return messages
+
+    def _log_names(self):
+        """The client's names of the task's inputs, from its record as it is now."""
+        from .errors import NotFound
+        try:
+            return LogNames(self.read_record(), self.store.root)
+        except NotFound:  # removed while followed: no names, its lines as they are
+            return LogNames({}, self.store.root)
 
     def _read_log(self):
         try:

@@ -1298,7 +1298,7 @@ def test_a_tool_is_asked_its_version_once_per_binary_across_processes(embedded_s
 
 def test_a_job_s_result_is_named_after_its_first_step_s_input(server):
     # sh_stl writes a script as its "model"; sh_gcode runs it: cube.scad -> cube.stl -> cube.gcode.
-    files = {'step1.fileIn0': ('cube.scad', 'printf "echo sliced > \\"\\$1\\"\\n" > "$1"\n')}
+    files = {'step1.fileIn0': ('cube.scad', 'printf "echo slicing \\$0\\necho sliced > \\"\\$1\\"\\n" > "$1"\n')}
     answer = server.session.post(f'{server.url}/', data={'service': 'pipe', 'step1': 'sh_stl', 'step2': 'sh_gcode',
                                                          'wait': '60', 'format': 'json'}, files=files, timeout=90)
     job = answer_of(answer, 'json')
@@ -1308,3 +1308,18 @@ def test_a_job_s_result_is_named_after_its_first_step_s_input(server):
 
     assert result.content == b'sliced\n'
     assert result.headers['Content-Disposition'] == 'attachment; filename="cube.gcode"'
+    second = job['step2'].split()[0]  # "ID SERVICE STATUS"
+    assert download(server, f'tasks/log/{second}').text == 'slicing cube.stl\n'
+
+
+@LIVE
+def test_every_deployment_passes_the_result_s_name_and_the_log_s_names_on(server):
+    files = {'fileIn0': ('würfel.scad', 'echo "made by $0"\necho made > "$1"\n')}
+    record = answer_of(submit(server, {'service': 'sh_stl'}, files=files, fmt='json'), 'json')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+
+    result, log = download(server, record['out']), download(server, f'tasks/log/{record["id"]}')
+
+    assert result.headers['Content-Disposition'] == \
+        'attachment; filename="w_rfel.stl"; filename*=UTF-8\'\'w%C3%BCrfel.stl'
+    assert log.text.startswith('made by würfel.scad\n'), log.text
