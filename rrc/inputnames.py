@@ -6,7 +6,7 @@ sent with it, cleaned, in the record's ``inputNames`` (``cube.scad/params.json``
 one per input of ``in``, in its order, separated by ``/``, which no cleaned
 name holds; '' for an input sent as content).  From them:
 
-- ``shown_log``: a tool's log with each stored input path replaced by the
+- ``LogNames``: a tool's log with each stored input path replaced by the
   client's name (a project's files keep their own names, relative to its
   folder), for the log served over HTTP, the event stream and ``rrcloud watch``;
 - ``download_name``: the name a result is saved under (``cube.scad`` ->

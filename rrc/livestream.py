@@ -18,8 +18,8 @@ later message and none twice.  ``E`` alone means "the log from its start".
 
 A log line is cut at LOG_LINE_MAX bytes (the rest follows as the next line),
 its control characters shown as ``?``, the task's stored input paths as
-the names its client sent them with (rrc/inputnames.py); the last line of a finished task's
-log is sent even without its newline.  A job (``service: pipe``) has no log
+the names its client sent them with (rrc/inputnames.py); the last line of a
+finished task's log is sent even without its newline.  A job (``service: pipe``) has no log
 of its own: only its events (its ``step`` events say what its steps do).
 
 The stream ends with the task's final status event (complete or failed).
@@ -31,8 +31,8 @@ message made from its record, under the cursor it already had.
 import os
 import time
 
-from .inputnames import LogNames
 from .events import LOG, STATUS, EventFollower
+from .inputnames import LogNames
 from .schema import JOB_SERVICE, Field, TaskStatus
 
 FINAL_STATUSES = (TaskStatus.COMPLETE, TaskStatus.FAILED)

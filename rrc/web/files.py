@@ -4,8 +4,8 @@ file names in it (rrc/inputnames.py)."""
 
 import os
 
-from ..inputnames import LogNames, content_disposition, download_name
 from ..errors import HTTPError, NotFound
+from ..inputnames import LogNames, content_disposition, download_name
 from ..names import OUT_NAME_RE, is_task_id
 from .request import Response
 
@@ -43,8 +43,9 @@ def serve_result(app, request, name):
 
 
 def record_of(store, task_id):
-    """The record of the task a result belongs to, or None (a result outlives
-    nothing, but a record may be expired or torn: the result is still served)."""
+    """The record of the task a result or log belongs to, or None when there is
+    none to read (not a task's id, removed, unreadable): the file is still
+    served, under its own name and with its lines as they are."""
     if not is_task_id(task_id):
         return None
     try:
