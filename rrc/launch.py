@@ -97,6 +97,7 @@ class Launch:
         self.progress = service.progress
         self.env.update(service.progress.env if service.progress else ())
         self.read_paths = list(service.read_paths) + service_path_folders(service)
+        self.files = list(service.sandbox_files)
         self.devices = [arg for arg in argv if arg.startswith('/dev/')]  # allowed ports
         self.builtin = argv[0] == 'rrcloud'
         if self.builtin:  # the G-code sender: this program, this Python
@@ -139,6 +140,6 @@ def sandbox_command(task, launch, work, limits):
     # A missing port is left out: the sender inside reports it in one line.
     devices = [d for d in launch.devices if is_character_device(d)]
     jail = Sandbox([(host, inside) for inside, host in inputs.items()], work,
-                   read_paths=launch.read_paths, devices=devices)
+                   read_paths=launch.read_paths, devices=devices, files=launch.files)
     launch.env.update(HOME='/tmp', TMPDIR='/tmp')
     return jail.command(limits.rlimit_argv() + launch.argv)

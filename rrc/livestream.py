@@ -17,8 +17,9 @@ it, so a client that comes back with it (SSE's ``Last-Event-ID``) gets every
 later message and none twice.  ``E`` alone means "the log from its start".
 
 A log line is cut at LOG_LINE_MAX bytes (the rest follows as the next line),
-its control characters shown as ``?``; the last line of a finished task's
-log is sent even without its newline.  A job (``service: pipe``) has no log
+its control characters shown as ``?``, the task's stored input paths as
+the names its client sent them with (rrc/inputnames.py); the last line of a
+finished task's log is sent even without its newline.  A job (``service: pipe``) has no log
 of its own: only its events (its ``step`` events say what its steps do).
 
 The stream ends with the task's final status event (complete or failed).
@@ -31,6 +32,7 @@ import os
 import time
 
 from .events import LOG, STATUS, EventFollower
+from .inputnames import LogNames
 from .schema import JOB_SERVICE, Field, TaskStatus
 
 FINAL_STATUSES = (TaskStatus.COMPLETE, TaskStatus.FAILED)
@@ -102,6 +104,10 @@ class LiveStream:
         self.cursor = cursor or Cursor()
         self.events = EventFollower(store, self.task_id, after=self.cursor.event_id)
         self.log_path = None if record.get(Field.SERVICE) == JOB_SERVICE else store.log_path(self.task_id)
+        # A log line names the client's files, never the store's (its cursor
+        # still counts the log's own bytes); made when the first line comes,
+        # from the record as it is then (a pipeline step gets its input late).
+        self.log_names = None
         self.ended = False
         self.record_checked = time.monotonic()
 
@@ -141,13 +147,23 @@ class LiveStream:
         while self.log_path is not None:
             chunk = self._read_log()
             lines, used = split_log(chunk, final and len(chunk) < LOG_READ_MAX)
+            if lines and self.log_names is None:
+                self.log_names = self._log_names()
             for line, size in lines:
                 self.cursor = Cursor(self.cursor.event_id, self.cursor.log_offset + size)
-                data = {'text': line}
+                data = {'text': self.log_names.shown(line)}
                 messages.append(Message(LOG, log_json(data), self.cursor, data))
             if not used or len(chunk) < LOG_READ_MAX:
                 break
         return messages
+
+    def _log_names(self):
+        """The client's names of the task's inputs, from its record as it is now."""
+        from .errors import NotFound
+        try:
+            return LogNames(self.read_record(), self.store.root)
+        except NotFound:  # removed while followed: no names, its lines as they are
+            return LogNames({}, self.store.root)
 
     def _read_log(self):
         try:

@@ -15,6 +15,7 @@ from .identity import NodeIdentity, instance_id
 from .procs import format_uptime, system_uptime
 from .states import count_tasks, queued_here, running_here
 from .store import Store, marked
+from .toolversions import ToolVersions, versions_field
 
 
 class Node:
@@ -30,18 +31,22 @@ class Node:
         self.identity = NodeIdentity.of(config.nodeName)
         self.store = Store(config.dir, self.identity)
         self.started = started
+        # Each tool is asked its version once per binary (rrc/toolversions.py).
+        self.tool_versions = ToolVersions(self.store.root)
 
     def meta(self, services):
-        """The ``meta`` answer of this node."""
-        return meta_record(self.store, self.config, services, self.started)
+        """The ``meta`` answer of this node, with its tools' versions."""
+        return meta_record(self.store, self.config, services, self.started, self.tool_versions)
 
 
-def meta_record(store, config, services, started=None):
+def meta_record(store, config, services, started=None, tool_versions=None):
     """What this machine offers: the spec's meta fields plus load for schedulers.
 
     ``busy`` and ``queued`` count this node's tasks (``tasks`` counts the
     store's).  ``uptime`` counts from ``started`` (when the serving process
     started), or, without a server (``rrcloud meta`` on the command line), from boot.
+    ``toolVersions``: each service's tool as installed (``tool_versions``, a
+    server's own ``ToolVersions``; else one that reads the store's cache).
     """
     running = running_here(store, marked(store, 'running'))
     tasks = count_tasks(store)
@@ -58,6 +63,7 @@ def meta_record(store, config, services, started=None):
         'services': ','.join(sorted(services)),
         'tasks': str(tasks),
         'timeout': f'{config.timeout:g}',
+        'toolVersions': versions_field((tool_versions or ToolVersions(store.root)).of_services(services)),
         'uptime': format_uptime(time.time() - started if started else system_uptime()),
         'version': VERSION_STRING,
     })

@@ -90,11 +90,36 @@ class TaskNotifier:
             notify(self.store, self.config, record, ENDED)
 
 
+def filled_notifier_url(template, task_id, client):
+    """The URL a notifier template calls: ``$id`` and ``$myip`` (the client's address) filled in."""
+    return template.replace('$id', task_id).replace('$myip', client)
+
+
+# What ``$id`` stands for while a task has no id yet (its notifier checked at submission).
+ID_NOT_YET = '0000000000-00000-000000'
+
+
+def check_notifier_target(template, client, allowed):
+    """At submission: UsageError when the server would refuse to call this
+    notifier (the same rule as the call, ``notifier_address``), so a client
+    learns it now rather than from a line in the log.  A name that does not
+    resolve yet passes: it may by the time the task ends (the call is checked again)."""
+    import socket
+    check_notifier_url(template)  # as the client wrote it: a refusal names its words
+    url = filled_notifier_url(template, ID_NOT_YET, client)
+    try:
+        notifier_address(url, allowed)
+    except socket.gaierror:
+        return
+    except ValueError as exc:  # a refused address, or a URL urllib cannot take apart (a bad port)
+        raise UsageError(f'the server will not call this notifier: {exc}') from None
+
+
 def notify(store, config, record, event=ENDED):
     """Call the task's notifier URL once for ``event``; the outcome goes to the
     log, never to the status.  The default (ended only) keeps 0.019's log line."""
     task_id = record[Field.ID]
-    url = record[Field.NOTIFIER].replace('$id', task_id).replace('$myip', record.get(Field.CLIENT, ''))
+    url = filled_notifier_url(record[Field.NOTIFIER], task_id, record.get(Field.CLIENT, ''))
     try:
         headers = notifier_headers(config.notifierSecret, event, task_id, request_target(url))
         outcome = f'HTTP {notifier_get(url, config.notifierAllow, headers)}'
@@ -155,8 +180,7 @@ def notifier_get(url, allowed, headers=None):
     from urllib.parse import urlsplit
     check_notifier_url(url)
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == 'https' else 80)
-    address = resolve_notifier_host(parts.hostname or '', port, allowed)
+    address, port = notifier_address(url, allowed)
     connection = _notifier_connection(parts.scheme, parts.hostname, address, port)
     expired = threading.Event()
     deadline = threading.Timer(NOTIFIER_TIMEOUT, _cut_connection, (connection, expired))
@@ -176,6 +200,16 @@ def notifier_get(url, allowed, headers=None):
     finally:
         deadline.cancel()
         connection.close()
+
+
+def notifier_address(url, allowed):
+    """(address, port) a notifier call of ``url`` connects to: its host resolved
+    once and checked (``resolve_notifier_host``).  The one rule of both the
+    call and the submission (``check_notifier_target``): ValueError when refused."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    return resolve_notifier_host(parts.hostname or '', port, allowed), port
 
 
 def _cut_connection(connection, expired):

@@ -306,6 +306,10 @@ def with_main_input(store, record, previous):
                                         record_params(record), record.get(Field.OUT_EXT, ''))}
     if any(prearg for prearg, _ in stored):
         changes[Field.PREARGS] = ','.join(prearg for prearg, _ in stored)
+    # The handed-on file is named after the step before's own (cube.scad -> cube.stl -> cube.gcode).
+    from .inputnames import client_names, download_name, input_names_field
+    handed_on = download_name(previous, os.path.basename(main_input))
+    changes.update(input_names_field([handed_on] + [name for _, name in client_names(record)]))
     return changes
 
 

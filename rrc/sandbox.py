@@ -49,15 +49,18 @@ def find_bwrap():
 class Sandbox:
     """One task's sandbox: what it binds, and its private output folder on the host."""
 
-    def __init__(self, inputs, output_folder, read_paths=(), devices=()):
+    def __init__(self, inputs, output_folder, read_paths=(), devices=(), files=()):
         """``inputs``: (host path, path under /job such as tasks/in/NAME) pairs;
         ``output_folder``: an empty host folder seen as /job/tasks/out;
         ``read_paths``: more host paths seen read-only at the same place;
-        ``devices``: character devices (a printer's port) seen at the same place."""
+        ``devices``: character devices (a printer's port) seen at the same place;
+        ``files``: (host file, absolute path inside) pairs, read-only, bound
+        over what is there (a service's ``sandboxFiles``: POV-Ray's povray.conf)."""
         self.inputs = list(inputs)
         self.output_folder = output_folder
         self.read_paths = [p for p in dict.fromkeys(read_paths) if p]
         self.devices = list(devices)
+        self.files = list(files)
 
     def command(self, argv, bwrap=None):
         """The argv that runs ``argv`` inside this sandbox."""
@@ -69,7 +72,7 @@ class Sandbox:
         """bubblewrap's options for this sandbox, in the order they apply.
         The root bwrap builds everything on is a tmpfs without a size: once
         built it is made read-only, so the tool writes only where a size holds."""
-        return (self._isolation() + self._system() + self._devices()
+        return (self._isolation() + self._system() + self._devices() + self._files()
                 + self._job() + ['--remount-ro', '/', '--chdir', JOB_FOLDER])
 
     @staticmethod
@@ -102,6 +105,16 @@ class Sandbox:
             if not is_character_device(device):
                 raise SandboxError(f'{device} is not a character device')
             options += ['--dev-bind', device, device]
+        return options
+
+    def _files(self):
+        # After /etc and /tmp are laid out: a file here replaces the system's
+        # (bwrap makes the folders a path in /tmp needs).
+        options = []
+        for host, inside in self.files:
+            if not os.path.isabs(inside) or '..' in inside.split('/') or _under(inside, JOB_FOLDER):
+                raise SandboxError(f'not a path for a service file: {inside!r}')
+            options += ['--ro-bind', host, inside]
         return options
 
     def _job(self):

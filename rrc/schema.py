@@ -23,6 +23,8 @@ class Field:
     # format; ``cmd`` is only for showing.
     CLIENT = 'client'
     IN = 'in'
+    # The file names the client sent its inputs with, cleaned (rrc/inputnames.py).
+    INPUT_NAMES = 'inputNames'
     PREARGS = 'preargs'
     NATIVE_ARGS = 'nativeArgs'
     PARAMS = 'params'
@@ -32,7 +34,6 @@ class Field:
     # The main inputs' own file names (given without a prearg) as the client
     # named them, a JSON list ('' for content), only ever shown (``rrcloud
     # ls``, ``get``'s default name): never a path, never opened.
-    IN_NAMES = 'inNames'
     NOTIFIER = 'notifier'
     NOTIFIER_EVENTS = 'notifierEvents'  # only when not the default (ended): started,ended
     # Where a queued task stands in its node's queue (rrc/order.py): its

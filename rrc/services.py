@@ -28,7 +28,7 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg', 'runsOnce', 'progress')
+                'versionArg', 'runsOnce', 'progress', 'sandboxFiles')
 
 
 class Service:
@@ -52,6 +52,9 @@ class Service:
         # Inputs given with an argInput prefix (slic3r's --load=) are configs:
         # only the keys listed in this file beside the conf are passed on.
         self.config_keys = _config_key_list(source, fields.get('configKeys', ''))
+        # Files beside the conf the sandbox shows the tool read-only at a
+        # place of its own (POV-Ray's povray.conf): (host path, path inside).
+        self.sandbox_files = _sandbox_files(source, fields.get('sandboxFiles', ''))
         # The formats the tool picks from its output's extension; the first is
         # what fileOut names (OpenSCAD: stl, off, amf, ..., png).
         self.output_exts = _extension_list(fields.get('outputExts', ''))
@@ -218,6 +221,22 @@ def _config_key_list(source, name):
     except OSError as exc:
         raise ValueError(f'configKeys file {path}: {exc.strerror}') from None
     return frozenset(k for k in (line.split('#', 1)[0].strip() for line in lines) if k)
+
+
+def _sandbox_files(source, text):
+    """``FILE:/path/inside, ...`` -> [(the file beside the conf, /path/inside)];
+    the file must exist (a missing one is a broken conf, not a tool run without it)."""
+    files = []
+    for entry in (e.strip() for e in text.split(',') if e.strip()):
+        name, _, inside = entry.partition(':')
+        if '/' in name or name.startswith('.') or not inside.startswith('/') or '..' in inside.split('/'):
+            raise ValueError(f'sandboxFiles takes FILE:/PATH (a file beside the conf, an absolute '
+                             f'path inside the sandbox), got {entry!r}')
+        host = os.path.join(os.path.dirname(source), name)
+        if not os.path.isfile(host):
+            raise ValueError(f'sandboxFiles file {host} is missing')
+        files.append((host, inside))
+    return files
 
 
 def parse_service(path):

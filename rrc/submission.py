@@ -7,12 +7,13 @@ that fails leaves nothing behind.
 import os
 import time
 
+from .inputnames import input_names_field
 from .events import status_changed
 from .errors import RRCloudError, UsageError
 from .names import is_extension
-from .notifier import check_notifier_url, notifier_events_field
+from .notifier import check_notifier_target, notifier_events_field
 from .order import mark_placed, parse_priority
-from .projects import PROJECT_SUFFIXES, is_project_name, unpack_project
+from .projects import is_project_name, unpack_project
 from .backends import task_queue
 from .schema import Field
 from .services import (CONFIG_INPUT_MAX_BYTES, check_native_args, check_output_ext, check_params,
@@ -98,9 +99,9 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
     check_output_ext(service, out_ext)
     if not inputs and state != State.WAITING:
         raise UsageError('missing input: give at least one input file or content')
-    if notifier:
-        check_notifier_url(notifier)
     events = notifier_events_field(notifier, notifier_events)
+    if notifier:  # refused now, as its call would be (a DNS look-up): never dropped unseen at the end
+        check_notifier_target(notifier, client, config.notifierAllow)
     inputs = [filter_config_input(service, item) for item in inputs]
     stored = []
     try:
@@ -111,7 +112,7 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
         record = store.create_task(lambda task_id: dict(_new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext, state),
             server=config.serverName, **{Field.NODE: store.node.name}, **events,
-            **client_names_field(inputs), **(fields or {})))
+            **input_names_field([item.filename for item in inputs]), **(fields or {})))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -119,30 +120,6 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
             raise UsageError(str(exc)) from None
         raise
     return status_changed(store, record)
-
-
-def client_names_field(inputs):
-    """``{inNames: JSON list}`` of the main inputs' own file names (those given
-    without a prearg, in order; '' for content), or {} when none has one.  A
-    config's name (``--load=pla.ini``) is left out: ls names a task by its model."""
-    names = [client_file_name(item.filename) for item in inputs if not item.prearg]
-    return {Field.IN_NAMES: to_json(names)} if any(names) else {}
-
-
-# A client's file name longer than this is not kept (a file system's limit).
-MAX_CLIENT_NAME = 255
-
-
-def client_file_name(filename):
-    """An input's own file name as the client gave it, kept only to be shown:
-    its base name (a project archive's without ``.tgz``), one printable line;
-    '' for content or a name that is none of these."""
-    base = str(filename or '').replace('\\', '/').rsplit('/', 1)[-1]
-    if is_project_name(base):
-        base = base[:-len(next(s for s in PROJECT_SUFFIXES if base.lower().endswith(s)))]
-    if len(base) > MAX_CLIENT_NAME or not base.isprintable() or base in ('.', '..'):
-        return ''
-    return base
 
 
 def check_input_kind(service, prearg, path):

@@ -453,7 +453,8 @@ def test_json_submission_prints_a_json_id(cli, workdir):
 
 META_KEYS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
              'uptime', 'version', 'busy', 'queued', 'maxTasks', 'sandbox', 'instance', 'events',
-             'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend'}
+             'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend',
+             'toolVersions'}
 
 
 def test_meta_prints_the_specs_keys_plus_load(cli, workdir):

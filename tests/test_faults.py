@@ -40,7 +40,7 @@ from rrc.store import Store, format_record, new_unique_name, parse_record
 from conftest import REPO, task_id_of
 from helpers import SH_SERVICE, dead_pid, plain_session, post_task, wait_for
 # Files a store may hold whose names start with a dot and are not temp files.
-STORE_DOT_FILES = {'.lock', '.recovered'}
+STORE_DOT_FILES = {'.lock', '.recovered', '.toolversions'}
 DEADLINE = 60  # generous: waiting is fine, timing is never asserted
 
 
@@ -91,7 +91,7 @@ def store_files(root):
 
 
 def temp_files(root):
-    """Every name under ROOT/tasks that starts with a dot, .lock and .recovered aside."""
+    """Every name under ROOT/tasks that starts with a dot, STORE_DOT_FILES aside."""
     found = []
     for folder, dirs, names in os.walk(Path(root) / 'tasks'):
         for name in names + dirs:

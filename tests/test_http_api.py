@@ -33,7 +33,7 @@ import requests
 
 import deploy
 from conftest import DATA
-from helpers import SH_INPUTS_SERVICE, wait_for
+from helpers import SH_INPUTS_SERVICE, plain_session, wait_for
 from rrc.store import parse_record
 
 ID_RE = re.compile(r'\A[1-9][0-9]{9}-[0-9]{5}-[0-9]{6}\Z')
@@ -45,7 +45,8 @@ SPEC_INFO_FIELDS = {'client', 'cmd', 'ctime', 'etime', 'id', 'in', 'out', 'pid',
                     'service', 'status'}
 META_FIELDS = {'cpuLoad', 'maxDataRetention', 'serverName', 'services', 'tasks', 'timeout',
                'uptime', 'version', 'busy', 'queued', 'maxTasks', 'sandbox', 'instance', 'events',
-               'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend'}
+               'limits', 'maxMemory', 'maxProcesses', 'maxOutputSize', 'maxLogSize', 'maxSuspend',
+               'toolVersions'}
 BROWSER = 'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
 
 # sh (SH_INPUTS_SERVICE), and the same with a result named by extension: sh_png writes ID.png, and so on.
@@ -1181,3 +1182,144 @@ def test_100_concurrent_posts(server):
         [r for r in found.values() if r['status'] != 'complete'][:3]
     for record, content in zip(records, contents):
         assert download(server, record['out']).content == content.encode()
+
+
+###############################################################################
+# Results and logs as the client named its files (rrc/inputnames.py)
+###############################################################################
+
+# Writes "made by $0 from $1" to its log and a result: the log names its input paths.
+NAMING_SCRIPT = 'echo "made by $0"\necho made > "$1"\n'
+
+
+@pytest.mark.parametrize('service, filename, disposition', [
+    ('sh_stl', 'cube.scad', 'attachment; filename="cube.stl"'),
+    ('sh_stl', 'my part v2.scad', 'attachment; filename="my part v2.stl"'),
+    ('sh_stl', 'C:\\models\\cube.scad', 'attachment; filename="cube.stl"'),
+    ('sh_stl', '../../etc/passwd', 'attachment; filename="passwd.stl"'),
+    ('sh_stl', '.profile', 'attachment; filename="profile.stl"'),
+    ('sh_stl', 'würfel.scad', 'attachment; filename="w_rfel.stl"; filename*=UTF-8\'\'w%C3%BCrfel.stl'),
+    ('sh_stl', '50%.scad', 'attachment; filename="50_.stl"; filename*=UTF-8\'\'50%25.stl'),
+    ('sh_png', 'scene.pov', 'inline; filename="scene.png"'),
+    ('sh_gcode', 'part.stl', 'attachment; filename="part.gcode"'),
+    ('sh', 'notes.txt', 'inline; filename="notes.txt"'),  # echo-like: no extension of its own
+])
+def test_a_result_is_saved_under_its_input_s_name(server, service, filename, disposition):
+    record = answer_of(submit(server, {'service': service}, files={'fileIn0': (filename, NAMING_SCRIPT)}), 'text')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+
+    for method in ('GET', 'HEAD'):
+        answer = server.session.request(method, f'{server.url}/{record["out"]}', timeout=30)
+
+        assert answer.status_code == 200, answer.text
+        assert answer.headers['Content-Disposition'] == disposition
+        check_cors(answer)
+
+
+def test_a_result_of_content_or_of_an_unknown_task_keeps_its_own_name(server):
+    record = answer_of(submit(server, {'service': 'sh_stl', 'fileIn0': NAMING_SCRIPT}), 'text')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+    name = record['out'].rsplit('/', 1)[1]
+    (server.store / 'tasks' / 'out' / 'stray.stl').write_bytes(b'solid x\n')
+
+    assert download(server, record['out']).headers['Content-Disposition'] == f'attachment; filename="{name}"'
+    assert download(server, 'tasks/out/stray.stl').headers['Content-Disposition'] == 'attachment; filename="stray.stl"'
+
+
+def test_the_log_names_the_client_s_files_never_the_store_s(server):
+    files = {'fileIn0': ('build.sh', 'echo "made by $0 with $1"\necho made > "$2"\n'),
+             'fileIn1': ('pla settings.ini', 'x = 1\n')}
+    record = answer_of(submit(server, {'service': 'sh', 'prearg1': '--data='}, files=files, fmt='json'), 'json')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+
+    log = download(server, f'tasks/log/{record["id"]}')
+
+    assert log.status_code == 200
+    assert 'made by build.sh with --data=pla settings.ini' in log.text, log.text
+    assert 'tasks/in/' not in log.text
+    assert int(log.headers['Content-Length']) == len(log.content)
+    head = server.session.head(f'{server.url}/tasks/log/{record["id"]}', timeout=30)
+    assert head.headers['Content-Length'] == log.headers['Content-Length'] and head.content == b''
+    # The record still says where the inputs are stored (0.019 clients read it), and their names.
+    assert record['in'].startswith('tasks/in/') and record['inputNames'] == 'build.sh/pla settings.ini'
+
+
+###############################################################################
+# meta names each tool as installed (rrc/toolversions.py)
+###############################################################################
+
+def installed_version(argv, pattern):
+    """What the test itself reads from a tool's own --version."""
+    import subprocess
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return re.search(pattern, done.stdout + done.stderr).group(1)
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_meta_names_each_service_s_tool_version(server, fmt):
+    meta = answer_of(server.session.get(f'{server.url}/', params=with_format({'service': 'meta'}, fmt),
+                                        timeout=30), fmt)
+
+    versions = dict(pair.split('=', 1) for pair in meta['toolVersions'].split(','))
+    assert set(versions) == set(meta['services'].split(','))
+    assert versions['openscad'] == 'OpenSCAD ' + installed_version(['openscad', '--version'], r'version (\S+)')
+    assert versions['povray'] == 'POV-Ray ' + installed_version(['povray', '--version'], r'POV-Ray (\d[\d.]*\d)')
+    assert versions['slic3r'] == 'slic3r ' + installed_version(['slic3r', '--version'], r'(\d[\d.]*)')
+    assert versions['openjscad'] == 'OpenJSCAD ' + installed_version(['openjscad', '-v'], r'OpenJSCAD (\S+)')
+    assert versions['printrun'].startswith('rrcloud ')  # the built-in sender
+    assert META_FIELDS <= set(meta)  # what 0.019 clients read is all still there
+
+
+# A tool that counts how often it is asked its version.
+COUNTING_TOOL = '#!/bin/sh\necho asked >> "{count}"\necho "FakeTool {version} (built today)"\n'
+
+
+def test_a_tool_is_asked_its_version_once_per_binary_across_processes(embedded_server, tmp_path):
+    count, tool = tmp_path / 'asked', tmp_path / 'bin' / 'faketool'
+    tool.parent.mkdir()
+    tool.write_text(COUNTING_TOOL.format(count=count, version='4.2.1'))
+    tool.chmod(0o755)
+    server = embedded_server('maxTasks = 1\n', {'fake': f'path = {tool.parent}\ncmd = faketool\n'})
+
+    def fake_version():
+        meta = plain_session().get(server.url, params={'service': 'meta', 'format': 'json'}, timeout=30).json()
+        return dict(pair.split('=', 1) for pair in meta['toolVersions'].split(','))['fake']
+
+    assert [fake_version(), fake_version()] == ['FakeTool 4.2.1'] * 2
+    server.stop()
+    server.start()  # a new process (as each CGI request is): the store's cache answers
+    assert fake_version() == 'FakeTool 4.2.1'
+    assert count.read_text() == 'asked\n'
+
+    tool.write_text(COUNTING_TOOL.format(count=count, version='4.3.0'))  # upgraded: another binary
+    assert fake_version() == 'FakeTool 4.3.0'
+    assert count.read_text() == 'asked\nasked\n'
+
+
+def test_a_job_s_result_is_named_after_its_first_step_s_input(server):
+    # sh_stl writes a script as its "model"; sh_gcode runs it: cube.scad -> cube.stl -> cube.gcode.
+    files = {'step1.fileIn0': ('cube.scad', 'printf "echo slicing \\$0\\necho sliced > \\"\\$1\\"\\n" > "$1"\n')}
+    answer = server.session.post(f'{server.url}/', data={'service': 'pipe', 'step1': 'sh_stl', 'step2': 'sh_gcode',
+                                                         'wait': '60', 'format': 'json'}, files=files, timeout=90)
+    job = answer_of(answer, 'json')
+    assert job['status'] == 'complete', job
+
+    result = download(server, job['out'])
+
+    assert result.content == b'sliced\n'
+    assert result.headers['Content-Disposition'] == 'attachment; filename="cube.gcode"'
+    second = job['step2'].split()[0]  # "ID SERVICE STATUS"
+    assert download(server, f'tasks/log/{second}').text == 'slicing cube.stl\n'
+
+
+@LIVE
+def test_every_deployment_passes_the_result_s_name_and_the_log_s_names_on(server):
+    files = {'fileIn0': ('würfel.scad', 'echo "made by $0"\necho made > "$1"\n')}
+    record = answer_of(submit(server, {'service': 'sh_stl'}, files=files, fmt='json'), 'json')
+    assert wait_done(server, record['id'])['status'] == 'complete'
+
+    result, log = download(server, record['out']), download(server, f'tasks/log/{record["id"]}')
+
+    assert result.headers['Content-Disposition'] == \
+        'attachment; filename="w_rfel.stl"; filename*=UTF-8\'\'w%C3%BCrfel.stl'
+    assert log.text.startswith('made by würfel.scad\n'), log.text

@@ -118,6 +118,27 @@ def test_povray_include_of_a_system_file_shows_nothing_of_it(proc, store_root):
     assert 'passwd' in log  # POV-Ray says it cannot open it
 
 
+def test_povray_log_opens_without_a_complaint_about_its_conf(proc, store_root):
+    # POV-Ray reads the povray.conf of services/povray.sandbox in its sandbox
+    # (system's and user's): no "cannot open the user configuration file" line.
+    record, log = submit_and_wait(proc, store_root, 'povray', str(DATA / 'scene.pov'))
+
+    assert record['status'] == 'complete', log
+    assert 'povray.conf' not in log and 'configuration file' not in log
+    assert log.startswith('Persistence of Vision'), log[:200]
+
+
+def test_povray_with_its_conf_still_cannot_read_a_file_of_the_server(proc, store_root):
+    # The store's own rrcloudrc, by its absolute path: outside the sandbox.
+    (store_root / 'peek.pov').write_text(f'#include "{store_root / "rrcloudrc"}"\nsphere {{ 0, 1 }}\n')
+
+    record, log = submit_and_wait(proc, store_root, 'povray', 'peek.pov')
+
+    assert record['status'] == 'failed'
+    assert STORE_MARKER not in log
+    assert 'rrcloudrc' in log  # POV-Ray says it cannot open it
+
+
 # -- OpenJSCAD scripts are Node programs -------------------------------------
 
 def hostile_jscad(store, port, other_input):

@@ -1325,7 +1325,7 @@ def submit_with_payload(deployment, where, payload):
     elif where == 'fileIn0 content via --load=':
         form = {'service': 'loader', 'fileIn0': payload, 'prearg0': '--load='}
     elif where == 'notifier':
-        form['notifier'] = 'http://127.0.0.1:9/' + payload
+        form['notifier'] = 'http://notifier.invalid:9/' + payload  # taken: a name that does not resolve yet
     elif where == 'id':
         form = {'service': 'info', 'id': payload}
     elif where == 'wait':
@@ -1351,7 +1351,7 @@ def test_shell_payloads_in_every_field_are_refused_or_stored_as_data(server, whe
     content = payload.encode() if where.startswith('fileIn0 content') else b'plain content'
     assert result_of(server, record['id']) == content
     if where == 'notifier':
-        assert done['notifier'] == 'http://127.0.0.1:9/' + payload, done
+        assert done['notifier'] == 'http://notifier.invalid:9/' + payload, done
     assert INPUT_RE.match(done['in']), done
     assert canary not in done['cmd'], done
     prearg = '--load=' if where.endswith('--load=') else ''
@@ -1659,7 +1659,7 @@ def test_the_browser_page_escapes_every_value_and_json_keeps_it(server):
     planted = [_plant(server, r) for r in (hostile, complete, quoted)]
     try:
         real = accepted(server, post(server, data={'service': 'echo', 'fileIn0': SCRIPT,
-                                                   'notifier': 'http://127.0.0.1:9/' + SCRIPT}))
+                                                   'notifier': 'http://notifier.invalid:9/' + SCRIPT}))
         wait_finished(server, real['id'])
         wait_quiet(server)
         page = send(server, 'GET', '/', headers={'User-Agent': BROWSER})
@@ -1673,7 +1673,7 @@ def test_the_browser_page_escapes_every_value_and_json_keeps_it(server):
         listing = send(server, 'GET', '/?service=info&format=json')
         records = {r['id']: r for r in json.loads(listing.text)}
         assert records[planted[0]]['error'] == SCRIPT and records[planted[0]]['service'] == SCRIPT
-        assert records[real['id']]['notifier'] == 'http://127.0.0.1:9/' + SCRIPT
+        assert records[real['id']]['notifier'] == 'http://notifier.invalid:9/' + SCRIPT
         one = json.loads(send(server, 'GET', f'/?service=info&id={planted[2]}&format=json').text)
         assert one['status'] == quoted['status']
     finally:

@@ -6,7 +6,9 @@ tests hold rrcloud to its promises about it:
 - only http and https are accepted, at submission (CLI exit 2, HTTP 400);
 - loopback, link-local and unspecified targets are refused in every spelling
   (names, decimal, hex, octal, IPv4-mapped IPv6, ...) unless ``notifierAllow``
-  names them; the refusal goes to the task's log and the task still completes;
+  names them, at submission (CLI exit 2, HTTP 400 with the reason), and
+  again at the call (a name may resolve elsewhere by then): that refusal goes
+  to the task's log and the task still completes;
 - a redirect is not followed, a listener that never answers (or answers a byte
   at a time) cannot hold the runner for long, the answer never changes the
   task's status;
@@ -388,23 +390,29 @@ def forbidden_urls():
     return urls
 
 
+def refused_at_submission(cli, url):
+    """``rrcloud --notifier=URL echo`` refused before anything is stored: its error line."""
+    result = cli(f'--notifier={url}', 'echo', CONTENT)
+    assert result.code == 2, result
+    assert result.out == '', result
+    return result.err
+
+
 @pytest.mark.parametrize('template, host', forbidden_urls(), ids=[u for u, _ in forbidden_urls()])
-def test_forbidden_target_is_refused_logged_and_the_task_completes(cli, workdir, listen, template, host):
+def test_forbidden_target_is_refused_when_the_task_is_submitted(cli, workdir, listen, template, host):
     listener = listen()
     url = template.format(port=listener.port)
 
-    task_id = submit(cli, url)
+    error = refused_at_submission(cli, url)
 
-    line = notifier_line(workdir, task_id)
-    assert_complete(workdir, task_id)
-    assert listener.connections == [], f'{url} reached the listener: {line}'
-    assert line.startswith(f'rrcloud: notifier {url.replace("$id", task_id).replace("$myip", "localhost")}: ')
-    assert ': not called: ' in line, line
+    assert listener.connections == [], f'{url} reached the listener'
+    assert not (workdir / 'tasks' / 'info').exists() or not list((workdir / 'tasks' / 'info').iterdir())
     address = first_address(host, 80)
     if address is not None:  # the libc resolves this spelling: the refusal names the address
-        assert f'address {address} of {host!r} is refused' in line, line
-    else:
-        assert 'HTTP ' not in line, line
+        assert error == (f'rrcloud: error: the server will not call this notifier: '
+                         f'address {address} of {host!r} is refused (see notifierAllow)\n'), error
+    else:  # a name that does not resolve yet may later: taken, and checked again at the call
+        pytest.skip(f'{host!r} does not resolve here')
 
 
 def test_allowing_loopback_allows_only_loopback_v4(cli, workdir, listen):
@@ -412,30 +420,48 @@ def test_allowing_loopback_allows_only_loopback_v4(cli, workdir, listen):
     write_config(workdir, ALLOW_LOOPBACK)
     listener = listen()
     for url in (f'http://[::1]:{listener.port}/', 'http://169.254.169.254/'):
-        task_id = submit(cli, url)
-        line = notifier_line(workdir, task_id)
-        assert_complete(workdir, task_id)
-        assert 'is refused' in line, line
+        assert 'is refused' in refused_at_submission(cli, url)
     assert listener.connections == []
 
 
-def test_server_side_task_refuses_loopback_by_default(embedded_server, listen):
-    http_server = embedded_server(**HTTP_SERVER)
-    # The same refusal for a task submitted over HTTP to a server with the defaults.
+def test_a_target_refused_at_the_call_is_logged_and_the_task_completes(cli, workdir, listen):
+    # A name that resolved to an allowed address at submission may point at a
+    # refused one when the task ends (DNS rebinding): the call checks again.
+    write_config(workdir, ALLOW_LOOPBACK)
     listener = listen()
-    url = f'http://127.0.0.1:{listener.port}/done?id=$id'
-    answer = plain_session().post(http_server.url, data={'service': 'echo', 'fileIn0': CONTENT,
-                                                         'notifier': url}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    task_id = task_id_of(answer.text)
+    url = f'http://127.0.0.1:{listener.port}/x?id=$id'
+    task_id = submit(cli, url)
+    assert_complete(workdir, task_id)
+    store = Store(str(workdir))
+    from rrc.config import Config
+    from rrc.notifier import notify
+    config = Config()  # the defaults: loopback refused, as the rule the call sees now
 
-    line = notifier_line(http_server.root, task_id)
-    record = http_server.wait_done(task_id)
-    assert record['status'] == 'complete', record
+    notify(store, config, dict(store.read_task(task_id), id=task_id))
+
+    lines = (workdir / 'tasks' / 'log' / task_id).read_text().splitlines()
+    assert lines[-1] == (f'rrcloud: notifier http://127.0.0.1:{listener.port}/x?id={task_id}: '
+                         f"not called: address 127.0.0.1 of '127.0.0.1' is refused (see notifierAllow)")
+
+
+@pytest.mark.parametrize('fmt', ['text', 'json'])
+def test_server_refuses_a_loopback_notifier_at_submission(embedded_server, listen, fmt):
+    http_server = embedded_server(**HTTP_SERVER)
+    # The same refusal for a task submitted over HTTP to a server with the
+    # defaults: 400 with the reason, nothing stored, never called.
+    listener = listen()
+    records_before, inputs_before = sorted(http_server.records()), stored_inputs(http_server.root)
+    for url in (f'http://127.0.0.1:{listener.port}/done?id=$id', f'http://$myip:{listener.port}/done'):
+        answer = plain_session().post(http_server.url, data={'service': 'echo', 'fileIn0': CONTENT,
+                                                             'notifier': url, 'format': fmt}, timeout=30)
+
+        assert answer.status_code == 400, answer.text
+        reason = ("the server will not call this notifier: address 127.0.0.1 of '127.0.0.1' "
+                  "is refused (see notifierAllow)")
+        assert (answer.json() == {'error': reason}) if fmt == 'json' else answer.text == f'error: {reason}\n'
+    assert sorted(http_server.records()) == records_before
+    assert stored_inputs(http_server.root) == inputs_before
     assert listener.connections == []
-    assert f'address 127.0.0.1 of {"127.0.0.1"!r} is refused' in line, line
-    served_log = plain_session().get(http_server.url + f'tasks/log/{task_id}', timeout=30)
-    assert line in served_log.text.splitlines()
 
 
 ###############################################################################

@@ -655,6 +655,11 @@ def test_http_povray(http, server):
 
     assert record['status'] == 'complete', record
     assert png_size(png) == (640, 480)
+    # Its log: no complaint about a povray.conf (it has one in its sandbox),
+    # the scene named as the client named it.
+    log = http.get(f'{server.url}/tasks/log/{record["id"]}', timeout=60).text
+    assert log.startswith('Persistence of Vision'), log[:300]
+    assert 'povray.conf' not in log and 'Input file: scene.pov' in log and 'tasks/in/' not in log, log[:2000]
 
 
 def test_http_echo_bytes(http, server):

@@ -276,6 +276,37 @@ def test_watch_of_a_server_task_reads_its_stream(cli, workdir, server):
     assert kinds == [('status', 'busy'), ('status', 'busy'), ('log', 'about to fail'), ('status', 'failed')]
 
 
+# Says where its input and its data are, as a tool says what it reads.
+NAMING = 'echo "reading $0 and $1"\nprintf done > "$2"\n'
+
+
+@pytest.mark.parametrize('server', ['embedded'], indirect=True)
+def test_a_server_task_s_stream_and_watch_name_the_client_s_files(cli, workdir, server):
+    files = {'fileIn0': ('make part.sh', NAMING), 'fileIn1': ('pla.ini', 'x = 1\n')}
+    answer = server.session.post(f'{server.url}/', data={'service': 'sh', 'prearg1': '--data=', 'format': 'json'},
+                                 files=files, timeout=30)
+    task_id = answer.json()['id']
+
+    messages, _ = follow(server, task_id, cut=False)
+    watched = cli('watch', task_id, f'--s=127.0.0.1:{server.port}')
+
+    logged = [m['data']['data']['text'] for m in messages if m['event'] == 'log']
+    assert logged == ['reading make part.sh and --data=pla.ini'], messages
+    assert watched.code == 0, watched
+    assert 'reading make part.sh and --data=pla.ini\n' in watched.out and 'tasks/in' not in watched.out
+
+
+def test_watch_of_a_local_task_names_the_user_s_files(cli, local):
+    (local / 'make part.sh').write_text(NAMING)
+    (local / 'pla.ini').write_text('x = 1\n')
+    task_id = task_id_of(cli('sh', 'make part.sh', '--data=pla.ini').out)
+
+    watched = cli('watch', task_id)
+
+    assert watched.code == 0, watched
+    assert 'reading make part.sh and --data=pla.ini\n' in watched.out and 'tasks/in' not in watched.out
+
+
 def test_watch_of_a_server_without_events_polls_its_info(cli, workdir):
     """RepRapCloud 0.019 knows no service=events: it answers its task list (text)."""
     task = '1712345678-123456'

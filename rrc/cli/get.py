@@ -12,15 +12,15 @@ fetched from that server.
 import os
 import sys
 
-from .output import ask_server, main_input_name, refresh_if_remote
+from .output import ask_server, refresh_if_remote
 from .sync import deliver_output
 from ..errors import ExitCode, RRCloudError, UsageError
-from ..names import check_task_id, is_extension
+from ..inputnames import download_name
+from ..names import check_task_id
 from ..remote import (CONNECT_TIMEOUT, REMOTE_OUT_RE, cannot_reach, check_remote_id, fetch_to, http_session,
     terminal_safe)
 from ..schema import Field, TaskStatus
 from ..states import get_task
-from ..submission import client_file_name
 
 
 def cmd_get(ctx, args):
@@ -82,9 +82,7 @@ def result_name(record):
 def default_name(record, result, folder=''):
     """The main input's own name with the result's extension, else the
     result's name; refused when a file of that name is in ``folder`` already."""
-    ext = result.rpartition('.')[2] if '.' in result else ''
-    stem = client_file_name(main_input_name(record)).rpartition('.')[0]
-    name = f'{stem}.{ext}' if stem and is_extension(ext) and not stem.startswith('.') else result
+    name = download_name(record, result)  # as the server's Content-Disposition names it
     if os.path.lexists(os.path.join(folder, name)):
         raise UsageError(f'{os.path.join(folder, name)} exists: name the result with -o NAME')
     return name

@@ -78,14 +78,11 @@ def task_summary(record, now):
 
 
 def main_input_name(record):
-    """The main input's own file name, as its client named it (``inNames``);
+    """The main input's own file name, as its client named it (``inputNames``);
     '' when it was content or the record does not say."""
-    import json
-    try:
-        names = json.loads(record.get(Field.IN_NAMES) or '[]')
-    except ValueError:
-        return ''
-    return names[0] if isinstance(names, list) and names and isinstance(names[0], str) else ''
+    from ..inputnames import main_input
+    found = main_input(record)
+    return found[1] if found else ''
 
 
 # What ``ls --status=WORD`` takes: a state, or the 0.019 word for every busy one.

@@ -1,8 +1,11 @@
-"""Serving results and logs from the store, with the content type a result's name says."""
+"""Serving results and logs from the store: a result with the content type its
+name says and the name its client would give it, a log with the client's
+file names in it (rrc/inputnames.py)."""
 
 import os
 
-from ..errors import HTTPError
+from ..errors import HTTPError, NotFound
+from ..inputnames import LogNames, content_disposition, download_name
 from ..names import OUT_NAME_RE, is_task_id
 from .request import Response
 
@@ -22,37 +25,78 @@ def result_type(name):
     return RESULT_TYPES.get(ext, 'application/octet-stream')
 
 
+# Shown in the browser when opened (a picture, text); any other result is saved.
+INLINE_TYPES = ('image/', 'text/plain')
+
+
 def serve_result(app, request, name):
-    """``GET /tasks/out/NAME``: a task's result, nothing else."""
+    """``GET /tasks/out/NAME``: a task's result, nothing else, with a
+    Content-Disposition naming it after its client's input (``cube.stl``)."""
     if not OUT_NAME_RE.match(name) or '..' in name:
         raise HTTPError(404, 'no such result')
-    return serve_file(request, os.path.join(app.store.folder('out'), name), result_type(name))
+    content_type = result_type(name)
+    response = serve_file(request, os.path.join(app.store.folder('out'), name), content_type)
+    saved_as = download_name(record_of(app.store, name.partition('.')[0]), name)
+    response.headers.append(('Content-Disposition',
+                             content_disposition(saved_as, inline=content_type.startswith(INLINE_TYPES))))
+    return response
+
+
+def record_of(store, task_id):
+    """The record of the task a result or log belongs to, or None when there is
+    none to read (not a task's id, removed, unreadable): the file is still
+    served, under its own name and with its lines as they are."""
+    if not is_task_id(task_id):
+        return None
+    try:
+        return store.read_task(task_id)
+    except (NotFound, OSError):
+        return None
 
 
 def serve_log(app, request, task_id):
-    """``GET /tasks/log/ID``: a task's log."""
+    """``GET /tasks/log/ID``: a task's log, its inputs named as its client
+    named them (read whole: a log is at most about ``maxLogSize``)."""
     if not is_task_id(task_id):
         raise HTTPError(404, 'no such log')
-    return serve_file(request, app.store.log_path(task_id), 'text/plain; charset=utf-8')
+    check_method(request)
+    with open_regular(app.store.log_path(task_id)) as handle:
+        text = handle.read().decode('utf-8', 'surrogateescape')
+    record = record_of(app.store, task_id)
+    if record is not None:
+        text = LogNames(record, app.store.root).shown(text)
+    body = text.encode('utf-8', 'surrogateescape')
+    return Response(b'' if request.method == 'HEAD' else body, 200, 'text/plain; charset=utf-8',
+                    headers=[('Content-Length', str(len(body))), ('X-Content-Type-Options', 'nosniff')])
 
 
-def serve_file(request, path, content_type):
-    """Stream a regular file, never following a link."""
+def check_method(request):
+    """Results and logs are read with GET or HEAD only."""
     if request.method not in ('GET', 'HEAD'):
         raise HTTPError(405, 'only GET')
+
+
+def open_regular(path):
+    """A regular file open for reading, never through a link; 404 otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         raise HTTPError(404, 'not found') from None
     import stat
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise HTTPError(404, 'not found')
-    handle = os.fdopen(fd, 'rb')
+    return os.fdopen(fd, 'rb')
+
+
+def serve_file(request, path, content_type):
+    """Stream a regular file, never following a link."""
+    check_method(request)
+    handle = open_regular(path)
+    size = os.fstat(handle.fileno()).st_size
     if request.method == 'HEAD':
         handle.close()
         handle = b''
     # nosniff: a browser takes the type as given, never guesses HTML from the bytes
-    return Response(handle, 200, content_type, headers=[('Content-Length', str(info.st_size)),
+    return Response(handle, 200, content_type, headers=[('Content-Length', str(size)),
                                                         ('X-Content-Type-Options', 'nosniff')])
