@@ -7,6 +7,7 @@ from . import PROGRAM_FOLDER
 from .errors import ConfigError, UsageError
 from .keyvalue import boolean_value, parse_key_value_lines
 from .names import LazyPattern, NATIVE_VALUE_RE, is_extension, is_service_name
+from .optiontable import OptionTable, parse_option_table, read_native
 from .projects import PROJECT_SUFFIXES
 
 
@@ -27,7 +28,8 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg', 'runsOnce')
+                'versionArg', 'runsOnce', 'options', 'formatOption', 'formatAliases', 'severalOutputs',
+                'outputFromInput', 'outputAddsExt')
 
 
 class Service:
@@ -71,6 +73,25 @@ class Service:
         # A task that must never run twice (a print): a farm does not run it
         # again when its worker is lost; it fails ``worker lost``.
         self.runs_once = boolean_value(fields.get('runsOnce', 'no'))
+        # The tool's whole command line (services/NAME.options): what passes,
+        # names an input or the output, or is refused and why.  Without one,
+        # nativeArgs is the list of what passes.
+        self.options = _option_table(source, name, fields.get('options', ''), self.ignore_case)
+        # The option that picks the output's format whatever its name says
+        # (OpenSCAD's --export-format), and the formats it names otherwise
+        # (binstl = stl): the task's format follows it.
+        self.format_option = fields.get('formatOption', '')
+        self.format_aliases = dict(pair.strip().split('=', 1) for pair in
+                                   fields.get('formatAliases', '').split(',') if '=' in pair)
+        # The tool writes each of several outputs (openscad -oa.stl -oa.png):
+        # the wrapper runs a task for each.  Otherwise the last one counts, as
+        # for the tool.
+        self.several_outputs = boolean_value(fields.get('severalOutputs', 'no'))
+        # Without an output argument the tool names its result after its input,
+        # beside it (slic3r cube.stl -> cube.gcode): so does the wrapper.
+        self.output_from_input = boolean_value(fields.get('outputFromInput', 'no'))
+        # The extension the tool adds to an output name without it (POV-Ray: +Oout -> out.png).
+        self.output_adds_ext = fields.get('outputAddsExt', '')
 
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of
@@ -124,7 +145,11 @@ class Service:
         return arg.startswith(prefix)
 
     def allows_native(self, arg):
-        """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
+        """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value
+        (with an options table: an option it passes, whose value may follow)."""
+        if self.options is not None:
+            match = self.options.find(arg, [''])
+            return match is not None and match.option.kind == 'pass'
         word = self.cased(arg)
         for allowed in map(self.cased, self.native_args):
             if word == allowed:
@@ -201,6 +226,31 @@ def _absolute_paths(text):
     return paths
 
 
+def _option_table(source, service_name, name, ignore_case):
+    """The OptionTable named by ``options`` (a file beside the conf), or None."""
+    if not name:
+        return None
+    if '/' in name or name.startswith('.'):
+        raise ValueError(f'options must name a file beside the conf, got {name!r}')
+    rows, either_sign = parse_option_table(os.path.join(os.path.dirname(source), name), service_name)
+    return OptionTable(service_name, rows, either_sign=either_sign, ignore_case=ignore_case)
+
+
+def _check_option_table(service, path):
+    """An options table agrees with its conf: an input row is an argInput prefix
+    (the runner composes it from the record's prearg), a param row a paramArgs option."""
+    table = service.options
+    if table is None:
+        return
+    for option in table.of_class('input'):
+        if option.form != 'ini' and option.prefix() not in service.input_prefixes:
+            raise ConfigError(f'{path}: {option.name} is an input in {service.name}\'s options but '
+                              f'{option.prefix()}$fileIn is not in argInput')
+    for option in table.of_class('param'):
+        if option.name.lstrip('-') not in {p.lstrip('-') for p in service.param_args}:
+            raise ConfigError(f'{path}: {option.name} is a param in {service.name}\'s options but not in paramArgs')
+
+
 def _config_key_list(source, name):
     """The allowed keys named by ``configKeys`` (a file beside the conf), or None."""
     if not name:
@@ -248,6 +298,7 @@ def _check_service(service, path):
         raise ConfigError(f'{path}: fileOut must end in .{service.output_exts[0]}, the first of outputExts')
     if service.include_arg and service.include_arg.count('$folder') != 1:
         raise ConfigError(f'{path}: includeArg must contain $folder once')
+    _check_option_table(service, path)
 
 
 def installed_path(name):
@@ -315,8 +366,7 @@ def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
     would take the input file for its value.  ``inputs`` is a list of
     (prearg, path relative to the store root).
     """
-    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
-    valued = [a for a in native_args if a not in switches]
+    valued, switches = split_native(service, native_args)
     argv = list(service.cmd) + valued
     for option, value in params:
         argv += [option, value]
@@ -326,6 +376,23 @@ def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
     out = 'tasks/out/' + service.output_name(task_id, out_ext)
     argv += [word.replace('$fileOut', out) for word in service.output]
     return argv
+
+
+def split_native(service, native_args):
+    """(the native words that go before the inputs, those that go after them).
+
+    After: a switch that may take a value (OpenSCAD's ``--render``, ``=?`` in
+    a table), which would take the input file for its value; with no table,
+    every exact ``nativeArgs`` switch, as 0.019 composed it.  Before: the
+    rest, a ``next`` option's two words together.
+    """
+    if service.options is not None:
+        before, after = [], []
+        for match in read_native(service.options, native_args):
+            (after if match.option.form == '=?' else before).extend(match.words)
+        return before, after
+    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
+    return [a for a in native_args if a not in switches], switches
 
 
 def include_args(service, inputs):
@@ -345,7 +412,11 @@ def check_prearg(service, prearg):
 
 
 def check_native_args(service, native_args):
-    """Every native argument must be allowed by the service's nativeArgs."""
+    """Every native argument must be allowed by the service's options table
+    (with its value checked), or by its nativeArgs."""
+    if service.options is not None:
+        read_native(service.options, native_args)
+        return
     for arg in native_args:
         if not service.allows_native(arg):
             raise UsageError(f'argument {arg!r} is not allowed for {service.name}')

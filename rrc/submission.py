@@ -14,6 +14,7 @@ from .notifier import check_notifier_url, notifier_events_field
 from .order import mark_placed, parse_priority
 from .projects import is_project_name, unpack_project
 from .backends import task_queue
+from .records import native_field
 from .schema import Field
 from .services import (CONFIG_INPUT_MAX_BYTES, check_native_args, check_output_ext, check_params,
                        check_prearg, compose_argv, filter_config)
@@ -25,13 +26,16 @@ from .store import to_json
 class Input:
     """One input of a submission: bytes or an open file, plus the name it came with."""
 
-    def __init__(self, data, filename='', prearg='', shown=''):
+    def __init__(self, data, filename='', prearg='', shown='', source=''):
         self.data = data
         self.filename = filename
         self.prearg = prearg
         # How the user named it, for the tool's messages: a file's path, a
         # project's folder ('' or 'job/'), '' for content.
         self.shown = shown
+        # The file it was read from on the client ('' for content): a tool
+        # names its result after it (slic3r cube.stl writes cube.gcode).
+        self.source = source
 
     def extension(self, service):
         """The extension to keep (tools need it), from the filename or the service."""
@@ -147,7 +151,7 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     # What the runner composes the argv from (it never runs ``cmd``, which is
     # only shown): the checked native arguments and each input's prearg.
     if native_args:
-        record[Field.NATIVE_ARGS] = ' '.join(native_args)
+        record[Field.NATIVE_ARGS] = native_field(native_args)
     if params:  # JSON: a value may hold spaces ("a label"), one line all the same
         record[Field.PARAMS] = to_json([list(pair) for pair in params])
     if out_ext:

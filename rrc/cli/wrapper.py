@@ -53,13 +53,26 @@ def wrapper_help_rows(service):
         rows.append(('output', f'{prefix}FILE{spaced}{formats}'))
     if service.input_prefixes:
         rows.append(('input with', ', '.join(f'{p}FILE' for p in service.input_prefixes)))
-    if service.native_args:
+    if service.options is not None:
+        rows += table_help_rows(service.options)
+    elif service.native_args:
         rows.append(('passed on', ', '.join(shown_native(a) for a in service.native_args)))
     for option, kind in service.param_args.items():
         rows.append(('parameter', f'{option} {kind}' + (
             ' (VALUE: a number, "string", true, false, undef or a [vector] of them)'
             if kind == 'NAME=VALUE' else '')))
     return rows
+
+
+def table_help_rows(table):
+    """What a wrapper's help says of a tool's options table (services/NAME.options):
+    the options passed on as the tool takes them, and those refused."""
+    signs = ' (+ or -)' if table.either_sign else ''
+    passed = sorted(o.shown() for o in table.of_class('pass'))
+    refused = sorted(o.name for o in table.of_class('refuse'))
+    return [('passed on', f'{", ".join(passed)}{signs}; a value is printable text without / or \\'),
+            ('refused', f'{", ".join(refused)} (each names a place on the server, runs a program, '
+                        f'or writes what is not mirrored back; the error says which)')]
 
 
 def shown_native(allowed):
