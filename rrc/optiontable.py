@@ -114,7 +114,7 @@ class OptionTable:
         return None
 
 
-def check_value(option, value):
+def check_value(option, value, word=''):
     """A value passed to a tool: one line of printable text, no path.
 
     No shell ever sees it (the argv is a list); a ``/`` or ``\\`` would
@@ -124,7 +124,8 @@ def check_value(option, value):
     if value is None:
         return
     if len(value) > VALUE_MAX or any(not (' ' <= c <= '~') or c in '/\\' for c in value):
-        raise UsageError(f'{option.name}: its value {value[:64]!r} must be at most {VALUE_MAX} printable '
+        shown = repr(word[:80]) if word else option.name
+        raise UsageError(f'{shown}: the value of {option.name} must be at most {VALUE_MAX} printable '
                          f'characters without / or \\ (a value never names a place on the server)')
 
 
@@ -146,7 +147,7 @@ def read_native(table, words):
         if match.option.kind != 'pass':
             raise UsageError(refusal(match) if match.option.kind == 'refuse'
                              else f'argument {word[:64]!r} is not an option {table.name} passes on')
-        check_value(match.option, match.value)
+        check_value(match.option, match.value, ' '.join(match.words))
         matches.append(match)
     return matches
 

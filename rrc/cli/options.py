@@ -271,7 +271,7 @@ def _take_table_option(service, arg, rest, call, allow_output):
         check_params(service, [(option, match.value)])
         call.params.append((option, match.value))
     else:
-        check_value(match.option, match.value)
+        check_value(match.option, match.value, arg)
         call.native.extend(match.words)
     return True
 
