@@ -231,9 +231,9 @@ def _take_option(service, arg, rest, call, allow_output):
     if prefix is not None:
         call.inputs.append(_file_input(path, prefix))
         return True
-    if service.options is not None:
-        return _take_table_option(service, arg, rest, call, allow_output)
-    native = _native_argument(service, arg, rest)
+    if service.options is not None and _take_table_option(service, arg, rest, call, allow_output):
+        return True
+    native = None if service.options is not None else _native_argument(service, arg, rest)
     if native is not None:
         call.native.append(native)
         return True
@@ -370,7 +370,7 @@ def refused_option(service, arg):
     if service.options is not None:
         passed = [f'{prefix}FILE'] if prefix else []
         passed += [f'{p}FILE' for p in service.input_prefixes]
-        passed += [o.shown() for o in service.options.of_class('pass')]
+        passed += sorted(o.shown() for o in service.options.of_class('pass'))
         listed = (f'allowed: {", ".join(passed)}' if len(passed) <= LISTED_OPTIONS
                   else f'{service.name}.cloud --help lists the {len(passed)} it takes')
         return f'{arg}: not an option {service.name} documents or rrcloud passes on ({listed})'
