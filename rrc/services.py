@@ -430,6 +430,32 @@ def check_output_ext(service, ext):
     return ext
 
 
+def format_chosen(service, native):
+    """The output format the service's ``formatOption`` names among ``native``
+    (``--export-format=binstl``: stl; '' when absent); UsageError for one the
+    tool does not write."""
+    if not service.format_option:
+        return ''
+    for word in native:
+        if word.startswith(service.format_option + '='):
+            value = word.partition('=')[2]
+            ext = service.format_aliases.get(value, value)
+            if ext not in service.output_exts:
+                raise UsageError(f'{word[:80]}: {service.name} writes one of: '
+                                 f'{", ".join(list(service.output_exts) + list(service.format_aliases))}')
+            return ext
+    return ''
+
+
+def check_format_agrees(service, native, out_ext):
+    """A task's ``formatOption`` and its ``outExt`` name one format: the runner
+    picks the virtual display and the result's name from outExt."""
+    chosen = format_chosen(service, native)
+    asked = out_ext or (service.output_exts or [''])[0]
+    if chosen and chosen != asked:
+        raise UsageError(f'{service.format_option}={chosen} and the output format {asked} disagree')
+
+
 def check_params(service, params):
     """Each (option, value) must be a ``paramArgs`` option with a value of its kind."""
     for option, value in params:
@@ -509,6 +535,36 @@ def filter_config(service, data):
     if len(data) > CONFIG_INPUT_MAX_BYTES:
         raise UsageError(f'{service.name} config is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
     return ''.join(f'{key} = {value}\n' for key, value in config_pairs(service, data)).encode('utf-8')
+
+
+def takes_ini(service, filename):
+    """True when an input is an INI file of options for a tool whose table has
+    INI keys (POV-Ray's ``render.ini``): it is checked like its command line."""
+    table = service.options
+    return (table is not None and filename.lower().endswith('.ini')
+            and any(o.form == 'ini' for o in table.options))
+
+
+def filter_ini(service, data):
+    """An INI input as the tool gets it: each ``Key=Value`` and switch checked
+    against the options table as on the command line (``Pre_Scene_Command``
+    runs a program, ``Library_Path`` names a server folder: refused by name),
+    sections kept, comments and blank lines dropped."""
+    if len(data) > CONFIG_INPUT_MAX_BYTES:
+        raise UsageError(f'{service.name} INI file is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
+    lines = []
+    for number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
+        line = line.split(';', 1)[0].strip()
+        if line and not (line.startswith('[') and line.endswith(']')):
+            key, sep, value = line.partition('=')
+            line = f'{key.strip()}={value.strip()}' if sep else line
+            try:
+                read_native(service.options, [line])
+            except UsageError as exc:
+                raise UsageError(f'{service.name} INI file line {number}: {exc}') from None
+        if line:
+            lines.append(line + '\n')
+    return ''.join(lines).encode('utf-8')
 
 
 def config_pairs(service, data):

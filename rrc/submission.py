@@ -16,8 +16,8 @@ from .projects import is_project_name, unpack_project
 from .backends import task_queue
 from .records import native_field
 from .schema import Field
-from .services import (CONFIG_INPUT_MAX_BYTES, check_native_args, check_output_ext, check_params,
-                       check_prearg, compose_argv, filter_config)
+from .services import (CONFIG_INPUT_MAX_BYTES, check_format_agrees, check_native_args, check_output_ext,
+                       check_params, check_prearg, compose_argv, filter_config, filter_ini, takes_ini)
 from .settings import task_settings
 from .states import State, initial_fields
 from .store import to_json
@@ -100,6 +100,7 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
     check_native_args(service, list(native_args))
     check_params(service, params)
     check_output_ext(service, out_ext)
+    check_format_agrees(service, list(native_args), out_ext)
     if not inputs and state != State.WAITING:
         raise UsageError('missing input: give at least one input file or content')
     if notifier:
@@ -175,8 +176,11 @@ def shown_command(service, task_id, stored, native_args, params, out_ext):
 def filter_config_input(service, item):
     """A config input (given with an argInput prefix, e.g. slic3r's --load=)
     of a service with ``configKeys``: only its allowed settings go on
-    (``services.filter_config``)."""
-    if not item.prearg or service.config_keys is None:
+    (``services.filter_config``); an INI input of a tool whose options table
+    has INI keys (POV-Ray) is checked option by option (``services.filter_ini``)."""
+    ini = takes_ini(service, item.filename or '')
+    if not ini and (not item.prearg or service.config_keys is None):
         return item
     data = item.data if isinstance(item.data, bytes) else item.data.read(CONFIG_INPUT_MAX_BYTES + 1)
-    return Input(filter_config(service, data), item.filename, item.prearg)
+    kept = filter_ini(service, data) if ini else filter_config(service, data)
+    return Input(kept, item.filename, item.prearg, item.shown, item.source)

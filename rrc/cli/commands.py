@@ -16,6 +16,7 @@ from ..schema import Field, TaskStatus
 from ..states import get_task
 from ..store import to_json
 from ..control import kill_task, resume_task, suspend_task
+from ..services import takes_ini
 from ..submission import submit_task
 from ..node import meta_record
 
@@ -240,8 +241,10 @@ def tool_output_name(service, call, output):
 
 
 def main_input(service, call):
-    """The first input given as a file without a prefix: the one a tool names its result after."""
-    main = next((item for item in call.inputs if not item.prearg and item.source), None)
+    """The first input file of the kind the tool works on (a scene, a model; not
+    an INI or a config): the one a tool names its result after."""
+    main = next((item for item in call.inputs if item.source and service.accepts_input(item.source)
+                 and not takes_ini(service, item.source)), None)
     if main is None:
         raise UsageError(f'missing output argument ({service.output_prefix()}FILE) for {service.name}: '
                          f'its input has no file name to name the result after')

@@ -9,7 +9,7 @@ from ..names import LazyPattern
 from ..optiontable import check_value, refusal
 from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
-from ..services import check_params, find_service, load_services
+from ..services import check_params, find_service, format_chosen, load_services
 from ..store import Store
 from ..submission import Input, input_kinds
 
@@ -204,21 +204,6 @@ def output_ext(service, output, native):
     else:
         ext = service.output_ext_of(output) if output != '-' else ''
     return '' if ext == (service.output_exts or [''])[0] else ext
-
-
-def format_chosen(service, native):
-    """The output format the service's ``formatOption`` names among ``native`` ('' when absent)."""
-    if not service.format_option:
-        return ''
-    for word in native:
-        if word.startswith(service.format_option + '='):
-            value = word.partition('=')[2]
-            ext = service.format_aliases.get(value, value)
-            if ext not in service.output_exts:
-                raise UsageError(f'{word}: {service.name} writes one of: '
-                                 f'{", ".join(list(service.output_exts) + list(service.format_aliases))}')
-            return ext
-    return ''
 
 
 def _take_option(service, arg, rest, call, allow_output):
