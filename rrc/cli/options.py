@@ -208,15 +208,17 @@ def output_ext(service, output, native):
 
 def _take_option(service, arg, rest, call, allow_output):
     """Put ``arg`` (and its value from ``rest`` when written apart) into ``call``
-    when it is an option of the service; False when it is not one."""
+    when it is an option of the service; False when it is not one.  A
+    service's options table is asked first: its rows are the tool's own
+    (@jscad/cli's ``-of`` is not ``-o`` with the file ``f``)."""
+    if service.options is not None and _take_table_option(service, arg, rest, call, allow_output):
+        return True
     output = _output_value(service, arg, rest)
     if output is not None:
         return _take_output(call, arg, output, allow_output)
     prefix, path = _prefixed_input(service, arg, rest)
     if prefix is not None:
         call.inputs.append(_file_input(path, prefix))
-        return True
-    if service.options is not None and _take_table_option(service, arg, rest, call, allow_output):
         return True
     native = None if service.options is not None else _native_argument(service, arg, rest)
     if native is not None:
