@@ -143,10 +143,13 @@ def read_native(table, words):
         word = words.pop(0)
         match = table.find(word, words)
         if match is None:
-            raise UsageError(f'argument {word[:64]!r} is not an option {table.name} passes on')
-        if match.option.kind != 'pass':
-            raise UsageError(refusal(match) if match.option.kind == 'refuse'
-                             else f'argument {word[:64]!r} is not an option {table.name} passes on')
+            raise UsageError(f'argument {word[:64]!r} is not allowed for {table.name}: '
+                             f'not an option it passes on')
+        if match.option.kind == 'refuse':
+            raise UsageError(refusal(match))
+        if match.option.kind != 'pass':  # an input, output or parameter comes in its own field
+            raise UsageError(f'argument {word[:64]!r} is not allowed for {table.name}: '
+                             f'its {match.option.kind} is not a native argument')
         check_value(match.option, match.value, ' '.join(match.words))
         matches.append(match)
     return matches

@@ -29,6 +29,7 @@ def wrapper_help(ctx, service):
     import textwrap
     name, prefix = service.name, service.output_prefix()
     output = f' {prefix}FILE' if prefix and not service.no_output else ''
+    output = f' [{output.strip()}]' if output and service.output_from_input else output
     port = 'PORT ' if any(a.startswith('/dev/') for a in service.native_args) else ''
     about = (f'Runs {name} as {name} itself would run, on {work_goes_to(ctx, name)}.  '
              + ('The result is written to FILE only when the task succeeds.  ' if output else '')
@@ -50,7 +51,7 @@ def wrapper_help_rows(service):
         spaced = f' (or {prefix.rstrip("=")} FILE)' if prefix.startswith('-') else ''
         formats = (f'; the format follows its extension: {service.output_exts[0]} (default), '
                    + ', '.join(service.output_exts[1:])) if len(service.output_exts) > 1 else ''
-        rows.append(('output', f'{prefix}FILE{spaced}{formats}'))
+        rows.append(('output', f'{prefix}FILE{spaced}{formats}{output_defaults(service)}'))
     if service.input_prefixes:
         rows.append(('input with', ', '.join(f'{p}FILE' for p in service.input_prefixes)))
     if service.options is not None:
@@ -62,6 +63,16 @@ def wrapper_help_rows(service):
             ' (VALUE: a number, "string", true, false, undef or a [vector] of them)'
             if kind == 'NAME=VALUE' else '')))
     return rows
+
+
+def output_defaults(service):
+    """What help adds to the output row: the tool's own defaults the wrapper mirrors."""
+    ext = (service.output_exts or [service.file_out.rpartition('.')[2]])[0]
+    notes = [f'without it: INPUT.{ext} beside the input'] if service.output_from_input else []
+    notes += [f'a name without .{service.output_adds_ext} gets it'] if service.output_adds_ext else []
+    notes += ['several: a task each'] if service.several_outputs else []
+    notes += [f'- is stdout (with {service.format_option}=FORMAT)'] if service.format_option else []
+    return ''.join(f'; {note}' for note in notes)
 
 
 def table_help_rows(table):
