@@ -18,6 +18,9 @@ FORM says how the option takes its value:
 - ``ini``    ``NAME=VALUE`` in one word, which is also a key an ``.ini``
   input may set (POV-Ray's ``Declare=X=1``, ``Width=320``).
 
+An OPTION ending in ``*`` stands for any name of letters, digits and ``_``
+there (@jscad/cli's ``--*  ini``: ``--size=20`` for the design's main()).
+
 CLASS is ``pass``, ``input`` (the file is sent with the task, renamed),
 ``output`` (mirrored back), ``param`` (the service's ``paramArgs``) or
 ``refuse``; the NOTE of a refused option is its one-line reason.  A line
@@ -40,8 +43,8 @@ class Option:
         self.name, self.form, self.kind, self.note = name, form, kind, note
 
     def shown(self):
-        """How help shows it: ``--camera=VALUE``, ``+W<value>``, ``-of VALUE``."""
-        return self.name + {'none': '', '=': '=VALUE', '=?': '[=VALUE]', 'glued': 'VALUE',
+        """How help shows it: ``--camera=VALUE``, ``+WVALUE``, ``-of VALUE``, ``--NAME=VALUE``."""
+        return self.name.replace('*', 'NAME') + {'none': '', '=': '=VALUE', '=?': '[=VALUE]', 'glued': 'VALUE',
                             'next': ' VALUE', 'ini': '=VALUE'}[self.form]
 
     def prefix(self):
@@ -92,6 +95,8 @@ class OptionTable:
 
     def _match(self, option, key, word, rest):
         name, form = self.key(option.name), option.form
+        if name.endswith('*'):
+            return _wildcard_match(option, name[:-1], key, word)
         if form == 'none':
             return Match(option, [word]) if key == name else None
         if form == 'glued':
@@ -112,6 +117,21 @@ class OptionTable:
         if form in ('=', 'next'):
             raise UsageError(f'{word} needs a value ({option.shown()})')
         return None
+
+
+def _wildcard_match(option, start, key, word):
+    """A row ``PREFIX*`` (form ini): ``PREFIXNAME=VALUE`` with a NAME of letters, digits and _."""
+    name, sep, value = key.partition('=')
+    wild = name[len(start):]
+    if option.form != 'ini' or not sep or not name.startswith(start) or not wild \
+            or not all(c.isascii() and (c.isalnum() or c == '_') for c in wild):
+        return None
+    return Match(option, [word], word.partition('=')[2])
+
+
+def is_wildcard(option):
+    """True for a row that stands for many names (``--*``)."""
+    return option.name.endswith('*')
 
 
 def check_value(option, value, word=''):

@@ -43,14 +43,16 @@ def table_rows(kind):
 
 
 def sample_words(option):
-    """The option as a client writes it, with a sample value where it takes one."""
+    """The option as a client writes it, with a sample value where it takes one
+    (a wildcard row's name: ``size``)."""
+    name = option.name.replace('*', 'size')
     if option.form == 'none':
-        return [option.name]
+        return [name]
     if option.form == 'next':
-        return [option.name, SAMPLE_VALUE]
+        return [name, SAMPLE_VALUE]
     if option.form == 'glued':
-        return [option.name + SAMPLE_VALUE]
-    return [f'{option.name}={SAMPLE_VALUE}']
+        return [name + SAMPLE_VALUE]
+    return [f'{name}={SAMPLE_VALUE}']
 
 
 def plain_tool(tmp_path, argv, files, display=False):
@@ -301,6 +303,21 @@ def test_openjscad_names_its_stl_after_the_design(proc, workdir, tmp_path):
     assert result.code == 0, result
     # the same model; the plain tool writes ASCII STL without -o, rrcloud's task binary (-oFILE.stl)
     assert stl_size(workdir / 'cube.stl') == stl_size(plain / 'cube.stl')
+
+
+def test_openjscad_passes_parameters_of_main_but_not_rrclouds_own_options(proc, workdir, tmp_path):
+    (workdir / 'sized.jscad').write_text(
+        'function getParameterDefinitions() {\n  return [{name: "size", type: "float", initial: 1}];\n}\n'
+        'function main(params) {\n  return cube({size: params.size});\n}\n')
+    plain = plain_tool(tmp_path, ['openjscad', 'sized.jscad', '--size=7', '-osized.stl'],
+                       [str(workdir / 'sized.jscad')])
+
+    result = proc('sized.jscad', '--size=7', '--local', prog='openjscad.cloud')
+
+    assert result.code == 0, result
+    assert stl_size(workdir / 'sized.stl') == stl_size(plain / 'sized.stl') == (7.0, 7.0, 7.0)
+    elsewhere = proc('sized.jscad', '--size=7', '--s=127.0.0.1:9', prog='openjscad.cloud')
+    assert elsewhere.code != 0 and '127.0.0.1:9' in elsewhere.err, elsewhere  # --s= stayed rrcloud's
 
 
 ###############################################################################

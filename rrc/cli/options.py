@@ -6,7 +6,7 @@ from ..config import load_config
 from ..errors import UsageError
 from ..identity import NodeIdentity
 from ..names import LazyPattern
-from ..optiontable import check_value, refusal
+from ..optiontable import check_value, is_wildcard, refusal
 from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
 from ..services import check_params, find_service, format_chosen, load_services
@@ -106,6 +106,8 @@ def service_takes(service, word):
     """True when ``word`` is the service's own: an allowed native argument,
     an argInput prefix with its file, the output argument, or (with an options
     table) any option the table does not refuse."""
+    if is_option(word) and service.options is not None and table_match(service, word, ['']) is None:
+        return False  # rrcloud's own, though a wildcard row (--*) would take it
     return (service.allows_native(word) or service.input_prefix_of(word) is not None
             or service.output_argument(word) or any(word.startswith(o) for o in service.param_args)
             or table_kind(service, word) in ('input', 'output', 'param'))
@@ -113,19 +115,26 @@ def service_takes(service, word):
 
 def table_kind(service, word):
     """The class of ``word`` in the service's options table (None: no row, or no table)."""
+    match = table_match(service, word, [''])
+    return match.option.kind if match else None
+
+
+def table_match(service, word, rest):
+    """The row of the service's table ``word`` is, or None; rrcloud's own
+    options (--s=, --notifier=) are never a wildcard row's (@jscad/cli's --*)."""
     if service.options is None:
         return None
-    match = service.options.find(word, [''])
-    return match.option.kind if match else None
+    match = service.options.find(word, rest)
+    if match is not None and is_wildcard(match.option) and is_option(word):
+        return None
+    return match
 
 
 def takes_next_word(service, word):
     """True when ``word`` is an option of the service's table written apart
     from its value (``--camera 0,0,5``, ``-title Scene``)."""
-    if service.options is None:
-        return False
     probe = ['']
-    match = service.options.find(word, probe)
+    match = table_match(service, word, probe)
     return match is not None and match.option.kind != 'refuse' and not probe
 
 
@@ -243,7 +252,7 @@ def _take_table_option(service, arg, rest, call, allow_output):
     """``arg`` as the service's options table reads it: an option passed on
     (its value checked), an input, the output, a parameter, or refused with
     the table's reason; False when the table has no such option."""
-    match = service.options.find(arg, rest)
+    match = table_match(service, arg, rest)
     if match is None:
         return False
     kind = match.option.kind
