@@ -29,7 +29,7 @@ SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
                 'versionArg', 'runsOnce', 'options', 'formatOption', 'formatAliases', 'severalOutputs',
-                'outputFromInput', 'outputAddsExt')
+                'outputFromInput', 'outputAddsExt', 'defaultOutputArgs')
 
 
 class Service:
@@ -92,6 +92,9 @@ class Service:
         self.output_from_input = boolean_value(fields.get('outputFromInput', 'no'))
         # The extension the tool adds to an output name without it (POV-Ray: +Oout -> out.png).
         self.output_adds_ext = fields.get('outputAddsExt', '')
+        # What the tool's own default output is written as when the wrapper
+        # names it (@jscad/cli without -o writes ASCII STL: -of stla).
+        self.default_output_args = split_words(fields.get('defaultOutputArgs', ''))
 
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of
@@ -436,12 +439,16 @@ def format_chosen(service, native):
     tool does not write."""
     if not service.format_option:
         return ''
-    for word in native:
-        if word.startswith(service.format_option + '='):
-            value = word.partition('=')[2]
+    option = service.format_option
+    for index, word in enumerate(native):
+        # --export-format=FMT as one word, or -of FMT as two (@jscad/cli)
+        value = word.partition('=')[2] if word.startswith(option + '=') else \
+            (native[index + 1] if word == option and index + 1 < len(native) else None)
+        if value is not None:
             ext = service.format_aliases.get(value, value)
             if ext not in service.output_exts:
-                raise UsageError(f'{word[:80]}: {service.name} writes one of: '
+                shown = word if word != option else f'{option} {value}'
+                raise UsageError(f'{shown[:80]}: {service.name} writes one of: '
                                  f'{", ".join(list(service.output_exts) + list(service.format_aliases))}')
             return ext
     return ''

@@ -10,6 +10,7 @@
 2. The tools' defaults: slic3r and POV-Ray name the result after the input,
    POV-Ray adds .png, openscad writes each of several -o, -o - is stdout.
 """
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -137,7 +138,6 @@ def test_povray_reads_minus_and_plus_alike_and_ignores_case():
     ('slic3r.cloud', ['cube.stl', '--post-process', 'script.sh'], '--post-process'),
     ('slic3r.cloud', ['cube.stl', '--datadir=here'], '--datadir'),
     ('slic3r.cloud', ['cube.stl', '--save=saved.ini'], '--save'),
-    ('openjscad.cloud', ['cube.jscad', '-of', 'amf'], '-of'),
 ])
 def test_the_wrapper_refuses_an_option_in_one_line_naming_it(cli, workdir, prog, args, option):
     for name in ('cube.scad', 'scene.pov', 'cube.stl', 'cube.jscad'):
@@ -301,8 +301,22 @@ def test_openjscad_names_its_stl_after_the_design(proc, workdir, tmp_path):
     result = proc('cube.jscad', prog='openjscad.cloud')
 
     assert result.code == 0, result
-    # the same model; the plain tool writes ASCII STL without -o, rrcloud's task binary (-oFILE.stl)
-    assert stl_size(workdir / 'cube.stl') == stl_size(plain / 'cube.stl')
+    assert (workdir / 'cube.stl').read_bytes() == (plain / 'cube.stl').read_bytes()  # ASCII, as the tool's
+
+
+@pytest.mark.parametrize('args, written', [(['-o', 'c.amf'], 'c.amf'), (['-of', 'stlb', '-o', 'c.stl'], 'c.stl'),
+                                           (['-of', 'amf'], 'cube.amf')])
+def test_openjscad_writes_the_format_asked_as_the_tool_does(proc, workdir, tmp_path, args, written):
+    shutil.copy(DATA / 'cube.jscad', workdir / 'cube.jscad')
+    plain = plain_tool(tmp_path, ['openjscad', 'cube.jscad', *args], ['cube.jscad'])
+
+    result = proc('cube.jscad', *args, prog='openjscad.cloud')
+
+    assert result.code == 0, result
+    mine, theirs = (workdir / written).read_bytes(), (plain / written).read_bytes()
+    if written.endswith('.amf'):  # an AMF names the time it was made
+        mine, theirs = (re.sub(rb'<metadata type="[^"]*">[^<]*</metadata>', b'', d) for d in (mine, theirs))
+    assert mine == theirs
 
 
 def test_openjscad_passes_parameters_of_main_but_not_rrclouds_own_options(proc, workdir, tmp_path):

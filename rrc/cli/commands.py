@@ -16,7 +16,7 @@ from ..schema import Field, TaskStatus
 from ..states import get_task
 from ..store import to_json
 from ..control import kill_task, resume_task, suspend_task
-from ..services import takes_ini
+from ..services import format_chosen, takes_ini
 from ..submission import submit_task
 from ..node import meta_record
 
@@ -222,6 +222,8 @@ def wanted_outputs(service, call, wrapper):
         if not service.output_from_input:
             raise UsageError(f'missing output argument ({service.output_prefix()}FILE) for {service.name}')
         outputs = ['']
+        if not format_chosen(service, call.native):  # the tool's default format, as it writes it
+            call.native += service.default_output_args
     return [tool_output_name(service, call, output) for output in dict.fromkeys(outputs)]
 
 
@@ -256,7 +258,7 @@ def default_output_name(service, call, main):
     ``cube.stl`` -> ``cube.gcode``, or Slic3r's ``--output-filename-format``."""
     filename = os.path.basename(main.source)
     base = filename.rpartition('.')[0] or filename
-    ext = (service.output_exts or [service.file_out.rpartition('.')[2]])[0]
+    ext = format_chosen(service, call.native) or (service.output_exts or [service.file_out.rpartition('.')[2]])[0]
     name = f'{base}.{ext}'
     pattern = next((w.partition('=')[2] for w in call.native if w.startswith('--output-filename-format=')), '')
     if pattern:
