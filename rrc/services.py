@@ -29,7 +29,7 @@ SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
                 'versionArg', 'runsOnce', 'options', 'formatOption', 'formatAliases', 'severalOutputs',
-                'outputFromInput', 'outputAddsExt', 'defaultOutputArgs')
+                'outputFromInput', 'outputAddsExt', 'defaultOutputArgs', 'stdoutOutput')
 
 
 class Service:
@@ -92,6 +92,8 @@ class Service:
         self.output_from_input = boolean_value(fields.get('outputFromInput', 'no'))
         # The extension the tool adds to an output name without it (POV-Ray: +Oout -> out.png).
         self.output_adds_ext = fields.get('outputAddsExt', '')
+        # The tool writes its output to stdout when it is named "-" (openscad -o -).
+        self.stdout_output = boolean_value(fields.get('stdoutOutput', 'no'))
         # What the tool's own default output is written as when the wrapper
         # names it (@jscad/cli without -o writes ASCII STL: -of stla).
         self.default_output_args = split_words(fields.get('defaultOutputArgs', ''))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import inprocess
-from conftest import DATA, write_config
+from conftest import DATA, REPO, write_config
 from helpers import records
 from rrc.errors import UsageError
 from rrc.optiontable import FORMS
@@ -278,6 +278,22 @@ def test_slic3r_defaults_several_loads_and_any_option_match_the_plain_tool(proc,
     assert result.code == 0, result
     assert without_dates((workdir / 'cube.gcode').read_text()) == without_dates((plain / 'cube.gcode').read_text())
     assert 'G28 ; home all' in (workdir / 'cube.gcode').read_text()
+
+
+def test_a_dash_is_stdout_where_the_tool_writes_there_and_a_file_where_it_does_not(proc, workdir, tmp_path):
+    shutil.copy(DATA / 'scene.pov', workdir / 'scene.pov')
+    shutil.copy(DATA / 'cube.stl', workdir / 'cube.stl')
+    plain_image = subprocess.run(['povray', '-D', '-W32', '-H24', 'scene.pov', '+O-'], cwd=workdir,
+                                 capture_output=True, timeout=PLAIN_TIMEOUT, check=True).stdout
+    plain = plain_tool(tmp_path, ['slic3r', 'cube.stl', '-o', '-'], ['cube.stl'])
+
+    image = subprocess.run([str(REPO / 'bin' / 'povray.cloud'), 'scene.pov', '-W32', '-H24', '+O-'], cwd=workdir,
+                           capture_output=True, timeout=PLAIN_TIMEOUT)
+    sliced = proc('cube.stl', '-o', '-', prog='slic3r.cloud')
+
+    assert image.returncode == 0 and png_image(image.stdout) == png_image(plain_image), image.stderr
+    assert sliced.code == 0 and sliced.out == '', sliced
+    assert without_dates((workdir / '-').read_text()) == without_dates((plain / '-').read_text())
 
 
 def test_slic3r_output_filename_format_and_a_folder_as_output(proc, workdir, tmp_path):

@@ -229,8 +229,8 @@ def wanted_outputs(service, call, wrapper):
 
 def tool_output_name(service, call, output):
     """The file the tool itself would write for ``output`` ('' for none given)."""
-    if output == '-':
-        return output
+    if output == '-':  # stdout for a tool that writes there, else a file named "-", as slic3r
+        return output if service.stdout_output else os.path.join('.', output)
     if not output:
         main = main_input(service, call)
         return os.path.join(os.path.dirname(main.source), default_output_name(service, call, main))

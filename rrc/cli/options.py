@@ -203,15 +203,17 @@ def classify_args(service, args, allow_output):
 def output_ext(service, output, native):
     """The format asked for of one output ('' for the service's default): the
     one its ``formatOption`` names (``--export-format=binstl``: stl), else its
-    extension's; ``-`` (stdout) needs the option, as the tool does."""
+    extension's; ``-`` (stdout, for a tool with ``stdoutOutput``) needs the
+    option, as the tool does."""
     chosen = format_chosen(service, native)
+    to_stdout = output == '-' and service.stdout_output
     if chosen:
         ext = chosen
-    elif output == '-' and service.format_option:
+    elif to_stdout and service.format_option:
         raise UsageError(f'-o -: {service.name} writes to stdout only with {service.format_option}=FORMAT '
                          f'(one of: {", ".join(service.output_exts)})')
     else:
-        ext = service.output_ext_of(output) if output != '-' else ''
+        ext = '' if to_stdout else service.output_ext_of(output)
     return '' if ext == (service.output_exts or [''])[0] else ext
 
 

@@ -71,7 +71,8 @@ def output_defaults(service):
     notes = [f'without it: INPUT.{ext} beside the input'] if service.output_from_input else []
     notes += [f'a name without .{service.output_adds_ext} gets it'] if service.output_adds_ext else []
     notes += ['several: a task each'] if service.several_outputs else []
-    notes += [f'- is stdout (with {service.format_option}=FORMAT)'] if service.format_option else []
+    with_format = f' (with {service.format_option}=FORMAT)' if service.format_option else ''
+    notes += [f'- is stdout{with_format}'] if service.stdout_output else []
     return ''.join(f'; {note}' for note in notes)
 
 
