@@ -380,6 +380,40 @@ def test_the_server_refuses_each_refused_option_with_400_naming_it(wsgi, tool, o
     assert not any((wsgi.store / 'tasks' / 'info').glob('*'))
 
 
+@pytest.mark.parametrize('ini', ['Pre_Frame_Command=touch x\n', 'Width=40\nLibrary_Path=/etc\n'])
+def test_the_server_refuses_an_ini_input_that_runs_or_names_a_place(wsgi, ini):
+    answer = wsgi.session.post(wsgi.url + '/', data={'service': 'povray', 'format': 'json'},
+                               files={'fileIn0': ('scene.pov', INPUTS['povray'][1]), 'fileIn1': ('r.ini', ini)},
+                               timeout=30)
+
+    assert answer.status_code == 400 and 'INI file line' in answer.json()['error'], answer.text
+    assert not any((wsgi.store / 'tasks' / 'info').glob('*'))
+
+
+@pytest.mark.parametrize('native, why', [
+    ('["--colorscheme=Tomorrow Night", "-d=deps"]', 'refused'),
+    ('[1, 2]', 'not a list of words'),
+    ('{"not": "a list"}', 'not allowed'),
+    ('["--camera=/etc/passwd"]', 'without /'),
+])
+def test_a_record_with_forged_native_arguments_never_runs(native, why):
+    from rrc.launch import task_argv
+    record = {'id': ID, 'service': 'openscad', 'in': f'tasks/in/{ID}.scad', 'nativeArgs': native}
+
+    with pytest.raises(UsageError, match=why):
+        task_argv(shipped('openscad'), record)
+
+
+def test_a_record_keeps_a_value_with_spaces_as_one_word():
+    from rrc.launch import task_argv
+    from rrc.records import native_field
+    words = ['--colorscheme=Tomorrow Night', '-q']
+    record = {'id': ID, 'service': 'openscad', 'in': f'tasks/in/{ID}.scad', 'nativeArgs': native_field(words)}
+
+    assert native_field(['--render', '-q']) == '--render -q'  # as 0.019 wrote it
+    assert task_argv(shipped('openscad'), record)[1:3] == words
+
+
 ###############################################################################
 # Through a real server: values with spaces, several outputs, defaults
 ###############################################################################
