@@ -28,8 +28,11 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg', 'runsOnce', 'options', 'formatOption', 'formatAliases', 'severalOutputs',
-                'outputFromInput', 'outputAddsExt', 'defaultOutputArgs', 'stdoutOutput')
+                'versionArg', 'runsOnce')
+# The keys of a tool's whole command line and its defaults (issue 20): its
+# options table, the option that picks the format, how it names its outputs.
+COMMAND_LINE_KEYS = ('options', 'formatOption', 'formatAliases', 'severalOutputs', 'outputFromInput',
+                     'outputAddsExt', 'defaultOutputArgs', 'stdoutOutput')
 
 
 class Service:
@@ -278,7 +281,7 @@ def parse_service(path):
         raise ConfigError(f'{path}: service name {name!r} must be lower-case letters, digits or _')
     fields, lines = {}, {}
     for number, key, value in parse_key_value_lines(path):
-        if key not in SERVICE_KEYS:
+        if key not in SERVICE_KEYS and key not in COMMAND_LINE_KEYS:
             raise ConfigError(f'{path}:{number}: unknown key {key!r}')
         fields[key], lines[key] = value, number
     if not fields.get('cmd'):
