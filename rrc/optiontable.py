@@ -44,8 +44,10 @@ class Option:
 
     def shown(self):
         """How help shows it: ``--camera=VALUE``, ``+WVALUE``, ``-of VALUE``, ``--NAME=VALUE``."""
-        return self.name.replace('*', 'NAME') + {'none': '', '=': '=VALUE', '=?': '[=VALUE]', 'glued': 'VALUE',
-                            'next': ' VALUE', 'ini': '=VALUE'}[self.form]
+        short = not self.name.startswith('--') and self.form == '='  # -j 4, as it is passed on
+        return self.name.replace('*', 'NAME') + {'none': '', '=': ' VALUE' if short else '=VALUE',
+                                                 '=?': '[=VALUE]', 'glued': 'VALUE', 'next': ' VALUE',
+                                                 'ini': '=VALUE'}[self.form]
 
     def prefix(self):
         """The word an input or output file follows when written as one word

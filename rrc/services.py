@@ -408,7 +408,8 @@ def include_args(service, inputs):
     (``tasks/in/FOLDER/scene.pov`` -> ``+Ltasks/in/FOLDER``)."""
     if not service.include_arg:
         return []
-    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if not prearg and path.count('/') > 2]
+    # a scene given as +Iscene.pov is a project like one given plainly
+    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if path.count('/') > 2]
     return [service.include_arg.replace('$folder', folder) for folder in dict.fromkeys(folders)]
 
 

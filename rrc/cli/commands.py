@@ -216,7 +216,9 @@ def wanted_outputs(service, call, wrapper):
     (a tool with ``severalOutputs``) or the last (as the tool keeps it); a
     wrapper without one names it after the input (``outputFromInput``); a name
     gets the extension the tool adds (``outputAddsExt``: POV-Ray's +Oout is
-    out.png); a folder gets the default name inside it."""
+    out.png); a folder gets the default name inside it.  A default name
+    written in the tool's own default format adds its ``defaultOutputArgs``
+    to ``call.native`` (@jscad/cli: ``-of stla``)."""
     outputs = call.outputs if service.several_outputs else call.outputs[-1:]
     if not outputs and wrapper and not service.no_output:
         if not service.output_from_input:

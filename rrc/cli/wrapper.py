@@ -36,10 +36,18 @@ def wrapper_help(ctx, service):
              + "The tool's messages go to stderr, naming your files; the exit code is the tool's.")
     lines = [f'usage: {name}.cloud [OPTIONS] {port}INPUT...{output}', '',
              textwrap.fill(about, 78, break_long_words=False, break_on_hyphens=False), '']
-    lines += [f'  {label:<11} {text}' for label, text in wrapper_help_rows(service)]
+    lines += [help_row(label, text) for label, text in wrapper_help_rows(service)]
     lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --notifier-events=LIST,",
               '  --priority=N, --traceback, -h/--help, --version (rrcloud --help tells more)']
     return '\n'.join(lines) + '\n'
+
+
+def help_row(label, text):
+    """One row of a wrapper's help, a long one (slic3r passes some 450 options)
+    wrapped under its text."""
+    import textwrap
+    return textwrap.fill(text, 100, initial_indent=f'  {label:<11} ', subsequent_indent=' ' * 14,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def wrapper_help_rows(service):
@@ -80,11 +88,26 @@ def table_help_rows(table):
     """What a wrapper's help says of a tool's options table (services/NAME.options):
     the options passed on as the tool takes them, and those refused."""
     signs = ' (+ or -)' if table.either_sign else ''
-    passed = sorted(o.shown() for o in table.of_class('pass'))
+    names = {o.name for o in table.options}
+    shown = [o for o in table.of_class('pass') if not is_spelling_of(o.name, names)]
+    hidden = len(table.of_class('pass')) - len(shown)
+    signs += f'; and {hidden} other spellings of these (--no-NAME, --NAME_WITH_UNDERSCORES)' if hidden else ''
+    passed = sorted(o.shown() for o in shown)
     refused = sorted(o.name for o in table.of_class('refuse'))
     return [('passed on', f'{", ".join(passed)}{signs}; a value is printable text without / or \\'),
             ('refused', f'{", ".join(refused)} (each names a place on the server, runs a program, '
                         f'or writes what is not mirrored back; the error says which)')]
+
+
+def is_spelling_of(name, names):
+    """True for an option another row spells the usual way: Slic3r's
+    ``--layer_height`` (``--layer-height``), ``--no-wipe`` and ``--nowipe`` (``--wipe``)."""
+    if '_' in name and name.replace('_', '-') in names:
+        return True
+    for negation in ('--no-', '--no'):
+        if name.startswith(negation) and '--' + name[len(negation):] in names:
+            return True
+    return False
 
 
 def shown_native(allowed):
