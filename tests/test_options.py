@@ -23,7 +23,7 @@ from helpers import records
 from rrc.errors import UsageError
 from rrc.optiontable import FORMS
 from rrc.services import check_native_args, compose_argv, load_services
-from test_tools import png_image, stl_size
+from test_tools import png_image, stl_size, write_scene
 
 ID = '1000000000-00000-000000'
 TOOLS = ('openscad', 'povray', 'slic3r', 'openjscad')
@@ -238,6 +238,19 @@ def test_povray_names_its_image_as_povray_does(proc, workdir, tmp_path, args, wr
     assert result.code == 0, result
     assert sorted(p.name for p in workdir.glob('*.png')) == [written]
     assert png_image((workdir / written).read_bytes()) == png_image((plain / written).read_bytes())
+
+
+def test_povray_scene_with_includes_given_as_plus_i_is_sent_with_them(proc, workdir, tmp_path):
+    write_scene(workdir)
+    plain = tmp_path / 'plain'
+    shutil.copytree(workdir, plain)
+    subprocess.run(['povray', '-D', '-W40', '-H30', '+Iscene.pov'], cwd=plain, check=True, capture_output=True,
+                   timeout=PLAIN_TIMEOUT)
+
+    result = proc('+Iscene.pov', '-W40', '-H30', prog='povray.cloud')
+
+    assert result.code == 0, result
+    assert png_image((workdir / 'scene.png').read_bytes()) == png_image((plain / 'scene.png').read_bytes())
 
 
 def test_povray_ini_file_and_declare_give_the_plain_tools_image(proc, workdir, tmp_path):
