@@ -32,7 +32,7 @@ SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
 # The keys of a tool's whole command line and its defaults (issue 20): its
 # options table, the option that picks the format, how it names its outputs.
 COMMAND_LINE_KEYS = ('options', 'formatOption', 'formatAliases', 'severalOutputs', 'outputFromInput',
-                     'outputAddsExt', 'defaultOutputArgs', 'stdoutOutput')
+                     'outputAddsExt', 'defaultOutputArgs', 'stdoutOutput', 'formatFromName')
 
 
 class Service:
@@ -95,6 +95,9 @@ class Service:
         self.output_from_input = boolean_value(fields.get('outputFromInput', 'no'))
         # The extension the tool adds to an output name without it (POV-Ray: +Oout -> out.png).
         self.output_adds_ext = fields.get('outputAddsExt', '')
+        # The output's extension picks its format (openscad -oa.png), unless the
+        # tool picks it by an option alone (POV-Ray's +FT: +Oout.png is a TGA).
+        self.format_from_name = boolean_value(fields.get('formatFromName', 'yes'))
         # The tool writes its output to stdout when it is named "-" (openscad -o -).
         self.stdout_output = boolean_value(fields.get('stdoutOutput', 'no'))
         # What the tool's own default output is written as when the wrapper
@@ -441,23 +444,40 @@ def check_output_ext(service, ext):
 
 def format_chosen(service, native):
     """The output format the service's ``formatOption`` names among ``native``
-    (``--export-format=binstl``: stl; '' when absent); UsageError for one the
-    tool does not write."""
+    (``--export-format=binstl``, ``-of stla``: stl; POV-Ray's ``+FT``: tga;
+    '' when absent); UsageError for one the tool does not write."""
     if not service.format_option:
         return ''
-    option = service.format_option
-    for index, word in enumerate(native):
-        # --export-format=FMT as one word, or -of FMT as two (@jscad/cli)
-        value = word.partition('=')[2] if word.startswith(option + '=') else \
-            (native[index + 1] if word == option and index + 1 < len(native) else None)
+    words, chosen = list(native), ''
+    while words:
+        word = words.pop(0)
+        value = format_value(service, word, words)
         if value is not None:
-            ext = service.format_aliases.get(value, value)
-            if ext not in service.output_exts:
-                shown = word if word != option else f'{option} {value}'
-                raise UsageError(f'{shown[:80]}: {service.name} writes one of: '
-                                 f'{", ".join(list(service.output_exts) + list(service.format_aliases))}')
-            return ext
-    return ''
+            chosen = format_ext(service, word, value) or chosen  # the last one counts, as for the tool
+    return chosen
+
+
+def format_value(service, word, rest):
+    """The value ``word`` gives the format option (its next word taken from
+    ``rest`` when written apart), or None for another word."""
+    if service.options is not None:
+        match = service.options.find(word, rest)
+        return match.value if match is not None and match.option.name == service.format_option else None
+    if word.startswith(service.format_option + '='):
+        return word.partition('=')[2]
+    return rest.pop(0) if word == service.format_option and rest else None
+
+
+def format_ext(service, word, value):
+    """The extension a format option's value names ('' for none: POV-Ray's bare
+    +F); its bit depth (+FN16) and, for a tool that ignores case, its case aside."""
+    value = value.rstrip('0123456789') if service.ignore_case else value
+    value = value.lower() if service.ignore_case else value
+    ext = service.format_aliases.get(value, value)
+    if ext and ext not in service.output_exts:
+        raise UsageError(f'{word[:80]}: {service.name} writes one of: '
+                         f'{", ".join(list(service.output_exts) + list(service.format_aliases))}')
+    return ext
 
 
 def check_format_agrees(service, native, out_ext):

@@ -238,7 +238,7 @@ def tool_output_name(service, call, output):
         return os.path.join(os.path.dirname(main.source), default_output_name(service, call, main))
     if os.path.isdir(output):
         return os.path.join(output, default_output_name(service, call, main_input(service, call)))
-    ext = service.output_adds_ext
+    ext = service.output_adds_ext and (format_chosen(service, call.native) or service.output_adds_ext)
     if ext and not output.lower().endswith('.' + ext):
         return f'{output}.{ext}'
     return output

@@ -209,11 +209,11 @@ def output_ext(service, output, native):
     to_stdout = output == '-' and service.stdout_output
     if chosen:
         ext = chosen
-    elif to_stdout and service.format_option:
+    elif to_stdout and service.format_option and service.format_from_name:  # no name to pick it from
         raise UsageError(f'-o -: {service.name} writes to stdout only with {service.format_option}=FORMAT '
                          f'(one of: {", ".join(service.output_exts)})')
     else:
-        ext = '' if to_stdout else service.output_ext_of(output)
+        ext = '' if to_stdout or not service.format_from_name else service.output_ext_of(output)
     return '' if ext == (service.output_exts or [''])[0] else ext
 
 

@@ -129,7 +129,7 @@ def check_result_format(service, record, output, wanted=''):
     """The result has the format asked for (``wanted``, else ``output``'s
     extension's): a server that does not know ``outExt`` (RepRapCloud 0.019)
     makes its default instead."""
-    wanted = wanted or ('' if output == '-' else service.output_ext_of(output))
+    wanted = wanted or ('' if output == '-' or not service.format_from_name else service.output_ext_of(output))
     made = record.get(Field.OUT, '').rpartition('.')[2].lower()
     if wanted and made != wanted:
         raise RRCloudError(f'{record.get("server", "the server")} made a .{made} file, not the '
