@@ -486,7 +486,8 @@ def check_format_agrees(service, native, out_ext):
     chosen = format_chosen(service, native)
     asked = out_ext or (service.output_exts or [''])[0]
     if chosen and chosen != asked:
-        raise UsageError(f'{service.format_option}={chosen} and the output format {asked} disagree')
+        raise UsageError(f'{service.format_option} asks for {chosen} and the output format (outExt) is {asked}: '
+                         f'they must agree')
 
 
 def check_params(service, params):
