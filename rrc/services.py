@@ -462,7 +462,9 @@ def format_value(service, word, rest):
     ``rest`` when written apart), or None for another word."""
     if service.options is not None:
         match = service.options.find(word, rest)
-        return match.value if match is not None and match.option.name == service.format_option else None
+        if match is None or match.option.name != service.format_option:
+            return None
+        return match.option.name if match.option.form == 'none' else match.value  # a switch names itself
     if word.startswith(service.format_option + '='):
         return word.partition('=')[2]
     return rest.pop(0) if word == service.format_option and rest else None

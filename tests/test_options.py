@@ -330,6 +330,20 @@ def test_a_dash_is_stdout_where_the_tool_writes_there_and_a_file_where_it_does_n
     assert without_dates((workdir / '-').read_text()) == without_dates((plain / '-').read_text())
 
 
+@pytest.mark.parametrize('args, written', [(['--export-svg'], 'cube.svg'),
+                                           (['--export-svg', '--output=slices.svg'], 'slices.svg')])
+def test_slic3r_svg_export_as_slic3r_writes_it(proc, workdir, tmp_path, args, written):
+    shutil.copy(DATA / 'cube.stl', workdir / 'cube.stl')
+    plain = plain_tool(tmp_path, ['slic3r', *args, 'cube.stl'], ['cube.stl'])
+
+    result = proc(*args, 'cube.stl', prog='slic3r.cloud')
+
+    assert result.code == 0, result
+    assert (workdir / written).read_bytes() == (plain / written).read_bytes()
+    (record,) = records(workdir)
+    assert record['outExt'] == 'svg' and record['out'].endswith('.svg'), record
+
+
 def test_slic3r_output_filename_format_and_a_folder_as_output(proc, workdir, tmp_path):
     shutil.copy(DATA / 'cube.stl', workdir / 'cube.stl')
     (workdir / 'out').mkdir()
