@@ -123,7 +123,7 @@ class OptionTable:
 
 def _wildcard_match(option, start, key, word):
     """A row ``PREFIX*`` (form ini): ``PREFIXNAME=VALUE`` with a NAME of letters, digits and _."""
-    name, sep, value = key.partition('=')
+    name, sep, _ = key.partition('=')
     wild = name[len(start):]
     if option.form != 'ini' or not sep or not name.startswith(start) or not wild \
             or not all(c.isascii() and (c.isalnum() or c == '_') for c in wild):
