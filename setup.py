@@ -25,7 +25,8 @@ setup(
     entry_points={'console_scripts': ['rrcloud=rrcloud:main']
                   + [f'{name}.cloud=rrcloud:main' for name in WRAPPED]},
     data_files=[('share/rrcloud/services', sorted(glob.glob('services/*.conf') + glob.glob('services/*.keys')
-                                                     + glob.glob('services/*.sandbox'))),
+                                                     + glob.glob('services/*.sandbox')
+                                                     + glob.glob('services/*.options'))),
                 ('share/rrcloud/www', sorted(glob.glob('www/*'))),
                 ('share/rrcloud', ['rrcloudrc'])],
 )

@@ -127,11 +127,11 @@ def post_inputs(store, session, url, service, record):
     from contextlib import ExitStack
     from .remote import post_task
     from .submission import Input
-    from .records import record_params, stored_inputs
+    from .records import record_native, record_params, stored_inputs
     with ExitStack() as files:
         inputs = [Input(files.enter_context(open(store.path_of(path), 'rb')), os.path.basename(path), prearg)
                   for prearg, path in stored_inputs(record)]
-        return post_task(session, url, service, inputs, record.get(Field.NATIVE_ARGS, '').split(),
+        return post_task(session, url, service, inputs, record_native(record),
                          record.get(Field.NOTIFIER, ''), record_params(record), record.get(Field.OUT_EXT, ''))
 
 

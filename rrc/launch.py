@@ -11,7 +11,7 @@ from .errors import UsageError
 from .names import check_task_id, is_extension, is_task_id
 from .procs import rrcloud_command, task_environment
 from .projects import PROJECT_PART_RE
-from .records import record_params, stored_inputs
+from .records import record_native, record_params, stored_inputs
 from .schema import Field
 from .services import check_native_args, check_output_ext, check_params, check_prearg, compose_argv
 
@@ -29,7 +29,7 @@ def task_argv(service, record):
     for prearg, path in stored:
         check_stored_input(path)
         check_prearg(service, prearg)
-    native = record.get(Field.NATIVE_ARGS, '').split()
+    native = record_native(record)
     check_native_args(service, native)
     params = record_params(record)
     check_params(service, params)

@@ -293,7 +293,7 @@ def with_main_input(store, record, previous):
     store's inputs, is its first input."""
     from .services import find_service, load_services
     from .submission import input_size, shown_command
-    from .records import record_params, stored_inputs
+    from .records import record_native, record_params, stored_inputs
     main_input = previous.get(Field.OUT, '')
     ext = main_input.rpartition('.')[2] if '.' in os.path.basename(main_input) else ''
     with open(store.path_of(main_input), 'rb') as handle:
@@ -302,7 +302,7 @@ def with_main_input(store, record, previous):
     service = find_service(*load_services(store.root), record[Field.SERVICE])
     changes = {Field.IN: ','.join(p for _, p in stored), Field.INPUT_FROM: previous[Field.ID],
                Field.SIZE_IN: sum(input_size(store, p) for _, p in stored),
-               Field.CMD: shown_command(service, record[Field.ID], stored, record.get(Field.NATIVE_ARGS, '').split(),
+               Field.CMD: shown_command(service, record[Field.ID], stored, record_native(record),
                                         record_params(record), record.get(Field.OUT_EXT, ''))}
     if any(prearg for prearg, _ in stored):
         changes[Field.PREARGS] = ','.join(prearg for prearg, _ in stored)

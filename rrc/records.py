@@ -1,4 +1,4 @@
-"""Reading what a task's record says: its inputs with their preargs, its parameters.
+"""Reading what a task's record says: its inputs with their preargs, its native arguments, its parameters.
 
 A record is data many processes write: these readers check what they read
 and refuse (UsageError) what rrcloud would not have written.
@@ -31,3 +31,29 @@ def stored_inputs(record):
     if len(preargs) != len(paths):
         raise UsageError('its inputs and preargs do not match')
     return list(zip(preargs, paths))
+
+
+def native_field(words):
+    """A record's ``nativeArgs``: the words joined by spaces, as 0.019 wrote
+    them; a JSON list when a word holds a space (``--colorscheme=Tomorrow
+    Night``), so a value keeps its words together."""
+    if any(not word or ' ' in word or word.startswith('[') for word in words):
+        import json
+        return json.dumps(list(words), ensure_ascii=True)
+    return ' '.join(words)
+
+
+def record_native(record):
+    """The native arguments of a record (either form of native_field); UsageError
+    for a JSON value that is not a list of strings."""
+    text = record.get(Field.NATIVE_ARGS, '')
+    if not text.startswith('['):
+        return text.split()
+    import json
+    try:
+        words = json.loads(text)
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise UsageError('its nativeArgs are not a list of words')
+    return words

@@ -209,7 +209,9 @@ def task_form(service, inputs, native, notifier='', params=(), out_ext=''):
     """(fields, files) of one task's upload, the spec's names; ``paramN`` and
     ``outExt`` only when there are any (a 0.019 server knows neither)."""
     fields = {'service': service.name}
-    if native:
+    if any(' ' in word for word in native):  # a value with spaces: one argN field per word, in order
+        fields.update((f'arg{number}', word) for number, word in enumerate(native))
+    elif native:
         fields['nativeArgs'] = ' '.join(native)
     for number, (option, value) in enumerate(params):
         fields[f'param{number}'] = f'{option} {value}'

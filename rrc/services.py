@@ -8,6 +8,7 @@ from .errors import ConfigError, UsageError
 from .keyvalue import boolean_value, parse_key_value_lines
 from .names import LazyPattern, NATIVE_VALUE_RE, is_extension, is_service_name
 from .progress import reader_named
+from .optiontable import OptionTable, parse_option_table, read_native
 from .projects import PROJECT_SUFFIXES
 
 
@@ -29,6 +30,10 @@ SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
                 'versionArg', 'runsOnce', 'progress', 'sandboxFiles')
+# The keys of a tool's whole command line and its defaults (issue 20): its
+# options table, the option that picks the format, how it names its outputs.
+COMMAND_LINE_KEYS = ('options', 'formatOption', 'formatAliases', 'severalOutputs', 'outputFromInput',
+                     'outputAddsExt', 'defaultOutputArgs', 'stdoutOutput', 'formatFromName')
 
 
 class Service:
@@ -78,6 +83,33 @@ class Service:
         # How the runner reads the tool's progress from its output
         # (rrc/progress.py: povray, slic3r, openscad, openjscad, percent); None: it does not.
         self.progress = reader_named(fields['progress']) if fields.get('progress') else None
+        # The tool's whole command line (services/NAME.options): what passes,
+        # names an input or the output, or is refused and why.  Without one,
+        # nativeArgs is the list of what passes.
+        self.options = _option_table(source, name, fields.get('options', ''), self.ignore_case)
+        # The option that picks the output's format whatever its name says
+        # (OpenSCAD's --export-format), and the formats it names otherwise
+        # (binstl = stl): the task's format follows it.
+        self.format_option = fields.get('formatOption', '')
+        self.format_aliases = dict(pair.strip().split('=', 1) for pair in
+                                   fields.get('formatAliases', '').split(',') if '=' in pair)
+        # The tool writes each of several outputs (openscad -oa.stl -oa.png):
+        # the wrapper runs a task for each.  Otherwise the last one counts, as
+        # for the tool.
+        self.several_outputs = boolean_value(fields.get('severalOutputs', 'no'))
+        # Without an output argument the tool names its result after its input,
+        # beside it (slic3r cube.stl -> cube.gcode): so does the wrapper.
+        self.output_from_input = boolean_value(fields.get('outputFromInput', 'no'))
+        # The extension the tool adds to an output name without it (POV-Ray: +Oout -> out.png).
+        self.output_adds_ext = fields.get('outputAddsExt', '')
+        # The output's extension picks its format (openscad -oa.png), unless the
+        # tool picks it by an option alone (POV-Ray's +FT: +Oout.png is a TGA).
+        self.format_from_name = boolean_value(fields.get('formatFromName', 'yes'))
+        # The tool writes its output to stdout when it is named "-" (openscad -o -).
+        self.stdout_output = boolean_value(fields.get('stdoutOutput', 'no'))
+        # What the tool's own default output is written as when the wrapper
+        # names it (@jscad/cli without -o writes ASCII STL: -of stla).
+        self.default_output_args = split_words(fields.get('defaultOutputArgs', ''))
 
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of
@@ -131,7 +163,11 @@ class Service:
         return arg.startswith(prefix)
 
     def allows_native(self, arg):
-        """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value."""
+        """True when ``arg`` is an allowed switch, or an allowed prefix plus a safe value
+        (with an options table: an option it passes, whose value may follow)."""
+        if self.options is not None:
+            match = self.options.find(arg, [''])
+            return match is not None and match.option.kind == 'pass'
         word = self.cased(arg)
         for allowed in map(self.cased, self.native_args):
             if word == allowed:
@@ -208,6 +244,31 @@ def _absolute_paths(text):
     return paths
 
 
+def _option_table(source, service_name, name, ignore_case):
+    """The OptionTable named by ``options`` (a file beside the conf), or None."""
+    if not name:
+        return None
+    if '/' in name or name.startswith('.'):
+        raise ValueError(f'options must name a file beside the conf, got {name!r}')
+    rows, either_sign = parse_option_table(os.path.join(os.path.dirname(source), name), service_name)
+    return OptionTable(service_name, rows, either_sign=either_sign, ignore_case=ignore_case)
+
+
+def _check_option_table(service, path):
+    """An options table agrees with its conf: an input row is an argInput prefix
+    (the runner composes it from the record's prearg), a param row a paramArgs option."""
+    table = service.options
+    if table is None:
+        return
+    for option in table.of_class('input'):
+        if option.form != 'ini' and option.prefix() not in service.input_prefixes:
+            raise ConfigError(f'{path}: {option.name} is an input in {service.name}\'s options but '
+                              f'{option.prefix()}$fileIn is not in argInput')
+    for option in table.of_class('param'):
+        if option.name.lstrip('-') not in {p.lstrip('-') for p in service.param_args}:
+            raise ConfigError(f'{path}: {option.name} is a param in {service.name}\'s options but not in paramArgs')
+
+
 def _config_key_list(source, name):
     """The allowed keys named by ``configKeys`` (a file beside the conf), or None."""
     if not name:
@@ -246,7 +307,7 @@ def parse_service(path):
         raise ConfigError(f'{path}: service name {name!r} must be lower-case letters, digits or _')
     fields, lines = {}, {}
     for number, key, value in parse_key_value_lines(path):
-        if key not in SERVICE_KEYS:
+        if key not in SERVICE_KEYS and key not in COMMAND_LINE_KEYS:
             raise ConfigError(f'{path}:{number}: unknown key {key!r}')
         fields[key], lines[key] = value, number
     if not fields.get('cmd'):
@@ -271,6 +332,7 @@ def _check_service(service, path):
         raise ConfigError(f'{path}: fileOut must end in .{service.output_exts[0]}, the first of outputExts')
     if service.include_arg and service.include_arg.count('$folder') != 1:
         raise ConfigError(f'{path}: includeArg must contain $folder once')
+    _check_option_table(service, path)
 
 
 def installed_path(name):
@@ -338,8 +400,7 @@ def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
     would take the input file for its value.  ``inputs`` is a list of
     (prearg, path relative to the store root).
     """
-    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
-    valued = [a for a in native_args if a not in switches]
+    valued, switches = split_native(service, native_args)
     argv = list(service.cmd) + valued
     for option, value in params:
         argv += [option, value]
@@ -351,12 +412,30 @@ def compose_argv(service, task_id, inputs, native_args, params=(), out_ext=''):
     return argv
 
 
+def split_native(service, native_args):
+    """(the native words that go before the inputs, those that go after them).
+
+    After: a switch that may take a value (OpenSCAD's ``--render``, ``=?`` in
+    a table), which would take the input file for its value; with no table,
+    every exact ``nativeArgs`` switch, as 0.019 composed it.  Before: the
+    rest, a ``next`` option's two words together.
+    """
+    if service.options is not None:
+        before, after = [], []
+        for match in read_native(service.options, native_args):
+            (after if match.option.form == '=?' else before).extend(match.words)
+        return before, after
+    switches = [a for a in native_args if service.cased(a) in map(service.cased, service.native_args)]
+    return [a for a in native_args if a not in switches], switches
+
+
 def include_args(service, inputs):
     """``includeArg`` for the folder of each project file among the inputs
     (``tasks/in/FOLDER/scene.pov`` -> ``+Ltasks/in/FOLDER``)."""
     if not service.include_arg:
         return []
-    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if not prearg and path.count('/') > 2]
+    # a scene given as +Iscene.pov is a project like one given plainly
+    folders = [path.rsplit('/', 1)[0] for prearg, path in inputs if path.count('/') > 2]
     return [service.include_arg.replace('$folder', folder) for folder in dict.fromkeys(folders)]
 
 
@@ -368,7 +447,11 @@ def check_prearg(service, prearg):
 
 
 def check_native_args(service, native_args):
-    """Every native argument must be allowed by the service's nativeArgs."""
+    """Every native argument must be allowed by the service's options table
+    (with its value checked), or by its nativeArgs."""
+    if service.options is not None:
+        read_native(service.options, native_args)
+        return
     for arg in native_args:
         if not service.allows_native(arg):
             raise UsageError(f'argument {arg!r} is not allowed for {service.name}')
@@ -380,6 +463,56 @@ def check_output_ext(service, ext):
         allowed = ', '.join(service.output_exts) or f'none, {service.name} writes one format'
         raise UsageError(f'output format {ext[:16]!r} is not one {service.name} writes (allowed: {allowed})')
     return ext
+
+
+def format_chosen(service, native):
+    """The output format the service's ``formatOption`` names among ``native``
+    (``--export-format=binstl``, ``-of stla``: stl; POV-Ray's ``+FT``: tga;
+    '' when absent); UsageError for one the tool does not write."""
+    if not service.format_option:
+        return ''
+    words, chosen = list(native), ''
+    while words:
+        word = words.pop(0)
+        value = format_value(service, word, words)
+        if value is not None:
+            chosen = format_ext(service, word, value) or chosen  # the last one counts, as for the tool
+    return chosen
+
+
+def format_value(service, word, rest):
+    """The value ``word`` gives the format option (its next word taken from
+    ``rest`` when written apart), or None for another word."""
+    if service.options is not None:
+        match = service.options.find(word, rest)
+        if match is None or match.option.name != service.format_option:
+            return None
+        return match.option.name if match.option.form == 'none' else match.value  # a switch names itself
+    if word.startswith(service.format_option + '='):
+        return word.partition('=')[2]
+    return rest.pop(0) if word == service.format_option and rest else None
+
+
+def format_ext(service, word, value):
+    """The extension a format option's value names ('' for none: POV-Ray's bare
+    +F); its bit depth (+FN16) and, for a tool that ignores case, its case aside."""
+    value = value.rstrip('0123456789') if service.ignore_case else value
+    value = value.lower() if service.ignore_case else value
+    ext = service.format_aliases.get(value, value)
+    if ext and ext not in service.output_exts:
+        raise UsageError(f'{word[:80]}: {service.name} writes one of: '
+                         f'{", ".join(list(service.output_exts) + list(service.format_aliases))}')
+    return ext
+
+
+def check_format_agrees(service, native, out_ext):
+    """A task's ``formatOption`` and its ``outExt`` name one format: the runner
+    picks the virtual display and the result's name from outExt."""
+    chosen = format_chosen(service, native)
+    asked = out_ext or (service.output_exts or [''])[0]
+    if chosen and chosen != asked:
+        raise UsageError(f'{service.format_option} asks for {chosen} and the output format (outExt) is {asked}: '
+                         f'they must agree')
 
 
 def check_params(service, params):
@@ -461,6 +594,36 @@ def filter_config(service, data):
     if len(data) > CONFIG_INPUT_MAX_BYTES:
         raise UsageError(f'{service.name} config is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
     return ''.join(f'{key} = {value}\n' for key, value in config_pairs(service, data)).encode('utf-8')
+
+
+def takes_ini(service, filename):
+    """True when an input is an INI file of options for a tool whose table has
+    INI keys (POV-Ray's ``render.ini``): it is checked like its command line."""
+    table = service.options
+    return (table is not None and filename.lower().endswith('.ini')
+            and any(o.form == 'ini' for o in table.options))
+
+
+def filter_ini(service, data):
+    """An INI input as the tool gets it: each ``Key=Value`` and switch checked
+    against the options table as on the command line (``Pre_Scene_Command``
+    runs a program, ``Library_Path`` names a server folder: refused by name),
+    sections kept, comments and blank lines dropped."""
+    if len(data) > CONFIG_INPUT_MAX_BYTES:
+        raise UsageError(f'{service.name} INI file is larger than {CONFIG_INPUT_MAX_BYTES} bytes')
+    lines = []
+    for number, line in enumerate(data.decode('utf-8', 'replace').splitlines(), 1):
+        line = line.split(';', 1)[0].strip()
+        if line and not (line.startswith('[') and line.endswith(']')):
+            key, sep, value = line.partition('=')
+            line = f'{key.strip()}={value.strip()}' if sep else line
+            try:
+                read_native(service.options, [line])
+            except UsageError as exc:
+                raise UsageError(f'{service.name} INI file line {number}: {exc}') from None
+        if line:
+            lines.append(line + '\n')
+    return ''.join(lines).encode('utf-8')
 
 
 def config_pairs(service, data):

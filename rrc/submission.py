@@ -15,9 +15,10 @@ from .notifier import check_notifier_target, notifier_events_field
 from .order import mark_placed, parse_priority
 from .projects import is_project_name, unpack_project
 from .backends import task_queue
+from .records import native_field
 from .schema import Field
-from .services import (CONFIG_INPUT_MAX_BYTES, check_native_args, check_output_ext, check_params,
-                       check_prearg, compose_argv, filter_config)
+from .services import (CONFIG_INPUT_MAX_BYTES, check_format_agrees, check_native_args, check_output_ext,
+                       check_params, check_prearg, compose_argv, filter_config, filter_ini, takes_ini)
 from .settings import task_settings
 from .states import State, initial_fields
 from .store import to_json
@@ -26,13 +27,16 @@ from .store import to_json
 class Input:
     """One input of a submission: bytes or an open file, plus the name it came with."""
 
-    def __init__(self, data, filename='', prearg='', shown=''):
+    def __init__(self, data, filename='', prearg='', shown='', source=''):
         self.data = data
         self.filename = filename
         self.prearg = prearg
         # How the user named it, for the tool's messages: a file's path, a
         # project's folder ('' or 'job/'), '' for content.
         self.shown = shown
+        # The file it was read from on the client ('' for content): a tool
+        # names its result after it (slic3r cube.stl writes cube.gcode).
+        self.source = source
 
     def extension(self, service):
         """The extension to keep (tools need it), from the filename or the service."""
@@ -97,6 +101,7 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
     check_native_args(service, list(native_args))
     check_params(service, params)
     check_output_ext(service, out_ext)
+    check_format_agrees(service, list(native_args), out_ext)
     if not inputs and state != State.WAITING:
         raise UsageError('missing input: give at least one input file or content')
     events = notifier_events_field(notifier, notifier_events)
@@ -149,7 +154,7 @@ def _new_record(service, task_id, stored, native_args, notifier, client, args, s
     # What the runner composes the argv from (it never runs ``cmd``, which is
     # only shown): the checked native arguments and each input's prearg.
     if native_args:
-        record[Field.NATIVE_ARGS] = ' '.join(native_args)
+        record[Field.NATIVE_ARGS] = native_field(native_args)
     if params:  # JSON: a value may hold spaces ("a label"), one line all the same
         record[Field.PARAMS] = to_json([list(pair) for pair in params])
     if out_ext:
@@ -173,8 +178,11 @@ def shown_command(service, task_id, stored, native_args, params, out_ext):
 def filter_config_input(service, item):
     """A config input (given with an argInput prefix, e.g. slic3r's --load=)
     of a service with ``configKeys``: only its allowed settings go on
-    (``services.filter_config``)."""
-    if not item.prearg or service.config_keys is None:
+    (``services.filter_config``); an INI input of a tool whose options table
+    has INI keys (POV-Ray) is checked option by option (``services.filter_ini``)."""
+    ini = takes_ini(service, item.filename or '')
+    if not ini and (not item.prearg or service.config_keys is None):
         return item
     data = item.data if isinstance(item.data, bytes) else item.data.read(CONFIG_INPUT_MAX_BYTES + 1)
-    return Input(filter_config(service, data), item.filename, item.prearg)
+    kept = filter_ini(service, data) if ini else filter_config(service, data)
+    return Input(kept, item.filename, item.prearg, item.shown, item.source)

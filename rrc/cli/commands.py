@@ -16,6 +16,7 @@ from ..schema import Field, TaskStatus
 from ..states import get_task, state_of
 from ..store import to_json
 from ..control import kill_task, resume_task, suspend_task
+from ..services import format_chosen, takes_ini
 from ..submission import submit_task
 from ..node import meta_record
 
@@ -203,18 +204,28 @@ def remote_servers(ctx, service_name):
 
 
 def cmd_submit(ctx, service_name, args, sync, wrapper=False):
-    """Start a task of ``service_name``; sync waits and copies the result."""
+    """Start a task of ``service_name``; sync waits and copies the result.
+
+    A tool that writes each of several outputs (``openscad a.scad -oa.stl
+    -oa.png``) gets a task for each, one after the other: the exit code is
+    the first that is not 0.
+    """
     service = ctx.service(service_name)
     call = classify_args(service, args, allow_output=sync)
-    inputs, native, output = call.inputs, call.native, call.output
-    if wrapper and output is None and not service.no_output:
-        prefix = service.output_prefix()
-        raise UsageError(f'missing output argument ({prefix}FILE) for {service_name}')
-    ctx.shown_inputs = [item.shown for item in inputs]  # the tool's messages name these
-    extra = {'params': call.params, 'out_ext': call.out_ext}
+    ctx.shown_inputs = [item.shown for item in call.inputs]  # the tool's messages name these
+    outputs = wanted_outputs(service, call, wrapper)
+    codes = [submit_one(ctx, service, call, output, args, sync, wrapper) for output in outputs or [None]]
+    return next((code for code in codes if code != ExitCode.OK), ExitCode.OK)
+
+
+def submit_one(ctx, service, call, output, args, sync, wrapper):
+    """One task of a command line, its result going to ``output``."""
+    inputs, native = call.inputs, call.native
+    ctx.output_format = call.out_ext_for(output) or (service.output_exts or [''])[0]
+    extra = {'params': call.params, 'out_ext': call.out_ext_for(output)}
     # `rrcloud --sync` with no output argument shows the finished record (where its result is).
     show = sync and not wrapper and output is None and not service.no_output
-    servers = remote_servers(ctx, service_name)
+    servers = remote_servers(ctx, service.name)
     if servers:
         notifier_events_field(ctx.options.notifier, ctx.options.notifier_events)  # refused before sending
         if not sync:
@@ -228,3 +239,63 @@ def cmd_submit(ctx, service_name, args, sync, wrapper=False):
         print_id(ctx, record)
         return ExitCode.OK
     return finish_sync(ctx, record, output, show)
+
+
+def wanted_outputs(service, call, wrapper):
+    """Where the results go, as the tool would write them: each output given
+    (a tool with ``severalOutputs``) or the last (as the tool keeps it); a
+    wrapper without one names it after the input (``outputFromInput``); a name
+    gets the extension the tool adds (``outputAddsExt``: POV-Ray's +Oout is
+    out.png); a folder gets the default name inside it.  A default name
+    written in the tool's own default format adds its ``defaultOutputArgs``
+    to ``call.native`` (@jscad/cli: ``-of stla``)."""
+    outputs = call.outputs if service.several_outputs else call.outputs[-1:]
+    if not outputs and wrapper and not service.no_output:
+        if not service.output_from_input:
+            raise UsageError(f'missing output argument ({service.output_prefix()}FILE) for {service.name}')
+        outputs = ['']
+        if not format_chosen(service, call.native):  # the tool's default format, as it writes it
+            call.native += service.default_output_args
+    return [tool_output_name(service, call, output) for output in dict.fromkeys(outputs)]
+
+
+def tool_output_name(service, call, output):
+    """The file the tool itself would write for ``output`` ('' for none given)."""
+    if output == '-':  # stdout for a tool that writes there, else a file named "-", as slic3r
+        return output if service.stdout_output else os.path.join('.', output)
+    if not output:
+        main = main_input(service, call)
+        return os.path.join(os.path.dirname(main.source), default_output_name(service, call, main))
+    if os.path.isdir(output):
+        return os.path.join(output, default_output_name(service, call, main_input(service, call)))
+    ext = service.output_adds_ext and (format_chosen(service, call.native) or service.output_adds_ext)
+    if ext and not output.lower().endswith('.' + ext):
+        return f'{output}.{ext}'
+    return output
+
+
+def main_input(service, call):
+    """The first input file of the kind the tool works on (a scene, a model; not
+    an INI or a config): the one a tool names its result after."""
+    main = next((item for item in call.inputs if item.source and service.accepts_input(item.source)
+                 and not takes_ini(service, item.source)), None)
+    if main is None:
+        raise UsageError(f'missing output argument ({service.output_prefix()}FILE) for {service.name}: '
+                         f'its input has no file name to name the result after')
+    return main
+
+
+def default_output_name(service, call, main):
+    """The name a tool gives its result after its main input:
+    ``cube.stl`` -> ``cube.gcode``, or Slic3r's ``--output-filename-format``."""
+    filename = os.path.basename(main.source)
+    base = filename.rpartition('.')[0] or filename
+    ext = format_chosen(service, call.native) or (service.output_exts or [service.file_out.rpartition('.')[2]])[0]
+    name = f'{base}.{ext}'
+    pattern = next((w.partition('=')[2] for w in call.native if w.startswith('--output-filename-format=')), '')
+    if pattern:
+        name = pattern.replace('[input_filename_base]', base).replace('[input_filename]', filename)
+        if '[' in name:
+            raise UsageError(f'--output-filename-format={pattern}: rrcloud names the result here only with '
+                             f'[input_filename_base] and [input_filename]; give --output=FILE')
+    return name

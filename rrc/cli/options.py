@@ -6,9 +6,10 @@ from ..config import load_config
 from ..errors import UsageError
 from ..identity import NodeIdentity
 from ..names import LazyPattern
+from ..optiontable import check_value, is_wildcard, refusal
 from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
-from ..services import check_params, find_service, load_services
+from ..services import check_params, find_service, format_chosen, load_services
 from ..store import Store
 from ..submission import Input, input_kinds
 
@@ -95,8 +96,8 @@ def take_options(options, args, service=None, command=None):
         word = args.pop(0)
         if service is not None and service_takes(service, word):
             rest.append(word)
-            if word in service.param_args and args:  # -D NAME=VALUE: the value is the option's
-                rest.append(args.pop(0))
+            if args and (word in service.param_args or takes_next_word(service, word)):
+                rest.append(args.pop(0))  # -D NAME=VALUE, --camera 0,0,5: the value is the option's
         elif word == '-h':
             options.help = True
         elif word == '--':
@@ -114,9 +115,38 @@ def take_options(options, args, service=None, command=None):
 
 def service_takes(service, word):
     """True when ``word`` is the service's own: an allowed native argument,
-    an argInput prefix with its file, or the output argument."""
+    an argInput prefix with its file, the output argument, or (with an options
+    table) any option the table does not refuse."""
+    if is_option(word) and service.options is not None and table_match(service, word, ['']) is None:
+        return False  # rrcloud's own, though a wildcard row (--*) would take it
     return (service.allows_native(word) or service.input_prefix_of(word) is not None
-            or service.output_argument(word) or any(word.startswith(o) for o in service.param_args))
+            or service.output_argument(word) or any(word.startswith(o) for o in service.param_args)
+            or table_kind(service, word) in ('input', 'output', 'param'))
+
+
+def table_kind(service, word):
+    """The class of ``word`` in the service's options table (None: no row, or no table)."""
+    match = table_match(service, word, [''])
+    return match.option.kind if match else None
+
+
+def table_match(service, word, rest):
+    """The row of the service's table ``word`` is, or None; rrcloud's own
+    options (--s=, --notifier=) are never a wildcard row's (@jscad/cli's --*)."""
+    if service.options is None:
+        return None
+    match = service.options.find(word, rest)
+    if match is not None and is_wildcard(match.option) and is_option(word):
+        return None
+    return match
+
+
+def takes_next_word(service, word):
+    """True when ``word`` is an option of the service's table written apart
+    from its value (``--camera 0,0,5``, ``-title Scene``)."""
+    probe = ['']
+    match = table_match(service, word, probe)
+    return match is not None and match.option.kind != 'refuse' and not probe
 
 
 def split_command_line(options, command, args):
@@ -137,12 +167,29 @@ def split_command_line(options, command, args):
 class ToolCall:
     """A tool's command line as classify_args read it."""
 
-    def __init__(self):
+    def __init__(self, service):
+        self.service = service
         self.inputs = []      # Input objects, in order
         self.native = []      # allowed native arguments
         self.params = []      # (option, value) pairs of paramArgs (-D NAME=VALUE)
-        self.output = None    # where the result goes, as the user named it
-        self.out_ext = ''     # the output format asked for, '' for the service's default
+        self.outputs = []     # where the results go, as the user named them ('-': stdout)
+
+    @property
+    def output(self):
+        """The output a tool that keeps one writes: the last one given, as the tool takes it."""
+        return self.outputs[-1] if self.outputs else None
+
+    @property
+    def out_ext(self):
+        """The format asked for of the output the tool keeps ('' for the default)."""
+        return self.out_ext_for(self.output)
+
+    def out_ext_for(self, output):
+        """The format asked for of one of the outputs (or of none: its formatOption's)."""
+        if output is None:
+            chosen = format_chosen(self.service, self.native)
+            return '' if chosen == (self.service.output_exts or [''])[0] else chosen
+        return output_ext(self.service, output, self.native)
 
 
 def classify_args(service, args, allow_output):
@@ -154,31 +201,48 @@ def classify_args(service, args, allow_output):
     ones without.  What is not a file and does not look like an option or a
     file name is content.  Anything else is an error naming the argument.
     """
-    call, args = ToolCall(), list(args)
+    call, args = ToolCall(service), list(args)
     while args:
         arg = args.pop(0)
         if not _take_option(service, arg, args, call, allow_output):
             call.inputs.append(_plain_input(service, arg))
-    if call.output is not None:
-        ext = service.output_ext_of(call.output)
-        call.out_ext = '' if ext == (service.output_exts or [''])[0] else ext
+    for output in call.outputs:
+        output_ext(service, output, call.native)  # a name of a format the tool does not write: said now
     return call
+
+
+def output_ext(service, output, native):
+    """The format asked for of one output ('' for the service's default): the
+    one its ``formatOption`` names (``--export-format=binstl``: stl), else its
+    extension's; ``-`` (stdout, for a tool with ``stdoutOutput``) needs the
+    option, as the tool does."""
+    chosen = format_chosen(service, native)
+    to_stdout = output == '-' and service.stdout_output
+    if chosen:
+        ext = chosen
+    elif to_stdout and service.format_option and service.format_from_name:  # no name to pick it from
+        raise UsageError(f'-o -: {service.name} writes to stdout only with {service.format_option}=FORMAT '
+                         f'(one of: {", ".join(service.output_exts)})')
+    else:
+        ext = '' if to_stdout or not service.format_from_name else service.output_ext_of(output)
+    return '' if ext == (service.output_exts or [''])[0] else ext
 
 
 def _take_option(service, arg, rest, call, allow_output):
     """Put ``arg`` (and its value from ``rest`` when written apart) into ``call``
-    when it is an option of the service; False when it is not one."""
+    when it is an option of the service; False when it is not one.  A
+    service's options table is asked first: its rows are the tool's own
+    (@jscad/cli's ``-of`` is not ``-o`` with the file ``f``)."""
+    if service.options is not None and _take_table_option(service, arg, rest, call, allow_output):
+        return True
     output = _output_value(service, arg, rest)
     if output is not None:
-        if not allow_output:
-            raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
-        call.output = output
-        return True
+        return _take_output(call, arg, output, allow_output)
     prefix, path = _prefixed_input(service, arg, rest)
     if prefix is not None:
         call.inputs.append(_file_input(path, prefix))
         return True
-    native = _native_argument(service, arg, rest)
+    native = None if service.options is not None else _native_argument(service, arg, rest)
     if native is not None:
         call.native.append(native)
         return True
@@ -188,6 +252,37 @@ def _take_option(service, arg, rest, call, allow_output):
         call.params.append(param)
         return True
     return False
+
+
+def _take_output(call, arg, output, allow_output):
+    if not allow_output:
+        raise UsageError(f'output argument {arg!r} needs --sync (or a *.cloud wrapper)')
+    call.outputs.append(output)
+    return True
+
+
+def _take_table_option(service, arg, rest, call, allow_output):
+    """``arg`` as the service's options table reads it: an option passed on
+    (its value checked), an input, the output, a parameter, or refused with
+    the table's reason; False when the table has no such option."""
+    match = table_match(service, arg, rest)
+    if match is None:
+        return False
+    kind = match.option.kind
+    if kind == 'refuse':
+        raise UsageError(refusal(match))
+    if kind == 'output':
+        return _take_output(call, arg, match.value, allow_output)
+    if kind == 'input':
+        call.inputs.append(_file_input(match.value, match.option.prefix()))
+    elif kind == 'param':
+        option = next(o for o in service.param_args if o.lstrip('-') == match.option.name.lstrip('-'))
+        check_params(service, [(option, match.value)])
+        call.params.append((option, match.value))
+    else:
+        check_value(match.option, match.value, arg)
+        call.native.extend(match.words)
+    return True
 
 
 def _output_value(service, arg, rest):
@@ -272,11 +367,22 @@ def looks_like_file_name(arg):
     return FILE_NAME_RE.match(arg) is not None
 
 
+# Beyond this many options an error points to --help rather than listing them.
+LISTED_OPTIONS = 40
+
+
 def refused_option(service, arg):
     """Why an option-like argument is refused, naming what the service takes."""
     prefix = service.output_prefix()
     if arg.split('=', 1)[0] in ('-o', '--output', '+O', '+o') and prefix:
         return f'{arg}: {service.name} takes its output as {prefix}FILE'
+    if service.options is not None:
+        passed = [f'{prefix}FILE'] if prefix else []
+        passed += [f'{p}FILE' for p in service.input_prefixes]
+        passed += sorted(o.shown() for o in service.options.of_class('pass'))
+        listed = (f'allowed: {", ".join(passed)}' if len(passed) <= LISTED_OPTIONS
+                  else f'{service.name}.cloud --help lists the {len(passed)} it takes')
+        return f'{arg}: not an option {service.name} documents or rrcloud passes on ({listed})'
     allowed = ([f'{prefix}FILE'] if prefix else []) + [f'{p}FILE' for p in service.input_prefixes]
     allowed += [a + ('VALUE' if a.endswith('=') else '') for a in service.native_args]
     allowed += [f'{option} {kind}' for option, kind in service.param_args.items()]
@@ -293,12 +399,12 @@ def _file_input(path, prearg):
             root = project_root(path, references)
             shown = os.path.relpath(root) + '/' if os.path.relpath(root) != '.' else ''
             return Input(pack_project(path, references), os.path.basename(path) + '.tgz', prearg,
-                         shown=shown)
+                         shown=shown, source=path)
         with open(path, 'rb') as handle:
             data = handle.read()
     except OSError as exc:
         raise UsageError(f'{path}: cannot read: {exc.strerror}') from None
-    return Input(data, filename=path, prearg=prearg, shown=path)
+    return Input(data, filename=path, prearg=prearg, shown=path, source=path)
 
 
 class Context:
@@ -312,6 +418,7 @@ class Context:
         self.store = Store(self.config.dir, NodeIdentity.of(self.config.nodeName))
         self._services = None
         self.shown_inputs = []  # how the user named each input of the task at hand
+        self.output_format = ''  # the format the task at hand's result is asked in (its extension)
 
     @property
     def services(self):

@@ -145,7 +145,7 @@ def deliver_result(ctx, record, output, show=False):
     service = ctx.service(record[Field.SERVICE])
     if record.get(Field.STATUS) == TaskStatus.COMPLETE:
         if output:
-            check_result_format(service, record, output)
+            check_result_format(service, record, output, ctx.output_format)
             if not service.no_output:
                 show_log(ctx.store, record, ctx.shown_inputs, output)
             deliver_output(ctx.store.path_of(record[Field.OUT]), output)
@@ -161,10 +161,11 @@ def deliver_result(ctx, record, output, show=False):
     return exit_code_of(record)
 
 
-def check_result_format(service, record, output):
-    """The result has the format ``output``'s extension asks for: a server that does not
-    know ``outExt`` (RepRapCloud 0.019) makes its default instead."""
-    wanted = service.output_ext_of(output)
+def check_result_format(service, record, output, wanted=''):
+    """The result has the format asked for (``wanted``, else ``output``'s
+    extension's): a server that does not know ``outExt`` (RepRapCloud 0.019)
+    makes its default instead."""
+    wanted = wanted or ('' if output == '-' or not service.format_from_name else service.output_ext_of(output))
     made = record.get(Field.OUT, '').rpartition('.')[2].lower()
     if wanted and made != wanted:
         raise RRCloudError(f'{record.get("server", "the server")} made a .{made} file, not the '
@@ -200,8 +201,15 @@ def _kill_quietly(store, task_id):
 
 
 def deliver_output(source, destination):
-    """Copy a result to where the tool would have written it, atomically."""
+    """Copy a result to where the tool would have written it, atomically
+    (``-``: to stdout, as the tool writes it there)."""
     import shutil
+    if destination == '-':
+        with open(source, 'rb') as result:
+            sys.stdout.flush()
+            shutil.copyfileobj(result, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        return
     folder = os.path.dirname(os.path.abspath(destination))
     temp = os.path.join(folder, f'.{os.path.basename(destination)}.{os.getpid()}.rrcloud.tmp')
     try:

@@ -29,16 +29,25 @@ def wrapper_help(ctx, service):
     import textwrap
     name, prefix = service.name, service.output_prefix()
     output = f' {prefix}FILE' if prefix and not service.no_output else ''
+    output = f' [{output.strip()}]' if output and service.output_from_input else output
     port = 'PORT ' if any(a.startswith('/dev/') for a in service.native_args) else ''
     about = (f'Runs {name} as {name} itself would run, on {work_goes_to(ctx, name)}.  '
              + ('The result is written to FILE only when the task succeeds.  ' if output else '')
              + "The tool's messages go to stderr, naming your files; the exit code is the tool's.")
     lines = [f'usage: {name}.cloud [OPTIONS] {port}INPUT...{output}', '',
              textwrap.fill(about, 78, break_long_words=False, break_on_hyphens=False), '']
-    lines += [f'  {label:<11} {text}' for label, text in wrapper_help_rows(service)]
+    lines += [help_row(label, text) for label, text in wrapper_help_rows(service)]
     lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --notifier-events=LIST,",
               '  --priority=N, --traceback, -h/--help, --version (rrcloud --help tells more)']
     return '\n'.join(lines) + '\n'
+
+
+def help_row(label, text):
+    """One row of a wrapper's help, a long one (slic3r passes some 450 options)
+    wrapped under its text."""
+    import textwrap
+    return textwrap.fill(text, 100, initial_indent=f'  {label:<11} ', subsequent_indent=' ' * 14,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def wrapper_help_rows(service):
@@ -50,16 +59,55 @@ def wrapper_help_rows(service):
         spaced = f' (or {prefix.rstrip("=")} FILE)' if prefix.startswith('-') else ''
         formats = (f'; the format follows its extension: {service.output_exts[0]} (default), '
                    + ', '.join(service.output_exts[1:])) if len(service.output_exts) > 1 else ''
-        rows.append(('output', f'{prefix}FILE{spaced}{formats}'))
+        rows.append(('output', f'{prefix}FILE{spaced}{formats}{output_defaults(service)}'))
     if service.input_prefixes:
         rows.append(('input with', ', '.join(f'{p}FILE' for p in service.input_prefixes)))
-    if service.native_args:
+    if service.options is not None:
+        rows += table_help_rows(service.options)
+    elif service.native_args:
         rows.append(('passed on', ', '.join(shown_native(a) for a in service.native_args)))
     for option, kind in service.param_args.items():
         rows.append(('parameter', f'{option} {kind}' + (
             ' (VALUE: a number, "string", true, false, undef or a [vector] of them)'
             if kind == 'NAME=VALUE' else '')))
     return rows
+
+
+def output_defaults(service):
+    """What help adds to the output row: the tool's own defaults the wrapper mirrors."""
+    ext = (service.output_exts or [service.file_out.rpartition('.')[2]])[0]
+    notes = [f'without it: INPUT.{ext} beside the input'] if service.output_from_input else []
+    notes += [f'a name without .{service.output_adds_ext} gets it'] if service.output_adds_ext else []
+    notes += ['several: a task each'] if service.several_outputs else []
+    with_format = f' (with {service.format_option}=FORMAT)' if service.format_option else ''
+    notes += [f'- is stdout{with_format}'] if service.stdout_output else []
+    return ''.join(f'; {note}' for note in notes)
+
+
+def table_help_rows(table):
+    """What a wrapper's help says of a tool's options table (services/NAME.options):
+    the options passed on as the tool takes them, and those refused."""
+    signs = ' (+ or -)' if table.either_sign else ''
+    names = {o.name for o in table.options}
+    shown = [o for o in table.of_class('pass') if not is_spelling_of(o.name, names)]
+    hidden = len(table.of_class('pass')) - len(shown)
+    signs += f'; and {hidden} other spellings of these (--no-NAME, --NAME_WITH_UNDERSCORES)' if hidden else ''
+    passed = sorted(o.shown() for o in shown)
+    refused = sorted(o.name for o in table.of_class('refuse'))
+    return [('passed on', f'{", ".join(passed)}{signs}; a value is printable text without / or \\'),
+            ('refused', f'{", ".join(refused)} (each names a place on the server, runs a program, '
+                        f'or writes what is not mirrored back; the error says which)')]
+
+
+def is_spelling_of(name, names):
+    """True for an option another row spells the usual way: Slic3r's
+    ``--layer_height`` (``--layer-height``), ``--no-wipe`` and ``--nowipe`` (``--wipe``)."""
+    if '_' in name and name.replace('_', '-') in names:
+        return True
+    for negation in ('--no-', '--no'):
+        if name.startswith(negation) and '--' + name[len(negation):] in names:
+            return True
+    return False
 
 
 def shown_native(allowed):
