@@ -76,7 +76,7 @@ def why_not_removable(store, record):
     """Why this node may not remove the task ('' when it may)."""
     if state_of(record) not in FINAL:
         return f'has not ended (status {record.get(Field.STATUS, "?")}): rrcloud kill it first'
-    if not (store.node.owns(record) or record.get(Field.WORKER)):  # a farm's worker's task is its front-end's
+    if not store.node.owns(record):  # (a farm's worker's task keeps its front-ends' node name)
         return f'belongs to node {record.get(Field.NODE, "?")}, which removes it itself'
     if process_here(store, record, Field.RUNNER, Field.RUNNER_START):
         # Its runner still frees its slot and calls the notifier, whose outcome goes to the log.

@@ -24,7 +24,9 @@ there (@jscad/cli's ``--*  ini``: ``--size=20`` for the design's main()).
 CLASS is ``pass``, ``input`` (the file is sent with the task, renamed),
 ``output`` (mirrored back), ``param`` (the service's ``paramArgs``) or
 ``refuse``; the NOTE of a refused option is its one-line reason.  A line
-``@signs +-`` says the tool reads ``-X`` as it reads ``+X`` (POV-Ray).
+``@signs +-`` says the tool reads ``-X`` as it reads ``+X`` (POV-Ray); a
+line ``@words split`` that it splits one word at its spaces into several
+options (POV-Ray again), so a value there is one word.
 """
 
 import os
@@ -41,6 +43,9 @@ class Option:
 
     def __init__(self, name, form, kind, note):
         self.name, self.form, self.kind, self.note = name, form, kind, note
+        # The tool splits a word at its spaces into several options (POV-Ray:
+        # "+W32 +L.." is two): a value with a space would carry unchecked ones.
+        self.split_by_tool = False
 
     def shown(self):
         """How help shows it: ``--camera=VALUE``, ``+WVALUE``, ``-of VALUE``, ``--NAME=VALUE``."""
@@ -145,10 +150,13 @@ def check_value(option, value, word=''):
     """
     if value is None:
         return
+    shown = repr(word[:80]) if word else option.name
     if len(value) > VALUE_MAX or any(not (' ' <= c <= '~') or c in '/\\' for c in value):
-        shown = repr(word[:80]) if word else option.name
         raise UsageError(f'{shown}: the value of {option.name} must be at most {VALUE_MAX} printable '
                          f'characters without / or \\ (a value never names a place on the server)')
+    if option.split_by_tool and any(c.isspace() for c in value):
+        raise UsageError(f'{shown}: the value of {option.name} must be one word: the tool would read '
+                         f'what follows a space as options of their own')
 
 
 def refusal(match):
@@ -184,13 +192,17 @@ def parse_option_table(path, tool):
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f'options file {path}: cannot read: {exc}') from None
-    options, either_sign = [], False
+    options, either_sign, split_by_tool = [], False, False
     for number, line in enumerate(lines, 1):
         words = line.split('#', 1)[0].split() if not line.lstrip().startswith('#') else []
         if words[:1] == ['@signs']:
             either_sign = words[1:] == ['+-']
+        elif words[:1] == ['@words']:
+            split_by_tool = words[1:] == ['split']
         elif words:
             options.append(_row(words, line, f'{os.path.basename(path)}:{number}'))
+    for option in options:
+        option.split_by_tool = split_by_tool
     return options, either_sign
 
 

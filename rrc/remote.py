@@ -263,9 +263,8 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
                                     params, out_ext, ctx.options.notifier_events, ctx.options.priority)
         if answer:
-            from .inputnames import input_names_field
-            return record_remote(ctx.store, url, service, answer,
-                                 input_names_field([item.filename for item in inputs if not item.prearg]))
+            from .submission import client_names_field
+            return record_remote(ctx.store, url, service, answer, client_names_field(inputs, main_only=True))
         tried.append(failure)
     raise no_server_took_it(tried)
 

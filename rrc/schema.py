@@ -31,9 +31,6 @@ class Field:
     OUT_EXT = 'outExt'
     CMD = 'cmd'
     ARGS = 'args'  # a task started from the command line: its words (content as its size)
-    # The main inputs' own file names (given without a prearg) as the client
-    # named them, a JSON list ('' for content), only ever shown (``rrcloud
-    # ls``, ``get``'s default name): never a path, never opened.
     NOTIFIER = 'notifier'
     NOTIFIER_EVENTS = 'notifierEvents'  # only when not the default (ended): started,ended
     # Where a queued task stands in its node's queue (rrc/order.py): its

@@ -250,7 +250,7 @@ def _option_table(source, service_name, name, ignore_case):
         return None
     if '/' in name or name.startswith('.'):
         raise ValueError(f'options must name a file beside the conf, got {name!r}')
-    rows, either_sign = parse_option_table(os.path.join(os.path.dirname(source), name), service_name)
+    rows, either_sign = parse_option_table(companion_file(source, name), service_name)
     return OptionTable(service_name, rows, either_sign=either_sign, ignore_case=ignore_case)
 
 
@@ -275,7 +275,7 @@ def _config_key_list(source, name):
         return None
     if '/' in name or name.startswith('.'):
         raise ValueError(f'configKeys must name a file beside the conf, got {name!r}')
-    path = os.path.join(os.path.dirname(source), name)
+    path = companion_file(source, name)
     try:
         with open(path, encoding='utf-8') as handle:
             lines = handle.read().splitlines()
@@ -293,11 +293,23 @@ def _sandbox_files(source, text):
         if '/' in name or name.startswith('.') or not inside.startswith('/') or '..' in inside.split('/'):
             raise ValueError(f'sandboxFiles takes FILE:/PATH (a file beside the conf, an absolute '
                              f'path inside the sandbox), got {entry!r}')
-        host = os.path.join(os.path.dirname(source), name)
+        host = companion_file(source, name)
         if not os.path.isfile(host):
             raise ValueError(f'sandboxFiles file {host} is missing')
         files.append((host, inside))
     return files
+
+
+def companion_file(source, name):
+    """A file a conf names (its options table, its keys, a sandbox file):
+    beside the conf, else the installed one of that name, so that a conf
+    copied into ROOT/services to change a line still finds what it names."""
+    beside = os.path.join(os.path.dirname(source), name)
+    if os.path.exists(beside):
+        return beside
+    installed = installed_path('services')
+    shipped = os.path.join(installed, name) if installed else None
+    return shipped if shipped and os.path.exists(shipped) else beside
 
 
 def parse_service(path):

@@ -13,7 +13,7 @@ from .errors import RRCloudError, UsageError
 from .names import is_extension
 from .notifier import check_notifier_target, notifier_events_field
 from .order import mark_placed, parse_priority
-from .projects import is_project_name, unpack_project
+from .projects import PROJECT_SUFFIXES, is_project_name, unpack_project
 from .backends import task_queue
 from .records import native_field
 from .schema import Field
@@ -117,7 +117,7 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
         record = store.create_task(lambda task_id: dict(_new_record(
             service, task_id, stored, native_args, notifier, client, args, size_in, params, out_ext, state),
             server=config.serverName, **{Field.NODE: store.node.name}, **events,
-            **input_names_field([item.filename for item in inputs]), **(fields or {})))
+            **client_names_field(inputs), **(fields or {})))
     except BaseException as exc:
         for _, path in stored:
             store.remove_input(path)
@@ -125,6 +125,21 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
             raise UsageError(str(exc)) from None
         raise
     return status_changed(store, record)
+
+
+def client_names_field(inputs, main_only=False):
+    """The record's ``inputNames`` for these inputs (a project archive named
+    by its folder's name: ``proj.pov.tgz`` is ``proj.pov``); ``main_only``:
+    those without a prearg (a sent task's local record has no ``in`` to match)."""
+    return input_names_field([without_archive_suffix(item.filename or '') for item in inputs
+                              if not (main_only and item.prearg)])
+
+
+def without_archive_suffix(name):
+    """A project archive's name without ``.tgz`` or ``.tar.gz``; any other name as it is."""
+    if is_project_name(name):
+        return name[:-len(next(s for s in PROJECT_SUFFIXES if name.lower().endswith(s)))]
+    return name
 
 
 def check_input_kind(service, prearg, path):

@@ -43,9 +43,9 @@ class EmbeddedServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / config_name
         self.config.write_text(config)
-        for name, text in (services or {}).items():  # a service's conf; a name with a dot: a file beside them
+        for name, text in (services or {}).items():
             (self.root / 'services').mkdir(exist_ok=True)
-            (self.root / 'services' / (name if '.' in name else f'{name}.conf')).write_text(text)
+            (self.root / 'services' / f'{name}.conf').write_text(text)
         self.port = free_port()
         self.address = f'127.0.0.1:{self.port}'
         self.url = f'http://{self.address}/'

@@ -195,6 +195,14 @@ def test_ls_names_a_task_by_its_main_input_not_its_config(cli, workdir):
     assert rows[task_id][5] == 'model.sh', rows[task_id]
 
 
+def test_a_project_archive_is_named_by_its_folder_and_a_sent_tasks_record_by_its_main_inputs():
+    from rrc.submission import Input, client_names_field
+    inputs = [Input(b'', filename='pla.ini', prearg='--load='), Input(b'', filename='proj.pov.TAR.GZ')]
+
+    assert client_names_field(inputs) == {'inputNames': 'pla.ini/proj.pov'}
+    assert client_names_field(inputs, main_only=True) == {'inputNames': 'proj.pov'}
+
+
 def test_ls_of_a_server_shows_the_names_its_clients_uploaded(cli, workdir, embedded_server):
     server = embedded_server(services={'part': TXT_SERVICE})
     make_service(workdir, 'part', TXT_SERVICE)

@@ -136,6 +136,12 @@ def test_povray_reads_minus_and_plus_alike_and_ignores_case():
         check_native_args(povray, ['-l/etc'])
 
 
+@pytest.mark.parametrize('word', ['+W32 +C', '+W32 +GIdump.ini +L..', '-H24 evil.ini', 'Declare=X=1 +L..'])
+def test_a_povray_value_is_one_word_as_povray_splits_a_word_at_its_spaces(word):
+    with pytest.raises(UsageError, match='must be one word'):
+        check_native_args(shipped('povray'), [word])
+
+
 ###############################################################################
 # The client: what passes, what is refused, help
 ###############################################################################
@@ -428,7 +434,8 @@ def test_the_server_refuses_each_refused_option_with_400_naming_it(wsgi, tool, o
     assert not any((wsgi.store / 'tasks' / 'info').glob('*'))
 
 
-@pytest.mark.parametrize('ini', ['Pre_Frame_Command=touch x\n', 'Width=40\nLibrary_Path=/etc\n'])
+@pytest.mark.parametrize('ini', ['Pre_Frame_Command=touch x\n', 'Width=40\nLibrary_Path=/etc\n',
+                                 'Width=40\n+W32 +GIdump.ini\n'])
 def test_the_server_refuses_an_ini_input_that_runs_or_names_a_place(wsgi, ini):
     answer = wsgi.session.post(wsgi.url + '/', data={'service': 'povray', 'format': 'json'},
                                files={'fileIn0': ('scene.pov', INPUTS['povray'][1]), 'fileIn1': ('r.ini', ini)},

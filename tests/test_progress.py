@@ -73,8 +73,7 @@ def one_thread_povray():
 
 @pytest.mark.slow
 def test_a_povray_render_reports_its_own_rising_fraction_and_logs_one_line_of_it(embedded_server):
-    beside = {name: (REPO / 'services' / name).read_text() for name in ('povray.sandbox', 'povray.options')}
-    server = embedded_server(services={'povray': one_thread_povray(), **beside})
+    server = embedded_server(services={'povray': one_thread_povray()})  # its .options and .sandbox: the installed
     task_id = submit(server, 'povray', (DATA / 'slow-scene.pov').read_bytes(), 'slow-scene.pov')
     record, events = finished_events(server, task_id)
     assert record['status'] == 'complete', record
