@@ -672,7 +672,7 @@ def test_an_allowed_switch_does_not_let_longer_switches_through(name, arg):
     # no shell ever sees a value (the argv is a list): spaces and shell signs are text
     ('slic3r', ['--layer-height=0.2;rm', '--notes=a $(id) `id` b', '--start-gcode=G28 ; home']),
     ('openscad', ['--colorscheme=Tomorrow Night', '-q', '--hardwarnings', '--preview=throwntogether']),
-    ('povray', ['-W320', '+w320', 'Declare=X=1', '-geometry', '320x240']),
+    ('povray', ['-W320', '+w320', 'Declare=X=1', '-UA']),
     ('printrun', ['/dev/ttyUSB0']),
     ('printrun', ['/dev/ttyACM1']),
     ('echo', []),
