@@ -41,6 +41,7 @@ import time
 
 from .errors import NotFound, RRCloudError
 from .events import status_changed, with_live_progress
+from .ledger import record_ended
 from .procs import kill_process_group, process_is
 from .schema import YES, Field, TaskStatus
 from .store import marked, unmark
@@ -144,6 +145,8 @@ def move_locked(store, record, to, changes=None, remove=(), expect=None):
     moved.update({key: str(value) for key, value in (changes or {}).items()})
     moved.update(wire_fields(to))
     store.write_task(moved)
+    if to in FINAL:  # the one place a task ends: its history line is written once, by whoever ends it
+        record_ended(store, moved)
     return status_changed(store, moved)  # the event log: every status change, in order
 
 
