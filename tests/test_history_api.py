@@ -22,7 +22,7 @@ from helpers import PTY_PRINTRUN_CONF, SH_INPUTS_SERVICE, submit, wait_done, wai
 from printer_sim import PrinterSim
 from rrc import ledger
 from rrc.schema import TaskStatus
-from rrc.states import finish_task
+from rrc.states import expire_tasks, finish_task
 from rrc.store import Store
 
 SERVICES = {'sh': SH_INPUTS_SERVICE, 'printrun': PTY_PRINTRUN_CONF}
@@ -222,6 +222,18 @@ def test_a_task_ends_once_in_the_history_however_many_try(tmp_path):
     assert first is not None and second is None
     entries = ledger.read_entries(store)
     assert [(e['id'], e['status']) for e in entries] == [(record['id'], 'complete')]
+
+
+def test_a_task_expired_by_max_data_retention_stays_in_the_history(tmp_path):
+    store = Store(str(tmp_path))
+    task_id = ended_record(store)['id']
+    finish_task(store, task_id, TaskStatus.FAILED, error='timeout')
+
+    kept = expire_tasks(store, [store.read_task(task_id)], max_hours=1, now=time.time() + 7200)
+
+    assert kept == [] and store.task_ids() == []
+    assert ledger.history_report(store)['services']['sh'] == dict(
+        ledger.history_report(store)['services']['sh'], tasks=1, failures=1)
 
 
 def test_a_torn_last_line_is_skipped_and_the_next_starts_on_its_own(tmp_path):
