@@ -214,10 +214,12 @@ def summarize(entries):
 
 
 def new_service_sums():
+    """A service's sums before its first entry."""
     return {'tasks': 0, 'successes': 0, 'failures': 0, 'runTimes': [], 'bytesIn': 0, 'bytesOut': 0}
 
 
 def add_to_service(sums, entry):
+    """Count one ended task into its service's sums."""
     sums['tasks'] += 1
     sums['successes' if entry.get('status') == TaskStatus.COMPLETE else 'failures'] += 1
     seconds = run_seconds(entry)
@@ -228,6 +230,7 @@ def add_to_service(sums, entry):
 
 
 def finish_service(sums):
+    """A service's sums as answered: run times as their total and median."""
     times = sums.pop('runTimes')
     return dict(sums, totalRunSeconds=round(sum(times), 3),
                 medianRunSeconds=round(median(times), 3) if times else 0)
@@ -240,11 +243,13 @@ def run_seconds(entry):
 
 
 def new_printer_sums():
+    """A printer's sums before its first print."""
     return {'prints': 0, 'completed': 0, 'printSeconds': 0.0, 'filament': {}, 'cancelled': 0, 'failed': 0,
             'reasons': {}}
 
 
 def add_to_printer(sums, entry):
+    """Count one ended print into its printer's sums (a failure with its reason)."""
     sums['prints'] += 1
     sums['printSeconds'] += run_seconds(entry) or 0
     for key, value in (entry.get('filament') or {}).items():
@@ -263,6 +268,7 @@ def is_cancel(reason):
 
 
 def finish_printer(sums):
+    """A printer's sums as answered, rounded."""
     return dict(sums, printSeconds=round(sums['printSeconds'], 3),
                 filament={key: round(value, 3) for key, value in sorted(sums['filament'].items())})
 

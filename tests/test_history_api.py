@@ -302,3 +302,29 @@ def test_concurrent_writers_never_tear_a_line(tmp_path):
     for me in range(6):
         mine = [e['n'] for e in entries if e['service'] == f'w{me}']
         assert mine == list(range(150))
+
+
+def test_cli_asks_a_servers_history_with_s(cli, workdir, embedded_server):
+    server = embedded_server(services={'sh': SH_INPUTS_SERVICE})
+    wait_done(server, submit(server, 'sh', OK_SCRIPT, 'ok.sh'))
+
+    as_json = cli('history', f'--s={server.address}', '--format=json')
+    text = cli('history', '--since=1', f'--s={server.address}')
+    refused = cli('history', '--since=-2', f'--s={server.address}')
+
+    assert as_json.code == 0, as_json
+    assert json.loads(as_json.out)['services']['sh'] == dict(json.loads(as_json.out)['services']['sh'],
+                                                             tasks=1, successes=1, bytesOut=7)
+    assert text.code == 0 and 'service: sh\n' in text.out and 'bytesOut: 7\n' in text.out, text
+    assert refused.code == 2 and not (workdir / 'tasks' / 'history').exists()
+
+
+def test_a_foreign_servers_names_reach_the_terminal_safe():
+    from rrc.cli.history import safe_report
+    report = safe_report({'since': 0, 'services': {'a\x1b[2Jb': {'tasks': 1, 'x y': 2, 'note': 'p\nq'}},
+                          'printers': {'/dev/x': {'filament': {'filamentLength': 3, 'bad key': 4},
+                                                  'reasons': {'r\x07': 1}}}})
+
+    assert report['services'] == {'a?[2Jb': {'tasks': 1, 'note': 'p?q'}}
+    assert report['printers']['/dev/x'] == {'filament': {'filamentLength': 3}, 'reasons': {'r?': 1}}
+    assert ledger.report_blocks(dict(report, printers={}))  # formats as record lines
