@@ -20,6 +20,8 @@ below is the table every move is checked against; ``move_task`` (or
 that writes a new state.  A move from a final state is a lost race (another
 writer ended the task first; the first final state wins) and returns None; a
 move the table does not allow from a live state raises ``IllegalMove``.
+A move to a final state appends the task's line to the history file
+(``rrc/ledger.py``) under the same lock: every end passes through here, once.
 
 A suspended task keeps its runner (liveness is judged as for a running
 one; ``control.suspend_task`` stops its tool).  A waiting step has no process
