@@ -10,6 +10,7 @@ starts on its own, the file rotates at its cap, and a task's end is
 written once however many writers try to end it.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -328,3 +329,14 @@ def test_a_foreign_servers_names_reach_the_terminal_safe():
     assert report['services'] == {'a?[2Jb': {'tasks': 1, 'note': 'p?q'}}
     assert report['printers']['/dev/x'] == {'filament': {'filamentLength': 3}, 'reasons': {'r?': 1}}
     assert ledger.report_blocks(dict(report, printers={}))  # formats as record lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='only root hands a file to another user')
+def test_root_hands_the_history_file_to_the_stores_owner(tmp_path):
+    store = Store(str(tmp_path))
+    store.ensure()
+    os.chown(store.tasks, 33, 33)  # www-data's store, as a deployment's
+    finish_task(store, ended_record(store)['id'], TaskStatus.COMPLETE)
+
+    stat = os.stat(tmp_path / 'tasks' / 'history')
+    assert (stat.st_uid, stat.st_gid) == (33, 33)
