@@ -188,7 +188,7 @@ def read_entries(store, since=None):
         except FileNotFoundError:
             continue
         entries += [entry for entry in map(parse_line, data.split(b'\n')[:-1]) if entry]
-    return [entry for entry in entries if since is None or entry.get(Field.ETIME, 0) >= since]
+    return [entry for entry in entries if since is None or (number_or_none(entry.get(Field.ETIME)) or 0) >= since]
 
 
 def parse_line(line):
@@ -199,7 +199,10 @@ def parse_line(line):
         entry = json.loads(line)
     except ValueError:
         return None
-    return entry if isinstance(entry, dict) and isinstance(entry.get('service'), str) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get('service'), str) \
+            or not isinstance(entry.get('filament', {}), dict):
+        return None
+    return entry
 
 
 def check_days(text):

@@ -340,3 +340,18 @@ def test_root_hands_the_history_file_to_the_stores_owner(tmp_path):
 
     stat = os.stat(tmp_path / 'tasks' / 'history')
     assert (stat.st_uid, stat.st_gid) == (33, 33)
+
+
+def test_lines_of_another_shape_are_skipped(tmp_path):
+    store = Store(str(tmp_path))
+    finish_task(store, ended_record(store)['id'], TaskStatus.COMPLETE)
+    with open(tmp_path / 'tasks' / 'history', 'ab') as handle:
+        handle.write(b'[1, 2]\nnot json\n{"service": 3}\n{"service": "sh", "filament": [1]}\n\n'
+                     b'{"service": "sh", "etime": "soon", "sizeIn": "many", "printer": "p", "filament": {"f": "x"}}\n')
+
+    report = ledger.history_report(store)
+    recent = ledger.history_report(store, '1')
+
+    assert report['services']['sh'] == dict(report['services']['sh'], tasks=2, bytesIn=0)
+    assert report['printers']['p'] == dict(report['printers']['p'], prints=1, filament={'f': 0})
+    assert recent['services']['sh']['tasks'] == 1
