@@ -5,9 +5,13 @@ A tool that names only its stages (Slic3r, OpenSCAD) gives no time left of
 its own; this is the estimate of it.  It is read once, when a task's tool
 starts, and bounded: the newest HISTORY_RECORDS records at most (task ids
 begin with their creation time), a median of the last HISTORY_TASKS runs.
+
+The history of every ended task, which outlives its record (``rrcloud
+history``), is ``rrc/ledger.py``.
 """
 
 from .errors import NotFound
+from .ledger import median
 from .schema import Field, TaskStatus
 
 # Records read at most, newest first (a busy store of other services' tasks
@@ -44,9 +48,3 @@ def run_time(store, task_id, service):
         return None
     return seconds if seconds >= 0 else None
 
-
-def median(values):
-    """The middle value (the mean of the two middle ones for an even count)."""
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

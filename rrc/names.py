@@ -92,6 +92,7 @@ def is_single_line(value):
 NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in',
                           'notifierEvents', 'priority', 'to',
                           'olderThan',  # service=clean: days
+                          'since',  # service=history: days
                           'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
                           # a farm's workers (rrc/web/workroutes.py)
                           'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result'))

@@ -20,6 +20,8 @@ below is the table every move is checked against; ``move_task`` (or
 that writes a new state.  A move from a final state is a lost race (another
 writer ended the task first; the first final state wins) and returns None; a
 move the table does not allow from a live state raises ``IllegalMove``.
+A move to a final state appends the task's line to the history file
+(``rrc/ledger.py``) under the same lock: every end passes through here, once.
 
 A suspended task keeps its runner (liveness is judged as for a running
 one; ``control.suspend_task`` stops its tool).  A waiting step has no process
@@ -41,6 +43,7 @@ import time
 
 from .errors import NotFound, RRCloudError
 from .events import status_changed, with_live_progress
+from .ledger import record_ended
 from .procs import kill_process_group, process_is
 from .schema import YES, Field, TaskStatus
 from .store import marked, unmark
@@ -144,6 +147,8 @@ def move_locked(store, record, to, changes=None, remove=(), expect=None):
     moved.update({key: str(value) for key, value in (changes or {}).items()})
     moved.update(wire_fields(to))
     store.write_task(moved)
+    if to in FINAL:  # the one place a task ends: its history line is written once, by whoever ends it
+        record_ended(store, moved)
     return status_changed(store, moved)  # the event log: every status change, in order
 
 

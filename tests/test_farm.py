@@ -109,6 +109,12 @@ class Farm:
         folder = self.store / 'tasks' / 'info'
         return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
+    def history_ids(self):
+        """The ids of the history's lines (one per ended task: rrc/ledger.py), in order."""
+        from rrc.ledger import read_entries
+        from rrc.store import Store
+        return [entry['id'] for entry in read_entries(Store(str(self.store)))]
+
     def store_files(self):
         return sorted(str(path.relative_to(self.store)) for path in (self.store / 'tasks').rglob('*')
                       if path.is_file() and '.lock' not in path.name and 'slots' not in path.parts)
@@ -127,6 +133,8 @@ def test_twenty_renders_through_haproxy_complete_on_workers_that_have_openscad(f
     assert echo_only not in ran_on  # it has no openscad
     assert len(ran_on) == 2, ran_on  # both workers that have it took some
     assert {record['server'] for record in records} == {'front1', 'front2'}  # HAProxy used both front-ends
+    assert sorted(set(farm.history_ids()) & set(ids)) == sorted(ids)  # each ended once, by one front-end
+    assert len([task_id for task_id in farm.history_ids() if task_id in ids]) == RENDERS
     for size, record in zip(range(1, RENDERS + 1), records):
         stl = farm.session.get(farm.proxy.url + record['out'], timeout=30).content
         assert stl.startswith(b'solid') and f'{size}'.encode() in stl, record
@@ -249,6 +257,7 @@ def test_a_killed_workers_task_runs_again_on_another_worker_once(farm):
     log = farm.log(task_id)
     assert log.count('started') == 2  # the lost run's start, and the run that completed
     assert f'runs again on worker {record["worker"]} (run 2): worker {first.name()} was lost' in log
+    assert farm.history_ids().count(task_id) == 1  # the lost run never ended it
     assert not [name for name in farm.store_files() if '.part' in name or name.startswith('tasks/work')]
 
 
@@ -267,6 +276,7 @@ def test_a_print_on_a_killed_worker_fails_worker_lost_and_never_runs_again(farm,
         time.sleep(2)
 
         assert (record['status'], record['error']) == ('failed', 'worker lost'), record
+        assert farm.history_ids().count(task_id) == 1
         assert sim.opens == 1 and len(sim.received) == received  # never restarted on its own
 
 

@@ -333,6 +333,16 @@ def snapshot_diff(before, after):
     return changes
 
 
+# The history file grows by a line when a task ends (rrc/ledger.py).
+HISTORY_PATHS = {'tasks/history', 'tasks/history.1'}
+
+
+def history_ids(deployment):
+    """The ids of the store's history lines, in order."""
+    from rrc.ledger import read_entries
+    return [entry['id'] for entry in read_entries(Store(str(deployment.store)))]
+
+
 class Watch:
     """The store, the witness and the canary around one request."""
 
@@ -341,6 +351,7 @@ class Watch:
         self.canary = canary_path
         wait_quiet(deployment)
         self.before = snapshot(deployment)
+        self.history_before = history_ids(deployment)
 
     def witness_unchanged(self):
         witness = self.deployment.witness
@@ -368,7 +379,8 @@ class Watch:
         wait_quiet(self.deployment)
         after = snapshot(self.deployment)
         changed = [p for p in set(self.before) & set(after)
-                   if self.before[p] != after[p] and not (self.before[p][0] == 'dir' == after[p][0])]
+                   if self.before[p] != after[p] and not (self.before[p][0] == 'dir' == after[p][0])
+                   and p not in HISTORY_PATHS]
         assert not changed, f'{self.deployment.kind}: existing files changed: ' + \
             '\n'.join(snapshot_diff({p: self.before[p] for p in changed}, {p: after[p] for p in changed}))
         assert not set(self.before) - set(after), f'{self.deployment.kind}: files vanished: ' \
@@ -380,8 +392,12 @@ class Watch:
                         record.get('out', '')}
             allowed |= {p for p in record.get('in', '').split(',') if INPUT_RE.match(p)}
         stray = [p for p in set(after) - set(self.before)
-                 if p not in allowed and not SLOT_PATH_RE.match(p)]
+                 if p not in allowed | HISTORY_PATHS and not SLOT_PATH_RE.match(p)]
         assert not stray, f'{self.deployment.kind}: unexpected new paths: {sorted(stray)}'
+        history = history_ids(self.deployment)  # only lines appended, each of a new task that ended, once
+        added = history[len(self.history_before):]
+        assert history[:len(self.history_before)] == self.history_before
+        assert set(added) <= set(task_ids) and len(added) == len(set(added)), (added, task_ids)
         self.witness_unchanged()
         self.canary_absent()
 
@@ -549,6 +565,8 @@ def walled_request(deployment, what, canary_path):
         return send(deployment, 'GET', '/' + witness['out'], headers=headers)
     if what == 'info':
         return send(deployment, 'GET', f'/?service=info&id={witness["id"]}', headers=headers)
+    if what == 'history':
+        return send(deployment, 'GET', '/?service=history&format=json', headers=headers)
     if what == 'browser-page':
         return send(deployment, 'GET', '/', headers=dict(headers, **{'User-Agent': BROWSER}))
     if what == 'small-post':
@@ -565,7 +583,7 @@ def walled_request(deployment, what, canary_path):
 
 
 @on_live('walled')  # a refused 20 MB body is discarded by the CGI or the server; CORS on the 403
-@pytest.mark.parametrize('what', ['meta', 'meta-json', 'result', 'info', 'browser-page', 'small-post',
+@pytest.mark.parametrize('what', ['meta', 'meta-json', 'result', 'info', 'history', 'browser-page', 'small-post',
                                   '20MB-urlencoded', '20MB-multipart'])
 def test_a_client_outside_allow_gets_403_and_nothing_is_read_or_written(walled, what, canary):
     watch = Watch(walled, canary)
@@ -975,7 +993,7 @@ STATE_CHANGES = {
     'a worker\'s end': ('POST', '/', {'service': 'workdone', 'id': '{witness}', 'attempt': '1'}),
 }
 # The services that only read; every other one must be walked above.
-READ_SERVICES = {'info', 'meta', 'events', 'workinput'}
+READ_SERVICES = {'info', 'meta', 'events', 'workinput', 'history'}
 ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_site()}
 
 

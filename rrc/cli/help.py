@@ -11,6 +11,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] get ID [-o NAME]    save a task's result (as its input's name: cube.stl)
        rrcloud [OPTIONS] rm ID...            remove ended tasks with their files
        rrcloud [OPTIONS] clean --older-than=DAYS   remove the tasks that ended over DAYS days ago
+       rrcloud [OPTIONS] history [--since=DAYS]  per service and printer: what ended tasks did
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)
@@ -51,8 +52,8 @@ for SERVICE.cloud ARGS.
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
-                     info, ls, meta, kill, suspend, resume, watch, move, get, rm
-                     or clean: ask SERVER instead of this store
+                     info, ls, meta, kill, suspend, resume, watch, move, get, rm,
+                     clean or history: ask SERVER instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in;
                      signed when the server has notifierSecret)
   --notifier-events=started,ended
@@ -197,6 +198,21 @@ maxDataRetention hours old (24), when its tasks are listed.
 
   --s=SERVER      remove at that server (service=remove, service=clean)
 """
+HISTORY_HELP = """\
+usage: rrcloud [--s=SERVER] [--format=json] history [--since=DAYS]
+
+What the tasks that ended (in the last DAYS days; 0.5 is twelve hours) did,
+from the store's history file, which keeps one line per ended task after
+rm, clean and maxDataRetention have removed the task itself (the last 4 to
+8 MiB of lines, some 20,000 tasks or more).  One block per service: tasks,
+successes, failures, totalRunSeconds, medianRunSeconds, bytesIn, bytesOut;
+one per printer (a print's port, or its named printer): prints, completed,
+printSeconds, the filament its G-code's metadata gave, cancelled (killed or
+cancelled), failed, and the reasons of both.  --format=json: one object.
+
+  --s=SERVER      that server's history (service=history)
+"""
 SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP, 'watch': WATCH_HELP,
-                   'ls': LS_HELP, 'get': GET_HELP, 'rm': RM_HELP, 'clean': RM_HELP}
+                   'ls': LS_HELP, 'get': GET_HELP, 'rm': RM_HELP, 'clean': RM_HELP,
+                   'history': HISTORY_HELP}
 USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'

@@ -50,6 +50,9 @@ def cli(args):
     if command == 'get':
         from .get import cmd_get
         return cmd_get(ctx, rest)
+    if command == 'history':
+        from .history import cmd_history
+        return cmd_history(ctx, rest)
     if command in ('rm', 'clean'):
         from .remove import cmd_clean, cmd_rm
         return (cmd_rm if command == 'rm' else cmd_clean)(ctx, rest)

@@ -14,7 +14,8 @@ from ..store import Store
 from ..submission import Input, input_kinds
 
 
-CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move', 'get', 'rm', 'clean')
+CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move', 'get', 'rm', 'clean',
+                'history')
 VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir', 'priority')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
@@ -74,7 +75,8 @@ def set_option(options, word, rest):
 
 
 # Options a command reads itself (``ls --status=failed``): left among its arguments.
-COMMAND_OPTIONS = {'ls': ('--status',), 'clean': ('--older-than',), 'get': ('--output',)}
+COMMAND_OPTIONS = {'ls': ('--status',), 'clean': ('--older-than',), 'get': ('--output',),
+                   'history': ('--since',)}
 
 
 def command_option(command, word):

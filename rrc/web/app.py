@@ -205,6 +205,17 @@ def answer_clean(app, request):
     return answer_record({'removed': ','.join(removed), 'count': str(len(removed))}, request.format)
 
 
+def answer_history(app, request):
+    """``service=history[&since=DAYS]``: per service and per printer, what the
+    tasks that ended (in the last DAYS days) did; a read, from the history
+    file that outlives the tasks' records (rrc/ledger.py)."""
+    from ..ledger import history_report, report_blocks
+    report = history_report(app.store, request.form.get('since'))
+    if request.format == 'json':
+        return Response(to_json(report, sort_keys=True) + '\n', 200, 'application/json')
+    return Response('\n'.join(format_record(block) for block in report_blocks(report)))
+
+
 def answer_submit(app, request):
     """``POST service=NAME ...``: start a task; held until it ends for a 0.019
     client or ``wait=S``."""
@@ -468,4 +479,4 @@ PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
                   'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
                   'events': answer_events, 'move': answer_move, 'remove': answer_remove,
-                  'clean': answer_clean, **WORK_ROUTES}
+                  'clean': answer_clean, 'history': answer_history, **WORK_ROUTES}
