@@ -64,7 +64,12 @@ def finite(text):
         value = float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) and abs(value) <= MAX_COORDINATE else None
+    return value if -MAX_COORDINATE <= value <= MAX_COORDINATE else None  # false for NaN and inf too
+
+
+def bounded(coordinate):
+    """A relative move's sum held within reach (a hostile file adds without end)."""
+    return max(-MAX_COORDINATE, min(MAX_COORDINATE, coordinate))
 
 
 def trapezoid_seconds(distance, entry, cruise, leave, acceleration):
@@ -89,7 +94,7 @@ def corner_speed(before, after, speed_before, speed_after):
     but never below the jerk Marlin allows at any corner (its classic
     DEFAULT_XJERK; junction deviation's 0.013 mm gives about as much at 90°)."""
     slower = min(speed_before, speed_after)
-    cosine = sum(a * b for a, b in zip(before, after))
+    cosine = before[0] * after[0] + before[1] * after[1] + before[2] * after[2]
     return max(cosine * slower, min(CORNER_JERK, slower))
 
 
@@ -123,7 +128,7 @@ class GcodeMeta:
     """The facts of one G-code file, gathered line by line (``feed``)."""
 
     def __init__(self):
-        self.position = [0.0, 0.0, 0.0]
+        self.position = (0.0, 0.0, 0.0)
         self.extruder = 0.0          # E as the file counts it (after G92)
         self.filament = 0.0          # E pushed in all, net of retractions
         self.filament_max = 0.0
@@ -133,8 +138,8 @@ class GcodeMeta:
         self.print_acceleration = self.travel_acceleration = DEFAULT_ACCELERATION
         self.max_acceleration = math.inf
         self.clock = MoveClock()
-        self.low = [math.inf] * 3
-        self.high = [-math.inf] * 3
+        self.low = (math.inf,) * 3
+        self.high = (-math.inf,) * 3
         self.layer_z = None
         self.layers = 0
         self.layer_steps = {}        # a step between layers (0.01 mm) -> how often
@@ -188,26 +193,33 @@ class GcodeMeta:
         """{letter: finite number} of a command's words (others dropped)."""
         found = {}
         for word in words[1:]:
-            value = finite(word[1:])
-            if value is not None:
+            try:
+                value = float(word[1:])
+            except ValueError:
+                continue
+            if -MAX_COORDINATE <= value <= MAX_COORDINATE:  # false for NaN and inf too
                 found[word[:1]] = value
         return found
 
     def move(self, words):
+        """G0/G1: the new position, the filament pushed, the move's time, the box and layers.
+        (Unrolled over the axes: this runs for nearly every line of a file.)"""
         values = self.values(words)
-        feed = values.get(b'F')
+        get = values.get
+        feed = get(b'F')
         if feed is not None and feed > 0:
             self.feed = min(max(feed, MIN_FEED), MAX_FEED)
-        start = list(self.position)
-        for axis, letter in enumerate((b'X', b'Y', b'Z')):
-            if letter in values:
-                self.position[axis] = values[letter] if self.absolute_xyz else \
-                    max(-MAX_COORDINATE, min(MAX_COORDINATE, self.position[axis] + values[letter]))
-        pushed = self.extrude(values.get(b'E'))
-        delta = [end - begin for begin, end in zip(start, self.position)]
-        travel = math.sqrt(sum(d * d for d in delta))
+        x0, y0, z0 = start = self.position
+        if self.absolute_xyz:
+            x, y, z = get(b'X', x0), get(b'Y', y0), get(b'Z', z0)
+        else:
+            x, y, z = bounded(x0 + get(b'X', 0.0)), bounded(y0 + get(b'Y', 0.0)), bounded(z0 + get(b'Z', 0.0))
+        self.position = (x, y, z)
+        pushed = self.extrude(get(b'E'))
+        dx, dy, dz = x - x0, y - y0, z - z0
+        travel = math.sqrt(dx * dx + dy * dy + dz * dz)
         if travel > 0:
-            direction = tuple(d / travel for d in delta)
+            direction = (dx / travel, dy / travel, dz / travel)
         elif pushed:
             travel, direction = abs(pushed), (0.0, 0.0, 0.0)
         else:
@@ -215,7 +227,7 @@ class GcodeMeta:
         acceleration = min(self.print_acceleration if pushed > 0 else self.travel_acceleration,
                            self.max_acceleration)
         self.clock.add(travel, self.feed / 60.0, acceleration, direction)
-        if pushed > 0 and (delta[0] or delta[1]):
+        if pushed > 0 and (dx or dy):
             self.printed_at(start, self.position)
 
     def extrude(self, value):
@@ -230,9 +242,8 @@ class GcodeMeta:
 
     def printed_at(self, start, end):
         """An extruding move in XY: the box grows, and a new height is a new layer."""
-        for axis in range(3):
-            self.low[axis] = min(self.low[axis], start[axis], end[axis])
-            self.high[axis] = max(self.high[axis], start[axis], end[axis])
+        self.low = tuple(map(min, self.low, start, end))
+        self.high = tuple(map(max, self.high, start, end))
         z = end[2]
         if self.layer_z is not None and abs(z - self.layer_z) < 1e-6:
             return
@@ -248,9 +259,7 @@ class GcodeMeta:
         values = self.values(words)
         if b'E' in values:
             self.extruder = values[b'E']
-        for axis, letter in enumerate((b'X', b'Y', b'Z')):
-            if letter in values:
-                self.position[axis] = values[letter]
+        self.position = tuple(values.get(letter, old) for letter, old in zip((b'X', b'Y', b'Z'), self.position))
 
     def dwell(self, words):
         values = self.values(words)
