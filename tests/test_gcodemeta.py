@@ -250,3 +250,16 @@ def test_a_print_records_its_inputs_metadata_before_it_starts(cli, workdir):
     assert record['status'] == 'failed', record
     assert record['gcodeLayers'] == '6' and record['gcodeLayerHeight'] == '0.3', record
     assert record['gcodePrintSeconds'] == gcode_fields(DATA / 'small.gcode')['gcodePrintSeconds']
+
+
+def test_a_pipes_job_keeps_its_slices_metadata(cli, workdir):
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    (workdir / 'config.ini').write_bytes((DATA / 'slic3r.ini').read_bytes())
+
+    job_id = task_id_of(cli('pipe', 'openscad', 'cube.scad', '--', 'slic3r', '--load=config.ini').out)
+    job = wait_until_done(workdir, job_id, timeout=120)
+
+    assert job['status'] == 'complete', job
+    slice_record = wait_until_done(workdir, job['steps'].split(',')[1])
+    assert slice_record['gcodeLayers'] and int(slice_record['gcodeLayers']) > 1, slice_record
+    assert {key: job.get(key) for key in GCODE_FIELDS} == {key: slice_record.get(key) for key in GCODE_FIELDS}
