@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DATA, task_id_of
 from helpers import records, wait_until_done
-from rrc.gcodemeta import MAX_LINE, gcode_fields, read_gcode_meta, trapezoid_seconds
+from rrc.gcodemeta import MAX_LINE, gcode_fields, meta_fields, read_gcode_meta, trapezoid_seconds
 from rrc.schema import GCODE_FIELDS
 
 SYSTEM_PACKAGES = '/usr/lib/python3/dist-packages'
@@ -109,6 +109,18 @@ def test_relative_extrusion_retractions_and_g92_count_the_filament_once(tmp_path
                     'M82\nG92 E0\nG1 X30 E1\nG1 E0\nG1 E1\nG1 X40 E2\n')
 
     assert read_gcode_meta(path).filament_mm == pytest.approx(4)
+
+
+def test_arcs_count_and_a_multi_extruder_setting_takes_its_first_value(tmp_path):
+    path = tmp_path / 'arcs.gcode'
+    path.write_text('; filament_diameter = 2.85,1.75\nG1 Z0.2\nG2 X10 Y0 I5 J0 E2\nG3 X0 Y0 I-5 J0 E4\n')
+
+    meta = read_gcode_meta(path)
+    fields = meta_fields(meta)
+
+    assert meta.filament_mm == pytest.approx(4) and meta.layers == 1
+    assert fields['gcodeSettings'] == 'filament_diameter=2.85/1.75'
+    assert meta.filament_grams == pytest.approx(4 * math.pi * 1.425 ** 2 / 1000 * 1.24)
 
 
 ###############################################################################
