@@ -68,7 +68,7 @@ def record_input_gcode(task):
     except UsageError:  # a record that does not check: execute refuses it
         return
     if inputs:
-        fields = gcode_fields(task.store.path_of(inputs[0]))
+        fields = described_gcode(task, inputs[0])
         if fields:
             task.update(fields)
 
@@ -76,7 +76,18 @@ def record_input_gcode(task):
 def output_gcode_fields(task):
     """The record's G-code fields of a complete task's result when it is G-code (a slice)."""
     out = task.get(Field.OUT)
-    return gcode_fields(task.store.path_of(out)) if out and is_gcode_name(out) else {}
+    return described_gcode(task, out) if out and is_gcode_name(out) else {}
+
+
+def described_gcode(task, stored_path):
+    """``gcode_fields`` of a file of the store.  The metadata only describes:
+    whatever goes wrong reading it is a line in the task's log, never the
+    task's failure (a print must not be lost to its estimate)."""
+    try:
+        return gcode_fields(task.store.path_of(stored_path))
+    except Exception as exc:
+        task.log(f'rrcloud: cannot read the G-code metadata: {reason_without_paths(exc)}')
+        return {}
 
 
 def prepare_hand_off(task):

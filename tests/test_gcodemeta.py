@@ -103,6 +103,17 @@ def test_a_slicers_own_estimate_is_the_print_time(tmp_path):
     assert int(fields['gcodeMoveSeconds']) < 10
 
 
+def test_curas_name_and_estimate_and_a_comment_inside_the_code(tmp_path):
+    path = tmp_path / 'cura.gcode'
+    path.write_text(';Generated with Cura_SteamEngine 5.0.0\n;TIME:6589\nG1 Z0.2\nG1 (go) X10 (far) E1\n')
+
+    fields = gcode_fields(path)
+
+    assert fields['gcodeSlicer'] == 'Cura_SteamEngine 5.0.0'
+    assert fields['gcodePrintSeconds'] == '6589'
+    assert fields['gcodeFilamentMm'] == '1' and fields['gcodeBox'] == '0,0,0.2,10,0,0.2'
+
+
 def test_relative_extrusion_retractions_and_g92_count_the_filament_once(tmp_path):
     path = tmp_path / 'relative.gcode'
     path.write_text('M83\nG1 Z0.2\nG1 X10 E1\nG1 E-2\nG1 E2\nG1 X20 E1\n'
