@@ -412,8 +412,10 @@ def meta_fields(meta):
 
 
 def gcode_fields(path):
-    """The record's G-code fields of the file at ``path``; {} when it cannot be read."""
+    """The record's G-code fields of the file at ``path``; {} when it cannot be
+    read (or, should some file still beat the bounds above, when its numbers
+    cannot be worked with: the metadata only describes a task, never fails it)."""
     try:
         return meta_fields(read_gcode_meta(path))
-    except OSError:
+    except (OSError, ValueError, ArithmeticError):
         return {}
