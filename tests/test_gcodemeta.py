@@ -15,6 +15,7 @@ import sys
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import DATA, task_id_of
 from helpers import records, wait_until_done
@@ -227,6 +228,26 @@ def test_absurd_and_non_finite_numbers_leave_finite_facts(tmp_path):
         [float(value) for value in fields['gcodeBox'].split(',')]
     assert all(math.isfinite(number) for number in numbers), fields
     assert float(fields['gcodeMoveSeconds']) < 1e7, fields  # G4 P1e308 is refused (beyond MAX_COORDINATE)
+
+
+WORD = st.builds(lambda letter, number: letter + number, st.sampled_from(['X', 'Y', 'Z', 'E', 'F', 'S', 'P', 'T']),
+                 st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.text(max_size=8)))
+LINE = st.builds(lambda command, words: ' '.join([command] + words),
+                 st.sampled_from(['G0', 'G1', 'G2', 'G4', 'G28', 'G90', 'G91', 'G92', 'M82', 'M83', 'M201', 'M204']),
+                 st.lists(WORD, max_size=5))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=40))
+def test_any_commands_give_finite_fields(tmp_path, lines):
+    path = tmp_path / 'any.gcode'
+    path.write_text('\n'.join(lines) + '\n')
+
+    fields = gcode_fields(path)
+
+    assert fields, lines
+    numbers = [value for key, value in fields.items() if key != 'gcodeBox'] + fields.get('gcodeBox', '0').split(',')
+    assert all(math.isfinite(float(number)) for number in numbers), fields
 
 
 def test_a_binary_file_is_read_without_error(tmp_path):
