@@ -269,6 +269,7 @@ def finish(store, config, task_id, attempt, status, fields, result):
     None): the result stored (a complete task of a service with output has a
     non-empty one, or it failed), the task moved to its final state, then
     ``ended``.  A task a kill ended first is only ended here.  The final record."""
+    from .gcodemeta import gcode_fields, is_gcode_name
     from .states import finish_task
     record = store.read_task(task_id)
     if int(record.get(Field.ATTEMPT) or 0) != attempt:
@@ -276,6 +277,8 @@ def finish(store, config, task_id, attempt, status, fields, result):
     if record.get(Field.STATUS) == TaskStatus.BUSY and status == TaskStatus.COMPLETE and record.get(Field.OUT):
         if not store_result(store, config, record, result):
             status, fields = TaskStatus.FAILED, dict(fields, error='no output')
+        elif is_gcode_name(record[Field.OUT]):  # a slice: what its G-code says, as a runner here records it
+            fields = dict(fields, **gcode_fields(store.path_of(record[Field.OUT])))
     final = finish_task(store, task_id, status, **fields) or store.read_task(task_id)
     ended(store, config, final)
     return final

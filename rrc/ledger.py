@@ -38,7 +38,8 @@ MAX_TEXT_CHARS = 300
 PRINT_SERVICES = ('printrun', 'printcore')
 # Printer fields another part of rrcloud may write into a print's record.
 PRINTER_FIELD = 'printer'
-FILAMENT_PREFIX = 'filament'
+# The G-code metadata of a print's input (rrc/gcodemeta.py) kept in its line, by the names history shows.
+FILAMENT_FIELDS = {Field.GCODE_FILAMENT_MM: 'filamentMm', Field.GCODE_FILAMENT_GRAMS: 'filamentGrams'}
 # The most days ``--since`` takes.
 MAX_DAYS = 100_000
 
@@ -118,12 +119,12 @@ def native_words(text):
 
 
 def filament_of(record):
-    """The record's numeric ``filament…`` fields (G-code metadata, where a task has it)."""
+    """The filament of a print's G-code metadata (where its record has it), by the names history shows."""
     found = {}
-    for key, value in record.items():
-        number = number_or_none(value) if key.startswith(FILAMENT_PREFIX) else None
+    for field, name in FILAMENT_FIELDS.items():
+        number = number_or_none(record.get(field))
         if number is not None:
-            found[key] = number
+            found[name] = number
     return found
 
 

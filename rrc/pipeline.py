@@ -31,7 +31,7 @@ import time
 
 from .errors import NotFound, UsageError
 from .projects import is_project_name
-from .schema import JOB_SERVICE, Field, TaskStatus
+from .schema import GCODE_FIELDS, JOB_SERVICE, Field, TaskStatus
 from .states import FINAL, State, initial_fields, move_locked, move_task, process_here, state_of
 from .store import append_log, unlink_quietly, write_file_atomically
 
@@ -367,9 +367,19 @@ def after_step(store, config, step, inline=False):
     if state_of(step) == State.FAILED:
         reason = f'step {number} ({step.get(Field.SERVICE)}) failed: {step.get(Field.ERROR) or "failed"}'
         return fail_job(store, job, reason, step.get(Field.EXIT_CODE, ''))
+    keep_gcode_fields(store, job, step)
     if number < len(steps):
         return start_step(store, config, steps[number], previous=step, inline=inline)
     complete_job(store, job, step)
+
+
+def keep_gcode_fields(store, job, step):
+    """A step that made or printed G-code: its job's record shows what the
+    file says of the print too (``Field.GCODE_*``, the last such step's)."""
+    fields = {key: step[key] for key in GCODE_FIELDS if step.get(key)}
+    if fields:
+        store.update_task(job[Field.ID], fields)
+        job.update(fields)
 
 
 def next_step_runs_elsewhere(store, step):

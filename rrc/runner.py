@@ -8,11 +8,13 @@ import sys
 from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError, reason_without_paths
 from .events import note
+from .gcodemeta import gcode_fields, is_gcode_name
 from .identity import starting_node
 from .launch import Launch, absolute_output, needs_display, sandbox_command, task_argv, tool_root
 from .limits import ToolLimits
 from .names import check_task_id, is_single_line
 from .notifier import TaskNotifier
+from .records import stored_inputs
 from .backends import task_queue
 from .schema import Field, TaskStatus
 from .services import check_output_ext, find_service, load_services
@@ -44,14 +46,48 @@ def run_task(store, settings, task_id):
         prepare_hand_off(task)
     notifier = TaskNotifier(store, task.config, task.record)
     try:
+        record_input_gcode(task)
         outcome = execute(task, service, on_start=notifier.started)
     except Exception as exc:  # a runner never leaves a task busy (nor names a path of the server's)
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {reason_without_paths(exc)}'})
     status, fields = outcome
+    if status == TaskStatus.COMPLETE:
+        fields = dict(fields, **output_gcode_fields(task))
     if status == TaskStatus.FAILED:
         fields = remove_output_of_full_disk(task, fields)
     task.finish(status, **fields)
     return _runner_done(task, notifier)
+
+
+def record_input_gcode(task):
+    """A task that receives G-code (a print): what the file says of its print
+    goes into the record before the tool starts, so its time left can be
+    judged from the first line sent (``gcodePrintSeconds``)."""
+    try:
+        inputs = [path for _, path in stored_inputs(task.record) if is_gcode_name(path)]
+    except UsageError:  # a record that does not check: execute refuses it
+        return
+    if inputs:
+        fields = described_gcode(task, inputs[0])
+        if fields:
+            task.update(fields)
+
+
+def output_gcode_fields(task):
+    """The record's G-code fields of a complete task's result when it is G-code (a slice)."""
+    out = task.get(Field.OUT)
+    return described_gcode(task, out) if out and is_gcode_name(out) else {}
+
+
+def described_gcode(task, stored_path):
+    """``gcode_fields`` of a file of the store.  The metadata only describes:
+    whatever goes wrong reading it is a line in the task's log, never the
+    task's failure (a print must not be lost to its estimate)."""
+    try:
+        return gcode_fields(task.store.path_of(stored_path))
+    except Exception as exc:
+        task.log(f'rrcloud: cannot read the G-code metadata: {reason_without_paths(exc)}')
+        return {}
 
 
 def prepare_hand_off(task):

@@ -75,7 +75,28 @@ class Field:
     # lost worker): a lost run's late words are refused.
     WORKER = 'worker'
     ATTEMPT = 'attempt'
+    # What a G-code file the task produced (slic3r's result) or received (a
+    # print's input) says of its print (rrc/gcodemeta.py): code lines, layers,
+    # layer height (mm), print time (s: the slicer's estimate where the file
+    # has one, else the moves'; a print's "time left" reads this), the moves'
+    # time (s), filament (mm and g), the box of what is printed
+    # (xmin,ymin,zmin,xmax,ymax,zmax in mm), the slicer and a few of its
+    # settings (key=value,...), lines too long to read.  A pipeline job keeps
+    # those of its steps.  0.019 clients ignore them.
+    GCODE_LINES = 'gcodeLines'
+    GCODE_LAYERS = 'gcodeLayers'
+    GCODE_LAYER_HEIGHT = 'gcodeLayerHeight'
+    GCODE_PRINT_SECONDS = 'gcodePrintSeconds'
+    GCODE_MOVE_SECONDS = 'gcodeMoveSeconds'
+    GCODE_FILAMENT_MM = 'gcodeFilamentMm'
+    GCODE_FILAMENT_GRAMS = 'gcodeFilamentGrams'
+    GCODE_BOX = 'gcodeBox'
+    GCODE_SLICER = 'gcodeSlicer'
+    GCODE_SETTINGS = 'gcodeSettings'
+    GCODE_SKIPPED_LINES = 'gcodeSkippedLines'
 
+
+GCODE_FIELDS = tuple(value for name, value in vars(Field).items() if name.startswith('GCODE_'))
 
 YES = 'yes'
 # The service name of a pipeline job's record (rrc/pipeline.py); no conf may take it.

@@ -128,6 +128,18 @@ def wait_until_done(store_root, task_id, timeout=60):
     raise AssertionError(f'task {task_id} still busy after {timeout} s')
 
 
+
+def tidied(root, task_id):
+    """Until a task has ended and its runner is gone too (it frees its slot
+    and calls the notifier after the end: rm and clean refuse the task until then)."""
+    from rrc.procs import process_is
+    record = wait_until_done(root, task_id)
+    if record.get('runner'):
+        wait_for(lambda: not process_is(record['runner'], record.get('runnerStart')),
+                 f'the runner of {task_id} to end')
+    return record
+
+
 def kill_group(pgid, sig=signal.SIGKILL):
     """Signal a process group; one that is gone (or not ours) is no error."""
     try:

@@ -17,9 +17,8 @@ import pytest
 import deploy
 from rrc.errors import ExitCode
 from conftest import make_service, task_id_of, write_config
-from helpers import (SH_INPUTS_SERVICE, SH_SERVICE, files_of, one_line_error, read_record, records, tool_started,
-    wait_for, wait_until_done)
-from rrc.procs import process_is
+from helpers import (SH_INPUTS_SERVICE, SH_SERVICE, files_of, one_line_error, read_record, records, tidied,
+    tool_started, wait_until_done)
 from servers import free_port
 
 # A shell script as the tool, its result ``ID.txt``: a result with an extension.
@@ -228,16 +227,6 @@ def finished_part(cli, workdir, script=WRITES_PART, name='part.sh'):
     task_id = task_id_of(cli('part', name).out)
     tidied(workdir, task_id)
     return task_id
-
-
-def tidied(root, task_id):
-    """Until a task has ended and its runner is gone too (it frees its slot
-    and calls the notifier after the end: rm refuses the task until then)."""
-    record = wait_until_done(root, task_id)
-    if record.get('runner'):
-        wait_for(lambda: not process_is(record['runner'], record.get('runnerStart')),
-                 f'the runner of {task_id} to end')
-    return record
 
 
 def test_get_saves_the_result_under_the_inputs_name_or_where_o_says(cli, workdir):

@@ -336,6 +336,9 @@ def test_a_three_step_pipe_runs_its_steps_on_the_workers_that_have_their_tools(f
     assert steps[2]['worker'] == farm.workers[2].name()  # echo: the echo-only worker may take it ...
     assert steps[0]['worker'] != farm.workers[2].name()  # ... never a render
     assert b'G1' in farm.session.get(farm.proxy.url + job['out'], timeout=30).content
+    # The front-end read the worker's slice (rrc/gcodemeta.py); the job keeps what it says.
+    assert int(steps[1]['gcodeLayers']) > 1 and steps[1]['gcodeSlicer'].startswith('Slic3r'), steps[1]
+    assert job['gcodeLayers'] == steps[1]['gcodeLayers'] and job['gcodeBox'] == steps[1]['gcodeBox']
 
 
 def test_the_cli_on_a_front_ends_store_queues_in_redis_and_a_worker_runs_it(farm):
