@@ -170,6 +170,9 @@ class PrinterSim:
     silent_after     stop answering anything once this many commands have
                      been accepted (the lines after are read and recorded in
                      ``ignored``, never answered).
+    report_when_silent  the temperature auto-report goes on while silent
+                     (Marlin reports from idle(), which runs while a command
+                     hangs): reports, and never an answer.
     halt_at_line     on this line number, answer ``halt_lines`` instead of
                      ok and fall silent (Marlin's kill()); the line counts
                      as accepted.
@@ -203,7 +206,7 @@ class PrinterSim:
                  resend_loop_lines=(), duplicate_lines=(), drop_ok_lines=(),
                  halt_at_line=None, halt_lines=HALT_LINES,
                  unanswered_error_lines=(), unanswered_error="No Line Number with checksum",
-                 swallow_resent_lines=()):
+                 swallow_resent_lines=(), report_when_silent=False):
         self.banner_delay = banner_delay
         self.banner = tuple(banner)
         self.delay = delay
@@ -228,6 +231,7 @@ class PrinterSim:
         self.unanswered_error_lines = set(unanswered_error_lines)
         self.unanswered_error = unanswered_error
         self.swallow_resent_lines = set(swallow_resent_lines)
+        self.report_when_silent = report_when_silent
         self._swallow_next = set()     # resend requested: the next copy is swallowed
 
         self.received = []
@@ -398,7 +402,7 @@ class PrinterSim:
                 self.send_banner()
             if self._temp_due is not None and now >= self._temp_due:
                 self._temp_due = now + self.temp_interval
-                if not self.silent:
+                if not self.silent or self.report_when_silent:
                     self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
             if data:
                 if self._banner_due is not None:
