@@ -430,6 +430,7 @@ FILE.gcode` runs it as a task, on a server when one is configured).
   --timeout=S   seconds of silence from the printer that fail the print (default {PRINT_ANSWER_TIMEOUT:g})
   --comm-timeout=S  seconds of silence after which the printer is asked for its
                 temperature (M105) to find an answer lost on the wire
-                (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy)
+                (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy);
+                temperature auto-reports (M155) do not break a silence
   -h, --help    show this help
 """
