@@ -254,7 +254,8 @@ class GcodeSender:
                     return self._line_answered(number, following)
             elif is_printer_error(line):
                 self._check_error(line)
-                self.refused_from = self._refused_line(line, number)
+                if following == number + 1:  # no Resend: yet (Marlin sends it after the Error:)
+                    self.refused_from = self._refused_line(line, number)
             elif line == b'start':
                 raise PrinterError(f'the printer restarted (it sent start) after line {number}')
             elif b'busy:' in line or (b'T:' in line and not self._is_auto_report(line)):
