@@ -152,10 +152,11 @@ class GcodeSender:
               busy: or heating reports, as during M109, M190, G28): poke
               with M105 and carry on when it answers.  No line for the full
               answer timeout, pokes and all: stop.  Temperature auto-reports
-              (M155) do not break a silence: they come on a timer whether
-              or not the printer answers, so a lost ok under them would
-              otherwise never be poked for (OctoPrint times out on the last
-              ok for the same reason).
+              (M155) and ``wait`` (Marlin's NO_TIMEOUTS) do not break a
+              silence: they come on a timer whether or not the printer
+              answers, so a lost ok under them would otherwise never be
+              poked for (OctoPrint times out on the last ok for the same
+              reason).
     errors    The Error: lines of PRINT_LINE_ERRORS come with a resend and
               are only logged; any other Error: or !! line stops the print
               with that line.  So does ``start`` mid-print (a reset).  A
@@ -258,14 +259,14 @@ class GcodeSender:
                     self.refused_from = self._refused_line(line, number)
             elif line == b'start':
                 raise PrinterError(f'the printer restarted (it sent start) after line {number}')
-            elif b'busy:' in line or (b'T:' in line and not self._is_auto_report(line)):
+            elif b'busy:' in line or (b'T:' in line and not self._is_timed_chatter(line)):
                 self.busy = True
             else:
                 match = RESEND_RE.match(line)
                 if match:
                     following = self._resend_target(int(match.group(1)), number)
                     self.refused_from = None  # the resend request says it all
-                # echo:, position reports, auto-reports and unknown lines
+                # echo:, position reports, auto-reports, wait and unknown lines
 
     def _line_answered(self, number, following):
         """The line to send next once line ``number`` has its ok (or its poke's)."""
@@ -328,8 +329,12 @@ class GcodeSender:
         elif self.owed:
             self.owed.popleft()
 
-    def _is_auto_report(self, line):
-        """A temperature line that is not an answer: M155's auto-report, not an ok, nor a heating wait's report."""
+    def _is_timed_chatter(self, line):
+        """A line sent on a timer whatever became of the line in flight, so no answer:
+        M155's temperature auto-report, or ``wait`` (Marlin's NO_TIMEOUTS, Repetier:
+        its queue is empty; if anything, the line in flight was lost)."""
+        if line == b'wait':
+            return True
         if line.startswith(b'ok') or b'T:' not in line:
             return False
         # Marlin's wait_for_hotend/bed add W: (the residency countdown)
@@ -355,8 +360,8 @@ class GcodeSender:
         """The printer's next line, or None at ``until`` or after ``answer_timeout`` s of silence."""
         left = min(until, self.heard + self.answer_timeout) - time.monotonic()
         line = self.link.read_line(max(left, 0.0))
-        if line is not None and not self._is_auto_report(line):
-            self.heard = time.monotonic()  # an auto-report is no answer: the silence goes on
+        if line is not None and not self._is_timed_chatter(line):
+            self.heard = time.monotonic()  # an auto-report or wait is no answer: the silence goes on
         return line
 
 
@@ -432,6 +437,6 @@ FILE.gcode` runs it as a task, on a server when one is configured).
   --comm-timeout=S  seconds of silence after which the printer is asked for its
                 temperature (M105) to find an answer lost on the wire
                 (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy);
-                temperature auto-reports (M155) do not break a silence
+                temperature auto-reports (M155) and wait lines do not break a silence
   -h, --help    show this help
 """

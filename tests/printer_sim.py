@@ -170,6 +170,11 @@ class PrinterSim:
     silent_after     stop answering anything once this many commands have
                      been accepted (the lines after are read and recorded in
                      ``ignored``, never answered).
+    wait_interval    when set, send ``wait`` once no input came for this many
+                     seconds, and again every wait_interval after (Marlin's
+                     NO_TIMEOUTS, Repetier's "wait"): the printer has
+                     nothing to do, so it says nothing about a lost line
+                     but that it was lost.
     report_when_silent  the temperature auto-report goes on while silent
                      (Marlin reports from idle(), which runs while a command
                      hangs): reports, and never an answer.
@@ -206,7 +211,7 @@ class PrinterSim:
                  resend_loop_lines=(), duplicate_lines=(), drop_ok_lines=(),
                  halt_at_line=None, halt_lines=HALT_LINES,
                  unanswered_error_lines=(), unanswered_error="No Line Number with checksum",
-                 swallow_resent_lines=(), report_when_silent=False):
+                 swallow_resent_lines=(), report_when_silent=False, wait_interval=None):
         self.banner_delay = banner_delay
         self.banner = tuple(banner)
         self.delay = delay
@@ -232,6 +237,7 @@ class PrinterSim:
         self.unanswered_error = unanswered_error
         self.swallow_resent_lines = set(swallow_resent_lines)
         self.report_when_silent = report_when_silent
+        self.wait_interval = wait_interval
         self._swallow_next = set()     # resend requested: the next copy is swallowed
 
         self.received = []
@@ -255,6 +261,7 @@ class PrinterSim:
         self._host_open = False
         self._banner_due = None        # monotonic time the banner is due
         self._temp_due = None
+        self._wait_due = None
         self._inbuf = b""
         self._out = bytearray()
         self._lock = threading.Lock()  # guards _out and the writes
@@ -356,6 +363,8 @@ class PrinterSim:
                 timeouts.append(max(0.0, self._banner_due - now))
             if self._temp_due is not None:
                 timeouts.append(max(0.0, self._temp_due - now))
+            if self._wait_due is not None:
+                timeouts.append(max(0.0, self._wait_due - now))
             timeout = min(timeouts) if timeouts else None
             mask = select.POLLIN | (select.POLLOUT if self._out else 0)
             if mask != master_mask:
@@ -404,6 +413,7 @@ class PrinterSim:
                 self._temp_due = now + self.temp_interval
                 if not self.silent or self.report_when_silent:
                     self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+            self._idle_wait(now, data)
             if data:
                 if self._banner_due is not None:
                     self._log("<", "(dropped while booting) %r" % data)
@@ -423,12 +433,26 @@ class PrinterSim:
             self._banner_due = time.monotonic() + (self.banner_delay or 0)
         if self.temp_interval:
             self._temp_due = time.monotonic() + self.temp_interval
+        if self.wait_interval:
+            self._wait_due = time.monotonic() + self.wait_interval
         self._log("*", "host opened the port")
+
+    def _idle_wait(self, now, data):
+        """Marlin's NO_TIMEOUTS: ``wait`` once no input came for wait_interval seconds."""
+        if self._wait_due is None:
+            return
+        if data:
+            self._wait_due = now + self.wait_interval  # last_command_time = ms
+        elif now >= self._wait_due:
+            self._wait_due = now + self.wait_interval
+            if not self.silent:
+                self._emit(["wait"])
 
     def _on_close(self):
         self._host_open = False
         self._banner_due = None
         self._temp_due = None
+        self._wait_due = None
         with self._lock:
             self._out.clear()
         self._log("*", "host closed the port")

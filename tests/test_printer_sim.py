@@ -303,3 +303,13 @@ def test_m155_turns_the_temperature_auto_report_on_and_off():
         assert not sim.wait_for(lambda s: len(auto_reports(s)) > stopped, timeout=0.5)
         port.close()
     assert sim.received == ['M155 S0.1', 'M155 S0', 'G4 P0']
+
+
+def test_wait_comes_when_no_input_came_for_the_interval():
+    with PrinterSim(reset_on_open=False, wait_interval=0.1) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, 'G1 X1') == ['ok']
+        assert sim.wait_for(lambda s: sum(line == 'wait' for _, d, line in s.transcript if d == '>') >= 3,
+                            timeout=5)
+        port.close()
+    assert sim.received == ['G1 X1']

@@ -411,9 +411,11 @@ def test_long_command_is_poked_when_silent_and_the_print_goes_on(busy_interval):
 # Faults that stall a sender that only waits (issue 21, item 1)
 ###############################################################################
 
-# Temperature auto-reports every 0.1 s (M155), well inside the communication
-# timeout of 0.5 s: they must not hide the silence.
-AUTO_REPORTS = {'quiet': {}, 'auto-reports': {'temp_interval': 0.1}}
+# Temperature auto-reports (M155) or ``wait`` lines (Marlin's NO_TIMEOUTS)
+# every 0.1 s, well inside the communication timeout of 0.5 s: they must not
+# hide the silence.
+AUTO_REPORTS = {'quiet': {}, 'auto-reports': {'temp_interval': 0.1},
+                'wait-lines': {'wait_interval': 0.1}}
 
 
 def sender_log(done):
@@ -452,6 +454,7 @@ def test_line_error_without_resend_or_ok_is_poked_and_the_line_sent_again(option
 SWALLOWING = {
     'quiet': ({}, 1),
     'auto-reports': ({'temp_interval': 0.1}, 1),
+    'wait-lines': ({'wait_interval': 0.1}, 1),
     'resend-without-ok': ({'ok_after_resend': False, 'temp_interval': 0.1}, 3),
 }
 
@@ -496,6 +499,18 @@ def test_lost_ok_under_temperature_auto_reports_is_poked_for(tmp_path):
     assert len(pokes_logged(done, 40)) == len(pokes_logged(done, 200)) == 1, sender_log(done)
     reports = [line for _, direction, line in sim.transcript if direction == '>' and line.startswith(' T:')]
     assert len(reports) >= 5, 'the printer reported while the sender waited'
+
+
+def test_lost_ok_while_the_printer_says_wait_is_poked_for():
+    with PrinterSim(reset_on_open=False, drop_ok_lines={40}, wait_interval=0.1) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_file_once(sim)
+    assert unnumbered(sim) == ['M110 N0', 'M105']
+    assert len(pokes_logged(done, 40)) == 1, sender_log(done)
+    waits = [line for _, direction, line in sim.transcript if direction == '>' and line == 'wait']
+    assert len(waits) >= 3, 'the printer said wait while the sender waited'
 
 
 def test_printer_that_only_auto_reports_fails_after_the_full_timeout():
