@@ -17,8 +17,8 @@ PRINT_ANSWER_TIMEOUT = 60.0
 # lost on the wire, or a Marlin that sends Resend: without its ok, would
 # otherwise stall the print until the full timeout.
 PRINT_COMM_TIMEOUT = 3.0
-# The same while the printer reported busy: or temperatures since the line
-# went out: Marlin's keepalive comes every 2 s by default, and M113 can
+# The same while the printer reported busy: or heating temperatures (M109,
+# M190; not M155's auto-reports) since the line went out: Marlin's keepalive comes every 2 s by default, and M113 can
 # stretch it; a poke then only queues an M105 behind the long command.
 PRINT_BUSY_COMM_TIMEOUT = 10.0
 # A board that resets when the port opens prints "start" after its boot (1 to
@@ -44,6 +44,13 @@ RESEND_RE = LazyPattern(rb'(?i)\A(?:Resend|rs)[: ]\s*N?:?\s*([0-9]+)')
 # other Error: (or !!) is the firmware stopping: kill(), MAXTEMP, thermal
 # runaway.
 PRINT_LINE_ERRORS = (b'checksum', b'line number', b'expected line')
+# "Last Line: 109" in such an Error: the last line the printer took.
+LAST_LINE_RE = LazyPattern(rb'(?i)Last Line:?\s*([0-9]+)')
+# Commands during which Marlin itself reports temperatures while it waits
+# (wait_for_hotend/bed/chamber, PID autotune): those reports mean "working".
+# Outside them a temperature line is the auto-report of M155, which comes
+# whether or not the printer answers: it says nothing about the line in flight.
+PRINT_HEATING_WAITS = ('M109', 'M190', 'M191', 'M303')
 GCODE_PAREN_COMMENT_RE = LazyPattern(r'\([^)]*\)')
 
 
@@ -142,12 +149,23 @@ class GcodeSender:
               keeps that order).  An ok that carries temperatures answers an
               M105: whatever was owed before it lost its ok on the way.
     silence   No line at all for the communication timeout (longer after
-              busy: or temperature reports, as during M109, M190, G28): poke
+              busy: or heating reports, as during M109, M190, G28): poke
               with M105 and carry on when it answers.  No line for the full
-              answer timeout, pokes and all: stop.
+              answer timeout, pokes and all: stop.  Temperature auto-reports
+              (M155) and ``wait`` (Marlin's NO_TIMEOUTS) do not break a
+              silence: they come on a timer whether or not the printer
+              answers, so a lost ok under them would otherwise never be
+              poked for (OctoPrint times out on the last ok for the same
+              reason).
     errors    The Error: lines of PRINT_LINE_ERRORS come with a resend and
               are only logged; any other Error: or !! line stops the print
-              with that line.  So does ``start`` mid-print (a reset).
+              with that line.  So does ``start`` mid-print (a reset).  A
+              line error with no Resend: after it (some firmware and
+              emulators answer "No Line Number with checksum" so, without
+              even an ok) is a resend of its "Last Line" + 1 once the poke
+              is answered.  A line that the printer swallowed without a
+              word (a resent one, say) is told by its next "Line Number is
+              not Last Line Number+1" and Resend:, like any other.
     """
 
     def __init__(self, link, lines, answer_timeout=PRINT_ANSWER_TIMEOUT, progress=None, log=None,
@@ -163,10 +181,12 @@ class GcodeSender:
         # What the printer owes an ok for, oldest first: (is a line of the
         # file, its ok carries temperatures).
         self.owed = deque()
-        self.heard = time.monotonic()  # the printer's last line, or our last line to it
+        self.heard = time.monotonic()  # the printer's last line (auto-reports aside), or ours to it
         self.poked_at = 0.0
-        self.busy = False              # busy: or temperatures since the last line went out
+        self.busy = False              # busy: or heating reports since the last line went out
         self.asked = (0, 0)            # (line, times in a row) of resend requests
+        self.in_flight = ''            # the command word of the line in flight, e.g. 'M109'
+        self.refused_from = None       # a line error without Resend: the line it wants next
 
     # -- connect --------------------------------------------------------------
 
@@ -215,6 +235,8 @@ class GcodeSender:
         self.owed.append((True, code[:4].upper() == 'M105' and not code[4:5].isdigit()))
         self.heard = time.monotonic()  # silence counts from here
         self.busy = False
+        self.in_flight = code.split(None, 1)[0].upper()
+        self.refused_from = None
 
     def _await_answer(self, number):
         """Read until line ``number`` is answered; the number of the line to send next."""
@@ -230,20 +252,29 @@ class GcodeSender:
             elif line.startswith(b'ok'):
                 self._match_ok(line)
                 if not any(is_line for is_line, _ in self.owed):
-                    if following == number + 1:
-                        self.asked = (0, 0)
-                    return following
+                    return self._line_answered(number, following)
             elif is_printer_error(line):
                 self._check_error(line)
+                if following == number + 1:  # no Resend: yet (Marlin sends it after the Error:)
+                    self.refused_from = self._refused_line(line, number)
             elif line == b'start':
                 raise PrinterError(f'the printer restarted (it sent start) after line {number}')
-            elif b'busy:' in line or b'T:' in line:
+            elif b'busy:' in line or (b'T:' in line and not self._is_timed_chatter(line)):
                 self.busy = True
             else:
                 match = RESEND_RE.match(line)
                 if match:
                     following = self._resend_target(int(match.group(1)), number)
-                # echo:, position reports and unknown lines: the printer is alive
+                    self.refused_from = None  # the resend request says it all
+                # echo:, position reports, auto-reports, wait and unknown lines
+
+    def _line_answered(self, number, following):
+        """The line to send next once line ``number`` has its ok (or its poke's)."""
+        if self.refused_from is not None:
+            following = self._resend_unasked(number)
+        if following == number + 1:
+            self.asked = (0, 0)
+        return following
 
     def _resend_target(self, asked, number):
         """The line to go on with after ``Resend: asked`` while line ``number`` is in flight."""
@@ -258,6 +289,21 @@ class GcodeSender:
                                f'the serial link is broken (cable, baud rate, interference)')
         self.asked = (asked, times)
         return asked
+
+    @staticmethod
+    def _refused_line(line, number):
+        """The line a line error (read before any Resend:) wants next: its Last Line + 1, else ``number``."""
+        match = LAST_LINE_RE.search(line)
+        return int(match.group(1)) + 1 if match else number
+
+    def _resend_unasked(self, number):
+        """The line to go on with when a line error came without a Resend:."""
+        wanted = self.refused_from
+        self.refused_from = None
+        if wanted == number + 1:
+            return wanted  # it took the line in flight after all
+        self.log(f'the printer refused line {number} without asking for a resend: sending line {wanted} again')
+        return self._resend_target(wanted, number)
 
     def _check_error(self, line):
         """Log an Error: line; stop unless it is one that comes with a resend."""
@@ -283,6 +329,17 @@ class GcodeSender:
         elif self.owed:
             self.owed.popleft()
 
+    def _is_timed_chatter(self, line):
+        """A line sent on a timer whatever became of the line in flight, so no answer:
+        M155's temperature auto-report, or ``wait`` (Marlin's NO_TIMEOUTS, Repetier:
+        its queue is empty; if anything, the line in flight was lost)."""
+        if line == b'wait':
+            return True
+        if line.startswith(b'ok') or b'T:' not in line:
+            return False
+        # Marlin's wait_for_hotend/bed add W: (the residency countdown)
+        return b' W:' not in line and self.in_flight not in PRINT_HEATING_WAITS
+
     def _patience(self):
         if self.busy:
             return max(self.comm_timeout, PRINT_BUSY_COMM_TIMEOUT)
@@ -296,15 +353,15 @@ class GcodeSender:
         if sum(1 for is_line, _ in self.owed if not is_line) >= PRINT_MAX_POKES:
             self.poked_at = time.monotonic()
             return
-        self.log(f'no answer to line {number} for {self._silence():.1f} s; sending M105')
+        self.log(f'no answer to line {number} for {self._silence():.1f} s: poked with M105')
         self._send_command(b'M105', reports=True)
 
     def _read(self, until):
         """The printer's next line, or None at ``until`` or after ``answer_timeout`` s of silence."""
         left = min(until, self.heard + self.answer_timeout) - time.monotonic()
         line = self.link.read_line(max(left, 0.0))
-        if line is not None:
-            self.heard = time.monotonic()
+        if line is not None and not self._is_timed_chatter(line):
+            self.heard = time.monotonic()  # an auto-report or wait is no answer: the silence goes on
         return line
 
 
@@ -379,6 +436,7 @@ FILE.gcode` runs it as a task, on a server when one is configured).
   --timeout=S   seconds of silence from the printer that fail the print (default {PRINT_ANSWER_TIMEOUT:g})
   --comm-timeout=S  seconds of silence after which the printer is asked for its
                 temperature (M105) to find an answer lost on the wire
-                (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy)
+                (default {PRINT_COMM_TIMEOUT:g}; {PRINT_BUSY_COMM_TIMEOUT:g} while it reports it is busy);
+                temperature auto-reports (M155) and wait lines do not break a silence
   -h, --help    show this help
 """

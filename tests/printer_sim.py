@@ -28,18 +28,24 @@ What it models (Marlin 2.1 ``GCodeQueue`` semantics):
 - Text after ';' is a comment; empty lines get no answer at all (as in Marlin).
 - ``ok`` per accepted command; ``M105`` answers ``ok T:20.0 /0.0 B:20.0 /0.0``;
   ``M114`` and ``M115`` print a report line before their ``ok``.
+- ``M155 S<s>`` turns the temperature auto-report on (every s seconds; a
+  fraction is taken, for short tests) or off (S0), as Marlin's
+  AUTO_REPORT_TEMPERATURES does; the reports go on whatever else happens.
 
 Faults of real firmware and links, each on request: resend requests
 (injected, or for ever for one line), a line that reached the printer twice
 (it asks for the next one), an ``ok`` lost on the wire or left out after a
 resend (``flush_and_request_resend`` of some Marlin 2.0 builds printed
 ``Resend:`` alone), a halt (``Error:Printer halted. kill() called!``), long
-commands with busy: or temperature reports (M109, G28), silence.
+commands with busy: or temperature reports (M109, G28), silence; and the
+two that stall a sender that only waits: a line error answered by the
+``Error:`` line alone (no ``Resend:``, no ``ok``), and a resend request whose
+resent line is then swallowed without a word.
 
 Everything is recorded: ``received`` (accepted commands, without N and
 checksum, in order, each once), ``errors``, ``resends_requested``,
-``injected_resends``, ``duplicated``, ``dropped_oks``, ``ignored`` and a full
-``transcript``.
+``injected_resends``, ``duplicated``, ``dropped_oks``, ``unanswered_errors``,
+``swallowed``, ``ignored`` and a full ``transcript``.
 """
 
 import errno
@@ -129,7 +135,22 @@ class PrinterSim:
                      the host sees only the second copy's answer,
                      ``Error:Line Number is not Last Line Number+1``,
                      ``Resend: <n+1>``, ``ok``.
-    drop_ok_lines    line numbers accepted with their ok lost on the wire.
+    drop_ok_lines    line numbers accepted with their ok lost on the wire
+                     (with ``temp_interval`` or M155: the lost ok under
+                     auto-reports, which must not hide the silence).
+    unanswered_error_lines  line numbers whose first copy arrives with its
+                     ``N`` eaten by line noise: refused with
+                     ``Error:<unanswered_error>, Last Line: <n-1>`` and
+                     nothing after it, no ``Resend:`` and no ``ok`` (as an
+                     emulator tried in issue 21 answers; Marlin's own
+                     gcode_line_error follows with both).  The next copy is
+                     taken.
+    unanswered_error the message of those errors (default "No Line Number
+                     with checksum").
+    swallow_resent_lines  line numbers refused once with a resend request
+                     (``Resend: n``, ``ok``) whose resent copy is then
+                     swallowed: read, never taken, never answered (lost in
+                     the receive buffer).  The copy after that is taken.
     inject_error     precede injected resends with
                      ``Error:checksum mismatch, Last Line: <n-1>`` (looks like
                      line noise) instead of a bare resend request; a string
@@ -149,6 +170,14 @@ class PrinterSim:
     silent_after     stop answering anything once this many commands have
                      been accepted (the lines after are read and recorded in
                      ``ignored``, never answered).
+    wait_interval    when set, send ``wait`` once no input came for this many
+                     seconds, and again every wait_interval after (Marlin's
+                     NO_TIMEOUTS, Repetier's "wait"): the printer has
+                     nothing to do, so it says nothing about a lost line
+                     but that it was lost.
+    report_when_silent  the temperature auto-report goes on while silent
+                     (Marlin reports from idle(), which runs while a command
+                     hangs): reports, and never an answer.
     halt_at_line     on this line number, answer ``halt_lines`` instead of
                      ok and fall silent (Marlin's kill()); the line counts
                      as accepted.
@@ -180,7 +209,9 @@ class PrinterSim:
                  noise_lines=DEFAULT_NOISE, temp_interval=None,
                  silent_after=None, reset_on_open=True, command_delays=None,
                  resend_loop_lines=(), duplicate_lines=(), drop_ok_lines=(),
-                 halt_at_line=None, halt_lines=HALT_LINES):
+                 halt_at_line=None, halt_lines=HALT_LINES,
+                 unanswered_error_lines=(), unanswered_error="No Line Number with checksum",
+                 swallow_resent_lines=(), report_when_silent=False, wait_interval=None):
         self.banner_delay = banner_delay
         self.banner = tuple(banner)
         self.delay = delay
@@ -202,6 +233,12 @@ class PrinterSim:
         self.drop_ok_lines = set(drop_ok_lines)
         self.halt_at_line = halt_at_line
         self.halt_lines = tuple(halt_lines)
+        self.unanswered_error_lines = set(unanswered_error_lines)
+        self.unanswered_error = unanswered_error
+        self.swallow_resent_lines = set(swallow_resent_lines)
+        self.report_when_silent = report_when_silent
+        self.wait_interval = wait_interval
+        self._swallow_next = set()     # resend requested: the next copy is swallowed
 
         self.received = []
         self.received_numbered = []
@@ -210,6 +247,8 @@ class PrinterSim:
         self.injected_resends = 0
         self.duplicated = []
         self.dropped_oks = []
+        self.unanswered_errors = []
+        self.swallowed = []
         self.halted = False
         self.ignored = []
         self.opens = 0
@@ -222,6 +261,7 @@ class PrinterSim:
         self._host_open = False
         self._banner_due = None        # monotonic time the banner is due
         self._temp_due = None
+        self._wait_due = None
         self._inbuf = b""
         self._out = bytearray()
         self._lock = threading.Lock()  # guards _out and the writes
@@ -323,6 +363,8 @@ class PrinterSim:
                 timeouts.append(max(0.0, self._banner_due - now))
             if self._temp_due is not None:
                 timeouts.append(max(0.0, self._temp_due - now))
+            if self._wait_due is not None:
+                timeouts.append(max(0.0, self._wait_due - now))
             timeout = min(timeouts) if timeouts else None
             mask = select.POLLIN | (select.POLLOUT if self._out else 0)
             if mask != master_mask:
@@ -369,8 +411,9 @@ class PrinterSim:
                 self.send_banner()
             if self._temp_due is not None and now >= self._temp_due:
                 self._temp_due = now + self.temp_interval
-                if not self.silent:
+                if not self.silent or self.report_when_silent:
                     self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+            self._idle_wait(now, data)
             if data:
                 if self._banner_due is not None:
                     self._log("<", "(dropped while booting) %r" % data)
@@ -390,12 +433,26 @@ class PrinterSim:
             self._banner_due = time.monotonic() + (self.banner_delay or 0)
         if self.temp_interval:
             self._temp_due = time.monotonic() + self.temp_interval
+        if self.wait_interval:
+            self._wait_due = time.monotonic() + self.wait_interval
         self._log("*", "host opened the port")
+
+    def _idle_wait(self, now, data):
+        """Marlin's NO_TIMEOUTS: ``wait`` once no input came for wait_interval seconds."""
+        if self._wait_due is None:
+            return
+        if data:
+            self._wait_due = now + self.wait_interval  # last_command_time = ms
+        elif now >= self._wait_due:
+            self._wait_due = now + self.wait_interval
+            if not self.silent:
+                self._emit(["wait"])
 
     def _on_close(self):
         self._host_open = False
         self._banner_due = None
         self._temp_due = None
+        self._wait_due = None
         with self._lock:
             self._out.clear()
         self._log("*", "host closed the port")
@@ -474,6 +531,8 @@ class PrinterSim:
         elif has_cs:
             return self._error("No Line Number with checksum", out)
 
+        if n is not None and not is_m110 and self._link_fault(n, out):
+            return False
         if n is not None and not is_m110:
             if (n in self.resend_lines or n in self.resend_loop_lines
                     or (self.resend_every
@@ -524,6 +583,9 @@ class PrinterSim:
             self._log("*", "ok of line %d lost on the wire" % n)
         elif word == "M105":
             out.append(M105_OK)
+        elif word == "M155":
+            self._auto_report(code)
+            out.append("ok")
         elif word == "M114":
             out.extend([M114_REPORT, "ok"])
         elif word == "M115":
@@ -531,6 +593,37 @@ class PrinterSim:
         else:
             out.append("ok")
         return False
+
+    def _link_fault(self, n, out):
+        """Apply a stalling fault to a correct line ``n``; True if the line is not taken."""
+        if n in self._swallow_next:
+            self._swallow_next.discard(n)
+            self.swallowed.append(n)
+            self._log("*", "resent line %d swallowed: no answer" % n)
+            return True
+        if n in self.swallow_resent_lines:
+            self.swallow_resent_lines.discard(n)
+            self._swallow_next.add(n)
+            self.injected_resends += 1
+            self._request_resend(out)
+            return True
+        if n in self.unanswered_error_lines:
+            self.unanswered_error_lines.discard(n)
+            self.unanswered_errors.append(self._emit_error_line(self.unanswered_error, out))
+            return True
+        return False
+
+    def _auto_report(self, code):
+        """``M155 S<s>``: temperature reports every s seconds from now on; S0 stops them."""
+        seconds = 0.0
+        for word in code.split()[1:]:
+            if word[:1] in "Ss":
+                try:
+                    seconds = float(word[1:])
+                except ValueError:
+                    pass
+        self.temp_interval = seconds or None
+        self._temp_due = time.monotonic() + seconds if seconds else None
 
     def _work(self, out, seconds, heating=False):
         """Spend ``seconds`` on a command, with busy keepalives (temperatures while heating)."""

@@ -253,3 +253,63 @@ def test_printcore_prints_to_a_printer_that_does_not_reset():
     assert printed(sim) == expected
     assert sim.errors == []
     assert not any(line == 'start' for _, direction, line in sim.transcript if direction == '>')
+
+
+def test_line_error_answered_by_the_error_alone():
+    # The N eaten by noise: the error line and nothing after it, no Resend:, no ok.
+    with PrinterSim(reset_on_open=False, unanswered_error_lines={2}) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, numbered(1, 'G1 X1')) == ['ok']
+        assert ask(port, numbered(2, 'G1 X2')) == ['Error:No Line Number with checksum, Last Line: 1']
+        assert ask(port, 'M105') == ['ok T:20.0 /0.0 B:20.0 /0.0']
+        assert ask(port, numbered(2, 'G1 X2')) == ['ok']             # the next copy is taken
+        port.close()
+    assert sim.received == ['G1 X1', 'M105', 'G1 X2']
+    assert sim.unanswered_errors == ['Error:No Line Number with checksum, Last Line: 1']
+    assert sim.errors == []
+
+
+def test_resent_line_swallowed_without_a_word():
+    with PrinterSim(reset_on_open=False, swallow_resent_lines={2}) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, numbered(1, 'G1 X1')) == ['ok']
+        assert ask(port, numbered(2, 'G1 X2')) == ['Resend: 2', 'ok']
+        assert ask(port, numbered(2, 'G1 X2')) == []                  # swallowed
+        assert ask(port, 'M105') == ['ok T:20.0 /0.0 B:20.0 /0.0']
+        # the line after it tells the host the printer never took line 2
+        assert ask(port, numbered(3, 'G1 X3')) == [
+            'Error:Line Number is not Last Line Number+1, Last Line: 1', 'Resend: 2', 'ok']
+        assert ask(port, numbered(2, 'G1 X2')) == ['ok']
+        port.close()
+    assert sim.received == ['G1 X1', 'M105', 'G1 X2']
+    assert sim.swallowed == [2] and sim.injected_resends == 1
+
+
+def auto_reports(sim):
+    """The temperature lines the printer sent on its own (M155's reports)."""
+    return [line for _, direction, line in sim.transcript
+            if direction == '>' and line.startswith(' T:')]
+
+
+def test_m155_turns_the_temperature_auto_report_on_and_off():
+    with PrinterSim(reset_on_open=False) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, 'M155 S0.1') == ['ok']
+        assert sim.wait_for(lambda s: len(auto_reports(s)) >= 3, timeout=5)
+        answer = ask(port, 'M155 S0')
+        assert answer[-1] == 'ok' and all(line.startswith(' T:') for line in answer[:-1]), answer
+        stopped = len(auto_reports(sim))
+        assert ask(port, 'G4 P0') == ['ok']
+        assert not sim.wait_for(lambda s: len(auto_reports(s)) > stopped, timeout=0.5)
+        port.close()
+    assert sim.received == ['M155 S0.1', 'M155 S0', 'G4 P0']
+
+
+def test_wait_comes_when_no_input_came_for_the_interval():
+    with PrinterSim(reset_on_open=False, wait_interval=0.1) as sim:
+        port = serial.Serial(sim.port, 115200, timeout=0.3)
+        assert ask(port, 'G1 X1') == ['ok']
+        assert sim.wait_for(lambda s: sum(line == 'wait' for _, d, line in s.transcript if d == '>') >= 3,
+                            timeout=5)
+        port.close()
+    assert sim.received == ['G1 X1']

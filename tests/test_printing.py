@@ -66,18 +66,24 @@ def wire_lines(sim):
             if direction == '<' and not line.startswith('(')]
 
 
-def check_wire_format(sim, expected=EXPECTED):
-    """``M110 N0``, then each line as ``N<n> <code>*<xor of the bytes before '*'>``.
+def check_wire_format(sim, expected=EXPECTED, pokes=False):
+    """``M110 N0``, then each line as ``N<n> <code>*<xor of the bytes before '*'>``
+    (with ``pokes``, M105s between them).
 
     A line is sent again only after the printer asked for it: every number is
-    the last one + 1 or the number of a resend request.
+    the last one + 1, the number of a resend request, or the Last Line + 1 of
+    an Error: line.
     """
     sent = wire_lines(sim)
     assert sent[0] == 'M110 N0'
     last = 0
-    asked = (RESEND_RE.match(line) for _, d, line in sim.transcript if d == '>')
-    resend_targets = {int(match.group(1)) for match in asked if match}
+    said = [line for _, d, line in sim.transcript if d == '>']
+    resend_targets = {int(match.group(1)) for match in map(RESEND_RE.match, said) if match}
+    resend_targets |= {int(number) + 1 for line in said if line.startswith('Error:')
+                       for number in re.findall(r'Last Line: ([0-9]+)', line)}
     for line in sent[1:]:
+        if pokes and line == 'M105':
+            continue
         match = WIRE_RE.match(line)
         assert match, f'not N<n> <code>*<checksum>: {line!r}'
         number, code, given = int(match.group(1)), match.group(2), int(match.group(3))
@@ -360,7 +366,7 @@ def test_lost_ok_is_poked_for_and_the_print_goes_on(options):
     check_file_once(sim)
     pokes = unnumbered(sim)[1:]
     assert 1 <= len(pokes) == max(len(sim.dropped_oks), sim.injected_resends), unnumbered(sim)
-    assert 'sending M105' in done.stdout
+    assert 'poked with M105' in done.stdout
 
 
 def test_lost_ok_with_the_default_communication_timeout():
@@ -399,6 +405,126 @@ def test_long_command_is_poked_when_silent_and_the_print_goes_on(busy_interval):
         assert 2 < pokes <= 2 * PRINT_MAX_POKES  # more than one each, a few at most
     else:
         assert pokes <= 2  # one each at most, before its first busy: line; none after it
+
+
+###############################################################################
+# Faults that stall a sender that only waits (issue 21, item 1)
+###############################################################################
+
+# Temperature auto-reports (M155) or ``wait`` lines (Marlin's NO_TIMEOUTS)
+# every 0.1 s, well inside the communication timeout of 0.5 s: they must not
+# hide the silence.
+AUTO_REPORTS = {'quiet': {}, 'auto-reports': {'temp_interval': 0.1},
+                'wait-lines': {'wait_interval': 0.1}}
+
+
+def sender_log(done):
+    """The lines ``rrcloud print`` logged, without its prefix."""
+    prefix = 'rrcloud print: '
+    return [line[len(prefix):] for line in done.stdout.splitlines() if line.startswith(prefix)]
+
+
+def pokes_logged(done, number):
+    """The log lines saying line ``number`` went unanswered and M105 went out."""
+    return [line for line in sender_log(done)
+            if re.fullmatch(rf'no answer to line {number} for [0-9.]+ s: poked with M105', line)]
+
+
+@pytest.mark.parametrize('options', AUTO_REPORTS.values(), ids=AUTO_REPORTS.keys())
+@pytest.mark.parametrize('line', [1, 40, COUNT])
+def test_line_error_without_resend_or_ok_is_poked_and_the_line_sent_again(options, line):
+    with PrinterSim(reset_on_open=False, unanswered_error_lines={line}, **options) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_file_once(sim)
+    check_wire_format(sim, pokes=True)
+    error = f'Error:No Line Number with checksum, Last Line: {line - 1}'
+    assert sim.unanswered_errors == [error]
+    assert unnumbered(sim) == ['M110 N0', 'M105']
+    log = sender_log(done)
+    assert f'printer: {error}' in log
+    assert len(pokes_logged(done, line)) == 1, log
+    assert f'the printer refused line {line} without asking for a resend: sending line {line} again' in log
+
+
+# Marlin 2.0's flush_and_request_resend() printed Resend: without an ok: each
+# resend request then costs a poke too (three in all: after Resend: 40, after
+# the swallowed copy, after the Resend: 40 that line 41 brings).
+SWALLOWING = {
+    'quiet': ({}, 1),
+    'auto-reports': ({'temp_interval': 0.1}, 1),
+    'wait-lines': ({'wait_interval': 0.1}, 1),
+    'resend-without-ok': ({'ok_after_resend': False, 'temp_interval': 0.1}, 3),
+}
+
+
+@pytest.mark.parametrize('options, pokes', SWALLOWING.values(), ids=SWALLOWING.keys())
+def test_resent_line_swallowed_is_poked_for_and_sent_again(options, pokes):
+    with PrinterSim(reset_on_open=False, swallow_resent_lines={40}, **options) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    assert sim.swallowed == [40]
+    assert file_lines(sim) == EXPECTED
+    assert [n for n, _ in sim.received_numbered if n is not None] == list(range(1, COUNT + 1))
+    assert unnumbered(sim) == ['M110 N0'] + ['M105'] * pokes
+    # After the poke the sender goes on (most often an ok was lost, and the
+    # line taken); the printer's answer to line 41 says line 40 was not.
+    refusal = 'Error:Line Number is not Last Line Number+1, Last Line: 39'
+    assert sim.errors == [refusal]
+    check_wire_format(sim, pokes=True)
+    log = sender_log(done)
+    assert len(pokes_logged(done, 40)) + len(pokes_logged(done, 41)) == pokes, log
+    assert f'printer: {refusal}' in log
+
+
+def with_auto_report(tmp_path, interval):
+    """small.gcode with ``M155 S<interval>`` first: the printer reports temperatures on its own."""
+    path = tmp_path / 'auto-report.gcode'
+    path.write_text(f'M155 S{interval:g} ; report temperatures\n' + SMALL.read_text())
+    return path
+
+
+def test_lost_ok_under_temperature_auto_reports_is_poked_for(tmp_path):
+    path = with_auto_report(tmp_path, 0.1)
+    expected = gcode_lines(path)
+    with PrinterSim(reset_on_open=False, drop_ok_lines={40, 200}) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(path))
+
+    assert done.returncode == 0, done
+    check_file_once(sim, expected)
+    assert sim.dropped_oks == [40, 200]
+    assert unnumbered(sim) == ['M110 N0', 'M105', 'M105']
+    assert len(pokes_logged(done, 40)) == len(pokes_logged(done, 200)) == 1, sender_log(done)
+    reports = [line for _, direction, line in sim.transcript if direction == '>' and line.startswith(' T:')]
+    assert len(reports) >= 5, 'the printer reported while the sender waited'
+
+
+def test_lost_ok_while_the_printer_says_wait_is_poked_for():
+    with PrinterSim(reset_on_open=False, drop_ok_lines={40}, wait_interval=0.1) as sim:
+        done, _ = run_print('--comm-timeout=0.5', sim.port, str(SMALL))
+
+    assert done.returncode == 0, done
+    check_file_once(sim)
+    assert unnumbered(sim) == ['M110 N0', 'M105']
+    assert len(pokes_logged(done, 40)) == 1, sender_log(done)
+    waits = [line for _, direction, line in sim.transcript if direction == '>' and line == 'wait']
+    assert len(waits) >= 3, 'the printer said wait while the sender waited'
+
+
+def test_printer_that_only_auto_reports_fails_after_the_full_timeout():
+    # Stuck on line 100, its temperature reports still coming (Marlin's idle()
+    # reports while the command loop hangs): the reports are no answer.
+    with PrinterSim(reset_on_open=False, silent_after=100, temp_interval=0.1,
+                    report_when_silent=True) as sim:
+        done, seconds = run_print('--timeout=2', '--comm-timeout=0.5', sim.port, str(SMALL))
+
+    message = error_line(done)
+    assert 'stopped answering' in message and '2 s after line 100' in message, message
+    assert 'M105 went unanswered' in message, message
+    assert printed(sim) == EXPECTED[:99]
+    assert 1 <= len(sim.ignored[1:]) <= PRINT_MAX_POKES
 
 
 def test_resend_loop_stops_naming_the_line():
