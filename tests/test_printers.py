@@ -81,6 +81,13 @@ def test_bad_conf_is_an_error_naming_the_file_and_line(tmp_path, text, line, wor
     assert str(raised.value).startswith(f'printers/mk3.conf:{line}: {words}'), raised.value
 
 
+def test_the_shipped_example_is_a_good_conf():
+    from conftest import REPO
+    printer = parse_printer('mk3', (REPO / 'printers' / 'mk3.conf.example').read_text(), 'mk3.conf.example')
+    assert (printer.port, printer.baud) == ('/dev/ttyACM0', 115200)
+    assert printer.pause_gcode[0] == 'M400' and printer.end_gcode == ['M84']
+
+
 def test_conf_without_a_port_is_refused():
     with pytest.raises(ConfigError, match=r'\Aprinters/x.conf: no port'):
         parse_printer('x', 'baud = 115200\n', 'printers/x.conf')
