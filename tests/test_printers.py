@@ -246,3 +246,18 @@ def test_service_printers_unknown_printer_is_a_400_and_nothing_stays(tmp_path):
     assert answer.status_code == 400, answer.text
     assert "unknown printer 'mk9'" in answer.text
     assert not any(name.startswith(('in/', 'info/', 'queue/')) for name in left), left
+
+
+def test_a_client_names_the_printer_and_its_server_prints_on_it(cli, workdir, embedded_server):
+    """``rrcloud --s=SERVER printrun mk3``: the name goes to the server, which
+    looks it up in its own printers/ (the client has none); ``--s`` printers too."""
+    shutil.copy(SMALL, workdir / 'small.gcode')
+    server = embedded_server(services={'printrun': PTY_PRINTRUN_CONF})
+    with PrinterSim() as sim:
+        write_printer(server.root, 'mk3', f'port = {sim.port}\n')
+        result = cli('--sync', f'--s={server.address}', 'printrun', 'mk3', 'small.gcode')
+        listed = cli(f'--s={server.address}', 'printers')
+
+    assert result.code == 0, result
+    assert printed(sim) == EXPECTED
+    assert listed.code == 0 and f'name: mk3\nport: {sim.port}\nstate: idle\n' in listed.out, listed
