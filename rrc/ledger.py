@@ -25,6 +25,7 @@ some 20,000 to 40,000 tasks.
 import os
 import time
 
+from .printers import PRINT_SERVICES
 from .schema import Field, TaskStatus
 
 HISTORY_FILE = 'history'
@@ -34,8 +35,6 @@ MAX_HISTORY_BYTES = 4 * 1024 * 1024
 MAX_LINE_BYTES = 4000
 # An error or a printer's name is cut to this many characters in a line.
 MAX_TEXT_CHARS = 300
-# The services whose tasks are prints (their first native word is the port).
-PRINT_SERVICES = ('printrun', 'printcore')
 # Printer fields another part of rrcloud may write into a print's record.
 PRINTER_FIELD = 'printer'
 # The G-code metadata of a print's input (rrc/gcodemeta.py) kept in its line, by the names history shows.

@@ -9,7 +9,9 @@ import time
 
 from .errors import NotFound, reason_without_paths
 from .names import check_task_id
+from .ledger import PRINTER_FIELD, native_words
 from .order import queue_order
+from .printers import PRINT_SERVICES
 from .procs import process_start_time, spawn_runner
 from .schema import Field
 from .settings import read_settings, task_settings
@@ -57,13 +59,14 @@ def dispatch(store, config):
         slot = acquire_slot(store, config.maxTasks) if markers else None
         if slot is None:
             return
+        busy_printers = BusyPrinters(store)
         try:
             for task_id in queue_order(store, markers):
                 if slot is None:
                     slot = acquire_slot(store, config.maxTasks)
                     if slot is None:
                         return
-                if not _queued_here(store, task_id):
+                if not _queued_here(store, task_id) or not busy_printers.claim(task_id):
                     continue
                 try:
                     _start_queued(store, config, task_id, slot)
@@ -81,6 +84,46 @@ def _queued_here(store, task_id):
         return store.node.owns(store.read_task(task_id))
     except NotFound:
         return True
+
+
+class BusyPrinters:
+    """The printers (names and ports) this dispatch finds printing: one print
+    per printer at a time, the others wait in the queue for it.  Read only
+    when a queued print asks, once per dispatch."""
+
+    def __init__(self, store):
+        self.store, self.busy = store, None
+
+    def claim(self, task_id):
+        """True when the task may start: it is no print, or its printer is
+        free (then it is busy for the rest of this dispatch)."""
+        targets = print_targets(_record_or_empty(self.store, task_id))
+        if not targets:
+            return True
+        if self.busy is None:
+            self.busy = set()
+            for running_id in marked(self.store, 'running'):
+                self.busy |= print_targets(_record_or_empty(self.store, running_id))
+        if targets & self.busy:
+            return False
+        self.busy |= targets
+        return True
+
+
+def print_targets(record):
+    """The printer a print task uses, by its name and by its port (the first
+    native word that is no option); empty for any other task."""
+    if record.get(Field.SERVICE) not in PRINT_SERVICES:
+        return set()
+    ports = [word for word in native_words(record.get(Field.NATIVE_ARGS, '')) if not word.startswith('-')]
+    return {target for target in (record.get(PRINTER_FIELD), ports[0] if ports else '') if target}
+
+
+def _record_or_empty(store, task_id):
+    try:
+        return store.read_task(task_id)
+    except NotFound:
+        return {}
 
 
 def slot_folder(store):

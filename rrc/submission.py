@@ -13,6 +13,7 @@ from .errors import RRCloudError, UsageError
 from .names import is_extension
 from .notifier import check_notifier_target, notifier_events_field
 from .order import mark_placed, parse_priority
+from .printers import resolve_printer
 from .projects import PROJECT_SUFFIXES, is_project_name, unpack_project
 from .backends import task_queue
 from .records import native_field
@@ -98,6 +99,9 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
     ``fields`` added; nothing is stored when a check fails."""
     for item in inputs:
         check_prearg(service, item.prearg)
+    # A print that names its printer runs on that printer's port; its record keeps the name.
+    native_args, printer_fields = resolve_printer(store.root, service, native_args)
+    fields = dict(fields or {}, **printer_fields)
     check_native_args(service, list(native_args))
     check_params(service, params)
     check_output_ext(service, out_ext)

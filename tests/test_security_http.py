@@ -993,7 +993,7 @@ STATE_CHANGES = {
     'a worker\'s end': ('POST', '/', {'service': 'workdone', 'id': '{witness}', 'attempt': '1'}),
 }
 # The services that only read; every other one must be walked above.
-READ_SERVICES = {'info', 'meta', 'events', 'workinput', 'history'}
+READ_SERVICES = {'info', 'meta', 'events', 'workinput', 'history', 'printers'}
 ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_site()}
 
 

@@ -12,6 +12,7 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] rm ID...            remove ended tasks with their files
        rrcloud [OPTIONS] clean --older-than=DAYS   remove the tasks that ended over DAYS days ago
        rrcloud [OPTIONS] history [--since=DAYS]  per service and printer: what ended tasks did
+       rrcloud [OPTIONS] printers            the named printers (printers/NAME.conf): port, state, task
        rrcloud [OPTIONS] meta                show what this machine offers
        rrcloud [OPTIONS] kill ID             stop a busy task (here, or at the server it was sent to)
        rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)

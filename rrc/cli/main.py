@@ -53,6 +53,9 @@ def cli(args):
     if command == 'history':
         from .history import cmd_history
         return cmd_history(ctx, rest)
+    if command == 'printers':
+        from .printers import cmd_printers
+        return cmd_printers(ctx, rest)
     if command in ('rm', 'clean'):
         from .remove import cmd_clean, cmd_rm
         return (cmd_rm if command == 'rm' else cmd_clean)(ctx, rest)

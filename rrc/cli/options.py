@@ -9,13 +9,14 @@ from ..names import LazyPattern
 from ..optiontable import check_value, is_wildcard, refusal
 from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
+from ..printers import names_a_printer
 from ..services import check_params, find_service, format_chosen, load_services
 from ..store import Store
 from ..submission import Input, input_kinds
 
 
 CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move', 'get', 'rm', 'clean',
-                'history')
+                'history', 'printers')
 VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir', 'priority')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 
@@ -248,6 +249,9 @@ def _take_option(service, arg, rest, call, allow_output):
     if native is not None:
         call.native.append(native)
         return True
+    if _printer_name(service, arg, call):  # the server looks it up (rrc/printers.py)
+        call.native.append(arg)
+        return True
     param = _param(service, arg, rest)
     if param is not None:
         check_params(service, [param])
@@ -320,6 +324,13 @@ def _native_argument(service, arg, rest):
         rest.pop(0)
         return joined
     return None
+
+
+def _printer_name(service, arg, call):
+    """True for a print's first word that names a printer (``printrun mk3
+    part.gcode``): a printer's name, before any port or input, not a file here."""
+    return (names_a_printer(service, [arg]) and not call.native and not call.inputs
+            and not os.path.exists(arg))
 
 
 def _param(service, arg, rest):

@@ -216,6 +216,16 @@ def answer_history(app, request):
     return Response('\n'.join(format_record(block) for block in report_blocks(report)))
 
 
+def answer_printers(app, request):
+    """``service=printers``: every named printer (``printers/NAME.conf``): its
+    port, state, current task and temperatures; a read (rrc/printerlist.py)."""
+    from ..printerlist import list_printers
+    printers = list_printers(app.store)
+    if request.format == 'json':
+        return Response(to_json(printers, sort_keys=True) + '\n', 200, 'application/json')
+    return Response('\n'.join(format_record(printer) for printer in printers))
+
+
 def answer_submit(app, request):
     """``POST service=NAME ...``: start a task; held until it ends for a 0.019
     client or ``wait=S``."""
@@ -479,4 +489,5 @@ PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
                   'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
                   'events': answer_events, 'move': answer_move, 'remove': answer_remove,
-                  'clean': answer_clean, 'history': answer_history, **WORK_ROUTES}
+                  'clean': answer_clean, 'history': answer_history,
+                  'printers': answer_printers, **WORK_ROUTES}

@@ -1,0 +1,41 @@
+"""``rrcloud printers``: every named printer of the store (rrc/printerlist.py),
+or with ``--s`` of that server (``service=printers``)."""
+
+import sys
+
+from ..errors import ExitCode, NoServer, UsageError
+from ..names import is_record_key
+from ..printerlist import list_printers
+from ..remote import terminal_safe
+from ..store import format_record, to_json
+
+
+def cmd_printers(ctx, args):
+    """``rrcloud printers``: one ``key: value`` block per printer, or with
+    ``--format=json`` one list."""
+    if args:
+        raise UsageError('printers takes no arguments')
+    printers = server_printers(ctx) if ctx.options.s else list_printers(ctx.store)
+    if ctx.options.format == 'json':
+        sys.stdout.write(to_json(printers, indent=1, sort_keys=True) + '\n')
+    else:
+        sys.stdout.write('\n'.join(format_record(printer) for printer in printers))
+    return ExitCode.OK
+
+
+def server_printers(ctx):
+    """The ``--s`` server's printers, their keys and values made safe for a terminal."""
+    from ..remote import CONNECT_TIMEOUT, cannot_reach, http_session, refusal_reason, server_url
+    url = server_url(ctx.options.s, ctx.config.port)
+    try:
+        response = http_session(ctx.config.client_token_for).get(
+            url, params={'service': 'printers', 'format': 'json'}, timeout=(CONNECT_TIMEOUT, 60))
+    except OSError as exc:  # requests' errors are OSErrors
+        raise cannot_reach(url, exc) from None
+    if response.status_code != 200:
+        raise (UsageError if response.status_code == 400 else NoServer)(f'{url}: {refusal_reason(response)}')
+    try:
+        return [{key: terminal_safe(str(value)) for key, value in printer.items() if is_record_key(str(key))}
+                for printer in response.json()]
+    except (ValueError, TypeError, AttributeError):
+        raise NoServer(f'{url}: not an rrcloud printers answer') from None

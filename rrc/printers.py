@@ -1,0 +1,183 @@
+"""Named printers: ``printers/NAME.conf`` in the store root (like ``services/``).
+
+A conf gives a printer's port and baud and the G-code the sender runs on
+pause, resume and cancel (Marlin defaults when it names none), and optional
+start and end G-code::
+
+    port = /dev/ttyACM0
+    baud = 115200
+    pause = G91
+    pause = G1 E-2 Z10 F1200      # a G-code key given again adds a line
+    cancel = M104 S0
+
+A print names its printer instead of a port (``rrcloud printrun mk3
+part.gcode``): the server looks the name up here and prints on its port
+(``resolve_printer``).  A name is checked against ``is_printer_name`` before
+it is ever part of a path; nothing else a client sends reaches this folder.
+"""
+
+import os
+
+from .errors import ConfigError, UsageError
+from .keyvalue import parse_key_value_text
+from .names import NATIVE_VALUE_RE
+
+# The services whose tasks are prints: their first native word is a port (or a printer's name).
+PRINT_SERVICES = ('printrun', 'printcore')
+PRINTERS_FOLDER = 'printers'
+GCODE_KEYS = ('pause', 'resume', 'cancel', 'start', 'end')
+PRINTER_KEYS = ('port', 'baud') + GCODE_KEYS
+# Speeds a serial printer is run at (pyserial's standard rates that printers use).
+BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 460800, 500000, 921600, 1000000)
+# A conf is a few lines of settings and macros; anything bigger is a mistake.
+MAX_CONF_BYTES = 64 * 1024
+MAX_NAME_CHARS = 32
+
+# Marlin's usual macros.  Pause: relative moves, retract 2 mm, lift 10 mm,
+# back to absolute; the heaters keep their temperatures (a filament change
+# needs a hot nozzle).  Resume: down 10 mm, prime 2 mm.  Cancel: heaters,
+# fan and motors off.
+DEFAULT_GCODE = {
+    'pause': ('G91', 'G1 E-2 F2700', 'G1 Z10 F600', 'G90'),
+    'resume': ('G91', 'G1 Z-10 F600', 'G1 E2 F2700', 'G90'),
+    'cancel': ('M104 S0', 'M140 S0', 'M107', 'M84'),
+    'start': (),
+    'end': (),
+}
+
+
+def is_printer_name(text):
+    """True for a printer's name: a lower-case letter, then lower-case letters,
+    digits, ``_`` or ``-``, at most 32 characters (never a path, an option or
+    a file name with an extension)."""
+    return (isinstance(text, str) and 0 < len(text) <= MAX_NAME_CHARS and 'a' <= text[0] <= 'z'
+            and all('a' <= c <= 'z' or '0' <= c <= '9' or c in '_-' for c in text))
+
+
+def is_port_path(text):
+    """True for what may name a serial device: ``/dev/`` and a safe name
+    (no ``..``, no spaces); the service's nativeArgs then decide which ones a print may use."""
+    rest = text[len('/dev/'):] if text.startswith('/dev/') else ''
+    return bool(rest) and '..' not in rest.split('/') and bool(NATIVE_VALUE_RE.match(rest.replace('/', '')))
+
+
+def is_gcode_line(text):
+    """True for one G-code command: a G, M or T word and a number, then
+    words of a letter and a value (``G1 X10 F600``, ``M104 S0``); no comment, no host command."""
+    words = text.split()
+    if not words or words[0][:1].upper() not in 'GMT' or not words[0][1:].replace('.', '', 1).isdigit():
+        return False
+    return all(word[:1].isalpha() and all(c.isalnum() or c in '.-+' for c in word[1:]) for word in words[1:])
+
+
+class Printer:
+    """One printer as its conf says: ``name``, ``port``, ``baud`` (0: the
+    sender's default) and the G-code of each moment, as lists of lines."""
+
+    def __init__(self, name, port, baud, gcode):
+        self.name, self.port, self.baud = name, port, baud
+        self.pause_gcode = list(gcode['pause'])
+        self.resume_gcode = list(gcode['resume'])
+        self.cancel_gcode = list(gcode['cancel'])
+        self.start_gcode = list(gcode['start'])
+        self.end_gcode = list(gcode['end'])
+
+    def native_words(self):
+        """The native words a print on this printer runs with: its port, and its baud when it names one."""
+        return [self.port] + ([f'--baud={self.baud}'] if self.baud else [])
+
+
+def parse_printer(name, text, where):
+    """A Printer from a conf's text; a ConfigError names ``where`` and the line."""
+    fields, gcode = {}, {}
+    for number, key, value in parse_key_value_text(text, where):
+        if key not in PRINTER_KEYS:
+            raise ConfigError(f'{where}:{number}: unknown key {key!r} (known: {", ".join(PRINTER_KEYS)})')
+        if key in GCODE_KEYS:
+            if not is_gcode_line(value):
+                raise ConfigError(f'{where}:{number}: {key}: not a G-code command: {value[:80]!r}')
+            gcode.setdefault(key, []).append(value)
+        else:
+            fields[key] = (number, value)
+    port = _checked_port(fields, where)
+    baud = _checked_baud(fields, where)
+    return Printer(name, port, baud, {key: gcode.get(key, DEFAULT_GCODE[key]) for key in GCODE_KEYS})
+
+
+def _checked_port(fields, where):
+    if 'port' not in fields:
+        raise ConfigError(f'{where}: no port (e.g. port = /dev/ttyACM0)')
+    number, port = fields['port']
+    if not is_port_path(port):
+        raise ConfigError(f'{where}:{number}: port: not a serial device path: {port[:80]!r}')
+    return port
+
+
+def _checked_baud(fields, where):
+    if 'baud' not in fields:
+        return 0
+    number, text = fields['baud']
+    if not text.isdigit() or int(text) not in BAUD_RATES:
+        raise ConfigError(f'{where}:{number}: baud: not a serial speed: {text[:20]!r} '
+                          f'(one of {", ".join(map(str, BAUD_RATES))})')
+    return int(text)
+
+
+def printer_conf_path(root, name):
+    """``ROOT/printers/NAME.conf`` of a checked name (a UsageError for any other)."""
+    if not is_printer_name(name):
+        raise UsageError(f'bad printer name: {str(name)[:40]!r} (lower-case letters, digits, _ and -)')
+    return os.path.join(root, PRINTERS_FOLDER, name + '.conf')
+
+
+def printer_names(root):
+    """The names of the printers configured in ``ROOT/printers``, sorted (not parsed)."""
+    folder = os.path.join(root, PRINTERS_FOLDER)
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(entry[:-len('.conf')] for entry in entries
+                  if entry.endswith('.conf') and is_printer_name(entry[:-len('.conf')]))
+
+
+def load_printer(root, name):
+    """The Printer ``name`` of the store at ``root``: a UsageError when there
+    is none, a ConfigError naming the file and line when its conf is bad."""
+    path = printer_conf_path(root, name)
+    where = f'{PRINTERS_FOLDER}/{name}.conf'  # store-relative: a client may read the error
+    try:
+        with open(path, 'rb') as handle:
+            data = handle.read(MAX_CONF_BYTES + 1)
+    except FileNotFoundError:
+        known = ', '.join(printer_names(root)) or 'none'
+        raise UsageError(f'unknown printer {name!r} (configured: {known})') from None
+    except OSError as exc:
+        raise ConfigError(f'{where}: cannot read: {exc.strerror}') from None
+    if len(data) > MAX_CONF_BYTES:
+        raise ConfigError(f'{where}: larger than {MAX_CONF_BYTES} bytes')
+    try:
+        return parse_printer(name, data.decode('utf-8'), where)
+    except UnicodeDecodeError:
+        raise ConfigError(f'{where}: not UTF-8 text') from None
+
+
+def names_a_printer(service, native_args):
+    """True when a print's first native word is a printer's name rather than a port or an option."""
+    return service.name in PRINT_SERVICES and bool(native_args) and is_printer_name(native_args[0])
+
+
+def resolve_printer(root, service, native_args):
+    """(native words, record fields) of a print that names its printer: the
+    name becomes its port (and baud), the record keeps ``printer: NAME``.
+    Any other task's words come back as they are, with no fields."""
+    native_args = list(native_args)
+    if not names_a_printer(service, native_args):
+        return native_args, {}
+    printer = load_printer(root, native_args[0])
+    words = printer.native_words()
+    refused = [word for word in words if not service.allows_native(word)]
+    if refused:  # the admin's conf, but the service conf still decides which ports a print may use
+        raise ConfigError(f'printer {printer.name!r}: {refused[0]} is not allowed by the nativeArgs of '
+                          f'services/{service.name}.conf')
+    return words + native_args[1:], {'printer': printer.name}

@@ -1,0 +1,263 @@
+"""Named printers (rrc/printers.py, rrc/printerlist.py): ``printers/NAME.conf``
+read and checked, a print that names its printer, one print per printer at a
+time in the local queue, ``rrcloud printers`` and ``service=printers``.
+
+No mocks: prints go to tests/printer_sim.PrinterSim behind a pty, through
+the command line (in-process and as a process) and the WSGI app in-process
+with real runners.
+"""
+import shutil
+
+import pytest
+
+import deploy
+from conftest import DATA, make_service, task_id_of, write_config
+from helpers import PTY_PRINTRUN_CONF, read_record, submit, wait_done, wait_for, wait_until_done
+from printer_sim import PrinterSim
+from rrc.errors import ConfigError, UsageError
+from rrc.printers import DEFAULT_GCODE, load_printer, parse_printer
+from rrc.printing import gcode_lines
+from rrc.store import Store
+
+SMALL = DATA / 'small.gcode'
+EXPECTED = gcode_lines(SMALL)
+MISSING_PORT = '/dev/pts/rrcloud-no-such-port'
+
+
+def printed(sim):
+    """The code lines the printer took, in order, without the line numbers and checksums."""
+    return [text for _, text in sim.received_numbered if not text.startswith('M110')]
+
+
+def write_printer(root, name, text):
+    folder = root / 'printers'
+    folder.mkdir(exist_ok=True)
+    (folder / f'{name}.conf').write_text(text)
+
+
+def store_files(root):
+    """Files under ROOT/tasks but the lock and the slots."""
+    tasks = root / 'tasks'
+    return {str(path.relative_to(tasks)) for path in tasks.rglob('*')
+            if path.is_file() and path.relative_to(tasks).parts[0] != 'slots' and path.name != '.lock'} \
+        if tasks.exists() else set()
+
+
+@pytest.fixture
+def printer_store(workdir):
+    """A store whose printrun prints on ptys, and a copy of small.gcode."""
+    make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
+    shutil.copy(SMALL, workdir / 'small.gcode')
+    return workdir
+
+
+###############################################################################
+# The conf
+###############################################################################
+
+def test_conf_gives_port_baud_and_gcode_with_marlin_defaults(tmp_path):
+    write_printer(tmp_path, 'mk3', 'port = /dev/ttyACM0\nbaud = 250000\n'
+                                   'pause = G91\npause = G1 E-5 Z5 F1200  # retract more\nend = M84\n')
+    printer = load_printer(str(tmp_path), 'mk3')
+
+    assert (printer.name, printer.port, printer.baud) == ('mk3', '/dev/ttyACM0', 250000)
+    assert printer.pause_gcode == ['G91', 'G1 E-5 Z5 F1200']
+    assert printer.resume_gcode == list(DEFAULT_GCODE['resume'])
+    assert printer.cancel_gcode == ['M104 S0', 'M140 S0', 'M107', 'M84']
+    assert (printer.start_gcode, printer.end_gcode) == ([], ['M84'])
+
+
+@pytest.mark.parametrize('text, line, words', [
+    ('port = /dev/ttyACM0\ncancel = rm -rf /\n', 2, 'cancel: not a G-code command'),
+    ('baud = 115200\nport = /etc/passwd\n', 2, 'port: not a serial device path'),
+    ('port = /dev/../etc/passwd\n', 1, 'port: not a serial device path'),
+    ('port = /dev/ttyACM0\nbaud = fast\n', 2, 'baud: not a serial speed'),
+    ('port = /dev/ttyACM0\ncolour = red\n', 2, "unknown key 'colour'"),
+])
+def test_bad_conf_is_an_error_naming_the_file_and_line(tmp_path, text, line, words):
+    write_printer(tmp_path, 'mk3', text)
+    with pytest.raises(ConfigError) as raised:
+        load_printer(str(tmp_path), 'mk3')
+    assert str(raised.value).startswith(f'printers/mk3.conf:{line}: {words}'), raised.value
+
+
+def test_the_shipped_example_is_a_good_conf():
+    from conftest import REPO
+    printer = parse_printer('mk3', (REPO / 'printers' / 'mk3.conf.example').read_text(), 'mk3.conf.example')
+    assert (printer.port, printer.baud) == ('/dev/ttyACM0', 115200)
+    assert printer.pause_gcode[0] == 'M400' and printer.end_gcode == ['M84']
+
+
+def test_conf_without_a_port_is_refused():
+    with pytest.raises(ConfigError, match=r'\Aprinters/x.conf: no port'):
+        parse_printer('x', 'baud = 115200\n', 'printers/x.conf')
+
+
+@pytest.mark.parametrize('name', ['../etc/passwd', 'MK3', 'mk3.conf', '', '-x', 'a' * 33, 'mk 3'])
+def test_a_name_that_is_not_a_printer_name_is_never_a_path(tmp_path, name):
+    with pytest.raises(UsageError, match='bad printer name'):
+        load_printer(str(tmp_path), name)
+
+
+###############################################################################
+# A print by name
+###############################################################################
+
+@pytest.mark.parametrize('how', ['printrun.cloud', 'rrcloud --sync'])
+def test_print_by_name_prints_on_its_port_and_the_record_names_it(cli, printer_store, how):
+    with PrinterSim() as sim:
+        write_printer(printer_store, 'mk3', f'port = {sim.port}\n')
+        if how == 'printrun.cloud':
+            result = cli('mk3', 'small.gcode', prog='printrun.cloud')
+        else:
+            result = cli('--sync', 'printrun', 'mk3', 'small.gcode')
+        (task_id,) = Store(str(printer_store)).task_ids()
+        record = wait_until_done(printer_store, task_id)
+
+    assert result.code == 0, result
+    assert record['status'] == 'complete', record
+    assert record['printer'] == 'mk3'
+    assert record['cmd'].startswith(f'rrcloud print {sim.port} tasks/in/'), record['cmd']
+    assert printed(sim) == EXPECTED
+
+
+def test_unknown_printer_is_one_error_line_and_nothing_is_queued(cli, printer_store):
+    write_printer(printer_store, 'mk3', f'port = {MISSING_PORT}\n')
+    result = cli('printrun', 'mk4', 'small.gcode')
+
+    assert result.code == 2, result
+    assert result.err == "rrcloud: error: unknown printer 'mk4' (configured: mk3)\n"
+    assert store_files(printer_store) == set()
+
+
+def test_bad_conf_refuses_the_print_and_nothing_reaches_the_printer(cli, printer_store):
+    with PrinterSim() as sim:
+        write_printer(printer_store, 'mk3', f'port = {sim.port}\npause = G91\npause = pause please\n')
+        result = cli('printrun', 'mk3', 'small.gcode')
+
+    assert result.code != 0, result
+    assert result.err == "rrcloud: error: printers/mk3.conf:3: pause: not a G-code command: 'pause please'\n"
+    assert store_files(printer_store) == set()
+    assert sim.opens == 0 and sim.received == []
+
+
+def test_a_printer_whose_port_the_service_does_not_allow_is_refused(cli, printer_store):
+    write_printer(printer_store, 'mk3', 'port = /dev/ttyUSB0\n')  # the pty service allows /dev/pts/ only
+    result = cli('printrun', 'mk3', 'small.gcode')
+
+    assert result.code != 0, result
+    assert 'printer' in result.err and '/dev/ttyUSB0 is not allowed' in result.err, result
+    assert store_files(printer_store) == set()
+
+
+def test_a_raw_port_still_prints(cli, printer_store):
+    with PrinterSim() as sim:
+        result = cli('printrun', sim.port, 'small.gcode')
+        record = wait_until_done(printer_store, task_id_of(result.out))
+
+    assert record['status'] == 'complete', record
+    assert 'printer' not in record
+    assert printed(sim) == EXPECTED
+
+
+###############################################################################
+# One print per printer at a time
+###############################################################################
+
+def test_two_prints_on_one_printer_run_one_after_the_other(cli, printer_store):
+    write_config(printer_store, 'maxTasks = 4\nsandbox = no\n')  # slots enough: only the printer makes it wait
+    with PrinterSim(delay=0.002) as sim:
+        write_printer(printer_store, 'mk3', f'port = {sim.port}\n')
+        first = task_id_of(cli('printrun', 'mk3', 'small.gcode').out)
+        second = task_id_of(cli('printrun', sim.port, 'small.gcode').out)  # the same printer, by its port
+        queued_while_first_prints = read_record(printer_store, second)
+        records = [wait_until_done(printer_store, task_id) for task_id in (first, second)]
+
+    assert [r['status'] for r in records] == ['complete', 'complete'], records
+    assert float(records[1]['stime']) >= float(records[0]['etime']), records
+    assert 'stime' not in queued_while_first_prints, queued_while_first_prints
+    assert sim.opens == 2
+    assert printed(sim) == EXPECTED + EXPECTED
+
+
+###############################################################################
+# rrcloud printers and service=printers
+###############################################################################
+
+def printers_of(cli):
+    result = cli('--format=json', 'printers')
+    assert result.code == 0, result
+    import json
+    return {p['name']: p for p in json.loads(result.out)}
+
+
+def test_rrcloud_printers_shows_idle_printing_and_offline(cli, printer_store):
+    with PrinterSim(delay=0.01) as sim:
+        write_printer(printer_store, 'mk3', f'port = {sim.port}\n')
+        write_printer(printer_store, 'gone', f'port = {MISSING_PORT}\n')
+        before = printers_of(cli)
+        task_id = task_id_of(cli('printrun', 'mk3', 'small.gcode').out)
+        during = wait_for(lambda: (lambda p: p['mk3']['state'] == 'printing' and p)(printers_of(cli)),
+                          'mk3 to show printing')
+        text = cli('printers')
+        wait_until_done(printer_store, task_id)
+        after = printers_of(cli)
+
+    assert before['mk3']['state'] == 'idle' and before['mk3']['port'] == sim.port
+    assert before['gone']['state'] == 'offline' and before['gone']['port'] == MISSING_PORT
+    assert during['mk3']['task'] == task_id
+    assert f'name: mk3\nport: {sim.port}\nstate: printing\ntask: {task_id}\n' in text.out, text
+    assert 'temperatures' in during['mk3']
+    assert after['mk3']['state'] == 'idle' and after['mk3']['task'] == ''
+
+
+def test_service_printers_answers_text_and_json(tmp_path):
+    deployment = deploy.deployment('wsgi', services={'printrun': PTY_PRINTRUN_CONF})
+    with deploy.running(deployment), PrinterSim(delay=0.01) as sim:
+        write_printer(deployment.store, 'mk3', f'port = {sim.port}\n')
+        write_printer(deployment.store, 'gone', f'port = {MISSING_PORT}\n')
+        write_printer(deployment.store, 'broken', 'port = COM3\n')
+        url = f'{deployment.url}/'
+        idle = deployment.session.get(url, params={'service': 'printers', 'format': 'json'}, timeout=30)
+        task_id = submit(deployment, 'printrun', SMALL.read_bytes(), 'small.gcode', nativeArgs='mk3')
+        printing = wait_for(lambda: (lambda p: p['mk3']['state'] == 'printing' and p)(
+            {p['name']: p for p in deployment.session.get(
+                url, params={'service': 'printers', 'format': 'json'}, timeout=30).json()}), 'mk3 printing')
+        text = deployment.session.get(url, params={'service': 'printers'}, timeout=30)
+        record = wait_done(deployment, task_id)
+
+    assert idle.status_code == 200 and idle.headers['Access-Control-Allow-Origin'] == '*'
+    states = {p['name']: p['state'] for p in idle.json()}
+    assert states == {'broken': 'error', 'gone': 'offline', 'mk3': 'idle'}
+    assert printing['mk3']['task'] == task_id
+    assert text.status_code == 200 and 'name: broken\n' in text.text
+    assert "error: printers/broken.conf:1: port: not a serial device path: 'COM3'" in text.text
+    assert record['status'] == 'complete' and record['printer'] == 'mk3', record
+    assert printed(sim) == EXPECTED
+
+
+def test_service_printers_unknown_printer_is_a_400_and_nothing_stays(tmp_path):
+    deployment = deploy.deployment('wsgi', services={'printrun': PTY_PRINTRUN_CONF})
+    with deploy.running(deployment):
+        answer = deployment.session.post(f'{deployment.url}/', data={'service': 'printrun', 'nativeArgs': 'mk9'},
+                                         files={'fileIn0': ('small.gcode', SMALL.read_bytes())}, timeout=30)
+        left = store_files(deployment.store)
+
+    assert answer.status_code == 400, answer.text
+    assert "unknown printer 'mk9'" in answer.text
+    assert not any(name.startswith(('in/', 'info/', 'queue/')) for name in left), left
+
+
+def test_a_client_names_the_printer_and_its_server_prints_on_it(cli, workdir, embedded_server):
+    """``rrcloud --s=SERVER printrun mk3``: the name goes to the server, which
+    looks it up in its own printers/ (the client has none); ``--s`` printers too."""
+    shutil.copy(SMALL, workdir / 'small.gcode')
+    server = embedded_server(services={'printrun': PTY_PRINTRUN_CONF})
+    with PrinterSim() as sim:
+        write_printer(server.root, 'mk3', f'port = {sim.port}\n')
+        result = cli('--sync', f'--s={server.address}', 'printrun', 'mk3', 'small.gcode')
+        listed = cli(f'--s={server.address}', 'printers')
+
+    assert result.code == 0, result
+    assert printed(sim) == EXPECTED
+    assert listed.code == 0 and f'name: mk3\nport: {sim.port}\nstate: idle\n' in listed.out, listed
