@@ -52,6 +52,67 @@ LAST_LINE_RE = LazyPattern(rb'(?i)Last Line:?\s*([0-9]+)')
 # whether or not the printer answers: it says nothing about the line in flight.
 PRINT_HEATING_WAITS = ('M109', 'M190', 'M191', 'M303')
 GCODE_PAREN_COMMENT_RE = LazyPattern(r'\([^)]*\)')
+# While paused the printer is asked for its temperatures (M105) this often.
+PRINT_PAUSE_POLL = 2.0
+# A wait for the printer's next line is cut into slices this long while a
+# control channel is open: a stop (M112) goes out at once.
+PRINT_CONTROL_SLICE = 0.2
+# The words the runner writes on the control pipe (RRCLOUD_CONTROL_FD).
+CONTROL_WORDS = ('pause', 'resume', 'cancel', 'stop')
+
+
+class MarlinGcode:
+    """The G-code of a pause, a resume and a cancel (Marlin's; a named
+    printer's conf may give its own object with the same attributes).
+
+    pause   relative extrusion, retract 2 mm, lift Z 10 mm; temperatures kept
+    resume  lower Z 10 mm, prime 2 mm (the file's own M82/M83 is restored after)
+    cancel  hotend, bed and fan off, motors off
+    """
+    pause_gcode = ('M83', 'G1 E-2 F2700', 'G91', 'G1 Z10 F600', 'G90')
+    resume_gcode = ('G91', 'G1 Z-10 F600', 'G90', 'M83', 'G1 E2 F2700')
+    cancel_gcode = ('M104 S0', 'M140 S0', 'M107', 'M84')
+
+
+class PrintCancelled(PrinterError):
+    """The print was cancelled on request (its cancel G-code sent)."""
+
+
+class ControlPipe:
+    """The runner's requests (one word a line: pause, resume, cancel, stop) on
+    the pipe RRCLOUD_CONTROL_FD names; read without blocking."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = b''
+        self.open = True
+        os.set_blocking(fd, False)
+
+    def poll(self):
+        """The words that arrived since the last poll, oldest first."""
+        if self.open:
+            try:
+                while chunk := os.read(self.fd, 4096):
+                    self.buffer += chunk
+                self.open = False  # the runner is gone
+            except BlockingIOError:
+                pass
+        *lines, self.buffer = self.buffer.split(b'\n')
+        return [word for word in (line.strip().decode('ascii', 'replace') for line in lines)
+                if word in CONTROL_WORDS]
+
+    def wait(self, timeout):
+        """Wait up to ``timeout`` s for a word; the words, or []."""
+        import select
+        if self.open and not b'\n' in self.buffer:
+            select.select([self.fd], [], [], timeout)
+        return self.poll()
+
+
+def task_control_pipe():
+    """The runner's control pipe (RRCLOUD_CONTROL_FD), or None when run by hand."""
+    fd = os.environ.get('RRCLOUD_CONTROL_FD', '')
+    return ControlPipe(int(fd)) if fd.isdigit() else None
 
 
 def gcode_lines(path):
@@ -169,8 +230,14 @@ class GcodeSender:
     """
 
     def __init__(self, link, lines, answer_timeout=PRINT_ANSWER_TIMEOUT, progress=None, log=None,
-                 comm_timeout=PRINT_COMM_TIMEOUT):
+                 comm_timeout=PRINT_COMM_TIMEOUT, control=None, printer=None):
         from collections import deque
+        self.control = control             # a ControlPipe, or None
+        self.printer = printer or MarlinGcode()  # .pause_gcode, .resume_gcode, .cancel_gcode
+        self.requests = deque()            # control words read, not yet acted on
+        self.state = 'printing'            # printing, paused, cancelling
+        self.pause_poll = PRINT_PAUSE_POLL
+        self.extrusion = None              # 'M82' or 'M83', the file's last, restored after a resume
         self.link = link
         self.lines = lines
         self.answer_timeout = answer_timeout
@@ -220,6 +287,7 @@ class GcodeSender:
         """Send every line once (resends aside); PrinterError when the printer fails or falls silent."""
         number, last_progress = 1, 0.0
         while number <= len(self.lines):
+            self._obey(number - 1)
             self._send_line(number)
             following = self._await_answer(number)
             self.acked = max(self.acked, following - 1)
@@ -236,6 +304,8 @@ class GcodeSender:
         self.heard = time.monotonic()  # silence counts from here
         self.busy = False
         self.in_flight = code.split(None, 1)[0].upper()
+        if self.in_flight in ('M82', 'M83'):
+            self.extrusion = self.in_flight
         self.refused_from = None
 
     def _await_answer(self, number):
@@ -313,6 +383,81 @@ class GcodeSender:
         if line.startswith(b'!!') or not any(words in lowered for words in PRINT_LINE_ERRORS):
             raise PrinterError(f'printer error: {text}')
 
+    # -- pause, resume, cancel, stop -----------------------------------------
+
+    def _take_requests(self, words=None):
+        """Queue the control words that came; an emergency stop is sent at once."""
+        for word in (self.control.poll() if words is None else words):
+            self.log(f'asked to {word}')
+            if word == 'stop':
+                self._emergency_stop()
+            self.requests.append(word)
+
+    def _emergency_stop(self):
+        self.link.send(b'M112\n')
+        self.log('emergency stop: M112 sent')
+        raise PrinterError('emergency stop (M112)')
+
+    def _obey(self, done):
+        """Between lines (``done`` of them answered): act on what was asked."""
+        if self.control is None:
+            return
+        self._take_requests()
+        while self.requests:
+            word = self.requests.popleft()
+            if word == 'cancel':
+                self._cancel(done)
+            elif word == 'pause':
+                self._pause(done)
+
+    def _pause(self, done):
+        """The pause G-code, then temperatures polled until a resume (or cancel, stop)."""
+        self.log(f'pausing after line {done}')
+        self.state = 'paused'
+        self._run_commands(self.printer.pause_gcode)
+        self.log(f'paused after line {done}')
+        while True:
+            words = self.control.wait(self.pause_poll)
+            self._take_requests(words)
+            while self.requests:
+                word = self.requests.popleft()
+                if word == 'cancel':
+                    self._cancel(done)
+                elif word == 'resume':
+                    self._run_commands(tuple(self.printer.resume_gcode)
+                                       + ((self.extrusion,) if self.extrusion == 'M82' else ()))
+                    self.state = 'printing'
+                    self.log(f'resumed after line {done}')
+                    return
+            if not words:
+                self._run_commands(('M105',))  # a pause is no silence: the printer is still asked
+
+    def _cancel(self, done):
+        self.state = 'cancelling'
+        self.log(f'cancelling after line {done}')
+        self._run_commands(self.printer.cancel_gcode)
+        self.log(f'cancelled after line {done}')
+        raise PrintCancelled('cancelled')
+
+    def _run_commands(self, codes):
+        """Send each of ``codes`` unnumbered and wait for its ok."""
+        for code in codes:
+            command = code.encode('ascii', 'replace')
+            self._send_command(command, reports=code[:4].upper() == 'M105' and not code[4:5].isdigit())
+            self.heard = time.monotonic()
+            self.in_flight = code.split(None, 1)[0].upper()
+            while self.owed:
+                line = self._read(self.heard + self.answer_timeout)
+                if line is None:
+                    raise PrinterError(f'the printer stopped answering (no reply for '
+                                       f'{self.answer_timeout:g} s after {code})')
+                if line.startswith(b'ok'):
+                    self._match_ok(line)
+                elif is_printer_error(line):
+                    self._check_error(line)
+                elif line == b'start':
+                    raise PrinterError(f'the printer restarted (it sent start) after {code}')
+
     # -- oks, silence and pokes -----------------------------------------------
 
     def _send_command(self, command, reports):
@@ -358,8 +503,16 @@ class GcodeSender:
 
     def _read(self, until):
         """The printer's next line, or None at ``until`` or after ``answer_timeout`` s of silence."""
-        left = min(until, self.heard + self.answer_timeout) - time.monotonic()
-        line = self.link.read_line(max(left, 0.0))
+        while True:
+            end = min(until, self.heard + self.answer_timeout)
+            left = end - time.monotonic()
+            if self.control is None or left <= PRINT_CONTROL_SLICE:
+                line = self.link.read_line(max(left, 0.0))
+                break
+            line = self.link.read_line(PRINT_CONTROL_SLICE)
+            self._take_requests()  # a stop goes out at once, the rest between lines
+            if line is not None:
+                break
         if line is not None and not self._is_timed_chatter(line):
             self.heard = time.monotonic()  # an auto-report or wait is no answer: the silence goes on
         return line
@@ -374,7 +527,7 @@ def cmd_print(args):
     started = time.monotonic()
     try:
         sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
-                             comm_timeout=options['comm-timeout'])
+                             comm_timeout=options['comm-timeout'], control=task_control_pipe())
         sender.connect()
         sender.run()
     finally:
