@@ -302,3 +302,40 @@ def test_pause_of_a_task_that_is_not_a_print_is_a_clear_error(cli, workdir):
             pause_task(store, task_id, by='test')
     finally:
         cli('kill', task_id)
+
+
+###############################################################################
+# Over HTTP: service=pause, cancel on the embedded server
+###############################################################################
+
+def test_http_pause_then_cancel_of_a_print(embedded_server):
+    import json
+    import requests
+    server = embedded_server(services={'printrun': PTY_PRINTRUN_CONF})
+    store = Store(str(server.root))
+
+    def ask(service, task_id):
+        answer = requests.get(server.url, params={'service': service, 'id': task_id, 'format': 'json'},
+                              timeout=30)
+        return answer.status_code, json.loads(answer.text)
+
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        answer = requests.post(server.url, data={'service': 'printrun', 'nativeArgs': sim.port, 'format': 'json'},
+                               files={'fileIn0': ('small.gcode', SMALL.read_bytes())}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        task_id = json.loads(answer.text)['id']
+        assert sim.holding.wait(30)
+        assert wait_for_record(store, task_id, lambda r: r.get('sender') == 'yes')
+        status, record = ask('pause', task_id)
+        assert status == 200 and record['status'] == 'busy' and record['suspended'] == 'yes', record
+        assert wait_sender_asked(store, task_id, 'pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        status, record = ask('cancel', task_id)  # while paused
+        assert status == 200, record
+        record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
+        status, again = ask('pause', task_id)
+
+    assert record['status'] == 'failed' and record['error'] == 'cancelled', record
+    assert sim.received[-len(CANCEL):] == CANCEL
+    assert status == 400 and 'cannot pause: it is failed' in again['error'], again
