@@ -103,7 +103,12 @@ class ToolRun:
         service's tasks usually take here (the time left before it says more)."""
         reader = self.launch.progress
         if reader is None:
-            return ProgressEvents(self.task.store, self.task.id)
+            seconds = self.task.get(Field.GCODE_PRINT_SECONDS) if self.launch.builtin else None
+            try:  # a print's slicer estimate, scaled by its progress, is its time left
+                print_seconds = float(seconds) if seconds else None
+            except ValueError:
+                print_seconds = None
+            return ProgressEvents(self.task.store, self.task.id, print_seconds=print_seconds)
         usual = usual_run_time(self.task.store, self.task.get(Field.SERVICE), skip=self.task.id)
         events = ProgressEvents(self.task.store, self.task.id, usual=usual)
         events.report_stage(reader.first_stage)
@@ -132,8 +137,10 @@ def close_fds(*fds):
             os.close(fd)
 
 
-# A progress line longer than this is no ``DONE/TOTAL`` line: dropped unread.
-PROGRESS_LINE_MAX = 64
+# A progress line longer than this is no ``DONE/TOTAL [key=number ...]`` line: dropped unread.
+PROGRESS_LINE_MAX = 256
+# The printer's state a sender's progress line may carry (printing.PRINTER_FIELDS).
+PRINTER_STATE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
 
 
 class ProgressPipe:
@@ -155,7 +162,8 @@ class ProgressPipe:
         if self.open:
             newest = self._newest_line()
             if newest:
-                self.events.report(*newest)
+                done, total, state = newest
+                self.events.report(done, total, printer=state)
         self.events.flush()
 
     def _newest_line(self):
@@ -180,13 +188,24 @@ class ProgressPipe:
 
 
 def parse_progress_line(line):
-    """(done, total) of a ``DONE/TOTAL`` line, or None."""
+    """(done, total, printer state) of a ``DONE/TOTAL [key=number ...]`` line, or None."""
     if len(line) > PROGRESS_LINE_MAX:
         return None
-    done, sep, total = line.strip().partition(b'/')
-    if sep and done.isdigit() and total.isdigit():
-        return int(done), int(total)
-    return None
+    fraction, *pairs = line.strip().split(b' ')
+    done, sep, total = fraction.partition(b'/')
+    if not (sep and done.isdigit() and total.isdigit()):
+        return None
+    state = {}
+    for pair in pairs:
+        key, _, value = pair.decode('ascii', 'replace').partition('=')
+        if key in PRINTER_STATE_FIELDS:
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if -1e6 < number < 1e15:  # finite, and no count a sender could reach
+                state[key] = int(number) if number.is_integer() else number
+    return int(done), int(total), state
 
 
 # What the watchdog says of a task whose record shows it was killed.

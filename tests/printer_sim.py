@@ -668,6 +668,8 @@ class PrinterSim:
         self.holding.set()
         while not self._released.wait(0.5) and not self._stop.is_set():
             self._emit(["echo:busy: processing"])
+            if self.temp_interval:  # M155's auto-report goes on while the printer works
+                self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
 
     def _emit_error_line(self, message, out):
         line = "Error:%s, Last Line: %d" % (message, self.last_line)

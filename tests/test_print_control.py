@@ -13,7 +13,8 @@ import pytest
 
 from rrc.control import pause_task
 from rrc.errors import PrinterError, UsageError
-from rrc.printing import ControlPipe, GcodeSender, MarlinGcode, PrintCancelled, SerialLink, gcode_lines
+from rrc.printing import (ControlPipe, GcodeSender, MarlinGcode, PrintCancelled, SerialLink, checksummed,
+                          gcode_layers, gcode_lines)
 from rrc.states import get_task
 from rrc.store import Store
 from conftest import DATA, make_service
@@ -57,8 +58,11 @@ class SenderThread:
         self.read_end, self.write_end = os.pipe()
         self.link = SerialLink(sim.port, 115200)
         self.log_lines = []
+        self.reports = []
         self.sender = GcodeSender(self.link, EXPECTED, answer_timeout=20, log=self.log_lines.append,
-                                  control=ControlPipe(self.read_end), printer=printer)
+                                  control=ControlPipe(self.read_end), printer=printer,
+                                  progress=lambda done, total, **state: self.reports.append((done, total, state)))
+        self.sender.layers = gcode_layers(SMALL, COUNT)
         self.sender.pause_poll = 0.1
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -171,6 +175,39 @@ def test_a_named_printer_gives_its_own_gcode():
     assert after_line(sim, HOLD)[0] == 'M601' and after_line(sim, HOLD)[-2:] == ['M602', 'M82']
 
 
+def test_printer_state_in_the_progress_reports():
+    """Temperatures from the auto-reports (M155) while a line is worked on,
+    bytes, layer and height from what was sent."""
+    with PrinterSim(hold_at_line=HOLD, temp_interval=0.2) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        assert sim.wait_for(lambda s: any('T:200.0' in str(entry) for entry in s.transcript), 20)
+        sim.release()
+        run.join()
+
+    assert run.error is None
+    done, total, state = run.reports[-1]
+    assert (done, total) == (COUNT, COUNT)
+    assert state['hotend'] == 200.0 and state['hotendTarget'] == 200.0
+    assert state['bed'] == 60.0 and state['bedTarget'] == 60.0
+    assert state['bytes'] == sum(len(checksummed(n, code)) for n, code in enumerate(EXPECTED, 1))
+    assert state['layer'] == gcode_layers(SMALL, COUNT)[-1]
+    assert state['z'] > 0 and state['paused'] == 0
+    assert file_lines(sim) == EXPECTED
+
+
+def test_temperature_polls_go_between_lines():
+    """No temperature for temp_interval: M105 between two lines, unnumbered;
+    every line of the file still once and in order."""
+    with PrinterSim() as sim, SenderThread(sim) as run:
+        run.sender.temp_interval = 1e-9
+        run.join()
+
+    assert run.error is None
+    assert file_lines(sim) == EXPECTED and numbers(sim) == list(range(1, COUNT + 1))
+    assert [code for n, code in sim.received_numbered if n is None][1:] == ['M105'] * COUNT
+    assert run.reports[-1][2]['hotend'] == 20.0
+
+
 ###############################################################################
 # As a task: the command line, the record, the runner's control pipe
 ###############################################################################
@@ -230,6 +267,12 @@ def test_task_pause_resume_through_the_command_line(proc, pty_service):
         assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
         record = get_task(store, task_id)
         assert record['status'] == 'busy' and record['suspended'] == 'yes'  # as 0.019 clients see it
+        # info while paused: the printer's state of the newest progress event
+        record = wait_for_record(store, task_id, lambda r: 'hotend' in r and r.get('progress') == f'{HOLD}/{COUNT}')
+        assert record['hotendTarget'] and record['bed'] and record['bedTarget'], record
+        assert int(record['bytesSent']) > 0 and float(record['z']) > 0, record
+        assert record['layer'] == str(gcode_layers(SMALL, COUNT)[HOLD - 1]), record
+        assert float(record['elapsedSeconds']) >= 0, record
         assert len(file_lines(sim)) == HOLD
         resumed = proc('resume', task_id)
         assert resumed.code == 0, resumed
@@ -331,6 +374,19 @@ def test_http_pause_then_cancel_of_a_print(embedded_server):
         assert wait_sender_asked(store, task_id, 'pause')
         sim.release()
         assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        # the event stream: a progress event with the printer's state, paused
+        with requests.get(server.url, params={'service': 'events', 'id': task_id}, stream=True,
+                          timeout=30) as stream:
+            import time
+            printer, deadline = None, time.monotonic() + 60  # a bound, not a timing: heartbeats keep it open
+            for line in stream.iter_lines():
+                if time.monotonic() > deadline:
+                    break
+                if (line.startswith(b'data:') and b'"hotend"' in line and b'"paused":1' in line.replace(b' ', b'')):
+                    data = json.loads(line[5:])
+                    printer = data.get('printer') or data.get('data', {}).get('printer')
+                    break
+        assert printer and 'hotend' in printer and 'bed' in printer and printer['bytes'] > 0, printer
         status, record = ask('cancel', task_id)  # while paused
         assert status == 200, record
         record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
