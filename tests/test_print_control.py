@@ -395,3 +395,22 @@ def test_http_pause_then_cancel_of_a_print(embedded_server):
     assert record['status'] == 'failed' and record['error'] == 'cancelled', record
     assert sim.received[-len(CANCEL):] == CANCEL
     assert status == 400 and 'cannot pause: it is failed' in again['error'], again
+
+
+def test_progress_events_carry_the_printer_and_the_slicers_time_left(tmp_path):
+    from rrc.events import ProgressEvents, with_live_progress
+    store = Store(str(tmp_path))
+    task_id = '1796670000-00001-000001'
+    now = [100.0]
+    events = ProgressEvents(store, task_id, clock=lambda: now[0], print_seconds=600)
+    now[0] += 30
+    events.report(25, 100, printer={'hotend': 210.5, 'hotendTarget': 210, 'bed': 60, 'bytes': 900,
+                                    'layer': 3, 'z': 0.9, 'paused': 0})
+    events.flush(force=True)
+    shown = with_live_progress(store, {'id': task_id, 'status': 'busy', 'sender': 'yes'})
+
+    assert shown['progress'] == '25/100'
+    assert shown['etaSeconds'] == '450'  # 600 s scaled by the 75 % left
+    assert shown['elapsedSeconds'] == '30'
+    assert (shown['hotend'], shown['hotendTarget'], shown['bed']) == ('210.5', '210', '60')
+    assert (shown['bytesSent'], shown['layer'], shown['z']) == ('900', '3', '0.9')
