@@ -8,7 +8,7 @@ import time
 
 from .errors import UsageError
 from .procs import kill_process_group
-from .schema import Field
+from .schema import YES, Field
 from .states import State, move_locked, process_here, state_of
 from .store import ORDER_FOLDER, append_log, unmark
 
@@ -55,16 +55,59 @@ def stop_killed_tool(store, record, by):
 
 def suspend_task(store, task_id, by):
     """Stop a running task's tool (SIGSTOP to its group): state suspended, and
-    the time it stays so does not count against its timeout."""
+    the time it stays so does not count against its timeout.  A print is
+    paused instead (``pause_task``)."""
     return _pause_or_continue(store, task_id, State.SUSPENDED, by)
 
 
 def resume_task(store, task_id, by):
-    """Continue a suspended task's tool (SIGCONT): state running again."""
+    """Continue a suspended task's tool (SIGCONT), or a paused print: state running again."""
     return _pause_or_continue(store, task_id, State.RUNNING, by)
 
 
-def _pause_or_continue(store, task_id, to, by):
+def pause_task(store, task_id, by):
+    """Pause a print: its sender stops after the line in flight and runs the
+    pause G-code.  The record is suspended (0.019 clients: busy, ``suspended: yes``)."""
+    return _pause_or_continue(store, task_id, State.SUSPENDED, by, print_only=True)
+
+
+def cancel_task(store, task_id, by):
+    """Cancel a print: its sender runs the cancel G-code and the task ends failed, ``cancelled``."""
+    return _ask_sender(store, task_id, 'cancel', by)
+
+
+def stop_task(store, task_id, by):
+    """Emergency stop of a print: its sender sends M112 at once; the task ends failed."""
+    return _ask_sender(store, task_id, 'stop', by)
+
+
+def is_print(record):
+    """True for a task whose built-in G-code sender runs (it takes pause, cancel, stop)."""
+    return record.get(Field.SENDER) == YES
+
+
+def _not_a_print(task_id, verb, record):
+    return UsageError(f'task {task_id} cannot {verb}: it is not a print whose sender runs '
+                      f'(status {state_of(record) or record.get(Field.STATUS)}); '
+                      f'only a running print can {verb}')
+
+
+def _ask_sender(store, task_id, word, by):
+    """Write a cancel or stop into a running (or paused) print's record: its runner hands it to the sender."""
+    verb = {'cancel': 'cancel', 'stop': 'stop'}[word]
+    store.read_task(task_id)  # NotFound before anything is locked
+    with store.lock():
+        record = store.read_task(task_id)
+        if state_of(record) not in (State.RUNNING, State.SUSPENDED) or not is_print(record):
+            raise _not_a_print(task_id, verb, record)
+        record = dict(record, **{Field.PRINT_CONTROL: word})
+        store.write_task(record)
+    append_log(store, task_id, f'rrcloud: task {task_id}: {"cancel" if word == "cancel" else "emergency stop"} '
+                               f'asked by {by}')
+    return record
+
+
+def _pause_or_continue(store, task_id, to, by, print_only=False):
     """Move a task between running and suspended and signal its tool; the
     move and the signal happen under the store lock, so a kill or the end of
     the task cannot come between them."""
@@ -74,6 +117,11 @@ def _pause_or_continue(store, task_id, to, by):
     with store.lock():
         record = store.read_task(task_id)
         current = state_of(record)
+        printing = is_print(record)
+        if print_only and not printing:
+            raise _not_a_print(task_id, 'pause', record)
+        if printing:
+            verb = 'pause' if to == State.SUSPENDED else 'resume'
         if current != expect:
             raise UsageError(f'task {task_id} cannot {verb}: it is {current or record.get(Field.STATUS)}'
                              + (' (only a running task can)' if verb == 'suspend' else ''))
@@ -83,7 +131,7 @@ def _pause_or_continue(store, task_id, to, by):
             raise UsageError(f'task {task_id} cannot {verb}: its tool is not running on this node '
                              f'(not started yet, or it runs on node {record.get(Field.NODE, "?")})')
         moved = move_locked(store, record, to, expect=expect)
-        if not by_worker:
+        if not by_worker and not printing:  # a print's sender is told by its runner: never SIGSTOP
             kill_process_group(int(record[Field.PID]), signal.SIGSTOP if to == State.SUSPENDED else signal.SIGCONT)
-    append_log(store, task_id, f'rrcloud: task {task_id} {verb}{"ed" if verb == "suspend" else "d"} by {by}')
+    append_log(store, task_id, f'rrcloud: task {task_id} {verb}{"d" if verb.endswith("e") else "ed"} by {by}')
     return moved

@@ -186,7 +186,7 @@ class ProgressEvents:
     seconds this service's tasks usually take (``history.usual_run_time``).
     """
 
-    def __init__(self, store, task_id, clock=time.monotonic, usual=None):
+    def __init__(self, store, task_id, clock=time.monotonic, usual=None, print_seconds=None):
         import json  # noqa: F401  (the runner makes one while its tool runs: the final
         # status event then does not pay for the import after the tool ended)
         self.store, self.task_id, self.clock, self.usual = store, task_id, clock, usual
@@ -197,10 +197,16 @@ class ProgressEvents:
         self.first = None       # (clock, done) of the stage's first fraction: the rate comes from it
         self.size = 0           # the file's size after our last write
         self.stages = 0         # stage changes written at once
+        self.print_seconds = print_seconds if print_seconds and print_seconds > 0 else None
+        self.printer = {}       # a print's printer state (temperatures, layer, ...), newest
+        self.printer_written = {}
 
-    def report(self, done, total, stage=None):
-        """Take a fraction (``stage``: of that stage); it is written now if
-        its interval is over, else later by flush()."""
+    def report(self, done, total, stage=None, printer=None):
+        """Take a fraction (``stage``: of that stage; ``printer``: a print's
+        printer state); it is written now if its interval is over, else
+        later by flush()."""
+        if printer is not None:
+            self.printer = dict(printer)
         stage = stage if stage is not None else self.stage()
         if self.first is None or stage != self.stage():
             self.first = (self.clock(), done)
@@ -219,7 +225,7 @@ class ProgressEvents:
 
     def due_in(self):
         """Seconds until the pending report may be written (None: nothing pends)."""
-        if self.newest is None or self.newest == self.written:
+        if self.newest is None or (self.newest == self.written and self.printer == self.printer_written):
             return None
         if self.written_at is None or self.is_new_stage():
             return 0.0
@@ -241,6 +247,7 @@ class ProgressEvents:
         self.stages += 1 if self.is_new_stage() else 0
         written = append_event(self.store, self.task_id, PROGRESS, self.data(*self.newest))
         self.written, self.written_at = self.newest, self.clock()
+        self.printer_written = self.printer
         if written:
             self.size = written[1]
 
@@ -252,6 +259,9 @@ class ProgressEvents:
             left = self.usual - (self.clock() - self.started)
             if left > 0:
                 data['eta'] = round(left, 1)
+        if self.printer:
+            data['printer'] = dict(self.printer)
+            data['elapsed'] = round(self.clock() - self.started, 1)
         return data
 
     def fraction_data(self, done, total):
@@ -259,7 +269,9 @@ class ProgressEvents:
         if total > 0:
             data['percent'] = round(100.0 * done / total, 1)
         started, first_done = self.first
-        if total > 0 and done > first_done:
+        if total > 0 and self.print_seconds:  # the slicer's estimate, scaled by the lines left
+            data['eta'] = round(self.print_seconds * (total - done) / total, 1)
+        elif total > 0 and done > first_done:
             rate = (done - first_done) / max(self.clock() - started, 1e-3)
             data['eta'] = round((total - done) / rate, 1)
         return data
@@ -503,13 +515,41 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 10 ** 9
 
 
+# A print's printer state in its progress events, as ``info`` shows it while it prints.
+PRINTER_INFO_FIELDS = {'hotend': 'hotend', 'hotendTarget': 'hotendTarget', 'bed': 'bed',
+                       'bedTarget': 'bedTarget', 'bytes': 'bytesSent', 'layer': 'layer', 'z': 'z'}
+
+
 def with_live_progress(store, record):
     """A busy task's record with ``progress`` from its event log (the runner
-    no longer rewrites the record for each one); others as they are."""
+    no longer rewrites the record for each one); a print's also with its
+    printer's state (hotend, bed, bytes sent, layer, height, elapsed and
+    left seconds); others as they are."""
     if record.get(Field.STATUS) != TaskStatus.BUSY or not is_task_id(record.get(Field.ID, '')):
         return record
+    if record.get('sender'):  # a print: the newest event's printer state too
+        return _with_printer_state(store, record)
     text = last_progress(store, record[Field.ID])
     return dict(record, **{Field.PROGRESS: text}) if text else record
+
+
+def _with_printer_state(store, record):
+    event = last_progress_event(store, record[Field.ID])
+    if event is None or not isinstance(event.data, dict):
+        return record
+    data = event.data
+    shown = dict(record)
+    if _is_count(data.get('done')) and _is_count(data.get('total')):
+        shown[Field.PROGRESS] = f'{data["done"]}/{data["total"]}'
+    printer = data.get('printer') if isinstance(data.get('printer'), dict) else {}
+    for key, name in PRINTER_INFO_FIELDS.items():
+        value = printer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown[name] = f'{value:g}' if isinstance(value, float) else str(value)
+    for key, name in (('elapsed', 'elapsedSeconds'), ('eta', 'etaSeconds')):
+        if _is_number(data.get(key)):
+            shown[name] = f'{data[key]:g}'
+    return shown
 
 
 # -- removing -----------------------------------------------------------------

@@ -52,6 +52,77 @@ LAST_LINE_RE = LazyPattern(rb'(?i)Last Line:?\s*([0-9]+)')
 # whether or not the printer answers: it says nothing about the line in flight.
 PRINT_HEATING_WAITS = ('M109', 'M190', 'M191', 'M303')
 GCODE_PAREN_COMMENT_RE = LazyPattern(r'\([^)]*\)')
+# While paused the printer is asked for its temperatures (M105) this often.
+PRINT_PAUSE_POLL = 2.0
+# A wait for the printer's next line is cut into slices this long while a
+# control channel is open: a stop (M112) goes out at once.
+PRINT_CONTROL_SLICE = 0.2
+# Without a temperature line for this long, the printer is asked (M105)
+# between two lines while a runner follows the print (a firmware's M155
+# auto-report makes these polls needless).
+PRINT_TEMP_INTERVAL = 5.0
+TEMP_RE = LazyPattern(rb'(?<![A-Za-z@])T0?:\s*(-?[0-9.]+)\s*(?:/\s*(-?[0-9.]+))?')
+BED_RE = LazyPattern(rb'(?<![A-Za-z@])B:\s*(-?[0-9.]+)\s*(?:/\s*(-?[0-9.]+))?')
+Z_RE = LazyPattern(r'(?i)\AG[01](?:\.0*)?\s.*?Z\s*(-?[0-9.]+)')
+LAYER_COMMENT_RE = LazyPattern(r'(?i)\A;\s*LAYER\s*:?\s*(-?[0-9]+)')
+# The printer's state on the progress pipe: ``DONE/TOTAL key=number ...``
+PRINTER_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
+# The words the runner writes on the control pipe (RRCLOUD_CONTROL_FD).
+CONTROL_WORDS = ('pause', 'resume', 'cancel', 'stop')
+
+
+class MarlinGcode:
+    """The G-code of a pause, a resume and a cancel (Marlin's; a named
+    printer's conf may give its own object with the same attributes).
+
+    pause   relative extrusion, retract 2 mm, lift Z 10 mm; temperatures kept
+    resume  lower Z 10 mm, prime 2 mm (the file's own M82/M83 is restored after)
+    cancel  hotend, bed and fan off, motors off
+    """
+    pause_gcode = ('M83', 'G1 E-2 F2700', 'G91', 'G1 Z10 F600', 'G90')
+    resume_gcode = ('G91', 'G1 Z-10 F600', 'G90', 'M83', 'G1 E2 F2700')
+    cancel_gcode = ('M104 S0', 'M140 S0', 'M107', 'M84')
+
+
+class PrintCancelled(PrinterError):
+    """The print was cancelled on request (its cancel G-code sent)."""
+
+
+class ControlPipe:
+    """The runner's requests (one word a line: pause, resume, cancel, stop) on
+    the pipe RRCLOUD_CONTROL_FD names; read without blocking."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = b''
+        self.open = True
+        os.set_blocking(fd, False)
+
+    def poll(self):
+        """The words that arrived since the last poll, oldest first."""
+        if self.open:
+            try:
+                while chunk := os.read(self.fd, 4096):
+                    self.buffer += chunk
+                self.open = False  # the runner is gone
+            except BlockingIOError:
+                pass
+        *lines, self.buffer = self.buffer.split(b'\n')
+        return [word for word in (line.strip().decode('ascii', 'replace') for line in lines)
+                if word in CONTROL_WORDS]
+
+    def wait(self, timeout):
+        """Wait up to ``timeout`` s for a word; the words, or []."""
+        import select
+        if self.open and not b'\n' in self.buffer:
+            select.select([self.fd], [], [], timeout)
+        return self.poll()
+
+
+def task_control_pipe():
+    """The runner's control pipe (RRCLOUD_CONTROL_FD), or None when run by hand."""
+    fd = os.environ.get('RRCLOUD_CONTROL_FD', '')
+    return ControlPipe(int(fd)) if fd.isdigit() else None
 
 
 def gcode_lines(path):
@@ -63,6 +134,23 @@ def gcode_lines(path):
             if code:
                 lines.append(code)
     return lines
+
+
+def gcode_layers(path, count):
+    """The layer of each of the file's ``count`` code lines (as gcode_lines
+    reads them): the ``;LAYER:n`` comment before it where the slicer wrote
+    them (Cura, PrusaSlicer, Slic3r with its layer comments), else None for
+    all (the layer is then counted from the Z moves)."""
+    layers, layer, seen = [], None, False
+    with open(path, encoding='utf-8', errors='replace') as handle:
+        for raw in handle:
+            match = LAYER_COMMENT_RE.match(raw.strip())
+            if match:
+                layer, seen = int(match.group(1)), True
+            code = GCODE_PAREN_COMMENT_RE.sub('', raw.split(';', 1)[0]).strip()
+            if code:
+                layers.append(layer)
+    return layers if seen and len(layers) == count else None
 
 
 def checksummed(number, code):
@@ -169,13 +257,28 @@ class GcodeSender:
     """
 
     def __init__(self, link, lines, answer_timeout=PRINT_ANSWER_TIMEOUT, progress=None, log=None,
-                 comm_timeout=PRINT_COMM_TIMEOUT):
+                 comm_timeout=PRINT_COMM_TIMEOUT, control=None, printer=None):
         from collections import deque
+        self.control = control             # a ControlPipe, or None
+        self.printer = printer or MarlinGcode()  # .pause_gcode, .resume_gcode, .cancel_gcode
+        self.requests = deque()            # control words read, not yet acted on
+        self.state = 'printing'            # printing, paused, cancelling
+        self.pause_poll = PRINT_PAUSE_POLL
+        self.extrusion = None              # 'M82' or 'M83', the file's last, restored after a resume
+        # What the printer is doing, for the progress pipe (PRINTER_FIELDS)
+        self.temps = {}                    # hotend, hotendTarget, bed, bedTarget
+        self.temps_at = time.monotonic()   # when a temperature line came last
+        self.temp_interval = None          # seconds between M105 polls; None: never (by hand)
+        self.bytes_sent = 0
+        self.layers = None                 # the ;LAYER of each line, or None: counted from Z moves
+        self.z = None
+        self.z_layer = 0                   # layers counted from rising Z
+        self.relative = False              # G91 in the file
         self.link = link
         self.lines = lines
         self.answer_timeout = answer_timeout
         self.comm_timeout = comm_timeout
-        self.progress = progress or (lambda done, total: None)
+        self.progress = progress or (lambda done, total, **state: None)
         self.log = log or (lambda text: None)
         self.acked = 0
         # What the printer owes an ok for, oldest first: (is a line of the
@@ -220,22 +323,85 @@ class GcodeSender:
         """Send every line once (resends aside); PrinterError when the printer fails or falls silent."""
         number, last_progress = 1, 0.0
         while number <= len(self.lines):
+            self._obey(number - 1)
+            self._poll_temperatures()
             self._send_line(number)
             following = self._await_answer(number)
             self.acked = max(self.acked, following - 1)
             number = following
             if time.monotonic() - last_progress >= PRINT_PROGRESS_INTERVAL:
                 last_progress = time.monotonic()
-                self.progress(self.acked, len(self.lines))
-        self.progress(self.acked, len(self.lines))
+                self._report()
+        self._report()
+
+    def _report(self):
+        """Progress, with the printer's state, to whoever follows the print."""
+        self.progress(self.acked, len(self.lines), **self.printer_state())
+
+    def printer_state(self):
+        """Temperatures, bytes sent, layer, height, paused (PRINTER_FIELDS)."""
+        state = dict(self.temps, bytes=self.bytes_sent, paused=int(self.state == 'paused'))
+        layer = self.layers[self.acked - 1] if self.layers and self.acked else None
+        if layer is None and not self.layers and self.z_layer:
+            layer = self.z_layer
+        if layer is not None:
+            state['layer'] = layer
+        if self.z is not None:
+            state['z'] = self.z
+        return state
+
+    def _poll_temperatures(self):
+        """M105 between two lines when no temperature came for temp_interval."""
+        if self.temp_interval and time.monotonic() - self.temps_at >= self.temp_interval:
+            self.temps_at = time.monotonic()
+            self._run_commands(('M105',))
+
+    def _note_temperatures(self, line):
+        """Keep the temperatures of a line that has them (an M105 answer, an auto-report, a heating wait)."""
+        found = False
+        for pattern, name in ((TEMP_RE, 'hotend'), (BED_RE, 'bed')):
+            match = pattern.search(line)
+            if match:
+                found = True
+                try:
+                    self.temps[name] = float(match.group(1))
+                    if match.group(2) is not None:
+                        self.temps[name + 'Target'] = float(match.group(2))
+                except ValueError:
+                    pass
+        if found:
+            self.temps_at = time.monotonic()
+
+    def _note_move(self, code):
+        """Height and layer from the file's Z moves (absolute; G91 relative ones added)."""
+        word = code.split(None, 1)[0].upper()
+        if word in ('G90', 'G91'):
+            self.relative = word == 'G91'
+            return
+        match = Z_RE.match(code)
+        if not match:
+            return
+        try:
+            z = float(match.group(1))
+        except ValueError:
+            return
+        z = (self.z or 0.0) + z if self.relative else z
+        if self.z is None or z > self.z + 1e-6:
+            self.z_layer += 1 if z > 0 else 0
+        self.z = round(z, 3)
 
     def _send_line(self, number):
         code = self.lines[number - 1]
-        self.link.send(checksummed(number, code))
+        data = checksummed(number, code)
+        self.link.send(data)
+        self.bytes_sent += len(data)
+        self._note_move(code)
         self.owed.append((True, code[:4].upper() == 'M105' and not code[4:5].isdigit()))
         self.heard = time.monotonic()  # silence counts from here
         self.busy = False
         self.in_flight = code.split(None, 1)[0].upper()
+        if self.in_flight in ('M82', 'M83'):
+            self.extrusion = self.in_flight
         self.refused_from = None
 
     def _await_answer(self, number):
@@ -313,6 +479,83 @@ class GcodeSender:
         if line.startswith(b'!!') or not any(words in lowered for words in PRINT_LINE_ERRORS):
             raise PrinterError(f'printer error: {text}')
 
+    # -- pause, resume, cancel, stop -----------------------------------------
+
+    def _take_requests(self, words=None):
+        """Queue the control words that came; an emergency stop is sent at once."""
+        for word in (self.control.poll() if words is None else words):
+            self.log(f'asked to {word}')
+            if word == 'stop':
+                self._emergency_stop()
+            self.requests.append(word)
+
+    def _emergency_stop(self):
+        self.link.send(b'M112\n')
+        self.log('emergency stop: M112 sent')
+        raise PrinterError('emergency stop (M112)')
+
+    def _obey(self, done):
+        """Between lines (``done`` of them answered): act on what was asked."""
+        if self.control is None:
+            return
+        self._take_requests()
+        while self.requests:
+            word = self.requests.popleft()
+            if word == 'cancel':
+                self._cancel(done)
+            elif word == 'pause':
+                self._pause(done)
+
+    def _pause(self, done):
+        """The pause G-code, then temperatures polled until a resume (or cancel, stop)."""
+        self.log(f'pausing after line {done}')
+        self.state = 'paused'
+        self._run_commands(self.printer.pause_gcode)
+        self.log(f'paused after line {done}')
+        self._report()
+        while True:
+            words = self.control.wait(self.pause_poll)
+            self._take_requests(words)
+            while self.requests:
+                word = self.requests.popleft()
+                if word == 'cancel':
+                    self._cancel(done)
+                elif word == 'resume':
+                    self._run_commands(tuple(self.printer.resume_gcode)
+                                       + ((self.extrusion,) if self.extrusion == 'M82' else ()))
+                    self.state = 'printing'
+                    self.log(f'resumed after line {done}')
+                    return
+            if not words:
+                self._run_commands(('M105',))  # a pause is no silence: the printer is still asked
+                self._report()
+
+    def _cancel(self, done):
+        self.state = 'cancelling'
+        self.log(f'cancelling after line {done}')
+        self._run_commands(self.printer.cancel_gcode)
+        self.log(f'cancelled after line {done}')
+        raise PrintCancelled('cancelled')
+
+    def _run_commands(self, codes):
+        """Send each of ``codes`` unnumbered and wait for its ok."""
+        for code in codes:
+            command = code.encode('ascii', 'replace')
+            self._send_command(command, reports=code[:4].upper() == 'M105' and not code[4:5].isdigit())
+            self.heard = time.monotonic()
+            self.in_flight = code.split(None, 1)[0].upper()
+            while self.owed:
+                line = self._read(self.heard + self.answer_timeout)
+                if line is None:
+                    raise PrinterError(f'the printer stopped answering (no reply for '
+                                       f'{self.answer_timeout:g} s after {code})')
+                if line.startswith(b'ok'):
+                    self._match_ok(line)
+                elif is_printer_error(line):
+                    self._check_error(line)
+                elif line == b'start':
+                    raise PrinterError(f'the printer restarted (it sent start) after {code}')
+
     # -- oks, silence and pokes -----------------------------------------------
 
     def _send_command(self, command, reports):
@@ -358,8 +601,18 @@ class GcodeSender:
 
     def _read(self, until):
         """The printer's next line, or None at ``until`` or after ``answer_timeout`` s of silence."""
-        left = min(until, self.heard + self.answer_timeout) - time.monotonic()
-        line = self.link.read_line(max(left, 0.0))
+        while True:
+            end = min(until, self.heard + self.answer_timeout)
+            left = end - time.monotonic()
+            if self.control is None or left <= PRINT_CONTROL_SLICE:
+                line = self.link.read_line(max(left, 0.0))
+                break
+            line = self.link.read_line(PRINT_CONTROL_SLICE)
+            self._take_requests()  # a stop goes out at once, the rest between lines
+            if line is not None:
+                break
+        if line is not None and b'T:' in line:
+            self._note_temperatures(line)
         if line is not None and not self._is_timed_chatter(line):
             self.heard = time.monotonic()  # an auto-report or wait is no answer: the silence goes on
         return line
@@ -370,11 +623,15 @@ def cmd_print(args):
     options, (port, path) = _print_arguments(args)
     check_serial_port(port)  # a wrong port is named even when the file is wrong too
     lines = gcode_lines(path)
+    layers = gcode_layers(path, len(lines))
     link = SerialLink(port, options['baud'])
     started = time.monotonic()
     try:
         sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
-                             comm_timeout=options['comm-timeout'])
+                             comm_timeout=options['comm-timeout'], control=task_control_pipe())
+        sender.layers = layers
+        if sender.control is not None:  # a task: its followers see temperatures
+            sender.temp_interval = PRINT_TEMP_INTERVAL
         sender.connect()
         sender.run()
     finally:
@@ -416,9 +673,12 @@ def task_progress_writer():
     if not fd.isdigit():
         return None
 
-    def write(done, total):
+    def write(done, total, **state):
+        extra = ''.join(f' {key}={value if isinstance(value, int) else round(value, 3)}'
+                        for key, value in state.items()
+                        if key in PRINTER_FIELDS and isinstance(value, (int, float)))
         try:
-            os.write(int(fd), f'{done}/{total}\n'.encode())
+            os.write(int(fd), f'{done}/{total}{extra}\n'.encode())
         except OSError:
             pass  # a runner that went away takes the print with it anyway
     return write

@@ -50,6 +50,10 @@ class Field:
     # Flags of the busy states beside running (value YES); 0.019 clients read only ``status``.
     QUEUED = 'queued'
     SUSPENDED = 'suspended'
+    # A print whose built-in sender runs and takes pause/resume/cancel/stop
+    # (YES), and the cancel or stop asked of it.
+    SENDER = 'sender'
+    PRINT_CONTROL = 'printControl'
     WAITING = 'waiting'
     # Processes, each as pid plus kernel start time: the detached runner and the tool's group.
     RUNNER = 'runner'

@@ -32,20 +32,24 @@ class ToolRun:
 
     def __init__(self, task, launch, limits, work=None, cgroup=None):
         self.task, self.launch, self.limits, self.work, self.cgroup = task, launch, limits, work, cgroup
+        self.control = None  # the built-in sender's SenderControl while it runs
 
     def run(self, command, log, on_start=None):
         """Start ``command`` and watch it; a failure outcome, or None with ``launch.exit_code`` set."""
         output_read, output_write = os.pipe()
         progress_read, progress_write = os.pipe() if self.launch.builtin else (None, None)
+        # The sender's control pipe: pause, resume, cancel, stop (SenderControl).
+        control_read, control_write = os.pipe() if self.launch.builtin else (None, None)
         try:
-            process = self.start(command, output_write, progress_write)
+            process = self.start(command, output_write, progress_write, control_read)
         except OSError as exc:  # the program by its name: its path is the server's
-            close_fds(output_read, progress_read)
+            close_fds(output_read, progress_read, control_write)
             return TaskStatus.FAILED, {'error': f'cannot start {os.path.basename(command[0])}: '
                                                 f'{reason_without_paths(exc)}'}
         finally:
-            close_fds(output_write, progress_write)  # the tool holds its ends now
+            close_fds(output_write, progress_write, control_read)  # the tool holds its ends now
         output = OutputPipe(output_read, ToolLog(log, self.limits.log))
+        self.control = SenderControl(control_write) if control_write is not None else None
         try:
             return self.watch(process, output, progress_read, on_start)
         except BaseException:  # a runner that cannot go on watching takes its tool with it
@@ -53,31 +57,34 @@ class ToolRun:
             raise
         finally:
             output.close()
-            close_fds(progress_read)
+            close_fds(progress_read, control_write)
             self.launch.exit_code = process.returncode
 
-    def start(self, command, output_write, progress_write):
+    def start(self, command, output_write, progress_write, control_read=None):
         """The tool's process: its own session, stdout and stderr into the pipe."""
         import subprocess
         if progress_write is not None:
             self.launch.env['RRCLOUD_PROGRESS_FD'] = str(progress_write)
+        if control_read is not None:
+            self.launch.env['RRCLOUD_CONTROL_FD'] = str(control_read)
         return subprocess.Popen(
             command, cwd=self.work or self.task.store.root, env=self.launch.env,
             stdin=subprocess.DEVNULL, stdout=output_write, stderr=subprocess.STDOUT,
-            pass_fds=() if progress_write is None else (progress_write,),
+            pass_fds=tuple(fd for fd in (progress_write, control_read) if fd is not None),
             start_new_session=True)  # its own group: timeouts and kills reach grandchildren
 
     def watch(self, process, output, progress_read, on_start=None):
         """Record the tool's pid, tell ``on_start``, then supervise the tool
         until it ends, is stopped (timeout, a limit) or is killed."""
-        self.task.update({'pid': process.pid, 'pidStart': process_start_time(process.pid) or ''})
+        self.task.update({'pid': process.pid, 'pidStart': process_start_time(process.pid) or '',
+                          **({Field.SENDER: YES} if self.control else {})})
         if on_start:  # the started notifier: in a thread, the tool never waits for it
             on_start(self.task.record)
         _install_runner_signal_handlers(process)
         events = self.progress_events()
         progress = ProgressPipe(progress_read, events)
         output.follow(self.launch.progress, events)
-        watchdog = Watchdog(self.task, self.work)
+        watchdog = Watchdog(self.task, self.work, control=self.control)
         code, stopped = supervise(process, watchdog, output, progress)
         kill_process_group(process.pid)  # leftovers of a tool that exited
         output.finish()  # the rest of its output, and the stages it names
@@ -96,7 +103,12 @@ class ToolRun:
         service's tasks usually take here (the time left before it says more)."""
         reader = self.launch.progress
         if reader is None:
-            return ProgressEvents(self.task.store, self.task.id)
+            seconds = self.task.get(Field.GCODE_PRINT_SECONDS) if self.launch.builtin else None
+            try:  # a print's slicer estimate, scaled by its progress, is its time left
+                print_seconds = float(seconds) if seconds else None
+            except ValueError:
+                print_seconds = None
+            return ProgressEvents(self.task.store, self.task.id, print_seconds=print_seconds)
         usual = usual_run_time(self.task.store, self.task.get(Field.SERVICE), skip=self.task.id)
         events = ProgressEvents(self.task.store, self.task.id, usual=usual)
         events.report_stage(reader.first_stage)
@@ -125,8 +137,10 @@ def close_fds(*fds):
             os.close(fd)
 
 
-# A progress line longer than this is no ``DONE/TOTAL`` line: dropped unread.
-PROGRESS_LINE_MAX = 64
+# A progress line longer than this is no ``DONE/TOTAL [key=number ...]`` line: dropped unread.
+PROGRESS_LINE_MAX = 256
+# The printer's state a sender's progress line may carry (printing.PRINTER_FIELDS).
+PRINTER_STATE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
 
 
 class ProgressPipe:
@@ -148,7 +162,8 @@ class ProgressPipe:
         if self.open:
             newest = self._newest_line()
             if newest:
-                self.events.report(*newest)
+                done, total, state = newest
+                self.events.report(done, total, printer=state)
         self.events.flush()
 
     def _newest_line(self):
@@ -173,13 +188,24 @@ class ProgressPipe:
 
 
 def parse_progress_line(line):
-    """(done, total) of a ``DONE/TOTAL`` line, or None."""
+    """(done, total, printer state) of a ``DONE/TOTAL [key=number ...]`` line, or None."""
     if len(line) > PROGRESS_LINE_MAX:
         return None
-    done, sep, total = line.strip().partition(b'/')
-    if sep and done.isdigit() and total.isdigit():
-        return int(done), int(total)
-    return None
+    fraction, *pairs = line.strip().split(b' ')
+    done, sep, total = fraction.partition(b'/')
+    if not (sep and done.isdigit() and total.isdigit()):
+        return None
+    state = {}
+    for pair in pairs:
+        key, _, value = pair.decode('ascii', 'replace').partition('=')
+        if key in PRINTER_STATE_FIELDS:
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if -1e6 < number < 1e15:  # finite, and no count a sender could reach
+                state[key] = int(number) if number.is_integer() else number
+    return int(done), int(total), state
 
 
 # What the watchdog says of a task whose record shows it was killed.
@@ -218,8 +244,9 @@ class Watchdog:
     # tool that makes 100,000 files slows its own checks, never the runner.
     WALK_ENTRIES = 10000
 
-    def __init__(self, task, work=None, interval=0.5):
+    def __init__(self, task, work=None, interval=0.5, control=None):
         now = time.monotonic()
+        self.control = control  # the built-in sender's SenderControl, or None
         self.task, self.config, self.work = task, task.config, work
         self.interval = interval
         self.deadline, self.next_look, self.looked = now + self.config.timeout, now + interval, now
@@ -245,6 +272,8 @@ class Watchdog:
         record = self.task.refresh()
         if record.get(Field.STATUS) != TaskStatus.BUSY:
             return KILLED
+        if self.control is not None:
+            self.control.follow(record)
         reason = self._suspension(record, now)
         self.looked = now
         if reason is None and self.work and now >= self.next_walk:
@@ -274,6 +303,33 @@ class Watchdog:
         if now - self.suspended_since > self.config.maxSuspend:
             return f'suspended longer than maxSuspend ({self.config.maxSuspend:g} s)'
         return None
+
+
+class SenderControl:
+    """The runner's end of the built-in sender's control pipe: the record's
+    wishes (``suspended: yes`` is a pause, its end a resume; ``printControl:
+    cancel`` or ``stop``) written to the sender as words, each once.  The
+    sender acts on them between lines (a stop at once): never SIGSTOP, which
+    would leave the printer mid-move."""
+
+    def __init__(self, fd):
+        self.fd, self.paused, self.sent = fd, False, set()
+
+    def follow(self, record):
+        paused = record.get(Field.SUSPENDED) == YES
+        if paused != self.paused:
+            self.paused = paused
+            self.write('pause' if paused else 'resume')
+        word = record.get(Field.PRINT_CONTROL)
+        if word in ('cancel', 'stop') and word not in self.sent:
+            self.sent.add(word)
+            self.write(word)
+
+    def write(self, word):
+        try:
+            os.write(self.fd, word.encode() + b'\n')
+        except OSError:
+            pass  # the sender is gone: its end is judged as any other
 
 
 class OutputPipe:

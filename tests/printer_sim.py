@@ -211,8 +211,14 @@ class PrinterSim:
                  resend_loop_lines=(), duplicate_lines=(), drop_ok_lines=(),
                  halt_at_line=None, halt_lines=HALT_LINES,
                  unanswered_error_lines=(), unanswered_error="No Line Number with checksum",
-                 swallow_resent_lines=(), report_when_silent=False, wait_interval=None):
+                 swallow_resent_lines=(), report_when_silent=False, wait_interval=None,
+                 hold_at_line=None):
         self.banner_delay = banner_delay
+        # Line hold_at_line is worked on (busy: every 0.5 s) until release():
+        # a test acts while the print is known to be at that line.
+        self.hold_at_line = hold_at_line
+        self.holding = threading.Event()
+        self._released = threading.Event()
         self.banner = tuple(banner)
         self.delay = delay
         self.busy_interval = busy_interval
@@ -566,6 +572,8 @@ class PrinterSim:
         delay = self.command_delays.get(word, self.delay)
         if delay:
             self._work(out, delay, heating=word in HEATING_COMMANDS)
+        if n is not None and n == self.hold_at_line:
+            self._hold(out)
         if (self.noise_every
                 and self._accepted_count % self.noise_every == 0):
             out.extend(self.noise_lines)
@@ -648,6 +656,19 @@ class PrinterSim:
                 self._emit([HEATING_REPORT if heating else "echo:busy: processing"])
             if self._temp_due is not None and time.monotonic() >= self._temp_due:
                 self._temp_due = time.monotonic() + self.temp_interval
+                self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+
+    def release(self):
+        """End the hold of ``hold_at_line``: its ok goes out."""
+        self._released.set()
+
+    def _hold(self, out):
+        self._emit(out)
+        del out[:]
+        self.holding.set()
+        while not self._released.wait(0.5) and not self._stop.is_set():
+            self._emit(["echo:busy: processing"])
+            if self.temp_interval:  # M155's auto-report goes on while the printer works
                 self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
 
     def _emit_error_line(self, message, out):

@@ -320,9 +320,9 @@ def test_supervise_stops_the_tools_whole_group(tmp_path, stop):
 ###############################################################################
 
 @pytest.mark.parametrize('line, parsed', [
-    (b'5/10', (5, 10)),
-    (b'0/0', (0, 0)),
-    (b' 12/340 \r', (12, 340)),
+    (b'5/10', (5, 10, {})),
+    (b'0/0', (0, 0, {})),
+    (b' 12/340 \r', (12, 340, {})),
     (b'5/', None),
     (b'/10', None),
     (b'-1/10', None),
@@ -330,10 +330,14 @@ def test_supervise_stops_the_tools_whole_group(tmp_path, stop):
     (b'five/10', None),
     (b'5 / 10', None),
     (b'', None),
-    (b'1' * 31 + b'/' + b'2' * 32, (int('1' * 31), int('2' * 32))),  # 64 bytes: the longest taken
-    (b'1' * 32 + b'/' + b'2' * 32, None),                              # 65: dropped unread
+    (b'1' * 31 + b'/' + b'2' * 32, (int('1' * 31), int('2' * 32), {})),
+    (b'5/10 hotend=210.5 hotendTarget=210 bed=60 bytes=1234 layer=3 z=0.6 paused=0 evil=1 z2=x',
+     (5, 10, {'hotend': 210.5, 'hotendTarget': 210, 'bed': 60, 'bytes': 1234, 'layer': 3, 'z': 0.6, 'paused': 0})),
+    (b'5/10 hotend=nan bed=inf z=1e99 layer=', (5, 10, {})),
+    (b'5/10 ' + b'x' * 251, (5, 10, {})),                             # 256 bytes: the longest taken
+    (b'5/10 ' + b'x' * 252, None),                                    # 257: dropped unread
 ], ids=['done-total', 'zero', 'spaces', 'no-total', 'no-done', 'negative', 'two-slashes', 'word', 'spaced',
-        'empty', 'longest', 'too-long'])
+        'empty', 'long-numbers', 'printer-state', 'non-finite', 'longest', 'too-long'])
 def test_parse_progress_line(line, parsed):
     assert parse_progress_line(line) == parsed
 

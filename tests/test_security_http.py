@@ -669,6 +669,9 @@ REFUSED_TOKENS = {  # case: (path, headers); h = hostile headers
     'log of the witness': ('/tasks/log/{witness}', {}),
     'browser page': ('/', {'User-Agent': BROWSER}),
     'kill of the witness': ('/?service=kill&id={witness}', {}),
+    'pause of the witness': ('/?service=pause&id={witness}', {}),
+    'cancel of the witness': ('/?service=cancel&id={witness}', {}),
+    'stop of the witness': ('/?service=stop&id={witness}', {}),
 }
 
 
@@ -985,6 +988,13 @@ STATE_CHANGES = {
     'clean': ('GET', '/?service=clean&olderThan=0', None),
     'remove as a POST': ('POST', '/', {'service': 'remove', 'id': '{witness}'}),
     'clean as a POST': ('POST', '/', {'service': 'clean', 'olderThan': '0'}),
+    # a print's control: pause (a print's suspend), cancel, emergency stop
+    'pause': ('GET', '/?service=pause&id={witness}', None),
+    'cancel': ('GET', '/?service=cancel&id={witness}', None),
+    'stop': ('GET', '/?service=stop&id={witness}', None),
+    'pause as a POST': ('POST', '/', {'service': 'pause', 'id': '{witness}'}),
+    'cancel as a POST': ('POST', '/', {'service': 'cancel', 'id': '{witness}'}),
+    'stop as a POST': ('POST', '/', {'service': 'stop', 'id': '{witness}'}),
     'a task': ('POST', '/', {'service': 'echo', 'fileIn0': 'started'}),
     'a pipe': ('POST', '/', {'service': 'pipe', 'step1': 'echo', 'step1.fileIn0': 'piped'}),
     # a farm's worker routes (a page has no worker token, but the name and the origin come first)
@@ -1000,7 +1010,8 @@ ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_si
 @pytest.mark.parametrize('attack', list(ATTACKS))
 @pytest.mark.parametrize('change', list(STATE_CHANGES))
 def test_every_state_changing_request_refuses_a_rebound_name_and_a_same_site_page(server, change, attack):
-    """kill, suspend, resume, move, remove, clean (GET or POST), a task, a pipe: each refused, nothing written."""
+    """kill, suspend, resume, move, remove, clean, pause, cancel, stop (GET or POST), a task, a pipe:
+    each refused, nothing written."""
     from rrc.web.app import SERVICE_ROUTES
     walked = {form['service'] if form else path.split('service=')[1].split('&')[0]
               for _, path, form in STATE_CHANGES.values()}

@@ -15,7 +15,7 @@ from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task, state_of
 from ..store import to_json
-from ..control import kill_task, resume_task, suspend_task
+from ..control import cancel_task, kill_task, pause_task, resume_task, stop_task, suspend_task
 from ..services import format_chosen, takes_ini
 from ..submission import submit_task
 from ..node import meta_record
@@ -137,6 +137,25 @@ def cmd_resume(ctx, args):
     return _suspend_or_resume(ctx, args, 'resume')
 
 
+def cmd_pause(ctx, args):
+    """``rrcloud pause ID``: pause a print (its sender runs the pause G-code)."""
+    return _suspend_or_resume(ctx, args, 'pause')
+
+
+def cmd_cancel(ctx, args):
+    """``rrcloud cancel ID``: cancel a print (its cancel G-code; the task fails ``cancelled``)."""
+    return _suspend_or_resume(ctx, args, 'cancel')
+
+
+def cmd_stop(ctx, args):
+    """``rrcloud stop ID``: emergency stop of a print (M112 at once)."""
+    return _suspend_or_resume(ctx, args, 'stop')
+
+
+CONTROL_CHANGES = {'suspend': suspend_task, 'resume': resume_task, 'pause': pause_task,
+                   'cancel': cancel_task, 'stop': stop_task}
+
+
 def _suspend_or_resume(ctx, args, verb):
     """Here, at the server a task was sent to, or at ``--s``."""
     if len(args) != 1:
@@ -151,7 +170,7 @@ def _suspend_or_resume(ctx, args, verb):
         answer = ask_server(ctx, {'service': verb, 'id': record[Field.REMOTE_ID]}, url=record[Field.SERVER])
         print_state(dict(answer, id=task_id), server=record[Field.SERVER])
         return ExitCode.OK
-    change = suspend_task if verb == 'suspend' else resume_task
+    change = CONTROL_CHANGES[verb]
     print_state(change(ctx.store, task_id, by=f'the command line (user {user_name()})'))
     return ExitCode.OK
 

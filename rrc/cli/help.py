@@ -18,6 +18,10 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] suspend ID          pause a running task's tool (its time stops counting)
        rrcloud [OPTIONS] resume ID           continue a suspended task (suspend and resume print
                                              the state it is in then)
+       rrcloud [OPTIONS] pause ID            pause a print (pause G-code; resume goes on); suspend
+                                             of a print does the same
+       rrcloud [OPTIONS] cancel ID           cancel a print (heaters, fan, motors off): failed, cancelled
+       rrcloud [OPTIONS] stop ID             emergency stop of a print (M112 at once)
        rrcloud [OPTIONS] pipe SERVICE ARGS... -- SERVICE ARGS...   a job of steps (see pipe --help)
        rrcloud [OPTIONS] watch ID            follow a task or job live (status, log, progress)
        rrcloud [OPTIONS] move ID front|back  reorder a queued task: start it next, or last
@@ -53,8 +57,8 @@ for SERVICE.cloud ARGS.
 options:
   --local            run here even when servers are configured
   --s=SERVER         send the task to SERVER (host, host:port or URL); with
-                     info, ls, meta, kill, suspend, resume, watch, move, get, rm,
-                     clean or history: ask SERVER instead of this store
+                     info, ls, meta, kill, suspend, resume, pause, cancel, stop,
+                     watch, move, get, rm, clean or history: ask SERVER instead of this store
   --notifier=URL     GET URL when the task ends ($id, $myip are filled in;
                      signed when the server has notifierSecret)
   --notifier-events=started,ended

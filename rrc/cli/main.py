@@ -3,7 +3,8 @@
 import sys
 
 from .. import PROTOCOL_VERSION, __version__
-from .commands import cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_move, cmd_resume, cmd_submit, cmd_suspend
+from .commands import (cmd_cancel, cmd_info, cmd_kill, cmd_ls, cmd_meta, cmd_move, cmd_pause, cmd_resume, cmd_stop,
+                       cmd_submit, cmd_suspend)
 from .help import HELP, SUBCOMMAND_HELP, USAGE
 from .options import CLI_COMMANDS, parse_options, split_command_line
 from ..errors import ExitCode, UsageError
@@ -61,7 +62,8 @@ def cli(args):
         return (cmd_rm if command == 'rm' else cmd_clean)(ctx, rest)
     if command in CLI_COMMANDS:
         return {'info': cmd_info, 'meta': cmd_meta, 'kill': cmd_kill, 'ls': cmd_ls,
-                'suspend': cmd_suspend, 'resume': cmd_resume, 'move': cmd_move}[command](ctx, rest)
+                'suspend': cmd_suspend, 'resume': cmd_resume, 'move': cmd_move,
+                'pause': cmd_pause, 'cancel': cmd_cancel, 'stop': cmd_stop}[command](ctx, rest)
     return cmd_submit(ctx, command, rest, sync=options.sync)
 
 

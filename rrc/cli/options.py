@@ -16,7 +16,7 @@ from ..submission import Input, input_kinds
 
 
 CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move', 'get', 'rm', 'clean',
-                'history', 'printers')
+                'history', 'printers', 'pause', 'cancel', 'stop')
 VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir', 'priority')
 FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
 

@@ -85,7 +85,7 @@ def check_token(given, config):
 
 
 # Services of a GET that change something (a POST always may).
-STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move', 'remove', 'clean')
+STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move', 'remove', 'clean', 'pause', 'cancel', 'stop')
 
 
 def changes_state(request):

@@ -171,6 +171,27 @@ def answer_resume(app, request):
     return answer_record(client_view(record, request.client), request.format)
 
 
+def answer_pause(app, request):
+    """``service=pause&id=ID``: pause a print (``suspend`` of a print does the same)."""
+    from ..control import pause_task
+    record = pause_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
+def answer_cancel(app, request):
+    """``service=cancel&id=ID``: cancel a print: its cancel G-code, then failed ``cancelled``."""
+    from ..control import cancel_task
+    record = cancel_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
+def answer_stop(app, request):
+    """``service=stop&id=ID``: emergency stop of a print (M112 at once)."""
+    from ..control import stop_task
+    record = stop_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
 def answer_events(app, request):
     """``service=events&id=ID``: the task's live events (Server-Sent Events).
     Its module is imported by this route alone."""
@@ -487,7 +508,8 @@ def form_inputs(request, service, required=True):
 PATH_ROUTES = (('/tasks/out/', serve_result), ('/tasks/log/', serve_log))
 # service= -> handler(app, request); any other name is a task to start.
 SERVICE_ROUTES = {'info': answer_info, 'meta': answer_meta, 'kill': answer_kill,
-                  'suspend': answer_suspend, 'resume': answer_resume, 'pipe': answer_pipe,
+                  'suspend': answer_suspend, 'resume': answer_resume,
+                  'pause': answer_pause, 'cancel': answer_cancel, 'stop': answer_stop, 'pipe': answer_pipe,
                   'events': answer_events, 'move': answer_move, 'remove': answer_remove,
                   'clean': answer_clean, 'history': answer_history,
                   'printers': answer_printers, **WORK_ROUTES}

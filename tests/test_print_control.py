@@ -1,0 +1,416 @@
+"""Pause, resume, cancel and emergency stop of a print (issue 21, item 3).
+
+The sender runs against tests/printer_sim.PrinterSim behind a real pty: in
+process (a thread) with a real control pipe, and as a task of the printrun
+service, controlled through the command line and the record (its runner
+hands the request to the sender).  No timed assertions: the simulator holds
+a line (``hold_at_line``) until the test has asked for what it tests.
+"""
+import os
+import threading
+
+import pytest
+
+from rrc.control import pause_task
+from rrc.errors import PrinterError, UsageError
+from rrc.printing import (ControlPipe, GcodeSender, MarlinGcode, PrintCancelled, SerialLink, checksummed,
+                          gcode_layers, gcode_lines)
+from rrc.states import get_task
+from rrc.store import Store
+from conftest import DATA, make_service
+from helpers import PTY_PRINTRUN_CONF
+from printer_sim import PrinterSim
+
+SMALL = DATA / 'small.gcode'
+EXPECTED = gcode_lines(SMALL)
+COUNT = len(EXPECTED)
+HOLD = 100
+PAUSE = list(MarlinGcode.pause_gcode)
+# the file's own absolute extrusion (M82) is restored after the relative prime
+RESUME = list(MarlinGcode.resume_gcode) + (['M82'] if 'M82' in EXPECTED[:HOLD] else [])
+CANCEL = list(MarlinGcode.cancel_gcode)
+
+
+def file_lines(sim):
+    return [code for number, code in sim.received_numbered if number is not None]
+
+
+def numbers(sim):
+    return [number for number, _ in sim.received_numbered if number is not None]
+
+
+def after_line(sim, line):
+    """The unnumbered commands the printer accepted after numbered line ``line``."""
+    received = sim.received_numbered
+    start = next(i for i, (number, _) in enumerate(received) if number == line)
+    found = []
+    for number, code in received[start + 1:]:
+        if number is not None:
+            break
+        found.append(code)
+    return found
+
+
+class SenderThread:
+    """The sender in a thread of this process, with a real control pipe."""
+
+    def __init__(self, sim, printer=None):
+        self.read_end, self.write_end = os.pipe()
+        self.link = SerialLink(sim.port, 115200)
+        self.log_lines = []
+        self.reports = []
+        self.sender = GcodeSender(self.link, EXPECTED, answer_timeout=20, log=self.log_lines.append,
+                                  control=ControlPipe(self.read_end), printer=printer,
+                                  progress=lambda done, total, **state: self.reports.append((done, total, state)))
+        self.sender.layers = gcode_layers(SMALL, COUNT)
+        self.sender.pause_poll = 0.1
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.sender.connect()
+            self.sender.run()
+        except PrinterError as exc:
+            self.error = exc
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(30)
+        self.link.close()
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+    def ask(self, word):
+        os.write(self.write_end, word.encode() + b'\n')
+
+    def join(self):
+        self.thread.join(30)
+        assert not self.thread.is_alive(), 'the sender did not end'
+
+
+def test_pause_stops_after_the_line_in_flight_polls_temperatures_and_resume_goes_on():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        moved = len(file_lines(sim))
+        # still paused after several temperature polls: no line of the file moved
+        assert sim.wait_for(lambda s: s.received[-3:] == ['M105'] * 3, 20), sim.received[-10:]
+        assert len(file_lines(sim)) == moved == HOLD
+        assert run.sender.state == 'paused'
+        run.ask('resume')
+        run.join()
+
+    assert run.error is None, run.error
+    assert file_lines(sim) == EXPECTED
+    assert numbers(sim) == list(range(1, COUNT + 1))
+    between = after_line(sim, HOLD)
+    assert between[:len(PAUSE)] == PAUSE
+    assert set(between[len(PAUSE):-len(RESUME)]) == {'M105'}
+    assert between[-len(RESUME):] == RESUME
+    assert sim.errors == []
+
+
+def test_cancel_runs_the_cancel_gcode_and_nothing_after_it():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('cancel')
+        sim.release()
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled) and str(run.error) == 'cancelled'
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert sim.received[-len(CANCEL):] == CANCEL
+    assert after_line(sim, HOLD) == CANCEL
+
+
+def test_cancel_while_paused():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20)
+        run.ask('cancel')
+        run.join()
+
+    assert str(run.error) == 'cancelled'
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert sim.received[-len(CANCEL):] == CANCEL
+
+
+def test_stop_sends_m112_at_once():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('stop')
+        run.join()  # while the printer still works on the held line
+        sim.release()
+        assert sim.wait_for(lambda s: 'M112' in s.received, 20)
+
+    assert 'emergency stop' in str(run.error)
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert sim.received[-1] == 'M112'
+
+
+def test_a_named_printer_gives_its_own_gcode():
+    class Custom:
+        pause_gcode = ('M601',)
+        resume_gcode = ('M602',)
+        cancel_gcode = ('M104 S0', 'M84')
+
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim, printer=Custom()) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: 'M601' in s.received, 20)
+        run.ask('resume')
+        run.join()
+
+    assert run.error is None
+    assert file_lines(sim) == EXPECTED
+    assert after_line(sim, HOLD)[0] == 'M601' and after_line(sim, HOLD)[-2:] == ['M602', 'M82']
+
+
+def test_printer_state_in_the_progress_reports():
+    """Temperatures from the auto-reports (M155) while a line is worked on,
+    bytes, layer and height from what was sent."""
+    with PrinterSim(hold_at_line=HOLD, temp_interval=0.2) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        assert sim.wait_for(lambda s: any('T:200.0' in str(entry) for entry in s.transcript), 20)
+        sim.release()
+        run.join()
+
+    assert run.error is None
+    done, total, state = run.reports[-1]
+    assert (done, total) == (COUNT, COUNT)
+    assert state['hotend'] == 200.0 and state['hotendTarget'] == 200.0
+    assert state['bed'] == 60.0 and state['bedTarget'] == 60.0
+    assert state['bytes'] == sum(len(checksummed(n, code)) for n, code in enumerate(EXPECTED, 1))
+    assert state['layer'] == gcode_layers(SMALL, COUNT)[-1]
+    assert state['z'] > 0 and state['paused'] == 0
+    assert file_lines(sim) == EXPECTED
+
+
+def test_temperature_polls_go_between_lines():
+    """No temperature for temp_interval: M105 between two lines, unnumbered;
+    every line of the file still once and in order."""
+    with PrinterSim() as sim, SenderThread(sim) as run:
+        run.sender.temp_interval = 1e-9
+        run.join()
+
+    assert run.error is None
+    assert file_lines(sim) == EXPECTED and numbers(sim) == list(range(1, COUNT + 1))
+    assert [code for n, code in sim.received_numbered if n is None][1:] == ['M105'] * COUNT
+    assert run.reports[-1][2]['hotend'] == 20.0
+
+
+###############################################################################
+# As a task: the command line, the record, the runner's control pipe
+###############################################################################
+
+@pytest.fixture
+def pty_service(workdir):
+    make_service(workdir, 'printrun', PTY_PRINTRUN_CONF)
+    (workdir / 'small.gcode').write_bytes(SMALL.read_bytes())
+    return workdir
+
+
+def started_print(proc, workdir, sim):
+    result = proc('printrun', sim.port, 'small.gcode')
+    assert result.code == 0, result
+    task_id = result.out.split('id: ', 1)[1].strip()
+    assert sim.holding.wait(30)
+    store = Store(str(workdir))
+    assert wait_for_record(store, task_id, lambda r: r.get('sender') == 'yes')
+    return store, task_id
+
+
+def log_of(store, task_id):
+    with open(store.log_path(task_id), encoding='utf-8', errors='replace') as log:
+        return log.read()
+
+
+def wait_sender_asked(store, task_id, word, timeout=30):
+    """Wait until the sender logged that it got ``word`` from its runner."""
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if f'rrcloud print: asked to {word}' in log_of(store, task_id):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for_record(store, task_id, predicate, timeout=30):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        record = get_task(store, task_id)
+        if predicate(record):
+            return record
+        time.sleep(0.05)
+    return None
+
+
+def test_task_pause_resume_through_the_command_line(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = started_print(proc, pty_service, sim)
+        paused = proc('pause', task_id)
+        assert paused.code == 0, paused
+        assert 'suspended' in paused.out, paused.out
+        assert wait_sender_asked(store, task_id, 'pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        record = get_task(store, task_id)
+        assert record['status'] == 'busy' and record['suspended'] == 'yes'  # as 0.019 clients see it
+        # info while paused: the printer's state of the newest progress event
+        record = wait_for_record(store, task_id, lambda r: 'hotend' in r and r.get('progress') == f'{HOLD}/{COUNT}')
+        assert record['hotendTarget'] and record['bed'] and record['bedTarget'], record
+        assert int(record['bytesSent']) > 0 and float(record['z']) > 0, record
+        assert record['layer'] == str(gcode_layers(SMALL, COUNT)[HOLD - 1]), record
+        assert float(record['elapsedSeconds']) >= 0, record
+        assert len(file_lines(sim)) == HOLD
+        resumed = proc('resume', task_id)
+        assert resumed.code == 0, resumed
+        record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
+
+    assert record['status'] == 'complete', record
+    assert file_lines(sim) == EXPECTED
+    assert after_line(sim, HOLD)[:len(PAUSE)] == PAUSE
+    with open(store.log_path(task_id), encoding='utf-8') as log:
+        text = log.read()
+    assert 'paused by the command line' in text and 'resumed by the command line' in text, text
+
+
+def test_task_suspend_of_a_print_is_a_pause(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = started_print(proc, pty_service, sim)
+        suspend = proc('suspend', task_id)
+        assert suspend.code == 0, suspend
+        assert wait_sender_asked(store, task_id, 'pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        # not SIGSTOPped: the sender still polls the printer
+        assert sim.wait_for(lambda s: s.received[-2:] == ['M105', 'M105'], 20)
+        assert proc('resume', task_id).code == 0
+        record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
+
+    assert record['status'] == 'complete', record
+    assert file_lines(sim) == EXPECTED
+
+
+def test_task_cancel_fails_it_cancelled(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = started_print(proc, pty_service, sim)
+        assert proc('cancel', task_id).code == 0
+        assert wait_for_record(store, task_id, lambda r: r.get('printControl') == 'cancel')
+        assert wait_sender_asked(store, task_id, 'cancel')
+        sim.release()
+        record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
+
+    with open(store.log_path(task_id), encoding='utf-8') as log:
+        text = log.read()
+    assert record['status'] == 'failed' and record['error'] == 'cancelled', (record, text)
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert sim.received[-len(CANCEL):] == CANCEL
+
+
+def test_task_stop_sends_m112(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = started_print(proc, pty_service, sim)
+        assert proc('stop', task_id).code == 0
+        record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
+        sim.release()
+        assert sim.wait_for(lambda s: 'M112' in s.received, 20)
+
+    assert record['status'] == 'failed' and 'emergency stop' in record['error'], record
+    assert file_lines(sim) == EXPECTED[:HOLD]
+
+
+def test_pause_of_a_task_that_is_not_a_print_is_a_clear_error(cli, workdir):
+    from helpers import submit_script
+    make_service(workdir, 'job', 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\n')
+    task_id = submit_script(cli, workdir, 'sleep 30\n')
+    try:
+        for verb in ('pause', 'cancel', 'stop'):
+            result = cli(verb, task_id)
+            assert result.code != 0, result
+            assert 'not a print' in result.err and result.err.startswith('rrcloud: error: '), result
+        store = Store(str(workdir))
+        with pytest.raises(UsageError, match='not a print'):
+            pause_task(store, task_id, by='test')
+    finally:
+        cli('kill', task_id)
+
+
+###############################################################################
+# Over HTTP: service=pause, cancel on the embedded server
+###############################################################################
+
+def test_http_pause_then_cancel_of_a_print(embedded_server):
+    import json
+    import requests
+    server = embedded_server(services={'printrun': PTY_PRINTRUN_CONF})
+    store = Store(str(server.root))
+
+    def ask(service, task_id):
+        answer = requests.get(server.url, params={'service': service, 'id': task_id, 'format': 'json'},
+                              timeout=30)
+        return answer.status_code, json.loads(answer.text)
+
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        answer = requests.post(server.url, data={'service': 'printrun', 'nativeArgs': sim.port, 'format': 'json'},
+                               files={'fileIn0': ('small.gcode', SMALL.read_bytes())}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        task_id = json.loads(answer.text)['id']
+        assert sim.holding.wait(30)
+        assert wait_for_record(store, task_id, lambda r: r.get('sender') == 'yes')
+        status, record = ask('pause', task_id)
+        assert status == 200 and record['status'] == 'busy' and record['suspended'] == 'yes', record
+        assert wait_sender_asked(store, task_id, 'pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        # the event stream: a progress event with the printer's state, paused
+        with requests.get(server.url, params={'service': 'events', 'id': task_id}, stream=True,
+                          timeout=30) as stream:
+            import time
+            printer, deadline = None, time.monotonic() + 60  # a bound, not a timing: heartbeats keep it open
+            for line in stream.iter_lines():
+                if time.monotonic() > deadline:
+                    break
+                if (line.startswith(b'data:') and b'"hotend"' in line and b'"paused":1' in line.replace(b' ', b'')):
+                    data = json.loads(line[5:])
+                    printer = data.get('printer') or data.get('data', {}).get('printer')
+                    break
+        assert printer and 'hotend' in printer and 'bed' in printer and printer['bytes'] > 0, printer
+        status, record = ask('cancel', task_id)  # while paused
+        assert status == 200, record
+        record = wait_for_record(store, task_id, lambda r: r['status'] != 'busy', timeout=60)
+        status, again = ask('pause', task_id)
+
+    assert record['status'] == 'failed' and record['error'] == 'cancelled', record
+    assert sim.received[-len(CANCEL):] == CANCEL
+    assert status == 400 and 'cannot pause: it is failed' in again['error'], again
+
+
+def test_progress_events_carry_the_printer_and_the_slicers_time_left(tmp_path):
+    from rrc.events import ProgressEvents, with_live_progress
+    store = Store(str(tmp_path))
+    task_id = '1796670000-00001-000001'
+    now = [100.0]
+    events = ProgressEvents(store, task_id, clock=lambda: now[0], print_seconds=600)
+    now[0] += 30
+    events.report(25, 100, printer={'hotend': 210.5, 'hotendTarget': 210, 'bed': 60, 'bytes': 900,
+                                    'layer': 3, 'z': 0.9, 'paused': 0})
+    events.flush(force=True)
+    shown = with_live_progress(store, {'id': task_id, 'status': 'busy', 'sender': 'yes'})
+
+    assert shown['progress'] == '25/100'
+    assert shown['etaSeconds'] == '450'  # 600 s scaled by the 75 % left
+    assert shown['elapsedSeconds'] == '30'
+    assert (shown['hotend'], shown['hotendTarget'], shown['bed']) == ('210.5', '210', '60')
+    assert (shown['bytesSent'], shown['layer'], shown['z']) == ('900', '3', '0.9')
