@@ -4,6 +4,7 @@ and per printer, from the store's history file (rrc/ledger.py), or with
 
 import sys
 
+from .options import days_argument
 from ..errors import ExitCode, NoServer, UsageError
 from ..ledger import check_days, history_report, report_blocks
 from ..names import is_record_key
@@ -25,15 +26,9 @@ def cmd_history(ctx, args):
 
 def since_days(args):
     """DAYS of ``--since=DAYS`` or ``--since DAYS`` (None without), checked."""
-    words = list(args)
-    if words[:1] == ['--since'] and len(words) == 2:
-        words = [f'--since={words[1]}']
-    if not words:
-        return None
-    if len(words) != 1 or not words[0].startswith('--since='):
-        raise UsageError('history takes only --since=DAYS')
-    text = words[0].partition('=')[2]
-    check_days(text)  # checked here: a server is asked only for a number
+    text = days_argument(args, '--since', 'history takes only --since=DAYS')
+    if text is not None:
+        check_days(text)  # checked here: a server is asked only for a number
     return text
 
 

@@ -49,6 +49,20 @@ def parse_options(args):
     return options, rest
 
 
+def days_argument(args, option, usage):
+    """The DAYS of ``OPTION=DAYS`` or ``OPTION DAYS`` when that is all of
+    ``args`` (history's --since, clean's --older-than); None for no
+    arguments; UsageError(``usage``) for anything else."""
+    words = list(args)
+    if words[:1] == [option] and len(words) == 2:
+        words = [f'{option}={words[1]}']
+    if not words:
+        return None
+    if len(words) != 1 or not words[0].startswith(option + '='):
+        raise UsageError(usage)
+    return words[0].partition('=')[2]
+
+
 def is_option(word):
     """True when ``word`` is one of rrcloud's options (``--name`` or ``--name=value``)."""
     return word.startswith('--') and word[2:].partition('=')[0] in VALUE_OPTIONS + FLAG_OPTIONS

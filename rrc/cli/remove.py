@@ -4,6 +4,7 @@ tasks, here (rrc/cleanup.py) or with ``--s`` at that server (``service=remove``,
 
 import sys
 
+from .options import days_argument
 from .output import ask_server, refresh_if_remote
 from ..cleanup import clean_ended_tasks, parse_days, remove_ended_task
 from ..errors import ExitCode, RRCloudError, UsageError
@@ -61,12 +62,10 @@ def cmd_clean(ctx, args):
 
 def older_than(args):
     """DAYS of ``--older-than=DAYS`` or ``--older-than DAYS``, the one argument clean takes."""
-    words = list(args)
-    if words[:1] == ['--older-than'] and len(words) == 2:
-        words = [f'--older-than={words[1]}']
-    if len(words) != 1 or not words[0].startswith('--older-than='):
-        raise UsageError('clean takes --older-than=DAYS (rrcloud rm ID removes one task)')
-    text = words[0].partition('=')[2]
+    usage = 'clean takes --older-than=DAYS (rrcloud rm ID removes one task)'
+    text = days_argument(args, '--older-than', usage)
+    if text is None:
+        raise UsageError(usage)
     parse_days(text)  # checked here: a server is asked only for a number
     return text
 

@@ -157,39 +157,40 @@ def answer_kill(app, request):
     return answer_record(client_view(record, request.client), request.format)
 
 
+def _answer_control(app, request, control):
+    """A task's record after ``control`` (suspend, resume, pause, cancel, stop) moved it for this client."""
+    record = control(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
+    return answer_record(client_view(record, request.client), request.format)
+
+
 def answer_suspend(app, request):
     """``service=suspend&id=ID``: stop a running task's tool until it is resumed."""
     from ..control import suspend_task
-    record = suspend_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
-    return answer_record(client_view(record, request.client), request.format)
+    return _answer_control(app, request, suspend_task)
 
 
 def answer_resume(app, request):
     """``service=resume&id=ID``: continue a suspended task."""
     from ..control import resume_task
-    record = resume_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
-    return answer_record(client_view(record, request.client), request.format)
+    return _answer_control(app, request, resume_task)
 
 
 def answer_pause(app, request):
     """``service=pause&id=ID``: pause a print (``suspend`` of a print does the same)."""
     from ..control import pause_task
-    record = pause_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
-    return answer_record(client_view(record, request.client), request.format)
+    return _answer_control(app, request, pause_task)
 
 
 def answer_cancel(app, request):
     """``service=cancel&id=ID``: cancel a print: its cancel G-code, then failed ``cancelled``."""
     from ..control import cancel_task
-    record = cancel_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
-    return answer_record(client_view(record, request.client), request.format)
+    return _answer_control(app, request, cancel_task)
 
 
 def answer_stop(app, request):
     """``service=stop&id=ID``: emergency stop of a print (M112 at once)."""
     from ..control import stop_task
-    record = stop_task(app.store, _form_task_id(request), by=f'{request.client} (HTTP)')
-    return answer_record(client_view(record, request.client), request.format)
+    return _answer_control(app, request, stop_task)
 
 
 def answer_events(app, request):
