@@ -12,20 +12,27 @@ error, node, times, sizes, and for a print its printer and filament).
 state, under the store lock, so the local runner, kill, reconcile and a
 farm front-end's ``workdone`` each write an end once: the first final
 state wins, and a lost race writes nothing.  The line is one ``write`` on an
-``O_APPEND`` descriptor, at most ``MAX_LINE_BYTES`` (under PIPE_BUF), so
-even a writer without the lock (another node over NFS) never interleaves
-inside a line.  A line a crash left torn (no newline at its end) is skipped
-when read, and the next append starts on a line of its own.
+``O_APPEND`` descriptor, at most ``MAX_LINE_BYTES``: on a local file system
+two such writes never interleave.  Over NFS ``O_APPEND`` is not atomic
+between clients; there the store lock (which a shared store must honour,
+docs/FARM.md) keeps writers apart.  A line a crash left torn (no newline at
+its end) is skipped when read, and the next append starts on a line of its
+own.  A line is read back by its known keys only, each checked (a foreign
+or hostile line is skipped or loses the key, never breaks the summary).
 
 Bounded: past ``MAX_HISTORY_BYTES`` the file becomes ``tasks/history.1``
 (the one before is dropped), so the history holds the last 4 to 8 MiB,
-some 20,000 to 40,000 tasks.
+some 20,000 to 40,000 tasks; a read takes at most that much of each file,
+and the summary keeps the ``MAX_REASONS`` most frequent reasons a printer's
+prints failed (their numbers made ``N``: "after line 1234" and "after line
+99" are one reason).
 """
 
 import os
 import time
 
-from .printers import PRINT_SERVICES
+from .events import last_progress_event
+from .printers import PRINT_SERVICES, print_port
 from .schema import Field, TaskStatus
 
 HISTORY_FILE = 'history'
@@ -35,10 +42,14 @@ MAX_HISTORY_BYTES = 4 * 1024 * 1024
 MAX_LINE_BYTES = 4000
 # An error or a printer's name is cut to this many characters in a line.
 MAX_TEXT_CHARS = 300
-# Printer fields another part of rrcloud may write into a print's record.
-PRINTER_FIELD = 'printer'
 # The G-code metadata of a print's input (rrc/gcodemeta.py) kept in its line, by the names history shows.
-FILAMENT_FIELDS = {Field.GCODE_FILAMENT_MM: 'filamentMm', Field.GCODE_FILAMENT_GRAMS: 'filamentGrams'}
+FILAMENT_FIELDS = ((Field.GCODE_FILAMENT_MM, 'filamentMm'), (Field.GCODE_FILAMENT_GRAMS, 'filamentGrams'))
+FILAMENT_NAMES = tuple(name for _, name in FILAMENT_FIELDS)
+# A line's number fields (the rest of an entry is text).
+NUMBER_KEYS = (Field.CTIME, Field.STIME, Field.ETIME, Field.SIZE_IN, Field.SIZE_OUT)
+TEXT_KEYS = ('id', 'service', 'status', 'node', 'error', 'printer')
+# A printer's summary lists this many reasons (the most frequent), the rest as one.
+MAX_REASONS = 10
 # The most days ``--since`` takes.
 MAX_DAYS = 100_000
 
@@ -58,73 +69,73 @@ def record_ended(store, record):
     be written is said on stderr, never fails the move: the task's end is
     its record, the history a summary of it."""
     import json
-    line = json.dumps(entry_of(record), sort_keys=True, ensure_ascii=True, separators=(',', ':'))
+    line = json.dumps(entry_of(store, record), sort_keys=True, ensure_ascii=True, separators=(',', ':'))
     try:
-        append_line(store, fit_line(line, record).encode() + b'\n')
+        append_line(store, fit_line(line, store, record).encode() + b'\n')
     except OSError as exc:
         import sys
         print(f'rrcloud: warning: the history file cannot be written: {exc.strerror}', file=sys.stderr)
 
 
-def entry_of(record):
+def entry_of(store, record):
     """What a history line keeps of an ended record."""
     entry = {'id': record.get(Field.ID, ''), 'service': record.get(Field.SERVICE, ''),
              'status': record.get(Field.STATUS, ''), 'node': record.get(Field.NODE, '')}
     if record.get(Field.ERROR):
         entry['error'] = record[Field.ERROR][:MAX_TEXT_CHARS]
-    for key in (Field.CTIME, Field.STIME, Field.ETIME, Field.SIZE_IN, Field.SIZE_OUT):
+    for key in NUMBER_KEYS:
         number = number_or_none(record.get(key))
         if number is not None:
             entry[key] = int(number) if key in (Field.SIZE_IN, Field.SIZE_OUT) else number
     printer = printer_of(record)
     if printer:
         entry['printer'] = printer[:MAX_TEXT_CHARS]
-        entry['filament'] = filament_of(record)
+        entry['filament'] = filament_of(record, share_printed(store, record))
     return entry
 
 
-def fit_line(line, record):
+def fit_line(line, store, record):
     """The line, or when it is too long a shorter one without the error text."""
     if len(line) < MAX_LINE_BYTES:
         return line
     import json
-    entry = dict(entry_of(record), error='(too long)', filament={})
+    entry = dict(entry_of(store, record), error='(too long)', filament={})
     if 'printer' in entry:
         entry['printer'] = entry['printer'][:64]
     return json.dumps(entry, sort_keys=True, ensure_ascii=True, separators=(',', ':'))
 
 
 def printer_of(record):
-    """The printer a print task names (its ``printer`` field, else its port:
-    the first native word that is not an option); '' for any other task."""
-    if record.get(PRINTER_FIELD):
-        return record[PRINTER_FIELD]
+    """The printer a print task names (its ``printer`` field, else its port);
+    '' for any other task."""
+    if record.get(Field.PRINTER):
+        return record[Field.PRINTER]
     if record.get(Field.SERVICE) not in PRINT_SERVICES:
         return ''
-    words = [word for word in native_words(record.get(Field.NATIVE_ARGS, '')) if not word.startswith('-')]
-    return words[0] if words else '?'
+    return print_port(record) or '?'
 
 
-def native_words(text):
-    """``nativeArgs`` as words: spaces between them, or a JSON list (records.native_field)."""
-    if not text.startswith('['):
-        return text.split()
-    import json
-    try:
-        words = json.loads(text)
-    except ValueError:
-        return []
-    return [word for word in words if isinstance(word, str)] if isinstance(words, list) else []
-
-
-def filament_of(record):
-    """The filament of a print's G-code metadata (where its record has it), by the names history shows."""
+def filament_of(record, share=1.0):
+    """The filament of a print's G-code metadata (where its record has it),
+    by the names history shows, times the ``share`` of the file printed."""
     found = {}
-    for field, name in FILAMENT_FIELDS.items():
+    for field, name in FILAMENT_FIELDS:
         number = number_or_none(record.get(field))
         if number is not None:
-            found[name] = number
+            found[name] = round(number * share, 3)
     return found
+
+
+def share_printed(store, record):
+    """1 for a completed print; for one that ended otherwise, the share of
+    its lines the sender got through (its last progress event), 0 when it
+    sent none."""
+    if record.get(Field.STATUS) == TaskStatus.COMPLETE:
+        return 1.0
+    event = last_progress_event(store, record.get(Field.ID, ''))
+    data = event.data if event is not None and isinstance(event.data, dict) else {}
+    done, total = number_or_none(data.get('done')), number_or_none(data.get('total'))
+    return min(1.0, max(0.0, done / total)) if done is not None and total else 0.0
 
 
 def number_or_none(text):
@@ -184,7 +195,7 @@ def read_entries(store, since=None):
     for path in history_paths(store):
         try:
             with open(path, 'rb') as handle:
-                data = handle.read()
+                data = handle.read(MAX_HISTORY_BYTES + MAX_LINE_BYTES)  # more was never written by rrcloud
         except FileNotFoundError:
             continue
         entries += [entry for entry in map(parse_line, data.split(b'\n')[:-1]) if entry]
@@ -192,17 +203,36 @@ def read_entries(store, since=None):
 
 
 def parse_line(line):
-    """One line's entry, or None for a torn or foreign one.  (The last piece
-    after the final newline is never a line: ``read_entries`` drops it.)"""
+    """One line's entry, or None for a torn or foreign one: its known keys
+    only, each of its kind (text on one line, finite numbers; the filament
+    by its two names).  The last piece after the final newline is never a
+    line: ``read_entries`` drops it."""
     import json
+    if len(line) > MAX_LINE_BYTES:
+        return None
     try:
-        entry = json.loads(line)
-    except ValueError:
+        found = json.loads(line)
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(entry, dict) or not isinstance(entry.get('service'), str) \
-            or not isinstance(entry.get('filament', {}), dict):
+    if not isinstance(found, dict) or not is_line_text(found.get('service')):
         return None
+    entry = {key: found[key][:MAX_TEXT_CHARS] for key in TEXT_KEYS if is_line_text(found.get(key))}
+    entry.update({key: number for key in NUMBER_KEYS if (number := json_number(found.get(key))) is not None})
+    if 'printer' in entry:
+        filament = found.get('filament') if isinstance(found.get('filament'), dict) else {}
+        entry['filament'] = {name: number for name in FILAMENT_NAMES
+                             if (number := json_number(filament.get(name))) is not None}
     return entry
+
+
+def is_line_text(value):
+    """A non-empty string with no control character (one line of a record)."""
+    return isinstance(value, str) and value != '' and value.isprintable()
+
+
+def json_number(value):
+    """A finite number a line holds (a string of one too, as records keep them), else None."""
+    return None if isinstance(value, bool) else number_or_none(value)
 
 
 def check_days(text):
@@ -271,9 +301,16 @@ def add_to_printer(sums, entry):
     if entry.get('status') == TaskStatus.COMPLETE:
         sums['completed'] += 1
         return
-    reason = str(entry.get('error') or 'failed')
+    reason = reason_of(entry.get('error') or 'failed')
     sums['cancelled' if is_cancel(reason) else 'failed'] += 1
     sums['reasons'][reason] = sums['reasons'].get(reason, 0) + 1
+
+
+def reason_of(error):
+    """An error as a reason to count: its numbers made ``N`` (``cancelled after
+    line 1234`` and ``… line 99`` are one reason)."""
+    import re
+    return re.sub(r'\d+(\.\d+)?', 'N', error)
 
 
 def is_cancel(reason):
@@ -282,8 +319,13 @@ def is_cancel(reason):
 
 
 def finish_printer(sums):
-    """A printer's sums as answered, rounded."""
-    return dict(sums, printSeconds=round(sums['printSeconds'], 3),
+    """A printer's sums as answered, rounded; its reasons the most frequent
+    ``MAX_REASONS`` (the rest counted as ``other reasons``)."""
+    ranked = sorted(sums['reasons'].items(), key=lambda kv: (-kv[1], kv[0]))
+    reasons = dict(ranked[:MAX_REASONS])
+    if ranked[MAX_REASONS:]:
+        reasons['other reasons'] = sum(count for _, count in ranked[MAX_REASONS:])
+    return dict(sums, printSeconds=round(sums['printSeconds'], 3), reasons=reasons,
                 filament={key: round(value, 3) for key, value in sorted(sums['filament'].items())})
 
 
@@ -304,11 +346,21 @@ def history_report(store, since_days=None, now=None):
 def report_blocks(report):
     """The report as ``key: value`` blocks (the text answer, as ``info`` lists
     records): one per service, then one per printer."""
-    blocks = [dict(service=name, **sums) for name, sums in report['services'].items()]
+    blocks = [named_block('service', name, sums) for name, sums in report['services'].items()]
     for name, sums in report['printers'].items():
-        block = {key: value for key, value in sums.items() if key not in ('filament', 'reasons')}
-        blocks.append(dict(printer=name, **block, **sums['filament'], reasons=reasons_text(sums['reasons'])))
+        filament = sums.get('filament') or {}
+        block = named_block('printer', name, {key: value for key, value in sums.items() if key != 'filament'})
+        block.update({key: filament[key] for key in FILAMENT_NAMES if key in filament})
+        block['reasons'] = reasons_text(sums.get('reasons') or {})
+        blocks.append(block)
     return [{key: text_value(value) for key, value in block.items() if text_value(value) != ''} for block in blocks]
+
+
+def named_block(kind, name, sums):
+    """``{kind: name}`` followed by the sums (a sum of that name does not replace it)."""
+    block = {kind: name}
+    block.update((key, value) for key, value in sums.items() if key != kind)
+    return block
 
 
 def reasons_text(reasons):

@@ -21,6 +21,8 @@ import os
 from .errors import ConfigError, UsageError
 from .keyvalue import parse_key_value_text
 from .names import NATIVE_VALUE_RE
+from .records import record_native
+from .schema import Field
 
 # The services whose tasks are prints: their first native word is a port (or a printer's name).
 PRINT_SERVICES = ('printrun', 'printcore')
@@ -180,4 +182,24 @@ def resolve_printer(root, service, native_args):
     if refused:  # the admin's conf, but the service conf still decides which ports a print may use
         raise ConfigError(f'printer {printer.name!r}: {refused[0]} is not allowed by the nativeArgs of '
                           f'services/{service.name}.conf')
-    return words + native_args[1:], {'printer': printer.name}
+    return words + native_args[1:], {Field.PRINTER: printer.name}
+
+
+def print_port(record):
+    """The port a print task names: the first native word that is no option
+    ('' for none, or for nativeArgs that are not a list of words)."""
+    try:
+        words = [word for word in record_native(record) if not word.startswith('-')]
+    except UsageError:
+        return ''
+    return words[0] if words else ''
+
+
+def print_targets(record):
+    """The printer a print task uses, by its name and by its port with its
+    links resolved (``/dev/serial/by-id/…`` and ``/dev/ttyACM0`` are one
+    printer); empty for any other task."""
+    if record.get(Field.SERVICE) not in PRINT_SERVICES:
+        return set()
+    port = print_port(record)
+    return {target for target in (record.get(Field.PRINTER), port and os.path.realpath(port)) if target}

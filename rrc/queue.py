@@ -9,9 +9,8 @@ import time
 
 from .errors import NotFound, reason_without_paths
 from .names import check_task_id
-from .ledger import PRINTER_FIELD, native_words
 from .order import queue_order
-from .printers import PRINT_SERVICES
+from .printers import print_targets
 from .procs import process_start_time, spawn_runner
 from .schema import Field
 from .settings import read_settings, task_settings
@@ -108,15 +107,6 @@ class BusyPrinters:
             return False
         self.busy |= targets
         return True
-
-
-def print_targets(record):
-    """The printer a print task uses, by its name and by its port (the first
-    native word that is no option); empty for any other task."""
-    if record.get(Field.SERVICE) not in PRINT_SERVICES:
-        return set()
-    ports = [word for word in native_words(record.get(Field.NATIVE_ARGS, '')) if not word.startswith('-')]
-    return {target for target in (record.get(PRINTER_FIELD), ports[0] if ports else '') if target}
 
 
 def _record_or_empty(store, task_id):

@@ -24,7 +24,8 @@ from printer_sim import PrinterSim
 from rrc import ledger
 from rrc.schema import TaskStatus
 from rrc.states import expire_tasks, finish_task
-from rrc.store import Store
+from rrc.events import PROGRESS, append_event
+from rrc.store import Store, format_record
 
 SERVICES = {'sh': SH_INPUTS_SERVICE, 'printrun': PTY_PRINTRUN_CONF}
 SMALL = DATA / 'small.gcode'
@@ -105,7 +106,8 @@ def test_history_counts_prints_per_printer_with_the_reason_of_a_failure(server):
                               'filamentGrams': float(printed['gcodeFilamentGrams'])} != {}
     bad = report['printers'][silent]
     assert (bad['prints'], bad['completed'], bad['failed']) == (1, 0, 1)
-    assert bad['reasons'] == {failed['error']: 1}
+    assert failed['error'].startswith('the printer stopped answering') and failed['error'] != ledger.reason_of(failed['error'])
+    assert bad['reasons'] == {'the printer stopped answering (no reply for N s after line N)': 1}
 
 
 def test_text_answer_is_one_block_per_service_and_printer(server):
@@ -256,17 +258,39 @@ def test_a_torn_last_line_is_skipped_and_the_next_starts_on_its_own(tmp_path):
     assert history_lines(tmp_path)[1].endswith(b'"sta')
 
 
-def test_a_print_names_its_printer_and_filament_from_the_record(tmp_path):
+def test_a_print_names_its_printer_and_the_filament_it_used(tmp_path):
+    """A completed print used its G-code's filament; a cancelled one the share
+    of the file it got through (its last progress event), one that sent
+    nothing none."""
     store = Store(str(tmp_path))
-    record = ended_record(store, 'printrun', nativeArgs='--baud=250000 /dev/ttyUSB0', gcodeFilamentMm='1234.5',
-                          gcodeFilamentGrams='3.7', gcodeSlicer='Slic3r 1.3.0')
-    finish_task(store, record['id'], TaskStatus.FAILED, error='cancelled')
+    gcode = dict(gcodeFilamentMm='1234.5', gcodeFilamentGrams='3.7', gcodeSlicer='Slic3r 1.3.0')
+    complete = ended_record(store, 'printrun', nativeArgs='--baud=250000 /dev/ttyUSB0', **gcode)
+    cancelled = ended_record(store, 'printrun', nativeArgs='--baud=250000 /dev/ttyUSB0', **gcode)
+    never_sent = ended_record(store, 'printrun', nativeArgs='/dev/ttyUSB0', **gcode)
+    append_event(store, cancelled['id'], PROGRESS, {'done': 100, 'total': 400})
+    finish_task(store, complete['id'], TaskStatus.COMPLETE)
+    finish_task(store, cancelled['id'], TaskStatus.FAILED, error='cancelled after line 100')
+    finish_task(store, never_sent['id'], TaskStatus.FAILED, error='killed')
 
     report = ledger.history_report(store)
 
     printer = report['printers']['/dev/ttyUSB0']
-    assert printer['filament'] == {'filamentMm': 1234.5, 'filamentGrams': 3.7}
-    assert (printer['cancelled'], printer['failed'], printer['reasons']) == (1, 0, {'cancelled': 1})
+    assert printer['filament'] == {'filamentMm': 1234.5 * 1.25, 'filamentGrams': 3.7 * 1.25}
+    assert (printer['cancelled'], printer['failed']) == (2, 0)
+    assert printer['reasons'] == {'cancelled after line N': 1, 'killed': 1}
+
+
+def test_a_printers_reasons_are_the_most_frequent_ones_their_numbers_made_n(tmp_path):
+    store = Store(str(tmp_path))
+    errors = [f'cancelled after line {n}' for n in range(5)] + [f'reason {chr(97 + n)}' for n in range(12)]
+    for error in errors:
+        finish_task(store, ended_record(store, 'printrun', nativeArgs='/dev/ttyUSB0')['id'], TaskStatus.FAILED,
+                    error=error)
+
+    reasons = ledger.history_report(store)['printers']['/dev/ttyUSB0']['reasons']
+
+    assert len(reasons) == ledger.MAX_REASONS + 1 and reasons['cancelled after line N'] == 5
+    assert reasons['other reasons'] == 3 and sum(reasons.values()) == len(errors)
 
 
 def test_the_file_rotates_at_its_cap_and_both_halves_are_read(tmp_path, monkeypatch):
@@ -290,7 +314,7 @@ from rrc.store import Store
 store, me = Store(sys.argv[2]), sys.argv[3]
 for n in range(int(sys.argv[4])):
     # no store lock: the worst case, a writer on another node of a shared store
-    append_line(store, ('{"service": "w%s", "n": %d, "pad": "%s"}\\n' % (me, n, me * 3900)).encode())
+    append_line(store, ('{"service": "w%s", "id": "%d", "node": "%s"}\\n' % (me, n, me * 3900)).encode())
 """
 
 
@@ -306,7 +330,7 @@ def test_concurrent_writers_never_tear_a_line(tmp_path):
     # (a writer that saw another's line half-written ends with an empty line: skipped, harmless)
     assert lines[-1] == b'' and len([line for line in lines if line]) == len(entries) == 6 * 150
     for me in range(6):
-        mine = [e['n'] for e in entries if e['service'] == f'w{me}']
+        mine = [int(e['id']) for e in entries if e['service'] == f'w{me}']
         assert mine == list(range(150))
 
 
@@ -328,12 +352,15 @@ def test_cli_asks_a_servers_history_with_s(cli, workdir, embedded_server):
 def test_a_foreign_servers_names_reach_the_terminal_safe():
     from rrc.cli.history import safe_report
     report = safe_report({'since': 0, 'services': {'a\x1b[2Jb': {'tasks': 1, 'x y': 2, 'note': 'p\nq'}},
-                          'printers': {'/dev/x': {'filament': {'filamentLength': 3, 'bad key': 4},
-                                                  'reasons': {'r\x07': 1}}}})
+                          'printers': {'/dev/x': {'filament': {'filamentMm': 3, 'prints': 9, 'filamentGrams': True},
+                                                  'reasons': {'r\x07': 1}, 'printer': 'other'},
+                                       ' mk3': {}}})
 
     assert report['services'] == {'a?[2Jb': {'tasks': 1, 'note': 'p?q'}}
-    assert report['printers']['/dev/x'] == {'filament': {'filamentLength': 3}, 'reasons': {'r?': 1}}
-    assert ledger.report_blocks(dict(report, printers={}))  # formats as record lines
+    assert report['printers']['/dev/x'] == {'filament': {'filamentMm': 3}, 'reasons': {'r?': 1}, 'printer': 'other'}
+    blocks = [format_record(block) for block in ledger.report_blocks(report)]  # what the terminal shows
+    assert blocks == ['note: p?q\nservice: a?[2Jb\ntasks: 1\n', 'filamentMm: 3\nprinter: /dev/x\nreasons: 1 r?\n',
+                      'printer: mk3\n']
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='only root hands a file to another user')
@@ -351,12 +378,16 @@ def test_lines_of_another_shape_are_skipped(tmp_path):
     store = Store(str(tmp_path))
     finish_task(store, ended_record(store)['id'], TaskStatus.COMPLETE)
     with open(tmp_path / 'tasks' / 'history', 'ab') as handle:
-        handle.write(b'[1, 2]\nnot json\n{"service": 3}\n{"service": "sh", "filament": [1]}\n\n'
-                     b'{"service": "sh", "etime": "soon", "sizeIn": "many", "printer": "p", "filament": {"f": "x"}}\n')
+        handle.write(b'[1, 2]\nnot json\n{"service": 3}\n{"service": "a\\nb"}\n' + b'[' * 100_000 + b'\n\n'
+                     b'{"service": "sh", "etime": "soon", "sizeIn": "many", "printer": "p", "status": "failed",'
+                     b' "error": 7, "filament": {"prints": 1, "filamentMm": "x", "filamentGrams": 2}}\n')
 
     report = ledger.history_report(store)
     recent = ledger.history_report(store, '1')
+    blocks = ledger.report_blocks(report)
 
     assert report['services']['sh'] == dict(report['services']['sh'], tasks=2, bytesIn=0)
-    assert report['printers']['p'] == dict(report['printers']['p'], prints=1, filament={'f': 0})
+    assert report['printers']['p'] == dict(report['printers']['p'], prints=1, filament={'filamentGrams': 2},
+                                           reasons={'failed': 1})
     assert recent['services']['sh']['tasks'] == 1
+    assert [format_record(block) for block in blocks][-1].startswith('cancelled: 0\ncompleted: 0\nfailed: 1\n')

@@ -192,13 +192,13 @@ def printers_of(cli):
 
 
 def test_rrcloud_printers_shows_idle_printing_and_offline(cli, printer_store):
-    with PrinterSim(delay=0.01) as sim:
+    with PrinterSim(delay=0.01, temp_interval=0.5) as sim:  # M155-like reports: temperatures to show
         write_printer(printer_store, 'mk3', f'port = {sim.port}\n')
         write_printer(printer_store, 'gone', f'port = {MISSING_PORT}\n')
         before = printers_of(cli)
         task_id = task_id_of(cli('printrun', 'mk3', 'small.gcode').out)
-        during = wait_for(lambda: (lambda p: p['mk3']['state'] == 'printing' and p)(printers_of(cli)),
-                          'mk3 to show printing')
+        during = wait_for(lambda: (lambda p: p['mk3']['state'] == 'printing' and p['mk3']['hotend'] and p)(
+            printers_of(cli)), 'mk3 to show printing with its temperatures')
         text = cli('printers')
         wait_until_done(printer_store, task_id)
         after = printers_of(cli)
@@ -207,8 +207,41 @@ def test_rrcloud_printers_shows_idle_printing_and_offline(cli, printer_store):
     assert before['gone']['state'] == 'offline' and before['gone']['port'] == MISSING_PORT
     assert during['mk3']['task'] == task_id
     assert f'name: mk3\nport: {sim.port}\nstate: printing\ntask: {task_id}\n' in text.out, text
-    assert 'temperatures' in during['mk3']
+    assert float(during['mk3']['hotend']) > 0 and during['mk3']['hotendTarget'] == '200', during
     assert after['mk3']['state'] == 'idle' and after['mk3']['task'] == ''
+
+
+def test_a_printer_whose_last_print_was_cancelled_is_idle_and_one_that_failed_shows_why(tmp_path):
+    from rrc.printerlist import list_printers
+    from rrc.states import finish_task
+    store = Store(str(tmp_path))
+    with PrinterSim() as sim:
+        write_printer(tmp_path, 'mk3', f'port = {sim.port}\n')
+        for error in ('the printer stopped answering', 'cancelled after line 7'):
+            record = store.create_task(lambda _: {'service': 'printrun', 'status': 'busy', 'printer': 'mk3',
+                                                  'stime': '1', 'nativeArgs': sim.port})
+            finish_task(store, record['id'], 'failed', error=error)
+        cancelled_last = {p['name']: p for p in list_printers(store)}
+        record = store.create_task(lambda _: {'service': 'printrun', 'status': 'busy', 'nativeArgs': sim.port})
+        finish_task(store, record['id'], 'failed', error='Error:Printer halted. kill() called!')
+        failed_last = {p['name']: p for p in list_printers(store)}
+
+    assert cancelled_last['mk3']['state'] == 'idle' and cancelled_last['mk3']['error'] == ''
+    assert failed_last['mk3']['state'] == 'error' and failed_last['mk3']['task'] == record['id']
+    assert failed_last['mk3']['error'] == 'Error:Printer halted. kill() called!'
+
+
+def test_a_printer_by_a_link_to_its_port_is_the_same_printer(tmp_path):
+    from rrc.printers import print_targets
+    with PrinterSim() as sim:
+        link = tmp_path / 'by-id-usb-Prusa_MK3'
+        link.symlink_to(sim.port)
+        by_link = print_targets({'service': 'printrun', 'nativeArgs': f'--baud=115200 {link}'})
+        by_port = print_targets({'service': 'printrun', 'nativeArgs': sim.port, 'printer': 'mk3'})
+
+    assert by_link & by_port == {sim.port}
+    assert print_targets({'service': 'sh', 'nativeArgs': sim.port}) == set()
+    assert print_targets({'service': 'printrun', 'nativeArgs': '["--baud", 3]'}) == set()
 
 
 def test_service_printers_answers_text_and_json(tmp_path):

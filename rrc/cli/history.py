@@ -5,8 +5,9 @@ and per printer, from the store's history file (rrc/ledger.py), or with
 import sys
 
 from .options import days_argument
-from ..errors import ExitCode, NoServer, UsageError
-from ..ledger import check_days, history_report, report_blocks
+from .output import get_from_server
+from ..errors import ExitCode, NoServer
+from ..ledger import FILAMENT_NAMES, check_days, history_report, report_blocks
 from ..names import is_record_key
 from ..remote import terminal_safe
 from ..store import format_record, to_json
@@ -34,19 +35,12 @@ def since_days(args):
 
 def server_report(ctx, since):
     """The ``--s`` server's report, its names made safe for a terminal."""
-    from ..remote import CONNECT_TIMEOUT, cannot_reach, http_session, refusal_reason, server_url
-    url = server_url(ctx.options.s, ctx.config.port)
     params = {'service': 'history', 'format': 'json', **({'since': since} if since is not None else {})}
-    try:
-        response = http_session(ctx.config.client_token_for).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
-    except OSError as exc:  # requests' errors are OSErrors
-        raise cannot_reach(url, exc) from None
-    if response.status_code != 200:
-        raise (UsageError if response.status_code == 400 else NoServer)(f'{url}: {refusal_reason(response)}')
+    response = get_from_server(ctx, params)
     try:
         return safe_report(response.json())
-    except (ValueError, TypeError, AttributeError, KeyError):
-        raise NoServer(f'{url}: not an rrcloud history answer') from None
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+        raise NoServer(f'{response.url}: not an rrcloud history answer') from None
 
 
 def safe_report(report):
@@ -64,9 +58,11 @@ def safe_sums(sums):
     for key, value in sums.items():
         if not is_record_key(str(key)):
             continue
-        if isinstance(value, dict):
-            safe[key] = {terminal_safe(k): v if isinstance(v, (int, float)) else 0
-                         for k, v in value.items() if key != 'filament' or is_record_key(str(k))}
+        if key == 'filament':
+            safe[key] = {name: value[name] for name in FILAMENT_NAMES if isinstance(value, dict)
+                         and isinstance(value.get(name), (int, float)) and not isinstance(value[name], bool)}
+        elif isinstance(value, dict):
+            safe[key] = {terminal_safe(k): v if isinstance(v, (int, float)) else 0 for k, v in value.items()}
         else:
             safe[key] = value if isinstance(value, (int, float)) else terminal_safe(value)
     return safe

@@ -124,6 +124,19 @@ def ask_server(ctx, params, listing=False, url=None, expect='id'):
     text the way every server answers it; an answer without ``expect`` (or a
     meta's version) is no rrcloud answer."""
     url = url or server_url(ctx.options.s, ctx.config.port)
+    response = get_from_server(ctx, params, url)
+    if listing:
+        return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
+    answer = parse_answer(response)
+    if not answer.get(expect) and 'RepRapCloud' not in answer.get('version', ''):
+        raise NoServer(f'{url}: not an rrcloud answer')
+    return answer
+
+
+def get_from_server(ctx, params, url=None):
+    """One GET of the ``--s`` server (or of ``url``): its 200 answer; a refusal
+    raised as the error its status means."""
+    url = url or server_url(ctx.options.s, ctx.config.port)
     try:
         response = http_session(ctx.config.client_token_for).get(url, params=params, timeout=(CONNECT_TIMEOUT, 60))
     except OSError as exc:  # requests' errors are OSErrors
@@ -132,12 +145,7 @@ def ask_server(ctx, params, listing=False, url=None, expect='id'):
         reason = refusal_reason(response)
         error = {404: NotFound, 400: UsageError}.get(response.status_code, RRCloudError)  # exit 3, 2, 1
         raise error(f'{url}: {reason}')
-    if listing:
-        return [dict(parse_record(block)) for block in response.text.split('\n\n') if block.strip()]
-    answer = parse_answer(response)
-    if not answer.get(expect) and 'RepRapCloud' not in answer.get('version', ''):
-        raise NoServer(f'{url}: not an rrcloud answer')
-    return answer
+    return response
 
 
 def refresh_if_remote(store, config, record, warned=None):

@@ -3,6 +3,7 @@ or with ``--s`` of that server (``service=printers``)."""
 
 import sys
 
+from .output import get_from_server
 from ..errors import ExitCode, NoServer, UsageError
 from ..names import is_record_key
 from ..printerlist import list_printers
@@ -25,17 +26,9 @@ def cmd_printers(ctx, args):
 
 def server_printers(ctx):
     """The ``--s`` server's printers, their keys and values made safe for a terminal."""
-    from ..remote import CONNECT_TIMEOUT, cannot_reach, http_session, refusal_reason, server_url
-    url = server_url(ctx.options.s, ctx.config.port)
+    response = get_from_server(ctx, {'service': 'printers', 'format': 'json'})
     try:
-        response = http_session(ctx.config.client_token_for).get(
-            url, params={'service': 'printers', 'format': 'json'}, timeout=(CONNECT_TIMEOUT, 60))
-    except OSError as exc:  # requests' errors are OSErrors
-        raise cannot_reach(url, exc) from None
-    if response.status_code != 200:
-        raise (UsageError if response.status_code == 400 else NoServer)(f'{url}: {refusal_reason(response)}')
-    try:
-        return [{key: terminal_safe(str(value)) for key, value in printer.items() if is_record_key(str(key))}
+        return [{key: terminal_safe(value).strip() for key, value in printer.items() if is_record_key(str(key))}
                 for printer in response.json()]
-    except (ValueError, TypeError, AttributeError):
-        raise NoServer(f'{url}: not an rrcloud printers answer') from None
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        raise NoServer(f'{response.url}: not an rrcloud printers answer') from None
