@@ -54,6 +54,8 @@ class Field:
     # (YES), and the cancel or stop asked of it.
     SENDER = 'sender'
     PRINT_CONTROL = 'printControl'
+    # A print that named its printer: its name (``printers/NAME.conf``; the port is in nativeArgs).
+    PRINTER = 'printer'
     WAITING = 'waiting'
     # Processes, each as pid plus kernel start time: the detached runner and the tool's group.
     RUNNER = 'runner'
