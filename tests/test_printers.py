@@ -12,7 +12,7 @@ import pytest
 
 import deploy
 from conftest import DATA, make_service, task_id_of, write_config
-from helpers import PTY_PRINTRUN_CONF, read_record, submit, wait_done, wait_for, wait_until_done
+from helpers import PTY_PRINTRUN_CONF, read_record, submit, wait_done, wait_for, wait_until_done, write_printer
 from printer_sim import PrinterSim
 from rrc.errors import ConfigError, UsageError
 from rrc.printers import DEFAULT_GCODE, load_printer, parse_printer
@@ -27,12 +27,6 @@ MISSING_PORT = '/dev/pts/rrcloud-no-such-port'
 def printed(sim):
     """The code lines the printer took, in order, without the line numbers and checksums."""
     return [text for _, text in sim.received_numbered if not text.startswith('M110')]
-
-
-def write_printer(root, name, text):
-    folder = root / 'printers'
-    folder.mkdir(exist_ok=True)
-    (folder / f'{name}.conf').write_text(text)
 
 
 def store_files(root):
