@@ -258,9 +258,9 @@ class Ending:
     G-code, heaters off) and given CANCEL_GRACE_SECONDS to end; the task's
     log says why."""
 
-    def __init__(self, verdict, watchdog, now, grace=CANCEL_GRACE_SECONDS):
-        self.verdict, self.grace = verdict, grace
-        self.grace_ends = now + grace
+    def __init__(self, verdict, watchdog, now):
+        self.verdict, self.grace = verdict, watchdog.cancel_grace
+        self.grace_ends = now + self.grace
         watchdog.control.ask('cancel')
         watchdog.task.log(f'rrcloud: {verdict}: the print is cancelled (its cancel G-code)')
 
@@ -295,6 +295,8 @@ class Watchdog:
     # many entries, at every second look with twice as many, and so on: a
     # tool that makes 100,000 files slows its own checks, never the runner.
     WALK_ENTRIES = 10000
+    # How long a print's sender has to end once asked to cancel (Ending).
+    cancel_grace = CANCEL_GRACE_SECONDS
 
     def __init__(self, task, work=None, interval=0.5, control=None):
         now = time.monotonic()
