@@ -12,8 +12,12 @@ start and end G-code::
 
 A print names its printer instead of a port (``rrcloud printrun mk3
 part.gcode``): the server looks the name up here and prints on its port
-(``resolve_printer``).  A name is checked against ``is_printer_name`` before
-it is ever part of a path; nothing else a client sends reaches this folder.
+(``resolve_printer``), and the print's runner reads the conf again as the
+print starts and hands its G-code to the sandboxed sender on its control
+pipe (``handoff_lines``; the sender reads it back with
+``printer_from_handoff``).  A name is checked against ``is_printer_name``
+before it is ever part of a path; nothing else a client sends reaches this
+folder.
 """
 
 import os
