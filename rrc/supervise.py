@@ -233,7 +233,7 @@ def supervise(process, watchdog, output, progress=None):
     with ExitWatch(process, readers) as watch:
         while True:
             due = progress.due_in() if progress else None
-            next_due = ending.grace_ends if ending else watchdog.due()
+            next_due = min(ending.grace_ends, watchdog.next_look) if ending else watchdog.due()
             until = min(next_due, time.monotonic() + (due if due is not None else watchdog.interval))
             code = watch.wait(max(0.0, until - time.monotonic()))
             if code is not None:
@@ -247,6 +247,7 @@ def supervise(process, watchdog, output, progress=None):
                     ending = Ending(verdict, watchdog, now)
                     continue
             else:
+                ending.follow(watchdog, now)
                 verdict = ending.why_stopped() if now >= ending.grace_ends else None
             if verdict:
                 terminate_group(process)
@@ -263,6 +264,15 @@ class Ending:
         self.grace_ends = now + self.grace
         watchdog.control.ask('cancel')
         watchdog.task.log(f'rrcloud: {verdict}: the print is cancelled (its cancel G-code)')
+
+    def follow(self, watchdog, now):
+        """While the grace runs: what the pipe could not take yet goes, and an
+        emergency stop asked of the print (it is still busy) reaches its sender."""
+        if now >= watchdog.next_look:
+            watchdog.next_look = now + watchdog.interval
+            if watchdog.task.refresh().get(Field.PRINT_CONTROL) == 'stop':
+                watchdog.control.ask('stop')
+        watchdog.control.flush()
 
     def why_ended(self, code):
         """What ``supervise`` returns for a sender that ended itself: None
