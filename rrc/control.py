@@ -43,9 +43,13 @@ def mark_killed_locked(store, record):
 
 def stop_killed_tool(store, record, by):
     """The rest of a kill, after the lock: the log says who, the tool's group
-    (when it runs on this node) gets SIGTERM."""
+    (when it runs on this node) gets SIGTERM.  Not a print whose runner
+    lives: the runner sees the kill and has its sender cancel the print (the
+    cancel G-code, heaters off); a signal would leave the heaters on."""
     task_id = record[Field.ID]
     append_log(store, task_id, f'rrcloud: task {task_id} killed by {by}')
+    if is_print(record) and process_here(store, record, Field.RUNNER, Field.RUNNER_START):
+        return
     if process_here(store, record, Field.PID, Field.PID_START):
         import signal
         kill_process_group(int(record[Field.PID]), signal.SIGTERM)

@@ -112,6 +112,7 @@ class Launch:
             runner = shutil.which(VIRTUAL_DISPLAY[0], path=service.path)
             self.argv = [runner] + list(VIRTUAL_DISPLAY[1:]) + self.argv
             self.missing = self.missing or (None if runner else f'{VIRTUAL_DISPLAY[0]} (Debian package xvfb)')
+        self.printer = None  # a named printer whose G-code the built-in sender gets (runner.task_printer)
         self.exit_code = None
 
 

@@ -12,8 +12,12 @@ start and end G-code::
 
 A print names its printer instead of a port (``rrcloud printrun mk3
 part.gcode``): the server looks the name up here and prints on its port
-(``resolve_printer``).  A name is checked against ``is_printer_name`` before
-it is ever part of a path; nothing else a client sends reaches this folder.
+(``resolve_printer``), and the print's runner reads the conf again as the
+print starts and hands its G-code to the sandboxed sender on its control
+pipe (``handoff_lines``; the sender reads it back with
+``printer_from_handoff``).  A name is checked against ``is_printer_name``
+before it is ever part of a path; nothing else a client sends reaches this
+folder.
 """
 
 import os
@@ -35,17 +39,23 @@ BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 460800, 500000,
 MAX_CONF_BYTES = 64 * 1024
 MAX_NAME_CHARS = 32
 
-# Marlin's usual macros.  Pause: relative moves, retract 2 mm, lift 10 mm,
-# back to absolute; the heaters keep their temperatures (a filament change
-# needs a hot nozzle).  Resume: down 10 mm, prime 2 mm.  Cancel: heaters,
-# fan and motors off.
+# Marlin's usual macros, the sender's G-code for a print that names no
+# printer, or a printer whose conf names none.  Pause: relative extrusion,
+# retract 2 mm, lift 10 mm, back to absolute moves; the heaters keep their
+# temperatures (a filament change needs a hot nozzle).  Resume: down 10 mm,
+# prime 2 mm (the sender restores the file's own M82 after it).  Cancel:
+# heaters, fan and motors off.
 DEFAULT_GCODE = {
-    'pause': ('G91', 'G1 E-2 F2700', 'G1 Z10 F600', 'G90'),
-    'resume': ('G91', 'G1 Z-10 F600', 'G1 E2 F2700', 'G90'),
+    'pause': ('M83', 'G1 E-2 F2700', 'G91', 'G1 Z10 F600', 'G90'),
+    'resume': ('G91', 'G1 Z-10 F600', 'G90', 'M83', 'G1 E2 F2700'),
     'cancel': ('M104 S0', 'M140 S0', 'M107', 'M84'),
     'start': (),
     'end': (),
 }
+# How a runner hands a printer's G-code to its sandboxed sender, on the
+# sender's control pipe before any request: ``printer NAME``, then one
+# ``gcode KEY COMMAND`` a line (KEY one of GCODE_KEYS), then ``ready``.
+HANDOFF_PRINTER, HANDOFF_GCODE, HANDOFF_READY = 'printer', 'gcode', 'ready'
 
 
 def is_printer_name(text):
@@ -203,3 +213,33 @@ def print_targets(record):
         return set()
     port = print_port(record)
     return {target for target in (record.get(Field.PRINTER), port and os.path.realpath(port)) if target}
+
+
+def handoff_lines(printer):
+    """The lines that hand ``printer``'s G-code (all five lists, Marlin's
+    where its conf names none) to a sender; None: the lines of no printer
+    (the sender keeps Marlin's G-code)."""
+    if printer is None:
+        return [HANDOFF_READY]
+    lines = [f'{HANDOFF_PRINTER} {printer.name}']
+    for key in GCODE_KEYS:
+        lines += [f'{HANDOFF_GCODE} {key} {code}' for code in getattr(printer, key + '_gcode')]
+    return lines + [HANDOFF_READY]
+
+
+def printer_from_handoff(lines):
+    """The Printer (no port: the sender has its own) that ``handoff_lines``
+    described, or None for no printer; each line checked again (ConfigError)."""
+    name, gcode = None, {}
+    for line in lines:
+        word, _, rest = line.partition(' ')
+        if word == HANDOFF_PRINTER and is_printer_name(rest) and name is None:
+            name = rest
+            continue
+        key, _, code = rest.partition(' ')
+        if word != HANDOFF_GCODE or name is None or key not in GCODE_KEYS or not is_gcode_line(code):
+            raise ConfigError(f'a bad line in the printer G-code from the runner: {line[:80]!r}')
+        gcode.setdefault(key, []).append(code)
+    if name is None:
+        return None
+    return Printer(name, '', 0, {key: gcode.get(key, DEFAULT_GCODE[key]) for key in GCODE_KEYS})

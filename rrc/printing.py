@@ -4,8 +4,9 @@ import os
 import time
 
 from .config import positive_int, positive_number
-from .errors import ExitCode, PrinterError, UsageError
+from .errors import ConfigError, ExitCode, PrinterError, UsageError
 from .names import LazyPattern
+from .printers import DEFAULT_GCODE, HANDOFF_READY, printer_from_handoff
 
 
 PRINT_DEFAULT_BAUD = 115200
@@ -67,21 +68,24 @@ Z_RE = LazyPattern(r'(?i)\AG[01](?:\.0*)?\s.*?Z\s*(-?[0-9.]+)')
 LAYER_COMMENT_RE = LazyPattern(r'(?i)\A;\s*LAYER\s*:?\s*(-?[0-9]+)')
 # The printer's state on the progress pipe: ``DONE/TOTAL key=number ...``
 PRINTER_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
+# The runner hands a printer's G-code over on the control pipe as the sender
+# starts (it writes it at once): a sender that gets none in this time fails.
+PRINT_HANDOFF_WAIT = 30.0
 # The words the runner writes on the control pipe (RRCLOUD_CONTROL_FD).
 CONTROL_WORDS = ('pause', 'resume', 'cancel', 'stop')
 
 
 class MarlinGcode:
-    """The G-code of a pause, a resume and a cancel (Marlin's; a named
-    printer's conf may give its own object with the same attributes).
+    """The G-code of a pause, a resume and a cancel (Marlin's, ``printers.DEFAULT_GCODE``;
+    a named printer's conf gives its own object with the same attributes).
 
     pause   relative extrusion, retract 2 mm, lift Z 10 mm; temperatures kept
     resume  lower Z 10 mm, prime 2 mm (the file's own M82/M83 is restored after)
     cancel  hotend, bed and fan off, motors off
     """
-    pause_gcode = ('M83', 'G1 E-2 F2700', 'G91', 'G1 Z10 F600', 'G90')
-    resume_gcode = ('G91', 'G1 Z-10 F600', 'G90', 'M83', 'G1 E2 F2700')
-    cancel_gcode = ('M104 S0', 'M140 S0', 'M107', 'M84')
+    pause_gcode = DEFAULT_GCODE['pause']
+    resume_gcode = DEFAULT_GCODE['resume']
+    cancel_gcode = DEFAULT_GCODE['cancel']
 
 
 class PrintCancelled(PrinterError):
@@ -101,15 +105,46 @@ class ControlPipe:
     def poll(self):
         """The words that arrived since the last poll, oldest first."""
         if self.open:
-            try:
-                while chunk := os.read(self.fd, 4096):
-                    self.buffer += chunk
-                self.open = False  # the runner is gone
-            except BlockingIOError:
-                pass
+            self._read_available()
         *lines, self.buffer = self.buffer.split(b'\n')
         return [word for word in (line.strip().decode('ascii', 'replace') for line in lines)
                 if word in CONTROL_WORDS]
+
+    def read_printer(self, timeout=PRINT_HANDOFF_WAIT):
+        """The printer whose G-code the runner hands over before any request
+        (``printers.handoff_lines``): a Printer, or None (Marlin's G-code).
+        PrinterError when the runner sends none (the print must not go on
+        with G-code that may be another printer's)."""
+        import select
+        deadline = time.monotonic() + timeout
+        while not self._has_ready_line():
+            left = deadline - time.monotonic()
+            if not self.open or left <= 0:
+                raise PrinterError('the runner handed over no printer G-code')
+            select.select([self.fd], [], [], left)
+            self._read_available()
+        lines = []
+        while True:
+            line, self.buffer = self.buffer.split(b'\n', 1)
+            text = line.decode('utf-8', 'replace').strip()
+            if text == HANDOFF_READY:
+                break
+            lines.append(text)
+        try:
+            return printer_from_handoff(lines)
+        except ConfigError as exc:
+            raise PrinterError(str(exc)) from None
+
+    def _has_ready_line(self):
+        return HANDOFF_READY.encode() in self.buffer.split(b'\n')[:-1]
+
+    def _read_available(self):
+        try:
+            while chunk := os.read(self.fd, 65536):
+                self.buffer += chunk
+            self.open = False  # the runner is gone
+        except BlockingIOError:
+            pass
 
     def wait(self, timeout):
         """Wait up to ``timeout`` s for a word; the words, or []."""
@@ -622,13 +657,14 @@ def cmd_print(args):
     """``rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE``: the built-in G-code sender."""
     options, (port, path) = _print_arguments(args)
     check_serial_port(port)  # a wrong port is named even when the file is wrong too
-    lines = gcode_lines(path)
-    layers = gcode_layers(path, len(lines))
+    control = task_control_pipe()
+    printer = control.read_printer() if control is not None else None
+    lines, layers = printed_lines(path, printer)
     link = SerialLink(port, options['baud'])
     started = time.monotonic()
     try:
         sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
-                             comm_timeout=options['comm-timeout'], control=task_control_pipe())
+                             comm_timeout=options['comm-timeout'], control=control, printer=printer)
         sender.layers = layers
         if sender.control is not None:  # a task: its followers see temperatures
             sender.temp_interval = PRINT_TEMP_INTERVAL
@@ -639,6 +675,21 @@ def cmd_print(args):
     elapsed = time.monotonic() - started
     _print_log(f'printed {len(lines)} lines in {elapsed:.1f} s')
     return ExitCode.OK
+
+
+def printed_lines(path, printer=None):
+    """(lines, their layers) of a print: the file's code lines, between its
+    printer's start and end G-code when it names a printer (numbered and
+    answered like the file's own lines, so resends and a cancel reach them too)."""
+    lines = gcode_lines(path)
+    layers = gcode_layers(path, len(lines))
+    if printer is None:
+        return lines, layers
+    start, end = list(printer.start_gcode), list(printer.end_gcode)
+    _print_log(f'printer {printer.name}: its own G-code ({len(start)} start lines, {len(end)} end lines)')
+    if layers is not None:
+        layers = [None] * len(start) + layers + [layers[-1] if layers else None] * len(end)
+    return start + lines + end, layers
 
 
 def _print_arguments(args):

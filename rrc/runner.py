@@ -14,13 +14,14 @@ from .launch import Launch, absolute_output, needs_display, sandbox_command, tas
 from .limits import ToolLimits
 from .names import check_task_id, is_single_line
 from .notifier import TaskNotifier
+from .printers import load_printer
 from .records import stored_inputs
 from .backends import task_queue
 from .schema import Field, TaskStatus
 from .services import check_output_ext, find_service, load_services
 from .settings import task_config
 from .store import Store, temp_writer, unlink_quietly, unmark
-from .supervise import ToolRun, enter_task_cgroup
+from .supervise import SENDER_ERROR_PREFIX, ToolRun, enter_task_cgroup
 from .task import Task
 from .trees import remove_tree, shown_left
 
@@ -42,12 +43,16 @@ def run_task(store, settings, task_id):
         service = find_service(*load_services(store.root), task.get(Field.SERVICE))
     except RRCloudError as exc:
         return cannot_start(task, str(exc))
+    try:
+        printer = task_printer(task)
+    except RRCloudError as exc:
+        return cannot_start(task, str(exc))
     if task.get(Field.JOB):
         prepare_hand_off(task)
     notifier = TaskNotifier(store, task.config, task.record)
     try:
         record_input_gcode(task)
-        outcome = execute(task, service, on_start=notifier.started)
+        outcome = execute(task, service, on_start=notifier.started, printer=printer)
     except Exception as exc:  # a runner never leaves a task busy (nor names a path of the server's)
         outcome = (TaskStatus.FAILED, {'error': f'runner error: {reason_without_paths(exc)}'})
     status, fields = outcome
@@ -57,6 +62,15 @@ def run_task(store, settings, task_id):
         fields = remove_output_of_full_disk(task, fields)
     task.finish(status, **fields)
     return _runner_done(task, notifier)
+
+
+def task_printer(task):
+    """The named printer of a print whose record says ``printer: NAME``
+    (its conf read now, from this store's ``printers/``: its G-code goes to
+    the sender), or None.  The name is checked before it is part of a path;
+    an unknown printer or a bad conf is a RRCloudError naming it."""
+    name = task.get(Field.PRINTER)
+    return load_printer(task.store.root, name) if name else None
 
 
 def record_input_gcode(task):
@@ -181,16 +195,18 @@ def release_slot():
             pass
 
 
-def execute(task, service, on_start=None):
+def execute(task, service, on_start=None, printer=None):
     """Run the tool of one task; returns (status, fields to record).
 
-    ``on_start(record)`` is called once the tool has started (it must not block)."""
+    ``on_start(record)`` is called once the tool has started (it must not
+    block); ``printer`` (a named printer) is handed to the built-in sender."""
     try:
         argv = task_argv(service, task.record)
     except UsageError as exc:
         return refuse_record(task, exc)
     argv = absolute_output(service, task.record, argv, tool_root(task.store, task.config))
     launch = Launch(service, argv, display=needs_display(service, task.record))
+    launch.printer = printer if launch.builtin else None
     with open(task.log_path, 'ab') as log:
         if launch.missing:
             # The service's path is the server's business: the client learns which conf to look at.
@@ -209,7 +225,7 @@ def execute(task, service, on_start=None):
     return builtin_reason(task, outcome) if launch.builtin else outcome
 
 
-BUILTIN_ERROR_PREFIX = 'rrcloud: error: '
+BUILTIN_ERROR_PREFIX = SENDER_ERROR_PREFIX
 
 
 def builtin_reason(task, outcome):

@@ -53,9 +53,9 @@ class Field:
     # A print whose built-in sender runs and takes pause/resume/cancel/stop
     # (YES), and the cancel or stop asked of it.
     SENDER = 'sender'
-    # A print's named printer (printers/NAME.conf), set at submission.
-    PRINTER = 'printer'
     PRINT_CONTROL = 'printControl'
+    # A print that named its printer: its name (``printers/NAME.conf``; the port is in nativeArgs).
+    PRINTER = 'printer'
     WAITING = 'waiting'
     # Processes, each as pid plus kernel start time: the detached runner and the tool's group.
     RUNNER = 'runner'

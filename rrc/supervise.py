@@ -49,7 +49,7 @@ class ToolRun:
         finally:
             close_fds(output_write, progress_write, control_read)  # the tool holds its ends now
         output = OutputPipe(output_read, ToolLog(log, self.limits.log))
-        self.control = SenderControl(control_write) if control_write is not None else None
+        self.control = SenderControl(control_write, self.launch.printer) if control_write is not None else None
         try:
             return self.watch(process, output, progress_read, on_start)
         except BaseException:  # a runner that cannot go on watching takes its tool with it
@@ -91,6 +91,9 @@ class ToolRun:
         last = progress.finish()  # what came after the last look, up to the end
         if last:  # the final record keeps it, for readers of records (0.019 clients)
             self.task.update({'progress': last})
+        if isinstance(stopped, Ending):  # a print the runner had to end, cancelled by its sender
+            stopped = stopped.reason(output.log.last_bytes())
+            return self.tell_why((TaskStatus.FAILED, {'error': stopped, 'exitCode': code}), stopped)
         if stopped:
             return self.tell_why((TaskStatus.FAILED, {'error': stopped, 'exitCode': code}),
                                  f'{stopped}: the tool was stopped')
@@ -210,27 +213,86 @@ def parse_progress_line(line):
 
 # What the watchdog says of a task whose record shows it was killed.
 KILLED = 'killed'
+# A print that must end (killed, past its deadline, paused too long) is
+# cancelled by its sender: the line in flight answered, then the cancel
+# G-code (heaters off).  A sender that has not ended this long after is
+# stopped (SIGTERM, then SIGKILL) with the printer as it is.
+CANCEL_GRACE_SECONDS = 30.0
+# How the sender's last line says why it failed (``rrcloud: error: cancelled``).
+SENDER_ERROR_PREFIX = 'rrcloud: error: '
 
 
 def supervise(process, watchdog, output, progress=None):
     """Wait for the tool, moving its output and progress on as they come;
     returns (exit code, None), or (exit code, why it was stopped) when the
     watchdog stopped it.  A killed task's tool is stopped too (its record
-    already says so)."""
+    already says so).  A print is not stopped but cancelled by its sender
+    (``Ending``); only a sender that does not end is stopped."""
     readers = [output] + ([progress] if progress else [])  # a closed pipe is not waited on
+    ending = None
     with ExitWatch(process, readers) as watch:
         while True:
             due = progress.due_in() if progress else None
-            until = min(watchdog.due(), time.monotonic() + (due if due is not None else watchdog.interval))
+            next_due = min(ending.grace_ends, watchdog.next_look) if ending else watchdog.due()
+            until = min(next_due, time.monotonic() + (due if due is not None else watchdog.interval))
             code = watch.wait(max(0.0, until - time.monotonic()))
             if code is not None:
-                return code, None
+                return code, ending and ending.why_ended(code)
             for reader in readers:
                 reader.pump()
-            verdict = watchdog.verdict(time.monotonic())
+            now = time.monotonic()
+            if ending is None:
+                verdict = watchdog.verdict(now)
+                if verdict and watchdog.control is not None:
+                    ending = Ending(verdict, watchdog, now)
+                    continue
+            else:
+                ending.follow(watchdog, now)
+                verdict = ending.why_stopped() if now >= ending.grace_ends else None
             if verdict:
                 terminate_group(process)
                 return process.returncode, (None if verdict == KILLED else verdict)
+
+
+class Ending:
+    """A print the runner must end: its sender asked to cancel (the cancel
+    G-code, heaters off) and given CANCEL_GRACE_SECONDS to end; the task's
+    log says why."""
+
+    def __init__(self, verdict, watchdog, now):
+        self.verdict, self.grace = verdict, watchdog.cancel_grace
+        self.grace_ends = now + self.grace
+        watchdog.control.ask('cancel')
+        watchdog.task.log(f'rrcloud: {verdict}: the print is cancelled (its cancel G-code)')
+
+    def follow(self, watchdog, now):
+        """While the grace runs: what the pipe could not take yet goes, and an
+        emergency stop asked of the print (it is still busy) reaches its sender."""
+        if now >= watchdog.next_look:
+            watchdog.next_look = now + watchdog.interval
+            if watchdog.task.refresh().get(Field.PRINT_CONTROL) == 'stop':
+                watchdog.control.ask('stop')
+        watchdog.control.flush()
+
+    def why_ended(self, code):
+        """What ``supervise`` returns for a sender that ended itself: None
+        when the record says why (killed) or the print finished after all,
+        else this Ending, whose ``reason`` reads the sender's last words."""
+        return None if self.verdict == KILLED or code == 0 else self
+
+    def reason(self, last_output):
+        """The task's error: the verdict and the sender's own last error
+        (``paused longer than maxSuspend (2 h): cancelled``)."""
+        for line in reversed(last_output.decode('utf-8', 'replace').splitlines()):
+            if line.startswith(SENDER_ERROR_PREFIX):
+                return f'{self.verdict}: {line[len(SENDER_ERROR_PREFIX):].strip()}'
+        return f'{self.verdict}: the sender ended'
+
+    def why_stopped(self):
+        """Why the task ended, its sender having been stopped after the grace."""
+        if self.verdict == KILLED:
+            return KILLED
+        return f'{self.verdict}: the sender did not end within {self.grace:g} s of its cancel'
 
 
 class Watchdog:
@@ -243,6 +305,8 @@ class Watchdog:
     # many entries, at every second look with twice as many, and so on: a
     # tool that makes 100,000 files slows its own checks, never the runner.
     WALK_ENTRIES = 10000
+    # How long a print's sender has to end once asked to cancel (Ending).
+    cancel_grace = CANCEL_GRACE_SECONDS
 
     def __init__(self, task, work=None, interval=0.5, control=None):
         now = time.monotonic()
@@ -301,35 +365,69 @@ class Watchdog:
         self.deadline += now - self.looked
         self.suspended_since = self.suspended_since or self.looked
         if now - self.suspended_since > self.config.maxSuspend:
+            if self.control is not None:  # a paused print: its heaters are on
+                return f'paused longer than maxSuspend ({duration_text(self.config.maxSuspend)})'
             return f'suspended longer than maxSuspend ({self.config.maxSuspend:g} s)'
         return None
 
 
-class SenderControl:
-    """The runner's end of the built-in sender's control pipe: the record's
-    wishes (``suspended: yes`` is a pause, its end a resume; ``printControl:
-    cancel`` or ``stop``) written to the sender as words, each once.  The
-    sender acts on them between lines (a stop at once): never SIGSTOP, which
-    would leave the printer mid-move."""
+def duration_text(seconds):
+    """``2 h``, ``90 min``, ``45 s``: a bound as a person reads it."""
+    for unit, size in (('h', 3600), ('min', 60)):
+        if seconds >= size and seconds % size == 0:
+            return f'{seconds / size:g} {unit}'
+    return f'{seconds:g} s'
 
-    def __init__(self, fd):
+
+class SenderControl:
+    """The runner's end of the built-in sender's control pipe.  First the
+    printer's G-code (``printers.handoff_lines``: a named printer's, or none,
+    and the sender keeps Marlin's), then the record's wishes (``suspended:
+    yes`` is a pause, its end a resume; ``printControl: cancel`` or ``stop``)
+    written to the sender as words, each once, and the runner's own cancel
+    (``cancel``) of a print it must end.  The sender acts on them between
+    lines (a stop at once): never SIGSTOP, which would leave the printer
+    mid-move.  Writes never block the runner: what the pipe cannot take yet
+    goes at the next look."""
+
+    def __init__(self, fd, printer=None):
+        from .printers import handoff_lines
         self.fd, self.paused, self.sent = fd, False, set()
+        self.pending = b''
+        os.set_blocking(fd, False)
+        for line in handoff_lines(printer):
+            self.write(line)
 
     def follow(self, record):
+        """Write what changed in the record since the last look."""
         paused = record.get(Field.SUSPENDED) == YES
         if paused != self.paused:
             self.paused = paused
             self.write('pause' if paused else 'resume')
         word = record.get(Field.PRINT_CONTROL)
-        if word in ('cancel', 'stop') and word not in self.sent:
+        if word in ('cancel', 'stop'):
+            self.ask(word)
+        self.flush()
+
+    def ask(self, word):
+        """Write ``word`` (cancel, stop) once."""
+        if word not in self.sent:
             self.sent.add(word)
             self.write(word)
 
-    def write(self, word):
+    def write(self, line):
+        self.pending += line.encode() + b'\n'
+        self.flush()
+
+    def flush(self):
+        """Write what the pipe takes now."""
         try:
-            os.write(self.fd, word.encode() + b'\n')
+            while self.pending:
+                self.pending = self.pending[os.write(self.fd, self.pending):]
+        except BlockingIOError:
+            pass
         except OSError:
-            pass  # the sender is gone: its end is judged as any other
+            self.pending = b''  # the sender is gone: its end is judged as any other
 
 
 class OutputPipe:

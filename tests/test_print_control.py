@@ -1,4 +1,6 @@
-"""Pause, resume, cancel and emergency stop of a print (issue 21, item 3).
+"""Pause, resume, cancel and emergency stop of a print (issue 21, item 3);
+a named printer's own G-code at each moment, and a print that is killed or
+paused too long cancelled by its sender (issue 21, the sender's leftovers).
 
 The sender runs against tests/printer_sim.PrinterSim behind a real pty: in
 process (a thread) with a real control pipe, and as a task of the printrun
@@ -17,8 +19,8 @@ from rrc.printing import (ControlPipe, GcodeSender, MarlinGcode, PrintCancelled,
                           gcode_layers, gcode_lines)
 from rrc.states import get_task
 from rrc.store import Store
-from conftest import DATA, make_service
-from helpers import PTY_PRINTRUN_CONF
+from conftest import DATA, make_service, write_config
+from helpers import PTY_PRINTRUN_CONF, tidied, write_printer
 from printer_sim import PrinterSim
 
 SMALL = DATA / 'small.gcode'
@@ -219,8 +221,10 @@ def pty_service(workdir):
     return workdir
 
 
-def started_print(proc, workdir, sim):
-    result = proc('printrun', sim.port, 'small.gcode')
+def started_print(proc, workdir, sim, printer=None):
+    """A print of small.gcode on the sim (by its port, or by ``printer``'s
+    name), its sender running and the sim holding line HOLD."""
+    result = proc('printrun', printer or sim.port, 'small.gcode')
     assert result.code == 0, result
     task_id = result.out.split('id: ', 1)[1].strip()
     assert sim.holding.wait(30)
@@ -345,6 +349,96 @@ def test_pause_of_a_task_that_is_not_a_print_is_a_clear_error(cli, workdir):
             pause_task(store, task_id, by='test')
     finally:
         cli('kill', task_id)
+
+
+###############################################################################
+# A named printer's own G-code; a print that must end is cancelled
+###############################################################################
+
+OWN_START = ['G29', 'M300 S440 P20']
+OWN_END = ['M300 S880 P20', 'M18']
+OWN_PAUSE = ['M400', 'G1 Z20 F900']
+OWN_RESUME = ['G1 Z5 F900']
+OWN_CANCEL = ['M140 S0', 'M104 T0 S0', 'M18']
+
+
+def own_printer(workdir, sim):
+    """``printers/mk3.conf``: the sim's port and G-code of its own for every moment."""
+    write_printer(workdir, 'mk3', f'port = {sim.port}\n' + ''.join(
+        f'{key} = {code}\n' for key, codes in (('start', OWN_START), ('end', OWN_END), ('pause', OWN_PAUSE),
+                                                ('resume', OWN_RESUME), ('cancel', OWN_CANCEL))
+        for code in codes))
+
+
+def test_a_named_printers_own_gcode_at_start_pause_resume_and_end(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        own_printer(pty_service, sim)
+        store, task_id = started_print(proc, pty_service, sim, printer='mk3')
+        assert proc('pause', task_id).code == 0
+        assert wait_sender_asked(store, task_id, 'pause')
+        sim.release()
+        # paused: the pause G-code, then a temperature poll and no line of the file
+        assert sim.wait_for(lambda s: s.received[-len(OWN_PAUSE) - 1:] == OWN_PAUSE + ['M105'], 20), sim.received[-10:]
+        lines_while_paused = len(file_lines(sim))
+        assert proc('resume', task_id).code == 0
+        record = tidied(pty_service, task_id)
+
+    assert (record['status'], record['printer']) == ('complete', 'mk3'), record
+    # the start G-code before the file's first line, the end G-code after its last
+    assert file_lines(sim) == OWN_START + EXPECTED + OWN_END
+    assert lines_while_paused == HOLD
+    between = after_line(sim, HOLD)
+    assert between[:len(OWN_PAUSE)] == OWN_PAUSE, between
+    assert set(between[len(OWN_PAUSE):-len(OWN_RESUME) - 1]) == {'M105'}, between
+    assert between[-len(OWN_RESUME) - 1:] == OWN_RESUME + ['M82'], between  # the file's M82 again
+    assert not set(MarlinGcode.pause_gcode) & (set(sim.received) - set(EXPECTED))  # none of Marlin's
+
+
+def test_a_named_printers_own_cancel_gcode_and_nothing_after(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        own_printer(pty_service, sim)
+        store, task_id = started_print(proc, pty_service, sim, printer='mk3')
+        assert proc('cancel', task_id).code == 0
+        assert wait_sender_asked(store, task_id, 'cancel')
+        sim.release()
+        record = tidied(pty_service, task_id)
+
+    assert (record['status'], record['error']) == ('failed', 'cancelled'), record
+    assert file_lines(sim) == OWN_START + EXPECTED[:HOLD - len(OWN_START)]
+    assert after_line(sim, HOLD) == OWN_CANCEL  # and no end G-code
+
+
+def test_kill_of_a_running_print_cancels_it_with_the_cancel_gcode(proc, pty_service):
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = started_print(proc, pty_service, sim)
+        killed = proc('kill', task_id)
+        assert killed.code == 0, killed
+        assert wait_sender_asked(store, task_id, 'cancel')
+        sim.release()
+        record = tidied(pty_service, task_id)
+
+    assert (record['status'], record['error']) == ('failed', 'killed'), record
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert after_line(sim, HOLD) == CANCEL  # Marlin's: heaters, fan and motors off, nothing after
+    text = log_of(store, task_id)
+    assert 'rrcloud: killed: the print is cancelled (its cancel G-code)' in text, text
+
+
+def test_a_print_paused_longer_than_max_suspend_is_cancelled(proc, pty_service):
+    write_config(pty_service, 'maxSuspend = 1\n')
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = started_print(proc, pty_service, sim)
+        assert proc('pause', task_id).code == 0
+        assert wait_sender_asked(store, task_id, 'pause')
+        sim.release()
+        record = tidied(pty_service, task_id)
+
+    assert record['status'] == 'failed', record
+    assert record['error'] == 'paused longer than maxSuspend (1 s): cancelled', record
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    between = after_line(sim, HOLD)
+    assert between[:len(PAUSE)] == PAUSE and between[-len(CANCEL):] == CANCEL, between
+    assert set(between[len(PAUSE):-len(CANCEL)]) <= {'M105'}, between
 
 
 ###############################################################################

@@ -12,10 +12,10 @@ import pytest
 
 import deploy
 from conftest import DATA, make_service, task_id_of, write_config
-from helpers import PTY_PRINTRUN_CONF, read_record, submit, wait_done, wait_for, wait_until_done
+from helpers import PTY_PRINTRUN_CONF, read_record, submit, wait_done, wait_for, wait_until_done, write_printer
 from printer_sim import PrinterSim
 from rrc.errors import ConfigError, UsageError
-from rrc.printers import DEFAULT_GCODE, load_printer, parse_printer
+from rrc.printers import DEFAULT_GCODE, handoff_lines, load_printer, parse_printer, printer_from_handoff
 from rrc.printing import gcode_lines
 from rrc.store import Store
 
@@ -27,12 +27,6 @@ MISSING_PORT = '/dev/pts/rrcloud-no-such-port'
 def printed(sim):
     """The code lines the printer took, in order, without the line numbers and checksums."""
     return [text for _, text in sim.received_numbered if not text.startswith('M110')]
-
-
-def write_printer(root, name, text):
-    folder = root / 'printers'
-    folder.mkdir(exist_ok=True)
-    (folder / f'{name}.conf').write_text(text)
 
 
 def store_files(root):
@@ -91,6 +85,20 @@ def test_the_shipped_example_is_a_good_conf():
 def test_conf_without_a_port_is_refused():
     with pytest.raises(ConfigError, match=r'\Aprinters/x.conf: no port'):
         parse_printer('x', 'baud = 115200\n', 'printers/x.conf')
+
+
+def test_a_printers_gcode_handed_to_its_sender_comes_back_the_same_and_checked(tmp_path):
+    write_printer(tmp_path, 'mk3', 'port = /dev/ttyACM0\nstart = G28\nstart = G29\ncancel = M84\n')
+    printer = load_printer(str(tmp_path), 'mk3')
+    lines = handoff_lines(printer)
+    back = printer_from_handoff(lines[:-1])
+
+    assert lines[0] == 'printer mk3' and lines[-1] == 'ready'
+    assert back.name == 'mk3' and (back.start_gcode, back.cancel_gcode, back.end_gcode) == (['G28', 'G29'], ['M84'], [])
+    assert back.pause_gcode == list(DEFAULT_GCODE['pause']) and back.resume_gcode == list(DEFAULT_GCODE['resume'])
+    assert handoff_lines(None) == ['ready'] and printer_from_handoff([]) is None  # a raw port: Marlin's
+    with pytest.raises(ConfigError, match='a bad line in the printer G-code'):
+        printer_from_handoff(['printer mk3', 'gcode cancel rm -rf /'])
 
 
 @pytest.mark.parametrize('name', ['../etc/passwd', 'MK3', 'mk3.conf', '', '-x', 'a' * 33, 'mk 3'])

@@ -25,7 +25,7 @@ from rrc.config import Config, default_max_processes
 from rrc.errors import ExitCode, UsageError
 from rrc.launch import check_stored_input
 from rrc.runner import judge_exit
-from rrc.supervise import KILLED, OutputPipe, Watchdog, parse_progress_line, supervise
+from rrc.supervise import KILLED, OutputPipe, SenderControl, Watchdog, parse_progress_line, supervise
 from rrc.task import Task
 from rrc.services import find_service, load_services
 from rrc.store import Store, format_record
@@ -57,7 +57,7 @@ def test_tool_stdout_and_stderr_go_to_the_task_log(proc, workdir):
 
 
 @contextlib.contextmanager
-def tool_writing(command, folder, limit=1000):
+def tool_writing(command, folder, limit=1000, stdin=None):
     """``sh -c COMMAND`` in ``folder``, in its own process group, its stdout and
     stderr into a pipe that an OutputPipe empties into a ToolLog of ``limit``
     bytes over ``FOLDER/log``, as the runner does: yields (process, pipe).
@@ -65,7 +65,7 @@ def tool_writing(command, folder, limit=1000):
     read_end, write_end = os.pipe()
     with open(folder / 'log', 'ab') as log:
         try:
-            process = subprocess.Popen(['sh', '-c', command], cwd=folder, stdout=write_end,
+            process = subprocess.Popen(['sh', '-c', command], cwd=folder, stdout=write_end, stdin=stdin,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             os.close(write_end)
@@ -313,6 +313,41 @@ def test_supervise_stops_the_tools_whole_group(tmp_path, stop):
         assert why == ('timeout after 0.3 s' if stop == 'timeout' else None)  # killed: the record says so already
         wait_gone(grandchild, 'the grandchild of the stopped tool')
         assert process_gone(process.pid)
+
+
+# A sender (a shell here) that reads its control pipe (on its stdin) and ends as rrcloud print does when cancelled.
+CANCELLING_SENDER = ('while read word; do [ "$word" = cancel ] && break; done; '
+                     'echo "rrcloud print: cancelled after line 7"; echo "rrcloud: error: cancelled"; exit 1')
+
+
+@pytest.mark.parametrize('sender, why', [
+    (CANCELLING_SENDER, 'timeout after 0.3 s: cancelled'),
+    ('sleep 300', 'timeout after 0.3 s: the sender did not end within 0.5 s of its cancel'),
+])
+def test_a_print_past_its_deadline_is_cancelled_by_its_sender_else_stopped(tmp_path, sender, why):
+    store = busy_task(tmp_path)
+    control_read, control_write = os.pipe()
+    try:
+        with tool_writing(sender, tmp_path, stdin=control_read) as (process, pipe):
+            watchdog = Watchdog(Task(store, TASK_ID, watch_config(timeout=0.3)), interval=0.2,
+                                control=SenderControl(control_write))
+            watchdog.cancel_grace = 0.5
+            code, stopped = supervise(process, watchdog, pipe)
+            pipe.finish()
+            if not isinstance(stopped, str):
+                stopped = stopped.reason(pipe.log.last_bytes())
+    finally:
+        os.close(control_read)
+        os.close(control_write)
+
+    assert code not in (0, None) and stopped == why
+    assert process_gone(process.pid)
+    assert 'rrcloud: timeout after 0.3 s: the print is cancelled (its cancel G-code)' in store_log(store)
+
+
+def store_log(store):
+    with open(store.log_path(TASK_ID), encoding='utf-8') as log:
+        return log.read()
 
 
 ###############################################################################
