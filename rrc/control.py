@@ -1,7 +1,10 @@
-"""Stopping, pausing and continuing a task's tool: kill, suspend, resume.
+"""Stopping, pausing and continuing a task's tool: kill, suspend, resume;
+and a print's pause, resume, cancel and emergency stop.
 
 The state moves under the store lock (``states``), the signal goes to the
-tool's process group on the node that runs it; the task's log says who asked.
+tool's process group on the node that runs it; a print gets no signal: its
+record says what is asked (``suspended``, ``printControl``) and its runner
+tells the sender.  The task's log says who asked.
 """
 
 import time
@@ -97,13 +100,18 @@ def _not_a_print(task_id, verb, record):
 
 
 def _ask_sender(store, task_id, word, by):
-    """Write a cancel or stop into a running (or paused) print's record: its runner hands it to the sender."""
-    verb = {'cancel': 'cancel', 'stop': 'stop'}[word]
+    """Write a cancel or stop into a running (or paused) print's record: its
+    runner hands it to the sender.  A stop is never taken back: the runner
+    reads the record only every half second, and a cancel written over a
+    stop in between would leave the printer running until the line in
+    flight (maybe a long heat-up) is done."""
     store.read_task(task_id)  # NotFound before anything is locked
     with store.lock():
         record = store.read_task(task_id)
         if state_of(record) not in (State.RUNNING, State.SUSPENDED) or not is_print(record):
-            raise _not_a_print(task_id, verb, record)
+            raise _not_a_print(task_id, word, record)
+        if record.get(Field.PRINT_CONTROL) == 'stop':
+            return record
         record = dict(record, **{Field.PRINT_CONTROL: word})
         store.write_task(record)
     append_log(store, task_id, f'rrcloud: task {task_id}: {"cancel" if word == "cancel" else "emergency stop"} '

@@ -28,6 +28,17 @@ from .names import NATIVE_VALUE_RE
 from .records import record_native
 from .schema import Field
 
+# Commands a printer's conf may not run, though they are G-code: they break
+# the sender's line protocol (M110 renumbers, M28/M29 and M928 send what
+# follows to the SD card, M118 echoes text the sender would read as an
+# answer), wait for a person at the printer (M0, M1), halt it (M112: that is
+# ``rrcloud stop``; M999 restarts after one), or change it for good (M30
+# deletes a file; M500-M502 write or reset its settings; M997 updates its
+# firmware).  A deny-list, not an allow-list: start and end G-code use many
+# commands (G28, G29, M420, M600, T0...) that no list of ours should limit.
+REFUSED_COMMANDS = ('M0', 'M1', 'M28', 'M29', 'M30', 'M110', 'M112', 'M118', 'M500', 'M501', 'M502', 'M928',
+                    'M997', 'M999')
+
 # The services whose tasks are prints: their first native word is a port (or a printer's name).
 PRINT_SERVICES = ('printrun', 'printcore')
 PRINTERS_FOLDER = 'printers'
@@ -75,11 +86,27 @@ def is_port_path(text):
 
 def is_gcode_line(text):
     """True for one G-code command: a G, M or T word and a number, then
-    words of a letter and a value (``G1 X10 F600``, ``M104 S0``); no comment, no host command."""
+    words of a letter and a value (``G1 X10 F600``, ``M104 S0``), ASCII only;
+    no comment, no host command, none of ``REFUSED_COMMANDS``."""
     words = text.split()
-    if not words or words[0][:1].upper() not in 'GMT' or not words[0][1:].replace('.', '', 1).isdigit():
+    if not text.isascii() or not words or words[0][:1].upper() not in 'GMT' \
+            or not words[0][1:].replace('.', '', 1).isdigit() or command_word(words[0]) in REFUSED_COMMANDS:
         return False
     return all(word[:1].isalpha() and all(c.isalnum() or c in '.-+' for c in word[1:]) for word in words[1:])
+
+
+def gcode_refusal(text):
+    """Why ``is_gcode_line`` refuses ``text``, in a few words."""
+    words = text.split()
+    if text.isascii() and words and command_word(words[0]) in REFUSED_COMMANDS:
+        return f'{command_word(words[0])} is not allowed in a printer conf (it breaks the print or the printer)'
+    return 'not a G-code command'
+
+
+def command_word(word):
+    """``m0112`` as ``M112``: the letter upper-case, the number without leading zeros."""
+    number = word[1:].split('.')[0].lstrip('0') or '0'
+    return word[:1].upper() + number
 
 
 class Printer:
@@ -107,7 +134,7 @@ def parse_printer(name, text, where):
             raise ConfigError(f'{where}:{number}: unknown key {key!r} (known: {", ".join(PRINTER_KEYS)})')
         if key in GCODE_KEYS:
             if not is_gcode_line(value):
-                raise ConfigError(f'{where}:{number}: {key}: not a G-code command: {value[:80]!r}')
+                raise ConfigError(f'{where}:{number}: {key}: {gcode_refusal(value)}: {value[:80]!r}')
             gcode.setdefault(key, []).append(value)
         else:
             fields[key] = (number, value)

@@ -351,6 +351,19 @@ def test_pause_of_a_task_that_is_not_a_print_is_a_clear_error(cli, workdir):
         cli('kill', task_id)
 
 
+def test_a_cancel_after_a_stop_leaves_the_stop_for_the_sender(tmp_path):
+    """The runner reads the record every half second: a cancel in between
+    must not replace the emergency stop with a cancel that waits for the line in flight."""
+    from rrc.control import cancel_task, stop_task
+    store = Store(str(tmp_path))
+    record = store.create_task(lambda _: {'service': 'printrun', 'status': 'busy', 'sender': 'yes'})
+
+    stop_task(store, record['id'], by='test')
+    cancel_task(store, record['id'], by='test')
+
+    assert get_task(store, record['id'])['printControl'] == 'stop'
+
+
 ###############################################################################
 # A named printer's own G-code; a print that must end is cancelled
 ###############################################################################

@@ -67,6 +67,11 @@ def test_conf_gives_port_baud_and_gcode_with_marlin_defaults(tmp_path):
     ('port = /dev/../etc/passwd\n', 1, 'port: not a serial device path'),
     ('port = /dev/ttyACM0\nbaud = fast\n', 2, 'baud: not a serial speed'),
     ('port = /dev/ttyACM0\ncolour = red\n', 2, "unknown key 'colour'"),
+    ('port = /dev/ttyACM0\nstart = G28\ncancel = M112\n', 3, 'cancel: M112 is not allowed in a printer conf'),
+    ('port = /dev/ttyACM0\nend = m0110 N0\n', 2, 'end: M110 is not allowed'),
+    ('port = /dev/ttyACM0\npause = M118 ok\n', 2, 'pause: M118 is not allowed'),
+    ('port = /dev/ttyACM0\npause = M28 part.gco\n', 2, 'pause: M28 is not allowed'),
+    ('port = /dev/ttyACM0\nresume = G1 X\u0661\n', 2, 'resume: not a G-code command'),
 ])
 def test_bad_conf_is_an_error_naming_the_file_and_line(tmp_path, text, line, words):
     write_printer(tmp_path, 'mk3', text)
