@@ -80,7 +80,7 @@ class MarlinGcode:
     a named printer's conf gives its own object with the same attributes).
 
     pause   relative extrusion, retract 2 mm, lift Z 10 mm; temperatures kept
-    resume  lower Z 10 mm, prime 2 mm (the file's own M82/M83 is restored after)
+    resume  lower Z 10 mm, prime 2 mm (then the file's own modes again: see GcodeSender.modes_to_restore)
     cancel  hotend, bed and fan off, motors off
     """
     pause_gcode = DEFAULT_GCODE['pause']
@@ -300,6 +300,7 @@ class GcodeSender:
         self.state = 'printing'            # printing, paused, cancelling
         self.pause_poll = PRINT_PAUSE_POLL
         self.extrusion = None              # 'M82' or 'M83', the file's last, restored after a resume
+        self.positioning = None            # 'G90' or 'G91', the same
         # What the printer is doing, for the progress pipe (PRINTER_FIELDS)
         self.temps = {}                    # hotend, hotendTarget, bed, bedTarget
         self.temps_at = time.monotonic()   # when a temperature line came last
@@ -435,8 +436,7 @@ class GcodeSender:
         self.heard = time.monotonic()  # silence counts from here
         self.busy = False
         self.in_flight = code.split(None, 1)[0].upper()
-        if self.in_flight in ('M82', 'M83'):
-            self.extrusion = self.in_flight
+        self._note_mode(self.in_flight)
         self.refused_from = None
 
     def _await_answer(self, number):
@@ -522,7 +522,16 @@ class GcodeSender:
             self.log(f'asked to {word}')
             if word == 'stop':
                 self._emergency_stop()
+            if word == 'cancel' and self.in_flight in PRINT_HEATING_WAITS:
+                self._break_heating_wait()
             self.requests.append(word)
+
+    def _break_heating_wait(self):
+        """A cancel during a heat-up (M109, M190, M191, M303) need not wait
+        for it: M108 ends the wait on firmware with an emergency parser
+        (Marlin's default); elsewhere it is a command like any, answered after."""
+        self._send_command(b'M108', reports=False)
+        self.log(f'M108 sent: the {self.in_flight} wait is broken off')
 
     def _emergency_stop(self):
         self.link.send(b'M112\n')
@@ -550,20 +559,37 @@ class GcodeSender:
         self._report()
         while True:
             words = self.control.wait(self.pause_poll)
+            if not self.control.open and not words:  # the runner is gone: nobody can resume this print
+                self.log('the runner is gone while paused')
+                self._cancel(done)
             self._take_requests(words)
             while self.requests:
                 word = self.requests.popleft()
                 if word == 'cancel':
                     self._cancel(done)
                 elif word == 'resume':
-                    self._run_commands(tuple(self.printer.resume_gcode)
-                                       + ((self.extrusion,) if self.extrusion == 'M82' else ()))
+                    self._run_commands(tuple(self.printer.resume_gcode) + self.modes_to_restore())
                     self.state = 'printing'
                     self.log(f'resumed after line {done}')
                     return
             if not words:
                 self._run_commands(('M105',))  # a pause is no silence: the printer is still asked
                 self._report()
+
+    def _note_mode(self, command):
+        """Keep the file's positioning and extrusion modes (Marlin: G90 and G91
+        set the extruder's mode too; M82 and M83 only the extruder's)."""
+        if command in ('G90', 'G91'):
+            self.positioning, self.extrusion = command, ('M82' if command == 'G90' else 'M83')
+        elif command in ('M82', 'M83'):
+            self.extrusion = command
+
+    def modes_to_restore(self):
+        """The commands that put the printer back in the file's modes after a
+        resume, whose G-code (Marlin's primes with M83) may have changed them:
+        positioning first (it sets the extruder's mode too), then extrusion;
+        a file that set none is in the firmware's defaults, G90 and M82."""
+        return (self.positioning or 'G90', self.extrusion or 'M82')
 
     def _cancel(self, done):
         self.state = 'cancelling'

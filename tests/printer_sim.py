@@ -175,6 +175,10 @@ class PrinterSim:
                      NO_TIMEOUTS, Repetier's "wait"): the printer has
                      nothing to do, so it says nothing about a lost line
                      but that it was lost.
+    emergency_parser Marlin's EMERGENCY_PARSER (default on, as on most
+                     boards): an ``M108`` that arrives while M109, M190 or
+                     M191 waits ends the wait at once (its ok goes out,
+                     then M108's own); counted in ``heating_broken``.
     report_when_silent  the temperature auto-report goes on while silent
                      (Marlin reports from idle(), which runs while a command
                      hangs): reports, and never an answer.
@@ -202,7 +206,7 @@ class PrinterSim:
     ``wait_received(count, timeout)``.
     """
 
-    def __init__(self, banner_delay=0.05, banner=DEFAULT_BANNER, delay=0.0,
+    def __init__(self, banner_delay=0.05, banner=DEFAULT_BANNER, delay=0.0, emergency_parser=True,
                  busy_interval=None, resend_every=0, resend_lines=(),
                  inject_error=False, resend_format="marlin",
                  ok_after_resend=True, flush_on_error=False, noise_every=0,
@@ -231,6 +235,8 @@ class PrinterSim:
         self.noise_every = noise_every
         self.noise_lines = tuple(noise_lines)
         self.temp_interval = temp_interval
+        self.emergency_parser = emergency_parser
+        self.heating_broken = 0
         self.silent_after = silent_after
         self.reset_on_open = reset_on_open
         self.command_delays = {word.upper(): seconds for word, seconds in (command_delays or {}).items()}
@@ -650,13 +656,34 @@ class PrinterSim:
                 step = self.busy_interval
             if self.temp_interval and self.temp_interval < step:
                 step = self.temp_interval
-            if self._stop.wait(step):
+            if self._wait_or_break(step, heating):
                 break
             if self.busy_interval and end - time.monotonic() > 0:
                 self._emit([HEATING_REPORT if heating else "echo:busy: processing"])
             if self._temp_due is not None and time.monotonic() >= self._temp_due:
                 self._temp_due = time.monotonic() + self.temp_interval
                 self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+
+    def _wait_or_break(self, seconds, heating):
+        """Wait while working; True when the wait must end: the sim stops,
+        or (emergency parser) an M108 came during a heating wait.  What is
+        read meanwhile stays in the input, handled after this command."""
+        if not (heating and self.emergency_parser):
+            return self._stop.wait(seconds)
+        if self._stop.is_set():
+            return True
+        ready, _, _ = select.select([self._master], [], [], seconds)
+        if ready:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:
+                data = b""
+            self._inbuf += data
+            if b"M108" in self._inbuf:
+                self.heating_broken += 1
+                self._log("*", "M108: the heating wait is broken off")
+                return True
+        return self._stop.is_set()
 
     def release(self):
         """End the hold of ``hold_at_line``: its ok goes out."""

@@ -28,8 +28,8 @@ EXPECTED = gcode_lines(SMALL)
 COUNT = len(EXPECTED)
 HOLD = 100
 PAUSE = list(MarlinGcode.pause_gcode)
-# the file's own absolute extrusion (M82) is restored after the relative prime
-RESUME = list(MarlinGcode.resume_gcode) + (['M82'] if 'M82' in EXPECTED[:HOLD] else [])
+# the file's own modes (small.gcode: G90, M82) are restored after the relative prime
+RESUME = list(MarlinGcode.resume_gcode) + ['G90', 'M82']
 CANCEL = list(MarlinGcode.cancel_gcode)
 
 
@@ -56,15 +56,15 @@ def after_line(sim, line):
 class SenderThread:
     """The sender in a thread of this process, with a real control pipe."""
 
-    def __init__(self, sim, printer=None):
+    def __init__(self, sim, printer=None, lines=EXPECTED):
         self.read_end, self.write_end = os.pipe()
         self.link = SerialLink(sim.port, 115200)
         self.log_lines = []
         self.reports = []
-        self.sender = GcodeSender(self.link, EXPECTED, answer_timeout=20, log=self.log_lines.append,
+        self.sender = GcodeSender(self.link, lines, answer_timeout=20, log=self.log_lines.append,
                                   control=ControlPipe(self.read_end), printer=printer,
                                   progress=lambda done, total, **state: self.reports.append((done, total, state)))
-        self.sender.layers = gcode_layers(SMALL, COUNT)
+        self.sender.layers = gcode_layers(SMALL, COUNT) if lines is EXPECTED else [0] * len(lines)
         self.sender.pause_poll = 0.1
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -84,7 +84,8 @@ class SenderThread:
         self.thread.join(30)
         self.link.close()
         os.close(self.read_end)
-        os.close(self.write_end)
+        if self.write_end is not None:
+            os.close(self.write_end)
 
     def ask(self, word):
         os.write(self.write_end, word.encode() + b'\n')
@@ -116,6 +117,56 @@ def test_pause_stops_after_the_line_in_flight_polls_temperatures_and_resume_goes
     assert set(between[len(PAUSE):-len(RESUME)]) == {'M105'}
     assert between[-len(RESUME):] == RESUME
     assert sim.errors == []
+
+
+@pytest.mark.parametrize('head, restored', [
+    ([], ['G90', 'M82']),                     # the firmware's defaults: absolute E, so not left relative
+    (['G91', 'G1 Z1'], ['G91', 'M83']),       # paused in a relative section (G91 makes E relative too)
+    (['G90', 'M83'], ['G90', 'M83']),         # relative extrusion, as many slicers write it
+])
+def test_resume_puts_back_the_files_modes_whatever_the_resume_gcode_left(head, restored):
+    lines = head + ['G1 X1 E1 F600'] * 30
+    with PrinterSim(hold_at_line=len(head) + 10) as sim, SenderThread(sim, lines=lines) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.ask('resume')
+        run.join()
+
+    assert run.error is None, run.error
+    assert after_line(sim, len(head) + 10)[-len(RESUME):] == list(MarlinGcode.resume_gcode) + restored
+    assert file_lines(sim) == lines
+
+
+def test_a_paused_print_whose_runner_is_gone_is_cancelled_not_left_hot():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        os.close(run.write_end)  # the runner dies (SIGKILL, OOM): its end of the control pipe closes
+        run.write_end = None
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled), run.error
+    assert after_line(sim, HOLD)[-len(CANCEL):] == CANCEL
+    assert 'the runner is gone while paused' in run.log_lines
+
+
+def test_a_cancel_during_a_heat_up_breaks_the_wait_with_m108_and_turns_the_heaters_off():
+    """Without M108 the cancel would wait for the heat-up (here a minute);
+    the runner's grace would run out and the heaters would stay on."""
+    with PrinterSim(command_delays={'M109': 60}) as sim, SenderThread(sim) as run:
+        assert sim.wait_for(lambda s: 'M109 S200' in file_lines(s), 20), sim.received[-5:]
+        run.ask('cancel')
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled), run.error
+    assert sim.heating_broken == 1
+    assert file_lines(sim)[-1] == 'M109 S200'  # nothing of the file after the heat-up
+    assert sim.received[sim.received.index('M108'):] == ['M108'] + CANCEL
+    assert 'M108 sent: the M109 wait is broken off' in run.log_lines
 
 
 def test_cancel_runs_the_cancel_gcode_and_nothing_after_it():
@@ -174,7 +225,7 @@ def test_a_named_printer_gives_its_own_gcode():
 
     assert run.error is None
     assert file_lines(sim) == EXPECTED
-    assert after_line(sim, HOLD)[0] == 'M601' and after_line(sim, HOLD)[-2:] == ['M602', 'M82']
+    assert after_line(sim, HOLD)[0] == 'M601' and after_line(sim, HOLD)[-3:] == ['M602', 'G90', 'M82']
 
 
 def test_printer_state_in_the_progress_reports():
@@ -402,8 +453,8 @@ def test_a_named_printers_own_gcode_at_start_pause_resume_and_end(proc, pty_serv
     assert lines_while_paused == HOLD
     between = after_line(sim, HOLD)
     assert between[:len(OWN_PAUSE)] == OWN_PAUSE, between
-    assert set(between[len(OWN_PAUSE):-len(OWN_RESUME) - 1]) == {'M105'}, between
-    assert between[-len(OWN_RESUME) - 1:] == OWN_RESUME + ['M82'], between  # the file's M82 again
+    assert set(between[len(OWN_PAUSE):-len(OWN_RESUME) - 2]) == {'M105'}, between
+    assert between[-len(OWN_RESUME) - 2:] == OWN_RESUME + ['G90', 'M82'], between  # the file's modes again
     assert not set(MarlinGcode.pause_gcode) & (set(sim.received) - set(EXPECTED))  # none of Marlin's
 
 
