@@ -527,7 +527,7 @@ def with_live_progress(store, record):
     left seconds); others as they are."""
     if record.get(Field.STATUS) != TaskStatus.BUSY or not is_task_id(record.get(Field.ID, '')):
         return record
-    if record.get('sender'):  # a print: the newest event's printer state too
+    if record.get(Field.SENDER):  # a print: the newest event's printer state too
         return _with_printer_state(store, record)
     text = last_progress(store, record[Field.ID])
     return dict(record, **{Field.PROGRESS: text}) if text else record

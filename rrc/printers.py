@@ -39,6 +39,9 @@ from .schema import Field
 REFUSED_COMMANDS = ('M0', 'M1', 'M28', 'M29', 'M30', 'M110', 'M112', 'M118', 'M500', 'M501', 'M502', 'M928',
                     'M997', 'M999')
 
+# What a sender reports of its printer on the progress pipe (``DONE/TOTAL key=number ...``).
+PRINTER_STATE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
+
 # The services whose tasks are prints: their first native word is a port (or a printer's name).
 PRINT_SERVICES = ('printrun', 'printcore')
 PRINTERS_FOLDER = 'printers'

@@ -6,7 +6,7 @@ import time
 from .config import positive_int, positive_number
 from .errors import ConfigError, ExitCode, PrinterError, UsageError
 from .names import LazyPattern
-from .printers import DEFAULT_GCODE, HANDOFF_READY, printer_from_handoff
+from .printers import DEFAULT_GCODE, HANDOFF_READY, PRINTER_STATE_FIELDS, printer_from_handoff
 
 
 PRINT_DEFAULT_BAUD = 115200
@@ -66,8 +66,6 @@ TEMP_RE = LazyPattern(rb'(?<![A-Za-z@])T0?:\s*(-?[0-9.]+)\s*(?:/\s*(-?[0-9.]+))?
 BED_RE = LazyPattern(rb'(?<![A-Za-z@])B:\s*(-?[0-9.]+)\s*(?:/\s*(-?[0-9.]+))?')
 Z_RE = LazyPattern(r'(?i)\AG[01](?:\.0*)?\s.*?Z\s*(-?[0-9.]+)')
 LAYER_COMMENT_RE = LazyPattern(r'(?i)\A;\s*LAYER\s*:?\s*(-?[0-9]+)')
-# The printer's state on the progress pipe: ``DONE/TOTAL key=number ...``
-PRINTER_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
 # The runner hands a printer's G-code over on the control pipe as the sender
 # starts (it writes it at once): a sender that gets none in this time fails.
 PRINT_HANDOFF_WAIT = 30.0
@@ -301,7 +299,7 @@ class GcodeSender:
         self.pause_poll = PRINT_PAUSE_POLL
         self.extrusion = None              # 'M82' or 'M83', the file's last, restored after a resume
         self.positioning = None            # 'G90' or 'G91', the same
-        # What the printer is doing, for the progress pipe (PRINTER_FIELDS)
+        # What the printer is doing, for the progress pipe (PRINTER_STATE_FIELDS)
         self.temps = {}                    # hotend, hotendTarget, bed, bedTarget
         self.temps_at = time.monotonic()   # when a temperature line came last
         self.temp_interval = None          # seconds between M105 polls; None: never (by hand)
@@ -375,7 +373,7 @@ class GcodeSender:
         self.progress(self.acked, len(self.lines), **self.printer_state())
 
     def printer_state(self):
-        """Temperatures, bytes sent, layer, height, paused (PRINTER_FIELDS)."""
+        """Temperatures, bytes sent, layer, height, paused (PRINTER_STATE_FIELDS)."""
         state = dict(self.temps, bytes=self.bytes_sent, paused=int(self.state == 'paused'))
         layer = self.layers[self.acked - 1] if self.layers and self.acked else None
         if layer is None and not self.layers and self.z_layer:
@@ -753,7 +751,7 @@ def task_progress_writer():
     def write(done, total, **state):
         extra = ''.join(f' {key}={value if isinstance(value, int) else round(value, 3)}'
                         for key, value in state.items()
-                        if key in PRINTER_FIELDS and isinstance(value, (int, float)))
+                        if key in PRINTER_STATE_FIELDS and isinstance(value, (int, float)))
         try:
             os.write(int(fd), f'{done}/{total}{extra}\n'.encode())
         except OSError:

@@ -13,6 +13,7 @@ from .events import ProgressEvents
 from .history import usual_run_time
 from .progress import OutputProgress
 from .limits import format_size, limit_error
+from .printers import PRINTER_STATE_FIELDS
 from .procs import kill_process_group, process_start_time, terminate_group
 from .schema import YES, Field, TaskStatus
 from .toollog import ToolLog
@@ -142,8 +143,6 @@ def close_fds(*fds):
 
 # A progress line longer than this is no ``DONE/TOTAL [key=number ...]`` line: dropped unread.
 PROGRESS_LINE_MAX = 256
-# The printer's state a sender's progress line may carry (printing.PRINTER_FIELDS).
-PRINTER_STATE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
 
 
 class ProgressPipe:

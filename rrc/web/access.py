@@ -90,7 +90,7 @@ STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move', 'remove', 'clean
 
 def changes_state(request):
     """True for a request that may start, stop or remove work: any POST, a
-    GET of kill, suspend, resume, move, remove or clean."""
+    GET of one of STATE_CHANGING_SERVICES."""
     return request.method == 'POST' or request.query.get('service') in STATE_CHANGING_SERVICES
 
 
