@@ -9,7 +9,7 @@ import os
 import time
 
 from .errors import reason_without_paths
-from .events import ProgressEvents
+from .events import PRINTER_STATE_FIELDS, ProgressEvents, is_printer_value
 from .history import usual_run_time
 from .progress import OutputProgress
 from .limits import format_size, limit_error
@@ -139,8 +139,6 @@ def close_fds(*fds):
 
 # A progress line longer than this is no ``DONE/TOTAL [key=number ...]`` line: dropped unread.
 PROGRESS_LINE_MAX = 256
-# The printer's state a sender's progress line may carry (printing.PRINTER_FIELDS).
-PRINTER_STATE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
 
 
 class ProgressPipe:
@@ -203,7 +201,7 @@ def parse_progress_line(line):
                 number = float(value)
             except ValueError:
                 continue
-            if -1e6 < number < 1e15:  # finite, and no count a sender could reach
+            if is_printer_value(number):  # finite, and no count a sender could reach
                 state[key] = int(number) if number.is_integer() else number
     return int(done), int(total), state
 
