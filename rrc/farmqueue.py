@@ -392,16 +392,24 @@ class FarmQueue:
         from rq.serializers import JSONSerializer
         found = []
         from .identity import is_node_name
-        from .names import is_service_name
         for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
             if not is_node_name(worker.name):  # a name from Redis goes into meta's lines: checked
                 continue
             services = [name[len(QUEUE_PREFIX):] for name in worker.queue_names()
-                        if name.startswith(QUEUE_PREFIX) and is_service_name(name[len(QUEUE_PREFIX):])]
+                        if name.startswith(QUEUE_PREFIX) and is_queue_of_ours(name[len(QUEUE_PREFIX):])]
             beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else 0
             found.append({'name': worker.name, 'services': services, 'state': worker.get_state(),
                           'task': worker.get_current_job_id() or '', 'heartbeat': round(beat, 3)})
         return found
+
+
+def is_queue_of_ours(name):
+    """True for what follows ``rrcloud.`` in a queue's name: a service's name,
+    or a service's and a printer's (``printrun@mk3``), each checked (meta shows it)."""
+    from .names import is_service_name
+    from .printers import is_printer_name
+    service, mark, printer = name.partition(PRINTER_QUEUE_MARK)
+    return is_service_name(service) and (not mark or is_printer_name(printer))
 
 
 def busy_prints(store, printer, but=''):

@@ -809,11 +809,14 @@ def test_a_print_on_a_named_printer_runs_on_a_worker_serving_it_and_info_shows_t
     task_id = mk3.post()
     mk3.holding(task_id)
     printing = farm.info(task_id)
+    meta = farm.session.get(farm.proxy.url, params={'service': 'meta', 'format': 'json'}, timeout=30).json()
     sim.release()
     record = farm.ended(task_id)
 
     assert record['status'] == 'complete', record
     assert record['worker'] in mk3.names()  # not one of the farm's other printrun workers
+    shown = {entry.split()[0]: entry.split()[2] for entry in meta['farmWorkers'].split(', ')}
+    assert [shown[name] for name in mk3.names()] == ['printrun@mk3+printrun'] * 2, meta['farmWorkers']
     assert (printing['hotend'], printing['hotendTarget'], printing['bed'], printing['bedTarget']) == \
         ('200', '200', '60', '60'), printing
     assert int(printing['layer']) > 0 and float(printing['z']) > 0 and int(printing['bytesSent']) > 0, printing
