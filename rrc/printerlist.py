@@ -4,7 +4,7 @@ store (``printers/NAME.conf``), where it hangs and what it does now.
 A printer's state, first match wins: ``printing`` (a print task for it, by
 its name or its port, is running), ``paused`` (that task is suspended),
 ``error`` (its conf is bad, or its last print failed), ``offline`` (its port
-does not exist), else ``idle``.  Temperatures are left empty here: the
+does not exist; not on a farm's front-end: the port is its worker's), else ``idle``.  Temperatures are left empty here: the
 sender reports them while it prints.
 """
 
@@ -21,11 +21,13 @@ from .store import marked
 PAUSED_STATES = (State.SUSPENDED, 'paused')
 
 
-def list_printers(store):
-    """One dict per printer, by name: name, port, baud, state, task, error, temperatures."""
+def list_printers(store, farm=False):
+    """One dict per printer, by name: name, port, baud, state, task, error,
+    temperatures.  On a ``farm`` (``backend = rq``) a printer's port is on the
+    machine of the worker that serves it, so none is looked for here."""
     prints = print_records(store)
     running = set(marked(store, 'running'))
-    return [printer_entry(store.root, name, prints, running) for name in printer_names(store.root)]
+    return [printer_entry(store.root, name, prints, running, farm) for name in printer_names(store.root)]
 
 
 def print_records(store):
@@ -41,7 +43,7 @@ def print_records(store):
     return found
 
 
-def printer_entry(root, name, prints, running):
+def printer_entry(root, name, prints, running, farm=False):
     """What the list says of one printer."""
     entry = {'name': name, 'port': '', 'baud': '', 'state': 'error', 'task': '', 'error': '', 'temperatures': ''}
     try:
@@ -54,7 +56,7 @@ def printer_entry(root, name, prints, running):
     if current:
         state = 'paused' if state_of(current[0]) in PAUSED_STATES else 'printing'
         return dict(entry, state=state, task=current[0][Field.ID])
-    if not os.path.exists(printer.port):
+    if not farm and not os.path.exists(printer.port):
         return dict(entry, state='offline')
     last = last_ended(mine)
     if last and last.get(Field.STATUS) == TaskStatus.FAILED:

@@ -774,6 +774,12 @@ class Mk3:
         assert answer.status_code == 200, answer.text
         return answer.json()
 
+    def printer(self):
+        """mk3 as ``service=printers`` lists it."""
+        answer = self.farm.session.get(self.farm.proxy.url, params={'service': 'printers', 'format': 'json'},
+                                       timeout=30).json()
+        return next(printer for printer in answer if printer['name'] == 'mk3')
+
     def holding(self, task_id):
         """Wait until the print works on line HOLD and the front-end knows its sender runs."""
         assert self.sim.holding.wait(60), self.farm.info(task_id)
@@ -833,7 +839,7 @@ def test_two_prints_on_one_printer_run_one_after_the_other_whichever_worker_take
     first, second = mk3.post(), mk3.post()
     mk3.holding(first)
     time.sleep(2.5)  # a sweep of each front-end has passed: the second is still not given to a worker
-    waiting = farm.info(second)
+    waiting, listed = farm.info(second), mk3.printer()
     import redis
     pushed = redis.Redis.from_url(farm.redis.url).exists(f'rq:job:{second}')
     sim.release()
@@ -841,6 +847,8 @@ def test_two_prints_on_one_printer_run_one_after_the_other_whichever_worker_take
 
     assert (waiting['status'], waiting.get('queued')) == ('busy', 'yes'), waiting
     assert pushed == 0
+    assert (listed['state'], listed['task']) == ('printing', first), listed
+    assert mk3.printer()['state'] == 'idle'  # its port is the worker's: never "offline" on a front-end
     assert [record['status'] for record in records] == ['complete', 'complete'], records
     assert {record['worker'] for record in records} <= mk3.names()
     assert float(records[1]['stime']) >= float(records[0]['etime'])  # never both at once
