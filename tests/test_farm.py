@@ -904,3 +904,16 @@ def test_a_worker_refuses_to_start_for_a_printer_it_has_no_good_conf_of(farm, pr
         worker.stop()
 
     assert code == 2 and said in log, log
+
+
+def test_a_printers_turn_left_by_a_front_end_that_died_is_freed_by_the_sweep(mk3):
+    import redis
+    farm, sim = mk3.farm, mk3.sim
+    sim.release()  # no hold: the print runs through
+    mark = len(sim.received_numbered)
+    gone = '1700000000-00000-000000'  # a print whose front-end died before it handed the turn on
+    redis.Redis.from_url(farm.redis.url).set('rrcloud:printer:mk3', gone)
+    record = farm.ended(mk3.post())  # waits for a sweep (every 2 s) to free the turn
+
+    assert record['status'] == 'complete', record
+    assert file_lines(sim, mark) == EXPECTED
