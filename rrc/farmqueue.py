@@ -227,13 +227,17 @@ class FarmQueue:
     def printer_turn(self, record, printer):
         """True when a print may be pushed now: its printer's turn is its own
         already, or it is free (no print of the store's busy on it: Redis may
-        have lost the turn of one that runs) and this front-end takes it
-        first (SET NX: two front-ends never both)."""
+        have lost the turn of one that runs), no print queued for it comes
+        first in the queue's order, and this front-end takes it first (SET
+        NX: two front-ends never both)."""
         task_id = record[Field.ID]
         holder = self.redis.get(PRINTER_KEY + printer)
         if holder is not None:
             return holder.decode('ascii', 'replace') == task_id  # a stale turn is freed by the sweep
         if busy_prints(self.store, printer, but=task_id):
+            return False
+        first = self.first_queued_print(printer)
+        if first is not None and first[Field.ID] != task_id:
             return False
         return bool(self.redis.set(PRINTER_KEY + printer, task_id, nx=True))
 
@@ -259,15 +263,21 @@ class FarmQueue:
 
     def push_next_print(self, printer):
         """The first print queued for ``printer`` in the queue's order pushed (if its turn comes)."""
+        record = self.first_queued_print(printer)
+        if record is not None and not self._job_waiting(record[Field.ID]):
+            self._push(record)
+
+    def first_queued_print(self, printer):
+        """The record of the print queued for ``printer`` that comes first in
+        the queue's order (moves, priority, submission), or None."""
         from .order import queue_order
         from .states import State, state_of
         from .store import marked
         for task_id in queue_order(self.store, marked(self.store, 'queue')):
             record = self._record_or_none(task_id)
             if record and farm_printer(record) == printer and state_of(record) == State.QUEUED:
-                if not self._job_waiting(task_id):
-                    self._push(record)
-                return
+                return record
+        return None
 
     def _record_or_none(self, task_id):
         try:

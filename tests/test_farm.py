@@ -832,27 +832,30 @@ def test_a_print_on_a_named_printer_runs_on_a_worker_serving_it_and_info_shows_t
     assert file_lines(sim, mark) == EXPECTED  # every line once, in order
 
 
-def test_two_prints_on_one_printer_run_one_after_the_other_whichever_worker_takes_them(mk3):
+def test_prints_on_one_printer_run_one_after_the_other_in_the_queues_order_whichever_worker_takes_them(mk3):
     farm, sim = mk3.farm, mk3.sim
     sim.hold_again()
     mark = len(sim.received_numbered)
     first, second = mk3.post(), mk3.post()
     mk3.holding(first)
+    urgent = farm.post('printrun', SMALL.read_bytes(), name='part.gcode', nativeArgs='mk3', priority='5')
     time.sleep(2.5)  # a sweep of each front-end has passed: the second is still not given to a worker
     waiting, listed = farm.info(second), mk3.printer()
     import redis
     pushed = redis.Redis.from_url(farm.redis.url).exists(f'rq:job:{second}')
     sim.release()
-    records = [farm.ended(first), farm.ended(second)]
+    records = [farm.ended(first), farm.ended(urgent), farm.ended(second)]
 
     assert (waiting['status'], waiting.get('queued')) == ('busy', 'yes'), waiting
     assert pushed == 0
     assert (listed['state'], listed['task']) == ('printing', first), listed
     assert mk3.printer()['state'] == 'idle'  # its port is the worker's: never "offline" on a front-end
-    assert [record['status'] for record in records] == ['complete', 'complete'], records
+    assert [record['status'] for record in records] == ['complete'] * 3, records
     assert {record['worker'] for record in records} <= mk3.names()
-    assert float(records[1]['stime']) >= float(records[0]['etime'])  # never both at once
-    assert file_lines(sim, mark) == EXPECTED + EXPECTED
+    # one at a time, the one of higher priority before the one submitted earlier
+    assert float(records[1]['stime']) >= float(records[0]['etime'])
+    assert float(records[2]['stime']) >= float(records[1]['etime'])
+    assert file_lines(sim, mark) == EXPECTED * 3
 
 
 def test_pause_resume_and_cancel_through_a_front_end_reach_the_print_on_its_worker(mk3):
