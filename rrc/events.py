@@ -37,6 +37,7 @@ import os
 import time
 
 from .names import check_task_id, is_task_id
+from .printers import PRINTER_STATE_FIELDS
 from .schema import Field, TaskStatus
 
 
@@ -493,18 +494,39 @@ def is_stage_name(value):
 
 def checked_progress(data):
     """A progress event's data from elsewhere (a farm's worker) with only what
-    an event of ours holds: whole counts, numbers, a stage's name; None when
-    nothing of it is progress."""
+    an event of ours holds: whole counts, numbers, a stage's name, a print's
+    printer state (its known keys, each a number a sender could report: the
+    rule of ``supervise.parse_progress_line``); None when nothing of it is progress."""
     checked = {}
     if _is_count(data.get('done')) and _is_count(data.get('total')):
         checked.update(done=data['done'], total=data['total'])
         if _is_number(data.get('percent')):
             checked['percent'] = data['percent']
-    if _is_number(data.get('eta')):
-        checked['eta'] = data['eta']
+    for key in ('eta', 'elapsed'):
+        if _is_number(data.get(key)):
+            checked[key] = data[key]
     if is_stage_name(data.get('stage')):
         checked['stage'] = data['stage']
+    printer = checked_printer_state(data.get('printer'))
+    if printer:
+        checked['printer'] = printer
     return checked if ('total' in checked or 'stage' in checked) else None
+
+
+# A print's progress carries the printer's state (``printers.PRINTER_STATE_FIELDS``),
+# from its sender's pipe (``supervise.parse_progress_line``) or a farm's worker.
+
+
+def is_printer_value(value):
+    """True for a number a printer's state may hold: finite, and no count a sender could reach."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -1e6 < value < 1e15
+
+
+def checked_printer_state(state):
+    """A printer state from elsewhere with only its known keys and their numbers ({} for none)."""
+    if not isinstance(state, dict):
+        return {}
+    return {key: state[key] for key in PRINTER_STATE_FIELDS if is_printer_value(state.get(key))}
 
 
 def _is_count(value):

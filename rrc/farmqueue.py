@@ -21,6 +21,10 @@ QUEUE_PREFIX = 'rrcloud.'
 ORDER_KEY = 'rrcloud:order:'  # a hash per queue: task id -> its sort key
 PUSHING_KEY = 'rrcloud:pushing:'  # a task's job being pushed: one front-end does it
 PUSHING_MS = 10_000
+# A named printer's turn: the id of the one print whose job may be in Redis,
+# waiting or running (one print per printer at a time, whichever worker serves it).
+PRINTER_KEY = 'rrcloud:printer:'
+PRINTER_QUEUE_MARK = '@'
 JOB_FUNCTION = 'rrc.worker.run_farm_task'
 # The only function a worker runs for a job (a Redis writer could name any other).
 ALLOWED_FUNCTIONS = (JOB_FUNCTION,)
@@ -46,6 +50,13 @@ for _, other in ipairs(ids) do
 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 return 1
+"""
+
+
+# A printer's turn given up by its print (KEYS: the key; ARGV: the print's id).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -78,9 +89,25 @@ def allowed_job_class():
     return AllowedJob
 
 
-def queue_name(service):
-    """The RQ queue of a service's tasks."""
-    return QUEUE_PREFIX + service
+def queue_name(service, printer=''):
+    """The RQ queue of a service's tasks (``rrcloud.SERVICE``), or of its prints
+    on one named printer (``rrcloud.printrun@mk3``): only the workers serving
+    that printer listen there."""
+    return QUEUE_PREFIX + service + (PRINTER_QUEUE_MARK + printer if printer else '')
+
+
+def farm_printer(record):
+    """The named printer a print runs on ('' for any other task): its record's
+    ``printer`` when that is a printer's name (checked before it is part of a
+    queue's or a key's name)."""
+    from .printers import PRINT_SERVICES, is_printer_name
+    name = record.get(Field.PRINTER, '')
+    return name if record.get(Field.SERVICE) in PRINT_SERVICES and is_printer_name(name) else ''
+
+
+def task_queue_name(record):
+    """The RQ queue a task's job goes into."""
+    return queue_name(record[Field.SERVICE], farm_printer(record))
 
 
 def redis_connection(config, socket_timeout=5):
@@ -160,8 +187,11 @@ class FarmQueue:
         """A pipeline step's job, deferred by RQ until the step before's job
         ended (its worker reported it: the front-end has queued this step, its
         input in place, by then).  A failed step before cancels this one: its
-        worker's claim is refused and the job ends."""
+        worker's claim is refused and the job ends.  A print on a named
+        printer is pushed only when it is queued and its printer's turn comes."""
         import redis
+        if farm_printer(record):
+            return
         try:
             self._push(record, depends_on=before_id)
         except redis.RedisError as exc:
@@ -172,11 +202,14 @@ class FarmQueue:
         from rq.serializers import JSONSerializer
         from .services import find_service, load_services
         service = find_service(*load_services(self.store.root), record[Field.SERVICE])
+        printer = farm_printer(record)
+        if printer and not self.printer_turn(record, printer):  # it waits queued for its printer
+            return False
         # Every front-end pushes again what Redis lost: the first to look
         # pushes, and a job is never in its queue twice (two runs at once).
         if not self.redis.set(PUSHING_KEY + record[Field.ID], 1, nx=True, px=PUSHING_MS):
             return False
-        queue = Queue(queue_name(service.name), connection=self.redis, serializer=JSONSerializer)
+        queue = Queue(queue_name(service.name, printer), connection=self.redis, serializer=JSONSerializer)
         retries = 0 if service.runs_once else self.config.retries
         from rq.job import Dependency
         # job_timeout -1: the task's own timeout holds (time suspended does not
@@ -190,10 +223,87 @@ class FarmQueue:
             self.place(record)
         return True
 
+    def printer_turn(self, record, printer):
+        """True when a print may be pushed now: its printer's turn is its own
+        already, or it is free (no print of the store's busy on it: Redis may
+        have lost the turn of one that runs), no print queued for it comes
+        first in the queue's order, and this front-end takes it first (SET
+        NX: two front-ends never both)."""
+        task_id = record[Field.ID]
+        holder = self.redis.get(PRINTER_KEY + printer)
+        if holder is not None:
+            return holder.decode('ascii', 'replace') == task_id  # a stale turn is freed by the sweep
+        if busy_prints(self.store, printer, but=task_id):
+            return False
+        first = self.first_queued_print(printer)
+        if first is not None and first[Field.ID] != task_id:
+            return False
+        return bool(self.redis.set(PRINTER_KEY + printer, task_id, nx=True))
+
+    def printer_done(self, record):
+        """A print ended: its printer's turn is given up and the next print
+        queued for that printer, in the queue's order, is pushed."""
+        printer = farm_printer(record)
+        if printer:
+            self.release_printer(printer, record[Field.ID])
+
+    def release_printer(self, printer, task_id):
+        """``printer``'s turn given up by ``task_id`` (if it holds it) and
+        handed to the next print; Redis away or a torn record: the sweep
+        (``free_stale_printers``) does it later."""
+        import redis
+        try:
+            self.redis.eval(RELEASE_SCRIPT, 1, PRINTER_KEY + printer, task_id)
+            self.push_next_print(printer)
+        except (redis.RedisError, RRCloudError) as exc:
+            import sys
+            print(f'rrcloud: farm: printer {printer}: the next print waits for the sweep: {exc}',
+                  file=sys.stderr, flush=True)
+
+    def push_next_print(self, printer):
+        """The first print queued for ``printer`` in the queue's order pushed (if its turn comes)."""
+        record = self.first_queued_print(printer)
+        if record is not None and not self._job_waiting(record[Field.ID]):
+            self._push(record)
+
+    def first_queued_print(self, printer):
+        """The record of the print queued for ``printer`` that comes first in
+        the queue's order (moves, priority, submission), or None."""
+        from .order import queue_order
+        from .states import State, state_of
+        from .store import marked
+        for task_id in queue_order(self.store, marked(self.store, 'queue')):
+            record = self._record_or_none(task_id)
+            if record and farm_printer(record) == printer and state_of(record) == State.QUEUED:
+                return record
+        return None
+
+    def _record_or_none(self, task_id):
+        try:
+            return self.store.read_task(task_id)
+        except (RRCloudError, KeyError, ValueError):
+            return None
+
+    def free_stale_printers(self):
+        """A printer's turn held by a print that no longer waits or runs (killed
+        while queued, removed, ended while the front-end that ended it died)
+        given up; the next print for that printer is pushed."""
+        from .names import is_task_id
+        from .printers import is_printer_name
+        from .states import State, state_of
+        for key in self.redis.scan_iter(match=PRINTER_KEY + '*', count=100):
+            printer = key.decode('ascii', 'replace')[len(PRINTER_KEY):]
+            holder = (self.redis.get(key) or b'').decode('ascii', 'replace')
+            if not is_printer_name(printer):  # not rrcloud's key: never a name in a path or a queue
+                continue
+            record = self._record_or_none(holder) if is_task_id(holder) else None
+            if record is None or state_of(record) not in (State.QUEUED, State.RUNNING, State.SUSPENDED):
+                self.release_printer(printer, holder)
+
     def place(self, record):
         """Put a waiting job where the queue's order says (after a push, a move)."""
         import redis
-        name = queue_name(record[Field.SERVICE])
+        name = task_queue_name(record)
         try:
             self.redis.eval(PLACE_SCRIPT, 2, f'rq:queue:{name}', ORDER_KEY + name, record[Field.ID],
                             sort_key(record))
@@ -207,8 +317,10 @@ class FarmQueue:
         import redis
         from .store import marked
         from .states import queued_here
+        from .order import queue_order
         try:
-            self.repush_lost(queued_here(self.store, marked(self.store, 'queue')))
+            self.free_stale_printers()
+            self.repush_lost(queued_here(self.store, queue_order(self.store, marked(self.store, 'queue'))))
         except redis.RedisError as exc:
             raise unavailable(self.config, exc) from None
 
@@ -221,7 +333,7 @@ class FarmQueue:
         import redis
         from rq.registry import StartedJobRegistry
         from rq.serializers import JSONSerializer
-        name = queue_name(record[Field.SERVICE])
+        name = task_queue_name(record)
         try:
             StartedJobRegistry(name, connection=self.redis, serializer=JSONSerializer,
                                job_class=allowed_job_class()).cleanup()
@@ -244,7 +356,7 @@ class FarmQueue:
         """A claimed task's place in its queue's order is dropped (Redis away: no matter)."""
         import redis
         try:
-            self.redis.hdel(ORDER_KEY + queue_name(record[Field.SERVICE]), record[Field.ID])
+            self.redis.hdel(ORDER_KEY + task_queue_name(record), record[Field.ID])
         except redis.RedisError:
             pass
 
@@ -289,13 +401,38 @@ class FarmQueue:
         from rq.serializers import JSONSerializer
         found = []
         from .identity import is_node_name
-        from .names import is_service_name
         for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
             if not is_node_name(worker.name):  # a name from Redis goes into meta's lines: checked
                 continue
             services = [name[len(QUEUE_PREFIX):] for name in worker.queue_names()
-                        if name.startswith(QUEUE_PREFIX) and is_service_name(name[len(QUEUE_PREFIX):])]
+                        if name.startswith(QUEUE_PREFIX) and is_queue_of_ours(name[len(QUEUE_PREFIX):])]
             beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else 0
             found.append({'name': worker.name, 'services': services, 'state': worker.get_state(),
                           'task': worker.get_current_job_id() or '', 'heartbeat': round(beat, 3)})
         return found
+
+
+def is_queue_of_ours(name):
+    """True for what follows ``rrcloud.`` in a queue's name: a service's name,
+    or a service's and a printer's (``printrun@mk3``), each checked (meta shows it)."""
+    from .names import is_service_name
+    from .printers import is_printer_name
+    service, mark, printer = name.partition(PRINTER_QUEUE_MARK)
+    return is_service_name(service) and (not mark or is_printer_name(printer))
+
+
+def busy_prints(store, printer, but=''):
+    """The ids of the store's busy prints (running or paused, by the running
+    markers) on the named ``printer``, other than ``but``."""
+    from .printers import print_targets
+    from .store import marked
+    from .schema import TaskStatus
+    busy = []
+    for task_id in marked(store, 'running'):
+        try:
+            record = store.read_task(task_id)
+        except (RRCloudError, KeyError, ValueError):
+            continue
+        if task_id != but and record.get(Field.STATUS) == TaskStatus.BUSY and printer in print_targets(record):
+            busy.append(task_id)
+    return busy

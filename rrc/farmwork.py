@@ -25,7 +25,7 @@ import time
 from .errors import NotFound, RRCloudError, UsageError
 from .events import NOTE, PROGRESS, append_event, checked_progress
 from .identity import is_node_name
-from .schema import Field, TaskStatus
+from .schema import YES, Field, TaskStatus
 from .states import State, move_locked, state_of
 from .store import ORDER_FOLDER, append_log, unmark
 
@@ -86,8 +86,26 @@ def claim(store, config, task_id, worker):
         append_log(store, task_id, f'rrcloud: task {task_id} runs again on worker {worker} '
                                    f'(run {moved[Field.ATTEMPT]}): worker {lost} was lost')
     else:
+        moved = with_input_gcode(store, moved)
         call_started_notifier(store, config, moved)
     return for_its_worker(moved), worker_settings(settings)
+
+
+def with_input_gcode(store, record):
+    """A claimed task that receives G-code (a print): what the file says of
+    its print goes into the record, as a runner here records it before its
+    tool starts (its worker's runner then judges the time left from
+    ``gcodePrintSeconds``).  Unreadable: a line in its log, never its failure."""
+    from .gcodemeta import gcode_fields, is_gcode_name
+    from .records import stored_inputs
+    try:
+        inputs = [path for _, path in stored_inputs(record) if is_gcode_name(path)]
+        fields = gcode_fields(store.path_of(inputs[0])) if inputs and not record.get(Field.GCODE_LINES) else {}
+    except Exception as exc:  # the metadata only describes: a print is never lost to it
+        from .errors import reason_without_paths
+        append_log(store, record[Field.ID], f'rrcloud: cannot read the G-code metadata: {reason_without_paths(exc)}')
+        return record
+    return store.update_task(record[Field.ID], fields) if fields else record
 
 
 def _claim_under_lock(store, config, task_id, worker, settings):
@@ -133,6 +151,7 @@ def call_started_notifier(store, config, record):
 def _claim_locked(store, config, record, worker):
     state = state_of(record)
     if state == State.QUEUED:
+        check_printer_free(store, record)
         return move_locked(store, record, State.RUNNING, {Field.WORKER: worker, Field.ATTEMPT: 1,
                                                           Field.STIME: f'{time.time():.5f}'}, expect=State.QUEUED)
     if state in (State.RUNNING, State.SUSPENDED):
@@ -141,6 +160,17 @@ def _claim_locked(store, config, record, worker):
         store.write_task(record)
         return record
     raise StaleRun(f'task {record[Field.ID]} is not there to take (it is {state or record.get(Field.STATUS)})')
+
+
+def check_printer_free(store, record):
+    """A print on a named printer is claimed only while no other print of the
+    store is busy on it (its turn in Redis already says so; this holds when
+    Redis lost the turn): StaleRun otherwise, and it waits queued."""
+    from .farmqueue import busy_prints, farm_printer
+    printer = farm_printer(record)
+    busy = busy_prints(store, printer, but=record[Field.ID]) if printer else []
+    if busy:
+        raise StaleRun(f'printer {printer} is printing task {busy[0]}: task {record[Field.ID]} waits its turn')
 
 
 def check_lost_run(store, config, record):
@@ -220,11 +250,15 @@ def input_files(store, record):
     return sorted(set(found))
 
 
-def take_update(store, config, task_id, attempt, log_bytes, events):
+def take_update(store, config, task_id, attempt, log_bytes, events, sender=False):
     """A worker's news of a running task: its log's new bytes (the log kept
-    within twice ``maxLogSize``, whatever a worker sends) and its new
-    progress and notes.  The record as it is now (a kill, a suspension)."""
+    within twice ``maxLogSize``, whatever a worker sends), its new progress
+    and notes, and (``sender``) that a print's sender runs, which opens it
+    to pause, cancel and stop.  The record as it is now (a kill, a
+    suspension, a print's cancel or stop)."""
     record = current_run(store, task_id, attempt)
+    if sender and record.get(Field.SENDER) != YES:
+        record = sender_runs(store, task_id, attempt) or record
     log_path = store.log_path(task_id)
     room = 2 * config.maxLogSize - (os.path.getsize(log_path) if os.path.exists(log_path) else 0)
     if log_bytes and room > 0:
@@ -237,6 +271,20 @@ def take_update(store, config, task_id, attempt, log_bytes, events):
             append_event(store, task_id, kind, data)
     touch(running_marker(store, task_id))  # it is alive
     return record
+
+
+def sender_runs(store, task_id, attempt):
+    """A worker's print says its sender runs: ``sender: yes`` in the record (a
+    print's service only, its current run only, under the store lock)."""
+    from .printers import PRINT_SERVICES
+    with store.lock():
+        record = store.read_task(task_id)
+        if (record.get(Field.STATUS) != TaskStatus.BUSY or int(record.get(Field.ATTEMPT) or 0) != attempt
+                or record.get(Field.SERVICE) not in PRINT_SERVICES):
+            return None
+        record[Field.SENDER] = YES
+        store.write_task(record)
+        return record
 
 
 def parse_events(text):
@@ -314,6 +362,9 @@ def ended(store, config, final):
         os.unlink(running_marker(store, final[Field.ID]))
     except FileNotFoundError:
         return
+    from .farmqueue import FarmQueue, farm_printer
+    if farm_printer(final):  # its printer's next print goes
+        FarmQueue(store, config).printer_done(final)
     from .notifier import TaskNotifier
     if final.get(Field.JOB):
         from .pipeline import after_step
@@ -326,8 +377,10 @@ def ended(store, config, final):
 
 
 def control_fields(record):
-    """What a worker's runner must know of its task now: killed (ended), or suspended."""
-    return {Field.STATUS: record.get(Field.STATUS, ''), Field.SUSPENDED: record.get(Field.SUSPENDED, '')}
+    """What a worker's runner must know of its task now: killed (ended),
+    suspended (a print: paused), a print's cancel or stop."""
+    return {Field.STATUS: record.get(Field.STATUS, ''), Field.SUSPENDED: record.get(Field.SUSPENDED, ''),
+            Field.PRINT_CONTROL: record.get(Field.PRINT_CONTROL, '')}
 
 
 def is_farm_task(record):

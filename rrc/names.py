@@ -95,7 +95,7 @@ NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format
                           'since',  # service=history: days
                           'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
                           # a farm's workers (rrc/web/workroutes.py)
-                          'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result'))
+                          'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result', 'sender'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 

@@ -4,9 +4,9 @@ store (``printers/NAME.conf``), where it hangs and what it does now.
 A printer's state, first match wins: ``printing`` (a print task for it, by
 its name or its port, is running), ``paused`` (that task is suspended),
 ``error`` (its conf is bad, or its last print failed: not one a user
-cancelled or killed), ``offline`` (its port does not exist), else ``idle``.
-A printing or paused printer shows its temperatures from its print's newest
-progress event.
+cancelled or killed), ``offline`` (its port does not exist; not on a farm's
+front-end: the port is its worker's), else ``idle``.  A printing or paused
+printer shows its temperatures from its print's newest progress event.
 
 Bounded: the running prints come from the ``running`` markers (at most the
 busy tasks), the last ended print from the history file (rrc/ledger.py,
@@ -27,14 +27,16 @@ from .store import marked
 LIVE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget')
 
 
-def list_printers(store):
-    """One dict per printer, by name: name, port, baud, state, task, error, temperatures."""
+def list_printers(store, farm=False):
+    """One dict per printer, by name: name, port, baud, state, task, error,
+    temperatures.  On a ``farm`` (``backend = rq``) a printer's port is on the
+    machine of the worker that serves it, so none is looked for here."""
     names = printer_names(store.root)
     if not names:
         return []
     running = running_prints(store)
     history = read_entries(store)
-    return [printer_entry(store, name, running, history) for name in names]
+    return [printer_entry(store, name, running, history, farm) for name in names]
 
 
 def running_prints(store):
@@ -50,7 +52,7 @@ def running_prints(store):
     return found
 
 
-def printer_entry(store, name, running, history):
+def printer_entry(store, name, running, history, farm=False):
     """What the list says of one printer."""
     entry = {'name': name, 'port': '', 'baud': '', 'state': 'error', 'task': '', 'error': '',
              **dict.fromkeys(LIVE_FIELDS, '')}
@@ -63,7 +65,7 @@ def printer_entry(store, name, running, history):
     current = [record for record in running if print_targets(record) & targets]
     if current:
         return dict(entry, **live_state(store, current[0]), task=current[0][Field.ID])
-    if not os.path.exists(printer.port):
+    if not farm and not os.path.exists(printer.port):
         return dict(entry, state='offline')
     last = last_print(history, targets)
     if last and last.get('status') == TaskStatus.FAILED and not is_cancel(last.get('error') or ''):

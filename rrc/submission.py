@@ -100,9 +100,12 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
     for item in inputs:
         check_prearg(service, item.prearg)
     # A print that names its printer runs on that printer's port; its record keeps the name.
-    native_args, printer_fields = resolve_printer(store.root, service, native_args)
+    resolved, printer_fields = resolve_printer(store.root, service, native_args)
     fields = dict(fields or {}, **printer_fields)
-    check_native_args(service, list(native_args))
+    check_native_args(service, list(resolved))
+    # On a farm the port is the worker's that serves the printer (its own
+    # printers/NAME.conf): the record keeps the name as the first native word.
+    native_args = native_args if printer_fields and config.backend == 'rq' else resolved
     check_params(service, params)
     check_output_ext(service, out_ext)
     check_format_agrees(service, list(native_args), out_ext)

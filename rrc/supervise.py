@@ -9,7 +9,7 @@ import os
 import time
 
 from .errors import reason_without_paths
-from .events import ProgressEvents
+from .events import ProgressEvents, is_printer_value
 from .history import usual_run_time
 from .progress import OutputProgress
 from .limits import format_size, limit_error
@@ -205,7 +205,7 @@ def parse_progress_line(line):
                 number = float(value)
             except ValueError:
                 continue
-            if -1e6 < number < 1e15:  # finite, and no count a sender could reach
+            if is_printer_value(number):  # finite, and no count a sender could reach
                 state[key] = int(number) if number.is_integer() else number
     return int(done), int(total), state
 

@@ -36,26 +36,29 @@ RECONNECT_SECONDS = (1, 2, 4, 8, 15)
 SERVER_ENV = 'RRCLOUD_WORKER_SERVER'
 NAME_ENV = 'RRCLOUD_WORKER_NAME'
 SERVICES_ENV = 'RRCLOUD_WORKER_SERVICES'
+PRINTERS_ENV = 'RRCLOUD_WORKER_PRINTERS'
 # The worker's own folder for its tasks' private stores (emptied as it starts:
 # a job killed with its worker leaves one behind).
 WORK_FOLDER = 'work'
 
 
 def cmd_worker(args):
-    """``rrcloud worker --server=URL [--services=a,b] [--burst]``."""
+    """``rrcloud worker --server=URL [--services=a,b] [--printer=NAME ...] [--burst]``."""
     from .config import load_config
     options = worker_options(args)
     config = load_config()
     if config.backend != 'rq' or not config.redis or not config.workerToken:
         raise UsageError('a worker needs backend = rq, redis = redis://… and workerToken in rrcloudrc')
     services = worker_services(options['services'])
+    printers = worker_printers(options['printers'], services)
     import_what_a_job_needs()
     empty_work_folder()
     os.environ.update({SERVER_ENV: options['server'], NAME_ENV: worker_name(),
-                       SERVICES_ENV: ','.join(services)})
-    print(f'rrcloud: worker {os.environ[NAME_ENV]} for {options["server"]}: {", ".join(services)}',
+                       SERVICES_ENV: ','.join(services), PRINTERS_ENV: ','.join(printers)})
+    serving = f'; printers: {", ".join(printers)}' if printers else ''
+    print(f'rrcloud: worker {os.environ[NAME_ENV]} for {options["server"]}: {", ".join(services)}{serving}',
           file=sys.stderr, flush=True)
-    return work_on(config, services, options['burst'])
+    return work_on(config, services, options['burst'], printers)
 
 
 def empty_work_folder():
@@ -66,18 +69,21 @@ def empty_work_folder():
 
 
 def worker_options(args):
-    """``--server=URL`` (required), ``--services=a,b``, ``--burst``."""
+    """``--server=URL`` (required), ``--services=a,b``, ``--printer=NAME``
+    (again, or ``a,b``), ``--burst``."""
     from .remote import server_url
-    options = {'server': '', 'services': '', 'burst': False}
+    options = {'server': '', 'services': '', 'printers': [], 'burst': False}
     for word in args:
         name, _, value = word.partition('=')
         if word == '--burst':
             options['burst'] = True
         elif name in ('--server', '--services') and value:
             options[name[2:]] = value
+        elif name == '--printer' and value:
+            options['printers'] += [part.strip() for part in value.split(',') if part.strip()]
         else:
             raise UsageError(f'unknown worker option: {word!r} (rrcloud worker --server=URL '
-                             '[--services=a,b] [--burst])')
+                             '[--services=a,b] [--printer=NAME ...] [--burst])')
     if not options['server']:
         raise UsageError('a worker needs --server=URL: the front-end it works for')
     options['server'] = server_url(options['server'], 4468)
@@ -99,6 +105,39 @@ def worker_services(asked):
     for name in missing:
         print(f'rrcloud: worker: {name}: its tool is not installed here; not taking it', file=sys.stderr)
     return [name for name in wanted if name not in missing]
+
+
+def worker_printers(names, services):
+    """The named printers this worker serves (``--printer``): each one's
+    ``printers/NAME.conf`` is this worker's own (in its folder: the port is
+    on this machine), read and checked now, against the service conf of each
+    print service it takes; a worker that cannot serve one refuses to start."""
+    from .printers import PRINT_SERVICES, is_printer_name, resolve_printer
+    from .services import load_services
+    bad = [name for name in names if not is_printer_name(name)]
+    if bad:
+        raise UsageError(f'--printer={bad[0][:40]!r}: a printer\'s name is lower-case letters, digits, _ and - '
+                         f'(at most 32, a letter first)')
+    prints = [name for name in services if name in PRINT_SERVICES]
+    if names and not prints:
+        raise UsageError('--printer needs a print service this worker takes (printrun)')
+    found, _ = load_services(os.getcwd())
+    for name in dict.fromkeys(names):
+        for service in prints:
+            try:
+                resolve_printer(os.getcwd(), found[service], [name])  # the name checked, the conf read
+            except RRCloudError as exc:
+                raise UsageError(f'--printer={name[:40]}: {reason_without_paths(exc)} '
+                                 f'(a worker reads its own printers/NAME.conf, in {os.getcwd()})') from None
+    return list(dict.fromkeys(names))
+
+
+def worker_queues(services, printers):
+    """The RQ queues of this worker: each named printer's prints first (a
+    print waiting for its printer goes before other work), then its services'."""
+    from .printers import PRINT_SERVICES
+    return ([queue_name(service, printer) for printer in printers for service in services
+             if service in PRINT_SERVICES] + [queue_name(service) for service in services])
 
 
 def tool_installed(service):
@@ -126,7 +165,7 @@ def worker_name():
     return f'{socket.gethostname()[:40]}.{os.getpid()}.{os.urandom(3).hex()}'
 
 
-def work_on(config, services, burst):
+def work_on(config, services, burst, printers=()):
     """Take jobs until stopped (SIGTERM: after the task it runs) or, with
     ``burst``, until the queues are empty; after a lost Redis, again with a
     backoff, under a new name (RQ keeps a lost worker's for a minute)."""
@@ -135,7 +174,8 @@ def work_on(config, services, burst):
     while True:
         worker = None
         try:
-            worker = farm_worker(config, services, f'{os.environ[NAME_ENV]}.{failures}' if failures else None)
+            worker = farm_worker(config, services, f'{os.environ[NAME_ENV]}.{failures}' if failures else None,
+                                 printers)
             worker.work(burst=burst, with_scheduler=False, logging_level='WARNING')
             failed = None
         except (redis.RedisError, ValueError) as exc:
@@ -155,7 +195,7 @@ def stopped(worker):
     return worker is not None and worker._shutdown_requested_date is not None
 
 
-def farm_worker(config, services, name=None):
+def farm_worker(config, services, name=None, printers=()):
     """RQ's forking worker on the queues of ``services``, made to notice a lost worker in seconds."""
     import redis
     from rq import Queue, Worker
@@ -201,7 +241,8 @@ def farm_worker(config, services, name=None):
         def unsubscribe(self):
             pass
 
-    queues = [Queue(queue_name(service), connection=connection, serializer=JSONSerializer) for service in services]
+    queues = [Queue(name, connection=connection, serializer=JSONSerializer)
+              for name in worker_queues(services, printers)]
     return FarmWorker(queues, connection=connection, serializer=JSONSerializer, job_class=allowed_job_class(),
                       name=name or os.environ[NAME_ENV], worker_ttl=WORKER_TTL_SECONDS,
                       job_monitoring_interval=JOB_MONITORING_SECONDS, maintenance_interval=MAINTENANCE_SECONDS)
@@ -225,8 +266,9 @@ def run_farm_task(task_id):
     from .workrun import StaleRun
     config = load_config()  # the worker's own: its token, its sandbox, its limits
     front = FrontEnd(os.environ[SERVER_ENV], config.workerToken)
+    printers = [name for name in os.environ.get(PRINTERS_ENV, '').split(',') if name]
     run = WorkRun(front, config, task_id, os.environ[NAME_ENV], os.environ[SERVICES_ENV].split(','),
-                  os.path.abspath(WORK_FOLDER))
+                  os.path.abspath(WORK_FOLDER), printers)
     try:
         run.run()
     except StaleRun as exc:  # the task ended, or runs elsewhere: this job is done

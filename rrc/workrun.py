@@ -100,11 +100,12 @@ class WorkRun:
     (its sandbox and limits bound what a front-end asks), the ``services``
     it takes, and a private store in its ``work_folder``."""
 
-    def __init__(self, front, config, task_id, worker, services, work_folder):
+    def __init__(self, front, config, task_id, worker, services, work_folder, printers=()):
         import tempfile
         from .identity import NodeIdentity
         from .store import Store
         self.front, self.config, self.id, self.worker, self.services = front, config, task_id, worker, services
+        self.printers = tuple(printers)  # the named printers this worker serves (``--printer``)
         self.store = Store(tempfile.mkdtemp(prefix='task-', dir=work_folder), NodeIdentity.of(worker))
         self.ids = {'id': task_id}
 
@@ -144,12 +145,33 @@ class WorkRun:
         record.update({Field.OUT: '' if service.no_output else
                        'tasks/out/' + service.output_name(self.id, record.get(Field.OUT_EXT, '')),
                        Field.NODE: self.worker})
+        record.update(self.own_printer(service, record))
         record.pop(Field.SUSPENDED, None)  # a run starts running; the next update says if it must stop
         # The front-end's processes mean nothing here, and here the tool is this
         # node's own (its signals are sent here, not left to a worker).
         for key in (Field.NODE_BOOT, Field.RUNNER, Field.RUNNER_START, Field.PID, Field.PID_START, Field.WORKER):
             record.pop(key, None)
         self.store.write_task(record)
+
+    def own_printer(self, service, record):
+        """A print on a named printer runs on this worker's own printer of that
+        name: the record's native words, the printer's name first (as a farm's
+        front-end keeps them), become this worker's port and baud from its own
+        ``printers/NAME.conf`` (``resolve_printer``, checked against its own
+        service conf).  A printer this worker does not serve is refused.
+        Returns the record's changed fields ({} for any other task)."""
+        from .printers import PRINT_SERVICES, is_printer_name, resolve_printer
+        from .records import native_field, record_native
+        name = record.get(Field.PRINTER, '')
+        if service.name not in PRINT_SERVICES or not name:
+            return {}
+        if not is_printer_name(name) or name not in self.printers:
+            raise RRCloudError(f'this worker does not serve printer {name[:40]!r}')
+        words = record_native(record)
+        if words[:1] != [name]:
+            raise RRCloudError(f'a print on printer {name!r} whose first native word is not its name')
+        words, _ = resolve_printer(os.getcwd(), service, words)
+        return {Field.NATIVE_ARGS: native_field(words)}
 
     def service(self, name):
         """A service this worker takes (a job in Redis may name any task)."""
@@ -165,13 +187,21 @@ class WorkRun:
         task = Task(self.store, self.id, self.own_bounds(settings))
         service = self.service(task.get(Field.SERVICE))
         try:
-            status, fields = execute(task, service)
+            status, fields = execute(task, service, printer=self.printer_of(task))
         except Exception as exc:  # a runner never leaves a task busy
             from .errors import reason_without_paths
             status, fields = TaskStatus.FAILED, {'error': f'runner error: {reason_without_paths(exc)}'}
         if status == TaskStatus.FAILED:
             fields = remove_output_of_full_disk(task, fields)
         return status, fields
+
+    def printer_of(self, task):
+        """A print's named printer as this worker's own conf says (its G-code
+        goes to the sender, as a single server's runner hands it), or None.
+        ``own_printer`` has checked the name is one this worker serves."""
+        from .printers import load_printer
+        name = task.get(Field.PRINTER)
+        return load_printer(os.getcwd(), name) if name else None
 
     def own_bounds(self, settings):
         """The task's settings, held within this worker's own: its sandbox
@@ -221,6 +251,7 @@ class Link:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.suspended = False
+        self.asked = set()  # a print's cancel and stop, once each
 
     def start(self):
         """Begin sending."""
@@ -245,15 +276,22 @@ class Link:
     def send(self):
         """One update; the front-end's answer applied."""
         log, events, last_event = self.news()
+        form = dict(self.run.ids, service='workupdate', **({'sender': YES} if self.sender_runs() else {}))
         try:
-            answer = self.run.front.call('POST', dict(self.run.ids, service='workupdate'),
-                                         files={'log': ('log', log), 'events': ('events', events)})
+            answer = self.run.front.call('POST', form, files={'log': ('log', log), 'events': ('events', events)})
         except StaleRun:
             return self.end_here('stale run: the task runs elsewhere now, or ended')
         except NoServer:
             return None  # the front-end away a moment: the news waits for the next send
         self.offset, self.event_id = self.offset + len(log), last_event
         self.apply(answer)
+
+    def sender_runs(self):
+        """True once the private record says a print's sender runs (the front-end may then pause it)."""
+        try:
+            return self.run.store.read_task(self.run.id).get(Field.SENDER) == YES
+        except RRCloudError:
+            return False
 
     def news(self):
         """The log's bytes and the events (progress, notes) since the last
@@ -270,12 +308,27 @@ class Link:
         return log, '\n'.join(lines).encode(), events[-1].id if events else self.event_id
 
     def apply(self, answer):
-        """The front-end's record: killed ends the run here; a suspension stops the tool."""
+        """The front-end's record: killed ends the run here; a suspension stops
+        the tool (a print's sender pauses); a print's cancel or stop goes to its sender."""
         if answer.get(Field.STATUS) != TaskStatus.BUSY:
             return self.end_here('killed')
         suspended = answer.get(Field.SUSPENDED) == YES
         if suspended != self.suspended:
             self.suspend_here(suspended)
+        word = answer.get(Field.PRINT_CONTROL)
+        if word in ('cancel', 'stop') and word not in self.asked:
+            self.ask_sender(word)
+
+    def ask_sender(self, word):
+        """A print's cancel or stop written into the private record, as
+        ``rrcloud cancel`` does on a single server: the runner hands it to the sender."""
+        from .control import cancel_task, stop_task
+        from .errors import UsageError
+        try:
+            (cancel_task if word == 'cancel' else stop_task)(self.run.store, self.run.id, by='its front-end')
+        except UsageError:  # its sender is not running yet: the next update tries again
+            return
+        self.asked.add(word)
 
     def end_here(self, error):
         """The private record says the task ended: the runner's watchdog stops the tool."""

@@ -7,9 +7,10 @@
 - ``HAProxy``: ``haproxy`` in the foreground with the project's own
   ``haproxy/haproxy.cfg``, its listening port and back-ends put in.
 - ``Worker``: ``rrcloud worker --server=URL`` as www-data (as a farm's
-  workers run), in an empty folder of its own under /tmp with its rrcloudrc
-  and service confs: it cannot read the front-ends' store (a root-only
-  folder) and has nothing but Redis and HTTP.
+  workers run), in an empty folder of its own under /tmp with its rrcloudrc,
+  service confs and the confs of the named printers it serves (``--printer``):
+  it cannot read the front-ends' store (a root-only folder) and has nothing
+  but Redis and HTTP.
 
 Every process is started in its own process group and stopped (with its
 group) by the one who started it.
@@ -140,7 +141,7 @@ def www_data():
 class Worker:
     """``rrcloud worker`` as www-data in an empty folder of its own."""
 
-    def __init__(self, redis, server_url, services=None, confs=None, extra=''):
+    def __init__(self, redis, server_url, services=None, confs=None, extra='', printers=None):
         self.folder = Path(tempfile.mkdtemp(prefix='rrcloud-worker-', dir='/tmp'))
         self.folder.chmod(0o755)
         (self.folder / 'rrcloudrc').write_text(f'backend = rq\nredis = {redis.url}\nworkerToken = {WORKER_TOKEN}\n'
@@ -148,6 +149,13 @@ class Worker:
         (self.folder / 'services').mkdir()
         for name, text in (confs or {}).items():
             (self.folder / 'services' / f'{name}.conf').write_text(text)
+        # The named printers it serves (--printer): NAME -> its printers/NAME.conf (None: no conf).
+        self.printers = dict(printers or {})
+        if self.printers:
+            (self.folder / 'printers').mkdir()
+        for name, text in self.printers.items():
+            if text is not None:
+                (self.folder / 'printers' / f'{name}.conf').write_text(text)
         uid, gid = www_data()
         for path in [self.folder] + list(self.folder.rglob('*')):
             os.chown(path, uid, gid)
@@ -157,7 +165,8 @@ class Worker:
 
     def command(self):
         argv = [WEB_PYTHON, str(REPO / 'rrcloud.py'), 'worker', f'--server={self.server_url}']
-        return argv + ([f'--services={",".join(self.services)}'] if self.services else [])
+        return (argv + ([f'--services={",".join(self.services)}'] if self.services else [])
+                + [f'--printer={name}' for name in self.printers])
 
     def start(self, wait=True):
         env = {'PATH': WEB_PATH, 'LANG': 'C.UTF-8', 'HOME': str(self.folder),

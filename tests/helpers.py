@@ -25,6 +25,10 @@ One place for what several test files (and the benchmarks) need:
 - ``one_line_error(result)``: the one line a failed command printed;
 - a pipe whose step is forwarded to a listener: ``step_forwarded_to_a_listener``,
   ``tokens_sent`` (test_forward.py and test_pipeline.py);
+- a simulated printer's lines (tests/printer_sim.py): ``file_lines`` (the
+  numbered ones: the file's), ``after_line`` (the unnumbered ones after a
+  line: pause, resume, cancel G-code), each from a mark on (a printer that
+  prints several files);
 - ``HeaderTrickle``: slow clients that never finish their request head, and
   ``raise_open_files(count)`` for the sockets they need (the slow-client test
   and bench/bench_slow_clients.py).
@@ -633,3 +637,25 @@ class Receiver:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+###############################################################################
+# A simulated printer's lines (tests/printer_sim.py)
+
+def file_lines(sim, since=0):
+    """The numbered lines the printer accepted (the file's, without probes and
+    pokes), from its ``since``-th accepted command on."""
+    return [code for number, code in sim.received_numbered[since:] if number is not None]
+
+
+def after_line(sim, line, since=0):
+    """The unnumbered commands the printer accepted after numbered line ``line``
+    (the first such line from ``since`` on), up to the next numbered one."""
+    received = sim.received_numbered[since:]
+    start = next(i for i, (number, _) in enumerate(received) if number == line)
+    found = []
+    for number, code in received[start + 1:]:
+        if number is not None:
+            break
+        found.append(code)
+    return found

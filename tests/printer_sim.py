@@ -203,7 +203,8 @@ class PrinterSim:
 
     Methods: ``start()``/``stop()`` (or use as a context manager),
     ``send_banner()``, ``send_line(text)``, ``wait_for(predicate, timeout)``,
-    ``wait_received(count, timeout)``.
+    ``wait_received(count, timeout)``, ``release()`` and ``hold_again()`` (of
+    ``hold_at_line``).
     """
 
     def __init__(self, banner_delay=0.05, banner=DEFAULT_BANNER, delay=0.0, emergency_parser=True,
@@ -688,6 +689,11 @@ class PrinterSim:
     def release(self):
         """End the hold of ``hold_at_line``: its ok goes out."""
         self._released.set()
+
+    def hold_again(self):
+        """Hold ``hold_at_line`` again when it next comes (the next print on this printer)."""
+        self.holding.clear()
+        self._released.clear()
 
     def _hold(self, out):
         self._emit(out)

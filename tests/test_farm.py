@@ -17,9 +17,12 @@ import time
 import pytest
 
 from farm import NOTIFIER_SECRET, WORKER_TOKEN, HAProxy, RedisServer, Worker, front_end, www_data
-from helpers import PTY_PRINTRUN_CONF, REPO, SH_SERVICE, Receiver, plain_session, wait_for, wait_port_free
+from helpers import (DATA, PTY_PRINTRUN_CONF, REPO, SH_SERVICE, Receiver, after_line, file_lines, plain_session,
+                     wait_for, wait_port_free)
 from printer_sim import PrinterSim
 from rrc.events import read_events
+from rrc.gcodemeta import gcode_fields
+from rrc.printing import gcode_lines
 from rrc.store import Store
 
 # A task that says it started, works a few seconds, then writes its result.
@@ -740,3 +743,183 @@ def test_a_worker_without_redis_tries_again_and_says_so(farm):
     finally:
         worker.stop()
         redis.stop()
+
+
+# -- named printers on the farm (issue 21) ---------------------------------------------
+
+SMALL = DATA / 'small.gcode'
+EXPECTED = gcode_lines(SMALL)
+HOLD = 200  # the simulated printer works on this line until the test releases it
+# The pause and cancel G-code of the workers' own printers/mk3.conf (the
+# front-ends' conf names none: Marlin's would be sent if theirs counted).
+PAUSE = ['M400', 'G91', 'G1 Z7 F900', 'G90']
+CANCEL = ['M104 S0', 'M140 S0', 'M106 S0', 'M84 X Y']
+WORKER_MK3 = ''.join(f'pause = {code}\n' for code in PAUSE) + ''.join(f'cancel = {code}\n' for code in CANCEL)
+
+
+class Mk3:
+    """Printer mk3 of a farm: the simulated printer, the workers serving it."""
+
+    def __init__(self, farm, sim, workers):
+        self.farm, self.sim, self.workers = farm, sim, workers
+
+    def names(self):
+        return {worker.name() for worker in self.workers}
+
+    def post(self):
+        """A print of small.gcode on mk3 through HAProxy; its id."""
+        return self.farm.post('printrun', SMALL.read_bytes(), name='part.gcode', nativeArgs='mk3')
+
+    def ask(self, service, task_id):
+        """``service=pause|resume|cancel`` of a task through HAProxy: its answer."""
+        answer = self.farm.session.get(self.farm.proxy.url, params={'service': service, 'id': task_id,
+                                                                    'format': 'json'}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def printer(self):
+        """mk3 as ``service=printers`` lists it."""
+        answer = self.farm.session.get(self.farm.proxy.url, params={'service': 'printers', 'format': 'json'},
+                                       timeout=30).json()
+        return next(printer for printer in answer if printer['name'] == 'mk3')
+
+    def holding(self, task_id):
+        """Wait until the print works on line HOLD and the front-end knows its sender runs."""
+        assert self.sim.holding.wait(60), self.farm.info(task_id)
+        wait_for(lambda: self.farm.info(task_id).get('sender') == 'yes', 'the front-end to know the sender runs',
+                 timeout=30)
+
+
+@pytest.fixture(scope='module')
+def mk3(farm):
+    """Printer mk3 (simulated: it works 5 ms a line and reports its
+    temperatures as M155 does), served by two workers, each with its own
+    printers/mk3.conf naming the pty.  The front-ends' store lists mk3 too,
+    with a port no worker has: a worker's own port is the one that counts."""
+    (farm.store / 'printers').mkdir(exist_ok=True)
+    (farm.store / 'printers' / 'mk3.conf').write_text('port = /dev/pts/999\n')
+    with PrinterSim(hold_at_line=HOLD, delay=0.005, temp_interval=0.2) as sim:
+        os.chown(sim.port, *www_data())  # the workers' user opens the port
+        workers = []
+        try:
+            for _ in range(2):
+                workers.append(Worker(farm.redis, farm.proxy.url, services=['printrun'], confs=CONFS,
+                                      printers={'mk3': f'port = {sim.port}\n' + WORKER_MK3}).start())
+            yield Mk3(farm, sim, workers)
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+def test_a_print_on_a_named_printer_runs_on_a_worker_serving_it_and_info_shows_the_printer(mk3):
+    farm, sim = mk3.farm, mk3.sim
+    sim.hold_again()
+    mark = len(sim.received_numbered)
+    task_id = mk3.post()
+    mk3.holding(task_id)
+    printing = farm.info(task_id)
+    meta = farm.session.get(farm.proxy.url, params={'service': 'meta', 'format': 'json'}, timeout=30).json()
+    sim.release()
+    record = farm.ended(task_id)
+
+    assert record['status'] == 'complete', record
+    assert record['worker'] in mk3.names()  # not one of the farm's other printrun workers
+    shown = {entry.split()[0]: entry.split()[2] for entry in meta['farmWorkers'].split(', ')}
+    assert [shown[name] for name in mk3.names()] == ['printrun@mk3+printrun'] * 2, meta['farmWorkers']
+    assert (printing['hotend'], printing['hotendTarget'], printing['bed'], printing['bedTarget']) == \
+        ('200', '200', '60', '60'), printing
+    assert int(printing['layer']) > 0 and float(printing['z']) > 0 and int(printing['bytesSent']) > 0, printing
+    assert float(printing['etaSeconds']) > 0 and float(printing['elapsedSeconds']) > 0, printing
+    described = gcode_fields(str(SMALL))  # the G-code's metadata, as a print on one server records it
+    assert {key: record.get(key) for key in described} == {key: str(value) for key, value in described.items()}
+    assert file_lines(sim, mark) == EXPECTED  # every line once, in order
+
+
+def test_prints_on_one_printer_run_one_after_the_other_in_the_queues_order_whichever_worker_takes_them(mk3):
+    farm, sim = mk3.farm, mk3.sim
+    sim.hold_again()
+    mark = len(sim.received_numbered)
+    first, second = mk3.post(), mk3.post()
+    mk3.holding(first)
+    urgent = farm.post('printrun', SMALL.read_bytes(), name='part.gcode', nativeArgs='mk3', priority='5')
+    time.sleep(2.5)  # a sweep of each front-end has passed: the second is still not given to a worker
+    waiting, listed = farm.info(second), mk3.printer()
+    import redis
+    pushed = redis.Redis.from_url(farm.redis.url).exists(f'rq:job:{second}')
+    sim.release()
+    records = [farm.ended(first), farm.ended(urgent), farm.ended(second)]
+
+    assert (waiting['status'], waiting.get('queued')) == ('busy', 'yes'), waiting
+    assert pushed == 0
+    assert (listed['state'], listed['task']) == ('printing', first), listed
+    assert mk3.printer()['state'] == 'idle'  # its port is the worker's: never "offline" on a front-end
+    assert [record['status'] for record in records] == ['complete'] * 3, records
+    assert {record['worker'] for record in records} <= mk3.names()
+    # one at a time, the one of higher priority before the one submitted earlier
+    assert float(records[1]['stime']) >= float(records[0]['etime'])
+    assert float(records[2]['stime']) >= float(records[1]['etime'])
+    assert file_lines(sim, mark) == EXPECTED * 3
+
+
+def test_pause_resume_and_cancel_through_a_front_end_reach_the_print_on_its_worker(mk3):
+    farm, sim = mk3.farm, mk3.sim
+    sim.hold_again()
+    mark = len(sim.received_numbered)
+    task_id = mk3.post()
+    mk3.holding(task_id)
+    paused = mk3.ask('pause', task_id)
+    wait_for(lambda: 'rrcloud print: asked to pause' in farm.log(task_id), 'the sender to hear the pause')
+    sim.release()
+    wait_for(lambda: after_line(sim, HOLD, mark)[:len(PAUSE)] == PAUSE, 'the pause G-code')
+    lines = len(file_lines(sim, mark))
+    time.sleep(1.5)
+    still = len(file_lines(sim, mark))
+    mk3.ask('resume', task_id)
+    resumed = farm.ended(task_id)
+
+    sim.hold_again()
+    cancel_mark = len(sim.received_numbered)
+    cancelled_id = mk3.post()
+    mk3.holding(cancelled_id)
+    mk3.ask('cancel', cancelled_id)
+    wait_for(lambda: 'rrcloud print: asked to cancel' in farm.log(cancelled_id), 'the sender to hear the cancel')
+    sim.release()
+    cancelled = farm.ended(cancelled_id)
+
+    assert paused['suspended'] == 'yes', paused
+    assert lines == still == HOLD  # no line moved while paused
+    assert resumed['status'] == 'complete', resumed
+    assert file_lines(sim, mark)[:len(EXPECTED)] == EXPECTED
+    assert (cancelled['status'], cancelled['error']) == ('failed', 'cancelled'), cancelled
+    assert file_lines(sim, cancel_mark) == EXPECTED[:HOLD]
+    assert sim.received[-len(CANCEL):] == CANCEL  # and nothing after it
+
+
+@pytest.mark.parametrize('printer, conf, said', [
+    ('mk9', None, "--printer=mk9: unknown printer 'mk9' (configured: none)"),
+    ('mk8', 'port = /etc/passwd\n', "printers/mk8.conf:1: port: not a serial device path: '/etc/passwd'"),
+    ('../mk7', None, "--printer='../mk7': a printer's name is lower-case letters"),
+])
+def test_a_worker_refuses_to_start_for_a_printer_it_has_no_good_conf_of(farm, printer, conf, said):
+    worker = Worker(farm.redis, farm.proxy.url, services=['printrun'], confs=CONFS, printers={printer: conf})
+    try:
+        worker.start(wait=False)
+        code = worker.process.wait(timeout=60)
+        log = worker.log.read_text()
+    finally:
+        worker.stop()
+
+    assert code == 2 and said in log, log
+
+
+def test_a_printers_turn_left_by_a_front_end_that_died_is_freed_by_the_sweep(mk3):
+    import redis
+    farm, sim = mk3.farm, mk3.sim
+    sim.release()  # no hold: the print runs through
+    mark = len(sim.received_numbered)
+    gone = '1700000000-00000-000000'  # a print whose front-end died before it handed the turn on
+    redis.Redis.from_url(farm.redis.url).set('rrcloud:printer:mk3', gone)
+    record = farm.ended(mk3.post())  # waits for a sweep (every 2 s) to free the turn
+
+    assert record['status'] == 'complete', record
+    assert file_lines(sim, mark) == EXPECTED

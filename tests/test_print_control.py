@@ -20,7 +20,7 @@ from rrc.printing import (ControlPipe, GcodeSender, MarlinGcode, PrintCancelled,
 from rrc.states import get_task
 from rrc.store import Store
 from conftest import DATA, make_service, write_config
-from helpers import PTY_PRINTRUN_CONF, tidied, write_printer
+from helpers import PTY_PRINTRUN_CONF, after_line, file_lines, tidied, write_printer
 from printer_sim import PrinterSim
 
 SMALL = DATA / 'small.gcode'
@@ -33,24 +33,8 @@ RESUME = list(MarlinGcode.resume_gcode) + ['G90', 'M82']
 CANCEL = list(MarlinGcode.cancel_gcode)
 
 
-def file_lines(sim):
-    return [code for number, code in sim.received_numbered if number is not None]
-
-
 def numbers(sim):
     return [number for number, _ in sim.received_numbered if number is not None]
-
-
-def after_line(sim, line):
-    """The unnumbered commands the printer accepted after numbered line ``line``."""
-    received = sim.received_numbered
-    start = next(i for i, (number, _) in enumerate(received) if number == line)
-    found = []
-    for number, code in received[start + 1:]:
-        if number is not None:
-            break
-        found.append(code)
-    return found
 
 
 class SenderThread:

@@ -31,7 +31,7 @@ from rrc.printing import PRINT_MAX_POKES, PRINT_MAX_RESENDS, gcode_lines
 from rrc.states import get_task
 from rrc.store import Store
 from conftest import DATA, REPO, make_service
-from helpers import PTY_PRINTRUN_CONF, wait_done
+from helpers import PTY_PRINTRUN_CONF, file_lines, wait_done
 from printer_sim import PrinterSim, checksum, numbered
 
 SMALL = DATA / 'small.gcode'
@@ -93,11 +93,6 @@ def check_wire_format(sim, expected=EXPECTED, pokes=False):
             assert number in resend_targets and number <= last, f'{line!r} after line {last}'
         last = number
     assert last == len(expected)
-
-
-def file_lines(sim):
-    """The numbered lines the printer accepted: the file's, without probes and pokes."""
-    return [code for number, code in sim.received_numbered if number is not None]
 
 
 def unnumbered(sim):

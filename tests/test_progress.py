@@ -159,6 +159,13 @@ def test_an_unknown_progress_reader_is_a_config_error_naming_it(workdir):
     ({'stage': '\x1b]0;hi\x07'}, None),
     ({'done': -1, 'total': 10}, None),
     ({'eta': 5}, None),
+    # a print's printer state: its known keys with finite numbers, nothing else
+    ({'done': 5, 'total': 9, 'elapsed': 3.5, 'printer': {'hotend': 200.5, 'bed': 60, 'layer': 2, 'paused': 0}},
+     {'done': 5, 'total': 9, 'elapsed': 3.5, 'printer': {'hotend': 200.5, 'bed': 60, 'layer': 2, 'paused': 0}}),
+    ({'done': 5, 'total': 9, 'printer': {'hotend': float('nan'), 'bed': float('inf'), 'z': True, 'layer': '3',
+                                         'bytes': 10 ** 16, 'x' * 300: 1, 'hotendTarget': 210}},
+     {'done': 5, 'total': 9, 'printer': {'hotendTarget': 210}}),
+    ({'done': 5, 'total': 9, 'printer': ['hotend', 200]}, {'done': 5, 'total': 9}),
 ])
 def test_a_workers_progress_is_kept_as_numbers_and_a_stage_name(sent, kept):
     assert checked_progress(sent) == kept

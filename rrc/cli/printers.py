@@ -16,7 +16,7 @@ def cmd_printers(ctx, args):
     ``--format=json`` one list."""
     if args:
         raise UsageError('printers takes no arguments')
-    printers = server_printers(ctx) if ctx.options.s else list_printers(ctx.store)
+    printers = server_printers(ctx) if ctx.options.s else list_printers(ctx.store, farm=ctx.config.backend == 'rq')
     if ctx.options.format == 'json':
         sys.stdout.write(to_json(printers, indent=1, sort_keys=True) + '\n')
     else:

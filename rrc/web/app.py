@@ -242,7 +242,7 @@ def answer_printers(app, request):
     """``service=printers``: every named printer (``printers/NAME.conf``): its
     port, state, current task and temperatures; a read (rrc/printerlist.py)."""
     from ..printerlist import list_printers
-    printers = list_printers(app.store)
+    printers = list_printers(app.store, farm=app.config.backend == 'rq')
     if request.format == 'json':
         return Response(to_json(printers, sort_keys=True) + '\n', 200, 'application/json')
     return Response('\n'.join(format_record(printer) for printer in printers))

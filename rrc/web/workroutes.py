@@ -4,8 +4,9 @@ each needs the worker token (``web/access.check_worker``).
     POST ?service=workclaim  id=ID worker=NAME             take a task: its record (with the run's
                                                           number, attempt), settings, input files
     GET  ?service=workinput&id=ID&attempt=N&path=tasks/in/...   one input file of the run's task
-    POST ?service=workupdate  id=ID attempt=N             its log's new bytes (log), progress (events, JSON lines);
-                                                          answers whether it was killed or suspended
+    POST ?service=workupdate  id=ID attempt=N [sender=yes]  its log's new bytes (log), progress (events, JSON lines),
+                                                          a print's sender runs; answers whether it was killed,
+                                                          suspended (a print: paused), a print's cancel or stop
     POST ?service=workdone  id=ID attempt=N               how it ended (ending: JSON of status, error,
                                                           exitCode, progress), its result
 
@@ -71,7 +72,8 @@ def answer_workupdate(app, request):
     task_id, attempt = task_and_attempt(request, app)
     log, events = (request.files.get(name) for name in ('log', 'events'))
     record = take_update(app.store, app.config, task_id, attempt, log.file.read() if log else b'',
-                         parse_events(events.file.read().decode('utf-8', 'replace') if events else ''))
+                         parse_events(events.file.read().decode('utf-8', 'replace') if events else ''),
+                         sender=request.form.get('sender') == 'yes')
     return answer_json(control_fields(record))
 
 
