@@ -27,6 +27,9 @@ usage: rrcloud [OPTIONS] SERVICE ARGS...     start a task (prints "id: ID")
        rrcloud [OPTIONS] move ID front|back  reorder a queued task: start it next, or last
        rrcloud serve [--bind ADDR] [--port N] serve the HTTP API (default port 4468)
        rrcloud serve --check [--port N]      0: rrcloud serves there, 5: nothing does, 4: another server
+       rrcloud worker --server=URL [--services=a,b] [--printer=NAME] [--burst]
+                                             run a farm's tasks (and prints on NAME, from
+                                             printers/NAME.conf here) for a front-end
        rrcloud print [--baud=N] [--timeout=S] [--comm-timeout=S] PORT FILE   send G-code to a printer
        SERVICE.cloud ARGS...                 run SERVICE like the tool itself
        SERVICE.cloud --help | --version      what it passes on, where it runs; versions
