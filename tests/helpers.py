@@ -435,14 +435,16 @@ def step_forwarded_to_a_listener(embedded_server, host_token=''):
 
 
 @contextlib.contextmanager
-def rrcloud_on_a_terminal(cwd, *args, env=None):
+def rrcloud_on_a_terminal(cwd, *args, env=None, stdout_too=False):
     """``rrcloud ARGS`` with its stderr on a pseudo-terminal (where a progress
-    line is drawn); yields (the process, the terminal's master side).  At
-    the end a process still running is killed with its group."""
+    line is drawn; ``stdout_too``: its stdout as well, as ``watch`` draws
+    there); yields (the process, the terminal's master side).  At the end a
+    process still running is killed with its group."""
     master, terminal = pty.openpty()
     try:
         client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), *args], cwd=cwd, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal,
+                                  stdin=subprocess.DEVNULL, stdout=terminal if stdout_too else subprocess.DEVNULL,
+                                  stderr=terminal,
                                   start_new_session=True)
     finally:
         os.close(terminal)
