@@ -291,13 +291,14 @@ def test_watch_shows_a_prints_temperatures_layer_and_height(cli, local):
     assert {'hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z'} <= set(printers[-1]), printers[-1]
 
 
-@pytest.mark.parametrize('encoding', ['utf-8', 'ascii'])
-def test_watch_on_a_terminal_draws_the_printer_under_the_bar_with_a_trend(cli, local, encoding):
+@pytest.mark.parametrize('encoding, columns', [('utf-8', 200), ('utf-8', 80), ('ascii', 200)])
+def test_watch_on_a_terminal_draws_the_printer_under_the_bar_with_a_trend(cli, local, encoding, columns):
     (local / 'small.gcode').write_bytes((DATA / 'small.gcode').read_bytes())
     with PrinterSim(**HEATING_PRINTER) as sim:
         task_id = task_id_of(cli('printrun', sim.port, 'small.gcode').out)
         env = dict(os.environ, PYTHONIOENCODING=encoding)
-        with rrcloud_on_a_terminal(local, 'watch', task_id, env=env, stdout_too=True) as (client, master):
+        with rrcloud_on_a_terminal(local, 'watch', task_id, env=env, stdout_too=True,
+                                   columns=columns) as (client, master):
             seen = read_terminal_until(master, 'status: complete', client)
             assert client.wait(30) == 0
     count = len(heated_events(local, task_id))
@@ -307,11 +308,16 @@ def test_watch_on_a_terminal_draws_the_printer_under_the_bar_with_a_trend(cli, l
     if encoding == 'ascii':  # a terminal that cannot show them: no trend, no degree sign
         assert seen.isascii() and re.search(r'\] \d+%\r?\nhotend \d+\.\d/200 C  bed \d+\.\d/60 C  layer', seen), seen
         return
+    printer_lines = re.findall(r'\nhotend [^\r\n]*', seen)
+    assert printer_lines and all(len(line) - 1 < columns for line in printer_lines), printer_lines  # never wrapped
     drawn = re.findall(rf'\] \d+%\r?\nhotend \d+\.\d/200 °C ({TREND})  bed \d+\.\d/60 °C ({TREND})  '
                        rf'layer \d+  z \d+\.\d\d', seen)
     assert drawn, seen
-    assert max(len(hotend) for hotend, _ in drawn) == min(count, 12), (drawn, count)
     assert all(len(hotend) == len(bed) for hotend, bed in drawn)
+    if columns == 200:
+        assert max(len(hotend) for hotend, _ in drawn) == min(count, 12), (drawn, count)
+    else:  # fewer readings, as many as the width has room for
+        assert max(len(hotend) for hotend, _ in drawn) < 12, drawn
 
 
 def test_watch_shows_only_the_numbers_of_a_servers_printer_state():
@@ -324,6 +330,33 @@ def test_watch_shows_only_the_numbers_of_a_servers_printer_state():
         'hotend': '\x1b[2J210', 'hotendTarget': 210, 'bed': float('nan'), 'layer': True, 'z': 1.5}}))
 
     assert out.getvalue() == 'progress: 1/2 eta 75s\nprinter: z 1.50  eta 1m15s\n'
+
+
+def test_watch_trend_keeps_the_printer_line_within_80_columns():
+    """Fifteen readings on an 80-column terminal: as many as fit, the newest, never a wrapped line."""
+    import io
+    from rrc.cli.watch import TextView
+    from rrc.livestream import Message
+
+    class Terminal(io.StringIO):  # no fileno: rrcloud takes it for 80 columns
+        encoding = 'utf-8'
+
+        def isatty(self):
+            return True
+    view = TextView(Terminal())
+    for reading in range(15):
+        view.show(Message('progress', '{}', None, {'done': reading, 'total': 100, 'eta': 192, 'printer': {
+            'hotend': 20.0 + 10 * reading, 'hotendTarget': 200, 'bed': 60.0, 'bedTarget': 60, 'layer': reading,
+            'z': 11.8}}))
+    bar, printer = view.bar
+
+    assert bar.startswith('[###') and 'left' not in bar  # the time left is said once, on the printer line
+    assert len(printer) <= 79 and printer.endswith('layer 14  z 11.80  eta 3m12s'), printer
+    trend = re.match(rf'hotend 160\.0/200 °C ({TREND})  bed 60\.0/60 °C ({TREND})  ', printer)
+    assert trend and 0 < len(trend.group(1)) == len(trend.group(2)) < 12, printer
+    rising, steady = trend.groups()
+    assert list(rising) == sorted(rising) and rising[0] < rising[-1], rising  # scaled up to the target 200
+    assert steady == '\u2588' * len(steady)  # at its target: the top block
 
 
 def test_watch_of_a_failed_task_exits_as_sync_does(cli, local):

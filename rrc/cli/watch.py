@@ -15,7 +15,8 @@ shown as a line of its own::
     hotend 205.1/210 °C ▁▃▅▇██  bed 60.0/60 °C ▇▇████  layer 12  z 2.40  eta 3m12s
 
 on a terminal under the bar, each temperature with the trend of its last
-readings (TREND_READINGS) in block characters; elsewhere (a pipe, a file,
+readings (TREND_READINGS, fewer where the terminal is too narrow) in block
+characters; elsewhere (a pipe, a file,
 a terminal whose encoding has no such characters) in plain ASCII, ``C``
 for ``°C`` and no trend, after each ``progress:`` line as ``printer: ...``.
 ``--format=json``: one JSON object per message, as the stream sends it (a
@@ -359,8 +360,16 @@ class TextView:
         printer = checked_printer(data)
         if not printer:
             return None
-        return printer_text(printer, self.trends if self.fancy else None, unit='\u00b0C' if self.fancy else 'C',
-                            eta=left_of(data, age))
+        if not self.fancy:
+            return printer_text(printer, eta=left_of(data, age))
+        width = terminal_width(self.out) - 1
+        for readings in range(TREND_READINGS, -1, -1):  # as many readings as the terminal's width has room for
+            trends = {heater: values[len(values) - readings:] if readings else []
+                      for heater, values in self.trends.items()}
+            line = printer_text(printer, trends, unit='\u00b0C', eta=left_of(data, age))
+            if line is None or len(line) <= width:
+                return line
+        return line
 
     def tick(self):
         """The bar drawn again: its time left counted down."""
@@ -510,7 +519,7 @@ def sparkline(readings, target=None):
 
 def duration_text(seconds):
     """``45s``, ``3m12s``, ``1h02m``."""
-    seconds = int(seconds)  # counted down, as the bar's clock
+    seconds = int(seconds + 0.5)
     if seconds < 60:
         return f'{seconds}s'
     minutes, seconds = divmod(seconds, 60)
