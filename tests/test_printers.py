@@ -356,3 +356,21 @@ def test_a_pipe_over_http_prints_on_a_printer_by_name(tmp_path):
     assert job['status'] == 'complete', job
     assert step['printer'] == 'mk3' and step['status'] == 'complete', step
     assert printed(sim) == EXPECTED
+
+
+def test_a_pipe_sent_to_a_server_prints_on_that_servers_printer_by_name(cli, gcode_pipe, embedded_server):
+    """The whole pipe goes to the server (every step runs there): the name is looked up in its printers/."""
+    server = embedded_server(services={'printrun': PTY_PRINTRUN_CONF, 'gcode': GCODE_STEP_SERVICE})
+    with PrinterSim() as sim:
+        write_printer(server.root, 'mk3', f'port = {sim.port}\n')
+        result = cli('--sync', f'--s={server.address}', 'pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk3')
+        unknown = cli(f'--s={server.address}', 'pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk4')
+    server_store = Store(str(server.root))
+    (job,) = [r for r in map(server_store.read_task, server_store.task_ids()) if r['service'] == 'pipe']
+    step = server_store.read_task(job['steps'].split(',')[1])
+
+    assert result.code == 0, result
+    assert job['status'] == 'complete' and step['printer'] == 'mk3', (job, step)
+    assert printed(sim) == EXPECTED
+    assert unknown.code == 2, unknown
+    assert "refused the pipe: step 2 (printrun): unknown printer 'mk4' (configured: mk3)" in unknown.err, unknown
