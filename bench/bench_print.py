@@ -42,15 +42,21 @@ round, the ratio taken pair by pair:
 - M105 polling every 5 s (the default), a quiet printer: it has to ask;
 - the same with the printer's auto-report on (the simulator's M155 S1): the
   reports bring the temperatures, so it never asks;
-- M105 polling every 0.05 s: the cost of one poll, measured where there are
-  enough of them to see, scaled back to one every 5 s.
+- M105 polling every 0.05 s: enough polls to see one's cost.
 
+What one poll costs is also read off the printer's own clock: the gap
+between two file lines with an M105 between them, less the gap without (the
+whole-run ratios move by several per cent from run to run on a shared
+machine; that gap does not), and that as a share of the 5 s between polls.
 Aim: polling costs under 2% of the lines per second.
 
 And (``--pause``, or ``--pause-only``) the time from ``pause`` to the
 printer's last move: small.gcode printed to the simulator with every move
 (G0, G1) taking --move-delay seconds before its ok, paused after line
-PAUSE_AFTER; measured from the request to the printer's ok of the last move
+PAUSE_AFTER and a random moment up to half a second later (the runner's
+watchdog looks every half second from its start, so a fixed moment would
+always meet it in the same phase); measured from the request to the
+printer's ok of the last move
 it made (the pause G-code's lift), and to the last line of the file it read.
 Two ways in, paired each round: the word written straight onto the sender's
 control pipe (the baseline: the sender alone), and a real task of the
@@ -62,6 +68,7 @@ Run: .venv/bin/python bench/bench_print.py [--lines=N] [--repeat=R] [--comm-time
          [--polling | --polling-only [--polling-lines=N]] [--pause | --pause-only [--move-delay=S]]
 """
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -320,7 +327,22 @@ def polled_print(path, expected, interval, auto_report):
         raise SystemExit(f'polled print ({interval}, {auto_report}) failed: {err[-2000:]} {sim.errors[:3]}')
     times = file_line_times(sim)
     polls = sum(1 for code in sim.received if code.split()[0] == 'M105')
-    return len(expected) / (times[-1] - times[0]), polls
+    return len(expected) / (times[-1] - times[0]), polls, poll_gaps(sim)
+
+
+def poll_gaps(sim):
+    """(gaps between two file lines with an M105 between them, gaps without), by the printer's clock."""
+    last, polled, across, plain = None, False, [], []
+    for t, direction, line in sim.transcript:
+        if direction != '<':
+            continue
+        if line.startswith('N') and 'M110' not in line:
+            if last is not None:
+                (across if polled else plain).append(t - last)
+            last, polled = t, False
+        elif line.split()[:1] == ['M105']:
+            polled = True
+    return across, plain
 
 
 def polling_table(target, repeat):
@@ -347,7 +369,7 @@ def polling_table(target, repeat):
 def polling_rows(pairs, count):
     """The table: each variant's rate, polls and its ratio to its baseline pair by pair."""
     bases = [base for runs in pairs.values() for _, base in runs]
-    rows = [[POLLING_BASELINE[0], f'{statistics.median(rate for rate, _ in bases):,.0f}', '0', '', '', '']]
+    rows = [[POLLING_BASELINE[0], f'{statistics.median(base[0] for base in bases):,.0f}', '0', '', '', '']]
     for name, runs in pairs.items():
         ratios = [variant[0] / base[0] for variant, base in runs]
         rows.append([name, f'{statistics.median(variant[0] for variant, _ in runs):,.0f}',
@@ -355,22 +377,26 @@ def polling_rows(pairs, count):
                      f'{min(ratios):.3f} to {max(ratios):.3f}', per_poll_text(runs, count)])
     return table(rows, ['variant', 'lines/s (streaming), median', 'M105 polls a run',
                         'ratio to its baseline (median of pairs)', 'ratios, min to max',
-                        'time one poll adds; as a share of 5 s'])
+                        'a poll adds to its gap (printer\'s clock); that per 5 s'])
 
 
 def per_poll_text(runs, count):
-    """What one poll adds to the streaming (only where a run has enough polls to
-    see it): the run's added time over its polls, pair by pair; and that share of
-    PRINT_TEMP_INTERVAL, the cost of the default's one poll every 5 s."""
-    if statistics.median(variant[1] for variant, _ in runs) < 50:
+    """What one poll adds between two file lines, by the printer's own clock:
+    the median gap with an M105 in it less the median gap without, over the
+    variant's runs; and that as a share of PRINT_TEMP_INTERVAL (one poll every
+    5 s).  Nothing where no poll was made."""
+    across = [gap for variant, _ in runs for gap in variant[2][0]]
+    plain = [statistics.median(variant[2][1]) for variant, _ in runs]
+    if not across:
         return ''
-    per_poll = statistics.median(count * (1 / variant[0] - 1 / base[0]) / variant[1] for variant, base in runs)
-    return f'{per_poll * 1e3:.3f} ms; {100 * per_poll / PRINT_TEMP_INTERVAL:.3f}%'
+    added = statistics.median(across) - statistics.median(plain)
+    return f'{added * 1e6:,.0f} µs; {100 * added / PRINT_TEMP_INTERVAL:.4f}%'
 
 
 # -- from pause to the printer's last move -------------------------------------
 
-PAUSE_AFTER = 100  # file lines the printer has read when the pause is asked for
+PAUSE_AFTER = 100  # file lines the printer has read when the pause is asked for (plus a random moment)
+WATCHDOG_INTERVAL = 0.5  # how often a runner looks at its record (supervise.Watchdog)
 PAUSE_GCODE = list(MarlinGcode.pause_gcode)
 MOVES = ('G0', 'G1')
 # The printrun service as an admin with a printer on a pty writes it (tests/helpers.py).
@@ -395,12 +421,13 @@ def command_word(line):
     return words[0].upper() if words else ''
 
 
-def paused_by_pipe(move_delay):
+def paused_by_pipe(move_delay, offset):
     """The baseline: the word written straight onto the sender's control pipe."""
     pipes = TaskPipes()
     with PrinterSim(command_delays={word: move_delay for word in MOVES}) as sim:
         process = pipes.start(sim.port, str(DATA / 'small.gcode'), 'off')
         sim.wait_for(lambda s: s.last_line >= PAUSE_AFTER, timeout=60)
+        time.sleep(offset)
         asked = time.monotonic()
         pipes.say('pause')
         paused = sim.wait_for(lambda s: s.received[-len(PAUSE_GCODE):] == PAUSE_GCODE, timeout=30)
@@ -412,7 +439,7 @@ def paused_by_pipe(move_delay):
     return pause_seconds(sim, asked)
 
 
-def paused_as_a_task(move_delay, root):
+def paused_as_a_task(move_delay, root, offset):
     """A printrun task of a store at ``root``, paused as ``rrcloud pause`` does (the record, then its runner)."""
     from rrc.control import cancel_task, pause_task
     from rrc.states import get_task
@@ -426,6 +453,7 @@ def paused_as_a_task(move_delay, root):
         sim.wait_for(lambda s: s.last_line >= PAUSE_AFTER, timeout=60)
         while get_task(store, task_id).get('sender') != 'yes':
             time.sleep(0.01)
+        time.sleep(offset)
         asked = time.monotonic()
         pause_task(store, task_id, by='bench_print')
         paused = sim.wait_for(lambda s: s.received[-len(PAUSE_GCODE):] == PAUSE_GCODE, timeout=30)
@@ -446,12 +474,15 @@ def pause_table(move_delay, repeat):
     pairs = []
     try:
         for round_number in range(repeat):
+            # a random moment: line PAUSE_AFTER comes at the same time after the runner's start in
+            # every run, and so would the watchdog's looks (every WATCHDOG_INTERVAL), phase-locked
+            offset = random.uniform(0, WATCHDOG_INTERVAL)
             if round_number % 2:
-                task = paused_as_a_task(move_delay, root)
-                pipe = paused_by_pipe(move_delay)
+                task = paused_as_a_task(move_delay, root, offset)
+                pipe = paused_by_pipe(move_delay, offset)
             else:
-                pipe = paused_by_pipe(move_delay)
-                task = paused_as_a_task(move_delay, root)
+                pipe = paused_by_pipe(move_delay, offset)
+                task = paused_as_a_task(move_delay, root, offset)
             pairs.append((pipe, task))
     finally:
         shutil.rmtree(root, ignore_errors=True)
