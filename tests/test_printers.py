@@ -269,13 +269,14 @@ def test_a_client_names_the_printer_and_its_server_prints_on_it(cli, workdir, em
 
 # A step that writes small.gcode as its output: the G-code a slicer would hand on.
 GCODE_STEP_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\noutput = $fileOut\nfileOut = $id.gcode\n'
+GCODE_SCRIPT = f"cat > \"$1\" <<'END'\n{SMALL.read_text()}END\n"
 
 
 @pytest.fixture
 def gcode_pipe(printer_store):
     """A store with a `gcode` service whose step writes small.gcode, and its script."""
     make_service(printer_store, 'gcode', GCODE_STEP_SERVICE)
-    (printer_store / 'gcode.sh').write_text(f"cat > \"$1\" <<'END'\n{SMALL.read_text()}END\n")
+    (printer_store / 'gcode.sh').write_text(GCODE_SCRIPT)
     return printer_store
 
 
@@ -337,7 +338,7 @@ def test_a_printer_name_is_not_sent_on_to_another_servers_step(cli, gcode_pipe):
 
 def test_a_pipe_over_http_prints_on_a_printer_by_name(tmp_path):
     deployment = deploy.deployment('wsgi', services={'printrun': PTY_PRINTRUN_CONF, 'gcode': GCODE_STEP_SERVICE})
-    script = f"cat > \"$1\" <<'END'\n{SMALL.read_text()}END\n".encode()
+    script = GCODE_SCRIPT.encode()
     with deploy.running(deployment), PrinterSim() as sim:
         write_printer(deployment.store, 'mk3', f'port = {sim.port}\n')
         url = f'{deployment.url}/'
