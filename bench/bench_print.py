@@ -30,9 +30,45 @@ printer's error line, the swallowed copy, the lost ok) to the printer reading
 the copy of line FAULT_LINE + 1 that it takes: the communication timeout of silence, the poke and the
 round trips after it.  Aim: under the communication timeout plus 1 s.
 
+Then (``--polling``, or ``--polling-only``) the cost of watching the
+printer's temperatures on the stream: a task's sender (control and progress
+pipes open, as its runner gives them) asks ``M105`` between two lines when no
+temperature came for 5 s (PRINT_TEMP_INTERVAL).  Lines per second, streaming
+(first to last numbered line the printer read) of a big file (--lines), each
+variant paired with a baseline in the same round, the order turned each
+round, the ratio taken pair by pair:
+
+- baseline: no polling (the sender's temperature interval off), a quiet printer;
+- M105 polling every 5 s (the default), a quiet printer: it has to ask;
+- the same with the printer's auto-report on (the simulator's M155 S1): the
+  reports bring the temperatures, so it never asks;
+- M105 polling every 0.05 s: enough polls to see one's cost.
+
+What one poll costs is also read off the printer's own clock: the gap
+between two file lines with an M105 between them, less the gap without (the
+whole-run ratios move by several per cent from run to run on a shared
+machine; that gap does not), and that as a share of the 5 s between polls.
+Aim: polling costs under 2% of the lines per second.
+
+And (``--pause``, or ``--pause-only``) the time from ``pause`` to the
+printer's last move: small.gcode printed to the simulator with every move
+(G0, G1) taking --move-delay seconds before its ok, paused after line
+PAUSE_AFTER and a random moment up to half a second later (the runner's
+watchdog looks every half second from its start, so a fixed moment would
+always meet it in the same phase); measured from the request to the
+printer's ok of the last move
+it made (the pause G-code's lift), and to the last line of the file it read.
+Two ways in, paired each round: the word written straight onto the sender's
+control pipe (the baseline: the sender alone), and a real task of the
+printrun service paused as ``rrcloud pause`` does (``control.pause_task``:
+the record, then the runner's watchdog, every half second, hands it to the
+sender).  Aim: under 0.5 s.
+
 Run: .venv/bin/python bench/bench_print.py [--lines=N] [--repeat=R] [--comm-timeout=S] [--recovery-only]
+         [--polling | --polling-only [--polling-lines=N]] [--pause | --pause-only [--move-delay=S]]
 """
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -40,10 +76,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 from common import DATA, REPO, table
 
-from rrc.printing import PRINT_COMM_TIMEOUT, gcode_lines  # noqa: E402
+from rrc.printing import PRINT_COMM_TIMEOUT, PRINT_TEMP_INTERVAL, MarlinGcode, gcode_lines  # noqa: E402
 from printer_sim import PrinterSim  # noqa: E402
 
 PRINTCORE = shutil.which('printcore') or '/usr/bin/printcore'
@@ -148,7 +185,11 @@ def printcore_argv(port, path):
 
 
 def main(args):
-    target, repeat, comm_timeout, throughput = 20000, 1, PRINT_COMM_TIMEOUT, True
+    if args[:1] == ['--sender']:
+        return sender_main(args[1:])
+    target, repeat, comm_timeout = 20000, 1, PRINT_COMM_TIMEOUT
+    polling_lines, move_delay = 200000, 0.02
+    parts = {'throughput', 'recovery'}
     for arg in args:
         name, _, value = arg.partition('=')
         if name == '--lines':
@@ -157,14 +198,27 @@ def main(args):
             repeat = int(value)
         elif name == '--comm-timeout':
             comm_timeout = float(value)
+        elif name == '--polling-lines':
+            polling_lines = int(value)
+        elif name == '--move-delay':
+            move_delay = float(value)
         elif arg == '--recovery-only':
-            throughput = False
+            parts = {'recovery'}
+        elif arg in ('--polling', '--pause'):
+            parts.add(arg[2:])
+        elif arg in ('--polling-only', '--pause-only'):
+            parts = (parts - {'throughput', 'recovery'}) | {arg[2:-len('-only')]}
         else:
             raise SystemExit(__doc__)
-    if throughput:
+    if 'throughput' in parts:
         throughput_table(target, repeat)
-    print(f'\nRecovery from the stalling faults (line {FAULT_LINE} of small.gcode), median of {repeat} run(s)\n')
-    print(recovery_table(comm_timeout, repeat))
+    if 'recovery' in parts:
+        print(f'\nRecovery from the stalling faults (line {FAULT_LINE} of small.gcode), median of {repeat} run(s)\n')
+        print(recovery_table(comm_timeout, repeat))
+    if 'polling' in parts:
+        polling_table(polling_lines, repeat)
+    if 'pause' in parts:
+        pause_table(move_delay, repeat)
 
 
 def throughput_table(target, repeat):
@@ -194,5 +248,257 @@ def throughput_table(target, repeat):
                        'lines/s (streaming)', 'lost + duplicated lines']))
 
 
+# -- a task's sender, as its runner starts it ---------------------------------
+
+def sender_main(args):
+    """``--sender PORT FILE INTERVAL``: print FILE as a task's sender does
+    (rrc.printing.cmd_print with the runner's control pipe, RRCLOUD_CONTROL_FD,
+    and progress pipe), its temperature interval INTERVAL seconds ('off': none)."""
+    from rrc.printing import (GcodeSender, PrinterError, SerialLink, gcode_layers, task_control_pipe,
+                              task_progress_writer)
+    port, path, interval = args
+    lines = gcode_lines(path)
+    link = SerialLink(port, 115200)
+    try:
+        sender = GcodeSender(link, lines, 60.0, task_progress_writer(), control=task_control_pipe())
+        sender.layers = gcode_layers(path, len(lines))
+        sender.temp_interval = None if interval == 'off' else float(interval)
+        sender.connect()
+        sender.run()
+    except PrinterError as exc:  # a cancel ends a pause measurement
+        print(f'sender: {exc}', file=sys.stderr)
+        return 1
+    finally:
+        link.close()
+    return 0
+
+
+class TaskPipes:
+    """The two pipes a runner gives its sender: control (we write) and
+    progress (drained by /dev/null's worth of nothing: a thread reads it)."""
+
+    def __init__(self):
+        import threading
+        self.control_read, self.control_write = os.pipe()
+        self.progress_read, self.progress_write = os.pipe()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        while os.read(self.progress_read, 65536):
+            pass
+
+    def start(self, port, path, interval):
+        env = dict(os.environ, RRCLOUD_CONTROL_FD=str(self.control_read),
+                   RRCLOUD_PROGRESS_FD=str(self.progress_write))
+        process = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--sender', port, path, interval],
+                                   env=env, pass_fds=(self.control_read, self.progress_write),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        os.close(self.control_read)
+        os.close(self.progress_write)
+        return process
+
+    def say(self, word):
+        os.write(self.control_write, word.encode() + b'\n')
+
+    def close(self):
+        os.close(self.control_write)
+
+
+# -- the cost of polling temperatures ------------------------------------------
+
+# (name, the sender's temperature interval, the simulator's auto-report interval)
+POLLING_BASELINE = ('no polling (baseline)', 'off', None)
+POLLING_VARIANTS = (
+    (f'M105 every {PRINT_TEMP_INTERVAL:g} s (default), quiet printer', f'{PRINT_TEMP_INTERVAL:g}', None),
+    (f'M105 every {PRINT_TEMP_INTERVAL:g} s, auto-report (M155 S1)', f'{PRINT_TEMP_INTERVAL:g}', 1.0),
+    ('M105 every 0.05 s (stress)', '0.05', None),
+)
+
+
+def polled_print(path, expected, interval, auto_report):
+    """One print as a task's sender; (lines per second streaming, M105 polls the printer answered)."""
+    pipes = TaskPipes()
+    with PrinterSim(reset_on_open=False, temp_interval=auto_report) as sim:
+        process = pipes.start(sim.port, path, interval)
+        _, err = process.communicate(timeout=900)
+        sim.wait_for(lambda s: len(printed(s)) >= len(expected), timeout=5)
+    pipes.close()
+    if process.returncode != 0 or printed(sim) != expected or sim.errors:
+        raise SystemExit(f'polled print ({interval}, {auto_report}) failed: {err[-2000:]} {sim.errors[:3]}')
+    times = file_line_times(sim)
+    polls = sum(1 for code in sim.received if code.split()[0] == 'M105')
+    return len(expected) / (times[-1] - times[0]), polls, poll_gaps(sim)
+
+
+def poll_gaps(sim):
+    """(gaps between two file lines with an M105 between them, gaps without), by the printer's clock."""
+    last, polled, across, plain = None, False, [], []
+    for t, direction, line in sim.transcript:
+        if direction != '<':
+            continue
+        if line.startswith('N') and 'M110' not in line:
+            if last is not None:
+                (across if polled else plain).append(t - last)
+            last, polled = t, False
+        elif line.split()[:1] == ['M105']:
+            polled = True
+    return across, plain
+
+
+def polling_table(target, repeat):
+    """Each polling variant paired with the baseline, ``repeat`` rounds, the order turned each round."""
+    folder = tempfile.mkdtemp(prefix='rrcloud-bench-polling-')
+    pairs = {name: [] for name, _, _ in POLLING_VARIANTS}  # (variant's (rate, polls), baseline's)
+    try:
+        path = big_gcode(folder, target)
+        expected = gcode_lines(path)
+        for round_number in range(repeat):
+            turned = round_number % 2 == 1
+            for name, interval, auto in reversed(POLLING_VARIANTS) if turned else POLLING_VARIANTS:
+                _, base_interval, base_auto = POLLING_BASELINE
+                runs = [(interval, auto), (base_interval, base_auto)]
+                done = [polled_print(path, expected, *run) for run in (reversed(runs) if turned else runs)]
+                pairs[name].append(tuple(reversed(done)) if turned else tuple(done))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f'\nTemperature polling: {len(expected)} G-code lines as a task\'s sender, to the simulated printer '
+          f'(answers at once), {repeat} round(s), each variant paired with a baseline run\n')
+    print(polling_rows(pairs, len(expected)))
+
+
+def polling_rows(pairs, count):
+    """The table: each variant's rate, polls and its ratio to its baseline pair by pair."""
+    bases = [base for runs in pairs.values() for _, base in runs]
+    rows = [[POLLING_BASELINE[0], f'{statistics.median(base[0] for base in bases):,.0f}', '0', '', '', '']]
+    for name, runs in pairs.items():
+        ratios = [variant[0] / base[0] for variant, base in runs]
+        rows.append([name, f'{statistics.median(variant[0] for variant, _ in runs):,.0f}',
+                     f'{statistics.median(variant[1] for variant, _ in runs):g}', f'{statistics.median(ratios):.3f}',
+                     f'{min(ratios):.3f} to {max(ratios):.3f}', per_poll_text(runs, count)])
+    return table(rows, ['variant', 'lines/s (streaming), median', 'M105 polls a run',
+                        'ratio to its baseline (median of pairs)', 'ratios, min to max',
+                        'a poll adds to its gap (printer\'s clock); that per 5 s'])
+
+
+def per_poll_text(runs, count):
+    """What one poll adds between two file lines, by the printer's own clock:
+    the median gap with an M105 in it less the median gap without, over the
+    variant's runs; and that as a share of PRINT_TEMP_INTERVAL (one poll every
+    5 s).  Nothing where no poll was made."""
+    across = [gap for variant, _ in runs for gap in variant[2][0]]
+    plain = [statistics.median(variant[2][1]) for variant, _ in runs]
+    if not across:
+        return ''
+    added = statistics.median(across) - statistics.median(plain)
+    return f'{added * 1e6:,.0f} µs; {100 * added / PRINT_TEMP_INTERVAL:.4f}%'
+
+
+# -- from pause to the printer's last move -------------------------------------
+
+PAUSE_AFTER = 100  # file lines the printer has read when the pause is asked for (plus a random moment)
+WATCHDOG_INTERVAL = 0.5  # how often a runner looks at its record (supervise.Watchdog)
+PAUSE_GCODE = list(MarlinGcode.pause_gcode)
+MOVES = ('G0', 'G1')
+# The printrun service as an admin with a printer on a pty writes it (tests/helpers.py).
+from helpers import PTY_PRINTRUN_CONF  # noqa: E402
+
+
+def pause_seconds(sim, asked):
+    """(to the pause G-code's first command, to the ok of the last move) from ``asked``, by the printer's clock."""
+    transcript = list(sim.transcript)
+    later = [(t, d, line) for t, d, line in transcript if t >= asked]
+    first = next(t for t, d, line in later if d == '<' and line.split()[0] == PAUSE_GCODE[0])
+    last_move = max(i for i, (t, d, line) in enumerate(later) if d == '<' and command_word(line) in MOVES)
+    moved = next(t for t, d, line in later[last_move:] if d == '>' and line.startswith('ok'))
+    return first - asked, moved - asked
+
+
+def command_word(line):
+    """The command of a line as the host sent it: ``N12 G1 X3*45`` -> ``G1``."""
+    words = line.split('*')[0].split()
+    if words and words[0][:1] in 'Nn' and words[0][1:].isdigit():
+        words = words[1:]
+    return words[0].upper() if words else ''
+
+
+def paused_by_pipe(move_delay, offset):
+    """The baseline: the word written straight onto the sender's control pipe."""
+    pipes = TaskPipes()
+    with PrinterSim(command_delays={word: move_delay for word in MOVES}) as sim:
+        process = pipes.start(sim.port, str(DATA / 'small.gcode'), 'off')
+        sim.wait_for(lambda s: s.last_line >= PAUSE_AFTER, timeout=60)
+        time.sleep(offset)
+        asked = time.monotonic()
+        pipes.say('pause')
+        paused = sim.wait_for(lambda s: s.received[-len(PAUSE_GCODE):] == PAUSE_GCODE, timeout=30)
+        pipes.say('cancel')
+        process.communicate(timeout=60)
+    pipes.close()
+    if not paused:
+        raise SystemExit('the sender never paused (control pipe)')
+    return pause_seconds(sim, asked)
+
+
+def paused_as_a_task(move_delay, root, offset):
+    """A printrun task of a store at ``root``, paused as ``rrcloud pause`` does (the record, then its runner)."""
+    from rrc.control import cancel_task, pause_task
+    from rrc.states import get_task
+    from rrc.store import Store
+    store = Store(str(root))
+    env = dict(os.environ, RRCLOUD_CONFIG=str(root / 'rrcloudrc'))
+    with PrinterSim(command_delays={word: move_delay for word in MOVES}) as sim:
+        submitted = subprocess.run([sys.executable, str(REPO / 'rrcloud.py'), 'printrun', sim.port,
+                                    str(DATA / 'small.gcode')], cwd=root, env=env, capture_output=True, text=True)
+        task_id = next(line[4:] for line in submitted.stdout.splitlines() if line.startswith('id: '))
+        sim.wait_for(lambda s: s.last_line >= PAUSE_AFTER, timeout=60)
+        while get_task(store, task_id).get('sender') != 'yes':
+            time.sleep(0.01)
+        time.sleep(offset)
+        asked = time.monotonic()
+        pause_task(store, task_id, by='bench_print')
+        paused = sim.wait_for(lambda s: s.received[-len(PAUSE_GCODE):] == PAUSE_GCODE, timeout=30)
+        cancel_task(store, task_id, by='bench_print')
+        while get_task(store, task_id)['status'] == 'busy':
+            time.sleep(0.05)
+    if not paused:
+        raise SystemExit(f'task {task_id} never paused')
+    return pause_seconds(sim, asked)
+
+
+def pause_table(move_delay, repeat):
+    """Pause latency, the control pipe against a task paused through its record, paired each round."""
+    root = Path(tempfile.mkdtemp(prefix='rrcloud-bench-pause-'))
+    (root / 'rrcloudrc').write_text('')
+    (root / 'services').mkdir()
+    (root / 'services' / 'printrun.conf').write_text(PTY_PRINTRUN_CONF)
+    pairs = []
+    try:
+        for round_number in range(repeat):
+            # a random moment: line PAUSE_AFTER comes at the same time after the runner's start in
+            # every run, and so would the watchdog's looks (every WATCHDOG_INTERVAL), phase-locked
+            offset = random.uniform(0, WATCHDOG_INTERVAL)
+            if round_number % 2:
+                task = paused_as_a_task(move_delay, root, offset)
+                pipe = paused_by_pipe(move_delay, offset)
+            else:
+                pipe = paused_by_pipe(move_delay, offset)
+                task = paused_as_a_task(move_delay, root, offset)
+            pairs.append((pipe, task))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows = []
+    for name, index in (('control pipe (the sender alone, baseline)', 0), ('a task: pause_task, record, watchdog', 1)):
+        stops = [pair[index][0] for pair in pairs]
+        moves = [pair[index][1] for pair in pairs]
+        ratio = statistics.median(pair[index][1] / pair[0][1] for pair in pairs)
+        aim = 'met' if statistics.median(moves) < 0.5 else 'NOT met'
+        rows.append([name, f'{statistics.median(stops):.3f}', f'{statistics.median(moves):.3f}',
+                     f'{min(moves):.3f} to {max(moves):.3f}', f'{ratio:.2f}x', aim])
+    print(f'\nFrom pause to the printer\'s last move: small.gcode, every G0/G1 taking {move_delay:g} s on the '
+          f'simulated printer, paused after line {PAUSE_AFTER}, {repeat} round(s) (a pair each)\n')
+    print(table(rows, ['asked through', 'to the pause G-code, s (median)', 'to the last move\'s ok, s (median)',
+                       'last move, min to max', 'ratio to the baseline (median of pairs)', 'aim: < 0.5 s']))
+
+
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -29,7 +29,7 @@ command line) sends that token and no other (``step_token_for``).
 import os
 import time
 
-from .errors import NotFound, UsageError
+from .errors import ConfigError, NotFound, UsageError
 from .projects import is_project_name
 from .schema import GCODE_FIELDS, JOB_SERVICE, Field, TaskStatus
 from .states import FINAL, State, initial_fields, move_locked, move_task, process_here, state_of
@@ -65,10 +65,11 @@ def step_service(services, errors, number, name):
     return find_service(services, errors, name)
 
 
-def check_steps(config, steps, also_allowed=()):
-    """Every check that needs no network: count, services, inputs, the chain of
-    formats, servers in this node's list (or ``also_allowed``: the ones a user
-    named on the command line).  UsageError (400 / exit 2) naming the step."""
+def check_steps(store, config, steps, also_allowed=()):
+    """Every check that needs no network: count, services, inputs, a print's
+    printer (``printers/NAME.conf`` of ``store``), the chain of formats,
+    servers in this node's list (or ``also_allowed``: the ones a user named on
+    the command line).  UsageError (400 / exit 2) naming the step."""
     if not steps:
         raise UsageError('a pipe needs at least one step')
     if len(steps) > config.maxSteps:
@@ -80,7 +81,7 @@ def check_steps(config, steps, also_allowed=()):
         if number > 1 and any(not item.prearg for item in step.inputs):
             raise UsageError(f'{where} takes its input from step {number - 1}: give it only '
                              f'inputs with a prefix such as --load=')
-        check_arguments(where, step)
+        check_arguments(store, where, step)
         if number < len(steps):
             check_chain(where, step, steps[number], number)
         step.server = configured_server(config, step.server, where, also_allowed)
@@ -89,17 +90,31 @@ def check_steps(config, steps, also_allowed=()):
                              f'send the pipe to that server instead')
 
 
-def check_arguments(where, step):
+def check_arguments(store, where, step):
     """A step's own arguments, as a task's are checked (again when its record is made)."""
     from .services import check_native_args, check_output_ext, check_params, check_prearg
     try:
         for item in step.inputs:
             check_prearg(step.service, item.prearg)
-        check_native_args(step.service, step.native)
+        check_native_args(step.service, step_native_words(store, step))
         check_params(step.service, step.params)
         check_output_ext(step.service, step.out_ext)
-    except UsageError as exc:
-        raise UsageError(f'{where}: {exc}') from None
+    except (UsageError, ConfigError) as exc:
+        raise exc.__class__(f'{where}: {exc}') from None
+
+
+def step_native_words(store, step):
+    """A step's native words as its task runs with them: a print that names
+    its printer (``printrun mk3``) on that printer's port, as a direct print
+    (``submission.create_task_record`` resolves it again into the record's
+    ``printer``); an unknown printer or a bad conf is an error now."""
+    from .printers import names_a_printer, resolve_printer
+    if not names_a_printer(step.service, step.native):
+        return step.native
+    if step.server:  # this node's printers/ says nothing of another server's
+        raise UsageError(f'a printer\'s name ({step.native[0]}) is looked up by the server that holds the job, '
+                         f'not passed on to {step.server}: give the port there, or send the whole pipe to it')
+    return resolve_printer(store.root, step.service, step.native)[0]
 
 
 def check_chain(where, step, following, number):
@@ -166,7 +181,7 @@ def submit_pipe(store, config, steps, token_for, client='localhost', notifier=''
     returns the job's record.  Nothing is created when a check fails.
     ``token_for`` chooses the token each step's server gets (module docstring)."""
     from .backends import task_queue
-    check_steps(config, steps, also_allowed)
+    check_steps(store, config, steps, also_allowed)
     if any(step.server for step in steps):
         check_remote_steps(store, steps, token_for)
     task_queue(store, config).check()  # a farm's Redis down: refused before anything is written

@@ -448,14 +448,22 @@ def step_forwarded_to_a_listener(embedded_server, host_token=''):
 
 
 @contextlib.contextmanager
-def rrcloud_on_a_terminal(cwd, *args, env=None):
+def rrcloud_on_a_terminal(cwd, *args, env=None, stdout_too=False, columns=None):
     """``rrcloud ARGS`` with its stderr on a pseudo-terminal (where a progress
-    line is drawn); yields (the process, the terminal's master side).  At
-    the end a process still running is killed with its group."""
+    line is drawn; ``stdout_too``: its stdout as well, as ``watch`` draws
+    there; ``columns``: the terminal's width, else the pty's own 0, which
+    rrcloud takes for 80); yields (the process, the terminal's master side).
+    At the end a process still running is killed with its group."""
     master, terminal = pty.openpty()
     try:
+        if columns:
+            import fcntl
+            import struct
+            import termios
+            fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, columns, 0, 0))
         client = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), *args], cwd=cwd, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal,
+                                  stdin=subprocess.DEVNULL, stdout=terminal if stdout_too else subprocess.DEVNULL,
+                                  stderr=terminal,
                                   start_new_session=True)
     finally:
         os.close(terminal)

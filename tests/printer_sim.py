@@ -186,6 +186,11 @@ class PrinterSim:
                      ok and fall silent (Marlin's kill()); the line counts
                      as accepted.
     halt_lines       default HALT_LINES.
+    heat_rate        when set, the hotend and bed heat (cool) towards the
+                     targets of M104/M109 and M140/M190 at heat_rate degrees
+                     a second from 20 °C, and M105 and the auto-report say
+                     where they are; default None: M105 answers M105_OK, the
+                     auto-report 200/200 and 60/60.
     reset_on_open    the board resets when the host opens the port (an
                      Arduino does, by DTR): banner after ``banner_delay``,
                      input dropped meanwhile, line number back to 0.  False:
@@ -217,8 +222,14 @@ class PrinterSim:
                  halt_at_line=None, halt_lines=HALT_LINES,
                  unanswered_error_lines=(), unanswered_error="No Line Number with checksum",
                  swallow_resent_lines=(), report_when_silent=False, wait_interval=None,
-                 hold_at_line=None):
+                 hold_at_line=None, heat_rate=None):
         self.banner_delay = banner_delay
+        # Heaters that move towards their M104/M109/M140/M190 target at
+        # heat_rate degrees a second, reported by M105 and the auto-report
+        # ([current, target]); None: the fixed lines of M105_OK and 200/60.
+        self.heat_rate = heat_rate
+        self.heaters = {"T": [20.0, 0.0], "B": [20.0, 0.0]}
+        self._heated_at = time.monotonic()
         # Line hold_at_line is worked on (busy: every 0.5 s) until release():
         # a test acts while the print is known to be at that line.
         self.hold_at_line = hold_at_line
@@ -425,7 +436,7 @@ class PrinterSim:
             if self._temp_due is not None and now >= self._temp_due:
                 self._temp_due = now + self.temp_interval
                 if not self.silent or self.report_when_silent:
-                    self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+                    self._emit([self._temperature_report()])
             self._idle_wait(now, data)
             if data:
                 if self._banner_due is not None:
@@ -576,6 +587,7 @@ class PrinterSim:
             self.received_numbered.append((n, code))
         self._accepted_count += 1
         word = code.split()[0].upper() if code.split() else ""
+        self._set_target(word, code)
         delay = self.command_delays.get(word, self.delay)
         if delay:
             self._work(out, delay, heating=word in HEATING_COMMANDS)
@@ -597,7 +609,7 @@ class PrinterSim:
             self.dropped_oks.append(n)
             self._log("*", "ok of line %d lost on the wire" % n)
         elif word == "M105":
-            out.append(M105_OK)
+            out.append(M105_OK if self.heat_rate is None else "ok" + self._temperature_report())
         elif word == "M155":
             self._auto_report(code)
             out.append("ok")
@@ -640,6 +652,30 @@ class PrinterSim:
         self.temp_interval = seconds or None
         self._temp_due = time.monotonic() + seconds if seconds else None
 
+    def _set_target(self, word, code):
+        """M104/M109 S (hotend), M140/M190 S (bed): the heater's new target (with ``heat_rate``)."""
+        heater = {"M104": "T", "M109": "T", "M140": "B", "M190": "B"}.get(word)
+        for value in code.split()[1:] if heater and self.heat_rate is not None else ():
+            if value[:1] in "Ss":
+                try:
+                    self.heaters[heater][1] = float(value[1:])
+                except ValueError:
+                    pass
+
+    def _temperature_report(self):
+        """A temperature line: fixed (200/200, 60/60), or with ``heat_rate`` the
+        heaters as they are now, each moved towards its target (off: to 20 °C)."""
+        if self.heat_rate is None:
+            return " T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"
+        now = time.monotonic()
+        step = self.heat_rate * (now - self._heated_at)
+        self._heated_at = now
+        for state in self.heaters.values():
+            goal = state[1] or 20.0
+            state[0] = min(state[0] + step, goal) if state[0] < goal else max(state[0] - step, goal)
+        (t, t_target), (b, b_target) = self.heaters["T"], self.heaters["B"]
+        return " T:%.1f /%.1f B:%.1f /%.1f @:0 B@:0" % (t, t_target, b, b_target)
+
     def _work(self, out, seconds, heating=False):
         """Spend ``seconds`` on a command, with busy keepalives (temperatures while heating)."""
         if out:
@@ -663,7 +699,7 @@ class PrinterSim:
                 self._emit([HEATING_REPORT if heating else "echo:busy: processing"])
             if self._temp_due is not None and time.monotonic() >= self._temp_due:
                 self._temp_due = time.monotonic() + self.temp_interval
-                self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+                self._emit([self._temperature_report()])
 
     def _wait_or_break(self, seconds, heating):
         """Wait while working; True when the wait must end: the sim stops,
@@ -702,7 +738,7 @@ class PrinterSim:
         while not self._released.wait(0.5) and not self._stop.is_set():
             self._emit(["echo:busy: processing"])
             if self.temp_interval:  # M155's auto-report goes on while the printer works
-                self._emit([" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0"])
+                self._emit([self._temperature_report()])
 
     def _emit_error_line(self, message, out):
         line = "Error:%s, Last Line: %d" % (message, self.last_line)

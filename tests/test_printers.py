@@ -307,3 +307,117 @@ def test_a_client_names_the_printer_and_its_server_prints_on_it(cli, workdir, em
     assert result.code == 0, result
     assert printed(sim) == EXPECTED
     assert listed.code == 0 and f'name: mk3\nport: {sim.port}\nstate: idle\n' in listed.out, listed
+
+
+###############################################################################
+# A pipe's print step by name (rrcloud pipe ... -- printrun mk3)
+###############################################################################
+
+# A step that writes small.gcode as its output: the G-code a slicer would hand on.
+GCODE_STEP_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\noutput = $fileOut\nfileOut = $id.gcode\n'
+GCODE_SCRIPT = f"cat > \"$1\" <<'END'\n{SMALL.read_text()}END\n"
+
+
+@pytest.fixture
+def gcode_pipe(printer_store):
+    """A store with a `gcode` service whose step writes small.gcode, and its script."""
+    make_service(printer_store, 'gcode', GCODE_STEP_SERVICE)
+    (printer_store / 'gcode.sh').write_text(GCODE_SCRIPT)
+    return printer_store
+
+
+def test_a_pipe_step_prints_on_a_printer_by_name_and_waits_for_it_like_a_print(cli, gcode_pipe):
+    write_config(gcode_pipe, 'maxTasks = 4\n')  # slots enough: only the printer makes the step wait
+    with PrinterSim(hold_at_line=100) as sim:
+        write_printer(gcode_pipe, 'mk3', f'port = {sim.port}\n')
+        first = task_id_of(cli('printrun', 'mk3', 'small.gcode').out)
+        assert sim.holding.wait(30)
+        piped = cli('pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk3')
+        store = Store(str(gcode_pipe))
+        job = store.read_task(task_id_of(piped.out))
+        make, print_step = job['steps'].split(',')
+        wait_until_done(gcode_pipe, make)
+        waiting_for_the_printer = wait_for(
+            lambda: (lambda r: r.get('queued') == 'yes' and r)(read_record(gcode_pipe, print_step)),
+            'the print step queued behind the print on mk3')
+        sim.release()
+        records = [wait_until_done(gcode_pipe, task_id) for task_id in (first, print_step, job['id'])]
+
+    assert piped.code == 0, piped
+    assert [r['status'] for r in records] == ['complete'] * 3, records
+    assert records[1]['printer'] == 'mk3' and records[1]['nativeArgs'] == sim.port, records[1]
+    assert 'stime' not in waiting_for_the_printer, waiting_for_the_printer
+    assert float(records[1]['stime']) >= float(records[0]['etime']), records
+    assert printed(sim) == EXPECTED + EXPECTED
+
+
+def test_a_pipe_naming_an_unknown_printer_is_refused_before_anything_is_submitted(cli, gcode_pipe):
+    write_printer(gcode_pipe, 'mk3', f'port = {MISSING_PORT}\n')
+    result = cli('pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk4')
+
+    assert result.code == 2, result
+    assert result.err == "rrcloud: error: step 2 (printrun): unknown printer 'mk4' (configured: mk3)\n"
+    assert result.out == ''
+    assert store_files(gcode_pipe) == set()
+
+
+def test_a_pipe_naming_a_printer_with_a_bad_conf_is_refused(cli, gcode_pipe):
+    write_printer(gcode_pipe, 'mk3', 'port = /dev/ttyUSB0\n')  # the pty service allows /dev/pts/ only
+    result = cli('pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk3')
+
+    assert result.code != 0, result
+    assert result.err.startswith('rrcloud: error: step 2 (printrun): printer '), result
+    assert '/dev/ttyUSB0 is not allowed' in result.err, result
+    assert store_files(gcode_pipe) == set()
+
+
+def test_a_printer_name_is_not_sent_on_to_another_servers_step(cli, gcode_pipe):
+    """This node's printers/ says nothing of another server's printers: said, never resolved here."""
+    write_printer(gcode_pipe, 'mk3', f'port = {MISSING_PORT}\n')
+    result = cli('pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk3', '--s=127.0.0.1:9')
+
+    assert result.code == 2, result
+    assert result.err.startswith("rrcloud: error: step 2 (printrun): a printer's name (mk3) is looked up by the "
+                                 "server that holds the job"), result
+    assert store_files(gcode_pipe) == set()
+
+
+def test_a_pipe_over_http_prints_on_a_printer_by_name(tmp_path):
+    deployment = deploy.deployment('wsgi', services={'printrun': PTY_PRINTRUN_CONF, 'gcode': GCODE_STEP_SERVICE})
+    script = GCODE_SCRIPT.encode()
+    with deploy.running(deployment), PrinterSim() as sim:
+        write_printer(deployment.store, 'mk3', f'port = {sim.port}\n')
+        url = f'{deployment.url}/'
+        refused = deployment.session.post(url, data={'service': 'pipe', 'step1': 'gcode', 'step2': 'printrun',
+                                                     'step2.nativeArgs': 'mk9'},
+                                          files={'step1.fileIn0': ('gcode.sh', script)}, timeout=30)
+        left = store_files(deployment.store)
+        answer = deployment.session.post(url, data={'service': 'pipe', 'step1': 'gcode', 'step2': 'printrun',
+                                                    'step2.nativeArgs': 'mk3', 'format': 'json'},
+                                         files={'step1.fileIn0': ('gcode.sh', script)}, timeout=30)
+        job = wait_done(deployment, answer.json()['id'])
+        step = Store(str(deployment.store)).read_task(job['steps'].split(',')[1])
+
+    assert refused.status_code == 400 and "step 2 (printrun): unknown printer 'mk9'" in refused.text, refused.text
+    assert not any(name.startswith(('in/', 'info/', 'queue/', 'waiting/')) for name in left), left
+    assert job['status'] == 'complete', job
+    assert step['printer'] == 'mk3' and step['status'] == 'complete', step
+    assert printed(sim) == EXPECTED
+
+
+def test_a_pipe_sent_to_a_server_prints_on_that_servers_printer_by_name(cli, gcode_pipe, embedded_server):
+    """The whole pipe goes to the server (every step runs there): the name is looked up in its printers/."""
+    server = embedded_server(services={'printrun': PTY_PRINTRUN_CONF, 'gcode': GCODE_STEP_SERVICE})
+    with PrinterSim() as sim:
+        write_printer(server.root, 'mk3', f'port = {sim.port}\n')
+        result = cli('--sync', f'--s={server.address}', 'pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk3')
+        unknown = cli(f'--s={server.address}', 'pipe', 'gcode', 'gcode.sh', '--', 'printrun', 'mk4')
+    server_store = Store(str(server.root))
+    (job,) = [r for r in map(server_store.read_task, server_store.task_ids()) if r['service'] == 'pipe']
+    step = server_store.read_task(job['steps'].split(',')[1])
+
+    assert result.code == 0, result
+    assert job['status'] == 'complete' and step['printer'] == 'mk3', (job, step)
+    assert printed(sim) == EXPECTED
+    assert unknown.code == 2, unknown
+    assert "refused the pipe: step 2 (printrun): unknown printer 'mk4' (configured: mk3)" in unknown.err, unknown

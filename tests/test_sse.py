@@ -14,13 +14,14 @@ RepRapCloud 0.019 server (a fake: nothing real plays one) without events.
 """
 import json
 import os
+import re
 import select
 
 import pytest
 
 import deploy
 from conftest import DATA, make_service, task_id_of
-from helpers import PTY_PRINTRUN_CONF, SH_INPUTS_SERVICE, rrcloud_on_a_terminal, submit, wait_for
+from helpers import PTY_PRINTRUN_CONF, SH_INPUTS_SERVICE, read_terminal_until, rrcloud_on_a_terminal, submit, wait_for
 from inprocess import build_environ
 from printer_sim import PrinterSim
 from rrc.events import append_event, read_events
@@ -246,6 +247,116 @@ def test_watch_follows_a_print_to_its_end(cli, local):
     assert {'status', 'progress', 'log'} <= {m['kind'] for m in messages}
     events = read_events(Store(str(local)), task_id)
     assert [m['id'] for m in messages if 'id' in m] == [e.id for e in events]
+
+
+# A print whose heaters warm up from 20 °C towards small.gcode's own M104 S200 and
+# M140 S60, reported every 0.2 s (M155's auto-report), lines worked on for 5 ms.
+HEATING_PRINTER = {'delay': 0.005, 'temp_interval': 0.2, 'heat_rate': 50}
+# Before small.gcode's M104 and M140 the heaters are off (target 0), and no layer has begun.
+PRINTER_LINE = re.compile(r'printer: hotend (\d+\.\d)/(?:200|0) C  bed (\d+\.\d)/(?:60|0) C'
+                          r'(?:  layer (\d+))?(?:  z (\d+\.\d\d))?(?:  eta [0-9hms]+)?$')
+TREND = '[\u2581-\u2588]+'
+
+
+def heated_events(root, task_id):
+    """The printer objects of a print's progress events that carry temperatures."""
+    return [event.data['printer'] for event in read_events(Store(str(root)), task_id)
+            if event.kind == 'progress' and 'hotend' in event.data.get('printer', {})]
+
+
+def test_watch_shows_a_prints_temperatures_layer_and_height(cli, local):
+    (local / 'small.gcode').write_bytes((DATA / 'small.gcode').read_bytes())
+    with PrinterSim(**HEATING_PRINTER) as sim:
+        task_id = task_id_of(cli('printrun', sim.port, 'small.gcode').out)
+        watched = cli('watch', task_id)
+    replayed = cli('watch', task_id, '--format=json')
+
+    assert watched.code == 0, watched
+    assert watched.out.isascii(), watched.out  # not a terminal: plain ASCII, no trend
+    lines = [line for line in watched.out.splitlines() if line.startswith('printer: hotend')]
+    assert lines and all(PRINTER_LINE.match(line) for line in lines), watched.out
+    states = heated_events(local, task_id)
+    shown = [PRINTER_LINE.match(line).groups()[:4] for line in lines]
+    assert shown == [(f'{p["hotend"]:.1f}', f'{p["bed"]:.1f}', str(p['layer']) if 'layer' in p else None,
+                      f'{p["z"]:.2f}' if 'z' in p else None) for p in states]
+    hotends = [float(hotend) for hotend, *_ in shown]
+    assert hotends == sorted(hotends) and 20 <= hotends[0] and hotends[-1] <= 200, hotends  # warming up
+    # each printer line follows its progress line
+    numbered = watched.out.splitlines()
+    assert all(numbered[numbered.index(line) - 1].startswith('progress: ') for line in lines)
+    # JSON: parseable, the printer's fields in each progress event
+    messages = [json.loads(line) for line in replayed.out.splitlines()]
+    printers = [m['data']['printer'] for m in messages if m['kind'] == 'progress' and 'printer' in m['data']]
+    assert [p for p in printers if 'hotend' in p] == states
+    assert {'hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z'} <= set(printers[-1]), printers[-1]
+
+
+@pytest.mark.parametrize('encoding, columns', [('utf-8', 200), ('utf-8', 80), ('ascii', 200)])
+def test_watch_on_a_terminal_draws_the_printer_under_the_bar_with_a_trend(cli, local, encoding, columns):
+    (local / 'small.gcode').write_bytes((DATA / 'small.gcode').read_bytes())
+    with PrinterSim(**HEATING_PRINTER) as sim:
+        task_id = task_id_of(cli('printrun', sim.port, 'small.gcode').out)
+        env = dict(os.environ, PYTHONIOENCODING=encoding)
+        with rrcloud_on_a_terminal(local, 'watch', task_id, env=env, stdout_too=True,
+                                   columns=columns) as (client, master):
+            seen = read_terminal_until(master, 'status: complete', client)
+            assert client.wait(30) == 0
+    count = len(heated_events(local, task_id))
+
+    assert 'status: complete' in seen and 'printer: ' not in seen, seen
+    assert '\r\x1b[K\x1b[1A\x1b[K' in seen, seen  # the bar and the printer line wiped and drawn again
+    if encoding == 'ascii':  # a terminal that cannot show them: no trend, no degree sign
+        assert seen.isascii() and re.search(r'\] \d+%\r?\nhotend \d+\.\d/200 C  bed \d+\.\d/60 C  layer', seen), seen
+        return
+    printer_lines = re.findall(r'\nhotend [^\r\n]*', seen)
+    assert printer_lines and all(len(line) - 1 < columns for line in printer_lines), printer_lines  # never wrapped
+    drawn = re.findall(rf'\] \d+%\r?\nhotend \d+\.\d/200 °C ({TREND})  bed \d+\.\d/60 °C ({TREND})  '
+                       rf'layer \d+  z \d+\.\d\d', seen)
+    assert drawn, seen
+    assert all(len(hotend) == len(bed) for hotend, bed in drawn)
+    if columns == 200:
+        assert max(len(hotend) for hotend, _ in drawn) == min(count, 12), (drawn, count)
+    else:  # fewer readings, as many as the width has room for
+        assert max(len(hotend) for hotend, _ in drawn) < 12, drawn
+
+
+def test_watch_shows_only_the_numbers_of_a_servers_printer_state():
+    """A server's event reaches the terminal as numbers only: text, NaN, a bool are left out."""
+    import io
+    from rrc.cli.watch import TextView
+    from rrc.livestream import Message
+    out = io.StringIO()
+    TextView(out).show(Message('progress', '{}', None, {'done': 1, 'total': 2, 'eta': 75, 'printer': {
+        'hotend': '\x1b[2J210', 'hotendTarget': 210, 'bed': float('nan'), 'layer': True, 'z': 1.5}}))
+
+    assert out.getvalue() == 'progress: 1/2 eta 75s\nprinter: z 1.50  eta 1m15s\n'
+
+
+def test_watch_trend_keeps_the_printer_line_within_80_columns():
+    """Fifteen readings on an 80-column terminal: as many as fit, the newest, never a wrapped line."""
+    import io
+    from rrc.cli.watch import TextView
+    from rrc.livestream import Message
+
+    class Terminal(io.StringIO):  # no fileno: rrcloud takes it for 80 columns
+        encoding = 'utf-8'
+
+        def isatty(self):
+            return True
+    view = TextView(Terminal())
+    for reading in range(15):
+        view.show(Message('progress', '{}', None, {'done': reading, 'total': 100, 'eta': 192, 'printer': {
+            'hotend': 20.0 + 10 * reading, 'hotendTarget': 200, 'bed': 60.0, 'bedTarget': 60, 'layer': reading,
+            'z': 11.8}}))
+    bar, printer = view.bar
+
+    assert bar.startswith('[###') and 'left' not in bar  # the time left is said once, on the printer line
+    assert len(printer) <= 79 and printer.endswith('layer 14  z 11.80  eta 3m12s'), printer
+    trend = re.match(rf'hotend 160\.0/200 °C ({TREND})  bed 60\.0/60 °C ({TREND})  ', printer)
+    assert trend and 0 < len(trend.group(1)) == len(trend.group(2)) < 12, printer
+    rising, steady = trend.groups()
+    assert list(rising) == sorted(rising) and rising[0] < rising[-1], rising  # scaled up to the target 200
+    assert steady == '\u2588' * len(steady)  # at its target: the top block
 
 
 def test_watch_of_a_failed_task_exits_as_sync_does(cli, local):

@@ -9,10 +9,22 @@ ends each stream after a minute).  A server without events (RepRapCloud
 
 Text: status changes, the tool's log lines as they come, notes, a job's
 steps, and progress (a bar redrawn in place on a terminal, a line per
-event otherwise).  ``--format=json``: one JSON object per message, as the
-stream sends it.  The exit code is the task's: 0 complete, else what a
-``--sync`` run of it returns.
+event otherwise).  A print's progress events carry its printer's state,
+shown as a line of its own::
+
+    hotend 205.1/210 °C ▁▃▅▇██  bed 60.0/60 °C ▇▇████  layer 12  z 2.40  eta 3m12s
+
+on a terminal under the bar, each temperature with the trend of its last
+readings (TREND_READINGS, fewer where the terminal is too narrow) in block
+characters; elsewhere (a pipe, a file,
+a terminal whose encoding has no such characters) in plain ASCII, ``C``
+for ``°C`` and no trend, after each ``progress:`` line as ``printer: ...``.
+``--format=json``: one JSON object per message, as the stream sends it (a
+print's progress with its ``printer`` object).  The exit code is the
+task's: 0 complete, else what a ``--sync`` run of it returns.
 """
+
+import math
 
 import sys
 import time
@@ -32,6 +44,16 @@ from ..states import get_task
 READ_TIMEOUT = 40
 RECONNECT_DELAY = 2.0
 POLL_WAIT = 30
+# A print's trend: the last readings of each temperature, drawn in these characters
+# from the lowest to the highest (at least TREND_MIN_SPAN degrees apart, so a
+# steady temperature's noise of a degree stays a flat line at the top).
+TREND_READINGS = 12
+TREND_BLOCKS = '\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588'
+TREND_MIN_SPAN = 10.0
+# What a print's progress event says of its printer (supervise.PRINTER_STATE_FIELDS), and its bounds.
+PRINTER_NUMBERS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
+PRINTER_NUMBER_MAX = 1e9
+HEATERS = ('hotend', 'bed')
 
 
 def cmd_watch(ctx, args):
@@ -302,13 +324,18 @@ class TextView:
     def __init__(self, out):
         self.out = out
         self.tty = out.isatty()
-        self.bar = ''  # the bar on screen (tty only)
+        # block characters and a degree sign only where the terminal can show them
+        self.fancy = self.tty and can_encode(out, TREND_BLOCKS + '\u00b0')
+        self.bar = ()  # the lines on screen under the others: the bar, a print's printer (tty only)
         self.progress = None  # (data, when it came) of the bar on screen
         self.state = None
+        self.trends = {heater: [] for heater in HEATERS}  # a print's last temperatures
 
     def show(self, message):
         if message.final:
             self.close()  # the end: no bar under it
+        if message.kind == PROGRESS:
+            self.note_temperatures(message.data)
         if message.kind == PROGRESS and self.tty:
             self.progress = (message.data, time.monotonic())
             self.tick()
@@ -316,14 +343,45 @@ class TextView:
         line = self.text_of(message)
         if line is not None:
             self.write_line(line)
+        if message.kind == PROGRESS:
+            printer = self.printer_line(message.data, 0.0)
+            if printer:
+                self.write_line(f'printer: {printer}')
+
+    def note_temperatures(self, data):
+        """Keep the temperatures of a print's progress event for the trend (TREND_READINGS each)."""
+        printer = checked_printer(data)
+        for heater in HEATERS if printer else ():
+            if heater in printer:
+                self.trends[heater] = (self.trends[heater] + [printer[heater]])[-TREND_READINGS:]
+
+    def printer_line(self, data, age):
+        """A print's printer state as one line (None for any other progress)."""
+        printer = checked_printer(data)
+        if not printer:
+            return None
+        if not self.fancy:
+            return printer_text(printer, eta=left_of(data, age))
+        width = terminal_width(self.out) - 1
+        for readings in range(TREND_READINGS, -1, -1):  # as many readings as the terminal's width has room for
+            trends = {heater: values[len(values) - readings:] if readings else []
+                      for heater, values in self.trends.items()}
+            line = printer_text(printer, trends, unit='\u00b0C', eta=left_of(data, age))
+            if line is None or len(line) <= width:
+                return line
+        return line
 
     def tick(self):
         """The bar drawn again: its time left counted down."""
         if self.progress:
             data, came = self.progress
-            bar = progress_bar(data, time.monotonic() - came)
-            if bar and bar != self.bar:
-                self.draw_bar(bar)
+            age = time.monotonic() - came
+            printer = self.printer_line(data, age)
+            if printer:  # the time left is the printer line's, said once
+                data = {key: value for key, value in data.items() if key != 'eta'}
+            lines = tuple(line for line in (progress_bar(data, age), printer) if line)
+            if lines and lines != self.bar:
+                self.draw_bar(lines)
 
     def text_of(self, message):
         data = message.data
@@ -347,24 +405,31 @@ class TextView:
 
     def write_line(self, line):
         """A line above the bar: the bar is wiped, the line written, the bar drawn again."""
-        if self.bar:
-            self.out.write('\r\x1b[K')
+        self.wipe_bar()
         self.out.write(line + '\n')
-        if self.bar:
-            self.out.write(self.bar)
+        self.out.write('\n'.join(self.bar))
         self.out.flush()
 
-    def draw_bar(self, bar):
-        self.bar = bar
-        self.out.write(f'\r{bar}\x1b[K')
+    def draw_bar(self, lines):
+        """The lines under the others drawn anew, each cut to the terminal's width (a wrapped
+        line could not be wiped)."""
+        width = terminal_width(self.out)
+        self.wipe_bar()
+        self.bar = tuple(line[:width - 1] for line in lines)
+        self.out.write('\n'.join(self.bar))
         self.out.flush()
+
+    def wipe_bar(self):
+        """The bar's lines cleared, the cursor at the start of the first."""
+        if self.bar:
+            self.out.write('\r\x1b[K' + '\x1b[1A\x1b[K' * (len(self.bar) - 1))
 
     def close(self):
         self.progress = None
         if self.bar:
-            self.out.write('\r\x1b[K')
+            self.wipe_bar()
             self.out.flush()
-            self.bar = ''
+            self.bar = ()
 
 
 def status_text(data):
@@ -393,3 +458,90 @@ def progress_text(data):
         words += [f'{data["percent"]:.1f}%'] if 'percent' in data else []
     words += [f'eta {data["eta"]:.0f}s'] if 'eta' in data else []
     return 'progress: ' + ' '.join(words)
+
+
+# -- a print's printer --------------------------------------------------------
+
+def checked_printer(data):
+    """The printer state of a print's progress event (``data['printer']``) with
+    only the known keys' finite numbers (a server's event is shown as numbers,
+    never as its text); None when it holds none."""
+    printer = data.get('printer') if isinstance(data, dict) else None
+    if not isinstance(printer, dict):
+        return None
+    checked = {key: printer[key] for key in PRINTER_NUMBERS if is_finite_number(printer.get(key))}
+    return checked or None
+
+
+def is_finite_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and abs(value) < PRINTER_NUMBER_MAX)
+
+
+def left_of(data, age):
+    """A progress event's time left, counted down by ``age``; None when it has none."""
+    eta = data.get('eta') if isinstance(data, dict) else None
+    return max(eta - max(age, 0.0), 0.0) if is_finite_number(eta) and eta >= 0 else None
+
+
+def printer_text(printer, trends=None, unit='C', eta=None):
+    """``hotend 205.1/210 C  bed 60.0/60 C  layer 12  z 2.40  eta 3m12s`` (what the
+    printer reported of it); with ``trends`` each temperature's last readings after it."""
+    parts = [temperature_text(heater, printer, unit, (trends or {}).get(heater))
+             for heater in HEATERS if heater in printer]
+    if 'layer' in printer:
+        parts.append(f'layer {printer["layer"]:g}')
+    if 'z' in printer:
+        parts.append(f'z {printer["z"]:.2f}')
+    if printer.get('paused'):
+        parts.append('paused')
+    if eta is not None:
+        parts.append(f'eta {duration_text(eta)}')
+    return '  '.join(parts) or None
+
+
+def temperature_text(heater, printer, unit, readings=None):
+    """``hotend 205.1/210 °C`` (``/TARGET`` where the printer named one), its trend after it."""
+    target = printer.get(heater + 'Target')
+    text = f'{heater} {printer[heater]:.1f}' + (f'/{target:g}' if target is not None else '') + f' {unit}'
+    return text + (f' {sparkline(readings, target)}' if readings else '')
+
+
+def sparkline(readings, target=None):
+    """The readings as block characters, the highest (or the target) at the top,
+    at least TREND_MIN_SPAN degrees from the lowest block to the highest."""
+    top = max(list(readings) + ([target] if target else []))
+    bottom = min(min(readings), top - TREND_MIN_SPAN)
+    steps = len(TREND_BLOCKS) - 1
+    return ''.join(TREND_BLOCKS[min(steps, max(0, round((value - bottom) / (top - bottom) * steps)))]
+                   for value in readings)
+
+
+def duration_text(seconds):
+    """``45s``, ``3m12s``, ``1h02m``."""
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f'{seconds}s'
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f'{minutes}m{seconds:02d}s'
+    hours, minutes = divmod(minutes, 60)
+    return f'{hours}h{minutes:02d}m'
+
+
+def can_encode(out, text):
+    """True when ``out`` can write ``text`` in its encoding."""
+    try:
+        text.encode(getattr(out, 'encoding', None) or 'ascii')
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def terminal_width(out):
+    """The width of ``out``'s terminal (80 when it cannot be asked)."""
+    import os
+    try:
+        return os.get_terminal_size(out.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        return 80
