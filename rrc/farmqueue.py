@@ -289,15 +289,17 @@ class FarmQueue:
         while queued, removed, ended while the front-end that ended it died)
         given up; the next print for that printer is pushed."""
         from .names import is_task_id
-        from .printers import is_printer_name
         from .states import State, state_of
-        for key in self.redis.scan_iter(match=PRINTER_KEY + '*', count=100):
-            printer = key.decode('ascii', 'replace')[len(PRINTER_KEY):]
-            holder = (self.redis.get(key) or b'').decode('ascii', 'replace')
-            if not is_printer_name(printer):  # not rrcloud's key: never a name in a path or a queue
+        from .printers import printer_names
+        from .store import is_marked
+        for printer in printer_names(self.store.root):  # the farm's printers: no scan of all of Redis
+            holder = (self.redis.get(PRINTER_KEY + printer) or b'').decode('ascii', 'replace')
+            if not holder:
                 continue
             record = self._record_or_none(holder) if is_task_id(holder) else None
-            if record is None or state_of(record) not in (State.QUEUED, State.RUNNING, State.SUSPENDED):
+            stopping = record is not None and is_marked(self.store, 'running', holder)
+            if record is None or (state_of(record) not in (State.QUEUED, State.RUNNING, State.SUSPENDED)
+                                  and not stopping):  # a killed print still cancelling holds its printer
                 self.release_printer(printer, holder)
 
     def place(self, record):
@@ -390,10 +392,16 @@ class FarmQueue:
         return self._push(record)
 
     def lengths(self):
-        """Tasks waiting in Redis, by service (of the services this front-end has)."""
+        """Tasks waiting in Redis, by service (of the services this front-end
+        has), and by print service and named printer (``printrun@mk3``)."""
+        from .printers import PRINT_SERVICES, printer_names
         from .services import load_services
         services, _ = load_services(self.store.root)
-        return {name: self.redis.llen(f'rq:queue:{queue_name(name)}') for name in sorted(services)}
+        names = [(name, '') for name in sorted(services)]
+        names += [(name, printer) for name in sorted(services) if name in PRINT_SERVICES
+                  for printer in printer_names(self.store.root)]
+        return {name + (PRINTER_QUEUE_MARK + printer if printer else ''):
+                self.redis.llen(f'rq:queue:{queue_name(name, printer)}') for name, printer in names}
 
     def workers(self):
         """The farm's workers: name, services, busy or idle, last heartbeat."""
@@ -422,17 +430,17 @@ def is_queue_of_ours(name):
 
 
 def busy_prints(store, printer, but=''):
-    """The ids of the store's busy prints (running or paused, by the running
-    markers) on the named ``printer``, other than ``but``."""
+    """The ids of the store's prints on the named ``printer`` that have a
+    running marker (running, paused, or killed and still being cancelled on
+    their worker: the marker goes at its ``workdone``), other than ``but``."""
     from .printers import print_targets
     from .store import marked
-    from .schema import TaskStatus
     busy = []
     for task_id in marked(store, 'running'):
         try:
             record = store.read_task(task_id)
         except (RRCloudError, KeyError, ValueError):
             continue
-        if task_id != but and record.get(Field.STATUS) == TaskStatus.BUSY and printer in print_targets(record):
+        if task_id != but and printer in print_targets(record):
             busy.append(task_id)
     return busy

@@ -27,7 +27,7 @@ from .events import NOTE, PROGRESS, append_event, checked_progress
 from .identity import is_node_name
 from .schema import YES, Field, TaskStatus
 from .states import State, move_locked, state_of
-from .store import ORDER_FOLDER, append_log, unmark
+from .store import ORDER_FOLDER, append_log, is_marked, unmark
 
 # A worker's task whose worker said nothing for this long is asked about in
 # Redis (a worker says something every half second while it runs a task).
@@ -207,6 +207,20 @@ def current_run(store, task_id, attempt):
     return record
 
 
+def updated_run(store, task_id, attempt):
+    """The record of a task whose current run is ``attempt`` and still goes
+    on: busy, or ended by a kill while its worker still stops it (its
+    running marker is there until the worker's ``workdone``: a print's
+    cancel takes up to its grace, and all that while its printer is taken;
+    its updates keep the marker fresh, so the sweep does not end it first).
+    StaleRun otherwise."""
+    record = store.read_task(task_id)
+    if int(record.get(Field.ATTEMPT) or 0) != attempt or (
+            record.get(Field.STATUS) != TaskStatus.BUSY and not is_marked(store, 'running', task_id)):
+        raise StaleRun(f'run {attempt} of task {task_id} is not its current one')
+    return record
+
+
 def input_of_run(store, task_id, attempt, path):
     """The file of one of the inputs of a task's current run; the run is
     alive while its worker fetches them (before its updates begin)."""
@@ -256,8 +270,8 @@ def take_update(store, config, task_id, attempt, log_bytes, events, sender=False
     and notes, and (``sender``) that a print's sender runs, which opens it
     to pause, cancel and stop.  The record as it is now (a kill, a
     suspension, a print's cancel or stop)."""
-    record = current_run(store, task_id, attempt)
-    if sender and record.get(Field.SENDER) != YES:
+    record = updated_run(store, task_id, attempt)
+    if sender and record.get(Field.SENDER) != YES and record.get(Field.STATUS) == TaskStatus.BUSY:
         record = sender_runs(store, task_id, attempt) or record
     log_path = store.log_path(task_id)
     room = 2 * config.maxLogSize - (os.path.getsize(log_path) if os.path.exists(log_path) else 0)
@@ -275,16 +289,30 @@ def take_update(store, config, task_id, attempt, log_bytes, events, sender=False
 
 def sender_runs(store, task_id, attempt):
     """A worker's print says its sender runs: ``sender: yes`` in the record (a
-    print's service only, its current run only, under the store lock)."""
-    from .printers import PRINT_SERVICES
+    service whose tool is rrcloud's own sender only: a worker's word opens
+    nothing else to pause, which would be a SIGSTOP; its current run only,
+    under the store lock)."""
     with store.lock():
         record = store.read_task(task_id)
         if (record.get(Field.STATUS) != TaskStatus.BUSY or int(record.get(Field.ATTEMPT) or 0) != attempt
-                or record.get(Field.SERVICE) not in PRINT_SERVICES):
+                or not runs_builtin_sender(store, record)):
             return None
         record[Field.SENDER] = YES
         store.write_task(record)
         return record
+
+
+def runs_builtin_sender(store, record):
+    """True for a task of a print service whose tool is ``rrcloud print``."""
+    from .printers import PRINT_SERVICES
+    from .services import find_service, load_services
+    if record.get(Field.SERVICE) not in PRINT_SERVICES:
+        return False
+    try:
+        service = find_service(*load_services(store.root), record[Field.SERVICE])
+    except RRCloudError:
+        return False
+    return service.cmd[:2] == ['rrcloud', 'print']
 
 
 def parse_events(text):

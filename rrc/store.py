@@ -285,6 +285,11 @@ def unmark(store, folder, task_id):
     unlink_quietly(os.path.join(store.folder(folder), check_task_id(task_id)))
 
 
+def is_marked(store, folder, task_id):
+    """True while a task has its marker in ``tasks/queue`` or ``tasks/running``."""
+    return os.path.exists(os.path.join(store.folder(folder), check_task_id(task_id)))
+
+
 def marked(store, folder):
     """Ids with a marker in ``tasks/queue`` or ``tasks/running``, oldest first."""
     try:

@@ -163,7 +163,10 @@ class WorkRun:
         from .printers import PRINT_SERVICES, is_printer_name, resolve_printer
         from .records import native_field, record_native
         name = record.get(Field.PRINTER, '')
-        if service.name not in PRINT_SERVICES or not name:
+        if service.name not in PRINT_SERVICES:
+            return {}
+        if not name:
+            self.check_port_is_no_named_printers(record)
             return {}
         if not is_printer_name(name) or name not in self.printers:
             raise RRCloudError(f'this worker does not serve printer {name[:40]!r}')
@@ -172,6 +175,20 @@ class WorkRun:
             raise RRCloudError(f'a print on printer {name!r} whose first native word is not its name')
         words, _ = resolve_printer(os.getcwd(), service, words)
         return {Field.NATIVE_ARGS: native_field(words)}
+
+    def check_port_is_no_named_printers(self, record):
+        """A print that names a port, not a printer, is refused on a port one
+        of this worker's named printers hangs on: the farm keeps one print per
+        printer by its name (its turn in Redis), and a print by port would
+        slip past it onto a printer that may be printing."""
+        from .printers import load_printer, print_port
+        port = print_port(record)
+        if not port:
+            return
+        for name in self.printers:
+            if os.path.realpath(load_printer(os.getcwd(), name).port) == os.path.realpath(port):
+                raise RRCloudError(f'{port} is printer {name}\'s port on this worker: print on it by its name '
+                                   f'({name}), so it waits its turn')
 
     def service(self, name):
         """A service this worker takes (a job in Redis may name any task)."""

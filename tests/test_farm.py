@@ -895,6 +895,46 @@ def test_pause_resume_and_cancel_through_a_front_end_reach_the_print_on_its_work
     assert sim.received[-len(CANCEL):] == CANCEL  # and nothing after it
 
 
+def test_a_killed_print_keeps_its_printer_until_its_worker_has_cancelled_it(mk3):
+    """A kill ends the record at once, but the worker's sender needs the line
+    in flight answered to run the cancel G-code: all that while (here longer
+    than the sweep's patience with a silent worker) the printer is the killed
+    print's, and the next print waits."""
+    from rrc.farmwork import LOST_SECONDS
+    farm, sim = mk3.farm, mk3.sim
+    sim.hold_again()
+    mark = len(sim.received_numbered)
+    first, second = mk3.post(), mk3.post()
+    mk3.holding(first)
+    killed = farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': first}, timeout=30)
+    wait_for(lambda: 'the print is cancelled' in farm.log(first), 'the worker to hear the kill')
+    time.sleep(LOST_SECONDS + 2.5)  # past the sweep's patience, its worker's sender still held mid-line
+    waiting = farm.info(second)
+    sim.release()
+    printed = farm.ended(second)
+
+    assert killed.status_code == 200, killed.text
+    assert (waiting['status'], waiting.get('queued')) == ('busy', 'yes'), waiting
+    assert printed['status'] == 'complete', printed
+    assert (farm.info(first)['status'], farm.info(first)['error']) == ('failed', 'killed')
+    assert file_lines(sim, mark) == EXPECTED[:HOLD] + EXPECTED  # the second print only after the first
+    cancelled = after_line(sim, HOLD, mark)
+    assert cancelled[:len(CANCEL)] == CANCEL, cancelled[:10]  # the killed print's cancel G-code, then the next
+
+
+def test_a_worker_refuses_a_print_by_port_on_its_named_printers_port(tmp_path, monkeypatch):
+    from rrc.errors import RRCloudError
+    from rrc.workrun import WorkRun
+    (tmp_path / 'printers').mkdir()
+    (tmp_path / 'printers' / 'mk3.conf').write_text('port = /dev/ttyACM7\n')
+    monkeypatch.chdir(tmp_path)
+    run = WorkRun(None, None, '1', 'pi', ['printrun'], str(tmp_path), printers=['mk3'])
+
+    with pytest.raises(RRCloudError, match="/dev/ttyACM7 is printer mk3's port on this worker: print on it by"):
+        run.check_port_is_no_named_printers({'service': 'printrun', 'nativeArgs': '--baud=250000 /dev/ttyACM7'})
+    run.check_port_is_no_named_printers({'service': 'printrun', 'nativeArgs': '/dev/ttyACM8'})  # another port
+
+
 @pytest.mark.parametrize('printer, conf, said', [
     ('mk9', None, "--printer=mk9: unknown printer 'mk9' (configured: none)"),
     ('mk8', 'port = /etc/passwd\n', "printers/mk8.conf:1: port: not a serial device path: '/etc/passwd'"),
