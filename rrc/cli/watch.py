@@ -32,7 +32,7 @@ import time
 from .bar import progress_bar
 from .output import ask_server, exit_code_of, refresh_if_remote
 from ..errors import ExitCode, NoServer, NotFound, RRCloudError, UsageError
-from ..events import LOG, NOTE, PROGRESS, STATUS, STEP, checked_progress, event_progress_text
+from ..events import LOG, NOTE, PROGRESS, STATUS, STEP, checked_printer_state, checked_progress, event_progress_text
 from ..livestream import LiveStream, Message, is_final
 from ..names import check_task_id
 from ..remote import (CONNECT_TIMEOUT, REMOTE_ID_RE, cannot_reach, connection_failure, host_port, http_session,
@@ -50,9 +50,8 @@ POLL_WAIT = 30
 TREND_READINGS = 12
 TREND_BLOCKS = '\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588'
 TREND_MIN_SPAN = 10.0
-# What a print's progress event says of its printer (supervise.PRINTER_STATE_FIELDS), and its bounds.
-PRINTER_NUMBERS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
-PRINTER_NUMBER_MAX = 1e9
+# A time left a server sends is shown only below this many seconds.
+ETA_MAX = 1e9
 HEATERS = ('hotend', 'bed')
 
 
@@ -466,16 +465,12 @@ def checked_printer(data):
     """The printer state of a print's progress event (``data['printer']``) with
     only the known keys' finite numbers (a server's event is shown as numbers,
     never as its text); None when it holds none."""
-    printer = data.get('printer') if isinstance(data, dict) else None
-    if not isinstance(printer, dict):
-        return None
-    checked = {key: printer[key] for key in PRINTER_NUMBERS if is_finite_number(printer.get(key))}
-    return checked or None
+    return (checked_printer_state(data.get('printer')) if isinstance(data, dict) else None) or None
 
 
 def is_finite_number(value):
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and abs(value) < PRINTER_NUMBER_MAX)
+            and abs(value) < ETA_MAX)
 
 
 def left_of(data, age):
