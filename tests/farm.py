@@ -181,6 +181,15 @@ class Worker:
             assert self.process.poll() is None, self.log.read_text()
         return self
 
+    def refused(self):
+        """Start a worker that must refuse to: (its exit code, its log); stopped either way."""
+        try:
+            self.start(wait=False)
+            code = self.process.wait(timeout=60)
+            return code, self.log.read_text()
+        finally:
+            self.stop()
+
     def name(self):
         """The worker's name, from the line it prints as it starts (None before)."""
         for line in self.log.read_text(errors='replace').splitlines():

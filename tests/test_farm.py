@@ -557,14 +557,8 @@ def test_the_clients_token_opens_no_workers_route_and_no_farm_no_worker_route(gu
 
 
 def test_a_worker_whose_tool_is_missing_refuses_that_service(farm):
-    worker = Worker(farm.redis, farm.proxy.url, services=['ghost'],
-                    confs={'ghost': 'path = /nonexistent\ncmd = ghosttool\n'})
-    try:
-        worker.start(wait=False)
-        code = worker.process.wait(timeout=60)
-        said = worker.log.read_text()
-    finally:
-        worker.stop()
+    code, said = Worker(farm.redis, farm.proxy.url, services=['ghost'],
+                        confs={'ghost': 'path = /nonexistent\ncmd = ghosttool\n'}).refused()
 
     assert code == 2, said
     assert 'the tool of ghost is not installed here: this worker cannot take it' in said
@@ -783,6 +777,15 @@ class Mk3:
                                        timeout=30).json()
         return next(printer for printer in answer if printer['name'] == 'mk3')
 
+    def held_prints(self, count=1):
+        """``count`` prints posted to mk3, the first held at line HOLD with its
+        sender known to the front-end: (the sim's line count before them, their ids)."""
+        self.sim.hold_again()
+        mark = len(self.sim.received_numbered)
+        ids = [self.post() for _ in range(count)]
+        self.holding(ids[0])
+        return mark, ids
+
     def holding(self, task_id):
         """Wait until the print works on line HOLD and the front-end knows its sender runs."""
         assert self.sim.holding.wait(60), self.farm.info(task_id)
@@ -813,10 +816,7 @@ def mk3(farm):
 
 def test_a_print_on_a_named_printer_runs_on_a_worker_serving_it_and_info_shows_the_printer(mk3):
     farm, sim = mk3.farm, mk3.sim
-    sim.hold_again()
-    mark = len(sim.received_numbered)
-    task_id = mk3.post()
-    mk3.holding(task_id)
+    mark, (task_id,) = mk3.held_prints()
     printing = farm.info(task_id)
     meta = farm.session.get(farm.proxy.url, params={'service': 'meta', 'format': 'json'}, timeout=30).json()
     sim.release()
@@ -837,10 +837,7 @@ def test_a_print_on_a_named_printer_runs_on_a_worker_serving_it_and_info_shows_t
 
 def test_prints_on_one_printer_run_one_after_the_other_in_the_queues_order_whichever_worker_takes_them(mk3):
     farm, sim = mk3.farm, mk3.sim
-    sim.hold_again()
-    mark = len(sim.received_numbered)
-    first, second = mk3.post(), mk3.post()
-    mk3.holding(first)
+    mark, (first, second) = mk3.held_prints(2)
     urgent = farm.post('printrun', SMALL.read_bytes(), name='part.gcode', nativeArgs='mk3', priority='5')
     time.sleep(2.5)  # a sweep of each front-end has passed: the second is still not given to a worker
     waiting, listed = farm.info(second), mk3.printer()
@@ -863,10 +860,7 @@ def test_prints_on_one_printer_run_one_after_the_other_in_the_queues_order_which
 
 def test_pause_resume_and_cancel_through_a_front_end_reach_the_print_on_its_worker(mk3):
     farm, sim = mk3.farm, mk3.sim
-    sim.hold_again()
-    mark = len(sim.received_numbered)
-    task_id = mk3.post()
-    mk3.holding(task_id)
+    mark, (task_id,) = mk3.held_prints()
     paused = mk3.ask('pause', task_id)
     wait_for(lambda: 'rrcloud print: asked to pause' in farm.log(task_id), 'the sender to hear the pause')
     sim.release()
@@ -877,10 +871,7 @@ def test_pause_resume_and_cancel_through_a_front_end_reach_the_print_on_its_work
     mk3.ask('resume', task_id)
     resumed = farm.ended(task_id)
 
-    sim.hold_again()
-    cancel_mark = len(sim.received_numbered)
-    cancelled_id = mk3.post()
-    mk3.holding(cancelled_id)
+    cancel_mark, (cancelled_id,) = mk3.held_prints()
     mk3.ask('cancel', cancelled_id)
     wait_for(lambda: 'rrcloud print: asked to cancel' in farm.log(cancelled_id), 'the sender to hear the cancel')
     sim.release()
@@ -902,10 +893,7 @@ def test_a_killed_print_keeps_its_printer_until_its_worker_has_cancelled_it(mk3)
     print's, and the next print waits."""
     from rrc.farmwork import LOST_SECONDS
     farm, sim = mk3.farm, mk3.sim
-    sim.hold_again()
-    mark = len(sim.received_numbered)
-    first, second = mk3.post(), mk3.post()
-    mk3.holding(first)
+    mark, (first, second) = mk3.held_prints(2)
     killed = farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': first}, timeout=30)
     wait_for(lambda: 'the print is cancelled' in farm.log(first), 'the worker to hear the kill')
     time.sleep(LOST_SECONDS + 2.5)  # past the sweep's patience, its worker's sender still held mid-line
@@ -941,13 +929,8 @@ def test_a_worker_refuses_a_print_by_port_on_its_named_printers_port(tmp_path, m
     ('../mk7', None, "--printer='../mk7': a printer's name is lower-case letters"),
 ])
 def test_a_worker_refuses_to_start_for_a_printer_it_has_no_good_conf_of(farm, printer, conf, said):
-    worker = Worker(farm.redis, farm.proxy.url, services=['printrun'], confs=CONFS, printers={printer: conf})
-    try:
-        worker.start(wait=False)
-        code = worker.process.wait(timeout=60)
-        log = worker.log.read_text()
-    finally:
-        worker.stop()
+    code, log = Worker(farm.redis, farm.proxy.url, services=['printrun'], confs=CONFS,
+                       printers={printer: conf}).refused()
 
     assert code == 2 and said in log, log
 
