@@ -310,7 +310,8 @@ def test_watch_on_a_terminal_draws_the_printer_under_the_bar_with_a_trend(cli, l
         return
     printer_lines = re.findall(r'\nhotend [^\r\n]*', seen)
     assert printer_lines and all(len(line) - 1 < columns for line in printer_lines), printer_lines  # never wrapped
-    drawn = re.findall(rf'\] \d+%\r?\nhotend \d+\.\d/200 °C ({TREND})  bed \d+\.\d/60 °C ({TREND})  '
+    # (the end G-code's M104 S0 may be reported before the end: target 0)
+    drawn = re.findall(rf'\] \d+%\r?\nhotend \d+\.\d/(?:200|0) °C ({TREND})  bed \d+\.\d/(?:60|0) °C ({TREND})  '
                        rf'layer \d+  z \d+\.\d\d', seen)
     assert drawn, seen
     assert all(len(hotend) == len(bed) for hotend, bed in drawn)
@@ -505,3 +506,25 @@ def test_a_job_streams_its_steps_and_no_log(cli, local, server):
         'status: failed: step 2 (sh) failed: exit code 7']
     streamed, _ = follow(server, ids[1], cut=False)
     assert [m['event'] for m in streamed] == ['status', 'step', 'step', 'step', 'step', 'status']
+
+
+@pytest.mark.parametrize('readings', [1, 6, 7, 9, 12, 15])
+def test_a_printers_trend_shows_its_last_readings_up_to_twelve(readings):
+    import io
+    from rrc.cli.watch import TREND_BLOCKS, TextView
+
+    class Terminal(io.StringIO):  # 80 columns: it has no size to ask
+        encoding = 'utf-8'
+
+        def isatty(self):
+            return True
+
+    view = TextView(Terminal())
+    events = [{'done': n, 'total': 100, 'printer': {'hotend': 20.0 + 10 * n, 'hotendTarget': 200,
+                                                     'bed': 60.0, 'bedTarget': 60}} for n in range(readings)]
+    for data in events:
+        view.note_temperatures(data)
+
+    line = view.printer_line(events[-1], 0.0)
+    trends = re.findall(f'[{TREND_BLOCKS}]+', line)
+    assert [len(trend) for trend in trends] == [min(readings, 12)] * 2, line

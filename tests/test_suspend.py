@@ -157,8 +157,10 @@ def test_suspend_and_resume_are_status_events(cli, workdir):
     cli('suspend', task_id)
     cli('resume', task_id)
     wait_until_done(workdir, task_id, timeout=120)
-
-    statuses = [event.data for event in read_events(Store(workdir), task_id) if event.kind == 'status']
+    # the record is the truth, written first; its status event follows a moment later
+    statuses = wait_for(lambda: (lambda found: found[-1:] and 'exitCode' in found[-1] and found)(
+        [event.data for event in read_events(Store(workdir), task_id) if event.kind == 'status']),
+        'the final status event')
 
     assert statuses == [{'status': 'busy', 'queued': True}, {'status': 'busy'},
                         {'status': 'busy', 'suspended': True}, {'status': 'busy'},

@@ -363,7 +363,7 @@ class TextView:
             return printer_text(printer, eta=left_of(data, age))
         width = terminal_width(self.out) - 1
         for readings in range(TREND_READINGS, -1, -1):  # as many readings as the terminal's width has room for
-            trends = {heater: values[len(values) - readings:] if readings else []
+            trends = {heater: values[max(0, len(values) - readings):] if readings else []
                       for heater, values in self.trends.items()}
             line = printer_text(printer, trends, unit='\u00b0C', eta=left_of(data, age))
             if line is None or len(line) <= width:
