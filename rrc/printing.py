@@ -307,6 +307,8 @@ class GcodeSender:
         self.layers = None                 # the ;LAYER of each line, or None: counted from Z moves
         self.z = None
         self.z_layer = 0                   # layers counted from rising Z
+        self.layer_z = None                # the last Z of the file's own lines (its layers)
+        self.file_span = None              # (first, last): the file's own lines between start and end G-code
         self.relative = False              # G91 in the file
         self.link = link
         self.lines = lines
@@ -406,8 +408,10 @@ class GcodeSender:
         if found:
             self.temps_at = time.monotonic()
 
-    def _note_move(self, code):
-        """Height and layer from the file's Z moves (absolute; G91 relative ones added)."""
+    def _note_move(self, code, number):
+        """Height from the Z moves (absolute; G91 relative ones added), and
+        the layer from the file's own rising ones: the start G-code's lift
+        and the end G-code's are no layer."""
         word = code.split(None, 1)[0].upper()
         if word in ('G90', 'G91'):
             self.relative = word == 'G91'
@@ -420,16 +424,19 @@ class GcodeSender:
         except ValueError:
             return
         z = (self.z or 0.0) + z if self.relative else z
-        if self.z is None or z > self.z + 1e-6:
-            self.z_layer += 1 if z > 0 else 0
         self.z = round(z, 3)
+        first, last = self.file_span or (1, len(self.lines))
+        if first <= number <= last:
+            if self.layer_z is None or z > self.layer_z + 1e-6:
+                self.z_layer += 1 if z > 0 else 0
+            self.layer_z = z
 
     def _send_line(self, number):
         code = self.lines[number - 1]
         data = checksummed(number, code)
         self.link.send(data)
         self.bytes_sent += len(data)
-        self._note_move(code)
+        self._note_move(code, number)
         self.owed.append((True, code[:4].upper() == 'M105' and not code[4:5].isdigit()))
         self.heard = time.monotonic()  # silence counts from here
         self.busy = False
@@ -683,13 +690,13 @@ def cmd_print(args):
     check_serial_port(port)  # a wrong port is named even when the file is wrong too
     control = task_control_pipe()
     printer = control.read_printer() if control is not None else None
-    lines, layers = printed_lines(path, printer)
+    lines, layers, span = printed_lines(path, printer)
     link = SerialLink(port, options['baud'])
     started = time.monotonic()
     try:
         sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
                              comm_timeout=options['comm-timeout'], control=control, printer=printer)
-        sender.layers = layers
+        sender.layers, sender.file_span = layers, span
         if sender.control is not None:  # a task: its followers see temperatures
             sender.temp_interval = PRINT_TEMP_INTERVAL
         sender.connect()
@@ -702,18 +709,19 @@ def cmd_print(args):
 
 
 def printed_lines(path, printer=None):
-    """(lines, their layers) of a print: the file's code lines, between its
-    printer's start and end G-code when it names a printer (numbered and
-    answered like the file's own lines, so resends and a cancel reach them too)."""
+    """(lines, their layers, (first, last) of the file's own) of a print:
+    the file's code lines, between its printer's start and end G-code when
+    it names a printer (numbered and answered like the file's own lines, so
+    resends and a cancel reach them too)."""
     lines = gcode_lines(path)
     layers = gcode_layers(path, len(lines))
     if printer is None:
-        return lines, layers
+        return lines, layers, (1, len(lines))
     start, end = list(printer.start_gcode), list(printer.end_gcode)
     _print_log(f'printer {printer.name}: its own G-code ({len(start)} start lines, {len(end)} end lines)')
     if layers is not None:
         layers = [None] * len(start) + layers + [layers[-1] if layers else None] * len(end)
-    return start + lines + end, layers
+    return start + lines + end, layers, (len(start) + 1, len(start) + len(lines))
 
 
 def _print_arguments(args):

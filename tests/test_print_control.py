@@ -40,7 +40,7 @@ def numbers(sim):
 class SenderThread:
     """The sender in a thread of this process, with a real control pipe."""
 
-    def __init__(self, sim, printer=None, lines=EXPECTED):
+    def __init__(self, sim, printer=None, lines=EXPECTED, layers='', file_span=None):
         self.read_end, self.write_end = os.pipe()
         self.link = SerialLink(sim.port, 115200)
         self.log_lines = []
@@ -48,7 +48,9 @@ class SenderThread:
         self.sender = GcodeSender(self.link, lines, answer_timeout=20, log=self.log_lines.append,
                                   control=ControlPipe(self.read_end), printer=printer,
                                   progress=lambda done, total, **state: self.reports.append((done, total, state)))
-        self.sender.layers = gcode_layers(SMALL, COUNT) if lines is EXPECTED else [0] * len(lines)
+        if layers == '':  # small.gcode's own, else a layer 0 for every line
+            layers = gcode_layers(SMALL, COUNT) if lines is EXPECTED else [0] * len(lines)
+        self.sender.layers, self.sender.file_span = layers, file_span
         self.sender.pause_poll = 0.1
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -230,6 +232,28 @@ def test_printer_state_in_the_progress_reports():
     assert state['layer'] == gcode_layers(SMALL, COUNT)[-1]
     assert state['z'] > 0 and state['paused'] == 0
     assert file_lines(sim) == EXPECTED
+
+
+def test_layers_counted_from_z_moves_are_the_files_own_not_the_start_or_end_gcodes(tmp_path):
+    """A file without ;LAYER comments: its layers are counted from its rising
+    Z moves; the start G-code's lift and the end G-code's are no layer."""
+    from rrc.printing import printed_lines
+
+    class Lifting:
+        name = 'lifting'
+        start_gcode = ['G28', 'G1 Z5 F600']
+        end_gcode = ['G91', 'G1 Z10 F600', 'G90']
+
+    path = tmp_path / 'three-layers.gcode'
+    path.write_text('G90\nG1 Z0.2 F600\nG1 X10 E1\nG1 Z0.4\nG1 X0 E2\nG1 Z0.6\nG1 X10 E3\n')
+    lines, layers, span = printed_lines(str(path), Lifting())
+    assert layers is None and span == (3, 9)
+    with PrinterSim() as sim, SenderThread(sim, lines=lines, layers=layers, file_span=span) as run:
+        run.join()
+
+    assert run.error is None, run.error
+    assert file_lines(sim) == lines
+    assert run.reports[-1][2]['layer'] == 3 and run.reports[-1][2]['z'] == 10.6
 
 
 def test_temperature_polls_go_between_lines():
