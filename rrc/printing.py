@@ -295,6 +295,7 @@ class GcodeSender:
         self.control = control             # a ControlPipe, or None
         self.printer = printer or MarlinGcode()  # .pause_gcode, .resume_gcode, .cancel_gcode
         self.requests = deque()            # control words read, not yet acted on
+        self.orphaned = False              # the control pipe closed: the runner is gone
         self.state = 'printing'            # printing, paused, cancelling
         self.pause_poll = PRINT_PAUSE_POLL
         self.extrusion = None              # 'M82' or 'M83', the file's last, restored after a resume
@@ -522,14 +523,25 @@ class GcodeSender:
     # -- pause, resume, cancel, stop -----------------------------------------
 
     def _take_requests(self, words=None):
-        """Queue the control words that came; an emergency stop is sent at once."""
+        """Queue the control words that came; an emergency stop is sent at
+        once.  The control pipe closed (its runner died: OOM, SIGKILL) is a
+        cancel whatever else came with it: nobody follows the print any
+        more, nor could resume, pause or kill it."""
         for word in (self.control.poll() if words is None else words):
             self.log(f'asked to {word}')
-            if word == 'stop':
-                self._emergency_stop()
-            if word == 'cancel' and self.in_flight in PRINT_HEATING_WAITS:
-                self._break_heating_wait()
-            self.requests.append(word)
+            self._take(word)
+        if not self.control.open and not self.orphaned:
+            self.orphaned = True
+            self.log('the runner is gone (its control pipe closed): cancelling')
+            self.requests.clear()  # a resume or pause read with the end of the pipe: no one is there
+            self._take('cancel')
+
+    def _take(self, word):
+        if word == 'stop':
+            self._emergency_stop()
+        if word == 'cancel' and self.in_flight in PRINT_HEATING_WAITS:
+            self._break_heating_wait()
+        self.requests.append(word)
 
     def _break_heating_wait(self):
         """A cancel during a heat-up (M109, M190, M191, M303) need not wait
@@ -564,10 +576,7 @@ class GcodeSender:
         self._report()
         while True:
             words = self.control.wait(self.pause_poll)
-            if not self.control.open and not words:  # the runner is gone: nobody can resume this print
-                self.log('the runner is gone while paused')
-                self._cancel(done)
-            self._take_requests(words)
+            self._take_requests(words)  # the pipe closed: a cancel (the runner is gone)
             while self.requests:
                 word = self.requests.popleft()
                 if word == 'cancel':

@@ -31,6 +31,7 @@ PAUSE = list(MarlinGcode.pause_gcode)
 # the file's own modes (small.gcode: G90, M82) are restored after the relative prime
 RESUME = list(MarlinGcode.resume_gcode) + ['G90', 'M82']
 CANCEL = list(MarlinGcode.cancel_gcode)
+RUNNER_GONE = 'the runner is gone (its control pipe closed): cancelling'
 
 
 def numbers(sim):
@@ -75,6 +76,11 @@ class SenderThread:
 
     def ask(self, word):
         os.write(self.write_end, word.encode() + b'\n')
+
+    def runner_dies(self):
+        """The runner dies (SIGKILL, OOM): its end of the control pipe closes."""
+        os.close(self.write_end)
+        self.write_end = None
 
     def join(self):
         self.thread.join(30)
@@ -131,13 +137,60 @@ def test_a_paused_print_whose_runner_is_gone_is_cancelled_not_left_hot():
         run.ask('pause')
         sim.release()
         assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
-        os.close(run.write_end)  # the runner dies (SIGKILL, OOM): its end of the control pipe closes
-        run.write_end = None
+        run.runner_dies()
         run.join()
 
     assert isinstance(run.error, PrintCancelled), run.error
     assert after_line(sim, HOLD)[-len(CANCEL):] == CANCEL
-    assert 'the runner is gone while paused' in run.log_lines
+    assert RUNNER_GONE in run.log_lines
+
+
+def test_a_print_whose_runner_dies_mid_print_is_cancelled_and_nothing_follows():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.runner_dies()
+        sim.release()
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled), run.error
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert after_line(sim, HOLD) == CANCEL
+    assert RUNNER_GONE in run.log_lines
+
+
+def test_a_resume_that_comes_with_the_end_of_the_control_pipe_is_a_cancel():
+    """The runner wrote resume and died: nobody follows the print, so it is
+    not resumed but cancelled."""
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.ask('resume')
+        run.runner_dies()
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled), run.error
+    # read together, the resume is dropped; read apart (a poll between the
+    # two writes), one line may go before the end of the pipe is seen
+    assert len(file_lines(sim)) <= HOLD + 1
+    assert sim.received[-len(CANCEL):] == CANCEL
+    assert RUNNER_GONE in run.log_lines
+
+
+def test_the_end_of_the_control_pipe_read_with_a_resume_leaves_only_a_cancel():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'resume\npause\n')
+    os.close(write_end)
+    log = []
+    sender = GcodeSender(None, [], control=ControlPipe(read_end), log=log.append)
+    try:
+        sender._take_requests()
+    finally:
+        os.close(read_end)
+
+    assert list(sender.requests) == ['cancel']
+    assert log == ['asked to resume', 'asked to pause', RUNNER_GONE]
 
 
 def test_a_cancel_during_a_heat_up_breaks_the_wait_with_m108_and_turns_the_heaters_off():
