@@ -345,6 +345,17 @@ def started_print(proc, workdir, sim, printer=None):
     return store, task_id
 
 
+def held_print_asked(proc, workdir, sim, verb, printer=None):
+    """A print of small.gcode held at line HOLD (``started_print``), asked
+    to ``verb`` through the command line, its sender told (a kill is its
+    runner's cancel); the line is still held."""
+    store, task_id = started_print(proc, workdir, sim, printer)
+    asked = proc(verb, task_id)
+    assert asked.code == 0, asked
+    assert wait_sender_asked(store, task_id, 'cancel' if verb == 'kill' else verb)
+    return store, task_id
+
+
 def log_of(store, task_id):
     with open(store.log_path(task_id), encoding='utf-8', errors='replace') as log:
         return log.read()
@@ -352,10 +363,15 @@ def log_of(store, task_id):
 
 def wait_sender_asked(store, task_id, word, timeout=30):
     """Wait until the sender logged that it got ``word`` from its runner."""
+    return wait_for_log(store, task_id, f'rrcloud print: asked to {word}', timeout)
+
+
+def wait_for_log(store, task_id, text, timeout=30):
+    """Wait until the task's log holds ``text``."""
     import time
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if f'rrcloud print: asked to {word}' in log_of(store, task_id):
+        if text in log_of(store, task_id):
             return True
         time.sleep(0.05)
     return False
@@ -498,9 +514,7 @@ def own_printer(workdir, sim):
 def test_a_named_printers_own_gcode_at_start_pause_resume_and_end(proc, pty_service):
     with PrinterSim(hold_at_line=HOLD) as sim:
         own_printer(pty_service, sim)
-        store, task_id = started_print(proc, pty_service, sim, printer='mk3')
-        assert proc('pause', task_id).code == 0
-        assert wait_sender_asked(store, task_id, 'pause')
+        _, task_id = held_print_asked(proc, pty_service, sim, 'pause', printer='mk3')
         sim.release()
         # paused: the pause G-code, then a temperature poll and no line of the file
         assert sim.wait_for(lambda s: s.received[-len(OWN_PAUSE) - 1:] == OWN_PAUSE + ['M105'], 20), sim.received[-10:]
@@ -522,9 +536,7 @@ def test_a_named_printers_own_gcode_at_start_pause_resume_and_end(proc, pty_serv
 def test_a_named_printers_own_cancel_gcode_and_nothing_after(proc, pty_service):
     with PrinterSim(hold_at_line=HOLD) as sim:
         own_printer(pty_service, sim)
-        store, task_id = started_print(proc, pty_service, sim, printer='mk3')
-        assert proc('cancel', task_id).code == 0
-        assert wait_sender_asked(store, task_id, 'cancel')
+        _, task_id = held_print_asked(proc, pty_service, sim, 'cancel', printer='mk3')
         sim.release()
         record = tidied(pty_service, task_id)
 
@@ -535,10 +547,7 @@ def test_a_named_printers_own_cancel_gcode_and_nothing_after(proc, pty_service):
 
 def test_kill_of_a_running_print_cancels_it_with_the_cancel_gcode(proc, pty_service):
     with PrinterSim(hold_at_line=HOLD) as sim:
-        store, task_id = started_print(proc, pty_service, sim)
-        killed = proc('kill', task_id)
-        assert killed.code == 0, killed
-        assert wait_sender_asked(store, task_id, 'cancel')
+        store, task_id = held_print_asked(proc, pty_service, sim, 'kill')
         sim.release()
         record = tidied(pty_service, task_id)
 
@@ -547,6 +556,35 @@ def test_kill_of_a_running_print_cancels_it_with_the_cancel_gcode(proc, pty_serv
     assert after_line(sim, HOLD) == CANCEL  # Marlin's: heaters, fan and motors off, nothing after
     text = log_of(store, task_id)
     assert 'rrcloud: killed: the print is cancelled (its cancel G-code)' in text, text
+
+
+def test_an_emergency_stop_reaches_a_killed_print_during_its_cancel(proc, pty_service):
+    """Killed, the record is final at once, but the sender cancels the print
+    within its runner's grace (here held by the line in flight): a stop must
+    still reach it, and M112 go before the cancel G-code."""
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = held_print_asked(proc, pty_service, sim, 'kill')
+        assert get_task(store, task_id)['status'] == 'failed'
+        stopped = proc('stop', task_id)
+        assert stopped.code == 0, stopped
+        assert wait_for_log(store, task_id, 'rrcloud print: emergency stop: M112 sent')
+        sim.release()
+        assert sim.wait_for(lambda s: 'M112' in s.received, 20)
+        record = tidied(pty_service, task_id)
+
+    assert (record['status'], record['error']) == ('failed', 'killed'), record
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert after_line(sim, HOLD) == ['M112']  # no cancel G-code first
+    assert 'emergency stop asked by the command line' in log_of(store, task_id)
+
+
+def test_a_stop_of_an_ended_print_whose_runner_is_gone_is_refused(cli, workdir):
+    from rrc.control import stop_task
+    store = Store(str(workdir))
+    record = store.create_task(lambda _: {'service': 'printrun', 'status': 'failed', 'error': 'killed',
+                                          'sender': 'yes', 'runner': '999999999', 'runnerStart': '1'})
+    with pytest.raises(UsageError, match='not a print whose sender runs'):
+        stop_task(store, record['id'], by='test')
 
 
 def test_a_print_paused_longer_than_max_suspend_is_cancelled(proc, pty_service):
