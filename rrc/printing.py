@@ -71,6 +71,10 @@ LAYER_COMMENT_RE = LazyPattern(r'(?i)\A;\s*LAYER\s*:?\s*(-?[0-9]+)')
 PRINT_HANDOFF_WAIT = 30.0
 # The words the runner writes on the control pipe (RRCLOUD_CONTROL_FD).
 CONTROL_WORDS = ('pause', 'resume', 'cancel', 'stop')
+# A sender told to end (SIGTERM: its runner's grace for a cancel ran out, or
+# the runner itself is stopped) writes M108 and the cancel G-code within
+# this long, then ends: the runner kills what is left a second or two after.
+PRINT_LAST_WORDS_SECONDS = 0.5
 
 
 class MarlinGcode:
@@ -88,6 +92,27 @@ class MarlinGcode:
 
 class PrintCancelled(PrinterError):
     """The print was cancelled on request (its cancel G-code sent)."""
+
+
+class SenderTerminated(BaseException):
+    """SIGTERM came (the runner gave up on a cancel, or is stopped itself):
+    a BaseException, so nothing on the way takes it for a printer's error."""
+
+
+def _terminated(signum, frame):
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one would cut the last words short
+    raise SenderTerminated()
+
+
+def terminate_handler():
+    """SIGTERM raises SenderTerminated from now on; the handler it replaces
+    (None where signals cannot be set: not the main thread)."""
+    import signal
+    try:
+        return signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:
+        return None
 
 
 class ControlPipe:
@@ -238,6 +263,23 @@ class SerialLink:
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b'\n', 1)
         return line.strip()
+
+    def send_within(self, data, seconds):
+        """Write ``data`` for at most ``seconds`` (a printer that stopped
+        reading, flow control holding it back); the bytes written."""
+        import select
+        deadline, written = time.monotonic() + seconds, 0
+        while written < len(data):
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not select.select([], [self.fd], [], left)[1]:
+                    break
+                written += os.write(self.fd, data[written:])
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+        return written
 
     def close(self):
         self.serial.close()
@@ -605,6 +647,25 @@ class GcodeSender:
         a file that set none is in the firmware's defaults, G90 and M82."""
         return (self.positioning or 'G90', self.extrusion or 'M82')
 
+    def abandon(self):
+        """Last words to a printer the sender must leave now (SIGTERM):
+        ``M108`` and the cancel G-code, unnumbered, not waited for, within
+        PRINT_LAST_WORDS_SECONDS.  M108 ends a heat-up's wait at once on
+        firmware with an emergency parser (Marlin's default); without one,
+        M108 and the cancel G-code wait in its serial buffer behind the
+        command in flight and run once it is done: the heaters go off then,
+        rather than never.  A newline first ends a line the signal cut
+        short (the printer refuses that one: no checksum).  The error the
+        sender ends with."""
+        codes = ('M108',) + tuple(self.printer.cancel_gcode)
+        data = b'\n' + b''.join(code.encode('ascii', 'replace') + b'\n' for code in codes)
+        written = self.link.send_within(data, PRINT_LAST_WORDS_SECONDS)
+        done = 'sent' if written == len(data) else f'not all sent ({written} of {len(data)} bytes)'
+        self.log(f'terminated (SIGTERM) after line {self.acked}: M108 and the cancel G-code {done}, '
+                 f'not waited for')
+        return PrinterError(f'terminated (SIGTERM) after line {self.acked}: M108 and the cancel G-code {done}; '
+                            f'without an emergency parser the printer runs them after the command in flight')
+
     def _cancel(self, done):
         self.state = 'cancelling'
         self.log(f'cancelling after line {done}')
@@ -702,15 +763,21 @@ def cmd_print(args):
     lines, layers, span = printed_lines(path, printer)
     link = SerialLink(port, options['baud'])
     started = time.monotonic()
+    sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
+                         comm_timeout=options['comm-timeout'], control=control, printer=printer)
+    sender.layers, sender.file_span = layers, span
+    if sender.control is not None:  # a task: its followers see temperatures
+        sender.temp_interval = PRINT_TEMP_INTERVAL
+    previous = terminate_handler()
     try:
-        sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
-                             comm_timeout=options['comm-timeout'], control=control, printer=printer)
-        sender.layers, sender.file_span = layers, span
-        if sender.control is not None:  # a task: its followers see temperatures
-            sender.temp_interval = PRINT_TEMP_INTERVAL
         sender.connect()
         sender.run()
+    except SenderTerminated:
+        raise sender.abandon() from None
     finally:
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
         link.close()
     elapsed = time.monotonic() - started
     _print_log(f'printed {len(lines)} lines in {elapsed:.1f} s')

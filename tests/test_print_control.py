@@ -208,6 +208,37 @@ def test_a_cancel_during_a_heat_up_breaks_the_wait_with_m108_and_turns_the_heate
     assert 'M108 sent: the M109 wait is broken off' in run.log_lines
 
 
+def test_a_sender_told_to_end_during_a_heat_up_leaves_the_cancel_gcode_queued_on_firmware_without_an_emergency_parser(
+        workdir):
+    """Without an emergency parser M108 is answered only after the heat-up,
+    so a cancel cannot end within the runner's grace; the sender that gets
+    SIGTERM then writes M108 and the cancel G-code unanswered and ends: the
+    printer runs them once the heat-up is done, and the heaters go off."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import REPO
+    with PrinterSim(emergency_parser=False, command_delays={'M109': 5}) as sim:
+        sender = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), 'print', sim.port, str(SMALL)],
+                                  cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert sim.wait_for(lambda s: 'M109 S200' in file_lines(s), 20), sim.received[-5:]
+            sender.send_signal(signal.SIGTERM)
+            out, err = sender.communicate(timeout=20)  # at once, not after the heat-up
+            ended = sim.heating_broken == 0 and 'M109 S200' == sim.received[-1]
+            assert sim.wait_for(lambda s: s.received[-len(CANCEL):] == CANCEL, 20), sim.received[-5:]
+        finally:
+            sender.kill()
+            sender.wait()
+
+    assert ended  # the sender ended while the printer still heated
+    assert sender.returncode not in (0, None)
+    assert err.startswith(f'rrcloud: error: terminated (SIGTERM) after line {EXPECTED.index("M109 S200")}: '), err
+    assert 'M108 and the cancel G-code sent, not waited for' in out, out
+    assert file_lines(sim)[-1] == 'M109 S200' and sim.heating_broken == 0
+    assert sim.received[sim.received.index('M109 S200') + 1:] == ['M108'] + CANCEL
+
+
 def test_cancel_runs_the_cancel_gcode_and_nothing_after_it():
     with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
         assert sim.holding.wait(20)
@@ -585,6 +616,29 @@ def test_a_stop_of_an_ended_print_whose_runner_is_gone_is_refused(cli, workdir):
                                           'sender': 'yes', 'runner': '999999999', 'runnerStart': '1'})
     with pytest.raises(UsageError, match='not a print whose sender runs'):
         stop_task(store, record['id'], by='test')
+
+
+def test_a_print_whose_runner_is_stopped_during_a_heat_up_still_turns_the_heaters_off(proc, pty_service):
+    """The runner told to stop (SIGTERM) stops its sender, sandboxed: the
+    sender alone gets SIGTERM first (bwrap's end would kill it at once), so
+    M108 and the cancel G-code reach firmware without an emergency parser
+    during a heat-up, queued behind it."""
+    import signal
+    with PrinterSim(emergency_parser=False, command_delays={'M109': 5}) as sim:
+        result = proc('printrun', sim.port, 'small.gcode')
+        assert result.code == 0, result
+        task_id = result.out.split('id: ', 1)[1].strip()
+        store = Store(str(pty_service))
+        assert sim.wait_for(lambda s: 'M109 S200' in file_lines(s), 30), sim.received[-5:]
+        record = wait_for_record(store, task_id, lambda r: r.get('sender') == 'yes')
+        os.kill(int(record['runner']), signal.SIGTERM)
+        assert wait_for_log(store, task_id, 'M108 and the cancel G-code sent, not waited for')
+        assert sim.wait_for(lambda s: s.received[-len(CANCEL):] == CANCEL, 30), sim.received[-5:]
+        record = tidied(pty_service, task_id)
+
+    assert record['status'] == 'failed', record
+    assert file_lines(sim)[-1] == 'M109 S200' and sim.heating_broken == 0
+    assert sim.received[sim.received.index('M109 S200') + 1:] == ['M108'] + CANCEL
 
 
 def test_a_print_paused_longer_than_max_suspend_is_cancelled(proc, pty_service):
