@@ -104,11 +104,15 @@ def _ask_sender(store, task_id, word, by):
     runner hands it to the sender.  A stop is never taken back: the runner
     reads the record only every half second, and a cancel written over a
     stop in between would leave the printer running until the line in
-    flight (maybe a long heat-up) is done."""
+    flight (maybe a long heat-up) is done.  A stop is taken too while a
+    killed (or timed-out) print is being cancelled: its record is final,
+    but its runner lives and still hands a stop to the sender
+    (``supervise.Ending``), and an emergency stop must not wait for the cancel."""
     store.read_task(task_id)  # NotFound before anything is locked
     with store.lock():
         record = store.read_task(task_id)
-        if state_of(record) not in (State.RUNNING, State.SUSPENDED) or not is_print(record):
+        if not is_print(record) or not (state_of(record) in (State.RUNNING, State.SUSPENDED)
+                                        or (word == 'stop' and _being_cancelled(store, record))):
             raise _not_a_print(task_id, word, record)
         if record.get(Field.PRINT_CONTROL) == 'stop':
             return record
@@ -117,6 +121,12 @@ def _ask_sender(store, task_id, word, by):
     append_log(store, task_id, f'rrcloud: task {task_id}: {"cancel" if word == "cancel" else "emergency stop"} '
                                f'asked by {by}')
     return record
+
+
+def _being_cancelled(store, record):
+    """True for an ended print whose runner still lives here: its sender is
+    cancelling it (``supervise.Ending``), within the runner's grace."""
+    return state_of(record) == State.FAILED and process_here(store, record, Field.RUNNER, Field.RUNNER_START)
 
 
 def _pause_or_continue(store, task_id, to, by, print_only=False):

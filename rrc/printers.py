@@ -34,10 +34,13 @@ from .schema import Field
 # answer), wait for a person at the printer (M0, M1), halt it (M112: that is
 # ``rrcloud stop``; M999 restarts after one), or change it for good (M30
 # deletes a file; M500-M502 write or reset its settings; M997 updates its
-# firmware).  A deny-list, not an allow-list: start and end G-code use many
+# firmware), or start or end a print from the printer's SD card behind the
+# sender's back (M23 selects a file, M24 and M32 start it, M524 and M1000
+# abort or resume one: the printer would move with no sender to pause or
+# cancel it).  A deny-list, not an allow-list: start and end G-code use many
 # commands (G28, G29, M420, M600, T0...) that no list of ours should limit.
-REFUSED_COMMANDS = ('M0', 'M1', 'M28', 'M29', 'M30', 'M110', 'M112', 'M118', 'M500', 'M501', 'M502', 'M928',
-                    'M997', 'M999')
+REFUSED_COMMANDS = ('M0', 'M1', 'M23', 'M24', 'M28', 'M29', 'M30', 'M32', 'M110', 'M112', 'M118', 'M500', 'M501',
+                    'M502', 'M524', 'M928', 'M997', 'M999', 'M1000')
 
 # What a sender reports of its printer on the progress pipe (``DONE/TOTAL key=number ...``).
 PRINTER_STATE_FIELDS = ('hotend', 'hotendTarget', 'bed', 'bedTarget', 'bytes', 'layer', 'z', 'paused')
@@ -89,10 +92,13 @@ def is_port_path(text):
 
 def is_gcode_line(text):
     """True for one G-code command: a G, M or T word and a number, then
-    words of a letter and a value (``G1 X10 F600``, ``M104 S0``), ASCII only;
-    no comment, no host command, none of ``REFUSED_COMMANDS``."""
+    words of a letter and a value (``G1 X10 F600``, ``M104 S0``), printable
+    ASCII only (no tab or other control character: ``str.split`` would take
+    \\x1c-\\x1f and tab for spaces, but the firmware reads them as part of a
+    word, and ``G1 X1\\x1fM112`` would hide a refused command); no comment,
+    no host command, none of ``REFUSED_COMMANDS``."""
     words = text.split()
-    if not text.isascii() or not words or words[0][:1].upper() not in 'GMT' \
+    if not (text.isascii() and text.isprintable()) or not words or words[0][:1].upper() not in 'GMT' \
             or not words[0][1:].replace('.', '', 1).isdigit() or command_word(words[0]) in REFUSED_COMMANDS:
         return False
     return all(word[:1].isalpha() and all(c.isalnum() or c in '.-+' for c in word[1:]) for word in words[1:])

@@ -71,6 +71,10 @@ LAYER_COMMENT_RE = LazyPattern(r'(?i)\A;\s*LAYER\s*:?\s*(-?[0-9]+)')
 PRINT_HANDOFF_WAIT = 30.0
 # The words the runner writes on the control pipe (RRCLOUD_CONTROL_FD).
 CONTROL_WORDS = ('pause', 'resume', 'cancel', 'stop')
+# A sender told to end (SIGTERM: its runner's grace for a cancel ran out, or
+# the runner itself is stopped) writes M108 and the cancel G-code within
+# this long, then ends: the runner kills what is left a second or two after.
+PRINT_LAST_WORDS_SECONDS = 0.5
 
 
 class MarlinGcode:
@@ -88,6 +92,27 @@ class MarlinGcode:
 
 class PrintCancelled(PrinterError):
     """The print was cancelled on request (its cancel G-code sent)."""
+
+
+class SenderTerminated(BaseException):
+    """SIGTERM came (the runner gave up on a cancel, or is stopped itself):
+    a BaseException, so nothing on the way takes it for a printer's error."""
+
+
+def _terminated(signum, frame):
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one would cut the last words short
+    raise SenderTerminated()
+
+
+def terminate_handler():
+    """SIGTERM raises SenderTerminated from now on; the handler it replaces
+    (None where signals cannot be set: not the main thread)."""
+    import signal
+    try:
+        return signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:
+        return None
 
 
 class ControlPipe:
@@ -239,6 +264,23 @@ class SerialLink:
         line, self.buffer = self.buffer.split(b'\n', 1)
         return line.strip()
 
+    def send_within(self, data, seconds):
+        """Write ``data`` for at most ``seconds`` (a printer that stopped
+        reading, flow control holding it back); the bytes written."""
+        import select
+        deadline, written = time.monotonic() + seconds, 0
+        while written < len(data):
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not select.select([], [self.fd], [], left)[1]:
+                    break
+                written += os.write(self.fd, data[written:])
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+        return written
+
     def close(self):
         self.serial.close()
 
@@ -295,6 +337,7 @@ class GcodeSender:
         self.control = control             # a ControlPipe, or None
         self.printer = printer or MarlinGcode()  # .pause_gcode, .resume_gcode, .cancel_gcode
         self.requests = deque()            # control words read, not yet acted on
+        self.orphaned = False              # the control pipe closed: the runner is gone
         self.state = 'printing'            # printing, paused, cancelling
         self.pause_poll = PRINT_PAUSE_POLL
         self.extrusion = None              # 'M82' or 'M83', the file's last, restored after a resume
@@ -307,6 +350,8 @@ class GcodeSender:
         self.layers = None                 # the ;LAYER of each line, or None: counted from Z moves
         self.z = None
         self.z_layer = 0                   # layers counted from rising Z
+        self.layer_z = None                # the last Z of the file's own lines (its layers)
+        self.file_span = None              # (first, last): the file's own lines between start and end G-code
         self.relative = False              # G91 in the file
         self.link = link
         self.lines = lines
@@ -406,8 +451,10 @@ class GcodeSender:
         if found:
             self.temps_at = time.monotonic()
 
-    def _note_move(self, code):
-        """Height and layer from the file's Z moves (absolute; G91 relative ones added)."""
+    def _note_move(self, code, number):
+        """Height from the Z moves (absolute; G91 relative ones added), and
+        the layer from the file's own rising ones: the start G-code's lift
+        and the end G-code's are no layer."""
         word = code.split(None, 1)[0].upper()
         if word in ('G90', 'G91'):
             self.relative = word == 'G91'
@@ -420,16 +467,19 @@ class GcodeSender:
         except ValueError:
             return
         z = (self.z or 0.0) + z if self.relative else z
-        if self.z is None or z > self.z + 1e-6:
-            self.z_layer += 1 if z > 0 else 0
         self.z = round(z, 3)
+        first, last = self.file_span or (1, len(self.lines))
+        if first <= number <= last:
+            if self.layer_z is None or z > self.layer_z + 1e-6:
+                self.z_layer += 1 if z > 0 else 0
+            self.layer_z = z
 
     def _send_line(self, number):
         code = self.lines[number - 1]
         data = checksummed(number, code)
         self.link.send(data)
         self.bytes_sent += len(data)
-        self._note_move(code)
+        self._note_move(code, number)
         self.owed.append((True, code[:4].upper() == 'M105' and not code[4:5].isdigit()))
         self.heard = time.monotonic()  # silence counts from here
         self.busy = False
@@ -515,14 +565,25 @@ class GcodeSender:
     # -- pause, resume, cancel, stop -----------------------------------------
 
     def _take_requests(self, words=None):
-        """Queue the control words that came; an emergency stop is sent at once."""
+        """Queue the control words that came; an emergency stop is sent at
+        once.  The control pipe closed (its runner died: OOM, SIGKILL) is a
+        cancel whatever else came with it: nobody follows the print any
+        more, nor could resume, pause or kill it."""
         for word in (self.control.poll() if words is None else words):
             self.log(f'asked to {word}')
-            if word == 'stop':
-                self._emergency_stop()
-            if word == 'cancel' and self.in_flight in PRINT_HEATING_WAITS:
-                self._break_heating_wait()
-            self.requests.append(word)
+            self._take(word)
+        if not self.control.open and not self.orphaned:
+            self.orphaned = True
+            self.log('the runner is gone (its control pipe closed): cancelling')
+            self.requests.clear()  # a resume or pause read with the end of the pipe: no one is there
+            self._take('cancel')
+
+    def _take(self, word):
+        if word == 'stop':
+            self._emergency_stop()
+        if word == 'cancel' and self.in_flight in PRINT_HEATING_WAITS:
+            self._break_heating_wait()
+        self.requests.append(word)
 
     def _break_heating_wait(self):
         """A cancel during a heat-up (M109, M190, M191, M303) need not wait
@@ -557,10 +618,7 @@ class GcodeSender:
         self._report()
         while True:
             words = self.control.wait(self.pause_poll)
-            if not self.control.open and not words:  # the runner is gone: nobody can resume this print
-                self.log('the runner is gone while paused')
-                self._cancel(done)
-            self._take_requests(words)
+            self._take_requests(words)  # the pipe closed: a cancel (the runner is gone)
             while self.requests:
                 word = self.requests.popleft()
                 if word == 'cancel':
@@ -588,6 +646,25 @@ class GcodeSender:
         positioning first (it sets the extruder's mode too), then extrusion;
         a file that set none is in the firmware's defaults, G90 and M82."""
         return (self.positioning or 'G90', self.extrusion or 'M82')
+
+    def abandon(self):
+        """Last words to a printer the sender must leave now (SIGTERM):
+        ``M108`` and the cancel G-code, unnumbered, not waited for, within
+        PRINT_LAST_WORDS_SECONDS.  M108 ends a heat-up's wait at once on
+        firmware with an emergency parser (Marlin's default); without one,
+        M108 and the cancel G-code wait in its serial buffer behind the
+        command in flight and run once it is done: the heaters go off then,
+        rather than never.  A newline first ends a line the signal cut
+        short (the printer refuses that one: no checksum).  The error the
+        sender ends with."""
+        codes = ('M108',) + tuple(self.printer.cancel_gcode)
+        data = b'\n' + b''.join(code.encode('ascii', 'replace') + b'\n' for code in codes)
+        written = self.link.send_within(data, PRINT_LAST_WORDS_SECONDS)
+        done = 'sent' if written == len(data) else f'not all sent ({written} of {len(data)} bytes)'
+        self.log(f'terminated (SIGTERM) after line {self.acked}: M108 and the cancel G-code {done}, '
+                 f'not waited for')
+        return PrinterError(f'terminated (SIGTERM) after line {self.acked}: M108 and the cancel G-code {done}; '
+                            f'without an emergency parser the printer runs them after the command in flight')
 
     def _cancel(self, done):
         self.state = 'cancelling'
@@ -683,18 +760,24 @@ def cmd_print(args):
     check_serial_port(port)  # a wrong port is named even when the file is wrong too
     control = task_control_pipe()
     printer = control.read_printer() if control is not None else None
-    lines, layers = printed_lines(path, printer)
+    lines, layers, span = printed_lines(path, printer)
     link = SerialLink(port, options['baud'])
     started = time.monotonic()
+    sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
+                         comm_timeout=options['comm-timeout'], control=control, printer=printer)
+    sender.layers, sender.file_span = layers, span
+    if sender.control is not None:  # a task: its followers see temperatures
+        sender.temp_interval = PRINT_TEMP_INTERVAL
+    previous = terminate_handler()
     try:
-        sender = GcodeSender(link, lines, options['timeout'], task_progress_writer(), _print_log,
-                             comm_timeout=options['comm-timeout'], control=control, printer=printer)
-        sender.layers = layers
-        if sender.control is not None:  # a task: its followers see temperatures
-            sender.temp_interval = PRINT_TEMP_INTERVAL
         sender.connect()
         sender.run()
+    except SenderTerminated:
+        raise sender.abandon() from None
     finally:
+        if previous is not None:
+            import signal
+            signal.signal(signal.SIGTERM, previous)
         link.close()
     elapsed = time.monotonic() - started
     _print_log(f'printed {len(lines)} lines in {elapsed:.1f} s')
@@ -702,18 +785,19 @@ def cmd_print(args):
 
 
 def printed_lines(path, printer=None):
-    """(lines, their layers) of a print: the file's code lines, between its
-    printer's start and end G-code when it names a printer (numbered and
-    answered like the file's own lines, so resends and a cancel reach them too)."""
+    """(lines, their layers, (first, last) of the file's own) of a print:
+    the file's code lines, between its printer's start and end G-code when
+    it names a printer (numbered and answered like the file's own lines, so
+    resends and a cancel reach them too)."""
     lines = gcode_lines(path)
     layers = gcode_layers(path, len(lines))
     if printer is None:
-        return lines, layers
+        return lines, layers, (1, len(lines))
     start, end = list(printer.start_gcode), list(printer.end_gcode)
     _print_log(f'printer {printer.name}: its own G-code ({len(start)} start lines, {len(end)} end lines)')
     if layers is not None:
         layers = [None] * len(start) + layers + [layers[-1] if layers else None] * len(end)
-    return start + lines + end, layers
+    return start + lines + end, layers, (len(start) + 1, len(start) + len(lines))
 
 
 def _print_arguments(args):

@@ -14,7 +14,7 @@ from .history import usual_run_time
 from .progress import OutputProgress
 from .limits import format_size, limit_error
 from .printers import PRINTER_STATE_FIELDS
-from .procs import kill_process_group, process_start_time, terminate_group
+from .procs import KILL_GRACE_SECONDS, kill_process_group, process_start_time, terminate_group
 from .schema import YES, Field, TaskStatus
 from .toollog import ToolLog
 
@@ -81,7 +81,7 @@ class ToolRun:
                           **({Field.SENDER: YES} if self.control else {})})
         if on_start:  # the started notifier: in a thread, the tool never waits for it
             on_start(self.task.record)
-        _install_runner_signal_handlers(process)
+        _install_runner_signal_handlers(process, is_print=self.control is not None)
         events = self.progress_events()
         progress = ProgressPipe(progress_read, events)
         output.follow(self.launch.progress, events)
@@ -222,8 +222,10 @@ def parse_progress_line(line):
 KILLED = 'killed'
 # A print that must end (killed, past its deadline, paused too long) is
 # cancelled by its sender: the line in flight answered, then the cancel
-# G-code (heaters off).  A sender that has not ended this long after is
-# stopped (SIGTERM, then SIGKILL) with the printer as it is.
+# G-code (heaters off).  A sender that has not ended this long after (a
+# heat-up on firmware without an emergency parser answers M108 only once it
+# is done) is stopped: SIGTERM to it alone, whose last words to the printer
+# are M108 and the cancel G-code unanswered, then its group (stop_sender).
 CANCEL_GRACE_SECONDS = 30.0
 # How the sender's last line says why it failed (``rrcloud: error: cancelled``).
 SENDER_ERROR_PREFIX = 'rrcloud: error: '
@@ -257,7 +259,10 @@ def supervise(process, watchdog, output, progress=None):
                 ending.follow(watchdog, now)
                 verdict = ending.why_stopped() if now >= ending.grace_ends else None
             if verdict:
-                terminate_group(process)
+                if watchdog.control is not None:  # a print's sender: its last words first
+                    stop_sender(process)
+                else:
+                    terminate_group(process)
                 return process.returncode, (None if verdict == KILLED else verdict)
 
 
@@ -542,12 +547,60 @@ class ExitWatch:
         return self.process.poll()
 
 
-def _install_runner_signal_handlers(process):
-    """A runner told to stop takes its tool's process group with it."""
+# A print's sender that must be stopped gets SIGTERM on its own first and
+# this long to write M108 and the cancel G-code to its printer and end
+# (printing.GcodeSender.abandon), before its process group is stopped.
+SENDER_LAST_WORDS_SECONDS = 2.0
+
+
+def stop_sender(process, grace=KILL_GRACE_SECONDS):
+    """Stop a print's sender, its last words to the printer first: SIGTERM
+    to the sender alone (in a sandbox the group's SIGTERM would end bwrap,
+    whose end kills the sender at once: --die-with-parent and its PID
+    namespace), up to SENDER_LAST_WORDS_SECONDS for it to end, then its
+    group (SIGTERM, SIGKILL after ``grace``)."""
+    import signal
+    import subprocess
+    for pid in sender_pids(process):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass  # gone already
+    try:
+        process.wait(timeout=SENDER_LAST_WORDS_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    terminate_group(process, grace)
+
+
+def sender_pids(process):
+    """The processes of a print's tool but bubblewrap's own: the sender
+    (``process`` itself without a sandbox)."""
+    import psutil
+    try:
+        tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    pids = []
+    for member in tree:
+        try:
+            if member.name() != 'bwrap':
+                pids.append(member.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+def _install_runner_signal_handlers(process, is_print=False):
+    """A runner told to stop takes its tool's process group with it (a
+    print's sender first told to leave its printer cancelled: stop_sender)."""
     import signal
 
     def stop(signum, frame):
-        terminate_group(process, grace=1.0)
+        if is_print:
+            stop_sender(process, grace=1.0)
+        else:
+            terminate_group(process, grace=1.0)
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)

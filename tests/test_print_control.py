@@ -31,6 +31,7 @@ PAUSE = list(MarlinGcode.pause_gcode)
 # the file's own modes (small.gcode: G90, M82) are restored after the relative prime
 RESUME = list(MarlinGcode.resume_gcode) + ['G90', 'M82']
 CANCEL = list(MarlinGcode.cancel_gcode)
+RUNNER_GONE = 'the runner is gone (its control pipe closed): cancelling'
 
 
 def numbers(sim):
@@ -40,7 +41,7 @@ def numbers(sim):
 class SenderThread:
     """The sender in a thread of this process, with a real control pipe."""
 
-    def __init__(self, sim, printer=None, lines=EXPECTED):
+    def __init__(self, sim, printer=None, lines=EXPECTED, layers='', file_span=None):
         self.read_end, self.write_end = os.pipe()
         self.link = SerialLink(sim.port, 115200)
         self.log_lines = []
@@ -48,7 +49,9 @@ class SenderThread:
         self.sender = GcodeSender(self.link, lines, answer_timeout=20, log=self.log_lines.append,
                                   control=ControlPipe(self.read_end), printer=printer,
                                   progress=lambda done, total, **state: self.reports.append((done, total, state)))
-        self.sender.layers = gcode_layers(SMALL, COUNT) if lines is EXPECTED else [0] * len(lines)
+        if layers == '':  # small.gcode's own, else a layer 0 for every line
+            layers = gcode_layers(SMALL, COUNT) if lines is EXPECTED else [0] * len(lines)
+        self.sender.layers, self.sender.file_span = layers, file_span
         self.sender.pause_poll = 0.1
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -73,6 +76,11 @@ class SenderThread:
 
     def ask(self, word):
         os.write(self.write_end, word.encode() + b'\n')
+
+    def runner_dies(self):
+        """The runner dies (SIGKILL, OOM): its end of the control pipe closes."""
+        os.close(self.write_end)
+        self.write_end = None
 
     def join(self):
         self.thread.join(30)
@@ -129,13 +137,60 @@ def test_a_paused_print_whose_runner_is_gone_is_cancelled_not_left_hot():
         run.ask('pause')
         sim.release()
         assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
-        os.close(run.write_end)  # the runner dies (SIGKILL, OOM): its end of the control pipe closes
-        run.write_end = None
+        run.runner_dies()
         run.join()
 
     assert isinstance(run.error, PrintCancelled), run.error
     assert after_line(sim, HOLD)[-len(CANCEL):] == CANCEL
-    assert 'the runner is gone while paused' in run.log_lines
+    assert RUNNER_GONE in run.log_lines
+
+
+def test_a_print_whose_runner_dies_mid_print_is_cancelled_and_nothing_follows():
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.runner_dies()
+        sim.release()
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled), run.error
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert after_line(sim, HOLD) == CANCEL
+    assert RUNNER_GONE in run.log_lines
+
+
+def test_a_resume_that_comes_with_the_end_of_the_control_pipe_is_a_cancel():
+    """The runner wrote resume and died: nobody follows the print, so it is
+    not resumed but cancelled."""
+    with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
+        assert sim.holding.wait(20)
+        run.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.ask('resume')
+        run.runner_dies()
+        run.join()
+
+    assert isinstance(run.error, PrintCancelled), run.error
+    # read together, the resume is dropped; read apart (a poll between the
+    # two writes), one line may go before the end of the pipe is seen
+    assert len(file_lines(sim)) <= HOLD + 1
+    assert sim.received[-len(CANCEL):] == CANCEL
+    assert RUNNER_GONE in run.log_lines
+
+
+def test_the_end_of_the_control_pipe_read_with_a_resume_leaves_only_a_cancel():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b'resume\npause\n')
+    os.close(write_end)
+    log = []
+    sender = GcodeSender(None, [], control=ControlPipe(read_end), log=log.append)
+    try:
+        sender._take_requests()
+    finally:
+        os.close(read_end)
+
+    assert list(sender.requests) == ['cancel']
+    assert log == ['asked to resume', 'asked to pause', RUNNER_GONE]
 
 
 def test_a_cancel_during_a_heat_up_breaks_the_wait_with_m108_and_turns_the_heaters_off():
@@ -151,6 +206,37 @@ def test_a_cancel_during_a_heat_up_breaks_the_wait_with_m108_and_turns_the_heate
     assert file_lines(sim)[-1] == 'M109 S200'  # nothing of the file after the heat-up
     assert sim.received[sim.received.index('M108'):] == ['M108'] + CANCEL
     assert 'M108 sent: the M109 wait is broken off' in run.log_lines
+
+
+def test_a_sender_told_to_end_during_a_heat_up_leaves_the_cancel_gcode_queued_on_firmware_without_an_emergency_parser(
+        workdir):
+    """Without an emergency parser M108 is answered only after the heat-up,
+    so a cancel cannot end within the runner's grace; the sender that gets
+    SIGTERM then writes M108 and the cancel G-code unanswered and ends: the
+    printer runs them once the heat-up is done, and the heaters go off."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import REPO
+    with PrinterSim(emergency_parser=False, command_delays={'M109': 5}) as sim:
+        sender = subprocess.Popen([sys.executable, str(REPO / 'rrcloud.py'), 'print', sim.port, str(SMALL)],
+                                  cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert sim.wait_for(lambda s: 'M109 S200' in file_lines(s), 20), sim.received[-5:]
+            sender.send_signal(signal.SIGTERM)
+            out, err = sender.communicate(timeout=20)  # at once, not after the heat-up
+            ended = sim.heating_broken == 0 and 'M109 S200' == sim.received[-1]
+            assert sim.wait_for(lambda s: s.received[-len(CANCEL):] == CANCEL, 20), sim.received[-5:]
+        finally:
+            sender.kill()
+            sender.wait()
+
+    assert ended  # the sender ended while the printer still heated
+    assert sender.returncode not in (0, None)
+    assert err.startswith(f'rrcloud: error: terminated (SIGTERM) after line {EXPECTED.index("M109 S200")}: '), err
+    assert 'M108 and the cancel G-code sent, not waited for' in out, out
+    assert file_lines(sim)[-1] == 'M109 S200' and sim.heating_broken == 0
+    assert sim.received[sim.received.index('M109 S200') + 1:] == ['M108'] + CANCEL
 
 
 def test_cancel_runs_the_cancel_gcode_and_nothing_after_it():
@@ -232,6 +318,28 @@ def test_printer_state_in_the_progress_reports():
     assert file_lines(sim) == EXPECTED
 
 
+def test_layers_counted_from_z_moves_are_the_files_own_not_the_start_or_end_gcodes(tmp_path):
+    """A file without ;LAYER comments: its layers are counted from its rising
+    Z moves; the start G-code's lift and the end G-code's are no layer."""
+    from rrc.printing import printed_lines
+
+    class Lifting:
+        name = 'lifting'
+        start_gcode = ['G28', 'G1 Z5 F600']
+        end_gcode = ['G91', 'G1 Z10 F600', 'G90']
+
+    path = tmp_path / 'three-layers.gcode'
+    path.write_text('G90\nG1 Z0.2 F600\nG1 X10 E1\nG1 Z0.4\nG1 X0 E2\nG1 Z0.6\nG1 X10 E3\n')
+    lines, layers, span = printed_lines(str(path), Lifting())
+    assert layers is None and span == (3, 9)
+    with PrinterSim() as sim, SenderThread(sim, lines=lines, layers=layers, file_span=span) as run:
+        run.join()
+
+    assert run.error is None, run.error
+    assert file_lines(sim) == lines
+    assert run.reports[-1][2]['layer'] == 3 and run.reports[-1][2]['z'] == 10.6
+
+
 def test_temperature_polls_go_between_lines():
     """No temperature for temp_interval: M105 between two lines, unnumbered;
     every line of the file still once and in order."""
@@ -268,6 +376,17 @@ def started_print(proc, workdir, sim, printer=None):
     return store, task_id
 
 
+def held_print_asked(proc, workdir, sim, verb, printer=None):
+    """A print of small.gcode held at line HOLD (``started_print``), asked
+    to ``verb`` through the command line, its sender told (a kill is its
+    runner's cancel); the line is still held."""
+    store, task_id = started_print(proc, workdir, sim, printer)
+    asked = proc(verb, task_id)
+    assert asked.code == 0, asked
+    assert wait_sender_asked(store, task_id, 'cancel' if verb == 'kill' else verb)
+    return store, task_id
+
+
 def log_of(store, task_id):
     with open(store.log_path(task_id), encoding='utf-8', errors='replace') as log:
         return log.read()
@@ -275,10 +394,15 @@ def log_of(store, task_id):
 
 def wait_sender_asked(store, task_id, word, timeout=30):
     """Wait until the sender logged that it got ``word`` from its runner."""
+    return wait_for_log(store, task_id, f'rrcloud print: asked to {word}', timeout)
+
+
+def wait_for_log(store, task_id, text, timeout=30):
+    """Wait until the task's log holds ``text``."""
     import time
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if f'rrcloud print: asked to {word}' in log_of(store, task_id):
+        if text in log_of(store, task_id):
             return True
         time.sleep(0.05)
     return False
@@ -421,9 +545,7 @@ def own_printer(workdir, sim):
 def test_a_named_printers_own_gcode_at_start_pause_resume_and_end(proc, pty_service):
     with PrinterSim(hold_at_line=HOLD) as sim:
         own_printer(pty_service, sim)
-        store, task_id = started_print(proc, pty_service, sim, printer='mk3')
-        assert proc('pause', task_id).code == 0
-        assert wait_sender_asked(store, task_id, 'pause')
+        _, task_id = held_print_asked(proc, pty_service, sim, 'pause', printer='mk3')
         sim.release()
         # paused: the pause G-code, then a temperature poll and no line of the file
         assert sim.wait_for(lambda s: s.received[-len(OWN_PAUSE) - 1:] == OWN_PAUSE + ['M105'], 20), sim.received[-10:]
@@ -445,9 +567,7 @@ def test_a_named_printers_own_gcode_at_start_pause_resume_and_end(proc, pty_serv
 def test_a_named_printers_own_cancel_gcode_and_nothing_after(proc, pty_service):
     with PrinterSim(hold_at_line=HOLD) as sim:
         own_printer(pty_service, sim)
-        store, task_id = started_print(proc, pty_service, sim, printer='mk3')
-        assert proc('cancel', task_id).code == 0
-        assert wait_sender_asked(store, task_id, 'cancel')
+        _, task_id = held_print_asked(proc, pty_service, sim, 'cancel', printer='mk3')
         sim.release()
         record = tidied(pty_service, task_id)
 
@@ -458,10 +578,7 @@ def test_a_named_printers_own_cancel_gcode_and_nothing_after(proc, pty_service):
 
 def test_kill_of_a_running_print_cancels_it_with_the_cancel_gcode(proc, pty_service):
     with PrinterSim(hold_at_line=HOLD) as sim:
-        store, task_id = started_print(proc, pty_service, sim)
-        killed = proc('kill', task_id)
-        assert killed.code == 0, killed
-        assert wait_sender_asked(store, task_id, 'cancel')
+        store, task_id = held_print_asked(proc, pty_service, sim, 'kill')
         sim.release()
         record = tidied(pty_service, task_id)
 
@@ -470,6 +587,58 @@ def test_kill_of_a_running_print_cancels_it_with_the_cancel_gcode(proc, pty_serv
     assert after_line(sim, HOLD) == CANCEL  # Marlin's: heaters, fan and motors off, nothing after
     text = log_of(store, task_id)
     assert 'rrcloud: killed: the print is cancelled (its cancel G-code)' in text, text
+
+
+def test_an_emergency_stop_reaches_a_killed_print_during_its_cancel(proc, pty_service):
+    """Killed, the record is final at once, but the sender cancels the print
+    within its runner's grace (here held by the line in flight): a stop must
+    still reach it, and M112 go before the cancel G-code."""
+    with PrinterSim(hold_at_line=HOLD) as sim:
+        store, task_id = held_print_asked(proc, pty_service, sim, 'kill')
+        assert get_task(store, task_id)['status'] == 'failed'
+        stopped = proc('stop', task_id)
+        assert stopped.code == 0, stopped
+        assert wait_for_log(store, task_id, 'rrcloud print: emergency stop: M112 sent')
+        sim.release()
+        assert sim.wait_for(lambda s: 'M112' in s.received, 20)
+        record = tidied(pty_service, task_id)
+
+    assert (record['status'], record['error']) == ('failed', 'killed'), record
+    assert file_lines(sim) == EXPECTED[:HOLD]
+    assert after_line(sim, HOLD) == ['M112']  # no cancel G-code first
+    assert 'emergency stop asked by the command line' in log_of(store, task_id)
+
+
+def test_a_stop_of_an_ended_print_whose_runner_is_gone_is_refused(cli, workdir):
+    from rrc.control import stop_task
+    store = Store(str(workdir))
+    record = store.create_task(lambda _: {'service': 'printrun', 'status': 'failed', 'error': 'killed',
+                                          'sender': 'yes', 'runner': '999999999', 'runnerStart': '1'})
+    with pytest.raises(UsageError, match='not a print whose sender runs'):
+        stop_task(store, record['id'], by='test')
+
+
+def test_a_print_whose_runner_is_stopped_during_a_heat_up_still_turns_the_heaters_off(proc, pty_service):
+    """The runner told to stop (SIGTERM) stops its sender, sandboxed: the
+    sender alone gets SIGTERM first (bwrap's end would kill it at once), so
+    M108 and the cancel G-code reach firmware without an emergency parser
+    during a heat-up, queued behind it."""
+    import signal
+    with PrinterSim(emergency_parser=False, command_delays={'M109': 5}) as sim:
+        result = proc('printrun', sim.port, 'small.gcode')
+        assert result.code == 0, result
+        task_id = result.out.split('id: ', 1)[1].strip()
+        store = Store(str(pty_service))
+        assert sim.wait_for(lambda s: 'M109 S200' in file_lines(s), 30), sim.received[-5:]
+        record = wait_for_record(store, task_id, lambda r: r.get('sender') == 'yes')
+        os.kill(int(record['runner']), signal.SIGTERM)
+        assert wait_for_log(store, task_id, 'M108 and the cancel G-code sent, not waited for')
+        assert sim.wait_for(lambda s: s.received[-len(CANCEL):] == CANCEL, 30), sim.received[-5:]
+        record = tidied(pty_service, task_id)
+
+    assert record['status'] == 'failed', record
+    assert file_lines(sim)[-1] == 'M109 S200' and sim.heating_broken == 0
+    assert sim.received[sim.received.index('M109 S200') + 1:] == ['M108'] + CANCEL
 
 
 def test_a_print_paused_longer_than_max_suspend_is_cancelled(proc, pty_service):

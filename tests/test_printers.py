@@ -72,6 +72,15 @@ def test_conf_gives_port_baud_and_gcode_with_marlin_defaults(tmp_path):
     ('port = /dev/ttyACM0\npause = M118 ok\n', 2, 'pause: M118 is not allowed'),
     ('port = /dev/ttyACM0\npause = M28 part.gco\n', 2, 'pause: M28 is not allowed'),
     ('port = /dev/ttyACM0\nresume = G1 X\u0661\n', 2, 'resume: not a G-code command'),
+    # control characters that str.split takes for spaces, hiding a refused command
+    ('port = /dev/ttyACM0\ncancel = G1 X1\x1fM112\n', 2, 'cancel: not a G-code command'),
+    ('port = /dev/ttyACM0\ncancel = G1 X1\tM112\n', 2, 'cancel: not a G-code command'),
+    # an SD-card print started or aborted behind the sender's back
+    ('port = /dev/ttyACM0\nstart = M23 part.gco\n', 2, 'start: M23 is not allowed'),
+    ('port = /dev/ttyACM0\nstart = M24\n', 2, 'start: M24 is not allowed'),
+    ('port = /dev/ttyACM0\nend = M32 P !part.gco#\n', 2, 'end: M32 is not allowed'),
+    ('port = /dev/ttyACM0\ncancel = M524\n', 2, 'cancel: M524 is not allowed'),
+    ('port = /dev/ttyACM0\nresume = M1000\n', 2, 'resume: M1000 is not allowed'),
 ])
 def test_bad_conf_is_an_error_naming_the_file_and_line(tmp_path, text, line, words):
     write_printer(tmp_path, 'mk3', text)
@@ -104,6 +113,10 @@ def test_a_printers_gcode_handed_to_its_sender_comes_back_the_same_and_checked(t
     assert handoff_lines(None) == ['ready'] and printer_from_handoff([]) is None  # a raw port: Marlin's
     with pytest.raises(ConfigError, match='a bad line in the printer G-code'):
         printer_from_handoff(['printer mk3', 'gcode cancel rm -rf /'])
+    with pytest.raises(ConfigError, match='a bad line in the printer G-code'):
+        printer_from_handoff(['printer mk3', 'gcode cancel G1 X1\x1fM112'])
+    with pytest.raises(ConfigError, match='a bad line in the printer G-code'):  # a conf splits its lines there
+        printer_from_handoff(['printer mk3', 'gcode start G1 X1\x1cM24'])
 
 
 @pytest.mark.parametrize('name', ['../etc/passwd', 'MK3', 'mk3.conf', '', '-x', 'a' * 33, 'mk 3'])

@@ -345,6 +345,41 @@ def test_a_print_past_its_deadline_is_cancelled_by_its_sender_else_stopped(tmp_p
     assert 'rrcloud: timeout after 0.3 s: the print is cancelled (its cancel G-code)' in store_log(store)
 
 
+# A sender (a shell here) whose last words on SIGTERM take a moment, as
+# rrcloud print writes M108 and the cancel G-code to its printer then.
+LAST_WORDS_SENDER = 'trap "sleep 0.3; echo M108 > {out}/last-words; exit 1" TERM; while :; do sleep 0.05; done'
+
+
+@pytest.mark.parametrize('sandboxed', [False, True], ids=['unsandboxed', 'sandboxed'])
+def test_a_print_sender_past_its_grace_gets_sigterm_alone_first_and_says_its_last_words(tmp_path, sandboxed):
+    """In a sandbox the group's SIGTERM ends bwrap, whose end kills the
+    sender at once (--die-with-parent, its PID namespace): the sender alone
+    is told first, and has a moment to turn the printer's heaters off."""
+    import shlex
+    from rrc.sandbox import JOB_FOLDER, Sandbox
+    store = busy_task(tmp_path)
+    out = tmp_path / 'out'
+    out.mkdir()
+    command = ['sh', '-c', LAST_WORDS_SENDER.format(out=f'{JOB_FOLDER}/tasks/out' if sandboxed else out)]
+    if sandboxed:
+        command = Sandbox([], str(out)).command(command)
+    control_read, control_write = os.pipe()
+    try:
+        with tool_writing('exec ' + shlex.join(command), tmp_path) as (process, pipe):
+            watchdog = Watchdog(Task(store, TASK_ID, watch_config(timeout=0.3)), interval=0.2,
+                                control=SenderControl(control_write))
+            watchdog.cancel_grace = 0.5
+            code, stopped = supervise(process, watchdog, pipe)
+            pipe.finish()
+    finally:
+        os.close(control_read)
+        os.close(control_write)
+
+    assert code not in (0, None)
+    assert stopped == 'timeout after 0.3 s: the sender did not end within 0.5 s of its cancel'
+    assert (out / 'last-words').read_text() == 'M108\n'
+
+
 def store_log(store):
     with open(store.log_path(TASK_ID), encoding='utf-8') as log:
         return log.read()
