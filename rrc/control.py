@@ -13,7 +13,7 @@ from .errors import UsageError
 from .procs import kill_process_group
 from .schema import YES, Field
 from .states import State, move_locked, process_here, state_of
-from .store import ORDER_FOLDER, append_log, unmark
+from .store import ORDER_FOLDER, append_log, is_marked, unmark
 
 
 def kill_task(store, task_id, by):
@@ -83,9 +83,11 @@ def cancel_task(store, task_id, by):
     return _ask_sender(store, task_id, 'cancel', by)
 
 
-def stop_task(store, task_id, by):
-    """Emergency stop of a print: its sender sends M112 at once; the task ends failed."""
-    return _ask_sender(store, task_id, 'stop', by)
+def stop_task(store, task_id, by, runner_alive=False):
+    """Emergency stop of a print: its sender sends M112 at once; the task ends
+    failed.  ``runner_alive``: the caller runs the print's runner itself (a
+    farm's worker), so a killed print is still being cancelled."""
+    return _ask_sender(store, task_id, 'stop', by, runner_alive)
 
 
 def is_print(record):
@@ -99,7 +101,7 @@ def _not_a_print(task_id, verb, record):
                       f'only a running print can {verb}')
 
 
-def _ask_sender(store, task_id, word, by):
+def _ask_sender(store, task_id, word, by, runner_alive=False):
     """Write a cancel or stop into a running (or paused) print's record: its
     runner hands it to the sender.  A stop is never taken back: the runner
     reads the record only every half second, and a cancel written over a
@@ -112,7 +114,7 @@ def _ask_sender(store, task_id, word, by):
     with store.lock():
         record = store.read_task(task_id)
         if not is_print(record) or not (state_of(record) in (State.RUNNING, State.SUSPENDED)
-                                        or (word == 'stop' and _being_cancelled(store, record))):
+                                        or (word == 'stop' and _being_cancelled(store, record, runner_alive))):
             raise _not_a_print(task_id, word, record)
         if record.get(Field.PRINT_CONTROL) == 'stop':
             return record
@@ -123,10 +125,16 @@ def _ask_sender(store, task_id, word, by):
     return record
 
 
-def _being_cancelled(store, record):
-    """True for an ended print whose runner still lives here: its sender is
-    cancelling it (``supervise.Ending``), within the runner's grace."""
-    return state_of(record) == State.FAILED and process_here(store, record, Field.RUNNER, Field.RUNNER_START)
+def _being_cancelled(store, record, runner_alive=False):
+    """True for an ended print whose runner still lives: its sender is
+    cancelling it (``supervise.Ending``), within the runner's grace.  Its
+    runner is here, or the caller's own (``runner_alive``), or on a farm's
+    worker that has not yet said it is done (the running marker is there
+    until its ``workdone``)."""
+    if state_of(record) != State.FAILED:
+        return False
+    return (runner_alive or process_here(store, record, Field.RUNNER, Field.RUNNER_START)
+            or (bool(record.get(Field.WORKER)) and is_marked(store, 'running', record[Field.ID])))
 
 
 def _pause_or_continue(store, task_id, to, by, print_only=False):

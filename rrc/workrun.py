@@ -328,7 +328,10 @@ class Link:
         """The front-end's record: killed ends the run here; a suspension stops
         the tool (a print's sender pauses); a print's cancel or stop goes to its sender."""
         if answer.get(Field.STATUS) != TaskStatus.BUSY:
-            return self.end_here('killed')
+            self.end_here('killed')  # its sender is cancelling it: an emergency stop still goes to it
+            if answer.get(Field.PRINT_CONTROL) == 'stop' and 'stop' not in self.asked:
+                self.ask_sender('stop')
+            return None
         suspended = answer.get(Field.SUSPENDED) == YES
         if suspended != self.suspended:
             self.suspend_here(suspended)
@@ -342,7 +345,10 @@ class Link:
         from .control import cancel_task, stop_task
         from .errors import UsageError
         try:
-            (cancel_task if word == 'cancel' else stop_task)(self.run.store, self.run.id, by='its front-end')
+            if word == 'cancel':
+                cancel_task(self.run.store, self.run.id, by='its front-end')
+            else:  # this process runs the print's runner: it lives
+                stop_task(self.run.store, self.run.id, by='its front-end', runner_alive=True)
         except UsageError:  # its sender is not running yet: the next update tries again
             return
         self.asked.add(word)

@@ -910,6 +910,25 @@ def test_a_killed_print_keeps_its_printer_until_its_worker_has_cancelled_it(mk3)
     assert cancelled[:len(CANCEL)] == CANCEL, cancelled[:10]  # the killed print's cancel G-code, then the next
 
 
+def test_an_emergency_stop_reaches_a_killed_print_on_its_worker_during_its_cancel(mk3):
+    farm, sim = mk3.farm, mk3.sim
+    mark, (task_id,) = mk3.held_prints()
+    farm.session.get(farm.proxy.url, params={'service': 'kill', 'id': task_id}, timeout=30)
+    wait_for(lambda: 'the print is cancelled' in farm.log(task_id), 'the worker to hear the kill')
+    stopped = farm.session.get(farm.proxy.url, params={'service': 'stop', 'id': task_id, 'format': 'json'},
+                               timeout=30)
+    # (the simulated printer reads its input again once released: Marlin's emergency parser would at once)
+    wait_for(lambda: 'emergency stop: M112 sent' in farm.log(task_id), 'the sender to send M112')
+    sim.release()
+    wait_for(lambda: 'running' not in farm.info(task_id) and 'emergency stop' in farm.log(task_id),
+             'the worker to end its print')
+
+    assert stopped.status_code == 200, stopped.text
+    assert file_lines(sim, mark) == EXPECTED[:HOLD]
+    assert after_line(sim, HOLD, mark)[:1] == ['M112']  # at once, not after the cancel G-code
+    assert farm.info(task_id)['error'] == 'killed'
+
+
 def test_a_worker_refuses_a_print_by_port_on_its_named_printers_port(tmp_path, monkeypatch):
     from rrc.errors import RRCloudError
     from rrc.workrun import WorkRun
