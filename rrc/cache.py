@@ -116,6 +116,18 @@ def farm_version(store, service_name):
         return ''
 
 
+def parse_versions(text):
+    """{service: version} of ``SERVICE=VERSION,...`` (``toolversions.versions_field``,
+    a worker's claim); a tool that is not installed or says no version is left out."""
+    found = {}
+    for pair in (text or '').split(','):
+        name, _, version = pair.partition('=')
+        version = ''.join(c for c in version if c.isprintable())[:80].strip()
+        if name and version and version not in (NOT_INSTALLED, UNKNOWN):
+            found[name.strip()] = version
+    return found
+
+
 def note_farm_version(store, service_name, version):
     """A worker claimed a ``service_name`` task with ``version``: kept for the next submissions."""
     if not version or farm_version(store, service_name) == version:
