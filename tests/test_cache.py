@@ -37,8 +37,9 @@ def server():
 
 def post(server, script, service='sh', name='part.sh', **fields):
     """A task of ``script``; the POST's JSON answer (its record)."""
-    answer = server.session.post(server.url + '/', data=dict(fields, service=service, format='json'),
-                                 files={'fileIn0': (name, script)}, timeout=60)
+    session = getattr(server, 'session', None) or plain_session()
+    answer = session.post(server.url.rstrip('/') + '/', data=dict(fields, service=service, format='json'),
+                          files={'fileIn0': (name, script)}, timeout=60)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
