@@ -137,10 +137,13 @@ class WorkRun:
         each binary asked once, kept in the worker's folder across its jobs."""
         from .services import load_services
         from .toolversions import ToolVersions, versions_field
-        services, _ = load_services(os.getcwd())
-        os.makedirs(os.path.join(self.work_folder, 'tasks'), exist_ok=True)
-        return versions_field(ToolVersions(self.work_folder).of_services(
-            {name: services[name] for name in self.services if name in services}))
+        try:
+            services, _ = load_services(os.getcwd())
+            os.makedirs(os.path.join(self.work_folder, 'tasks'), exist_ok=True)
+            return versions_field(ToolVersions(self.work_folder).of_services(
+                {name: services[name] for name in self.services if name in services}))
+        except (RRCloudError, OSError):  # no versions: the task runs, and its result is not cached
+            return ''
 
     def lay_out(self, claimed):
         """The private store: the task's record (running here) and its inputs.

@@ -327,7 +327,6 @@ def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
 
 # -- live: the CGI, a farm ------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_a_hit_through_the_cgi_under_lighttpd():
     with deploy.running(deploy.deployment('lighttpd', config='sandbox = no\n', services=SERVICES)) as cgi:
         script = unique('cgi')
@@ -344,7 +343,6 @@ def test_a_hit_through_the_cgi_under_lighttpd():
 BASH_SERVICE = 'path = /usr/bin:/bin\ncmd = bash\ninputExt = sh\n'
 
 
-@pytest.mark.slow
 def test_on_a_farm_a_worker_never_runs_a_task_whose_result_the_cache_holds(tmp_path):
     from farm import RedisServer, Worker, front_end
     redis = RedisServer().start()
