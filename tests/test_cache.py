@@ -192,6 +192,22 @@ def test_another_engine_field_misses(server):
         cache.task_key(store, service, dict(original, engine='manifold'), 'v')
 
 
+def test_a_changed_file_of_a_watched_library_changes_the_key(server, tmp_path):
+    """``cacheWatch`` folders (a tool's system libraries, POV-Ray's includes)."""
+    from rrc.services import find_service, load_services
+    original = run(server, unique('library'))
+    service = find_service(*load_services(str(server.store)), 'sh')
+    library = tmp_path / 'MCAD'
+    library.mkdir()
+    (library / 'gears.scad').write_text('module gear() cube(1);\n')
+    service.cache_watch = [str(library)]
+    before = cache.task_key(store_of(server), service, original, 'v')
+
+    (library / 'gears.scad').write_text('module gear() cube(2);\n')
+
+    assert cache.task_key(store_of(server), service, original, 'v') != before
+
+
 def test_a_failed_task_is_never_cached(server):
     script = f'echo failing-{time.time_ns()}; exit 3\n'
     first = run(server, script)
