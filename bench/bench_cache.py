@@ -55,7 +55,7 @@ def time_to_result(session, url, fields):
 
 
 def hit_against_render(renders, hits):
-    with EmbeddedServer(config='maxTasks = 2\n') as server:
+    with EmbeddedServer(config='maxTasks = 2\ncacheSize = 1G\n') as server:
         session = requests.Session()
         session.trust_env = False
         rendered = []

@@ -311,12 +311,31 @@ def link_or_copy(source, destination):
         unlink_quietly(temp)
 
 
-def hit_log(entry, task_id):
-    """The log of a task served from the cache: a line saying so, then the
-    tool's log of the task it came from."""
-    head = (f'rrcloud: task {task_id}: the result of task {entry.origin} from the cache '
+def hit_log(entry, record):
+    """The log of a task served from the cache: the tool's log of the task it
+    came from, naming this task's own inputs and id (so its client reads its
+    own file names), then a line saying where it came from."""
+    note = (f'rrcloud: task {record[Field.ID]}: the result of task {entry.origin} from the cache '
             f'(key {entry.key[:16]}); nothing ran\n').encode()
-    return head + read_bytes(entry.log)
+    return log_with_names(read_bytes(entry.log), placeholders(), task_names(record)) + note
+
+
+def task_names(record):
+    """The words of a task's log that are its own: its id, each input's stored name."""
+    return [record[Field.ID]] + [stored_top(path) for _, path in stored_inputs(record)]
+
+
+def placeholders(count=64):
+    """What an entry's log holds in place of ``task_names`` (NUL-marked: never a tool's text)."""
+    return ['\0id\0'] + [f'\0in{number}\0' for number in range(count)]
+
+
+def log_with_names(log, old, new):
+    """``log`` with each word of ``old`` replaced by the same place's in ``new``."""
+    for before, after in zip(old, new):
+        if before:
+            log = log.replace(before.encode(), after.encode())
+    return log
 
 
 def hit_fields(entry):
@@ -334,7 +353,7 @@ def serve(store, record, key):
     if entry is None or not record.get(Field.OUT) or not place_result(entry, store.path_of(record[Field.OUT])):
         return None
     with open(store.log_path(record[Field.ID]), 'ab') as log:
-        log.write(hit_log(entry, record[Field.ID]))
+        log.write(hit_log(entry, record))
     return hit_fields(entry)
 
 
@@ -349,7 +368,7 @@ def put(store, config, key, record):
         size = os.path.getsize(out)
     except OSError:
         return False
-    log = task_log(store, record[Field.ID])
+    log = log_with_names(task_log(store, record[Field.ID]), task_names(record), placeholders())
     if not size or size + len(log) > config.cacheSize:
         return False
     folder = cache_folder(store)

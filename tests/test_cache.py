@@ -26,12 +26,14 @@ ARGS_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = sh\nnativeArgs = --fa
 NO_CACHE_SERVICE = ARGS_SERVICE + 'cache = no\n'
 SERVICES = {'sh': ARGS_SERVICE, 'nocache': NO_CACHE_SERVICE}
 WRITE = 'for last; do :; done; echo "{word} $*" > "$last"\n'
+# The test servers start with the cache off (helpers.CACHE_OFF): these turn it on.
+ON = 'cacheSize = 1G\n'
 SIZED = 'for last; do :; done; head -c {size} /dev/zero | tr "\\0" x > "$last"\n'
 
 
 @pytest.fixture(scope='module')
 def server():
-    with deploy.running(deploy.deployment('wsgi', config='sandbox = no\n', services=SERVICES)) as deployment:
+    with deploy.running(deploy.deployment('wsgi', config=ON + 'sandbox = no\n', services=SERVICES)) as deployment:
         yield deployment
 
 
@@ -93,6 +95,18 @@ def test_a_repeated_task_is_complete_at_once_as_a_task_of_its_own_with_the_same_
     assert f'the result of task {original["id"]} from the cache' in log(server, hit)
     statuses = [event.data.get('status') for event in read_events(server, hit['id']) if event.kind == 'status']
     assert statuses == ['busy', 'busy', 'complete'], statuses  # queued, running, complete: the one state machine
+
+
+def test_a_hits_log_is_the_tools_log_naming_its_own_clients_file_then_where_it_came_from(server):
+    script = 'echo "made by $0 as task $(basename "$1")"\n' + unique('log')
+    original = run(server, script, name='würfel.sh')
+
+    hit = post(server, script, name='würfel.sh')
+
+    assert log(server, original).startswith(f'made by würfel.sh as task {original["id"]}\n')
+    lines = log(server, hit).splitlines()
+    assert lines[0] == f'made by würfel.sh as task {hit["id"]}', lines
+    assert lines[-1].startswith(f'rrcloud: task {hit["id"]}: the result of task {original["id"]} from the cache')
 
 
 def read_events(server, task_id):
@@ -231,7 +245,7 @@ def test_a_service_with_cache_no_and_printing_are_never_cached(server):
 
 
 def test_a_task_queued_behind_its_twin_is_served_by_its_runner():
-    with deploy.running(deploy.deployment('wsgi', config='sandbox = no\nmaxTasks = 1\n',
+    with deploy.running(deploy.deployment('wsgi', config=ON + 'sandbox = no\nmaxTasks = 1\n',
                                           services=SERVICES)) as one_slot:
         script = 'sleep 0.5\n' + unique('twin')
         first, twin = post(one_slot, script), post(one_slot, script)  # neither is complete yet
@@ -249,7 +263,7 @@ STEP_SERVICE = 'path = /usr/bin:/bin\ncmd = sh\ninputExt = txt\noutput = $fileOu
 
 
 def test_a_pipelines_step_is_served_from_the_cache_like_any_task():
-    with deploy.running(deploy.deployment('wsgi', services={'step': STEP_SERVICE})) as server:
+    with deploy.running(deploy.deployment('wsgi', config=ON, services={'step': STEP_SERVICE})) as server:
         script = f'printf %s piped-{time.time_ns()} > "$1"\n'
         original = run(server, script, service='step', name='a.txt')
         answer = server.session.post(f'{server.url}/', data={'service': 'pipe', 'format': 'json', 'wait': '60',
@@ -279,7 +293,7 @@ def project(files):
 
 @pytest.fixture(scope='module')
 def openscad_server():
-    with deploy.running(deploy.deployment('wsgi')) as deployment:
+    with deploy.running(deploy.deployment('wsgi', config=ON)) as deployment:
         yield deployment
 
 
@@ -344,7 +358,7 @@ def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
 # -- live: the CGI, a farm ------------------------------------------------------------------
 
 def test_a_hit_through_the_cgi_under_lighttpd():
-    with deploy.running(deploy.deployment('lighttpd', config='sandbox = no\n', services=SERVICES)) as cgi:
+    with deploy.running(deploy.deployment('lighttpd', config=ON + 'sandbox = no\n', services=SERVICES)) as cgi:
         script = unique('cgi')
         session = plain_session()
         original = wait_done(cgi, post(cgi, script)['id'])
@@ -364,7 +378,7 @@ def test_on_a_farm_a_worker_never_runs_a_task_whose_result_the_cache_holds(tmp_p
     redis = RedisServer().start()
     store = tmp_path / 'store'
     store.mkdir()
-    front = front_end(store, redis, 'front1', {'bash': BASH_SERVICE})
+    front = front_end(store, redis, 'front1', {'bash': BASH_SERVICE}, extra=ON)
     worker = None
     try:
         front.start()
