@@ -54,6 +54,8 @@ def run_task(store, settings, task_id):
     if served:  # an identical task completed since this one was submitted: nothing runs
         task.record = served
         return _runner_done(task, notifier)
+    if key and task.refresh().get(Field.STATUS) != TaskStatus.BUSY:  # killed while the cache was asked
+        return _runner_done(task, notifier)
     if task.get(Field.JOB):
         prepare_hand_off(task)
     try:
