@@ -12,6 +12,7 @@ import io
 import os
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -416,3 +417,43 @@ def rq_job_exists(redis, task_id):
 
 def result_bytes(server, record):
     return plain_session().get(f'{server.url.rstrip("/")}/{record["out"]}', timeout=30).content
+
+
+# -- writers at once -----------------------------------------------------------------------
+
+def test_writers_at_once_keep_the_cache_within_its_size_and_every_entry_whole(tmp_path):
+    """Several processes (front-ends on one store, runners) store results at
+    once: the cache's lock and renames keep it within ``cacheSize``, and
+    every entry left has its facts, its result and its log."""
+    from concurrent.futures import ProcessPoolExecutor
+    root = tmp_path / 'store'
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(put_many, [(str(root), writer) for writer in range(4)]))
+
+    store = store_at(root)
+    count, size = cache.cache_usage(store)
+    assert 0 < count and size <= 6000, (count, size)
+    folder = root / 'tasks' / 'cache'
+    for _, key, _ in cache.entries(store):
+        entry = cache.lookup(store, key)
+        assert entry and (folder / f'{key}.out').read_bytes() == f'result {entry.origin}\n'.encode() * 50
+
+
+def store_at(root):
+    from rrc.identity import NodeIdentity
+    from rrc.store import Store
+    return Store(str(root), NodeIdentity.of())
+
+
+def put_many(args):
+    """One writer: 12 complete tasks' results (about 900 bytes each) into a 6000-byte cache."""
+    from rrc.config import Config
+    root, writer = args
+    store, config = store_at(root), Config()
+    config.cacheSize = 6000
+    store.ensure()
+    for number in range(12):
+        record = store.create_task(lambda task_id: {'status': 'complete', 'service': 'sh',
+                                                    'out': f'tasks/out/{task_id}'})
+        (Path(root) / record['out']).write_bytes(f'result {record["id"]}\n'.encode() * 50)
+        cache.put(store, config, f'{writer:02d}{number:02d}'.ljust(64, 'a'), record)
