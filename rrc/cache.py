@@ -276,9 +276,12 @@ def lookup(store, key):
     try:
         with open(path, encoding='utf-8') as handle:
             facts = parse_record(handle.read())
-        os.utime(path)
     except (OSError, UnicodeDecodeError):
         return None
+    try:
+        os.utime(path)
+    except OSError:  # another user's entry (the CLI as root, the CGI as www-data): used, not noted
+        pass
     entry = Entry(folder, key, facts)
     return entry if os.path.isfile(entry.out) else None
 
@@ -301,7 +304,7 @@ def link_or_copy(source, destination):
     try:
         try:
             os.link(source, temp)
-        except FileNotFoundError:
+        except FileNotFoundError:  # evicted meanwhile: the caller's miss
             raise
         except OSError:  # another file system, protected hard links: a copy
             import shutil
