@@ -114,9 +114,13 @@ def claim_cache_fields(store, config, task_id, tool_versions):
     version = parse_versions(tool_versions).get(service.name, '')
     if not version or not is_cacheable(config, service, record):
         return {}
-    note_farm_version(store, service.name, version)
-    key = key_of_task(store, config, service, record, version)
-    if key and served_from_cache(store, config, record, key):
+    try:
+        note_farm_version(store, service.name, version)
+        key = key_of_task(store, config, service, record, version)
+        served = bool(key) and served_from_cache(store, config, record, key)
+    except OSError:  # the cache only saves time: the worker runs the task
+        return {}
+    if served:
         raise StaleRun(f'task {task_id} was served from the result cache: nothing to run')
     return {Field.CACHE_KEY: key, Field.TOOL_VERSION: version} if key else {}
 
