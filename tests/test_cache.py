@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import deploy
-from helpers import SH_SERVICE, files_of, plain_session, wait_done, wait_for
+from helpers import SH_SERVICE, files_of, plain_session, tidied, wait_done, wait_for
 from rrc import cache
 from rrc.schema import Field
 
@@ -48,8 +48,10 @@ def post(server, script, service='sh', name='part.sh', **fields):
 
 
 def run(server, script, **fields):
-    """A task run to its end: its final record."""
-    return wait_done(server, post(server, script, **fields)['id'])
+    """A task run to its end, its runner gone too (a result goes into the
+    cache after its task is complete, then the runner ends): its final record."""
+    record = wait_done(server, post(server, script, **fields)['id'])
+    return tidied(str(server.store), record['id'])
 
 
 def result(server, record):
@@ -362,7 +364,7 @@ def test_a_hit_through_the_cgi_under_lighttpd():
     with deploy.running(deploy.deployment('lighttpd', config=ON + 'sandbox = no\n', services=SERVICES)) as cgi:
         script = unique('cgi')
         session = plain_session()
-        original = wait_done(cgi, post(cgi, script)['id'])
+        original = tidied(str(cgi.store), post(cgi, script)['id'])
         hit = post(cgi, script)
 
         assert_hit(hit, original)
@@ -388,6 +390,8 @@ def test_on_a_farm_a_worker_never_runs_a_task_whose_result_the_cache_holds(tmp_p
         original = wait_done(front, post(front, script, service='bash')['id'], timeout=90)
         assert original['status'] == 'complete' and original['worker'] == worker.name(), original
         assert original['toolVersion'].startswith('GNU 5') and original['cacheKey'], original
+        # The front-end stores the worker's result once the task is complete.
+        wait_for(lambda: cache.cache_usage(store_at(store))[0] == 1, 'the result in the cache')
 
         at_submission = post(front, script, service='bash')  # the farm's version is known: no job at all
         assert_hit(at_submission, original)
