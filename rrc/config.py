@@ -138,6 +138,11 @@ def _non_negative_int(text):
     return value
 
 
+def _size_or_zero(text):
+    """A size (``parse_size``), or 0 (``cacheSize = 0``: off)."""
+    return 0 if text.strip() == '0' else parse_size(text)
+
+
 def _switch(text):
     return boolean_value(text)  # defined with the services below; looked up at parse time
 
@@ -194,6 +199,7 @@ CONFIG_KEYS = {
     'redis': _redis_url,
     'workerToken': _token,
     'retries': _non_negative_int,
+    'cacheSize': _size_or_zero,
 }
 # Client networks a server answers by default: loopback and the private LAN ranges.
 DEFAULT_ALLOW = ('127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',
@@ -251,6 +257,9 @@ class Config:
         self.redis = ''  # redis[s]://[[USER]:PASSWORD@]HOST:PORT/DB
         self.workerToken = ''  # what workers present to a front-end (never a client's token)
         self.retries = 1  # runs again of a task whose worker was lost (never a print's)
+        # The result cache (rrc/cache.py): at most this many bytes under
+        # tasks/cache, the least recently used go first; 0 turns it off.
+        self.cacheSize = 1024 * 1024 * 1024
         self.sources = []
         self.service_key_lines = {}  # service -> ("file:line", key) of a SERVICE.KEY line
 

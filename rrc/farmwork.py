@@ -62,11 +62,17 @@ def running_marker(store, task_id):
     return os.path.join(store.folder('running'), task_id)
 
 
-def claim(store, config, task_id, worker):
+def claim(store, config, task_id, worker, tool_versions=''):
     """A worker takes a task: queued (run 1), or running under a lost worker
     (the next run); the same worker asking again (its answer was lost) gets
     the same run.  Returns what its worker is told of the record, and the
-    settings its runner needs."""
+    settings its runner needs.
+
+    ``tool_versions`` (``SERVICE=VERSION,...``, the worker's): a queued task
+    whose key with its worker's version hits the result cache is complete
+    from it here, and the worker is told it is not there to take (StaleRun:
+    it runs nothing); else the key goes into the record, and the result the
+    worker hands back into the cache."""
     from .queue import queued_settings
     from .settings import read_settings
     from .farmqueue import FarmQueue
@@ -74,8 +80,9 @@ def claim(store, config, task_id, worker):
         raise UsageError('a worker is named by 1 to 64 letters, digits or ._-')
     # A task claimed again runs with what its first run did (the running marker keeps it).
     settings = queued_settings(store, task_id) or read_settings(running_marker(store, task_id))
+    cached = claim_cache_fields(store, config, task_id, tool_versions)
     try:
-        moved, lost = _claim_under_lock(store, config, task_id, worker, settings)
+        moved, lost = _claim_under_lock(store, config, task_id, worker, settings, cached)
     except StaleRun:  # e.g. killed while it waited: its place in the queue's order goes too
         FarmQueue(store, config).forget(store.read_task(task_id))
         raise
@@ -89,6 +96,48 @@ def claim(store, config, task_id, worker):
         moved = with_input_gcode(store, moved)
         call_started_notifier(store, config, moved)
     return for_its_worker(moved), worker_settings(settings)
+
+
+def claim_cache_fields(store, config, task_id, tool_versions):
+    """A queued task claimed by a worker with these tool versions: served from
+    the result cache (StaleRun, the worker runs nothing), else the record's
+    cache fields for this run ({} for a task not cached)."""
+    from .cache import is_cacheable, key_of_task, note_farm_version, parse_versions
+    from .services import find_service, load_services
+    record = store.read_task(task_id)
+    if state_of(record) != State.QUEUED:
+        return {}
+    try:
+        service = find_service(*load_services(store.root), record.get(Field.SERVICE, ''))
+    except RRCloudError:
+        return {}
+    version = parse_versions(tool_versions).get(service.name, '')
+    if not version or not is_cacheable(config, service, record):
+        return {}
+    try:
+        note_farm_version(store, service.name, version)
+        key = key_of_task(store, config, service, record, version)
+        served = bool(key) and served_from_cache(store, config, record, key)
+    except OSError:  # the cache only saves time: the worker runs the task
+        return {}
+    if served:
+        raise StaleRun(f'task {task_id} was served from the result cache: nothing to run')
+    return {Field.CACHE_KEY: key, Field.TOOL_VERSION: version} if key else {}
+
+
+def served_from_cache(store, config, record, key):
+    """A queued task complete from the cache at its claim: out of the queue
+    and its order, its job moved on, its notifier called.  False on a miss."""
+    from .cache import finish_from_cache
+    from .farmqueue import FarmQueue
+    final = finish_from_cache(store, record, key)
+    if not final:
+        return False
+    for folder in ('queue', ORDER_FOLDER):
+        unmark(store, folder, final[Field.ID])
+    FarmQueue(store, config).forget(final)
+    move_on(store, config, final)
+    return True
 
 
 def with_input_gcode(store, record):
@@ -108,7 +157,7 @@ def with_input_gcode(store, record):
     return store.update_task(record[Field.ID], fields) if fields else record
 
 
-def _claim_under_lock(store, config, task_id, worker, settings):
+def _claim_under_lock(store, config, task_id, worker, settings, cached=None):
     """The claim's record moves, under the store's lock: (the record, the
     worker it had).  The same worker again: the record as it is."""
     from .queue import QUEUE_MARKER_MODE
@@ -120,7 +169,7 @@ def _claim_under_lock(store, config, task_id, worker, settings):
         lost = record.get(Field.WORKER)
         if lost == worker and record.get(Field.STATUS) == TaskStatus.BUSY:
             return record, lost
-        moved = _claim_locked(store, config, record, worker)
+        moved = _claim_locked(store, config, record, worker, cached)
         # The running marker keeps the settings (0600: they may hold a secret);
         # its age is how long the worker has been silent.
         write_file_atomically(running_marker(store, task_id), settings.encode(), mode=QUEUE_MARKER_MODE)
@@ -148,12 +197,13 @@ def call_started_notifier(store, config, record):
         notify(store, config, record, STARTED)
 
 
-def _claim_locked(store, config, record, worker):
+def _claim_locked(store, config, record, worker, cached=None):
     state = state_of(record)
     if state == State.QUEUED:
         check_printer_free(store, record)
         return move_locked(store, record, State.RUNNING, {Field.WORKER: worker, Field.ATTEMPT: 1,
-                                                          Field.STIME: f'{time.time():.5f}'}, expect=State.QUEUED)
+                                                          Field.STIME: f'{time.time():.5f}', **(cached or {})},
+                           expect=State.QUEUED)
     if state in (State.RUNNING, State.SUSPENDED):
         check_lost_run(store, config, record)
         record.update({Field.WORKER: worker, Field.ATTEMPT: str(int(record.get(Field.ATTEMPT) or 1) + 1)})
@@ -356,8 +406,22 @@ def finish(store, config, task_id, attempt, status, fields, result):
         elif is_gcode_name(record[Field.OUT]):  # a slice: what its G-code says, as a runner here records it
             fields = dict(fields, **gcode_fields(store.path_of(record[Field.OUT])))
     final = finish_task(store, task_id, status, **fields) or store.read_task(task_id)
+    if final.get(Field.CACHE_KEY) and final.get(Field.STATUS) == TaskStatus.COMPLETE:
+        keep_in_cache(store, config, final)
     ended(store, config, final)
     return final
+
+
+def keep_in_cache(store, config, final):
+    """A worker's complete result into the front-end's cache, under the key
+    its claim recorded (with its worker's tool version)."""
+    from .cache import put
+    try:
+        put(store, config, final[Field.CACHE_KEY], final)
+    except OSError as exc:  # the cache only saves time
+        from .errors import reason_without_paths
+        append_log(store, final[Field.ID], f'rrcloud: the result was not kept in the cache: '
+                                           f'{reason_without_paths(exc)}')
 
 
 def store_result(store, config, record, result):
@@ -393,6 +457,11 @@ def ended(store, config, final):
     from .farmqueue import FarmQueue, farm_printer
     if farm_printer(final):  # its printer's next print goes
         FarmQueue(store, config).printer_done(final)
+    move_on(store, config, final)
+
+
+def move_on(store, config, final):
+    """After a task of the farm ended: its job moves on, its notifier is called."""
     from .notifier import TaskNotifier
     if final.get(Field.JOB):
         from .pipeline import after_step

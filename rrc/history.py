@@ -37,11 +37,12 @@ def usual_run_time(store, service, skip=None):
 
 def run_time(store, task_id, service):
     """Seconds from start to end of a complete task of ``service`` run by this
-    node; None for any other record (or one that cannot be read now)."""
+    node; None for any other record (or one that cannot be read now; or one
+    served from the result cache: its tool never ran)."""
     try:
         record = store.read_task(task_id)
         if record.get(Field.SERVICE) != service or record.get(Field.STATUS) != TaskStatus.COMPLETE \
-                or not store.node.owns(record) or record.get(Field.REMOTE_ID):
+                or not store.node.owns(record) or record.get(Field.REMOTE_ID) or record.get(Field.CACHE) == 'hit':
             return None
         seconds = float(record[Field.ETIME]) - float(record[Field.STIME])
     except (NotFound, OSError, KeyError, ValueError):  # gone meanwhile, torn, without its times: no history

@@ -91,11 +91,13 @@ def is_single_line(value):
 # local input paths.  It is checked like any text field and never used.
 NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format', 'id', 'wait', 'token', 'in',
                           'notifierEvents', 'priority', 'to',
+                          'cache',  # cache=no: the result cache neither asked nor given the result (rrc/cache.py)
                           'olderThan',  # service=clean: days
                           'since',  # service=history: days
                           'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
                           # a farm's workers (rrc/web/workroutes.py)
-                          'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result', 'sender'))
+                          'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result', 'sender',
+                          'toolVersions'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
 
 

@@ -58,8 +58,9 @@ def recover_store(store, config):
 def remove_left_over_temp_files(store, now):
     """Remove temp files whose writer is gone, or that are older than any write in progress."""
     tag = boot_tag()
-    # '': tasks/ itself, where meta's tool versions are kept (tasks/.toolversions)
-    for name in ('', 'info', 'in', 'out', 'log', 'queue'):
+    # '': tasks/ itself, where meta's tool versions are kept (tasks/.toolversions);
+    # cache: the result cache's entries (rrc/cache.py)
+    for name in ('', 'info', 'in', 'out', 'log', 'queue', 'cache'):
         folder = store.folder(name)
         for entry in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, entry)

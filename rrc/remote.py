@@ -229,7 +229,7 @@ def task_form(service, inputs, native, notifier='', params=(), out_ext=''):
 
 
 def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events='',
-              priority=None):
+              priority=None, cache=True):
     """Upload one task (the spec's field names); the server's record, or None.
 
     ``paramN``, ``outExt``, ``notifierEvents`` and ``priority`` go only when
@@ -240,6 +240,8 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
     fields.update(notifier_events_field(notifier, notifier_events))  # {notifierEvents: ...} or {}
     if priority is not None:
         fields['priority'] = str(priority)
+    if not cache:  # --no-cache (rrc/cache.py); a 0.019 server ignores the field
+        fields['cache'] = 'no'
     try:
         response = session.post(url, data=fields, files=files, timeout=(CONNECT_TIMEOUT, 300))
     except Exception as exc:
@@ -261,7 +263,8 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
     tried = list(silent)
     for url in ranked:
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
-                                    params, out_ext, ctx.options.notifier_events, ctx.options.priority)
+                                    params, out_ext, ctx.options.notifier_events, ctx.options.priority,
+                                    cache=not ctx.options.no_cache)
         if answer:
             from .submission import client_names_field
             return record_remote(ctx.store, url, service, answer, client_names_field(inputs, main_only=True))

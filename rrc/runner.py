@@ -5,6 +5,7 @@ freed, what waits for it started and the notifier called."""
 import os
 import sys
 
+from .cache import finish_from_cache, key_of_task, put
 from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError, reason_without_paths
 from .events import note
@@ -47,9 +48,16 @@ def run_task(store, settings, task_id):
         printer = task_printer(task)
     except RRCloudError as exc:
         return cannot_start(task, str(exc))
+    notifier = TaskNotifier(store, task.config, task.record)
+    key = cache_key(task, service)
+    served = finish_from_cache(store, task.record, key) if key else None
+    if served:  # an identical task completed since this one was submitted: nothing runs
+        task.record = served
+        return _runner_done(task, notifier)
+    if key and task.refresh().get(Field.STATUS) != TaskStatus.BUSY:  # killed while the cache was asked
+        return _runner_done(task, notifier)
     if task.get(Field.JOB):
         prepare_hand_off(task)
-    notifier = TaskNotifier(store, task.config, task.record)
     try:
         record_input_gcode(task)
         outcome = execute(task, service, on_start=notifier.started, printer=printer)
@@ -61,7 +69,27 @@ def run_task(store, settings, task_id):
     if status == TaskStatus.FAILED:
         fields = remove_output_of_full_disk(task, fields)
     task.finish(status, **fields)
+    if key and task.get(Field.STATUS) == TaskStatus.COMPLETE:
+        keep_in_cache(task, key)
     return _runner_done(task, notifier)
+
+
+def cache_key(task, service):
+    """The task's key in the result cache, computed just before its tool would
+    start (with the tool version of now); '' when it is not cached."""
+    try:
+        return key_of_task(task.store, task.config, service, task.record)
+    except Exception as exc:  # the cache only saves time: a task never fails for it
+        task.log(f'rrcloud: the result cache was not asked: {reason_without_paths(exc)}')
+        return ''
+
+
+def keep_in_cache(task, key):
+    """A complete task's result into the cache (a full disk or a race there: a line in its log)."""
+    try:
+        put(task.store, task.config, key, task.record)
+    except Exception as exc:
+        task.log(f'rrcloud: the result was not kept in the cache: {reason_without_paths(exc)}')
 
 
 def task_printer(task):

@@ -81,6 +81,15 @@ class Field:
     # lost worker): a lost run's late words are refused.
     WORKER = 'worker'
     ATTEMPT = 'attempt'
+    # The result cache (rrc/cache.py): ``cache: no`` a task that must not be
+    # served from it nor stored in it (``--no-cache``, ``cache=no``); ``cache:
+    # hit`` a task served from it, ``cacheOf`` the task whose result it is;
+    # ``cacheKey`` the SHA-256 the task was looked up by, ``toolVersion`` the
+    # tool version in that key (on a farm: its worker's).
+    CACHE = 'cache'
+    CACHE_OF = 'cacheOf'
+    CACHE_KEY = 'cacheKey'
+    TOOL_VERSION = 'toolVersion'
     # What a G-code file the task produced (slic3r's result) or received (a
     # print's input) says of its print (rrc/gcodemeta.py): code lines, layers,
     # layer height (mm), print time (s: the slicer's estimate where the file

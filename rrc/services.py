@@ -29,7 +29,7 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg', 'runsOnce', 'progress', 'sandboxFiles')
+                'versionArg', 'runsOnce', 'progress', 'sandboxFiles', 'cache', 'cacheWatch')
 # The keys of a tool's whole command line and its defaults (issue 20): its
 # options table, the option that picks the format, how it names its outputs.
 COMMAND_LINE_KEYS = ('options', 'formatOption', 'formatAliases', 'severalOutputs', 'outputFromInput',
@@ -80,6 +80,13 @@ class Service:
         # A task that must never run twice (a print): a farm does not run it
         # again when its worker is lost; it fails ``worker lost``.
         self.runs_once = boolean_value(fields.get('runsOnce', 'no'))
+        # The result cache (rrc/cache.py): ``cache = no`` for a tool whose run
+        # is its point (a side effect) or whose result differs each run; a
+        # service without output or that runs once (a print) is never cached.
+        self.cache = boolean_value(fields.get('cache', 'yes')) and not self.no_output and not self.runs_once
+        # Host folders whose files' names, sizes and times are part of a
+        # cached result's key (a tool's libraries: an upgraded MCAD misses).
+        self.cache_watch = _absolute_paths(fields.get('cacheWatch', ''))
         # How the runner reads the tool's progress from its output
         # (rrc/progress.py: povray, slic3r, openscad, openjscad, percent); None: it does not.
         self.progress = reader_named(fields['progress']) if fields.get('progress') else None

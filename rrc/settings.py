@@ -11,7 +11,7 @@ from .keyvalue import parse_key_value_text
 # rrcloudrc files may change or vanish before the task starts or while it runs.
 # ``notifierSecret`` makes a marker a secret: markers are written 0600 (queue_task).
 TASK_SETTINGS = ('timeout', 'maxTasks', 'sandbox', 'maxOutputSize', 'maxMemory', 'maxProcesses',
-                 'maxLogSize', 'maxSuspend', 'notifierAllow', 'notifierSecret')
+                 'maxLogSize', 'maxSuspend', 'notifierAllow', 'notifierSecret', 'cacheSize')
 
 
 TASK_SETTINGS_MAX_BYTES = 4096
@@ -25,7 +25,8 @@ def task_settings(config, service=''):
               'maxMemory': str(config.limit_for(service, 'maxMemory')),
               'maxProcesses': str(config.limit_for(service, 'maxProcesses')),
               'maxLogSize': str(config.maxLogSize), 'maxSuspend': repr(config.maxSuspend),
-              'notifierAllow': ', '.join(config.notifierAllow), 'notifierSecret': config.notifierSecret}
+              'notifierAllow': ', '.join(config.notifierAllow), 'notifierSecret': config.notifierSecret,
+              'cacheSize': str(config.cacheSize)}
     return ''.join(f'{key} = {values[key]}\n' for key in TASK_SETTINGS
                    if values[key] or key != 'notifierSecret')
 

@@ -67,8 +67,12 @@ def store_input(store, service, item):
 
 
 def submit_task(store, config, service, inputs, native_args=(), notifier='', client='localhost', args='',
-                params=(), out_ext='', notifier_events='', priority=0):
+                params=(), out_ext='', notifier_events='', priority=0, cache=True):
     """Validate, store inputs and record, queue the task and start what can start.
+
+    A task whose result the cache holds (rrc/cache.py) is complete at once:
+    never queued, nothing runs; ``cache=False`` (``--no-cache``, ``cache=no``)
+    neither looks there nor stores its result there.
 
     ``params``: (option, value) pairs of ``paramArgs``; ``out_ext``: the
     output format asked for, one of ``outputExts`` ('' for the default);
@@ -79,9 +83,12 @@ def submit_task(store, config, service, inputs, native_args=(), notifier='', cli
     priority = parse_priority(priority)
     queue = task_queue(store, config)
     queue.check()  # a farm's Redis down: refused before anything is written
+    fields = dict({Field.PRIORITY: priority} if priority else {}, **({} if cache else {Field.CACHE: 'no'}))
     record = create_task_record(store, config, service, inputs, native_args, notifier, client, args,
-                                params, out_ext, notifier_events=notifier_events,
-                                fields={Field.PRIORITY: priority} if priority else None)
+                                params, out_ext, notifier_events=notifier_events, fields=fields or None)
+    served = from_cache(store, config, service, record)
+    if served:
+        return served
     if priority:  # before its queue marker: dispatch reads the record of a marked task
         mark_placed(store, record[Field.ID])
     try:
@@ -132,6 +139,25 @@ def create_task_record(store, config, service, inputs, native_args=(), notifier=
             raise UsageError(str(exc)) from None
         raise
     return status_changed(store, record)
+
+
+def from_cache(store, config, service, record):
+    """A new task served from the cache (its record final), or None: its key
+    with this node's tool version (a farm's: the version its workers last
+    claimed with).  A task that ends here calls its notifier as a runner would."""
+    from .cache import farm_version, finish_from_cache, key_of_task
+    version = farm_version(store, service.name) if config.backend == 'rq' else None
+    if version == '':
+        return None
+    key = key_of_task(store, config, service, record, version)
+    try:
+        final = finish_from_cache(store, record, key) if key else None
+    except OSError:  # an entry this process may not read or link: the task runs
+        return None
+    if final and final.get(Field.NOTIFIER):
+        from .notifier import TaskNotifier
+        TaskNotifier(store, config, final).ended(final)
+    return final
 
 
 def client_names_field(inputs, main_only=False):

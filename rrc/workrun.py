@@ -106,12 +106,14 @@ class WorkRun:
         from .store import Store
         self.front, self.config, self.id, self.worker, self.services = front, config, task_id, worker, services
         self.printers = tuple(printers)  # the named printers this worker serves (``--printer``)
+        self.work_folder = work_folder
         self.store = Store(tempfile.mkdtemp(prefix='task-', dir=work_folder), NodeIdentity.of(worker))
         self.ids = {'id': task_id}
 
     def run(self):
         """Claim the task, run its tool, report how it ended."""
-        claimed = self.front.call_until_answered('POST', dict(self.ids, service='workclaim', worker=self.worker))
+        claimed = self.front.call_until_answered('POST', dict(self.ids, service='workclaim', worker=self.worker,
+                                                              toolVersions=self.tool_versions()))
         self.ids['attempt'] = str(claimed['record'].get(Field.ATTEMPT, ''))
         try:
             self.lay_out(claimed)
@@ -128,6 +130,20 @@ class WorkRun:
         finally:
             link.stop()
         self.report(status, fields)
+
+    def tool_versions(self):
+        """``SERVICE=VERSION,...`` of the tools this worker has, for its claim (the
+        front-end's result cache keys a task with its worker's tool version);
+        each binary asked once, kept in the worker's folder across its jobs."""
+        from .services import load_services
+        from .toolversions import ToolVersions, versions_field
+        try:
+            services, _ = load_services(os.getcwd())
+            os.makedirs(os.path.join(self.work_folder, 'tasks'), exist_ok=True)
+            return versions_field(ToolVersions(self.work_folder).of_services(
+                {name: services[name] for name in self.services if name in services}))
+        except (RRCloudError, OSError):  # no versions: the task runs, and its result is not cached
+            return ''
 
     def lay_out(self, claimed):
         """The private store: the task's record (running here) and its inputs.

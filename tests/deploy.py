@@ -40,7 +40,7 @@ from pathlib import Path
 
 import requests
 
-from helpers import free_port, plain_session, wait_port_free
+from helpers import CACHE_OFF, free_port, plain_session, wait_port_free
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_PYTHON = '/opt/rrcloud/venv/bin/python'
@@ -84,7 +84,7 @@ def lay_out_store(deployment, config, services):
     (deployment.store / 'services').mkdir(mode=0o755)
     for name, text in services.items():
         (deployment.store / 'services' / f'{name}.conf').write_text(text)
-    deployment.rrcloudrc.write_text(f'# {CONFIG_MARKER}\ndir = {deployment.store}\n{config}')
+    deployment.rrcloudrc.write_text(f'# {CONFIG_MARKER}\ndir = {deployment.store}\n{CACHE_OFF}{config}')
 
 
 class Deployment:

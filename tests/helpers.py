@@ -12,7 +12,7 @@ One place for what several test files (and the benchmarks) need:
 - ``kill_group(pgid)``: SIGKILL a process group that may be gone already;
 - test services and scripts: ``SH_SERVICE`` (the task's tool is a shell
   script), ``SH_NO_OUTPUT_SERVICE``, ``SH_INPUTS_SERVICE`` (the HTTP tests'),
-  ``PTY_PRINTRUN_CONF`` (printing to a pty), ``write_printer`` (a named printer's conf), ``QUEUE_CONFIG`` (one slot), ``gated_script(gate)`` (a task that runs
+  ``PTY_PRINTRUN_CONF`` (printing to a pty), ``CACHE_OFF`` (test servers' result cache), ``write_printer`` (a named printer's conf), ``QUEUE_CONFIG`` (one slot), ``gated_script(gate)`` (a task that runs
   until a file exists), ``TOOL_WITH_GRANDCHILD``;
 - a store's tasks: ``submit_script`` (a script as a task, through the command
   line), ``cli_info`` (``rrcloud info ID`` as a user reads it),
@@ -191,6 +191,10 @@ def write_printer(root, name, text):
     (folder / f'{name}.conf').write_text(text)
 
 
+# The result cache off: the test servers (deploy.py's deployments, servers.py's
+# EmbeddedServer) start with it, so a test that repeats a task sees its tool
+# run again; a later line of a test's own config turns it on (test_cache.py).
+CACHE_OFF = 'cacheSize = 0\n'
 # One slot, tools unsandboxed (a gated task must see its gate): a queue forms at once.
 QUEUE_CONFIG = 'maxTasks = 1\nsandbox = no\n'
 # A tool that starts a grandchild, writes both pids, and waits for it.

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from helpers import (free_port, kill_group as _kill_group, plain_session, wait_done,  # noqa: F401 (free_port: for tests)
+from helpers import (CACHE_OFF, free_port, kill_group as _kill_group, plain_session, wait_done,  # noqa: F401 (free_port: for tests)
     wait_for_url)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ class EmbeddedServer:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / config_name
-        self.config.write_text(config)
+        self.config.write_text(CACHE_OFF + config)  # a test's own cacheSize line wins
         for name, text in (services or {}).items():
             (self.root / 'services').mkdir(exist_ok=True)
             (self.root / 'services' / f'{name}.conf').write_text(text)

@@ -253,7 +253,7 @@ def submit_one(ctx, service, call, output, args, sync, wrapper):
         return sync_remote(ctx, service, servers, inputs, native, output, show, **extra)
     record = submit_task(ctx.store, ctx.config, service, inputs, native, ctx.options.notifier,
                          args=describe_args(args), notifier_events=ctx.options.notifier_events,
-                         priority=ctx.options.priority or 0, **extra)
+                         priority=ctx.options.priority or 0, cache=not ctx.options.no_cache, **extra)
     if not sync:
         print_id(ctx, record)
         return ExitCode.OK

@@ -70,6 +70,8 @@ options:
   --priority=N       the task's place in the queue while every maxTasks slot is
                      busy: an integer from -100 to 100, higher starts first
                      (default 0; equal priorities start in submission order)
+  --no-cache         run the tool even when the result cache holds this task's
+                     result, and keep its result out of the cache
   --sync             wait for the task and mirror its exit code (no output
                      argument: echo prints its text, other services their record)
   --short            info: one line per task, as ls

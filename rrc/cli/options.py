@@ -18,7 +18,7 @@ from ..submission import Input, input_kinds
 CLI_COMMANDS = ('info', 'meta', 'kill', 'ls', 'suspend', 'resume', 'watch', 'move', 'get', 'rm', 'clean',
                 'history', 'printers', 'pause', 'cancel', 'stop')
 VALUE_OPTIONS = ('s', 'notifier', 'notifier-events', 'format', 'dir', 'priority')
-FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short')
+FLAG_OPTIONS = ('local', 'sync', 'traceback', 'help', 'version', 'short', 'no-cache')
 
 
 class Options:
@@ -32,6 +32,7 @@ class Options:
         self.dir = None
         self.priority = None  # an int once --priority=N is given (a server is sent it only then)
         self.local = self.sync = self.traceback = self.help = self.version = self.short = False
+        self.no_cache = False  # --no-cache: the task is neither served from the result cache nor kept there
 
 
 def parse_options(args):
@@ -74,7 +75,7 @@ def set_option(options, word, rest):
     if name in FLAG_OPTIONS:
         if sep:
             raise UsageError(f'option --{name} takes no value')
-        setattr(options, name, True)
+        setattr(options, name.replace('-', '_'), True)
         return
     if not sep:
         if not rest:

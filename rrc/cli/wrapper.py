@@ -38,7 +38,7 @@ def wrapper_help(ctx, service):
              textwrap.fill(about, 78, break_long_words=False, break_on_hyphens=False), '']
     lines += [help_row(label, text) for label, text in wrapper_help_rows(service)]
     lines += ['', "rrcloud's options: --local, --s=SERVER, --notifier=URL, --notifier-events=LIST,",
-              '  --priority=N, --traceback, -h/--help, --version (rrcloud --help tells more)']
+              '  --priority=N, --no-cache, --traceback, -h/--help, --version (rrcloud --help tells more)']
     return '\n'.join(lines) + '\n'
 
 

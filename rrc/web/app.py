@@ -437,6 +437,7 @@ def submit_from_form(store, config, request):
         if not key.startswith('fileIn'):
             check_field(key, value, config)
     priority = form_priority(request)
+    cache = form_cache(request)
     services, errors = load_services(store.root)
     service = find_service(services, errors, request.form.get('service', ''))
     inputs = form_inputs(request, service)
@@ -450,7 +451,16 @@ def submit_from_form(store, config, request):
     return submit_task(store, config, service, inputs, native,
                        notifier=request.form.get('notifier', ''), client=request.client,
                        params=params, out_ext=request.form.get('outExt', ''),
-                       notifier_events=request.form.get('notifierEvents', ''), priority=priority)
+                       notifier_events=request.form.get('notifierEvents', ''), priority=priority, cache=cache)
+
+
+def form_cache(request):
+    """``cache=no``: neither served from the result cache nor stored there;
+    ``cache=yes`` (the default) or nothing: both."""
+    value = request.form.get('cache', 'yes')
+    if 'cache' in request.files or value not in ('yes', 'no'):
+        raise HTTPError(400, 'cache is yes or no')
+    return value == 'yes'
 
 
 def form_priority(request):

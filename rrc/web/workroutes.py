@@ -1,7 +1,7 @@
 """The routes a farm's workers use (``backend = rq``), no one else:
 each needs the worker token (``web/access.check_worker``).
 
-    POST ?service=workclaim  id=ID worker=NAME             take a task: its record (with the run's
+    POST ?service=workclaim  id=ID worker=NAME [toolVersions=S=V,...]  take a task: its record (with the run's
                                                           number, attempt), settings, input files
     GET  ?service=workinput&id=ID&attempt=N&path=tasks/in/...   one input file of the run's task
     POST ?service=workupdate  id=ID attempt=N [sender=yes]  its log's new bytes (log), progress (events, JSON lines),
@@ -55,7 +55,7 @@ def answer_workclaim(app, request):
     from ..farmwork import claim, input_files
     check_worker_route(request, app, 'POST')
     record, settings = claim(app.store, app.config, check_task_id(request.form.get('id', '')),
-                             request.form.get('worker', ''))
+                             request.form.get('worker', ''), request.form.get('toolVersions', ''))
     return answer_json({'record': record, 'settings': settings, 'inputs': input_files(app.store, record)})
 
 
