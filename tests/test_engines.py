@@ -15,6 +15,7 @@ import hashlib
 import pytest
 
 from rrc.engines import MEMORY_ENTRIES, EngineMemory, manifold_module
+from rrc.farmwork import ending_fields
 from conftest import DATA
 from helpers import records, same_solid, stl_solid
 
@@ -177,3 +178,27 @@ def test_the_memory_of_winners_is_bounded(tmp_path, monkeypatch):
 
     assert list(memory.read().items()) == [('c', 'manifold'), ('d', 'manifold'), ('b', 'cgal')]
     assert MEMORY_ENTRIES >= 1000
+
+
+SERVER_CONFIG = 'maxTasks = 2\n'
+
+
+def test_the_engine_comes_back_from_a_server(proc, workdir, embedded_server):
+    server = embedded_server(SERVER_CONFIG, scope='module')
+    (workdir / 'rrcloudrc').write_text(f'servers = {server.address}\n')
+    (workdir / 'bad.scad').write_text(BAD)
+    copy_model(workdir, 'booleans.scad')
+
+    result, record = render(proc, workdir, 'booleans.scad', '-ob.stl', '--backend=manifold')
+    bad, bad_record = render(proc, workdir, 'bad.scad', '-obad.stl', '--backend=manifold')
+
+    assert result.code == 0 and record['engine'] == 'manifold' and record.get('server'), (result, record)
+    assert stl_solid(workdir / 'b.stl')[0] > 3000
+    assert bad.code == 1 and bad_record['engine'] == 'manifold', bad
+    assert 'ERROR: Parser error: syntax error in file bad.scad, line 5\n' in bad.err, bad
+
+
+def test_a_workers_word_on_the_engine_is_one_of_its_names():
+    assert ending_fields({'engine': 'manifold', 'status': 'complete'}) == {'engine': 'manifold'}
+    assert ending_fields({'engine': 'cgal', 'exitCode': '0'}) == {'engine': 'cgal', 'exitCode': '0'}
+    assert ending_fields({'engine': 'opengl'}) == {}
