@@ -79,7 +79,9 @@ function sourceOf(file) {
 }
 
 // ---- the Manifold side: runs in a worker thread (WASM's callMain blocks) ----
-async function renderWithManifold({ argv, cwd, module }) {
+// ``go``: a promise the render waits for once the module is loaded and the
+// model copied in (a race loads it while the native openscad has its head start).
+async function renderWithManifold({ argv, cwd, module }, go = Promise.resolve()) {
   const { args, inputs, outputs } = readArgs(argv);
   const lines = [];  // [stream, text] in order
   const prefix = cwd.endsWith("/") ? cwd : cwd + "/";
@@ -113,6 +115,7 @@ async function renderWithManifold({ argv, cwd, module }) {
   for (const [inside] of outputs) mkdirs(path.dirname(inside));
   mkdirs(cwd);
   FS.chdir(cwd);
+  await go;
   const code = M.callMain(args);
   const results = [];
   for (const [inside, host] of outputs) {
@@ -124,22 +127,31 @@ async function renderWithManifold({ argv, cwd, module }) {
   return { code: code === 0 && !wrote ? 1 : code, lines, results };
 }
 
+const failed = e => ({ engine: "manifold", code: 1, lines: [[2, `ERROR: ${e.message}`]], results: [] });
+
 if (!isMainThread) {
-  renderWithManifold(workerData).then(r => parentPort.postMessage(r),
-    e => parentPort.postMessage({ code: 1, lines: [[2, `ERROR: ${e.message}`]], results: [] }));
+  const go = new Promise(resolve => parentPort.once("message", resolve));
+  renderWithManifold(workerData, go).then(r => parentPort.postMessage(r), e => parentPort.postMessage(failed(e)));
 }
 
 // ---- the main thread ----
+// Manifold alone: in this thread (a worker costs its start).
+async function manifoldAlone(argv) {
+  const job = { argv, cwd: process.cwd(), module: moduleFile() };
+  return renderWithManifold(job).then(r => ({ engine: "manifold", ...r }), failed);
+}
+
+// Manifold in a worker thread, loading at once, rendering once started (``start()``).
 function manifoldRun(argv) {
   const worker = new Worker(new URL(import.meta.url), {
     workerData: { argv, cwd: process.cwd(), module: moduleFile() },
   });
   const done = new Promise(resolve => {
     worker.on("message", r => resolve({ engine: "manifold", ...r }));
-    worker.on("error", e => resolve({ engine: "manifold", code: 1, lines: [[2, `ERROR: ${e.message}`]], results: [] }));
+    worker.on("error", e => resolve(failed(e)));
     worker.on("exit", c => resolve({ engine: "manifold", code: c || 1, lines: [], results: [] }));
   });
-  return { done, stop: () => worker.terminate() };
+  return { done, start: () => worker.postMessage("go"), stop: () => worker.terminate() };
 }
 
 function cgalRun(argv) {
@@ -204,16 +216,19 @@ async function main(argv) {
     return;
   }
   const engine = process.env.RRCLOUD_ENGINE || "manifold";
-  if (engine === "manifold") return finish(await manifoldRun(argv).done);
+  if (engine === "manifold") return finish(await manifoldAlone(argv));
   if (engine === "manifold-first") {
-    const first = await manifoldRun(argv).done;
+    const first = await manifoldAlone(argv);
     return finish(first.code === 0 ? first : await cgalRun(argv).done);
   }
   const cgal = cgalRun(argv);
+  const manifold = manifoldRun(argv);  // loads while CGAL has its head start
   const delay = Number(process.env.RRCLOUD_RACE_DELAY ?? "0.3") * 1000;
   const early = await Promise.race([cgal.done, sleep(delay).then(() => null)]);
-  if (early) return finish(early);  // a light model: CGAL alone, no WASM loaded
-  return finish(await race([cgal, manifoldRun(argv)]));
+  // a light model (or one it refuses at once: its errors are the native ones): Manifold never renders
+  if (early) return finish(early);
+  manifold.start();
+  return finish(await race([cgal, manifold]));
 }
 
 if (isMainThread) await main(process.argv.slice(2));
