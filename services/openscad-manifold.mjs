@@ -5,8 +5,9 @@
 // The runner (rrc/engines.py) starts it as `node openscad-manifold.mjs ARGS...`
 // with ARGS the native openscad's, and says in its environment:
 //   RRCLOUD_ENGINE          manifold        Manifold alone (--backend=manifold)
-//                           race            native openscad first; if it has not finished after
-//                                           RRCLOUD_RACE_DELAY seconds, Manifold beside it: the first
+//                           race            native openscad first (Manifold loads meanwhile); if it has
+//                                           not ended after RRCLOUD_RACE_DELAY seconds, Manifold
+//                                           renders beside it: the first
 //                                           to succeed wins, the other is stopped; both failed: the
 //                                           native one's output and exit code
 //                           manifold-first  Manifold (it won this model's last race); failed: native
