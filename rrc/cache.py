@@ -63,6 +63,8 @@ WATCH_FILES = 4096
 VERSIONS_FOLDER = 'versions'
 # The record's fields an entry keeps of its task (a slice's G-code facts).
 KEPT_PREFIX = 'gcode'
+# ... and these fields: which of OpenSCAD's engines rendered the result (rrc/engines.py).
+KEPT_FIELDS = (Field.ENGINE,)
 
 
 class Entry:
@@ -343,9 +345,14 @@ def log_with_names(log, old, new):
 
 def hit_fields(entry):
     """The fields of a record served from ``entry``."""
-    kept = {key: value for key, value in entry.facts.items() if key.startswith(KEPT_PREFIX)}
+    kept = {key: value for key, value in entry.facts.items() if is_kept(key)}
     return dict(kept, **{Field.CACHE: HIT, Field.CACHE_OF: entry.origin, Field.CACHE_KEY: entry.key,
                          Field.EXIT_CODE: '0'})
+
+
+def is_kept(field):
+    """True for a field of the original's record that a hit's record gets too."""
+    return field.startswith(KEPT_PREFIX) or field in KEPT_FIELDS
 
 
 def serve(store, record, key):
@@ -384,7 +391,7 @@ def put(store, config, key, record):
         write_file_atomically(entry.log, log)
         facts = {Field.CACHE_OF: record[Field.ID], Field.SERVICE: record.get(Field.SERVICE, ''),
                  Field.SIZE_OUT: size, Field.CTIME: f'{time.time():.5f}',
-                 **{k: v for k, v in record.items() if k.startswith(KEPT_PREFIX)}}
+                 **{k: v for k, v in record.items() if is_kept(k)}}
         write_file_atomically(os.path.join(folder, key), format_record(facts).encode())
         evict_locked(store, config.cacheSize)
     return True

@@ -379,15 +379,20 @@ def parse_events(text):
     return events
 
 
-# What a worker may say of how a task ended.
-ENDING_FIELDS = (Field.ERROR, Field.EXIT_CODE, Field.PROGRESS)
+# What a worker may say of how a task ended (an OpenSCAD task: its engine).
+ENDING_FIELDS = (Field.ERROR, Field.EXIT_CODE, Field.PROGRESS, Field.ENGINE)
 
 
 def ending_fields(ending):
-    """The fields of a task's end a worker sent (others are ignored), each one line."""
+    """The fields of a task's end a worker sent (others are ignored), each one
+    line; an engine only by one of its names."""
+    from .engines import ENGINES
     from .names import is_single_line
-    return {key: str(ending[key])[:1000] for key in ENDING_FIELDS
-            if ending.get(key) not in (None, '') and is_single_line(str(ending[key]))}
+    fields = {key: str(ending[key])[:1000] for key in ENDING_FIELDS
+              if ending.get(key) not in (None, '') and is_single_line(str(ending[key]))}
+    if fields.get(Field.ENGINE, ENGINES[0]) not in ENGINES:
+        del fields[Field.ENGINE]
+    return fields
 
 
 def finish(store, config, task_id, attempt, status, fields, result):

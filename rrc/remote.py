@@ -309,6 +309,8 @@ def refresh_remote(store, record, session, wait=0):
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
         return record
     changes = {k: answer[k] for k in ('exitCode', 'error', 'etime', 'cmd') if _single_line(answer.get(k))}
+    if answer.get(Field.ENGINE) in ('cgal', 'manifold'):  # OpenSCAD's engine (rrc/engines.py)
+        changes[Field.ENGINE] = answer[Field.ENGINE]
     out_match = REMOTE_OUT_RE.match(answer.get('out', ''))
     if status == TaskStatus.COMPLETE and out_match:
         local_out = _local_out_name(record[Field.ID], out_match.group(1))

@@ -8,6 +8,7 @@ import sys
 from .cache import finish_from_cache, key_of_task, put
 from .config import Config
 from .errors import ConfigError, ExitCode, RRCloudError, UsageError, reason_without_paths
+from .engines import after_render, plan_engine
 from .events import note
 from .gcodemeta import gcode_fields, is_gcode_name
 from .identity import starting_node
@@ -233,7 +234,33 @@ def execute(task, service, on_start=None, printer=None):
     except UsageError as exc:
         return refuse_record(task, exc)
     argv = absolute_output(service, task.record, argv, tool_root(task.store, task.config))
-    launch = Launch(service, argv, display=needs_display(service, task.record))
+    work = prepare_work_folder(task) if task.config.sandbox else None
+    try:
+        plan = engine_plan(task, service, argv, work)
+        launch = Launch(service, plan.argv if plan else argv, display=needs_display(service, task.record))
+        if plan:
+            launch.env.update(plan.env)
+            launch.read_paths += plan.read_paths
+        outcome = launch_tool(task, service, launch, work, on_start, printer)
+        if plan:
+            outcome = outcome[0], dict(outcome[1], **after_render(task.store, plan,
+                                                                  outcome[0] == TaskStatus.COMPLETE))
+    finally:
+        if work:
+            report_left_over(task, remove_tree(work))
+    return outcome
+
+
+def engine_plan(task, service, argv, work):
+    """The engine plan of a service with two engines (OpenSCAD: rrc/engines.py), else None."""
+    if not (service.manifold_runner or service.engine_option):
+        return None
+    out_folder = work or task.store.folder('out')
+    return plan_engine(task.store, service, task.record, argv, out_folder, task.log)
+
+
+def launch_tool(task, service, launch, work, on_start, printer):
+    """Start the tool, watch it, take its result: (status, fields)."""
     launch.printer = printer if launch.builtin else None
     with open(task.log_path, 'ab') as log:
         if launch.missing:
@@ -241,14 +268,9 @@ def execute(task, service, on_start=None, printer=None):
             missing = f'{launch.missing} not found on the path of services/{service.name}.conf'
             log.write(f'rrcloud: {missing}\n'.encode())
             return TaskStatus.FAILED, {'error': f'cannot start: {missing}'}
-        work = prepare_work_folder(task) if task.config.sandbox else None
-        try:
-            outcome = run_tool(task, launch, log, work, on_start)
-            if outcome is None and work:
-                outcome = take_output(task, service, work, launch.exit_code)
-        finally:
-            if work:
-                report_left_over(task, remove_tree(work))
+        outcome = run_tool(task, launch, log, work, on_start)
+        if outcome is None and work:
+            outcome = take_output(task, service, work, launch.exit_code)
     outcome = outcome or judge_exit(task, service, launch.exit_code)
     return builtin_reason(task, outcome) if launch.builtin else outcome
 

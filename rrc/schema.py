@@ -18,6 +18,8 @@ class Field:
     STATUS = 'status'
     ERROR = 'error'
     EXIT_CODE = 'exitCode'
+    # OpenSCAD's engine that rendered the task: cgal or manifold (rrc/engines.py).
+    ENGINE = 'engine'
     # Who asked (an address, or "localhost" for the command line) and what
     # the runner composes the argv from: inputs, checked arguments, the output
     # format; ``cmd`` is only for showing.

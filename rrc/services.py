@@ -29,7 +29,8 @@ DEFAULT_SERVICE_PATH = '/usr/local/bin:/usr/bin:/bin'
 SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
-                'versionArg', 'runsOnce', 'progress', 'sandboxFiles', 'cache', 'cacheWatch')
+                'versionArg', 'runsOnce', 'progress', 'sandboxFiles', 'cache', 'cacheWatch',
+                'manifoldRunner', 'manifoldFormats', 'engineOption')
 # The keys of a tool's whole command line and its defaults (issue 20): its
 # options table, the option that picks the format, how it names its outputs.
 COMMAND_LINE_KEYS = ('options', 'formatOption', 'formatAliases', 'severalOutputs', 'outputFromInput',
@@ -117,6 +118,15 @@ class Service:
         # What the tool's own default output is written as when the wrapper
         # names it (@jscad/cli without -o writes ASCII STL: -of stla).
         self.default_output_args = split_words(fields.get('defaultOutputArgs', ''))
+        # OpenSCAD's second engine (rrc/engines.py): the Node script that runs
+        # the Manifold build (a file beside the conf), the formats it writes,
+        # and the option a client names an engine with (--backend=manifold|cgal).
+        runner = fields.get('manifoldRunner', '')
+        if '/' in runner or runner.startswith('.'):
+            raise ValueError(f'manifoldRunner must name a file beside the conf, got {runner!r}')
+        self.manifold_runner = companion_file(source, runner) if runner else ''
+        self.manifold_formats = _extension_list(fields.get('manifoldFormats', ''))
+        self.engine_option = fields.get('engineOption', '')
 
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of
@@ -470,6 +480,9 @@ def check_native_args(service, native_args):
     (with its value checked), or by its nativeArgs."""
     if service.options is not None:
         read_native(service.options, native_args)
+        if service.engine_option:
+            from .engines import engine_choice
+            engine_choice(service, native_args)
         return
     for arg in native_args:
         if not service.allows_native(arg):

@@ -59,6 +59,24 @@ class ToolVersions:
         if key not in self.known:
             self.known[key] = version_in(ask_tool(path, service), program)
             self.changed = True
+        if service.manifold_runner:  # OpenSCAD's two engines (rrc/engines.py)
+            return f'{self.known[key]} (CGAL) + {self.manifold_of(service)}'
+        return self.known[key]
+
+    def manifold_of(self, service):
+        """The version of OpenSCAD's Manifold build (``OpenSCAD 2025.01.19 (Manifold
+        3.0.1)``), asked once per installed WASM module."""
+        from .engines import manifold_module
+        if self.known is None:
+            self.known = read_cache(self.cache_path)
+        module, node = manifold_module(), find_program('node', service.path)
+        if module is None or node is None:
+            return f'Manifold {NOT_INSTALLED}'
+        key = binary_key(module)
+        if key not in self.known:
+            answer = ask_tool(node, service, [service.manifold_runner, '--version'])
+            self.known[key] = manifold_version_in(answer)
+            self.changed = True
         return self.known[key]
 
     def _save(self):
@@ -107,12 +125,13 @@ def write_cache(path, known):
     write_file_atomically(path, text.encode('utf-8'))
 
 
-def ask_tool(path, service):
-    """What ``PATH VERSIONARG`` writes (stdout and stderr) within ASK_SECONDS; b'' on failure."""
+def ask_tool(path, service, args=None):
+    """What ``PATH VERSIONARG`` (or ``PATH ARGS...``) writes (stdout and stderr)
+    within ASK_SECONDS; b'' on failure."""
     import select
     read_end, write_end = os.pipe()
     try:
-        pid = os.posix_spawn(path, [path, service.version_arg], task_environment(service), file_actions=[
+        pid = os.posix_spawn(path, [path] + (args or [service.version_arg]), task_environment(service), file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, '/dev/null', os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2),
             (os.POSIX_SPAWN_CLOSE, read_end)], setsid=True)
@@ -155,6 +174,14 @@ def version_in(answer, program):
         name = words[0] if words[0] != number and any(c.isalpha() for c in words[0]) else program
         return printable(f'{name} {version}')
     return UNKNOWN
+
+
+def manifold_version_in(answer):
+    """``OpenSCAD 2025.01.19 (Manifold 3.0.1)`` from openscad-manifold.mjs's ``--version``."""
+    for line in answer.decode('utf-8', 'replace').splitlines():
+        if 'Manifold' in line and any(c.isdigit() for c in line):
+            return printable(line.replace(' version', '').strip())
+    return f'Manifold {UNKNOWN}'
 
 
 def printable(text):

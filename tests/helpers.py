@@ -671,3 +671,32 @@ def after_line(sim, line, since=0):
             break
         found.append(code)
     return found
+
+
+def stl_solid(path):
+    """(volume, (min x, y, z), (max x, y, z)) of an STL file (ASCII or binary),
+    read here: the signed volume of its triangles' tetrahedra from the origin."""
+    import struct
+    data = Path(path).read_bytes()
+    if data[:5] == b'solid' and b'facet' in data[:400]:
+        points = [tuple(map(float, line.split()[1:4])) for line in data.decode().splitlines()
+                  if line.strip().startswith('vertex')]
+    else:
+        (count,) = struct.unpack('<I', data[80:84])
+        points = [tuple(struct.unpack('<12f', data[84 + 50 * i:132 + 50 * i])[3 + 3 * k:6 + 3 * k])
+                  for i in range(count) for k in range(3)]
+    volume = 0.0
+    for a, b, c in zip(points[0::3], points[1::3], points[2::3]):
+        volume += (a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                   + a[2] * (b[0] * c[1] - b[1] * c[0])) / 6
+    low = tuple(min(p[i] for p in points) for i in range(3))
+    high = tuple(max(p[i] for p in points) for i in range(3))
+    return volume, low, high
+
+
+def same_solid(first, second, tolerance=1e-4):
+    """True when two (volume, low, high) agree: volume within ``tolerance``
+    relative, each corner of the box within 1e-3 mm."""
+    (v1, low1, high1), (v2, low2, high2) = first, second
+    corners = all(abs(x - y) < 1e-3 for x, y in zip(low1 + high1, low2 + high2))
+    return corners and abs(v1 - v2) <= tolerance * max(abs(v1), abs(v2))

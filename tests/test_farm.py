@@ -446,6 +446,7 @@ def test_a_workers_task_reports_its_tools_stages_to_the_front_end(farm):
     record = farm.ended(task_id)
 
     assert record['status'] == 'complete', record
+    assert record['engine'] == 'cgal', record  # the worker's word on its engine (a cube: the native one's)
     stages = [event.data.get('stage') for event in read_events(Store(str(farm.store)), task_id)
               if event.kind == 'progress']
     assert stages[0] == 'rendering' and stages[-1] == 'exporting', stages  # read on the worker, sent on

@@ -134,6 +134,10 @@ def wrapper_version(ctx, service):
     """rrcloud's version and the tool's, as the tool installed here tells it."""
     lines = [f'{service.name}.cloud: rrcloud {__version__} ({PROTOCOL_VERSION} compatible)',
              f'{service.name} on this machine: {tool_version(service)}']
+    if service.manifold_runner:  # OpenSCAD's second engine (rrc/engines.py)
+        from ..toolversions import ToolVersions
+        lines.append(f'{service.name}\'s Manifold engine on this machine: '
+                     f'{ToolVersions(ctx.store.root).manifold_of(service)}')
     servers = remote_servers(ctx, service.name)
     if servers:
         lines.append(f'tasks go to {", ".join(servers)}, whose {service.name} may be another version')

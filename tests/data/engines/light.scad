@@ -1,0 +1,2 @@
+// a plain cube: the light model
+cube([10, 8, 6]);
