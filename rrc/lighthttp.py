@@ -58,6 +58,7 @@ class LightSession:
         """A multipart POST of fields ``data`` and ``files`` ({field: (name, bytes or open file)}),
         each file streamed from disk.  Never sent twice."""
         target = split_url(url)
+        self.sent = False
         boundary = os.urandom(16).hex()  # (uuid costs 20 ms to import)
         chunks, length = multipart_body(boundary, data, files)
         headers = {'Content-Type': f'multipart/form-data; boundary={boundary}', 'Content-Length': str(length)}

@@ -247,7 +247,8 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
     try:
         response = session.post(url, data=fields, files=files, timeout=(CONNECT_TIMEOUT, 300 + wait))
     except Exception as exc:
-        return None, reach_failure(url, exc)
+        held = ' (the task may have started there: its answer was lost)' if wait and getattr(session, 'sent', False) else ''
+        return None, reach_failure(url, exc) + held
     answer = parse_answer(response)
     if response.status_code != 200 or not REMOTE_ID_RE.match(answer.get('id', '')):
         reason = refusal_reason(response) if response.status_code != 200 else 'not an rrcloud answer'

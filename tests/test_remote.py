@@ -572,6 +572,8 @@ def test_a_sync_wait_survives_a_restart_of_the_server(workdir, embedded_server):
     client = spawn_client(workdir, '--sync', f'--s={server.address}', 'job', 'job.sh',
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')
+    # The POST is held up to a second (wait=1); the client knows the task's id once it is answered.
+    wait_for(lambda: records(workdir), 'the local record: the client waits with the id')
 
     server.restart()
     out, err = client.communicate(timeout=DEADLINE)
