@@ -9,11 +9,12 @@ from .output import exit_code_of, print_record
 from ..errors import ExitCode, NoServer, RRCloudError
 from ..remote import (connection_failure, host_port, kill_remote, submit_remote, terminal_safe,
     wait_remote)
-from ..runner import BUILTIN_ERROR_PREFIX
 from ..schema import Field, TaskStatus
 from ..store import unlink_quietly
-from ..control import kill_task
-from ..waits import wait_for_task
+
+# The runner, the control of local tasks and waits are imported where a local
+# task needs them: a task sent to a server (a wrapper's usual path) loads none
+# of them (tests/test_relay_imports.py).
 
 
 # How long a synchronous task's POST asks the server to hold its answer
@@ -178,6 +179,7 @@ def finish_sync(ctx, record, output, show=False):
     started = time.monotonic()
     on_poll = (lambda current, newest: progress(current, time.monotonic() - started,
                                                 progress=event_progress(newest))) if progress else None
+    from ..waits import wait_for_task
     try:
         record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
     except KeyboardInterrupt:
@@ -208,6 +210,7 @@ def deliver_result(ctx, record, output, show=False):
             print_record(record, ctx.options.format)
         return ExitCode.OK
     # A built-in's own error line is the task's error: said once, with the id.
+    from ..runner import BUILTIN_ERROR_PREFIX
     show_log(ctx.store, record, ctx.shown_inputs, output,
              repeated=BUILTIN_ERROR_PREFIX + record.get(Field.ERROR, 'unknown'))
     print(f'{BUILTIN_ERROR_PREFIX}task {record["id"]} failed: {record.get("error", "unknown")}',
@@ -248,6 +251,7 @@ def print_text_result(ctx, record):
 
 
 def _kill_quietly(store, task_id):
+    from ..control import kill_task
     try:
         kill_task(store, task_id, by='Ctrl-C on the command line')
     except RRCloudError:
