@@ -171,7 +171,9 @@ class Connection:
     """One socket to a server, with what was read past the last answer."""
 
     def __init__(self, target, connect_timeout):
-        sock = socket.create_connection((target.host, target.port), timeout=connect_timeout)
+        # An ASCII name as bytes: a str goes through the idna codec (stringprep: 1 ms to import)
+        host = target.host.encode('ascii') if target.host.isascii() else target.host
+        sock = socket.create_connection((host, target.port), timeout=connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if target.scheme == 'https':
             import ssl

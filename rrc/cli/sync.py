@@ -261,21 +261,27 @@ def _kill_quietly(store, task_id):
 def deliver_output(source, destination):
     """Copy a result to where the tool would have written it, atomically
     (``-``: to stdout, as the tool writes it there)."""
-    import shutil
     if destination == '-':
         with open(source, 'rb') as result:
             sys.stdout.flush()
-            shutil.copyfileobj(result, sys.stdout.buffer)
+            copy_stream(result, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         return
     folder = os.path.dirname(os.path.abspath(destination))
     temp = os.path.join(folder, f'.{os.path.basename(destination)}.{os.getpid()}.rrcloud.tmp')
     try:
-        shutil.copyfile(source, temp)
+        with open(source, 'rb') as result, open(temp, 'wb') as copy:
+            copy_stream(result, copy)
         os.replace(temp, destination)
     except OSError as exc:
         unlink_quietly(temp)
         raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
+
+
+def copy_stream(source, sink):
+    """Copy an open file to another (not shutil: with what it imports, 1.5 ms of a wrapper's start)."""
+    while chunk := source.read(1 << 20):
+        sink.write(chunk)
 
 
 def show_log(store, record, shown_inputs=(), output=None, repeated=''):
