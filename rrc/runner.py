@@ -18,31 +18,12 @@ from .printers import load_printer
 from .records import stored_inputs
 from .backends import task_queue
 from .schema import Field, TaskStatus
-from .services import check_output_ext, find_service, load_services
+from .services import check_output_ext, load_service
 from .settings import task_config
 from .store import Store, temp_writer, unlink_quietly, unmark
 from .supervise import SENDER_ERROR_PREFIX, ToolRun, enter_task_cgroup
 from .task import Task
 from .trees import remove_tree, shown_left
-
-
-def task_service(root, name):
-    """The task's service, from its own conf where ``load_services`` would
-    take it (the store's ``services/`` first, then the installed ones): not
-    every conf and options table of the node (2 to 3 ms of each task's start
-    before its tool runs).  Anything amiss: all are loaded, for find_service's
-    words on why it is not there."""
-    from .names import is_service_name
-    from .services import installed_path, parse_service
-    if isinstance(name, str) and is_service_name(name):
-        for folder in (os.path.join(root, 'services'), installed_path('services')):
-            path = os.path.join(folder, f'{name}.conf') if folder else ''
-            if path and os.path.isfile(path):
-                try:
-                    return parse_service(path)
-                except ConfigError:
-                    break
-    return find_service(*load_services(root), name)
 
 
 # Less free space than this after a failed task: the disk filled up.
@@ -59,7 +40,7 @@ def run_task(store, settings, task_id):
     if task.get(Field.STATUS) != TaskStatus.BUSY:  # killed before it could start
         return _runner_done(task)
     try:
-        service = task_service(store.root, task.get(Field.SERVICE))
+        service = load_service(store.root, task.get(Field.SERVICE))
     except RRCloudError as exc:
         return cannot_start(task, str(exc))
     try:
