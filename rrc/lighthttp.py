@@ -91,11 +91,14 @@ class LightSession:
             if method == 'POST':
                 self.sent = True
             response = connection.read_response(method)
-        except OSError:
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
             connection.close()
             if reused is None:
                 raise
             return self._exchange(target, method, path, headers, body, timeout, stream, retry=False)
+        except BaseException:  # a timeout, an answer that is no HTTP: not asked again
+            connection.close()
+            raise
         response.on_done = lambda: self._give_back(target, connection, response)
         if not stream:
             response.read_all()
