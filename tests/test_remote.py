@@ -972,3 +972,21 @@ def test_progress_line_on_a_terminal_against_a_0_019_server(workdir, old_server)
     (post,) = old_server.of('POST')
     assert b'name="wait"' in post.body, 'sent; a 0.019 server ignores it'
     assert len(old_server.of('GET', 'info')) == 3, 'followed by info as before'
+
+
+def test_ctrl_c_while_the_post_is_held_kills_the_task_once_its_id_comes(workdir, embedded_server):
+    server = embedded_server(services={'slow': SH_SERVICE})
+    make_service(workdir, 'slow', SH_SERVICE)
+    (workdir / 'slow.sh').write_text(SLOW_SCRIPT)
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'slow', 'slow.sh',
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')[0]
+
+    os.killpg(client.pid, signal.SIGINT)  # most likely within the held second: the client has no id yet
+    out, err = client.communicate(timeout=30)
+
+    assert client.returncode == 130, err
+    answer = server.info(remote['id'])
+    assert answer['status'] == 'failed' and answer['error'] == 'killed', answer
+    (local,) = records(workdir)
+    assert local['status'] == 'failed'
