@@ -77,7 +77,12 @@ class InterruptLater:
 
     def __enter__(self):
         import signal
-        self.previous = signal.signal(signal.SIGINT, self.on_interrupt)
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is signal.default_int_handler:  # an ignored SIGINT (a background job's) stays ignored
+            try:
+                signal.signal(signal.SIGINT, self.on_interrupt)
+            except ValueError:  # not the main thread (rrcloud.main called from a thread): left as it is
+                self.previous = None
         return self
 
     def on_interrupt(self, signum, frame):
@@ -93,7 +98,8 @@ class InterruptLater:
 
     def __exit__(self, *exc):
         import signal
-        signal.signal(signal.SIGINT, self.previous)
+        if self.previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self.previous)
         if exc[0] is None and self.pending:
             raise KeyboardInterrupt
 
