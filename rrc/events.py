@@ -62,6 +62,10 @@ ID_PREFIX = b'{"id":'
 # Followers look at the file's size: soon after a change, then less often.
 FOLLOW_FIRST_DELAY = 0.005
 FOLLOW_MAX_DELAY = 0.025
+# A follower looks every FOLLOW_FIRST_DELAY for this long after it began: a
+# short task (a small render, most of a wrapper's tasks) ends within it, and
+# its held POST or long-poll answers 5 ms after the end at most, not 25.
+FOLLOW_FAST_SECONDS = 2.0
 
 
 def events_path(store, task_id):
@@ -354,6 +358,7 @@ class EventFollower:
         if at_end:
             self.offset, self.inode, _ = self._size()
             self.after = max(after, self._last_id_before(self.offset))
+        self.fast_until = time.monotonic() + FOLLOW_FAST_SECONDS
 
     def _size(self):
         try:
@@ -397,17 +402,19 @@ class EventFollower:
         """The next events, waiting up to ``timeout`` seconds for some to come.
 
         It looks at the file's size, soon after a call and then every
-        FOLLOW_MAX_DELAY: a stat costs microseconds, and nothing is parsed
-        until the file grows.
+        FOLLOW_MAX_DELAY (every FOLLOW_FIRST_DELAY in the follower's first
+        FOLLOW_FAST_SECONDS): a stat costs microseconds, and nothing is
+        parsed until the file grows.
         """
         deadline = time.monotonic() + timeout
         delay = FOLLOW_FIRST_DELAY
         while not self.changed():
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return []
             time.sleep(min(delay, left))
-            delay = min(delay * 1.5, FOLLOW_MAX_DELAY)
+            delay = FOLLOW_FIRST_DELAY if now < self.fast_until else min(delay * 1.5, FOLLOW_MAX_DELAY)
         return self.read()
 
 

@@ -107,6 +107,8 @@ def send_step(store, config, record):
             answer, failure = post_inputs(store, session, url, service, record)
         except UsageError as exc:  # the server refused the step: no retry makes it take it
             return fail_step(store, record[Field.ID], str(exc))
+        finally:
+            session.close()  # the connection kept for a next request: there is none
         if answer:
             return hand_over(store, config, record, url, answer)
         if session.sent:

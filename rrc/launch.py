@@ -9,7 +9,7 @@ import sys
 from . import PROGRAM_FOLDER
 from .errors import UsageError
 from .names import check_task_id, is_extension, is_task_id
-from .procs import rrcloud_command, task_environment
+from .procs import find_program, rrcloud_command, task_environment
 from .projects import PROJECT_PART_RE
 from .records import record_native, record_params, stored_inputs
 from .schema import Field
@@ -90,7 +90,6 @@ class Launch:
     """How one task's tool is started: argv, environment, what its sandbox must show."""
 
     def __init__(self, service, argv, display=False):
-        import shutil
         self.env = task_environment(service)
         # How its progress is read from its output (None: it is not), and what
         # the tool needs to write that output as it goes (Slic3r's Perl).
@@ -105,11 +104,11 @@ class Launch:
             self.read_paths += program_paths()
             self.executable = sys.executable
         else:
-            self.executable = shutil.which(argv[0], path=service.path)
+            self.executable = find_program(argv[0], service.path)
         self.argv = [self.executable] + argv[1:]
         self.missing = None if self.executable else argv[0]
         if display:
-            runner = shutil.which(VIRTUAL_DISPLAY[0], path=service.path)
+            runner = find_program(VIRTUAL_DISPLAY[0], service.path)
             self.argv = [runner] + list(VIRTUAL_DISPLAY[1:]) + self.argv
             self.missing = self.missing or (None if runner else f'{VIRTUAL_DISPLAY[0]} (Debian package xvfb)')
         self.printer = None  # a named printer whose G-code the built-in sender gets (runner.task_printer)

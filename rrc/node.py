@@ -32,7 +32,7 @@ class Node:
         self.store = Store(config.dir, self.identity)
         self.started = started
         # Each tool is asked its version once per binary (rrc/toolversions.py).
-        self.tool_versions = ToolVersions(self.store.root)
+        self.tool_versions = ToolVersions(self.store.root, make_folder=True)
 
     def meta(self, services):
         """The ``meta`` answer of this node, with its tools' versions."""

@@ -194,25 +194,26 @@ def parse_option_table(path, tool):
         raise ValueError(f'options file {path}: cannot read: {exc}') from None
     options, either_sign, split_by_tool = [], False, False
     for number, line in enumerate(lines, 1):
-        words = line.split('#', 1)[0].split() if not line.lstrip().startswith('#') else []
-        if words[:1] == ['@signs']:
-            either_sign = words[1:] == ['+-']
-        elif words[:1] == ['@words']:
-            split_by_tool = words[1:] == ['split']
-        elif words:
-            options.append(_row(words, line, f'{os.path.basename(path)}:{number}'))
+        text = line.split('#', 1)[0] if not line.lstrip().startswith('#') else ''
+        fields = text.split(None, 3)  # (read by every meta and every runner: one split a line)
+        if fields[:1] == ['@signs']:
+            either_sign = text.split()[1:] == ['+-']
+        elif fields[:1] == ['@words']:
+            split_by_tool = text.split()[1:] == ['split']
+        elif fields:
+            options.append(_row(fields, path, number))
     for option in options:
         option.split_by_tool = split_by_tool
     return options, either_sign
 
 
-def _row(words, line, where):
-    """One Option from a table line's words (the note keeps its own spacing)."""
-    if len(words) < 3 or words[1] not in FORMS or words[2] not in CLASSES:
-        raise ValueError(f'{where}: expected "OPTION FORM CLASS [NOTE]" with FORM one of '
+def _row(fields, path, number):
+    """One Option from a table line's first three words and the rest, its
+    note (which keeps its own spacing)."""
+    if len(fields) < 3 or fields[1] not in FORMS or fields[2] not in CLASSES:
+        raise ValueError(f'{os.path.basename(path)}:{number}: expected "OPTION FORM CLASS [NOTE]" with FORM one of '
                          f'{", ".join(FORMS)} and CLASS one of {", ".join(CLASSES)}')
-    fields = line.split('#', 1)[0].split(None, 3)
     note = fields[3].strip() if len(fields) > 3 else ''
-    if words[2] == 'refuse' and not note:
-        raise ValueError(f'{where}: a refused option needs its reason')
-    return Option(words[0], words[1], words[2], note)
+    if fields[2] == 'refuse' and not note:
+        raise ValueError(f'{os.path.basename(path)}:{number}: a refused option needs its reason')
+    return Option(fields[0], fields[1], fields[2], note)

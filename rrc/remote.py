@@ -229,12 +229,14 @@ def task_form(service, inputs, native, notifier='', params=(), out_ext=''):
 
 
 def post_task(session, url, service, inputs, native, notifier, params=(), out_ext='', notifier_events='',
-              priority=None, cache=True):
+              priority=None, cache=True, wait=0):
     """Upload one task (the spec's field names); the server's record, or None.
 
-    ``paramN``, ``outExt``, ``notifierEvents`` and ``priority`` go only when
-    there are any (not the default; a priority: when one was given): a 0.019
-    server knows none of them.
+    ``paramN``, ``outExt``, ``notifierEvents``, ``priority`` and ``wait`` go
+    only when there are any (not the default; a priority: when one was
+    given): a 0.019 server knows none of them, and ignores them.  With
+    ``wait`` an rrcloud server holds its answer until the task ends (or
+    ``wait`` seconds passed): a task that ends in time takes one request.
     """
     fields, files = task_form(service, inputs, native, notifier, params, out_ext)
     fields.update(notifier_events_field(notifier, notifier_events))  # {notifierEvents: ...} or {}
@@ -242,10 +244,13 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
         fields['priority'] = str(priority)
     if not cache:  # --no-cache (rrc/cache.py); a 0.019 server ignores the field
         fields['cache'] = 'no'
+    if wait:
+        fields['wait'] = str(wait)
     try:
-        response = session.post(url, data=fields, files=files, timeout=(CONNECT_TIMEOUT, 300))
+        response = session.post(url, data=fields, files=files, timeout=(CONNECT_TIMEOUT, 300 + wait))
     except Exception as exc:
-        return None, reach_failure(url, exc)
+        held = ' (the task may have started there: its answer was lost)' if wait and getattr(session, 'sent', False) else ''
+        return None, reach_failure(url, exc) + held
     answer = parse_answer(response)
     if response.status_code != 200 or not REMOTE_ID_RE.match(answer.get('id', '')):
         reason = refusal_reason(response) if response.status_code != 200 else 'not an rrcloud answer'
@@ -255,21 +260,36 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
     return answer, None
 
 
-def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext=''):
-    """Send a task to the least loaded server that takes it; record it locally."""
-    session = http_session(ctx.config.client_token_for)
+def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext='', session=None, wait=0,
+                  on_record=None):
+    """Send a task to the least loaded server that takes it; record it locally.
+
+    With ``wait`` (a synchronous task) the server may answer the ended
+    task: its result and log are fetched at once, over ``session``'s
+    connection.  ``on_record(record)`` hears of the local record as soon as
+    it is written, before that fetch (Ctrl-C then kills the task there).
+    """
+    session = session or http_session(ctx.config.client_token_for)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = list(silent)
     for url in ranked:
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
                                     params, out_ext, ctx.options.notifier_events, ctx.options.priority,
-                                    cache=not ctx.options.no_cache)
+                                    cache=not ctx.options.no_cache, wait=wait)
         if answer:
-            from .submission import client_names_field
-            return record_remote(ctx.store, url, service, answer, client_names_field(inputs, main_only=True))
+            record = record_remote(ctx.store, url, service, answer, client_names(inputs))
+            if on_record:
+                on_record(record)
+            return settle_remote(ctx.store, record, session, answer) if wait else record
         tried.append(failure)
     raise no_server_took_it(tried)
+
+
+def client_names(inputs):
+    """The record's ``inputNames`` field of the main input, as its client named it."""
+    from .submission import client_names_field
+    return client_names_field(inputs, main_only=True)
 
 
 def no_server_took_it(tried):
@@ -304,7 +324,14 @@ def refresh_remote(store, record, session, wait=0):
         return move_task(store, record[Field.ID], State.FAILED, {
             Field.ETIME: f'{time.time():.5f}',
             Field.ERROR: 'the server no longer knows this task'}) or store.read_task(record[Field.ID])
-    answer = parse_answer(response)
+    return settle_remote(store, record, session, parse_answer(response))
+
+
+def settle_remote(store, record, session, answer):
+    """A remote task's local record after its server's ``answer`` (an info,
+    or a held POST's): unchanged while it runs there; once it ended, its
+    result and log fetched and its final state moved to."""
+    url = record[Field.SERVER]
     status = answer.get('status')
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
         return record
@@ -341,6 +368,7 @@ def fetch_to(session, url, folder, name):
     """Download ``url`` into ``folder/name`` atomically (name is ours, never the server's)."""
     response = session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, 300))
     if response.status_code != 200:
+        response.close()
         raise RRCloudError(f'cannot fetch {url}: HTTP {response.status_code}')
     os.makedirs(folder, exist_ok=True)
     temp = os.path.join(folder, f'.{name}.{temp_writer()}.part')
@@ -354,16 +382,17 @@ def fetch_to(session, url, folder, name):
         raise
 
 
-def wait_remote(store, config, record, token_for, progress=None, ended_here=False):
+def wait_remote(store, config, record, token_for, progress=None, ended_here=False, session=None):
     """Wait for a remote task with the server's long-poll (or capped polling),
-    sending the token ``token_for`` chooses (``http_session``).
+    sending the token ``token_for`` chooses (``http_session``; or over
+    ``session``, a wrapper's LightSession).
 
     A server that goes away (a restart) is asked again for ``reconnectTimeout``
     seconds: the task runs on there without us.  With ``ended_here`` the
     local record is read before each ask: a task ended here (a pipeline
     step killed with its job) is waited for no longer.
     """
-    session = http_session(token_for)
+    session = session or http_session(token_for)
     backoff = 0.1
     started = time.monotonic()
     lost_since = None

@@ -20,7 +20,7 @@ from .printers import load_printer
 from .records import stored_inputs
 from .backends import task_queue
 from .schema import Field, TaskStatus
-from .services import check_output_ext, find_service, load_services
+from .services import check_output_ext, load_service
 from .settings import task_config
 from .store import Store, temp_writer, unlink_quietly, unmark
 from .supervise import SENDER_ERROR_PREFIX, ToolRun, enter_task_cgroup
@@ -42,7 +42,7 @@ def run_task(store, settings, task_id):
     if task.get(Field.STATUS) != TaskStatus.BUSY:  # killed before it could start
         return _runner_done(task)
     try:
-        service = find_service(*load_services(store.root), task.get(Field.SERVICE))
+        service = load_service(store.root, task.get(Field.SERVICE))
     except RRCloudError as exc:
         return cannot_start(task, str(exc))
     try:

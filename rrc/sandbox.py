@@ -38,8 +38,8 @@ class SandboxError(Exception):
 
 def find_bwrap():
     """Absolute path of bubblewrap, or SandboxError saying how to get it."""
-    import shutil
-    path = shutil.which('bwrap', path='/usr/bin:/bin:/usr/local/bin')
+    # (not shutil.which: importing shutil costs a runner some 6 ms)
+    path = next((p for p in ('/usr/bin/bwrap', '/bin/bwrap', '/usr/local/bin/bwrap') if os.access(p, os.X_OK)), None)
     if path is None:
         raise SandboxError('the sandbox needs bubblewrap (bwrap), which is not installed: '
                            'install the Debian package bubblewrap, or set "sandbox = no" in rrcloudrc')
@@ -165,12 +165,12 @@ def collect_output(folder, name, destination, max_bytes, writer):
 
 
 def _copy_atomically(source, destination, max_bytes, writer):
-    import shutil
     folder, name = os.path.split(destination)
     temp = os.path.join(folder, f'.{name}.{writer}.part')  # recovery knows .NAME.PID@BOOT.part
     try:
         with open(temp, 'xb') as sink:
-            shutil.copyfileobj(source, sink)
+            while chunk := source.read(1 << 20):  # (shutil.copyfileobj: shutil costs 6 ms to import)
+                sink.write(chunk)
             if sink.tell() > max_bytes:  # it grew while we copied (a leftover writer)
                 raise OSError(f'the output grew beyond {max_bytes} bytes')
         os.replace(temp, destination)

@@ -403,6 +403,22 @@ def load_services(root):
     return services, errors
 
 
+def load_service(root, name):
+    """One service, from its own conf where ``load_services`` would take it
+    (``ROOT/services`` first, then the installed ones), without reading every
+    other conf and options table (a runner's and a wrapper's start); anything
+    amiss: all are loaded, for ``find_service``'s words on why it is not there."""
+    if isinstance(name, str) and is_service_name(name):
+        for folder in (os.path.join(root, 'services'), installed_path('services')):
+            path = os.path.join(folder, f'{name}.conf') if folder else ''
+            if path and os.path.isfile(path):
+                try:
+                    return parse_service(path)
+                except ConfigError:
+                    break
+    return find_service(*load_services(root), name)
+
+
 def find_service(services, errors, name):
     """The named service, or a UsageError that says why it is not there."""
     if not isinstance(name, str) or not is_service_name(name):

@@ -256,7 +256,7 @@ def list_tasks(store, config):
     records = []
     for task_id in store.task_ids():
         try:
-            records.append(reconcile_task(store, store.read_task(task_id)))
+            records.append(reconcile_task(store, store.read_task(task_id, checked=True)))
         except NotFound:
             continue
     return [with_live_progress(store, r) for r in expire_tasks(store, records, config.maxDataRetention)]

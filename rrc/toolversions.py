@@ -34,8 +34,13 @@ UNKNOWN = 'unknown'
 class ToolVersions:
     """The versions of the tools of one store's services, asked once per binary."""
 
-    def __init__(self, store_root):
+    def __init__(self, store_root, make_folder=False):
+        """``make_folder``: a server's (its node's) may make the store's
+        ``tasks/`` to keep its cache in: a server's store without it (no
+        task yet) would otherwise ask every tool again at each CGI ``meta``
+        (half a second).  ``rrcloud meta`` in a folder makes nothing there."""
         self.cache_path = os.path.join(store_root, 'tasks', CACHE_NAME)
+        self.make_folder = make_folder
         self.known = None  # binary key -> version, read from the cache file on first use
         self.changed = False  # a tool was asked: the cache file is written anew
 
@@ -83,6 +88,8 @@ class ToolVersions:
         if self.changed:
             self.changed = False
             try:
+                if self.make_folder:
+                    os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
                 write_cache(self.cache_path, self.known)
             except OSError:  # a read-only or full store: asked again next time, nothing worse
                 pass
@@ -118,7 +125,8 @@ def read_cache(path):
 
 def write_cache(path, known):
     """Write the cache file whole (temp file and rename: a reader never sees half);
-    not before the store exists (its first task makes it: looking writes nothing)."""
+    not before the store's ``tasks/`` exists (its first task, or a server's
+    first ``meta``, makes it: ``rrcloud meta`` writes nothing)."""
     if not os.path.isdir(os.path.dirname(path)):
         return
     text = ''.join(f'{key}\t{version}\n' for key, version in sorted(known.items()))

@@ -146,23 +146,25 @@ class EmbeddedServer:
 class Request:
     """One request a fake server received."""
 
-    def __init__(self, method, path, query, body, headers):
+    def __init__(self, method, path, query, body, headers, connection=None):
         self.method, self.path, self.query, self.body, self.headers = method, path, query, body, headers
+        self.connection = connection  # the client's (address, port): one per connection
 
     def __repr__(self):
         return f'Request({self.method} {self.path} {self.query})'
 
 
 class FakeServer:
-    """An http.server on 127.0.0.1 answering with ``handler(request) -> (status, content_type, body)``."""
+    """An http.server on 127.0.0.1 answering with ``handler(request) -> (status, content_type, body)``;
+    ``protocol='HTTP/1.1'`` keeps connections alive, as rrcloud's servers do."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, protocol='HTTP/1.0'):
         self.handler = handler
         self.requests = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.0'
+            protocol_version = protocol
 
             def log_message(self, *args):
                 pass
@@ -172,7 +174,7 @@ class FakeServer:
                 length = int(self.headers.get('Content-Length') or 0)
                 body = self.rfile.read(length) if length else b''
                 query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                request = Request(self.command, parts.path, query, body, dict(self.headers))
+                request = Request(self.command, parts.path, query, body, dict(self.headers), self.client_address)
                 fake.requests.append(request)
                 status, content_type, data = fake.handler(request)
                 data = data.encode() if isinstance(data, str) else data

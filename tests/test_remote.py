@@ -43,8 +43,8 @@ def fake():
     """Start fake servers: ``fake(handler)`` -> FakeServer."""
     started = []
 
-    def start(handler):
-        server = FakeServer(handler).start()
+    def start(handler, protocol='HTTP/1.0'):
+        server = FakeServer(handler, protocol).start()
         started.append(server)
         return server
     yield start
@@ -572,6 +572,8 @@ def test_a_sync_wait_survives_a_restart_of_the_server(workdir, embedded_server):
     client = spawn_client(workdir, '--sync', f'--s={server.address}', 'job', 'job.sh',
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')
+    # The POST is held up to a second (wait=1); the client knows the task's id once it is answered.
+    wait_for(lambda: records(workdir), 'the local record: the client waits with the id')
 
     server.restart()
     out, err = client.communicate(timeout=DEADLINE)
@@ -868,3 +870,123 @@ def test_a_bad_id_from_a_server_is_refused(cli, workdir, tmp_path, fake, answer)
     assert server.address in one_line_error(result)
     assert records(workdir) == []
     assert {p for p in all_files(tmp_path) - before if not p.startswith('work/tasks/')} == set()
+
+
+###############################################################################
+# 8. The light relay: a synchronous task in one POST, one connection, no requests
+###############################################################################
+
+LIGHT_ID = '1795842096-66057-537747'
+
+
+def held_post_server(fake):
+    """An rrcloud-like server (HTTP/1.1, kept alive) that answers a POST with
+    the ended task, as ``wait=`` makes a real one do for a short task."""
+    record = (f'client: 127.0.0.1\nexitCode: 0\nid: {LIGHT_ID}\nout: tasks/out/{LIGHT_ID}\n'
+              'service: echo\nstatus: complete\n')
+
+    def handler(request):
+        if request.method == 'POST':
+            return 200, 'text/plain', record
+        if request.path == f'/tasks/out/{LIGHT_ID}':
+            return 200, 'text/plain', CONTENT
+        if request.path == f'/tasks/log/{LIGHT_ID}':
+            return 200, 'text/plain', 'copied\n'
+        return 404, 'text/plain', 'not found\n'
+    return fake(handler, protocol='HTTP/1.1')
+
+
+def test_a_sync_task_that_ended_in_time_is_one_post_then_result_and_log_on_one_connection(workdir, fake):
+    server = held_post_server(fake)
+
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'echo', CONTENT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = client.communicate(timeout=DEADLINE)
+
+    assert client.returncode == 0, err
+    assert out == CONTENT + '\n'
+    (post,) = server.of('POST')
+    assert b'name="wait"\r\n\r\n1\r\n' in post.body, 'the POST asks the server to hold its answer'
+    assert [(r.method, r.path) for r in server.requests] == [
+        ('POST', '/'), ('GET', f'/tasks/out/{LIGHT_ID}'), ('GET', f'/tasks/log/{LIGHT_ID}')], 'no info, no meta'
+    assert len({r.connection for r in server.requests}) == 1, 'one connection for all three'
+    (record,) = records(workdir)
+    assert record['status'] == 'complete' and record['remoteId'] == LIGHT_ID
+    assert (workdir / 'tasks' / 'log' / record['id']).read_text() == 'copied\n'
+
+
+def test_a_real_servers_held_post_answers_the_ended_task(cli, workdir, embedded_server, monkeypatch):
+    from rrc import lighthttp
+    server = embedded_server(scope='module')
+    sent = []
+    real_head = lighthttp.LightSession._head
+
+    def counted(session, target, method, path, headers):
+        sent.append((method, path.partition('?')[0]))
+        return real_head(session, target, method, path, headers)
+    monkeypatch.setattr(lighthttp.LightSession, '_head', counted)
+
+    result = cli('--sync', f'--s={server.address}', 'echo', CONTENT)
+
+    assert result.code == 0, result
+    assert result.out == CONTENT + '\n'
+    (record,) = records(workdir)
+    assert sent == [('POST', '/'), ('GET', f'/{record["out"].replace(record["id"], record["remoteId"])}'),
+                    ('GET', f'/tasks/log/{record["remoteId"]}')], sent
+
+
+def test_a_sync_task_still_busy_after_the_held_post_is_followed_to_its_end(cli, workdir, embedded_server):
+    server = embedded_server(services={'job': SH_SERVICE})
+    make_service(workdir, 'job', SH_SERVICE)
+    (workdir / 'job.sh').write_text('sleep 2\necho later > "$1"\n')
+
+    result = cli('--sync', f'--s={server.address}', 'job', 'job.sh')
+
+    assert result.code == 0, result
+    (record,) = records(workdir)
+    assert record['status'] == 'complete'
+    assert (workdir / record['out']).read_text() == 'later\n'
+
+
+def test_progress_line_on_a_terminal_against_a_0_019_server(workdir, old_server):
+    master, slave = pty.openpty()
+    client = spawn_client(workdir, '--sync', f'--s={old_server.address}', 'echo', CONTENT,
+                          stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen = b''
+    try:
+        while client.poll() is None or select.select([master], [], [], 0.2)[0]:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+        out, _ = client.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert client.returncode == 0, seen
+    assert out == (CONTENT + '\n').encode()
+    text = seen.decode('utf-8', 'replace')
+    assert old_server.url in text and 'busy' in text, text
+    (post,) = old_server.of('POST')
+    assert b'name="wait"' in post.body, 'sent; a 0.019 server ignores it'
+    assert len(old_server.of('GET', 'info')) == 3, 'followed by info as before'
+
+
+def test_ctrl_c_while_the_post_is_held_kills_the_task_once_its_id_comes(workdir, embedded_server):
+    server = embedded_server(services={'slow': SH_SERVICE})
+    make_service(workdir, 'slow', SH_SERVICE)
+    (workdir / 'slow.sh').write_text(SLOW_SCRIPT)
+    client = spawn_client(workdir, '--sync', f'--s={server.address}', 'slow', 'slow.sh',
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remote = wait_for(lambda: [r for r in server.records().values() if r.get('pid')], 'the remote tool started')[0]
+
+    os.killpg(client.pid, signal.SIGINT)  # most likely within the held second: the client has no id yet
+    out, err = client.communicate(timeout=30)
+
+    assert client.returncode == 130, err
+    answer = server.info(remote['id'])
+    assert answer['status'] == 'failed' and answer['error'] == 'killed', answer
+    (local,) = records(workdir)
+    assert local['status'] == 'failed'

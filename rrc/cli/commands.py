@@ -15,10 +15,8 @@ from ..remote import kill_remote, server_url, submit_remote, terminal_safe
 from ..schema import Field, TaskStatus
 from ..states import get_task, state_of
 from ..store import to_json
-from ..control import cancel_task, kill_task, pause_task, resume_task, stop_task, suspend_task
 from ..services import format_chosen, takes_ini
 from ..submission import submit_task
-from ..node import meta_record
 
 
 def cmd_info(ctx, args):
@@ -91,6 +89,7 @@ def cmd_meta(ctx, args):
         services, errors = ctx.services
         for error in errors:
             print(f'rrcloud: warning: {error}', file=sys.stderr)
+        from ..node import meta_record
         meta = meta_record(ctx.store, ctx.config, services)
     if ctx.options.format == 'json':
         print(to_json(meta, indent=1, sort_keys=True))
@@ -122,6 +121,7 @@ def cmd_kill(ctx, args):
         record = kill_remote(ctx.store, record, ctx.config.client_token_for)
         print_fields(record, ('id', 'status', 'error'), server=record[Field.SERVER])
         return ExitCode.OK
+    from ..control import kill_task
     record = kill_task(ctx.store, task_id, by=by)
     print_fields(record, ('id', 'status', 'error'))
     return ExitCode.OK
@@ -152,8 +152,9 @@ def cmd_stop(ctx, args):
     return _suspend_or_resume(ctx, args, 'stop')
 
 
-CONTROL_CHANGES = {'suspend': suspend_task, 'resume': resume_task, 'pause': pause_task,
-                   'cancel': cancel_task, 'stop': stop_task}
+# The functions of rrc/control.py (imported when one is asked for: a wrapper never needs it).
+CONTROL_CHANGES = {'suspend': 'suspend_task', 'resume': 'resume_task', 'pause': 'pause_task',
+                   'cancel': 'cancel_task', 'stop': 'stop_task'}
 
 
 def _suspend_or_resume(ctx, args, verb):
@@ -170,7 +171,8 @@ def _suspend_or_resume(ctx, args, verb):
         answer = ask_server(ctx, {'service': verb, 'id': record[Field.REMOTE_ID]}, url=record[Field.SERVER])
         print_state(dict(answer, id=task_id), server=record[Field.SERVER])
         return ExitCode.OK
-    change = CONTROL_CHANGES[verb]
+    from .. import control
+    change = getattr(control, CONTROL_CHANGES[verb])
     print_state(change(ctx.store, task_id, by=f'the command line (user {user_name()})'))
     return ExitCode.OK
 

@@ -1,7 +1,6 @@
 """The help texts of the rrcloud command."""
 
 from .. import DEFAULT_PORT
-from ..printing import PRINT_HELP
 
 
 HELP = f"""\
@@ -222,7 +221,9 @@ cancelled), failed, and the reasons of both.  --format=json: one object.
 
   --s=SERVER      that server's history (service=history)
 """
-SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': PRINT_HELP, 'pipe': PIPE_HELP, 'watch': WATCH_HELP,
+# 'print': None is the G-code sender's own PRINT_HELP, read from rrc/printing.py
+# when asked for (every other command, `rrcloud --sync` too, leaves the sender unloaded).
+SUBCOMMAND_HELP = {'serve': SERVE_HELP, 'print': None, 'pipe': PIPE_HELP, 'watch': WATCH_HELP,
                    'ls': LS_HELP, 'get': GET_HELP, 'rm': RM_HELP, 'clean': RM_HELP,
                    'history': HISTORY_HELP}
 USAGE = HELP.split('\n\n', 1)[0] + '\n\nrrcloud --help shows every option.\n'

@@ -17,7 +17,8 @@ def cli(args):
     if options.help or options.version:
         return show_about(options)
     if rest and rest[0] in SUBCOMMAND_HELP and {'-h', '--help'} & set(rest[1:]):
-        sys.stdout.write(SUBCOMMAND_HELP[rest[0]])
+        from ..printing import PRINT_HELP
+        sys.stdout.write(SUBCOMMAND_HELP[rest[0]] or PRINT_HELP)
         return ExitCode.OK
     # The server and the sender are imported only when asked for: each
     # subcommand loads just its own modules.

@@ -10,7 +10,7 @@ from ..optiontable import check_value, is_wildcard, refusal
 from ..order import parse_priority
 from ..projects import pack_project, project_references, project_root
 from ..printers import names_a_printer
-from ..services import check_params, find_service, format_chosen, load_services
+from ..services import check_params, find_service, format_chosen, load_service, load_services
 from ..store import Store
 from ..submission import Input, input_kinds
 
@@ -445,6 +445,7 @@ class Context:
             self.config.dir = os.path.abspath(options.dir)
         self.store = Store(self.config.dir, NodeIdentity.of(self.config.nodeName))
         self._services = None
+        self._service = {}  # name -> one service read alone (service())
         self.shown_inputs = []  # how the user named each input of the task at hand
         self.output_format = ''  # the format the task at hand's result is asked in (its extension)
 
@@ -455,4 +456,9 @@ class Context:
         return self._services
 
     def service(self, name):
-        return find_service(*self.services, name)
+        """One service (its conf alone, unless every service was loaded already)."""
+        if self._services is not None:
+            return find_service(*self._services, name)
+        if name not in self._service:
+            self._service[name] = load_service(self.store.root, name)
+        return self._service[name]

@@ -9,41 +9,102 @@ from .output import exit_code_of, print_record
 from ..errors import ExitCode, NoServer, RRCloudError
 from ..remote import (connection_failure, host_port, kill_remote, submit_remote, terminal_safe,
     wait_remote)
-from ..runner import BUILTIN_ERROR_PREFIX
 from ..schema import Field, TaskStatus
 from ..store import unlink_quietly
-from ..control import kill_task
-from ..waits import wait_for_task
+
+# The runner, the control of local tasks and waits are imported where a local
+# task needs them: a task sent to a server (a wrapper's usual path) loads none
+# of them (tests/test_relay_imports.py).
+
+
+# How long a synchronous task's POST asks the server to hold its answer
+# (``wait=S``): a task that ends by then takes one request and its result
+# and log two more on the same connection.  Short, because until the answer
+# comes the client does not know the task's id: a Ctrl-C meanwhile is
+# acted on when it comes (the task is killed there), and a progress line
+# starts after a second anyway.
+SYNC_POST_WAIT = 1
 
 
 def sync_remote(ctx, service, servers, inputs, native, output, show=False, params=(), out_ext=''):
     """Send a task, wait for it, fetch its result to ``output``, mirror its exit code.
 
+    The relay's light path: ``lighthttp`` (no requests), one connection,
+    a POST with ``wait`` that an rrcloud server answers with the ended task
+    (a 0.019 server ignores it: the task is followed as before).
     Ctrl-C at any moment after the server took the task kills it there.
     """
+    from ..lighthttp import LightSession
     record, progress = None, None
+    session = LightSession(ctx.config.client_token_for)
+    interrupt = InterruptLater()
     try:
-        record = submit_remote(ctx, service, servers, inputs, native, params, out_ext)
-        progress = ProgressLine(record[Field.SERVER]) if sys.stderr.isatty() else None
-        record = wait_for_remote(ctx, record, progress)
+        with interrupt:
+            record = submit_remote(ctx, service, servers, inputs, native, params, out_ext, session=session,
+                                   wait=SYNC_POST_WAIT, on_record=interrupt.allow_after)
+        if record.get(Field.STATUS) == TaskStatus.BUSY:
+            progress = ProgressLine(record[Field.SERVER]) if sys.stderr.isatty() else None
+            record = wait_for_remote(ctx, record, progress, session)
     except KeyboardInterrupt:
         if progress:
             progress.clear()
+        record = record or interrupt.record
         if record:
             stop_after_interrupt(ctx, record)
         return ExitCode.INTERRUPTED
-    except OSError as exc:  # requests' errors are OSErrors
+    except OSError as exc:  # requests' and lighthttp's errors are OSErrors
+        record = record or interrupt.record
         if record is None:
             raise
         raise NoServer(f'lost {host_port(record[Field.SERVER])} while waiting for task {record[Field.ID]} '
                        f'({connection_failure(exc)}); `rrcloud info {record[Field.ID]}` asks again') from None
     finally:
+        session.close()
         if progress:
             progress.clear()
     return deliver_result(ctx, record, output, show)
 
 
-def wait_for_remote(ctx, record, progress):
+class InterruptLater:
+    """Ctrl-C while a POST is held: the task's id comes with the answer, so
+    the first Ctrl-C waits for it (at most SYNC_POST_WAIT seconds more) and is
+    raised as soon as the local record exists, to kill the task at its
+    server; a second Ctrl-C stops at once (the task may then run on there).
+    """
+
+    def __init__(self):
+        self.pending, self.record, self.previous = False, None, None
+
+    def __enter__(self):
+        import signal
+        self.previous = signal.getsignal(signal.SIGINT)
+        if self.previous is signal.default_int_handler:  # an ignored SIGINT (a background job's) stays ignored
+            try:
+                signal.signal(signal.SIGINT, self.on_interrupt)
+            except ValueError:  # not the main thread (rrcloud.main called from a thread): left as it is
+                self.previous = None
+        return self
+
+    def on_interrupt(self, signum, frame):
+        if self.pending or self.record is not None:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def allow_after(self, record):
+        """The local record exists: a Ctrl-C that came meanwhile is raised now, and any later one at once."""
+        self.record = record
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+        if self.previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self.previous)
+        if exc[0] is None and self.pending:
+            raise KeyboardInterrupt
+
+
+def wait_for_remote(ctx, record, progress, session=None):
     """Wait for a remote task; a progress line is fed from the server's event
     stream when its meta offers one (the task's progress, as for a local
     task), else from long-polls of info (a 0.019 server)."""
@@ -52,7 +113,7 @@ def wait_for_remote(ctx, record, progress):
         finished = wait_with_events(ctx, record, progress)
         if finished is not None and finished.get(Field.STATUS) != TaskStatus.BUSY:
             return finished
-    return wait_remote(ctx.store, ctx.config, record, ctx.config.client_token_for, progress)
+    return wait_remote(ctx.store, ctx.config, record, ctx.config.client_token_for, progress, session=session)
 
 
 def stop_after_interrupt(ctx, record):
@@ -124,6 +185,7 @@ def finish_sync(ctx, record, output, show=False):
     started = time.monotonic()
     on_poll = (lambda current, newest: progress(current, time.monotonic() - started,
                                                 progress=event_progress(newest))) if progress else None
+    from ..waits import wait_for_task
     try:
         record = wait_for_task(ctx.store, record[Field.ID], on_poll=on_poll)
     except KeyboardInterrupt:
@@ -154,6 +216,7 @@ def deliver_result(ctx, record, output, show=False):
             print_record(record, ctx.options.format)
         return ExitCode.OK
     # A built-in's own error line is the task's error: said once, with the id.
+    from ..runner import BUILTIN_ERROR_PREFIX
     show_log(ctx.store, record, ctx.shown_inputs, output,
              repeated=BUILTIN_ERROR_PREFIX + record.get(Field.ERROR, 'unknown'))
     print(f'{BUILTIN_ERROR_PREFIX}task {record["id"]} failed: {record.get("error", "unknown")}',
@@ -194,6 +257,7 @@ def print_text_result(ctx, record):
 
 
 def _kill_quietly(store, task_id):
+    from ..control import kill_task
     try:
         kill_task(store, task_id, by='Ctrl-C on the command line')
     except RRCloudError:
@@ -203,21 +267,27 @@ def _kill_quietly(store, task_id):
 def deliver_output(source, destination):
     """Copy a result to where the tool would have written it, atomically
     (``-``: to stdout, as the tool writes it there)."""
-    import shutil
     if destination == '-':
         with open(source, 'rb') as result:
             sys.stdout.flush()
-            shutil.copyfileobj(result, sys.stdout.buffer)
+            copy_stream(result, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         return
     folder = os.path.dirname(os.path.abspath(destination))
     temp = os.path.join(folder, f'.{os.path.basename(destination)}.{os.getpid()}.rrcloud.tmp')
     try:
-        shutil.copyfile(source, temp)
+        with open(source, 'rb') as result, open(temp, 'wb') as copy:
+            copy_stream(result, copy)
         os.replace(temp, destination)
     except OSError as exc:
         unlink_quietly(temp)
         raise RRCloudError(f'cannot write {destination}: {exc.strerror}') from None
+
+
+def copy_stream(source, sink):
+    """Copy an open file to another (not shutil: with what it imports, 1.5 ms of a wrapper's start)."""
+    while chunk := source.read(1 << 20):
+        sink.write(chunk)
 
 
 def show_log(store, record, shown_inputs=(), output=None, repeated=''):

@@ -1,0 +1,222 @@
+"""The relay's added time and the CGI's reads (issue 22, items 1 and 2), in one run.
+
+1. ``openscad.cloud cube.scad -ocube.stl`` as a whole process, against
+   ``openscad cube.scad -ocube.stl`` run directly, through ``rrcloud serve``
+   on loopback and through the CGI under lighttpd (both deployed as the tests
+   deploy them: the web servers' Python, as www-data), round by round, each
+   round running every command once in turn.  The added time is the median of
+   each round's relayed minus direct time.
+2. ``?service=info`` and ``?service=meta`` through the CGI under lighttpd,
+   with an empty store (its ``tasks/`` made, as the first task makes it) and
+   with 1,000 finished tasks, request by request in turns; beside them a
+   floor: a CGI under the same lighttpd that is a bare start of the same
+   Python printing a header, and one of Perl (what any Perl CGI, 0.019's
+   among them, costs at the least).
+
+With BASELINE (a checkout of an earlier commit, e.g. ``git archive 5fa410a |
+tar -x -C /tmp/base``) every row is run for it too, in the same rounds, so
+the table shows this checkout beside the one before.  RepRapCloud 0.019
+itself (its Perl client and CGI) is not on this machine: docs/BENCHMARKS.md
+says how its figures are compared.
+
+Run: .venv/bin/python bench/bench_relay.py [ROUNDS] [BASELINE]
+"""
+import compileall  # noqa: F401 (the web servers' Python compiles; see compile_app)
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from common import DATA, REPO, free_port, table
+
+import deploy  # noqa: E402
+from deploy import WEB_PYTHON, Deployment, chown_tree, www_data  # noqa: E402
+from bench_http import fill_store  # noqa: E402
+
+
+def deployment(kind, checkout):
+    """A started deployment of ``checkout`` (its app folder copied from there)."""
+    saved = deploy.REPO
+    deploy.REPO = Path(checkout)
+    try:
+        server = Deployment(kind)
+    finally:
+        deploy.REPO = saved
+    subprocess.run([WEB_PYTHON, '-m', 'compileall', '-q', str(server.app)], check=True, stdout=subprocess.DEVNULL)
+    (server.store / 'tasks').mkdir(mode=0o755, exist_ok=True)  # as the first task leaves it
+    uid, gid = www_data()
+    chown_tree(server.store, uid, gid)
+    return server.start()
+
+
+def fresh_recovery(server):
+    """Recovery ran this minute: the other 59 seconds' requests are measured."""
+    marker = server.store / 'tasks' / '.recovered'
+    marker.touch()
+    uid, gid = www_data()
+    os.chown(marker, uid, gid)
+
+
+# -- 1. the relay ------------------------------------------------------------
+
+def client_folder(url):
+    """A folder with cube.scad and an rrcloudrc sending the wrapper's work to ``url``."""
+    folder = Path(tempfile.mkdtemp(prefix='rrcloud-bench-relay-'))
+    shutil.copy(DATA / 'cube.scad', folder)
+    (folder / 'rrcloudrc').write_text(f'servers = {url}\n')
+    return folder
+
+
+def timed(argv, cwd):
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f'{argv} failed: {done.stderr[-500:]!r}')
+    return seconds
+
+
+def relay_rows(checkouts, rounds):
+    for _, checkout in checkouts:  # the client's bytecode, as `make install` leaves it
+        subprocess.run([sys.executable, '-m', 'compileall', '-q', str(Path(checkout) / 'rrcloud.py'),
+                        str(Path(checkout) / 'rrc')], check=True, stdout=subprocess.DEVNULL)
+    direct_folder = client_folder('127.0.0.1:1')
+    commands = {'openscad direct': (['openscad', 'cube.scad', '-ocube.stl'], direct_folder)}
+    servers = []
+    for label, checkout in checkouts:
+        for kind, name in (('embedded', 'rrcloud serve'), ('lighttpd', 'CGI under lighttpd')):
+            server = deployment(kind, checkout)
+            servers.append(server)
+            commands[f'{label}: openscad.cloud via {name}'] = (
+                [sys.executable, str(Path(checkout) / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'],
+                client_folder(server.url + '/'))
+    try:
+        for argv, cwd in commands.values():  # warm-up: bytecode, caches, the tool's first start
+            timed(argv, cwd)
+        times = {name: [] for name in commands}
+        for number in range(rounds):
+            names = list(commands)
+            names = names[number % len(names):] + names[:number % len(names)]  # each first in turn
+            for name in names:
+                times[name].append(timed(*commands[name]))
+    finally:
+        for server in servers:
+            server.stop()
+    direct = times['openscad direct']
+    rows = [['openscad direct (baseline)', rounds, f'{statistics.median(direct):.3f}', '', '']]
+    for name, seconds in list(times.items())[1:]:
+        added = [relayed - alone for relayed, alone in zip(seconds, direct)]
+        rows.append([name, rounds, f'{statistics.median(seconds):.3f}', f'{statistics.median(added):+.3f}',
+                     f'{statistics.median(r / d for r, d in zip(seconds, direct)):.2f}x'])
+    return table(rows, ['command (cube.scad)', 'rounds', 'median, s', 'added (median of pairs), s',
+                        'x direct'])
+
+
+# -- 2. the CGI's reads --------------------------------------------------------
+
+FLOORS = {'python': (WEB_PYTHON, 'print("Content-Type: text/plain\\r\\n\\r\\nok", end="")\n'),
+          'perl': ('/usr/bin/perl', 'print "Content-Type: text/plain\\r\\n\\r\\nok";\n')}
+
+
+class FloorServer:
+    """lighttpd serving one bare CGI of ``language`` on a free port."""
+
+    def __init__(self, language):
+        interpreter, script = FLOORS[language]
+        self.folder = Path(tempfile.mkdtemp(prefix=f'rrcloud-bench-floor-{language}-'))
+        os.chmod(self.folder, 0o755)
+        (self.folder / 'floor.cgi').write_text(script)
+        uid, gid = www_data()
+        chown_tree(self.folder, uid, gid)  # lighttpd, as www-data, writes its error log here
+        self.port = free_port()
+        conf = self.folder / 'floor.conf'
+        conf.write_text('server.modules += ( "mod_cgi" )\n'
+                        f'server.document-root = "{self.folder}"\n'
+                        f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
+                        'server.username = "www-data"\nserver.groupname = "www-data"\n'
+                        f'server.errorlog = "{self.folder}/error.log"\n'
+                        f'cgi.assign = ( ".cgi" => "{interpreter}" )\n')
+        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
+        self.url = f'http://127.0.0.1:{self.port}/floor.cgi'
+        for _ in range(100):
+            try:
+                if requests.get(self.url, timeout=2).text == 'ok':
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f'the {language} floor did not start')
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+def cgi_rows(checkouts, rounds):
+    session = requests.Session()
+    session.trust_env = False
+    targets, servers = {}, []
+    for label, checkout in checkouts:
+        for store in ('empty store', '1,000 tasks'):
+            server = deployment('lighttpd', checkout)
+            servers.append(server)
+            if store != 'empty store':
+                fill_store(server.store, 1000)
+            for service in ('info', 'meta'):
+                targets[(service, store, label)] = (f'{server.url}/?service={service}', server)
+    floors = {language: FloorServer(language) for language in FLOORS}
+    for language, floor in floors.items():
+        targets[('floor', language, '')] = (floor.url, None)
+    try:
+        for url, _ in targets.values():  # warm-up (a fresh store's meta asks each tool its version once)
+            session.get(url, timeout=60).raise_for_status()
+        times = {key: [] for key in targets}
+        for _ in range(rounds):
+            for server in servers:
+                fresh_recovery(server)
+            for key, (url, _) in targets.items():
+                start = time.perf_counter()
+                answer = session.get(url, timeout=60)
+                times[key].append(time.perf_counter() - start)
+                answer.raise_for_status()
+    finally:
+        for server in servers:
+            server.stop()
+        for floor in floors.values():
+            floor.stop()
+    python_floor = times[('floor', 'python', '')]
+    perl_floor = times[('floor', 'perl', '')]
+    rows = [[f'floor: bare {language} CGI', '', rounds, f'{statistics.median(times[("floor", language, "")]) * 1000:.1f}',
+             '', '', ''] for language in FLOORS]
+    for (service, store, label), seconds in times.items():
+        if service == 'floor':
+            continue
+        row = [f'{label}: {service}', store, rounds, f'{statistics.median(seconds) * 1000:.1f}',
+               f'{statistics.median(s / f for s, f in zip(seconds, python_floor)):.2f}x',
+               f'{statistics.median(s / f for s, f in zip(seconds, perl_floor)):.2f}x']
+        base = times.get((service, store, checkouts[-1][0]))
+        row.append(f'{statistics.median(s / b for s, b in zip(seconds, base)):.2f}x' if len(checkouts) > 1 else '')
+        rows.append(row)
+    return table(rows, ['CGI under lighttpd', 'store', 'requests', 'median, ms', 'x python floor',
+                        'x perl floor', f'x {checkouts[-1][0]}'])
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    checkouts = [('this checkout', REPO)]
+    if len(sys.argv) > 2:
+        checkouts.append(('baseline', Path(sys.argv[2]).resolve()))
+    print('## openscad.cloud on a small model: the time the relay adds\n')
+    print(relay_rows(checkouts, rounds))
+    sys.stdout.flush()
+    print('\n## CGI reads under lighttpd\n')
+    print(cgi_rows(checkouts, rounds * 2))
+
+
+if __name__ == '__main__':
+    main()
