@@ -21,7 +21,7 @@ PORT     ?= 4468
 # OpenSCAD 2025.01 with the Manifold engine, a WASM build from npm (rrc/engines.py).
 MANIFOLD_VERSION := 1.2.0
 
-.PHONY: all install system-deps python-deps web-python test-deps run serve start stop test clean
+.PHONY: all install system-deps python-deps web-python test-deps bench-deps run serve start stop test clean
 
 all: install
 
@@ -65,6 +65,22 @@ install: system-deps python-deps web-python
 
 test-deps: install
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+
+# What bench/bench_relay.py needs beyond `install` to run the original Perl
+# RepRapCloud beside rrcloud (`--rrcloud-019=DIR`; its client and CGI need
+# CGI.pm, and curl, which its client runs for every request).  Debian packages
+# only; the original's own script is not installed here (docs/BENCHMARKS.md
+# says where it comes from).
+BENCH_APT_PACKAGES := libcgi-pm-perl curl lighttpd
+bench-deps: install
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 # The main job on the embedded default: start `rrcloud serve` on port $(PORT)
 # (store in build/run), send it a real OpenSCAD model, show the result.
