@@ -15,14 +15,26 @@
 
 With BASELINE (a checkout of an earlier commit, e.g. ``git archive 5fa410a |
 tar -x -C /tmp/base``) every row is run for it too, in the same rounds, so
-the table shows this checkout beside the one before.  RepRapCloud 0.019
-itself (its Perl client and CGI) is not on this machine: docs/BENCHMARKS.md
-says how its figures are compared.
+the table shows this checkout beside the one before.
 
-Run: .venv/bin/python bench/bench_relay.py [ROUNDS] [BASELINE]
+With ``--rrcloud-019=DIR`` the original Perl RepRapCloud is run too, in the
+same rounds: DIR holds its one script ``rrcloud`` and ``services/openscad.conf``
+(not part of rrcloud: docs/BENCHMARKS.md says where they come from; ``make
+bench-deps`` installs the Perl modules and curl it needs).  Deployed as its
+README says: a folder with ``index.cgi``, a symlink to ``rrcloud``, as the
+document root of lighttpd, ``.cgi`` run by ``/usr/bin/perl``, as www-data;
+its client is ``openscad.cloud``, a symlink to the same script, run in a
+folder with its ``services/`` and an ``rrcloudrc`` naming the server.  Its
+rows are labelled with the version the script declares, and every rrcloud
+row gets its ratio to the original's (relay: added time over added time;
+CGI: request by request).
+
+Run: .venv/bin/python bench/bench_relay.py [ROUNDS] [BASELINE] [--rrcloud-019=DIR]
 """
 import compileall  # noqa: F401 (the web servers' Python compiles; see compile_app)
 import os
+import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -63,6 +75,83 @@ def fresh_recovery(server):
     os.chown(marker, uid, gid)
 
 
+# -- RepRapCloud 0.019 itself (the Perl original), beside rrcloud ------------
+
+class Original:
+    """The Perl RepRapCloud in ``source`` (its ``rrcloud`` and ``services/``):
+    its CGI under lighttpd, as its README deploys it, and folders for its client."""
+
+    def __init__(self, source):
+        self.source = Path(source).resolve()
+        script = (self.source / 'rrcloud').read_text()
+        version = re.search(r"^\$VERSION = '([^']+)'", script, re.M)
+        self.label = f'RepRapCloud {version.group(1) if version else "?"} (Perl)'
+        self.folder = Path(tempfile.mkdtemp(prefix='rrcloud-bench-original-'))
+        os.chmod(self.folder, 0o755)
+        self.root = self.folder / 'RepRapCloud'
+        self.root.mkdir()
+        shutil.copy(self.source / 'rrcloud', self.root / 'rrcloud')
+        shutil.copytree(self.source / 'services', self.root / 'services')
+        (self.root / 'index.cgi').symlink_to('rrcloud')
+        uid, gid = www_data()
+        chown_tree(self.folder, uid, gid)
+        self.port = free_port()
+        conf = self.folder / 'lighttpd.conf'
+        conf.write_text('server.modules += ( "mod_cgi" )\n'
+                        f'server.document-root = "{self.root}"\n'
+                        f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
+                        'server.username = "www-data"\nserver.groupname = "www-data"\n'
+                        f'server.errorlog = "{self.folder}/error.log"\n'
+                        'server.follow-symlink = "enable"\n'
+                        'index-file.names = ( "index.cgi" )\n'
+                        'cgi.assign = ( ".cgi" => "/usr/bin/perl" )\n')
+        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
+        self.url = f'http://127.0.0.1:{self.port}/'
+        for _ in range(100):
+            try:
+                if 'RepRapCloud' in requests.get(self.url + '?service=meta', timeout=5).text:
+                    break  # its first request made tasks/, as the first task does
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f'{self.label} did not start under lighttpd (is CGI.pm installed? make bench-deps)')
+
+    def client_folder(self):
+        """A folder to run its ``openscad.cloud`` in: the script, its services, cube.scad and
+        an rrcloudrc sending the wrapper's work to this server."""
+        folder = Path(tempfile.mkdtemp(prefix='rrcloud-bench-original-client-'))
+        shutil.copy(self.source / 'rrcloud', folder / 'rrcloud')
+        os.chmod(folder / 'rrcloud', 0o755)
+        (folder / 'openscad.cloud').symlink_to('rrcloud')
+        shutil.copytree(self.source / 'services', folder / 'services')
+        shutil.copy(DATA / 'cube.scad', folder)
+        (folder / 'rrcloudrc').write_text(f'servers = 127.0.0.1\nport = {self.port}\n')
+        return folder
+
+    def fill(self, count):
+        """``count`` finished echo tasks in its own store format (written straight in, as
+        bench_http.fill_store does for rrcloud): ``tasks/info/ID`` of sorted ``key: value``
+        lines, the input, output and log files they name; ended now, so its 24-hour
+        garbage collector leaves them."""
+        tasks = self.root / 'tasks'
+        (tasks / 'in' / 'x.txt').write_text('hello')
+        now = time.time()
+        for number in range(count):
+            task_id = f'{int(now)}-{number:05d}-{random.randrange(1_000_000):06d}'
+            record = {'id': task_id, 'service': 'echo', 'status': 'complete', 'ctime': f'{now:.5f}',
+                      'etime': f'{now:.5f}', 'pid': '1', 'cmd': f'cp tasks/in/x.txt tasks/out/{task_id}',
+                      'in': 'tasks/in/x.txt', 'out': f'tasks/out/{task_id}', 'client': '127.0.0.1'}
+            (tasks / 'info' / task_id).write_text(''.join(f'{k}: {v}\n' for k, v in sorted(record.items())))
+            (tasks / 'out' / task_id).write_text('hello')
+            (tasks / 'log' / task_id).write_text('hello')
+        uid, gid = www_data()
+        chown_tree(tasks, uid, gid)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
 # -- 1. the relay ------------------------------------------------------------
 
 def client_folder(url):
@@ -82,7 +171,7 @@ def timed(argv, cwd):
     return seconds
 
 
-def relay_rows(checkouts, rounds):
+def relay_rows(checkouts, rounds, original_source=None):
     for _, checkout in checkouts:  # the client's bytecode, as `make install` leaves it
         subprocess.run([sys.executable, '-m', 'compileall', '-q', str(Path(checkout) / 'rrcloud.py'),
                         str(Path(checkout) / 'rrc')], check=True, stdout=subprocess.DEVNULL)
@@ -96,6 +185,13 @@ def relay_rows(checkouts, rounds):
             commands[f'{label}: openscad.cloud via {name}'] = (
                 [sys.executable, str(Path(checkout) / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'],
                 client_folder(server.url + '/'))
+    original = None
+    if original_source:
+        original = Original(original_source)
+        servers.append(original)
+        folder = original.client_folder()
+        commands[f'{original.label}: openscad.cloud via its CGI under lighttpd'] = (
+            [str(folder / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], folder)
     try:
         for argv, cwd in commands.values():  # warm-up: bytecode, caches, the tool's first start
             timed(argv, cwd)
@@ -109,13 +205,21 @@ def relay_rows(checkouts, rounds):
         for server in servers:
             server.stop()
     direct = times['openscad direct']
-    rows = [['openscad direct (baseline)', rounds, f'{statistics.median(direct):.3f}', '', '']]
+    added = {name: statistics.median(relayed - alone for relayed, alone in zip(seconds, direct))
+             for name, seconds in times.items()}
+    original_added = added[list(times)[-1]] if original else None
+    rows = [['openscad direct (baseline)', rounds, f'{statistics.median(direct):.3f}', '', '']
+            + ([''] if original else [])]
     for name, seconds in list(times.items())[1:]:
-        added = [relayed - alone for relayed, alone in zip(seconds, direct)]
-        rows.append([name, rounds, f'{statistics.median(seconds):.3f}', f'{statistics.median(added):+.3f}',
-                     f'{statistics.median(r / d for r, d in zip(seconds, direct)):.2f}x'])
-    return table(rows, ['command (cube.scad)', 'rounds', 'median, s', 'added (median of pairs), s',
-                        'x direct'])
+        row = [name, rounds, f'{statistics.median(seconds):.3f}', f'{added[name]:+.3f}',
+               f'{statistics.median(r / d for r, d in zip(seconds, direct)):.2f}x']
+        if original:
+            row.append(f'{added[name] / original_added:.2f}x')
+        rows.append(row)
+    header = ['command (cube.scad)', 'rounds', 'median, s', 'added (median of pairs), s', 'x direct']
+    if original:
+        header.append(f'added x {original.label.split(" (")[0]}\'s')
+    return table(rows, header)
 
 
 # -- 2. the CGI's reads --------------------------------------------------------
@@ -157,7 +261,7 @@ class FloorServer:
         self.process.wait()
 
 
-def cgi_rows(checkouts, rounds):
+def cgi_rows(checkouts, rounds, original_source=None):
     session = requests.Session()
     session.trust_env = False
     targets, servers = {}, []
@@ -169,12 +273,28 @@ def cgi_rows(checkouts, rounds):
                 fill_store(server.store, 1000)
             for service in ('info', 'meta'):
                 targets[(service, store, label)] = (f'{server.url}/?service={service}', server)
+    originals = []
+    original_label = None
+    if original_source:
+        for store in ('empty store', '1,000 tasks'):
+            original = Original(original_source)
+            originals.append(original)
+            original_label = original.label
+            if store != 'empty store':
+                original.fill(1000)
+            for service in ('info', 'meta'):
+                targets[(service, store, original.label)] = (f'{original.url}?service={service}', None)
     floors = {language: FloorServer(language) for language in FLOORS}
     for language, floor in floors.items():
         targets[('floor', language, '')] = (floor.url, None)
     try:
-        for url, _ in targets.values():  # warm-up (a fresh store's meta asks each tool its version once)
-            session.get(url, timeout=60).raise_for_status()
+        for (service, store, label), (url, _) in targets.items():  # warm-up (a fresh store's meta asks each tool its version once)
+            answer = session.get(url, timeout=60)
+            answer.raise_for_status()
+            if label == original_label and service == 'info':  # the original answers every task it holds
+                listed = sum(line.startswith('id: ') for line in answer.text.splitlines())
+                if listed != (1000 if store == '1,000 tasks' else 0):
+                    raise RuntimeError(f'{label} listed {listed} tasks for the {store}')
         times = {key: [] for key in targets}
         for _ in range(rounds):
             for server in servers:
@@ -185,37 +305,57 @@ def cgi_rows(checkouts, rounds):
                 times[key].append(time.perf_counter() - start)
                 answer.raise_for_status()
     finally:
-        for server in servers:
+        for server in servers + originals:
             server.stop()
         for floor in floors.values():
             floor.stop()
     python_floor = times[('floor', 'python', '')]
     perl_floor = times[('floor', 'perl', '')]
     rows = [[f'floor: bare {language} CGI', '', rounds, f'{statistics.median(times[("floor", language, "")]) * 1000:.1f}',
-             '', '', ''] for language in FLOORS]
+             '', ''] for language in FLOORS]
     for (service, store, label), seconds in times.items():
         if service == 'floor':
             continue
         row = [f'{label}: {service}', store, rounds, f'{statistics.median(seconds) * 1000:.1f}',
                f'{statistics.median(s / f for s, f in zip(seconds, python_floor)):.2f}x',
                f'{statistics.median(s / f for s, f in zip(seconds, perl_floor)):.2f}x']
-        base = times.get((service, store, checkouts[-1][0]))
-        row.append(f'{statistics.median(s / b for s, b in zip(seconds, base)):.2f}x' if len(checkouts) > 1 else '')
+        if len(checkouts) > 1:
+            base = times[(service, store, checkouts[-1][0])]
+            row.append(f'{statistics.median(s / b for s, b in zip(seconds, base)):.2f}x'
+                       if label != original_label else '')
+        if original_label:
+            perl = times[(service, store, original_label)]
+            row.append(f'{statistics.median(s / p for s, p in zip(seconds, perl)):.2f}x')
         rows.append(row)
-    return table(rows, ['CGI under lighttpd', 'store', 'requests', 'median, ms', 'x python floor',
-                        'x perl floor', f'x {checkouts[-1][0]}'])
+    header = ['CGI under lighttpd', 'store', 'requests', 'median, ms', 'x python floor', 'x perl floor']
+    if len(checkouts) > 1:
+        header.append(f'x {checkouts[-1][0]}')
+    if original_label:
+        header.append(f'x {original_label.split(" (")[0]}')
+    rows = [row + [''] * (len(header) - len(row)) for row in rows]
+    return table(rows, header)
 
 
 def main():
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    original = None
+    arguments = []
+    for argument in sys.argv[1:]:
+        if argument.startswith('--rrcloud-019='):
+            original = Path(argument.split('=', 1)[1]).resolve()
+        else:
+            arguments.append(argument)
+    rounds = int(arguments[0]) if arguments else 15
     checkouts = [('this checkout', REPO)]
-    if len(sys.argv) > 2:
-        checkouts.append(('baseline', Path(sys.argv[2]).resolve()))
+    if len(arguments) > 1:
+        checkouts.append(('baseline', Path(arguments[1]).resolve()))
+    print(f'load average at the start: {" ".join(f"{x:.2f}" for x in os.getloadavg())}\n')
     print('## openscad.cloud on a small model: the time the relay adds\n')
-    print(relay_rows(checkouts, rounds))
+    print(relay_rows(checkouts, rounds, original))
     sys.stdout.flush()
-    print('\n## CGI reads under lighttpd\n')
-    print(cgi_rows(checkouts, rounds * 2))
+    print(f'\nload average: {" ".join(f"{x:.2f}" for x in os.getloadavg())}\n')
+    print('## CGI reads under lighttpd\n')
+    print(cgi_rows(checkouts, rounds * 2, original))
+    print(f'\nload average at the end: {" ".join(f"{x:.2f}" for x in os.getloadavg())}')
 
 
 if __name__ == '__main__':
