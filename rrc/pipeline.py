@@ -152,7 +152,7 @@ def configured_server(config, name, where, also_allowed=()):
 def check_remote_steps(store, steps, token_for):
     """Ask each step's server, once, whether it answers, offers the step's
     service and is not this node itself (a step sent to itself would loop)."""
-    from .remote import META_TIMEOUT, http_session, parse_answer
+    from .remote import CONNECT_TIMEOUT, STEP_CHECK_TIMEOUT, http_session, parse_answer
     session = http_session(token_for)
     from .identity import instance_id
     me = instance_id(store.node, store.root)
@@ -161,7 +161,7 @@ def check_remote_steps(store, steps, token_for):
             continue
         where = f'step {number} ({step.service.name})'
         try:
-            answer = session.get(step.server, params={'service': 'meta'}, timeout=META_TIMEOUT)
+            answer = session.get(step.server, params={'service': 'meta'}, timeout=(CONNECT_TIMEOUT, STEP_CHECK_TIMEOUT))
         except OSError as exc:  # requests' errors are OSErrors
             raise UsageError(f'{where}: server {step.server} does not answer ({exc.__class__.__name__})') from None
         meta = parse_answer(answer)

@@ -17,6 +17,9 @@ from .store import parse_record, temp_writer, unlink_quietly
 REMOTE_ID_RE = LazyPattern(r'\A[0-9]{1,12}-[0-9]{1,6}(-[0-9]{1,6})?\Z')
 REMOTE_OUT_RE = LazyPattern(r'\Atasks/out/([A-Za-z0-9][A-Za-z0-9._-]{0,200})\Z')
 META_TIMEOUT = 2.0
+# A pipe's check of its steps' servers waits longer for an answer than a load
+# probe (which passes a slow server over for another): the step must run there.
+STEP_CHECK_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 3.0
 POLL_WAIT = 30
 MAX_POLL_BACKOFF = 2.0

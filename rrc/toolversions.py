@@ -90,7 +90,7 @@ class ToolVersions:
             try:
                 if self.make_folder:
                     os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-                write_cache(self.cache_path, self.known)
+                write_cache(self.cache_path, dict(self.known))  # a copy: a server's threads may add meanwhile
             except OSError:  # a read-only or full store: asked again next time, nothing worse
                 pass
 

@@ -1255,6 +1255,29 @@ def installed_version(argv, pattern):
     return re.search(pattern, done.stdout + done.stderr).group(1)
 
 
+def test_a_server_asks_its_tools_their_versions_as_it_starts_not_at_its_first_meta(tmp_path, monkeypatch):
+    """Node's WASM engine and Slic3r take a second or more to say their
+    versions: ``rrcloud serve`` asks them in a thread as it starts
+    (``warm_tool_versions``), so a client's pipe check or load probe never
+    waits for that.  No meta is asked here."""
+    from rrc.config import load_config
+    from rrc.node import Node
+    from rrc.toolversions import read_cache
+    from rrc.web.embedded import warm_tool_versions
+    (tmp_path / 'services').mkdir()
+    (tmp_path / 'services' / 'echo.conf').write_text('cmd = echo\nnoOutput = yes\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('RRCLOUD_CONFIG', str(tmp_path / 'rrcloudrc'))
+    (tmp_path / 'rrcloudrc').write_text('')
+    node = Node(load_config())
+    cache = tmp_path / 'tasks' / '.toolversions'
+
+    warm_tool_versions(node)
+    known = wait_for(lambda: cache.exists() and read_cache(str(cache)), 'the tool versions asked at the start')
+
+    assert any('coreutils' in version.lower() or version.startswith('echo') for version in known.values()), known
+
+
 @pytest.mark.parametrize('fmt', FORMATS)
 def test_meta_names_each_service_s_tool_version(server, fmt):
     meta = answer_of(server.session.get(f'{server.url}/', params=with_format({'service': 'meta'}, fmt),

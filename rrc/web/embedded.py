@@ -36,6 +36,7 @@ def serve(args):
     warn_if_redis_open(config)
     if config.backend == 'rq':
         sweep_the_farm(store, config)
+    warm_tool_versions(app.node)
     server.run()
     return ExitCode.OK
 
@@ -118,6 +119,22 @@ def check_serving(config, bind, port):
             print(f'rrcloud: {terminal_safe(limits_line(meta))}')
         return ExitCode.OK
     raise ConfigError(f'port {port} is taken by a server that is not rrcloud')
+
+
+def warm_tool_versions(node):
+    """Each tool asked its version in a thread as the server starts, not by
+    its first ``meta`` (Node's WASM engine and Slic3r take a second or more,
+    longer on a Pi, and a client's pipe check or load probe waits only
+    briefly for a meta)."""
+    import threading
+    from ..services import load_services
+
+    def warm():
+        try:
+            node.tool_versions.of_services(load_services(node.store.root)[0])
+        except Exception as exc:  # the first meta asks again
+            print(f'rrcloud: tool versions: {exc}', file=sys.stderr, flush=True)
+    threading.Thread(target=warm, daemon=True, name='tool versions').start()
 
 
 def sweep_the_farm(store, config):
