@@ -156,6 +156,42 @@ def test_a_model_manifold_fails_on_is_the_native_engines(proc, workdir):
     assert remembered(workdir, model) == 'cgal'
 
 
+# A model with a part the WASM build cannot see (no fonts, no file outside the
+# model's folder): Manifold only warns and writes the rest; the native
+# openscad takes long enough (the sphere) for Manifold to join a race.
+LACKING = {
+    'text': 'translate([0, 0, 10]) linear_extrude(2) text("rr", size = 8);\n',
+    'library': 'use </usr/share/openscad/examples/Basics/CSG-modules.scad>\ntranslate([0, 0, 10]) intersected();\n',
+}
+
+
+@pytest.mark.parametrize('memory', [None, 'manifold'], ids=['raced', 'remembered-manifold'])
+@pytest.mark.parametrize('part', sorted(LACKING))
+def test_a_part_manifold_cannot_see_is_rendered_by_the_native_engine(proc, workdir, part, memory):
+    model = ('difference() { cube(10); translate([5, 5, 5]) sphere(4, $fn = 40); }\n' + LACKING[part]).encode()
+    (workdir / 'part.scad').write_bytes(model)
+    cgal, _ = render(proc, workdir, 'part.scad', '-ocgal.stl', '--backend=cgal')
+    if memory:
+        EngineMemory(str(workdir)).remember(hashlib.sha256(model + b'\0').hexdigest(), memory)
+
+    result, record = render(proc, workdir, 'part.scad', '-opicked.stl')
+
+    assert cgal.code == 0 and result.code == 0 and record['engine'] == 'cgal', result
+    assert same_solid(stl_solid(workdir / 'cgal.stl'), stl_solid(workdir / 'picked.stl'))
+    assert stl_solid(workdir / 'picked.stl')[2][2] > 11  # the part on top is there
+    assert remembered(workdir, model) == 'cgal'
+
+
+def test_a_part_manifold_cannot_see_is_the_native_engines_when_manifold_is_asked(proc, workdir):
+    (workdir / 'part.scad').write_text('cube(10);\n' + LACKING['text'])
+
+    result, record = render(proc, workdir, 'part.scad', '-opart.stl', '--backend=manifold')
+
+    assert result.code == 0 and record['engine'] == 'cgal', result
+    assert 'the Manifold engine lacks a font or file this model uses: rendered with CGAL' in result.err
+    assert stl_solid(workdir / 'part.stl')[2][2] == 12
+
+
 @pytest.mark.parametrize('value', ['fast', 'Manifold2', ''])
 def test_an_engine_that_is_not_one_is_refused(proc, workdir, value):
     copy_model(workdir, 'light.scad')
