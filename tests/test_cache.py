@@ -461,3 +461,39 @@ def put_many(args):
                                                     'out': f'tasks/out/{task_id}'})
         (Path(root) / record['out']).write_bytes(f'result {record["id"]}\n'.encode() * 50)
         cache.put(store, config, f'{writer:02d}{number:02d}'.ljust(64, 'a'), record)
+
+
+# -- a farm's run again --------------------------------------------------------------------
+
+def test_a_run_again_after_a_lost_worker_is_cached_under_its_own_workers_tool_version(tmp_path):
+    """Run 1 on a worker with sh 1 is lost; run 2 on a worker with sh 2 ends:
+    its result is the cache's under sh 2's key, never under sh 1's (where a
+    worker with sh 1 would be served sh 2's result)."""
+    from rrc.config import Config
+    from rrc.farmwork import _claim_under_lock, claim_cache_fields, running_marker
+    from rrc.services import find_service, load_services
+    from rrc.submission import Input, create_task_record
+    root = tmp_path / 'store'
+    (root / 'services').mkdir(parents=True)
+    (root / 'services' / 'sh.conf').write_text(ARGS_SERVICE)
+    store, config = store_at(root), Config()
+    store.ensure()
+    config.cacheSize = 10 ** 9
+    service = find_service(*load_services(str(root)), 'sh')
+    task_id = create_task_record(store, config, service, [Input(unique('lost').encode(), 'part.sh')])[Field.ID]
+
+    def claim(worker, versions):
+        cached = claim_cache_fields(store, config, task_id, versions)
+        return _claim_under_lock(store, config, task_id, worker, '', cached)[0]
+
+    first = claim('w1', 'sh=sh 1')
+    os.utime(running_marker(store, task_id), (time.time() - 60, time.time() - 60))  # w1 fell silent
+    second = claim('w2', 'sh=sh 2')
+    (root / second['out']).write_text('made by sh 2\n')
+    cache.put(store, config, second[Field.CACHE_KEY], dict(second, status='complete'))
+
+    key_of = {v: cache.key_of_task(store, config, service, first, v) for v in ('sh 1', 'sh 2')}
+    assert (first[Field.TOOL_VERSION], first[Field.CACHE_KEY]) == ('sh 1', key_of['sh 1'])
+    assert (second['attempt'], second[Field.TOOL_VERSION], second[Field.CACHE_KEY]) == ('2', 'sh 2', key_of['sh 2'])
+    assert cache.lookup(store, key_of['sh 1']) is None
+    assert Path(cache.lookup(store, key_of['sh 2']).out).read_text() == 'made by sh 2\n'
