@@ -21,6 +21,7 @@
 // messages name files by absolute path: the working folder is cut off, so they
 // read like the native openscad's (`in file tasks/in/ID.scad, line 3`).
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
@@ -169,7 +170,9 @@ function cgalRun(argv) {
   child.stderr.on("data", d => chunks.push([2, d]));
   const done = new Promise(resolve => {
     child.on("error", e => resolve({ engine: "cgal", code: 127, chunks: [[2, Buffer.from(`${e.message}\n`)]] }));
-    child.on("close", (code, signal) => resolve({ engine: "cgal", code: code ?? 128, signal, chunks }));
+    // killed by a signal: 128 + its number, as a shell says it (SIGXFSZ is the
+    // runner's "passed maxOutputSize", SIGKILL a memory limit's)
+    child.on("close", (code, signal) => resolve({ engine: "cgal", code: code ?? 128 + (os.constants.signals[signal] || 0), signal, chunks }));
   });
   return { done, stop: () => { child.kill("SIGKILL"); return done; } };
 }

@@ -238,3 +238,28 @@ def test_a_workers_word_on_the_engine_is_one_of_its_names():
     assert ending_fields({'engine': 'manifold', 'status': 'complete'}) == {'engine': 'manifold'}
     assert ending_fields({'engine': 'cgal', 'exitCode': '0'}) == {'engine': 'cgal', 'exitCode': '0'}
     assert ending_fields({'engine': 'opengl'}) == {}
+
+
+
+@pytest.mark.parametrize('mode', ['race', 'manifold-first'])
+def test_a_native_openscad_killed_by_a_signal_is_said_by_its_exit_code(tmp_path, mode):
+    """SIGXFSZ (a file past maxOutputSize) kills the native openscad: the
+    script exits 128 + 25, the code rrc/limits names the limit by."""
+    import subprocess
+    from rrc.limits import ToolLimits, limit_error
+    from rrc.config import Config
+    from conftest import REPO
+    native = tmp_path / 'openscad'
+    native.write_text('#!/bin/sh\nkill -XFSZ $$\n')
+    native.chmod(0o755)
+    (tmp_path / 'm.scad').write_text('linear_extrude(2) text("rr");\n')  # Manifold lacks the font
+
+    done = subprocess.run(['node', str(REPO / 'services' / 'openscad-manifold.mjs'), '-o', 'm.stl', 'm.scad'],
+                          cwd=tmp_path, capture_output=True, timeout=60,
+                          env={'PATH': '/usr/local/bin:/usr/bin:/bin', 'RRCLOUD_ENGINE': mode,
+                               'RRCLOUD_CGAL': str(native), 'RRCLOUD_RACE_DELAY': '5',
+                               'RRCLOUD_MANIFOLD_MODULE': manifold_module()})
+
+    assert done.returncode == 128 + 25, done
+    assert 'passed maxOutputSize' in limit_error(ToolLimits.of(Config()), done.returncode, b'')
+
