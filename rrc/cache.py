@@ -156,7 +156,7 @@ def task_key(store, service, record, version):
     for field in KEY_FIELDS:
         part(field, record.get(field, ''))
     for path in conf_files(service):
-        part('conf ' + os.path.basename(path), read_bytes(path))
+        part('conf ' + os.path.basename(path), read_bytes(path))  # the runner by its name: where it lies is no matter
     stored = stored_inputs(record)
     part('argv', '\0'.join(placeholder_argv(service, record, stored)))
     part('watch', watched_files(service))
@@ -166,14 +166,23 @@ def task_key(store, service, record, version):
 
 
 def conf_files(service):
-    """The service's conf and the files beside it that belong to it (``NAME.*``)."""
+    """The service's conf and the files beside it that belong to it (``NAME.*``),
+    then the companion files it runs or hands the tool whatever their names
+    (OpenSCAD's Manifold runner ``openscad-manifold.mjs``, ``sandboxFiles``)."""
     folder, name = os.path.split(service.source)
     stem = name[:-len('.conf')] if name.endswith('.conf') else name
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith(stem + '.') and not n.startswith('.'))
+        found = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
     except OSError:
-        return [service.source]
-    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+        found = [service.source]
+    return found + [path for path in companion_files(service) if path not in found]
+
+
+def companion_files(service):
+    """The files a service's conf names that its runs read (by their host paths)."""
+    runner = [service.manifold_runner] if getattr(service, 'manifold_runner', '') else []
+    return runner + [host for host, _ in getattr(service, 'sandbox_files', ())]
 
 
 def read_bytes(path):

@@ -497,3 +497,27 @@ def test_a_run_again_after_a_lost_worker_is_cached_under_its_own_workers_tool_ve
     assert (second['attempt'], second[Field.TOOL_VERSION], second[Field.CACHE_KEY]) == ('2', 'sh 2', key_of['sh 2'])
     assert cache.lookup(store, key_of['sh 1']) is None
     assert Path(cache.lookup(store, key_of['sh 2']).out).read_text() == 'made by sh 2\n'
+
+
+def test_a_changed_byte_of_the_manifold_runner_changes_the_key(tmp_path):
+    """OpenSCAD's Manifold runner (``openscad-manifold.mjs``, a companion
+    file whose name is not ``openscad.*``) renders results: it is in the key."""
+    from rrc.config import Config
+    from rrc.services import find_service, load_services
+    from rrc.submission import Input, create_task_record
+    from conftest import REPO
+    root = tmp_path / 'store'
+    (root / 'services').mkdir(parents=True)
+    for name in ('openscad.conf', 'openscad.options', 'openscad-manifold.mjs'):
+        (root / 'services' / name).write_bytes((REPO / 'services' / name).read_bytes())
+    store, config = store_at(root), Config()
+    store.ensure()
+    config.cacheSize = 10 ** 9
+    service = find_service(*load_services(str(root)), 'openscad')
+    record = create_task_record(store, config, service, [Input(b'cube(1);\n', 'a.scad')])
+    before = cache.key_of_task(store, config, service, record, 'OpenSCAD 2021.01')
+
+    with open(root / 'services' / 'openscad-manifold.mjs', 'a') as runner:
+        runner.write('// changed\n')
+
+    assert before and cache.key_of_task(store, config, service, record, 'OpenSCAD 2021.01') != before
