@@ -88,8 +88,10 @@ def cache_folder(store):
 def is_cacheable(config, service, record):
     """True when this task may be served from the cache and its result stored:
     the cache is on, the service allows it (never a print, nothing without
-    output) and the task did not say ``cache: no``."""
-    return (config.cacheSize > 0 and getattr(service, 'cache', False) and service.name not in PRINT_SERVICES
+    output), its tool runs in the sandbox (``sandbox = no`` lets an absolute
+    include reach the tool but not the key) and the task did not say ``cache: no``."""
+    return (config.cacheSize > 0 and config.sandbox and getattr(service, 'cache', False)
+            and service.name not in PRINT_SERVICES
             and not service.no_output and record.get(Field.CACHE) != NO)
 
 
@@ -244,22 +246,38 @@ def read_input(path):
 
 def watched_files(service):
     """Names, sizes and times of the files in the service's ``cacheWatch``
-    folders (at most WATCH_FILES): a library that changes changes the key."""
-    lines, count = [], 0
+    folders, then the names and times of the folders under its
+    ``cacheWatchFolders`` (a font tree: a package adds, removes or replaces a
+    file by rename, which changes its folder's time), at most WATCH_FILES of
+    them: a library or a font that changes changes the key."""
+    lines = []
+    for path in watched_paths(service):
+        if len(lines) == WATCH_FILES:
+            lines.append('...')
+            break
+        lines.append(stat_line(path))
+    return '\n'.join(line for line in lines if line)
+
+
+def watched_paths(service):
+    """The files of the ``cacheWatch`` folders, then the folders under the ``cacheWatchFolders``, in order."""
     for top in service.cache_watch:
         for folder, dirs, names in os.walk(top):
             dirs.sort()
-            for name in sorted(names):
-                count += 1
-                if count > WATCH_FILES:
-                    return '\n'.join(lines + ['...'])
-                path = os.path.join(folder, name)
-                try:
-                    info = os.stat(path)
-                except OSError:
-                    continue
-                lines.append(f'{path} {info.st_size} {info.st_mtime_ns}')
-    return '\n'.join(lines)
+            yield from (os.path.join(folder, name) for name in sorted(names))
+    for top in getattr(service, 'cache_watch_folders', ()):
+        for folder, dirs, _ in os.walk(top):
+            dirs.sort()
+            yield folder
+
+
+def stat_line(path):
+    """``PATH SIZE MTIME`` of a watched file or folder ('' when it is gone)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ''
+    return f'{path} {info.st_size} {info.st_mtime_ns}'
 
 
 def key_of_task(store, config, service, record, version=None):

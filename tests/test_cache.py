@@ -34,7 +34,7 @@ SIZED = 'for last; do :; done; head -c {size} /dev/zero | tr "\\0" x > "$last"\n
 
 @pytest.fixture(scope='module')
 def server():
-    with deploy.running(deploy.deployment('wsgi', config=ON + 'sandbox = no\n', services=SERVICES)) as deployment:
+    with deploy.running(deploy.deployment('wsgi', config=ON, services=SERVICES)) as deployment:
         yield deployment
 
 
@@ -248,7 +248,7 @@ def test_a_service_with_cache_no_and_printing_are_never_cached(server):
 
 
 def test_a_task_queued_behind_its_twin_is_served_by_its_runner():
-    with deploy.running(deploy.deployment('wsgi', config=ON + 'sandbox = no\nmaxTasks = 1\n',
+    with deploy.running(deploy.deployment('wsgi', config=ON + 'maxTasks = 1\n',
                                           services=SERVICES)) as one_slot:
         script = 'sleep 0.5\n' + unique('twin')
         first, twin = post(one_slot, script), post(one_slot, script)  # neither is complete yet
@@ -322,7 +322,7 @@ def test_an_included_file_changed_by_one_byte_renders_again(openscad_server):
 # -- the size limit ---------------------------------------------------------------
 
 def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_larger_than_the_cache_never_enters():
-    with deploy.running(deploy.deployment('wsgi', config='sandbox = no\ncacheSize = 2500\n',
+    with deploy.running(deploy.deployment('wsgi', config='cacheSize = 2500\n',
                                           services=SERVICES)) as small:
         scripts = {name: SIZED.format(size=1000) + f'# {name}\n' for name in 'abc'}
         a = run(small, scripts['a'])
@@ -347,7 +347,6 @@ def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_large
 def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
     from conftest import make_service, task_id_of, write_config
     make_service(workdir, 'sh', SH_SERVICE)
-    write_config(workdir, 'sandbox = no\n')
     (workdir / 'a.sh').write_text('echo made > "$1"\n')
 
     first = task_id_of(cli('--sync', 'sh', 'a.sh').out)
@@ -358,10 +357,48 @@ def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
     assert 'cache: no' in ran and 'cacheOf' not in ran and 'pid: ' in ran
 
 
+def test_a_task_run_without_the_sandbox_is_never_cached(cli, workdir):
+    """``sandbox = no``: an absolute include reaches the tool but not the key."""
+    from conftest import make_service, task_id_of, write_config
+    make_service(workdir, 'sh', SH_SERVICE)
+    write_config(workdir, 'sandbox = no\n')
+    (workdir / 'a.sh').write_text('echo made > "$1"\n')
+
+    first = task_id_of(cli('--sync', 'sh', 'a.sh').out)
+    again = cli('--sync', 'sh', 'a.sh').out
+
+    assert 'cacheOf' not in again and 'cache: hit' not in again and 'pid: ' in again, again
+    assert task_id_of(again) != first
+    assert cache.cache_usage(store_at(workdir))[0] == 0
+
+
+def test_a_font_added_to_a_watched_font_tree_changes_the_key(server, tmp_path):
+    """``cacheWatchFolders`` (OpenSCAD's fonts): the folders' times, not each file's."""
+    from rrc.services import find_service, load_services
+    original = run(server, unique('font'))
+    service = find_service(*load_services(str(server.store)), 'sh')
+    fonts = tmp_path / 'fonts'
+    (fonts / 'truetype' / 'dejavu').mkdir(parents=True)
+    service.cache_watch_folders = [str(fonts)]
+    before = cache.task_key(store_of(server), service, original, 'v')
+    time.sleep(0.01)
+
+    (fonts / 'truetype' / 'dejavu' / 'DejaVuSans.ttf').write_bytes(b'font')
+
+    assert cache.task_key(store_of(server), service, original, 'v') != before
+
+
+def test_openscad_watches_its_libraries_and_fonts():
+    from rrc.services import load_services
+    openscad = load_services(str(deploy.REPO))[0]['openscad']
+    assert '/usr/share/openscad/libraries' in openscad.cache_watch and '/etc/fonts' in openscad.cache_watch
+    assert '/usr/share/fonts' in openscad.cache_watch_folders
+
+
 # -- live: the CGI, a farm ------------------------------------------------------------------
 
 def test_a_hit_through_the_cgi_under_lighttpd():
-    with deploy.running(deploy.deployment('lighttpd', config=ON + 'sandbox = no\n', services=SERVICES)) as cgi:
+    with deploy.running(deploy.deployment('lighttpd', config=ON, services=SERVICES)) as cgi:
         script = unique('cgi')
         session = plain_session()
         original = tidied(str(cgi.store), post(cgi, script)['id'])
