@@ -315,41 +315,46 @@ def lookup(store, key):
     return entry if os.path.isfile(entry.out) else None
 
 
-def place_result(entry, destination):
-    """The entry's result at ``destination`` (a hard link, else a copy); False
-    when it was evicted meanwhile."""
-    try:
-        link_or_copy(entry.out, destination)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def link_or_copy(source, destination):
-    """``destination`` becomes ``source``'s bytes: a hard link where the file
-    system allows, else a copy (temp file and rename either way)."""
+def linked_beside(source, destination):
+    """``source``'s bytes at a temp name beside ``destination`` (a hard link
+    where the file system allows, else a copy): its path, or None when
+    ``source`` was evicted meanwhile.  The caller renames or removes it."""
     folder, name = os.path.split(destination)
     temp = os.path.join(folder, f'.{name}.{temp_writer()}.{new_unique_name()}.tmp')
     try:
         try:
             os.link(source, temp)
         except FileNotFoundError:  # evicted meanwhile: the caller's miss
-            raise
+            return None
         except OSError:  # another file system, protected hard links: a copy
             import shutil
             shutil.copyfile(source, temp)
+    except BaseException:
+        unlink_quietly(temp)
+        raise
+    return temp
+
+
+def link_or_copy(source, destination):
+    """``destination`` becomes ``source``'s bytes: a hard link where the file
+    system allows, else a copy (temp file and rename either way);
+    FileNotFoundError when ``source`` is gone."""
+    temp = linked_beside(source, destination)
+    if temp is None:
+        raise FileNotFoundError(source)
+    try:
         os.replace(temp, destination)
     finally:
         unlink_quietly(temp)
 
 
-def hit_log(entry, record):
-    """The log of a task served from the cache: the tool's log of the task it
-    came from, naming this task's own inputs and id (so its client reads its
-    own file names), then a line saying where it came from."""
+def hit_log(entry, record, log):
+    """The log of a task served from the cache: the tool's log ``log`` of the
+    task it came from, naming this task's own inputs and id (so its client
+    reads its own file names), then a line saying where it came from."""
     note = (f'rrcloud: task {record[Field.ID]}: the result of task {entry.origin} from the cache '
             f'(key {entry.key[:16]}); nothing ran\n').encode()
-    return log_with_names(read_bytes(entry.log), placeholders(), task_names(record)) + note
+    return log_with_names(log, placeholders(), task_names(record)) + note
 
 
 def task_names(record):
@@ -382,16 +387,22 @@ def is_kept(field):
     return field.startswith(KEPT_PREFIX) or field in KEPT_FIELDS
 
 
-def serve(store, record, key):
-    """Put the cached result of ``key`` where ``record`` (a task not yet
-    ended) keeps its output and write its log; the fields its final record
-    gets, or None on a miss.  The caller moves the task."""
+def prepare_hit(store, record, key):
+    """What serving ``record`` (a task not yet ended) from ``key`` takes, made
+    ready outside any lock: (the result linked at a temp name beside its
+    output, its log, its final fields), or None on a miss.  The log is read
+    before the result is linked: eviction removes the facts, then the result,
+    then the log, so an entry whose log is gone is a miss, never a hit with an
+    empty log."""
     entry = lookup(store, key)
-    if entry is None or not record.get(Field.OUT) or not place_result(entry, store.path_of(record[Field.OUT])):
+    if entry is None or not record.get(Field.OUT):
         return None
-    with open(store.log_path(record[Field.ID]), 'ab') as log:
-        log.write(hit_log(entry, record))
-    return hit_fields(entry)
+    try:
+        log = read_input(entry.log)
+    except OSError:
+        return None
+    temp = linked_beside(entry.out, store.path_of(record[Field.OUT]))
+    return (temp, hit_log(entry, record, log), hit_fields(entry)) if temp else None
 
 
 def put(store, config, key, record):
@@ -491,17 +502,27 @@ def finish_from_cache(store, record, key):
     """Serve a task (queued: at submission or a farm's claim; running: its
     runner) from the cache: its result and log in place, then moved through
     the state machine (queued, running, complete) like any task.  The final
-    record, or None on a miss (or when the task ended meanwhile)."""
-    from .states import State, finish_locked, move_locked, state_of
-    fields = serve(store, record, key)
-    if fields is None:
+    record, or None on a miss (or when the task ended meanwhile: then nothing
+    of the hit is left, neither its output nor its log)."""
+    from .states import FINAL, State, finish_locked, move_locked, state_of
+    prepared = prepare_hit(store, record, key)
+    if prepared is None:
         return None
-    with store.lock():
-        current = store.read_task(record[Field.ID])
-        if state_of(current) == State.QUEUED:
-            current = move_locked(store, current, State.RUNNING, {Field.STIME: f'{time.time():.5f}'},
-                                  remove=(Field.QUEUED,), expect=State.QUEUED)
-        return finish_locked(store, current, TaskStatus.COMPLETE, **fields) if current else None
+    temp, log, fields = prepared
+    try:
+        with store.lock():  # the state checked before anything of the hit is in place
+            current = store.read_task(record[Field.ID])
+            if state_of(current) in FINAL or not state_of(current):
+                return None
+            os.replace(temp, store.path_of(record[Field.OUT]))
+            with open(store.log_path(record[Field.ID]), 'ab') as handle:
+                handle.write(log)
+            if state_of(current) == State.QUEUED:
+                current = move_locked(store, current, State.RUNNING, {Field.STIME: f'{time.time():.5f}'},
+                                      remove=(Field.QUEUED,), expect=State.QUEUED)
+            return finish_locked(store, current, TaskStatus.COMPLETE, **fields) if current else None
+    finally:
+        unlink_quietly(temp)
 
 
 def cache_usage(store):

@@ -558,3 +558,52 @@ def test_a_changed_byte_of_the_manifold_runner_changes_the_key(tmp_path):
         runner.write('// changed\n')
 
     assert before and cache.key_of_task(store, config, service, record, 'OpenSCAD 2021.01') != before
+
+
+# -- an entry read while it goes -------------------------------------------------------------
+
+def sh_store(tmp_path):
+    """(store, config, the sh service) of a fresh store with the cache on."""
+    from rrc.config import Config
+    from rrc.services import find_service, load_services
+    root = tmp_path / 'store'
+    (root / 'services').mkdir(parents=True)
+    (root / 'services' / 'sh.conf').write_text(ARGS_SERVICE)
+    store, config = store_at(root), Config()
+    store.ensure()
+    config.cacheSize = 10 ** 9
+    return store, config, find_service(*load_services(str(root)), 'sh')
+
+
+def cached_twins(tmp_path, count):
+    """A complete task's result in the cache, and ``count`` queued tasks equal to it: (store, key, twins)."""
+    from rrc.submission import Input, create_task_record
+    store, config, service = sh_store(tmp_path)
+    script = unique('twin').encode()
+    original = create_task_record(store, config, service, [Input(script, 'part.sh')])
+    Path(store.path_of(original['out'])).write_text('the result\n')
+    key = cache.key_of_task(store, config, service, original)
+    assert cache.put(store, config, key, dict(original, status='complete'))
+    return store, key, [create_task_record(store, config, service, [Input(script, 'part.sh')])
+                        for _ in range(count)]
+
+
+def test_an_entry_whose_log_went_is_a_miss_never_a_hit_with_an_empty_log(tmp_path):
+    store, key, (twin,) = cached_twins(tmp_path, 1)
+    os.unlink(Path(cache.cache_folder(store)) / f'{key}.log')  # evicted up to its log
+
+    assert cache.finish_from_cache(store, twin, key) is None
+    assert store.read_task(twin['id'])['status'] == 'busy'
+    assert not os.path.exists(store.path_of(twin['out']))
+
+
+def test_a_task_killed_while_it_was_served_keeps_nothing_of_the_hit(tmp_path):
+    from rrc.states import finish_task
+    store, key, (twin,) = cached_twins(tmp_path, 1)
+    finish_task(store, twin['id'], 'failed', error='killed')  # killed after the caller read its record
+
+    assert cache.finish_from_cache(store, twin, key) is None
+    assert store.read_task(twin['id'])['status'] == 'failed'
+    assert not os.path.exists(store.path_of(twin['out']))
+    log = Path(store.log_path(twin['id']))
+    assert not log.exists() or b'from the cache' not in log.read_bytes()
