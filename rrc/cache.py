@@ -61,6 +61,10 @@ LOG_BYTES = 1024 * 1024
 WATCH_FILES = 4096
 # What the farm's workers last claimed a service's tasks with: tasks/cache/versions/SERVICE.
 VERSIONS_FOLDER = 'versions'
+# The longest tool version a key, a record and tasks/cache/versions hold as it
+# is; a longer one is cut with the SHA-256 of the whole after it (``version_key``).
+VERSION_CHARS = 80
+HEX = frozenset('0123456789abcdef')
 # The record's fields an entry keeps of its task (a slice's G-code facts).
 KEPT_PREFIX = 'gcode'
 # ... and these fields: which of OpenSCAD's engines rendered the result (rrc/engines.py).
@@ -107,7 +111,23 @@ def tool_version(store, service):
     if version == UNKNOWN:
         path = find_program(service.cmd[0], service.path)
         return f'{UNKNOWN} {binary_key(path)}' if path else ''
-    return version
+    return version_key(version)
+
+
+def version_key(version):
+    """A tool version as the cache holds it: itself when at most VERSION_CHARS,
+    else its start and the SHA-256 of the whole (two long versions that differ
+    only at their end never share a key)."""
+    import hashlib
+    if len(version) <= VERSION_CHARS:
+        return version
+    digest = hashlib.sha256(version.encode('utf-8', 'replace')).hexdigest()[:16]
+    return f'{version[:VERSION_CHARS - 24]} sha256:{digest}'
+
+
+def is_key(text):
+    """True for a key as the cache names its files: 64 lower-case hex digits."""
+    return isinstance(text, str) and len(text) == 64 and set(text) <= HEX
 
 
 def farm_version(store, service_name):
@@ -122,13 +142,14 @@ def farm_version(store, service_name):
 
 def parse_versions(text):
     """{service: version} of ``SERVICE=VERSION,...`` (``toolversions.versions_field``,
-    a worker's claim); a tool that is not installed or says no version is left out."""
+    a worker's claim; a version never holds ``,`` or ``=``: ``toolversions.printable``);
+    a tool that is not installed or says no version is left out."""
     found = {}
     for pair in (text or '').split(','):
         name, _, version = pair.partition('=')
-        version = ''.join(c for c in version if c.isprintable())[:80].strip()
+        version = ''.join(c for c in version if c.isprintable()).strip()
         if name and version and version not in (NOT_INSTALLED, UNKNOWN):
-            found[name.strip()] = version
+            found[name.strip()] = version_key(version)
     return found
 
 
@@ -297,8 +318,9 @@ def key_of_task(store, config, service, record, version=None):
 # -- entries ----------------------------------------------------------------
 
 def lookup(store, key):
-    """The entry of ``key`` (its use noted, for LRU), or None."""
-    if not key:
+    """The entry of ``key`` (its use noted, for LRU), or None (a key that is
+    not one, e.g. a record's field someone wrote by hand, too)."""
+    if not is_key(key):
         return None
     folder = cache_folder(store)
     path = os.path.join(folder, key)
@@ -409,7 +431,7 @@ def put(store, config, key, record):
     """Store a complete task's result under ``key`` (not when larger than
     ``cacheSize``; an entry already there is only noted as used); then evict
     down to ``cacheSize``.  True when the cache holds it."""
-    if not key or record.get(Field.STATUS) != TaskStatus.COMPLETE or not record.get(Field.OUT):
+    if not is_key(key) or record.get(Field.STATUS) != TaskStatus.COMPLETE or not record.get(Field.OUT):
         return False
     out = store.path_of(record[Field.OUT])
     try:
@@ -458,7 +480,7 @@ def entries(store):
         return []
     found = []
     for name in names:
-        if len(name) != 64 or not all(c in '0123456789abcdef' for c in name):
+        if not is_key(name):
             continue
         try:
             used = os.stat(os.path.join(folder, name))
@@ -493,6 +515,8 @@ def evict_locked(store, limit):
 
 def remove_entry(store, key):
     """An entry's facts first (no reader finds it then), then its files."""
+    if not is_key(key):
+        return
     folder = cache_folder(store)
     for suffix in ('', '.out', '.log'):
         unlink_quietly(os.path.join(folder, key + suffix))

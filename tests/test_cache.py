@@ -607,3 +607,37 @@ def test_a_task_killed_while_it_was_served_keeps_nothing_of_the_hit(tmp_path):
     assert not os.path.exists(store.path_of(twin['out']))
     log = Path(store.log_path(twin['id']))
     assert not log.exists() or b'from the cache' not in log.read_bytes()
+
+
+# -- what a record or a worker says ---------------------------------------------------------
+
+@pytest.mark.parametrize('bad', ['../../../etc/passwd', 'A' * 64, 'a' * 63, 'a' * 63 + '/', ''])
+def test_a_key_that_is_not_one_never_reaches_a_path(tmp_path, bad):
+    store, key, (twin,) = cached_twins(tmp_path, 1)
+    target = Path(cache.cache_folder(store)) / bad if bad else None
+    if target and target.parent == Path(cache.cache_folder(store)):
+        target.write_text('cacheOf: ' + twin['id'] + '\n')  # a file of that name: still never read
+        Path(f'{target}.out').write_text('not a result\n')
+    before = files_of(store.root)
+
+    assert cache.lookup(store, bad) is None and cache.finish_from_cache(store, twin, bad) is None
+    assert cache.put(store, cache_on(), bad, dict(twin, status='complete')) is False
+    cache.remove_entry(store, bad)
+    assert files_of(store.root) == before
+
+
+def cache_on():
+    from rrc.config import Config
+    config = Config()
+    config.cacheSize = 10 ** 9
+    return config
+
+
+def test_two_long_tool_versions_that_differ_at_their_end_are_two_versions():
+    start = 'OpenSCAD 2021.01 (CGAL) + OpenSCAD 2025.01.19 (Manifold 3.0.1) built with a long tail '
+    first = cache.parse_versions(f'openscad={start}A,sh=sh 1')
+    second = cache.parse_versions(f'openscad={start}B,sh=sh 1')
+
+    assert first['openscad'] != second['openscad'] and first['sh'] == 'sh 1'
+    assert len(first['openscad']) <= 80 and first['openscad'].startswith('OpenSCAD 2021.01')
+    assert cache.parse_versions('openscad=OpenSCAD 2021.01') == {'openscad': 'OpenSCAD 2021.01'}
