@@ -65,6 +65,9 @@ VERSIONS_FOLDER = 'versions'
 # is; a longer one is cut with the SHA-256 of the whole after it (``version_key``).
 VERSION_CHARS = 80
 HEX = frozenset('0123456789abcdef')
+# The most entries the cache keeps, whatever their size (a folder of small
+# results stays one a listing and an eviction read quickly).
+MAX_ENTRIES = 100_000
 # The record's fields an entry keeps of its task (a slice's G-code facts).
 KEPT_PREFIX = 'gcode'
 # ... and these fields: which of OpenSCAD's engines rendered the result (rrc/engines.py).
@@ -472,7 +475,8 @@ def cache_lock(store):
 
 
 def entries(store):
-    """(last use, key, bytes) of every entry, least recently used first."""
+    """(last use, key, disk use) of every entry, least recently used first:
+    the blocks its facts, result and log take (a small file takes a block)."""
     folder = cache_folder(store)
     try:
         names = os.listdir(folder)
@@ -484,28 +488,30 @@ def entries(store):
             continue
         try:
             used = os.stat(os.path.join(folder, name))
-            size = sum(file_size(os.path.join(folder, name + suffix)) for suffix in ('.out', '.log'))
+            size = sum(disk_use(os.path.join(folder, name + suffix)) for suffix in ('.out', '.log'))
         except OSError:
             continue
-        found.append((used.st_mtime_ns, name, used.st_size + size))
+        found.append((used.st_mtime_ns, name, used.st_blocks * 512 + size))
     return sorted(found)
 
 
-def file_size(path):
+def disk_use(path):
+    """The bytes of disk a file takes (its blocks), 0 when it is gone."""
     try:
-        return os.path.getsize(path)
+        return os.stat(path).st_blocks * 512
     except OSError:
         return 0
 
 
 def evict_locked(store, limit):
     """Remove the least recently used entries until the cache holds at most
-    ``limit`` bytes (the caller holds ``cache_lock``); the keys removed."""
+    ``limit`` bytes of disk and MAX_ENTRIES entries (the caller holds
+    ``cache_lock``); the keys removed."""
     found = entries(store)
     total = sum(size for _, _, size in found)
     removed = []
-    for _, key, size in found:
-        if total <= limit:
+    for number, (_, key, size) in enumerate(found):
+        if total <= limit and len(found) - number <= MAX_ENTRIES:
             break
         remove_entry(store, key)
         total -= size
@@ -520,6 +526,20 @@ def remove_entry(store, key):
     folder = cache_folder(store)
     for suffix in ('', '.out', '.log'):
         unlink_quietly(os.path.join(folder, key + suffix))
+
+
+def remove_orphans(store):
+    """Recovery: the result or log of an entry without its facts (a writer
+    that died between its renames, an eviction cut short) goes."""
+    folder = cache_folder(store)
+    if not os.path.isdir(folder):
+        return
+    with cache_lock(store):  # a writer holds it from its first file to its facts
+        names = set(os.listdir(folder))
+        for name in names:
+            key, dot, suffix = name.partition('.')
+            if dot and suffix in ('out', 'log') and is_key(key) and key not in names:
+                unlink_quietly(os.path.join(folder, name))
 
 
 def finish_from_cache(store, record, key):

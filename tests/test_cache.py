@@ -322,9 +322,10 @@ def test_an_included_file_changed_by_one_byte_renders_again(openscad_server):
 # -- the size limit ---------------------------------------------------------------
 
 def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_larger_than_the_cache_never_enters():
-    with deploy.running(deploy.deployment('wsgi', config='cacheSize = 2500\n',
+    # about 20 kB of disk an entry (12 kB of result, its facts and log): two fit, three do not
+    with deploy.running(deploy.deployment('wsgi', config='cacheSize = 45000\n',
                                           services=SERVICES)) as small:
-        scripts = {name: SIZED.format(size=1000) + f'# {name}\n' for name in 'abc'}
+        scripts = {name: SIZED.format(size=12000) + f'# {name}\n' for name in 'abc'}
         a = run(small, scripts['a'])
         time.sleep(0.05)
         run(small, scripts['b'])
@@ -336,8 +337,8 @@ def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_large
         assert post(small, scripts['b'])['status'] == 'busy'  # b runs again
         assert_hit(post(small, scripts['a']), a)
         entries, size = cache.cache_usage(store_of(small))
-        assert size <= 2500
-        big = SIZED.format(size=3000)
+        assert size <= 45000
+        big = SIZED.format(size=46000)
         run(small, big)
         assert post(small, big)['status'] == 'busy'  # never stored: it runs again
 
@@ -473,7 +474,7 @@ def test_writers_at_once_keep_the_cache_within_its_size_and_every_entry_whole(tm
 
     store = store_at(root)
     count, size = cache.cache_usage(store)
-    assert 0 < count and size <= 6000, (count, size)
+    assert 0 < count and size <= 60000, (count, size)
     folder = root / 'tasks' / 'cache'
     for _, key, _ in cache.entries(store):
         entry = cache.lookup(store, key)
@@ -487,11 +488,11 @@ def store_at(root):
 
 
 def put_many(args):
-    """One writer: 12 complete tasks' results (about 900 bytes each) into a 6000-byte cache."""
+    """One writer: 12 complete tasks' results (about 900 bytes each, 12 kB of disk an entry) into a 60 kB cache."""
     from rrc.config import Config
     root, writer = args
     store, config = store_at(root), Config()
-    config.cacheSize = 6000
+    config.cacheSize = 60000
     store.ensure()
     for number in range(12):
         record = store.create_task(lambda task_id: {'status': 'complete', 'service': 'sh',
@@ -641,3 +642,53 @@ def test_two_long_tool_versions_that_differ_at_their_end_are_two_versions():
     assert first['openscad'] != second['openscad'] and first['sh'] == 'sh 1'
     assert len(first['openscad']) <= 80 and first['openscad'].startswith('OpenSCAD 2021.01')
     assert cache.parse_versions('openscad=OpenSCAD 2021.01') == {'openscad': 'OpenSCAD 2021.01'}
+
+
+# -- bounds ---------------------------------------------------------------------------------
+
+def cache_files(store):
+    folder = Path(cache.cache_folder(store))
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith('.') and p.is_file())
+
+
+def test_the_cache_keeps_at_most_max_entries_the_newest(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, 'MAX_ENTRIES', 3)
+    store, key, twins = cached_twins(tmp_path, 4)
+    keys = [key]
+    for number, twin in enumerate(twins):
+        Path(store.path_of(twin['out'])).write_text(f'result {number}\n')
+        keys.append(f'{number:064x}')
+        time.sleep(0.01)
+        assert cache.put(store, cache_on(), keys[-1], dict(twin, status='complete'))
+
+    assert [k for _, k, _ in cache.entries(store)] == keys[-3:]
+    assert cache.cache_usage(store)[0] == 3 and cache.lookup(store, keys[0]) is None
+
+
+def test_the_cache_counts_the_disk_its_files_take(tmp_path):
+    store, key, _ = cached_twins(tmp_path, 0)
+    folder = Path(cache.cache_folder(store))
+    on_disk = sum(os.stat(folder / name).st_blocks * 512 for name in cache_files(store))
+
+    assert cache.cache_usage(store) == (1, on_disk)
+    assert on_disk > os.path.getsize(folder / f'{key}.out') + os.path.getsize(folder / key)
+
+
+def test_recovery_removes_an_entrys_files_left_without_its_facts_and_dead_writers_temp_files(tmp_path):
+    from helpers import dead_pid
+    from rrc.config import Config
+    from rrc.recovery import recover_store
+    store, key, _ = cached_twins(tmp_path, 0)
+    folder = Path(cache.cache_folder(store))
+    orphan = 'e' * 64
+    (folder / f'{orphan}.out').write_text('left by a writer that died\n')
+    (folder / f'{orphan}.log').write_text('its log\n')
+    (folder / 'versions').mkdir(exist_ok=True)
+    (folder / 'versions' / f'.sh.{dead_pid()}.tmp').write_text('sh 1')
+    kept = sorted([key, f'{key}.out', f'{key}.log'])
+
+    recover_store(store, Config())
+
+    assert cache_files(store) == kept
+    assert os.listdir(folder / 'versions') == []
+    assert cache.lookup(store, key) is not None
