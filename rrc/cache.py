@@ -1,17 +1,20 @@
-"""The result cache: a task whose service, tool version (and engine),
-composed arguments and input bytes equal an earlier complete task's gets
-that task's result at once, as a task of its own whose tool never runs.
+"""The result cache: a task whose service, tool version, composed arguments
+(a client's ``--backend=`` among them; not the engine rrc/engines.py picks
+at run time: both give the same solid) and input bytes equal an earlier
+complete task's gets that task's result at once, as a task of its own
+whose tool never runs.
 
 The key is a SHA-256 (``task_key``) over: the key's own format; the tool's
 version (the binary's path, time and size where the tool does not say one);
 the service's name, its conf and the files beside it (``NAME.options``,
-``NAME.sandbox``...); the record's fields that reach the tool (``KEY_FIELDS``:
+``NAME.sandbox``...) and its companion files (the Manifold runner); the record's fields that reach the tool (``KEY_FIELDS``:
 native arguments, params, output format, preargs, the engine); the argv as
 the runner composes it, the task's id and its inputs' stored names replaced
 by placeholders; every input's bytes, for a project every file of its
 unpacked folder by its relative name (an extra file can only make a miss);
 and the names, sizes and times of the files in the service's
-``cacheWatch`` folders (a tool's libraries).  Labels and lengths go in
+``cacheWatch`` folders (a tool's libraries) and of the folders under its
+``cacheWatchFolders`` (a font tree).  Labels and lengths go in
 before each part, so no two different tasks hash the same bytes.
 
 An entry lives under ``tasks/cache/``: ``KEY`` (its facts, ``key: value``
@@ -20,10 +23,12 @@ lines; written last, removed first, its mtime is its last use), ``KEY.out``
 (the tool's log).  It is the cache's own: removing the task it came from
 leaves it.  Everything is written by temp file and rename; the cache's own
 lock (``tasks/cache/.lock``) orders writers and eviction (several
-front-ends on one store), a reader needs none (an entry evicted while it is
-read is a miss).  At most ``cacheSize`` bytes (results, logs and facts),
-the least recently used evicted first; a result larger than that is never
-stored.
+front-ends on one store), a reader needs none (it reads the log before it
+links the result: an entry evicted while it is read is a miss).  At most
+``cacheSize`` bytes of disk (the blocks of results, logs and facts) and
+MAX_ENTRIES entries, the least recently used evicted first; a result larger
+than that is never stored.  Keys reach paths only as 64 lower-case hex
+digits; nothing is cached when the sandbox is off.
 
 Where it is asked: ``submission`` (a task whose key hits is created and
 moved through the state machine to complete at once, never queued; on a

@@ -346,7 +346,7 @@ def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_large
 # -- the command line ------------------------------------------------------------------
 
 def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
-    from conftest import make_service, task_id_of, write_config
+    from conftest import make_service, task_id_of
     make_service(workdir, 'sh', SH_SERVICE)
     (workdir / 'a.sh').write_text('echo made > "$1"\n')
 
