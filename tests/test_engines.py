@@ -192,6 +192,17 @@ def test_a_part_manifold_cannot_see_is_the_native_engines_when_manifold_is_asked
     assert stl_solid(workdir / 'part.stl')[2][2] == 12
 
 
+def test_a_model_with_another_warning_is_still_manifolds(proc, workdir):
+    # only a missing font or file fails a Manifold render, not any warning
+    (workdir / 'warns.scad').write_text('cube(3);\necho(1 + "a");\n')
+
+    result, record = render(proc, workdir, 'warns.scad', '-owarns.stl', '--backend=manifold')
+
+    assert result.code == 0 and record['engine'] == 'manifold', result
+    assert 'WARNING: undefined operation' in result.err
+    assert stl_solid(workdir / 'warns.stl')[1:] == ((0, 0, 0), (3, 3, 3))
+
+
 @pytest.mark.parametrize('value', ['fast', 'Manifold2', ''])
 def test_an_engine_that_is_not_one_is_refused(proc, workdir, value):
     copy_model(workdir, 'light.scad')
