@@ -1,17 +1,20 @@
-"""The result cache: a task whose service, tool version (and engine),
-composed arguments and input bytes equal an earlier complete task's gets
-that task's result at once, as a task of its own whose tool never runs.
+"""The result cache: a task whose service, tool version, composed arguments
+(a client's ``--backend=`` among them; not the engine rrc/engines.py picks
+at run time: both give the same solid) and input bytes equal an earlier
+complete task's gets that task's result at once, as a task of its own
+whose tool never runs.
 
 The key is a SHA-256 (``task_key``) over: the key's own format; the tool's
 version (the binary's path, time and size where the tool does not say one);
 the service's name, its conf and the files beside it (``NAME.options``,
-``NAME.sandbox``...); the record's fields that reach the tool (``KEY_FIELDS``:
+``NAME.sandbox``...) and its companion files (the Manifold runner); the record's fields that reach the tool (``KEY_FIELDS``:
 native arguments, params, output format, preargs, the engine); the argv as
 the runner composes it, the task's id and its inputs' stored names replaced
 by placeholders; every input's bytes, for a project every file of its
 unpacked folder by its relative name (an extra file can only make a miss);
 and the names, sizes and times of the files in the service's
-``cacheWatch`` folders (a tool's libraries).  Labels and lengths go in
+``cacheWatch`` folders (a tool's libraries) and of the folders under its
+``cacheWatchFolders`` (a font tree).  Labels and lengths go in
 before each part, so no two different tasks hash the same bytes.
 
 An entry lives under ``tasks/cache/``: ``KEY`` (its facts, ``key: value``
@@ -20,10 +23,12 @@ lines; written last, removed first, its mtime is its last use), ``KEY.out``
 (the tool's log).  It is the cache's own: removing the task it came from
 leaves it.  Everything is written by temp file and rename; the cache's own
 lock (``tasks/cache/.lock``) orders writers and eviction (several
-front-ends on one store), a reader needs none (an entry evicted while it is
-read is a miss).  At most ``cacheSize`` bytes (results, logs and facts),
-the least recently used evicted first; a result larger than that is never
-stored.
+front-ends on one store), a reader needs none (it reads the log before it
+links the result: an entry evicted while it is read is a miss).  At most
+``cacheSize`` bytes of disk (the blocks of results, logs and facts) and
+MAX_ENTRIES entries, the least recently used evicted first; a result larger
+than that is never stored.  Keys reach paths only as 64 lower-case hex
+digits; nothing is cached when the sandbox is off.
 
 Where it is asked: ``submission`` (a task whose key hits is created and
 moved through the state machine to complete at once, never queued; on a
@@ -61,6 +66,13 @@ LOG_BYTES = 1024 * 1024
 WATCH_FILES = 4096
 # What the farm's workers last claimed a service's tasks with: tasks/cache/versions/SERVICE.
 VERSIONS_FOLDER = 'versions'
+# The longest tool version a key, a record and tasks/cache/versions hold as it
+# is; a longer one is cut with the SHA-256 of the whole after it (``version_key``).
+VERSION_CHARS = 80
+HEX = frozenset('0123456789abcdef')
+# The most entries the cache keeps, whatever their size (a folder of small
+# results stays one a listing and an eviction read quickly).
+MAX_ENTRIES = 100_000
 # The record's fields an entry keeps of its task (a slice's G-code facts).
 KEPT_PREFIX = 'gcode'
 # ... and these fields: which of OpenSCAD's engines rendered the result (rrc/engines.py).
@@ -88,8 +100,10 @@ def cache_folder(store):
 def is_cacheable(config, service, record):
     """True when this task may be served from the cache and its result stored:
     the cache is on, the service allows it (never a print, nothing without
-    output) and the task did not say ``cache: no``."""
-    return (config.cacheSize > 0 and getattr(service, 'cache', False) and service.name not in PRINT_SERVICES
+    output), its tool runs in the sandbox (``sandbox = no`` lets an absolute
+    include reach the tool but not the key) and the task did not say ``cache: no``."""
+    return (config.cacheSize > 0 and config.sandbox and getattr(service, 'cache', False)
+            and service.name not in PRINT_SERVICES
             and not service.no_output and record.get(Field.CACHE) != NO)
 
 
@@ -105,7 +119,23 @@ def tool_version(store, service):
     if version == UNKNOWN:
         path = find_program(service.cmd[0], service.path)
         return f'{UNKNOWN} {binary_key(path)}' if path else ''
-    return version
+    return version_key(version)
+
+
+def version_key(version):
+    """A tool version as the cache holds it: itself when at most VERSION_CHARS,
+    else its start and the SHA-256 of the whole (two long versions that differ
+    only at their end never share a key)."""
+    import hashlib
+    if len(version) <= VERSION_CHARS:
+        return version
+    digest = hashlib.sha256(version.encode('utf-8', 'replace')).hexdigest()[:16]
+    return f'{version[:VERSION_CHARS - 24]} sha256:{digest}'
+
+
+def is_key(text):
+    """True for a key as the cache names its files: 64 lower-case hex digits."""
+    return isinstance(text, str) and len(text) == 64 and set(text) <= HEX
 
 
 def farm_version(store, service_name):
@@ -120,13 +150,14 @@ def farm_version(store, service_name):
 
 def parse_versions(text):
     """{service: version} of ``SERVICE=VERSION,...`` (``toolversions.versions_field``,
-    a worker's claim); a tool that is not installed or says no version is left out."""
+    a worker's claim; a version never holds ``,`` or ``=``: ``toolversions.printable``);
+    a tool that is not installed or says no version is left out."""
     found = {}
     for pair in (text or '').split(','):
         name, _, version = pair.partition('=')
-        version = ''.join(c for c in version if c.isprintable())[:80].strip()
+        version = ''.join(c for c in version if c.isprintable()).strip()
         if name and version and version not in (NOT_INSTALLED, UNKNOWN):
-            found[name.strip()] = version
+            found[name.strip()] = version_key(version)
     return found
 
 
@@ -156,7 +187,7 @@ def task_key(store, service, record, version):
     for field in KEY_FIELDS:
         part(field, record.get(field, ''))
     for path in conf_files(service):
-        part('conf ' + os.path.basename(path), read_bytes(path))
+        part('conf ' + os.path.basename(path), read_bytes(path))  # the runner by its name: where it lies is no matter
     stored = stored_inputs(record)
     part('argv', '\0'.join(placeholder_argv(service, record, stored)))
     part('watch', watched_files(service))
@@ -166,14 +197,23 @@ def task_key(store, service, record, version):
 
 
 def conf_files(service):
-    """The service's conf and the files beside it that belong to it (``NAME.*``)."""
+    """The service's conf and the files beside it that belong to it (``NAME.*``),
+    then the companion files it runs or hands the tool whatever their names
+    (OpenSCAD's Manifold runner ``openscad-manifold.mjs``, ``sandboxFiles``)."""
     folder, name = os.path.split(service.source)
     stem = name[:-len('.conf')] if name.endswith('.conf') else name
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith(stem + '.') and not n.startswith('.'))
+        found = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
     except OSError:
-        return [service.source]
-    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+        found = [service.source]
+    return found + [path for path in companion_files(service) if path not in found]
+
+
+def companion_files(service):
+    """The files a service's conf names that its runs read (by their host paths)."""
+    runner = [service.manifold_runner] if getattr(service, 'manifold_runner', '') else []
+    return runner + [host for host, _ in getattr(service, 'sandbox_files', ())]
 
 
 def read_bytes(path):
@@ -235,22 +275,38 @@ def read_input(path):
 
 def watched_files(service):
     """Names, sizes and times of the files in the service's ``cacheWatch``
-    folders (at most WATCH_FILES): a library that changes changes the key."""
-    lines, count = [], 0
+    folders, then the names and times of the folders under its
+    ``cacheWatchFolders`` (a font tree: a package adds, removes or replaces a
+    file by rename, which changes its folder's time), at most WATCH_FILES of
+    them: a library or a font that changes changes the key."""
+    lines = []
+    for path in watched_paths(service):
+        if len(lines) == WATCH_FILES:
+            lines.append('...')
+            break
+        lines.append(stat_line(path))
+    return '\n'.join(line for line in lines if line)
+
+
+def watched_paths(service):
+    """The files of the ``cacheWatch`` folders, then the folders under the ``cacheWatchFolders``, in order."""
     for top in service.cache_watch:
         for folder, dirs, names in os.walk(top):
             dirs.sort()
-            for name in sorted(names):
-                count += 1
-                if count > WATCH_FILES:
-                    return '\n'.join(lines + ['...'])
-                path = os.path.join(folder, name)
-                try:
-                    info = os.stat(path)
-                except OSError:
-                    continue
-                lines.append(f'{path} {info.st_size} {info.st_mtime_ns}')
-    return '\n'.join(lines)
+            yield from (os.path.join(folder, name) for name in sorted(names))
+    for top in getattr(service, 'cache_watch_folders', ()):
+        for folder, dirs, _ in os.walk(top):
+            dirs.sort()
+            yield folder
+
+
+def stat_line(path):
+    """``PATH SIZE MTIME`` of a watched file or folder ('' when it is gone)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ''
+    return f'{path} {info.st_size} {info.st_mtime_ns}'
 
 
 def key_of_task(store, config, service, record, version=None):
@@ -270,8 +326,9 @@ def key_of_task(store, config, service, record, version=None):
 # -- entries ----------------------------------------------------------------
 
 def lookup(store, key):
-    """The entry of ``key`` (its use noted, for LRU), or None."""
-    if not key:
+    """The entry of ``key`` (its use noted, for LRU), or None (a key that is
+    not one, e.g. a record's field someone wrote by hand, too)."""
+    if not is_key(key):
         return None
     folder = cache_folder(store)
     path = os.path.join(folder, key)
@@ -288,41 +345,46 @@ def lookup(store, key):
     return entry if os.path.isfile(entry.out) else None
 
 
-def place_result(entry, destination):
-    """The entry's result at ``destination`` (a hard link, else a copy); False
-    when it was evicted meanwhile."""
-    try:
-        link_or_copy(entry.out, destination)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def link_or_copy(source, destination):
-    """``destination`` becomes ``source``'s bytes: a hard link where the file
-    system allows, else a copy (temp file and rename either way)."""
+def linked_beside(source, destination):
+    """``source``'s bytes at a temp name beside ``destination`` (a hard link
+    where the file system allows, else a copy): its path, or None when
+    ``source`` was evicted meanwhile.  The caller renames or removes it."""
     folder, name = os.path.split(destination)
     temp = os.path.join(folder, f'.{name}.{temp_writer()}.{new_unique_name()}.tmp')
     try:
         try:
             os.link(source, temp)
         except FileNotFoundError:  # evicted meanwhile: the caller's miss
-            raise
+            return None
         except OSError:  # another file system, protected hard links: a copy
             import shutil
             shutil.copyfile(source, temp)
+    except BaseException:
+        unlink_quietly(temp)
+        raise
+    return temp
+
+
+def link_or_copy(source, destination):
+    """``destination`` becomes ``source``'s bytes: a hard link where the file
+    system allows, else a copy (temp file and rename either way);
+    FileNotFoundError when ``source`` is gone."""
+    temp = linked_beside(source, destination)
+    if temp is None:
+        raise FileNotFoundError(source)
+    try:
         os.replace(temp, destination)
     finally:
         unlink_quietly(temp)
 
 
-def hit_log(entry, record):
-    """The log of a task served from the cache: the tool's log of the task it
-    came from, naming this task's own inputs and id (so its client reads its
-    own file names), then a line saying where it came from."""
+def hit_log(entry, record, log):
+    """The log of a task served from the cache: the tool's log ``log`` of the
+    task it came from, naming this task's own inputs and id (so its client
+    reads its own file names), then a line saying where it came from."""
     note = (f'rrcloud: task {record[Field.ID]}: the result of task {entry.origin} from the cache '
             f'(key {entry.key[:16]}); nothing ran\n').encode()
-    return log_with_names(read_bytes(entry.log), placeholders(), task_names(record)) + note
+    return log_with_names(log, placeholders(), task_names(record)) + note
 
 
 def task_names(record):
@@ -355,23 +417,29 @@ def is_kept(field):
     return field.startswith(KEPT_PREFIX) or field in KEPT_FIELDS
 
 
-def serve(store, record, key):
-    """Put the cached result of ``key`` where ``record`` (a task not yet
-    ended) keeps its output and write its log; the fields its final record
-    gets, or None on a miss.  The caller moves the task."""
+def prepare_hit(store, record, key):
+    """What serving ``record`` (a task not yet ended) from ``key`` takes, made
+    ready outside any lock: (the result linked at a temp name beside its
+    output, its log, its final fields), or None on a miss.  The log is read
+    before the result is linked: eviction removes the facts, then the result,
+    then the log, so an entry whose log is gone is a miss, never a hit with an
+    empty log."""
     entry = lookup(store, key)
-    if entry is None or not record.get(Field.OUT) or not place_result(entry, store.path_of(record[Field.OUT])):
+    if entry is None or not record.get(Field.OUT):
         return None
-    with open(store.log_path(record[Field.ID]), 'ab') as log:
-        log.write(hit_log(entry, record))
-    return hit_fields(entry)
+    try:
+        log = read_input(entry.log)
+    except OSError:
+        return None
+    temp = linked_beside(entry.out, store.path_of(record[Field.OUT]))
+    return (temp, hit_log(entry, record, log), hit_fields(entry)) if temp else None
 
 
 def put(store, config, key, record):
     """Store a complete task's result under ``key`` (not when larger than
     ``cacheSize``; an entry already there is only noted as used); then evict
     down to ``cacheSize``.  True when the cache holds it."""
-    if not key or record.get(Field.STATUS) != TaskStatus.COMPLETE or not record.get(Field.OUT):
+    if not is_key(key) or record.get(Field.STATUS) != TaskStatus.COMPLETE or not record.get(Field.OUT):
         return False
     out = store.path_of(record[Field.OUT])
     try:
@@ -412,7 +480,8 @@ def cache_lock(store):
 
 
 def entries(store):
-    """(last use, key, bytes) of every entry, least recently used first."""
+    """(last use, key, disk use) of every entry, least recently used first:
+    the blocks its facts, result and log take (a small file takes a block)."""
     folder = cache_folder(store)
     try:
         names = os.listdir(folder)
@@ -420,32 +489,34 @@ def entries(store):
         return []
     found = []
     for name in names:
-        if len(name) != 64 or not all(c in '0123456789abcdef' for c in name):
+        if not is_key(name):
             continue
         try:
             used = os.stat(os.path.join(folder, name))
-            size = sum(file_size(os.path.join(folder, name + suffix)) for suffix in ('.out', '.log'))
+            size = sum(disk_use(os.path.join(folder, name + suffix)) for suffix in ('.out', '.log'))
         except OSError:
             continue
-        found.append((used.st_mtime_ns, name, used.st_size + size))
+        found.append((used.st_mtime_ns, name, used.st_blocks * 512 + size))
     return sorted(found)
 
 
-def file_size(path):
+def disk_use(path):
+    """The bytes of disk a file takes (its blocks), 0 when it is gone."""
     try:
-        return os.path.getsize(path)
+        return os.stat(path).st_blocks * 512
     except OSError:
         return 0
 
 
 def evict_locked(store, limit):
     """Remove the least recently used entries until the cache holds at most
-    ``limit`` bytes (the caller holds ``cache_lock``); the keys removed."""
+    ``limit`` bytes of disk and MAX_ENTRIES entries (the caller holds
+    ``cache_lock``); the keys removed."""
     found = entries(store)
     total = sum(size for _, _, size in found)
     removed = []
-    for _, key, size in found:
-        if total <= limit:
+    for number, (_, key, size) in enumerate(found):
+        if total <= limit and len(found) - number <= MAX_ENTRIES:
             break
         remove_entry(store, key)
         total -= size
@@ -455,26 +526,52 @@ def evict_locked(store, limit):
 
 def remove_entry(store, key):
     """An entry's facts first (no reader finds it then), then its files."""
+    if not is_key(key):
+        return
     folder = cache_folder(store)
     for suffix in ('', '.out', '.log'):
         unlink_quietly(os.path.join(folder, key + suffix))
+
+
+def remove_orphans(store):
+    """Recovery: the result or log of an entry without its facts (a writer
+    that died between its renames, an eviction cut short) goes."""
+    folder = cache_folder(store)
+    if not os.path.isdir(folder):
+        return
+    with cache_lock(store):  # a writer holds it from its first file to its facts
+        names = set(os.listdir(folder))
+        for name in names:
+            key, dot, suffix = name.partition('.')
+            if dot and suffix in ('out', 'log') and is_key(key) and key not in names:
+                unlink_quietly(os.path.join(folder, name))
 
 
 def finish_from_cache(store, record, key):
     """Serve a task (queued: at submission or a farm's claim; running: its
     runner) from the cache: its result and log in place, then moved through
     the state machine (queued, running, complete) like any task.  The final
-    record, or None on a miss (or when the task ended meanwhile)."""
-    from .states import State, finish_locked, move_locked, state_of
-    fields = serve(store, record, key)
-    if fields is None:
+    record, or None on a miss (or when the task ended meanwhile: then nothing
+    of the hit is left, neither its output nor its log)."""
+    from .states import FINAL, State, finish_locked, move_locked, state_of
+    prepared = prepare_hit(store, record, key)
+    if prepared is None:
         return None
-    with store.lock():
-        current = store.read_task(record[Field.ID])
-        if state_of(current) == State.QUEUED:
-            current = move_locked(store, current, State.RUNNING, {Field.STIME: f'{time.time():.5f}'},
-                                  remove=(Field.QUEUED,), expect=State.QUEUED)
-        return finish_locked(store, current, TaskStatus.COMPLETE, **fields) if current else None
+    temp, log, fields = prepared
+    try:
+        with store.lock():  # the state checked before anything of the hit is in place
+            current = store.read_task(record[Field.ID])
+            if state_of(current) in FINAL or not state_of(current):
+                return None
+            os.replace(temp, store.path_of(record[Field.OUT]))
+            with open(store.log_path(record[Field.ID]), 'ab') as handle:
+                handle.write(log)
+            if state_of(current) == State.QUEUED:
+                current = move_locked(store, current, State.RUNNING, {Field.STIME: f'{time.time():.5f}'},
+                                      remove=(Field.QUEUED,), expect=State.QUEUED)
+            return finish_locked(store, current, TaskStatus.COMPLETE, **fields) if current else None
+    finally:
+        unlink_quietly(temp)
 
 
 def cache_usage(store):

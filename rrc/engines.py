@@ -12,8 +12,10 @@ not done after ``RACE_DELAY`` seconds: Manifold beside it, the first to
 succeed wins) and the winner is remembered by the SHA-256 of the model's
 bytes in ``tasks/engines`` (at most ``MEMORY_ENTRIES`` models, the newest
 kept): the next render of that model goes straight to its winner.  A model
-Manifold fails on (``text()``: the WASM build has no fonts) is reported with
-the native openscad's result and errors.  The record names the engine that
+Manifold fails on is reported with the native openscad's result and errors;
+one it only warns on for lack of a font or a file outside the model's folder
+(``text()``, a system library, an absolute include: the WASM build has none)
+is a failure there too, whatever the mode, and never remembered for Manifold.  The record names the engine that
 rendered: ``engine: cgal`` or ``engine: manifold``.
 """
 

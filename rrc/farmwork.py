@@ -99,13 +99,17 @@ def claim(store, config, task_id, worker, tool_versions=''):
 
 
 def claim_cache_fields(store, config, task_id, tool_versions):
-    """A queued task claimed by a worker with these tool versions: served from
-    the result cache (StaleRun, the worker runs nothing), else the record's
-    cache fields for this run ({} for a task not cached)."""
+    """A task claimed by a worker with these tool versions: the record's cache
+    fields for this run, keyed with this worker's version ({} for a task not
+    cached).  A queued one whose key hits is served from the result cache
+    (StaleRun, the worker runs nothing); a run again after a lost worker is
+    only keyed anew (its first worker's key would file this worker's result
+    under the other's tool version)."""
     from .cache import is_cacheable, key_of_task, note_farm_version, parse_versions
     from .services import find_service, load_services
     record = store.read_task(task_id)
-    if state_of(record) != State.QUEUED:
+    state = state_of(record)
+    if state not in (State.QUEUED, State.RUNNING, State.SUSPENDED):
         return {}
     try:
         service = find_service(*load_services(store.root), record.get(Field.SERVICE, ''))
@@ -117,7 +121,7 @@ def claim_cache_fields(store, config, task_id, tool_versions):
     try:
         note_farm_version(store, service.name, version)
         key = key_of_task(store, config, service, record, version)
-        served = bool(key) and served_from_cache(store, config, record, key)
+        served = bool(key) and state == State.QUEUED and served_from_cache(store, config, record, key)
     except OSError:  # the cache only saves time: the worker runs the task
         return {}
     if served:
@@ -207,6 +211,10 @@ def _claim_locked(store, config, record, worker, cached=None):
     if state in (State.RUNNING, State.SUSPENDED):
         check_lost_run(store, config, record)
         record.update({Field.WORKER: worker, Field.ATTEMPT: str(int(record.get(Field.ATTEMPT) or 1) + 1)})
+        # the lost run's key named its worker's tool version: this run's result is keyed by its own, or not kept
+        for field in (Field.CACHE_KEY, Field.TOOL_VERSION):
+            record.pop(field, None)
+        record.update(cached or {})
         store.write_task(record)
         return record
     raise StaleRun(f'task {record[Field.ID]} is not there to take (it is {state or record.get(Field.STATUS)})')

@@ -36,6 +36,7 @@ def recover_store(store, config):
     """
     now = time.time()
     remove_left_over_temp_files(store, now)
+    remove_cache_orphans(store)
     for task_id in marked(store, 'running'):
         still_running(store, task_id)
     records = list_tasks(store, config)
@@ -59,8 +60,8 @@ def remove_left_over_temp_files(store, now):
     """Remove temp files whose writer is gone, or that are older than any write in progress."""
     tag = boot_tag()
     # '': tasks/ itself, where meta's tool versions are kept (tasks/.toolversions);
-    # cache: the result cache's entries (rrc/cache.py)
-    for name in ('', 'info', 'in', 'out', 'log', 'queue', 'cache'):
+    # cache: the result cache's entries (rrc/cache.py), cache/versions: its farm's tool versions
+    for name in ('', 'info', 'in', 'out', 'log', 'queue', 'cache', os.path.join('cache', 'versions')):
         folder = store.folder(name)
         for entry in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, entry)
@@ -70,6 +71,15 @@ def remove_left_over_temp_files(store, now):
                     os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def remove_cache_orphans(store):
+    """The result cache's files without their entry's facts (rrc/cache.py)."""
+    from .cache import remove_orphans
+    try:
+        remove_orphans(store)
+    except OSError as exc:  # a read-only store: the next recovery tries again
+        print(f'rrcloud: warning: the result cache: {exc.strerror}', file=sys.stderr)
 
 
 def writer_alive(match, tag):

@@ -30,6 +30,7 @@ SERVICE_KEYS = ('path', 'cmd', 'argInput', 'fileOut', 'output', 'nativeArgs',
                 'noOutput', 'inputExt', 'inputExts', 'ignoreCase', 'readPaths', 'configKeys',
                 'outputExts', 'displayExts', 'absoluteOutputExts', 'paramArgs', 'includeArg',
                 'versionArg', 'runsOnce', 'progress', 'sandboxFiles', 'cache', 'cacheWatch',
+                'cacheWatchFolders',
                 'manifoldRunner', 'manifoldFormats', 'engineOption')
 # The keys of a tool's whole command line and its defaults (issue 20): its
 # options table, the option that picks the format, how it names its outputs.
@@ -88,6 +89,8 @@ class Service:
         # Host folders whose files' names, sizes and times are part of a
         # cached result's key (a tool's libraries: an upgraded MCAD misses).
         self.cache_watch = _absolute_paths(fields.get('cacheWatch', ''))
+        # folders whose subfolders' times (not each file's) go in the key: a font tree
+        self.cache_watch_folders = _absolute_paths(fields.get('cacheWatchFolders', ''))
         # How the runner reads the tool's progress from its output
         # (rrc/progress.py: povray, slic3r, openscad, openjscad, percent); None: it does not.
         self.progress = reader_named(fields['progress']) if fields.get('progress') else None

@@ -21,6 +21,7 @@
 // messages name files by absolute path: the working folder is cut off, so they
 // read like the native openscad's (`in file tasks/in/ID.scad, line 3`).
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
@@ -35,6 +36,12 @@ const INPUT_FLAGS = new Set(["-p", "--p"]);
 // native options whose value is the next word
 const NEXT_VALUE = /^(-D|--D|-P|--P)$/;
 const STDOUT_TEMP = "/tmp/.rrcloud-manifold-stdout";
+// The WASM build has no fonts and sees no file outside the model's folder: a
+// text(), a library or an absolute include is only a WARNING there, and the
+// solid it writes lacks that part.  Such a render is a failure (the native
+// openscad renders the model), never a result.
+const LACKING = /^WARNING: (Can't get font|Can't open library|Can't open include file|Ignoring unknown (module|function))/;
+const LACKING_NOTE = "rrcloud: the Manifold engine lacks a font or file this model uses: rendered with CGAL\n";
 
 function moduleFile() {
   const named = process.env.RRCLOUD_MANIFOLD_MODULE;
@@ -125,7 +132,8 @@ async function renderWithManifold({ argv, cwd, module }, go = Promise.resolve())
     results.push([host, data]);
   }
   const wrote = results.every(([, data]) => data && data.length > 0);
-  return { code: code === 0 && !wrote ? 1 : code, lines, results };
+  const lacking = lines.some(([stream, text]) => stream === 2 && LACKING.test(text));
+  return { code: code === 0 && (!wrote || lacking) ? 1 : code, lacking, lines, results };
 }
 
 const failed = e => ({ engine: "manifold", code: 1, lines: [[2, `ERROR: ${e.message}`]], results: [] });
@@ -162,7 +170,9 @@ function cgalRun(argv) {
   child.stderr.on("data", d => chunks.push([2, d]));
   const done = new Promise(resolve => {
     child.on("error", e => resolve({ engine: "cgal", code: 127, chunks: [[2, Buffer.from(`${e.message}\n`)]] }));
-    child.on("close", (code, signal) => resolve({ engine: "cgal", code: code ?? 128, signal, chunks }));
+    // killed by a signal: 128 + its number, as a shell says it (SIGXFSZ is the
+    // runner's "passed maxOutputSize", SIGKILL a memory limit's)
+    child.on("close", (code, signal) => resolve({ engine: "cgal", code: code ?? 128 + (os.constants.signals[signal] || 0), signal, chunks }));
   });
   return { done, stop: () => { child.kill("SIGKILL"); return done; } };
 }
@@ -217,7 +227,14 @@ async function main(argv) {
     return;
   }
   const engine = process.env.RRCLOUD_ENGINE || "manifold";
-  if (engine === "manifold") return finish(await manifoldAlone(argv));
+  if (engine === "manifold") {
+    // asked for by the client: its errors are its own, but a solid lacking a
+    // font or library is nobody's choice: the native openscad renders it
+    const alone = await manifoldAlone(argv);
+    if (!alone.lacking) return finish(alone);
+    await write(process.stderr, LACKING_NOTE);
+    return finish(await cgalRun(argv).done);
+  }
   if (engine === "manifold-first") {
     const first = await manifoldAlone(argv);
     return finish(first.code === 0 ? first : await cgalRun(argv).done);

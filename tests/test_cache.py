@@ -34,7 +34,7 @@ SIZED = 'for last; do :; done; head -c {size} /dev/zero | tr "\\0" x > "$last"\n
 
 @pytest.fixture(scope='module')
 def server():
-    with deploy.running(deploy.deployment('wsgi', config=ON + 'sandbox = no\n', services=SERVICES)) as deployment:
+    with deploy.running(deploy.deployment('wsgi', config=ON, services=SERVICES)) as deployment:
         yield deployment
 
 
@@ -248,7 +248,7 @@ def test_a_service_with_cache_no_and_printing_are_never_cached(server):
 
 
 def test_a_task_queued_behind_its_twin_is_served_by_its_runner():
-    with deploy.running(deploy.deployment('wsgi', config=ON + 'sandbox = no\nmaxTasks = 1\n',
+    with deploy.running(deploy.deployment('wsgi', config=ON + 'maxTasks = 1\n',
                                           services=SERVICES)) as one_slot:
         script = 'sleep 0.5\n' + unique('twin')
         first, twin = post(one_slot, script), post(one_slot, script)  # neither is complete yet
@@ -322,9 +322,10 @@ def test_an_included_file_changed_by_one_byte_renders_again(openscad_server):
 # -- the size limit ---------------------------------------------------------------
 
 def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_larger_than_the_cache_never_enters():
-    with deploy.running(deploy.deployment('wsgi', config='sandbox = no\ncacheSize = 2500\n',
+    # about 20 kB of disk an entry (12 kB of result, its facts and log): two fit, three do not
+    with deploy.running(deploy.deployment('wsgi', config='cacheSize = 45000\n',
                                           services=SERVICES)) as small:
-        scripts = {name: SIZED.format(size=1000) + f'# {name}\n' for name in 'abc'}
+        scripts = {name: SIZED.format(size=12000) + f'# {name}\n' for name in 'abc'}
         a = run(small, scripts['a'])
         time.sleep(0.05)
         run(small, scripts['b'])
@@ -336,8 +337,8 @@ def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_large
         assert post(small, scripts['b'])['status'] == 'busy'  # b runs again
         assert_hit(post(small, scripts['a']), a)
         entries, size = cache.cache_usage(store_of(small))
-        assert size <= 2500
-        big = SIZED.format(size=3000)
+        assert size <= 45000
+        big = SIZED.format(size=46000)
         run(small, big)
         assert post(small, big)['status'] == 'busy'  # never stored: it runs again
 
@@ -345,9 +346,8 @@ def test_the_least_recently_used_entry_goes_at_the_size_limit_and_a_result_large
 # -- the command line ------------------------------------------------------------------
 
 def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
-    from conftest import make_service, task_id_of, write_config
+    from conftest import make_service, task_id_of
     make_service(workdir, 'sh', SH_SERVICE)
-    write_config(workdir, 'sandbox = no\n')
     (workdir / 'a.sh').write_text('echo made > "$1"\n')
 
     first = task_id_of(cli('--sync', 'sh', 'a.sh').out)
@@ -358,10 +358,48 @@ def test_no_cache_on_the_command_line_runs_the_tool(cli, workdir):
     assert 'cache: no' in ran and 'cacheOf' not in ran and 'pid: ' in ran
 
 
+def test_a_task_run_without_the_sandbox_is_never_cached(cli, workdir):
+    """``sandbox = no``: an absolute include reaches the tool but not the key."""
+    from conftest import make_service, task_id_of, write_config
+    make_service(workdir, 'sh', SH_SERVICE)
+    write_config(workdir, 'sandbox = no\n')
+    (workdir / 'a.sh').write_text('echo made > "$1"\n')
+
+    first = task_id_of(cli('--sync', 'sh', 'a.sh').out)
+    again = cli('--sync', 'sh', 'a.sh').out
+
+    assert 'cacheOf' not in again and 'cache: hit' not in again and 'pid: ' in again, again
+    assert task_id_of(again) != first
+    assert cache.cache_usage(store_at(workdir))[0] == 0
+
+
+def test_a_font_added_to_a_watched_font_tree_changes_the_key(server, tmp_path):
+    """``cacheWatchFolders`` (OpenSCAD's fonts): the folders' times, not each file's."""
+    from rrc.services import find_service, load_services
+    original = run(server, unique('font'))
+    service = find_service(*load_services(str(server.store)), 'sh')
+    fonts = tmp_path / 'fonts'
+    (fonts / 'truetype' / 'dejavu').mkdir(parents=True)
+    service.cache_watch_folders = [str(fonts)]
+    before = cache.task_key(store_of(server), service, original, 'v')
+    time.sleep(0.01)
+
+    (fonts / 'truetype' / 'dejavu' / 'DejaVuSans.ttf').write_bytes(b'font')
+
+    assert cache.task_key(store_of(server), service, original, 'v') != before
+
+
+def test_openscad_watches_its_libraries_and_fonts():
+    from rrc.services import load_services
+    openscad = load_services(str(deploy.REPO))[0]['openscad']
+    assert '/usr/share/openscad/libraries' in openscad.cache_watch and '/etc/fonts' in openscad.cache_watch
+    assert '/usr/share/fonts' in openscad.cache_watch_folders
+
+
 # -- live: the CGI, a farm ------------------------------------------------------------------
 
 def test_a_hit_through_the_cgi_under_lighttpd():
-    with deploy.running(deploy.deployment('lighttpd', config=ON + 'sandbox = no\n', services=SERVICES)) as cgi:
+    with deploy.running(deploy.deployment('lighttpd', config=ON, services=SERVICES)) as cgi:
         script = unique('cgi')
         session = plain_session()
         original = tidied(str(cgi.store), post(cgi, script)['id'])
@@ -436,7 +474,7 @@ def test_writers_at_once_keep_the_cache_within_its_size_and_every_entry_whole(tm
 
     store = store_at(root)
     count, size = cache.cache_usage(store)
-    assert 0 < count and size <= 6000, (count, size)
+    assert 0 < count and size <= 60000, (count, size)
     folder = root / 'tasks' / 'cache'
     for _, key, _ in cache.entries(store):
         entry = cache.lookup(store, key)
@@ -450,14 +488,207 @@ def store_at(root):
 
 
 def put_many(args):
-    """One writer: 12 complete tasks' results (about 900 bytes each) into a 6000-byte cache."""
+    """One writer: 12 complete tasks' results (about 900 bytes each, 12 kB of disk an entry) into a 60 kB cache."""
     from rrc.config import Config
     root, writer = args
     store, config = store_at(root), Config()
-    config.cacheSize = 6000
+    config.cacheSize = 60000
     store.ensure()
     for number in range(12):
         record = store.create_task(lambda task_id: {'status': 'complete', 'service': 'sh',
                                                     'out': f'tasks/out/{task_id}'})
         (Path(root) / record['out']).write_bytes(f'result {record["id"]}\n'.encode() * 50)
         cache.put(store, config, f'{writer:02d}{number:02d}'.ljust(64, 'a'), record)
+
+
+# -- a farm's run again --------------------------------------------------------------------
+
+def test_a_run_again_after_a_lost_worker_is_cached_under_its_own_workers_tool_version(tmp_path):
+    """Run 1 on a worker with sh 1 is lost; run 2 on a worker with sh 2 ends:
+    its result is the cache's under sh 2's key, never under sh 1's (where a
+    worker with sh 1 would be served sh 2's result)."""
+    from rrc.config import Config
+    from rrc.farmwork import _claim_under_lock, claim_cache_fields, running_marker
+    from rrc.services import find_service, load_services
+    from rrc.submission import Input, create_task_record
+    root = tmp_path / 'store'
+    (root / 'services').mkdir(parents=True)
+    (root / 'services' / 'sh.conf').write_text(ARGS_SERVICE)
+    store, config = store_at(root), Config()
+    store.ensure()
+    config.cacheSize = 10 ** 9
+    service = find_service(*load_services(str(root)), 'sh')
+    task_id = create_task_record(store, config, service, [Input(unique('lost').encode(), 'part.sh')])[Field.ID]
+
+    def claim(worker, versions):
+        cached = claim_cache_fields(store, config, task_id, versions)
+        return _claim_under_lock(store, config, task_id, worker, '', cached)[0]
+
+    first = claim('w1', 'sh=sh 1')
+    os.utime(running_marker(store, task_id), (time.time() - 60, time.time() - 60))  # w1 fell silent
+    second = claim('w2', 'sh=sh 2')
+    (root / second['out']).write_text('made by sh 2\n')
+    cache.put(store, config, second[Field.CACHE_KEY], dict(second, status='complete'))
+
+    key_of = {v: cache.key_of_task(store, config, service, first, v) for v in ('sh 1', 'sh 2')}
+    assert (first[Field.TOOL_VERSION], first[Field.CACHE_KEY]) == ('sh 1', key_of['sh 1'])
+    assert (second['attempt'], second[Field.TOOL_VERSION], second[Field.CACHE_KEY]) == ('2', 'sh 2', key_of['sh 2'])
+    assert cache.lookup(store, key_of['sh 1']) is None
+    assert Path(cache.lookup(store, key_of['sh 2']).out).read_text() == 'made by sh 2\n'
+
+
+def test_a_changed_byte_of_the_manifold_runner_changes_the_key(tmp_path):
+    """OpenSCAD's Manifold runner (``openscad-manifold.mjs``, a companion
+    file whose name is not ``openscad.*``) renders results: it is in the key."""
+    from rrc.config import Config
+    from rrc.services import find_service, load_services
+    from rrc.submission import Input, create_task_record
+    from conftest import REPO
+    root = tmp_path / 'store'
+    (root / 'services').mkdir(parents=True)
+    for name in ('openscad.conf', 'openscad.options', 'openscad-manifold.mjs'):
+        (root / 'services' / name).write_bytes((REPO / 'services' / name).read_bytes())
+    store, config = store_at(root), Config()
+    store.ensure()
+    config.cacheSize = 10 ** 9
+    service = find_service(*load_services(str(root)), 'openscad')
+    record = create_task_record(store, config, service, [Input(b'cube(1);\n', 'a.scad')])
+    before = cache.key_of_task(store, config, service, record, 'OpenSCAD 2021.01')
+
+    with open(root / 'services' / 'openscad-manifold.mjs', 'a') as runner:
+        runner.write('// changed\n')
+
+    assert before and cache.key_of_task(store, config, service, record, 'OpenSCAD 2021.01') != before
+
+
+# -- an entry read while it goes -------------------------------------------------------------
+
+def sh_store(tmp_path):
+    """(store, config, the sh service) of a fresh store with the cache on."""
+    from rrc.config import Config
+    from rrc.services import find_service, load_services
+    root = tmp_path / 'store'
+    (root / 'services').mkdir(parents=True)
+    (root / 'services' / 'sh.conf').write_text(ARGS_SERVICE)
+    store, config = store_at(root), Config()
+    store.ensure()
+    config.cacheSize = 10 ** 9
+    return store, config, find_service(*load_services(str(root)), 'sh')
+
+
+def cached_twins(tmp_path, count):
+    """A complete task's result in the cache, and ``count`` queued tasks equal to it: (store, key, twins)."""
+    from rrc.submission import Input, create_task_record
+    store, config, service = sh_store(tmp_path)
+    script = unique('twin').encode()
+    original = create_task_record(store, config, service, [Input(script, 'part.sh')])
+    Path(store.path_of(original['out'])).write_text('the result\n')
+    key = cache.key_of_task(store, config, service, original)
+    assert cache.put(store, config, key, dict(original, status='complete'))
+    return store, key, [create_task_record(store, config, service, [Input(script, 'part.sh')])
+                        for _ in range(count)]
+
+
+def test_an_entry_whose_log_went_is_a_miss_never_a_hit_with_an_empty_log(tmp_path):
+    store, key, (twin,) = cached_twins(tmp_path, 1)
+    os.unlink(Path(cache.cache_folder(store)) / f'{key}.log')  # evicted up to its log
+
+    assert cache.finish_from_cache(store, twin, key) is None
+    assert store.read_task(twin['id'])['status'] == 'busy'
+    assert not os.path.exists(store.path_of(twin['out']))
+
+
+def test_a_task_killed_while_it_was_served_keeps_nothing_of_the_hit(tmp_path):
+    from rrc.states import finish_task
+    store, key, (twin,) = cached_twins(tmp_path, 1)
+    finish_task(store, twin['id'], 'failed', error='killed')  # killed after the caller read its record
+
+    assert cache.finish_from_cache(store, twin, key) is None
+    assert store.read_task(twin['id'])['status'] == 'failed'
+    assert not os.path.exists(store.path_of(twin['out']))
+    log = Path(store.log_path(twin['id']))
+    assert not log.exists() or b'from the cache' not in log.read_bytes()
+
+
+# -- what a record or a worker says ---------------------------------------------------------
+
+@pytest.mark.parametrize('bad', ['../../../etc/passwd', 'A' * 64, 'a' * 63, 'a' * 63 + '/', ''])
+def test_a_key_that_is_not_one_never_reaches_a_path(tmp_path, bad):
+    store, key, (twin,) = cached_twins(tmp_path, 1)
+    target = Path(cache.cache_folder(store)) / bad if bad else None
+    if target and target.parent == Path(cache.cache_folder(store)):
+        target.write_text('cacheOf: ' + twin['id'] + '\n')  # a file of that name: still never read
+        Path(f'{target}.out').write_text('not a result\n')
+    before = files_of(store.root)
+
+    assert cache.lookup(store, bad) is None and cache.finish_from_cache(store, twin, bad) is None
+    assert cache.put(store, cache_on(), bad, dict(twin, status='complete')) is False
+    cache.remove_entry(store, bad)
+    assert files_of(store.root) == before
+
+
+def cache_on():
+    from rrc.config import Config
+    config = Config()
+    config.cacheSize = 10 ** 9
+    return config
+
+
+def test_two_long_tool_versions_that_differ_at_their_end_are_two_versions():
+    start = 'OpenSCAD 2021.01 (CGAL) + OpenSCAD 2025.01.19 (Manifold 3.0.1) built with a long tail '
+    first = cache.parse_versions(f'openscad={start}A,sh=sh 1')
+    second = cache.parse_versions(f'openscad={start}B,sh=sh 1')
+
+    assert first['openscad'] != second['openscad'] and first['sh'] == 'sh 1'
+    assert len(first['openscad']) <= 80 and first['openscad'].startswith('OpenSCAD 2021.01')
+    assert cache.parse_versions('openscad=OpenSCAD 2021.01') == {'openscad': 'OpenSCAD 2021.01'}
+
+
+# -- bounds ---------------------------------------------------------------------------------
+
+def cache_files(store):
+    folder = Path(cache.cache_folder(store))
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith('.') and p.is_file())
+
+
+def test_the_cache_keeps_at_most_max_entries_the_newest(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, 'MAX_ENTRIES', 3)
+    store, key, twins = cached_twins(tmp_path, 4)
+    keys = [key]
+    for number, twin in enumerate(twins):
+        Path(store.path_of(twin['out'])).write_text(f'result {number}\n')
+        keys.append(f'{number:064x}')
+        time.sleep(0.01)
+        assert cache.put(store, cache_on(), keys[-1], dict(twin, status='complete'))
+
+    assert [k for _, k, _ in cache.entries(store)] == keys[-3:]
+    assert cache.cache_usage(store)[0] == 3 and cache.lookup(store, keys[0]) is None
+
+
+def test_the_cache_counts_the_disk_its_files_take(tmp_path):
+    store, key, _ = cached_twins(tmp_path, 0)
+    folder = Path(cache.cache_folder(store))
+    on_disk = sum(os.stat(folder / name).st_blocks * 512 for name in cache_files(store))
+
+    assert cache.cache_usage(store) == (1, on_disk)
+    assert on_disk > os.path.getsize(folder / f'{key}.out') + os.path.getsize(folder / key)
+
+
+def test_recovery_removes_an_entrys_files_left_without_its_facts_and_dead_writers_temp_files(tmp_path):
+    from helpers import dead_pid
+    from rrc.config import Config
+    from rrc.recovery import recover_store
+    store, key, _ = cached_twins(tmp_path, 0)
+    folder = Path(cache.cache_folder(store))
+    orphan = 'e' * 64
+    (folder / f'{orphan}.out').write_text('left by a writer that died\n')
+    (folder / f'{orphan}.log').write_text('its log\n')
+    (folder / 'versions').mkdir(exist_ok=True)
+    (folder / 'versions' / f'.sh.{dead_pid()}.tmp').write_text('sh 1')
+    kept = sorted([key, f'{key}.out', f'{key}.log'])
+
+    recover_store(store, Config())
+
+    assert cache_files(store) == kept
+    assert os.listdir(folder / 'versions') == []
+    assert cache.lookup(store, key) is not None

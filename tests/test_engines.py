@@ -156,6 +156,53 @@ def test_a_model_manifold_fails_on_is_the_native_engines(proc, workdir):
     assert remembered(workdir, model) == 'cgal'
 
 
+# A model with a part the WASM build cannot see (no fonts, no file outside the
+# model's folder): Manifold only warns and writes the rest; the native
+# openscad takes long enough (the sphere) for Manifold to join a race.
+LACKING = {
+    'text': 'translate([0, 0, 10]) linear_extrude(2) text("rr", size = 8);\n',
+    'library': 'use </usr/share/openscad/examples/Basics/CSG-modules.scad>\ntranslate([0, 0, 10]) intersected();\n',
+}
+
+
+@pytest.mark.parametrize('memory', [None, 'manifold'], ids=['raced', 'remembered-manifold'])
+@pytest.mark.parametrize('part', sorted(LACKING))
+def test_a_part_manifold_cannot_see_is_rendered_by_the_native_engine(proc, workdir, part, memory):
+    model = ('difference() { cube(10); translate([5, 5, 5]) sphere(4, $fn = 40); }\n' + LACKING[part]).encode()
+    (workdir / 'part.scad').write_bytes(model)
+    cgal, _ = render(proc, workdir, 'part.scad', '-ocgal.stl', '--backend=cgal')
+    if memory:
+        EngineMemory(str(workdir)).remember(hashlib.sha256(model + b'\0').hexdigest(), memory)
+
+    result, record = render(proc, workdir, 'part.scad', '-opicked.stl')
+
+    assert cgal.code == 0 and result.code == 0 and record['engine'] == 'cgal', result
+    assert same_solid(stl_solid(workdir / 'cgal.stl'), stl_solid(workdir / 'picked.stl'))
+    assert stl_solid(workdir / 'picked.stl')[2][2] > 11  # the part on top is there
+    assert remembered(workdir, model) == 'cgal'
+
+
+def test_a_part_manifold_cannot_see_is_the_native_engines_when_manifold_is_asked(proc, workdir):
+    (workdir / 'part.scad').write_text('cube(10);\n' + LACKING['text'])
+
+    result, record = render(proc, workdir, 'part.scad', '-opart.stl', '--backend=manifold')
+
+    assert result.code == 0 and record['engine'] == 'cgal', result
+    assert 'the Manifold engine lacks a font or file this model uses: rendered with CGAL' in result.err
+    assert stl_solid(workdir / 'part.stl')[2][2] == 12
+
+
+def test_a_model_with_another_warning_is_still_manifolds(proc, workdir):
+    # only a missing font or file fails a Manifold render, not any warning
+    (workdir / 'warns.scad').write_text('cube(3);\necho(1 + "a");\n')
+
+    result, record = render(proc, workdir, 'warns.scad', '-owarns.stl', '--backend=manifold')
+
+    assert result.code == 0 and record['engine'] == 'manifold', result
+    assert 'WARNING: undefined operation' in result.err
+    assert stl_solid(workdir / 'warns.stl')[1:] == ((0, 0, 0), (3, 3, 3))
+
+
 @pytest.mark.parametrize('value', ['fast', 'Manifold2', ''])
 def test_an_engine_that_is_not_one_is_refused(proc, workdir, value):
     copy_model(workdir, 'light.scad')
@@ -202,3 +249,28 @@ def test_a_workers_word_on_the_engine_is_one_of_its_names():
     assert ending_fields({'engine': 'manifold', 'status': 'complete'}) == {'engine': 'manifold'}
     assert ending_fields({'engine': 'cgal', 'exitCode': '0'}) == {'engine': 'cgal', 'exitCode': '0'}
     assert ending_fields({'engine': 'opengl'}) == {}
+
+
+
+@pytest.mark.parametrize('mode', ['race', 'manifold-first'])
+def test_a_native_openscad_killed_by_a_signal_is_said_by_its_exit_code(tmp_path, mode):
+    """SIGXFSZ (a file past maxOutputSize) kills the native openscad: the
+    script exits 128 + 25, the code rrc/limits names the limit by."""
+    import subprocess
+    from rrc.limits import ToolLimits, limit_error
+    from rrc.config import Config
+    from conftest import REPO
+    native = tmp_path / 'openscad'
+    native.write_text('#!/bin/sh\nkill -XFSZ $$\n')
+    native.chmod(0o755)
+    (tmp_path / 'm.scad').write_text('linear_extrude(2) text("rr");\n')  # Manifold lacks the font
+
+    done = subprocess.run(['node', str(REPO / 'services' / 'openscad-manifold.mjs'), '-o', 'm.stl', 'm.scad'],
+                          cwd=tmp_path, capture_output=True, timeout=60,
+                          env={'PATH': '/usr/local/bin:/usr/bin:/bin', 'RRCLOUD_ENGINE': mode,
+                               'RRCLOUD_CGAL': str(native), 'RRCLOUD_RACE_DELAY': '5',
+                               'RRCLOUD_MANIFOLD_MODULE': manifold_module()})
+
+    assert done.returncode == 128 + 25, done
+    assert 'passed maxOutputSize' in limit_error(ToolLimits.of(Config()), done.returncode, b'')
+
