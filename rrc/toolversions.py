@@ -43,9 +43,18 @@ class ToolVersions:
         self.make_folder = make_folder
         self.known = None  # binary key -> version, read from the cache file on first use
         self.changed = False  # a tool was asked: the cache file is written anew
+        # A threaded server's lock (``rrcloud serve`` sets one): its threads ask a
+        # tool once between them.  None in a CGI or a command, which have one thread.
+        self.lock = None
 
     def of_services(self, services):
         """{service name: its tool's version} for ``services`` (by name)."""
+        if self.lock is None:
+            return self._of_services(services)
+        with self.lock:
+            return self._of_services(services)
+
+    def _of_services(self, services):
         if self.known is None:
             self.known = read_cache(self.cache_path)
         found = {name: self.of(service) for name, service in sorted(services.items())}
@@ -90,7 +99,7 @@ class ToolVersions:
             try:
                 if self.make_folder:
                     os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-                write_cache(self.cache_path, dict(self.known))  # a copy: a server's threads may add meanwhile
+                write_cache(self.cache_path, self.known)
             except OSError:  # a read-only or full store: asked again next time, nothing worse
                 pass
 

@@ -128,6 +128,7 @@ def warm_tool_versions(node):
     briefly for a meta)."""
     import threading
     from ..services import load_services
+    node.tool_versions.lock = threading.Lock()  # its first meta waits for this, never asks twice
 
     def warm():
         try:
