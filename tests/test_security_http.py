@@ -1012,7 +1012,7 @@ ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_si
 def test_every_state_changing_request_refuses_a_rebound_name_and_a_same_site_page(server, change, attack):
     """kill, suspend, resume, move, remove, clean, pause, cancel, stop (GET or POST), a task, a pipe:
     each refused, nothing written."""
-    from rrc.web.app import SERVICE_ROUTES
+    from rrc.web.routes import SERVICES as SERVICE_ROUTES
     walked = {form['service'] if form else path.split('service=')[1].split('&')[0]
               for _, path, form in STATE_CHANGES.values()}
     assert set(SERVICE_ROUTES) - READ_SERVICES <= walked, 'a new service: walk it here, or list it as a read'

@@ -7,9 +7,10 @@ from ..errors import HTTPError
 from ..names import address_in, is_ipv4_network
 
 
-def check_access(request, config):
-    """Who may use this server: ``allow`` networks, the name a state-changing
-    request asks for, its web origin, then the ``token`` if one is set.
+def check_access(request, config, route):
+    """Who may use this server: ``allow`` networks, then, as ``route`` (the
+    route the request names, rrc/web/routes.py) declares: the name a
+    state-changing request asks for, its web origin, and whose token opens it.
 
     Runs before any byte of the body is read.  A POST to the API without a
     token header may carry the token as a form field: ``route`` checks it
@@ -17,17 +18,38 @@ def check_access(request, config):
     """
     if not address_in(request.client, config.allow):  # the peer's address, or a trusted proxy's client's
         raise HTTPError(403, 'your address may not use this server (see allow in rrcloudrc)')
-    if changes_state(request):
+    if changes_state(request, route):
         check_host(request, config)
         check_origin(request, config)
     if 'token' in request.query:
         raise HTTPError(400, 'a token in the URL is refused (URLs end up in logs): '
                              'send it as Authorization: Bearer, X-RRCloud-Token or a form field')
-    if is_work_request(request):  # a farm's worker: its token, and nothing else opens these
+    if is_work_route(route):  # a farm's worker: its token, and nothing else opens these
         request.is_worker = is_worker(request, config)
         check_worker(request)
     elif config.token and not token_in_form(request):
         check_token(header_token(request), config)
+
+
+def changes_state(request, route):
+    """True for a request that may start, stop or remove work: any POST (its
+    body, read later, may name any service), a GET or HEAD of a route that
+    answers it and declares ``changes_state`` (0.019's GET of kill)."""
+    if request.method == 'POST':
+        return True
+    return route is not None and route.changes_state and route.answers(request.method)
+
+
+class Token:
+    """Whose token opens a route (rrc/web/routes.py), when tokens are set in rrcloudrc."""
+    CLIENT = 'client'  # token: a client's
+    WORKER = 'worker'  # workerToken: a farm's worker's, and no client's
+
+
+def is_work_route(route):
+    """True for a farm's worker route (``Token.WORKER``, rrc/web/workroutes.py):
+    the worker token opens these and no other, and no client token opens them."""
+    return route is not None and route.token == Token.WORKER
 
 
 # The API answers at / (and /index.cgi, the CGI's own name).
@@ -39,13 +61,6 @@ def token_in_form(request):
     return request.method == 'POST' and request.path in API_PATHS and header_token(request) is None
 
 
-def is_work_request(request):
-    """True for a request of a worker route: the API's path and a work
-    service in the query (``/tasks/log/ID?service=workinput`` is a client's
-    route, under the client's token)."""
-    return request.path in API_PATHS and request.query.get('service') in WORK_SERVICES
-
-
 def check_form_token(request, config):
     """The token of a POST that sent none in its headers (curl -F token=...)."""
     if config.token and not request.is_worker and token_in_form(request):
@@ -53,9 +68,6 @@ def check_form_token(request, config):
 
 
 WORKER_TOKEN_HEADER = 'HTTP_X_RRCLOUD_WORKER_TOKEN'
-# The routes of a farm's workers (rrc/web/workroutes.py), named in the query:
-# the worker token opens these and no other, and no client token opens them.
-WORK_SERVICES = ('workclaim', 'workinput', 'workupdate', 'workdone')
 
 
 def is_worker(request, config):
@@ -82,16 +94,6 @@ def check_token(given, config):
     if given is None or not hmac.compare_digest(given.encode(), config.token.encode()):
         raise HTTPError(401, 'a valid token is required',
                         headers=[('WWW-Authenticate', 'Bearer realm="rrcloud"')])
-
-
-# Services of a GET that change something (a POST always may).
-STATE_CHANGING_SERVICES = ('kill', 'suspend', 'resume', 'move', 'remove', 'clean', 'pause', 'cancel', 'stop')
-
-
-def changes_state(request):
-    """True for a request that may start, stop or remove work: any POST, a
-    GET of one of STATE_CHANGING_SERVICES."""
-    return request.method == 'POST' or request.query.get('service') in STATE_CHANGING_SERVICES
 
 
 def check_origin(request, config):

@@ -1,5 +1,7 @@
 """The routes a farm's workers use (``backend = rq``), no one else:
-each needs the worker token (``web/access.check_worker``).
+each needs the worker token (declared ``Token.WORKER`` in rrc/web/routes.py,
+with its method: the router and ``web/access`` refuse anyone else, and
+another method, before these run).
 
     POST ?service=workclaim  id=ID worker=NAME [toolVersions=S=V,...]  take a task: its record (with the run's
                                                           number, attempt), settings, input files
@@ -21,19 +23,16 @@ from ..errors import HTTPError
 from ..names import check_task_id
 from ..schema import Field, TaskStatus
 from ..store import to_json
-from .access import check_worker
 from .request import Response
 
 JSON = 'application/json'
 
 
-def check_worker_route(request, app, method):
-    """A worker's request, by ``method``, to a farm's front-end; else 405 or 404."""
-    check_worker(request)
+def check_farm(app):
+    """404 unless this server is a farm's front-end (the router checked the
+    worker token and the method already)."""
     if app.config.backend != 'rq':
         raise HTTPError(404, 'this server is no farm\'s front-end (backend = local)')
-    if request.method != method:
-        raise HTTPError(405, f'a worker\'s {request.form.get("service")} is a {method}')
 
 
 def answer_json(data):
@@ -41,9 +40,9 @@ def answer_json(data):
     return Response(to_json(data, sort_keys=True) + '\n', 200, JSON)
 
 
-def task_and_attempt(request, app, method='POST'):
+def task_and_attempt(request, app):
     """The task id and run number a worker's request names (a farm's front-end only)."""
-    check_worker_route(request, app, method)
+    check_farm(app)
     attempt = request.form.get('attempt', '')
     if not (attempt.isdigit() and 0 < len(attempt) < 6):
         raise HTTPError(400, 'attempt is a run number, 1 or more')
@@ -53,7 +52,7 @@ def task_and_attempt(request, app, method='POST'):
 def answer_workclaim(app, request):
     """A worker takes a task (queued, or running under a lost worker's earlier run)."""
     from ..farmwork import claim, input_files
-    check_worker_route(request, app, 'POST')
+    check_farm(app)
     record, settings = claim(app.store, app.config, check_task_id(request.form.get('id', '')),
                              request.form.get('worker', ''), request.form.get('toolVersions', ''))
     return answer_json({'record': record, 'settings': settings, 'inputs': input_files(app.store, record)})
@@ -62,7 +61,7 @@ def answer_workclaim(app, request):
 def answer_workinput(app, request):
     """One file of a task's inputs, to the worker whose run it is."""
     from ..farmwork import input_of_run
-    handle = open(input_of_run(app.store, *task_and_attempt(request, app, 'GET'), request.form.get('path', '')), 'rb')
+    handle = open(input_of_run(app.store, *task_and_attempt(request, app), request.form.get('path', '')), 'rb')
     return Response(handle, 200, 'application/octet-stream')
 
 
@@ -103,7 +102,3 @@ def read_json_part(request, name, limit=65536):
     if not isinstance(data, dict):
         raise HTTPError(400, f'{name} is a JSON object')
     return data
-
-
-WORK_ROUTES = {'workclaim': answer_workclaim, 'workinput': answer_workinput,
-               'workupdate': answer_workupdate, 'workdone': answer_workdone}
