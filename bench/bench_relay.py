@@ -114,6 +114,7 @@ class Original:
             except requests.ConnectionError:
                 time.sleep(0.05)
         else:
+            self.stop()
             raise RuntimeError(f'{self.label} did not start under lighttpd (is CGI.pm installed? make bench-deps)')
 
     def client_folder(self):
@@ -178,21 +179,21 @@ def relay_rows(checkouts, rounds, original_source=None):
     direct_folder = client_folder('127.0.0.1:1')
     commands = {'openscad direct': (['openscad', 'cube.scad', '-ocube.stl'], direct_folder)}
     servers = []
-    for label, checkout in checkouts:
-        for kind, name in (('embedded', 'rrcloud serve'), ('lighttpd', 'CGI under lighttpd')):
-            server = deployment(kind, checkout)
-            servers.append(server)
-            commands[f'{label}: openscad.cloud via {name}'] = (
-                [sys.executable, str(Path(checkout) / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'],
-                client_folder(server.url + '/'))
     original = None
-    if original_source:
-        original = Original(original_source)
-        servers.append(original)
-        folder = original.client_folder()
-        commands[f'{original.label}: openscad.cloud via its CGI under lighttpd'] = (
-            [str(folder / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], folder)
-    try:
+    try:  # every server started is stopped, also when a later one fails to start
+        for label, checkout in checkouts:
+            for kind, name in (('embedded', 'rrcloud serve'), ('lighttpd', 'CGI under lighttpd')):
+                server = deployment(kind, checkout)
+                servers.append(server)
+                commands[f'{label}: openscad.cloud via {name}'] = (
+                    [sys.executable, str(Path(checkout) / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'],
+                    client_folder(server.url + '/'))
+        if original_source:
+            original = Original(original_source)
+            servers.append(original)
+            folder = original.client_folder()
+            commands[f'{original.label}: openscad.cloud via its CGI under lighttpd'] = (
+                [str(folder / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], folder)
         for argv, cwd in commands.values():  # warm-up: bytecode, caches, the tool's first start
             timed(argv, cwd)
         times = {name: [] for name in commands}
@@ -264,30 +265,30 @@ class FloorServer:
 def cgi_rows(checkouts, rounds, original_source=None):
     session = requests.Session()
     session.trust_env = False
-    targets, servers = {}, []
-    for label, checkout in checkouts:
-        for store in ('empty store', '1,000 tasks'):
-            server = deployment('lighttpd', checkout)
-            servers.append(server)
-            if store != 'empty store':
-                fill_store(server.store, 1000)
-            for service in ('info', 'meta'):
-                targets[(service, store, label)] = (f'{server.url}/?service={service}', server)
-    originals = []
+    targets, servers, originals, floors = {}, [], [], {}
     original_label = None
-    if original_source:
-        for store in ('empty store', '1,000 tasks'):
-            original = Original(original_source)
-            originals.append(original)
-            original_label = original.label
-            if store != 'empty store':
-                original.fill(1000)
-            for service in ('info', 'meta'):
-                targets[(service, store, original.label)] = (f'{original.url}?service={service}', None)
-    floors = {language: FloorServer(language) for language in FLOORS}
-    for language, floor in floors.items():
-        targets[('floor', language, '')] = (floor.url, None)
-    try:
+    try:  # every server started is stopped, also when a later one fails to start
+        for label, checkout in checkouts:
+            for store in ('empty store', '1,000 tasks'):
+                server = deployment('lighttpd', checkout)
+                servers.append(server)
+                if store != 'empty store':
+                    fill_store(server.store, 1000)
+                for service in ('info', 'meta'):
+                    targets[(service, store, label)] = (f'{server.url}/?service={service}', server)
+        if original_source:
+            for store in ('empty store', '1,000 tasks'):
+                original = Original(original_source)
+                originals.append(original)
+                original_label = original.label
+                if store != 'empty store':
+                    original.fill(1000)
+                for service in ('info', 'meta'):
+                    targets[(service, store, original.label)] = (f'{original.url}?service={service}', None)
+        for language in FLOORS:
+            floors[language] = FloorServer(language)
+        for language, floor in floors.items():
+            targets[('floor', language, '')] = (floor.url, None)
         for (service, store, label), (url, _) in targets.items():  # warm-up (a fresh store's meta asks each tool its version once)
             answer = session.get(url, timeout=60)
             answer.raise_for_status()
