@@ -47,18 +47,22 @@ class ToolVersions:
         # tool once between them.  None in a CGI or a command, which have one thread.
         self.lock = None
 
-    def of_services(self, services):
-        """{service name: its tool's version} for ``services`` (by name)."""
+    def of_services(self, services, save=True):
+        """{service name: its tool's version} for ``services`` (by name);
+        ``save``: what was asked goes into the store's cache file now (else
+        at the next call that saves: a server's start writes nothing to its
+        store before a request asks)."""
         if self.lock is None:
-            return self._of_services(services)
+            return self._of_services(services, save)
         with self.lock:
-            return self._of_services(services)
+            return self._of_services(services, save)
 
-    def _of_services(self, services):
+    def _of_services(self, services, save):
         if self.known is None:
             self.known = read_cache(self.cache_path)
         found = {name: self.of(service) for name, service in sorted(services.items())}
-        self._save()
+        if save:
+            self._save()
         return found
 
     def of(self, service):

@@ -1262,7 +1262,7 @@ def test_a_server_asks_its_tools_their_versions_as_it_starts_not_at_its_first_me
     waits for that.  No meta is asked here."""
     from rrc.config import load_config
     from rrc.node import Node
-    from rrc.toolversions import read_cache
+    from rrc.services import load_services
     from rrc.web.embedded import warm_tool_versions
     (tmp_path / 'services').mkdir()
     (tmp_path / 'services' / 'echo.conf').write_text('cmd = echo\nnoOutput = yes\n')
@@ -1270,12 +1270,19 @@ def test_a_server_asks_its_tools_their_versions_as_it_starts_not_at_its_first_me
     monkeypatch.setenv('RRCLOUD_CONFIG', str(tmp_path / 'rrcloudrc'))
     (tmp_path / 'rrcloudrc').write_text('')
     node = Node(load_config())
-    cache = tmp_path / 'tasks' / '.toolversions'
+    asked = tmp_path / 'asked'
+    (tmp_path / 'bin').mkdir()
+    (tmp_path / 'bin' / 'faketool').write_text(COUNTING_TOOL.format(count=asked, version='4.2.1'))
+    (tmp_path / 'bin' / 'faketool').chmod(0o755)
+    (tmp_path / 'services' / 'fake.conf').write_text(f'path = {tmp_path / "bin"}\ncmd = faketool\n')
 
     warm_tool_versions(node)
-    known = wait_for(lambda: cache.exists() and read_cache(str(cache)), 'the tool versions asked at the start')
+    wait_for(asked.exists, 'the tool asked its version at the start, with no meta')
+    store_before = sorted(path.name for path in (tmp_path / 'tasks').iterdir()) if (tmp_path / 'tasks').exists() else []
+    versions = node.tool_versions.of_services(load_services(str(tmp_path))[0])  # the first meta's question
 
-    assert any('coreutils' in version.lower() or version.startswith('echo') for version in known.values()), known
+    assert versions['fake'] == 'FakeTool 4.2.1' and asked.read_text() == 'asked\n'  # asked once, at the start
+    assert '.toolversions' not in store_before  # the start wrote nothing into the store
 
 
 @pytest.mark.parametrize('fmt', FORMATS)

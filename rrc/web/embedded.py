@@ -132,7 +132,7 @@ def warm_tool_versions(node):
 
     def warm():
         try:
-            node.tool_versions.of_services(load_services(node.store.root)[0])
+            node.tool_versions.of_services(load_services(node.store.root)[0], save=False)
         except Exception as exc:  # the first meta asks again
             print(f'rrcloud: tool versions: {exc}', file=sys.stderr, flush=True)
     threading.Thread(target=warm, daemon=True, name='tool versions').start()
