@@ -6,19 +6,17 @@ same lighttpd that is a bare Python start printing a header.
 Run: .venv/bin/python bench/bench_http.py [REPEAT]
 """
 import compileall
-import subprocess
 import sys
 import time
 
 import requests
 
-from common import free_port, median_seconds, table
+from common import FloorServer, median_seconds, table
 
-from deploy import WEB_PYTHON, Deployment, chown_tree, www_data  # noqa: E402
+from deploy import Deployment, chown_tree, www_data  # noqa: E402
 
 from rrc.store import Store  # noqa: E402
 
-FLOOR_CGI = 'print("Content-Type: text/plain\\r\\n\\r\\nok", end="")\n'
 
 
 def fill_store(root, count):
@@ -34,37 +32,6 @@ def fill_store(root, count):
     uid, gid = www_data()
     chown_tree(root / 'tasks', uid, gid)
     return store.task_ids()
-
-
-class FloorServer:
-    """lighttpd serving one bare-Python CGI, on a free port."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        (folder / 'floor').mkdir(mode=0o755)
-        (folder / 'floor' / 'floor.cgi').write_text(FLOOR_CGI)
-        self.port = free_port()
-        conf = folder / 'floor.conf'
-        conf.write_text(
-            'server.modules += ( "mod_cgi" )\n'
-            f'server.document-root = "{folder}/floor"\n'
-            f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
-            'server.username = "www-data"\nserver.groupname = "www-data"\n'
-            f'server.errorlog = "{folder}/log/floor-error.log"\n'
-            f'cgi.assign = ( ".cgi" => "{WEB_PYTHON}" )\n')
-        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
-        self.url = f'http://127.0.0.1:{self.port}/floor.cgi'
-        for _ in range(100):
-            try:
-                if requests.get(self.url, timeout=2).text == 'ok':
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError('floor CGI did not start')
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait()
 
 
 def measure(deployment, session, repeat, floor):
@@ -102,7 +69,7 @@ def main():
         deployment = Deployment(kind, config='maxDataRetention = 1000\n')
         compileall.compile_file(str(deployment.app / 'rrcloud.py'), quiet=1)  # as `make install` does
         compileall.compile_dir(str(deployment.app / 'rrc'), quiet=1)
-        floor_server = FloorServer(deployment.root)
+        floor_server = FloorServer('python')
         try:
             deployment.start()
             floor = median_seconds(lambda: session.get(floor_server.url, timeout=10), repeat)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import requests
 
-from common import DATA, REPO, free_port, table
+from common import DATA, FLOORS, REPO, FloorServer, free_port, table
 
 import deploy  # noqa: E402
 from deploy import WEB_PYTHON, Deployment, chown_tree, www_data  # noqa: E402
@@ -224,43 +224,6 @@ def relay_rows(checkouts, rounds, original_source=None):
 
 
 # -- 2. the CGI's reads --------------------------------------------------------
-
-FLOORS = {'python': (WEB_PYTHON, 'print("Content-Type: text/plain\\r\\n\\r\\nok", end="")\n'),
-          'perl': ('/usr/bin/perl', 'print "Content-Type: text/plain\\r\\n\\r\\nok";\n')}
-
-
-class FloorServer:
-    """lighttpd serving one bare CGI of ``language`` on a free port."""
-
-    def __init__(self, language):
-        interpreter, script = FLOORS[language]
-        self.folder = Path(tempfile.mkdtemp(prefix=f'rrcloud-bench-floor-{language}-'))
-        os.chmod(self.folder, 0o755)
-        (self.folder / 'floor.cgi').write_text(script)
-        uid, gid = www_data()
-        chown_tree(self.folder, uid, gid)  # lighttpd, as www-data, writes its error log here
-        self.port = free_port()
-        conf = self.folder / 'floor.conf'
-        conf.write_text('server.modules += ( "mod_cgi" )\n'
-                        f'server.document-root = "{self.folder}"\n'
-                        f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
-                        'server.username = "www-data"\nserver.groupname = "www-data"\n'
-                        f'server.errorlog = "{self.folder}/error.log"\n'
-                        f'cgi.assign = ( ".cgi" => "{interpreter}" )\n')
-        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
-        self.url = f'http://127.0.0.1:{self.port}/floor.cgi'
-        for _ in range(100):
-            try:
-                if requests.get(self.url, timeout=2).text == 'ok':
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f'the {language} floor did not start')
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait()
-
 
 def cgi_rows(checkouts, rounds, original_source=None):
     session = requests.Session()
