@@ -507,17 +507,9 @@ def test_a_run_again_after_a_lost_worker_is_cached_under_its_own_workers_tool_ve
     """Run 1 on a worker with sh 1 is lost; run 2 on a worker with sh 2 ends:
     its result is the cache's under sh 2's key, never under sh 1's (where a
     worker with sh 1 would be served sh 2's result)."""
-    from rrc.config import Config
     from rrc.farmwork import _claim_under_lock, claim_cache_fields, running_marker
-    from rrc.services import find_service, load_services
     from rrc.submission import Input, create_task_record
-    root = tmp_path / 'store'
-    (root / 'services').mkdir(parents=True)
-    (root / 'services' / 'sh.conf').write_text(ARGS_SERVICE)
-    store, config = store_at(root), Config()
-    store.ensure()
-    config.cacheSize = 10 ** 9
-    service = find_service(*load_services(str(root)), 'sh')
+    store, config, service = sh_store(tmp_path)
     task_id = create_task_record(store, config, service, [Input(unique('lost').encode(), 'part.sh')])[Field.ID]
 
     def claim(worker, versions):
@@ -527,7 +519,7 @@ def test_a_run_again_after_a_lost_worker_is_cached_under_its_own_workers_tool_ve
     first = claim('w1', 'sh=sh 1')
     os.utime(running_marker(store, task_id), (time.time() - 60, time.time() - 60))  # w1 fell silent
     second = claim('w2', 'sh=sh 2')
-    (root / second['out']).write_text('made by sh 2\n')
+    Path(store.path_of(second['out'])).write_text('made by sh 2\n')
     cache.put(store, config, second[Field.CACHE_KEY], dict(second, status='complete'))
 
     key_of = {v: cache.key_of_task(store, config, service, first, v) for v in ('sh 1', 'sh 2')}
