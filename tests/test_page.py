@@ -2,11 +2,10 @@
 (tests/browser.py; the ``browser`` and ``page`` fixtures in conftest.py),
 against a real ``rrcloud serve`` on loopback.  One browser and one server
 for the module; screenshots in build/screenshots/."""
-import time
 
 import pytest
 
-from browser import PHONE, screenshot, set_size, severe_console
+from browser import CHROMEDRIVER, PHONE, screenshot, set_size, severe_console, start_browser
 from helpers import SH_SERVICE, submit
 
 from rrc import VERSION_STRING
@@ -70,3 +69,21 @@ def test_phone_width_has_no_horizontal_scroll(page, server):
     scroll = page.execute_script('return document.scrollingElement.scrollWidth')
     screenshot(page, 'page-phone')
     assert scroll <= inner, (scroll, inner)
+
+
+def test_selenium_is_given_the_driver_and_never_runs_its_manager(monkeypatch, tmp_path):
+    """start_browser gives Selenium the driver's and the browser's paths, so
+    Selenium Manager (which would download a driver) is never asked."""
+    from selenium.webdriver.common import driver_finder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('Selenium Manager ran')
+    monkeypatch.setattr(driver_finder.SeleniumManager, 'binary_paths', refuse)
+    driver = start_browser(tmp_path / 'profile')
+    try:
+        assert driver.service.path == CHROMEDRIVER
+        assert driver.capabilities['browserName'] == 'chrome'
+        driver.get('data:text/html,<p>offline</p>')
+        assert driver.find_element('tag name', 'p').text == 'offline'
+    finally:
+        driver.quit()
