@@ -63,7 +63,18 @@ web-python: system-deps
 
 install: system-deps python-deps web-python
 
+# The browser tests' Chromium and its driver (tests/browser.py gives Selenium
+# both paths, so it never downloads one).  apt-get runs only when one is missing.
+TEST_APT_PACKAGES := chromium chromium-driver
 test-deps: install
+	@missing=""; for p in $(TEST_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 
 # What bench/bench_relay.py needs beyond `install` to run the original Perl

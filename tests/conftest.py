@@ -17,6 +17,7 @@ import pytest
 from helpers import (DATA, QUEUE_CONFIG, REPO, SH_SERVICE, gated_script, process_gone,  # noqa: F401
     tool_started, wait_until_done)  # (REPO, DATA, wait_until_done: imported from here by tests)
 from servers import EmbeddedServer
+import browser as _browser
 
 import rrcloud  # noqa: E402
 from rrc.procs import process_is  # noqa: E402
@@ -121,6 +122,31 @@ def embedded_server(tmp_path, tmp_path_factory, _module_servers):
     for server in started:
         if server.running:
             server.stop()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    """One headless Chromium (a selenium WebDriver, tests/browser.py) for the
+    module's tests, quit after its last; each test starts at the desktop
+    size with the console's log drained.  ``browser.severe_console(driver)``
+    reads its errors, ``browser.screenshot(driver, name)`` writes
+    build/screenshots/NAME.png."""
+    import shutil
+    profile = _browser.fresh_profile()
+    driver = _browser.start_browser(profile)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser):
+    """The module's browser for one test: desktop size, no console messages left from before."""
+    _browser.set_size(browser, _browser.DESKTOP)
+    browser.get_log('browser')
+    return browser
 
 
 @pytest.fixture
