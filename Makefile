@@ -25,10 +25,9 @@ MANIFOLD_VERSION := 1.2.0
 
 all: install
 
-# Debian packages: the real tools and web servers.  apt-get runs only when
-# something is missing, so a machine that has them all needs no network.
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Install the Debian packages of $(1) that are missing: apt-get runs only
+# then, so a machine that has them all needs no network.
+apt_install = missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -36,6 +35,10 @@ system-deps:
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
 	fi
+
+# Debian packages: the real tools and web servers (then Node's tools from npm).
+system-deps:
+	@$(call apt_install,$(APT_PACKAGES))
 	@command -v npm >/dev/null || { $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
 	@command -v openjscad >/dev/null || $(SUDO) npm install -g --no-fund --no-audit @jscad/cli@1
@@ -64,17 +67,10 @@ web-python: system-deps
 install: system-deps python-deps web-python
 
 # The browser tests' Chromium and its driver (tests/browser.py gives Selenium
-# both paths, so it never downloads one).  apt-get runs only when one is missing.
+# both paths, so it never downloads one).
 TEST_APT_PACKAGES := chromium chromium-driver
 test-deps: install
-	@missing=""; for p in $(TEST_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(TEST_APT_PACKAGES))
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 
 # What bench/bench_relay.py needs beyond `install` to run the original Perl
@@ -84,14 +80,7 @@ test-deps: install
 # says where it comes from).
 BENCH_APT_PACKAGES := libcgi-pm-perl curl lighttpd
 bench-deps: install
-	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(BENCH_APT_PACKAGES))
 
 # The main job on the embedded default: start `rrcloud serve` on port $(PORT)
 # (store in build/run), send it a real OpenSCAD model, show the result.
