@@ -40,15 +40,15 @@ def list_printers(store, farm=False):
 
 
 def running_prints(store):
-    """The records of the running tasks that print (unreadable ones passed over)."""
+    """The records of the running or paused prints (unreadable ones passed over)."""
     found = []
     for task_id in marked(store, 'running'):
         try:
             record = store.read_task(task_id)
         except (NotFound, UnicodeDecodeError, OSError):  # ended meanwhile, or not text: no printer said
             continue
-        if print_targets(record):
-            found.append(record)
+        if print_targets(record) and state_of(record) in (State.RUNNING, State.SUSPENDED):
+            found.append(record)  # (an ended print's marker lasts until its runner has tidied up)
     return found
 
 
