@@ -17,13 +17,27 @@ the farm worker, a server's probes (docs/ARCHITECTURE.md).
 Every failure is an OSError, as requests' are: a refused or lost connection
 (with its errno), ``ReadTimeout`` (a server that took the request but did
 not answer in time), ``ConnectionError`` for an answer that is no HTTP.
+A server may be hostile: every line, count and body read whole is bounded,
+a head has a deadline as well as a timeout per read, numbers are ASCII
+digits only, and a connection with bytes left over after an answer is not
+used again (they would be read as the next answer).
 """
 
 import os
 import socket
+import time
 
 CHUNK = 65536
 MAX_HEAD = 65536  # a status line and headers together
+# A chunk's size line, or a trailer line, of a chunked answer; and how many trailers.
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 64
+# The most bytes of an answer read whole (info, meta, a POST's record; a
+# result or log is streamed to a file by its caller, within its own bound).
+MAX_WHOLE_BODY = 64 * 1024 * 1024
+# A server may take this long past the read timeout to send a whole head (or
+# a whole body read at once): one byte a second never keeps a client forever.
+DEADLINE_SLACK = 10.0
 
 
 class ReadTimeout(TimeoutError):
@@ -85,12 +99,19 @@ class LightSession:
         connect_timeout, read_timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         reused = self.idle.pop(target.origin, None) if retry else None
         connection = reused or self._connect(target, connect_timeout)
-        head = self._head(target, method, path, headers)
+        try:
+            head = self._head(target, method, path, headers)
+        except BaseException:
+            connection.close()
+            raise
         try:
             connection.send_request(head, body, read_timeout)
+            connection.deadline = time.monotonic() + read_timeout + DEADLINE_SLACK
             if method == 'POST':
                 self.sent = True
             response = connection.read_response(method)
+            if stream:  # a result streamed to a file takes as long as it takes, each read within the timeout
+                connection.deadline = None
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
             connection.close()
             if reused is None:
@@ -110,15 +131,20 @@ class LightSession:
 
     def _head(self, target, method, path, headers):
         self.requests += 1
+        if not path.isascii() or not path.isprintable() or ' ' in path:
+            raise ConnectionError(f'not a request path: {path[:80]!r}')
         lines = [f'{method} {path} HTTP/1.1', f'Host: {target.host_header}', 'User-Agent: rrcloud',
                  'Accept-Encoding: identity', *(f'{k}: {v}' for k, v in headers.items())]
         token = self.token_for(target.url)
         if token:
             lines.append(f'Authorization: Bearer {token}')
-        return ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
+        if not all(line.isascii() and line.isprintable() for line in lines):
+            raise ConnectionError('a request header that is not one line of ASCII')
+        return ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii')
 
     def _give_back(self, target, connection, response):
-        if response.keep_alive and target.origin not in self.idle:
+        # bytes past the answer would be read as the next one: not used again
+        if response.keep_alive and not connection.buffer and target.origin not in self.idle:
             self.idle[target.origin] = connection
         else:
             connection.close()
@@ -182,6 +208,7 @@ class Connection:
             import ssl
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
         self.sock, self.buffer = sock, b''
+        self.deadline = None  # (monotonic) by when the answer's head must be in
 
     def close(self):
         self.sock.close()
@@ -202,6 +229,8 @@ class Connection:
 
     def receive(self):
         """More bytes from the socket; an empty answer is a closed connection."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ReadTimeout('the answer did not come in time')
         try:
             data = self.sock.recv(CHUNK)
         except socket.timeout:
@@ -219,15 +248,26 @@ class Connection:
         head, _, self.buffer = self.buffer.partition(b'\r\n\r\n')
         return head.decode('latin-1')
 
+    def read_line(self, limit, what):
+        """One line of a chunked answer (a size line, a trailer), at most ``limit`` bytes."""
+        while b'\r\n' not in self.buffer:
+            if len(self.buffer) > limit:
+                raise ConnectionError(f'a chunked answer\'s {what} too long')
+            self.buffer += self.receive()
+        line, _, self.buffer = self.buffer.partition(b'\r\n')
+        if len(line) > limit:
+            raise ConnectionError(f'a chunked answer\'s {what} too long')
+        return line
+
     def read_response(self, method):
-        """Status and headers of the next answer (a 100 Continue passed over)."""
+        """Status and headers of the next answer (an interim 1xx passed over)."""
         while True:
             lines = self.read_line_block().split('\r\n')
             version, _, rest = lines[0].partition(' ')
             code = rest[:3]
-            if not version.startswith('HTTP/1.') or not code.isdigit():
+            if not version.startswith('HTTP/1.') or not is_ascii_number(code):
                 raise ConnectionError(f'not an HTTP answer: {lines[0][:60]!r}')
-            if code != '100':
+            if not code.startswith('1'):
                 break
         headers = {}
         for line in lines[1:]:
@@ -250,7 +290,9 @@ class LightResponse:
         self.keep_alive = 'close' not in connection_header and (version != 'HTTP/1.0' or 'keep-alive' in connection_header)
         self.chunked = 'chunked' in headers.get('Transfer-Encoding', '').lower()
         length = headers.get('Content-Length', '')
-        self.left = int(length) if length.isdigit() and not self.chunked else None
+        if length and not is_ascii_number(length) and not self.chunked:
+            raise ConnectionError(f'an answer with a garbled Content-Length: {length[:20]!r}')
+        self.left = int(length) if length and not self.chunked else None
         if method == 'HEAD' or status in (204, 304):
             self.left = 0
         if self.left is None and not self.chunked:
@@ -262,7 +304,15 @@ class LightResponse:
         return self.content.decode('utf-8', 'replace')
 
     def read_all(self):
-        self.content = b''.join(self.iter_content(CHUNK))
+        """The whole body, at most MAX_WHOLE_BODY bytes, before the head's deadline (and its slack)."""
+        pieces, size = [], 0
+        for piece in self.iter_content(CHUNK):
+            size += len(piece)
+            if size > MAX_WHOLE_BODY:
+                self.close()
+                raise ConnectionError(f'an answer larger than {MAX_WHOLE_BODY // 1048576} MiB')
+            pieces.append(piece)
+        self.content = b''.join(pieces)
         return self.content
 
     def iter_content(self, size=CHUNK):
@@ -311,20 +361,15 @@ class LightResponse:
     def _chunked(self):
         connection = self.connection
         while True:
-            while b'\r\n' not in connection.buffer:
-                connection.buffer += connection.receive()
-            size_line, _, connection.buffer = connection.buffer.partition(b'\r\n')
-            try:
-                size = int(size_line.split(b';')[0].strip(), 16)
-            except ValueError:
-                raise ConnectionError('a garbled chunked answer') from None
+            digits = connection.read_line(MAX_CHUNK_LINE, 'size line').split(b';')[0].strip()
+            if not 0 < len(digits) <= 16 or digits.strip(b'0123456789abcdefABCDEF'):
+                raise ConnectionError('a garbled chunked answer')
+            size = int(digits, 16)
             if size == 0:
-                while not connection.buffer.startswith(b'\r\n'):  # trailers, then the blank line
-                    while b'\r\n' not in connection.buffer:
-                        connection.buffer += connection.receive()
-                    connection.buffer = connection.buffer.partition(b'\r\n')[2]
-                connection.buffer = connection.buffer[2:]
-                return
+                for _ in range(MAX_TRAILERS + 1):  # trailers, then the blank line
+                    if not connection.read_line(MAX_CHUNK_LINE, 'trailer'):
+                        return
+                raise ConnectionError('a chunked answer with too many trailers')
             while size > 0:
                 piece = self._take(min(size, CHUNK))
                 size -= len(piece)
@@ -360,3 +405,8 @@ def _chunks(pieces):
         else:
             while chunk := piece.read(CHUNK):
                 yield chunk
+
+
+def is_ascii_number(text):
+    """True for ASCII digits only (``str.isdigit`` takes ``²`` and ``¹`` too, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()

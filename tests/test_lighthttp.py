@@ -129,6 +129,61 @@ def test_an_answer_that_is_no_http_is_a_connection_error():
     server.stop()
 
 
+@pytest.mark.parametrize('answer', [
+    b'HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\nx',                   # a digit str.isdigit takes, int refuses
+    b'HTTP/1.1 \xb200 OK\r\nContent-Length: 1\r\n\r\nx',
+    b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\nxx\r\n0\r\n\r\n',  # int(, 16) takes -2
+    b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + b'1' * 9000 + b'\r\n',   # a size line without end
+    b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n' + b'X: y\r\n' * 100,  # trailers without end
+])
+def test_a_hostile_answer_is_a_connection_error_never_a_traceback_nor_a_read_forever(answer):
+    server = ScriptedServer([(answer, False)])
+    with pytest.raises(OSError) as refused:
+        LightSession().get(server.url, timeout=(2, 2))
+    assert isinstance(refused.value, (ConnectionError, ReadTimeout)), refused.value
+    server.stop()
+
+
+def test_a_head_trickled_a_byte_at_a_time_ends_at_its_deadline(monkeypatch):
+    import time
+    from rrc import lighthttp
+    monkeypatch.setattr(lighthttp, 'DEADLINE_SLACK', 0.5)
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(1)
+
+    def trickle():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b'HTTP/1.1 200 OK\r\nX-Slow: ' + b'y' * 100:
+                connection.sendall(bytes([byte]))
+                time.sleep(0.1)
+    threading.Thread(target=trickle, daemon=True).start()
+
+    with pytest.raises(ReadTimeout):  # each byte within the 1 s read timeout, the whole head not within 1.5 s
+        LightSession().get(f'http://127.0.0.1:{listener.getsockname()[1]}/', timeout=(2, 1))
+    listener.close()
+
+
+def test_bytes_left_after_an_answer_are_never_read_as_the_next_answer():
+    forged = plain(b'result') + plain(b'FORGED LOG\n')  # a Content-Length that is wrong, or a lie
+    server = ScriptedServer([(forged, False), (plain(b'real log'), False)])
+    with LightSession() as session:
+        assert session.get(server.url + 'out').text == 'result'
+        assert session.get(server.url + 'log').text == 'real log'
+    assert server.connections == 2  # the first connection, with its leftover bytes, was not used again
+    server.stop()
+
+
+def test_a_request_line_or_header_that_is_not_one_line_of_ascii_is_never_sent():
+    server = ScriptedServer([(plain(b'x'), False)])
+    with pytest.raises(ConnectionError):
+        LightSession(lambda url: 'token\r\nX-Evil: 1').get(server.url)
+    assert server.requests == []
+    server.stop()
+
+
 @pytest.mark.parametrize('url, parts', [
     ('http://host:8080/x/y?a=1', ('http', 'host', 8080, '/x/y', 'a=1', 'host:8080')),
     ('https://[::1]/', ('https', '::1', 443, '/', '', '[::1]')),
