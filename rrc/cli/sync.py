@@ -51,6 +51,9 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
         record = record or interrupt.record
         if record:
             stop_after_interrupt(ctx, record)
+        elif session.sent:  # a second Ctrl-C before the held POST answered: its id never came
+            print('rrcloud: warning: the task may still run at its server (its answer never came); '
+                  '`rrcloud ls --s=SERVER` finds it', file=sys.stderr)
         return ExitCode.INTERRUPTED
     except OSError as exc:  # requests' and lighthttp's errors are OSErrors
         record = record or interrupt.record
@@ -89,6 +92,9 @@ class InterruptLater:
         if self.pending or self.record is not None:
             raise KeyboardInterrupt
         self.pending = True
+        sys.stderr.write('rrcloud: stopping: waiting for the server to answer, to kill the task there '
+                         '(Ctrl-C again to leave it)\n')
+        sys.stderr.flush()
 
     def allow_after(self, record):
         """The local record exists: a Ctrl-C that came meanwhile is raised now, and any later one at once."""
