@@ -360,6 +360,14 @@ class EventFollower:
             self.after = max(after, self._last_id_before(self.offset))
         self.fast_until = time.monotonic() + FOLLOW_FAST_SECONDS
 
+    def fast_while_young(self, created):
+        """Look fast only while the task (submitted at Unix time ``created``)
+        is in its first FOLLOW_FAST_SECONDS: a long-poll of an older task (a
+        0.019 client asks again every second or so) waits as a stream does,
+        rather than looking every few milliseconds for the whole task."""
+        young_for = FOLLOW_FAST_SECONDS - (time.time() - created)
+        self.fast_until = time.monotonic() + max(0.0, min(young_for, FOLLOW_FAST_SECONDS))
+
     def _size(self):
         try:
             stat = os.stat(self.path)

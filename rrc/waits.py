@@ -31,8 +31,9 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None, read=get_task):
     deadline = None if timeout is None else time.monotonic() + timeout
     events = EventFollower(store, task_id, at_end=True)  # before the read: no event falls between
     newest = last_progress_event(store, task_id) if on_poll else None  # the tool may have begun
+    record = read(store, task_id)
+    events.fast_while_young(task_created(record))
     while True:
-        record = read(store, task_id)
         if record.get(Field.STATUS) != TaskStatus.BUSY:
             return record
         now = time.monotonic()
@@ -40,6 +41,15 @@ def wait_for_task(store, task_id, timeout=None, on_poll=None, read=get_task):
             return record
         newest = follow_until_status(events, record, min(now + WAIT_RECHECK_SECONDS, deadline or float('inf')),
                                      on_poll, newest)
+        record = read(store, task_id)
+
+
+def task_created(record):
+    """When a task was submitted (Unix time; now for a record that does not say)."""
+    try:
+        return float(record.get(Field.CTIME) or time.time())
+    except ValueError:
+        return time.time()
 
 
 def follow_until_status(events, record, until, on_poll, newest=None):

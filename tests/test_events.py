@@ -375,3 +375,21 @@ def test_a_store_from_before_event_logs_gets_its_folder_on_demand(cli, workdir):
     (workdir / 'tasks' / 'info').mkdir(parents=True)
     task_id = submit(cli, workdir, 'echo done > "$1"\n')
     assert events_to_the_end(workdir, task_id)[-1].data['status'] == 'complete'
+
+
+def test_a_follower_looks_fast_only_while_its_task_is_young(tmp_path):
+    """A long-poll of a task submitted a minute ago (a 0.019 client asking
+    again and again) waits as a stream does, not every few milliseconds."""
+    import time as clock
+    from rrc.events import FOLLOW_FAST_SECONDS, EventFollower
+    store = Store(str(tmp_path))
+    store.ensure()
+    task_id = '1796000000-12345-123456'
+    young, old = EventFollower(store, task_id), EventFollower(store, task_id)
+
+    young.fast_while_young(clock.time())
+    old.fast_while_young(clock.time() - 60)
+
+    now = clock.monotonic()
+    assert now < young.fast_until <= now + FOLLOW_FAST_SECONDS
+    assert old.fast_until <= now
