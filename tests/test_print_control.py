@@ -77,6 +77,13 @@ class SenderThread:
     def ask(self, word):
         os.write(self.write_end, word.encode() + b'\n')
 
+    def pause_at_the_held_line(self, sim):
+        """Pause once the printer holds its line, then let it go: back when the pause G-code arrived."""
+        assert sim.holding.wait(20)
+        self.ask('pause')
+        sim.release()
+        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+
     def runner_dies(self):
         """The runner dies (SIGKILL, OOM): its end of the control pipe closes."""
         os.close(self.write_end)
@@ -89,10 +96,7 @@ class SenderThread:
 
 def test_pause_stops_after_the_line_in_flight_polls_temperatures_and_resume_goes_on():
     with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
-        assert sim.holding.wait(20)
-        run.ask('pause')
-        sim.release()
-        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.pause_at_the_held_line(sim)
         moved = len(file_lines(sim))
         # still paused after several temperature polls: no line of the file moved
         assert sim.wait_for(lambda s: s.received[-3:] == ['M105'] * 3, 20), sim.received[-10:]
@@ -119,10 +123,7 @@ def test_pause_stops_after_the_line_in_flight_polls_temperatures_and_resume_goes
 def test_resume_puts_back_the_files_modes_whatever_the_resume_gcode_left(head, restored):
     lines = head + ['G1 X1 E1 F600'] * 30
     with PrinterSim(hold_at_line=len(head) + 10) as sim, SenderThread(sim, lines=lines) as run:
-        assert sim.holding.wait(20)
-        run.ask('pause')
-        sim.release()
-        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.pause_at_the_held_line(sim)
         run.ask('resume')
         run.join()
 
@@ -133,10 +134,7 @@ def test_resume_puts_back_the_files_modes_whatever_the_resume_gcode_left(head, r
 
 def test_a_paused_print_whose_runner_is_gone_is_cancelled_not_left_hot():
     with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
-        assert sim.holding.wait(20)
-        run.ask('pause')
-        sim.release()
-        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.pause_at_the_held_line(sim)
         run.runner_dies()
         run.join()
 
@@ -162,10 +160,7 @@ def test_a_resume_that_comes_with_the_end_of_the_control_pipe_is_a_cancel():
     """The runner wrote resume and died: nobody follows the print, so it is
     not resumed but cancelled."""
     with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
-        assert sim.holding.wait(20)
-        run.ask('pause')
-        sim.release()
-        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20), sim.received[-10:]
+        run.pause_at_the_held_line(sim)
         run.ask('resume')
         run.runner_dies()
         run.join()
@@ -254,10 +249,7 @@ def test_cancel_runs_the_cancel_gcode_and_nothing_after_it():
 
 def test_cancel_while_paused():
     with PrinterSim(hold_at_line=HOLD) as sim, SenderThread(sim) as run:
-        assert sim.holding.wait(20)
-        run.ask('pause')
-        sim.release()
-        assert sim.wait_for(lambda s: s.received[-len(PAUSE):] == PAUSE, 20)
+        run.pause_at_the_held_line(sim)
         run.ask('cancel')
         run.join()
 
