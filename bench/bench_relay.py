@@ -45,7 +45,7 @@ from pathlib import Path
 
 import requests
 
-from common import DATA, FLOORS, REPO, FloorServer, free_port, table
+from common import DATA, FLOORS, REPO, FloorServer, start_cgi_lighttpd, table
 
 import deploy  # noqa: E402
 from deploy import WEB_PYTHON, Deployment, chown_tree, www_data  # noqa: E402
@@ -95,17 +95,9 @@ class Original:
         (self.root / 'index.cgi').symlink_to('rrcloud')
         uid, gid = www_data()
         chown_tree(self.folder, uid, gid)
-        self.port = free_port()
-        conf = self.folder / 'lighttpd.conf'
-        conf.write_text('server.modules += ( "mod_cgi" )\n'
-                        f'server.document-root = "{self.root}"\n'
-                        f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
-                        'server.username = "www-data"\nserver.groupname = "www-data"\n'
-                        f'server.errorlog = "{self.folder}/error.log"\n'
-                        'server.follow-symlink = "enable"\n'
-                        'index-file.names = ( "index.cgi" )\n'
-                        'cgi.assign = ( ".cgi" => "/usr/bin/perl" )\n')
-        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
+        self.process, self.port = start_cgi_lighttpd(
+            self.folder, self.root, '/usr/bin/perl',
+            extra='server.follow-symlink = "enable"\nindex-file.names = ( "index.cgi" )\n')
         self.url = f'http://127.0.0.1:{self.port}/'
         for _ in range(100):
             try:

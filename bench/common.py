@@ -79,6 +79,21 @@ FLOORS = {'python': (WEB_PYTHON, 'print("Content-Type: text/plain\\r\\n\\r\\nok"
           'perl': ('/usr/bin/perl', 'print "Content-Type: text/plain\\r\\n\\r\\nok";\n')}
 
 
+def start_cgi_lighttpd(folder, document_root, interpreter, extra=''):
+    """lighttpd on a free loopback port, as www-data, running ``.cgi`` files of
+    ``document_root`` with ``interpreter`` (its conf and error log in ``folder``;
+    ``extra``: more conf lines): (its process, its port)."""
+    port = free_port()
+    conf = Path(folder) / 'lighttpd.conf'
+    conf.write_text('server.modules += ( "mod_cgi" )\n'
+                    f'server.document-root = "{document_root}"\n'
+                    f'server.port = {port}\nserver.bind = "127.0.0.1"\n'
+                    'server.username = "www-data"\nserver.groupname = "www-data"\n'
+                    f'server.errorlog = "{folder}/error.log"\n'
+                    f'cgi.assign = ( ".cgi" => "{interpreter}" )\n{extra}')
+    return subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True), port
+
+
 class FloorServer:
     """lighttpd serving one bare CGI of ``language`` on a free port."""
 
@@ -90,15 +105,7 @@ class FloorServer:
         (self.folder / 'floor.cgi').write_text(script)
         uid, gid = www_data()
         chown_tree(self.folder, uid, gid)  # lighttpd, as www-data, writes its error log here
-        self.port = free_port()
-        conf = self.folder / 'floor.conf'
-        conf.write_text('server.modules += ( "mod_cgi" )\n'
-                        f'server.document-root = "{self.folder}"\n'
-                        f'server.port = {self.port}\nserver.bind = "127.0.0.1"\n'
-                        'server.username = "www-data"\nserver.groupname = "www-data"\n'
-                        f'server.errorlog = "{self.folder}/error.log"\n'
-                        f'cgi.assign = ( ".cgi" => "{interpreter}" )\n')
-        self.process = subprocess.Popen(['lighttpd', '-D', '-f', str(conf)], start_new_session=True)
+        self.process, self.port = start_cgi_lighttpd(self.folder, self.folder, interpreter)
         self.url = f'http://127.0.0.1:{self.port}/floor.cgi'
         for _ in range(100):
             try:
