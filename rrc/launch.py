@@ -98,7 +98,7 @@ class Launch:
         self.read_paths = list(service.read_paths) + service_path_folders(service)
         self.files = list(service.sandbox_files)
         self.devices = [arg for arg in argv if arg.startswith('/dev/')]  # allowed ports
-        self.builtin = argv[0] == 'rrcloud'
+        self.builtin = service.builtin
         if self.builtin:  # the G-code sender: this program, this Python
             argv = rrcloud_command() + argv[1:]
             self.read_paths += program_paths()

@@ -131,6 +131,12 @@ class Service:
         self.manifold_formats = _extension_list(fields.get('manifoldFormats', ''))
         self.engine_option = fields.get('engineOption', '')
 
+    @property
+    def builtin(self):
+        """True for a service whose tool is rrcloud itself (``cmd = rrcloud print``, the G-code sender):
+        always installed, run by this program's own Python."""
+        return self.cmd[0] == 'rrcloud'
+
     def output_name(self, task_id, ext=''):
         """The result's file name under tasks/out for one task; ``ext`` (one of
         ``outputExts``, checked by check_output_ext) replaces the default's."""

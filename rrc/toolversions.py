@@ -67,9 +67,9 @@ class ToolVersions:
 
     def of(self, service):
         """The version of one service's tool: ``NAME VERSION``, or why there is none."""
-        program = service.cmd[0]
-        if program == 'rrcloud':  # the built-in G-code sender
+        if service.builtin:  # the G-code sender
             return f'rrcloud {__version__}'
+        program = service.cmd[0]
         path = find_program(program, service.path)
         if path is None:
             return NOT_INSTALLED

@@ -143,8 +143,7 @@ def worker_queues(services, printers):
 def tool_installed(service):
     """True when a service's program is on its path (the built-in sender always is)."""
     import shutil
-    program = service.cmd[0]
-    return program == 'rrcloud' or shutil.which(program, path=service.path) is not None
+    return service.builtin or shutil.which(service.cmd[0], path=service.path) is not None
 
 
 # What every job imports: imported once here, each job's child (a fork) has it already.

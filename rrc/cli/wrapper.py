@@ -150,9 +150,9 @@ def tool_version(service):
     """The tool's own word on its version (its ``versionArg``, run here), or why there is none."""
     import shutil
     import subprocess
-    program = service.cmd[0]
-    if program == 'rrcloud':
+    if service.builtin:
         return f"rrcloud's built-in G-code sender, rrcloud {__version__}"
+    program = service.cmd[0]
     path = shutil.which(program, path=service.path)
     if path is None:
         return f'not installed ({program} not found in {service.path})'
