@@ -188,9 +188,11 @@ def ends_with_newline(fd):
 
 # -- reading ------------------------------------------------------------------
 
-def read_entries(store, since=None):
+def read_entries(store, since=None, prints_only=False):
     """The history's entries, oldest first; with ``since`` (Unix time) only
-    the tasks that ended then or later.  Torn or foreign lines are skipped."""
+    the tasks that ended then or later; ``prints_only``: only the prints'
+    (a line that names no printer is not parsed: ``rrcloud printers`` reads
+    the history at each request).  Torn or foreign lines are skipped."""
     entries = []
     for path in history_paths(store):
         try:
@@ -198,7 +200,10 @@ def read_entries(store, since=None):
                 data = handle.read(MAX_HISTORY_BYTES + MAX_LINE_BYTES)  # more was never written by rrcloud
         except FileNotFoundError:
             continue
-        entries += [entry for entry in map(parse_line, data.split(b'\n')[:-1]) if entry]
+        lines = data.split(b'\n')[:-1]
+        if prints_only:
+            lines = [line for line in lines if b'"printer"' in line]
+        entries += [entry for entry in map(parse_line, lines) if entry and (not prints_only or 'printer' in entry)]
     return [entry for entry in entries if since is None or (number_or_none(entry.get(Field.ETIME)) or 0) >= since]
 
 

@@ -35,7 +35,7 @@ def list_printers(store, farm=False):
     if not names:
         return []
     running = running_prints(store)
-    history = read_entries(store)
+    history = read_entries(store, prints_only=True)
     return [printer_entry(store, name, running, history, farm) for name in names]
 
 
