@@ -78,6 +78,7 @@ export class TaskList {
     this.hasMore = Boolean(answer.more);
     show(this.moreButton, this.hasMore);
     this.showEmpty();
+    this.section.dataset.loaded = 'yes';  // for whoever waits for the first page (the tests)
   }
 
   /** Follow the store's changes (once: the stream is store-wide, the filters apply here). */
@@ -213,6 +214,6 @@ export function stepsLine(record) {
   if (!steps.length) return null;
   return el('ol', {class: 'steps'}, steps.map((step) =>
     el('li', {class: `step state-${step.state}`, 'data-step': step.number},
-      el('a', {href: `#task=${encodeURIComponent(step.id)}`}, step.service), ' ',
+      el('a', {href: `#task=${encodeURIComponent(step.id)}`}, step.service || `step ${step.number}`), ' ',
       el('span', {class: 'step-state'}, step.state))));
 }

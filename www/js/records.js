@@ -69,9 +69,11 @@ export function durationOf(record, now = Date.now() / 1000) {
   return Math.max(0, end - start);
 }
 
-/** The names the client sent its inputs with (or the stored inputs' names). */
+/** What a user calls the task: the names the client sent its inputs with
+ *  (or the stored inputs' names); a job, its pipe ("openscad | slic3r"). */
 export function inputNamesOf(record) {
-  if (record.inputNames) return record.inputNames;
+  if (record.inputNames) return record.inputNames.split('/').filter(Boolean).join(', ');
+  if (isJob(record) && record.cmd) return record.cmd;
   return String(record.in || '').split(',').map((path) => path.split('/').pop()).filter(Boolean).join(', ');
 }
 
