@@ -17,6 +17,8 @@ export class TaskList {
     this.rows = new Map();
     this.records = new Map();
     this.hasMore = false;
+    this.next = '';
+    this.services = [];
     this.stream = null;
     this.build();
   }
@@ -43,6 +45,8 @@ export class TaskList {
 
   /** Offer these services in the service filter (from meta), keeping the choice. */
   setServices(names) {
+    if (names.join() === this.services.join()) return;  // unchanged: an open select stays as it is
+    this.services = names;
     const chosen = this.service.value;
     clear(this.service).append(el('option', {value: ''}, 'any service'));
     for (const name of [...names, 'pipe']) this.service.append(el('option', {value: name}, name));
@@ -68,14 +72,14 @@ export class TaskList {
 
   /** The next page: tasks older than the oldest shown. */
   async more() {
-    const ids = [...this.records.keys()].sort().reverse();
-    const answer = await this.api.get({...this.filters(), before: ids[ids.length - 1] || ''});
+    const answer = await this.api.get({...this.filters(), before: this.next || this.oldestId()});
     this.addPage(answer);
   }
 
   addPage(answer) {
     for (const record of answer.tasks || []) this.put(record);
     this.hasMore = Boolean(answer.more);
+    this.next = typeof answer.next === 'string' ? answer.next : '';  // where the next page starts
     show(this.moreButton, this.hasMore);
     this.showEmpty();
     this.section.dataset.loaded = 'yes';  // for whoever waits for the first page (the tests)
@@ -106,7 +110,8 @@ export class TaskList {
       this.remove(record.id);
       return;
     }
-    if (!this.records.has(record.id) && this.hasMore && record.id < this.oldestId()) return;  // on a later page
+    const later = this.hasMore && record.id < (this.next || this.oldestId());
+    if (!this.records.has(record.id) && later) return;  // on a page not loaded yet
     this.put(record);
     this.showEmpty();
   }

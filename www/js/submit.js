@@ -75,8 +75,9 @@ export class SubmitForm {
 
   /** The services meta offers (the page's selects list only those). */
   setServices(names) {
+    if (names.join() === this.services.join()) return;  // unchanged: a choice being made stays
     this.services = names;
-    fillSelect(this.service, names, this.service.value || names[0]);
+    fillSelect(this.service, names, this.service.value || (names.includes('openscad') ? 'openscad' : names[0]));
     for (const select of this.steps.querySelectorAll('select.step-service')) {
       fillSelect(select, names, select.value || select.dataset.wanted);
       this.showPrinterChoice(select.closest('li'));
@@ -85,6 +86,7 @@ export class SubmitForm {
 
   /** The named printers (a print step offers them). */
   setPrinters(names) {
+    if (names.join() === this.printers.join()) return;
     this.printers = names;
     for (const step of this.steps.children) this.showPrinterChoice(step);
   }
