@@ -6,10 +6,12 @@ import {clear, el, humanSeconds, humanSize} from './dom.js';
 const PERIODS = [['', 'all time'], ['1', 'last day'], ['7', 'last 7 days'], ['30', 'last 30 days']];
 const BAR_HEIGHT = 22;
 const LABEL_WIDTH = 110;
+const AFTER_END_MS = 3000;
 
 export class HistoryView {
   constructor(api) {
     this.api = api;
+    this.pending = null;
     this.since = el('select', {id: 'history-since', onchange: () => this.load()},
       PERIODS.map(([value, label]) => el('option', {value}, label)));
     this.canvas = el('canvas', {id: 'history-chart', role: 'img', height: '0',
@@ -20,6 +22,15 @@ export class HistoryView {
       el('div', {class: 'section-head'}, el('h2', {id: 'history-title'}, 'History'),
         el('label', {}, 'period ', this.since)),
       this.canvas, this.services, this.printers);
+  }
+
+  /** A task ended: read the history again soon (at most every few seconds). */
+  soon() {
+    if (this.pending) return;
+    this.pending = setTimeout(() => {
+      this.pending = null;
+      this.load().catch(() => {});
+    }, AFTER_END_MS);
   }
 
   async load() {

@@ -17,7 +17,7 @@ class Page {
     this.api = new Api();
     this.title = document.getElementById('title');
     this.token = new TokenPrompt(this.api, {onToken: () => this.start()});
-    this.list = new TaskList(this.api, {onChange: () => this.panel.soon()});
+    this.list = new TaskList(this.api, {onChange: (event, record) => this.changed(record)});
     this.panel = new ServerPanel(this.api, {onMeta: (meta) => this.meta(meta)});
     this.submitForm = new SubmitForm(this.api, {onSubmitted: (record) => this.submitted(record)});
     this.history = new HistoryView(this.api);
@@ -68,6 +68,12 @@ class Page {
     this.api.get({service: 'printers'})
       .then((printers) => this.submitForm.setPrinters(Array.isArray(printers) ? printers.map((p) => p.name) : []))
       .catch(() => {});
+  }
+
+  /** A task changed: the server's counts move; an ended one adds to the history. */
+  changed(record) {
+    this.panel.soon();
+    if (record && record.status && record.status !== 'busy') this.history.soon();
   }
 
   /** A new task shows at once (the stream will bring its changes). */

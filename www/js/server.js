@@ -12,6 +12,7 @@ export class ServerPanel {
     this.api = api;
     this.onMeta = onMeta || (() => {});
     this.pending = null;
+    this.timer = null;
     this.facts = el('dl', {class: 'facts', id: 'server-facts'});
     this.workers = el('div', {id: 'workers', hidden: true});
     this.printers = el('div', {id: 'printers', hidden: true});
@@ -21,8 +22,8 @@ export class ServerPanel {
 
   /** Read meta and printers now, then every REFRESH_MS. */
   start() {
-    this.refresh();
-    setInterval(() => this.refresh(), REFRESH_MS);
+    if (this.timer) return;  // started again after a token was given: one timer is enough
+    this.timer = setInterval(() => this.refresh().catch(() => {}), REFRESH_MS);
   }
 
   /** A task changed: read again soon (at most once a second). */
@@ -30,7 +31,7 @@ export class ServerPanel {
     if (this.pending) return;
     this.pending = setTimeout(() => {
       this.pending = null;
-      this.refresh();
+      this.refresh().catch(() => {});
     }, AFTER_CHANGE_MS);
   }
 

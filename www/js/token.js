@@ -16,6 +16,8 @@ export class TokenPrompt {
       el('p', {}, 'Ask whoever runs it for the token (token in its rrcloudrc). '
         + 'It stays in this tab only and is sent as a header, never in a URL.'),
       el('form', {id: 'token-form', onsubmit: (event) => this.submit(event)},
+        // (a password form is expected to name its user: there is none, so a fixed hidden one)
+        el('input', {type: 'text', name: 'username', autocomplete: 'username', value: 'rrcloud', hidden: true}),
         el('label', {for: 'token-input'}, 'token '), this.input, ' ',
         el('button', {type: 'submit', class: 'primary', id: 'token-submit'}, 'Open')),
       this.message);
