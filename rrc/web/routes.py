@@ -86,6 +86,7 @@ SERVICES = MappingProxyType({
     'history': Route(answers.answer_history, BOTH, False, CLIENT, NO),
     'printers': Route(answers.answer_printers, BOTH, False, CLIENT, NO),
     'events': Route(answers.answer_events, BOTH, False, CLIENT, EVENTS),
+    'tasks': Route(answers.answer_tasks, (GET,), False, CLIENT, NO),
     'kill': Route(answers.answer_kill, BOTH, True, CLIENT, NO),
     'suspend': Route(answers.answer_suspend, BOTH, True, CLIENT, NO),
     'resume': Route(answers.answer_resume, BOTH, True, CLIENT, NO),
