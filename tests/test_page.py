@@ -311,7 +311,8 @@ def test_an_empty_store_shows_how_to_submit_the_first_task(page, token_server):
     if shown_text(page, '#token-title'):
         enter_token(page, TOKEN)
     help_text = wait(page, lambda d: shown_text(d, '#first-task'), 'the first task\'s help')
-    assert 'curl -F service=openscad -F fileIn0=@cube.scad' in help_text
+    assert '-F service=openscad -F fileIn0=@cube.scad' in help_text
+    assert TOKEN not in help_text
     assert 'openscad.cloud cube.scad' in help_text
     assert shown_text(page, '#choose-files') == 'choose files'
     screenshot(page, 'first-task')

@@ -66,6 +66,7 @@ export class HistoryView {
 
   /** Horizontal bars, one per service: successes (green) then failures (red). */
   draw(services) {
+    this.canvas.hidden = services.length === 0;
     const scale = window.devicePixelRatio || 1;
     const width = Math.max(200, this.canvas.parentElement ? this.canvas.parentElement.clientWidth : 300);
     const height = services.length * BAR_HEIGHT + 8;

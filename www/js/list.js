@@ -153,7 +153,9 @@ export class TaskList {
     const nothing = this.records.size === 0;
     const filtered = Boolean(this.status.value || this.service.value);
     clear(this.empty);
-    if (nothing) this.empty.append(filtered ? el('p', {}, 'No task matches these filters.') : firstTaskHelp());
+    if (nothing) {
+      this.empty.append(filtered ? el('p', {}, 'No task matches these filters.') : firstTaskHelp(Boolean(this.api.token)));
+    }
     show(this.empty, nothing);
   }
 
@@ -163,14 +165,16 @@ export class TaskList {
 }
 
 /** What an empty store shows: how to start the first task, here and from a terminal. */
-function firstTaskHelp() {
+function firstTaskHelp(withToken) {
   const server = `${location.origin}/`;
+  // The token itself is never shown: whoever has it types it.
+  const token = withToken ? '-H "Authorization: Bearer $RRCLOUD_TOKEN" ' : '';
   return el('div', {class: 'first-task', id: 'first-task'},
     el('h3', {}, 'No tasks yet'),
     el('p', {}, 'Drop a model (an OpenSCAD .scad, an .stl, a .gcode) on this page, or choose it with ',
       el('a', {href: '#submit'}, 'Submit'), ', pick a service and press Start.'),
     el('p', {}, 'Or from a terminal:'),
-    el('pre', {}, el('code', {}, `curl -F service=openscad -F fileIn0=@cube.scad -F format=json ${server}`)),
+    el('pre', {}, el('code', {}, `curl ${token}-F service=openscad -F fileIn0=@cube.scad -F format=json ${server}`)),
     el('p', {}, 'or, with this server in your rrcloudrc (server = ', el('code', {}, server),
       '), the wrapper that behaves like the tool:'),
     el('pre', {}, el('code', {}, 'openscad.cloud cube.scad -ocube.stl')));

@@ -1,7 +1,7 @@
 // One task at #task=ID: its record, its log following live (the task's own
 // event stream), its controls, the download of its result, previews.
 
-import {clear, el, show} from './dom.js';
+import {clear, el, localTime, show} from './dom.js';
 import {inputNamesOf, isLive, isPrint, stateOf} from './records.js';
 import {progressLine, stepsLine} from './list.js';
 import {fileUrl} from './api.js';
@@ -15,6 +15,8 @@ const CONTROLS = {
           suspended: [['resume', 'Resume'], ['cancel', 'Cancel'], ['kill', 'Kill']],
           queued: [['kill', 'Kill']], waiting: [['kill', 'Kill']]},
 };
+// Unix seconds in a record: shown with the local time they mean.
+const TIME_FIELDS = ['ctime', 'stime', 'etime'];
 // The results preview.js shows: the module (and three.js) loads only for these.
 const PREVIEWED = /\.(stl|off|gcode|gco|g|png|jpe?g)$/i;
 // A log longer than this many lines keeps only its newest (a page open all day stays light).
@@ -114,7 +116,9 @@ export class TaskView {
     clear(this.table);
     const body = el('tbody');
     for (const key of Object.keys(record).sort()) {
-      body.append(el('tr', {}, el('th', {scope: 'row'}, key), el('td', {}, String(record[key]))));
+      const when = TIME_FIELDS.includes(key) ? localTime(record[key]) : '';
+      body.append(el('tr', {}, el('th', {scope: 'row'}, key),
+        el('td', {}, String(record[key]), when ? ` (${when})` : '')));
     }
     this.table.append(body);
   }
