@@ -280,6 +280,39 @@ def test_a_status_change_shows_in_the_list_without_a_reload(page, server):
     assert page.execute_script('return window.notReloaded === true')
 
 
+def tab_to(driver, selector, most=60):
+    """Press Tab until the focused element matches ``selector``; the number of
+    presses (fails after ``most``)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    for presses in range(1, most + 1):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        if driver.execute_script('return document.activeElement.matches(arguments[0])', selector):
+            return presses
+    raise AssertionError(f'{selector} not reached with {most} presses of Tab')
+
+
+FOCUS_RING = "return getComputedStyle(document.activeElement).outlineStyle"
+
+
+def test_the_keyboard_reaches_submit_and_opens_a_task(page, server):
+    """Tab reaches the file chooser and a task's link, each with a visible
+    focus ring; Enter on the link opens the task."""
+    task_id = submit(server, 'job', 'echo keys > "$1"\n', 'keys.sh')
+    server.wait_done(task_id)
+    open_page(page, server)
+    wait(page, lambda d: row(d, task_id), 'the task in the list')
+    tab_to(page, '#choose-files')
+    assert page.execute_script(FOCUS_RING) not in ('none', '')
+    tab_to(page, f'li.task[data-id="{task_id}"] a.task-name')
+    assert page.execute_script(FOCUS_RING) not in ('none', '')
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    ActionChains(page).send_keys(Keys.ENTER).perform()
+    wait(page, lambda d: view_state(d) == 'complete', 'the task opened from the keyboard')
+    assert shown_text(page, '#task-title') == 'keys.sh'
+
+
 def enter_token(driver, token):
     """Type the token into the page's prompt and send it."""
     field = wait(driver, lambda d: [f for f in css(d, '#token-input') if f.is_displayed()], 'the token prompt')[0]
