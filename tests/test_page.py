@@ -9,7 +9,7 @@ log, what the server's records say after a button was pressed."""
 import pytest
 
 from browser import CHROMEDRIVER, PHONE, requested_urls, screenshot, set_size, severe_console, start_browser
-from helpers import DATA, SH_SERVICE, plain_session, submit
+from helpers import DATA, SH_SERVICE, plain_session, submit, write_printer
 
 from rrc import VERSION_STRING
 
@@ -232,6 +232,27 @@ def test_a_pipe_from_the_page_completes_and_shows_its_steps(page, server):
     wait(page, lambda d: view_state(d) == 'complete', 'the job\'s view')
     assert 'openscad complete' in shown_text(page, '#task-steps')
     assert css(page, '#download')
+
+
+def test_a_print_step_of_a_pipe_names_the_printer_chosen(page, server):
+    """A pipe's print step offers the named printers; the one chosen is the
+    step's printer (its record says so; the port does not exist here, so
+    the print itself fails)."""
+    write_printer(server.root, 'mk3', 'port = /dev/ttyACM97\n')
+    open_page(page, server)
+    page.find_element('id', 'file-input').send_keys(str(DATA / 'small.gcode'))
+    choose(page, '#submit-mode', 'pipe')
+    for remove in css(page, '#pipe-steps li button')[1:]:
+        remove.click()
+    first_step = '#pipe-steps li:first-child'
+    choose(page, f'{first_step} .step-service', 'printrun')
+    wait(page, lambda d: 'mk3' in shown_text(d, f'{first_step} .step-printer'), 'the printers to pick from')
+    choose(page, f'{first_step} .step-printer', 'mk3')
+    page.find_element('id', 'start').click()
+    job_id = started_task_id(page)
+    step_id = server.info(job_id)['steps'].split(',')[0]
+    assert server.info(step_id)['printer'] == 'mk3'
+    wait(page, lambda d: 'printrun' in shown_text(d, f'li.task[data-id="{job_id}"] .steps'), 'the print step')
 
 
 def test_the_log_follows_a_running_task(page, server):
