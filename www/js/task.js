@@ -94,7 +94,7 @@ export class TaskView {
     this.section.dataset.state = state;
     this.showControls(record, state);
     clear(this.progress).append(isLive(record) ? progressLine(record) : '');
-    clear(this.steps).append(stepsLine(record) || '');
+    clear(this.steps).append(stepsLine(record) || '', record.job ? jobLink(record) : '');
     this.showFields(record);
     this.onRecord(record);
   }
@@ -248,6 +248,12 @@ export class TaskView {
     this.message.textContent = text;
     this.message.classList.toggle('error', isError);
   }
+}
+
+/** A step's way back to its job. */
+function jobLink(record) {
+  return el('p', {class: 'job-link'}, `step ${record.step || '?'} of `,
+    el('a', {href: `#task=${encodeURIComponent(record.job)}`}, `job ${record.job}`));
 }
 
 /** The result's name: the model's name with the result's extension ("cube.stl"). */
