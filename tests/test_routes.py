@@ -246,7 +246,8 @@ def test_the_worker_routes_are_the_worker_tokens_only():
 
 def test_the_streaming_routes_are_declared():
     streams = {name: found.streams for name, found in routes.SERVICES.items() if found.streams != Streams.NO}
-    assert streams == {'events': Streams.EVENTS, 'info': Streams.HELD, 'pipe': Streams.HELD}
+    assert streams == {'events': Streams.EVENTS, 'changes': Streams.EVENTS, 'info': Streams.HELD,
+                       'pipe': Streams.HELD}
     assert routes.SUBMIT.streams == Streams.HELD
 
 

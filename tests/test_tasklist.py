@@ -18,7 +18,7 @@ import pytest
 
 import deploy
 from helpers import SH_INPUTS_SERVICE, submit
-from inprocess import build_environ, call_app
+from inprocess import build_environ
 from rrc.store import Store
 
 TOKEN = 'client-token-for-the-list-tests'
@@ -167,3 +167,171 @@ def test_the_list_needs_the_token(server):
 def test_an_empty_store_lists_nothing(server):
     answer = tasks(server)
     assert answer['tasks'] == [] and answer['more'] is False and answer['stamp'].isdigit()
+
+
+# -- service=changes --------------------------------------------------------------------
+
+def sse_messages(text):
+    """[{'id', 'event', 'data'}] of an SSE body (comments left out)."""
+    messages = []
+    for block in text.split('\n\n'):
+        fields = dict(line.split(': ', 1) for line in block.splitlines() if line and not line.startswith(':'))
+        if 'data' in fields:
+            messages.append({'id': fields.get('id'), 'event': fields['event'], 'data': json.loads(fields['data'])})
+    return messages
+
+
+def follow_changes(server, actions=None, headers=AUTH, query=''):
+    """A CGI's stream of ``service=changes`` (it ends after cgiStreamSeconds):
+    [(seconds since it opened, message)], while ``actions()`` runs beside it
+    once the stream is open (its return value: the moments it did things)."""
+    environ = build_environ('GET', f'/?service=changes{query}', [('Host', f'127.0.0.1:{server.port}'),
+                                                                   *headers.items()], None, '127.0.0.1', server.port)
+    environ['wsgi.run_once'] = True  # a CGI: bounded by cgiStreamSeconds
+    started = []
+    chunks = server.application(environ, lambda status, answer_headers, exc_info=None: started.append(status))
+    opened = time.monotonic()
+    arrived, done = [], {}
+    worker = threading.Thread(target=lambda: done.update(moments=actions())) if actions else None
+    try:
+        for number, chunk in enumerate(chunks):
+            if number == 0 and worker:
+                worker.start()  # the stream has read the store: what happens now is a change
+            arrived += [(time.monotonic() - opened, message) for message in sse_messages(chunk.decode())]
+    finally:
+        chunks.close()
+        if worker:
+            worker.join()
+    assert started[0].startswith('200'), started
+    return arrived, done.get('moments', {})
+
+
+def after(seconds, then):
+    """``then()`` after ``seconds``, and the moment (seconds since now) it returned."""
+    start = time.monotonic()
+    time.sleep(seconds)
+    then()
+    return time.monotonic() - start
+
+
+def test_a_new_client_gets_hello_then_each_new_changed_and_removed_task(server):
+    store = store_of(server)
+    old = add_tasks(store, 2)
+    made = {}
+
+    def actions():
+        moments = {'new': after(0.2, lambda: made.update(new=add_tasks(store, 1, status='busy')[0]))}
+        moments['changed'] = after(0.2, lambda: store.write_task(dict(store.read_task(made['new']),
+                                                                      status='complete')))
+        moments['removed'] = after(0.2, lambda: store.remove_task(store.read_task(old[0])))
+        return moments
+
+    arrived, moments = follow_changes(server, actions)
+
+    events = [(message['event'], message['data'].get('id'), message['data'].get('status'))
+              for _, message in arrived]
+    assert events == [('hello', None, None), ('task', made['new'], 'busy'), ('task', made['new'], 'complete'),
+                      ('removed', old[0], None)]
+    assert arrived[0][1]['data']['stamp'].isdigit() and arrived[0][1]['id'] == arrived[0][1]['data']['stamp']
+    # Each within the latency target (0.25 s) of the write that made it.
+    offsets = [moments['new'], moments['new'] + moments['changed'],
+               moments['new'] + moments['changed'] + moments['removed']]
+    for (seen, message), done in zip(arrived[1:], offsets):
+        assert seen - done < 0.25, (message, seen, done)
+    assert all(message['id'].isdigit() for _, message in arrived)
+
+
+def test_a_client_coming_back_with_its_cursor_gets_what_it_missed(server):
+    import os
+    store = store_of(server)
+    for task_id in add_tasks(store, 3):  # long before: not again
+        os.utime(store.info_path(task_id), (time.time() - 60, time.time() - 60))
+    stamp = tasks(server)['stamp']
+    missed = add_tasks(store, 2)
+
+    for how in ({'headers': dict(AUTH, **{'Last-Event-ID': stamp})}, {'query': f'&lastEventId={stamp}'}):
+        arrived, _ = follow_changes(server, **how)
+        assert [(message['event'], message['data']['id']) for _, message in arrived] == [
+            ('task', task_id) for task_id in missed], how
+
+
+def test_a_steps_change_sends_its_job_too(server):
+    store = store_of(server)
+    job = store.create_task(lambda task_id: {'service': 'pipe', 'status': 'busy', 'ctime': f'{time.time():.5f}'})
+    step = add_tasks(store, 1, service='openscad', status='busy', job=job['id'])[0]
+    store.write_task(dict(job, steps=step))
+
+    arrived, _ = follow_changes(server, lambda: after(0.1, lambda: store.write_task(
+        dict(store.read_task(step), status='complete'))))
+
+    shown = {message['data']['id']: message['data'] for _, message in arrived if message['event'] == 'task'}
+    assert shown[step]['status'] == 'complete'
+    assert shown[job['id']]['step1'] == f'{step} openscad complete'
+
+
+def test_a_busy_tasks_progress_is_sent_as_it_moves(server):
+    from rrc.events import append_event
+    from rrc.store import mark
+    store = store_of(server)
+    task_id = add_tasks(store, 1, status='busy', stime=f'{time.time():.5f}')[0]
+    mark(store, 'running', task_id)
+
+    arrived, _ = follow_changes(server, lambda: after(0.1, lambda: append_event(
+        store, task_id, 'progress', {'done': 3, 'total': 10})))
+
+    progress = [message['data'].get('progress') for _, message in arrived if message['event'] == 'task']
+    assert progress == ['3/10']
+
+
+def test_the_stream_holds_a_wait_slot():
+    config = f'token = {TOKEN}\nmaxWaits = 1\n'
+    with deploy.running(deploy.deployment('wsgi', config=config)) as running:
+        environ = build_environ('GET', '/?service=changes', [('Host', f'127.0.0.1:{running.port}'),
+                                                              *AUTH.items()], None, '127.0.0.1', running.port)
+        held = running.application(environ, lambda *args: None)
+        assert next(held).startswith(b'retry: ')  # open, holding the one slot
+        status, _, text = get(running, 'changes')
+        assert status == 503 and 'maxWaits' in text
+        held.close()  # the client went away: its slot is free again
+        again = running.application(environ, lambda *args: None)
+        assert next(again).startswith(b'retry: ')
+        again.close()
+        status, headers, body = running.request_raw('HEAD', '/?service=changes', None, AUTH)
+        assert status == 200 and body == b'' and dict(headers)['Content-Type'].startswith('text/event-stream')
+
+
+@pytest.mark.parametrize('cursor', ['x', '-1', '1' * 21, '1.5'])
+def test_a_bad_cursor_is_400(server, cursor):
+    status, _, text = get(server, 'changes', headers=dict(AUTH, **{'Last-Event-ID': cursor}))
+    assert status == 400 and 'bad event id' in text
+
+
+def test_the_stream_needs_the_token(server):
+    assert get(server, 'changes', headers={})[0] == 401
+
+
+def test_a_real_task_arrives_through_the_embedded_servers_stream(embedded_server):
+    import requests
+    server = embedded_server('maxTasks = 1\n', services={'sh': SH_INPUTS_SERVICE})
+    seen = []
+    with requests.get(server.url + '?service=changes', stream=True, timeout=30) as stream:
+        assert stream.headers['Content-Type'].startswith('text/event-stream')
+        lines = stream.iter_lines(chunk_size=1)
+        task_id = None
+        fields = {}
+        for line in lines:
+            line = line.decode()
+            if line.startswith('event: '):
+                fields['event'] = line[7:]
+            elif line.startswith('data: '):
+                fields['data'] = json.loads(line[6:])
+            elif not line and fields:
+                seen.append(fields)
+                if fields['event'] == 'hello':
+                    # Long enough to be seen busy: two writes within one look show once, as the second.
+                    task_id = submit(server, 'sh', 'echo working\nsleep 0.6\nprintf done > "$1"\n', 'job.sh')
+                elif fields['data'].get('id') == task_id and fields['data']['status'] != 'busy':
+                    break
+                fields = {}
+    states = [message['data']['status'] for message in seen if message['data'].get('id') == task_id]
+    assert states[0] == 'busy' and states[-1] == 'complete', seen

@@ -99,6 +99,13 @@ def answer_tasks(app, request):
     return task_page(app, request)
 
 
+def answer_changes(app, request):
+    """``service=changes``: the store's changes as Server-Sent Events
+    (rrc/web/changes.py, imported by this route alone)."""
+    from .changes import answer_changes as store_changes
+    return store_changes(app, request)
+
+
 def answer_move(app, request):
     """``service=move&id=ID&to=front|back``: reorder a queued task (rrc/order.py)."""
     from ..backends import move_waiting_task

@@ -87,6 +87,7 @@ SERVICES = MappingProxyType({
     'printers': Route(answers.answer_printers, BOTH, False, CLIENT, NO),
     'events': Route(answers.answer_events, BOTH, False, CLIENT, EVENTS),
     'tasks': Route(answers.answer_tasks, (GET,), False, CLIENT, NO),
+    'changes': Route(answers.answer_changes, (GET,), False, CLIENT, EVENTS),
     'kill': Route(answers.answer_kill, BOTH, True, CLIENT, NO),
     'suspend': Route(answers.answer_suspend, BOTH, True, CLIENT, NO),
     'resume': Route(answers.answer_resume, BOTH, True, CLIENT, NO),
