@@ -269,10 +269,19 @@ def test_the_log_follows_a_running_task(page, server):
 
 
 def press(driver, verb):
-    """Click the task view's button for a control (suspend, resume, kill ...)."""
-    button = wait(driver, lambda d: [b for b in css(d, f'#task-controls button[data-control="{verb}"]')
-                                     if b.is_enabled()], f'the {verb} button')
-    button[0].click()
+    """Click the task view's button for a control (suspend, resume, kill ...),
+    again if the view redrew its buttons between finding and clicking."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def click(d):
+        try:
+            buttons = [b for b in css(d, f'#task-controls button[data-control="{verb}"]') if b.is_enabled()]
+            if buttons:
+                buttons[0].click()
+            return bool(buttons)
+        except StaleElementReferenceException:
+            return False
+    wait(driver, click, f'the {verb} button')
 
 
 def test_suspend_resume_and_kill_from_the_buttons(page, server):

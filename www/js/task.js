@@ -101,12 +101,16 @@ export class TaskView {
 
   showControls(record, state) {
     const table = CONTROLS[isPrint(record) ? 'print' : 'task'];
+    const downloadable = record.status === 'complete' && Boolean(record.out);
+    const shown = JSON.stringify([table[state] || [], downloadable]);
+    if (shown === this.controls.dataset.shown) return;  // the same buttons: a focused one keeps its focus
+    this.controls.dataset.shown = shown;
     clear(this.controls);
     for (const [verb, label] of table[state] || []) {
       this.controls.append(el('button', {type: 'button', 'data-control': verb,
         onclick: (event) => this.control(verb, event.target)}, label));
     }
-    if (record.status === 'complete' && record.out) {
+    if (downloadable) {
       this.controls.append(el('button', {type: 'button', id: 'download', onclick: () => this.download()},
         'Download result'));
     }
@@ -125,14 +129,15 @@ export class TaskView {
 
   /** POST the control; the record it answers is shown at once. */
   async control(verb, button) {
-    button.disabled = true;
+    button.disabled = true;  // one press, one request
     try {
       const record = await this.api.control(verb, this.id);
       this.say(`${verb}: done`);
-      this.showRecord(record.id === this.id ? {...this.record, ...record} : this.record);
+      if (record.id === this.id) this.showRecord(record);
       this.refresh();
     } catch (error) {
       this.say(`${verb} refused: ${error.message}`, true);
+    } finally {
       button.disabled = false;
     }
   }
