@@ -225,6 +225,7 @@ def test_a_pipe_from_the_page_completes_and_shows_its_steps(page, server):
     wait(page, lambda d: row_state(d, job_id) == 'complete', 'the job complete in the list', timeout=90)
     steps = shown_texts(page, f'li.task[data-id="{job_id}"] .steps li')
     assert steps == ['openscad complete', 'slic3r complete']
+    page.execute_script('window.scrollTo(0, 0)')
     screenshot(page, 'pipe')
     record = server.info(job_id)
     assert record['status'] == 'complete' and record['out'].endswith('.gcode')
@@ -308,6 +309,25 @@ def test_a_status_change_shows_in_the_list_without_a_reload(page, server):
     wait(page, lambda d: row_state(d, task_id) in ('queued', 'running'), 'the new task, from the stream')
     wait(page, lambda d: row_state(d, task_id) == 'complete', 'its change to complete')
     assert page.execute_script('return window.notReloaded === true')
+
+
+# How many of the chart's pixels are drawn (not transparent).
+DRAWN_PIXELS = """
+    const canvas = document.getElementById('history-chart');
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    let drawn = 0;
+    for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) drawn += 1;
+    return drawn;"""
+
+
+def test_history_shows_totals_per_service_with_a_chart(page, server):
+    task_id = submit(server, 'job', 'echo counted > "$1"\n', 'counted.sh')
+    server.wait_done(task_id)
+    open_page(page, server)
+    table = wait(page, lambda d: shown_text(d, '#history-services'), 'the history\'s totals')
+    job_line = [line for line in table.splitlines() if line.startswith('job')]
+    assert job_line and int(job_line[0].split()[1]) >= 1, table
+    assert page.execute_script(DRAWN_PIXELS) > 100
 
 
 def tab_to(driver, selector, most=60):
