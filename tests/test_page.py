@@ -256,6 +256,35 @@ def test_a_print_step_of_a_pipe_names_the_printer_chosen(page, server):
     wait(page, lambda d: 'printrun' in shown_text(d, f'li.task[data-id="{job_id}"] .steps'), 'the print step')
 
 
+def plant_ended_tasks(server, count, status):
+    """``count`` ended records written straight into the store (as many
+    tasks as the list's page holds take no time to make so); their ids."""
+    import time
+    from rrc.store import Store
+    store = Store(str(server.root))
+    now = f'{time.time():.5f}'
+    record = {'status': status, 'service': 'job', 'client': '127.0.0.1', 'in': '', 'out': '',
+              'cmd': 'sh', 'ctime': now, 'etime': now}
+    return [store.create_task(lambda task_id: dict(record))['id'] for _ in range(count)]
+
+
+def test_the_list_pages_with_more_and_filters_by_status(page, embedded_server):
+    server = embedded_server('serverName = paging-test\n', SERVICES, scope='module')
+    failed = plant_ended_tasks(server, 5, 'failed')
+    complete = plant_ended_tasks(server, 55, 'complete')
+    open_page(page, server, name='paging-test')
+    assert len(shown_texts(page, 'li.task')) == 50  # one page: the newest
+    assert not row(page, failed[0])
+    page.find_element('id', 'more').click()
+    wait(page, lambda d: row(d, failed[0]), 'the oldest task, on the next page')
+    assert len(shown_texts(page, 'li.task')) == 60
+    assert not shown_texts(page, '#more')
+    choose(page, '#filter-status', 'failed')
+    wait(page, lambda d: len(shown_texts(d, 'li.task')) == 5, 'the failed tasks alone')
+    assert set(shown_texts(page, 'li.task .badge')) == {'failed'}
+    assert not row(page, complete[-1])
+
+
 def test_the_log_follows_a_running_task(page, server):
     task_id = submit(server, 'job', TICKING.format(count=25), 'ticking.sh')
     page.get(f'{server.url}#task={task_id}')

@@ -19,6 +19,7 @@ export class TaskList {
     this.hasMore = false;
     this.next = '';
     this.services = [];
+    this.loads = 0;
     this.stream = null;
     this.build();
   }
@@ -62,7 +63,9 @@ export class TaskList {
 
   /** The first page for the filters; then follow the changes from its stamp on. */
   async load() {
+    const asked = ++this.loads;
     const answer = await this.api.get(this.filters());
+    if (asked !== this.loads) return;  // the filters changed again meanwhile: the later answer wins
     this.rows.clear();
     this.records.clear();
     clear(this.list);
