@@ -285,6 +285,21 @@ def test_the_list_pages_with_more_and_filters_by_status(page, embedded_server):
     assert not row(page, complete[-1])
 
 
+def test_the_download_button_saves_the_result_under_its_name(page, server, tmp_path):
+    """The result is fetched with the page's headers (a token would go so) and
+    saved under the name the server gives it."""
+    task_id = submit(server, 'job', 'echo saved-bytes > "$1"\n', 'saved.sh')
+    record = server.wait_done(task_id)
+    answer = plain_session().get(server.url + record['out'], timeout=10)
+    name = answer.headers['Content-Disposition'].split('filename="')[1].split('"')[0]
+    page.execute_cdp_cmd('Browser.setDownloadBehavior', {'behavior': 'allow', 'downloadPath': str(tmp_path)})
+    page.get(f'{server.url}#task={task_id}')
+    wait(page, lambda d: css(d, '#download'), 'the download button')[0].click()
+    saved = tmp_path / name
+    wait(page, lambda d: saved.is_file() and saved.read_bytes() == answer.content, f'{name} saved')
+    assert b'saved-bytes' in saved.read_bytes()
+
+
 def test_the_log_follows_a_running_task(page, server):
     task_id = submit(server, 'job', TICKING.format(count=25), 'ticking.sh')
     page.get(f'{server.url}#task={task_id}')

@@ -82,6 +82,13 @@ export class Api {
     return (await this.fetch(fileUrl(url))).blob();
   }
 
+  /** A result to save: {blob, name}, the name the server gives it
+   *  (Content-Disposition: the model's name with the result's extension). */
+  async fetchDownload(url) {
+    const answer = await this.fetch(fileUrl(url));
+    return {blob: await answer.blob(), name: dispositionName(answer.headers.get('Content-Disposition') || '')};
+  }
+
   /** A file of the server as text, with the token. */
   async fetchText(url) {
     return (await this.fetch(fileUrl(url))).text();
@@ -106,6 +113,20 @@ async function reasonOf(answer) {
     // a text answer: its first line says why
   }
   return text.split('\n')[0].replace(/^error: /, '') || `HTTP ${answer.status}`;
+}
+
+/** The file name a Content-Disposition header gives: filename* (UTF-8) first, else filename; '' for none. */
+export function dispositionName(header) {
+  const utf8 = /filename\*=UTF-8''([^;]+)/i.exec(header);
+  if (utf8) {
+    try {
+      return decodeURIComponent(utf8[1].trim());
+    } catch (badEncoding) {
+      // fall back to the plain name
+    }
+  }
+  const plain = /filename="([^"]*)"/i.exec(header);
+  return plain ? plain[1] : '';
 }
 
 function formOf(fields) {

@@ -4,7 +4,6 @@
 import {clear, el, localTime, show} from './dom.js';
 import {inputNamesOf, isLive, isPrint, stateOf} from './records.js';
 import {progressLine, stepsLine} from './list.js';
-import {fileUrl} from './api.js';
 
 // The controls a state allows: [verb, label], for a print and for any other task.
 const CONTROLS = {
@@ -198,9 +197,9 @@ export class TaskView {
   /** Download the result with the token (fetch, then a blob: URL the browser saves). */
   async download() {
     try {
-      const blob = await this.api.fetchBlob(fileUrl(this.record.out));
+      const {blob, name} = await this.api.fetchDownload(this.record.out);
       const url = URL.createObjectURL(blob);
-      const link = el('a', {href: url, download: downloadName(this.record)});
+      const link = el('a', {href: url, download: name || downloadName(this.record)});
       document.body.append(link);
       link.click();
       link.remove();
