@@ -333,6 +333,8 @@ def test_suspend_resume_and_kill_from_the_buttons(page, server):
     task_id = submit(server, 'job', TICKING.format(count=300), 'long.sh')
     page.get(f'{server.url}#task={task_id}')
     wait(page, lambda d: view_state(d) == 'running', 'the task running')
+    # Its tool is running once it writes (before that the server refuses a suspend, and says so).
+    wait(page, lambda d: 'tick 1' in shown_text(d, '#task-log'), 'the tool\'s first line')
     press(page, 'suspend')
     wait(page, lambda d: view_state(d) == 'suspended', 'the task suspended')
     assert server.info(task_id).get('suspended') == 'yes'
