@@ -3,7 +3,7 @@
 // date by the store-wide changes stream.
 
 import {clear, el, humanSeconds, humanSize, localTime, show} from './dom.js';
-import {durationOf, inputNamesOf, isLive, newerFirst, progressOf, secondsLeft, stateOf, stepsOf}
+import {durationOf, inputNamesOf, isLive, progressOf, secondsLeft, stateOf, stepsOf}
   from './records.js';
 
 const PAGE_SIZE = 50;
@@ -30,7 +30,8 @@ export class TaskList {
       STATUSES.map((status) => el('option', {value: status}, status)));
     this.service = el('select', {id: 'filter-service', onchange: () => this.load()},
       el('option', {value: ''}, 'any service'));
-    this.list = el('ol', {class: 'tasks', id: 'tasks', 'aria-live': 'polite'});
+    // (no aria-live: progress redraws rows every second, a screen reader would never stop)
+    this.list = el('ol', {class: 'tasks', id: 'tasks'});
     this.empty = el('div', {class: 'empty', id: 'empty', hidden: true});
     this.moreButton = el('button', {type: 'button', id: 'more', hidden: true, onclick: () => this.more()},
       'more');
@@ -125,8 +126,9 @@ export class TaskList {
     return (!status || record.status === status) && (!service || record.service === service);
   }
 
+  /** The oldest shown task's id: the rows are in id order, so the last row's. */
   oldestId() {
-    return [...this.records.keys()].sort()[0] || '';
+    return this.list.lastElementChild ? this.list.lastElementChild.dataset.id : '';
   }
 
   /** Draw a record's row, in id order (newest first). */
@@ -135,13 +137,25 @@ export class TaskList {
     const old = this.rows.get(record.id);
     this.records.set(record.id, record);
     this.rows.set(record.id, row);
-    if (old) {
-      old.replaceWith(row);
+    if (old) old.replaceWith(row);
+    else this.insert(row, record.id);
+  }
+
+  /** Put a new row in its place: a page's rows go after the last (older),
+   *  a new task before the first (newer), so both cost one comparison. */
+  insert(row, id) {
+    const last = this.list.lastElementChild;
+    if (!last || last.dataset.id > id) {
+      this.list.append(row);
       return;
     }
-    const next = [...this.records.values()].filter((other) => newerFirst(record, other) < 0)
-      .sort(newerFirst)[0];
-    this.list.insertBefore(row, next ? this.rows.get(next.id) : null);
+    for (const other of this.list.children) {
+      if (other.dataset.id < id) {
+        this.list.insertBefore(row, other);
+        return;
+      }
+    }
+    this.list.append(row);
   }
 
   remove(id) {

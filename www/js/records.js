@@ -76,8 +76,3 @@ export function inputNamesOf(record) {
   if (isJob(record) && record.cmd) return record.cmd;
   return String(record.in || '').split(',').map((path) => path.split('/').pop()).filter(Boolean).join(', ');
 }
-
-/** Task ids sort by time as text ("<unix seconds>-<5 digits>-<6 digits>"): newest first. */
-export function newerFirst(a, b) {
-  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
-}
