@@ -95,6 +95,7 @@ export class TaskView {
     clear(this.progress).append(isLive(record) ? progressLine(record) : '');
     clear(this.steps).append(stepsLine(record) || '', record.job ? jobLink(record) : '');
     this.showFields(record);
+    if (this.printer && isPrint(record)) this.printer.update(record);
     this.onRecord(record);
   }
 
@@ -186,7 +187,8 @@ export class TaskView {
     if (typeof body.eta === 'number') shown.eta = String(body.eta);
     this.record = shown;
     if (isLive(shown)) clear(this.progress).append(progressLine(shown));
-    if (this.printer && body.printer && typeof body.printer === 'object') this.printer.update(body.printer);
+    // The whole data: the card reads the printer's state and the print's done/total, elapsed, eta.
+    if (this.printer && body.printer && typeof body.printer === 'object') this.printer.update(body);
   }
 
   statusChanged(body) {
@@ -240,6 +242,7 @@ export class TaskView {
       const {printerCard} = await import('./printer.js');
       if (id !== this.id) return;
       const card = printerCard(this.printerBox);
+      card.update(this.record);  // a busy print's record holds its printer's last state
       this.printer = card;
       this.disposers.push(() => card.dispose());
     } catch (error) {
