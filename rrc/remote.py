@@ -264,19 +264,24 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
 
 
 def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext='', session=None, wait=0,
-                  on_record=None):
+                  on_record=None, before_post=None):
     """Send a task to the least loaded server that takes it; record it locally.
 
     With ``wait`` (a synchronous task) the server may answer the ended
     task: its result and log are fetched at once, over ``session``'s
     connection.  ``on_record(record)`` hears of the local record as soon as
     it is written, before that fetch (Ctrl-C then kills the task there).
+    ``before_post(url)`` is called before each server is tried and may
+    raise to stop there: a Ctrl-C held while the server before held its
+    POST ends the relay, it never goes on to the next server.
     """
     session = session or http_session(ctx.config.client_token_for)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = list(silent)
     for url in ranked:
+        if before_post:
+            before_post(url)
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
                                     params, out_ext, ctx.options.notifier_events, ctx.options.priority,
                                     cache=not ctx.options.no_cache, wait=wait)

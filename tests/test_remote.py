@@ -990,3 +990,41 @@ def test_ctrl_c_while_the_post_is_held_kills_the_task_once_its_id_comes(workdir,
     assert answer['status'] == 'failed' and answer['error'] == 'killed', answer
     (local,) = records(workdir)
     assert local['status'] == 'failed'
+
+
+def test_ctrl_c_while_a_held_post_fails_tries_no_other_server(workdir, embedded_server, fake):
+    import threading
+    second = embedded_server()
+    posted, release = threading.Event(), threading.Event()
+
+    def holds_then_loses_the_answer(request):
+        if request.method != 'POST':  # idle and unloaded: it ranks first
+            return 200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'
+        posted.set()
+        release.wait(DEADLINE)
+        # http.server closes the connection without an answer, as a server that dies holding it
+        raise ConnectionAbortedError('the held answer is lost')
+    first = fake(holds_then_loses_the_answer)
+    write_config(workdir, f'servers = {first.address}, {second.address}\n')
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    client = subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert posted.wait(DEADLINE), 'the POST reached the first server'
+        os.killpg(client.pid, signal.SIGINT)
+        stopping = client.stderr.readline()  # the Ctrl-C is heard while the first server holds the POST
+    finally:
+        release.set()
+    out, err = client.communicate(timeout=DEADLINE)
+
+    assert second.records() == {}, 'the second server was never sent the task'
+    assert stopping == (f'rrcloud: stopping: waiting for {first.address} to answer, to kill the task there '
+                        '(Ctrl-C again to leave it)\n')
+    assert client.returncode == 130, err
+    assert err.strip().splitlines() == [
+        f'rrcloud: warning: the task may still run at {first.address} (its answer never came; no other server '
+        f'was tried); `rrcloud ls --s={first.address}` finds it']
+    assert len(first.of('POST')) == 1
+    assert records(workdir) == []
+    assert not (workdir / 'cube.stl').exists()
