@@ -1028,3 +1028,79 @@ def test_ctrl_c_while_a_held_post_fails_tries_no_other_server(workdir, embedded_
     assert len(first.of('POST')) == 1
     assert records(workdir) == []
     assert not (workdir / 'cube.stl').exists()
+
+
+###############################################################################
+# 6. A result's size: the client's own bound (maxResultSize)
+###############################################################################
+
+def test_a_result_larger_than_max_result_size_is_refused_and_the_users_file_is_untouched(proc, cli, workdir,
+                                                                                         embedded_server):
+    server = embedded_server()
+    write_config(workdir, f'servers = {server.address}\nmaxResultSize = 1K\n')  # a cube's STL is about 3 KiB
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    (workdir / 'cube.stl').write_bytes(b'the old cube\n')
+
+    result = proc('cube.scad', '-ocube.stl', prog='openscad.cloud')
+
+    assert result.code == 1, result
+    (record,) = records(workdir)
+    remote_id = record['remoteId']
+    remote = server.info(remote_id)
+    assert remote['status'] == 'complete'  # it is the client that refused it
+    assert result.err.splitlines()[-1] == (
+        f'rrcloud: error: task {record["id"]} failed: {server.url}{remote["out"]} is larger than maxResultSize '
+        f'(1 KiB), the most this client takes of one download; nothing of it was kept; it stays at '
+        f'{server.address}: with a larger maxResultSize, `rrcloud get --s={server.address} {remote_id}` fetches it')
+    assert record['status'] == 'failed'
+    assert (workdir / 'cube.stl').read_bytes() == b'the old cube\n'
+    assert sorted(p.name for p in workdir.iterdir()) == ['cube.scad', 'cube.stl', 'rrcloudrc', 'tasks']
+    assert all_files(workdir / 'tasks' / 'out') == set()
+
+    refused = cli('get', f'--s={server.address}', remote_id, '-o', 'cube.stl')
+
+    assert refused.code == 1, refused
+    assert 'is larger than maxResultSize (1 KiB)' in one_line_error(refused)
+    assert (workdir / 'cube.stl').read_bytes() == b'the old cube\n'
+    assert sorted(p.name for p in workdir.iterdir()) == ['cube.scad', 'cube.stl', 'rrcloudrc', 'tasks']
+
+    write_config(workdir, f'servers = {server.address}\n')  # the default, 4 GiB: the way the error names
+    fetched = cli('get', f'--s={server.address}', remote_id, '-o', 'cube.stl')
+
+    assert fetched.code == 0, fetched
+    assert (workdir / 'cube.stl').read_bytes().startswith(b'solid')
+
+
+REMOTE_ID = '1795842096-66057-537746'
+INFO_OF_A_COMPLETE_TASK = (f'id: {REMOTE_ID}\nstatus: complete\nout: tasks/out/{REMOTE_ID}.stl\n'
+                           'version: RepRapCloud 0.019\n').encode()
+
+
+def chunked(*pieces):
+    """An HTTP/1.1 answer sent in chunks: no Content-Length says its size before it comes."""
+    body = b''.join(b'%x\r\n%s\r\n' % (len(piece), piece) for piece in pieces) + b'0\r\n\r\n'
+    return b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + body
+
+
+@pytest.mark.parametrize('kind', ['chunked past maxResultSize', 'connection lost midway'])
+def test_a_download_that_fails_leaves_no_file_under_the_users_name(cli, workdir, kind):
+    from test_lighthttp import ScriptedServer, plain
+    if kind == 'connection lost midway':
+        result = (b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n' + b's' * 5000, True)
+    else:
+        result = (chunked(*[b's' * 1000] * 4), False)
+    server = ScriptedServer([(plain(INFO_OF_A_COMPLETE_TASK), True), result])
+    address = server.url.removeprefix('http://').rstrip('/')
+    write_config(workdir, 'maxResultSize = 2K\n' if kind.startswith('chunked') else '')
+    (workdir / 'part.stl').write_bytes(b'the old part\n')
+
+    fetched = cli('get', f'--s={address}', REMOTE_ID, '-o', 'part.stl')
+    server.stop()
+
+    error = one_line_error(fetched)
+    if kind == 'connection lost midway':
+        assert fetched.code == 5 and f'cannot reach {address}' in error, fetched
+    else:
+        assert fetched.code == 1 and 'is larger than maxResultSize (2 KiB)' in error, fetched
+    assert (workdir / 'part.stl').read_bytes() == b'the old part\n'
+    assert sorted(p.name for p in workdir.iterdir()) == ['part.stl', 'rrcloudrc']

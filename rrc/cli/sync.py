@@ -146,7 +146,7 @@ def wait_for_remote(ctx, record, progress, session=None):
 def stop_after_interrupt(ctx, record):
     """Ctrl-C while waiting for a remote task: kill it at its server, or say it may still run."""
     try:
-        kill_remote(ctx.store, record, ctx.config.client_token_for)
+        kill_remote(ctx.store, record, ctx.config.client_token_for, ctx.config.maxResultSize)
     except RRCloudError as exc:
         print(f'rrcloud: warning: {exc} (rrcloud kill {record["id"]} tries again)', file=sys.stderr)
 
