@@ -1104,3 +1104,31 @@ def test_a_download_that_fails_leaves_no_file_under_the_users_name(cli, workdir,
         assert fetched.code == 1 and 'is larger than maxResultSize (2 KiB)' in error, fetched
     assert (workdir / 'part.stl').read_bytes() == b'the old part\n'
     assert sorted(p.name for p in workdir.iterdir()) == ['part.stl', 'rrcloudrc']
+
+
+def test_ctrl_c_while_servers_are_probed_sends_the_task_nowhere(workdir, embedded_server, fake):
+    import threading
+    second = embedded_server()
+    probed, release = threading.Event(), threading.Event()
+
+    def slow_meta(request):
+        probed.set()
+        release.wait(DEADLINE)
+        return 200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'
+    first = fake(slow_meta)
+    write_config(workdir, f'servers = {first.address}, {second.address}\n')
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    client = subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert probed.wait(DEADLINE), 'the client asked the first server for its load'
+        os.killpg(client.pid, signal.SIGINT)
+        out, err = client.communicate(timeout=DEADLINE)
+    finally:
+        release.set()
+
+    assert client.returncode == 130, err
+    assert err == ''  # nothing was sent: nothing to wait for, nothing that may run
+    assert second.records() == {} and first.of('POST') == []
+    assert records(workdir) == []
