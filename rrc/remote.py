@@ -414,7 +414,7 @@ def fetch_to(session, url, folder, name, limit):
 def bounded_body(response, url, limit):
     """A streamed answer's chunks, ResultTooLarge past ``limit`` bytes: at
     once when its Content-Length says so, else when that many came (a
-    chunked answer, or one whose length lies).  A server's result has its
+    chunked answer, or one that ends with its connection).  A server's result has its
     own bound there (maxOutputSize); this is the client's, against a server
     gone wrong or hostile filling the disk."""
     announced = response.headers.get('Content-Length', '').strip()
