@@ -283,6 +283,18 @@ def test_a_busy_tasks_progress_is_sent_as_it_moves(server):
     assert progress == ['3/10']
 
 
+def test_a_busy_task_in_the_list_shows_its_progress_and_time_left(server):
+    from rrc.events import append_event
+    store = store_of(server)
+    task_id = add_tasks(store, 1, status='busy', stime=f'{time.time():.5f}')[0]
+    append_event(store, task_id, 'progress', {'done': 5, 'total': 10, 'percent': 50.0, 'eta': 40.0})
+
+    shown = tasks(server)['tasks'][0]
+
+    assert shown['progress'] == '5/10'
+    assert 38 <= int(shown['eta']) <= 40
+
+
 def test_the_stream_holds_a_wait_slot():
     config = f'token = {TOKEN}\nmaxWaits = 1\n'
     with deploy.running(deploy.deployment('wsgi', config=config)) as running:
