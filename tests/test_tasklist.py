@@ -347,3 +347,19 @@ def test_a_real_task_arrives_through_the_embedded_servers_stream(embedded_server
                 fields = {}
     states = [message['data']['status'] for message in seen if message['data'].get('id') == task_id]
     assert states[0] == 'busy' and states[-1] == 'complete', seen
+
+
+@pytest.mark.parametrize('kind', ['lighttpd', 'apache'])
+def test_a_cgis_changes_stream_reaches_the_client_as_it_is_written(kind):
+    """The web server passes the stream on at once, not when the CGI ends
+    after cgiStreamSeconds: lighttpd/rrcloud.conf streams service=changes as
+    service=events (apache/rrcloud.conf keeps mod_deflate off it, where
+    that module is on; this test's Apache has it off anyway)."""
+    import requests
+    with deploy.running(deploy.deployment(kind, config='cgiStreamSeconds = 3\n')) as running:
+        opened = time.monotonic()
+        with requests.get(running.url + '/?service=changes', stream=True, timeout=30) as stream:
+            for line in stream.iter_lines(chunk_size=1):
+                if line.startswith(b'event: hello'):
+                    break
+        assert time.monotonic() - opened < 1.5
