@@ -94,11 +94,15 @@ NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format
                           'cache',  # cache=no: the result cache neither asked nor given the result (rrc/cache.py)
                           'olderThan',  # service=clean: days
                           'since',  # service=history: days
-                          'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
+                          'lastEventId',  # service=events, changes: the cursor of a client that cannot send Last-Event-ID
                           # a farm's workers (rrc/web/workroutes.py)
                           'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result', 'sender',
                           'toolVersions'))
 NUMBERED_FIELDS = ('fileIn', 'prearg', 'arg', 'param')
+# The query fields of a page of ``service=tasks`` (rrc/web/tasklist.py), and
+# of no other request: ``status`` in a submission's form would be a forged
+# record field, refused as any unknown field.
+LIST_FIELDS = frozenset(('limit', 'before', 'status', 'of'))
 
 
 # The fields of one step of a pipe, after ``stepN.`` (``step2.fileIn0``, ``step3.server``).

@@ -667,7 +667,9 @@ REFUSED_TOKENS = {  # case: (path, headers); h = hostile headers
     'info of the witness': ('/?service=info&id={witness}', {}),
     'result of the witness': ('/{witness_out}', {}),
     'log of the witness': ('/tasks/log/{witness}', {}),
-    'browser page': ('/', {'User-Agent': BROWSER}),
+    'task list': ('/?service=tasks&format=json', {}),
+    'changes stream': ('/?service=changes', {}),
+    'task list, from a browser': ('/?service=tasks&format=json', {'User-Agent': BROWSER}),
     'kill of the witness': ('/?service=kill&id={witness}', {}),
     'pause of the witness': ('/?service=pause&id={witness}', {}),
     'cancel of the witness': ('/?service=cancel&id={witness}', {}),
@@ -690,6 +692,19 @@ def test_without_the_right_token_401_and_nothing_leaks(guarded, case, canary):
     assert (answer.header('WWW-Authenticate') or '').startswith('Bearer'), answer
     no_secrets(guarded, answer, guarded.witness['id'], 'witness content', 'serverName', 'services',
                'RepRapCloud', TOKEN)
+    watch.nothing_written()
+
+
+@on_live('guarded')
+def test_without_the_token_the_pages_shell_and_files_load_and_show_no_task(guarded, canary):
+    """The page needs no token (it must load to ask for it): it holds no task
+    data, which comes from the API with the token (issue 23; www/index.html
+    is a shell, rrc/web/page.py fills in no record)."""
+    watch = Watch(guarded, canary)
+    for path in ('/', '/ui/index.html'):
+        answer = send(guarded, 'GET', path, headers=dict(hostile_headers(canary), **{'User-Agent': BROWSER}))
+        assert answer.status == 200 and answer.header('Content-Type').startswith('text/html'), answer
+        no_secrets(guarded, answer, guarded.witness['id'], 'witness content', TOKEN)
     watch.nothing_written()
 
 
@@ -1003,7 +1018,7 @@ STATE_CHANGES = {
     'a worker\'s end': ('POST', '/', {'service': 'workdone', 'id': '{witness}', 'attempt': '1'}),
 }
 # The services that only read; every other one must be walked above.
-READ_SERVICES = {'info', 'meta', 'events', 'workinput', 'history', 'printers'}
+READ_SERVICES = {'info', 'meta', 'events', 'workinput', 'history', 'printers', 'tasks', 'changes'}
 ATTACKS = {'rebound name': rebound, 'same-site page': lambda deployment: same_site()}
 
 

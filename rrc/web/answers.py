@@ -20,7 +20,9 @@ from .request import MAX_WAIT_SECONDS, Response, check_field
 
 
 def answer_page(app, request):
-    """``GET /`` from a browser: the task table, under a name this server knows.
+    """``GET /`` from a browser: the page, under a name this server knows; it
+    needs no token (routes.PAGE), so it is a shell without task data, which
+    the page asks the API for with the token (rrc/web/page.py, www/).
     Under another name the page's own requests would be refused: the browser
     says so at once, naming allowHosts."""
     check_host(request, app.config)
@@ -90,6 +92,20 @@ def answer_events(app, request):
     Its module is imported by this route alone."""
     from .sse import answer_events as stream_events
     return stream_events(app, request, _form_task_id(request))
+
+
+def answer_tasks(app, request):
+    """``service=tasks``: the page's task list, newest first, a page at a time
+    (rrc/web/tasklist.py, imported by this route alone)."""
+    from .tasklist import answer_tasks as task_page
+    return task_page(app, request)
+
+
+def answer_changes(app, request):
+    """``service=changes``: the store's changes as Server-Sent Events
+    (rrc/web/changes.py, imported by this route alone)."""
+    from .changes import answer_changes as store_changes
+    return store_changes(app, request)
 
 
 def answer_move(app, request):

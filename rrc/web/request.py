@@ -1,11 +1,11 @@
 """HTTP request parsing and answers: query and form fields, their limits, status lines."""
 
 from ..errors import HTTPError
-from ..names import LazyPattern, address_in, is_form_field, is_single_line
+from ..names import LIST_FIELDS, LazyPattern, address_in, is_form_field, is_single_line
 
 
 MAX_WAIT_SECONDS = 60
-STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
+STATUS_LINES = {200: '200 OK', 204: '204 No Content', 304: '304 Not Modified', 400: '400 Bad Request',
                 401: '401 Unauthorized', 403: '403 Forbidden',
                 404: '404 Not Found', 405: '405 Method Not Allowed',
                 413: '413 Payload Too Large', 500: '500 Internal Server Error',
@@ -120,11 +120,14 @@ def _parse_query(query):
             continue
         key, _, value = pair.partition('=')
         key, value = percent_decode(key), percent_decode(value)
-        if not is_form_field(key):
+        if not is_form_field(key) and key not in LIST_FIELDS:
             raise HTTPError(400, f'unknown query field: {key[:64]!r}')
         if key in fields:
             raise HTTPError(400, f'query field given twice: {key}')
         fields[key] = value
+    listed = LIST_FIELDS.intersection(fields)
+    if listed and fields.get('service') != 'tasks':  # the list's fields, in no other query
+        raise HTTPError(400, f'unknown query field: {min(listed)!r}')
     return fields
 
 
