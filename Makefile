@@ -73,13 +73,13 @@ web-python: system-deps
 # by www/package-lock.json, into www/node_modules, which rrcloud serves as
 # /ui/vendor/... (rrc/web/assets.py).  npm ci runs only when they are
 # missing or older than the lock (a stamp), so a machine that has them
-# needs no network.
+# needs no network; no package's install script runs (they need none).
 WWW_STAMP := www/node_modules/.rrcloud-installed
 www-deps: $(WWW_STAMP)
 
 $(WWW_STAMP): www/package.json www/package-lock.json
 	@command -v npm >/dev/null || $(MAKE) --no-print-directory system-deps
-	npm ci --prefix www --no-fund --no-audit
+	npm ci --prefix www --no-fund --no-audit --ignore-scripts
 	@touch $@
 
 install: system-deps python-deps web-python www-deps
