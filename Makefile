@@ -12,8 +12,10 @@ APT_PACKAGES := openscad slic3r povray povray-includes printrun lighttpd apache2
 RUNDIR   := $(CURDIR)/build/run
 # The rrcloud command `make start` runs (a test points it at a checkout's rrcloud.py).
 RRCLOUD  := $(VENV)/bin/rrcloud
-# pip runs only when these are older than what they install (a stamp each).
-PY_STAMP := $(VENV)/.rrcloud-installed
+# pip runs only when these are older than what they install (a stamp each);
+# the stamp's name changes with the way rrcloud is installed, so a venv made
+# the old way is installed again.
+PY_STAMP := $(VENV)/.rrcloud-installed-compat
 # The web servers' interpreter: Debian's Python in a venv that www-data can
 # run (a Python under /root cannot be executed by the web server's user).
 WEBVENV  := /opt/rrcloud/venv
@@ -50,12 +52,15 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 
 # An editable install: edits of rrcloud.py need no reinstall, only a change
-# of setup.py or requirements.txt does.
+# of setup.py or requirements.txt does.  In setuptools' compat mode: a path
+# in a .pth file, where the default mode's import hook loads pathlib, re and
+# more into every Python the venv starts (8 ms of each wrapper's and each
+# runner's start here; docs/BENCHMARKS.md).
 python-deps: $(PY_STAMP)
 	@$(VPY) -m compileall -q rrcloud.py rrc
 
 $(PY_STAMP): setup.py requirements.txt | $(VPY)
-	$(VPY) -m pip install --quiet --disable-pip-version-check -e .
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e . --config-settings editable_mode=compat
 	@touch $@
 
 web-python: system-deps
@@ -68,13 +73,13 @@ web-python: system-deps
 # by www/package-lock.json, into www/node_modules, which rrcloud serves as
 # /ui/vendor/... (rrc/web/assets.py).  npm ci runs only when they are
 # missing or older than the lock (a stamp), so a machine that has them
-# needs no network.
+# needs no network; no package's install script runs (they need none).
 WWW_STAMP := www/node_modules/.rrcloud-installed
 www-deps: $(WWW_STAMP)
 
 $(WWW_STAMP): www/package.json www/package-lock.json
 	@command -v npm >/dev/null || $(MAKE) --no-print-directory system-deps
-	npm ci --prefix www --no-fund --no-audit
+	npm ci --prefix www --no-fund --no-audit --ignore-scripts
 	@touch $@
 
 install: system-deps python-deps web-python www-deps

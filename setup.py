@@ -1,9 +1,31 @@
 """pip install . -> the rrcloud command, the *.cloud wrappers, default services and config."""
 import glob
+import os
 
 from setuptools import setup
 
+from rrc.web.assets import VENDOR
+
 WRAPPED = ['openscad', 'openjscad', 'slic3r', 'povray', 'printrun']
+
+
+
+def www_files():
+    """(folder, files) pairs of the page's files below share/rrcloud/www,
+    folder by folder (data_files takes files only), without npm's package
+    files and www/node_modules but the libraries the page loads from it (rrc/web/assets.VENDOR)."""
+    pairs = []
+    for folder, folders, files in os.walk('www'):
+        folders[:] = sorted(f for f in folders if f != 'node_modules')
+        if files:
+            shipped = sorted(os.path.join(folder, f) for f in files if not f.startswith('package'))
+            pairs.append((os.path.join('share/rrcloud', folder), shipped))
+    for _, below in VENDOR:
+        path = os.path.join('www', 'node_modules', below)
+        if os.path.exists(path):
+            pairs.append((os.path.join('share/rrcloud', os.path.dirname(path)), [path]))
+    return pairs
+
 
 setup(
     name='rrcloud',
@@ -28,6 +50,6 @@ setup(
                                                      + glob.glob('services/*.sandbox')
                                                      + glob.glob('services/*.options')
                                                      + glob.glob('services/*.mjs'))),
-                ('share/rrcloud/www', sorted(glob.glob('www/*'))),
+                *www_files(),
                 ('share/rrcloud', ['rrcloudrc'])],
 )

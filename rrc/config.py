@@ -179,6 +179,7 @@ CONFIG_KEYS = {
     'maxFieldLength': positive_int,
     'maxQueued': positive_int,
     'maxOutputSize': parse_size,
+    'maxResultSize': parse_size,
     'maxMemory': parse_size,
     'maxProcesses': positive_int,
     'maxLogSize': parse_size,
@@ -208,6 +209,10 @@ DEFAULT_ALLOW = ('127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.1
 SECRET_KEYS = ('notifierSecret', 'workerToken', 'redis')
 # Limits that may differ per service: ``openscad.maxMemory = 4G``.
 SERVICE_LIMIT_KEYS = ('maxMemory', 'maxProcesses')
+# The most bytes a client takes of one result (or log) a server sends back:
+# generous, above the servers' own maxOutputSize (1 GiB), so only a server
+# gone wrong (or hostile) is ever refused.
+DEFAULT_MAX_RESULT_SIZE = 4 << 30
 HOST_KEY_RE = LazyPattern(r'\A[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]*\Z')
 
 
@@ -233,6 +238,7 @@ class Config:
         self.maxFieldLength = 4096
         self.maxQueued = 1000
         self.maxOutputSize = 1024 * 1024 * 1024
+        self.maxResultSize = DEFAULT_MAX_RESULT_SIZE  # a client's own bound on a download
         # What a tool may use while it runs (rrc/limits.py; per service: service_limits).
         self.maxMemory = 0  # 0: a share of the machine's RAM for each slot (limit_for)
         self.maxProcesses = default_max_processes()

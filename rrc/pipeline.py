@@ -37,7 +37,7 @@ from .store import append_log, unlink_quietly, write_file_atomically
 
 
 # Settings a forwarder runs with: a runner's, plus what it needs to reach its server.
-FORWARD_SETTINGS = ('reconnectTimeout', 'token')
+FORWARD_SETTINGS = ('reconnectTimeout', 'maxResultSize', 'token')
 WAITING_FOLDER = 'waiting'
 
 
@@ -247,10 +247,12 @@ def step_settings(config, step, token_for):
 
 def forward_settings(config, url, token_for):
     """What a forwarder needs beyond a runner's settings: how long to wait for
-    a lost server, and the token ``token_for`` chose for that server (its
-    forwarder sends that one and no other: ``forward.forwarder_config``)."""
+    a lost server, the most it takes of the step's result (``maxResultSize``)
+    and the token ``token_for`` chose for that server (its forwarder sends
+    that one and no other: ``forward.forwarder_config``)."""
     token = token_for(url)
-    return f'reconnectTimeout = {config.reconnectTimeout!r}\n' + (f'token = {token}\n' if token else '')
+    return (f'reconnectTimeout = {config.reconnectTimeout!r}\nmaxResultSize = {config.maxResultSize}\n'
+            + (f'token = {token}\n' if token else ''))
 
 
 def waiting_marker(store, task_id):

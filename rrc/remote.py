@@ -3,9 +3,10 @@
 import os
 import time
 
-from .config import SERVER_RE
+from .config import DEFAULT_MAX_RESULT_SIZE, SERVER_RE
 from .errors import NoServer, RRCloudError, UsageError
 from .events import status_changed
+from .limits import format_size
 from .names import LazyPattern, is_extension, is_single_line, is_task_id
 from .notifier import notifier_events_field
 from .schema import Field, TaskStatus
@@ -264,19 +265,24 @@ def post_task(session, url, service, inputs, native, notifier, params=(), out_ex
 
 
 def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext='', session=None, wait=0,
-                  on_record=None):
+                  on_record=None, before_post=None):
     """Send a task to the least loaded server that takes it; record it locally.
 
     With ``wait`` (a synchronous task) the server may answer the ended
     task: its result and log are fetched at once, over ``session``'s
     connection.  ``on_record(record)`` hears of the local record as soon as
     it is written, before that fetch (Ctrl-C then kills the task there).
+    ``before_post(url)`` is called before each server is tried and may
+    raise to stop there: a Ctrl-C held while the server before held its
+    POST ends the relay, it never goes on to the next server.
     """
     session = session or http_session(ctx.config.client_token_for)
     urls = [server_url(s, ctx.config.port) for s in servers]
     ranked, silent = rank_servers(session, urls)
     tried = list(silent)
     for url in ranked:
+        if before_post:
+            before_post(url)
         answer, failure = post_task(session, url, service, inputs, native, ctx.options.notifier,
                                     params, out_ext, ctx.options.notifier_events, ctx.options.priority,
                                     cache=not ctx.options.no_cache, wait=wait)
@@ -284,7 +290,7 @@ def submit_remote(ctx, service, servers, inputs, native, params=(), out_ext='', 
             record = record_remote(ctx.store, url, service, answer, client_names(inputs))
             if on_record:
                 on_record(record)
-            return settle_remote(ctx.store, record, session, answer) if wait else record
+            return settle_remote(ctx.store, record, session, answer, ctx.config.maxResultSize) if wait else record
         tried.append(failure)
     raise no_server_took_it(tried)
 
@@ -316,8 +322,9 @@ def record_remote(store, url, service, answer, fields=None):
     return status_changed(store, store.create_task(lambda task_id: record, preferred_id=preferred))
 
 
-def refresh_remote(store, record, session, wait=0):
-    """Ask a busy remote task's server about it; fetch result and log when it ended."""
+def refresh_remote(store, record, session, max_result, wait=0):
+    """Ask a busy remote task's server about it; fetch result and log (each
+    at most ``max_result`` bytes: maxResultSize) when it ended."""
     url = record[Field.SERVER]
     params = {'service': 'info', 'id': record[Field.REMOTE_ID]}
     if wait:
@@ -327,13 +334,15 @@ def refresh_remote(store, record, session, wait=0):
         return move_task(store, record[Field.ID], State.FAILED, {
             Field.ETIME: f'{time.time():.5f}',
             Field.ERROR: 'the server no longer knows this task'}) or store.read_task(record[Field.ID])
-    return settle_remote(store, record, session, parse_answer(response))
+    return settle_remote(store, record, session, parse_answer(response), max_result)
 
 
-def settle_remote(store, record, session, answer):
+def settle_remote(store, record, session, answer, max_result):
     """A remote task's local record after its server's ``answer`` (an info,
     or a held POST's): unchanged while it runs there; once it ended, its
-    result and log fetched and its final state moved to."""
+    result and log fetched (at most ``max_result`` bytes each) and its final
+    state moved to.  A result past that bound fails the task here: it stays
+    complete at its server, where ``rrcloud get --s`` may fetch it later."""
     url = record[Field.SERVER]
     status = answer.get('status')
     if status not in (TaskStatus.COMPLETE, TaskStatus.FAILED):
@@ -344,13 +353,17 @@ def settle_remote(store, record, session, answer):
     out_match = REMOTE_OUT_RE.match(answer.get('out', ''))
     if status == TaskStatus.COMPLETE and out_match:
         local_out = _local_out_name(record[Field.ID], out_match.group(1))
-        fetch_to(session, url + 'tasks/out/' + out_match.group(1), store.folder('out'), local_out)
-        changes['out'] = 'tasks/out/' + local_out
-        changes['sizeOut'] = os.path.getsize(os.path.join(store.folder('out'), local_out))
+        try:
+            fetch_to(session, url + 'tasks/out/' + out_match.group(1), store.folder('out'), local_out, max_result)
+            changes['out'] = 'tasks/out/' + local_out
+            changes['sizeOut'] = os.path.getsize(os.path.join(store.folder('out'), local_out))
+        except ResultTooLarge as exc:
+            status, changes['error'] = TaskStatus.FAILED, f'{exc}; {refetch_hint(record)}'
     elif status == TaskStatus.COMPLETE and answer.get('out'):
         status, changes['error'] = TaskStatus.FAILED, 'server named an unsafe result path'
     try:
-        fetch_to(session, url + 'tasks/log/' + record[Field.REMOTE_ID], store.folder('log'), record[Field.ID])
+        fetch_to(session, url + 'tasks/log/' + record[Field.REMOTE_ID], store.folder('log'), record[Field.ID],
+                 max_result)
     except RRCloudError:
         pass  # a missing log is no reason to lose the result
     final = State.COMPLETE if status == TaskStatus.COMPLETE else State.FAILED
@@ -367,8 +380,21 @@ def _local_out_name(task_id, remote_name):
     return f'{task_id}.{ext}' if is_extension(ext) else task_id
 
 
-def fetch_to(session, url, folder, name):
-    """Download ``url`` into ``folder/name`` atomically (name is ours, never the server's)."""
+class ResultTooLarge(RRCloudError):
+    """A server sent (or announced) more than the client's maxResultSize."""
+
+
+def refetch_hint(record):
+    """How to take a result refused for its size after all."""
+    return (f'it stays at {host_port(record[Field.SERVER])}: with a larger maxResultSize, '
+            f'`rrcloud get --s={host_port(record[Field.SERVER])} {record[Field.REMOTE_ID]}` fetches it')
+
+
+def fetch_to(session, url, folder, name, limit):
+    """Download ``url`` into ``folder/name`` atomically (name is ours, never
+    the server's): into a temp file beside it, renamed only once the whole
+    answer came within ``limit`` bytes, so a lost connection or an answer
+    too large leaves nothing under ``name``."""
     response = session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, 300))
     if response.status_code != 200:
         response.close()
@@ -377,12 +403,37 @@ def fetch_to(session, url, folder, name):
     temp = os.path.join(folder, f'.{name}.{temp_writer()}.part')
     try:
         with open(temp, 'wb') as handle:
-            for chunk in response.iter_content(65536):
+            for chunk in bounded_body(response, url, limit):
                 handle.write(chunk)
         os.replace(temp, os.path.join(folder, name))
     except BaseException:
         unlink_quietly(temp)
         raise
+
+
+def bounded_body(response, url, limit):
+    """A streamed answer's chunks, ResultTooLarge past ``limit`` bytes: at
+    once when its Content-Length says so, else when that many came (a
+    chunked answer, or one that ends with its connection).  A server's result has its
+    own bound there (maxOutputSize); this is the client's, against a server
+    gone wrong or hostile filling the disk."""
+    announced = response.headers.get('Content-Length', '').strip()
+    if announced.isascii() and announced.isdigit() and int(announced) > limit:
+        response.close()
+        raise too_large(url, limit)
+    size = 0
+    for chunk in response.iter_content(65536):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise too_large(url, limit)
+        yield chunk
+
+
+def too_large(url, limit):
+    """ResultTooLarge naming the download and the bound."""
+    return ResultTooLarge(f'{terminal_safe(url)} is larger than maxResultSize ({format_size(limit)}), '
+                          'the most this client takes of one download; nothing of it was kept')
 
 
 def wait_remote(store, config, record, token_for, progress=None, ended_here=False, session=None):
@@ -409,7 +460,7 @@ def wait_remote(store, config, record, token_for, progress=None, ended_here=Fals
                 break
         asked = time.monotonic()
         try:
-            record = refresh_remote(store, record, session, wait=wait)
+            record = refresh_remote(store, record, session, config.maxResultSize, wait=wait)
             lost_since = None
         except OSError:  # requests' errors are OSErrors
             lost_since = lost_since or asked
@@ -430,13 +481,14 @@ def give_up_if_lost(config, record, lost_for):
                        f'`rrcloud info {record["id"]}` fetches its result into tasks/out/ later')
 
 
-def kill_remote(store, record, token_for):
+def kill_remote(store, record, token_for, max_result=DEFAULT_MAX_RESULT_SIZE):
     """Ask a remote task's server to kill it (with the token ``token_for``
     chooses); returns the local record, updated from the server.
 
     Raises NoServer when the server cannot be reached, RRCloudError when it
     refuses, UsageError when the task had already ended there (its result is
-    then fetched): the task is never called killed unless the server said so.
+    then fetched, at most ``max_result`` bytes): the task is never called
+    killed unless the server said so.
     """
     session = http_session(token_for)
     url, remote_id = record[Field.SERVER], record[Field.REMOTE_ID]
@@ -448,7 +500,7 @@ def kill_remote(store, record, token_for):
     answer = parse_answer(response)
     killed = response.status_code == 200 and answer.get('error') == 'killed'
     try:
-        record = refresh_remote(store, record, session)
+        record = refresh_remote(store, record, session, max_result)
     except OSError:
         pass  # the kill itself was answered; the log comes with the next info
     if killed:

@@ -54,6 +54,17 @@ APP_PARTS = ('rrcloud.py', 'rrc', 'bin', 'services', 'www', 'lighttpd', 'apache'
 CONFIG_MARKER = 'rrcloud-test-config-marker-5b1f0e'
 
 
+def copy_vendor_files(www, to):
+    """The page's libraries from www/node_modules, and nothing else of it
+    (34 MB, thousands of files): the five files rrc/web/assets.VENDOR serves."""
+    from rrc.web.assets import VENDOR
+    for _, below in VENDOR:
+        source = www / 'node_modules' / below
+        if source.exists():
+            (to / 'node_modules' / below).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, to / 'node_modules' / below)
+
+
 def find_program(name):
     """Absolute path of a web server's program (they live in /usr/sbin)."""
     path = shutil.which(name, path='/usr/local/sbin:/usr/sbin:/sbin:' + os.environ.get('PATH', ''))
@@ -113,9 +124,11 @@ class Deployment:
         for part in APP_PARTS:
             source = REPO / part
             if source.is_dir():
-                shutil.copytree(source, self.app / part, symlinks=True)
+                shutil.copytree(source, self.app / part, symlinks=True,
+                                ignore=shutil.ignore_patterns('node_modules', '__pycache__'))
             else:
                 shutil.copy2(source, self.app / part)
+        copy_vendor_files(REPO / 'www', self.app / 'www')
         lay_out_store(self, config, services)
         uid, gid = www_data()
         chown_tree(self.store, uid, gid)

@@ -837,9 +837,11 @@ def test_make_installs_the_package_only_when_setup_py_changed(tmp_path):
 
     before = subprocess.run(['make', '-n', '-C', str(REPO), 'python-deps', f'VENV={venv}'],
                             capture_output=True, text=True, timeout=60)
-    (venv / '.rrcloud-installed').touch()
+    (venv / '.rrcloud-installed-compat').touch()
     after = subprocess.run(['make', '-n', '-C', str(REPO), 'python-deps', f'VENV={venv}'],
                            capture_output=True, text=True, timeout=60)
 
     assert 'pip install' in before.stdout, before
+    # a path in a .pth, not an import hook that every Python of the venv would load
+    assert 'editable_mode=compat' in before.stdout, before
     assert 'pip install' not in after.stdout and 'compileall' in after.stdout, after

@@ -352,7 +352,7 @@ def test_shipped_rrcloudrc_parses_to_the_defaults(workdir, monkeypatch):
 
 
 @pytest.mark.parametrize('key', ['port', 'servers', '.servers', 'timeout', 'maxDataRetention',
-                                 'maxTasks', 'dir', 'serverName', 'reconnectTimeout'])
+                                 'maxTasks', 'dir', 'serverName', 'reconnectTimeout', 'maxResultSize'])
 def test_shipped_rrcloudrc_shows_every_key_as_a_commented_example(key):
     text = SHIPPED_RRCLOUDRC.read_text()
     pattern = (r'^#[a-z0-9_]+\.servers\s*=' if key == '.servers' else rf'^#{key}\s*=')

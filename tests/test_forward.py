@@ -117,6 +117,24 @@ def test_a_step_goes_to_its_server_and_its_result_comes_back(cli, workdir, embed
     assert list(server.records()) == [step['remoteId']]  # sent once
 
 
+def test_a_steps_result_larger_than_max_result_size_fails_its_job_and_is_not_kept(cli, workdir, embedded_server):
+    server = embedded_server()
+    write_config(workdir, 'maxResultSize = 4\n')  # bytes: the forwarder takes it with the step
+
+    job_id = task_id_of(cli('pipe', 'echo', 'hello', '--', 'echo', f'--s={server.address}').out)
+    job = wait_until_done(workdir, job_id)
+
+    step = read_record(workdir, job['steps'].split(',')[1])
+    there = server.records()[step['remoteId']]
+    assert there['status'] == 'complete'  # this client refused it
+    reason = (f'{server.url}{there["out"]} is larger than maxResultSize (4 bytes), the most this '
+              f'client takes of one download; nothing of it was kept; it stays at {server.address}: with a larger '
+              f'maxResultSize, `rrcloud get --s={server.address} {step["remoteId"]}` fetches it')
+    assert (step['status'], step['error']) == ('failed', reason)
+    assert (job['status'], job['error']) == ('failed', f'step 2 (echo) failed: {reason}')
+    assert not (workdir / step['out']).exists() and not job.get('out')
+
+
 @pytest.mark.parametrize('status, error', [
     (400, '{url} refused the task: no room'),
     (500, 'sent to {url}, which did not answer ({url}: no room); not sent again: it may run there'),

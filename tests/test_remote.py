@@ -990,3 +990,145 @@ def test_ctrl_c_while_the_post_is_held_kills_the_task_once_its_id_comes(workdir,
     assert answer['status'] == 'failed' and answer['error'] == 'killed', answer
     (local,) = records(workdir)
     assert local['status'] == 'failed'
+
+
+def test_ctrl_c_while_a_held_post_fails_tries_no_other_server(workdir, embedded_server, fake):
+    import threading
+    second = embedded_server()
+    posted, release = threading.Event(), threading.Event()
+
+    def holds_then_loses_the_answer(request):
+        if request.method != 'POST':  # idle and unloaded: it ranks first
+            return 200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'
+        posted.set()
+        release.wait(DEADLINE)
+        # http.server closes the connection without an answer, as a server that dies holding it
+        raise ConnectionAbortedError('the held answer is lost')
+    first = fake(holds_then_loses_the_answer)
+    write_config(workdir, f'servers = {first.address}, {second.address}\n')
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    client = subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert posted.wait(DEADLINE), 'the POST reached the first server'
+        os.killpg(client.pid, signal.SIGINT)
+        stopping = client.stderr.readline()  # the Ctrl-C is heard while the first server holds the POST
+    finally:
+        release.set()
+    out, err = client.communicate(timeout=DEADLINE)
+
+    assert second.records() == {}, 'the second server was never sent the task'
+    assert stopping == (f'rrcloud: stopping: waiting for {first.address} to answer, to kill the task there '
+                        '(Ctrl-C again to leave it)\n')
+    assert client.returncode == 130, err
+    assert err.strip().splitlines() == [
+        f'rrcloud: warning: the task may still run at {first.address} (its answer never came; no other server '
+        f'was tried); `rrcloud ls --s={first.address}` finds it']
+    assert len(first.of('POST')) == 1
+    assert records(workdir) == []
+    assert not (workdir / 'cube.stl').exists()
+
+
+###############################################################################
+# 6. A result's size: the client's own bound (maxResultSize)
+###############################################################################
+
+def test_a_result_larger_than_max_result_size_is_refused_and_the_users_file_is_untouched(proc, cli, workdir,
+                                                                                         embedded_server):
+    server = embedded_server()
+    write_config(workdir, f'servers = {server.address}\nmaxResultSize = 1K\n')  # a cube's STL is about 3 KiB
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    (workdir / 'cube.stl').write_bytes(b'the old cube\n')
+
+    result = proc('cube.scad', '-ocube.stl', prog='openscad.cloud')
+
+    assert result.code == 1, result
+    (record,) = records(workdir)
+    remote_id = record['remoteId']
+    remote = server.info(remote_id)
+    assert remote['status'] == 'complete'  # it is the client that refused it
+    assert result.err.splitlines()[-1] == (
+        f'rrcloud: error: task {record["id"]} failed: {server.url}{remote["out"]} is larger than maxResultSize '
+        f'(1 KiB), the most this client takes of one download; nothing of it was kept; it stays at '
+        f'{server.address}: with a larger maxResultSize, `rrcloud get --s={server.address} {remote_id}` fetches it')
+    assert record['status'] == 'failed'
+    assert (workdir / 'cube.stl').read_bytes() == b'the old cube\n'
+    assert sorted(p.name for p in workdir.iterdir()) == ['cube.scad', 'cube.stl', 'rrcloudrc', 'tasks']
+    assert all_files(workdir / 'tasks' / 'out') == set()
+
+    refused = cli('get', f'--s={server.address}', remote_id, '-o', 'cube.stl')
+
+    assert refused.code == 1, refused
+    assert 'is larger than maxResultSize (1 KiB)' in one_line_error(refused)
+    assert (workdir / 'cube.stl').read_bytes() == b'the old cube\n'
+    assert sorted(p.name for p in workdir.iterdir()) == ['cube.scad', 'cube.stl', 'rrcloudrc', 'tasks']
+
+    write_config(workdir, f'servers = {server.address}\n')  # the default, 4 GiB: the way the error names
+    fetched = cli('get', f'--s={server.address}', remote_id, '-o', 'cube.stl')
+
+    assert fetched.code == 0, fetched
+    assert (workdir / 'cube.stl').read_bytes().startswith(b'solid')
+
+
+REMOTE_ID = '1795842096-66057-537746'
+INFO_OF_A_COMPLETE_TASK = (f'id: {REMOTE_ID}\nstatus: complete\nout: tasks/out/{REMOTE_ID}.stl\n'
+                           'version: RepRapCloud 0.019\n').encode()
+
+
+def chunked(*pieces):
+    """An HTTP/1.1 answer sent in chunks: no Content-Length says its size before it comes."""
+    body = b''.join(b'%x\r\n%s\r\n' % (len(piece), piece) for piece in pieces) + b'0\r\n\r\n'
+    return b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + body
+
+
+@pytest.mark.parametrize('kind', ['chunked past maxResultSize', 'connection lost midway'])
+def test_a_download_that_fails_leaves_no_file_under_the_users_name(cli, workdir, kind):
+    from test_lighthttp import ScriptedServer, plain
+    if kind == 'connection lost midway':
+        result = (b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n' + b's' * 5000, True)
+    else:
+        result = (chunked(*[b's' * 1000] * 4), False)
+    server = ScriptedServer([(plain(INFO_OF_A_COMPLETE_TASK), True), result])
+    address = server.url.removeprefix('http://').rstrip('/')
+    write_config(workdir, 'maxResultSize = 2K\n' if kind.startswith('chunked') else '')
+    (workdir / 'part.stl').write_bytes(b'the old part\n')
+
+    fetched = cli('get', f'--s={address}', REMOTE_ID, '-o', 'part.stl')
+    server.stop()
+
+    error = one_line_error(fetched)
+    if kind == 'connection lost midway':
+        assert fetched.code == 5 and f'cannot reach {address}' in error, fetched
+    else:
+        assert fetched.code == 1 and 'is larger than maxResultSize (2 KiB)' in error, fetched
+    assert (workdir / 'part.stl').read_bytes() == b'the old part\n'
+    assert sorted(p.name for p in workdir.iterdir()) == ['part.stl', 'rrcloudrc']
+
+
+def test_ctrl_c_while_servers_are_probed_sends_the_task_nowhere(workdir, embedded_server, fake):
+    import threading
+    second = embedded_server()
+    probed, release = threading.Event(), threading.Event()
+
+    def slow_meta(request):
+        probed.set()
+        release.wait(DEADLINE)
+        return 200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'
+    first = fake(slow_meta)
+    write_config(workdir, f'servers = {first.address}, {second.address}\n')
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    client = subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert probed.wait(DEADLINE), 'the client asked the first server for its load'
+        os.killpg(client.pid, signal.SIGINT)
+        out, err = client.communicate(timeout=DEADLINE)
+    finally:
+        release.set()
+
+    assert client.returncode == 130, err
+    assert err == ''  # nothing was sent: nothing to wait for, nothing that may run
+    assert second.records() == {} and first.of('POST') == []
+    assert records(workdir) == []

@@ -283,6 +283,18 @@ def test_a_busy_tasks_progress_is_sent_as_it_moves(server):
     assert progress == ['3/10']
 
 
+def test_a_busy_task_in_the_list_shows_its_progress_and_time_left(server):
+    from rrc.events import append_event
+    store = store_of(server)
+    task_id = add_tasks(store, 1, status='busy', stime=f'{time.time():.5f}')[0]
+    append_event(store, task_id, 'progress', {'done': 5, 'total': 10, 'percent': 50.0, 'eta': 40.0})
+
+    shown = tasks(server)['tasks'][0]
+
+    assert shown['progress'] == '5/10'
+    assert 38 <= int(shown['eta']) <= 40
+
+
 def test_the_stream_holds_a_wait_slot():
     config = f'token = {TOKEN}\nmaxWaits = 1\n'
     with deploy.running(deploy.deployment('wsgi', config=config)) as running:
@@ -335,3 +347,19 @@ def test_a_real_task_arrives_through_the_embedded_servers_stream(embedded_server
                 fields = {}
     states = [message['data']['status'] for message in seen if message['data'].get('id') == task_id]
     assert states[0] == 'busy' and states[-1] == 'complete', seen
+
+
+@pytest.mark.parametrize('kind', ['lighttpd', 'apache'])
+def test_a_cgis_changes_stream_reaches_the_client_as_it_is_written(kind):
+    """The web server passes the stream on at once, not when the CGI ends
+    after cgiStreamSeconds: lighttpd/rrcloud.conf streams service=changes as
+    service=events (apache/rrcloud.conf keeps mod_deflate off it, where
+    that module is on; this test's Apache has it off anyway)."""
+    import requests
+    with deploy.running(deploy.deployment(kind, config='cgiStreamSeconds = 3\n')) as running:
+        opened = time.monotonic()
+        with requests.get(running.url + '/?service=changes', stream=True, timeout=30) as stream:
+            for line in stream.iter_lines(chunk_size=1):
+                if line.startswith(b'event: hello'):
+                    break
+        assert time.monotonic() - opened < 1.5

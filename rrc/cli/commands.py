@@ -118,7 +118,7 @@ def cmd_kill(ctx, args):
     if record.get(Field.REMOTE_ID):
         if record.get(Field.STATUS) != TaskStatus.BUSY:
             raise UsageError(f'task {task_id} is not running (status {record.get("status")})')
-        record = kill_remote(ctx.store, record, ctx.config.client_token_for)
+        record = kill_remote(ctx.store, record, ctx.config.client_token_for, ctx.config.maxResultSize)
         print_fields(record, ('id', 'status', 'error'), server=record[Field.SERVER])
         return ExitCode.OK
     from ..control import kill_task

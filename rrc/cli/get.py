@@ -17,8 +17,8 @@ from .sync import deliver_output
 from ..errors import ExitCode, RRCloudError, UsageError
 from ..inputnames import download_name
 from ..names import check_task_id
-from ..remote import (CONNECT_TIMEOUT, REMOTE_OUT_RE, cannot_reach, check_remote_id, fetch_to, http_session,
-    terminal_safe)
+from ..remote import (CONNECT_TIMEOUT, REMOTE_OUT_RE, bounded_body, cannot_reach, check_remote_id, fetch_to,
+    http_session, terminal_safe)
 from ..schema import Field, TaskStatus
 from ..states import get_task
 
@@ -104,14 +104,15 @@ def fetch_result(ctx, result, name):
     from ..remote import server_url
     session = http_session(ctx.config.client_token_for)
     url = server_url(ctx.options.s, ctx.config.port) + 'tasks/out/' + result
+    limit = ctx.config.maxResultSize
     try:
         if name != '-':
-            fetch_to(session, url, os.path.dirname(os.path.abspath(name)), os.path.basename(name))
+            fetch_to(session, url, os.path.dirname(os.path.abspath(name)), os.path.basename(name), limit)
             return
         response = session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, 300))
         if response.status_code != 200:
             raise RRCloudError(f'cannot fetch {url}: HTTP {response.status_code}')
-        for chunk in response.iter_content(65536):
+        for chunk in bounded_body(response, url, limit):  # stdout cannot be taken back: what came stays
             sys.stdout.buffer.write(chunk)
     except OSError as exc:
         if exc.__module__.startswith('requests'):  # the server went away; a local file error says itself

@@ -155,7 +155,8 @@ def refresh_if_remote(store, config, record, warned=None):
         return record
     server = record[Field.SERVER]
     try:
-        return refresh_remote(store, record, http_session(remote_token_for(store, config, record)))
+        return refresh_remote(store, record, http_session(remote_token_for(store, config, record)),
+                              config.maxResultSize)
     except OSError as exc:  # requests' errors are OSErrors
         warning = f'{cannot_reach(server, exc)} (its tasks stay busy here)'
     except RRCloudError as exc:

@@ -187,7 +187,7 @@ def stop_job(ctx, record):
     """Ctrl-C while waiting: kill the job, here or at its server."""
     try:
         if record.get(Field.REMOTE_ID):
-            kill_remote(ctx.store, record, ctx.config.client_token_for)
+            kill_remote(ctx.store, record, ctx.config.client_token_for, ctx.config.maxResultSize)
         else:
             kill_job(ctx.store, ctx.config, record[Field.ID], 'Ctrl-C on the command line',
                      ctx.config.client_token_for)

@@ -41,7 +41,8 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
     try:
         with interrupt:
             record = submit_remote(ctx, service, servers, inputs, native, params, out_ext, session=session,
-                                   wait=SYNC_POST_WAIT, on_record=interrupt.allow_after)
+                                   wait=SYNC_POST_WAIT, on_record=interrupt.allow_after,
+                                   before_post=interrupt.before_post)
         if record.get(Field.STATUS) == TaskStatus.BUSY:
             progress = ProgressLine(record[Field.SERVER]) if sys.stderr.isatty() else None
             record = wait_for_remote(ctx, record, progress, session)
@@ -51,9 +52,8 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
         record = record or interrupt.record
         if record:
             stop_after_interrupt(ctx, record)
-        elif session.sent:  # a second Ctrl-C before the held POST answered: its id never came
-            print('rrcloud: warning: the task may still run at its server (its answer never came); '
-                  '`rrcloud ls --s=SERVER` finds it', file=sys.stderr)
+        elif session.sent:  # the held POST's answer never came (a second Ctrl-C, or it failed): no id
+            warn_unanswered(interrupt.server)
         return ExitCode.INTERRUPTED
     except OSError as exc:  # requests' and lighthttp's errors are OSErrors
         record = record or interrupt.record
@@ -68,15 +68,28 @@ def sync_remote(ctx, service, servers, inputs, native, output, show=False, param
     return deliver_result(ctx, record, output, show)
 
 
+def warn_unanswered(url):
+    """Stopped while the server at ``url`` held the POST, its answer lost:
+    the task may run there, and nothing here knows its id."""
+    server = host_port(url) if url else 'its server'
+    print(f'rrcloud: warning: the task may still run at {server} (its answer never came; '
+          f'no other server was tried); `rrcloud ls --s={server if url else "SERVER"}` finds it',
+          file=sys.stderr)
+
+
 class InterruptLater:
     """Ctrl-C while a POST is held: the task's id comes with the answer, so
     the first Ctrl-C waits for it (at most SYNC_POST_WAIT seconds more) and is
     raised as soon as the local record exists, to kill the task at its
     server; a second Ctrl-C stops at once (the task may then run on there).
+    A held POST that fails instead ends the relay too: the Ctrl-C is raised
+    before the next server is tried, or when the last one failed.  Before
+    any POST (while servers are probed) nothing is held: it stops at once.
     """
 
     def __init__(self):
         self.pending, self.record, self.previous = False, None, None
+        self.server = None  # the URL the last POST went to: what a warning names
 
     def __enter__(self):
         import signal
@@ -89,12 +102,19 @@ class InterruptLater:
         return self
 
     def on_interrupt(self, signum, frame):
-        if self.pending or self.record is not None:
+        if self.pending or self.record is not None or self.server is None:
             raise KeyboardInterrupt
         self.pending = True
-        sys.stderr.write('rrcloud: stopping: waiting for the server to answer, to kill the task there '
+        sys.stderr.write(f'rrcloud: stopping: waiting for {host_port(self.server)} to answer, to kill the task there '
                          '(Ctrl-C again to leave it)\n')
         sys.stderr.flush()
+
+    def before_post(self, url):
+        """A POST to ``url`` is next: a Ctrl-C that came while the server
+        before held its POST (which then failed) stops the relay here."""
+        if self.pending:
+            raise KeyboardInterrupt
+        self.server = url
 
     def allow_after(self, record):
         """The local record exists: a Ctrl-C that came meanwhile is raised now, and any later one at once."""
@@ -106,7 +126,8 @@ class InterruptLater:
         import signal
         if self.previous is signal.default_int_handler:
             signal.signal(signal.SIGINT, self.previous)
-        if exc[0] is None and self.pending:
+        if self.pending and not (exc[0] and issubclass(exc[0], KeyboardInterrupt)):
+            # no answer came, or the last server's POST failed (NoServer): the user's Ctrl-C wins
             raise KeyboardInterrupt
 
 
@@ -125,7 +146,7 @@ def wait_for_remote(ctx, record, progress, session=None):
 def stop_after_interrupt(ctx, record):
     """Ctrl-C while waiting for a remote task: kill it at its server, or say it may still run."""
     try:
-        kill_remote(ctx.store, record, ctx.config.client_token_for)
+        kill_remote(ctx.store, record, ctx.config.client_token_for, ctx.config.maxResultSize)
     except RRCloudError as exc:
         print(f'rrcloud: warning: {exc} (rrcloud kill {record["id"]} tries again)', file=sys.stderr)
 

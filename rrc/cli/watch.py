@@ -261,7 +261,7 @@ def wait_with_events(ctx, record, progress):
             latest = (message.data, time.monotonic())
         if message.final:
             from ..remote import refresh_remote
-            return refresh_remote(ctx.store, record, session)
+            return refresh_remote(ctx.store, record, session, ctx.config.maxResultSize)
 
 
 def offers_events(session, url):

@@ -20,7 +20,9 @@ from .request import MAX_WAIT_SECONDS, Response, check_field
 
 
 def answer_page(app, request):
-    """``GET /`` from a browser: the task table, under a name this server knows.
+    """``GET /`` from a browser: the page, under a name this server knows; it
+    needs no token (routes.PAGE), so it is a shell without task data, which
+    the page asks the API for with the token (rrc/web/page.py, www/).
     Under another name the page's own requests would be refused: the browser
     says so at once, naming allowHosts."""
     check_host(request, app.config)

@@ -34,7 +34,6 @@ from ..names import DIGITS, is_task_id
 from ..schema import Field
 from ..states import reconcile_task
 from ..store import marked, to_json
-from .sse import open_stream
 
 # How often the info folder is looked at: a change shows within this, plus a read.
 POLL_SECONDS = 0.1
@@ -53,6 +52,7 @@ Message = namedtuple('Message', 'kind json cursor')
 def answer_changes(app, request):
     """The store's changes from the client's cursor on (a new client: from now)."""
     cursor = changes_cursor(request)
+    from .sse import open_stream  # here: service=tasks reads this module's stamp without it
     return open_stream(app, request, lambda: ChangesStream(app, request.client, cursor), 'changes of the store')
 
 

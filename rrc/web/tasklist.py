@@ -109,10 +109,26 @@ def read_record(store, task_id, query):
 
 
 def shown_record(app, record, client):
-    """A record as ``info`` shows it to ``client``: live progress, a job's steps."""
+    """A record as ``info`` shows it to ``client``: live progress (and the
+    time left, for a progress bar), a job's steps."""
     from ..events import with_live_progress
     from .answers import client_view, job_info
-    record = with_live_progress(app.store, record)
+    record = with_eta(app.store, with_live_progress(app.store, record))
     if record.get(Field.STEPS) is not None:
         record = job_info(app, record)
     return client_view(record, client)
+
+
+def with_eta(store, record):
+    """A busy task's record with ``eta``: the seconds left as of now, from its
+    newest progress event (a print's record has ``etaSeconds`` already)."""
+    if Field.PROGRESS not in record or record.get(Field.STATUS) != TaskStatus.BUSY or 'etaSeconds' in record:
+        return record
+    from ..events import last_progress_event
+    event = last_progress_event(store, record[Field.ID])
+    eta = event.data.get('eta') if event is not None and isinstance(event.data, dict) else None
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0 <= eta < 10 ** 9:
+        return record
+    import time
+    left = max(0.0, eta - max(0.0, time.time() - float(event.time or 0)))
+    return dict(record, eta=f'{left:.0f}')
