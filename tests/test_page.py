@@ -155,6 +155,16 @@ def test_the_page_itself_holds_no_task(page, server):
     wait(page, lambda d: row(d, task_id), 'the task fetched into the list')
 
 
+def test_rows_show_sizes_that_read_well(page, server):
+    small = submit(server, 'echo', 'x' * 45, 'small.txt')
+    big = submit(server, 'echo', 'y' * 1_900_000, 'big.txt')
+    server.wait_done(small)
+    server.wait_done(big)
+    open_page(page, server)
+    assert 'in 45 B' in row(page, small) and 'out 45 B' in row(page, small)
+    assert 'in 1.8 MB' in row(page, big) and 'out 1.8 MB' in row(page, big)
+
+
 def test_hostile_names_show_as_text(page, server):
     """A task whose input is named like markup and whose record's error
     reads like a script (written into the store: no tool writes one so)
