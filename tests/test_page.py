@@ -246,11 +246,13 @@ def test_a_pipe_from_the_page_completes_and_shows_its_steps(page, server):
 
 
 def test_a_print_step_of_a_pipe_names_the_printer_chosen(page, server):
-    """A pipe's print step offers the named printers; the one chosen is the
-    step's printer (its record says so; the port does not exist here, so
+    """The server panel lists the named printers, and a pipe's print step
+    offers them; the one chosen is the step's printer (its record says so; the port does not exist here, so
     the print itself fails)."""
     write_printer(server.root, 'mk3', 'port = /dev/ttyACM97\n')
     open_page(page, server)
+    printers = wait(page, lambda d: shown_text(d, '#printers'), 'the server panel\'s printers')
+    assert 'mk3' in printers and '/dev/ttyACM97' in printers, printers
     page.find_element('id', 'file-input').send_keys(str(DATA / 'small.gcode'))
     choose(page, '#submit-mode', 'pipe')
     for remove in css(page, '#pipe-steps li button')[1:]:
