@@ -143,9 +143,11 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """The module's browser for one test: desktop size, no console messages left from before."""
+    """The module's browser for one test: desktop size, no console messages
+    nor requests logged before."""
     _browser.set_size(browser, _browser.DESKTOP)
     browser.get_log('browser')
+    browser.get_log('performance')
     return browser
 
 

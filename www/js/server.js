@@ -1,0 +1,98 @@
+// The server panel: what the server is (meta), how busy, its farm's
+// workers and its printers.  Read again now and then, and soon after a
+// task changed (throttled: a busy farm changes many times a second).
+
+import {clear, el, show} from './dom.js';
+
+const REFRESH_MS = 10000;
+const AFTER_CHANGE_MS = 1000;
+
+export class ServerPanel {
+  constructor(api, {onMeta}) {
+    this.api = api;
+    this.onMeta = onMeta || (() => {});
+    this.pending = null;
+    this.timer = null;
+    this.facts = el('dl', {class: 'facts', id: 'server-facts'});
+    this.workers = el('div', {id: 'workers', hidden: true});
+    this.printers = el('div', {id: 'printers', hidden: true});
+    this.section = el('section', {id: 'server', 'aria-labelledby': 'server-title'},
+      el('h2', {id: 'server-title'}, 'Server'), this.facts, this.workers, this.printers);
+  }
+
+  /** Read meta and printers now, then every REFRESH_MS. */
+  start() {
+    if (this.timer) return;  // started again after a token was given: one timer is enough
+    this.timer = setInterval(() => this.refresh().catch(() => {}), REFRESH_MS);
+  }
+
+  /** A task changed: read again soon (at most once a second). */
+  soon() {
+    if (this.pending) return;
+    this.pending = setTimeout(() => {
+      this.pending = null;
+      this.refresh().catch(() => {});
+    }, AFTER_CHANGE_MS);
+  }
+
+  async refresh() {
+    const [meta, printers] = await Promise.all([
+      this.api.get({service: 'meta'}),
+      this.api.get({service: 'printers'}).catch(() => []),
+    ]);
+    this.showMeta(meta);
+    this.showWorkers(meta.farmWorkers || '');
+    this.showPrinters(Array.isArray(printers) ? printers : []);
+    this.onMeta(meta);
+  }
+
+  showMeta(meta) {
+    const rows = [
+      ['name', meta.serverName],
+      ['version', meta.version],
+      ['services', String(meta.services || '').split(',').join(', ')],
+      ['load', meta.cpuLoad],
+      ['tasks', `${meta.busy || 0} busy · ${meta.queued || 0} queued · ${meta.maxTasks || '?'} at once`],
+      ['uptime', meta.uptime],
+    ];
+    clear(this.facts);
+    for (const [name, value] of rows) {
+      this.facts.append(el('dt', {}, name), el('dd', {'data-fact': name}, value || ''));
+    }
+  }
+
+  /** A farm's workers: "NAME STATE SVC+SVC HEARTBEAT,..." (meta's farmWorkers). */
+  showWorkers(text) {
+    const workers = text.split(',').map((item) => item.trim()).filter(Boolean);
+    clear(this.workers);
+    show(this.workers, workers.length > 0);
+    if (!workers.length) return;
+    this.workers.append(el('h3', {}, 'Workers'), el('ul', {class: 'workers'}, workers.map((item) => {
+      const [name, state, services, ...heartbeat] = item.split(' ');
+      return el('li', {class: `worker state-${state}`},
+        el('strong', {}, name || ''), ' ', el('span', {class: 'badge'}, state || ''), ' ',
+        (services || '').split('+').join(', '),
+        heartbeat.length ? ` · heartbeat ${heartbeat.join(' ')}` : '');
+    })));
+  }
+
+  /** The named printers: state, current task (linked), temperatures. */
+  showPrinters(printers) {
+    clear(this.printers);
+    show(this.printers, printers.length > 0);
+    if (!printers.length) return;
+    this.printers.append(el('h3', {}, 'Printers'), el('ul', {class: 'printers'}, printers.map(printerItem)));
+  }
+}
+
+function printerItem(printer) {
+  const temps = [['hotend', printer.hotend, printer.hotendTarget], ['bed', printer.bed, printer.bedTarget]]
+    .filter(([, actual]) => actual !== undefined && actual !== '')
+    .map(([name, actual, target]) => `${name} ${actual}°${target ? ` / ${target}°` : ''}`);
+  return el('li', {class: 'printer', 'data-printer': printer.name || ''},
+    el('strong', {}, printer.name || ''), ' ',
+    el('span', {class: `badge state-${printer.state || ''}`}, printer.state || ''),
+    printer.task ? el('a', {href: `#task=${encodeURIComponent(printer.task)}`, class: 'printer-task'}, ' task') : null,
+    temps.length ? el('span', {class: 'temps'}, ` ${temps.join(' · ')}`) : null,
+    printer.port ? el('span', {class: 'port'}, ` ${printer.port}`) : null);
+}
