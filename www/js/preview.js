@@ -200,7 +200,12 @@ async function loadGeometry(THREE, url, api) {
     return geometry;
   }
   const {STLLoader} = await import(new URL('STLLoader.js', VENDOR).href);
-  return new STLLoader().parse(buffer);  // tells ASCII from binary itself
+  try {
+    return new STLLoader().parse(buffer);  // tells ASCII from binary itself
+  } catch (error) {
+    // The loader reads a short or cut binary file past its end: say what the user has.
+    throw new Error('not a readable STL file');
+  }
 }
 
 /** A round step for a grid of about ten lines over `size` (1, 2 or 5 times a power of ten). */
