@@ -194,6 +194,11 @@ def test_an_stl_model_shows_in_a_view_that_turns_and_zooms(page, server):
     assert turned.rgba != zoomed.rgba
     assert turned.warm() > turned.size() * 0.05  # still the cube, seen from elsewhere
     screenshot(page, 'preview-stl-turned')
+
+    page.execute_script("document.getElementById('preview-box').style.width = '400px'")  # a phone's width
+    narrow = wait_for_change(page, canvas, turned)
+    assert (narrow.width, narrow.height) == (400, 300)  # drawn again at the new size, still 4:3
+    assert narrow.warm() > narrow.size() * 0.05
     no_errors(page)
 
 
@@ -313,6 +318,41 @@ def test_a_rendered_png_shows_as_an_image_from_a_blob_url(page, server):
     assert revoked == 'revoked'
     # the browser says so in the console (the one error this test expects)
     assert [message.split(' ')[0] for message in severe_console(page)] == [source]
+    no_errors(page)
+
+
+def test_a_view_left_while_its_result_loads_is_freed(page, server):
+    """A task view that empties its container on leaving, before the
+    result has come, never gets the function that frees the view made
+    after: it is freed at once, not left holding a WebGL context."""
+    record = finished(server, 'openscad', (DATA / 'cube.scad').read_text(), 'cube.scad')
+    open_page(page, server)
+    left = page.execute_async_script("""
+        const [record, done] = arguments;
+        (async () => {
+          const {showPreview} = await import('/ui/js/preview.js');
+          const box = document.createElement('div');
+          document.body.prepend(box);
+          const made = [];
+          const original = HTMLCanvasElement.prototype.getContext;
+          HTMLCanvasElement.prototype.getContext = function (...how) {
+            made.push(this);
+            return original.apply(this, how);
+          };
+          const slow = {fetchBlob: async url => {
+            const blob = await window.previewApi.fetchBlob(url);
+            box.replaceChildren();  // the user left meanwhile
+            return blob;
+          }};
+          try {
+            await showPreview(box, record, slow);  // its function never called: the view is gone
+          } finally {
+            HTMLCanvasElement.prototype.getContext = original;
+          }
+          done(made.map(canvas => [canvas.isConnected, canvas.getContext('webgl2').isContextLost()]));
+        })().catch(error => done(String(error)));
+    """, record)
+    assert left == [[False, True]]  # the one view made: out of the page, its context given back
     no_errors(page)
 
 

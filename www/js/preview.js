@@ -49,14 +49,24 @@ export async function showPreview(container, record, api) {
   const box = element('div', {class: `preview preview-${kind}`});
   container.append(box);
   const name = record.out.split('/').pop();
+  // A large result takes a while to come: say so meanwhile.
+  const loading = element('p', {class: 'preview-note', 'data-preview': 'loading'}, `Loading a preview of ${name}…`);
+  box.append(loading);
   let disposeView = () => {};
   try {
     const show = {model: showModel, gcode: showGcode, image: showImage}[kind];
     disposeView = await show(box, record.out, name, api);
+    loading.remove();
   } catch (error) {
     console.warn('preview of', name, 'failed:', error);
     box.replaceChildren(element('p', {class: 'preview-note', 'data-preview': 'note'},
                                     `No preview of ${name}: ${error.message || error}`));
+  }
+  if (!box.isConnected) {
+    // The task view was left (its container emptied) while the result
+    // loaded: nobody will call the function returned, so free it now.
+    disposeView();
+    return () => {};
   }
   let disposed = false;
   return () => {
