@@ -21,7 +21,7 @@ PORT     ?= 4468
 # OpenSCAD 2025.01 with the Manifold engine, a WASM build from npm (rrc/engines.py).
 MANIFOLD_VERSION := 1.2.0
 
-.PHONY: all install system-deps python-deps web-python test-deps bench-deps run serve start stop test clean
+.PHONY: all install system-deps python-deps web-python www-deps test-deps bench-deps run serve start stop test clean
 
 all: install
 
@@ -64,7 +64,20 @@ web-python: system-deps
 	  $(SUDO) $(WEBVENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt && \
 	  $(SUDO) touch $(WEBVENV)/.rrcloud-installed; }
 
-install: system-deps python-deps web-python
+# The browser page's libraries (three, gcode-preview and its lil-gui), pinned
+# by www/package-lock.json, into www/node_modules, which rrcloud serves as
+# /ui/vendor/... (rrc/web/assets.py).  npm ci runs only when they are
+# missing or older than the lock (a stamp), so a machine that has them
+# needs no network.
+WWW_STAMP := www/node_modules/.rrcloud-installed
+www-deps: $(WWW_STAMP)
+
+$(WWW_STAMP): www/package.json www/package-lock.json
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory system-deps
+	npm ci --prefix www --no-fund --no-audit
+	@touch $@
+
+install: system-deps python-deps web-python www-deps
 
 # The browser tests' Chromium and its driver (tests/browser.py gives Selenium
 # both paths, so it never downloads one).

@@ -94,7 +94,8 @@ NAMED_FIELDS = frozenset(('service', 'nativeArgs', 'outExt', 'notifier', 'format
                           'cache',  # cache=no: the result cache neither asked nor given the result (rrc/cache.py)
                           'olderThan',  # service=clean: days
                           'since',  # service=history: days
-                          'lastEventId',  # service=events: the cursor of a client that cannot send Last-Event-ID
+                          'lastEventId',  # service=events, changes: the cursor of a client that cannot send Last-Event-ID
+                          'limit', 'before', 'status', 'of',  # service=tasks: a page of the list (rrc/web/tasklist.py)
                           # a farm's workers (rrc/web/workroutes.py)
                           'worker', 'attempt', 'path', 'log', 'events', 'ending', 'result', 'sender',
                           'toolVersions'))

@@ -30,12 +30,18 @@ FOREIGN_ORIGIN = {'Origin': 'http://evil.example', 'Sec-Fetch-Site': 'cross-site
 BROWSER = {'User-Agent': 'Mozilla/5.0 (X11; Linux x86_64) route walk'}
 
 
+# The name each path route is walked with below its prefix: none of a task,
+# a page's file that is there (rrc/web/assets.py).
+PATH_NAMES = {'/ui/': 'index.html'}
+
+
 def declared():
     """(name, service or path, route) of every route in the table: each service,
-    a tool's submission, the files below /tasks/."""
+    a tool's submission, the page, the files below /tasks/ and /ui/."""
     walk = [(name, name, found) for name, found in routes.SERVICES.items()]
     walk.append(('a task (submit)', NOT_A_TOOL, routes.SUBMIT))
-    walk += [(prefix, prefix + UNKNOWN_ID, found) for prefix, found in routes.PATH_ROUTES]
+    walk.append(('the page', '', routes.PAGE))
+    walk += [(prefix, prefix + PATH_NAMES.get(prefix, UNKNOWN_ID), found) for prefix, found in routes.PATH_ROUTES]
     return walk
 
 
@@ -49,7 +55,8 @@ def requests_of(target, found, methods):
     a POST of a service both with its name in the query (as workers send it) and in the body."""
     out = []
     for method in methods:
-        if target.startswith('/tasks/'):
+        if target.startswith('/') or found is routes.PAGE:
+            target = target or '/'  # the page: a browser's bare GET of /
             out.append((method, method, target, '' if method == POST else None))
         elif method == POST:
             out.append(('POST, service in the query', POST, f'/?service={target}', encode(FIELDS)))
@@ -80,14 +87,35 @@ def server():
 
 def send(server, method, target, body, headers=(), found=None, token=True):
     """(status, headers dict, text) of one request; the token the route needs, unless ``token`` is False."""
-    sent = dict(headers)
+    sent = dict(BROWSER) if found is routes.PAGE else {}  # the page is a browser's
+    sent.update(headers)
     if token:
         sent.update({'X-RRCloud-Worker-Token': WORKER_TOKEN} if found.token == Token.WORKER
                     else {'Authorization': f'Bearer {TOKEN}'})
     if body is not None:
         sent['Content-Type'] = 'application/x-www-form-urlencoded'
-    status, answer_headers, data = server.request_raw(method, target, body, sent)
+    if found is not None and found.streams == Streams.EVENTS and method == GET:
+        status, answer_headers, data = stream_opening(server, target, sent)
+    else:
+        status, answer_headers, data = server.request_raw(method, target, body, sent)
     return status, {k.lower(): v for k, v in answer_headers}, data.decode('utf-8', 'replace')
+
+
+def stream_opening(server, target, headers):
+    """(status, headers, first chunk) of a GET whose answer may be a stream
+    without an end (service=changes): only its opening is read, then it is closed."""
+    from inprocess import build_environ
+    environ = build_environ(GET, target, [('Host', f'127.0.0.1:{server.port}'), *headers.items()], None,
+                            '127.0.0.1', server.port)
+    started = []
+    chunks = server.application(environ, lambda status, answer_headers, exc_info=None: started.extend(
+        [int(status.split()[0]), answer_headers]))
+    try:
+        first = next(iter(chunks), b'')
+    finally:
+        if hasattr(chunks, 'close'):
+            chunks.close()
+    return started[0], started[1], first
 
 
 @pytest.mark.parametrize('method, target, body, found', cases(True, answered_methods))
@@ -139,6 +167,9 @@ def test_a_route_answers_the_methods_it_declares(server, method, target, body, f
 
 
 def refused_methods(found):
+    """The methods a route refuses; the page's only (a GET) is / by any other method, a POST of / is the API's."""
+    if found is routes.PAGE:
+        return []
     return [method for method in ('GET', 'HEAD', 'POST') if not found.answers(method)]
 
 
@@ -170,7 +201,32 @@ def test_other_methods_are_405_and_options_is_the_cors_preflight(server):
 def test_the_page_is_a_browsers_get(server):
     status, headers, _ = send(server, GET, '/', None, BROWSER, routes.PAGE)
     assert status == 200 and headers['content-type'].startswith('text/html')
-    assert routes.PAGE == Route(routes.PAGE.handler, (GET,), False, Token.CLIENT, Streams.NO)
+    assert routes.PAGE == Route(routes.PAGE.handler, (GET,), False, Token.NONE, Streams.NO)
+
+
+def tokenless_cases():
+    return [case for case in cases(False, answered_methods) if case.values[3].token == Token.NONE]
+
+
+@pytest.mark.parametrize('method, target, body, found', tokenless_cases())
+def test_a_route_that_needs_no_token_answers_without_it(server, method, target, body, found):
+    """The page's shell and files: a browser loads them before it can ask for the token."""
+    status, _, text = send(server, method, target, body, found=found, token=False)
+    assert status == 200, (status, text)
+
+
+def test_only_the_page_and_its_files_need_no_token():
+    tokenless = [name for name, _, found in declared() if found.token == Token.NONE]
+    assert tokenless == ['the page', '/ui/']
+    assert all(found.token != Token.NONE for found in routes.SERVICES.values())
+
+
+def test_a_read_that_is_not_the_page_still_needs_the_token(server):
+    """A bare GET without a browser's User-Agent (curl, 0.019) is info: its records need the token."""
+    status, _, _ = send(server, GET, '/', None, found=routes.SERVICES['info'], token=False)
+    assert status == 401
+    status, _, _ = send(server, GET, '/?format=json', None, BROWSER, found=routes.SERVICES['info'], token=False)
+    assert status == 401
 
 
 # -- the table itself -------------------------------------------------------------------
@@ -210,6 +266,9 @@ def test_a_route_cannot_be_declared_without_a_fact_or_with_a_wrong_one():
         Route(handler, (GET,), True, 'none', Streams.NO)
     with pytest.raises(ValueError):
         Route(handler, (GET,), True, Token.CLIENT, 'sometimes')
+    for methods, changes in [((GET,), True), ((POST,), False), ((GET, POST), False)]:
+        with pytest.raises(ValueError):  # no token: only a GET that changes nothing
+            Route(handler, methods, changes, Token.NONE, Streams.NO)
 
 
 def test_the_table_cannot_be_changed_at_run_time():

@@ -27,8 +27,14 @@ def check_access(request, config, route):
     if is_work_route(route):  # a farm's worker: its token, and nothing else opens these
         request.is_worker = is_worker(request, config)
         check_worker(request)
-    elif config.token and not token_in_form(request):
+    elif config.token and needs_token(route) and not token_in_form(request):
         check_token(header_token(request), config)
+
+
+def needs_token(route):
+    """False for a route that holds no data (``Token.NONE``: the page's shell
+    and its files, which must load to ask for the token); any other needs it."""
+    return route is None or route.token != Token.NONE
 
 
 def changes_state(request, route):
@@ -44,6 +50,7 @@ class Token:
     """Whose token opens a route (rrc/web/routes.py), when tokens are set in rrcloudrc."""
     CLIENT = 'client'  # token: a client's
     WORKER = 'worker'  # workerToken: a farm's worker's, and no client's
+    NONE = 'none'  # none: what holds no data (the page's shell and files); reads only
 
 
 def is_work_route(route):

@@ -5,7 +5,7 @@ from ..names import LazyPattern, address_in, is_form_field, is_single_line
 
 
 MAX_WAIT_SECONDS = 60
-STATUS_LINES = {200: '200 OK', 204: '204 No Content', 400: '400 Bad Request',
+STATUS_LINES = {200: '200 OK', 204: '204 No Content', 304: '304 Not Modified', 400: '400 Bad Request',
                 401: '401 Unauthorized', 403: '403 Forbidden',
                 404: '404 Not Found', 405: '405 Method Not Allowed',
                 413: '413 Payload Too Large', 500: '500 Internal Server Error',

@@ -13,8 +13,10 @@ Each route declares, with no default for any of them:
   A POST is checked so whatever it names: its service may be in its body,
   which is read after these checks.
 - ``token``: whose token opens it when tokens are set: a client's
-  (``token``), or only a farm's worker's (``workerToken``,
-  ``rrc/web/workroutes.py``).
+  (``token``), only a farm's worker's (``workerToken``,
+  ``rrc/web/workroutes.py``), or none (``Token.NONE``: a GET of what holds
+  no data, the page's shell and its files, which must load to ask for the
+  token).
 - ``streams``: NO, one answer at once; HELD, a long-poll that may hold its
   one answer (``wait=``, 0.019's held POST) in one of the ``maxWaits``
   slots; EVENTS, an open stream of Server-Sent Events in one of those
@@ -23,7 +25,7 @@ Each route declares, with no default for any of them:
 A request of the API (``/``, ``/index.cgi``) picks its route by
 ``service=``; a name not in SERVICES is a tool to run (SUBMIT), and a bare
 GET is ``info``, or the page for a browser (PAGE).  Files below
-``/tasks/`` are PATH_ROUTES.
+``/tasks/`` and the page's files below ``/ui/`` are PATH_ROUTES.
 """
 
 from collections import namedtuple
@@ -31,6 +33,7 @@ from types import MappingProxyType
 
 from . import answers
 from .access import API_PATHS, Token
+from .assets import serve_asset
 from .files import serve_log, serve_result
 from .workroutes import answer_workclaim, answer_workdone, answer_workinput, answer_workupdate
 
@@ -58,8 +61,10 @@ class Route(namedtuple('Route', 'handler methods changes_state token streams')):
             raise ValueError(f'a route answers GET, POST or both, not {methods!r}')
         if not isinstance(changes_state, bool):
             raise ValueError('changes_state is True or False')
-        if token not in (Token.CLIENT, Token.WORKER):
-            raise ValueError(f'token is Token.CLIENT or Token.WORKER, not {token!r}')
+        if token not in (Token.CLIENT, Token.WORKER, Token.NONE):
+            raise ValueError(f'token is Token.CLIENT, Token.WORKER or Token.NONE, not {token!r}')
+        if token == Token.NONE and (changes_state or tuple(methods) != (GET,)):
+            raise ValueError('only a GET that changes nothing may need no token')
         if streams not in (Streams.NO, Streams.HELD, Streams.EVENTS):
             raise ValueError(f'streams is Streams.NO, HELD or EVENTS, not {streams!r}')
         return super().__new__(cls, handler, tuple(methods), changes_state, token, streams)
@@ -70,7 +75,7 @@ class Route(namedtuple('Route', 'handler methods changes_state token streams')):
 
 
 BOTH = (GET, POST)
-CLIENT, WORKER = Token.CLIENT, Token.WORKER
+CLIENT, WORKER, NONE = Token.CLIENT, Token.WORKER, Token.NONE
 NO, HELD, EVENTS = Streams.NO, Streams.HELD, Streams.EVENTS
 
 # service= -> its route.  Reads first, then the controls (a GET of each works,
@@ -81,6 +86,7 @@ SERVICES = MappingProxyType({
     'history': Route(answers.answer_history, BOTH, False, CLIENT, NO),
     'printers': Route(answers.answer_printers, BOTH, False, CLIENT, NO),
     'events': Route(answers.answer_events, BOTH, False, CLIENT, EVENTS),
+    'tasks': Route(answers.answer_tasks, (GET,), False, CLIENT, NO),
     'kill': Route(answers.answer_kill, BOTH, True, CLIENT, NO),
     'suspend': Route(answers.answer_suspend, BOTH, True, CLIENT, NO),
     'resume': Route(answers.answer_resume, BOTH, True, CLIENT, NO),
@@ -98,11 +104,14 @@ SERVICES = MappingProxyType({
 })
 # Any other service= is a tool: a POST starts a task of it (held for 0.019's clients).
 SUBMIT = Route(answers.answer_submit, (POST,), True, CLIENT, HELD)
-# A bare GET of / from a browser (no format=): the page.
-PAGE = Route(answers.answer_page, (GET,), False, CLIENT, NO)
-# Files below /tasks/: handler(app, request, the rest of the path).
+# A bare GET of / from a browser (no format=): the page, a shell without
+# data (www/index.html): it loads without the token and then asks for it.
+PAGE = Route(answers.answer_page, (GET,), False, NONE, NO)
+# Files below a prefix: handler(app, request, the rest of the path).  The
+# page's files (rrc/web/assets.py) hold no data: no token.
 PATH_ROUTES = (('/tasks/out/', Route(serve_result, (GET,), False, CLIENT, NO)),
-               ('/tasks/log/', Route(serve_log, (GET,), False, CLIENT, NO)))
+               ('/tasks/log/', Route(serve_log, (GET,), False, CLIENT, NO)),
+               ('/ui/', Route(serve_asset, (GET,), False, NONE, NO)))
 
 
 def service_route(service):
@@ -111,7 +120,7 @@ def service_route(service):
 
 
 def path_route(path):
-    """(prefix, route) of a path below /tasks/, or (None, None)."""
+    """(prefix, route) of a path below /tasks/ or /ui/, or (None, None)."""
     for prefix, found in PATH_ROUTES:
         if path.startswith(prefix):
             return prefix, found
@@ -127,5 +136,10 @@ def query_route(request):
         return found
     service = request.query.get('service', '')
     if not service and request.method != POST:
-        service = 'info'
+        return PAGE if is_page_request(request) else SERVICES['info']
     return service_route(service)
+
+
+def is_page_request(request):
+    """A bare GET of / from a browser, without format=: the page (app.route asks the same)."""
+    return request.browser and 'format' not in request.form

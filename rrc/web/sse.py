@@ -43,18 +43,29 @@ def answer_events(app, request, task_id):
     """The live stream of one task (or job) from the client's cursor on."""
     record = app.store.read_task(task_id)  # NotFound: 404
     cursor = request_cursor(request)
-    headers = [('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no')]  # no proxy holds it back
+    if request.method != 'HEAD' and cursor is not None and seen_the_end(app.store, record, cursor):
+        return Response(b'', 204, EVENT_STREAM, STREAM_HEADERS)
+    return open_stream(app, request, lambda: LiveStream(app.store, record, lambda: get_task(app.store, task_id),
+                                                        cursor), f'events of task {task_id}')
+
+
+# No cache and no proxy holds a stream back.
+STREAM_HEADERS = (('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no'))
+
+
+def open_stream(app, request, make_stream, title):
+    """The answer of an event stream (this task's, or the store's changes:
+    rrc/web/changes.py): ``make_stream()`` is made before a slot is taken,
+    so nothing after the slot can fail; under CGI it is bounded by
+    ``cgiStreamSeconds`` and holds no slot (the process ends with it)."""
     if request.method == 'HEAD':
-        return Response(b'', 200, EVENT_STREAM, headers)
-    if cursor is not None and seen_the_end(app.store, record, cursor):
-        return Response(b'', 204, EVENT_STREAM, headers)
+        return Response(b'', 200, EVENT_STREAM, STREAM_HEADERS)
     bounded = bool(request.environ.get('wsgi.run_once'))
-    # Before the slot: nothing after it can fail.
-    stream = LiveStream(app.store, record, lambda: get_task(app.store, task_id), cursor)
+    stream = make_stream()
     slot = None if bounded else take_slot(app, request.client)
     limit = app.config.cgiStreamSeconds if bounded else None
-    body = EventStreamBody(stream, limit, request.environ.get('waitress.client_disconnected'), slot)
-    return Response(body, 200, EVENT_STREAM, headers)
+    body = EventStreamBody(stream, limit, request.environ.get('waitress.client_disconnected'), slot, title)
+    return Response(body, 200, EVENT_STREAM, STREAM_HEADERS)
 
 
 def request_cursor(request):
@@ -112,9 +123,9 @@ class EventStreamBody:
     """The WSGI body of a stream: bytes as they come; close() (the server's,
     when the client is gone or the stream ended) gives the slot back."""
 
-    def __init__(self, stream, limit, disconnected, slot):
+    def __init__(self, stream, limit, disconnected, slot, title):
         self.slot = slot
-        self.chunks = stream_chunks(stream, limit, disconnected or (lambda: False))
+        self.chunks = stream_chunks(stream, limit, disconnected or (lambda: False), title)
 
     def __iter__(self):
         return self
@@ -129,11 +140,12 @@ class EventStreamBody:
             self.slot = None
 
 
-def stream_chunks(stream, limit, disconnected):
-    """The bytes of a stream: its opening, its messages as they come, heartbeats;
-    until the task ends, ``limit`` seconds pass, or the client is gone."""
+def stream_chunks(stream, limit, disconnected, title):
+    """The bytes of a stream: its opening (``title`` in a comment), its
+    messages as they come, heartbeats; until the stream ends (its task
+    did), ``limit`` seconds pass, or the client is gone."""
     started = last_sent = time.monotonic()
-    yield f'retry: {RETRY_MILLISECONDS}\n: events of task {stream.task_id}\n\n'.encode()
+    yield f'retry: {RETRY_MILLISECONDS}\n: {title}\n\n'.encode()
     while not stream.ended:
         now = time.monotonic()
         left = float('inf') if limit is None else limit - (now - started)
