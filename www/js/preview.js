@@ -91,7 +91,7 @@ function canvasBox(box, marker, label) {
   const frame = element('div', {class: 'preview-frame'});
   // A 4:3 frame, never taller than most of the window (a phone held sideways).
   Object.assign(frame.style, {position: 'relative', width: '100%', aspectRatio: '4 / 3',
-                              maxHeight: '70vh', touchAction: 'none'});
+                              maxHeight: '60vh', touchAction: 'none'});
   const canvas = element('canvas', {'data-preview': marker, 'aria-label': label, role: 'img', tabindex: '0'});
   Object.assign(canvas.style, {display: 'block', width: '100%', height: '100%'});
   frame.append(canvas);
