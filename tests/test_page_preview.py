@@ -20,8 +20,9 @@ import pytest
 from browser import screenshot, severe_console
 from helpers import DATA, submit, wait_done
 
-from rrc.events import PRINTER_INFO_FIELDS
+from rrc.events import ProgressEvents, with_live_progress
 from rrc.printers import PRINTER_STATE_FIELDS
+from rrc.store import Store
 
 CONFIG = 'serverName = preview-test\nmaxTasks = 2\n'
 # Hands its input back as its result: a G-code file or an image of the test's
@@ -371,26 +372,33 @@ def test_a_result_with_no_preview_gets_nothing(page, server):
 # The printer card
 ###############################################################################
 
+TASK = '1796670000-00001-000001'
+
+
 def heating(step):
-    """A print's progress event's data ``step`` reports in (rrc/events.py
-    ProgressEvents.data): 30 s apart, the hotend heating to 210 and the bed
-    to 60, a layer every two reports."""
-    printer = {'hotend': min(210.0, 25.0 + step * 30), 'hotendTarget': 210.0,
-               'bed': min(60.0, 22.0 + step * 8), 'bedTarget': 60.0,
-               'bytes': 4096 * step, 'layer': step // 2, 'z': 0.3 * (step // 2), 'paused': 0}
-    assert set(printer) <= set(PRINTER_STATE_FIELDS)
-    return {'done': 40 * step, 'total': 400, 'percent': 10.0 * step, 'eta': 900.0 - 60 * step,
-            'elapsed': 30.0 * step, 'printer': printer}
+    """The printer's state a print's sender reports at ``step`` (rrc/printing.py
+    printer_state): the hotend heating to 210 and the bed to 60, a layer
+    every two reports."""
+    return {'hotend': min(210.0, 25.0 + step * 30), 'hotendTarget': 210.0,
+            'bed': min(60.0, 22.0 + step * 8), 'bedTarget': 60.0,
+            'bytes': 4096 * step, 'layer': step // 2, 'z': round(0.3 * (step // 2), 2), 'paused': 0}
 
 
-def as_record(data):
-    """The same state as a busy print's record shows it (rrc/events.py _with_printer_state)."""
-    record = {'status': 'busy', 'progress': f'{data["done"]}/{data["total"]}',
-              'elapsedSeconds': f'{data["elapsed"]:g}', 'etaSeconds': f'{data["eta"]:g}'}
-    for key, name in PRINTER_INFO_FIELDS.items():
-        value = data['printer'][key]
-        record[name] = f'{value:g}' if isinstance(value, float) else str(value)
-    return record
+def print_reports(tmp_path, steps):
+    """What a print reports, 30 s apart, through rrcloud's own ProgressEvents
+    (a slicer's estimate of 600 s): each progress event's data, as the
+    task's event stream carries it, and the busy print's record after the
+    last, as ``info`` and the task list show it."""
+    store = Store(str(tmp_path))
+    now = [100.0]
+    events = ProgressEvents(store, TASK, clock=lambda: now[0], print_seconds=600)
+    reports = []
+    for step in range(steps):
+        now[0] += 30
+        events.report(40 * step, 400, printer=heating(step))
+        reports.append(events.data(40 * step, 400))
+    events.flush(force=True)
+    return reports, with_live_progress(store, {'id': TASK, 'status': 'busy', 'sender': 'yes'})
 
 
 def card_values(page):
@@ -400,38 +408,46 @@ def card_values(page):
     """)
 
 
-def test_the_printer_card_shows_the_values_and_charts_the_temperatures(page, server):
+def test_the_printer_card_shows_the_values_and_charts_the_temperatures(page, server, tmp_path):
+    reports, record = print_reports(tmp_path, 9)
+    assert set(reports[-1]['printer']) == set(PRINTER_STATE_FIELDS)  # every value a sender reports
     open_page(page, server)
-    states = [heating(step) for step in range(9)]
     error = page.execute_async_script("""
-        const [states, done] = arguments;
+        const [reports, done] = arguments;
         import('/ui/js/printer.js').then(({printerCard}) => {
           const box = document.createElement('div');
           box.id = 'card-box';
           box.style.width = '520px';
           document.body.prepend(box);
           window.card = printerCard(box);
-          for (const state of states) window.card.update(state);
+          for (const data of reports) window.card.update(data);
           requestAnimationFrame(() => done(null));
         }).catch(error => done(String(error)));
-    """, states)
+    """, reports)
     assert error is None
-    last = states[-1]
-    assert card_values(page) == {
-        'hotend': '210.0 °C → 210 °C', 'bed': '60.0 °C → 60 °C', 'layer': '4', 'height': '1.20 mm',
-        'elapsed': '4 min 00 s', 'left': '7 min 00 s', 'bytes': '32.0 kB (line 320 of 400)'}, last
+    expected = {'hotend': '210.0 °C → 210 °C', 'bed': '60.0 °C → 60 °C', 'layer': '4', 'height': '1.20 mm',
+                'elapsed': '4 min 30 s', 'left': '2 min 00 s', 'bytes': '32.0 kB (line 320 of 400)'}
+    assert (reports[-1]['elapsed'], reports[-1]['eta']) == (270, 120)  # 9 reports 30 s apart; 600 s x 80/400
+    assert card_values(page) == expected
     chart = picture(page, '#card-box canvas[data-printer-chart]')
     hotend_red = chart.count(lambda p: p[0] > 160 and p[1] < 110 and p[2] < 110)
     bed_blue = chart.count(lambda p: p[2] > 150 and p[0] < 110)
     assert hotend_red > 200 and bed_blue > 200, (hotend_red, bed_blue)
     screenshot(page, 'preview-printer-card')
 
-    # the same print as its record shows it (the task view's first look, before any event)
-    page.execute_script('window.card.update(arguments[0])', as_record(heating(10)))
-    values = card_values(page)
-    assert (values['layer'], values['left'], values['elapsed']) == ('5', '5 min 00 s', '5 min 00 s'), values
-    assert values['hotend'] == '210.0 °C → 210 °C'
-
+    # the same print as its record shows it (a task view's first look, before any event)
+    page.execute_script('window.card.dispose()')
+    page.execute_script("""
+        import('/ui/js/printer.js').then(({printerCard}) => {
+          window.card = printerCard(document.getElementById('card-box'));
+          window.card.update(arguments[0]);
+        });
+    """, record)
+    assert record['bytesSent'] == '32768' and record['etaSeconds'] == '120', record
+    deadline = time.monotonic() + 5
+    while not page.find_elements('css selector', '#card-box section') and time.monotonic() < deadline:
+        time.sleep(0.05)  # the module's import resolves on its own
+    assert card_values(page) == expected
     page.execute_script('window.card.dispose()')
     assert page.find_elements('css selector', '#card-box section') == []
     no_errors(page)
