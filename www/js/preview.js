@@ -233,7 +233,7 @@ async function showModel(box, url, name, api) {
     geometry.dispose();
     throw new Error('the model has no faces');
   }
-  const canvas = canvasBox(box, '3d', `3D view of ${name}: drag to turn, wheel or pinch to zoom`);
+  const canvas = canvasBox(box, '3d', `3D view of ${name}: drag or Shift+arrows to turn, wheel or pinch to zoom`);
 
   // OpenSCAD's models are Z-up, standing on the plate at z = 0: the model
   // is moved so that its footprint is centred on the origin and its
@@ -286,6 +286,9 @@ async function showModel(box, url, name, api) {
   controls.target.copy(sphere.center);
   controls.minDistance = radius * 0.2;
   controls.maxDistance = distance * 20;
+  // The keyboard too (the canvas takes focus): arrows move the view,
+  // with Shift (or Ctrl) they turn it.
+  controls.listenToKeyEvents(canvas);
   controls.update();
 
   // Drawn on demand (a move of the controls, a new size), not in a loop:
@@ -343,7 +346,7 @@ async function showGcode(box, url, name, api) {
   const text = await fetchLimited(api, url, MAX_GCODE_BYTES, 'text');
   const THREE = await import('three');
   const {WebGLPreview} = await import(new URL('gcode-preview.js', VENDOR).href);
-  const canvas = canvasBox(box, 'gcode', `G-code of ${name}: drag to turn, wheel or pinch to zoom`);
+  const canvas = canvasBox(box, 'gcode', `G-code of ${name}: drag or Shift+arrows to turn, wheel or pinch to zoom`);
   const preview = new WebGLPreview({canvas, backgroundColor: BACKGROUND, extrusionColor: MODEL_COLOUR,
                                     topLayerColor: 0xc0392b, renderTravel: false});
   // gcode-preview 2.18 draws every animation frame for as long as it
@@ -352,6 +355,7 @@ async function showGcode(box, url, name, api) {
   preview.cancelAnimation();
   const draw = () => preview.renderer.render(preview.scene, preview.camera);
   preview.controls.addEventListener('change', draw);
+  preview.controls.listenToKeyEvents(canvas);  // arrows move, Shift+arrows turn (the canvas takes focus)
 
   preview.parser.parseGCode(text);
   const layerCount = preview.parser.layers.length;

@@ -48,7 +48,8 @@ export function normalise(state) {
     bed: pick('bed'), bedTarget: pick('bedTarget'),
     layer: pick('layer'), z: pick('z'),
     bytes: pick('bytes', 'bytesSent'),
-    paused: Boolean(pick('paused')) || given.status === 'paused',
+    // a paused print's record says so as suspended: yes (its events as paused: 1)
+    paused: Boolean(pick('paused')) || given.suspended === 'yes',
     elapsed: pick('elapsed', 'elapsedSeconds'), left: pick('eta', 'left', 'etaSeconds'),
     done: number(given.done) ?? (progress ? Number(progress[1]) : undefined),
     total: number(given.total) ?? (progress ? Number(progress[2]) : undefined),
