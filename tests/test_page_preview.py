@@ -30,9 +30,9 @@ CONFIG = 'serverName = preview-test\nmaxTasks = 2\n'
 COPY_SERVICE = """\
 path = /usr/bin:/bin
 cmd = cp
-inputExts = gcode, stl
+inputExts = gcode, stl, jpg
 fileOut = $id.gcode
-outputExts = gcode, stl
+outputExts = gcode, stl, jpg
 """
 SERVICES = {'copy': COPY_SERVICE}
 # The page's import map, for a page of the server that has none yet (the
@@ -369,6 +369,27 @@ def test_a_view_left_while_its_result_loads_is_freed(page, server):
         })().catch(error => done(String(error)));
     """, record)
     assert left == [[False, True]]  # the one view made: out of the page, its context given back
+    no_errors(page)
+
+
+def test_a_jpeg_shows_as_an_image(page, server):
+    open_page(page, server)
+    jpeg = page.execute_async_script("""
+        const done = arguments[0];
+        const canvas = document.createElement('canvas');
+        canvas.width = 48;
+        canvas.height = 36;
+        const g = canvas.getContext('2d');
+        g.fillStyle = '#2767c4';
+        g.fillRect(0, 0, 48, 36);
+        canvas.toBlob(blob => blob.arrayBuffer().then(b => done([...new Uint8Array(b)])), 'image/jpeg');
+    """)
+    record = finished(server, 'copy', bytes(jpeg), 'photo.jpg', outExt='jpg')
+    assert record['out'].endswith('.jpg'), record
+    assert show_preview(page, record) == {'markers': ['image'], 'note': None}
+    image = page.find_element('css selector', '#preview-box img[data-preview="image"]')
+    assert page.execute_script('return [arguments[0].naturalWidth, arguments[0].naturalHeight]', image) == [48, 36]
+    dispose(page)
     no_errors(page)
 
 
