@@ -26,7 +26,7 @@ def answer_page(app, request):
     Under another name the page's own requests would be refused: the browser
     says so at once, naming allowHosts."""
     check_host(request, app.config)
-    return html_page(app.store, app.config, request)
+    return html_page()
 
 
 def answer_meta(app, request):

@@ -12,9 +12,9 @@ from ..services import installed_path
 from .request import Response
 
 
-def html_page(store, config, request):
-    """The page's shell with the version filled in (``store``, ``config`` and
-    ``request`` are unused: nothing of theirs goes into it)."""
+def html_page():
+    """The page's shell with the version filled in: nothing of a store's, a
+    config's or a request's goes into it."""
     import html
     from string import Template
     with open(installed_path(os.path.join('www', 'index.html')), encoding='utf-8') as handle:

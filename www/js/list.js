@@ -103,6 +103,9 @@ export class TaskList {
   changed({event, data}) {
     if (event === 'task' && data && typeof data.id === 'string') this.upsert(data);
     else if (event === 'removed' && data && typeof data.id === 'string') this.remove(data.id);
+    // Too much changed while this page was away (the server sends no backlog
+    // past its bound): the first page again, its stream kept.
+    else if (event === 'reset') this.load().catch((error) => this.say(`cannot reload the list: ${error.message}`));
     else return;
     this.onChange(event, data);
   }
