@@ -1711,7 +1711,7 @@ def test_the_browser_page_holds_no_value_and_json_keeps_it(server):
         text = page.text
         for task_id in planted + [real['id']]:
             assert task_id not in text
-        assert 'alert(' not in text, f'{server.kind}: a record's value in the page'
+        assert 'alert(' not in text, f'{server.kind}: a record\'s value in the page'
         assert 'onmouseover' not in text
         listing = send(server, 'GET', '/?service=info&format=json')
         records = {r['id']: r for r in json.loads(listing.text)}
