@@ -17,8 +17,9 @@ record's end (``etime``, written with the status) to the page's row showing
 """
 import statistics
 import sys
-import tempfile
 import time
+
+import requests
 
 from common import CheckoutServer, EmbeddedServer, REPO, table
 
@@ -68,19 +69,23 @@ def first_useful_paint(driver, url):
 def status_latency(driver, server):
     """Seconds from a killed task's record end to its row showing failed."""
     task_id = submit(server, 'job', 'sleep 30\n', 'sleeper.sh')
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not driver.execute_script(f'return !!document.querySelector(\'li.task[data-id="{task_id}"]\')'):
         if time.monotonic() > deadline:
             raise AssertionError('the new task never showed')
         time.sleep(0.01)
-    server.get({'service': 'kill', 'id': task_id})
+    killed = requests.post(server.url, data={'service': 'kill', 'id': task_id}, timeout=30)
+    assert killed.status_code == 200, killed.text
     etime = float(server.wait_done(task_id)['etime'])
     while True:
         seen = driver.execute_script(f'return window.__bench.seen["{task_id}"]')
         if seen is not None:
             return seen - etime
         if time.monotonic() > deadline:
-            raise AssertionError('the kill never showed')
+            row = driver.execute_script(f'const li = document.querySelector(\'li.task[data-id="{task_id}"]\'); '
+                                        'return li && li.dataset.state')
+            note = driver.execute_script('return document.body.innerText.slice(0, 400)')
+            raise AssertionError(f'the kill never showed: the row says {row!r}; the page: {note!r}')
         time.sleep(0.01)
 
 
