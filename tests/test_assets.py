@@ -129,7 +129,8 @@ def test_the_table_is_built_once_per_app(monkeypatch):
     App keeps it; under CGI a process answers one request anyway)."""
     from rrc.web import assets
     built = []
-    monkeypatch.setattr(assets, 'asset_table', lambda www: built.append(www) or {'index.html': os.path.join(www, 'index.html')})
+    monkeypatch.setattr(assets, 'asset_table',
+                        lambda www: built.append(www) or {'index.html': os.path.join(www, 'index.html')})
     with deploy.running(deploy.deployment('wsgi')) as running:
         assert [get(running, '/ui/index.html')[0] for _ in range(3)] == [200, 200, 200]
         assert get(running, '/ui/vendor/lil-gui.js')[0] == 404
