@@ -23,10 +23,11 @@ task by its id.
 Every record write renames a new file into ``tasks/info``
 (store.write_file_atomically), which changes the folder's mtime, so the
 folder is stat'ed every POLL_SECONDS and scanned again (a stat of each
-record: 10,000 in about 30 ms here, where their names alone take 4 ms) only
-when its mtime moved, or when the last scan was racy.  A record changed when its (inode, mtime, size) did:
-not its inode alone, for ext4 gives a freed inode to the next file at once,
-so two writes between two scans may leave the record on its first inode.
+record: 10,000 in about 35 ms here, bench/bench_page_api.py, where their
+names alone take 4 ms) only when its mtime moved, or when the last scan was
+racy.  A record changed when its (inode, mtime, size) did: not its inode
+alone, for ext4 gives a freed inode to the next file at once, so two writes
+between two scans may leave the record on its first inode.
 Racy, as git's index: a scan that began less than SETTLE_NS after the
 folder's mtime may have missed a write in the same mtime tick, so the next
 tick scans again; a record whose mtime is that recent may be written again
@@ -51,7 +52,7 @@ POLL_SECONDS = 0.1
 PROGRESS_SECONDS = 1.0
 # Racy within this of an mtime: well above a file system's mtime tick (a
 # jiffy, 1 to 10 ms, on ext4 and a Linux NFS server's); each scan of a racy
-# folder costs a scan more (10,000 records: about 30 ms here).
+# folder costs a scan more (10,000 records: about 35 ms here).
 SETTLE_NS = 250_000_000
 # What a reconnecting client gets again from before its stamp (see above).
 SLACK_NS = 2_000_000_000
@@ -92,12 +93,12 @@ def folder_key(folder):
     return stat.st_ino, stat.st_mtime_ns
 
 
-def record_stats(folder):
-    """(task id, path, stat) of each record in ``folder``."""
+def record_stats(folder, known=()):
+    """(task id, path, stat) of each record in ``folder`` (a name in ``known`` is not checked again)."""
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if is_task_id(entry.name):
+                if entry.name in known or is_task_id(entry.name):
                     try:
                         yield entry.name, entry.path, entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
@@ -120,6 +121,7 @@ def compare(path, stat, started, before):
 
 
 def content_hash(path):
+    """The hash of a record's bytes (None once it is gone)."""
     try:
         with open(path, 'rb') as handle:
             return hash(handle.read())
@@ -192,7 +194,7 @@ class ChangesStream:
         # Racy (as git's index): a write in the folder's mtime tick may come after this scan, unseen.
         self.racy = self.key is not None and started - self.key[1] < SETTLE_NS
         before, now, changed = self.signatures, {}, []
-        for task_id, path, stat in record_stats(self.folder):
+        for task_id, path, stat in record_stats(self.folder, before):
             now[task_id], moved = compare(path, stat, started, before.get(task_id))
             if moved:
                 changed.append(task_id)
@@ -210,6 +212,7 @@ class ChangesStream:
         return self.task_messages(written) + self.removed_messages(removed)
 
     def removed_messages(self, task_ids):
+        """A ``removed`` message for each of ``task_ids``."""
         return [Message('removed', to_json({'id': task_id}), self.stamp) for task_id in task_ids]
 
     def task_messages(self, task_ids):
