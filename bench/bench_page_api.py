@@ -5,9 +5,9 @@ tests/inprocess.py: no server, no network): the median time of
   only the records it shows (ids sort by time);
 - the same filtered by a status no task has (it reads at most 2,000
   records, then answers ``more`` and where to go on);
-- one look of ``service=changes`` at a changed info folder (names and
-  inodes of 10,000 records, compared; no record changed, so none is read)
-  and at an unchanged one (one stat);
+- one look of ``service=changes`` at a changed info folder (a stat of each
+  of 10,000 records, their (inode, mtime, size) compared; no record
+  changed, so none is read) and at an unchanged one (one stat);
 - ``service=info`` of all 10,000, the old list, for comparison.
 
 Run: .venv/bin/python bench/bench_page_api.py [COUNT] [REPEAT]

@@ -262,9 +262,11 @@ def list_tasks(store, config):
     return [with_live_progress(store, r) for r in expire_tasks(store, records, config.maxDataRetention)]
 
 
-def get_task(store, task_id):
-    """One task, reconciled."""
-    return with_live_progress(store, reconcile_task(store, store.read_task(task_id)))
+def get_task(store, task_id, record=None):
+    """One task, reconciled, with its live progress (``record``: as it was just read)."""
+    if record is None:
+        record = store.read_task(task_id)
+    return with_live_progress(store, reconcile_task(store, record))
 
 
 # A folder changed less than this long ago may change again within the same

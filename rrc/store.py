@@ -7,6 +7,7 @@ from .errors import NotFound
 from .events import EVENTS_FOLDER, note, remove_events
 from .identity import NodeIdentity, boot_tag
 from .names import check_task_id, is_record_key, is_single_line, is_task_id
+from .removals import note_removed
 from .schema import Field
 from .trees import remove_tree
 
@@ -215,7 +216,17 @@ class Store:
             unlink_quietly(os.path.join(self.folder(folder), task_id))
         unlink_quietly(self.log_path(task_id))
         remove_events(self, task_id)
+        self.note_removed(task_id)
         unlink_quietly(self.info_path(task_id))
+
+    def note_removed(self, task_id):
+        """Say in ``tasks/removed`` that a record goes (rrc/removals.py): a
+        page's list that comes back later is told.  Never fails the removal."""
+        try:
+            note_removed(self.tasks, task_id, time.time_ns())
+        except OSError as exc:
+            import sys
+            print(f'rrcloud: warning: the removals log cannot be written: {exc.strerror}', file=sys.stderr)
 
     # -- inputs -------------------------------------------------------------
 

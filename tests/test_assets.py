@@ -108,6 +108,7 @@ def test_the_allow_list_still_holds_for_the_pages_files():
 def test_the_table_holds_the_pages_files_and_no_other(tmp_path):
     www = tmp_path / 'www'
     for name in ('index.html', 'app.css', 'js/list.js', 'js/deep/x.js', 'logo.png', 'icon.svg',
+                 'package-view.js', 'packages.css', 'js/package.json',
                  'package.json', 'package-lock.json', 'notes.txt', 'js/.hidden.js', '.git/x.js',
                  'node_modules/three/build/three.module.min.js', 'node_modules/evil/x.js'):
         path = www / name
@@ -115,11 +116,25 @@ def test_the_table_holds_the_pages_files_and_no_other(tmp_path):
         path.write_text('x')
     table = asset_table(str(www))
     assert sorted(name for name in table if not name.startswith('vendor/')) == [
-        'app.css', 'icon.svg', 'index.html', 'js/deep/x.js', 'js/list.js', 'logo.png']
+        'app.css', 'icon.svg', 'index.html', 'js/deep/x.js', 'js/list.js', 'logo.png', 'package-view.js',
+        'packages.css']
     assert table['js/list.js'] == str(www / 'js' / 'list.js')
     assert table['vendor/three.module.js'] == os.path.join(www, 'node_modules', 'three', 'build',
                                                            'three.module.min.js')
     assert sorted(name for name in table if name.startswith('vendor/')) == sorted(VENDOR)
+
+
+def test_the_table_is_built_once_per_app(monkeypatch):
+    """Not a walk of www/ for each file a page loads (a resident server's
+    App keeps it; under CGI a process answers one request anyway)."""
+    from rrc.web import assets
+    built = []
+    monkeypatch.setattr(assets, 'asset_table',
+                        lambda www: built.append(www) or {'index.html': os.path.join(www, 'index.html')})
+    with deploy.running(deploy.deployment('wsgi')) as running:
+        assert [get(running, '/ui/index.html')[0] for _ in range(3)] == [200, 200, 200]
+        assert get(running, '/ui/vendor/lil-gui.js')[0] == 404
+    assert len(built) == 1
 
 
 def test_a_missing_library_is_404_not_an_error(tmp_path, monkeypatch):

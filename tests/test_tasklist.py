@@ -6,11 +6,14 @@ In-process (the WSGI app, tests/inprocess.py), records written with the
 store's own API: the list is newest first, paged with ``before``/``next``,
 filtered by status and service, leaves a job's steps to their job, and
 reads no more records than it shows; the stream tells a new record, a
-change and a removal within its latency target, and a client coming back
-with its cursor what it missed.  Live (``rrcloud serve``): a real task's
+change and a removal (its latency is bench/bench_page.py's), two writes
+between two looks and a write hidden in the folder's mtime tick, and a
+client coming back with its cursor what it missed, removals too, or to
+reload its list when that is too much.  Live (``rrcloud serve``): a real task's
 record arrives through the stream as it runs and ends.
 """
 import json
+import os
 import threading
 import time
 
@@ -28,6 +31,13 @@ AUTH = {'Authorization': f'Bearer {TOKEN}'}
 @pytest.fixture
 def server():
     with deploy.running(deploy.deployment('wsgi', config=f'token = {TOKEN}\ncgiStreamSeconds = 1.2\n')) as running:
+        yield running
+
+
+@pytest.fixture
+def long_server():
+    """A CGI's stream that lasts (30 s): a test ends it once it has what it waits for."""
+    with deploy.running(deploy.deployment('wsgi', config=f'token = {TOKEN}\ncgiStreamSeconds = 30\n')) as running:
         yield running
 
 
@@ -154,6 +164,7 @@ def test_another_clients_inputs_show_as_file_names(server):
 
 @pytest.mark.parametrize('query, says', [
     ({'limit': '0'}, 'limit must be'), ({'limit': '501'}, 'limit must be'), ({'limit': 'x'}, 'limit must be'),
+    ({'limit': '²'}, 'limit must be'), ({'limit': '١٢'}, 'limit must be'), ({'limit': ''}, 'limit must be'),
     ({'status': 'done'}, 'bad status'), ({'of': '../x'}, 'bad service name'), ({'before': 'yesterday'}, 'id')])
 def test_a_bad_query_is_400_in_one_line(server, query, says):
     status, _, text = get(server, 'tasks', format='json', **query)
@@ -181,10 +192,11 @@ def sse_messages(text):
     return messages
 
 
-def follow_changes(server, actions=None, headers=AUTH, query=''):
-    """A CGI's stream of ``service=changes`` (it ends after cgiStreamSeconds):
-    [(seconds since it opened, message)], while ``actions()`` runs beside it
-    once the stream is open (its return value: the moments it did things)."""
+def follow_changes(server, actions=None, headers=AUTH, query='', until=None):
+    """A CGI's stream of ``service=changes`` (it ends after cgiStreamSeconds,
+    or once ``until(messages)`` is true): [(seconds since it opened,
+    message)], while ``actions()`` runs beside it once the stream is open
+    (its return value: the moments it did things)."""
     environ = build_environ('GET', f'/?service=changes{query}', [('Host', f'127.0.0.1:{server.port}'),
                                                                    *headers.items()], None, '127.0.0.1', server.port)
     environ['wsgi.run_once'] = True  # a CGI: bounded by cgiStreamSeconds
@@ -198,6 +210,8 @@ def follow_changes(server, actions=None, headers=AUTH, query=''):
             if number == 0 and worker:
                 worker.start()  # the stream has read the store: what happens now is a change
             arrived += [(time.monotonic() - opened, message) for message in sse_messages(chunk.decode())]
+            if until is not None and until([message for _, message in arrived]):
+                break
     finally:
         chunks.close()
         if worker:
@@ -214,8 +228,8 @@ def after(seconds, then):
     return time.monotonic() - start
 
 
-def test_a_new_client_gets_hello_then_each_new_changed_and_removed_task(server):
-    store = store_of(server)
+def test_a_new_client_gets_hello_then_each_new_changed_and_removed_task(long_server):
+    store = store_of(long_server)
     old = add_tasks(store, 2)
     made = {}
 
@@ -226,23 +240,19 @@ def test_a_new_client_gets_hello_then_each_new_changed_and_removed_task(server):
         moments['removed'] = after(0.2, lambda: store.remove_task(store.read_task(old[0])))
         return moments
 
-    arrived, moments = follow_changes(server, actions)
+    arrived, _ = follow_changes(long_server, actions, until=lambda messages: messages and messages[-1]['event'] == 'removed')
 
     events = [(message['event'], message['data'].get('id'), message['data'].get('status'))
               for _, message in arrived]
-    assert events == [('hello', None, None), ('task', made['new'], 'busy'), ('task', made['new'], 'complete'),
-                      ('removed', old[0], None)]
+    assert events[0] == ('hello', None, None)
     assert arrived[0][1]['data']['stamp'].isdigit() and arrived[0][1]['id'] == arrived[0][1]['data']['stamp']
-    # Each within the latency target (0.25 s) of the write that made it.
-    offsets = [moments['new'], moments['new'] + moments['changed'],
-               moments['new'] + moments['changed'] + moments['removed']]
-    for (seen, message), done in zip(arrived[1:], offsets):
-        assert seen - done < 0.25, (message, seen, done)
+    # Busy is seen, or skipped when both writes fell within one look; complete always is.
+    ended = [('task', made['new'], 'complete'), ('removed', old[0], None)]
+    assert events[1:] in ([('task', made['new'], 'busy')] + ended, ended), events
     assert all(message['id'].isdigit() for _, message in arrived)
 
 
 def test_a_client_coming_back_with_its_cursor_gets_what_it_missed(server):
-    import os
     store = store_of(server)
     for task_id in add_tasks(store, 3):  # long before: not again
         os.utime(store.info_path(task_id), (time.time() - 60, time.time() - 60))
@@ -269,15 +279,16 @@ def test_a_steps_change_sends_its_job_too(server):
     assert shown[job['id']]['step1'] == f'{step} openscad complete'
 
 
-def test_a_busy_tasks_progress_is_sent_as_it_moves(server):
+def test_a_busy_tasks_progress_is_sent_as_it_moves(long_server):
     from rrc.events import append_event
     from rrc.store import mark
-    store = store_of(server)
+    store = store_of(long_server)
     task_id = add_tasks(store, 1, status='busy', stime=f'{time.time():.5f}')[0]
     mark(store, 'running', task_id)
 
-    arrived, _ = follow_changes(server, lambda: after(0.1, lambda: append_event(
-        store, task_id, 'progress', {'done': 3, 'total': 10})))
+    arrived, _ = follow_changes(long_server, lambda: after(0.1, lambda: append_event(
+        store, task_id, 'progress', {'done': 3, 'total': 10})),
+        until=lambda messages: any(m['event'] == 'task' for m in messages))
 
     progress = [message['data'].get('progress') for _, message in arrived if message['event'] == 'task']
     assert progress == ['3/10']
@@ -310,6 +321,122 @@ def test_the_stream_holds_a_wait_slot():
         again.close()
         status, headers, body = running.request_raw('HEAD', '/?service=changes', None, AUTH)
         assert status == 200 and body == b'' and dict(headers)['Content-Type'].startswith('text/event-stream')
+
+
+def changes_stream(server, cursor=None):
+    """The stream's source itself (rrc/web/changes.py), its looks driven by the test."""
+    from rrc.web.changes import ChangesStream
+    return ChangesStream(server.application, '127.0.0.1', cursor)
+
+
+def sent_tasks(messages):
+    return [(message.kind, json.loads(message.json).get('id'), json.loads(message.json).get('status'))
+            for message in messages]
+
+
+def test_two_writes_between_two_looks_send_the_last(server):
+    """Each write renames a new file in; ext4 hands the freed inode of the
+    first out again at once, so the record may be on its old inode."""
+    store = store_of(server)
+    task_id = add_tasks(store, 1, status='busy')[0]
+    stream = changes_stream(server)
+    assert [message.kind for message in stream.wait(0)] == ['hello']
+    record = store.read_task(task_id)
+
+    store.write_task(dict(record, note='working'))
+    store.write_task(dict(record, status='complete'))
+
+    assert sent_tasks(stream.wait(2.0)) == [('task', task_id, 'complete')]
+
+
+def test_a_write_hidden_in_the_folders_mtime_tick_is_still_sent(server):
+    """A write within the mtime tick of the folder's last scan leaves the
+    folder's mtime as that scan saw it (pinned here with utime): the scan was
+    racy, so the next look scans again."""
+    store = store_of(server)
+    task_id = add_tasks(store, 1, status='busy')[0]
+    folder = store.folder('info')
+    pinned = time.time_ns()
+    os.utime(folder, ns=(pinned, pinned))
+    stream = changes_stream(server)  # its scan follows the folder's change at once: racy
+    assert [message.kind for message in stream.wait(0)] == ['hello']
+    time.sleep(0.3)
+
+    store.write_task(dict(store.read_task(task_id), status='complete'))
+    os.utime(folder, ns=(pinned, pinned))
+
+    assert sent_tasks(stream.wait(2.0)) == [('task', task_id, 'complete')]
+
+
+def test_a_client_coming_back_after_a_removal_is_told(server):
+    store = store_of(server)
+    kept, gone = add_tasks(store, 2)
+    os.utime(store.info_path(kept), (time.time() - 60, time.time() - 60))
+    stamp = tasks(server)['stamp']
+    time.sleep(0.01)
+    store.remove_task(store.read_task(gone))  # between two streams: none saw it go
+
+    arrived, _ = follow_changes(server, query=f'&lastEventId={stamp}')
+
+    assert [(message['event'], message['data']['id']) for _, message in arrived] == [('removed', gone)]
+
+
+def test_the_removals_log_is_bounded_and_an_older_cursor_reloads(server, monkeypatch):
+    from rrc import removals
+    monkeypatch.setattr(removals, 'MAX_BYTES', 400)  # ten lines or so
+    store = store_of(server)
+    first = tasks(server)['stamp']
+    made = add_tasks(store, 45)  # 44 bytes a line: four files of ten made, the last half full
+    for task_id in made:
+        store.remove_task(store.read_task(task_id))
+    sizes = [os.path.getsize(path) for path in removals.removed_paths(store.tasks) if os.path.exists(path)]
+    assert len(sizes) == 2 and max(sizes) <= 400 + 50
+    recent, whole_from = removals.removed_since(store.tasks, 0)
+    assert recent == made[-len(recent):] and 0 < whole_from
+
+    arrived, _ = follow_changes(server, query=f'&lastEventId={first}')  # before what the log holds
+
+    assert [message['event'] for _, message in arrived] == ['reset']
+    assert arrived[0][1]['data']['stamp'] == arrived[0][1]['id'] != first
+
+
+def test_a_client_that_missed_too_much_reloads_its_list(server, monkeypatch):
+    from rrc.web import changes
+    monkeypatch.setattr(changes, 'RESET_MAX', 5)
+    store = store_of(server)
+    for task_id in add_tasks(store, 6):
+        os.utime(store.info_path(task_id), (time.time() - 60, time.time() - 60))
+
+    arrived, _ = follow_changes(server, query='&lastEventId=1')
+    assert [message['event'] for _, message in arrived] == ['reset']
+    assert arrived[0][1]['data']['stamp'] == arrived[0][1]['id'] == tasks(server)['stamp']
+
+    stamp = tasks(server)['stamp']
+    missed = add_tasks(store, 5)  # as many as the bound: sent one by one
+    arrived, _ = follow_changes(server, query=f'&lastEventId={stamp}')
+    assert [(message['event'], message['data']['id']) for _, message in arrived] == [
+        ('task', task_id) for task_id in missed]
+
+
+def test_a_refused_stream_reads_nothing(monkeypatch):
+    """The wait slot is taken before the store is read: a 503 costs no scan."""
+    config = f'token = {TOKEN}\nmaxWaits = 1\n'
+    with deploy.running(deploy.deployment('wsgi', config=config)) as running:
+        add_tasks(store_of(running), 3)
+        environ = build_environ('GET', '/?service=changes', [('Host', f'127.0.0.1:{running.port}'),
+                                                              *AUTH.items()], None, '127.0.0.1', running.port)
+        held = running.application(environ, lambda *args: None)
+        assert next(held).startswith(b'retry: ')
+        scanned, scandir = [], os.scandir
+        info = store_of(running).folder('info')
+        monkeypatch.setattr(os, 'scandir', lambda path='.': (scanned.append(path), scandir(path))[1])
+        try:
+            status, _, text = get(running, 'changes', headers=dict(AUTH, **{'Last-Event-ID': '1'}))
+        finally:
+            monkeypatch.undo()
+            held.close()
+        assert status == 503 and 'maxWaits' in text
+        assert info not in scanned
 
 
 @pytest.mark.parametrize('cursor', ['x', '-1', '1' * 21, '1.5'])
@@ -354,12 +481,12 @@ def test_a_cgis_changes_stream_reaches_the_client_as_it_is_written(kind):
     """The web server passes the stream on at once, not when the CGI ends
     after cgiStreamSeconds: lighttpd/rrcloud.conf streams service=changes as
     service=events (apache/rrcloud.conf keeps mod_deflate off it, where
-    that module is on; this test's Apache has it off anyway)."""
+    that module is on; this test's Apache has it off anyway).  The stream
+    lasts 30 s; each read may wait 10 s: a web server that held the stream
+    back until the CGI ended would fail it with a read timeout."""
     import requests
-    with deploy.running(deploy.deployment(kind, config='cgiStreamSeconds = 3\n')) as running:
-        opened = time.monotonic()
-        with requests.get(running.url + '/?service=changes', stream=True, timeout=30) as stream:
-            for line in stream.iter_lines(chunk_size=1):
-                if line.startswith(b'event: hello'):
-                    break
-        assert time.monotonic() - opened < 1.5
+    with deploy.running(deploy.deployment(kind, config='cgiStreamSeconds = 30\n')) as running:
+        with requests.get(running.url + '/?service=changes', stream=True, timeout=(10, 10)) as stream:
+            assert stream.headers['Content-Type'].startswith('text/event-stream')
+            lines = stream.iter_lines(chunk_size=1)
+            assert any(line.startswith(b'event: hello') for line in lines)

@@ -94,20 +94,6 @@ def answer_events(app, request):
     return stream_events(app, request, _form_task_id(request))
 
 
-def answer_tasks(app, request):
-    """``service=tasks``: the page's task list, newest first, a page at a time
-    (rrc/web/tasklist.py, imported by this route alone)."""
-    from .tasklist import answer_tasks as task_page
-    return task_page(app, request)
-
-
-def answer_changes(app, request):
-    """``service=changes``: the store's changes as Server-Sent Events
-    (rrc/web/changes.py, imported by this route alone)."""
-    from .changes import answer_changes as store_changes
-    return store_changes(app, request)
-
-
 def answer_move(app, request):
     """``service=move&id=ID&to=front|back``: reorder a queued task (rrc/order.py)."""
     from ..backends import move_waiting_task

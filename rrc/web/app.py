@@ -48,7 +48,11 @@ class App:
     def read_task(self, store, task_id):
         """A task's record, judged (a dead runner's task is not busy); on a
         farm's front-end a silent worker's task is asked after in Redis."""
-        record = get_task(store, task_id)
+        return self.judged(store, store.read_task(task_id))
+
+    def judged(self, store, record):
+        """A record read already, judged as read_task judges it, with its live progress."""
+        record = get_task(store, record[Field.ID], record)
         if self.config.backend == 'rq' and record.get(Field.WORKER) and record.get(Field.STATUS) == TaskStatus.BUSY:
             from ..farmwork import reconcile_farm_task
             return reconcile_farm_task(store, self.config, record)

@@ -4,10 +4,11 @@ and the libraries it imports, from the installed ``www/`` folder.
 A client's NAME is only looked up in a table built from the folder (never
 joined to a path): ``..``, an escape, a folder or a file the table does not
 hold is 404.  The table holds every file under www/ ending in one of
-CONTENT_TYPES' extensions but ``node_modules`` and ``package*.json``, plus
-the VENDOR files that ``make install`` put into ``www/node_modules`` (npm
-ci, pinned by www/package-lock.json).  They hold no data: no token opens
-them (the page must load to ask for it).
+CONTENT_TYPES' extensions but ``node_modules`` and npm's ``package.json``
+and ``package-lock.json``, plus the VENDOR files that ``make install`` put
+into ``www/node_modules`` (npm ci, pinned by www/package-lock.json); it is
+built once per App.  They hold no data: no token opens them (the page must
+load to ask for it).
 
 An answer carries an ETag (size and mtime) and ``Cache-Control: no-cache``:
 a browser asks again each time and gets 304 while the file is unchanged, so
@@ -32,6 +33,8 @@ VENDOR = (('vendor/three.module.js', 'three/build/three.module.min.js'),
 CONTENT_TYPES = {'.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
                  '.png': 'image/png', '.svg': 'image/svg+xml', '.html': 'text/html; charset=utf-8'}
 SKIPPED_FOLDERS = ('node_modules',)
+# npm's files of www/, never served (not a type served anyway: named to be sure).
+NPM_FILES = frozenset(('package.json', 'package-lock.json'))
 
 
 def asset_table(www):
@@ -51,15 +54,14 @@ def asset_table(www):
 
 
 def is_page_file(name):
-    """A file of the page: a type it loads, not package*.json, not hidden."""
-    return (not name.startswith(('.', 'package'))
+    """A file of the page: a type it loads, not npm's files, not hidden."""
+    return (not name.startswith('.') and name not in NPM_FILES
             and os.path.splitext(name)[1] in CONTENT_TYPES)
 
 
 def serve_asset(app, request, name):
     """``GET /ui/NAME``: one file of the table, 304 when the browser has it."""
-    www = installed_path('www')
-    path = asset_table(www).get(name) if www else None
+    path = assets_of(app).get(name)
     if path is None:
         raise HTTPError(404, 'not found')
     from .files import open_regular
@@ -74,6 +76,17 @@ def serve_asset(app, request, name):
         handle.close()
         handle = b''
     return Response(handle, 200, content_type(path), headers + [('Content-Length', str(info.st_size))])
+
+
+def assets_of(app):
+    """The app's table of the page's files: built at its first use (under
+    CGI each process is one request; a resident server reads www/ once, so
+    a file added while it runs is served after its restart, as an upgrade is)."""
+    made = app._made_on_first_use
+    if 'assets' not in made:
+        www = installed_path('www')
+        made.setdefault('assets', asset_table(www) if www else {})
+    return made['assets']
 
 
 def if_none_match(request):

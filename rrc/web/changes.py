@@ -7,22 +7,32 @@ heartbeats and CGI bound as a task's stream).
   every PROGRESS_SECONDS);
 - ``event: removed``, ``data: {"id": ID}``: a record is gone;
 - ``event: hello``, ``data: {"stamp": STAMP}``: first, for a client that
-  came without a cursor.
+  came without a cursor;
+- ``event: reset``, ``data: {"stamp": STAMP}``: first, for a client whose
+  cursor is so old that more than RESET_MAX records changed since, or
+  removals may have been forgotten (rrc/removals.py): it reloads its list.
 
 Each message's ``id:`` is a STAMP: the info folder's mtime (ns) when the
 change was seen.  A client that comes back with it (``Last-Event-ID`` or
-``lastEventId=``) gets every record written since, found by their mtimes;
-a record written within SLACK_NS before the stamp comes again (a write's
-file gets its mtime before its rename makes it seen), which is harmless:
-the page replaces a task by its id.  A removal while no stream was open is
-not told (nothing on disk remembers it); the page's next list shows it.
+``lastEventId=``) gets every record written since, found by their mtimes,
+and every removal since from the removals log; a record written within
+SLACK_NS before the stamp comes again (a write's file gets its mtime
+before its rename makes it seen), which is harmless: the page replaces a
+task by its id.
 
-The cost of a tick is small whatever the store holds: every record write
-renames a new file into ``tasks/info`` (store.write_file_atomically), which
-changes the folder's mtime, so the folder is stat'ed every POLL_SECONDS and
-read again (names and inode numbers, no stat per file: a new file is a new
-inode) only when it changed, or changed so recently that another write in
-the same mtime tick could hide behind it.
+Every record write renames a new file into ``tasks/info``
+(store.write_file_atomically), which changes the folder's mtime, so the
+folder is stat'ed every POLL_SECONDS and scanned again (a stat of each
+record: 10,000 in about 35 ms here, bench/bench_page_api.py, where their
+names alone take 4 ms) only when its mtime moved, or when the last scan was
+racy.  A record changed when its (inode, mtime, size) did: not its inode
+alone, for ext4 gives a freed inode to the next file at once, so two writes
+between two scans may leave the record on its first inode.
+Racy, as git's index: a scan that began less than SETTLE_NS after the
+folder's mtime may have missed a write in the same mtime tick, so the next
+tick scans again; a record whose mtime is that recent may be written again
+within its tick with its size unchanged, so its bytes' hash is part of its
+signature until it settles.
 """
 
 import os
@@ -31,18 +41,23 @@ from collections import namedtuple
 
 from ..errors import HTTPError, NotFound
 from ..names import DIGITS, is_task_id
+from ..removals import removed_since
 from ..schema import Field
-from ..states import reconcile_task
 from ..store import marked, to_json
+from .tasklist import shown_record
 
 # How often the info folder is looked at: a change shows within this, plus a read.
 POLL_SECONDS = 0.1
 # How often a busy task's progress (its event log) is looked at.
 PROGRESS_SECONDS = 1.0
-# A folder changed this recently may change again within its mtime tick, unseen.
-SETTLE_NS = 100_000_000
+# Racy within this of an mtime: well above a file system's mtime tick (a
+# jiffy, 1 to 10 ms, on ext4 and a Linux NFS server's); each scan of a racy
+# folder costs a scan more (10,000 records: about 35 ms here).
+SETTLE_NS = 250_000_000
 # What a reconnecting client gets again from before its stamp (see above).
 SLACK_NS = 2_000_000_000
+# A client that missed more than this many changes reloads its list instead (event: reset).
+RESET_MAX = 500
 CURSOR_MAX = 20
 
 # One SSE message, as rrc/web/sse.encode_message sends it.
@@ -52,7 +67,7 @@ Message = namedtuple('Message', 'kind json cursor')
 def answer_changes(app, request):
     """The store's changes from the client's cursor on (a new client: from now)."""
     cursor = changes_cursor(request)
-    from .sse import open_stream  # here: service=tasks reads this module's stamp without it
+    from .sse import open_stream  # here: loaded for a stream only (tests/test_cgi_imports.py)
     return open_stream(app, request, lambda: ChangesStream(app, request.client, cursor), 'changes of the store')
 
 
@@ -69,14 +84,6 @@ def changes_cursor(request):
     return int(text)
 
 
-def current_stamp(store):
-    """The stamp of the store as it is now: the info folder's mtime in ns ('0' before any task)."""
-    try:
-        return str(os.stat(store.folder('info')).st_mtime_ns)
-    except FileNotFoundError:
-        return '0'
-
-
 def folder_key(folder):
     """(inode, mtime ns) of the info folder, None while it is missing."""
     try:
@@ -86,50 +93,71 @@ def folder_key(folder):
     return stat.st_ino, stat.st_mtime_ns
 
 
-def inodes(folder):
-    """{task id: inode} of the records in ``folder``: names only (a new record is a new inode)."""
-    try:
-        with os.scandir(folder) as entries:
-            return {entry.name: entry.inode() for entry in entries if is_task_id(entry.name)}
-    except FileNotFoundError:
-        return {}
-
-
-def written_since(folder, since_ns):
-    """The ids of records whose files were written at or after ``since_ns``, oldest first."""
-    found = []
+def record_stats(folder, known=()):
+    """(task id, path, stat) of each record in ``folder`` (a name in ``known`` is not checked again)."""
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if is_task_id(entry.name):
+                if entry.name in known or is_task_id(entry.name):
                     try:
-                        if entry.stat(follow_symlinks=False).st_mtime_ns >= since_ns:
-                            found.append(entry.name)
+                        yield entry.name, entry.path, entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
     except FileNotFoundError:
-        return []
-    return sorted(found)
+        return
+
+
+def compare(path, stat, started, before):
+    """(the record's signature now, whether it changed since ``before``):
+    (inode, mtime, size), and its bytes' hash while its mtime is racy."""
+    signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    racy = started - stat.st_mtime_ns < SETTLE_NS
+    if before is None or before[:3] != signature:
+        return (signature + (content_hash(path),) if racy else signature), True
+    if len(before) == 3 and not racy:
+        return signature, False
+    now = content_hash(path)  # racy now, or at the last scan: the same stat may hide a write
+    return (signature + (now,) if racy else signature), len(before) == 4 and before[3] != now
+
+
+def content_hash(path):
+    """The hash of a record's bytes (None once it is gone)."""
+    try:
+        with open(path, 'rb') as handle:
+            return hash(handle.read())
+    except FileNotFoundError:
+        return None
 
 
 class ChangesStream:
     """The store's changes as Messages, for sse.stream_chunks: ``wait()``
-    returns what changed, looking at the folder every POLL_SECONDS."""
+    returns what changed, looking at the folder every POLL_SECONDS.  Made
+    in a wait slot (rrc/web/sse.open_stream): it scans the folder once."""
 
     ended = False  # the store has no end: the client or the CGI bound ends the stream
 
     def __init__(self, app, client, cursor):
         self.app, self.client = app, client
         self.folder = app.store.folder('info')
-        self.key = folder_key(self.folder)
-        self.stamp = str(self.key[1]) if self.key else '0'
-        self.seen = inodes(self.folder)
         self.shown = {}  # id -> hash of the JSON last sent: nothing is sent twice unchanged
         self.progress_at = time.monotonic()
+        self.key = folder_key(self.folder)
+        self.stamp = str(self.key[1]) if self.key else '0'
+        self.signatures, self.racy = {}, False
+        self.scan()
+        self.pending = self.opening(cursor)
+
+    def opening(self, cursor):
+        """The first messages: hello (no cursor), what changed since the
+        cursor, or reset when that is too much or removals were forgotten."""
         if cursor is None:
-            self.pending = [Message('hello', to_json({'stamp': self.stamp}), self.stamp)]
-        else:
-            self.pending = self.task_messages(written_since(self.folder, cursor - SLACK_NS))
+            return [Message('hello', to_json({'stamp': self.stamp}), self.stamp)]
+        since = cursor - SLACK_NS
+        written = sorted(task_id for task_id, signature in self.signatures.items() if signature[1] >= since)
+        removed, whole_from = removed_since(self.app.store.tasks, since)
+        if len(written) + len(removed) > RESET_MAX or whole_from > since:
+            return [Message('reset', to_json({'stamp': self.stamp}), self.stamp)]
+        return self.task_messages(written) + self.removed_messages(removed)
 
     def wait(self, timeout):
         """The messages of what changed within ``timeout`` seconds ([] when nothing did)."""
@@ -152,26 +180,40 @@ class ChangesStream:
         return messages
 
     def folder_changed(self):
-        """True when the folder changed since the last read, or so recently
-        that a write in the same mtime tick may not show in its mtime."""
+        """True when the folder's mtime moved since the last scan, or that scan was racy."""
         key = folder_key(self.folder)
         if key is None:
             return False
-        changed = key != self.key or time.time_ns() - key[1] < SETTLE_NS
+        changed = key != self.key or self.racy
         self.key = key
         return changed
 
+    def scan(self):
+        """Read the folder's records' stats: the ids changed since the last scan (every one at the first)."""
+        started = time.time_ns()
+        # Racy (as git's index): a write in the folder's mtime tick may come after this scan, unseen.
+        self.racy = self.key is not None and started - self.key[1] < SETTLE_NS
+        before, now, changed = self.signatures, {}, []
+        for task_id, path, stat in record_stats(self.folder, before):
+            now[task_id], moved = compare(path, stat, started, before.get(task_id))
+            if moved:
+                changed.append(task_id)
+        self.signatures = now
+        return sorted(changed)
+
     def folder_changes(self):
-        """Messages for the records written and removed since the last read."""
+        """Messages for the records written and removed since the last scan."""
         self.stamp = str(self.key[1])
-        now = inodes(self.folder)
-        written = sorted(task_id for task_id, inode in now.items() if self.seen.get(task_id) != inode)
-        removed = sorted(set(self.seen) - set(now))
-        self.seen = now
+        before = self.signatures
+        written = self.scan()
+        removed = sorted(set(before) - set(self.signatures))
         for task_id in removed:
             self.shown.pop(task_id, None)
-        return self.task_messages(written) + [
-            Message('removed', to_json({'id': task_id}), self.stamp) for task_id in removed]
+        return self.task_messages(written) + self.removed_messages(removed)
+
+    def removed_messages(self, task_ids):
+        """A ``removed`` message for each of ``task_ids``."""
+        return [Message('removed', to_json({'id': task_id}), self.stamp) for task_id in task_ids]
 
     def task_messages(self, task_ids):
         """A ``task`` message for each of ``task_ids`` (and a changed step's
@@ -186,13 +228,13 @@ class ChangesStream:
         return messages
 
     def records_of(self, task_id, done):
-        """The records a change of ``task_id`` shows: its own, and its job's for a step."""
-        from .tasklist import shown_record
+        """The records a change of ``task_id`` shows: its own, and its job's
+        for a step; judged as ``info`` judges them (app.read_task)."""
         shown = []
         while task_id and task_id not in done and is_task_id(task_id):
             done.add(task_id)
             try:
-                record = reconcile_task(self.app.store, self.app.store.read_task(task_id, checked=True))
+                record = self.app.read_task(self.app.store, task_id)
             except NotFound:
                 break
             shown.append(shown_record(self.app, record, self.client))

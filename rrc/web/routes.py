@@ -74,6 +74,21 @@ class Route(namedtuple('Route', 'handler methods changes_state token streams')):
         return (GET if method == 'HEAD' else method) in self.methods
 
 
+def answer_tasks(app, request):
+    """``service=tasks``: the page's task list, newest first, a page at a time
+    (rrc/web/tasklist.py, imported by this route alone; here, not in
+    answers, which tasklist imports)."""
+    from .tasklist import answer_tasks as task_page
+    return task_page(app, request)
+
+
+def answer_changes(app, request):
+    """``service=changes``: the store's changes as Server-Sent Events
+    (rrc/web/changes.py, imported by this route alone)."""
+    from .changes import answer_changes as store_changes
+    return store_changes(app, request)
+
+
 BOTH = (GET, POST)
 CLIENT, WORKER, NONE = Token.CLIENT, Token.WORKER, Token.NONE
 NO, HELD, EVENTS = Streams.NO, Streams.HELD, Streams.EVENTS
@@ -86,8 +101,8 @@ SERVICES = MappingProxyType({
     'history': Route(answers.answer_history, BOTH, False, CLIENT, NO),
     'printers': Route(answers.answer_printers, BOTH, False, CLIENT, NO),
     'events': Route(answers.answer_events, BOTH, False, CLIENT, EVENTS),
-    'tasks': Route(answers.answer_tasks, (GET,), False, CLIENT, NO),
-    'changes': Route(answers.answer_changes, (GET,), False, CLIENT, EVENTS),
+    'tasks': Route(answer_tasks, (GET,), False, CLIENT, NO),
+    'changes': Route(answer_changes, (GET,), False, CLIENT, EVENTS),
     'kill': Route(answers.answer_kill, BOTH, True, CLIENT, NO),
     'suspend': Route(answers.answer_suspend, BOTH, True, CLIENT, NO),
     'resume': Route(answers.answer_resume, BOTH, True, CLIENT, NO),

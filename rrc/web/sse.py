@@ -55,14 +55,20 @@ STREAM_HEADERS = (('Cache-Control', 'no-cache'), ('X-Accel-Buffering', 'no'))
 
 def open_stream(app, request, make_stream, title):
     """The answer of an event stream (this task's, or the store's changes:
-    rrc/web/changes.py): ``make_stream()`` is made before a slot is taken,
-    so nothing after the slot can fail; under CGI it is bounded by
-    ``cgiStreamSeconds`` and holds no slot (the process ends with it)."""
+    rrc/web/changes.py): ``make_stream()`` (which may read much) is made
+    once a slot is taken, so a refused client costs nothing, and gives the
+    slot back if it fails; under CGI it is bounded by ``cgiStreamSeconds``
+    and holds no slot (the process ends with it)."""
     if request.method == 'HEAD':
         return Response(b'', 200, EVENT_STREAM, STREAM_HEADERS)
     bounded = bool(request.environ.get('wsgi.run_once'))
-    stream = make_stream()
     slot = None if bounded else take_slot(app, request.client)
+    try:
+        stream = make_stream()
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
     limit = app.config.cgiStreamSeconds if bounded else None
     body = EventStreamBody(stream, limit, request.environ.get('waitress.client_disconnected'), slot, title)
     return Response(body, 200, EVENT_STREAM, STREAM_HEADERS)

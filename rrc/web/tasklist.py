@@ -8,18 +8,18 @@ at most SCAN_MAX of them in one request, then answers what it found with
 ``more`` and the ``next`` id to go on from, so no request reads the whole
 store.
 
-Each record is shown as ``info`` shows it: reconciled, with its live
+Each record is shown as ``info`` shows it: judged (App.read_task), with its live
 progress, a job with its steps (``stepN`` lines), another client's inputs
 as file names.  A step of a job (a ``job`` field) is left out: its job
-carries it.  ``stamp`` is the changes stream's cursor (rrc/web/changes.py)
-as of the moment before the list was read: what changed after it, the
+carries it.  ``stamp`` is the changes stream's cursor (rrc/web/changes.py,
+which imports this module) as of the moment before the list was read: what changed after it, the
 stream gives.
 """
 
 from ..errors import HTTPError, NotFound
-from ..names import check_task_id, is_service_name
+from ..names import DIGITS, check_task_id, is_service_name
 from ..schema import Field, TaskStatus
-from ..states import State, reconcile_task, state_of
+from ..states import State, state_of
 from ..store import format_record, to_json
 from .request import Response
 
@@ -57,14 +57,14 @@ class ListQuery:
 
 
 def parse_limit(text):
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    """The page's size: ASCII digits only (str.isdigit takes '²', which int() refuses)."""
+    if not text or len(text) > 6 or not DIGITS.issuperset(text) or not 1 <= int(text) <= MAX_LIMIT:
         raise HTTPError(400, f'limit must be a number from 1 to {MAX_LIMIT}')
     return int(text)
 
 
 def answer_tasks(app, request):
     """``service=tasks``: one page of the list, with ``more``, ``next`` and ``stamp``."""
-    from .changes import current_stamp
     query = ListQuery(request.form)
     stamp = current_stamp(app.store)  # before reading: a change while reading comes again in the stream
     page = list_page(app, query, request.client)
@@ -76,6 +76,15 @@ def answer_tasks(app, request):
     return Response('\n'.join(format_record(r) for r in page['tasks']), 200, headers=headers)
 
 
+def current_stamp(store):
+    """The changes stream's cursor as of now: the info folder's mtime in ns ('0' before any task)."""
+    import os
+    try:
+        return str(os.stat(store.folder('info')).st_mtime_ns)
+    except FileNotFoundError:
+        return '0'
+
+
 def list_page(app, query, client):
     """{'tasks': records shown, 'more': older ones may match, 'next': the id to go on from}."""
     ids = older_ids(app.store, query.before)
@@ -83,7 +92,7 @@ def list_page(app, query, client):
     while ids and len(shown) < query.limit and read < SCAN_MAX:
         last = ids.pop()
         read += 1
-        record = read_record(app.store, last, query)
+        record = read_record(app, last, query)
         if record is not None and query.keeps(record):
             shown.append(shown_record(app, record, client))
     return {'tasks': shown, 'more': bool(ids), 'next': last if ids else ''}
@@ -98,22 +107,22 @@ def older_ids(store, before):
     return ids[:bisect.bisect_left(ids, before)]
 
 
-def read_record(store, task_id, query):
-    """A task's record, reconciled (its status judged), or None when it is
-    gone or ``query`` never shows it (not judged then: that may cost a lock)."""
+def read_record(app, task_id, query):
+    """A task's record as ``info`` judges it (App.judged: a dead runner's
+    task is not busy, a farm's silent worker's is asked after), or None when
+    it is gone or ``query`` never shows it (not judged then: that may cost a lock)."""
     try:
-        record = store.read_task(task_id, checked=True)
-        return reconcile_task(store, record) if query.may_keep(record) else None
+        record = app.store.read_task(task_id, checked=True)
+        return app.judged(app.store, record) if query.may_keep(record) else None
     except NotFound:
         return None
 
 
 def shown_record(app, record, client):
-    """A record as ``info`` shows it to ``client``: live progress (and the
-    time left, for a progress bar), a job's steps."""
-    from ..events import with_live_progress
+    """A record read by app.read_task (with its live progress) as ``info``
+    shows it to ``client``: the time left, for a progress bar, a job's steps."""
     from .answers import client_view, job_info
-    record = with_eta(app.store, with_live_progress(app.store, record))
+    record = with_eta(app.store, record)
     if record.get(Field.STEPS) is not None:
         record = job_info(app, record)
     return client_view(record, client)
