@@ -112,8 +112,12 @@ export class Api {
 
   /** Follow a Server-Sent Events stream (GET with these fields) with the
    *  token: handlers.message({event, data, id}) for each message;
-   *  reconnects with Last-Event-ID until closed or handlers.ended(answer)
-   *  says it is over.  Returns {close()}. */
+   *  reconnects with Last-Event-ID until closed or handlers.ended()
+   *  says it is over, and when it stayed silent handlers.silenceMs (45 s
+   *  by default: the server's heartbeats stopped coming).
+   *  handlers.error(error, {reconnecting}) hears of each failure
+   *  (reconnecting false: the stream stopped, e.g. a token is needed).
+   *  Returns {close(), closed}. */
   stream(fields, handlers) {
     return new EventStream(this, fields, handlers);
   }
@@ -257,6 +261,7 @@ class EventStream {
     else if (this.controller) {
       this.stale = true;
       this.controller.abort();
+      this.wait = 0;  // (after once() has failed: failed() sets no wait for an abort)
     }
   }
 
@@ -343,7 +348,7 @@ class EventStream {
     try {
       for (;;) {
         clearTimeout(this.silence);
-        this.silence = setTimeout(quiet, SILENCE_MS);
+        this.silence = setTimeout(quiet, this.handlers.silenceMs || SILENCE_MS);
         const {value, done} = await reader.read();
         if (done) return;
         parser.feed(decoder.decode(value, {stream: true}));
