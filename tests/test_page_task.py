@@ -324,13 +324,15 @@ def test_the_sse_parser_reads_chunks_as_they_come(page, server):
     assert answer['last'] == '2.5'
 
 
-# A fake server for one stream: window.fetch answers as ``answers`` say,
-# in turn (the last again and again), and counts the calls.
+# A fake server for the streams of a test (service=fake): window.fetch
+# answers as ``answers`` say, in turn (the last again and again), and counts
+# the calls; the page's own requests go on to the server.
 FAKE_FETCH = """
     const calls = [];
     const real = window.fetch;
     const answers = args[0];
     window.fetch = async (url, options) => {
+      if (!String(url).includes('service=fake')) return real(url, options);  // the page's own
       calls.push({url: String(url), lastEventId: (options.headers || {})['Last-Event-ID'] || ''});
       const [status, headers, body] = answers[Math.min(calls.length, answers.length) - 1];
       if (body === 'silent') {  // an id, then nothing: a connection that died quietly
@@ -350,7 +352,7 @@ FAKE_FETCH = """
 def test_a_stream_that_answers_and_closes_at_once_is_backed_off(page, server):
     answer = value_of(in_page(page, server, FAKE_FETCH + """
         try {
-          const stream = new api.Api('/').stream({service: 'changes'}, {message() {}});
+          const stream = new api.Api('/').stream({service: 'fake'}, {message() {}});
           await until(() => calls.length >= 4);
           const delay = stream.delay;  // 4 s, or 8 s once the fourth has failed
           stream.close();
@@ -364,13 +366,13 @@ def test_a_503_waits_its_retry_after_and_a_401_stops_the_stream(page, server):
     answer = value_of(in_page(page, server, FAKE_FETCH + """
         try {
           const errors = [];
-          const stream = new api.Api('/').stream({service: 'changes'}, {
+          const stream = new api.Api('/').stream({service: 'fake'}, {
             message() {}, error: (error, how) => errors.push([error.status, error.message, how.reconnecting])});
           await until(() => errors.length >= 1);
           const wait = stream.wait;
           stream.close();
           const errors401 = [];
-          const stopped = new api.Api('/').stream({service: 'changes'}, {
+          const stopped = new api.Api('/').stream({service: 'fake'}, {
             message() {}, error: (error, how) => errors401.push([error.status, error.message, how.reconnecting])});
           await until(() => stopped.closed);
           return {wait, errors, errors401, calls: calls.length};
@@ -384,12 +386,12 @@ def test_a_503_waits_its_retry_after_and_a_401_stops_the_stream(page, server):
 def test_a_silent_stream_reconnects_with_its_last_id_and_so_does_going_online(page, server):
     answer = value_of(in_page(page, server, FAKE_FETCH + """
         try {
-          const silent = new api.Api('/').stream({service: 'changes'}, {message() {}, silenceMs: 300});
+          const silent = new api.Api('/').stream({service: 'fake'}, {message() {}, silenceMs: 300});
           await until(() => calls.length >= 2);
           silent.close();
           const afterSilence = calls.slice(0, 2);
           let opened = 0;
-          const quiet = new api.Api('/').stream({service: 'changes'}, {message() {}, opened: () => { opened += 1; }});
+          const quiet = new api.Api('/').stream({service: 'fake'}, {message() {}, opened: () => { opened += 1; }});
           await until(() => opened >= 1);
           const before = calls.length;
           window.dispatchEvent(new Event('online'));  // (45 s of silence are far away)
@@ -397,9 +399,9 @@ def test_a_silent_stream_reconnects_with_its_last_id_and_so_does_going_online(pa
           quiet.close();
           return {afterSilence, online: calls.length - before};
         } finally { restore(); }""", [[200, {'Content-Type': 'text/event-stream'}, 'silent']]))
-    assert answer['afterSilence'] == [{'url': '/?service=changes', 'lastEventId': ''},
-                                      {'url': '/?service=changes', 'lastEventId': '7.0'}]
-    assert answer['online'] == 1
+    assert answer['afterSilence'] == [{'url': '/?service=fake', 'lastEventId': ''},
+                                      {'url': '/?service=fake', 'lastEventId': '7.0'}]
+    assert answer['online'] == 1, answer
 
 
 ###############################################################################
