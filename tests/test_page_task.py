@@ -487,3 +487,26 @@ def test_the_page_works_under_its_csp_and_no_other_site_frames_it(page, server):
             driver.switch_to.default_content()
     wait(page, lambda d: frame_url('framed-css') == base + '/ui/app.css', 'the framed stylesheet')
     wait(page, lambda d: frame_url('framed-page').startswith('chrome-error:'), 'the framed page refused')
+
+
+def test_a_tab_back_in_view_after_a_long_while_reconnects_its_streams(page, server):
+    answer = value_of(in_page(page, server, FAKE_FETCH + """
+        let state = 'visible';
+        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
+        const flip = (to) => { state = to; document.dispatchEvent(new Event('visibilitychange')); };
+        try {
+          let opened = 0;
+          const stream = new api.Api('/').stream({service: 'fake'}, {message() {}, opened: () => { opened += 1; }});
+          await until(() => opened >= 1);
+          flip('hidden');
+          flip('visible');  // a moment away: the connection is kept
+          const afterShort = calls.length;
+          flip('hidden');
+          stream.hiddenSince -= 10 * 60 * 1000;  // ten minutes away (not waited for)
+          flip('visible');
+          await until(() => calls.length > afterShort && opened >= 2);
+          stream.close();
+          return {afterShort, afterLong: calls.length};
+        } finally { restore(); delete document.visibilityState; }""",
+                                    [[200, {'Content-Type': 'text/event-stream'}, 'silent']]))
+    assert answer == {'afterShort': 1, 'afterLong': 2}
