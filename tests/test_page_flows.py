@@ -116,14 +116,11 @@ def test_a_pipe_from_the_page_shows_its_gcode_as_layers(page, server):
     assert shown_text(page, '#task-preview [data-preview="layer-text"]') == f'layer 1 of {layers}'
     wait(page, lambda d: picture(d, canvas).rgba != whole.rgba, 'the view cut at the first layer')
     screenshot(page, 'flow-pipe-gcode')
-    # (the job view's request for a log a job does not have: test_a_jobs_view_logs_no_console_error)
-    assert [error for error in severe_console(page) if f'/tasks/log/{job_id} ' not in error] == []
+    assert severe_console(page) == []
 
 
-@pytest.mark.xfail(strict=True, reason='page bug: www/js/task.js followLog() (line 157) fetches /tasks/log/ID for '
-                   'an ended job too; a job has no log file, the server answers 404 and Chromium logs it as a '
-                   'console error (the view shows "(no log: ...)")')
 def test_a_jobs_view_logs_no_console_error(page, server):
+    """A job has no log file of its own: its view links its steps' logs and fetches none."""
     answer = plain_session().post(f'{server.url}/', data={'service': 'pipe', 'step1': 'echo', 'step2': 'echo',
                                                          'format': 'json'},
                                  files={'step1.fileIn0': ('piped.txt', 'piped\n')}, timeout=30)
@@ -133,7 +130,9 @@ def test_a_jobs_view_logs_no_console_error(page, server):
     open_page(page, server)
     open_task(page, job_id)
     wait(page, lambda d: view_state(d) == 'complete', 'the job\'s view')
-    wait(page, lambda d: shown_text(d, '#task-log'), 'the view\'s log box filled')
+    log = wait(page, lambda d: shown_text(d, '#task-log'), 'the view\'s log box filled')
+    assert log.startswith("A job's log is its steps'"), log
+    assert len(css(page, '#task-log a[href^="#task="]')) == 2
     assert severe_console(page) == []
 
 

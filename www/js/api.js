@@ -5,16 +5,29 @@
 // EventSource (which cannot send a header).
 
 const TOKEN_KEY = 'rrcloud.token';
-// How long a stream waits before it reconnects after it broke (ms); it
-// doubles up to the cap while the server stays away.
+// How long a stream waits before it reconnects after it broke (ms): the
+// server's retry: when it sent one, doubled up to the cap while the server
+// stays away (or answers and closes at once), with a jitter, so many pages
+// never come back in step.  Back to the first delay only once a message came.
 const RECONNECT_FIRST_MS = 500;
-const RECONNECT_MAX_MS = 15000;
+const RECONNECT_MAX_MS = 30000;
+// The server sends a comment every 15 s (rrc/web/sse.py HEARTBEAT_SECONDS):
+// this long without a byte, the connection is dead (a laptop that slept, a
+// NAT that forgot it) and the stream reconnects.
+const SILENCE_MS = 45000;
+// A tab hidden this long may have lost its connection quietly: back in
+// view, its streams reconnect at once.
+const HIDDEN_LONG_MS = 30000;
+// Every request of the page stays on its own origin: no CORS request, no
+// cookie or token to anywhere else.
+const SAME_ORIGIN = {mode: 'same-origin', credentials: 'same-origin'};
 
 /** A request the server refused or failed: its HTTP status and one-line reason. */
 export class ApiError extends Error {
-  constructor(status, reason) {
+  constructor(status, reason, retryAfter = null) {
     super(reason || `HTTP ${status}`);
     this.status = status;
+    this.retryAfter = retryAfter;  // seconds, from a 503's or 429's Retry-After
   }
 }
 
@@ -46,11 +59,14 @@ export class Api {
 
   /** fetch() with the token; a 401 tells the listeners, any error throws an ApiError. */
   async fetch(url, options = {}) {
-    const answer = await fetch(url, {...options, headers: this.headers(options.headers)});
+    const answer = await fetch(url, {...options, ...SAME_ORIGIN, headers: this.headers(options.headers)});
     if (answer.status === 401) {
       for (const fn of this.tokenListeners) fn();
     }
-    if (!answer.ok) throw new ApiError(answer.status, await reasonOf(answer));
+    if (!answer.ok) {
+      const after = Number(answer.headers.get('Retry-After'));
+      throw new ApiError(answer.status, await reasonOf(answer), Number.isFinite(after) && after >= 0 ? after : null);
+    }
     return answer;
   }
 
@@ -96,8 +112,12 @@ export class Api {
 
   /** Follow a Server-Sent Events stream (GET with these fields) with the
    *  token: handlers.message({event, data, id}) for each message;
-   *  reconnects with Last-Event-ID until closed or handlers.ended(answer)
-   *  says it is over.  Returns {close()}. */
+   *  reconnects with Last-Event-ID until closed or handlers.ended()
+   *  says it is over, and when it stayed silent handlers.silenceMs (45 s
+   *  by default: the server's heartbeats stopped coming).
+   *  handlers.error(error, {reconnecting}) hears of each failure
+   *  (reconnecting false: the stream stopped, e.g. a token is needed).
+   *  Returns {close(), closed}. */
   stream(fields, handlers) {
     return new EventStream(this, fields, handlers);
   }
@@ -135,13 +155,68 @@ function formOf(fields) {
   return form;
 }
 
-/** A path of the server ("tasks/out/X", "/tasks/log/ID") as an absolute path on this origin. */
+// The files of the server a page may fetch: a result or a log, one name
+// below tasks/out/ or tasks/log/ (nothing that a URL parser could read as
+// another host: no "//", no backslash, no query).
+const FILE_PATH = /^\/?tasks\/(out|log)\/[^/?#\\]+$/;
+
+/** A path of the server ("tasks/out/X", "/tasks/log/ID") as an absolute
+ *  path on this origin; anything else throws (the token never leaves). */
 export function fileUrl(path) {
-  return path.startsWith('/') ? path : `/${path}`;
+  const text = String(path);
+  if (!FILE_PATH.test(text)) throw new ApiError(0, `not a file of this server: ${text.slice(0, 80)}`);
+  return text.startsWith('/') ? text : `/${text}`;
 }
 
-/** One followed stream: fetch + a ReadableStream read line by line (the
- *  SSE format: "field: value" lines, a blank line ends a message). */
+/** The SSE format read from text chunks as they come: "field: value"
+ *  lines (ended by CRLF, LF or CR, a CRLF maybe split between two chunks),
+ *  a blank line dispatches the message.  onMessage({event, data, id}) gets
+ *  each message with data (data: its lines joined); ``lastEventId`` is the
+ *  last id: seen (a message without data sets it too); onRetry(ms) for a
+ *  retry: field. */
+export class SseParser {
+  constructor({onMessage, onRetry, lastEventId = ''}) {
+    this.onMessage = onMessage;
+    this.onRetry = onRetry || (() => {});
+    this.lastEventId = lastEventId;
+    this.buffer = '';
+    this.skipLineFeed = false;  // the last chunk ended in CR: a LF first in the next is that CRLF's
+    this.message = newMessage();
+  }
+
+  feed(text) {
+    if (!text) return;
+    if (this.skipLineFeed && text[0] === '\n') text = text.slice(1);
+    this.skipLineFeed = text.endsWith('\r');
+    this.buffer += text;
+    const lines = this.buffer.split(/\r\n|\r|\n/);
+    this.buffer = lines.pop();  // a line not yet ended
+    for (const line of lines) this.line(line);
+  }
+
+  /** Take one line into the message being read; a blank line dispatches it. */
+  line(line) {
+    if (line === '') {
+      const message = this.message;
+      this.message = newMessage();
+      if (message.data.length) {
+        this.onMessage({event: message.event || 'message', data: message.data.join('\n'), id: this.lastEventId});
+      }
+      return;
+    }
+    if (line.startsWith(':')) return;  // a heartbeat comment
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (field === 'data') this.message.data.push(value);
+    else if (field === 'event') this.message.event = value;
+    else if (field === 'id') {
+      if (!value.includes('\0')) this.lastEventId = value;
+    } else if (field === 'retry' && /^\d+$/.test(value)) this.onRetry(Number(value));
+  }
+}
+
+/** One followed stream: fetch + a ReadableStream read by an SseParser. */
 class EventStream {
   constructor(api, fields, handlers) {
     this.api = api;
@@ -150,91 +225,154 @@ class EventStream {
     this.lastEventId = handlers.lastEventId || '';
     this.controller = null;
     this.closed = false;
-    this.delay = RECONNECT_FIRST_MS;
+    this.firstDelay = RECONNECT_FIRST_MS;  // the server's retry: once it said
+    this.delay = this.firstDelay;
+    this.wake = null;          // ends the wait before a reconnect
+    this.silence = 0;          // the timer of a connection that went quiet
+    this.stale = false;        // this connection was dropped on purpose: reconnect
+    this.hiddenSince = null;
+    this.wait = null;          // how long the server asked to wait (Retry-After), ms
+    this.onOnline = () => this.reconnectNow();
+    this.onVisibility = () => this.visibilityChanged();
+    window.addEventListener('online', this.onOnline);
+    document.addEventListener('visibilitychange', this.onVisibility);
     this.run();
   }
 
   close() {
     this.closed = true;
+    this.stop();
     if (this.controller) this.controller.abort();
+    if (this.wake) this.wake();
+  }
+
+  /** Over for good: no listener left behind. */
+  stop() {
+    clearTimeout(this.silence);
+    window.removeEventListener('online', this.onOnline);
+    document.removeEventListener('visibilitychange', this.onVisibility);
+  }
+
+  /** Drop the connection (or the wait) and connect again at once. */
+  reconnectNow() {
+    if (this.closed) return;
+    this.delay = this.firstDelay;
+    if (this.wake) this.wake();
+    else if (this.controller) {
+      this.stale = true;
+      this.controller.abort();
+      this.wait = 0;  // (after once() has failed: failed() sets no wait for an abort)
+    }
+  }
+
+  visibilityChanged() {
+    if (document.visibilityState === 'hidden') {
+      this.hiddenSince = Date.now();
+      return;
+    }
+    const hidden = this.hiddenSince === null ? 0 : Date.now() - this.hiddenSince;
+    this.hiddenSince = null;
+    if (hidden >= HIDDEN_LONG_MS) this.reconnectNow();
   }
 
   async run() {
     while (!this.closed) {
+      this.wait = null;
       const over = await this.once().catch((error) => this.failed(error));
       if (over || this.closed) break;
-      await sleep(this.delay);
+      // the server's Retry-After at least; else the delay, give or take a quarter
+      const wait = this.wait !== null ? this.wait * (1 + Math.random() / 4) : this.delay * (0.75 + Math.random() / 2);
       this.delay = Math.min(this.delay * 2, RECONNECT_MAX_MS);
+      await this.sleep(wait);
     }
     this.closed = true;  // over for good: whoever follows it may start a new one
+    this.stop();
+  }
+
+  sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      const self = this;
+      function done() {
+        clearTimeout(timer);
+        self.wake = null;
+        resolve();
+      }
+      this.wake = done;
+    });
   }
 
   /** One connection; true when the stream is over for good (no reconnect). */
   async once() {
     this.controller = new AbortController();
+    this.stale = false;
     const headers = this.lastEventId ? {'Last-Event-ID': this.lastEventId} : {};
     const url = `${this.api.path}?${new URLSearchParams(this.fields)}`;
     const answer = await this.api.fetch(url, {headers, signal: this.controller.signal});
     if (answer.status === 204) return true;  // a task whose end we saw already
-    this.delay = RECONNECT_FIRST_MS;
     if (this.handlers.opened) this.handlers.opened();
     await this.read(answer.body.getReader());
     return this.handlers.ended ? this.handlers.ended() : false;
   }
 
   failed(error) {
-    if (this.closed || error.name === 'AbortError') return true;
-    if (this.handlers.error) this.handlers.error(error);
-    // 401 waits for a token (the prompt reloads); 4xx other than 429 will not heal by itself
-    return error instanceof ApiError && error.status >= 400 && error.status < 500 && error.status !== 429;
+    if (this.closed) return true;
+    if (error.name === 'AbortError') return !this.stale;  // dropped for silence: again
+    if (error instanceof ApiError && error.status === 401) {
+      // No reconnect: the page asks for the token, and starts again with it.
+      const stopped = new ApiError(401, 'live updates stopped: this server needs a token');
+      stopped.final = true;
+      if (this.handlers.error) this.handlers.error(stopped, {reconnecting: false});
+      return true;
+    }
+    const final = error instanceof ApiError && error.status >= 400 && error.status < 500 && error.status !== 429;
+    if (error instanceof ApiError && error.retryAfter !== null) {
+      this.wait = Math.min(Math.max(error.retryAfter * 1000, this.delay), RECONNECT_MAX_MS * 4);
+    }
+    if (this.handlers.error) this.handlers.error(error, {reconnecting: !final});
+    return final;  // any other 4xx will not heal by itself
   }
 
+  /** Read the connection until it ends, or stays silent SILENCE_MS (then abort it). */
   async read(reader) {
     const decoder = new TextDecoder();
-    let buffer = '';
-    let message = newMessage();
-    for (;;) {
-      const {value, done} = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, {stream: true});
-      const lines = buffer.split(/\r\n|\r|\n/);
-      buffer = lines.pop();  // a line not yet ended
-      for (const line of lines) message = this.line(line, message);
+    const parser = new SseParser({
+      lastEventId: this.lastEventId,
+      onMessage: (message) => this.dispatch(message),
+      onRetry: (ms) => { this.firstDelay = Math.min(Math.max(ms, 100), RECONNECT_MAX_MS); },
+    });
+    const quiet = () => {
+      this.stale = true;
+      if (this.controller) this.controller.abort();
+    };
+    try {
+      for (;;) {
+        clearTimeout(this.silence);
+        this.silence = setTimeout(quiet, this.handlers.silenceMs || SILENCE_MS);
+        const {value, done} = await reader.read();
+        if (done) return;
+        parser.feed(decoder.decode(value, {stream: true}));
+        this.lastEventId = parser.lastEventId;
+      }
+    } finally {
+      clearTimeout(this.silence);
+      this.lastEventId = parser.lastEventId;
     }
-  }
-
-  /** Take one line into the message being read; a blank line dispatches it. */
-  line(line, message) {
-    if (line === '') {
-      if (message.data.length) this.dispatch(message);
-      return newMessage();
-    }
-    if (line.startsWith(':')) return message;  // a heartbeat comment
-    const colon = line.indexOf(':');
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-    if (field === 'data') message.data.push(value);
-    else if (field === 'event') message.event = value;
-    else if (field === 'id') message.id = value;
-    return message;
   }
 
   dispatch(message) {
-    if (message.id) this.lastEventId = message.id;
+    this.lastEventId = message.id;
+    this.delay = this.firstDelay;  // a message came: the server works, the next break waits little
     let data;
     try {
-      data = JSON.parse(message.data.join('\n'));
+      data = JSON.parse(message.data);
     } catch (notJson) {
       return;  // every message of rrcloud's streams is JSON; anything else is not ours
     }
-    this.handlers.message({event: message.event || 'message', data, id: message.id});
+    this.handlers.message({event: message.event, data, id: message.id});
   }
 }
 
 function newMessage() {
-  return {event: '', data: [], id: ''};
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+  return {event: '', data: []};
 }

@@ -2,7 +2,7 @@
 // event stream), its controls, the download of its result, previews.
 
 import {clear, el, localTime, show} from './dom.js';
-import {inputNamesOf, isLive, isPrint, stateOf} from './records.js';
+import {inputNamesOf, isJob, isLive, isPrint, stateOf, stepsOf} from './records.js';
 import {progressLine, stepsLine} from './list.js';
 
 // The controls a state allows: [verb, label], for a print and for any other task.
@@ -20,6 +20,11 @@ const TIME_FIELDS = ['ctime', 'stime', 'etime'];
 const PREVIEWED = /\.(stl|off|gcode|gco|g|png|jpe?g)$/i;
 // A log longer than this many lines keeps only its newest (a page open all day stays light).
 const LOG_LINES_KEPT = 5000;
+// An ended task's log shows its last this many characters (a log may be
+// maxLogSize, 10 MB: one <pre> of it would hold the page); the whole is a download.
+const LOG_TAIL_CHARS = 256 * 1024;
+// After a control, the button that takes the focus when the pressed one is gone.
+const NEXT_CONTROL = {suspend: 'resume', resume: 'suspend', pause: 'resume'};
 
 export class TaskView {
   constructor(api, {onRecord}) {
@@ -28,6 +33,8 @@ export class TaskView {
     this.id = '';
     this.record = null;
     this.stream = null;
+    this.pendingLines = [];   // log lines not drawn yet: drawn once per animation frame
+    this.logFrame = 0;
     this.disposers = [];
     this.printer = null;
     this.section = el('section', {id: 'task', 'aria-labelledby': 'task-title', hidden: true});
@@ -39,13 +46,15 @@ export class TaskView {
     this.id = id;
     this.build();
     show(this.section, true);
+    let record;
     try {
-      this.record = await this.api.get({service: 'info', id});
+      record = await this.api.get({service: 'info', id});
     } catch (error) {
-      this.say(`Cannot show task ${id}: ${error.message}`, true);
+      if (id === this.id) this.say(`Cannot show task ${id}: ${error.message}`, true);
       return;
     }
-    this.showRecord(this.record);
+    if (id !== this.id) return;  // another view opened meanwhile: this answer is not for it
+    this.showRecord(record);
     this.followLog();
     this.showExtras();
   }
@@ -54,6 +63,9 @@ export class TaskView {
   close() {
     if (this.stream) this.stream.close();
     this.stream = null;
+    if (this.logFrame) cancelAnimationFrame(this.logFrame);
+    this.logFrame = 0;
+    this.pendingLines = [];
     for (const dispose of this.disposers.splice(0)) {
       try { dispose(); } catch (error) { console.warn('a preview did not close', error); }
     }
@@ -70,7 +82,7 @@ export class TaskView {
     this.controls = el('div', {class: 'controls', id: 'task-controls'});
     this.progress = el('div', {class: 'task-progress', id: 'task-progress'});
     this.steps = el('div', {id: 'task-steps'});
-    this.message = el('p', {class: 'message', id: 'task-message', role: 'status'});
+    this.message = el('p', {class: 'message', id: 'task-message', role: 'status', tabindex: '-1'});
     this.table = el('table', {class: 'record', id: 'task-record'});
     this.log = el('pre', {class: 'log', id: 'task-log', tabindex: '0', 'aria-label': 'log'});
     this.previews = el('div', {class: 'previews', id: 'task-preview'});
@@ -105,6 +117,7 @@ export class TaskView {
     const shown = JSON.stringify([table[state] || [], downloadable]);
     if (shown === this.controls.dataset.shown) return;  // the same buttons: a focused one keeps its focus
     this.controls.dataset.shown = shown;
+    const hadFocus = this.controls.contains(document.activeElement);
     clear(this.controls);
     for (const [verb, label] of table[state] || []) {
       this.controls.append(el('button', {type: 'button', 'data-control': verb,
@@ -114,6 +127,15 @@ export class TaskView {
       this.controls.append(el('button', {type: 'button', id: 'download', onclick: () => this.download()},
         'Download result'));
     }
+    if (hadFocus) this.focusAfterControl(this.lastControl);  // the focused button went: not to <body>
+  }
+
+  /** The focus after a control whose button is gone: the control that undoes
+   *  it (Resume after Suspend), else the first one, else the view's message. */
+  focusAfterControl(verb) {
+    const next = this.controls.querySelector(`button[data-control="${NEXT_CONTROL[verb] || ''}"]`)
+      || this.controls.querySelector('button[data-control]');
+    (next || this.message).focus();
   }
 
   showFields(record) {
@@ -129,16 +151,25 @@ export class TaskView {
 
   /** POST the control; the record it answers is shown at once. */
   async control(verb, button) {
+    const id = this.id;
+    const focused = document.activeElement === button;
+    this.lastControl = verb;
     button.disabled = true;  // one press, one request
     try {
-      const record = await this.api.control(verb, this.id);
+      const record = await this.api.control(verb, id);
+      if (id !== this.id) return;
       this.say(`${verb}: done`);
       if (record.id === this.id) this.showRecord(record);
       this.refresh();
     } catch (error) {
-      this.say(`${verb} refused: ${error.message}`, true);
+      if (id === this.id) this.say(`${verb} refused: ${error.message}`, true);
     } finally {
       button.disabled = false;
+      // a keyboard user goes on from where they were: the same button, or the next control
+      if (focused && id === this.id) {
+        if (button.isConnected) button.focus();
+        else if (!this.controls.contains(document.activeElement)) this.focusAfterControl(verb);
+      }
     }
   }
 
@@ -153,16 +184,63 @@ export class TaskView {
    *  an ended one's from its log file. */
   followLog() {
     const id = this.id;
+    if (this.stream) this.stream.close();  // one stream per view, ever
+    this.stream = null;
+    if (isJob(this.record)) this.showStepsLogs(this.record);
     if (!isLive(this.record)) {
-      this.api.fetchText(`/tasks/log/${encodeURIComponent(id)}`)
-        .then((text) => { if (id === this.id) this.log.textContent = text; })
-        .catch((error) => { if (id === this.id) this.log.textContent = `(no log: ${error.message})`; });
+      if (!isJob(this.record)) this.showEndedLog(id);
       return;
     }
-    this.stream = this.api.stream({service: 'events', id}, {
-      message: (message) => this.event(message),
+    const stream = this.api.stream({service: 'events', id}, {
+      // a message of a stream this view let go of is not for it
+      message: (message) => { if (stream === this.stream && id === this.id) this.event(message); },
       ended: () => !isLive(this.record),
     });
+    this.stream = stream;
+  }
+
+  /** A job has no log of its own: its steps' logs are theirs (links to their views). */
+  showStepsLogs(record) {
+    const links = stepsOf(record).map((step) => [
+      step.number > 1 ? ', ' : '',
+      el('a', {href: `#task=${encodeURIComponent(step.id)}`}, `step ${step.number}${step.service ? ` (${step.service})` : ''}`)]);
+    clear(this.log).append(el('span', {class: 'log-note'}, 'A job\'s log is its steps\': ', links.flat(), '\n'));
+  }
+
+  /** An ended task's log: its tail, with the whole as a download when it is longer. */
+  async showEndedLog(id) {
+    let text;
+    try {
+      text = await this.api.fetchText(`/tasks/log/${encodeURIComponent(id)}`);
+    } catch (error) {
+      if (id === this.id) this.log.textContent = `(no log: ${error.message})`;
+      return;
+    }
+    if (id !== this.id) return;
+    if (text.length <= LOG_TAIL_CHARS) {
+      this.log.textContent = text;
+      return;
+    }
+    let tail = text.slice(-LOG_TAIL_CHARS);
+    tail = tail.slice(tail.indexOf('\n') + 1);  // from a whole line on
+    const cut = text.length - tail.length;
+    text = null;  // the whole is not kept: the download fetches it again
+    clear(this.log).append(
+      el('span', {class: 'log-note'}, `(the first ${Math.ceil(cut / 1024)} KB of this log are not shown: `,
+        el('a', {href: '#', id: 'log-download', onclick: (event) => { event.preventDefault(); this.downloadLog(id); }},
+          'download the whole log'), ')\n'),
+      tail);
+    this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  /** The whole log, saved with the token (fetch, then a blob: URL). */
+  async downloadLog(id) {
+    try {
+      const {blob} = await this.api.fetchDownload(`/tasks/log/${encodeURIComponent(id)}`);
+      saveBlob(blob, `${id}.log`);
+    } catch (error) {
+      this.say(`Download failed: ${error.message}`, true);
+    }
   }
 
   event({event, data}) {
@@ -173,11 +251,32 @@ export class TaskView {
     else if (event === 'status' || event === 'step') this.statusChanged(body);
   }
 
+  /** A line for the log: drawn with the others of its animation frame (a
+   *  view that opens on a long running task gets its whole log at once). */
   logLine(text, kind) {
-    this.log.append(el('span', {class: `log-${kind}`}, `${text}\n`));
-    while (this.log.childNodes.length > LOG_LINES_KEPT) this.log.firstChild.remove();
-    const nearEnd = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 80;
-    if (nearEnd) this.log.scrollTop = this.log.scrollHeight;  // follow, unless the user scrolled up
+    this.pendingLines.push([text, kind]);
+    if (this.pendingLines.length > 2 * LOG_LINES_KEPT) this.pendingLines.splice(0, this.pendingLines.length - LOG_LINES_KEPT);
+    if (!this.logFrame) this.logFrame = requestAnimationFrame(() => this.drawLines());
+  }
+
+  /** Append the waiting lines in one go, measured once; keep the newest LOG_LINES_KEPT. */
+  drawLines() {
+    this.logFrame = 0;
+    const lines = this.pendingLines.splice(0).slice(-LOG_LINES_KEPT);
+    if (!lines.length || !this.log) return;
+    const log = this.log;
+    const nearEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+    const fragment = document.createDocumentFragment();
+    for (const [text, kind] of lines) fragment.append(el('span', {class: `log-${kind}`}, `${text}\n`));
+    log.append(fragment);
+    const extra = log.childNodes.length - LOG_LINES_KEPT;
+    if (extra > 0) {  // the oldest lines, removed at once
+      const range = document.createRange();
+      range.setStartBefore(log.firstChild);
+      range.setEndAfter(log.childNodes[extra - 1]);
+      range.deleteContents();
+    }
+    if (nearEnd) log.scrollTop = log.scrollHeight;  // follow, unless the user scrolled up
   }
 
   progressed(body) {
@@ -200,12 +299,7 @@ export class TaskView {
   async download() {
     try {
       const {blob, name} = await this.api.fetchDownload(this.record.out);
-      const url = URL.createObjectURL(blob);
-      const link = el('a', {href: url, download: name || downloadName(this.record)});
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      saveBlob(blob, name || downloadName(this.record));
     } catch (error) {
       this.say(`Download failed: ${error.message}`, true);
     }
@@ -255,6 +349,16 @@ export class TaskView {
     this.message.textContent = text;
     this.message.classList.toggle('error', isError);
   }
+}
+
+/** Save a blob as a file named ``name`` (a blob: URL, freed soon after). */
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = el('a', {href: url, download: name});
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
 /** A step's way back to its job. */
