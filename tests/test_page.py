@@ -577,7 +577,18 @@ def rewrite_record(server, task_id, **fields):
 
 
 def requests_of(urls, service):
+    """The URLs that ask for ``service``."""
     return [url for url in urls if f'service={service}&' in url or url.endswith(f'service={service}')]
+
+
+def wait_for_request(driver, service, what):
+    """Until the page asks for ``service`` (a request from now on)."""
+    seen = []
+
+    def asked(d):
+        seen.extend(requested_urls(d))
+        return requests_of(seen, service)
+    return wait(driver, asked, what)
 
 
 def test_a_record_that_changes_but_not_its_state_asks_the_server_nothing(page, server):
@@ -599,8 +610,7 @@ def test_a_record_that_changes_but_not_its_state_asks_the_server_nothing(page, s
     meta, printers = requests_of(urls, 'meta'), requests_of(urls, 'printers')
     assert len(printers) <= len(meta) <= 1, urls  # one: the panel's own timer, every 10 s
     submit(server, 'job', 'echo loud > "$1"\n', 'loud.sh')
-    seen = []
-    wait(page, lambda d: requests_of(seen.__iadd__(requested_urls(d)) or seen, 'meta'), 'the panel read again')
+    wait_for_request(page, 'meta', 'the panel read again')
 
 
 def effective_background(driver):
@@ -809,6 +819,7 @@ def test_rows_show_the_start_steps_are_named_and_the_chart_follows_the_width(pag
     record = {'status': 'complete', 'service': 'job', 'client': '127.0.0.1', 'in': '', 'out': '',
               'cmd': 'sh', 'ctime': f'{now - 3 * 86400:.5f}', 'stime': f'{now:.5f}', 'etime': f'{now:.5f}'}
     task_id = Store(str(server.root)).create_task(lambda task_id: dict(record))['id']
+    server.wait_done(submit(server, 'job', 'echo charted > "$1"\n', 'charted.sh'))  # in the history: a chart
     open_page(page, server)
     started = page.execute_async_script(
         'const [s, done] = arguments; import("/ui/js/dom.js").then((dom) => done(dom.localTime(s)));',
@@ -817,9 +828,35 @@ def test_rows_show_the_start_steps_are_named_and_the_chart_follows_the_width(pag
     choose(page, '#submit-mode', 'pipe')
     labels = [b.get_attribute('aria-label') for b in css(page, '#pipe-steps li button')]
     assert labels == ['remove step 1', 'remove step 2']
-    wait(page, lambda d: shown_text(d, '#history-services'), 'the history')
+    wait(page, lambda d: 'job' in shown_text(d, '#history-services'), 'the history')
     set_size(page, PHONE)
     wait(page, lambda d: d.execute_script("""
         const canvas = document.getElementById('history-chart');
-        return canvas.width === Math.round(canvas.clientWidth * devicePixelRatio)
+        return !canvas.hidden && canvas.width === Math.round(canvas.clientWidth * devicePixelRatio)
           && canvas.clientWidth <= window.innerWidth;"""), 'the chart drawn again at the phone\'s width')
+
+
+# The page told its tab is hidden (true) or shown (false), as a browser tells it.
+PRETEND_HIDDEN = """
+    window.pretendHidden = arguments[0];
+    if (!window.hiddenPretended) {
+      Object.defineProperty(document, 'hidden', {configurable: true, get: () => window.pretendHidden});
+      window.hiddenPretended = true;
+    }
+    document.dispatchEvent(new Event('visibilitychange'));"""
+
+
+def test_a_hidden_tab_asks_the_server_nothing_until_shown(page, server):
+    """Hidden, the page's timers rest: a task that starts and ends costs no
+    read of the server panel (the list still follows the stream); shown
+    again, the panel is read at once."""
+    import time
+    open_page(page, server)
+    page.execute_script(PRETEND_HIDDEN, True)
+    requested_urls(page)
+    task_id = submit(server, 'job', 'echo hidden > "$1"\n', 'hidden.sh')
+    wait(page, lambda d: row_state(d, task_id) == 'complete', 'the task complete in the list')
+    time.sleep(1.5)  # the panel's throttle (server.js): a visible tab would have read meta by now
+    assert requests_of(requested_urls(page), 'meta') == []
+    page.execute_script(PRETEND_HIDDEN, False)
+    wait_for_request(page, 'meta', 'the panel read again')

@@ -15,7 +15,7 @@ export class ServerPanel {
     this.timer = null;
     this.started = false;
     this.hidden = false;
-    this.stale = false;  // something changed while the tab was hidden: read again when shown
+    this.stale = false;  // something changed while the tab was hidden (it is read again when shown)
     this.facts = el('dl', {class: 'facts', id: 'server-facts'});
     this.workers = el('div', {id: 'workers', hidden: true});
     this.printers = el('div', {id: 'printers', hidden: true});
@@ -40,8 +40,8 @@ export class ServerPanel {
       return;
     }
     if (!this.started) return;
-    if (this.stale || this.pending === null) this.update();
     this.stale = false;
+    this.update();  // whatever happened meanwhile
     this.start();
   }
 
