@@ -206,9 +206,8 @@ def test_hostile_names_show_as_text(page, server):
     it, no script runs, no alert."""
     task_id = submit(server, 'job', 'exit 3\n', HOSTILE_NAME)
     assert server.wait_done(task_id)['status'] == 'failed'
-    info = server.root / 'tasks' / 'info' / task_id
-    info.write_text(''.join(f'error: {HOSTILE_TEXT}\n' if line.startswith('error: ') else line
-                            for line in info.read_text().splitlines(keepends=True)))
+    # Atomically, as the store writes: a page still open (the last test's) reads it in its changes stream.
+    rewrite_record(server, task_id, error=HOSTILE_TEXT)
     open_page(page, server)
     shown = wait(page, lambda d: row(d, task_id), 'the hostile task\'s row')
     assert HOSTILE_TEXT in shown
