@@ -137,6 +137,7 @@ class Page {
    *  #history scrolled to).  ``moved``: the user went there, so the focus
    *  goes to the new view's heading (never on the first load's route). */
   route(moved) {
+    if (!this.token.section.hidden) return;  // the token first: the page opens once it is given
     const match = /^#task=([0-9-]+)$/.exec(location.hash);
     if (match) {
       show(this.overview, false);
