@@ -67,3 +67,30 @@ export function localTime(value) {
 export function show(node, visible) {
   node.hidden = !visible;
 }
+
+/** Make ``old`` look like ``fresh`` (built by el(), no listeners) while
+ *  keeping ``old``'s nodes where the two have the same shape: a focused
+ *  link inside a row that is redrawn keeps its focus. */
+export function patch(old, fresh) {
+  if (old.nodeType !== fresh.nodeType || old.nodeName !== fresh.nodeName) {
+    old.replaceWith(fresh);
+    return;
+  }
+  if (old.nodeType === Node.TEXT_NODE) {
+    if (old.data !== fresh.data) old.data = fresh.data;
+    return;
+  }
+  for (const {name} of [...old.attributes]) {
+    if (!fresh.hasAttribute(name)) old.removeAttribute(name);
+  }
+  for (const {name, value} of fresh.attributes) {
+    if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+  }
+  const olds = [...old.childNodes];
+  const freshes = [...fresh.childNodes];
+  freshes.forEach((child, index) => {
+    if (index < olds.length) patch(olds[index], child);
+    else old.append(child);
+  });
+  for (const extra of olds.slice(freshes.length)) extra.remove();
+}

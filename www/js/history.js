@@ -12,31 +12,72 @@ export class HistoryView {
   constructor(api) {
     this.api = api;
     this.pending = null;
-    this.since = el('select', {id: 'history-since', onchange: () => this.load()},
+    this.hidden = false;
+    this.stale = false;
+    this.shown = [];  // the services drawn: drawn again when the width changes
+    this.width = 0;
+    this.since = el('select', {id: 'history-since', onchange: () => this.update()},
       PERIODS.map(([value, label]) => el('option', {value}, label)));
     this.canvas = el('canvas', {id: 'history-chart', role: 'img', height: '0',
       'aria-label': 'tasks per service: succeeded and failed'});
+    this.message = el('p', {class: 'message error', id: 'history-message', role: 'alert'});
     this.services = el('div', {class: 'table-wrap', id: 'history-services'});
     this.printers = el('div', {class: 'table-wrap', id: 'history-printers'});
     this.section = el('section', {id: 'history', 'aria-labelledby': 'history-title'},
       el('div', {class: 'section-head'}, el('h2', {id: 'history-title'}, 'History'),
         el('label', {}, 'period ', this.since)),
-      this.canvas, this.services, this.printers);
+      this.message, this.canvas, this.services, this.printers);
+    window.addEventListener('resize', () => this.resized());
   }
 
-  /** A task ended: read the history again soon (at most every few seconds). */
+  /** A task ended: read the history again soon (at most every few seconds; once shown again when hidden). */
   soon() {
+    if (this.hidden) {
+      this.stale = true;
+      return;
+    }
     if (this.pending) return;
     this.pending = setTimeout(() => {
       this.pending = null;
-      this.load().catch(() => {});
+      this.update();
     }, AFTER_END_MS);
+  }
+
+  /** The tab was hidden or shown again (then what ended meanwhile is read). */
+  pause(hidden) {
+    this.hidden = hidden;
+    if (!hidden && this.stale) {
+      this.stale = false;
+      this.soon();
+    }
+  }
+
+  /** load(), its failure shown. */
+  update() {
+    return this.load().catch((error) => {
+      if (error.status !== 401) this.say(`cannot load the history: ${error.message}`);
+    });
+  }
+
+  say(text) {
+    this.message.textContent = text;
+  }
+
+  /** The window's width changed: the chart drawn again at the new width (once a frame). */
+  resized() {
+    if (this.resizing) return;
+    this.resizing = true;
+    requestAnimationFrame(() => {
+      this.resizing = false;
+      if (this.shown.length && contentWidth(this.canvas.parentElement) !== this.width) this.draw(this.shown);
+    });
   }
 
   async load() {
     const fields = {service: 'history'};
     if (this.since.value) fields.since = this.since.value;
     const report = await this.api.get(fields);
+    this.say('');
     const services = Object.entries(report.services || {});
     const printers = Object.entries(report.printers || {});
     this.showServices(services);
@@ -66,9 +107,11 @@ export class HistoryView {
 
   /** Horizontal bars, one per service: successes (green) then failures (red). */
   draw(services) {
+    this.shown = services;
     this.canvas.hidden = services.length === 0;
     const scale = window.devicePixelRatio || 1;
-    const width = Math.max(200, this.canvas.parentElement ? this.canvas.parentElement.clientWidth : 300);
+    this.width = contentWidth(this.canvas.parentElement);
+    const width = Math.max(200, this.width);
     const height = services.length * BAR_HEIGHT + 8;
     this.canvas.style.width = `${width}px`;
     this.canvas.style.height = `${height}px`;
@@ -95,6 +138,13 @@ export class HistoryView {
       context.fillText(String(sums.tasks), LABEL_WIDTH + ok + failed + 4, y + BAR_HEIGHT / 2);
     });
   }
+}
+
+/** The width inside a box's padding (what the canvas may take); 300 without one. */
+function contentWidth(box) {
+  if (!box) return 300;
+  const style = getComputedStyle(box);
+  return Math.floor(box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight));
 }
 
 function table(heads, rows) {

@@ -2,11 +2,14 @@
 // with "more" (before=ID, so 10,000 tasks never load at once), kept up to
 // date by the store-wide changes stream.
 
-import {clear, el, humanSeconds, humanSize, localTime, show} from './dom.js';
+import {clear, el, humanSeconds, humanSize, localTime, patch, show} from './dom.js';
 import {durationOf, inputNamesOf, isLive, progressOf, secondsLeft, stateOf, stepsOf}
   from './records.js';
 
 const PAGE_SIZE = 50;
+// Rows kept beyond those the pages brought (the first and each "more"): a
+// page open all day drops its oldest rows past this (they are one "more" away).
+export const ROWS_PAST_PAGES = 500;
 const STATUSES = ['busy', 'complete', 'failed'];
 
 /** The list section: its filters, its rows by task id, the stream that feeds it. */
@@ -20,29 +23,32 @@ export class TaskList {
     this.next = '';
     this.services = [];
     this.loads = 0;
+    this.loading = null;  // the stream's messages while a first page is on its way
+    this.pagedRows = 0;   // rows the pages brought: the cap is this plus ROWS_PAST_PAGES
     this.stream = null;
     this.build();
   }
 
   build() {
-    this.status = el('select', {id: 'filter-status', onchange: () => this.load()},
+    this.status = el('select', {id: 'filter-status', onchange: () => this.reload()},
       el('option', {value: ''}, 'any status'),
       STATUSES.map((status) => el('option', {value: status}, status)));
-    this.service = el('select', {id: 'filter-service', onchange: () => this.load()},
+    this.service = el('select', {id: 'filter-service', onchange: () => this.reload()},
       el('option', {value: ''}, 'any service'));
     // (no aria-live: progress redraws rows every second, a screen reader would never stop)
     this.list = el('ol', {class: 'tasks', id: 'tasks'});
     this.empty = el('div', {class: 'empty', id: 'empty', hidden: true});
     this.moreButton = el('button', {type: 'button', id: 'more', hidden: true, onclick: () => this.more()},
       'more');
-    this.message = el('p', {class: 'message', role: 'status'});
+    this.message = el('p', {class: 'message error', id: 'list-message', role: 'alert'});
+    this.live = el('p', {class: 'message', id: 'list-live', role: 'status'});
     this.section = el('section', {id: 'list', 'aria-labelledby': 'list-title'},
       el('div', {class: 'section-head'},
         el('h2', {id: 'list-title'}, 'Tasks'),
         el('div', {class: 'filters'},
           el('label', {}, 'status ', this.status),
           el('label', {}, 'service ', this.service))),
-      this.message, this.empty, this.list, this.moreButton);
+      this.message, this.live, this.empty, this.list, this.moreButton);
   }
 
   /** Offer these services in the service filter (from meta), keeping the choice. */
@@ -62,26 +68,61 @@ export class TaskList {
     return fields;
   }
 
-  /** The first page for the filters; then follow the changes from its stamp on. */
+  /** load(), its failure shown (a filter changed, the stream said reset). */
+  reload() {
+    return this.load().catch((error) => {
+      if (error.status !== 401) this.say(`cannot load the list: ${error.message}`);
+    });
+  }
+
+  /** The first page for the filters; then follow the changes from its stamp on.
+   *  The stream's messages that come while the page is on its way are kept
+   *  and applied again on it (the page may have been read before them). */
   async load() {
     const asked = ++this.loads;
-    const answer = await this.api.get(this.filters());
+    const buffered = [];
+    this.loading = buffered;
+    let answer;
+    try {
+      answer = await this.api.get(this.filters());
+    } finally {
+      if (asked === this.loads) this.loading = null;
+    }
     if (asked !== this.loads) return;  // the filters changed again meanwhile: the later answer wins
+    this.say('');
     this.rows.clear();
     this.records.clear();
     clear(this.list);
+    this.pagedRows = 0;
     this.addPage(answer);
+    for (const message of buffered) this.changed(message, false);
     this.follow(answer.stamp);
   }
 
-  /** The next page: tasks older than the oldest shown. */
+  /** The next page: tasks older than the oldest shown (its answer dropped
+   *  when the filters changed meanwhile). */
   async more() {
-    const answer = await this.api.get({...this.filters(), before: this.next || this.oldestId()});
-    this.addPage(answer);
+    const asked = this.loads;
+    this.moreButton.disabled = true;
+    this.moreButton.setAttribute('aria-busy', 'true');
+    this.moreButton.textContent = 'loading…';
+    try {
+      const answer = await this.api.get({...this.filters(), before: this.next || this.oldestId()});
+      if (asked !== this.loads) return;
+      this.say('');
+      this.addPage(answer);
+    } catch (error) {
+      if (asked === this.loads && error.status !== 401) this.say(`cannot load more tasks: ${error.message}`);
+    } finally {
+      this.moreButton.disabled = false;
+      this.moreButton.removeAttribute('aria-busy');
+      this.moreButton.textContent = 'more';
+    }
   }
 
   addPage(answer) {
     for (const record of answer.tasks || []) this.put(record);
+    this.pagedRows = this.list.childElementCount;
     this.hasMore = Boolean(answer.more);
     this.next = typeof answer.next === 'string' ? answer.next : '';  // where the next page starts
     show(this.moreButton, this.hasMore);
@@ -95,19 +136,24 @@ export class TaskList {
     this.stream = this.api.stream({service: 'changes'}, {
       lastEventId: stamp || '',
       message: (message) => this.changed(message),
-      opened: () => this.say(''),
-      error: (error) => this.say(`live updates paused: ${error.message}; reconnecting`),
+      opened: () => { this.live.textContent = ''; },
+      error: (error) => { this.live.textContent = `live updates paused: ${error.message}; reconnecting`; },
     });
   }
 
-  changed({event, data}) {
+  /** A message of the changes stream (``tell``: pass it on to onChange). */
+  changed(message, tell = true) {
+    const {event, data} = message;
+    if (this.loading && event !== 'reset') this.loading.push(message);
+    const previous = data && typeof data.id === 'string' && this.records.has(data.id)
+      ? stateOf(this.records.get(data.id)) : undefined;
     if (event === 'task' && data && typeof data.id === 'string') this.upsert(data);
     else if (event === 'removed' && data && typeof data.id === 'string') this.remove(data.id);
     // Too much changed while this page was away (the server sends no backlog
     // past its bound): the first page again, its stream kept.
-    else if (event === 'reset') this.load().catch((error) => this.say(`cannot reload the list: ${error.message}`));
-    else return;
-    this.onChange(event, data);
+    else if (event === 'reset') this.reload();
+    else return;  // hello: nothing to do
+    if (tell) this.onChange(event, data, previous);
   }
 
   /** A new or changed record from the stream or a submission: shown where it belongs. */
@@ -120,7 +166,24 @@ export class TaskList {
     const later = this.hasMore && record.id < (this.next || this.oldestId());
     if (!this.records.has(record.id) && later) return;  // on a page not loaded yet
     this.put(record);
+    this.trim();
     this.showEmpty();
+  }
+
+  /** Past the cap, the oldest rows go; "more" brings them back. */
+  trim() {
+    let dropped = false;
+    while (this.list.childElementCount > this.pagedRows + ROWS_PAST_PAGES) {
+      const oldest = this.list.lastElementChild;
+      this.rows.delete(oldest.dataset.id);
+      this.records.delete(oldest.dataset.id);
+      oldest.remove();
+      dropped = true;
+    }
+    if (!dropped) return;
+    this.hasMore = true;
+    this.next = this.oldestId();
+    show(this.moreButton, true);
   }
 
   matches(record) {
@@ -139,9 +202,12 @@ export class TaskList {
     const row = taskRow(record);
     const old = this.rows.get(record.id);
     this.records.set(record.id, record);
+    if (old) {
+      patch(old, row);  // in place: a link the keyboard is on keeps its focus
+      return;
+    }
     this.rows.set(record.id, row);
-    if (old) old.replaceWith(row);
-    else this.insert(row, record.id);
+    this.insert(row, record.id);
   }
 
   /** Put a new row in its place: a page's rows go after the last (older),
@@ -179,6 +245,7 @@ export class TaskList {
     show(this.empty, nothing);
   }
 
+  /** An error for the user ('' clears it). */
   say(text) {
     this.message.textContent = text;
   }
@@ -212,7 +279,7 @@ export function taskRow(record) {
     el('div', {class: 'task-facts'},
       el('span', {class: 'task-id'}, record.id),
       fact('client', record.client),
-      fact('started', localTime(record.ctime)),
+      fact('started', localTime(record.stime || record.ctime)),
       fact('took', humanSeconds(durationOf(record))),
       fact('in', humanSize(record.sizeIn)),
       fact('out', humanSize(record.sizeOut))),

@@ -13,26 +13,56 @@ export class ServerPanel {
     this.onMeta = onMeta || (() => {});
     this.pending = null;
     this.timer = null;
+    this.started = false;
+    this.hidden = false;
+    this.stale = false;  // something changed while the tab was hidden (it is read again when shown)
     this.facts = el('dl', {class: 'facts', id: 'server-facts'});
     this.workers = el('div', {id: 'workers', hidden: true});
     this.printers = el('div', {id: 'printers', hidden: true});
+    this.message = el('p', {class: 'message error', id: 'server-message', role: 'alert'});
     this.section = el('section', {id: 'server', 'aria-labelledby': 'server-title'},
-      el('h2', {id: 'server-title'}, 'Server'), this.facts, this.workers, this.printers);
+      el('h2', {id: 'server-title'}, 'Server'), this.message, this.facts, this.workers, this.printers);
   }
 
-  /** Read meta and printers now, then every REFRESH_MS. */
+  /** Read meta and printers every REFRESH_MS (while the tab is shown). */
   start() {
-    if (this.timer) return;  // started again after a token was given: one timer is enough
-    this.timer = setInterval(() => this.refresh().catch(() => {}), REFRESH_MS);
+    this.started = true;
+    if (this.timer || this.hidden) return;  // started again after a token was given: one timer is enough
+    this.timer = setInterval(() => this.update(), REFRESH_MS);
   }
 
-  /** A task changed: read again soon (at most once a second). */
+  /** The tab was hidden (no timer runs) or shown again (read now, the timer again). */
+  pause(hidden) {
+    this.hidden = hidden;
+    if (hidden) {
+      clearInterval(this.timer);
+      this.timer = null;
+      return;
+    }
+    if (!this.started) return;
+    this.stale = false;
+    this.update();  // whatever happened meanwhile
+    this.start();
+  }
+
+  /** A task changed: read again soon (at most once a second; once shown again when hidden). */
   soon() {
+    if (this.hidden) {
+      this.stale = true;
+      return;
+    }
     if (this.pending) return;
     this.pending = setTimeout(() => {
       this.pending = null;
-      this.refresh().catch(() => {});
+      this.update();
     }, AFTER_CHANGE_MS);
+  }
+
+  /** refresh(), its failure shown in the panel. */
+  update() {
+    return this.refresh().catch((error) => {
+      if (error.status !== 401) this.message.textContent = `cannot read the server: ${error.message}`;
+    });
   }
 
   async refresh() {
@@ -40,10 +70,12 @@ export class ServerPanel {
       this.api.get({service: 'meta'}),
       this.api.get({service: 'printers'}).catch(() => []),
     ]);
+    this.message.textContent = '';
+    const named = Array.isArray(printers) ? printers : [];
     this.showMeta(meta);
     this.showWorkers(meta.farmWorkers || '');
-    this.showPrinters(Array.isArray(printers) ? printers : []);
-    this.onMeta(meta);
+    this.showPrinters(named);
+    this.onMeta(meta, named);
   }
 
   showMeta(meta) {

@@ -1,6 +1,7 @@
 // Submit: files dropped on the page or picked, a service or a pipe of
 // services, their options, Start.  Several files are a model and what it
-// includes: the model goes first (fileIn0), the rest after (fileIn1..N).
+// includes: the model (the one the user marks, by default the first with a
+// model's extension) goes first (fileIn0), the rest after (fileIn1..N).
 
 import {clear, el, show} from './dom.js';
 
@@ -15,10 +16,13 @@ const PRINT_SERVICES = ['printrun', 'printcore'];
 const DEFAULT_PIPE = ['openscad', 'slic3r'];
 
 export class SubmitForm {
-  constructor(api, {onSubmitted}) {
+  constructor(api, {onSubmitted, onDropped}) {
     this.api = api;
     this.onSubmitted = onSubmitted;
+    this.onDropped = onDropped || (() => {});
     this.files = [];
+    this.model = null;  // the file the tool runs (fileIn0)
+    this.dragDepth = 0;
     this.services = [];
     this.printers = [];
     this.build();
@@ -30,6 +34,8 @@ export class SubmitForm {
       tabindex: '-1', 'aria-hidden': 'true',
       onchange: () => this.addFiles([...this.input.files])});
     this.fileList = el('ul', {class: 'files', id: 'files'});
+    this.fileNote = el('p', {class: 'file-note', id: 'files-note', hidden: true},
+      'The file marked model is the one the tool runs; the others are what it includes.');
     this.mode = el('select', {id: 'submit-mode', onchange: () => this.showMode()},
       el('option', {value: 'service'}, 'one service'), el('option', {value: 'pipe'}, 'a pipe of services'));
     this.service = el('select', {id: 'submit-service', name: 'service'});
@@ -50,7 +56,7 @@ export class SubmitForm {
       el('div', {class: 'dropzone', id: 'dropzone'},
         el('p', {}, 'Drop a model (and the files it includes) anywhere on the page, or '),
         el('button', {type: 'button', id: 'choose-files', onclick: () => this.input.click()}, 'choose files'),
-        this.input, this.fileList),
+        this.input, this.fileList, this.fileNote),
       el('label', {}, 'run ', this.mode), this.single, this.pipe,
       el('div', {class: 'actions'}, this.startButton), this.message);
     this.section = el('section', {id: 'submit', 'aria-labelledby': 'submit-title'},
@@ -58,18 +64,36 @@ export class SubmitForm {
     for (const service of DEFAULT_PIPE) this.addStep(service);
   }
 
-  /** Files dragged onto the page anywhere land here. */
+  /** Files dragged onto ``target`` (the window: anywhere, below the page's
+   *  end too) land here; the browser never opens them instead.  Entered and
+   *  left are counted (each child entered fires both), so the highlight holds. */
   acceptDrops(target) {
-    target.addEventListener('dragover', (event) => {
+    const carriesFiles = (event) => Boolean(event.dataTransfer && [...event.dataTransfer.types].includes('Files'));
+    target.addEventListener('dragenter', (event) => {
+      if (!carriesFiles(event)) return;
       event.preventDefault();
+      this.dragDepth += 1;
       this.form.classList.add('dragging');
     });
-    target.addEventListener('dragleave', () => this.form.classList.remove('dragging'));
-    target.addEventListener('drop', (event) => {
+    target.addEventListener('dragover', (event) => {
+      if (!carriesFiles(event)) return;
       event.preventDefault();
+      event.dataTransfer.dropEffect = 'copy';
+    });
+    target.addEventListener('dragleave', (event) => {
+      if (!carriesFiles(event)) return;
+      this.dragDepth = Math.max(0, this.dragDepth - 1);
+      if (this.dragDepth === 0) this.form.classList.remove('dragging');
+    });
+    target.addEventListener('drop', (event) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      this.dragDepth = 0;
       this.form.classList.remove('dragging');
-      const files = [...(event.dataTransfer ? event.dataTransfer.files : [])];
-      if (files.length) this.addFiles(files);
+      const files = [...event.dataTransfer.files];
+      if (!files.length) return;
+      this.addFiles(files);
+      this.onDropped(files);
     });
   }
 
@@ -93,24 +117,47 @@ export class SubmitForm {
 
   addFiles(files) {
     this.files.push(...files);
-    this.files.sort((a, b) => isModel(b) - isModel(a));  // a model first: it is fileIn0
-    this.guessService(this.files[0]);
+    if (!this.files.includes(this.model)) this.model = this.files.find(isModel) || this.files[0] || null;
+    this.guessService(this.model);
     this.showFiles();
     this.input.value = '';
   }
 
   removeFile(index) {
-    this.files.splice(index, 1);
+    const [gone] = this.files.splice(index, 1);
+    if (gone === this.model) {
+      this.model = this.files.find(isModel) || this.files[0] || null;
+      this.guessService(this.model);
+    }
     this.showFiles();
   }
 
+  /** The user marked ``file`` as the model: it goes first. */
+  chooseModel(file) {
+    this.model = file;
+    this.guessService(file);
+    this.showFiles();
+  }
+
+  /** The files in the order they are sent: the model first (fileIn0). */
+  ordered() {
+    return this.model ? [this.model, ...this.files.filter((file) => file !== this.model)] : [...this.files];
+  }
+
   showFiles() {
+    const focused = this.fileList.contains(document.activeElement) ? document.activeElement.value : null;
     clear(this.fileList);
-    this.files.forEach((file, index) => this.fileList.append(el('li', {},
-      el('span', {class: 'file-role'}, index === 0 ? 'model ' : 'includes '),
-      el('span', {class: 'file-name'}, file.name), ' ',
-      el('button', {type: 'button', class: 'small', 'aria-label': `remove ${file.name}`,
-        onclick: () => this.removeFile(index)}, 'remove'))));
+    this.files.forEach((file, index) => {
+      const radio = el('input', {type: 'radio', name: 'model', value: String(index), class: 'file-model',
+        checked: file === this.model, onchange: () => this.chooseModel(file)});
+      this.fileList.append(el('li', {},
+        el('label', {class: 'file-role'}, radio, 'model'), ' ',
+        el('span', {class: 'file-name'}, file.name), ' ',
+        el('button', {type: 'button', class: 'small', 'aria-label': `remove ${file.name}`,
+          onclick: () => this.removeFile(index)}, 'remove')));
+      if (focused === String(index)) radio.focus();
+    });
+    show(this.fileNote, this.files.length > 1);
   }
 
   /** Pick the service the first file's extension asks for, if the server has it. */
@@ -134,10 +181,25 @@ export class SubmitForm {
     const args = el('input', {type: 'text', class: 'step-args', autocomplete: 'off', spellcheck: 'false',
       'aria-label': 'options of this step', placeholder: 'options'});
     const step = el('li', {class: 'pipe-step'}, select, printer, args,
-      el('button', {type: 'button', class: 'small', onclick: () => step.remove()}, 'remove'));
+      el('button', {type: 'button', class: 'small step-remove', onclick: () => {
+        step.remove();
+        this.nameSteps();
+      }}, 'remove'));
     this.steps.append(step);
     this.showPrinterChoice(step);
+    this.nameSteps();
     return step;
+  }
+
+  /** Each step's controls named by its number ("remove step 2"), again after a removal. */
+  nameSteps() {
+    [...this.steps.children].forEach((step, index) => {
+      const number = index + 1;
+      step.querySelector('.step-service').setAttribute('aria-label', `service of step ${number}`);
+      step.querySelector('.step-printer').setAttribute('aria-label', `printer of step ${number}`);
+      step.querySelector('.step-args').setAttribute('aria-label', `options of step ${number}`);
+      step.querySelector('.step-remove').setAttribute('aria-label', `remove step ${number}`);
+    });
   }
 
   /** A print step names its printer (printers/NAME.conf): a select of them. */
@@ -154,7 +216,7 @@ export class SubmitForm {
     const form = new FormData();
     if (this.mode.value === 'pipe') return this.pipeForm(form);
     form.set('service', this.service.value);
-    this.files.forEach((file, index) => form.set(`fileIn${index}`, file, file.name));
+    this.ordered().forEach((file, index) => form.set(`fileIn${index}`, file, file.name));
     words(this.args.value).forEach((word, index) => form.set(`arg${index}`, word));
     if (this.outExt.value.trim()) form.set('outExt', this.outExt.value.trim());
     return form;
@@ -169,7 +231,7 @@ export class SubmitForm {
       const stepArgs = [...(printer.hidden || !printer.value ? [] : [printer.value]),
         ...words(step.querySelector('.step-args').value)];
       stepArgs.forEach((word, number) => form.set(`${prefix}.arg${number}`, word));
-      if (index === 0) this.files.forEach((file, number) => form.set(`${prefix}.fileIn${number}`, file, file.name));
+      if (index === 0) this.ordered().forEach((file, number) => form.set(`${prefix}.fileIn${number}`, file, file.name));
     });
     return form;
   }
@@ -185,6 +247,7 @@ export class SubmitForm {
       const record = await this.api.post(this.formData());
       this.say(`Started ${record.id}.`);
       this.files = [];
+      this.model = null;
       this.showFiles();
       this.onSubmitted(record);
     } catch (error) {

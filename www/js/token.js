@@ -9,15 +9,14 @@ export class TokenPrompt {
     this.api = api;
     this.onToken = onToken;
     this.input = el('input', {type: 'password', id: 'token-input', name: 'token', required: true,
-      autocomplete: 'current-password', spellcheck: 'false'});
+      autocomplete: 'off', spellcheck: 'false'});
     this.message = el('p', {class: 'message error', id: 'token-message', role: 'alert'});
     this.section = el('section', {id: 'token', class: 'token', hidden: true, 'aria-labelledby': 'token-title'},
       el('h2', {id: 'token-title'}, 'This server needs its token'),
       el('p', {}, 'Ask whoever runs it for the token (token in its rrcloudrc). '
         + 'It stays in this tab only and is sent as a header, never in a URL.'),
       el('form', {id: 'token-form', onsubmit: (event) => this.submit(event)},
-        // (a password form is expected to name its user: there is none, so a fixed hidden one)
-        el('input', {type: 'text', name: 'username', autocomplete: 'username', value: 'rrcloud', hidden: true}),
+        // (no user name and autocomplete off: the token is not a password to be saved)
         el('label', {for: 'token-input'}, 'token '), this.input, ' ',
         el('button', {type: 'submit', class: 'primary', id: 'token-submit'}, 'Open')),
       this.message);
