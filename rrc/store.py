@@ -170,12 +170,21 @@ class Store:
                 unlink_quietly(temp)
 
     def read_task(self, task_id, checked=False):
-        """The record of one task, or NotFound (``checked``: the id is one of ``task_ids``)."""
+        """The record of one task, or NotFound (``checked``: the id is one of
+        ``task_ids``).  A file that holds no record of this id (not UTF-8,
+        empty: a disk error or another program, for rrcloud writes each
+        record whole by rename) is no task either: every reader, a list
+        above all, goes on without it."""
         path = os.path.join(self.folder('info'), task_id) if checked else self.info_path(task_id)
         try:
-            return parse_record(read_small_file(path).decode('utf-8'))
+            record = parse_record(read_small_file(path).decode('utf-8'))
         except FileNotFoundError:
             raise NotFound(f'no such task: {task_id}') from None
+        except UnicodeDecodeError:
+            record = {}
+        if record.get(Field.ID) != task_id:
+            raise NotFound(f'no readable record of task {task_id}')
+        return record
 
     def write_task(self, record):
         """Replace a task's record atomically."""

@@ -490,3 +490,22 @@ def test_a_cgis_changes_stream_reaches_the_client_as_it_is_written(kind):
             assert stream.headers['Content-Type'].startswith('text/event-stream')
             lines = stream.iter_lines(chunk_size=1)
             assert any(line.startswith(b'event: hello') for line in lines)
+
+
+@pytest.mark.parametrize('garbage', [b'', b'\xff\xfe not a record\n'])
+def test_an_unreadable_record_is_left_out_of_the_list_and_the_stream(server, garbage):
+    """A record file that holds no record (left by a disk error or another
+    program: rrcloud writes each one whole, by rename) is skipped: the list
+    still answers and the stream goes on with the next change."""
+    store = store_of(server)
+    broken, good = add_tasks(store, 2, status='busy')
+    stream = changes_stream(server)
+    assert [message.kind for message in stream.wait(0)] == ['hello']
+
+    with open(os.path.join(store.folder('info'), broken), 'wb') as handle:
+        handle.write(garbage)
+    assert sent_tasks(stream.wait(0.5)) == []
+    store.write_task(dict(store.read_task(good), status='complete'))
+
+    assert sent_tasks(stream.wait(2.0)) == [('task', good, 'complete')]
+    assert ids_of(tasks(server)) == [good]

@@ -137,7 +137,11 @@ export class TaskList {
       lastEventId: stamp || '',
       message: (message) => this.changed(message),
       opened: () => { this.live.textContent = ''; },
-      error: (error) => { this.live.textContent = `live updates paused: ${error.message}; reconnecting`; },
+      // api.stream says whether it tries again: after a 401 it stopped (the token is needed).
+      error: (error, how = {}) => {
+        this.live.textContent = how.reconnecting === false
+          ? error.message : `live updates paused: ${error.message}; reconnecting`;
+      },
     });
   }
 
