@@ -15,7 +15,6 @@ from ..services import find_service, load_services
 from ..states import list_tasks, queue_is_full
 from ..store import format_record, to_json
 from .access import check_host
-from .page import html_page
 from .request import MAX_WAIT_SECONDS, Response, check_field
 
 
@@ -26,6 +25,7 @@ def answer_page(app, request):
     Under another name the page's own requests would be refused: the browser
     says so at once, naming allowHosts."""
     check_host(request, app.config)
+    from .page import html_page  # here: its hashing (the CSP) is the page's alone, never a CGI read's
     return html_page()
 
 
