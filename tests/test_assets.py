@@ -61,9 +61,15 @@ def test_the_libraries_are_the_pinned_versions():
 
 
 def test_a_page_file_is_served_by_its_name_below_www(server):
-    status, headers, body = get(server, '/ui/index.html')
-    assert status == 200 and body == (REPO / 'www' / 'index.html').read_bytes()
-    assert headers['content-type'] == 'text/html; charset=utf-8'
+    status, headers, body = get(server, '/ui/app.css')
+    assert status == 200 and body == (REPO / 'www' / 'app.css').read_bytes()
+    assert headers['content-type'] == 'text/css; charset=utf-8'
+
+
+def test_the_pages_shell_is_served_at_the_root_alone(server):
+    """/ui/index.html would be the page without its X-Frame-Options and CSP:
+    a page another site could frame (and click Kill in)."""
+    assert get(server, '/ui/index.html')[0] == 404
 
 
 @pytest.mark.parametrize('target', ['/ui/../rrcloudrc', '/ui/%2e%2e/rrcloudrc', '/ui/%2e%2e/', '/ui/../x',
@@ -93,7 +99,7 @@ def test_a_browser_holding_the_file_gets_304(server):
 
 
 def test_a_post_is_405_and_the_api_still_needs_the_token(server):
-    status, headers, _ = get(server, '/ui/index.html', method='POST')
+    status, headers, _ = get(server, '/ui/app.css', method='POST')
     assert status == 405 and headers['allow'] == 'GET, HEAD'
     status, _, _ = get(server, '/?service=tasks&format=json')
     assert status == 401
@@ -116,7 +122,7 @@ def test_the_table_holds_the_pages_files_and_no_other(tmp_path):
         path.write_text('x')
     table = asset_table(str(www))
     assert sorted(name for name in table if not name.startswith('vendor/')) == [
-        'app.css', 'icon.svg', 'index.html', 'js/deep/x.js', 'js/list.js', 'logo.png', 'package-view.js',
+        'app.css', 'icon.svg', 'js/deep/x.js', 'js/list.js', 'logo.png', 'package-view.js',
         'packages.css']
     assert table['js/list.js'] == str(www / 'js' / 'list.js')
     assert table['vendor/three.module.js'] == os.path.join(www, 'node_modules', 'three', 'build',
@@ -130,9 +136,9 @@ def test_the_table_is_built_once_per_app(monkeypatch):
     from rrc.web import assets
     built = []
     monkeypatch.setattr(assets, 'asset_table',
-                        lambda www: built.append(www) or {'index.html': os.path.join(www, 'index.html')})
+                        lambda www: built.append(www) or {'app.css': os.path.join(www, 'app.css')})
     with deploy.running(deploy.deployment('wsgi')) as running:
-        assert [get(running, '/ui/index.html')[0] for _ in range(3)] == [200, 200, 200]
+        assert [get(running, '/ui/app.css')[0] for _ in range(3)] == [200, 200, 200]
         assert get(running, '/ui/vendor/lil-gui.js')[0] == 404
     assert len(built) == 1
 
@@ -141,12 +147,12 @@ def test_a_missing_library_is_404_not_an_error(tmp_path, monkeypatch):
     """A checkout where make install has not run yet: the page's request fails plainly."""
     www = tmp_path / 'www'
     www.mkdir()
-    (www / 'index.html').write_text('<p>shell</p>')
+    (www / 'app.css').write_text('p {}')
     from rrc.web import assets
     monkeypatch.setattr(assets, 'installed_path', lambda name: str(www))
     with deploy.running(deploy.deployment('wsgi')) as running:
         assert get(running, '/ui/vendor/three.module.js')[0] == 404
-        assert get(running, '/ui/index.html')[2] == b'<p>shell</p>'
+        assert get(running, '/ui/app.css')[2] == b'p {}'
 
 
 def test_the_embedded_server_sends_a_library_and_304(embedded_server):

@@ -59,7 +59,7 @@ STREAM_NEEDS = {'json', 're'}
     ('service=tasks', '', set()), ('service=tasks&status=complete&limit=5', '', set()),
     ('service=changes', '', STREAM_NEEDS),
     (f'service=changes&lastEventId={1795999999 * 10 ** 9}', '', STREAM_NEEDS),
-    ('', '/ui/index.html', set())])
+    ('', '/ui/app.css', set())])
 def test_a_cgi_read_loads_nothing_it_does_not_need(store, query, path, needs):
     if not os.access(WEB_PYTHON, os.X_OK):
         pytest.fail(f'{WEB_PYTHON} is missing: make test installs it')

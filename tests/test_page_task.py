@@ -309,7 +309,8 @@ def test_the_sse_parser_reads_chunks_as_they_come(page, server):
     chunks = ['retry: 2500\r', '\n: hello\r', '\nid: 1.0\r', '\nevent: log\r', '\ndata: {"a":1}\r',
               '\n\r', '\nid: 2.5\r\n\r\n',                 # an id alone, no data: no message, the id kept
               'data: {"b"', ':2}\n', 'data: {"c":3}\n\n',     # a line across two chunks; two data lines
-              'event: x\rdata: 4\r\r', 'data: 5']             # CR alone ends lines; an unended message waits
+              'event: x\rdata: 4\r\r', 'id: 9\ndata: 5']     # CR alone ends lines; an unended message waits,
+                                                             # its id not yet the last (a reconnect gets it again)
     answer = value_of(in_page(page, server, """
         const messages = [], retries = [];
         const parser = new api.SseParser({onMessage: (m) => messages.push(m), onRetry: (ms) => retries.push(ms)});
@@ -335,6 +336,13 @@ FAKE_FETCH = """
       if (!String(url).includes('service=fake')) return real(url, options);  // the page's own
       calls.push({url: String(url), lastEventId: (options.headers || {})['Last-Event-ID'] || ''});
       const [status, headers, body] = answers[Math.min(calls.length, answers.length) - 1];
+      if (body === 'steady') {  // a heartbeat, open a while, then the end a CGI's bound makes
+        const stream = new ReadableStream({start(c) {
+          c.enqueue(new TextEncoder().encode(': heartbeat\\n\\n'));
+          setTimeout(() => c.close(), 300);
+        }});
+        return new Response(stream, {status, headers});
+      }
       if (body === 'silent') {  // an id, then nothing: a connection that died quietly
         const stream = new ReadableStream({start(c) {
           c.enqueue(new TextEncoder().encode('id: 7.0\\n\\n'));
@@ -360,6 +368,20 @@ def test_a_stream_that_answers_and_closes_at_once_is_backed_off(page, server):
         } finally { restore(); }""", [[200, {'Content-Type': 'text/event-stream'}, '']]))
     # 0.5 s, 1 s, 2 s, 4 s: never back to the first delay, for no message came
     assert answer['delay'] >= 4000, answer
+
+
+def test_a_stream_that_stayed_open_and_ended_comes_back_soon(page, server):
+    """A CGI ends its stream every cgiStreamSeconds, quiet or not: the page
+    comes back after the first delay each time, not after a growing one."""
+    answer = value_of(in_page(page, server, FAKE_FETCH + """
+        try {
+          const stream = new api.Api('/').stream({service: 'fake'}, {message() {}, steadyMs: 200});
+          await until(() => calls.length >= 4);
+          const delay = stream.delay;
+          stream.close();
+          return {delay};
+        } finally { restore(); }""", [[200, {'Content-Type': 'text/event-stream'}, 'steady']]))
+    assert answer['delay'] <= 1000, answer  # the first delay (500 ms), doubled once at most after the last end
 
 
 def test_a_503_waits_its_retry_after_and_a_401_stops_the_stream(page, server):

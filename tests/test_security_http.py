@@ -701,9 +701,12 @@ def test_without_the_token_the_pages_shell_and_files_load_and_show_no_task(guard
     data, which comes from the API with the token (issue 23; www/index.html
     is a shell, rrc/web/page.py fills in no record)."""
     watch = Watch(guarded, canary)
-    for path in ('/', '/ui/index.html'):
+    answer = send(guarded, 'GET', '/', headers=dict(hostile_headers(canary), **{'User-Agent': BROWSER}))
+    assert answer.status == 200 and answer.header('Content-Type').startswith('text/html'), answer
+    no_secrets(guarded, answer, guarded.witness['id'], 'witness content', TOKEN)
+    for path in ('/ui/js/main.js', '/ui/app.css'):
         answer = send(guarded, 'GET', path, headers=dict(hostile_headers(canary), **{'User-Agent': BROWSER}))
-        assert answer.status == 200 and answer.header('Content-Type').startswith('text/html'), answer
+        assert answer.status == 200, answer
         no_secrets(guarded, answer, guarded.witness['id'], 'witness content', TOKEN)
     watch.nothing_written()
 

@@ -30,8 +30,10 @@ VENDOR = (('vendor/three.module.js', 'three/build/three.module.min.js'),
           ('vendor/lil-gui.js', 'lil-gui/dist/lil-gui.esm.min.js'))
 
 # Only what a page loads; the types a browser needs to run a module script.
+# No HTML: the page's shell is served at / alone, with its frame headers and
+# CSP (rrc/web/page.py); the same file here would be a page to frame.
 CONTENT_TYPES = {'.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
-                 '.png': 'image/png', '.svg': 'image/svg+xml', '.html': 'text/html; charset=utf-8'}
+                 '.png': 'image/png', '.svg': 'image/svg+xml'}
 SKIPPED_FOLDERS = ('node_modules',)
 # npm's files of www/, never served (not a type served anyway: named to be sure).
 NPM_FILES = frozenset(('package.json', 'package-lock.json'))

@@ -8,9 +8,12 @@ const TOKEN_KEY = 'rrcloud.token';
 // How long a stream waits before it reconnects after it broke (ms): the
 // server's retry: when it sent one, doubled up to the cap while the server
 // stays away (or answers and closes at once), with a jitter, so many pages
-// never come back in step.  Back to the first delay only once a message came.
+// never come back in step.  Back to the first delay once a message came, or
+// once a connection stayed open STEADY_MS (a CGI's stream ends every
+// cgiStreamSeconds, quiet or not: that is no failure to back off from).
 const RECONNECT_FIRST_MS = 500;
 const RECONNECT_MAX_MS = 30000;
+const STEADY_MS = 5000;
 // The server sends a comment every 15 s (rrc/web/sse.py HEARTBEAT_SECONDS):
 // this long without a byte, the connection is dead (a laptop that slept, a
 // NAT that forgot it) and the stream reconnects.
@@ -114,7 +117,9 @@ export class Api {
    *  token: handlers.message({event, data, id}) for each message;
    *  reconnects with Last-Event-ID until closed or handlers.ended()
    *  says it is over, and when it stayed silent handlers.silenceMs (45 s
-   *  by default: the server's heartbeats stopped coming).
+   *  by default: the server's heartbeats stopped coming).  A connection
+   *  that stayed open handlers.steadyMs (5 s) and ended is no failure:
+   *  the next one comes after the first delay again.
    *  handlers.error(error, {reconnecting}) hears of each failure
    *  (reconnecting false: the stream stopped, e.g. a token is needed).
    *  Returns {close(), closed}. */
@@ -199,6 +204,9 @@ export class SseParser {
     if (line === '') {
       const message = this.message;
       this.message = newMessage();
+      // An id counts once its message is whole: a connection cut before the
+      // blank line comes back with the id before it, and gets that message again.
+      if (message.id !== null) this.lastEventId = message.id;
       if (message.data.length) {
         this.onMessage({event: message.event || 'message', data: message.data.join('\n'), id: this.lastEventId});
       }
@@ -211,7 +219,7 @@ export class SseParser {
     if (field === 'data') this.message.data.push(value);
     else if (field === 'event') this.message.event = value;
     else if (field === 'id') {
-      if (!value.includes('\0')) this.lastEventId = value;
+      if (!value.includes('\0')) this.message.id = value;
     } else if (field === 'retry' && /^\d+$/.test(value)) this.onRetry(Number(value));
   }
 }
@@ -311,7 +319,10 @@ class EventStream {
     const answer = await this.api.fetch(url, {headers, signal: this.controller.signal});
     if (answer.status === 204) return true;  // a task whose end we saw already
     if (this.handlers.opened) this.handlers.opened();
+    const opened = Date.now();
     await this.read(answer.body.getReader());
+    const steady = this.handlers.steadyMs || STEADY_MS;
+    if (Date.now() - opened >= steady) this.delay = this.firstDelay;  // it worked, and ended: come back soon
     return this.handlers.ended ? this.handlers.ended() : false;
   }
 
@@ -374,5 +385,5 @@ class EventStream {
 }
 
 function newMessage() {
-  return {event: '', data: []};
+  return {event: '', data: [], id: null};  // id: the id: line's value, null without one
 }
