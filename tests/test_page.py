@@ -509,7 +509,9 @@ def test_an_empty_store_shows_how_to_submit_the_first_task(page, token_server):
     page.get(token_server.url)
     wait(page, lambda d: shown_text(d, '#token-title') or shown_text(d, 'h1') == 'rrcloud @ token-test',
          'the prompt, or the page opened by the token this tab keeps')
-    if shown_text(page, '#token-title'):
+    if shown_text(page, '#token-title'):  # this tab had no token yet (the test ran alone, or first)
+        asked = severe_console(page)  # the server's 401s that made the page ask: Chromium logs each
+        assert asked and all('status of 401' in message for message in asked), asked
         enter_token(page, TOKEN)
     help_text = wait(page, lambda d: shown_text(d, '#first-task'), 'the first task\'s help')
     assert '-F service=openscad -F fileIn0=@cube.scad' in help_text

@@ -238,7 +238,7 @@ class EventStream {
     this.wake = null;          // ends the wait before a reconnect
     this.silence = 0;          // the timer of a connection that went quiet
     this.stale = false;        // this connection was dropped on purpose: reconnect
-    this.hiddenSince = null;
+    this.hiddenSince = document.hidden ? Date.now() : null;  // opened in a background tab
     this.wait = null;          // how long the server asked to wait (Retry-After), ms
     this.onOnline = () => this.reconnectNow();
     this.onVisibility = () => this.visibilityChanged();

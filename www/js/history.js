@@ -12,7 +12,7 @@ export class HistoryView {
   constructor(api) {
     this.api = api;
     this.pending = null;
-    this.hidden = false;
+    this.hidden = document.hidden;  // a tab opened in the background reads nothing until shown
     this.stale = false;
     this.shown = [];  // the services drawn: drawn again when the width changes
     this.width = 0;

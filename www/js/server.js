@@ -14,8 +14,7 @@ export class ServerPanel {
     this.pending = null;
     this.timer = null;
     this.started = false;
-    this.hidden = false;
-    this.stale = false;  // something changed while the tab was hidden (it is read again when shown)
+    this.hidden = document.hidden;  // a tab opened in the background reads nothing until shown
     this.facts = el('dl', {class: 'facts', id: 'server-facts'});
     this.workers = el('div', {id: 'workers', hidden: true});
     this.printers = el('div', {id: 'printers', hidden: true});
@@ -40,17 +39,13 @@ export class ServerPanel {
       return;
     }
     if (!this.started) return;
-    this.stale = false;
     this.update();  // whatever happened meanwhile
     this.start();
   }
 
   /** A task changed: read again soon (at most once a second; once shown again when hidden). */
   soon() {
-    if (this.hidden) {
-      this.stale = true;
-      return;
-    }
+    if (this.hidden) return;  // shown again, the panel is read at once (pause)
     if (this.pending) return;
     this.pending = setTimeout(() => {
       this.pending = null;
