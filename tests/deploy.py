@@ -208,7 +208,7 @@ class Deployment:
                 answer = requests.get(f'{self.url}/?service=meta', timeout=5)
                 if self.is_ready(answer):
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or a first CGI answer slower than 5 s: again
                 pass
             time.sleep(0.05)
         log = self.server_log()

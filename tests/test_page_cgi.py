@@ -62,18 +62,10 @@ def gates():
 @pytest.fixture(scope='module', params=['lighttpd', 'apache'])
 def cgi(request, gates):
     """rrcloud as a CGI behind this web server, its changes streams cut after STREAM_SECONDS."""
-    import requests
     services = {'job': SH_SERVICE, 'gated': SH_SERVICE + f'readPaths = {gates}\n'}
     built = deploy.deployment(request.param, config=CGI_CONFIG, services=services)
     try:
-        try:
-            built.start()
-        except requests.Timeout:
-            # deploy.Deployment.start's readiness probe lets a read timeout
-            # escape (it retries a refused connection only): on a loaded
-            # machine the CGI's first answer can take over its 5 s.
-            built.stop()
-            built.start()
+        built.start()
         yield built
     finally:
         built.close()
@@ -180,8 +172,8 @@ def test_a_farms_server_panel_lists_its_worker_and_a_worker_s_task_shows_complet
     assert item.startswith(f'{name} ') and ' sh' in item, item
     badge = shown_text(page, '#workers li.worker .badge')
     assert badge in ('idle', 'busy') and badge in item, item
-    assert ' · heartbeat ' in item, item
-    beat = float(item.rsplit(' · heartbeat ', 1)[1])
+    assert ' · last heartbeat ' in item, item
+    beat = float(page.find_element('css selector', '#workers li.worker .heartbeat').get_attribute('data-heartbeat'))
     assert time.time() - 120 < beat <= time.time() + 5, item  # a recent heartbeat, as meta says it
 
     task_id = submit(server, 'sh', 'echo farmed > "$1"\n', 'farmed.sh')
@@ -194,13 +186,11 @@ def test_a_farms_server_panel_lists_its_worker_and_a_worker_s_task_shows_complet
     assert severe_console(page) == []
 
 
-@pytest.mark.xfail(strict=True, reason='www/js/server.js:107 shows meta\'s heartbeat as it comes, Unix seconds '
-                   '("heartbeat 1796689673.4"): a person cannot read when the worker was last heard of')
 def test_a_workers_last_heartbeat_reads_as_a_time_not_unix_seconds(page, farm):
     import re
     server, worker = farm
     open_page(page, server, FARM_NAME)
     shown = wait(page, lambda d: [text for text in shown_texts(d, '#workers li.worker') if worker.name() in text],
                  'the worker in the server panel', SHOWN_WITHIN)
-    assert ' · heartbeat ' in shown[0], shown
-    assert not re.search(r'\d{9,}', shown[0].rsplit(' · heartbeat ', 1)[1]), shown[0]
+    assert re.search(r' · last heartbeat [0-9.]+ s ago$', shown[0]), shown[0]
+    assert not re.search(r'\d{9,}', shown[0]), shown[0]

@@ -2,7 +2,7 @@
 // workers and its printers.  Read again now and then, and soon after a
 // task changed (throttled: a busy farm changes many times a second).
 
-import {clear, el, show} from './dom.js';
+import {clear, el, humanSeconds, localTime, show} from './dom.js';
 
 const REFRESH_MS = 10000;
 const AFTER_CHANGE_MS = 1000;
@@ -99,7 +99,7 @@ export class ServerPanel {
       return el('li', {class: `worker state-${state}`},
         el('strong', {}, name || ''), ' ', el('span', {class: 'badge'}, state || ''), ' ',
         (services || '').split('+').join(', '),
-        heartbeat.length ? ` · heartbeat ${heartbeat.join(' ')}` : '');
+        heartbeat.length ? heartbeatNote(heartbeat.join(' ')) : '');
     })));
   }
 
@@ -110,6 +110,15 @@ export class ServerPanel {
     if (!printers.length) return;
     this.printers.append(el('h3', {}, 'Printers'), el('ul', {class: 'printers'}, printers.map(printerItem)));
   }
+}
+
+/** ' · last heartbeat 4.2 s ago', from meta's Unix seconds (the time itself in its title). */
+function heartbeatNote(text) {
+  const beat = Number(text);
+  if (!Number.isFinite(beat)) return '';
+  const ago = humanSeconds(Math.max(0, Date.now() / 1000 - beat));
+  return el('span', {class: 'heartbeat', 'data-heartbeat': text, title: localTime(beat)},
+    ` · last heartbeat ${ago} ago`);
 }
 
 function printerItem(printer) {
