@@ -32,7 +32,7 @@ BROWSER = {'User-Agent': 'Mozilla/5.0 (X11; Linux x86_64) route walk'}
 
 # The name each path route is walked with below its prefix: none of a task,
 # a page's file that is there (rrc/web/assets.py).
-PATH_NAMES = {'/ui/': 'index.html'}
+PATH_NAMES = {'/ui/': 'app.css'}
 
 
 def declared():
