@@ -700,3 +700,20 @@ def same_solid(first, second, tolerance=1e-4):
     (v1, low1, high1), (v2, low2, high2) = first, second
     corners = all(abs(x - y) < 1e-3 for x, y in zip(low1 + high1, low2 + high2))
     return corners and abs(v1 - v2) <= tolerance * max(abs(v1), abs(v2))
+
+
+@contextlib.contextmanager
+def gates_folder():
+    """A folder under /tmp that a task's user (www-data too) can read: a test
+    holds a task at a gate there and opens it (``(folder / NAME).touch()``)
+    when it has seen what it waits for, instead of racing a sleep.  The
+    task's service needs ``readPaths = FOLDER`` (its sandbox shows it)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    folder = Path(tempfile.mkdtemp(prefix='rrcloud-gates-', dir='/tmp'))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -13,8 +13,6 @@ the panel and a task a worker ran shown complete.  Screenshots in
 build/screenshots/.
 """
 import os
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -22,7 +20,7 @@ import pytest
 import deploy
 from browser import DESKTOP, requested_urls, screenshot, set_size, severe_console
 from farm import RedisServer, Worker, front_end
-from helpers import SH_SERVICE, plain_session, submit, wait_done
+from helpers import SH_SERVICE, gates_folder, plain_session, submit, wait_done
 from test_page import (choose, drop_file, open_page, row, row_state, shown_text, shown_texts, started_task_id,
                        wait)
 
@@ -53,10 +51,8 @@ def page(browser):
 @pytest.fixture(scope='module')
 def gates():
     """A folder under /tmp the tasks' user (www-data) can read: the gates."""
-    folder = tempfile.mkdtemp(prefix='rrcloud-page-gates-', dir='/tmp')
-    os.chmod(folder, 0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with gates_folder() as folder:
+        yield folder
 
 
 @pytest.fixture(scope='module', params=['lighttpd', 'apache'])

@@ -21,7 +21,8 @@ import pytest
 
 import deploy
 from conftest import DATA, make_service, task_id_of
-from helpers import PTY_PRINTRUN_CONF, SH_INPUTS_SERVICE, read_terminal_until, rrcloud_on_a_terminal, submit, wait_for
+from helpers import (PTY_PRINTRUN_CONF, SH_INPUTS_SERVICE, gates_folder, read_terminal_until, rrcloud_on_a_terminal,
+                     submit, wait_for)
 from inprocess import build_environ
 from printer_sim import PrinterSim
 from rrc.events import append_event, read_events
@@ -33,15 +34,25 @@ UNKNOWN_ID = '1795841292-04767-953464'
 # two CGI streams here (each ends after cgiStreamSeconds).
 CHATTY = 'for word in one two three; do echo "$word"; sleep 0.2; done\nprintf done > "$1"\n'
 QUICK = 'echo one\necho two\nprintf done > "$1"\n'
+# CHATTY's lines with a gate before the last: the test opens it (see its use).
+GATED_CHATTY = ('echo one\nsleep 0.2\necho two\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n'
+                'echo three\nprintf done > "$1"\n')
 FAILING = 'echo "about to fail"\nexit 3\n'
 # maxWaitsPerClient: every stream here comes from one address; the tests bound maxWaits.
 CONFIG = 'cgiStreamSeconds = 0.25\nmaxWaits = 2\nmaxWaitsPerClient = 2\n'
 
 
+@pytest.fixture(scope='module')
+def gates():
+    with gates_folder() as folder:
+        yield folder
+
+
 @pytest.fixture(scope='module', params=['wsgi'])
-def server(request):
+def server(request, gates):
     """One deployment per kind for this module: ``wsgi`` unless a test asks for live ones."""
-    built = deploy.deployment(request.param, config=CONFIG, services={'sh': SH_INPUTS_SERVICE})
+    services = {'sh': SH_INPUTS_SERVICE, 'gated': SH_INPUTS_SERVICE + f'readPaths = {gates}\n'}
+    built = deploy.deployment(request.param, config=CONFIG, services=services)
     with deploy.running(built) as deployment:
         yield deployment
 
@@ -77,12 +88,16 @@ def is_end(message):
     return message['event'] == 'status' and message['data']['data']['status'] in ('complete', 'failed')
 
 
-def follow(server, task_id, cut=True, limit=100):
+def follow(server, task_id, cut=True, limit=100, on_close=None):
     """Read a task's stream to its end as EventSource would: reconnect with
     Last-Event-ID when it closes; with ``cut``, hang up once after the first
-    log line.  Returns (messages, connections made)."""
-    seen, cursor, connections = [], None, 0
+    log line; ``on_close(by_server)`` hears of each connection that ended
+    before the task's end.  Returns (messages, connections made)."""
+    seen, cursor, connections, cut_now = [], None, 0, False
     while connections < limit:
+        if connections and on_close:
+            on_close(not cut_now)  # the last connection ended: by this hang-up, or by the server
+        cut_now = False
         headers = {'Last-Event-ID': cursor} if cursor else {}
         with server.session.get(events_url(server, task_id), headers=headers, stream=True, timeout=30) as answer:
             connections += 1
@@ -95,7 +110,7 @@ def follow(server, task_id, cut=True, limit=100):
                 if is_end(message):
                     return seen, connections
                 if cut and message['event'] == 'log':
-                    cut = False
+                    cut, cut_now = False, True
                     break
     raise AssertionError(f'no end after {limit} connections: {seen}')
 
@@ -113,10 +128,24 @@ def cursor_of(message):
 
 
 @LIVE
-def test_stream_gives_every_event_and_log_line_once_across_reconnects(server):
-    task_id = start(server, CHATTY)
+def test_stream_gives_every_event_and_log_line_once_across_reconnects(server, gates):
+    """Under CGI the task waits at its gate after two lines until the
+    server has ended a stream at its bound (no race with a sleep on a loaded
+    machine); elsewhere the gate is open from the start (the test's own hang-up
+    after the first line makes the reconnect, and the in-process server
+    answers a stream whole)."""
+    bounded = server.kind in ('lighttpd', 'apache')
+    closes, gate = [], gates / f'chatty-{server.kind}'
+    if not bounded:
+        gate.touch()
 
-    seen, connections = follow(server, task_id)
+    def on_close(by_server):
+        closes.append(by_server)
+        if by_server:
+            gate.touch()
+    task_id = submit(server, 'gated', GATED_CHATTY.format(gate=gate), 'job.sh')
+
+    seen, connections = follow(server, task_id, on_close=on_close)
 
     events, log_lines = task_files(server, task_id)
     logged = [m for m in seen if m['event'] != 'log']
@@ -128,7 +157,8 @@ def test_stream_gives_every_event_and_log_line_once_across_reconnects(server):
     assert is_end(seen[-1])
     cursors = [cursor_of(m) for m in seen]
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
-    assert connections >= (3 if server.kind in ('lighttpd', 'apache') else 2)  # a CGI stream is bounded
+    assert connections >= (3 if bounded else 2)  # a CGI stream is bounded
+    assert any(closes) == bounded, closes  # only a CGI's stream ends before its task
     # Back after the end: 204, which stops a browser's EventSource.
     again = server.session.get(events_url(server, task_id), headers={'Last-Event-ID': seen[-1]['id']}, timeout=30)
     assert again.status_code == 204, again.text
