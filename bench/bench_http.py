@@ -7,31 +7,22 @@ Run: .venv/bin/python bench/bench_http.py [REPEAT]
 """
 import compileall
 import sys
-import time
 
 import requests
 
-from common import FloorServer, median_seconds, table
+from common import FloorServer, fill_store as fill_finished_tasks, median_seconds, table
 
 from deploy import Deployment, chown_tree, www_data  # noqa: E402
 
-from rrc.store import Store  # noqa: E402
 
 
 
 def fill_store(root, count):
-    """``count`` finished echo tasks, written straight into the store."""
-    store = Store(root)
-    now = time.time()
-    for _ in range(count):
-        store.create_task(lambda task_id: {
-            'service': 'echo', 'status': 'complete', 'ctime': f'{now:.5f}', 'etime': f'{now:.5f}',
-            'cmd': f'cp tasks/in/x.txt tasks/out/{task_id}', 'in': 'tasks/in/x.txt',
-            'out': f'tasks/out/{task_id}', 'client': '127.0.0.1', 'server': 'bench',
-            'sizeIn': '5', 'sizeOut': '5', 'exitCode': '0'})
+    """``count`` finished echo tasks (common.fill_store), owned by the CGI's user."""
+    ids = fill_finished_tasks(root, count)
     uid, gid = www_data()
     chown_tree(root / 'tasks', uid, gid)
-    return store.task_ids()
+    return ids
 
 
 def measure(deployment, session, repeat, floor):

@@ -21,12 +21,11 @@ import time
 
 import requests
 
-from common import CheckoutServer, EmbeddedServer, REPO, table
+from common import CheckoutServer, EmbeddedServer, fill_store, table
 
 from browser import fresh_profile, start_browser  # tests/ is on sys.path (common)
 from helpers import SH_SERVICE, submit
 
-from rrc.store import Store
 
 # Set up before any script of the page runs: the first row's time, and each
 # task row's state changes on the wall clock.
@@ -40,18 +39,6 @@ new MutationObserver(() => {
   }
 }).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-state']});
 """
-
-
-def fill(root, count):
-    """``count`` finished echo tasks, written straight into the store."""
-    store = Store(str(root))
-    now = time.time()
-    for _ in range(count):
-        store.create_task(lambda task_id: {
-            'service': 'echo', 'status': 'complete', 'ctime': f'{now:.5f}', 'etime': f'{now:.5f}',
-            'cmd': f'cp tasks/in/x.txt tasks/out/{task_id}', 'in': 'tasks/in/x.txt',
-            'out': f'tasks/out/{task_id}', 'client': '127.0.0.1', 'server': 'bench',
-            'sizeIn': '5', 'sizeOut': '5', 'exitCode': '0'})
 
 
 def first_useful_paint(driver, url):
@@ -98,10 +85,10 @@ def main(argv):
     try:
         for count in (1000, 10000):
             with EmbeddedServer('maxTasks = 2\n', {'job': SH_SERVICE}) as server:
-                fill(server.root, count)
+                fill_store(server.root, count)
                 old = CheckoutServer(baseline) if baseline else None
                 if old:
-                    fill(old.root, count)
+                    fill_store(old.root, count)
                 ours, theirs = [], []
                 try:
                     for _ in range(rounds):

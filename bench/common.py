@@ -118,3 +118,17 @@ class FloorServer:
     def stop(self):
         self.process.terminate()
         self.process.wait()
+
+
+def fill_store(root, count):
+    """``count`` finished echo tasks written straight into the store at ``root``; their ids."""
+    from rrc.store import Store
+    store = Store(str(root))
+    now = time.time()
+    for _ in range(count):
+        store.create_task(lambda task_id: {
+            'service': 'echo', 'status': 'complete', 'ctime': f'{now:.5f}', 'etime': f'{now:.5f}',
+            'cmd': f'cp tasks/in/x.txt tasks/out/{task_id}', 'in': 'tasks/in/x.txt',
+            'out': f'tasks/out/{task_id}', 'client': '127.0.0.1', 'server': 'bench',
+            'sizeIn': '5', 'sizeOut': '5', 'exitCode': '0'})
+    return store.task_ids()

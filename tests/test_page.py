@@ -9,7 +9,7 @@ log, what the server's records say after a button was pressed."""
 import pytest
 
 from browser import CHROMEDRIVER, PHONE, requested_urls, screenshot, set_size, severe_console, start_browser
-from helpers import DATA, SH_SERVICE, plain_session, submit, write_printer
+from helpers import DATA, SH_SERVICE, gates_folder, plain_session, submit, write_printer
 
 from rrc import VERSION_STRING
 
@@ -31,9 +31,10 @@ GATED_TICKING = ('i=0\nwhile [ ! -e {gate} ]; do i=$((i+1)); echo "tick $i"; sle
 
 
 @pytest.fixture(scope='module')
-def gates(tmp_path_factory):
+def gates():
     """The folder of the gated tasks' gates (one file each, made by the test)."""
-    return tmp_path_factory.mktemp('gates')
+    with gates_folder() as folder:
+        yield folder
 
 
 @pytest.fixture

@@ -64,17 +64,24 @@ def shown_record(driver):
 # A dropped model, rendered, in the 3D view; a pipe's G-code in layers
 ###############################################################################
 
+def start_and_wait_complete(page, server, ext):
+    """Press Start: the new task (or job) completes in the list with a result
+    ending in ``ext``; its id."""
+    page.find_element('id', 'start').click()
+    task_id = started_task_id(page)
+    wait(page, lambda d: row_state(d, task_id) == 'complete', 'the new task complete in the list',
+         timeout=RENDERED_WITHIN)
+    assert server.info(task_id)['out'].endswith(ext)
+    return task_id
+
+
 def test_a_model_dropped_on_the_page_renders_and_its_3d_view_draws_it(page, server):
     open_page(page, server)
     drop_file(page, 'cube.scad', (DATA / 'cube.scad').read_text())
     assert 'cube.scad' in shown_text(page, '#files')
     # the page picks the service a .scad file asks for
     assert page.execute_script("return document.getElementById('submit-service').value") == 'openscad'
-    page.find_element('id', 'start').click()
-    task_id = started_task_id(page)
-    wait(page, lambda d: row_state(d, task_id) == 'complete', 'the render complete in the list',
-         timeout=RENDERED_WITHIN)
-    assert server.info(task_id)['out'].endswith('.stl')
+    task_id = start_and_wait_complete(page, server, '.stl')
 
     open_task(page, task_id)
     assert view_state(page) == 'complete'
@@ -95,11 +102,7 @@ def test_a_pipe_from_the_page_shows_its_gcode_as_layers(page, server):
     choose(page, '#submit-mode', 'pipe')
     steps = css(page, '#pipe-steps .step-service')
     assert [step.get_attribute('value') for step in steps] == ['openscad', 'slic3r']
-    page.find_element('id', 'start').click()
-    job_id = started_task_id(page)
-    wait(page, lambda d: row_state(d, job_id) == 'complete', 'the job complete in the list',
-         timeout=RENDERED_WITHIN)
-    assert server.info(job_id)['out'].endswith('.gcode')
+    job_id = start_and_wait_complete(page, server, '.gcode')
 
     open_task(page, job_id)
     canvas = '#task-preview canvas[data-preview="gcode"]'

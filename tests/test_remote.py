@@ -992,6 +992,16 @@ def test_ctrl_c_while_the_post_is_held_kills_the_task_once_its_id_comes(workdir,
     assert local['status'] == 'failed'
 
 
+def render_cube_through(workdir, first, second):
+    """``openscad.cloud cube.scad -ocube.stl`` in its own session (so a test
+    can send its group a Ctrl-C) with the servers ``first, second``; the process."""
+    write_config(workdir, f'servers = {first.address}, {second.address}\n')
+    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
+    return subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
 def test_ctrl_c_while_a_held_post_fails_tries_no_other_server(workdir, embedded_server, fake):
     import threading
     second = embedded_server()
@@ -1005,11 +1015,7 @@ def test_ctrl_c_while_a_held_post_fails_tries_no_other_server(workdir, embedded_
         # http.server closes the connection without an answer, as a server that dies holding it
         raise ConnectionAbortedError('the held answer is lost')
     first = fake(holds_then_loses_the_answer)
-    write_config(workdir, f'servers = {first.address}, {second.address}\n')
-    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
-    client = subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    client = render_cube_through(workdir, first, second)
     try:
         assert posted.wait(DEADLINE), 'the POST reached the first server'
         os.killpg(client.pid, signal.SIGINT)
@@ -1116,11 +1122,7 @@ def test_ctrl_c_while_servers_are_probed_sends_the_task_nowhere(workdir, embedde
         release.wait(DEADLINE)
         return 200, 'text/plain', 'busy: 0\ncpuLoad: 0.00\nmaxTasks: 64\nqueued: 0\nversion: RepRapCloud 0.019\n'
     first = fake(slow_meta)
-    write_config(workdir, f'servers = {first.address}, {second.address}\n')
-    (workdir / 'cube.scad').write_bytes((DATA / 'cube.scad').read_bytes())
-    client = subprocess.Popen([str(REPO / 'bin' / 'openscad.cloud'), 'cube.scad', '-ocube.stl'], cwd=workdir,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    client = render_cube_through(workdir, first, second)
     try:
         assert probed.wait(DEADLINE), 'the client asked the first server for its load'
         os.killpg(client.pid, signal.SIGINT)

@@ -66,19 +66,15 @@ Message = namedtuple('Message', 'kind json cursor')
 
 def answer_changes(app, request):
     """The store's changes from the client's cursor on (a new client: from now)."""
-    cursor = changes_cursor(request)
-    from .sse import open_stream  # here: loaded for a stream only (tests/test_cgi_imports.py)
+    from .sse import open_stream, sent_cursor  # here: loaded for a stream only (tests/test_cgi_imports.py)
+    cursor = changes_cursor(sent_cursor(request))
     return open_stream(app, request, lambda: ChangesStream(app, request.client, cursor), 'changes of the store')
 
 
-def changes_cursor(request):
-    """The stamp a reconnecting client sent (the header first), None for a new client."""
-    text = request.environ.get('HTTP_LAST_EVENT_ID')
+def changes_cursor(text):
+    """The stamp of a reconnecting client's cursor text (sse.sent_cursor), None for a new client."""
     if text is None:
-        text = request.form.get('lastEventId')
-    if text is None or not text.strip():
         return None
-    text = text.strip()
     if len(text) > CURSOR_MAX or not DIGITS.issuperset(text):
         raise HTTPError(400, f'bad event id: {text[:32]!r} (a stamp of service=tasks or service=changes)')
     return int(text)

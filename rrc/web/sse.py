@@ -74,12 +74,22 @@ def open_stream(app, request, make_stream, title):
     return Response(body, 200, EVENT_STREAM, STREAM_HEADERS)
 
 
-def request_cursor(request):
-    """The cursor a reconnecting client sent (header first), None for a new client."""
+def sent_cursor(request):
+    """The cursor's text a reconnecting client sent (``Last-Event-ID``, else
+    ``lastEventId=`` for clients that cannot set a header), stripped; None
+    for a new client.  Both streams read it so (service=events, changes)."""
     text = request.environ.get('HTTP_LAST_EVENT_ID')
     if text is None:
         text = request.form.get('lastEventId')
     if text is None or not text.strip():
+        return None
+    return text.strip()
+
+
+def request_cursor(request):
+    """The cursor a reconnecting client sent (header first), None for a new client."""
+    text = sent_cursor(request)
+    if text is None:
         return None
     try:
         return parse_cursor(text)
