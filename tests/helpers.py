@@ -343,7 +343,7 @@ def process_gone(pid):
         return True
     try:
         stat = Path(f'/proc/{pid}/stat').read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped between the two looks (a read then gives ESRCH)
         return True
     return stat[stat.rfind(')') + 2] in 'ZX'
 
